@@ -1,0 +1,104 @@
+"""A grpc.aio server with the standard health service, reflection and aion's interceptor.
+
+Open it with ``async with GrpcServer(...)``; register servicers with ``add``
+before entering. Health starts SERVING unless ``ready=False`` (the executor
+flips it once its model is loaded). ``shutdown`` flips every service to
+NOT_SERVING first, keeps serving ``drain_delay_s`` so load balancers notice,
+then stops accepting and lets in-flight calls finish within ``grace_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections.abc import Callable, Sequence
+from typing import Any, Self
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from aion.core import interceptors
+
+log = logging.getLogger(__name__)
+
+_OPTIONS = [
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+]
+
+
+class GrpcServer:
+    """One process's gRPC server; an async context manager with an idempotent close."""
+
+    def __init__(self, *, name: str, host: str, port: int, grace_s: float,
+                 drain_delay_s: float = 0.0, ready: bool = True,
+                 extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
+        self.name = name
+        self._address = f"{host}:{port}"
+        self._grace_s = grace_s
+        self._drain_delay_s = drain_delay_s
+        self._ready = ready
+        self._server = grpc.aio.server(
+            interceptors=[interceptors.ErrorInterceptor(), *extra_interceptors],
+            options=_OPTIONS)
+        self._health = health.aio.HealthServicer()
+        self._services: list[str] = []
+        self._port: int | None = None
+        self._stopped = False
+
+    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
+            service_name: str) -> None:
+        """Register a servicer, as ``add_XServicer_to_server``, under its full service name."""
+        register(servicer, self._server)
+        self._services.append(service_name)
+
+    @property
+    def port(self) -> int:
+        """The bound port (known once entered)."""
+        if self._port is None:
+            raise RuntimeError("the server is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """host:port as clients should dial it."""
+        host = self._address.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def set_serving(self, serving: bool) -> None:
+        """Set every registered service (and the server as a whole) SERVING or NOT_SERVING."""
+        status = (health_pb2.HealthCheckResponse.SERVING if serving
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in ["", *self._services]:
+            await self._health.set(name, status)
+
+    async def __aenter__(self) -> Self:
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self._server)
+        self._port = self._server.add_insecure_port(self._address)
+        if self._port == 0:
+            raise OSError(f"{self.name}: cannot listen on {self._address}")
+        await self._server.start()
+        await self.set_serving(self._ready)
+        log.info("%s listening", self.name, extra={"address": self.address})
+        return self
+
+    async def shutdown(self) -> None:
+        """Drain and stop; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self._health.enter_graceful_shutdown()
+        if self._drain_delay_s:
+            await asyncio.sleep(self._drain_delay_s)
+        log.info("%s draining", self.name, extra={"grace_s": self._grace_s})
+        await self._server.stop(self._grace_s)
+        log.info("%s stopped", self.name)
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: types.TracebackType | None) -> None:
+        await self.shutdown()

@@ -1,0 +1,3 @@
+from aion.router import main
+
+main.main()

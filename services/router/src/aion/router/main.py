@@ -1,0 +1,32 @@
+"""The router's composition root: ``python -m aion.router``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from aion.api.router.v1 import router_pb2, router_pb2_grpc
+from aion.core import lifecycle, metrics, server, settings, telemetry
+from aion.router import policy, servicer
+from aion.router import settings as router_settings
+
+
+async def run(cfg: router_settings.RouterSettings) -> None:
+    """Serve until SIGTERM or SIGINT, then drain."""
+    policies = policy.PolicySource(cfg.policy_file)
+    grpc_server = server.GrpcServer(name="router", host=cfg.host, port=cfg.port,
+                                    grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s)
+    grpc_server.add(router_pb2_grpc.add_RouterServicer_to_server,
+                    servicer.RouterServicer(policies),
+                    router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
+        await stack.enter_async_context(grpc_server)
+        await lifecycle.wait_for_signal()
+
+
+def main() -> None:
+    """Entry point."""
+    cfg = settings.load(router_settings.RouterSettings)
+    telemetry.setup(service="router", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    asyncio.run(run(cfg))
