@@ -1,1 +1,3 @@
-"""aion gateway."""
+"""aion gateway: the public gRPC API (aion.v1)."""
+
+__all__: list[str] = []

@@ -1,1 +1,3 @@
-"""aion knowledge."""
+"""aion knowledge service: documents, chunks and search per tenant and knowledge base."""
+
+__all__: list[str] = []

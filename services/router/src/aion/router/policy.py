@@ -37,7 +37,7 @@ class TenantPolicy(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
-    max_privacy: PrivacyName = "hybrid"
+    max_privacy: PrivacyName = "allow-api"
 
 
 class Policy(pydantic.BaseModel):

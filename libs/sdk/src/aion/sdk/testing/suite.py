@@ -1,0 +1,174 @@
+"""Start the five aion services as processes, wait until each is SERVING, stop them cleanly.
+
+Used by ``make dev`` (``python -m aion.sdk.testing``) and by the end-to-end
+tests. Each service runs ``python -m aion.<name>`` in its own session, logs
+to ``<log_dir>/<name>.log``, and is stopped with SIGTERM in reverse start
+order (gateway first, executor last) so in-flight calls drain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+# Start order: what others depend on comes first.
+SERVICES = ("executor", "knowledge", "router", "agent", "gateway")
+DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
+             "executor": 50055}
+
+
+class SuiteError(RuntimeError):
+    """A service did not start; the message carries the tail of its log."""
+
+
+@dataclasses.dataclass
+class ServiceProcess:
+    """One running service."""
+
+    name: str
+    port: int
+    metrics_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def target(self) -> str:
+        """host:port of its gRPC server."""
+        return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of its log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_status(target: str, *, timeout: float = 1.0) -> str:
+    """The gRPC health status name of the server at ``target`` ("UNREACHABLE" if none)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return "UNREACHABLE"
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status))
+
+
+class LocalSuite:
+    """The five services as child processes of this one."""
+
+    def __init__(self, *, log_dir: Path, agents_file: Path | None = None,
+                 ports: Mapping[str, int] | None = None, extra_env: Mapping[str, str] = (
+                     types.MappingProxyType({})),
+                 python: str = sys.executable, allow_anonymous: bool = True) -> None:
+        self._log_dir = log_dir
+        self._python = python
+        chosen = dict(ports) if ports is not None else {n: free_port() for n in SERVICES}
+        self.services = {
+            name: ServiceProcess(name, chosen[name], free_port(), log_dir / f"{name}.log")
+            for name in SERVICES}
+        self._env = self._environment(agents_file, allow_anonymous, extra_env)
+
+    def _environment(self, agents_file: Path | None, allow_anonymous: bool,
+                     extra: Mapping[str, str]) -> dict[str, str]:
+        env = dict(os.environ)
+        for svc in self.services.values():
+            prefix = f"AION_{svc.name.upper()}_"
+            env[prefix + "PORT"] = str(svc.port)
+            env[prefix + "METRICS_PORT"] = str(svc.metrics_port)
+        s = self.services
+        env["AION_GATEWAY_ROUTER_TARGET"] = s["router"].target
+        env["AION_GATEWAY_AGENT_TARGET"] = s["agent"].target
+        env["AION_GATEWAY_KNOWLEDGE_TARGET"] = s["knowledge"].target
+        env["AION_GATEWAY_ALLOW_ANONYMOUS"] = "true" if allow_anonymous else "false"
+        env["AION_AGENT_EXECUTOR_TARGET"] = s["executor"].target
+        env["AION_AGENT_KNOWLEDGE_TARGET"] = s["knowledge"].target
+        if agents_file is not None:
+            env["AION_AGENT_AGENTS_FILE"] = str(agents_file)
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.update(extra)
+        return env
+
+    @property
+    def gateway(self) -> str:
+        """host:port of the gateway, the public API."""
+        return self.services["gateway"].target
+
+    def start(self) -> None:
+        """Spawn every service (not waiting for readiness)."""
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        for svc in self.services.values():
+            with svc.log_path.open("wb") as log:
+                svc.process = subprocess.Popen(
+                    [self._python, "-m", f"aion.{svc.name}"], env=self._env,
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True)
+
+    def wait_ready(self, *, timeout: float = 180.0,
+                   on_wait: Callable[[str, str, float], None] | None = None) -> None:
+        """Block until every service reports SERVING; raise SuiteError with its log if not."""
+        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        for svc in self.services.values():
+            while True:
+                if svc.process is not None and svc.process.poll() is not None:
+                    raise SuiteError(f"{svc.name} exited with {svc.process.returncode}; "
+                                     f"its log ({svc.log_path}):\n{svc.log_tail()}")
+                status = health_status(svc.target)
+                if status == "SERVING":
+                    break
+                if time.monotonic() > deadline:
+                    raise SuiteError(f"{svc.name} not SERVING after {timeout:g}s ({status}); "
+                                     f"its log ({svc.log_path}):\n{svc.log_tail()}")
+                if on_wait is not None:
+                    on_wait(svc.name, status, time.monotonic() - started)
+                time.sleep(0.2)
+
+    def stop(self, *, grace: float = 9.0) -> dict[str, int | None]:
+        """SIGTERM in reverse start order, SIGKILL whatever outlives ``grace``; exit codes."""
+        deadline = time.monotonic() + grace
+        procs = [s for s in reversed(self.services.values()) if s.process is not None]
+        for svc in procs:
+            assert svc.process is not None
+            if svc.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    svc.process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for svc in procs:
+            assert svc.process is not None
+            try:
+                codes[svc.name] = svc.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                svc.process.kill()
+                svc.process.wait()
+                codes[svc.name] = None
+        return codes
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: types.TracebackType | None) -> None:
+        self.stop()

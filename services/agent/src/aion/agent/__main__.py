@@ -1,0 +1,3 @@
+from aion.agent import main
+
+main.main()

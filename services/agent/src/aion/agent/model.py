@@ -1,0 +1,86 @@
+"""The agent service's own types: agents, task specs and the decision a task runs with."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Privacy(enum.Enum):
+    """What an agent allows to leave the cluster."""
+
+    LOCAL_ONLY = "local-only"
+    ALLOW_API = "allow-api"
+    HYBRID = "hybrid"
+
+
+class Status(enum.Enum):
+    """A task's state; the last four are final."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    OK = "OK"
+    ERROR = "ERROR"
+    TIMEOUT = "TIMEOUT"
+    CANCELED = "CANCELED"
+
+    @property
+    def final(self) -> bool:
+        """True once the task has ended."""
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRecord:
+    """A registered agent."""
+
+    tenant: str
+    name: str
+    model: str
+    model_task: str = "generate"
+    instructions: str = ""
+    description: str = ""
+    privacy: Privacy = Privacy.LOCAL_ONLY
+    knowledge_bases: tuple[str, ...] = ()
+    executor_endpoints: tuple[str, ...] = ()
+    max_tokens: int = 256
+    node_pool: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """An agent is ready once it has somewhere to run."""
+        return bool(self.executor_endpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """A validated request to run an agent."""
+
+    tenant: str
+    agent: str
+    input: str
+    idempotency_key: str = ""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
+    timeout_s: float = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The router's decision, as the agent service uses it."""
+
+    route: str = "local"
+    chosen_by: str = ""
+    reason: str = ""
+    provider: str = ""
+
+
+@dataclasses.dataclass
+class Usage:
+    """Accounted per task."""
+
+    latency_ms: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0

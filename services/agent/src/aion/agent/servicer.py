@@ -1,0 +1,94 @@
+"""The AgentService gRPC service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from aion.agent import convert, registry, runner, store
+from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
+from aion.core import errors
+
+_Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """Tasks and agents, for the gateway and the operator."""
+
+    def __init__(self, *, run: runner.Runner, tasks: store.TaskStore,
+                 agents: registry.AgentRegistry, default_timeout_s: float) -> None:
+        self._runner = run
+        self._tasks = tasks
+        self._agents = agents
+        self._default_timeout = default_timeout_s
+
+    def _timeout(self, context: _Ctx, *, asynchronous: bool) -> float:
+        remaining = None if asynchronous else context.time_remaining()
+        return min(self._default_timeout, remaining) if remaining else self._default_timeout
+
+    async def _start(self, request: agent_pb2.RunRequest, context: _Ctx) -> store.Task:
+        if not request.HasField("task"):
+            raise errors.InvalidArgument("task is required", field="task")
+        spec = convert.spec_from_pb(
+            request.tenant, request.task,
+            timeout_s=self._timeout(context, asynchronous=request.asynchronous))
+        return await self._runner.start(spec, convert.decision_from_pb(request.decision))
+
+    async def _events(self, task: store.Task) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        async for event in self._tasks.follow(task):
+            yield convert.event_to_pb(task, event)
+
+    async def Run(self, request: agent_pb2.RunRequest,
+                  context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        task = await self._start(request, context)
+        async for msg in self._events(task):
+            yield msg
+
+    async def Submit(self, request: agent_pb2.RunRequest,
+                     context: _Ctx) -> tasks_pb2.SubmitResponse:
+        task = await self._start(request, context)
+        if not request.asynchronous:
+            async for _ in self._tasks.follow(task):
+                pass
+        return tasks_pb2.SubmitResponse(task_id=task.id, result=convert.result_to_pb(task))
+
+    async def Follow(self, request: agent_pb2.TaskRef,
+                     context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        task = await self._tasks.get(request.tenant or "default", request.task_id)
+        async for msg in self._events(task):
+            yield msg
+
+    async def GetTask(self, request: agent_pb2.TaskRef, context: _Ctx) -> common_pb2.TaskResult:
+        task = await self._tasks.get(request.tenant or "default", request.task_id)
+        return convert.result_to_pb(task)
+
+    async def CancelTask(self, request: agent_pb2.TaskRef,
+                         context: _Ctx) -> common_pb2.TaskResult:
+        task = await self._runner.cancel(request.tenant or "default", request.task_id)
+        return convert.result_to_pb(task)
+
+    async def ListAgents(self, request: agent_pb2.ListAgentsRequest,
+                         context: _Ctx) -> agents_pb2.ListAgentsResponse:
+        agents = await self._agents.list(request.tenant or "default")
+        return agents_pb2.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
+
+    async def GetAgent(self, request: agent_pb2.AgentRef, context: _Ctx) -> agents_pb2.Agent:
+        return convert.agent_to_pb(await self._agents.get(request.tenant or "default",
+                                                          request.name))
+
+    async def RegisterAgent(self, request: agent_pb2.RegisterAgentRequest,
+                            context: _Ctx) -> agents_pb2.Agent:
+        if not request.agent.name:
+            raise errors.InvalidArgument("agent.name is required", field="agent.name")
+        if not request.agent.model:
+            raise errors.InvalidArgument("agent.model is required", field="agent.model")
+        agent = await self._agents.put(convert.agent_from_pb(request))
+        return convert.agent_to_pb(agent)
+
+    async def DeregisterAgent(self, request: agent_pb2.AgentRef,
+                              context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
+        removed = await self._agents.delete(request.tenant or "default", request.name)
+        return agent_pb2.DeregisterAgentResponse(deregistered=removed)

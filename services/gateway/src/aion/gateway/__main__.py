@@ -1,0 +1,3 @@
+from aion.gateway import main
+
+main.main()

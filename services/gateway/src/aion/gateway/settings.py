@@ -1,0 +1,46 @@
+"""Gateway settings (environment prefix ``AION_GATEWAY_``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import pydantic
+import pydantic_settings
+
+from aion.core import settings
+
+Role = Literal["viewer", "user", "admin"]
+
+
+class ApiKey(pydantic.BaseModel):
+    """An API key and whom it stands for."""
+
+    key: pydantic.SecretStr
+    tenant: str = pydantic.Field(min_length=1)
+    roles: list[Role] = pydantic.Field(default_factory=lambda: list[Role](["user"]))
+    name: str = ""
+
+
+class GatewaySettings(settings.ServiceSettings):
+    """Where the gateway listens, its peers, and how callers authenticate."""
+
+    model_config = pydantic_settings.SettingsConfigDict(
+        env_prefix="AION_GATEWAY_", extra="ignore", frozen=True)
+
+    port: int = pydantic.Field(default=50051, ge=0, le=65535)
+    router_target: str = "127.0.0.1:50052"
+    agent_target: str = "127.0.0.1:50053"
+    knowledge_target: str = "127.0.0.1:50054"
+    api_keys: list[ApiKey] = pydantic.Field(
+        default_factory=list, description='JSON: [{"key": ..., "tenant": ..., "roles": [...]}]')
+    jwt_secret: pydantic.SecretStr | None = pydantic.Field(
+        default=None, description="HS256 secret; set it to accept JWTs")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_tenant_claim: str = "tenant"
+    jwt_roles_claim: str = "roles"
+    allow_anonymous: bool = pydantic.Field(
+        default=False, description="treat unauthenticated calls as anonymous_tenant (dev only)")
+    anonymous_tenant: str = "default"
+    rate_per_s: float = pydantic.Field(default=50.0, gt=0, description="calls/s per tenant")
+    rate_burst: int = pydantic.Field(default=100, gt=0)

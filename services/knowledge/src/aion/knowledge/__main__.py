@@ -1,0 +1,3 @@
+from aion.knowledge import main
+
+main.main()
