@@ -27,7 +27,12 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     def _timeout(self, context: _Ctx, *, asynchronous: bool) -> float:
         remaining = None if asynchronous else context.time_remaining()
-        return min(self._default_timeout, remaining) if remaining else self._default_timeout
+        if not remaining:
+            return self._default_timeout
+        # End the task a little before the caller's deadline, so that its TIMEOUT
+        # result still reaches the caller instead of a bare DEADLINE_EXCEEDED.
+        margin = min(1.0, remaining * 0.1)
+        return max(0.05, min(self._default_timeout, remaining - margin))
 
     async def _start(self, request: agent_pb2.RunRequest, context: _Ctx) -> store.Task:
         if not request.HasField("task"):
