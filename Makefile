@@ -22,7 +22,7 @@ lint: ## ruff
 	$(UV) run --no-sync ruff check .
 
 typecheck: ## mypy --strict
-	$(UV) run --no-sync mypy libs services
+	$(UV) run --no-sync mypy libs services tests
 
 layers: ## import-linter: services never import each other
 	$(UV) run --no-sync lint-imports

@@ -42,6 +42,15 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
             usage=executor_pb2.GenerateUsage(prompt_tokens=7, completion_tokens=len(words)))
 
 
+    async def Embed(self, request: executor_pb2.EmbedRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.EmbedResponse:
+        raise errors.FailedPrecondition("this scripted executor does not embed")
+
+    async def Stats(self, request: executor_pb2.StatsRequest,
+                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.ExecutorStats:
+        return executor_pb2.ExecutorStats(model="m", model_ready=True)
+
+
 class Harness:
     def __init__(self, stub: agent_pb2_grpc.AgentServiceAsyncStub,
                  executor: ScriptedExecutor) -> None:

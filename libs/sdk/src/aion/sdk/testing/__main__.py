@@ -46,7 +46,7 @@ def main() -> int:
     for svc in local.services.values():
         print(f"  {svc.name:<10} grpc {svc.target:<17} metrics "
               f"http://127.0.0.1:{svc.metrics_port}/metrics  log {svc.log_path}")
-    print(f'\ntry:  uv run aionctl stream --agent demo "What is Kubernetes?"\n'
+    print('\ntry:  uv run aionctl stream --agent demo "What is Kubernetes?"\n'
           "Ctrl-C stops everything.", flush=True)
     while not stop:
         for svc in local.services.values():

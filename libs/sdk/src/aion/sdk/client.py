@@ -1,0 +1,190 @@
+"""The asynchronous client of aion's gateway, over grpc.aio."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import AsyncIterator, Mapping
+from typing import Self, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aion.api.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    common_pb2,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
+from aion.sdk import options, retry
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+class AsyncClient:
+    """Calls agents through the gateway; use as ``async with AsyncClient() as client``.
+
+    ``target``, ``api_key`` and ``token`` default to AION_TARGET (else
+    127.0.0.1:50051), AION_API_KEY and AION_TOKEN. ``timeout`` is the deadline
+    of a call (30 s), ``task_timeout`` that of a Stream or a waiting Submit
+    (300 s); every method takes its own ``timeout`` too. ``retries`` is the
+    most attempts per call (3), or a RetryPolicy. ``credentials`` makes the
+    channel secure (TLS).
+    """
+
+    def __init__(self, target: str | None = None, *, api_key: str | None = None,
+                 token: str | None = None, timeout: float | None = None,
+                 task_timeout: float | None = None, retries: int | retry.RetryPolicy = 3,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._settings = options.settings(
+            target, api_key=api_key, token=token, timeout=timeout, task_timeout=task_timeout,
+            retries=retries, credentials=credentials)
+        target = self._settings.target
+        self._channel = (
+            grpc.aio.secure_channel(target, credentials, options=options.CHANNEL_OPTIONS)
+            if credentials is not None
+            else grpc.aio.insecure_channel(target, options=options.CHANNEL_OPTIONS))
+        self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
+        self._agents = agents_pb2_grpc.AgentsStub(self._channel)
+        self._knowledge = knowledge_pb2_grpc.KnowledgeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        """The gateway's address."""
+        return self._settings.target
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: types.TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel, cancelling calls in flight; closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close()
+
+    async def submit(self, agent: str, input: str, *, asynchronous: bool = False,
+                     idempotency_key: str | None = None, max_tokens: int | None = None,
+                     temperature: float | None = None, budget_usd: float | None = None,
+                     sla_ms: int | None = None, privacy: str | None = None,
+                     seed: int | None = None,
+                     timeout: float | None = None) -> tasks_pb2.SubmitResponse:
+        """Run a task and wait for its result, or return it QUEUED with ``asynchronous``."""
+        request = tasks_pb2.SubmitRequest(asynchronous=asynchronous, task=options.task_spec(
+            agent, input, idempotency_key=idempotency_key, max_tokens=max_tokens,
+            temperature=temperature, budget_usd=budget_usd, sla_ms=sla_ms, privacy=privacy,
+            seed=seed))
+        return await self._call(self._tasks.Submit, request, timeout=timeout,
+                                task=not asynchronous, idempotent=bool(idempotency_key))
+
+    def stream(self, agent: str, input: str, *, idempotency_key: str | None = None,
+               max_tokens: int | None = None, temperature: float | None = None,
+               budget_usd: float | None = None, sla_ms: int | None = None,
+               privacy: str | None = None, seed: int | None = None,
+               timeout: float | None = None) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        """Run a task and iterate over its events: started, tokens, then done or error."""
+        request = tasks_pb2.StreamRequest(task=options.task_spec(
+            agent, input, idempotency_key=idempotency_key, max_tokens=max_tokens,
+            temperature=temperature, budget_usd=budget_usd, sla_ms=sla_ms, privacy=privacy,
+            seed=seed))
+        return self._stream(request, timeout=timeout, idempotent=bool(idempotency_key))
+
+    def follow(self, task_id: str, *,
+               timeout: float | None = None) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        """Iterate over the events of a task that already exists."""
+        return self._stream(tasks_pb2.StreamRequest(task_id=task_id), timeout=timeout,
+                            idempotent=True)
+
+    async def get(self, task_id: str, *, timeout: float | None = None) -> common_pb2.TaskResult:
+        """A task's result, or its current state."""
+        return await self._call(self._tasks.Get, tasks_pb2.GetTaskRequest(task_id=task_id),
+                                timeout=timeout)
+
+    async def cancel(self, task_id: str, *,
+                     timeout: float | None = None) -> common_pb2.TaskResult:
+        """Stop a task; returns its result, CANCELED unless it had ended already."""
+        return await self._call(self._tasks.Cancel,
+                                tasks_pb2.CancelTaskRequest(task_id=task_id), timeout=timeout)
+
+    async def list_agents(self, *, timeout: float | None = None) -> list[agents_pb2.Agent]:
+        """The agents this caller may use."""
+        response = await self._call(self._agents.List, agents_pb2.ListAgentsRequest(),
+                                    timeout=timeout)
+        return list(response.agents)
+
+    async def get_agent(self, name: str, *, timeout: float | None = None) -> agents_pb2.Agent:
+        """One agent by name."""
+        return await self._call(self._agents.Get, agents_pb2.GetAgentRequest(name=name),
+                                timeout=timeout)
+
+    async def ingest(self, knowledge_base: str, document_id: str, *, content: bytes | str,
+                     title: str = "", content_type: str = "text/plain",
+                     metadata: Mapping[str, str] | None = None,
+                     timeout: float | None = None) -> knowledge_pb2.IngestResponse:
+        """Add a document to a knowledge base, replacing one with the same id."""
+        request = options.ingest_request(knowledge_base, document_id, content=content,
+                                         title=title, content_type=content_type,
+                                         metadata=metadata)
+        return await self._call(self._knowledge.Ingest, request, timeout=timeout)
+
+    async def search(self, knowledge_base: str, query: str, *, top_k: int = 5,
+                     filters: Mapping[str, str] | None = None,
+                     timeout: float | None = None) -> list[knowledge_pb2.SearchHit]:
+        """The chunks closest in meaning to ``query``, best first."""
+        request = options.search_request(knowledge_base, query, top_k=top_k, filters=filters)
+        response = await self._call(self._knowledge.Search, request, timeout=timeout)
+        return list(response.hits)
+
+    async def delete_document(self, knowledge_base: str, document_id: str, *,
+                              timeout: float | None = None,
+                              ) -> knowledge_pb2.DeleteDocumentResponse:
+        """Remove a document from every store of a knowledge base."""
+        request = knowledge_pb2.DeleteDocumentRequest(knowledge_base=knowledge_base,
+                                                      document_id=document_id)
+        return await self._call(self._knowledge.Delete, request, timeout=timeout)
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The gRPC health status of ``service`` (the whole server for ""), e.g. "SERVING"."""
+        response = await self._call(self._health.Check,
+                                    health_pb2.HealthCheckRequest(service=service),
+                                    timeout=timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+                    request: _Req, *, timeout: float | None, task: bool = False,
+                    idempotent: bool = True) -> _Resp:
+        attempts = self._settings.attempts(timeout, task=task, idempotent=idempotent)
+        while True:
+            try:
+                return await method(request, timeout=attempts.start(),
+                                    metadata=self._settings.metadata)
+            except grpc.aio.AioRpcError as exc:
+                delay = attempts.failed(exc)
+            await asyncio.sleep(delay)
+
+    async def _stream(self, request: tasks_pb2.StreamRequest, *, timeout: float | None,
+                      idempotent: bool) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        attempts = self._settings.attempts(timeout, task=True, idempotent=idempotent)
+        while True:
+            call = self._tasks.Stream(request, timeout=attempts.start(),
+                                      metadata=self._settings.metadata)
+            yielded = False
+            try:
+                async for event in call:
+                    yielded = True
+                    yield event
+                return
+            except grpc.aio.AioRpcError as exc:
+                delay = attempts.failed(exc, retry=not yielded)
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)

@@ -1,0 +1,136 @@
+"""What both clients share: settings from arguments and the environment, and request messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+
+import grpc
+
+from aion.api.v1 import common_pb2, knowledge_pb2, tasks_pb2
+from aion.sdk import errors, retry
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TASK_TIMEOUT_S = 300.0
+
+CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
+    ("grpc.primary_user_agent", "aion-sdk-python"),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # Reconnect soon after a failure, so a retry finds the gateway once it is back.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
+
+_PRIVACY = {
+    "local-only": common_pb2.PRIVACY_LOCAL_ONLY,
+    "allow-api": common_pb2.PRIVACY_ALLOW_API,
+    "hybrid": common_pb2.PRIVACY_HYBRID,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    """A client's settings, resolved once at construction."""
+
+    target: str
+    metadata: tuple[tuple[str, str], ...]
+    timeout_s: float
+    task_timeout_s: float
+    retry_policy: retry.RetryPolicy
+    credentials: grpc.ChannelCredentials | None
+
+    def attempts(self, timeout: float | None, *, task: bool = False,
+                 idempotent: bool = True) -> retry.Attempts:
+        """The attempts of one call; a ``task`` call (Stream, waiting Submit) waits longer."""
+        if timeout is None:
+            timeout = self.task_timeout_s if task else self.timeout_s
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        return retry.Attempts(self.retry_policy, timeout_s=timeout, idempotent=idempotent)
+
+
+def settings(target: str | None, *, api_key: str | None, token: str | None,
+             timeout: float | None, task_timeout: float | None,
+             retries: int | retry.RetryPolicy,
+             credentials: grpc.ChannelCredentials | None) -> Settings:
+    """Resolve a client's arguments; unset ones come from AION_TARGET, AION_API_KEY, AION_TOKEN."""
+    if target is None:
+        target = os.environ.get("AION_TARGET") or DEFAULT_TARGET
+    if api_key is None:
+        api_key = os.environ.get("AION_API_KEY")
+    if token is None:
+        token = os.environ.get("AION_TOKEN")
+    for name, value in (("timeout", timeout), ("task_timeout", task_timeout)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be positive")
+    return Settings(
+        target=target,
+        metadata=credentials_metadata(api_key=api_key, token=token),
+        timeout_s=timeout or DEFAULT_TIMEOUT_S,
+        task_timeout_s=task_timeout or DEFAULT_TASK_TIMEOUT_S,
+        retry_policy=retries if isinstance(retries, retry.RetryPolicy)
+        else retry.RetryPolicy(max_attempts=retries),
+        credentials=credentials,
+    )
+
+
+def credentials_metadata(*, api_key: str | None, token: str | None) -> tuple[tuple[str, str], ...]:
+    """The credentials as call metadata: ``x-api-key`` and ``authorization: Bearer``."""
+    pairs: list[tuple[str, str]] = []
+    if api_key:
+        pairs.append(("x-api-key", api_key))
+    if token:
+        pairs.append(("authorization", f"Bearer {token.removeprefix('Bearer ')}"))
+    return tuple(pairs)
+
+
+def privacy_value(value: str | None) -> common_pb2.Privacy.ValueType:
+    """The Privacy for ``"local-only"``, ``"allow-api"`` or ``"hybrid"`` (unset for None)."""
+    if value is None:
+        return common_pb2.PRIVACY_UNSPECIFIED
+    try:
+        return _PRIVACY[value.lower().replace("_", "-")]
+    except KeyError:
+        raise errors.InvalidArgument(
+            f"privacy must be one of {', '.join(_PRIVACY)}, not {value!r}",
+            field="privacy") from None
+
+
+def task_spec(agent: str, input: str, *, idempotency_key: str | None = None,
+              max_tokens: int | None = None, temperature: float | None = None,
+              budget_usd: float | None = None, sla_ms: int | None = None,
+              privacy: str | None = None, seed: int | None = None) -> tasks_pb2.TaskSpec:
+    """The TaskSpec for a task; unset knobs stay unset so the agent's defaults apply."""
+    knobs = tasks_pb2.TaskOptions(privacy=privacy_value(privacy))
+    if max_tokens is not None:
+        knobs.max_tokens = max_tokens
+    if temperature is not None:
+        knobs.temperature = temperature
+    if budget_usd is not None:
+        knobs.budget_usd = budget_usd
+    if sla_ms is not None:
+        knobs.sla_ms = sla_ms
+    if seed is not None:
+        knobs.seed = seed
+    return tasks_pb2.TaskSpec(agent=agent, input=input,
+                              idempotency_key=idempotency_key or "", options=knobs)
+
+
+def ingest_request(knowledge_base: str, document_id: str, *, content: bytes | str,
+                   title: str, content_type: str,
+                   metadata: Mapping[str, str] | None) -> knowledge_pb2.IngestRequest:
+    """The IngestRequest for a document; text content is sent as UTF-8."""
+    return knowledge_pb2.IngestRequest(
+        knowledge_base=knowledge_base, document_id=document_id, title=title,
+        content=content.encode() if isinstance(content, str) else content,
+        content_type=content_type, metadata=dict(metadata or {}))
+
+
+def search_request(knowledge_base: str, query: str, *, top_k: int,
+                   filters: Mapping[str, str] | None) -> knowledge_pb2.SearchRequest:
+    """The SearchRequest for a query."""
+    return knowledge_pb2.SearchRequest(knowledge_base=knowledge_base, query=query,
+                                       top_k=top_k, filters=dict(filters or {}))

@@ -1,0 +1,156 @@
+"""A task through gateway -> router -> agent -> executor (real model), and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from aion.api.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from aion.sdk import AsyncClient, Client, errors, testing
+
+pytestmark = pytest.mark.e2e
+AIONCTL = str(Path(sys.executable).with_name("aionctl"))
+
+
+def test_every_service_reports_serving(suite: testing.LocalSuite) -> None:
+    for svc in suite.services.values():
+        assert testing.suite.health_status(svc.target) == "SERVING", svc.name
+
+
+async def test_stream_yields_model_tokens_then_the_canonical_result(
+        suite: testing.LocalSuite) -> None:
+    async with AsyncClient(suite.gateway) as client:
+        events = [e async for e in client.stream("demo", "What is Kubernetes?", max_tokens=24)]
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "started"
+    assert kinds[-1] == "done"
+    tokens = [e.token.text for e in events if e.WhichOneof("event") == "token"]
+    assert len(tokens) > 3, "the answer should arrive as several token events"
+    result = events[-1].done.result
+    assert result.status == common_pb2.TASK_STATUS_OK
+    assert result.output == "".join(tokens)
+    assert result.output.strip()
+    assert result.engine.route == common_pb2.ROUTE_LOCAL
+    assert result.engine.chosen_by == "policy:privacy"
+    assert "local-only" in result.engine.reason
+    assert result.engine.model == "smollm2-135m-instruct"
+    assert 0 < result.usage.completion_tokens <= 24
+    assert result.usage.prompt_tokens > 0
+    assert result.usage.latency_ms > 0
+
+
+async def test_same_seed_at_temperature_zero_gives_the_same_answer(
+        suite: testing.LocalSuite) -> None:
+    async with AsyncClient(suite.gateway) as client:
+        a = await client.submit("demo", "Name a color.", max_tokens=12, temperature=0, seed=7)
+        b = await client.submit("demo", "Name a color.", max_tokens=12, temperature=0, seed=7)
+    assert a.result.status == common_pb2.TASK_STATUS_OK
+    assert a.result.output == b.result.output
+    assert a.task_id != b.task_id
+
+
+@pytest.mark.parametrize(("kwargs", "error", "field"), [
+    ({"agent": "nope", "input": "hi"}, errors.NotFound, None),
+    ({"agent": "demo", "input": ""}, errors.InvalidArgument, "task.input"),
+    ({"agent": "demo", "input": "hi", "max_tokens": -1}, errors.InvalidArgument,
+     "task.options.max_tokens"),
+])
+def test_bad_input_gets_the_matching_status(suite: testing.LocalSuite, kwargs: dict[str, object],
+                                            error: type[errors.AionError],
+                                            field: str | None) -> None:
+    agent, text = str(kwargs.pop("agent")), str(kwargs.pop("input"))
+    with Client(suite.gateway) as client, pytest.raises(error) as info:
+        list(client.stream(agent, text, **kwargs))  # type: ignore[arg-type]
+    assert info.value.field == field
+    assert info.value.message
+
+
+async def test_stream_without_a_deadline_is_refused(suite: testing.LocalSuite) -> None:
+    async with grpc.aio.insecure_channel(suite.gateway) as chan:
+        stub: tasks_pb2_grpc.TasksAsyncStub = tasks_pb2_grpc.TasksStub(chan)
+        call = stub.Stream(tasks_pb2.StreamRequest(
+            task=tasks_pb2.TaskSpec(agent="demo", input="hi")))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deadline" in (info.value.details() or "")
+
+
+def test_async_submit_then_get_returns_the_stored_result(suite: testing.LocalSuite) -> None:
+    with Client(suite.gateway) as client:
+        submitted = client.submit("demo", "Say hello.", asynchronous=True, max_tokens=8)
+        assert submitted.task_id
+        deadline = time.monotonic() + 60
+        result = client.get(submitted.task_id)
+        while result.status in (common_pb2.TASK_STATUS_QUEUED, common_pb2.TASK_STATUS_RUNNING):
+            assert time.monotonic() < deadline, "the task did not finish within 60 s"
+            result = client.get(submitted.task_id, timeout=5)
+        assert result.status == common_pb2.TASK_STATUS_OK
+        assert result.task_id == submitted.task_id
+        replay = list(client.follow(submitted.task_id))
+        assert replay[-1].done.result.output == result.output
+
+
+async def test_cancel_mid_stream_ends_the_task_canceled(suite: testing.LocalSuite) -> None:
+    async with AsyncClient(suite.gateway) as client:
+        task_id = ""
+        final = None
+        async for event in client.stream("demo", "Write a long story about GPUs.",
+                                         max_tokens=400):
+            kind = event.WhichOneof("event")
+            if kind == "token" and not task_id:
+                task_id = event.task_id
+                await client.cancel(task_id)
+            if kind in ("done", "error"):
+                final = event
+        assert final is not None
+        assert final.WhichOneof("event") == "error"
+        assert final.error.result.status == common_pb2.TASK_STATUS_CANCELED
+        assert (await client.get(task_id)).status == common_pb2.TASK_STATUS_CANCELED
+
+
+def test_knowledge_round_trip_through_the_gateway(suite: testing.LocalSuite) -> None:
+    with Client(suite.gateway) as client:
+        resp = client.ingest("docs", "k8s", content="Pods run on nodes.\n\nGPUs are scarce.")
+        assert resp.chunks == 2
+        hits = client.search("docs", "GPU scarce")
+        assert hits[0].text == "GPUs are scarce."
+        assert client.delete_document("docs", "k8s").chunks_removed == 2
+
+
+def _aionctl(suite: testing.LocalSuite, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AIONCTL, "--target", suite.gateway, *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_aionctl_streams_an_answer_and_prints_json(suite: testing.LocalSuite) -> None:
+    out = _aionctl(suite, "stream", "--agent", "demo", "--max-tokens", "16",
+                   "What is Kubernetes?")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    as_json = _aionctl(suite, "submit", "--agent", "demo", "--max-tokens", "8", "--json", "Hi")
+    assert as_json.returncode == 0, as_json.stderr
+    result = json.loads(as_json.stdout)
+    assert result["status"] == "OK"
+    assert result["engine"]["route"] == "local"
+    assert set(result["usage"]) >= {"latency_ms", "tokens", "cost_usd"}
+
+
+def test_aionctl_shows_errors_in_one_line_with_a_non_zero_exit(
+        suite: testing.LocalSuite) -> None:
+    out = _aionctl(suite, "stream", "--agent", "nope", "hi")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines == [lines[0]]
+    assert lines[0].startswith("error: NOT_FOUND:")
+    assert "Traceback" not in out.stderr
+    bad = _aionctl(suite, "stream", "--agent", "demo", "--max-tokens", "-1", "hi")
+    assert bad.returncode == 2
+    assert "INVALID_ARGUMENT" in bad.stderr
