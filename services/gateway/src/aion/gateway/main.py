@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from aion.api.v1 import agents_pb2, agents_pb2_grpc, knowledge_pb2, knowledge_pb2_grpc
-from aion.api.v1 import tasks_pb2, tasks_pb2_grpc
+from aion.api.v1 import (
+    agents_pb2,
+    agents_pb2_grpc,
+    knowledge_pb2,
+    knowledge_pb2_grpc,
+    tasks_pb2,
+    tasks_pb2_grpc,
+)
 from aion.core import channels, lifecycle, metrics, server, settings, telemetry
 from aion.gateway import auth, ratelimit, servicers
 from aion.gateway import settings as gateway_settings
