@@ -88,6 +88,7 @@ async def test_bad_input_names_the_field(stub: knowledge_pb2_grpc.KnowledgeServi
 async def test_deleting_a_missing_document_is_not_found(
         stub: knowledge_pb2_grpc.KnowledgeServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.Delete(knowledge_pb2.DeleteRequest(tenant="t", request=public.DeleteDocumentRequest(
-            knowledge_base="kb", document_id="nope")))
+        await stub.Delete(knowledge_pb2.DeleteRequest(
+            tenant="t",
+            request=public.DeleteDocumentRequest(knowledge_base="kb", document_id="nope")))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND

@@ -161,8 +161,13 @@ class MemoryTaskStore:
         cond = self._changed[task.id]
         sent = after
         while True:
+            seen = sent
+
+            def more(seen: int = seen) -> bool:
+                return len(task.events) > seen
+
             async with cond:
-                await cond.wait_for(lambda: len(task.events) > sent)
+                await cond.wait_for(more)
                 batch = task.events[sent:]
             for event in batch:
                 sent = event.seq
