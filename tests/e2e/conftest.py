@@ -15,7 +15,10 @@ DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
 
 def start_suite(log_dir: Path) -> testing.LocalSuite:
     """Start the suite and wait for it; a service that does not come up fails with its log."""
-    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT)
+    # One llama.cpp thread: on a shared two-core machine, two spinning threads
+    # slow to a crawl whenever another process (here: the test itself) runs.
+    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT,
+                               extra_env={"AION_EXECUTOR_N_THREADS": "1"})
     suite.start()
     try:
         suite.wait_ready(timeout=180)

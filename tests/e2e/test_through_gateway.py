@@ -119,10 +119,15 @@ async def test_cancel_mid_stream_ends_the_task_canceled(suite: testing.LocalSuit
 def test_knowledge_round_trip_through_the_gateway(suite: testing.LocalSuite) -> None:
     with Client(suite.gateway) as client:
         resp = client.ingest("docs", "k8s", content="Pods run on nodes.\n\nGPUs are scarce.")
-        assert resp.chunks == 2
-        hits = client.search("docs", "GPU scarce")
-        assert hits[0].text == "GPUs are scarce."
-        assert client.delete_document("docs", "k8s").chunks_removed == 2
+        assert resp.chunks == 1  # both paragraphs fit one 800-character chunk
+        client.ingest("docs", "kafka", content="Kafka keeps ordered partitions.")
+        hits = client.search("docs", "scarce GPUs")
+        assert [h.document_id for h in hits] == ["k8s"]
+        assert "GPUs are scarce." in hits[0].text
+        assert client.delete_document("docs", "k8s").chunks_removed == 1
+        assert client.search("docs", "scarce GPUs") == []
+        with pytest.raises(errors.NotFound):
+            client.delete_document("docs", "k8s")
 
 
 def _aionctl(suite: testing.LocalSuite, *args: str) -> subprocess.CompletedProcess[str]:

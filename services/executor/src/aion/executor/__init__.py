@@ -1,1 +1,3 @@
-"""aion executor."""
+"""aion executor: model inference (llama.cpp on CPU or CUDA), one model per executor."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+from aion.executor import main
+
+main.main()

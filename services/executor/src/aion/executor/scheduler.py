@@ -1,0 +1,87 @@
+"""Admission and ordering of generation requests on one model.
+
+At most ``max_queue`` requests are admitted at once, running and waiting
+together; one more is refused with RESOURCE_EXHAUSTED and a retry delay, so
+callers (the agent service, the router's load view) back off instead of
+piling up. Admitted requests take the model's slot in arrival order; the
+llama.cpp context runs one stream at a time, so there is one slot. A batching
+backend would offer several slots behind the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable
+
+from aion.core import errors
+from aion.executor import backend, stats
+
+RATE_WINDOW_S = 30.0
+LATENCY_WINDOW_S = 300.0
+_MIN_RETRY_S = 1.0
+_MAX_RETRY_S = 30.0
+
+
+class Scheduler:
+    """Admits, queues and runs generations on a backend, and keeps the load figures."""
+
+    def __init__(self, model: backend.GenerationBackend, *, max_queue: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._model = model
+        self._max_queue = max_queue
+        self._clock = clock
+        self._slot = asyncio.Lock()
+        self._admitted = 0
+        self._running = 0
+        self._tokens = stats.RateWindow(window_s=RATE_WINDOW_S, now=clock())
+        self._latency = stats.LatencyWindow(window_s=LATENCY_WINDOW_S)
+
+    def snapshot(self) -> stats.Load:
+        """The current load."""
+        now = self._clock()
+        return stats.Load(
+            model_ready=self._model.ready,
+            queue_depth=self._admitted - self._running,
+            in_flight=self._running,
+            max_queue=self._max_queue,
+            tokens_per_s=self._tokens.rate(now=now),
+            p95_latency_s=self._latency.percentile(0.95, now=now),
+        )
+
+    def retry_after_s(self) -> float:
+        """How long a refused caller should wait: about one request's latency here now."""
+        p95 = self._latency.percentile(0.95, now=self._clock())
+        return _MIN_RETRY_S if p95 is None else min(max(p95, _MIN_RETRY_S), _MAX_RETRY_S)
+
+    async def generate(self, prompt: backend.Prompt,
+                       params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
+        """Admit the request (or raise ``errors.ResourceExhausted``), wait for the slot, stream.
+
+        Closing the iterator, or cancelling its consumer, stops the generation
+        and gives the slot to the next request.
+        """
+        if self._admitted >= self._max_queue:
+            stats.REJECTED.inc()
+            raise errors.ResourceExhausted(
+                f"executor queue is full ({self._max_queue} requests); retry later",
+                retry_after_s=round(self.retry_after_s(), 3))
+        self._admitted += 1
+        started = self._clock()
+        try:
+            async with self._slot:
+                self._running += 1
+                try:
+                    async with contextlib.aclosing(self._model.stream(prompt, params)) as chunks:
+                        async for chunk in chunks:
+                            now = self._clock()
+                            self._tokens.add(chunk.tokens, now=now)
+                            stats.TOKENS.inc(chunk.tokens)
+                            if chunk.finish is not None:
+                                self._latency.add(now - started, now=now)
+                            yield chunk
+                finally:
+                    self._running -= 1
+        finally:
+            self._admitted -= 1

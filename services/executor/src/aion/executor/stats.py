@@ -1,0 +1,104 @@
+"""The executor's load: sliding windows of throughput and latency, and their Prometheus gauges.
+
+The same ``Load`` snapshot answers the Stats RPC, backs the
+``aion_executor_*`` gauges, and is what a load reporter publishes.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from collections.abc import Callable
+
+import prometheus_client
+
+QUEUE_DEPTH = prometheus_client.Gauge(
+    "aion_executor_queue_depth", "Requests admitted and waiting for the model.")
+IN_FLIGHT = prometheus_client.Gauge(
+    "aion_executor_in_flight", "Requests generating now.")
+MAX_QUEUE = prometheus_client.Gauge(
+    "aion_executor_max_queue", "Requests admitted at most (waiting + generating).")
+TOKENS_PER_SECOND = prometheus_client.Gauge(
+    "aion_executor_tokens_per_second", "Completion tokens per second over the recent window.")
+P95_LATENCY = prometheus_client.Gauge(
+    "aion_executor_p95_latency_seconds",
+    "95th percentile of request latency (admission to last token) over the recent window.")
+MODEL_READY = prometheus_client.Gauge(
+    "aion_executor_model_ready", "1 once the model is loaded, else 0.")
+TOKENS = prometheus_client.Counter(
+    "aion_executor_completion_tokens", "Completion tokens generated.")
+REJECTED = prometheus_client.Counter(
+    "aion_executor_rejected", "Requests refused because the queue was full.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    """How busy the executor is right now."""
+
+    model_ready: bool
+    queue_depth: int
+    in_flight: int
+    max_queue: int
+    tokens_per_s: float
+    p95_latency_s: float | None
+
+
+class RateWindow:
+    """Events per second over the last ``window_s`` seconds, in one-second buckets."""
+
+    def __init__(self, *, window_s: float, now: float) -> None:
+        self._window_s = window_s
+        self._started = now
+        self._buckets: collections.deque[list[float]] = collections.deque()
+
+    def add(self, count: float, *, now: float) -> None:
+        """Record ``count`` events at time ``now``."""
+        second = math.floor(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([second, count])
+        self._evict(now)
+
+    def rate(self, *, now: float) -> float:
+        """Events per second over the window (over the time since creation, if shorter)."""
+        self._evict(now)
+        span = min(self._window_s, max(now - self._started, 1.0))
+        return sum(count for _, count in self._buckets) / span
+
+    def _evict(self, now: float) -> None:
+        while self._buckets and self._buckets[0][0] <= now - self._window_s - 1:
+            self._buckets.popleft()
+
+
+class LatencyWindow:
+    """Durations observed over the last ``window_s`` seconds (at most ``max_samples``)."""
+
+    def __init__(self, *, window_s: float, max_samples: int = 2048) -> None:
+        self._window_s = window_s
+        self._samples: collections.deque[tuple[float, float]] = collections.deque(
+            maxlen=max_samples)
+
+    def add(self, seconds: float, *, now: float) -> None:
+        """Record one duration that ended at ``now``."""
+        self._samples.append((now, seconds))
+
+    def percentile(self, q: float, *, now: float) -> float | None:
+        """The ``q`` quantile (0 < q <= 1, nearest rank) of the window, or None when empty."""
+        while self._samples and self._samples[0][0] < now - self._window_s:
+            self._samples.popleft()
+        if not self._samples:
+            return None
+        ordered = sorted(seconds for _, seconds in self._samples)
+        return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+def export(source: Callable[[], Load]) -> None:
+    """Make the ``aion_executor_*`` gauges read from ``source`` at every scrape."""
+    QUEUE_DEPTH.set_function(lambda: source().queue_depth)
+    IN_FLIGHT.set_function(lambda: source().in_flight)
+    MAX_QUEUE.set_function(lambda: source().max_queue)
+    TOKENS_PER_SECOND.set_function(lambda: source().tokens_per_s)
+    P95_LATENCY.set_function(lambda: source().p95_latency_s or 0.0)
+    MODEL_READY.set_function(lambda: float(source().model_ready))

@@ -1,0 +1,78 @@
+"""`python -m aion.executor` as a process: it loads the model and serves, or fails clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+
+
+async def start(**env: str) -> asyncio.subprocess.Process:
+    variables = {**os.environ, "AION_EXECUTOR_HOST": "127.0.0.1", "AION_EXECUTOR_PORT": "0",
+                 "AION_EXECUTOR_N_THREADS": "1", **env}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aion.executor", env=variables,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+
+
+async def log_until(proc: asyncio.subprocess.Process, message: str) -> list[dict[str, Any]]:
+    """The JSON log records up to the first whose message starts with ``message``."""
+    assert proc.stderr is not None
+    records: list[dict[str, Any]] = []
+    async with asyncio.timeout(60):
+        while line := await proc.stderr.readline():
+            record = json.loads(line)
+            records.append(record)
+            if str(record.get("message", "")).startswith(message):
+                return records
+    raise AssertionError(f"the process ended before logging {message!r}: {records}")
+
+
+async def test_serves_once_loaded_and_drains_on_sigterm() -> None:
+    proc = await start()
+    try:
+        records = await log_until(proc, "model loaded")
+        listening = next(r for r in records if r["message"] == "executor listening")
+        loading = next(r for r in records if r["message"] == "loading model")
+        assert loading["size_mb"] > 1
+        async with grpc.aio.insecure_channel(listening["address"]) as channel:
+            check = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10)
+            assert check.status == health_pb2.HealthCheckResponse.SERVING
+            request = executor_pb2.GenerateRequest(
+                messages=[executor_pb2.ChatMessage(role="user", content="Say hi.")],
+                max_tokens=2)
+            chunks = [c async for c in executor_pb2_grpc.ExecutorStub(channel).Generate(
+                request, timeout=30)]
+            assert chunks[-1].usage.completion_tokens <= 2
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_a_model_that_cannot_load_exits_non_zero(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a model")
+    proc = await start(AION_EXECUTOR_MODEL_PATH=str(broken))
+    try:
+        records = await log_until(proc, "executor cannot start")
+        assert str(broken) in records[-1]["message"]
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
