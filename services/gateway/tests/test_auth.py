@@ -84,3 +84,21 @@ def test_rate_limit_refuses_with_the_wait_and_refills() -> None:
     limiter.take("other")  # tenants have their own buckets
     now[0] += 0.5
     limiter.take("acme")
+
+
+def test_empty_secrets_from_a_chart_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AION_GATEWAY_API_KEYS", "")
+    monkeypatch.setenv("AION_GATEWAY_JWT_SECRET", "")
+    cfg = settings.GatewaySettings()
+    assert cfg.api_keys is None
+    assert cfg.jwt_secret is None
+    with pytest.raises(errors.Unauthenticated, match="does not accept JWTs"):
+        auth.Authenticator(cfg).authenticate([("authorization", f"Bearer {_token()}")])
+
+
+def test_api_keys_parse_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AION_GATEWAY_API_KEYS",
+                       '[{"key": "k1", "tenant": "acme", "roles": ["admin"]}]')
+    p = auth.Authenticator(settings.GatewaySettings()).authenticate([("x-api-key", "k1")])
+    assert p.tenant == "acme"
+    p.require("admin")

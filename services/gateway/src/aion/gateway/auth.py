@@ -43,7 +43,8 @@ class Authenticator:
 
     def __init__(self, cfg: gateway_settings.GatewaySettings) -> None:
         self._cfg = cfg
-        self._keys = [(k.key.get_secret_value().encode(), k) for k in cfg.api_keys]
+        self._keys = [(k.key.get_secret_value().encode(), k) for k in cfg.api_keys or ()
+                      if k.key.get_secret_value()]
         if cfg.allow_anonymous:
             log.warning("anonymous calls are allowed (tenant %r); do not run this in production",
                         cfg.anonymous_tenant)

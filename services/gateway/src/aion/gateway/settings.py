@@ -31,8 +31,8 @@ class GatewaySettings(settings.ServiceSettings):
     router_target: str = "127.0.0.1:50052"
     agent_target: str = "127.0.0.1:50053"
     knowledge_target: str = "127.0.0.1:50054"
-    api_keys: list[ApiKey] = pydantic.Field(
-        default_factory=list, description='JSON: [{"key": ..., "tenant": ..., "roles": [...]}]')
+    api_keys: list[ApiKey] | None = pydantic.Field(
+        default=None, description='JSON: [{"key": ..., "tenant": ..., "roles": [...]}]')
     jwt_secret: pydantic.SecretStr | None = pydantic.Field(
         default=None, description="HS256 secret; set it to accept JWTs")
     jwt_audience: str | None = None
@@ -42,5 +42,15 @@ class GatewaySettings(settings.ServiceSettings):
     allow_anonymous: bool = pydantic.Field(
         default=False, description="treat unauthenticated calls as anonymous_tenant (dev only)")
     anonymous_tenant: str = "default"
+    @pydantic.field_validator("api_keys", "jwt_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # A chart renders unset secrets as "": that must mean "none", never an empty key.
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, pydantic.SecretStr) and not value.get_secret_value():
+            return None
+        return value
+
     rate_per_s: float = pydantic.Field(default=50.0, gt=0, description="calls/s per tenant")
     rate_burst: int = pydantic.Field(default=100, gt=0)

@@ -1,1 +1,11 @@
-"""aion operator."""
+"""aion operator: reconciles Agent resources onto GPU node pools (kopf).
+
+- ``settings``: the operator's configuration (``AION_OPERATOR_*``).
+- ``spec``: the Agent spec, validated as the CRD declares it.
+- ``render``: the executor Deployment and Service of an Agent, as pure functions.
+- ``conditions``: status conditions, merged the Kubernetes way.
+- ``handlers``: the kopf handlers, registered on a registry passed in.
+- ``main``: the composition root (``python -m aion.operator``).
+"""
+
+__all__: list[str] = []

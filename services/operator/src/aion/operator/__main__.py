@@ -1,0 +1,3 @@
+from aion.operator import main
+
+main.main()

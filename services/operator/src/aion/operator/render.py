@@ -1,0 +1,195 @@
+"""An Agent's executor Deployment and Service, as pure functions of its spec.
+
+The handlers apply what these return; tests call them directly. One executor
+Deployment serves one Agent's model on one node pool. Its Service is headless,
+so the agent service can balance gRPC calls over the executor pods itself
+(``dns:///<service>:50055`` with round_robin) instead of pinning one pod.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from aion.operator import spec as spec_mod
+
+Manifest = dict[str, Any]
+
+AGENT_API_VERSION = "aion.dev/v1alpha1"
+EXECUTOR_PORT = 50055
+METRICS_PORT = 9090
+GPU_RESOURCE = "nvidia.com/gpu"
+# Labels that NVIDIA GPU feature discovery puts on GPU nodes (memory in MiB).
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
+# Shorter than the pod's termination grace, so the executor drains before SIGKILL.
+TERMINATION_GRACE_S = 15
+GRACE_S = 10
+DRAIN_DELAY_S = 3
+RUN_AS = 10001
+
+
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The Agent that owns what is rendered for it; deleting it deletes them."""
+
+    name: str
+    uid: str
+
+    def reference(self) -> Manifest:
+        """The ownerReferences entry naming this Agent as the controller."""
+        return {"apiVersion": AGENT_API_VERSION, "kind": "Agent", "name": self.name,
+                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def _bounded(text: str) -> str:
+    # Names and label values stop at 63 characters; a hash keeps long ones distinct.
+    text = text.replace(".", "-")
+    if len(text) <= 63:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{text[:54].rstrip('-')}-{digest}"
+
+
+def executor_name(agent_name: str) -> str:
+    """The name of an Agent's executor Deployment and Service (a DNS-1035 label)."""
+    return _bounded(f"aion-executor-{agent_name}")
+
+
+def selector(agent_name: str) -> dict[str, str]:
+    """The labels that select an Agent's executor pods (immutable once applied)."""
+    return {"app.kubernetes.io/name": "aion-executor",
+            "app.kubernetes.io/instance": _bounded(agent_name)}
+
+
+def labels(agent_name: str) -> dict[str, str]:
+    """The labels on everything rendered for an Agent."""
+    return {**selector(agent_name),
+            "app.kubernetes.io/component": "executor",
+            "app.kubernetes.io/part-of": "aion",
+            "app.kubernetes.io/managed-by": "aion-operator",
+            "aion.dev/agent": _bounded(agent_name)}
+
+
+def _metadata(agent_name: str, namespace: str, owner: Owner) -> Manifest:
+    return {"name": executor_name(agent_name), "namespace": namespace,
+            "labels": labels(agent_name), "ownerReferences": [owner.reference()]}
+
+
+def _node_affinity(spec: spec_mod.AgentSpec, *, pool_label: str, pool: str) -> Manifest:
+    match = [{"key": pool_label, "operator": "In", "values": [pool]}]
+    if spec.gpu.count > 0 and spec.gpu.products:
+        match.append({"key": GPU_PRODUCT_LABEL, "operator": "In",
+                      "values": list(spec.gpu.products)})
+    if spec.gpu.count > 0 and spec.gpu.min_memory_gib is not None:
+        # Gt is strict: more than one MiB under the minimum is at least the minimum.
+        match.append({"key": GPU_MEMORY_LABEL, "operator": "Gt",
+                      "values": [str(spec.gpu.min_memory_gib * 1024 - 1)]})
+    return {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": match}]}}
+
+
+def _env(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str,
+         extra: Mapping[str, str]) -> list[Manifest]:
+    values = {
+        "AION_EXECUTOR_PORT": str(EXECUTOR_PORT),
+        "AION_EXECUTOR_METRICS_PORT": str(METRICS_PORT),
+        "AION_EXECUTOR_GRACE_S": str(GRACE_S),
+        "AION_EXECUTOR_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
+        "AION_EXECUTOR_AGENT": agent_name,
+        "AION_EXECUTOR_POOL": pool,
+        "AION_EXECUTOR_MODEL_NAME": spec.model.name,
+        "AION_EXECUTOR_MODEL_TASK": spec.model.task,
+        "AION_EXECUTOR_DEVICE": "cuda" if spec.gpu.count > 0 else "cpu",
+    }
+    if spec.model.source is not None:
+        values["AION_EXECUTOR_MODEL_SOURCE"] = spec.model.source
+    values.update(extra)
+    return [{"name": k, "value": v} for k, v in values.items()]
+
+
+def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
+    return {"grpc": {"port": EXECUTOR_PORT}, "periodSeconds": period_s,
+            "timeoutSeconds": 5, "failureThreshold": failures}
+
+
+def _container(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str, image: str,
+               env: Mapping[str, str]) -> Manifest:
+    limits: dict[str, str] = {"memory": spec.resources.memory}
+    if spec.gpu.count > 0:
+        limits[GPU_RESOURCE] = str(spec.gpu.count)
+    return {
+        "name": "executor",
+        "image": image,
+        "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "env": _env(agent_name, spec, pool=pool, extra=env),
+        "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+                      "limits": limits},
+        # Loading a model takes a while: the startup probe allows 15 minutes for it.
+        "startupProbe": _grpc_probe(period_s=10, failures=90),
+        "readinessProbe": _grpc_probe(period_s=5, failures=2),
+        "livenessProbe": _grpc_probe(period_s=20, failures=3),
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+
+
+def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpec, *,
+                        pool_label: str, pool: str, image: str, owner: Owner,
+                        env: Mapping[str, str] | None = None) -> Manifest:
+    """The Deployment that serves ``spec.model`` for one Agent on the node pool ``pool``.
+
+    ``env`` adds platform settings (trace endpoint, Kafka) to the executor's own.
+    """
+    gpus = spec.gpu.count > 0
+    pod: Manifest = {
+        "affinity": {"nodeAffinity": _node_affinity(spec, pool_label=pool_label, pool=pool)},
+        "containers": [_container(agent_name, spec, pool=pool, image=image, env=env or {})],
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "enableServiceLinks": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+                            "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if gpus:
+        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
+                               "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(agent_name, namespace, owner),
+        "spec": {
+            "replicas": spec.replicas.min,
+            "selector": {"matchLabels": selector(agent_name)},
+            # A GPU pool seldom has a spare GPU for a surge pod: replace pods one by one.
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 0 if gpus else 1,
+                                           "maxUnavailable": 1 if gpus else 0}},
+            "template": {
+                "metadata": {
+                    "labels": labels(agent_name),
+                    "annotations": {"prometheus.io/scrape": "true",
+                                    "prometheus.io/port": str(METRICS_PORT),
+                                    "prometheus.io/path": "/metrics"},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+def executor_service(agent_name: str, namespace: str, *, owner: Owner) -> Manifest:
+    """The headless Service in front of an Agent's executor pods (ready pods only)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(agent_name, namespace, owner),
+        "spec": {
+            "clusterIP": "None",
+            "selector": selector(agent_name),
+            "ports": [{"name": "grpc", "port": EXECUTOR_PORT, "targetPort": "grpc",
+                       "protocol": "TCP", "appProtocol": "grpc"}],
+        },
+    }

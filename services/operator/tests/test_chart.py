@@ -1,0 +1,85 @@
+"""The chart, the images and skaffold agree on names, ports and users."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from aion.operator import render
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+CHART = ROOT / "charts" / "aion"
+PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
+         "executor": 50055}
+SERVICES = [*PORTS, "operator"]
+
+
+def _load(path: pathlib.Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_chart_metadata() -> None:
+    chart = _load(CHART / "Chart.yaml")
+    assert (chart["apiVersion"], chart["name"]) == ("v2", "aion")
+    assert (chart["version"], chart["appVersion"]) == ("0.1.0", "0.1.0")
+
+
+def test_values_ports_match_the_services() -> None:
+    values = _load(CHART / "values.yaml")
+    for name, port in PORTS.items():
+        if name != "executor":
+            assert values[name]["port"] == port
+        assert values[name]["image"]["repository"] == f"aion-{name}"
+    assert values["metrics"]["port"] == render.METRICS_PORT
+    assert PORTS["executor"] == render.EXECUTOR_PORT
+    assert values["operator"]["enabled"] is True
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_dockerfile(name: str) -> None:
+    text = (ROOT / "services" / name / "Dockerfile").read_text()
+    assert f"uv sync --frozen --package aion-{name} --no-editable --no-dev" in text
+    assert "USER 10001:10001" in text
+    assert f'ENTRYPOINT ["/app/.venv/bin/python", "-m", "aion.{name}"]' in text
+    assert f"AION_{name.upper()}_HOST=0.0.0.0" in text
+    exposed = re.search(r"^EXPOSE (.+)$", text, re.MULTILINE)
+    assert exposed is not None
+    expected = {str(PORTS.get(name, 8080)), str(render.METRICS_PORT)}
+    assert set(exposed.group(1).split()) == expected
+    # The runtime stage gets the virtual environment and nothing else from the builder.
+    runtime = text.split(" AS runtime", 1)[1]
+    assert re.findall(r"^COPY .*$", runtime, re.MULTILINE) == [
+        "COPY --from=builder /app/.venv /app/.venv"]
+
+
+def test_skaffold_builds_every_image_and_sets_it_in_the_chart() -> None:
+    config = _load(ROOT / "skaffold.yaml")
+    artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    assert set(artifacts) == {f"aion-{name}" for name in SERVICES}
+    for name in SERVICES:
+        artifact = artifacts[f"aion-{name}"]
+        assert artifact["context"] == "."
+        assert (ROOT / artifact["docker"]["dockerfile"]).is_file()
+    [release] = config["deploy"]["helm"]["releases"]
+    assert release["chartPath"] == "charts/aion"
+    templates = release["setValueTemplates"]
+    for name in SERVICES:
+        assert templates[f"{name}.image.repository"] == f"{{{{.IMAGE_REPO_aion_{name}}}}}"
+
+
+def test_the_crd_has_one_copy() -> None:
+    copies = [p for p in ROOT.glob("**/*.yaml")
+              if ".venv" not in p.parts and "CustomResourceDefinition" in p.read_text()]
+    assert copies == [CHART / "crds" / "agents.aion.dev.yaml"]
+
+
+def test_the_chart_names_executor_services_as_the_operator_does() -> None:
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+    assert 'printf "aion-executor-%s" . | replace "." "-"' in helpers
+    assert render.executor_name("aion-embeddings") == "aion-executor-aion-embeddings"

@@ -1,0 +1,135 @@
+"""The Agent CRD (the chart's crds/ file) and spec.py describe the same resource."""
+
+from __future__ import annotations
+
+import pathlib
+import typing
+from typing import Any
+
+import pytest
+import yaml
+
+from aion.operator import spec
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+CRD = ROOT / "charts" / "aion" / "crds" / "agents.aion.dev.yaml"
+DEMO = ROOT / "deploy" / "examples" / "demo-agent.yaml"
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    """The CustomResourceDefinition as the API server would read it."""
+    data = yaml.safe_load(CRD.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def version(crd: dict[str, Any]) -> dict[str, Any]:
+    """The one served version."""
+    [v] = crd["spec"]["versions"]
+    return dict(v)
+
+
+def _props(version: dict[str, Any], *path: str) -> dict[str, Any]:
+    node = version["schema"]["openAPIV3Schema"]
+    for name in path:
+        node = node["properties"][name]
+    return dict(node["properties"])
+
+
+def _rules(version: dict[str, Any], *path: str) -> list[str]:
+    node = version["schema"]["openAPIV3Schema"]
+    for name in path:
+        node = node["properties"][name]
+    return [r["rule"] for r in node.get("x-kubernetes-validations", [])]
+
+
+def test_names_scope_and_status_subresource(crd: dict[str, Any],
+                                            version: dict[str, Any]) -> None:
+    assert crd["metadata"]["name"] == "agents.aion.dev"
+    assert crd["spec"]["group"] == "aion.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == ("Agent", "agents", ["ag"])
+    assert version["name"] == "v1alpha1"
+    assert version["served"]
+    assert version["storage"]
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns(version: dict[str, Any]) -> None:
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Pool"] == ".status.nodePool"
+    assert columns["Ready"] == ".status.readyReplicas"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
+    root = version["schema"]["openAPIV3Schema"]
+    assert root["properties"]["spec"]["required"] == ["model"]
+    top = _props(version, "spec")
+    assert set(top) == {"model", "instructions", "tools", "knowledgeBases", "routing", "gpu",
+                        "resources", "placement", "replicas"}
+    model = _props(version, "spec", "model")
+    assert model["task"]["enum"] == list(typing.get_args(spec.Task))
+    assert model["task"]["default"] == "generate"
+    routing = _props(version, "spec", "routing")
+    assert routing["privacy"]["enum"] == ["local-only", "allow-api", "hybrid"]
+    assert set(routing["privacy"]["enum"]) == set(typing.get_args(spec.Privacy))
+    assert routing["privacy"]["default"] == "local-only"
+    gpu = _props(version, "spec", "gpu")
+    assert (gpu["count"]["minimum"], gpu["count"]["default"]) == (0, 1)
+    assert set(gpu) == {"count", "products", "minMemoryGiB"}
+    assert set(_props(version, "spec", "placement")) == {
+        "allowedPools", "preferredPools", "maxPricePerGpuHour"}
+    replicas = _props(version, "spec", "replicas")
+    assert (replicas["min"]["default"], replicas["max"]["default"]) == (1, 1)
+    assert _rules(version, "spec", "replicas") == ["self.min <= self.max"]
+    assert _rules(version, "spec", "gpu")
+    assert _rules(version, "spec", "placement")
+
+
+def test_crd_defaults_match_spec_py(version: dict[str, Any]) -> None:
+    s = spec.parse({"model": {"name": "m"}})
+    assert _props(version, "spec", "gpu")["count"]["default"] == s.gpu.count
+    assert _props(version, "spec", "routing")["privacy"]["default"] == s.routing.privacy
+    resources = _props(version, "spec", "resources")
+    assert (resources["cpu"]["default"], resources["memory"]["default"]) == (
+        s.resources.cpu, s.resources.memory)
+    assert resources["cpu"]["pattern"] == spec.QUANTITY_PATTERN
+    pools = _props(version, "spec", "placement")["allowedPools"]["items"]
+    assert pools["pattern"] == spec.LABEL_VALUE_PATTERN
+    assert _props(version, "spec", "model")["name"]["pattern"] == spec.MODEL_NAME_PATTERN
+
+
+def test_status_fields(version: dict[str, Any]) -> None:
+    status = _props(version, "status")
+    assert set(status) >= {"phase", "nodePool", "readyReplicas", "observedGeneration",
+                           "conditions", "placementReason"}
+    condition = status["conditions"]["items"]["properties"]
+    assert set(condition) >= {"type", "status", "reason", "message", "lastTransitionTime"}
+
+
+def _undeclared(value: Any, schema: dict[str, Any], path: str) -> list[str]:
+    if not isinstance(value, dict):
+        return []
+    props = schema.get("properties", {})
+    missing = [f"{path}.{k}" for k in value if k not in props]
+    return missing + [m for k, v in value.items() if k in props
+                      for m in _undeclared(v, props[k], f"{path}.{k}")]
+
+
+def test_demo_agent_is_valid() -> None:
+    demo = yaml.safe_load(DEMO.read_text())
+    assert (demo["apiVersion"], demo["kind"], demo["metadata"]["name"]) == (
+        "aion.dev/v1alpha1", "Agent", "demo")
+    s = spec.parse(demo["spec"])
+    assert (s.model.name, s.model.task, s.gpu.count) == ("smollm2-135m-instruct", "generate", 0)
+
+
+def test_demo_agent_uses_only_declared_fields(version: dict[str, Any]) -> None:
+    demo = yaml.safe_load(DEMO.read_text())
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _undeclared(demo["spec"], schema, "spec") == []

@@ -1,0 +1,136 @@
+"""The executor Deployment and Service rendered for an Agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from aion.operator import render, spec
+
+OWNER = render.Owner(name="chat", uid="0b7c-uid")
+
+
+def _deployment(data: dict[str, Any], *, pool: str = "a100",
+                env: dict[str, str] | None = None) -> dict[str, Any]:
+    return render.executor_deployment(
+        "chat", "team-a", spec.parse(data), pool_label="aion.dev/node-pool", pool=pool,
+        image="aion-executor:1", owner=OWNER, env=env)
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def _env(deployment: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in _container(deployment)["env"]}
+
+
+def _match_expressions(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    affinity = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    terms = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert len(terms) == 1
+    return list(terms[0]["matchExpressions"])
+
+
+def test_required_affinity_to_the_pool_and_gpu_kind(gpu_spec: dict[str, Any]) -> None:
+    assert _match_expressions(_deployment(gpu_spec)) == [
+        {"key": "aion.dev/node-pool", "operator": "In", "values": ["a100"]},
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A100-SXM4-80GB"]},
+        {"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["81919"]},
+    ]
+
+
+def test_cpu_agent_is_pinned_to_its_pool_only() -> None:
+    d = _deployment({"model": {"name": "m"}, "gpu": {"count": 0}}, pool="cpu")
+    assert _match_expressions(d) == [
+        {"key": "aion.dev/node-pool", "operator": "In", "values": ["cpu"]}]
+
+
+@pytest.mark.parametrize("count", [0, 1, 4])
+def test_gpu_toleration_and_limit_iff_gpus(count: int) -> None:
+    d = _deployment({"model": {"name": "m"}, "gpu": {"count": count}})
+    pod = d["spec"]["template"]["spec"]
+    limits = _container(d)["resources"]["limits"]
+    if count:
+        assert pod["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert limits["nvidia.com/gpu"] == str(count)
+        assert _env(d)["AION_EXECUTOR_DEVICE"] == "cuda"
+    else:
+        assert "tolerations" not in pod
+        assert "nvidia.com/gpu" not in limits
+        assert _env(d)["AION_EXECUTOR_DEVICE"] == "cpu"
+
+
+def test_resources_and_replicas(gpu_spec: dict[str, Any]) -> None:
+    d = _deployment(gpu_spec)
+    assert _container(d)["resources"] == {
+        "requests": {"cpu": "4", "memory": "32Gi"},
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
+    assert d["spec"]["replicas"] == 2
+
+
+def test_env_carries_model_pool_and_platform_settings(gpu_spec: dict[str, Any]) -> None:
+    env = _env(_deployment(gpu_spec, env={"AION_EXECUTOR_OTLP_ENDPOINT": "http://otel:4317"}))
+    assert env["AION_EXECUTOR_MODEL_NAME"] == "llama-3-8b-instruct"
+    assert env["AION_EXECUTOR_MODEL_SOURCE"] == "https://models.test/llama.gguf"
+    assert env["AION_EXECUTOR_MODEL_TASK"] == "generate"
+    assert env["AION_EXECUTOR_AGENT"] == "chat"
+    assert env["AION_EXECUTOR_POOL"] == "a100"
+    assert env["AION_EXECUTOR_PORT"] == "50055"
+    assert env["AION_EXECUTOR_OTLP_ENDPOINT"] == "http://otel:4317"
+    assert float(env["AION_EXECUTOR_GRACE_S"]) + float(env["AION_EXECUTOR_DRAIN_DELAY_S"]) < (
+        _deployment(gpu_spec)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+
+
+def test_grpc_probes_on_the_executor_port() -> None:
+    c = _container(_deployment({"model": {"name": "m"}}))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["grpc"] == {"port": 50055}
+    assert {"name": "grpc", "containerPort": 50055, "protocol": "TCP"} in c["ports"]
+
+
+def test_labels_owner_and_selector() -> None:
+    d = _deployment({"model": {"name": "m"}})
+    meta = d["metadata"]
+    assert meta["name"] == "aion-executor-chat"
+    assert meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [{
+        "apiVersion": "aion.dev/v1alpha1", "kind": "Agent", "name": "chat", "uid": "0b7c-uid",
+        "controller": True, "blockOwnerDeletion": True}]
+    assert meta["labels"]["app.kubernetes.io/name"] == "aion-executor"
+    assert meta["labels"]["app.kubernetes.io/instance"] == "chat"
+    assert meta["labels"]["app.kubernetes.io/part-of"] == "aion"
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "aion-operator"
+    selector = d["spec"]["selector"]["matchLabels"]
+    template_labels = d["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= template_labels.items()
+
+
+def test_runs_as_non_root() -> None:
+    pod = _deployment({"model": {"name": "m"}})["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_service_selects_the_executor_pods() -> None:
+    svc = render.executor_service("chat", "team-a", owner=OWNER)
+    d = _deployment({"model": {"name": "m"}})
+    assert svc["metadata"]["name"] == d["metadata"]["name"]
+    assert svc["metadata"]["ownerReferences"] == d["metadata"]["ownerReferences"]
+    assert svc["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
+    assert svc["spec"]["ports"] == [{"name": "grpc", "port": 50055, "targetPort": "grpc",
+                                     "protocol": "TCP", "appProtocol": "grpc"}]
+
+
+def test_long_agent_names_stay_valid_and_distinct() -> None:
+    a = render.executor_name("a" * 70 + ".x")
+    b = render.executor_name("a" * 70 + ".y")
+    assert a != b
+    assert len(a) <= 63
+    assert len(b) <= 63
+    assert "." not in a
+    assert len(render.labels("a" * 100)["aion.dev/agent"]) <= 63
