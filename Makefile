@@ -1,6 +1,8 @@
 # aion: the same targets locally and in CI.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
+# deploy/local/setup.sh installs uv with `pip install --user` when it is missing.
+export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 export UV_FROZEN := 1
 PYTEST_ARGS ?=
