@@ -159,3 +159,26 @@ def test_aionctl_shows_errors_in_one_line_with_a_non_zero_exit(
     bad = _aionctl(suite, "stream", "--agent", "demo", "--max-tokens", "-1", "hi")
     assert bad.returncode == 2
     assert "INVALID_ARGUMENT" in bad.stderr
+
+
+def _log_records(suite: testing.LocalSuite, service: str) -> list[dict[str, object]]:
+    lines = suite.services[service].log_path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def test_one_trace_follows_a_task_across_services(suite: testing.LocalSuite) -> None:
+    with Client(suite.gateway) as client:
+        task_id = client.submit("demo", "Trace me.", max_tokens=4).task_id
+    deadline = time.monotonic() + 10
+    ended: list[dict[str, object]] = []
+    while not ended:
+        assert time.monotonic() < deadline, "the agent service never logged the task's end"
+        ended = [r for r in _log_records(suite, "agent")
+                 if r.get("message") == "task ended" and r.get("task_id") == task_id]
+    trace_id = ended[0]["trace_id"]
+    assert isinstance(trace_id, str)
+    assert len(trace_id) == 32
+    routed = [r for r in _log_records(suite, "gateway") if r.get("message") == "task routed"]
+    decided = [r for r in _log_records(suite, "router") if r.get("message") == "decided"]
+    assert trace_id in {r["trace_id"] for r in routed}
+    assert trace_id in {r["trace_id"] for r in decided}

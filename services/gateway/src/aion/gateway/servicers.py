@@ -6,6 +6,7 @@ tenant's rate limit, and forwarded within the caller's own deadline.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, TypeVar
 
@@ -26,6 +27,8 @@ from aion.api.v1 import (
 )
 from aion.core import errors
 from aion.gateway import auth, ratelimit, settings
+
+log = logging.getLogger(__name__)
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 _Req = TypeVar("_Req")
@@ -98,6 +101,10 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             decide.sla_ms = opts.sla_ms
         with errors.remote("router"):
             decision = await self._peers.router.Decide(decide, timeout=_timeout(context))
+        log.info("task routed", extra={
+            "tenant": tenant, "agent": task.agent,
+            "route": common_pb2.Route.Name(decision.engine.route),
+            "chosen_by": decision.engine.chosen_by})
         return agent_pb2.RunRequest(
             tenant=tenant, task=task, decision=decision, asynchronous=asynchronous
         )
