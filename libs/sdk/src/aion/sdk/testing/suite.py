@@ -28,6 +28,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICES = ("executor", "knowledge", "router", "agent", "gateway")
 DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
              "executor": 50055}
+DEV_METRICS_PORTS = {"gateway": 9101, "router": 9102, "agent": 9103, "knowledge": 9104,
+                     "executor": 9105}
 
 
 class SuiteError(RuntimeError):
@@ -79,14 +81,18 @@ class LocalSuite:
     """The five services as child processes of this one."""
 
     def __init__(self, *, log_dir: Path, agents_file: Path | None = None,
-                 ports: Mapping[str, int] | None = None, extra_env: Mapping[str, str] = (
+                 ports: Mapping[str, int] | None = None,
+                 metrics_ports: Mapping[str, int] | None = None, extra_env: Mapping[str, str] = (
                      types.MappingProxyType({})),
                  python: str = sys.executable, allow_anonymous: bool = True) -> None:
         self._log_dir = log_dir
         self._python = python
-        chosen = dict(ports) if ports is not None else {n: free_port() for n in SERVICES}
+        grpc_ports = dict(ports) if ports is not None else {n: free_port() for n in SERVICES}
+        http_ports = (dict(metrics_ports) if metrics_ports is not None
+                      else {n: free_port() for n in SERVICES})
         self.services = {
-            name: ServiceProcess(name, chosen[name], free_port(), log_dir / f"{name}.log")
+            name: ServiceProcess(name, grpc_ports[name], http_ports[name],
+                                 log_dir / f"{name}.log")
             for name in SERVICES}
         self._env = self._environment(agents_file, allow_anonymous, extra_env)
 
