@@ -1,8 +1,8 @@
 """Run a service until SIGTERM or SIGINT, then let it drain.
 
-Each service's ``main`` stacks its resources with ``AsyncExitStack`` and
-awaits ``wait_for_signal``; leaving the stack drains the gRPC server first
-(it was entered last) and then closes the clients it used.
+Each service's ``main`` stacks its clients with ``AsyncExitStack`` and then
+awaits ``serve``: metrics and gRPC until a signal, then the drain. Leaving the
+stack afterwards closes the clients, so they outlive the in-flight calls.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+
+from aion.core import metrics, server
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +35,10 @@ async def wait_for_signal(*signals: signal.Signals) -> signal.Signals:
             loop.remove_signal_handler(s)
     log.info("received %s, shutting down", sig.name)
     return sig
+
+
+async def serve(grpc_server: server.GrpcServer, *, host: str, metrics_port: int | None) -> None:
+    """Serve ``/metrics`` and ``grpc_server`` until SIGTERM or SIGINT; return once drained."""
+    with metrics.MetricsServer(host=host, port=metrics_port):
+        async with grpc_server:
+            await wait_for_signal()

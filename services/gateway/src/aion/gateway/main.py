@@ -13,7 +13,7 @@ from aion.api.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import channels, lifecycle, metrics, server, settings, telemetry
+from aion.core import channels, lifecycle, server, settings, telemetry
 from aion.gateway import auth, ratelimit, servicers
 from aion.gateway import settings as gateway_settings
 
@@ -39,9 +39,7 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
         grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server,
                         servicers.KnowledgeServicer(guard=guard, peers=peers),
                         knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)
-        stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
-        await stack.enter_async_context(grpc_server)
-        await lifecycle.wait_for_signal()
+        await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
 
 
 def main() -> None:

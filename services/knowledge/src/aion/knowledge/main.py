@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
-from aion.core import lifecycle, metrics, server, settings, telemetry
+from aion.core import lifecycle, server, settings, telemetry
 from aion.knowledge import index, servicer
 from aion.knowledge import settings as knowledge_settings
 
@@ -18,10 +17,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings) -> None:
     grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
                     servicer.KnowledgeServicer(store=index.LexicalIndex(), cfg=cfg),
                     knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name)
-    async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
-        await stack.enter_async_context(grpc_server)
-        await lifecycle.wait_for_signal()
+    await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
 
 
 def main() -> None:

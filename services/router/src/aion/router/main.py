@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aion.api.router.v1 import router_pb2, router_pb2_grpc
-from aion.core import lifecycle, metrics, server, settings, telemetry
+from aion.core import lifecycle, server, settings, telemetry
 from aion.router import policy, servicer
 from aion.router import settings as router_settings
 
@@ -19,10 +18,7 @@ async def run(cfg: router_settings.RouterSettings) -> None:
     grpc_server.add(router_pb2_grpc.add_RouterServicer_to_server,
                     servicer.RouterServicer(policies),
                     router_pb2.DESCRIPTOR.services_by_name["Router"].full_name)
-    async with contextlib.AsyncExitStack() as stack:
-        stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
-        await stack.enter_async_context(grpc_server)
-        await lifecycle.wait_for_signal()
+    await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
 
 
 def main() -> None:
