@@ -10,7 +10,7 @@ import pytest
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public
 from aion.core import errors, server
-from aion.knowledge import chunking, index, servicer, settings
+from aion.knowledge import chunking, qdrant_index, servicer, settings
 
 DOC = b"""Kubernetes schedules pods onto nodes.
 
@@ -37,12 +37,13 @@ def test_unsupported_content_type_and_bad_utf8() -> None:
 @pytest.fixture
 async def stub() -> AsyncIterator[knowledge_pb2_grpc.KnowledgeServiceAsyncStub]:
     cfg = settings.KnowledgeSettings(chunk_chars=100, chunk_overlap=10)
-    srv = server.GrpcServer(name="knowledge", host="127.0.0.1", port=0, grace_s=1)
-    srv.add(knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
-            servicer.KnowledgeServicer(store=index.LexicalIndex(), cfg=cfg),
-            "aion.knowledge.v1.KnowledgeService")
-    async with srv, grpc.aio.insecure_channel(srv.address) as chan:
-        yield knowledge_pb2_grpc.KnowledgeServiceStub(chan)
+    async with qdrant_index.QdrantIndex.from_settings(cfg) as store:
+        srv = server.GrpcServer(name="knowledge", host="127.0.0.1", port=0, grace_s=1)
+        srv.add(knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
+                servicer.KnowledgeServicer(store=store, cfg=cfg),
+                "aion.knowledge.v1.KnowledgeService")
+        async with srv, grpc.aio.insecure_channel(srv.address) as chan:
+            yield knowledge_pb2_grpc.KnowledgeServiceStub(chan)
 
 
 def _ingest(tenant: str, doc: str, content: bytes, **meta: str) -> knowledge_pb2.IngestRequest:
