@@ -7,7 +7,8 @@ UV ?= uv
 export UV_FROZEN := 1
 PYTEST_ARGS ?=
 
-.PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean
+.PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
+	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -15,10 +16,10 @@ help: ## list the targets
 setup: ## install Python deps (uv, the locked workspace; builds llama-cpp-python once, cached by uv)
 	@./deploy/local/setup.sh
 
-dev: setup ## set up, then run the five services with the demo agent until Ctrl-C
+dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, then run the five services with the demo agent until Ctrl-C
 	@$(UV) run --no-sync python -m aion.sdk.testing --agents deploy/examples/demo-agent.yaml
 
-test: setup lint typecheck layers protos-check pytest ## everything CI checks
+test: setup lint typecheck layers protos-check infra-build pytest ## everything CI checks
 
 lint: ## ruff
 	$(UV) run --no-sync ruff check .
@@ -43,6 +44,30 @@ unit: ## unit tests only
 
 e2e: ## end-to-end tests only (the five services as processes, real model)
 	$(UV) run --no-sync pytest -m e2e $(PYTEST_ARGS)
+
+INFRA := $(UV) run --no-sync python -m aion.infra
+
+infra-build: ## build the infrastructure binaries once (cached by version in ~/.cache/aion)
+	./deploy/local/build.sh all
+
+infra-up: setup ## start Kafka, Postgres and MinIO on 127.0.0.1 (reuses what runs)
+	@$(INFRA) up infra
+
+infra-down: ## stop Kafka, Postgres and MinIO
+	@$(INFRA) down infra
+
+infra-status: ## what runs, and where each component logs
+	@$(INFRA) status all
+
+cluster-up: setup ## start etcd, the Kubernetes control plane and kwok with the GPU node pools
+	@$(INFRA) up cluster
+	@echo 'use it: eval "$$(make -s cluster-env)"; kubectl get nodes -L cloud.google.com/gke-nodepool'
+
+cluster-down: ## stop the local cluster
+	@$(INFRA) down cluster
+
+cluster-env: ## export lines (KUBECONFIG, PATH with kubectl and helm) for the local cluster
+	@$(INFRA) env cluster
 
 clean: ## remove local state (logs), keep caches
 	rm -rf .aion .pytest_cache .mypy_cache .ruff_cache
