@@ -42,6 +42,21 @@ def test_a_stale_pid_file_is_not_mistaken_for_the_daemon(layout: Layout) -> None
     assert Daemon("sleeper", ["sleep", "30"], layout).pid() is None
 
 
+def test_an_own_child_counts_by_its_exit_status_not_its_cmdline(layout: Layout) -> None:
+    # Right after exec the kernel may not show the new cmdline yet; a renamed
+    # process stands in for that: only the pid file's stranger is judged by name.
+    d = Daemon("renamed", ["bash", "-c", "exec -a something-else sleep 30"], layout)
+    pid = d.start()
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert wait_until(lambda: cmdline.read_text().split("\0")[0] == "something-else", 5)
+        assert d.pid() == pid
+        assert Daemon("renamed", ["bash"], layout).pid() is None
+    finally:
+        d.stop()
+    assert d.pid() is None
+
+
 def test_stop_ends_children_too(layout: Layout) -> None:
     d = Daemon("shell", ["bash", "-c", "sleep 30 & echo child=$!; wait"], layout)
     d.start()

@@ -54,14 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for c in components:
         started = time.monotonic()
+        reused = c.running() and c.ready()
         try:
             if args.action == "build":
                 c.build()
                 print(f"{c.name}: built")
                 continue
-            reused = c.running() and c.ready()
             endpoints = c.up()
         except InfraError as exc:
+            if not reused:
+                c.down()  # leave no half-started process; the logs stay
             print(f"error: {exc}", file=sys.stderr)
             return 1
         how = "reused" if reused else f"started in {time.monotonic() - started:.1f}s"

@@ -192,38 +192,36 @@ class Cluster(Component):
             ],
             L,
         )
-        common = [
-            "--bind-address=127.0.0.1",
-            "--leader-elect=false",
-            "--profiling=false",
-        ]
-        kcm_kc = str(self.root / "controller-manager.kubeconfig")
+
+        def component_flags(kubeconfig: str, port: int) -> list[str]:
+            # The controller manager and the scheduler: one identity, loopback only.
+            return [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                f"--secure-port={port}",
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+                "--profiling=false",
+            ]
+
         controller_manager = Daemon(
             "kube-controller-manager",
             [
                 str(self.kube_bin / "kube-controller-manager"),
-                f"--kubeconfig={kcm_kc}",
-                f"--authentication-kubeconfig={kcm_kc}",
-                f"--authorization-kubeconfig={kcm_kc}",
-                f"--secure-port={self.kcm_port}",
+                *component_flags(str(self.root / "controller-manager.kubeconfig"), self.kcm_port),
                 f"--service-account-private-key-file={pki / 'sa.key'}",
                 f"--root-ca-file={pki / 'ca.crt'}",
                 "--use-service-account-credentials=true",  # each controller its own identity
                 "--allocate-node-cidrs=false",
-                *common,
             ],
             L,
         )
-        sched_kc = str(self.root / "scheduler.kubeconfig")
         scheduler = Daemon(
             "kube-scheduler",
             [
                 str(self.kube_bin / "kube-scheduler"),
-                f"--kubeconfig={sched_kc}",
-                f"--authentication-kubeconfig={sched_kc}",
-                f"--authorization-kubeconfig={sched_kc}",
-                f"--secure-port={self.scheduler_port}",
-                *common,
+                *component_flags(str(self.root / "scheduler.kubeconfig"), self.scheduler_port),
             ],
             L,
         )

@@ -83,8 +83,11 @@ class Daemon:
             pid = int(self.pidfile.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if self._popen is not None and self._popen.pid == pid and self._popen.poll() is not None:
-            return None
+        if self._popen is not None and self._popen.pid == pid:
+            # Our own child: its exit status is the truth. (Its /proc cmdline can
+            # still be empty for a moment after Popen returns: the kernel closes
+            # the exec-status pipe before it sets up the new program's arguments.)
+            return pid if self._popen.poll() is None else None
         if not _alive(pid):
             return None
         # A recycled pid belongs to some other program: compare the executable.

@@ -47,6 +47,8 @@ def _up(name: str) -> Iterator[Any]:
     try:
         component.up()
     except InfraError as exc:
+        if not was_running:
+            component.down()  # leave no half-started process behind
         pytest.fail(str(exc), pytrace=False)
     yield component
     if was_running or os.environ.get("AION_INFRA_KEEP") == "1":
