@@ -73,10 +73,37 @@ def test_skaffold_builds_every_image_and_sets_it_in_the_chart() -> None:
         assert templates[f"{name}.image.repository"] == f"{{{{.IMAGE_REPO_aion_{name}}}}}"
 
 
-def test_the_crd_has_one_copy() -> None:
-    copies = [p for p in ROOT.glob("**/*.yaml")
-              if ".venv" not in p.parts and "CustomResourceDefinition" in p.read_text()]
-    assert copies == [CHART / "crds" / "agents.aion.dev.yaml"]
+def test_each_crd_has_one_copy() -> None:
+    copies = sorted(p for p in ROOT.glob("**/*.yaml")
+                    if ".venv" not in p.parts and "CustomResourceDefinition" in p.read_text())
+    assert copies == [CHART / "crds" / "agents.aion.dev.yaml",
+                      CHART / "crds" / "gpupools.aion.dev.yaml"]
+
+
+def _template_docs(path: pathlib.Path) -> list[dict[str, Any]]:
+    """A template's documents with the Go template actions blanked out (enough to read rules)."""
+    text = "\n".join(line for line in path.read_text().splitlines()
+                     if not re.fullmatch(r"\s*\{\{-?.*-?\}\}\s*", line))
+    text = re.sub(r"\{\{.*?\}\}", "x", text)
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_operator_cluster_role_is_least_privilege() -> None:
+    [role] = [d for d in _template_docs(CHART / "templates" / "operator-rbac.yaml")
+              if d["kind"] == "ClusterRole"]
+    verbs: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                verbs.setdefault(f"{resource}.{group}".rstrip("."), set()).update(rule["verbs"])
+    reads = {"get", "list", "watch"}
+    assert verbs["nodes"] == reads
+    assert verbs["pods"] == reads
+    # GpuPools belong to the platform team: the operator only reads them and writes status.
+    assert verbs["gpupools.aion.dev"] == reads
+    assert verbs["gpupools/status.aion.dev"] == {"get", "patch", "update"}
+    assert "*" not in {v for vs in verbs.values() for v in vs}
+    assert all("*" not in rule["resources"] for rule in role["rules"])
 
 
 def test_the_chart_names_executor_services_as_the_operator_does() -> None:
