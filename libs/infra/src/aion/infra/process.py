@@ -91,8 +91,9 @@ class Daemon:
         if not _alive(pid):
             return None
         # A recycled pid belongs to some other program: compare the executable.
+        # (An empty cmdline is a program still being exec'd: see above.)
         cmd = _cmdline(pid)
-        if not cmd or Path(cmd[0]).name != Path(self.argv[0]).name:
+        if cmd and Path(cmd[0]).name != Path(self.argv[0]).name:
             return None
         return pid
 
