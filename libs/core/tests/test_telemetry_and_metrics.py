@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
+import queue
 import urllib.request
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,6 +36,31 @@ def test_json_log_lines_carry_the_current_trace_id() -> None:
     assert first["task_id"] == "t1"
     assert first["level"] == "WARNING"
     assert second["trace_id"] == ""
+
+
+@dataclasses.dataclass
+class _HoldsAQueue:
+    # Like kopf's settings, which kopf attaches to every per-object log record.
+    inbox: queue.SimpleQueue[int] = dataclasses.field(default_factory=queue.SimpleQueue)
+
+
+def test_records_carrying_objects_still_log() -> None:
+    handler = telemetry.json_handler("unit")
+    buf = io.StringIO()
+    handler.setStream(buf)  # type: ignore[attr-defined]
+    logger = logging.getLogger("aion.test.telemetry.objects")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("placed", extra={"settings": _HoldsAQueue(), "owner": _HoldsAQueue(),
+                                        "k8s_ref": {"name": "demo"}})
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(buf.getvalue())
+    assert line["message"] == "placed"
+    assert "settings" not in line
+    assert line["owner"].startswith("_HoldsAQueue(")
+    assert line["k8s_ref"] == {"name": "demo"}
 
 
 def test_metrics_endpoint_serves_prometheus_text() -> None:

@@ -10,6 +10,7 @@ task from the gateway through every service it touches.
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import sys
 
@@ -18,6 +19,7 @@ from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAi
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 
 _done = False
@@ -43,7 +45,12 @@ def json_handler(service: str) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(
         "{asctime}{levelname}{name}{message}{service}{trace_id}{span_id}",
-        style="{", rename_fields={"asctime": "time", "levelname": "level", "name": "logger"}))
+        style="{", rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        # Libraries attach objects to records (kopf: its whole settings dataclass, which
+        # holds a queue). The plain encoder with str() writes any of them; `settings`
+        # itself is noise and dropped.
+        json_encoder=json.JSONEncoder, json_default=str,
+        reserved_attrs=[*RESERVED_ATTRS, "settings"]))
     handler.addFilter(TraceContextFilter(service))
     return handler
 
