@@ -6,6 +6,7 @@
 - ``placement``: the pool an Agent goes to (cheapest eligible with room), and why.
 - ``render``: the executor Deployment and Service of an Agent, as pure functions.
 - ``conditions``: status conditions, merged the Kubernetes way.
+- ``kube``: the lightkube client's reads and server-side applies (Agent, GpuPool).
 - ``handlers``: the kopf handlers, registered on a registry passed in.
 - ``main``: the composition root (``python -m aion.operator``).
 """

@@ -1,39 +1,54 @@
 """The kopf handlers of ``agents.aion.dev``, registered on a registry that ``main`` passes in.
 
 On create, update of the spec, and resume after a restart, an Agent's spec is
-validated and its executor Deployment and Service are rendered; the status
-records the generation handled and a ``Rendered`` condition. An invalid spec
-fails permanently (retrying cannot fix it) with a condition that says what
-to change. The handlers decide and patch; ``render`` builds the objects.
+validated, the pools are read from the cluster (nodes, bound pods, GpuPools),
+``placement.choose`` picks one, and the executor Deployment and Service are
+applied (server-side, so a re-run after a crash changes nothing twice). The
+status records the pool, the generation handled, a ``Placed`` condition and the
+reason in words; an Event says the same. A timer on each Agent then copies its
+Deployment's ready replicas into the status and sets ``Ready``.
+
+- An invalid spec fails permanently (retrying cannot fix it): phase Failed,
+  condition ``Placed`` False with reason ``InvalidSpec``.
+- ``NoCapacity``: eligible pools are full; the handler retries every
+  ``retry_s`` seconds, so freed GPUs or new nodes place the Agent.
+- ``NoEligiblePool``: no pool can ever take the spec; the next spec change (or
+  an operator restart) tries again.
+
+The handlers decide and patch; ``decide`` and ``readiness`` are pure, ``render``
+builds the objects and ``kube`` talks to the API.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import kopf
 
 from aion.core import errors
-from aion.operator import conditions, render
+from aion.operator import conditions, kube, placement, pools, render
 from aion.operator import settings as operator_settings
 from aion.operator import spec as spec_mod
 
-GROUP = "aion.dev"
-VERSION = "v1alpha1"
+GROUP = kube.GROUP
+VERSION = kube.VERSION
 PLURAL = "agents"
-RENDERED = "Rendered"
+PLACED = "Placed"
+READY = "Ready"
+INVALID_SPEC = "InvalidSpec"
 
 
 @dataclasses.dataclass(frozen=True)
-class Rendered:
-    """What handling one Agent produced: its executor objects and its new status."""
+class Decision:
+    """What handling one Agent produced: where it goes, its executor objects, its status."""
 
-    deployment: render.Manifest
-    service: render.Manifest
+    placement: placement.Placement
     status: dict[str, Any]
+    deployment: render.Manifest | None = None
+    service: render.Manifest | None = None
 
 
 def _executor_env(cfg: operator_settings.AionOperatorSettings) -> dict[str, str]:
@@ -49,54 +64,147 @@ def _status(body: Mapping[str, Any], *, phase: str, condition: Mapping[str, Any]
     existing = (body.get("status") or {}).get("conditions") or []
     return {"phase": phase, "observedGeneration": generation,
             "conditions": conditions.set_condition(
-                existing, RENDERED, observed_generation=generation, now=now, **condition)}
+                existing, PLACED, observed_generation=generation, now=now, **condition)}
 
 
-def render_agent(body: Mapping[str, Any], *, cfg: operator_settings.AionOperatorSettings,
-                 now: datetime.datetime) -> Rendered:
-    """Validate an Agent and render its executor objects and status; raises InvalidArgument."""
+def _own_pod(pod: Mapping[str, Any], *, name: str, namespace: str) -> bool:
+    meta = pod.get("metadata") or {}
+    return (meta.get("namespace") == namespace
+            and (meta.get("labels") or {}).get("aion.dev/agent") == render.labels(name)[
+                "aion.dev/agent"])
+
+
+def discover(body: Mapping[str, Any], snapshot: kube.Snapshot, *,
+             problems: list[str] | None = None) -> tuple[pools.Pool, ...]:
+    """The cluster's pools as this Agent sees them: its own pods' GPUs count as free.
+
+    Otherwise a spec change would find the Agent's current pool full of itself.
+    """
+    meta = body["metadata"]
+    terms = pools.configs(snapshot.gpu_pools)
+    if problems is not None:
+        problems.extend(terms.problems)
+    others = [p for p in snapshot.pods
+              if not _own_pod(p, name=meta["name"], namespace=meta["namespace"])]
+    return pools.discover(snapshot.nodes, others, configs=terms.by_pool)
+
+
+def decide(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *,
+           found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
+           now: datetime.datetime) -> Decision:
+    """Place a valid Agent on one of ``found`` and render its executor, or say why not."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    spec = spec_mod.parse(body.get("spec"))
-    pool = (spec.placement.ordered() or (cfg.default_pool,))[0]
+    chosen = placement.choose(spec, found)
+    if chosen.pool is None:
+        status = _status(body, phase="Pending", now=now, condition={
+            "status": "False", "reason": chosen.reason, "message": chosen.message})
+        status["placementReason"] = chosen.message
+        return Decision(placement=chosen, status=status)
+    pool = chosen.pool
     owner = render.Owner(name=name, uid=meta["uid"])
     deployment = render.executor_deployment(
-        name, namespace, spec, pool_label=cfg.pool_label, pool=pool,
+        name, namespace, spec, pool_label=pool.label, pool=pool.name,
         image=cfg.executor_image, owner=owner, env=_executor_env(cfg))
     service = render.executor_service(name, namespace, owner=owner)
-    executor = render.executor_name(name)
-    message = (f"executor Deployment and Service {executor} rendered for pool {pool}: "
-               f"{spec.replicas.min} replica(s) of {spec.model.name} "
-               f"with {spec.gpu.count} GPU(s) each")
-    status = _status(body, phase="Pending", now=now, condition={
-        "status": "True", "reason": "Rendered", "message": message})
-    return Rendered(deployment=deployment, service=service, status=status)
+    status = _status(body, phase="Placed", now=now, condition={
+        "status": "True", "reason": chosen.reason, "message": chosen.message})
+    status |= {"nodePool": pool.name, "placementReason": chosen.message}
+    return Decision(placement=chosen, status=status, deployment=deployment, service=service)
 
 
 def invalid_status(body: Mapping[str, Any], *, message: str,
                    now: datetime.datetime) -> dict[str, Any]:
     """The status of an Agent whose spec is invalid: phase Failed, and why."""
-    return _status(body, phase="Failed", now=now, condition={
-        "status": "False", "reason": "InvalidSpec", "message": message})
+    status = _status(body, phase="Failed", now=now, condition={
+        "status": "False", "reason": INVALID_SPEC, "message": message})
+    status["placementReason"] = message
+    return status
 
 
-def reconcile(body: Mapping[str, Any], patch: kopf.Patch, *,
-              cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
-              now: datetime.datetime | None = None) -> Rendered:
-    """Handle one Agent: patch its status; raise ``kopf.PermanentError`` for an invalid spec."""
-    now = now or datetime.datetime.now(datetime.UTC)
+def parse(body: Mapping[str, Any], patch: kopf.Patch, *,
+          now: datetime.datetime) -> spec_mod.AgentSpec:
+    """The Agent's spec; an invalid one patches the status and raises ``PermanentError``."""
     try:
-        rendered = render_agent(body, cfg=cfg, now=now)
+        return spec_mod.parse(body.get("spec"))
     except errors.InvalidArgument as exc:
         patch.status.update(invalid_status(body, message=exc.message, now=now))
         raise kopf.PermanentError(exc.message) from exc
-    patch.status.update(rendered.status)
-    logger.info("rendered %s for Agent %s", render.executor_name(body["metadata"]["name"]),
-                body["metadata"]["name"])
-    return rendered
 
 
-def register(registry: kopf.OperatorRegistry, *,
+def readiness(body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
+              now: datetime.datetime) -> dict[str, Any] | None:
+    """The Agent's status after its Deployment's latest rollout; None when nothing changes.
+
+    Only for an Agent placed at its current generation: until then the Deployment
+    may still be the previous spec's.
+    """
+    status = body.get("status") or {}
+    generation = body["metadata"].get("generation")
+    pool = status.get("nodePool")
+    if deployment is None or not pool or status.get("observedGeneration") != generation:
+        return None
+    try:
+        wanted = spec_mod.parse(body.get("spec")).replicas.min
+    except errors.InvalidArgument:
+        return None
+    observed = deployment.get("status") or {}
+    ready = int(observed.get("readyReplicas") or 0)
+    updated = int(observed.get("updatedReplicas") or 0)
+    current = (observed.get("observedGeneration") or 0) >= (
+        (deployment.get("metadata") or {}).get("generation") or 0)
+    is_ready = current and ready >= wanted and updated >= wanted
+    message = f"{ready} of {wanted} executor replica(s) ready on pool {pool}"
+    merged = conditions.set_condition(
+        status.get("conditions") or [], READY, status="True" if is_ready else "False",
+        reason="ReplicasReady" if is_ready else "ReplicasNotReady", message=message,
+        observed_generation=generation, now=now)
+    new = {"phase": "Ready" if is_ready else "Placed", "readyReplicas": ready,
+           "conditions": merged}
+    before = conditions.find(status.get("conditions") or [], READY)
+    after = conditions.find(merged, READY)
+    if (status.get("phase"), status.get("readyReplicas")) == (new["phase"], ready) and (
+            before is not None and after is not None
+            and _same(before, after, ("status", "reason", "message"))):
+        return None
+    return new
+
+
+def _same(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> bool:
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
+                    cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
+                    ) -> Decision:
+    """Handle one Agent: place it, apply its executor, patch its status, post an Event.
+
+    Raises ``kopf.PermanentError`` for an invalid spec and ``kopf.TemporaryError``
+    while the eligible pools are full.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    spec = parse(body, patch, now=now)
+    problems: list[str] = []
+    found = discover(body, await client.snapshot(), problems=problems)
+    for problem in problems:
+        logger.warning("%s", problem)
+    decision = decide(body, spec, found=found, cfg=cfg, now=now)
+    if decision.deployment is not None and decision.service is not None:
+        await client.apply(decision.deployment)
+        await client.apply(decision.service)
+    patch.status.update(decision.status)
+    chosen = decision.placement
+    if chosen.pool is not None:
+        kopf.info(body, reason=chosen.reason, message=chosen.message)
+        logger.info("placed Agent %s on pool %s", body["metadata"]["name"], chosen.pool.name)
+    else:
+        kopf.warn(body, reason=chosen.reason, message=chosen.message)
+        if chosen.reason == placement.NO_CAPACITY:
+            raise kopf.TemporaryError(chosen.message, delay=cfg.retry_s)
+    return decision
+
+
+def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
              cfg: operator_settings.AionOperatorSettings) -> None:
     """Register the operator's handlers on ``registry`` (never on kopf's global one)."""
 
@@ -106,10 +214,21 @@ def register(registry: kopf.OperatorRegistry, *,
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     # One id for every cause: it names kopf's progress annotation on the Agent.
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="render")
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="render")
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="render", field="spec")
-    def render_executor(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger,
-                        **_: Any) -> None:
-        """Validate the Agent and render its executor; see ``reconcile``."""
-        reconcile(body, patch, cfg=cfg, logger=logger)
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry, id="place")
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="place")
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="place", field="spec")
+    async def place(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger,
+                    **_: Any) -> None:
+        """Place the Agent and apply its executor; see ``reconcile``."""
+        await reconcile(body, patch, client=client, cfg=cfg, logger=logger)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="readiness",
+                interval=cfg.readiness_interval_s)
+    async def follow(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        """Copy the executor Deployment's ready replicas into the status; see ``readiness``."""
+        meta = body["metadata"]
+        deployment = await client.deployment(render.executor_name(meta["name"]),
+                                             namespace=meta["namespace"])
+        update = readiness(body, deployment, now=datetime.datetime.now(datetime.UTC))
+        if update is not None:
+            patch.status.update(update)

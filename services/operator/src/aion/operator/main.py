@@ -7,7 +7,7 @@ import asyncio
 import kopf
 
 from aion.core import metrics, settings, telemetry
-from aion.operator import handlers
+from aion.operator import handlers, kube
 from aion.operator import settings as operator_settings
 
 # Prefix of the annotations where kopf keeps its progress and last-handled spec.
@@ -28,13 +28,14 @@ def kopf_settings() -> kopf.OperatorSettings:
 async def run(cfg: operator_settings.AionOperatorSettings) -> None:
     """Reconcile Agents until SIGTERM or SIGINT; kopf stops its handlers in stages."""
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, cfg=cfg)
-    with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
-        # One replica (the chart's Deployment uses the Recreate strategy): no peering needed.
-        await kopf.operator(
-            registry=registry, settings=kopf_settings(), standalone=True,
-            clusterwide=cfg.clusterwide, namespaces=cfg.namespaces,
-            liveness_endpoint=f"http://{cfg.host}:{cfg.liveness_port}/healthz")
+    async with kube.connect() as client:
+        handlers.register(registry, client=client, cfg=cfg)
+        with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
+            # One replica (the chart's Deployment uses Recreate): no peering needed.
+            await kopf.operator(
+                registry=registry, settings=kopf_settings(), standalone=True,
+                clusterwide=cfg.clusterwide, namespaces=cfg.namespaces,
+                liveness_endpoint=f"http://{cfg.host}:{cfg.liveness_port}/healthz")
 
 
 def main() -> None:

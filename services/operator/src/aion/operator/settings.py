@@ -29,6 +29,12 @@ class AionOperatorSettings(settings.ServiceSettings):
     default_pool: str = pydantic.Field(
         default="default", min_length=1,
         description="pool used for Agents whose placement names none")
+    retry_s: float = pydantic.Field(
+        default=15.0, gt=0,
+        description="seconds between placement attempts while every eligible pool is full")
+    readiness_interval_s: float = pydantic.Field(
+        default=5.0, gt=0,
+        description="seconds between reads of each Agent's Deployment for its ready replicas")
     liveness_port: int = pydantic.Field(
         default=8080, ge=1, le=65535, description="HTTP port of kopf's /healthz endpoint")
 

@@ -1,0 +1,81 @@
+"""The operator's reads and writes of the Kubernetes API, through one lightkube client.
+
+``connect`` opens the client in ``main``; the handlers get a ``Kube`` and never
+build one. Objects come back as plain dicts, as the pure modules (``pools``,
+``placement``, ``render``) take them. Writes are server-side applies with one
+field manager, forced, so a reconcile re-run after a crash updates what an
+earlier run created instead of adding to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import lightkube
+from lightkube import codecs, generic_resource, operators
+from lightkube.resources import apps_v1, core_v1
+
+GROUP = "aion.dev"
+VERSION = "v1alpha1"
+FIELD_MANAGER = "aion-operator"
+NOT_FOUND = 404
+
+Agent = generic_resource.create_namespaced_resource(GROUP, VERSION, "Agent", "agents")
+GpuPool = generic_resource.create_global_resource(GROUP, VERSION, "GpuPool", "gpupools")
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What placement reads: every node, every pod bound to a node, and the GpuPools."""
+
+    nodes: tuple[dict[str, Any], ...]
+    pods: tuple[dict[str, Any], ...]
+    gpu_pools: tuple[dict[str, Any], ...]
+
+
+class Kube:
+    """The API calls the handlers make, on a client that ``connect`` opened."""
+
+    def __init__(self, client: lightkube.AsyncClient) -> None:
+        self._client = client
+
+    async def snapshot(self) -> Snapshot:
+        """Nodes, bound pods (all namespaces) and GpuPools, as the API returns them."""
+        nodes = [n.to_dict() async for n in self._client.list(core_v1.Node)]
+        pods = [p.to_dict() async for p in self._client.list(
+            core_v1.Pod, namespace="*", fields={"spec.nodeName": operators.not_equal("")})]
+        gpu_pools = [_plain(g) async for g in self._client.list(GpuPool)]
+        return Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(gpu_pools))
+
+    async def apply(self, manifest: Mapping[str, Any]) -> None:
+        """Create or update ``manifest`` by server-side apply, taking over conflicting fields."""
+        obj = codecs.from_dict(dict(manifest))
+        await self._client.apply(obj, field_manager=FIELD_MANAGER, force=True)
+
+    async def deployment(self, name: str, *, namespace: str) -> dict[str, Any] | None:
+        """The Deployment ``name`` in ``namespace``, or None when there is none."""
+        try:
+            found = await self._client.get(apps_v1.Deployment, name, namespace=namespace)
+        except lightkube.ApiError as exc:
+            if exc.status.code == NOT_FOUND:
+                return None
+            raise
+        return found.to_dict()
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    # Generic (CRD) resources carry an untyped to_dict.
+    return dict(obj.to_dict())
+
+
+@contextlib.asynccontextmanager
+async def connect() -> AsyncIterator[Kube]:
+    """A ``Kube`` on in-cluster credentials or ``KUBECONFIG``, closed on exit."""
+    client = lightkube.AsyncClient(field_manager=FIELD_MANAGER)
+    try:
+        yield Kube(client)
+    finally:
+        await client.close()
