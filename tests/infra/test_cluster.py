@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 import yaml
 
 from aion.infra.cluster import POOLS_FILE, Cluster
+from aion.infra.component import poll
 
 pytestmark = pytest.mark.cluster
 
@@ -23,27 +23,10 @@ def _json(cluster: Cluster, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json"))
 
 
-def _poll(fetch: Any, done: Any, timeout: float = 60.0) -> Any:
-    """Fetch until `done(value)` holds; returns the last value either way."""
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        value = fetch()
-    return value
-
-
 @pytest.fixture
 def namespace(cluster: Cluster) -> Iterator[str]:
     name = f"smoke-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    # Pods need the namespace's default ServiceAccount; the controller manager makes it.
-    _poll(
-        lambda: cluster.kubectl(
-            "get", "sa", "default", "-n", name, "--ignore-not-found", "-o", "name"
-        ),
-        lambda out: out.strip() != "",
-    )
+    cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
 
@@ -101,7 +84,7 @@ def test_gpu_deployment_runs_on_a_gpu_pool_chosen_by_the_scheduler(
         },
     }
     cluster.kubectl("apply", "-f", "-", stdin=json.dumps(deployment))
-    pods = _poll(
+    pods = poll(
         lambda: _json(cluster, "get", "pods", "-n", namespace, "-l", "app=gpu-smoke")["items"],
         lambda items: len(items) == 1 and items[0]["status"].get("phase") == "Running",
     )
@@ -124,7 +107,7 @@ def test_gpu_deployment_runs_on_a_gpu_pool_chosen_by_the_scheduler(
         or e["source"].get("component") == "default-scheduler"
         for e in events["items"]
     ), events
-    dep = _poll(
+    dep = poll(
         lambda: _json(cluster, "get", "deployment", "gpu-smoke", "-n", namespace),
         lambda d: d["status"].get("readyReplicas") == 1,
     )
@@ -148,7 +131,7 @@ def test_pod_asking_more_gpus_than_any_node_stays_unschedulable(
         ]
         return found[0] if found else None
 
-    got = _poll(
+    got = poll(
         lambda: _json(cluster, "get", "pod", "too-big", "-n", namespace),
         lambda p: condition(p) is not None,
     )

@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from aion.infra.cluster import Cluster
+from aion.infra.component import poll
 
 pytestmark = pytest.mark.cluster
 
@@ -34,14 +34,8 @@ TIMEOUT_S = 60.0
 T = TypeVar("T")
 
 
-def _poll(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = TIMEOUT_S) -> T:
-    """Fetch until ``done(value)`` holds; returns the last value either way."""
-    deadline = time.monotonic() + timeout
-    value = fetch()
-    while not done(value) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        value = fetch()
-    return value
+def _eventually(fetch: Callable[[], T], done: Callable[[T], bool]) -> T:
+    return poll(fetch, done, TIMEOUT_S)
 
 
 def _get(cluster: Cluster, *args: str) -> Any:
@@ -92,7 +86,7 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
         proc = subprocess.Popen([sys.executable, "-m", "aion.operator"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        healthy = _poll(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), bool)
+        healthy = _eventually(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), bool)
         assert healthy, log.read_text()[-4000:]
         assert proc.poll() is None, log.read_text()[-4000:]
         yield str(log)
@@ -111,9 +105,7 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
 @pytest.fixture
 def namespace(cluster: Cluster, operator: str) -> Iterator[str]:
     name = f"op-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    # Pods need the namespace's default ServiceAccount; the controller manager makes it.
-    _poll(lambda: _get(cluster, "sa", "default", "-n", name), lambda sa: sa is not None)
+    cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
 
@@ -134,7 +126,7 @@ def _condition(agent: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _ready_agent(cluster: Cluster, namespace: str, name: str, log: str) -> dict[str, Any]:
-    agent = _poll(lambda: _get(cluster, "agent", name, "-n", namespace),
+    agent = _eventually(lambda: _get(cluster, "agent", name, "-n", namespace),
                   lambda a: a is not None and (a.get("status") or {}).get("phase") == "Ready")
     assert agent is not None
     assert agent["status"].get("phase") == "Ready", (
@@ -210,7 +202,7 @@ def test_agent_accepting_any_gpu_goes_to_the_cheapest_pool(
 def test_unknown_gpu_product_is_not_placed_and_says_why(
         cluster: Cluster, namespace: str, operator: str) -> None:
     _apply_agent(cluster, namespace, "b200", {"count": 1, "products": ["NVIDIA-B200"]})
-    agent = _poll(lambda: _get(cluster, "agent", "b200", "-n", namespace),
+    agent = _eventually(lambda: _get(cluster, "agent", "b200", "-n", namespace),
                   lambda a: a is not None and bool((a.get("status") or {}).get("conditions")))
     assert agent is not None
     placed = _condition(agent, "Placed")
@@ -219,7 +211,7 @@ def test_unknown_gpu_product_is_not_placed_and_says_why(
     assert agent["status"]["phase"] == "Pending"
     assert agent["status"]["observedGeneration"] == agent["metadata"]["generation"]
     assert "nodePool" not in agent["status"]
-    events = _poll(lambda: _events(cluster, namespace, "b200", "NoEligiblePool"), bool)
+    events = _eventually(lambda: _events(cluster, namespace, "b200", "NoEligiblePool"), bool)
     assert events
     assert events[0]["type"] == "Warning"
     assert "NVIDIA-B200" in events[0]["message"]
@@ -235,10 +227,10 @@ def test_deleting_an_agent_garbage_collects_its_executor(
     assert _get(cluster, "deployment", executor, "-n", namespace) is not None
     assert _get(cluster, "service", executor, "-n", namespace) is not None
     cluster.kubectl("delete", "agent", "short-lived", "-n", namespace, "--timeout=60s")
-    gone = _poll(lambda: (_get(cluster, "deployment", executor, "-n", namespace),
+    gone = _eventually(lambda: (_get(cluster, "deployment", executor, "-n", namespace),
                           _get(cluster, "service", executor, "-n", namespace)),
                  lambda objs: objs == (None, None))
     assert gone == (None, None)
-    pods = _poll(lambda: _items(cluster, "pods", "-n", namespace, "-l",
+    pods = _eventually(lambda: _items(cluster, "pods", "-n", namespace, "-l",
                                 "aion.dev/agent=short-lived"), lambda items: not items)
     assert pods == []

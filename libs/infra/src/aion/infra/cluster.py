@@ -455,26 +455,34 @@ class Cluster(Component):
                 self.name, "kwok did not make the nodes Ready", self.layout.log("kwok")
             )
 
-        # Pods need the namespace's default ServiceAccount, which the controller
-        # manager creates; wait for it so the first test does not race it.
-        def default_sa() -> bool:
-            return (
-                self.kubectl(
-                    "get",
-                    "serviceaccount",
-                    "default",
-                    "-n",
-                    "default",
-                    "--ignore-not-found",
-                    "-o",
-                    "name",
-                ).strip()
-                != ""
-            )
+        self._wait_default_service_account("default")
 
-        if not wait_until(default_sa, self.start_timeout, interval=0.5):
+    def create_namespace(self, name: str) -> None:
+        """Create a namespace and wait until pods can be created in it."""
+        self.kubectl("create", "namespace", name)
+        self._wait_default_service_account(name)
+
+    def _wait_default_service_account(self, namespace: str) -> None:
+        # Pods need the namespace's default ServiceAccount, which the controller
+        # manager creates a moment after the namespace; wait so callers do not race it.
+        def exists() -> bool:
+            out = self.kubectl(
+                "get",
+                "serviceaccount",
+                "default",
+                "-n",
+                namespace,
+                "--ignore-not-found",
+                "-o",
+                "name",
+            )
+            return out.strip() != ""
+
+        if not wait_until(exists, self.start_timeout, interval=0.5):
             raise InfraError(
-                self.name, "no default ServiceAccount", self.layout.log("kube-controller-manager")
+                self.name,
+                f"no default ServiceAccount in {namespace}",
+                self.layout.log("kube-controller-manager"),
             )
 
     def kubectl(

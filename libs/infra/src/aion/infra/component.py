@@ -9,9 +9,12 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aion.infra.paths import BUILD_SCRIPT, Layout
 from aion.infra.process import Daemon, tail
+
+T = TypeVar("T")
 
 
 class InfraError(RuntimeError):
@@ -32,6 +35,19 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+def poll(
+    fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = 60.0, interval: float = 0.5
+) -> T:
+    """Fetch until `done(value)` holds or `timeout` passes; returns the last value,
+    so the caller's assertion can show what was seen instead."""
+    deadline = time.monotonic() + timeout
+    value = fetch()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(interval)
+        value = fetch()
+    return value
 
 
 def wait_until(
