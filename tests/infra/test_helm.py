@@ -199,8 +199,9 @@ FULL_VALUES: Doc = {
     "operator": {
         "enabled": True,
         "watchNamespaces": ["team-a", "team-b"],
-        "poolLabel": "example.com/pool",
-        "defaultPool": "cpu",
+        "replicas": 3,
+        "unschedulableAfterSeconds": 30,
+        "leaseDurationSeconds": 10,
         "livenessPort": 8081,
     },
 }

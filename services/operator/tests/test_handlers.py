@@ -9,7 +9,8 @@ from typing import Any
 import kopf
 import pytest
 
-from aion.operator import handlers, kube, settings, spec
+from aion.api.v1 import common_pb2
+from aion.operator import handlers, kube, registration, settings, spec, stuck
 
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 LATER = NOW + datetime.timedelta(minutes=5)
@@ -153,17 +154,23 @@ def test_readiness_follows_the_deployment() -> None:
     waiting = handlers.readiness(body, _deployment(ready=1, updated=2), now=NOW)
     assert waiting is not None
     assert (waiting["phase"], waiting["readyReplicas"]) == ("Placed", 1)
-    [condition] = waiting["conditions"]
+    model, condition = waiting["conditions"]
+    assert (model["type"], model["status"], model["reason"]) == (
+        "ModelReady", "True", "ModelLoaded")
     assert (condition["type"], condition["status"], condition["reason"]) == (
         "Ready", "False", "ReplicasNotReady")
     assert condition["message"] == "1 of 2 executor replica(s) ready on pool l4"
+    loading = handlers.readiness(body, _deployment(ready=0, updated=2), now=NOW)
+    assert loading is not None
+    assert (loading["conditions"][0]["status"], loading["conditions"][0]["reason"]) == (
+        "False", "ModelLoading")
     # Nothing changed since: no patch.
     assert handlers.readiness(_agent(body["spec"], status={**placed, **waiting}),
                               _deployment(ready=1, updated=2), now=LATER) is None
     done = handlers.readiness(body, _deployment(ready=2, updated=2), now=NOW)
     assert done is not None
     assert (done["phase"], done["readyReplicas"]) == ("Ready", 2)
-    assert done["conditions"][0]["status"] == "True"
+    assert [c["status"] for c in done["conditions"]] == ["True", "True"]
     # A rollout the Deployment controller has not seen yet is not ready.
     stale = handlers.readiness(body, _deployment(ready=2, updated=2, generation=3), now=NOW)
     assert stale is not None
@@ -199,6 +206,125 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
     assert ids == {"place", "place/spec"}
     assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness"}
     assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
+
+
+def test_a_registrar_adds_the_deregistering_delete_handler(
+        cfg: settings.AionOperatorSettings) -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg,
+                      registrar=registration.Registrar("127.0.0.1:1"))
+    ids = {h.id for h in registry._changing.get_all_handlers()}
+    assert ids == {"place", "place/spec", "deregister"}
+
+
+def _unschedulable(seconds: float) -> stuck.Stuck:
+    return stuck.Stuck(pod="aion-executor-chat-1", seconds=seconds,
+                       message="0/8 nodes are available: 4 node(s) had untolerated taint")
+
+
+def test_falling_back_moves_to_the_next_pool_and_says_why(
+        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]]) -> None:
+    placed = _decide(_agent({"model": {"name": "m"}, "gpu": {"count": 1}}),
+                     _snapshot(local_nodes), cfg)
+    registered = {"type": "Registered", "status": "True", "reason": "Registered",
+                  "message": "registered", "lastTransitionTime": "2025-01-02T03:04:05Z"}
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}}, status={
+        **placed.status, "conditions": [*placed.status["conditions"], registered]})
+    found = handlers.discover(body, _snapshot(local_nodes))
+    moved = handlers.fall_back(body, spec.parse(body["spec"]), _unschedulable(130),
+                               found=found, cfg=cfg, now=LATER)
+    assert moved is not None
+    assert moved.deployment is not None
+    assert _affinity(moved.deployment)[0]["values"] == ["h100"]
+    assert moved.status["nodePool"] == "h100"
+    assert moved.status["avoidPools"] == ["l4"]
+    kinds = {c["type"]: c for c in moved.status["conditions"]}
+    assert "Registered" not in kinds  # registered again once Ready on h100
+    degraded = kinds["CapacityDegraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "FellBack")
+    assert "stayed unschedulable on pool l4 for 130s" in degraded["message"]
+    assert "untolerated taint" in degraded["message"]
+    assert "moved to pool h100" in degraded["message"]
+    assert moved.placement.message == degraded["message"]
+    # Nowhere left: the Agent stays, and says so once.
+    again = _agent(body["spec"], status=moved.status)
+    stay = handlers.fall_back(again, spec.parse(body["spec"]), _unschedulable(200),
+                              found=found, cfg=cfg, now=LATER)
+    assert stay is not None
+    assert stay.deployment is None
+    [degraded] = [c for c in stay.status["conditions"] if c["type"] == "CapacityDegraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "NoCapacity")
+    assert "no other eligible pool has room" in degraded["message"]
+    assert set(stay.status) == {"conditions"}
+    said = _agent(body["spec"], status={**moved.status, **stay.status})
+    assert handlers.fall_back(said, spec.parse(body["spec"]), _unschedulable(300),
+                              found=found, cfg=cfg, now=LATER) is None
+
+
+def test_a_new_spec_forgets_fallbacks_and_a_placed_agent_stays_on_its_pool(
+        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]]) -> None:
+    degraded = {"type": "CapacityDegraded", "status": "True", "reason": "FellBack",
+                "message": "moved", "lastTransitionTime": "2025-01-02T03:04:05Z"}
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}}, status={
+        "nodePool": "h100", "avoidPools": ["l4"], "observedGeneration": 2,
+        "conditions": [degraded]})
+    found = handlers.discover(body, _snapshot(local_nodes))
+    fresh = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+                            stay="h100")
+    assert fresh.status["nodePool"] == "h100"
+    assert fresh.placement.message.startswith("stays on pool h100, where it runs")
+    assert fresh.status["avoidPools"] is None  # a merge patch removes it
+    assert [c["type"] for c in fresh.status["conditions"]] == ["Placed"]
+    resumed = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+                              exclude=["l4"])
+    assert resumed.status["nodePool"] == "h100"
+    assert resumed.status["avoidPools"] == ["l4"]
+    assert "CapacityDegraded" in [c["type"] for c in resumed.status["conditions"]]
+
+
+def test_an_autoscaled_executor_leaves_replicas_to_the_hpa(
+        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]]) -> None:
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 1},
+                   "replicas": {"min": 2, "max": 4}})
+    found = handlers.discover(body, _snapshot(local_nodes))
+    own = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
+    assert own.deployment is not None
+    assert own.deployment["spec"]["replicas"] == 2
+    hpa = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+                          autoscaled=True)
+    assert hpa.deployment is not None
+    assert "replicas" not in hpa.deployment["spec"]
+
+
+def test_registration_is_due_once_ready_and_again_for_each_new_spec() -> None:
+    ready = {"phase": "Ready", "nodePool": "l4", "observedGeneration": 3, "conditions": []}
+    body = _agent({"model": {"name": "m"}}, status=ready)
+    assert handlers.needs_registration(body)
+    assert not handlers.needs_registration(_agent({"model": {"name": "m"}}, status={
+        **ready, "phase": "Placed"}))
+    done = handlers.registered_status(body, ok=True, message="registered", now=NOW)
+    assert not handlers.needs_registration(_agent(body["spec"], status={**ready, **done}))
+    failed = handlers.registered_status(body, ok=False, message="down", now=NOW)
+    assert failed["conditions"][0]["reason"] == "AgentServiceUnavailable"
+    assert handlers.needs_registration(_agent(body["spec"], status={**ready, **failed}))
+    newer = _agent(body["spec"], generation=4, status={
+        **ready, **done, "observedGeneration": 4})
+    assert handlers.needs_registration(newer)
+
+
+def test_the_registration_names_tenant_pool_and_executor() -> None:
+    body = _agent({"model": {"name": "m", "task": "embed"}, "instructions": "Be brief.",
+                   "knowledgeBases": ["docs"], "routing": {"privacy": "hybrid"}})
+    assert registration.tenant(body, label="aion.dev/tenant") == "team-a"
+    body["metadata"]["labels"] = {"aion.dev/tenant": "acme"}
+    assert registration.tenant(body, label="aion.dev/tenant") == "acme"
+    req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    assert (req.tenant, req.agent.name, req.agent.model, req.agent.model_task) == (
+        "acme", "chat", "m", "embed")
+    assert (req.agent.node_pool, req.agent.ready, req.instructions) == ("l4", True, "Be brief.")
+    assert list(req.agent.knowledge_bases) == ["docs"]
+    assert req.privacy == req.agent.privacy == common_pb2.PRIVACY_HYBRID
+    assert list(req.executor_endpoints) == ["aion-executor-chat.team-a.svc:50055"]
 
 
 def _unused_client() -> Any:

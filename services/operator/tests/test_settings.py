@@ -21,7 +21,8 @@ def test_no_namespaces_means_clusterwide(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("AION_OPERATOR_NAMESPACES", "")  # as the chart sets it by default
     cfg = core_settings.load(settings.AionOperatorSettings)
     assert cfg.clusterwide
-    assert cfg.pool_label == "aion.dev/node-pool"
+    assert cfg.unschedulable_after_s == 120.0
+    assert cfg.leader_election
 
 
 def test_missing_executor_image_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:

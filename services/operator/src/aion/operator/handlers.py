@@ -29,7 +29,7 @@ from typing import Any
 import kopf
 
 from aion.core import errors
-from aion.operator import conditions, kube, placement, pools, render
+from aion.operator import conditions, kube, placement, pools, registration, render, stuck
 from aion.operator import settings as operator_settings
 from aion.operator import spec as spec_mod
 
@@ -38,7 +38,11 @@ VERSION = kube.VERSION
 PLURAL = "agents"
 PLACED = "Placed"
 READY = "Ready"
+MODEL_READY = "ModelReady"
+REGISTERED = "Registered"
+CAPACITY_DEGRADED = "CapacityDegraded"
 INVALID_SPEC = "InvalidSpec"
+FELL_BACK = "FellBack"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +62,18 @@ def _executor_env(cfg: operator_settings.AionOperatorSettings) -> dict[str, str]
     return env
 
 
+def _conditions(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return list((body.get("status") or {}).get("conditions") or [])
+
+
 def _status(body: Mapping[str, Any], *, phase: str, condition: Mapping[str, Any],
-            now: datetime.datetime) -> dict[str, Any]:
+            now: datetime.datetime, existing: Sequence[Mapping[str, Any]] | None = None,
+            ) -> dict[str, Any]:
     generation = body["metadata"].get("generation")
-    existing = (body.get("status") or {}).get("conditions") or []
     return {"phase": phase, "observedGeneration": generation,
             "conditions": conditions.set_condition(
-                existing, PLACED, observed_generation=generation, now=now, **condition)}
+                _conditions(body) if existing is None else existing, PLACED,
+                observed_generation=generation, now=now, **condition)}
 
 
 def _own_pod(pod: Mapping[str, Any], *, name: str, namespace: str) -> bool:
@@ -91,26 +100,77 @@ def discover(body: Mapping[str, Any], snapshot: kube.Snapshot, *,
 
 def decide(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *,
            found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
-           now: datetime.datetime) -> Decision:
-    """Place a valid Agent on one of ``found`` and render its executor, or say why not."""
+           now: datetime.datetime, exclude: Sequence[str] = (), stay: str | None = None,
+           autoscaled: bool = False) -> Decision:
+    """Place a valid Agent on one of ``found`` and render its executor, or say why not.
+
+    ``exclude`` names pools fallen back from (kept in ``status.avoidPools``);
+    ``stay`` the pool the Agent runs on, kept while it still fits.
+    """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    chosen = placement.choose(spec, found)
+    chosen = placement.choose(spec, found, exclude=exclude, stay=stay)
+    existing = _conditions(body)
+    if not exclude:
+        existing = [c for c in existing if c.get("type") != CAPACITY_DEGRADED]
     if chosen.pool is None:
-        status = _status(body, phase="Pending", now=now, condition={
+        status = _status(body, phase="Pending", now=now, existing=existing, condition={
             "status": "False", "reason": chosen.reason, "message": chosen.message})
-        status["placementReason"] = chosen.message
+        status |= {"placementReason": chosen.message, "avoidPools": list(exclude) or None}
         return Decision(placement=chosen, status=status)
     pool = chosen.pool
     owner = render.Owner(name=name, uid=meta["uid"])
     deployment = render.executor_deployment(
         name, namespace, spec, pool_label=pool.label, pool=pool.name,
-        image=cfg.executor_image, owner=owner, env=_executor_env(cfg))
+        image=cfg.executor_image, owner=owner, env=_executor_env(cfg), autoscaled=autoscaled)
     service = render.executor_service(name, namespace, owner=owner)
-    status = _status(body, phase="Placed", now=now, condition={
+    status = _status(body, phase="Placed", now=now, existing=existing, condition={
         "status": "True", "reason": chosen.reason, "message": chosen.message})
-    status |= {"nodePool": pool.name, "placementReason": chosen.message}
+    status |= {"nodePool": pool.name, "placementReason": chosen.message,
+               "avoidPools": list(exclude) or None}
     return Decision(placement=chosen, status=status, deployment=deployment, service=service)
+
+
+def fall_back(body: Mapping[str, Any], spec: spec_mod.AgentSpec, waiting: stuck.Stuck, *,
+              found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
+              now: datetime.datetime, autoscaled: bool = False) -> Decision | None:
+    """Move an Agent whose executor pods stay unschedulable to the next eligible pool.
+
+    The pool it leaves joins ``status.avoidPools`` until the spec changes, and the
+    ``CapacityDegraded`` condition says why. With no other pool to go to, the
+    Agent stays where it is (its pods wait there) and the condition says so;
+    None means that was already said, so nothing changes.
+    """
+    status = body.get("status") or {}
+    pool = str(status.get("nodePool") or "")
+    avoid = [*(status.get("avoidPools") or []), pool]
+    why = (f"executor pod {waiting.pod} stayed unschedulable on pool {pool} for "
+           f"{waiting.seconds:.0f}s ({waiting.message or 'no reason given'})")
+    decision = decide(body, spec, found=found, cfg=cfg, now=now, exclude=avoid,
+                      autoscaled=autoscaled)
+    generation = body["metadata"].get("generation")
+    if decision.placement.pool is None:
+        message = f"{why}; no other eligible pool has room: {decision.placement.message}"
+        degraded = conditions.find(_conditions(body), CAPACITY_DEGRADED)
+        if degraded is not None and degraded.get("reason") == placement.NO_CAPACITY:
+            return None
+        merged = conditions.set_condition(
+            _conditions(body), CAPACITY_DEGRADED, status="True", reason=placement.NO_CAPACITY,
+            message=message, observed_generation=generation, now=now)
+        return Decision(placement=dataclasses.replace(decision.placement, message=message),
+                        status={"conditions": merged})
+    target = decision.placement.pool
+    assert target is not None
+    message = f"{why}; moved to pool {target.name}: {decision.placement.message}"
+    # Registered again once Ready on the new pool, so the agent service learns the pool.
+    kept = [c for c in decision.status["conditions"] if c.get("type") != REGISTERED]
+    merged = conditions.set_condition(
+        kept, CAPACITY_DEGRADED, status="True", reason=FELL_BACK,
+        message=message, observed_generation=generation, now=now)
+    return dataclasses.replace(
+        decision, placement=dataclasses.replace(decision.placement, reason=placement.PLACED,
+                                                message=message),
+        status=decision.status | {"conditions": merged, "placementReason": message})
 
 
 def invalid_status(body: Mapping[str, Any], *, message: str,
@@ -132,17 +192,26 @@ def parse(body: Mapping[str, Any], patch: kopf.Patch, *,
         raise kopf.PermanentError(exc.message) from exc
 
 
+def placed_now(body: Mapping[str, Any]) -> bool:
+    """Whether the Agent is placed on a pool for its current spec generation."""
+    status = body.get("status") or {}
+    return bool(status.get("nodePool")) and (
+        status.get("observedGeneration") == body["metadata"].get("generation"))
+
+
 def readiness(body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
               now: datetime.datetime) -> dict[str, Any] | None:
     """The Agent's status after its Deployment's latest rollout; None when nothing changes.
 
     Only for an Agent placed at its current generation: until then the Deployment
-    may still be the previous spec's.
+    may still be the previous spec's. ``ModelReady`` says whether any executor
+    serves the model (its readiness probe passes only once the model is loaded);
+    ``Ready`` whether the rollout of this spec reached ``replicas.min``.
     """
     status = body.get("status") or {}
     generation = body["metadata"].get("generation")
     pool = status.get("nodePool")
-    if deployment is None or not pool or status.get("observedGeneration") != generation:
+    if deployment is None or not placed_now(body):
         return None
     try:
         wanted = spec_mod.parse(body.get("spec")).replicas.min
@@ -156,47 +225,87 @@ def readiness(body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
     is_ready = current and ready >= wanted and updated >= wanted
     message = f"{ready} of {wanted} executor replica(s) ready on pool {pool}"
     merged = conditions.set_condition(
-        status.get("conditions") or [], READY, status="True" if is_ready else "False",
+        status.get("conditions") or [], MODEL_READY,
+        status="True" if ready > 0 else "False",
+        reason="ModelLoaded" if ready > 0 else "ModelLoading",
+        message=(f"the model is loaded on {ready} executor replica(s)" if ready else
+                 "no executor replica has loaded the model yet"),
+        observed_generation=generation, now=now)
+    merged = conditions.set_condition(
+        merged, READY, status="True" if is_ready else "False",
         reason="ReplicasReady" if is_ready else "ReplicasNotReady", message=message,
         observed_generation=generation, now=now)
     new = {"phase": "Ready" if is_ready else "Placed", "readyReplicas": ready,
            "conditions": merged}
-    before = conditions.find(status.get("conditions") or [], READY)
-    after = conditions.find(merged, READY)
-    if (status.get("phase"), status.get("readyReplicas")) == (new["phase"], ready) and (
-            before is not None and after is not None
-            and _same(before, after, ("status", "reason", "message"))):
+    if (status.get("phase"), status.get("readyReplicas")) == (new["phase"], ready) and all(
+            _same(conditions.find(status.get("conditions") or [], kind),
+                  conditions.find(merged, kind), ("status", "reason", "message"))
+            for kind in (MODEL_READY, READY)):
         return None
     return new
 
 
-def _same(a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str]) -> bool:
+def _same(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None,
+          keys: Iterable[str]) -> bool:
+    if a is None or b is None:
+        return a is b
     return all(a.get(k) == b.get(k) for k in keys)
+
+
+def needs_registration(body: Mapping[str, Any]) -> bool:
+    """Whether a Ready Agent's current spec is not yet registered with the agent service."""
+    status = body.get("status") or {}
+    if status.get("phase") != "Ready" or not placed_now(body):
+        return False
+    registered = conditions.find(status.get("conditions") or [], REGISTERED)
+    return registered is None or registered.get("status") != "True" or (
+        registered.get("observedGeneration") != body["metadata"].get("generation"))
+
+
+def registered_status(body: Mapping[str, Any], *, ok: bool, message: str,
+                      now: datetime.datetime) -> dict[str, Any]:
+    """The conditions after a registration attempt."""
+    return {"conditions": conditions.set_condition(
+        _conditions(body), REGISTERED, status="True" if ok else "False",
+        reason="Registered" if ok else "AgentServiceUnavailable", message=message,
+        observed_generation=body["metadata"].get("generation"), now=now)}
+
+
+async def _apply(client: kube.Kube, decision: Decision) -> None:
+    if decision.deployment is not None and decision.service is not None:
+        await client.apply(decision.deployment)
+        await client.apply(decision.service)
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
                     cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
-                    ) -> Decision:
+                    resumed: bool = False) -> Decision:
     """Handle one Agent: place it, apply its executor, patch its status, post an Event.
 
+    A new spec forgets the pools fallen back from; a resume (operator restart)
+    keeps them. Both keep the Agent on its pool while it still fits.
     Raises ``kopf.PermanentError`` for an invalid spec and ``kopf.TemporaryError``
     while the eligible pools are full.
     """
     now = datetime.datetime.now(datetime.UTC)
+    meta = body["metadata"]
     spec = parse(body, patch, now=now)
     problems: list[str] = []
     found = discover(body, await client.snapshot(), problems=problems)
     for problem in problems:
         logger.warning("%s", problem)
-    decision = decide(body, spec, found=found, cfg=cfg, now=now)
-    if decision.deployment is not None and decision.service is not None:
-        await client.apply(decision.deployment)
-        await client.apply(decision.service)
+    status = body.get("status") or {}
+    exclude = list(status.get("avoidPools") or []) if resumed else []
+    autoscaled = await client.autoscaled(render.executor_name(meta["name"]),
+                                         namespace=meta["namespace"])
+    decision = decide(body, spec, found=found, cfg=cfg, now=now, exclude=exclude,
+                      stay=status.get("nodePool"), autoscaled=autoscaled)
+    await _apply(client, decision)
     patch.status.update(decision.status)
     chosen = decision.placement
     if chosen.pool is not None:
         kopf.info(body, reason=chosen.reason, message=chosen.message)
-        logger.info("placed Agent %s on pool %s", body["metadata"]["name"], chosen.pool.name)
+        logger.info("placed Agent %s on pool %s", meta["name"], chosen.pool.name)
     else:
         kopf.warn(body, reason=chosen.reason, message=chosen.message)
         if chosen.reason == placement.NO_CAPACITY:
@@ -204,8 +313,78 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
     return decision
 
 
+async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
+                 cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
+                 registrar: registration.Registrar | None) -> None:
+    """One look at a placed Agent's executor: fall back, update readiness, register.
+
+    Pods unschedulable for ``unschedulable_after_s`` move the Agent (``fall_back``);
+    otherwise the Deployment's ready replicas go into the status, and a Ready
+    Agent is registered with the agent service (retried at the next look while
+    the agent service is down).
+    """
+    if not placed_now(body):
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    pods = await client.pods(selector=render.selector(name), namespace=namespace)
+    waiting = stuck.unschedulable(pods, now=now)
+    if waiting is not None and waiting.seconds >= cfg.unschedulable_after_s:
+        spec = spec_mod.parse(body.get("spec"))
+        found = discover(body, await client.snapshot())
+        autoscaled = await client.autoscaled(render.executor_name(name), namespace=namespace)
+        moved = fall_back(body, spec, waiting, found=found, cfg=cfg, now=now,
+                          autoscaled=autoscaled)
+        if moved is not None:
+            await _apply(client, moved)
+            patch.status.update(moved.status)
+            kopf.warn(body, reason=FELL_BACK if moved.placement.pool else placement.NO_CAPACITY,
+                      message=moved.placement.message)
+            logger.warning("%s", moved.placement.message)
+        return
+    deployment = await client.deployment(render.executor_name(name), namespace=namespace)
+    update = readiness(body, deployment, now=now)
+    if update is not None:
+        patch.status.update(update)
+    merged = {**body, "status": {**(body.get("status") or {}), **(update or {})}}
+    if registrar is None or not needs_registration(merged):
+        return
+    spec = spec_mod.parse(body.get("spec"))
+    pool = str(merged["status"]["nodePool"])
+    tenant = registration.tenant(body, label=cfg.tenant_label)
+    try:
+        await registrar.register(registration.request(body, spec, tenant_name=tenant, pool=pool))
+    except errors.AionError as exc:
+        message = f"cannot register with the agent service at {registrar.target}: {exc.message}"
+        logger.warning("%s", message)
+        patch.status.update(registered_status(merged, ok=False, message=message, now=now))
+        return
+    message = f"registered with the agent service for tenant {tenant}, on pool {pool}"
+    patch.status.update(registered_status(merged, ok=True, message=message, now=now))
+    kopf.info(body, reason="Registered", message=message)
+
+
+async def deregister(body: kopf.Body, *, cfg: operator_settings.AionOperatorSettings,
+                     logger: kopf.Logger, registrar: registration.Registrar | None) -> None:
+    """Deregister a deleted Agent; ``kopf.TemporaryError`` keeps the finalizer while down."""
+    if registrar is None:
+        return
+    name = body["metadata"]["name"]
+    tenant = registration.tenant(body, label=cfg.tenant_label)
+    try:
+        removed = await registrar.deregister(tenant_name=tenant, name=name)
+    except errors.AionError as exc:
+        raise kopf.TemporaryError(
+            f"cannot deregister from the agent service at {registrar.target} "
+            f"({exc.message}); retrying", delay=cfg.retry_s) from exc
+    logger.info("deregistered Agent %s of tenant %s (%s)", name, tenant,
+                "was registered" if removed else "was not registered")
+
+
 def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
-             cfg: operator_settings.AionOperatorSettings) -> None:
+             cfg: operator_settings.AionOperatorSettings,
+             registrar: registration.Registrar | None = None) -> None:
     """Register the operator's handlers on ``registry`` (never on kopf's global one)."""
 
     @kopf.on.login(registry=registry, id="login")
@@ -218,17 +397,20 @@ def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry, id="place")
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry, id="place", field="spec")
     async def place(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger,
-                    **_: Any) -> None:
+                    reason: str, **_: Any) -> None:
         """Place the Agent and apply its executor; see ``reconcile``."""
-        await reconcile(body, patch, client=client, cfg=cfg, logger=logger)
+        await reconcile(body, patch, client=client, cfg=cfg, logger=logger,
+                        resumed=reason == kopf.Reason.RESUME.value)
 
     @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="readiness",
                 interval=cfg.readiness_interval_s)
-    async def follow(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        """Copy the executor Deployment's ready replicas into the status; see ``readiness``."""
-        meta = body["metadata"]
-        deployment = await client.deployment(render.executor_name(meta["name"]),
-                                             namespace=meta["namespace"])
-        update = readiness(body, deployment, now=datetime.datetime.now(datetime.UTC))
-        if update is not None:
-            patch.status.update(update)
+    async def watch_executor(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger,
+                             **_: Any) -> None:
+        """Fall back, follow readiness and register; see ``follow``."""
+        await follow(body, patch, client=client, cfg=cfg, logger=logger, registrar=registrar)
+
+    if registrar is not None:
+        @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="deregister")
+        async def forget(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
+            """Deregister from the agent service; see ``deregister``."""
+            await deregister(body, cfg=cfg, logger=logger, registrar=registrar)

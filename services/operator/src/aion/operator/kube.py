@@ -16,7 +16,7 @@ from typing import Any
 
 import lightkube
 from lightkube import codecs, generic_resource, operators
-from lightkube.resources import apps_v1, core_v1
+from lightkube.resources import apps_v1, autoscaling_v2, core_v1
 
 GROUP = "aion.dev"
 VERSION = "v1alpha1"
@@ -42,6 +42,11 @@ class Kube:
     def __init__(self, client: lightkube.AsyncClient) -> None:
         self._client = client
 
+    @property
+    def client(self) -> lightkube.AsyncClient:
+        """The lightkube client, for what has its own module (the Lease)."""
+        return self._client
+
     async def snapshot(self) -> Snapshot:
         """Nodes, bound pods (all namespaces) and GpuPools, as the API returns them."""
         nodes = [n.to_dict() async for n in self._client.list(core_v1.Node)]
@@ -64,6 +69,21 @@ class Kube:
                 return None
             raise
         return found.to_dict()
+
+
+    async def pods(self, *, selector: Mapping[str, str], namespace: str) -> list[dict[str, Any]]:
+        """The pods in ``namespace`` that carry every label of ``selector``."""
+        return [p.to_dict() async for p in self._client.list(
+            core_v1.Pod, namespace=namespace, labels=dict(selector))]
+
+    async def autoscaled(self, deployment: str, *, namespace: str) -> bool:
+        """Whether an HPA in ``namespace`` scales the Deployment named ``deployment``."""
+        async for hpa in self._client.list(autoscaling_v2.HorizontalPodAutoscaler,
+                                           namespace=namespace):
+            target = hpa.spec.scaleTargetRef if hpa.spec else None
+            if target is not None and target.kind == "Deployment" and target.name == deployment:
+                return True
+        return False
 
 
 def _plain(obj: Any) -> dict[str, Any]:

@@ -269,16 +269,28 @@ def _no_eligible(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> Plac
 
 
 def choose(spec: spec_mod.AgentSpec, pools: Sequence[pools_mod.Pool], *,
-           exclude: Collection[str] = ()) -> Placement:
-    """The pool an Agent with ``spec`` goes to, or why none; see the module's docstring."""
+           exclude: Collection[str] = (), stay: str | None = None) -> Placement:
+    """The pool an Agent with ``spec`` goes to, or why none; see the module's docstring.
+
+    ``stay`` names the pool the Agent runs on: while it is still eligible and has
+    room (the Agent's own pods counted as free), the Agent stays, so a spec change
+    or an operator restart does not move running executors for a cheaper pool.
+    """
     verdicts = sorted((_judge(pool, spec, exclude) for pool in pools),
                       key=lambda v: _key(v, spec))
     eligible = [v for v in verdicts if v.problem is None]
     gpus = spec.gpu.count
+    names = tuple(v.pool.name for v in eligible)
+    current = next((v for v in eligible if v.pool.name == stay and v.room(gpus)), None)
+    if current is not None:
+        where = (f"{_plural(len(current.ready), 'Ready node')} without GPUs" if gpus == 0
+                 else f"{_price(current.pool)}, {_free(current)}")
+        return Placement(pool=current.pool, reason=PLACED, eligible=names,
+                         message=f"stays on pool {current.pool.name}, where it runs ({where})")
     for index, verdict in enumerate(verdicts):
         if verdict.problem is None and verdict.room(gpus):
             placed = _placed(verdict, verdicts[:index], spec)
-            return dataclasses.replace(placed, eligible=tuple(v.pool.name for v in eligible))
+            return dataclasses.replace(placed, eligible=names)
     others = [v for v in verdicts if v.problem is not None]
     if eligible or any(v.kind == "excluded" for v in verdicts):
         return _no_capacity(eligible, others, spec)

@@ -139,10 +139,13 @@ def _container(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str, image: s
 
 def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpec, *,
                         pool_label: str, pool: str, image: str, owner: Owner,
-                        env: Mapping[str, str] | None = None) -> Manifest:
+                        env: Mapping[str, str] | None = None,
+                        autoscaled: bool = False) -> Manifest:
     """The Deployment that serves ``spec.model`` for one Agent on the node pool ``pool``.
 
     ``env`` adds platform settings (trace endpoint, Kafka) to the executor's own.
+    ``autoscaled``: a HorizontalPodAutoscaler owns the replica count, so the
+    manifest leaves ``replicas`` out and a server-side apply never resets it.
     """
     gpus = spec.gpu.count > 0
     pod: Manifest = {
@@ -156,12 +159,11 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
     if gpus:
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
                                "effect": "NoSchedule"}]
-    return {
+    deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _metadata(agent_name, namespace, owner),
         "spec": {
-            "replicas": spec.replicas.min,
             "selector": {"matchLabels": selector(agent_name)},
             # A GPU pool seldom has a spare GPU for a surge pod: replace pods one by one.
             "strategy": {"type": "RollingUpdate",
@@ -178,6 +180,9 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
             },
         },
     }
+    if not autoscaled:
+        deployment["spec"]["replicas"] = spec.replicas.min
+    return deployment
 
 
 def executor_service(agent_name: str, namespace: str, *, owner: Owner) -> Manifest:

@@ -23,12 +23,30 @@ class AionOperatorSettings(settings.ServiceSettings):
         min_length=1, description="image of the executor Deployments the operator renders")
     namespaces: Annotated[tuple[str, ...], pydantic_settings.NoDecode] = pydantic.Field(
         default=(), description="comma-separated namespaces to watch; empty watches all")
-    pool_label: str = pydantic.Field(
-        default="aion.dev/node-pool", min_length=1,
-        description="node label whose value names a node's pool")
-    default_pool: str = pydantic.Field(
-        default="default", min_length=1,
-        description="pool used for Agents whose placement names none")
+    agent_target: str = pydantic.Field(
+        default="",
+        description="gRPC target (host:port) of the agent service that Ready Agents are "
+                    "registered with; empty registers nowhere")
+    tenant_label: str = pydantic.Field(
+        default="aion.dev/tenant", min_length=1,
+        description="Agent label naming its tenant; without it the namespace is the tenant")
+    unschedulable_after_s: float = pydantic.Field(
+        default=120.0, gt=0,
+        description="seconds an executor pod may stay Unschedulable before the Agent "
+                    "moves to the next eligible pool")
+    leader_election: bool = pydantic.Field(
+        default=True,
+        description="hold a Lease so that of several operator replicas one is active")
+    lease_name: str = pydantic.Field(default="aion-operator", min_length=1)
+    lease_namespace: str = pydantic.Field(
+        default="",
+        description="namespace of the Lease; empty uses the pod's own namespace "
+                    "(POD_NAMESPACE or the service account's), else default")
+    lease_duration_s: float = pydantic.Field(
+        default=15.0, gt=0,
+        description="seconds a Lease holds without renewal before another replica takes it")
+    identity: str = pydantic.Field(
+        default="", description="this replica's name in the Lease; empty uses host name and pid")
     retry_s: float = pydantic.Field(
         default=15.0, gt=0,
         description="seconds between placement attempts while every eligible pool is full")
@@ -44,6 +62,13 @@ class AionOperatorSettings(settings.ServiceSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _renewable(self) -> AionOperatorSettings:
+        if self.leader_election and self.lease_duration_s < 3:
+            raise ValueError("lease_duration_s must be at least 3 seconds, so renewals "
+                             "(every third of it) can land in time")
+        return self
 
     @property
     def clusterwide(self) -> bool:
