@@ -8,7 +8,8 @@ export UV_FROZEN := 1
 PYTEST_ARGS ?=
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
-	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env
+	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
+	bench-operator
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -68,6 +69,9 @@ cluster-down: ## stop the local cluster
 
 cluster-env: ## export lines (KUBECONFIG, PATH with kubectl and helm) for the local cluster
 	@$(INFRA) env cluster
+
+bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready vs raw creates; one JSON object
+	@AGENTS=$${AGENTS:-200} $(UV) run --no-sync python services/operator/bench/operator_bench.py
 
 clean: ## remove local state (logs), keep caches
 	rm -rf .aion .pytest_cache .mypy_cache .ruff_cache

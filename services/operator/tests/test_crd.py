@@ -14,6 +14,7 @@ from aion.operator import spec
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CRD = ROOT / "charts" / "aion" / "crds" / "agents.aion.dev.yaml"
 DEMO = ROOT / "deploy" / "examples" / "demo-agent.yaml"
+EXAMPLE = ROOT / "deploy" / "examples" / "agent.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_crd_defaults_match_spec_py(version: dict[str, Any]) -> None:
 def test_status_fields(version: dict[str, Any]) -> None:
     status = _props(version, "status")
     assert set(status) >= {"phase", "nodePool", "readyReplicas", "observedGeneration",
-                           "conditions", "placementReason"}
+                           "conditions", "placementReason", "avoidPools"}
     condition = status["conditions"]["items"]["properties"]
     assert set(condition) >= {"type", "status", "reason", "message", "lastTransitionTime"}
 
@@ -129,7 +130,15 @@ def test_demo_agent_is_valid() -> None:
     assert (s.model.name, s.model.task, s.gpu.count) == ("smollm2-135m-instruct", "generate", 0)
 
 
-def test_demo_agent_uses_only_declared_fields(version: dict[str, Any]) -> None:
-    demo = yaml.safe_load(DEMO.read_text())
+def test_gpu_example_agent_is_valid() -> None:
+    example = yaml.safe_load(EXAMPLE.read_text())
+    s = spec.parse(example["spec"])
+    assert (s.gpu.count, s.gpu.products) == (1, ("NVIDIA-L4", "NVIDIA-H100-80GB-HBM3"))
+
+
+@pytest.mark.parametrize("path", [DEMO, EXAMPLE], ids=["demo", "gpu"])
+def test_example_agents_use_only_declared_fields(version: dict[str, Any],
+                                                 path: pathlib.Path) -> None:
+    example = yaml.safe_load(path.read_text())
     schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert _undeclared(demo["spec"], schema, "spec") == []
+    assert _undeclared(example["spec"], schema, "spec") == []

@@ -1,17 +1,23 @@
 """The operator as a process against the real control plane (kwok GPU pools, real scheduler).
 
-Pools of deploy/local/cluster/pools.yaml: ``h100`` (2 nodes of 8 H100s) and ``l4``
-(4 nodes of 1 L4), named by ``cloud.google.com/gke-nodepool``; GpuPools price h100
-at $4.50 and l4 at $0.70 per GPU-hour, so an Agent accepting any GPU goes to l4.
+Pools of deploy/local/cluster/pools.yaml: ``h100`` (2 nodes of 8 H100s), ``l4``
+(4 nodes of 1 L4) and ``system`` (2 nodes without GPUs), named by
+``cloud.google.com/gke-nodepool``; GpuPools price h100 at $4.50 and l4 at $0.70
+per GPU-hour, so an Agent accepting any GPU goes to l4.
+
+The module's operator watches the ``op-*`` namespaces and registers Ready Agents
+with a real agent service (on the local Postgres and Kafka). Tests that kill
+or double operators run their own, on their own ``proc-*`` namespace and Lease.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,23 +25,30 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 import yaml
 
+from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.infra.cluster import Cluster
 from aion.infra.component import poll
+from aion.infra.kafka import Kafka
+from aion.infra.postgres import Postgres
+from aion.sdk.testing import suite
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.kafka, pytest.mark.postgres]
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CRDS = ROOT / "charts" / "aion" / "crds"
+EXAMPLE = ROOT / "deploy" / "examples" / "agent.yaml"
 POOL_LABEL = "cloud.google.com/gke-nodepool"
-TIMEOUT_S = 60.0
+TIMEOUT_S = 90.0
 T = TypeVar("T")
 
 
-def _eventually(fetch: Callable[[], T], done: Callable[[T], bool]) -> T:
-    return poll(fetch, done, TIMEOUT_S)
+def _eventually(fetch: Callable[[], T], done: Callable[[T], bool],
+                timeout: float = TIMEOUT_S) -> T:
+    return poll(fetch, done, timeout)
 
 
 def _get(cluster: Cluster, *args: str) -> Any:
@@ -50,13 +63,6 @@ def _items(cluster: Cluster, *args: str) -> list[dict[str, Any]]:
     return list(found["items"]) if found else []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
@@ -65,9 +71,73 @@ def _healthy(url: str) -> bool:
         return False
 
 
+@dataclasses.dataclass
+class Process:
+    """A service started as ``python -m <module>``, logging to ``log``."""
+
+    module: str
+    env: dict[str, str]
+    log: pathlib.Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return self.text()[-6000:]
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no handler runs, nothing is released."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM, then SIGKILL past ``timeout``; the exit code (None when it was killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+
+def _operator(cluster: Cluster, log: pathlib.Path, *, namespaces: str, agent_target: str = "",
+              lease: str = "aion-operator", identity: str = "") -> Process:
+    """An operator process (not started) on ``namespaces``, with short test timings."""
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+           "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:test",
+           "AION_OPERATOR_NAMESPACES": namespaces,
+           "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
+           "AION_OPERATOR_METRICS_PORT": str(suite.free_port()),
+           "AION_OPERATOR_READINESS_INTERVAL_S": "1", "AION_OPERATOR_RETRY_S": "2",
+           "AION_OPERATOR_UNSCHEDULABLE_AFTER_S": "3",
+           "AION_OPERATOR_AGENT_TARGET": agent_target,
+           "AION_OPERATOR_LEASE_NAME": lease, "AION_OPERATOR_LEASE_NAMESPACE": "default",
+           "AION_OPERATOR_LEASE_DURATION_S": "4", "AION_OPERATOR_IDENTITY": identity}
+    return Process("aion.operator", env, log)
+
+
+def _liveness(op: Process) -> str:
+    return f"http://127.0.0.1:{op.env['AION_OPERATOR_LIVENESS_PORT']}/healthz"
+
+
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """CRDs installed, GpuPools priced, and ``python -m aion.operator`` running; yields its log."""
+def crds(cluster: Cluster) -> None:
+    """The CRDs installed and the pools priced."""
     cluster.kubectl("apply", "-f", str(CRDS))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                     "crd/agents.aion.dev", "crd/gpupools.aion.dev")
@@ -75,47 +145,78 @@ def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iter
               "spec": {"priceUsdPerGpuHour": price}}
              for name, price in (("h100", 4.5), ("l4", 0.7))]
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(pools))
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    port = _free_port()
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
-           "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:test",
-           "AION_OPERATOR_LIVENESS_PORT": str(port),
-           "AION_OPERATOR_READINESS_INTERVAL_S": "1", "AION_OPERATOR_RETRY_S": "2"}
-    env.pop("AION_OPERATOR_NAMESPACES", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aion.operator"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def agent_service(kafka: Kafka, postgres: Postgres,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """``python -m aion.agent`` on the local Postgres and Kafka, SERVING."""
+    port = suite.free_port()
+    env = {**os.environ, **kafka.endpoints(), **postgres.endpoints(),
+           "AION_AGENT_PORT": str(port), "AION_AGENT_METRICS_PORT": str(suite.free_port()),
+           "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}."}
+    service = Process("aion.agent", env, tmp_path_factory.mktemp("agent") / "agent.log")
+    service.start()
     try:
-        healthy = _eventually(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), bool)
-        assert healthy, log.read_text()[-4000:]
-        assert proc.poll() is None, log.read_text()[-4000:]
-        yield str(log)
+        status = _eventually(lambda: suite.health_status(f"127.0.0.1:{port}"),
+                             lambda s: s == "SERVING" or not service.alive())
+        assert status == "SERVING", service.tail()
+        yield service
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        cluster.kubectl("delete", "gpupools", "h100", "l4", "--ignore-not-found")
-    assert code == 0, log.read_text()[-4000:]
+        service.stop()
 
 
-@pytest.fixture
-def namespace(cluster: Cluster, operator: str) -> Iterator[str]:
-    name = f"op-{uuid.uuid4().hex[:8]}"
+def _agent_target(service: Process) -> str:
+    return f"127.0.0.1:{service.env['AION_AGENT_PORT']}"
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, crds: None, agent_service: Process,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """``python -m aion.operator`` on the ``op-*`` namespaces, healthy."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = _operator(cluster, log, namespaces="op-*", agent_target=_agent_target(agent_service),
+                   lease=f"optest-{uuid.uuid4().hex[:6]}").start()
+    try:
+        healthy = _eventually(lambda: _healthy(_liveness(op)), bool)
+        assert healthy, op.tail()
+        assert op.alive(), op.tail()
+        yield op
+    finally:
+        code = op.stop()
+    assert code == 0, op.tail()
+
+
+def _namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
-def _apply_agent(cluster: Cluster, namespace: str, name: str, gpu: dict[str, Any]) -> None:
-    agent = {"apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
-             "metadata": {"name": name, "namespace": namespace},
-             "spec": {"model": {"name": "smollm2-135m-instruct"}, "gpu": gpu,
-                      "resources": {"cpu": "1", "memory": "2Gi"}}}
-    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(agent))
+@pytest.fixture
+def namespace(cluster: Cluster, operator: Process) -> Iterator[str]:
+    yield from _namespace(cluster, "op")
+
+
+SMALL = {"cpu": "100m", "memory": "256Mi"}
+
+
+def _agent(namespace: str, name: str, gpu: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"model": {"name": "smollm2-135m-instruct"}, "gpu": gpu,
+                     "resources": {"cpu": "1", "memory": "2Gi"}, **spec}}
+
+
+def _apply(cluster: Cluster, *objects: dict[str, Any], check: bool = True) -> str:
+    return cluster.kubectl("apply", "-f", "-", check=check,
+                           stdin=yaml.safe_dump_all(list(objects)))
+
+
+def _apply_agent(cluster: Cluster, namespace: str, name: str, gpu: dict[str, Any],
+                 **spec: Any) -> None:
+    _apply(cluster, _agent(namespace, name, gpu, **spec))
 
 
 def _condition(agent: dict[str, Any], kind: str) -> dict[str, Any]:
@@ -125,13 +226,26 @@ def _condition(agent: dict[str, Any], kind: str) -> dict[str, Any]:
     return dict(found[0])
 
 
-def _ready_agent(cluster: Cluster, namespace: str, name: str, log: str) -> dict[str, Any]:
+def _has(agent: dict[str, Any] | None, kind: str, status: str = "True") -> bool:
+    return agent is not None and any(
+        c["type"] == kind and c["status"] == status
+        for c in (agent.get("status") or {}).get("conditions") or [])
+
+
+def _wait_agent(cluster: Cluster, namespace: str, name: str, op: Process,
+                done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     agent = _eventually(lambda: _get(cluster, "agent", name, "-n", namespace),
-                  lambda a: a is not None and (a.get("status") or {}).get("phase") == "Ready")
-    assert agent is not None
-    assert agent["status"].get("phase") == "Ready", (
-        agent.get("status"), pathlib.Path(log).read_text()[-4000:])
+                        lambda a: a is not None and done(a))
+    assert agent is not None, op.tail()
+    assert done(agent), (agent.get("status"), op.tail())
     return dict(agent)
+
+
+def _ready_agent(cluster: Cluster, namespace: str, name: str, op: Process,
+                 *, generation: int = 1) -> dict[str, Any]:
+    return _wait_agent(cluster, namespace, name, op, lambda a: (
+        (a.get("status") or {}).get("phase") == "Ready"
+        and a["status"].get("observedGeneration") == generation))
 
 
 def _events(cluster: Cluster, namespace: str, name: str, reason: str) -> list[dict[str, Any]]:
@@ -139,18 +253,33 @@ def _events(cluster: Cluster, namespace: str, name: str, reason: str) -> list[di
                   f"involvedObject.kind=Agent,involvedObject.name={name},reason={reason}")
 
 
-def _assert_runs_on_l4(cluster: Cluster, namespace: str, name: str,
-                       agent: dict[str, Any]) -> None:
+def _pods(cluster: Cluster, namespace: str, agent: str) -> list[dict[str, Any]]:
+    return _items(cluster, "pods", "-n", namespace, "-l", f"aion.dev/agent={agent}")
+
+
+def _registered(service: Process, tenant: str, name: str) -> Any:
+    """The agent service's record of the agent, or the gRPC status code when it has none."""
+    with grpc.insecure_channel(_agent_target(service)) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        try:
+            return stub.GetAgent(agent_pb2.AgentRef(tenant=tenant, name=name), timeout=5)
+        except grpc.RpcError as exc:
+            return exc.code()
+
+
+def _assert_runs_on(cluster: Cluster, namespace: str, name: str, agent: dict[str, Any],
+                    pool: str) -> None:
     status = agent["status"]
-    assert status["nodePool"] == "l4"
+    assert status["nodePool"] == pool
     assert status["observedGeneration"] == agent["metadata"]["generation"]
     assert status["readyReplicas"] == 1
     placed = _condition(agent, "Placed")
     assert (placed["status"], placed["reason"]) == ("True", "Placed")
-    assert "l4" in placed["message"]
-    ready = _condition(agent, "Ready")
-    assert (ready["status"], ready["reason"]) == ("True", "ReplicasReady")
-    assert ready["observedGeneration"] == agent["metadata"]["generation"]
+    assert pool in placed["message"]
+    for kind, reason in (("Ready", "ReplicasReady"), ("ModelReady", "ModelLoaded")):
+        found = _condition(agent, kind)
+        assert (found["status"], found["reason"]) == ("True", reason)
+        assert found["observedGeneration"] == agent["metadata"]["generation"]
 
     deployment = _get(cluster, "deployment", f"aion-executor-{name}", "-n", namespace)
     assert deployment is not None
@@ -161,7 +290,7 @@ def _assert_runs_on_l4(cluster: Cluster, namespace: str, name: str,
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"]
     assert terms[0]["matchExpressions"][0] == {"key": POOL_LABEL, "operator": "In",
-                                               "values": ["l4"]}
+                                               "values": [pool]}
     assert {"key": "nvidia.com/gpu", "operator": "Exists",
             "effect": "NoSchedule"} in pod["tolerations"]
     assert deployment["status"]["readyReplicas"] == 1
@@ -175,36 +304,56 @@ def _assert_runs_on_l4(cluster: Cluster, namespace: str, name: str,
     assert service is not None
     assert service["metadata"]["ownerReferences"][0]["uid"] == agent["metadata"]["uid"]
 
-    pods = _items(cluster, "pods", "-n", namespace, "-l", f"aion.dev/agent={name}")
+    pods = [p for p in _pods(cluster, namespace, name)
+            if not p["metadata"].get("deletionTimestamp")]
     assert len(pods) == 1
     assert pods[0]["status"]["phase"] == "Running"
-    assert pods[0]["spec"]["nodeName"].startswith("l4-")
+    assert pods[0]["spec"]["nodeName"].startswith(f"{pool}-")
     events = _events(cluster, namespace, name, "Placed")
     assert events
     assert events[0]["type"] == "Normal"
 
 
-def test_agent_accepting_only_l4_runs_on_l4_and_is_ready(
-        cluster: Cluster, namespace: str, operator: str) -> None:
-    _apply_agent(cluster, namespace, "only-l4", {"count": 1, "products": ["NVIDIA-L4"]})
+def test_agent_accepting_only_l4_runs_on_l4_is_ready_and_registered(
+        cluster: Cluster, namespace: str, operator: Process, agent_service: Process) -> None:
+    _apply_agent(cluster, namespace, "only-l4", {"count": 1, "products": ["NVIDIA-L4"]},
+                 instructions="Answer in one line.", routing={"privacy": "hybrid"})
     agent = _ready_agent(cluster, namespace, "only-l4", operator)
-    _assert_runs_on_l4(cluster, namespace, "only-l4", agent)
+    _assert_runs_on(cluster, namespace, "only-l4", agent, "l4")
+    agent = _wait_agent(cluster, namespace, "only-l4", operator,
+                        lambda a: _has(a, "Registered"))
+    registered = _condition(agent, "Registered")
+    assert registered["observedGeneration"] == 1
+    assert namespace in registered["message"]
+    record = _registered(agent_service, namespace, "only-l4")
+    assert not isinstance(record, grpc.StatusCode), record
+    assert (record.name, record.model, record.node_pool) == (
+        "only-l4", "smollm2-135m-instruct", "l4")
 
 
 def test_agent_accepting_any_gpu_goes_to_the_cheapest_pool(
-        cluster: Cluster, namespace: str, operator: str) -> None:
+        cluster: Cluster, namespace: str, operator: Process) -> None:
     _apply_agent(cluster, namespace, "any-gpu", {"count": 1})
     agent = _ready_agent(cluster, namespace, "any-gpu", operator)
-    _assert_runs_on_l4(cluster, namespace, "any-gpu", agent)
+    _assert_runs_on(cluster, namespace, "any-gpu", agent, "l4")
     assert "$0.70" in _condition(agent, "Placed")["message"]
 
 
+def test_the_example_agent_is_ready_with_its_pool_in_kubectl_get(
+        cluster: Cluster, namespace: str, operator: Process) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+    [name] = [d["metadata"]["name"] for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
+    agent = _ready_agent(cluster, namespace, name, operator)
+    row = cluster.kubectl("get", "agents", "-n", namespace, name, "--no-headers")
+    fields = row.split()
+    assert fields[:4] == [name, "Ready", agent["status"]["nodePool"], "1"], row
+
+
 def test_unknown_gpu_product_is_not_placed_and_says_why(
-        cluster: Cluster, namespace: str, operator: str) -> None:
+        cluster: Cluster, namespace: str, operator: Process) -> None:
     _apply_agent(cluster, namespace, "b200", {"count": 1, "products": ["NVIDIA-B200"]})
-    agent = _eventually(lambda: _get(cluster, "agent", "b200", "-n", namespace),
-                  lambda a: a is not None and bool((a.get("status") or {}).get("conditions")))
-    assert agent is not None
+    agent = _wait_agent(cluster, namespace, "b200", operator,
+                        lambda a: bool((a.get("status") or {}).get("conditions")))
     placed = _condition(agent, "Placed")
     assert (placed["status"], placed["reason"]) == ("False", "NoEligiblePool")
     assert "NVIDIA-B200" in placed["message"]
@@ -219,18 +368,242 @@ def test_unknown_gpu_product_is_not_placed_and_says_why(
     assert _get(cluster, "service", "aion-executor-b200", "-n", namespace) is None
 
 
-def test_deleting_an_agent_garbage_collects_its_executor(
-        cluster: Cluster, namespace: str, operator: str) -> None:
+@pytest.mark.parametrize(("spec", "says"), [
+    ({"model": {"name": "m"}, "replicas": {"min": 3, "max": 1}}, "replicas.min"),
+    ({"model": {"name": "m"}, "gpu": {"count": -1}}, "spec.gpu.count"),
+    ({"model": {"name": "m", "task": "classify"}}, "spec.model.task"),
+    ({"gpu": {"count": 1}}, "spec.model"),
+])
+def test_bad_specs_are_refused_by_the_api_server(
+        cluster: Cluster, namespace: str, spec: dict[str, Any], says: str) -> None:
+    bad = {"apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
+           "metadata": {"name": "bad", "namespace": namespace}, "spec": spec}
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        _apply(cluster, bad)
+    assert says in refused.value.stderr
+    assert _get(cluster, "agent", "bad", "-n", namespace) is None
+
+
+def _filler(namespace: str, gpus_per_pod: int, replicas: int) -> dict[str, Any]:
+    """A Deployment, not an Agent, that takes every H100 of the h100 pool."""
+    labels = {"app": "h100-filler"}
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "h100-filler", "namespace": namespace},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {
+                         "nodeSelector": {POOL_LABEL: "h100"},
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                          "effect": "NoSchedule"}],
+                         "containers": [{"name": "fill", "image": "fill:test", "resources": {
+                             "limits": {"nvidia.com/gpu": str(gpus_per_pod)}}}]}}}}
+
+
+def test_a_full_h100_pool_sends_flexible_agents_to_l4_and_keeps_h100_only_pending(
+        cluster: Cluster, namespace: str, operator: Process) -> None:
+    _apply(cluster, _filler(namespace, 8, 2))
+    running = _eventually(
+        lambda: [p for p in _items(cluster, "pods", "-n", namespace, "-l", "app=h100-filler")
+                 if p["status"].get("phase") == "Running"], lambda pods: len(pods) == 2)
+    assert len(running) == 2
+
+    _apply_agent(cluster, namespace, "flexible", {"count": 1},
+                 placement={"allowedPools": ["h100", "l4"], "preferredPools": ["h100"]})
+    flexible = _ready_agent(cluster, namespace, "flexible", operator)
+    _assert_runs_on(cluster, namespace, "flexible", flexible, "l4")
+    assert "h100 skipped" in _condition(flexible, "Placed")["message"]
+
+    _apply_agent(cluster, namespace, "h100-only",
+                 {"count": 1, "products": ["NVIDIA-H100-80GB-HBM3"]})
+    waiting = _wait_agent(cluster, namespace, "h100-only", operator,
+                          lambda a: _has(a, "Placed", "False"))
+    placed = _condition(waiting, "Placed")
+    assert placed["reason"] == "NoCapacity"
+    assert "no eligible pool has 1 free GPU" in placed["message"]
+    assert "h100" in placed["message"]
+    assert waiting["status"]["phase"] == "Pending"
+    assert _events(cluster, namespace, "h100-only", "NoCapacity")
+    assert _get(cluster, "deployment", "aion-executor-h100-only", "-n", namespace) is None
+
+    # Freed GPUs place it (the operator retries while capacity is short).
+    cluster.kubectl("delete", "deployment", "h100-filler", "-n", namespace)
+    ready = _ready_agent(cluster, namespace, "h100-only", operator)
+    assert ready["status"]["nodePool"] == "h100"
+
+
+@contextlib.contextmanager
+def _tainted(cluster: Cluster, pool: str) -> Iterator[None]:
+    """Every node of ``pool`` tainted NoSchedule: the scheduler refuses it, placement can't see."""
+    nodes = [n["metadata"]["name"] for n in _items(cluster, "nodes", "-l", f"{POOL_LABEL}={pool}")]
+    assert nodes
+    cluster.kubectl("taint", "nodes", *nodes, "aion.test/blocked=true:NoSchedule")
+    try:
+        yield
+    finally:
+        cluster.kubectl("taint", "nodes", *nodes, "aion.test/blocked-")
+
+
+def test_pods_unschedulable_on_a_pool_move_the_agent_to_the_next_one(
+        cluster: Cluster, namespace: str, operator: Process) -> None:
+    with _tainted(cluster, "l4"):
+        _apply_agent(cluster, namespace, "movable", {"count": 1})
+        agent = _ready_agent(cluster, namespace, "movable", operator)
+    _assert_runs_on(cluster, namespace, "movable", agent, "h100")
+    assert agent["status"]["avoidPools"] == ["l4"]
+    degraded = _condition(agent, "CapacityDegraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "FellBack")
+    assert "stayed unschedulable on pool l4" in degraded["message"]
+    assert "moved to pool h100" in degraded["message"]
+    assert "aion.test/blocked" in degraded["message"]  # the scheduler's own words
+    [event] = _events(cluster, namespace, "movable", "FellBack")
+    assert event["type"] == "Warning"
+    assert "moved to pool h100" in event["message"]
+
+
+def test_a_spec_change_is_rolled_out_and_observed(
+        cluster: Cluster, namespace: str, operator: Process, agent_service: Process) -> None:
+    _apply_agent(cluster, namespace, "changing", {"count": 1, "products": ["NVIDIA-L4"]})
+    first = _ready_agent(cluster, namespace, "changing", operator)
+    _wait_agent(cluster, namespace, "changing", operator, lambda a: _has(a, "Registered"))
+    _apply_agent(cluster, namespace, "changing", {"count": 1, "products": ["NVIDIA-L4"]},
+                 model={"name": "qwen2.5-0.5b-instruct"})
+    second = _ready_agent(cluster, namespace, "changing", operator, generation=2)
+    assert second["status"]["nodePool"] == first["status"]["nodePool"] == "l4"
+    assert "stays on pool l4" in _condition(second, "Placed")["message"]
+    deployment = _get(cluster, "deployment", "aion-executor-changing", "-n", namespace)
+    env = {e["name"]: e.get("value") for e in
+           deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AION_EXECUTOR_MODEL_NAME"] == "qwen2.5-0.5b-instruct"
+    assert deployment["status"]["updatedReplicas"] == 1
+    registered = _wait_agent(cluster, namespace, "changing", operator, lambda a: any(
+        c["type"] == "Registered" and c["status"] == "True" and c["observedGeneration"] == 2
+        for c in a["status"]["conditions"]))
+    assert registered["metadata"]["generation"] == 2
+    record = _eventually(lambda: _registered(agent_service, namespace, "changing"),
+                         lambda r: getattr(r, "model", "") == "qwen2.5-0.5b-instruct")
+    assert getattr(record, "model", record) == "qwen2.5-0.5b-instruct"
+
+
+def test_an_hpa_owns_the_replica_count(
+        cluster: Cluster, namespace: str, operator: Process) -> None:
+    _apply_agent(cluster, namespace, "scaled", {"count": 0}, replicas={"min": 1, "max": 3},
+                 resources=SMALL)
+    _ready_agent(cluster, namespace, "scaled", operator)
+    executor = "aion-executor-scaled"
+    _apply(cluster, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                     "metadata": {"name": "scaled", "namespace": namespace},
+                     "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                                 "name": executor},
+                              "minReplicas": 1, "maxReplicas": 3, "metrics": [
+                                  {"type": "Resource", "resource": {"name": "cpu", "target": {
+                                      "type": "Utilization", "averageUtilization": 70}}}]}})
+    # As the HPA controller does: through the scale subresource, under its own name.
+    cluster.kubectl("scale", "deployment", executor, "-n", namespace, "--replicas=2")
+    _apply_agent(cluster, namespace, "scaled", {"count": 0}, replicas={"min": 1, "max": 3},
+                 resources=SMALL, instructions="Now with instructions.")
+    _ready_agent(cluster, namespace, "scaled", operator, generation=2)
+    deployment = _get(cluster, "deployment", executor, "-n", namespace)
+    assert deployment["spec"]["replicas"] == 2
+    env = {e["name"]: e.get("value") for e in
+           deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AION_EXECUTOR_MODEL_NAME"] == "smollm2-135m-instruct"
+
+
+def test_deleting_an_agent_deregisters_it_and_collects_its_executor(
+        cluster: Cluster, namespace: str, operator: Process, agent_service: Process) -> None:
     _apply_agent(cluster, namespace, "short-lived", {"count": 1, "products": ["NVIDIA-L4"]})
     _ready_agent(cluster, namespace, "short-lived", operator)
+    _wait_agent(cluster, namespace, "short-lived", operator, lambda a: _has(a, "Registered"))
+    assert not isinstance(_registered(agent_service, namespace, "short-lived"), grpc.StatusCode)
     executor = "aion-executor-short-lived"
     assert _get(cluster, "deployment", executor, "-n", namespace) is not None
     assert _get(cluster, "service", executor, "-n", namespace) is not None
     cluster.kubectl("delete", "agent", "short-lived", "-n", namespace, "--timeout=60s")
+    assert _registered(agent_service, namespace, "short-lived") == grpc.StatusCode.NOT_FOUND
     gone = _eventually(lambda: (_get(cluster, "deployment", executor, "-n", namespace),
-                          _get(cluster, "service", executor, "-n", namespace)),
-                 lambda objs: objs == (None, None))
+                                _get(cluster, "service", executor, "-n", namespace)),
+                       lambda objs: objs == (None, None))
     assert gone == (None, None)
-    pods = _eventually(lambda: _items(cluster, "pods", "-n", namespace, "-l",
-                                "aion.dev/agent=short-lived"), lambda items: not items)
+    pods = _eventually(lambda: _pods(cluster, namespace, "short-lived"), lambda items: not items)
     assert pods == []
+
+
+# -- operators started, killed and doubled by the tests themselves ------------------------
+
+@pytest.fixture
+def own_namespace(cluster: Cluster, crds: None) -> Iterator[str]:
+    yield from _namespace(cluster, "proc")
+
+
+def _delete_agents(cluster: Cluster, namespace: str) -> None:
+    """Delete the namespace's Agents while an operator still runs to remove its finalizer."""
+    cluster.kubectl("delete", "agents", "--all", "-n", namespace, "--timeout=60s", check=False)
+
+
+def _lease(cluster: Cluster, name: str) -> dict[str, Any]:
+    found = _get(cluster, "lease", name, "-n", "default")
+    return dict(found["spec"]) if found else {}
+
+
+def test_an_operator_killed_mid_reconcile_converges_after_restart_without_duplicates(
+        cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path) -> None:
+    lease = f"proc-{uuid.uuid4().hex[:6]}"
+    op = _operator(cluster, tmp_path / "operator.log", namespaces=own_namespace,
+                   lease=lease).start()
+    names = [f"agent-{i}" for i in range(12)]
+    try:
+        _apply(cluster, *(_agent(own_namespace, n, {"count": 0}, resources=SMALL)
+                          for n in names))
+        # Kill it once it has placed some Agents and before it has finished with all.
+        started = _eventually(
+            lambda: [a for a in _items(cluster, "agents", "-n", own_namespace)
+                     if (a.get("status") or {}).get("nodePool")],
+            lambda placed: len(placed) >= 2)
+        assert started, op.tail()
+        op.kill()
+        op.start()
+        for name in names:
+            _ready_agent(cluster, own_namespace, name, op)
+        deployments = _items(cluster, "deployments", "-n", own_namespace)
+        services = _items(cluster, "services", "-n", own_namespace)
+        replica_sets = _items(cluster, "replicasets", "-n", own_namespace)
+    finally:
+        _delete_agents(cluster, own_namespace)
+        op.stop()
+    expected = sorted(f"aion-executor-{n}" for n in names)
+    assert sorted(d["metadata"]["name"] for d in deployments) == expected
+    assert sorted(s["metadata"]["name"] for s in services) == expected
+    assert all(d["spec"]["replicas"] == 1 for d in deployments)
+    assert len(replica_sets) == len(names)  # no rollout churned by the second run
+
+
+def test_of_two_operator_replicas_one_is_active_and_the_other_takes_over(
+        cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path) -> None:
+    lease = f"proc-{uuid.uuid4().hex[:6]}"
+    ops = {who: _operator(cluster, tmp_path / f"{who}.log", namespaces=own_namespace,
+                          lease=lease, identity=who).start() for who in ("op-a", "op-b")}
+    try:
+        holder = _eventually(lambda: _lease(cluster, lease).get("holderIdentity"), bool)
+        assert holder in ops, {w: o.tail() for w, o in ops.items()}
+        standby = next(w for w in ops if w != holder)
+        assert _eventually(lambda: _healthy(_liveness(ops[standby])), bool)  # standby is live
+        _apply_agent(cluster, own_namespace, "first", {"count": 0}, resources=SMALL)
+        _ready_agent(cluster, own_namespace, "first", ops[holder])
+        assert "placed Agent first" in ops[holder].text()
+        assert "placed Agent" not in ops[standby].text()
+        transitions = _lease(cluster, lease).get("leaseTransitions", 0)
+
+        ops[holder].kill()
+        _apply_agent(cluster, own_namespace, "second", {"count": 0}, resources=SMALL)
+        _ready_agent(cluster, own_namespace, "second", ops[standby])
+        assert "placed Agent second" in ops[standby].text()
+        after = _lease(cluster, lease)
+        assert after["holderIdentity"] == standby
+        assert after.get("leaseTransitions", 0) == transitions + 1
+        _delete_agents(cluster, own_namespace)
+        assert ops[standby].stop() == 0, ops[standby].tail()
+        # A clean stop gives the Lease back at once.
+        assert _lease(cluster, lease).get("holderIdentity", "") == ""
+    finally:
+        _delete_agents(cluster, own_namespace)
+        for op in ops.values():
+            op.stop()
