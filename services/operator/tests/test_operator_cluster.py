@@ -453,7 +453,7 @@ def test_pods_unschedulable_on_a_pool_move_the_agent_to_the_next_one(
     assert (degraded["status"], degraded["reason"]) == ("True", "FellBack")
     assert "stayed unschedulable on pool l4" in degraded["message"]
     assert "moved to pool h100" in degraded["message"]
-    assert "aion.test/blocked" in degraded["message"]  # the scheduler's own words
+    assert "untolerated taint" in degraded["message"]  # the scheduler's own words
     [event] = _events(cluster, namespace, "movable", "FellBack")
     assert event["type"] == "Warning"
     assert "moved to pool h100" in event["message"]
@@ -536,7 +536,8 @@ def own_namespace(cluster: Cluster, crds: None) -> Iterator[str]:
 
 def _delete_agents(cluster: Cluster, namespace: str) -> None:
     """Delete the namespace's Agents while an operator still runs to remove its finalizer."""
-    cluster.kubectl("delete", "agents", "--all", "-n", namespace, "--timeout=60s", check=False)
+    cluster.kubectl("delete", "agents", "--all", "-n", namespace, "--timeout=100s",
+                    check=False, timeout=120)
 
 
 def _lease(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -567,8 +568,10 @@ def test_an_operator_killed_mid_reconcile_converges_after_restart_without_duplic
         services = _items(cluster, "services", "-n", own_namespace)
         replica_sets = _items(cluster, "replicasets", "-n", own_namespace)
     finally:
-        _delete_agents(cluster, own_namespace)
-        op.stop()
+        try:
+            _delete_agents(cluster, own_namespace)
+        finally:
+            op.stop()
     expected = sorted(f"aion-executor-{n}" for n in names)
     assert sorted(d["metadata"]["name"] for d in deployments) == expected
     assert sorted(s["metadata"]["name"] for s in services) == expected
@@ -604,6 +607,8 @@ def test_of_two_operator_replicas_one_is_active_and_the_other_takes_over(
         # A clean stop gives the Lease back at once.
         assert _lease(cluster, lease).get("holderIdentity", "") == ""
     finally:
-        _delete_agents(cluster, own_namespace)
-        for op in ops.values():
-            op.stop()
+        try:
+            _delete_agents(cluster, own_namespace)
+        finally:
+            for op in ops.values():
+                op.stop()

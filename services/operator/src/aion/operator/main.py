@@ -33,6 +33,11 @@ def kopf_settings() -> kopf.OperatorSettings:
         prefix=ANNOTATIONS_PREFIX)
     config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATIONS_PREFIX)
+    # Watches end and restart every few minutes, so a silently dropped connection
+    # cannot leave the operator blind (kopf's defaults wait forever).
+    config.watching.server_timeout = 300
+    config.watching.client_timeout = 330
+    config.watching.connect_timeout = 30
     return config
 
 
@@ -80,9 +85,13 @@ async def _standby(elector: lease.Elector, cfg: operator_settings.AionOperatorSe
     return acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None
 
 
-def _settle(flag: asyncio.Future[None]) -> None:
-    if not flag.done():
-        flag.set_result(None)
+def _settle(flag: asyncio.Future[None], holding: asyncio.Task[None]) -> None:
+    # ``hold`` returns when the Lease is lost; a cancelled one was stopped on purpose.
+    if holding.cancelled() or flag.done():
+        return
+    if holding.exception() is not None:
+        log.error("renewing the Lease failed", exc_info=holding.exception())
+    flag.set_result(None)
 
 
 async def _standby_health(_: web.Request) -> web.Response:
@@ -113,14 +122,15 @@ async def run(cfg: operator_settings.AionOperatorSettings) -> int:
                                     duration_s=cfg.lease_duration_s)
             if not await _standby(elector, cfg):
                 return 0
-            lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            # kopf stops when ``stop`` resolves: on a lost Lease (``hold`` returned).
+            stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             holding = asyncio.create_task(elector.hold())
-            holding.add_done_callback(lambda _: _settle(lost))
+            holding.add_done_callback(lambda task: _settle(stop, task))
             try:
-                await _kopf(registry, cfg, stop_flag=lost)
+                await _kopf(registry, cfg, stop_flag=stop)
             finally:
                 holding.cancel()
-            if lost.done():
+            if holding.done() and not holding.cancelled():
                 log.error("stopped reconciling: this replica no longer holds the Lease")
                 return 1
             await elector.release()
@@ -131,4 +141,6 @@ def main() -> None:
     """Entry point."""
     cfg = settings.load(operator_settings.AionOperatorSettings)
     telemetry.setup(service="operator", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    for noisy in ("httpx", "httpx2"):  # one line per API request at INFO
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     sys.exit(asyncio.run(run(cfg)))
