@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
 	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
-	bench-operator
+	bench-operator bench-agent
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ cluster-env: ## export lines (KUBECONFIG, PATH with kubectl and helm) for the lo
 
 bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready vs raw creates; one JSON object
 	@AGENTS=$${AGENTS:-200} $(UV) run --no-sync python services/operator/bench/operator_bench.py
+
+bench-agent: setup infra-up ## agent service: tasks/s, added latency, outbox vs raw Kafka produce (one JSON line)
+	@$(UV) run --no-sync python tests/bench/bench_agent.py
 
 clean: ## remove local state (logs), keep caches
 	rm -rf .aion .pytest_cache .mypy_cache .ruff_cache

@@ -178,7 +178,15 @@ FULL_VALUES: Doc = {
         "service": {"type": "NodePort", "annotations": {"example.com/team": "routing"}},
         "policy": {"default": {"privacy": "local-only"}, "rules": [{"match": {"tenant": "acme"}}]},
     },
-    "agent": {"replicas": 5, "port": 6001},
+    "agent": {
+        "replicas": 5,
+        "port": 6001,
+        "postgres": {"existingSecret": "agent-db", "dsnKey": "url"},
+        "kafka": {"bootstrap": "kafka-0.kafka:9092,kafka-1.kafka:9092", "topicPrefix": "prod."},
+        "leaseSeconds": 20,
+        "maxConcurrentTasks": 4,
+        "maxAttempts": 2,
+    },
     "knowledge": {
         "port": 6002,
         "embeddingAgent": {
@@ -268,7 +276,17 @@ def test_helm_template_passes_every_setting_through(
     policy = _find(docs, "ConfigMap", "ai-router-policy")["data"]["policy.yaml"]
     assert yaml.safe_load(policy) == FULL_VALUES["router"]["policy"]
 
-    assert _find(docs, "Deployment", "ai-agent")["spec"]["replicas"] == 5
+    agent_deployment = _find(docs, "Deployment", "ai-agent")
+    assert agent_deployment["spec"]["replicas"] == 5
+    agent_env = _env(agent_deployment)
+    assert agent_env["AION_AGENT_POSTGRES_DSN"] == {
+        "secretKeyRef": {"name": "agent-db", "key": "url"}}
+    assert agent_env["AION_AGENT_KAFKA_BOOTSTRAP"] == "kafka-0.kafka:9092,kafka-1.kafka:9092"
+    assert agent_env["AION_AGENT_TOPIC_PREFIX"] == "prod."
+    assert agent_env["AION_AGENT_WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert (agent_env["AION_AGENT_LEASE_S"], agent_env["AION_AGENT_HEARTBEAT_S"]) == ("20", "4")
+    assert agent_env["AION_AGENT_MAX_CONCURRENT_TASKS"] == "4"
+    assert agent_env["AION_AGENT_MAX_ATTEMPTS"] == "2"
     agent = _find(docs, "Agent", "embedder")
     embedding = FULL_VALUES["knowledge"]["embeddingAgent"]
     for key in ("model", "gpu", "resources", "placement", "replicas"):
@@ -319,6 +337,8 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
         ["at '/knowledge/embeddingAgent/gpu': additional properties 'cuont'"],
     ),
     (["--set", "agent.replicas=-1"], ["'/agent/replicas'", "minimum"]),
+    (["--set", "agent.postgres.dsn=mysql://x"], ["'/agent/postgres/dsn'", "does not match"]),
+    (["--set", "agent.maxAttempts=0"], ["'/agent/maxAttempts'", "minimum"]),
     (["--set-json", "gateway.replicas=1.5"], ["'/gateway/replicas'", "got number, want integer"]),
     (["--set", "gateway.port=70000"], ["'/gateway/port'", "maximum"]),
     (["--set", "metrics.port=0"], ["'/metrics/port'", "minimum"]),

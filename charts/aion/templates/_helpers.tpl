@@ -55,6 +55,11 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- .Values.gateway.auth.existingSecret | default (printf "%s-auth" (include "aion.componentName" (dict "root" . "component" "gateway"))) -}}
 {{- end -}}
 
+{{/* The Secret holding the agent service's Postgres DSN. */}}
+{{- define "aion.agentPostgresSecret" -}}
+{{- .Values.agent.postgres.existingSecret | default (printf "%s-postgres" (include "aion.componentName" (dict "root" . "component" "agent"))) -}}
+{{- end -}}
+
 {{/* The embedding Agent's name. */}}
 {{- define "aion.embeddingAgentName" -}}
 {{- .Values.knowledge.embeddingAgent.name | default (printf "%s-embeddings" (include "aion.fullname" .)) -}}

@@ -230,6 +230,10 @@ class _AgentsView(agents_pb2_grpc.AgentsServicer):
                   context: Context) -> agents_pb2.Agent:
         return await self._servicer.get_agent(request, context)
 
+    async def Apply(self, request: agents_pb2.ApplyAgentsRequest,
+                    context: Context) -> agents_pb2.ApplyAgentsResponse:
+        return agents_pb2.ApplyAgentsResponse()
+
 
 @pytest.fixture
 async def aclient(gateway: Scripted) -> AsyncIterator[client.AsyncClient]:

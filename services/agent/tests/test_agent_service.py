@@ -1,101 +1,58 @@
-"""The task lifecycle over real gRPC, with a scripted executor in place of the model."""
+"""The task lifecycle over real gRPC, Postgres and Kafka, with a scripted executor."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
+import psycopg
 import pytest
 
-from aion.agent import model, peers, registry, runner, servicer, store
+from aion.agent import model, registry
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import errors, server
+from aion.core import errors
+
+Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
+TENANT = "acme"
 
 
-class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
-    """Streams the words of the user's message back; 'hang' waits, 'fail' errors."""
-
-    def __init__(self) -> None:
-        self.requests: list[executor_pb2.GenerateRequest] = []
-        self.hanging = asyncio.Event()
-
-    async def Generate(self, request: executor_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext[Any, Any],
-                       ) -> AsyncIterator[executor_pb2.GenerateChunk]:
-        self.requests.append(request)
-        text = request.messages[-1].content
-        if text == "fail":
-            raise errors.ResourceExhausted("executor queue is full", retry_after_s=1)
-        words = text.split()
-        for word in words[: request.max_tokens]:
-            yield executor_pb2.GenerateChunk(text=word + " ")
-        if text == "hang":
-            self.hanging.set()
-            await asyncio.Event().wait()
-        yield executor_pb2.GenerateChunk(
-            finish_reason=executor_pb2.FINISH_REASON_STOP,
-            usage=executor_pb2.GenerateUsage(prompt_tokens=7, completion_tokens=len(words)))
+@pytest.fixture(scope="module", autouse=True)
+async def agents(service: Any) -> None:
+    """The agents the tests call, registered the way the operator does."""
+    async with grpc.aio.insecure_channel(service.address) as chan:
+        stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
+        for name, tools in (("echo", []), ("helper", ["agent:echo"])):
+            await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
+                tenant=TENANT, agent=agents_pb2.Agent(name=name, model="m"),
+                instructions="Echo.", executor_endpoints=[service.executor.address],
+                tools=tools))
 
 
-    async def Embed(self, request: executor_pb2.EmbedRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.EmbedResponse:
-        raise errors.FailedPrecondition("this scripted executor does not embed")
-
-    async def Stats(self, request: executor_pb2.StatsRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.ExecutorStats:
-        return executor_pb2.ExecutorStats(model="m", model_ready=True)
+def run(text: str, *, tenant: str = TENANT, agent: str = "echo", asynchronous: bool = False,
+        **options: Any) -> agent_pb2.RunRequest:
+    return agent_pb2.RunRequest(tenant=tenant, asynchronous=asynchronous, task=tasks_pb2.TaskSpec(
+        agent=agent, input=text, options=tasks_pb2.TaskOptions(**options)))
 
 
-class Harness:
-    def __init__(self, stub: agent_pb2_grpc.AgentServiceAsyncStub,
-                 executor: ScriptedExecutor) -> None:
-        self.stub = stub
-        self.executor = executor
-
-    def run(self, text: str, *, tenant: str = "acme", agent: str = "echo",
-            **options: Any) -> agent_pb2.RunRequest:
-        return agent_pb2.RunRequest(tenant=tenant, task=tasks_pb2.TaskSpec(
-            agent=agent, input=text, options=tasks_pb2.TaskOptions(**options)))
+async def _events(stub: Stub, req: agent_pb2.RunRequest,
+                  timeout: float = 20) -> list[tasks_pb2.TaskEvent]:
+    return [e async for e in stub.Run(req, timeout=timeout)]
 
 
-@pytest.fixture
-async def harness() -> AsyncIterator[Harness]:
-    executor = ScriptedExecutor()
-    exec_srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1)
-    exec_srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, executor,
-                 "aion.executor.v1.Executor")
-    agents = registry.MemoryRegistry()
-    tasks = store.MemoryTaskStore()
-    async with exec_srv, peers.Peers(knowledge_target=None) as clients, \
-            asyncio.TaskGroup() as group:
-        await agents.put(model.AgentRecord(tenant="acme", name="echo", model="m",
-                                           instructions="Echo.",
-                                           executor_endpoints=(exec_srv.address,)))
-        run = runner.Runner(tasks=tasks, agents=agents, clients=clients,
-                            spawn=group.create_task, max_input_chars=100,
-                            max_tokens_limit=50, retrieval_top_k=0)
-        srv = server.GrpcServer(name="agent", host="127.0.0.1", port=0, grace_s=1)
-        srv.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                servicer.AgentServicer(run=run, tasks=tasks, agents=agents,
-                                       default_timeout_s=30),
-                "aion.agent.v1.AgentService")
-        async with srv, grpc.aio.insecure_channel(srv.address) as chan:
-            yield Harness(agent_pb2_grpc.AgentServiceStub(chan), executor)
-        await run.cancel_all()
+async def _final(stub: Stub, task_id: str, *, tenant: str = TENANT) -> common_pb2.TaskResult:
+    ref = agent_pb2.TaskRef(tenant=tenant, task_id=task_id)
+    events = [e async for e in stub.Follow(ref, timeout=30)]
+    kind = events[-1].WhichOneof("event")
+    assert kind in ("done", "error"), kind
+    return events[-1].done.result if kind == "done" else events[-1].error.result
 
 
-async def _events(h: Harness, req: agent_pb2.RunRequest,
-                  timeout: float = 10) -> list[tasks_pb2.TaskEvent]:
-    return [e async for e in h.stub.Run(req, timeout=timeout)]
-
-
-async def test_run_streams_started_tokens_partial_and_done(harness: Harness) -> None:
-    events = await _events(harness, harness.run("one two three"))
+async def test_run_streams_started_tokens_partial_and_done(stub: Stub, service: Any) -> None:
+    events = await _events(stub, run("one two three"))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds == ["started", "token", "token", "token", "partial", "done"]
     assert [e.seq for e in events] == list(range(1, 7))
@@ -105,13 +62,30 @@ async def test_run_streams_started_tokens_partial_and_done(harness: Harness) -> 
     assert result.usage.completion_tokens == 3
     assert result.usage.tokens == 10
     assert result.engine.model == "m"
-    system = harness.executor.requests[-1].messages[0]
+    system = service.executor.requests[-1].messages[0]
     assert (system.role, system.content) == ("system", "Echo.")
+    # Get returns the stored result, the same as the stream's.
+    got = await stub.GetTask(agent_pb2.TaskRef(tenant=TENANT, task_id=result.task_id))
+    assert got.output == result.output
+    assert got.usage.tokens == 10
+    assert got.status == common_pb2.TASK_STATUS_OK
 
 
-async def test_max_tokens_is_passed_to_the_executor(harness: Harness) -> None:
-    events = await _events(harness, harness.run("a b c d", max_tokens=2))
-    assert harness.executor.requests[-1].max_tokens == 2
+async def test_steps_and_usage_are_stored_per_step(stub: Stub, service: Any) -> None:
+    events = await _events(stub, run("a b"))
+    task_id = events[-1].done.result.task_id
+    async with await psycopg.AsyncConnection.connect(
+            service.cfg.postgres_dsn.get_secret_value()) as conn:
+        cur = await conn.execute(
+            "SELECT step, kind, prompt_tokens, completion_tokens, worker FROM task_steps"
+            " WHERE task_id = %s", (task_id,))
+        rows = await cur.fetchall()
+    assert rows == [(1, "model", 7, 2, service.cfg.worker_id)]
+
+
+async def test_max_tokens_is_passed_to_the_executor(stub: Stub, service: Any) -> None:
+    events = await _events(stub, run("a b c d", max_tokens=2))
+    assert service.executor.requests[-1].max_tokens == 2
     assert events[-1].done.result.output == "a b "
 
 
@@ -121,83 +95,165 @@ async def test_max_tokens_is_passed_to_the_executor(harness: Harness) -> None:
     ({"text": "hi", "max_tokens": -1}, "task.options.max_tokens"),
     ({"text": "hi", "temperature": 3.0}, "task.options.temperature"),
 ])
-async def test_bad_input_is_refused_naming_the_field(harness: Harness, req_kw: dict[str, Any],
+async def test_bad_input_is_refused_naming_the_field(stub: Stub, req_kw: dict[str, Any],
                                                      field: str) -> None:
     text = req_kw.pop("text")
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await _events(harness, harness.run(text, **req_kw))
+        await _events(stub, run(text, **req_kw))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.from_rpc_error(info.value).field == field
 
 
-async def test_unknown_agent_and_other_tenants_are_not_found(harness: Harness) -> None:
-    for req in (harness.run("hi", agent="nope"), harness.run("hi", tenant="globex")):
+async def test_unknown_agent_and_other_tenants_are_not_found(stub: Stub) -> None:
+    for req in (run("hi", agent="nope"), run("hi", tenant="globex")):
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await _events(harness, req)
+            await _events(stub, req)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    done = await harness.stub.Submit(harness.run("mine"), timeout=10)
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await harness.stub.GetTask(agent_pb2.TaskRef(tenant="globex", task_id=done.task_id))
-    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    done = await stub.Submit(run("mine"), timeout=20)
+    for ref in (agent_pb2.TaskRef(tenant="globex", task_id=done.task_id),
+                agent_pb2.TaskRef(tenant=TENANT, task_id="not-a-uuid")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetTask(ref)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_executor_error_ends_the_task_with_its_code(harness: Harness) -> None:
-    events = await _events(harness, harness.run("fail"))
+async def test_executor_error_ends_the_task_with_its_code(stub: Stub) -> None:
+    events = await _events(stub, run("fail"))
     result = events[-1].error.result
     assert result.status == common_pb2.TASK_STATUS_ERROR
     assert result.error.code == "RESOURCE_EXHAUSTED"
     assert result.error.retriable
 
 
-async def test_cancel_stops_a_running_task(harness: Harness) -> None:
-    req = harness.run("hang")
-    req.asynchronous = True
-    submitted = await harness.stub.Submit(req, timeout=10)
-    assert submitted.result.status in (common_pb2.TASK_STATUS_QUEUED,
-                                       common_pb2.TASK_STATUS_RUNNING)
-    await asyncio.wait_for(harness.executor.hanging.wait(), 10)
-    ref = agent_pb2.TaskRef(tenant="acme", task_id=submitted.task_id)
-    result = await harness.stub.CancelTask(ref, timeout=10)
+async def test_async_submit_goes_through_kafka_and_get_returns_the_result(stub: Stub) -> None:
+    submitted = await stub.Submit(run("queued words", asynchronous=True), timeout=10)
+    assert submitted.result.status == common_pb2.TASK_STATUS_QUEUED
+    result = await _final(stub, submitted.task_id)
+    assert result.status == common_pb2.TASK_STATUS_OK
+    got = await stub.GetTask(agent_pb2.TaskRef(tenant=TENANT, task_id=submitted.task_id))
+    assert got.output == "queued words "
+    assert got.usage.completion_tokens == 2
+
+
+async def test_cancel_stops_a_running_task(stub: Stub, service: Any) -> None:
+    service.executor.hanging.clear()
+    submitted = await stub.Submit(run("hang", asynchronous=True), timeout=10)
+    await asyncio.wait_for(service.executor.hanging.wait(), 20)
+    ref = agent_pb2.TaskRef(tenant=TENANT, task_id=submitted.task_id)
+    follow = stub.Follow(ref, timeout=20)
+    async for event in follow:
+        if event.WhichOneof("event") == "token":
+            break  # the run is mid-stream
+    follow.cancel()
+    result = await stub.CancelTask(ref, timeout=20)
     assert result.status == common_pb2.TASK_STATUS_CANCELED
     assert result.output == "hang "  # what was produced before the cancel is kept
     # Following a finished task replays it to the end.
-    replay = [e async for e in harness.stub.Follow(ref, timeout=10)]
-    assert replay[-1].WhichOneof("event") == "error"
+    replay = [e async for e in stub.Follow(ref, timeout=10)]
+    assert [e.WhichOneof("event") for e in replay] == ["started", "token", "error"]
     assert replay[-1].error.result.status == common_pb2.TASK_STATUS_CANCELED
 
 
-async def test_deadline_ends_the_task_as_timeout(harness: Harness) -> None:
-    events = await _events(harness, harness.run("hang"), timeout=1.5)
+async def test_deadline_ends_the_task_as_timeout(stub: Stub) -> None:
+    events = await _events(stub, run("hang"), timeout=1.5)
     assert events[-1].error.result.status == common_pb2.TASK_STATUS_TIMEOUT
     assert events[-1].error.result.error.code == "DEADLINE_EXCEEDED"
 
 
-async def test_same_idempotency_key_returns_the_same_task(harness: Harness) -> None:
-    first = harness.run("same")
+async def test_same_idempotency_key_returns_the_same_task(stub: Stub, service: Any) -> None:
+    first = run("same")
     first.task.idempotency_key = "k1"
-    a = await harness.stub.Submit(first, timeout=10)
-    b = await harness.stub.Submit(first, timeout=10)
+    before = len(service.executor.requests)
+    a = await stub.Submit(first, timeout=10)
+    b = await stub.Submit(first, timeout=10)
     assert a.task_id == b.task_id
-    assert len(harness.executor.requests) == 1
-    other = harness.run("different")
+    assert len(service.executor.requests) == before + 1
+    other = run("different")
     other.task.idempotency_key = "k1"
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await harness.stub.Submit(other, timeout=10)
+        await stub.Submit(other, timeout=10)
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
 
-async def test_register_list_and_deregister(harness: Harness) -> None:
+async def test_every_state_change_is_an_event_on_kafka_in_order(
+        stub: Stub, service: Any, topic_reader: Any) -> None:
+    done = await stub.Submit(run("evented"), timeout=20)
+    topic = service.cfg.topic_prefix + "task.events"
+
+    def states(records: list[Any]) -> list[int]:
+        out: list[int] = []
+        for r in records:
+            env = events_pb2.Envelope.FromString(r.value)
+            if env.subject == done.task_id:
+                data = events_pb2.TaskStateChanged()
+                env.data.Unpack(data)
+                out.append(data.status)
+        return out
+
+    records = await topic_reader(service.cfg.kafka_bootstrap, topic,
+                                 until=lambda rs: len(states(rs)) >= 3)
+    assert states(records) == [common_pb2.TASK_STATUS_QUEUED, common_pb2.TASK_STATUS_RUNNING,
+                               common_pb2.TASK_STATUS_OK]
+    mine = [r for r in records if r.key == done.task_id.encode()]
+    assert len({r.partition for r in mine}) == 1
+    envs = [events_pb2.Envelope.FromString(r.value) for r in mine]
+    assert all(e.type == "aion.task.state_changed" and e.source == "agent"
+               and e.tenant == TENANT for e in envs)
+    assert len({e.id for e in envs}) == 3
+    final = events_pb2.TaskStateChanged()
+    envs[-1].data.Unpack(final)
+    assert final.result.output == "evented "
+
+
+async def test_an_agent_called_as_a_tool(stub: Stub, service: Any) -> None:
+    events = await _events(stub, run('call:agent_echo {"input": "inner words"}', agent="helper"))
+    result = events[-1].done.result
+    assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
+    assert result.output == "answer: inner words "
+    partials = [e.partial.step for e in events if e.WhichOneof("event") == "partial"]
+    assert partials == [1, 3]  # model, tool (step 2), model
+    # The tool's own model call (2 tokens) counts in the task's usage.
+    assert result.usage.completion_tokens == 1 + 2 + 1
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('call:agent_echo {"inp": 1}', "do not match its schema"),
+    ('call:nope {"input": "x"}', "does not have"),
+    ('raw:{"tool": "agent_echo", "arguments": ', "not valid tool JSON"),
+])
+async def test_bad_tool_calls_end_the_task_with_a_clear_error(stub: Stub, service: Any,
+                                                              text: str, message: str) -> None:
+    events = await _events(stub, run(text, agent="helper"))
+    result = events[-1].error.result
+    assert result.status == common_pb2.TASK_STATUS_ERROR
+    assert result.error.code == "INVALID_ARGUMENT"
+    assert message in result.error.message
+    stored = await stub.GetTask(agent_pb2.TaskRef(tenant=TENANT, task_id=result.task_id))
+    assert stored.error.message == result.error.message
+
+
+async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> None:
     reg = agent_pb2.RegisterAgentRequest(
-        tenant="acme", agent=agents_pb2.Agent(name="new", model="m2"),
+        tenant="reg", agent=agents_pb2.Agent(name="new", model="m2"),
         executor_endpoints=["127.0.0.1:1"])
-    assert (await harness.stub.RegisterAgent(reg)).ready
-    names = [a.name for a in (await harness.stub.ListAgents(
-        agent_pb2.ListAgentsRequest(tenant="acme"))).agents]
-    assert names == ["echo", "new"]
-    gone = await harness.stub.DeregisterAgent(agent_pb2.AgentRef(tenant="acme", name="new"))
+    assert (await stub.RegisterAgent(reg)).ready
+    manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: applied}\n"
+                "spec: {model: {name: m3}, tools: [knowledge_search]}\n")
+    applied = await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
+        tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+    assert [a.name for a in applied.agents] == ["applied"]
+    assert applied.agents[0].ready  # it got the service's default executor
+    names = [a.name for a in (await stub.ListAgents(
+        agent_pb2.ListAgentsRequest(tenant="reg"))).agents]
+    assert names == ["applied", "new"]
+    gone = await stub.DeregisterAgent(agent_pb2.AgentRef(tenant="reg", name="new"))
     assert gone.deregistered
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await harness.stub.RegisterAgent(agent_pb2.RegisterAgentRequest(tenant="acme"))
+        await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(tenant="reg"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
+            tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n")))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -211,11 +267,13 @@ spec:
   model: {name: smollm2-135m-instruct, task: generate}
   instructions: Be brief.
   routing: {privacy: allow-api}
+  tools: [knowledge_search, "agent:other"]
   gpu: {count: 0}
 """)
     [agent] = registry.load_file(path, tenant="t", executor_target="127.0.0.1:9")
     assert (agent.name, agent.model, agent.privacy) == (
         "demo", "smollm2-135m-instruct", model.Privacy.ALLOW_API)
+    assert agent.tools == ("knowledge_search", "agent:other")
     assert agent.ready
     path.write_text("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: Bad_Name}\n"
                     "spec: {model: {name: m}}\n")

@@ -7,6 +7,7 @@
       get     TASK_ID [--json]
       cancel  TASK_ID [--json]
       agents  [NAME] [--json]
+      apply   -f FILE [--json]
       health  [--service NAME]
 
 INPUT ``-`` reads stdin. An SDK error prints one line to stderr and exits 2
@@ -229,6 +230,22 @@ def agents(ctx: click.Context, name: str | None, as_json: bool) -> None:
     found = client.list_agents()
     click.echo(json.dumps([results.agent_to_dict(a) for a in found], indent=2) if as_json
                else render.agents_table(found))
+
+
+@main.command()
+@click.option("--filename", "-f", "files", multiple=True, required=True,
+              type=click.File("r"), help="A YAML file of Agent resources; - reads stdin.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def apply(ctx: click.Context, files: tuple[Any, ...], as_json: bool) -> None:
+    """Register the Agent resources of YAML files (the CRD's schema), without a cluster."""
+    client = _client(ctx)
+    applied = [a for f in files for a in client.apply_agents(f.read())]
+    if as_json:
+        click.echo(json.dumps([results.agent_to_dict(a) for a in applied], indent=2))
+        return
+    for agent in applied:
+        click.echo(f"agent/{agent.name} applied")
 
 
 @main.command()

@@ -121,6 +121,14 @@ class AsyncClient:
                                     timeout=timeout)
         return list(response.agents)
 
+    async def apply_agents(self, manifest: str, *,
+                           timeout: float | None = None) -> list[agents_pb2.Agent]:
+        """Register the Agent resources of a YAML manifest (admin); returns them."""
+        response = await self._call(self._agents.Apply,
+                                    agents_pb2.ApplyAgentsRequest(manifest=manifest),
+                                    timeout=timeout, idempotent=True)
+        return list(response.agents)
+
     async def get_agent(self, name: str, *, timeout: float | None = None) -> agents_pb2.Agent:
         """One agent by name."""
         return await self._call(self._agents.Get, agents_pb2.GetAgentRequest(name=name),

@@ -115,6 +115,14 @@ class Client:
                               timeout=timeout)
         return list(response.agents)
 
+    def apply_agents(self, manifest: str, *,
+                     timeout: float | None = None) -> list[agents_pb2.Agent]:
+        """Register the Agent resources of a YAML manifest (admin); returns them."""
+        response = self._call(self._agents.Apply,
+                              agents_pb2.ApplyAgentsRequest(manifest=manifest),
+                              timeout=timeout, idempotent=True)
+        return list(response.agents)
+
     def get_agent(self, name: str, *, timeout: float | None = None) -> agents_pb2.Agent:
         """One agent by name."""
         return self._call(self._agents.Get, agents_pb2.GetAgentRequest(name=name),

@@ -30,7 +30,8 @@ _STATUS_TO_PB = {
 }
 
 
-def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float) -> model.TaskSpec:
+def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float,
+                 asynchronous: bool = False) -> model.TaskSpec:
     """A TaskSpec from the request (validated by the runner)."""
     opts = msg.options
     return model.TaskSpec(
@@ -42,6 +43,7 @@ def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float) -> m
         temperature=opts.temperature if opts.HasField("temperature") else None,
         seed=opts.seed if opts.HasField("seed") else None,
         timeout_s=timeout_s,
+        asynchronous=asynchronous,
     )
 
 
@@ -126,4 +128,4 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
         privacy=_PRIVACY_FROM_PB.get(privacy, model.Privacy.LOCAL_ONLY),
         knowledge_bases=tuple(a.knowledge_bases),
         executor_endpoints=tuple(msg.executor_endpoints),
-        max_tokens=a.max_tokens or 256, node_pool=a.node_pool)
+        max_tokens=a.max_tokens or 256, node_pool=a.node_pool, tools=tuple(msg.tools))

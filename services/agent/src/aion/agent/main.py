@@ -5,8 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
-from aion.agent import peers, registry, runner, servicer, store
+from aion.agent import (
+    convert,
+    db,
+    events,
+    kafka,
+    loop,
+    outbox,
+    peers,
+    provider,
+    registry,
+    runner,
+    servicer,
+    store,
+    worker,
+)
 from aion.agent import settings as agent_settings
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.core import lifecycle, metrics, server, settings, telemetry
@@ -14,34 +29,76 @@ from aion.core import lifecycle, metrics, server, settings, telemetry
 log = logging.getLogger(__name__)
 
 
-async def run(cfg: agent_settings.AgentSettings) -> None:
-    """Serve until SIGTERM or SIGINT; then drain the server and the running tasks."""
-    agents = registry.MemoryRegistry()
-    if cfg.agents_file is not None:
-        for agent in registry.load_file(cfg.agents_file, tenant=cfg.agents_tenant,
-                                        executor_target=cfg.executor_target):
-            await agents.put(agent)
-            log.info("registered agent from file", extra={"agent": agent.name})
-    tasks = store.MemoryTaskStore()
-    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as group:
+async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | None = None,
+              on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or ``until`` completes); then drain the server and
+    hand running tasks back. ``on_ready`` gets the gRPC address once it serves."""
+    dsn = cfg.postgres_dsn.get_secret_value()
+    await db.migrate(dsn)
+    topics = events.Topics(cfg.topic_prefix)
+    await kafka.ensure_topics(cfg.kafka_bootstrap, {
+        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1})
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(db.pool(
+            dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size))
+        agents = registry.PostgresRegistry(
+            pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ())
+        if cfg.agents_file is not None:
+            for agent in registry.load_file(cfg.agents_file, tenant=cfg.agents_tenant,
+                                            executor_target=cfg.executor_target):
+                await agents.put(agent)
+                log.info("registered agent from file", extra={"agent": agent.name})
+        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap)
+        tasks = store.TaskStore(pool=pool, topics=topics, lease_s=cfg.lease_s,
+                                to_result=convert.result_to_pb, on_commit=publisher.wake)
         clients = await stack.enter_async_context(
             peers.Peers(knowledge_target=cfg.knowledge_target))
-        task_runner = runner.Runner(
-            tasks=tasks, agents=agents, clients=clients, spawn=group.create_task,
-            max_input_chars=cfg.max_input_chars, max_tokens_limit=cfg.max_tokens_limit,
-            retrieval_top_k=cfg.retrieval_top_k)
-        grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
-                                        grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s)
-        grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                        servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
-                                               default_timeout_s=cfg.default_timeout_s),
-                        agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
-        stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
-        await stack.enter_async_context(grpc_server)
-        await lifecycle.wait_for_signal()
-        # Streams drain with the server; tasks get the same grace, then end CANCELED.
-        await asyncio.gather(grpc_server.shutdown(), task_runner.wait_idle(cfg.grace_s))
-        await task_runner.cancel_all()
+        api = None
+        if cfg.provider_base_url:
+            key = cfg.provider_api_key.get_secret_value() if cfg.provider_api_key else ""
+            api = await stack.enter_async_context(provider.Provider(
+                base_url=cfg.provider_base_url, api_key=key, model=cfg.provider_model,
+                cost_per_1k_tokens=cfg.provider_cost_per_1k_tokens))
+        agent_loop = loop.AgentLoop(clients=clients, agents=agents, api=api,
+                                    retrieval_top_k=cfg.retrieval_top_k)
+        limits = runner.Limits(
+            max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
+            max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
+            heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
+            reaper_interval_s=cfg.reaper_interval_s)
+        async with asyncio.TaskGroup() as group:
+            task_runner = runner.Runner(tasks=tasks, agents=agents, agent_loop=agent_loop,
+                                        spawn=group.create_task, owner=cfg.worker_id,
+                                        limits=limits)
+            background = [
+                group.create_task(publisher.run()),
+                group.create_task(task_runner.heartbeats()),
+                group.create_task(task_runner.reaper()),
+                group.create_task(worker.consumer(
+                    run=task_runner, pool=pool, topics=topics,
+                    bootstrap=cfg.kafka_bootstrap).run()),
+            ]
+            grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
+                                            grace_s=cfg.grace_s,
+                                            drain_delay_s=cfg.drain_delay_s)
+            grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                            servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
+                                                   default_timeout_s=cfg.default_timeout_s),
+                            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
+            with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
+                async with grpc_server:
+                    log.info("agent service ready", extra={"worker": cfg.worker_id})
+                    if on_ready is not None:
+                        on_ready(grpc_server.address)
+                    await (until if until is not None else lifecycle.wait_for_signal())
+                    # Streams drain with the server; running tasks get the same grace,
+                    # then go back to the queue for another replica.
+                    background[-1].cancel()  # take no new work
+                    await asyncio.gather(grpc_server.shutdown(),
+                                         task_runner.wait_idle(cfg.grace_s))
+                    await task_runner.release_all()
+            for t in background[:-1]:  # the consumer was cancelled already
+                t.cancel()
 
 
 def main() -> None:

@@ -45,6 +45,9 @@ class AgentRecord:
     executor_endpoints: tuple[str, ...] = ()
     max_tokens: int = 256
     node_pool: str = ""
+    # Names of the tools the agent may call ("knowledge_search", "agent:<name>").
+    tools: tuple[str, ...] = ()
+    max_steps: int = 4
 
     @property
     def ready(self) -> bool:
@@ -64,6 +67,7 @@ class TaskSpec:
     temperature: float | None = None
     seed: int | None = None
     timeout_s: float = 300.0
+    asynchronous: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +88,9 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+
+    def add(self, *, prompt_tokens: int, completion_tokens: int, cost_usd: float) -> None:
+        """Account one step."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cost_usd += cost_usd

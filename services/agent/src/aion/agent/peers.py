@@ -40,11 +40,12 @@ class Peers:
         return executor_pb2_grpc.ExecutorStub(self._channel(target))
 
     async def generate(self, endpoints: tuple[str, ...], request: executor_pb2.GenerateRequest,
-                       *, timeout: float) -> AsyncIterator[executor_pb2.GenerateChunk]:
+                       *, timeout: float, metadata: tuple[tuple[str, str], ...] = (),
+                       ) -> AsyncIterator[executor_pb2.GenerateChunk]:
         """Stream a generation from one of the agent's executors."""
         stub = self.executor(endpoints)
         with errors.remote("executor"):
-            async for chunk in stub.Generate(request, timeout=timeout):
+            async for chunk in stub.Generate(request, timeout=timeout, metadata=metadata):
                 yield chunk
 
     async def search(self, *, tenant: str, knowledge_base: str, query: str,

@@ -1,21 +1,22 @@
 """The agent registry: who may be called, with what model, and where it runs.
 
-``AgentRegistry`` is the seam; ``MemoryRegistry`` keeps agents in memory
-(the durable-tasks issue moves them to Postgres). ``load_file`` reads Agent
-resources (the CRD's YAML, ``aion.dev/v1alpha1``) so a machine without a
-cluster can register agents the way the operator does.
+``AgentRegistry`` is the seam; ``PostgresRegistry`` keeps agents in the
+``agents`` table. ``parse_manifest`` reads Agent resources (the CRD's YAML,
+``aion.dev/v1alpha1``) so a machine without a cluster registers agents the
+way the operator does (``aionctl apply -f``, or a file read at start).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import pydantic
 import yaml
+from psycopg.types import json as pg_json
 
-from aion.agent import model
+from aion.agent import db, model
 from aion.core import errors
 
 
@@ -39,33 +40,73 @@ class AgentRegistry(Protocol):
         ...
 
 
-class MemoryRegistry:
-    """An in-process registry."""
+def _not_found(name: str) -> errors.NotFound:
+    return errors.NotFound(f"agent '{name}' not found; `aionctl agents` lists the agents you "
+                           "can call")
 
-    def __init__(self) -> None:
-        self._agents: dict[tuple[str, str], model.AgentRecord] = {}
+
+def _record(r: dict[str, Any]) -> model.AgentRecord:
+    return model.AgentRecord(
+        tenant=r["tenant"], name=r["name"], model=r["model"], model_task=r["model_task"],
+        instructions=r["instructions"], description=r["description"],
+        privacy=model.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
+        executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
+        node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"])
+
+
+class PostgresRegistry:
+    """Agents in the ``agents`` table. Agents registered without executor endpoints
+    get ``default_endpoints`` (the one executor of a machine without a cluster)."""
+
+    def __init__(self, pool: db.Pool, *, default_endpoints: tuple[str, ...] = ()) -> None:
+        self._pool = pool
+        self._default = default_endpoints
 
     async def put(self, agent: model.AgentRecord) -> model.AgentRecord:
         """Register or replace an agent."""
-        self._agents[(agent.tenant, agent.name)] = agent
+        if not agent.executor_endpoints and self._default:
+            agent = with_endpoints(agent, self._default)
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
+                " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
+                " max_steps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
+                " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
+                " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
+                " knowledge_bases = EXCLUDED.knowledge_bases,"
+                " executor_endpoints = EXCLUDED.executor_endpoints,"
+                " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
+                " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps, updated_at = now()",
+                (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
+                 agent.description, agent.privacy.value, list(agent.knowledge_bases),
+                 list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
+                 pg_json.Jsonb(list(agent.tools)), agent.max_steps))
         return agent
 
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
         """The agent, or NotFound naming it."""
-        try:
-            return self._agents[(tenant, name)]
-        except KeyError:
-            raise errors.NotFound(f"agent '{name}' not found; `aionctl agents` lists the "
-                                  "agents you can call") from None
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT * FROM agents WHERE tenant = %s AND name = %s",
+                                     (tenant, name))
+            row = await cur.fetchone()
+        if row is None:
+            raise _not_found(name)
+        return _record(row)
 
     async def list(self, tenant: str) -> list[model.AgentRecord]:
         """The tenant's agents, by name."""
-        return sorted((a for (t, _), a in self._agents.items() if t == tenant),
-                      key=lambda a: a.name)
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT * FROM agents WHERE tenant = %s ORDER BY name",
+                                     (tenant,))
+            return [_record(r) for r in await cur.fetchall()]
 
     async def delete(self, tenant: str, name: str) -> bool:
         """Deregister; False when it was not registered."""
-        return self._agents.pop((tenant, name), None) is not None
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("DELETE FROM agents WHERE tenant = %s AND name = %s",
+                                     (tenant, name))
+            return cur.rowcount > 0
 
 
 class _Model(pydantic.BaseModel):
@@ -87,6 +128,8 @@ class _Spec(pydantic.BaseModel):
     knowledge_bases: list[str] = pydantic.Field(default_factory=list, alias="knowledgeBases")
     routing: _Routing = pydantic.Field(default_factory=_Routing)
     max_tokens: int = pydantic.Field(default=256, gt=0, alias="maxTokens")
+    # "knowledge_search", or "agent:<name>" to call another agent as a tool.
+    tools: list[str] = pydantic.Field(default_factory=list, max_length=64)
 
 
 class _Metadata(pydantic.BaseModel):
@@ -100,13 +143,18 @@ class _Resource(pydantic.BaseModel):
     spec: _Spec
 
 
-def load_file(path: Path, *, tenant: str, executor_target: str | None) -> list[model.AgentRecord]:
-    """The Agent resources in a YAML file (one or more documents)."""
+def parse_manifest(text: str, *, tenant: str,
+                   executor_target: str | None) -> list[model.AgentRecord]:
+    """The Agent resources of a YAML manifest (one or more documents); InvalidArgument
+    naming the problem when it is not one."""
     try:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        docs = [d for d in yaml.safe_load_all(text) if d]
         resources = [_Resource.model_validate(d) for d in docs]
-    except (OSError, yaml.YAMLError, pydantic.ValidationError) as exc:
-        raise errors.InvalidArgument(f"cannot load agents from {path}: {exc}") from exc
+    except (yaml.YAMLError, pydantic.ValidationError) as exc:
+        raise errors.InvalidArgument(f"not a valid Agent manifest: {exc}",
+                                     field="manifest") from exc
+    if not resources:
+        raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
     endpoints = (executor_target,) if executor_target else ()
     return [
         model.AgentRecord(
@@ -114,9 +162,22 @@ def load_file(path: Path, *, tenant: str, executor_target: str | None) -> list[m
             model_task=r.spec.model.task, instructions=r.spec.instructions,
             description=r.spec.description, privacy=model.Privacy(r.spec.routing.privacy),
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
-            max_tokens=r.spec.max_tokens, node_pool="local")
+            max_tokens=r.spec.max_tokens, node_pool="local",
+            tools=tuple(r.spec.tools))
         for r in resources
     ]
+
+
+def load_file(path: Path, *, tenant: str, executor_target: str | None) -> list[model.AgentRecord]:
+    """The Agent resources in a YAML file (one or more documents)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise errors.InvalidArgument(f"cannot load agents from {path}: {exc}") from exc
+    try:
+        return parse_manifest(text, tenant=tenant, executor_target=executor_target)
+    except errors.InvalidArgument as exc:
+        raise errors.InvalidArgument(f"cannot load agents from {path}: {exc.message}") from exc
 
 
 def with_endpoints(agent: model.AgentRecord, endpoints: tuple[str, ...]) -> model.AgentRecord:

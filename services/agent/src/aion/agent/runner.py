@@ -1,21 +1,27 @@
-"""The task lifecycle and the agent loop.
+"""The task lifecycle: start, run under a lease, cancel, time out, recover.
 
-``Runner.start`` validates a task, records it and runs it in the process's
-task group; the run streams tokens into the task's event log and ends it
-with exactly one final status: OK, ERROR (with the error's code), TIMEOUT
-(its deadline passed) or CANCELED (``Runner.cancel`` or shutdown).
+``Runner.start`` validates a task and records it. A synchronous task is
+claimed by this replica at once and run in the process's task group; an
+asynchronous one waits on the work topic for any replica's worker
+(``run_queued``). A run holds the task's lease, renewed by ``heartbeats``;
+``reaper`` gives tasks whose lease ran out (their worker died) to another
+worker, or ends them with a clear status. Every run ends with exactly one
+final status: OK, ERROR (with the error's code), TIMEOUT (its deadline
+passed) or CANCELED.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aion.agent import model, peers, registry, store
-from aion.api.executor.v1 import executor_pb2
+import psycopg
+
+from aion.agent import loop, model, registry, store
 from aion.core import errors
 
 log = logging.getLogger(__name__)
@@ -23,64 +29,140 @@ log = logging.getLogger(__name__)
 Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a task may ask for, and how runs hold their tasks."""
+
+    max_input_chars: int = 32_768
+    max_tokens: int = 2048
+    max_attempts: int = 3
+    max_concurrent: int = 16
+    heartbeat_s: float = 3.0
+    lease_s: float = 15.0
+    reaper_interval_s: float = 2.0
+
+
+class _Sink:
+    """A run's sink: tokens and steps go to the store, fenced by the run's lease."""
+
+    def __init__(self, tasks: store.TaskStore, task: store.Task) -> None:
+        self._tasks = tasks
+        self._task = task
+
+    async def token(self, text: str) -> None:
+        await self._tasks.append(self._task, store.EventKind.TOKEN, text=text)
+
+    async def partial(self, text: str, step: int) -> None:
+        await self._tasks.append(self._task, store.EventKind.PARTIAL, text=text, step=step)
+
+    async def step(self, rec: store.StepRecord) -> None:
+        await self._tasks.record_step(self._task, rec)
+
+
 class Runner:
-    """Starts, runs and cancels tasks."""
+    """Starts, runs, cancels and recovers tasks."""
 
     def __init__(self, *, tasks: store.TaskStore, agents: registry.AgentRegistry,
-                 clients: peers.Peers, spawn: Spawn, max_input_chars: int,
-                 max_tokens_limit: int, retrieval_top_k: int) -> None:
+                 agent_loop: loop.AgentLoop, spawn: Spawn, owner: str, limits: Limits) -> None:
         self._tasks = tasks
         self._agents = agents
-        self._peers = clients
+        self._loop = agent_loop
         self._spawn = spawn
-        self._max_input = max_input_chars
-        self._max_tokens = max_tokens_limit
-        self._top_k = retrieval_top_k
+        self.owner = owner
+        self._limits = limits
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._why: dict[str, str] = {}  # task id -> why its run was stopped
+        self._room = asyncio.Condition()
 
     def validate(self, spec: model.TaskSpec) -> None:
         """Refuse a task that cannot run, saying which field to fix."""
+        lim = self._limits
         if not spec.agent:
             raise errors.InvalidArgument("agent is required", field="task.agent")
         if not spec.input.strip():
             raise errors.InvalidArgument("input is empty; give the agent something to do",
                                          field="task.input")
-        if len(spec.input) > self._max_input:
+        if len(spec.input) > lim.max_input_chars:
             raise errors.InvalidArgument(
-                f"input is {len(spec.input)} characters; the limit is {self._max_input}",
+                f"input is {len(spec.input)} characters; the limit is {lim.max_input_chars}",
                 field="task.input")
-        if spec.max_tokens is not None and not 0 < spec.max_tokens <= self._max_tokens:
+        if spec.max_tokens is not None and not 0 < spec.max_tokens <= lim.max_tokens:
             raise errors.InvalidArgument(
-                f"max_tokens must be between 1 and {self._max_tokens}, got {spec.max_tokens}",
+                f"max_tokens must be between 1 and {lim.max_tokens}, got {spec.max_tokens}",
                 field="task.options.max_tokens")
         if spec.temperature is not None and not 0 <= spec.temperature <= 2:
             raise errors.InvalidArgument(
                 f"temperature must be between 0 and 2, got {spec.temperature}",
                 field="task.options.temperature")
 
+    # -- starting -------------------------------------------------------------------
     async def start(self, spec: model.TaskSpec, decision: model.Decision) -> store.Task:
-        """Record the task and run it in the background; returns at once."""
+        """Record the task; run it here (synchronous) or queue it for a worker (async)."""
         self.validate(spec)
         agent = await self._agents.get(spec.tenant, spec.agent)
-        task, created = await self._tasks.create(spec, decision=decision, model_name=agent.model)
-        if created:
-            self._running[task.id] = self._spawn(self._run(task, agent))
+        owner = None if spec.asynchronous else self.owner
+        task, created = await self._tasks.create(
+            spec, decision=decision, model_name=agent.model, owner=owner,
+            max_attempts=self._limits.max_attempts)
+        if created and owner is not None:
+            claimed = await self._tasks.claim(task.id, owner=owner)
+            if claimed is not None:
+                self._launch(claimed, agent)
+                return claimed
         return task
 
-    async def cancel(self, tenant: str, task_id: str) -> store.Task:
-        """Stop a running task; a task that has ended is returned as it is."""
+    async def wait_for_room(self) -> None:
+        """Wait until this replica runs fewer tasks than its limit (the worker's gate)."""
+        async with self._room:
+            await self._room.wait_for(lambda: len(self._running) < self._limits.max_concurrent)
+
+    async def claim(self, task_id: str, *, conn: store.Conn) -> store.Task | None:
+        """Claim a queued task for this replica within ``conn``'s transaction."""
+        return await self._tasks.claim(task_id, owner=self.owner, conn=conn)
+
+    async def run_claimed(self, task: store.Task) -> None:
+        """Run a task this replica claimed (once its claim committed)."""
+        self._tasks.committed(task.id)
+        try:
+            agent = await self._agents.get(task.spec.tenant, task.spec.agent)
+        except errors.NotFound as exc:
+            await self._tasks.finish(task, model.Status.ERROR, output="",
+                                     error=store.TaskError(exc.code.name, exc.message))
+            return
+        self._launch(task, agent)
+
+    def _launch(self, task: store.Task, agent: model.AgentRecord) -> None:
+        self._running[task.id] = self._spawn(self._run(task, agent))
+
+    # -- stopping -------------------------------------------------------------------
+    def _stop(self, task_id: str, why: str) -> bool:
+        running = self._running.get(task_id)
+        if running is None or running.done():
+            return False
+        self._why.setdefault(task_id, why)
+        running.cancel()
+        return True
+
+    async def cancel(self, tenant: str, task_id: str, *, wait_s: float = 10.0) -> store.Task:
+        """Stop a task wherever it runs; an ended task is returned as it is."""
         task = await self._tasks.get(tenant, task_id)
+        if task.status.final:
+            return task
         running = self._running.get(task.id)
-        if running is not None and not task.status.final:
-            running.cancel()
+        if running is not None and self._stop(task.id, "cancel"):
             await asyncio.wait([running])
+            return await self._tasks.get(tenant, task_id)
+        task = await self._tasks.request_cancel(tenant, task_id)
+        # Another replica runs it: its heartbeat sees the request and stops the run.
+        deadline = time.monotonic() + wait_s
+        while not task.status.final and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            task = await self._tasks.get(tenant, task_id)
         return task
 
-    async def cancel_all(self) -> None:
-        """Cancel every task still running (shutdown past its grace)."""
-        running = [t for t in self._running.values() if not t.done()]
-        for t in running:
-            t.cancel()
+    async def release_all(self) -> None:
+        """Stop every run of this replica and give its tasks back to the queue (shutdown)."""
+        running = [t for tid, t in self._running.items() if self._stop(tid, "shutdown")]
         if running:
             await asyncio.wait(running)
 
@@ -90,73 +172,112 @@ class Runner:
         if running:
             await asyncio.wait(running, timeout=timeout)
 
+    @property
+    def running(self) -> list[str]:
+        """Ids of the tasks this replica runs now."""
+        return list(self._running)
+
+    # -- running --------------------------------------------------------------------
     async def _run(self, task: store.Task, agent: model.AgentRecord) -> None:
         started = time.perf_counter()
+        output = ""
+        req = loop.Request(tenant=task.spec.tenant, input=task.spec.input,
+                           max_tokens=task.spec.max_tokens, temperature=task.spec.temperature,
+                           seed=task.spec.seed, route=task.decision.route,
+                           timeout_s=max(0.05, task.remaining_s), task_id=task.id,
+                           attempt=task.attempts)
+        status: model.Status | None = None
+        error: store.TaskError | None = None
+        why: str | None = None
         try:
-            async with asyncio.timeout(task.spec.timeout_s):
-                await self._tasks.set_running(task)
-                await self._tasks.append(task, store.EventKind.STARTED)
-                await self._loop(task, agent)
-            status, error = model.Status.OK, None
+            async with asyncio.timeout(task.remaining_s):
+                output = await self._loop.run(agent, req, _Sink(self._tasks, task))
+            status = model.Status.OK
         except TimeoutError:
             status = model.Status.TIMEOUT
             error = store.TaskError("DEADLINE_EXCEEDED",
                                     f"the task ran past its {task.spec.timeout_s:g}s deadline",
                                     retriable=True)
         except asyncio.CancelledError:
-            # Ending as CANCELED is the whole point of the cancellation: record it.
-            status = model.Status.CANCELED
-            error = store.TaskError("CANCELLED", "the task was canceled")
+            if self._why.get(task.id, "shutdown") == "cancel":
+                # Ending as CANCELED is the whole point of the cancellation: record it.
+                status = model.Status.CANCELED
+                error = store.TaskError("CANCELLED", "the task was canceled")
+        except store.LeaseLost:
+            log.warning("task %s: lease lost; another worker owns it now", task.id)
         except errors.AionError as exc:
             status = model.Status.ERROR
             error = store.TaskError(exc.code.name, exc.message, retriable=exc.retriable)
+        except psycopg.Error as exc:
+            # The database went away mid-run: the lease lapses and the reaper recovers it.
+            log.warning("task %s: database error, leaving it to recovery: %s", task.id, exc)
         except Exception:
             log.exception("task %s failed", task.id)
             status = model.Status.ERROR
             error = store.TaskError("INTERNAL", "the agent service failed; see its log")
         finally:
-            task.usage.latency_ms = int((time.perf_counter() - started) * 1000)
             self._running.pop(task.id, None)
-        await self._tasks.finish(task, status, error=error)
-        log.info("task ended", extra={"task_id": task.id, "agent": agent.name,
-                                      "status": status.value,
-                                      "latency_ms": task.usage.latency_ms})
+            why = self._why.pop(task.id, None)
+            async with self._room:
+                self._room.notify_all()
+        latency = int((time.perf_counter() - started) * 1000)
+        await self._end(task, status, error, output=output, latency_ms=latency, why=why)
 
-    async def _context(self, task: store.Task, agent: model.AgentRecord) -> str:
-        if not agent.knowledge_bases or not self._top_k:
-            return ""
-        passages: list[str] = []
-        for kb in agent.knowledge_bases:
-            hits = await self._peers.search(tenant=task.spec.tenant, knowledge_base=kb,
-                                            query=task.spec.input, top_k=self._top_k, timeout=10)
-            passages.extend(h.text for h in hits)
-        return "\n\n".join(passages[: self._top_k])
+    async def _end(self, task: store.Task, status: model.Status | None,
+                   error: store.TaskError | None, *, output: str, latency_ms: int,
+                   why: str | None) -> None:
+        try:
+            if status is None:
+                if why == "shutdown":
+                    await self._tasks.release(task)
+                    log.info("task %s given back to the queue at shutdown", task.id)
+                return
+            if status is not model.Status.OK:
+                output = (await self._tasks.get(task.spec.tenant, task.id)).output
+            ended = await self._tasks.finish(task, status, output=output, error=error,
+                                             latency_ms=latency_ms)
+        except store.LeaseLost:
+            log.warning("task %s: not ended here, another worker owns it", task.id)
+            return
+        except psycopg.Error as exc:
+            log.warning("task %s: cannot record its end (%s); recovery will", task.id, exc)
+            return
+        log.info("task ended", extra={"task_id": task.id, "agent": task.spec.agent,
+                                      "status": ended.status.value, "latency_ms": latency_ms,
+                                      "attempt": task.attempts})
 
-    async def _loop(self, task: store.Task, agent: model.AgentRecord) -> None:
-        if task.decision.route == "api":
-            raise errors.FailedPrecondition(
-                "the router chose an external API, but this agent service has no provider "
-                "client; set the agent's privacy to local-only")
-        system = agent.instructions or "You are a helpful assistant."
-        context = await self._context(task, agent)
-        if context:
-            system += "\n\nUse this context when it helps:\n" + context
-        request = executor_pb2.GenerateRequest(
-            model=agent.model,
-            messages=[executor_pb2.ChatMessage(role="system", content=system),
-                      executor_pb2.ChatMessage(role="user", content=task.spec.input)],
-            max_tokens=task.spec.max_tokens or agent.max_tokens,
-        )
-        if task.spec.temperature is not None:
-            request.temperature = task.spec.temperature
-        if task.spec.seed is not None:
-            request.seed = task.spec.seed
-        async for chunk in self._peers.generate(agent.executor_endpoints, request,
-                                                timeout=task.spec.timeout_s):
-            if chunk.text:
-                task.output += chunk.text
-                await self._tasks.append(task, store.EventKind.TOKEN, text=chunk.text)
-            if chunk.HasField("usage"):
-                task.usage.prompt_tokens += chunk.usage.prompt_tokens
-                task.usage.completion_tokens += chunk.usage.completion_tokens
-        await self._tasks.append(task, store.EventKind.PARTIAL, text=task.output, step=1)
+    # -- leases ---------------------------------------------------------------------
+    async def heartbeats(self) -> None:
+        """Renew this replica's leases until cancelled; stop runs that lost theirs (or were
+        asked to cancel elsewhere); stop all when the leases cannot be renewed in time."""
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self._limits.heartbeat_s)
+            ids = [tid for tid, t in self._running.items() if not t.done()]
+            if not ids:
+                last_ok = time.monotonic()
+                continue
+            try:
+                owned = await self._tasks.heartbeat(self.owner, ids)
+            except psycopg.Error as exc:
+                log.warning("cannot renew task leases: %s", exc)
+                if time.monotonic() - last_ok > self._limits.lease_s * 0.8:
+                    # Our leases are about to lapse: stop before another worker takes over.
+                    for tid in ids:
+                        self._stop(tid, "lease")
+                continue
+            last_ok = time.monotonic()
+            for tid in ids:
+                if tid not in owned:
+                    self._stop(tid, "lease")
+                elif owned[tid]:
+                    self._stop(tid, "cancel")
+
+    async def reaper(self) -> None:
+        """Recover tasks with expired leases until cancelled."""
+        while True:
+            try:
+                await self._tasks.reap()
+            except psycopg.Error as exc:
+                log.warning("cannot recover tasks now: %s", exc)
+            await asyncio.sleep(self._limits.reaper_interval_s)

@@ -34,30 +34,35 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         margin = min(1.0, remaining * 0.1)
         return max(0.05, min(self._default_timeout, remaining - margin))
 
-    async def _start(self, request: agent_pb2.RunRequest, context: _Ctx) -> store.Task:
+    async def _start(self, request: agent_pb2.RunRequest, context: _Ctx, *,
+                     asynchronous: bool) -> store.Task:
         if not request.HasField("task"):
             raise errors.InvalidArgument("task is required", field="task")
         spec = convert.spec_from_pb(
             request.tenant, request.task,
-            timeout_s=self._timeout(context, asynchronous=request.asynchronous))
+            timeout_s=self._timeout(context, asynchronous=asynchronous),
+            asynchronous=asynchronous)
         return await self._runner.start(spec, convert.decision_from_pb(request.decision))
 
     async def _events(self, task: store.Task) -> AsyncIterator[tasks_pb2.TaskEvent]:
         async for event in self._tasks.follow(task):
+            if event.kind in store.FINAL_KINDS:
+                task = await self._tasks.get(task.spec.tenant, task.id)
             yield convert.event_to_pb(task, event)
 
     async def Run(self, request: agent_pb2.RunRequest,
                   context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
-        task = await self._start(request, context)
+        task = await self._start(request, context, asynchronous=False)
         async for msg in self._events(task):
             yield msg
 
     async def Submit(self, request: agent_pb2.RunRequest,
                      context: _Ctx) -> tasks_pb2.SubmitResponse:
-        task = await self._start(request, context)
+        task = await self._start(request, context, asynchronous=request.asynchronous)
         if not request.asynchronous:
             async for _ in self._tasks.follow(task):
                 pass
+            task = await self._tasks.get(task.spec.tenant, task.id)
         return tasks_pb2.SubmitResponse(task_id=task.id, result=convert.result_to_pb(task))
 
     async def Follow(self, request: agent_pb2.TaskRef,
@@ -97,3 +102,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                               context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
         removed = await self._agents.delete(request.tenant or "default", request.name)
         return agent_pb2.DeregisterAgentResponse(deregistered=removed)
+
+    async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
+                          context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
+        parsed = registry.parse_manifest(request.request.manifest,
+                                         tenant=request.tenant or "default",
+                                         executor_target=None)
+        applied = [await self._agents.put(a) for a in parsed]
+        return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
 from pathlib import Path
 
 import pydantic
@@ -10,22 +13,58 @@ import pydantic_settings
 from aion.core import settings
 
 
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class AgentSettings(settings.ServiceSettings):
-    """Where the agent service listens, what it loads and its task limits."""
+    """Where the agent service listens, what it stores where, and its task limits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
-        env_prefix="AION_AGENT_", extra="ignore", frozen=True)
+        env_prefix="AION_AGENT_", extra="ignore", frozen=True, populate_by_name=True)
 
     port: int = pydantic.Field(default=50053, ge=0, le=65535)
+    postgres_dsn: pydantic.SecretStr = pydantic.Field(
+        validation_alias=pydantic.AliasChoices("AION_AGENT_POSTGRES_DSN", "AION_POSTGRES_DSN"),
+        description="postgresql://user:password@host:port/database of the task store")
+    kafka_bootstrap: str = pydantic.Field(
+        validation_alias=pydantic.AliasChoices("AION_AGENT_KAFKA_BOOTSTRAP",
+                                               "AION_KAFKA_BOOTSTRAP"),
+        description="host:port[,host:port] of the Kafka brokers")
+    topic_prefix: str = pydantic.Field(
+        default="aion.", description="prefix of every Kafka topic and consumer group name")
+    worker_id: str = pydantic.Field(default_factory=_worker_id,
+                                    description="this replica's name in task leases")
+    pool_min_size: int = pydantic.Field(default=1, ge=0)
+    pool_max_size: int = pydantic.Field(default=10, gt=0)
+    lease_s: float = pydantic.Field(
+        default=15.0, gt=0, description="how long a task stays owned without a heartbeat")
+    heartbeat_s: float = pydantic.Field(default=3.0, gt=0)
+    reaper_interval_s: float = pydantic.Field(default=2.0, gt=0)
+    max_attempts: int = pydantic.Field(
+        default=3, gt=0, description="runs of one task before it ends ERROR (lost workers)")
+    max_concurrent_tasks: int = pydantic.Field(default=16, gt=0)
     agents_file: Path | None = pydantic.Field(
         default=None, description="YAML file of Agent resources registered at start")
     agents_tenant: str = pydantic.Field(
         default="default", description="tenant the agents of agents_file belong to")
     executor_target: str | None = pydantic.Field(
-        default=None, description="executor host:port for agents_file agents")
+        default=None, description="executor host:port for agents registered without endpoints")
     knowledge_target: str | None = pydantic.Field(
         default=None, description="knowledge service host:port; unset disables retrieval")
+    provider_base_url: str | None = pydantic.Field(
+        default=None, description="OpenAI-compatible API base URL used when the route is api")
+    provider_api_key: pydantic.SecretStr | None = None
+    provider_model: str = "gpt-4o-mini"
+    provider_cost_per_1k_tokens: float = pydantic.Field(default=0.0, ge=0)
     max_input_chars: int = pydantic.Field(default=32_768, gt=0)
     default_timeout_s: float = pydantic.Field(default=300.0, gt=0)
     max_tokens_limit: int = pydantic.Field(default=2048, gt=0)
     retrieval_top_k: int = pydantic.Field(default=4, ge=0)
+
+    @pydantic.model_validator(mode="after")
+    def _heartbeat_inside_lease(self) -> AgentSettings:
+        if self.heartbeat_s >= self.lease_s / 2:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be under half of "
+                             f"lease_s ({self.lease_s})")
+        return self

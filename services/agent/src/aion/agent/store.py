@@ -1,23 +1,33 @@
-"""Tasks and their event logs.
+"""Tasks in Postgres: their rows, their event logs, their leases, and their outbox events.
 
-``TaskStore`` is the seam; ``MemoryTaskStore`` keeps tasks in this process
-(the durable-tasks issue replaces it with Postgres and an outbox). Every
-task keeps its ordered events, so a stream that joins late replays what was
-produced and then follows.
+Every state change is one transaction that also writes the matching outbox
+event. Writes of a run are fenced by its attempt number and owner: once
+another worker took the task over (its lease ran out), the old run's writes
+match no row and raise ``LeaseLost`` instead of landing. A stream that joins
+late replays ``task_events`` and then follows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import enum
+import logging
 import uuid
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
-from aion.agent import model
+import psycopg
+from psycopg.types import json as pg_json
+
+from aion.agent import db, events, model, outbox
+from aion.api.events.v1 import events_pb2
 from aion.core import errors
+
+log = logging.getLogger(__name__)
+Conn = psycopg.AsyncConnection[Any]
 
 
 class EventKind(enum.Enum):
@@ -28,6 +38,9 @@ class EventKind(enum.Enum):
     PARTIAL = "partial"
     DONE = "done"
     ERROR = "error"
+
+
+FINAL_KINDS = (EventKind.DONE, EventKind.ERROR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,128 +62,417 @@ class TaskError:
     retriable: bool = False
 
 
+class LeaseLost(Exception):
+    """This worker no longer owns the task: another one took it over, or it ended."""
+
+
 @dataclasses.dataclass
 class Task:
-    """A task's record; mutated only through the store."""
+    """A task as stored."""
 
     id: str
     spec: model.TaskSpec
     decision: model.Decision
     model_name: str
     status: model.Status = model.Status.QUEUED
+    attempts: int = 0
+    lease_owner: str | None = None
+    deadline: datetime.datetime | None = None
+    cancel_requested: bool = False
     output: str = ""
     usage: model.Usage = dataclasses.field(default_factory=model.Usage)
     error: TaskError | None = None
-    created_at: datetime.datetime = dataclasses.field(
-        default_factory=lambda: datetime.datetime.now(datetime.UTC))
+    created_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
-    events: list[Event] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, r: dict[str, Any]) -> Task:
+        """The task a ``tasks`` row holds."""
+        opts = r["options"] or {}
+        d = r["decision"] or {}
+        return cls(
+            id=str(r["id"]),
+            spec=model.TaskSpec(
+                tenant=r["tenant"], agent=r["agent"], input=r["input"],
+                idempotency_key=r["idempotency_key"] or "", max_tokens=opts.get("max_tokens"),
+                temperature=opts.get("temperature"), seed=opts.get("seed"),
+                timeout_s=float(opts.get("timeout_s", 300.0)),
+                asynchronous=r["asynchronous"]),
+            decision=model.Decision(route=d.get("route", "local"),
+                                    chosen_by=d.get("chosen_by", ""),
+                                    reason=d.get("reason", ""), provider=d.get("provider", "")),
+            model_name=r["model"], status=model.Status(r["state"]), attempts=r["attempts"],
+            lease_owner=r["lease_owner"], deadline=r["deadline"],
+            cancel_requested=r["cancel_requested"], output=r["output"],
+            usage=model.Usage(latency_ms=r["latency_ms"], prompt_tokens=r["prompt_tokens"],
+                              completion_tokens=r["completion_tokens"], cost_usd=r["cost_usd"]),
+            error=(TaskError(r["error_code"], r["error_message"] or "", r["error_retriable"])
+                   if r["error_code"] else None),
+            created_at=r["created_at"], finished_at=r["finished_at"])
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds until the deadline (negative once past)."""
+        assert self.deadline is not None
+        return (self.deadline - datetime.datetime.now(datetime.UTC)).total_seconds()
 
 
-class TaskStore(Protocol):
-    """Where tasks live."""
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """One model or tool call of the agent loop."""
 
-    async def create(self, spec: model.TaskSpec, *, decision: model.Decision,
-                     model_name: str) -> tuple[Task, bool]:
-        """A new task, or the existing one for the same idempotency key (then False)."""
-        ...
-
-    async def get(self, tenant: str, task_id: str) -> Task:
-        """The tenant's task, or NotFound."""
-        ...
-
-    async def set_running(self, task: Task) -> None:
-        """QUEUED -> RUNNING."""
-        ...
-
-    async def append(self, task: Task, kind: EventKind, *, text: str = "",
-                     step: int = 0) -> Event:
-        """Add an event (final kinds go through ``finish``)."""
-        ...
-
-    async def finish(self, task: Task, status: model.Status, *,
-                     error: TaskError | None = None) -> None:
-        """End the task with its final status and emit done or error; once only."""
-        ...
-
-    def follow(self, task: Task, *, after: int = 0) -> AsyncIterator[Event]:
-        """The task's events after ``after``: the ones so far, then new ones until it ends."""
-        ...
+    step: int
+    kind: str
+    name: str = ""
+    input: dict[str, Any] = dataclasses.field(default_factory=dict)
+    output: str = ""
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: int = 0
 
 
-class MemoryTaskStore:
-    """An in-process task store."""
+ToResult = Callable[[Task], Any]
 
-    def __init__(self) -> None:
-        self._tasks: dict[str, Task] = {}
-        self._by_key: dict[tuple[str, str, str], str] = {}
-        self._changed: dict[str, asyncio.Condition] = {}
 
-    async def create(self, spec: model.TaskSpec, *, decision: model.Decision,
-                     model_name: str) -> tuple[Task, bool]:
-        """A new task, or the existing one for the same idempotency key."""
-        key = (spec.tenant, spec.agent, spec.idempotency_key)
-        if spec.idempotency_key and key in self._by_key:
-            existing = self._tasks[self._by_key[key]]
-            if existing.spec.input != spec.input:
-                raise errors.AlreadyExists(
-                    f"idempotency key '{spec.idempotency_key}' was used for another input; "
-                    "use a new key for a new task")
-            return existing, False
-        task = Task(id=str(uuid.uuid4()), spec=spec, decision=decision, model_name=model_name)
-        self._tasks[task.id] = task
-        self._changed[task.id] = asyncio.Condition()
-        if spec.idempotency_key:
-            self._by_key[key] = task.id
+def _parse_id(task_id: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(task_id)
+    except ValueError:
+        raise errors.NotFound(f"task '{task_id}' not found") from None
+
+
+class TaskStore:
+    """Tasks, their events and their leases in Postgres."""
+
+    def __init__(self, *, pool: db.Pool, topics: events.Topics, lease_s: float,
+                 to_result: ToResult, on_commit: Callable[[], None] = lambda: None) -> None:
+        self._pool = pool
+        self._topics = topics
+        self._lease = datetime.timedelta(seconds=lease_s)
+        self._to_result = to_result
+        self._on_commit = on_commit
+        self._signals: dict[str, asyncio.Event] = {}
+
+    # -- events -------------------------------------------------------------------
+    async def _state_event(self, conn: Conn, task: Task) -> None:
+        data = events_pb2.TaskStateChanged(task_id=task.id, agent=task.spec.agent)
+        result = self._to_result(task)
+        data.status = result.status
+        if task.status.final:
+            data.result.CopyFrom(result)
+        await outbox.add(conn, topic=self._topics.task_events, env=events.envelope(
+            type_=events.TASK_STATE_CHANGED, tenant=task.spec.tenant, subject=task.id,
+            data=data))
+
+    async def _queue_event(self, conn: Conn, task: Task) -> None:
+        await outbox.add(conn, topic=self._topics.work, env=events.envelope(
+            type_=events.TASK_QUEUED, tenant=task.spec.tenant, subject=task.id,
+            data=events_pb2.TaskQueued(task_id=task.id, agent=task.spec.agent,
+                                       attempt=task.attempts)))
+
+    async def _event_row(self, conn: Conn, task: Task, seq: int, kind: EventKind, *,
+                         text: str = "", step: int = 0) -> None:
+        await conn.execute(
+            "INSERT INTO task_events (task_id, seq, attempt, kind, text, step) "
+            "VALUES (%s, %s, %s, %s, %s, %s)", (task.id, seq, task.attempts, kind.value, text,
+                                                step))
+
+    def _changed(self, task_id: str) -> None:
+        signal = self._signals.pop(task_id, None)
+        if signal is not None:
+            signal.set()
+
+    # -- creating and claiming ----------------------------------------------------
+    async def create(self, spec: model.TaskSpec, *, decision: model.Decision, model_name: str,
+                     owner: str | None, max_attempts: int) -> tuple[Task, bool]:
+        """A new QUEUED task (reserved by ``owner`` when given, else published to the
+        work topic), or the existing one for the same idempotency key (then False)."""
+        options = {"max_tokens": spec.max_tokens, "temperature": spec.temperature,
+                   "seed": spec.seed, "timeout_s": spec.timeout_s}
+        params = {
+            "id": uuid.uuid4(), "tenant": spec.tenant, "agent": spec.agent, "input": spec.input,
+            "key": spec.idempotency_key or None,
+            "options": pg_json.Jsonb(options),
+            "decision": pg_json.Jsonb(dataclasses.asdict(decision)),
+            "model": model_name, "asynchronous": spec.asynchronous,
+            "max_attempts": max_attempts, "owner": owner, "lease": self._lease,
+            "timeout": datetime.timedelta(seconds=spec.timeout_s)}
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "INSERT INTO tasks (id, tenant, agent, input, idempotency_key, options, decision,"
+                " model, asynchronous, max_attempts, lease_owner, lease_until, deadline) VALUES"
+                " (%(id)s, %(tenant)s, %(agent)s, %(input)s, %(key)s, %(options)s, %(decision)s,"
+                " %(model)s, %(asynchronous)s, %(max_attempts)s, %(owner)s::text,"
+                " CASE WHEN %(owner)s::text IS NULL THEN NULL ELSE now() + %(lease)s END,"
+                " now() + %(timeout)s)"
+                " ON CONFLICT (tenant, agent, idempotency_key)"
+                " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *", params)
+            row = await cur.fetchone()
+            if row is None:
+                cur = await conn.execute(
+                    "SELECT * FROM tasks WHERE tenant = %s AND agent = %s"
+                    " AND idempotency_key = %s", (spec.tenant, spec.agent, spec.idempotency_key))
+                existing = await cur.fetchone()
+                assert existing is not None
+                if existing["input"] != spec.input:
+                    raise errors.AlreadyExists(
+                        f"idempotency key '{spec.idempotency_key}' was used for another input; "
+                        "use a new key for a new task")
+                return Task.from_row(existing), False
+            task = Task.from_row(row)
+            await self._state_event(conn, task)
+            if owner is None:
+                await self._queue_event(conn, task)
+        self._on_commit()
         return task, True
 
-    async def get(self, tenant: str, task_id: str) -> Task:
-        """The tenant's task; another tenant's task is reported as not found."""
-        task = self._tasks.get(task_id)
-        if task is None or task.spec.tenant != tenant:
-            raise errors.NotFound(f"task '{task_id}' not found")
+    async def claim(self, task_id: str, *, owner: str, conn: Conn | None = None) -> Task | None:
+        """QUEUED -> RUNNING for ``owner``; None when the task is not there to take
+        (another worker has it, it ended, or it was reserved by someone else). A
+        queued task past its deadline or asked to cancel is ended instead. With
+        ``conn``, runs in that connection's transaction (the caller commits)."""
+        if conn is not None:
+            return await self._claim(conn, task_id, owner)
+        async with self._pool.connection() as own, own.transaction():
+            claimed = await self._claim(own, task_id, owner)
+        self.committed(task_id)
+        return claimed
+
+    def committed(self, task_id: str) -> None:
+        """Tell this process's publisher and followers that a change of the task committed."""
+        self._on_commit()
+        self._changed(task_id)
+
+    async def _claim(self, conn: Conn, task_id: str, owner: str) -> Task | None:
+        cur = await conn.execute(
+            "UPDATE tasks SET state = 'RUNNING', attempts = attempts + 1,"
+            " lease_owner = %(owner)s, lease_until = now() + %(lease)s,"
+            " started_at = coalesce(started_at, now()), output = '',"
+            " last_seq = last_seq + 1"
+            " WHERE id = %(id)s AND state = 'QUEUED'"
+            " AND (lease_owner IS NULL OR lease_owner = %(owner)s)"
+            " AND NOT cancel_requested AND deadline > now() RETURNING *",
+            {"id": task_id, "owner": owner, "lease": self._lease})
+        row = await cur.fetchone()
+        if row is None:
+            await self._end_unclaimable(conn, task_id)
+            return None
+        task = Task.from_row(row)
+        await self._event_row(conn, task, row["last_seq"], EventKind.STARTED)
+        await self._state_event(conn, task)
         return task
 
-    async def set_running(self, task: Task) -> None:
-        """QUEUED -> RUNNING."""
-        task.status = model.Status.RUNNING
+    async def _end_unclaimable(self, conn: Conn, task_id: str) -> None:
+        cur = await conn.execute(
+            "SELECT state, cancel_requested, deadline < now() AS late FROM tasks"
+            " WHERE id = %s FOR UPDATE", (task_id,))
+        row = await cur.fetchone()
+        if row is None or row["state"] != "QUEUED":
+            return
+        if row["cancel_requested"]:
+            await self._end(conn, task_id, model.Status.CANCELED,
+                            TaskError("CANCELLED", "the task was canceled before it ran"))
+        elif row["late"]:
+            await self._end(conn, task_id, model.Status.TIMEOUT, TaskError(
+                "DEADLINE_EXCEEDED", "the task waited in the queue past its deadline",
+                retriable=True))
 
+    async def _end(self, conn: Conn, task_id: str, status: model.Status,
+                   error: TaskError) -> Task | None:
+        """End a task nobody runs (queued, or whose worker was lost), in ``conn``'s transaction."""
+        cur = await conn.execute(
+            "UPDATE tasks SET state = %s, error_code = %s, error_message = %s,"
+            " error_retriable = %s, finished_at = now(), lease_owner = NULL, lease_until = NULL,"
+            " last_seq = last_seq + 1,"
+            " latency_ms = (extract(epoch FROM now() - created_at) * 1000)::int"
+            " WHERE id = %s AND state IN ('QUEUED', 'RUNNING') RETURNING *",
+            (status.value, error.code, error.message, error.retriable, task_id))
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        task = Task.from_row(row)
+        await self._event_row(conn, task, row["last_seq"], EventKind.ERROR)
+        await self._state_event(conn, task)
+        return task
+
+    # -- a run's writes, fenced by attempt and owner --------------------------------
     async def append(self, task: Task, kind: EventKind, *, text: str = "",
                      step: int = 0) -> Event:
-        """Add an event and wake the followers."""
-        event = Event(seq=len(task.events) + 1, kind=kind, text=text, step=step)
-        cond = self._changed[task.id]
-        async with cond:
-            task.events.append(event)
-            cond.notify_all()
-        return event
+        """Add a token or partial event of the current run."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tasks SET last_seq = last_seq + 1"
+                + (", output = output || %s" if kind is EventKind.TOKEN else ", output = %s")
+                + " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
+                " RETURNING last_seq", (text, task.id, task.attempts, task.lease_owner))
+            row = await cur.fetchone()
+            if row is None:
+                raise LeaseLost(task.id)
+            await self._event_row(conn, task, row["last_seq"], kind, text=text, step=step)
+        self._changed(task.id)
+        return Event(seq=row["last_seq"], kind=kind, text=text, step=step)
 
-    async def finish(self, task: Task, status: model.Status, *,
-                     error: TaskError | None = None) -> None:
-        """Record the end and emit the final event; later calls do nothing."""
+    async def record_step(self, task: Task, rec: StepRecord) -> None:
+        """Store one step of the loop and add its tokens and cost to the task's usage."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tasks SET prompt_tokens = prompt_tokens + %s,"
+                " completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s"
+                " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
+                " RETURNING id", (rec.prompt_tokens, rec.completion_tokens, rec.cost_usd,
+                                  task.id, task.attempts, task.lease_owner))
+            if await cur.fetchone() is None:
+                raise LeaseLost(task.id)
+            await conn.execute(
+                "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
+                " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (task.id, task.attempts, rec.step, rec.kind, rec.name, task.lease_owner,
+                 pg_json.Jsonb(rec.input), rec.output, rec.error, rec.prompt_tokens,
+                 rec.completion_tokens, rec.cost_usd, rec.latency_ms))
+        task.usage.add(prompt_tokens=rec.prompt_tokens, completion_tokens=rec.completion_tokens,
+                       cost_usd=rec.cost_usd)
+
+    async def finish(self, task: Task, status: model.Status, *, output: str,
+                     error: TaskError | None = None, latency_ms: int = 0) -> Task:
+        """End the current run with its final status and emit done or error; once only."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tasks SET state = %s, output = %s, error_code = %s, error_message = %s,"
+                " error_retriable = %s, latency_ms = %s, finished_at = now(),"
+                " lease_owner = NULL, lease_until = NULL, last_seq = last_seq + 1"
+                " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
+                " RETURNING *",
+                (status.value, output, error.code if error else None,
+                 error.message if error else None, error.retriable if error else False,
+                 latency_ms, task.id, task.attempts, task.lease_owner))
+            row = await cur.fetchone()
+            if row is None:
+                raise LeaseLost(task.id)
+            ended = Task.from_row(row)
+            kind = EventKind.DONE if status is model.Status.OK else EventKind.ERROR
+            await self._event_row(conn, ended, row["last_seq"], kind)
+            await self._state_event(conn, ended)
+        self._on_commit()
+        self._changed(task.id)
+        return ended
+
+    async def release(self, task: Task) -> bool:
+        """Give a running task back to the queue (this worker stops); False if not ours."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tasks SET state = 'QUEUED', lease_owner = NULL, lease_until = NULL"
+                " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
+                " RETURNING *", (task.id, task.attempts, task.lease_owner))
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            queued = Task.from_row(row)
+            await self._state_event(conn, queued)
+            await self._queue_event(conn, queued)
+        self._on_commit()
+        return True
+
+    async def heartbeat(self, owner: str, task_ids: list[str]) -> dict[str, bool]:
+        """Extend ``owner``'s leases; returns each task still owned -> cancel requested."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE tasks SET lease_until = now() + %s WHERE lease_owner = %s"
+                " AND state = 'RUNNING' AND id = ANY(%s::uuid[]) RETURNING id, cancel_requested",
+                (self._lease, owner, task_ids))
+            return {str(r["id"]): r["cancel_requested"] for r in await cur.fetchall()}
+
+    # -- cancel and recovery --------------------------------------------------------
+    async def request_cancel(self, tenant: str, task_id: str) -> Task:
+        """End a queued task as CANCELED, or flag a running one for its worker to stop."""
+        task = await self.get(tenant, task_id)
         if task.status.final:
-            return
-        task.status = status
-        task.error = error
-        task.finished_at = datetime.datetime.now(datetime.UTC)
-        kind = EventKind.DONE if status is model.Status.OK else EventKind.ERROR
-        await self.append(task, kind)
+            return task
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute("UPDATE tasks SET cancel_requested = true WHERE id = %s"
+                               " AND state IN ('QUEUED', 'RUNNING')", (task.id,))
+            ended = await self._end(conn, task.id, model.Status.CANCELED, TaskError(
+                "CANCELLED", "the task was canceled before it ran")) if (
+                    task.status is model.Status.QUEUED) else None
+        self._on_commit()
+        self._changed(task.id)
+        return ended or await self.get(tenant, task_id)
 
-    async def follow(self, task: Task, *, after: int = 0) -> AsyncIterator[Event]:
-        """Replay, then follow until the final event."""
-        cond = self._changed[task.id]
+    async def reap(self, *, limit: int = 100) -> int:
+        """Recover tasks whose lease ran out: queue them again for another worker, or end
+        them (TIMEOUT past the deadline, CANCELED when asked, ERROR after too many
+        attempts). Also times out queued tasks past their deadline. Returns how many."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT *, deadline < now() AS late FROM tasks"
+                " WHERE state IN ('QUEUED', 'RUNNING')"
+                " AND (lease_until < now() OR (state = 'QUEUED' AND deadline < now()))"
+                " ORDER BY lease_until NULLS FIRST LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))
+            rows = await cur.fetchall()
+            for r in rows:
+                task = Task.from_row(r)
+                lost = task.status is model.Status.RUNNING
+                if r["late"]:
+                    await self._end(conn, task.id, model.Status.TIMEOUT, TaskError(
+                        "DEADLINE_EXCEEDED",
+                        "the task's worker was lost and its deadline has passed" if lost
+                        else "the task waited past its deadline", retriable=True))
+                elif task.cancel_requested:
+                    await self._end(conn, task.id, model.Status.CANCELED,
+                                    TaskError("CANCELLED", "the task was canceled"))
+                elif task.attempts >= r["max_attempts"]:
+                    await self._end(conn, task.id, model.Status.ERROR, TaskError(
+                        "ABORTED", f"the worker running the task was lost {task.attempts} "
+                        "times; it was not run again", retriable=True))
+                else:
+                    log.warning("task %s: lease of %s expired; queued again", task.id,
+                                task.lease_owner)
+                    await conn.execute(
+                        "UPDATE tasks SET state = 'QUEUED', lease_owner = NULL,"
+                        " lease_until = NULL WHERE id = %s", (task.id,))
+                    task.status = model.Status.QUEUED
+                    await self._state_event(conn, task)
+                    await self._queue_event(conn, task)
+        if rows:
+            self._on_commit()
+        return len(rows)
+
+    # -- reading ------------------------------------------------------------------
+    async def get(self, tenant: str, task_id: str) -> Task:
+        """The tenant's task; another tenant's task is reported as not found."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute("SELECT * FROM tasks WHERE id = %s AND tenant = %s",
+                                     (_parse_id(task_id), tenant))
+            row = await cur.fetchone()
+        if row is None:
+            raise errors.NotFound(f"task '{task_id}' not found")
+        return Task.from_row(row)
+
+    async def events_after(self, task_id: str, after: int) -> list[Event]:
+        """The task's stored events after ``after``, in order."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT seq, kind, text, step FROM task_events WHERE task_id = %s AND seq > %s"
+                " ORDER BY seq", (task_id, after))
+            rows = await cur.fetchall()
+        return [Event(seq=r["seq"], kind=EventKind(r["kind"]), text=r["text"], step=r["step"])
+                for r in rows]
+
+    async def follow(self, task: Task, *, after: int = 0,
+                     poll_s: float = 0.25) -> AsyncIterator[Event]:
+        """Replay the stored events, then follow new ones until the final event. Events
+        written by this process wake the follower at once; others within ``poll_s``."""
         sent = after
         while True:
-            seen = sent
-
-            def more(seen: int = seen) -> bool:
-                return len(task.events) > seen
-
-            async with cond:
-                await cond.wait_for(more)
-                batch = task.events[sent:]
+            signal = self._signals.setdefault(task.id, asyncio.Event())
+            batch = await self.events_after(task.id, sent)
             for event in batch:
                 sent = event.seq
                 yield event
-                if event.kind in (EventKind.DONE, EventKind.ERROR):
+                if event.kind in FINAL_KINDS:
                     return
+            if not batch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(signal.wait(), poll_s)

@@ -195,6 +195,16 @@ class AgentsServicer(agents_pb2_grpc.AgentsServicer):
                 agent_pb2.AgentRef(tenant=who.tenant, name=request.name), timeout=_timeout(context)
             )
 
+    async def Apply(
+        self, request: agents_pb2.ApplyAgentsRequest, context: _Ctx
+    ) -> agents_pb2.ApplyAgentsResponse:
+        who = self._guard.caller(context, "admin")
+        with errors.remote("agent"):
+            return await self._peers.agent.ApplyAgents(
+                agent_pb2.ApplyAgentsRequest(tenant=who.tenant, request=request),
+                timeout=_timeout(context),
+            )
+
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     """Documents in the tenant's knowledge bases."""

@@ -45,6 +45,11 @@ class AgentsStub:
                 request_serializer=aion_dot_api_dot_v1_dot_agents__pb2.GetAgentRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_agents__pb2.Agent.FromString,
                 _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/aion.v1.Agents/Apply',
+                request_serializer=aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentsServicer:
@@ -63,6 +68,15 @@ class AgentsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Apply(self, request, context):
+        """Registers (or replaces) the Agent resources of a YAML manifest, the same
+        `aion.dev/v1alpha1` Agent schema as `kubectl apply`, for machines without
+        a cluster. Needs the admin role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +89,11 @@ def add_AgentsServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=aion_dot_api_dot_v1_dot_agents__pb2.GetAgentRequest.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_agents__pb2.Agent.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +151,33 @@ class Agents:
             '/aion.v1.Agents/Get',
             aion_dot_api_dot_v1_dot_agents__pb2.GetAgentRequest.SerializeToString,
             aion_dot_api_dot_v1_dot_agents__pb2.Agent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.v1.Agents/Apply',
+            aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,11 @@ class AgentsStub:
     def __new__(cls, channel: _aio.Channel) -> AgentsAsyncStub: ...
     List: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ListAgentsRequest, _agents_pb2.ListAgentsResponse]
     Get: _grpc.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.Agent]
+    Apply: _grpc.UnaryUnaryMultiCallable[_agents_pb2.ApplyAgentsRequest, _agents_pb2.ApplyAgentsResponse]
+    """Registers (or replaces) the Agent resources of a YAML manifest, the same
+    `aion.dev/v1alpha1` Agent schema as `kubectl apply`, for machines without
+    a cluster. Needs the admin role.
+    """
 
 @_typing.type_check_only
 class AgentsAsyncStub(AgentsStub):
@@ -43,6 +48,11 @@ class AgentsAsyncStub(AgentsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     List: _aio.UnaryUnaryMultiCallable[_agents_pb2.ListAgentsRequest, _agents_pb2.ListAgentsResponse]  # type: ignore[assignment]
     Get: _aio.UnaryUnaryMultiCallable[_agents_pb2.GetAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
+    Apply: _aio.UnaryUnaryMultiCallable[_agents_pb2.ApplyAgentsRequest, _agents_pb2.ApplyAgentsResponse]  # type: ignore[assignment]
+    """Registers (or replaces) the Agent resources of a YAML manifest, the same
+    `aion.dev/v1alpha1` Agent schema as `kubectl apply`, for machines without
+    a cluster. Needs the admin role.
+    """
 
 class AgentsServicer(metaclass=_abc_1.ABCMeta):
     """Lists the agents a tenant may call."""
@@ -60,5 +70,16 @@ class AgentsServicer(metaclass=_abc_1.ABCMeta):
         request: _agents_pb2.GetAgentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agents_pb2.Agent, _abc.Awaitable[_agents_pb2.Agent]]: ...
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _agents_pb2.ApplyAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.ApplyAgentsResponse, _abc.Awaitable[_agents_pb2.ApplyAgentsResponse]]:
+        """Registers (or replaces) the Agent resources of a YAML manifest, the same
+        `aion.dev/v1alpha1` Agent schema as `kubectl apply`, for machines without
+        a cluster. Needs the admin role.
+        """
 
 def add_AgentsServicer_to_server(servicer: AgentsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

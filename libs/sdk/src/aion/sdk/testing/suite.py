@@ -32,6 +32,11 @@ DEV_METRICS_PORTS = {"gateway": 9101, "router": 9102, "agent": 9103, "knowledge"
                      "executor": 9105}
 
 
+# Where `make infra-up` (python -m aion.infra up infra) serves Postgres and Kafka.
+DEFAULT_POSTGRES_DSN = "postgresql://aion:aion@127.0.0.1:55432/aion"
+DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+
+
 class SuiteError(RuntimeError):
     """A service did not start; the message carries the tail of its log."""
 
@@ -110,6 +115,12 @@ class LocalSuite:
         env["AION_GATEWAY_ALLOW_ANONYMOUS"] = "true" if allow_anonymous else "false"
         env["AION_AGENT_EXECUTOR_TARGET"] = s["executor"].target
         env["AION_AGENT_KNOWLEDGE_TARGET"] = s["knowledge"].target
+        # The agent service's task store and event backbone; extra_env may point
+        # them elsewhere (the e2e tests give each suite its database and topics).
+        env.setdefault("AION_AGENT_POSTGRES_DSN",
+                       env.get("AION_POSTGRES_DSN", DEFAULT_POSTGRES_DSN))
+        env.setdefault("AION_AGENT_KAFKA_BOOTSTRAP",
+                       env.get("AION_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP))
         if agents_file is not None:
             env["AION_AGENT_AGENTS_FILE"] = str(agents_file)
         env.setdefault("HF_HUB_OFFLINE", "1")

@@ -124,6 +124,7 @@ class RegisterAgentRequest(_message.Message):
     INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     EXECUTOR_ENDPOINTS_FIELD_NUMBER: _builtins.int
     PRIVACY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     instructions: _builtins.str
     privacy: _common_pb2.Privacy.ValueType
@@ -133,6 +134,10 @@ class RegisterAgentRequest(_message.Message):
     def executor_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """gRPC addresses (host:port) of the agent's executors."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The Agent's spec.tools: "knowledge_search", or "agent:<name>"."""
+
     def __init__(
         self,
         *,
@@ -141,10 +146,11 @@ class RegisterAgentRequest(_message.Message):
         instructions: _builtins.str = ...,
         executor_endpoints: _abc.Iterable[_builtins.str] | None = ...,
         privacy: _common_pb2.Privacy.ValueType = ...,
+        tools: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_endpoints", b"executor_endpoints", "instructions", b"instructions", "privacy", b"privacy", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_endpoints", b"executor_endpoints", "instructions", b"instructions", "privacy", b"privacy", "tenant", b"tenant", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -168,3 +174,26 @@ class DeregisterAgentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeregisterAgentResponse: _TypeAlias = DeregisterAgentResponse  # noqa: Y015
+
+@_typing.final
+class ApplyAgentsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    @_builtins.property
+    def request(self) -> _agents_pb2.ApplyAgentsRequest: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        request: _agents_pb2.ApplyAgentsRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyAgentsRequest: _TypeAlias = ApplyAgentsRequest  # noqa: Y015

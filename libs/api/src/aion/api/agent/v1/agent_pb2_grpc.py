@@ -82,6 +82,11 @@ class AgentServiceStub:
                 request_serializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
                 response_deserializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentResponse.FromString,
                 _registered_method=True)
+        self.ApplyAgents = channel.unary_unary(
+                '/aion.agent.v1.AgentService/ApplyAgents',
+                request_serializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.ApplyAgentsRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -145,6 +150,13 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyAgents(self, request, context):
+        """Registers the Agent resources of a YAML manifest (`aionctl apply -f`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -192,6 +204,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.DeregisterAgent,
                     request_deserializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.AgentRef.FromString,
                     response_serializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentResponse.SerializeToString,
+            ),
+            'ApplyAgents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyAgents,
+                    request_deserializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.ApplyAgentsRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -437,6 +454,33 @@ class AgentService:
             '/aion.agent.v1.AgentService/DeregisterAgent',
             aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
             aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyAgents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.agent.v1.AgentService/ApplyAgents',
+            aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.ApplyAgentsRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_agents__pb2.ApplyAgentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,8 @@ class AgentServiceStub:
     RegisterAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RegisterAgentRequest, _agents_pb2.Agent]
     """Called by the operator once an Agent's executors are ready."""
     DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentRef, _agent_pb2.DeregisterAgentResponse]
+    ApplyAgents: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ApplyAgentsRequest, _agents_pb2.ApplyAgentsResponse]
+    """Registers the Agent resources of a YAML manifest (`aionctl apply -f`)."""
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -64,6 +66,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     RegisterAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.RegisterAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
     """Called by the operator once an Agent's executors are ready."""
     DeregisterAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentRef, _agent_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
+    ApplyAgents: _aio.UnaryUnaryMultiCallable[_agent_pb2.ApplyAgentsRequest, _agents_pb2.ApplyAgentsResponse]  # type: ignore[assignment]
+    """Registers the Agent resources of a YAML manifest (`aionctl apply -f`)."""
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -132,5 +136,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.AgentRef,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.DeregisterAgentResponse, _abc.Awaitable[_agent_pb2.DeregisterAgentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ApplyAgents(
+        self,
+        request: _agent_pb2.ApplyAgentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agents_pb2.ApplyAgentsResponse, _abc.Awaitable[_agents_pb2.ApplyAgentsResponse]]:
+        """Registers the Agent resources of a YAML manifest (`aionctl apply -f`)."""
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

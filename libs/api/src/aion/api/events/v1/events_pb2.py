@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from aion.api.v1 import common_pb2 as aion_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61ion/api/events/v1/events.proto\x12\x0e\x61ion.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x61ion/api/v1/common.proto\"\xa3\x01\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\"|\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.aion.v1.TaskStatus\x12#\n\x06result\x18\x04 \x01(\x0b\x32\x13.aion.v1.TaskResult\"\x9a\x01\n\x0c\x45xecutorLoad\x12\x10\n\x08\x65xecutor\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x14\n\x0ctokens_per_s\x18\x05 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x06 \x01(\x01\x12\x13\n\x0bmodel_ready\x18\x07 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61ion/api/events/v1/events.proto\x12\x0e\x61ion.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18\x61ion/api/v1/common.proto\"\xa3\x01\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06tenant\x18\x05 \x01(\t\x12\x0f\n\x07subject\x18\x06 \x01(\t\x12\"\n\x04\x64\x61ta\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\"|\n\x10TaskStateChanged\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.aion.v1.TaskStatus\x12#\n\x06result\x18\x04 \x01(\x0b\x32\x13.aion.v1.TaskResult\"=\n\nTaskQueued\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\"\x9a\x01\n\x0c\x45xecutorLoad\x12\x10\n\x08\x65xecutor\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x03 \x01(\x05\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x14\n\x0ctokens_per_s\x18\x05 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x06 \x01(\x01\x12\x13\n\x0bmodel_ready\x18\x07 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,6 +38,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENVELOPE']._serialized_end=301
   _globals['_TASKSTATECHANGED']._serialized_start=303
   _globals['_TASKSTATECHANGED']._serialized_end=427
-  _globals['_EXECUTORLOAD']._serialized_start=430
-  _globals['_EXECUTORLOAD']._serialized_end=584
+  _globals['_TASKQUEUED']._serialized_start=429
+  _globals['_TASKQUEUED']._serialized_end=490
+  _globals['_EXECUTORLOAD']._serialized_start=493
+  _globals['_EXECUTORLOAD']._serialized_end=647
 # @@protoc_insertion_point(module_scope)

@@ -100,6 +100,35 @@ class TaskStateChanged(_message.Message):
 Global___TaskStateChanged: _TypeAlias = TaskStateChanged  # noqa: Y015
 
 @_typing.final
+class TaskQueued(_message.Message):
+    """aion.task.queued: on the agent service's work topic, consumed by its workers
+    as one consumer group; `attempt` is the number of runs that came before.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    agent: _builtins.str
+    attempt: _builtins.int
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "attempt", b"attempt", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskQueued: _TypeAlias = TaskQueued  # noqa: Y015
+
+@_typing.final
 class ExecutorLoad(_message.Message):
     """aion.executor.load"""
 

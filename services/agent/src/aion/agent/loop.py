@@ -1,0 +1,244 @@
+"""The agent loop: instructions, input and retrieved context, then model and tool calls.
+
+Each model call is one step; when the agent has tools and the model replies
+with a tool call, the tool runs as the next step and its result goes back to
+the model, up to the agent's step limit. Tokens stream to the sink as they
+come; every step is recorded with its tokens and cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from aion.agent import model, peers, provider, registry, store, tools
+from aion.api.executor.v1 import executor_pb2
+from aion.core import errors
+
+MAX_DEPTH = 2  # an agent called as a tool may not call agents in turn beyond this
+
+
+class Sink(Protocol):
+    """Where a run's tokens, step outputs and step records go."""
+
+    async def token(self, text: str) -> None:
+        """A piece of generated text."""
+        ...
+
+    async def partial(self, text: str, step: int) -> None:
+        """A model step's whole output."""
+        ...
+
+    async def step(self, rec: store.StepRecord) -> None:
+        """A finished step, with what it cost."""
+        ...
+
+
+@dataclasses.dataclass
+class _Quiet:
+    """The sink of an agent called as a tool: keeps nothing but the cost."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    async def token(self, text: str) -> None:
+        return None
+
+    async def partial(self, text: str, step: int) -> None:
+        return None
+
+    async def step(self, rec: store.StepRecord) -> None:
+        self.prompt_tokens += rec.prompt_tokens
+        self.completion_tokens += rec.completion_tokens
+        self.cost_usd += rec.cost_usd
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What one run of the loop needs from its task."""
+
+    tenant: str
+    input: str
+    max_tokens: int | None
+    temperature: float | None
+    seed: int | None
+    route: str
+    timeout_s: float
+    task_id: str = ""
+    attempt: int = 0
+
+
+class AgentLoop:
+    """Runs agents: model calls on the executor or an external API, and their tools."""
+
+    def __init__(self, *, clients: peers.Peers, agents: registry.AgentRegistry,
+                 api: provider.Provider | None, retrieval_top_k: int) -> None:
+        self._peers = clients
+        self._agents = agents
+        self._api = api
+        self._top_k = retrieval_top_k
+
+    async def run(self, agent: model.AgentRecord, req: Request, sink: Sink, *,
+                  depth: int = 0) -> str:
+        """Run ``agent`` on ``req`` to its final answer."""
+        system = agent.instructions or "You are a helpful assistant."
+        context = await self._context(agent, req)
+        if context:
+            system += "\n\nUse this context when it helps:\n" + context
+        available = self._tools(agent, req, depth)
+        if available:
+            system += "\n\n" + tools.prompt(available)
+        messages: list[tuple[str, str]] = [("system", system), ("user", req.input)]
+        step = 0
+        for _ in range(agent.max_steps):
+            step += 1
+            reply = await self._model_step(agent, req, messages, sink, step)
+            await sink.partial(reply, step)
+            if not available:
+                return reply
+            call = tools.parse_call(reply)
+            if call is None:
+                return reply
+            step += 1
+            outcome = await self._tool_step(available, call, sink, step)
+            messages += [("assistant", reply),
+                         ("user", f"Tool {call.tool} returned:\n{outcome.text}")]
+        raise errors.FailedPrecondition(
+            f"the agent made {agent.max_steps} model calls without a final answer; "
+            "raise its step limit or simplify the task")
+
+    async def _context(self, agent: model.AgentRecord, req: Request) -> str:
+        if not agent.knowledge_bases or not self._top_k:
+            return ""
+        passages: list[str] = []
+        for kb in agent.knowledge_bases:
+            hits = await self._peers.search(tenant=req.tenant, knowledge_base=kb,
+                                            query=req.input, top_k=self._top_k, timeout=10)
+            passages.extend(h.text for h in hits)
+        return "\n\n".join(passages[: self._top_k])
+
+    # -- model calls ----------------------------------------------------------------
+    async def _model_step(self, agent: model.AgentRecord, req: Request,
+                          messages: list[tuple[str, str]], sink: Sink, step: int) -> str:
+        started = time.perf_counter()
+        text, prompt_t, completion_t, cost, name = "", 0, 0, 0.0, agent.model
+        use_api = req.route == "api"
+        if req.route == "api" and self._api is None:
+            raise errors.FailedPrecondition(
+                "the router chose an external API, but this agent service has no provider; "
+                "set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to local-only")
+        try:
+            async for piece, p, c in self._generate(agent, req, messages, api=use_api):
+                if piece:
+                    text += piece
+                    await sink.token(piece)
+                prompt_t, completion_t = prompt_t + p, completion_t + c
+        except errors.AionError:
+            # hybrid: local first, the API when the local pool fails before answering.
+            if req.route != "hybrid" or self._api is None or text:
+                raise
+            use_api = True
+            async for piece, p, c in self._generate(agent, req, messages, api=True):
+                if piece:
+                    text += piece
+                    await sink.token(piece)
+                prompt_t, completion_t = prompt_t + p, completion_t + c
+        if use_api and self._api is not None:
+            name = self._api.model
+            cost = (prompt_t + completion_t) / 1000 * self._api.cost_per_1k_tokens
+        await sink.step(store.StepRecord(
+            step=step, kind="model", name=name, input={"messages": len(messages)}, output=text,
+            prompt_tokens=prompt_t, completion_tokens=completion_t, cost_usd=cost,
+            latency_ms=int((time.perf_counter() - started) * 1000)))
+        return text
+
+    async def _generate(self, agent: model.AgentRecord, req: Request,
+                        messages: list[tuple[str, str]], *,
+                        api: bool) -> AsyncIterator[tuple[str, int, int]]:
+        max_tokens = req.max_tokens or agent.max_tokens
+        if api:
+            assert self._api is not None
+            async for piece in self._api.generate(messages, max_tokens=max_tokens,
+                                                  temperature=req.temperature, seed=req.seed,
+                                                  timeout=req.timeout_s):
+                yield piece.text, piece.prompt_tokens, piece.completion_tokens
+            return
+        request = executor_pb2.GenerateRequest(
+            model=agent.model, max_tokens=max_tokens,
+            messages=[executor_pb2.ChatMessage(role=r, content=c) for r, c in messages])
+        if req.temperature is not None:
+            request.temperature = req.temperature
+        if req.seed is not None:
+            request.seed = req.seed
+        metadata = (("x-aion-task-id", req.task_id), ("x-aion-attempt", str(req.attempt)))
+        async for chunk in self._peers.generate(agent.executor_endpoints, request,
+                                                timeout=req.timeout_s, metadata=metadata):
+            usage = chunk.usage if chunk.HasField("usage") else None
+            yield (chunk.text, usage.prompt_tokens if usage else 0,
+                   usage.completion_tokens if usage else 0)
+
+    # -- tools ------------------------------------------------------------------------
+    def _tools(self, agent: model.AgentRecord, req: Request, depth: int) -> dict[str, tools.Tool]:
+        found: dict[str, tools.Tool] = {}
+        for name in agent.tools:
+            if name == tools.KNOWLEDGE_SEARCH:
+                found[name] = tools.Tool(
+                    name=name, arguments=tools.SearchArgs,
+                    description="Searches the agent's knowledge bases for relevant passages.",
+                    call=functools.partial(self._search, agent, req))
+            elif name.startswith(tools.AGENT_PREFIX) and depth < MAX_DEPTH:
+                other = name.removeprefix(tools.AGENT_PREFIX)
+                tool_name = "agent_" + other.replace("-", "_")
+                found[tool_name] = tools.Tool(
+                    name=tool_name, arguments=tools.AgentArgs,
+                    description=f"Asks the agent '{other}' and returns its answer.",
+                    call=functools.partial(self._ask, other, req, depth=depth))
+        return found
+
+    async def _tool_step(self, available: dict[str, tools.Tool], call: tools.Call, sink: Sink,
+                         step: int) -> tools.Outcome:
+        started = time.perf_counter()
+        tool = available.get(call.tool)
+        try:
+            if tool is None:
+                raise errors.InvalidArgument(
+                    f"the model called tool '{call.tool}', which this agent does not have; "
+                    f"it has: {', '.join(sorted(available))}", field="reply.tool")
+            outcome = await tool.call(tools.arguments(tool, call.arguments))
+        except errors.AionError as exc:
+            await sink.step(store.StepRecord(
+                step=step, kind="tool", name=call.tool, input=call.arguments, error=exc.message,
+                latency_ms=int((time.perf_counter() - started) * 1000)))
+            raise
+        await sink.step(store.StepRecord(
+            step=step, kind="tool", name=call.tool, input=call.arguments, output=outcome.text,
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
+            cost_usd=outcome.cost_usd, latency_ms=int((time.perf_counter() - started) * 1000)))
+        return outcome
+
+    async def _search(self, agent: model.AgentRecord, req: Request,
+                      args: Any) -> tools.Outcome:
+        kbs = [args.knowledge_base] if args.knowledge_base else list(agent.knowledge_bases)
+        unknown = [kb for kb in kbs if kb not in agent.knowledge_bases]
+        if unknown or not kbs:
+            raise errors.InvalidArgument(
+                f"knowledge_search: the agent may search {list(agent.knowledge_bases)}, "
+                f"not {unknown or 'nothing'}", field="tools.knowledge_search.arguments")
+        passages: list[str] = []
+        for kb in kbs:
+            hits = await self._peers.search(tenant=req.tenant, knowledge_base=kb,
+                                            query=args.query, top_k=args.top_k, timeout=10)
+            passages.extend(h.text for h in hits)
+        return tools.Outcome("\n\n".join(passages[: args.top_k]) or "(no passages found)")
+
+    async def _ask(self, name: str, req: Request, args: Any, *, depth: int) -> tools.Outcome:
+        other = await self._agents.get(req.tenant, name)
+        quiet = _Quiet()
+        child = dataclasses.replace(req, input=args.input, max_tokens=None)
+        answer = await self.run(other, child, quiet, depth=depth + 1)
+        return tools.Outcome(answer, prompt_tokens=quiet.prompt_tokens,
+                             completion_tokens=quiet.completion_tokens, cost_usd=quiet.cost_usd)
