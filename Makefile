@@ -17,8 +17,13 @@ help: ## list the targets
 setup: ## install Python deps (uv, the locked workspace; builds llama-cpp-python once, cached by uv)
 	@./deploy/local/setup.sh
 
-dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, then run the five services with the demo agent until Ctrl-C
-	@$(UV) run --no-sync python -m aion.sdk.testing --agents deploy/examples/demo-agent.yaml
+dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, run the five services with the demo agent (and the operator, after make cluster-up) until Ctrl-C
+	@kubeconfig=$$($(INFRA) env cluster | sed -n 's/^export KUBECONFIG=//p'); \
+	if [ -n "$$kubeconfig" ]; then \
+	  echo "local cluster is up: installing the CRDs and GpuPools, and starting the operator"; \
+	  eval "$$($(INFRA) env cluster)" && kubectl apply -f charts/aion/crds/ -f deploy/examples/gpupools.yaml >/dev/null || exit 1; \
+	fi; \
+	$(UV) run --no-sync python -m aion.sdk.testing --agents deploy/examples/demo-agent.yaml $${kubeconfig:+--kubeconfig "$$kubeconfig"}
 
 test: setup lint typecheck layers protos-check infra-build pytest ## everything CI checks
 

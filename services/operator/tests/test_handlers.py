@@ -204,7 +204,7 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
     # kopf keeps no public listing of a registry's handlers; its own tests read these.
     ids = {h.id for h in registry._changing.get_all_handlers()}
     assert ids == {"place", "place/spec"}
-    assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness"}
+    assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness", "capacity"}
     assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
 
 
@@ -325,6 +325,20 @@ def test_the_registration_names_tenant_pool_and_executor() -> None:
     assert list(req.agent.knowledge_bases) == ["docs"]
     assert req.privacy == req.agent.privacy == common_pb2.PRIVACY_HYBRID
     assert list(req.executor_endpoints) == ["aion-executor-chat.team-a.svc:50055"]
+
+
+def test_a_gpupool_status_follows_its_pool_and_skips_unchanged_writes(
+        local_nodes: list[dict[str, Any]]) -> None:
+    snapshot = _snapshot(local_nodes, [_pod("h100-0", gpus=3)])
+    h100 = {"metadata": {"name": "h100"}, "spec": {"priceUsdPerGpuHour": 4.5}}
+    status = handlers.pool_status(h100, snapshot, now=NOW)
+    assert status is not None
+    assert (status["product"], status["nodes"], status["gpus"], status["freeGpus"]) == (
+        "NVIDIA-H100-80GB-HBM3", 2, 16, 13)
+    assert handlers.pool_status({**h100, "status": status}, snapshot, now=LATER) is None
+    missing = handlers.pool_status({"metadata": {"name": "a100"}}, snapshot, now=NOW)
+    assert missing is not None
+    assert (missing["nodes"], missing["gpus"], missing["product"]) == (0, 0, None)
 
 
 def _unused_client() -> Any:

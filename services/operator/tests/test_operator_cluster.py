@@ -124,7 +124,7 @@ def _operator(cluster: Cluster, log: pathlib.Path, *, namespaces: str, agent_tar
            "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
            "AION_OPERATOR_METRICS_PORT": str(suite.free_port()),
            "AION_OPERATOR_READINESS_INTERVAL_S": "1", "AION_OPERATOR_RETRY_S": "2",
-           "AION_OPERATOR_UNSCHEDULABLE_AFTER_S": "3",
+           "AION_OPERATOR_UNSCHEDULABLE_AFTER_S": "3", "AION_OPERATOR_POOL_STATUS_INTERVAL_S": "1",
            "AION_OPERATOR_AGENT_TARGET": agent_target,
            "AION_OPERATOR_LEASE_NAME": lease, "AION_OPERATOR_LEASE_NAMESPACE": "default",
            "AION_OPERATOR_LEASE_DURATION_S": "4", "AION_OPERATOR_IDENTITY": identity}
@@ -366,6 +366,19 @@ def test_unknown_gpu_product_is_not_placed_and_says_why(
     assert "NVIDIA-B200" in events[0]["message"]
     assert _get(cluster, "deployment", "aion-executor-b200", "-n", namespace) is None
     assert _get(cluster, "service", "aion-executor-b200", "-n", namespace) is None
+
+
+def test_gpupools_show_their_gpus_free_gpus_and_price(
+        cluster: Cluster, operator: Process) -> None:
+    pools = _eventually(lambda: {p["metadata"]["name"]: p for p in _items(cluster, "gpupools")},
+                        lambda found: all("status" in p for p in found.values()))
+    assert (pools["h100"]["status"]["gpus"], pools["h100"]["status"]["nodes"]) == (16, 2)
+    assert pools["l4"]["status"]["product"] == "NVIDIA-L4"
+    assert 0 <= pools["l4"]["status"]["freeGpus"] <= 4
+    rows = {line.split()[0]: line.split() for line in cluster.kubectl(
+        "get", "gpupools", "--no-headers").splitlines()}
+    assert rows["h100"][1:3] == ["NVIDIA-H100-80GB-HBM3", "16"], rows
+    assert rows["l4"][4] == "0.7", rows
 
 
 @pytest.mark.parametrize(("spec", "says"), [

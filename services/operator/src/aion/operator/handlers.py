@@ -271,6 +271,24 @@ def registered_status(body: Mapping[str, Any], *, ok: bool, message: str,
         observed_generation=body["metadata"].get("generation"), now=now)}
 
 
+def pool_status(body: Mapping[str, Any], snapshot: kube.Snapshot, *,
+                now: datetime.datetime) -> dict[str, Any] | None:
+    """A GpuPool's new status from the cluster, or None when only ``observedAt`` would change.
+
+    A GpuPool that names no pool of the cluster says so: no nodes, no GPUs.
+    """
+    name = body["metadata"]["name"]
+    found = {p.name: p for p in pools.discover(snapshot.nodes, snapshot.pods)}
+    pool = found.get(name)
+    new = pools.status(pool, now=now) if pool is not None else {
+        "product": None, "nodes": 0, "gpus": 0, "freeGpus": 0, "gpuMemoryMiB": None,
+        "observedAt": conditions.timestamp(now)}
+    old = body.get("status") or {}
+    if all(old.get(k) == v for k, v in new.items() if k != "observedAt"):
+        return None
+    return new
+
+
 async def _apply(client: kube.Kube, decision: Decision) -> None:
     if decision.deployment is not None and decision.service is not None:
         await client.apply(decision.deployment)
@@ -408,6 +426,15 @@ def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
                              **_: Any) -> None:
         """Fall back, follow readiness and register; see ``follow``."""
         await follow(body, patch, client=client, cfg=cfg, logger=logger, registrar=registrar)
+
+    @kopf.timer(GROUP, VERSION, "gpupools", registry=registry, id="capacity",
+                interval=cfg.pool_status_interval_s)
+    async def pool_capacity(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        """Write the pool's nodes, GPUs, free GPUs and product into its GpuPool's status."""
+        found = pool_status(body, await client.snapshot(),
+                            now=datetime.datetime.now(datetime.UTC))
+        if found is not None:
+            patch.status.update(found)
 
     if registrar is not None:
         @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="deregister")

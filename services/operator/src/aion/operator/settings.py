@@ -53,6 +53,9 @@ class AionOperatorSettings(settings.ServiceSettings):
     readiness_interval_s: float = pydantic.Field(
         default=5.0, gt=0,
         description="seconds between reads of each Agent's Deployment for its ready replicas")
+    pool_status_interval_s: float = pydantic.Field(
+        default=15.0, gt=0,
+        description="seconds between updates of each GpuPool's status (GPUs, free GPUs)")
     liveness_port: int = pydantic.Field(
         default=8080, ge=1, le=65535, description="HTTP port of kopf's /healthz endpoint")
 
