@@ -9,14 +9,18 @@ earlier run created instead of adding to it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import lightkube
 from lightkube import codecs, generic_resource, operators
 from lightkube.resources import apps_v1, autoscaling_v2, core_v1
+
+log = logging.getLogger(__name__)
 
 GROUP = "aion.dev"
 VERSION = "v1alpha1"
@@ -36,11 +40,69 @@ class Snapshot:
     gpu_pools: tuple[dict[str, Any], ...]
 
 
+BOUND: dict[str, str | operators.BinaryOperator | operators.SequenceOperator] = {
+    "spec.nodeName": operators.not_equal("")}
+RELIST_DELAY_S = 1.0
+
+
+class Informer:
+    """One kind of object kept current in memory: list, then watch from that version.
+
+    What placement reads on every reconcile (every node, every bound pod) is read
+    once and then follows the API's events, instead of being listed again for
+    each Agent. A broken or expired watch lists afresh.
+    """
+
+    def __init__(self, client: lightkube.AsyncClient, kind: Any, **filters: Any) -> None:
+        self._client = client
+        self._kind = kind
+        self._filters = filters
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.synced = asyncio.Event()
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        name = self._kind.__name__
+        while True:
+            try:
+                listing = self._client.list(self._kind, **self._filters)
+                fresh = {o.metadata.uid: o.to_dict() async for o in listing}
+                self.objects = fresh
+                self.synced.set()
+                async for op, obj in self._client.watch(
+                        self._kind, resource_version=listing.resourceVersion, **self._filters):
+                    if op == "DELETED":
+                        self.objects.pop(obj.metadata.uid, None)
+                    else:
+                        self.objects[obj.metadata.uid] = obj.to_dict()
+            except (lightkube.ApiError, OSError, lightkube.LoadResourceError) as exc:
+                log.warning("watching %s: %s; listing again", name, exc)
+            await asyncio.sleep(RELIST_DELAY_S)
+
+
 class Kube:
     """The API calls the handlers make, on a client that ``connect`` opened."""
 
     def __init__(self, client: lightkube.AsyncClient) -> None:
         self._client = client
+        self._nodes: Informer | None = None
+        self._pods: Informer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start_informers(self) -> None:
+        """Follow nodes and bound pods in memory from now on (``snapshot`` reads them)."""
+        self._nodes = Informer(self._client, core_v1.Node)
+        self._pods = Informer(self._client, core_v1.Pod, namespace="*", fields=BOUND)
+        self._tasks = [asyncio.create_task(i.run()) for i in (self._nodes, self._pods)]
+
+    async def stop_informers(self) -> None:
+        """Stop following (the counterpart of ``start_informers``)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
 
     @property
     def client(self) -> lightkube.AsyncClient:
@@ -48,10 +110,19 @@ class Kube:
         return self._client
 
     async def snapshot(self) -> Snapshot:
-        """Nodes, bound pods (all namespaces) and GpuPools, as the API returns them."""
-        nodes = [n.to_dict() async for n in self._client.list(core_v1.Node)]
-        pods = [p.to_dict() async for p in self._client.list(
-            core_v1.Pod, namespace="*", fields={"spec.nodeName": operators.not_equal("")})]
+        """Nodes, bound pods (all namespaces) and GpuPools, as the API returns them.
+
+        Nodes and pods come from the informers once started, else from a listing.
+        """
+        if self._nodes is not None and self._pods is not None:
+            await self._nodes.synced.wait()
+            await self._pods.synced.wait()
+            nodes = list(self._nodes.objects.values())
+            pods = list(self._pods.objects.values())
+        else:
+            nodes = [n.to_dict() async for n in self._client.list(core_v1.Node)]
+            pods = [p.to_dict() async for p in self._client.list(
+                core_v1.Pod, namespace="*", fields=BOUND)]
         gpu_pools = [_plain(g) async for g in self._client.list(GpuPool)]
         return Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(gpu_pools))
 

@@ -42,11 +42,16 @@ def kopf_settings() -> kopf.OperatorSettings:
 
 
 async def _kopf(registry: kopf.OperatorRegistry, cfg: operator_settings.AionOperatorSettings,
-                *, stop_flag: asyncio.Future[None] | None = None) -> None:
-    await kopf.operator(
-        registry=registry, settings=kopf_settings(), standalone=True,
-        clusterwide=cfg.clusterwide, namespaces=cfg.namespaces, stop_flag=stop_flag,
-        liveness_endpoint=f"http://{cfg.host}:{cfg.liveness_port}/healthz")
+                client: kube.Kube, *, stop_flag: asyncio.Future[None] | None = None) -> None:
+    # Placement reads nodes and bound pods from memory while this replica reconciles.
+    client.start_informers()
+    try:
+        await kopf.operator(
+            registry=registry, settings=kopf_settings(), standalone=True,
+            clusterwide=cfg.clusterwide, namespaces=cfg.namespaces, stop_flag=stop_flag,
+            liveness_endpoint=f"http://{cfg.host}:{cfg.liveness_port}/healthz")
+    finally:
+        await client.stop_informers()
 
 
 def lease_namespace(cfg: operator_settings.AionOperatorSettings) -> str:
@@ -114,7 +119,7 @@ async def run(cfg: operator_settings.AionOperatorSettings) -> int:
         handlers.register(registry, client=client, cfg=cfg, registrar=registrar)
         with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
             if not cfg.leader_election:
-                await _kopf(registry, cfg)
+                await _kopf(registry, cfg, client)
                 return 0
             identity = cfg.identity or f"{socket.gethostname()}-{os.getpid()}"
             elector = lease.Elector(client.client, name=cfg.lease_name,
@@ -127,7 +132,7 @@ async def run(cfg: operator_settings.AionOperatorSettings) -> int:
             holding = asyncio.create_task(elector.hold())
             holding.add_done_callback(lambda task: _settle(stop, task))
             try:
-                await _kopf(registry, cfg, stop_flag=stop)
+                await _kopf(registry, cfg, client, stop_flag=stop)
             finally:
                 holding.cancel()
             if holding.done() and not holding.cancelled():
