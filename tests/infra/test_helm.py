@@ -298,8 +298,12 @@ def test_helm_template_passes_every_setting_through(
 
     operator_env = _env(_find(docs, "Deployment", "ai-operator"))
     assert operator_env["AION_OPERATOR_NAMESPACES"] == "team-a,team-b"
-    assert operator_env["AION_OPERATOR_POOL_LABEL"] == "example.com/pool"
-    assert operator_env["AION_OPERATOR_DEFAULT_POOL"] == "cpu"
+    assert operator_env["AION_OPERATOR_UNSCHEDULABLE_AFTER_S"] == "30"
+    assert operator_env["AION_OPERATOR_LEASE_DURATION_S"] == "10"
+    assert operator_env["AION_OPERATOR_LEASE_NAME"] == "ai-operator"
+    assert operator_env["AION_OPERATOR_LEASE_NAMESPACE"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert _find(docs, "Deployment", "ai-operator")["spec"]["replicas"] == 3
     assert operator_env["AION_OPERATOR_LIVENESS_PORT"] == "8081"
     assert operator_env["AION_OPERATOR_EXECUTOR_IMAGE"] == "registry.example/aion-executor:7"
 

@@ -147,20 +147,30 @@ def crds(cluster: Cluster) -> None:
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(pools))
 
 
+def _agent_process(kafka: Kafka, postgres: Postgres, log: pathlib.Path) -> Process:
+    """``python -m aion.agent`` (not started) on the local Postgres and Kafka."""
+    env = {**os.environ, **kafka.endpoints(), **postgres.endpoints(),
+           "AION_AGENT_PORT": str(suite.free_port()),
+           "AION_AGENT_METRICS_PORT": str(suite.free_port()),
+           "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}."}
+    return Process("aion.agent", env, log)
+
+
+def _serving(service: Process) -> None:
+    service.start()
+    status = _eventually(lambda: suite.health_status(_agent_target(service)),
+                         lambda s: s == "SERVING" or not service.alive())
+    assert status == "SERVING", service.tail()
+
+
 @pytest.fixture(scope="module")
 def agent_service(kafka: Kafka, postgres: Postgres,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """``python -m aion.agent`` on the local Postgres and Kafka, SERVING."""
-    port = suite.free_port()
-    env = {**os.environ, **kafka.endpoints(), **postgres.endpoints(),
-           "AION_AGENT_PORT": str(port), "AION_AGENT_METRICS_PORT": str(suite.free_port()),
-           "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}."}
-    service = Process("aion.agent", env, tmp_path_factory.mktemp("agent") / "agent.log")
-    service.start()
+    service = _agent_process(kafka, postgres,
+                             tmp_path_factory.mktemp("agent") / "agent.log")
     try:
-        status = _eventually(lambda: suite.health_status(f"127.0.0.1:{port}"),
-                             lambda s: s == "SERVING" or not service.alive())
-        assert status == "SERVING", service.tail()
+        _serving(service)
         yield service
     finally:
         service.stop()
@@ -625,3 +635,44 @@ def test_of_two_operator_replicas_one_is_active_and_the_other_takes_over(
         finally:
             for op in ops.values():
                 op.stop()
+
+
+def test_registration_and_deregistration_wait_for_the_agent_service(
+        cluster: Cluster, own_namespace: str, kafka: Kafka, postgres: Postgres,
+        tmp_path: pathlib.Path) -> None:
+    service = _agent_process(kafka, postgres, tmp_path / "agent.log")  # not started yet
+    op = _operator(cluster, tmp_path / "operator.log", namespaces=own_namespace,
+                   agent_target=_agent_target(service),
+                   lease=f"proc-{uuid.uuid4().hex[:6]}").start()
+    try:
+        _apply_agent(cluster, own_namespace, "patient", {"count": 0}, resources=SMALL)
+        _ready_agent(cluster, own_namespace, "patient", op)
+        waiting = _wait_agent(cluster, own_namespace, "patient", op,
+                              lambda a: _has(a, "Registered", "False"))
+        unregistered = _condition(waiting, "Registered")
+        assert unregistered["reason"] == "AgentServiceUnavailable"
+        assert _agent_target(service) in unregistered["message"]
+
+        _serving(service)  # the next look registers it
+        _wait_agent(cluster, own_namespace, "patient", op, lambda a: _has(a, "Registered"))
+        assert not isinstance(_registered(service, own_namespace, "patient"), grpc.StatusCode)
+
+        service.stop()
+        cluster.kubectl("delete", "agent", "patient", "-n", own_namespace, "--wait=false")
+        held = _eventually(lambda: _get(cluster, "agent", "patient", "-n", own_namespace),
+                           lambda a: a is not None and "deletionTimestamp" in a["metadata"])
+        assert held is not None, op.tail()
+        assert "cannot deregister" in _eventually(op.text, lambda t: "cannot deregister" in t)
+        assert _get(cluster, "agent", "patient", "-n", own_namespace) is not None  # finalizer
+
+        _serving(service)
+        gone = _eventually(lambda: _get(cluster, "agent", "patient", "-n", own_namespace),
+                           lambda a: a is None)
+        assert gone is None, op.tail()
+        assert _registered(service, own_namespace, "patient") == grpc.StatusCode.NOT_FOUND
+    finally:
+        try:
+            _delete_agents(cluster, own_namespace)
+        finally:
+            op.stop()
+            service.stop()
