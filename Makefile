@@ -78,7 +78,7 @@ cluster-env: ## export lines (KUBECONFIG, PATH with kubectl and helm) for the lo
 bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready vs raw creates; one JSON object
 	@AGENTS=$${AGENTS:-200} $(UV) run --no-sync python services/operator/bench/operator_bench.py
 
-bench-agent: setup infra-up ## agent service: tasks/s, added latency, outbox vs raw Kafka produce (one JSON line)
+bench-agent: setup infra-up ## tasks/s and added latency through gateway->agent->executor, outbox vs raw produce; BENCH_AGENT_* knobs (one JSON object)
 	@$(UV) run --no-sync python tests/bench/bench_agent.py
 
 clean: ## remove local state (logs), keep caches

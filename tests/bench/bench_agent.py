@@ -1,120 +1,181 @@
-"""``make bench-agent``: the agent service's throughput, added latency and outbox speed.
+"""``make bench-agent``: tasks through gateway -> agent -> executor, and outbox speed.
 
-Runs the agent service's real composition in this process against the local
-Kafka and Postgres (started or reused), with an executor that answers at once
-and times itself, so the added latency is end to end minus executor time.
-Then it measures outbox publishing against raw aiokafka produce (the same
-idempotent, acks=all settings) in the same run. Prints one JSON object.
+Part one starts the five services as processes (``aion.sdk.testing.LocalSuite``
+with the demo agent and the real SmolLM2 executor on the CPU) against the local
+Postgres and Kafka, on a database and a topic prefix of its own. Clients submit
+tasks with a short ``max_tokens`` through the gateway. Each task's end-to-end
+time is measured at the client; its executor time is what the agent service
+stored per model step in ``task_steps.model_ms`` (the time it waited for the
+executor's chunks, apart from its own writes between them). The agent
+service's added latency is the difference (it includes the gateway and the
+router, which every task crosses too).
+
+Part two measures the transactional outbox's publisher against raw aiokafka
+produce with the same idempotent, acks=all producer settings, on warmed-up
+topics. Prints one JSON object.
+
+Knobs (environment): BENCH_AGENT_TASKS (60), BENCH_AGENT_CONCURRENCY (4),
+BENCH_AGENT_MAX_TOKENS (8), BENCH_AGENT_EXECUTOR_THREADS (1),
+BENCH_AGENT_EVENTS (20000).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import os
 import statistics
+import sys
+import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-import grpc
 import psycopg
-import pydantic
+from aiokafka import admin as kafka_admin  # type: ignore[import-untyped]
 from psycopg import sql
 
-from aion.agent import db, events, kafka, main, outbox
-from aion.agent import settings as agent_settings
-from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
-from aion.api.v1 import agents_pb2, tasks_pb2
-from aion.core import server
+from aion.agent import db, events, kafka, outbox
+from aion.api.events.v1 import events_pb2
+from aion.api.v1 import common_pb2
 from aion.infra.paths import Layout
 from aion.infra.registry import make
+from aion.sdk import AsyncClient, testing
 
-TASKS, CONCURRENCY, EVENTS = 300, 8, 20_000
+REPO = Path(__file__).resolve().parents[2]
+DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
 
 
-class InstantExecutor(executor_pb2_grpc.ExecutorServicer):
-    """Four tokens at once; remembers how long each Generate took, per task."""
+def _knob(name: str, default: int) -> int:
+    value = int(os.environ.get(f"BENCH_AGENT_{name}", default))
+    if value <= 0:
+        raise SystemExit(f"BENCH_AGENT_{name} must be positive, got {value}")
+    return value
 
-    def __init__(self) -> None:
-        self.spent: dict[str, float] = {}
 
-    async def Generate(self, request: executor_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext[Any, Any],
-                       ) -> AsyncIterator[executor_pb2.GenerateChunk]:
+TASKS = _knob("TASKS", 60)
+CONCURRENCY = _knob("CONCURRENCY", 4)
+MAX_TOKENS = _knob("MAX_TOKENS", 8)
+EXECUTOR_THREADS = _knob("EXECUTOR_THREADS", 1)
+EVENTS = _knob("EVENTS", 20_000)
+WARMUP_TASKS = 3
+
+
+def _pct(values: list[float], q: float) -> float:
+    """The nearest-rank percentile ``q`` (0..100) of ``values``."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def _log(msg: str) -> None:
+    print(f"bench-agent: {msg}", file=sys.stderr, flush=True)
+
+
+# -- part one: tasks through the services ------------------------------------------------
+async def _submit_all(gateway: str) -> tuple[list[tuple[str, float]], int, float]:
+    """Submit TASKS tasks from CONCURRENCY clients; (task id, seconds) of the OK ones,
+    how many did not end OK, and the wall time."""
+    async with AsyncClient(gateway, task_timeout=120) as client:
+        for i in range(WARMUP_TASKS):  # the model's first calls, the channels, the caches
+            await client.submit("demo", f"Warm up {i}.", max_tokens=MAX_TOKENS, temperature=0)
+        todo = list(range(TASKS))
+        done: list[tuple[str, float]] = []
+        failed = 0
+
+        async def worker() -> None:
+            nonlocal failed
+            while todo:
+                i = todo.pop()
+                started = time.perf_counter()
+                resp = await client.submit("demo", f"Name one planet, number {i}.",
+                                           max_tokens=MAX_TOKENS, temperature=0, seed=i)
+                took = time.perf_counter() - started
+                if resp.result.status == common_pb2.TASK_STATUS_OK:
+                    done.append((resp.task_id, took))
+                else:
+                    failed += 1
+                    _log(f"task {resp.task_id} ended {resp.result.status}: "
+                         f"{resp.result.error.message}")
+
         started = time.perf_counter()
-        task_id = dict(context.invocation_metadata() or ()).get("x-aion-task-id", "")
-        for word in ("one ", "two ", "three ", "four "):
-            yield executor_pb2.GenerateChunk(text=word)
-        yield executor_pb2.GenerateChunk(
-            finish_reason=executor_pb2.FINISH_REASON_STOP,
-            usage=executor_pb2.GenerateUsage(prompt_tokens=5, completion_tokens=4))
-        self.spent[str(task_id)] = time.perf_counter() - started
-
-    async def Embed(self, request: executor_pb2.EmbedRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.EmbedResponse:
-        raise NotImplementedError
-
-    async def Stats(self, request: executor_pb2.StatsRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.ExecutorStats:
-        return executor_pb2.ExecutorStats(model="m", model_ready=True)
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return done, failed, time.perf_counter() - started
 
 
-async def tasks_bench(cfg: agent_settings.AgentSettings, executor: InstantExecutor,
-                      executor_target: str) -> dict[str, float]:
-    stop = asyncio.Event()
-    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    service = asyncio.create_task(main.run(cfg, until=stop.wait(), on_ready=ready.set_result))
-    address = await asyncio.wait_for(ready, 60)
-    latencies: list[tuple[str, float]] = []
-    async with grpc.aio.insecure_channel(address) as chan:
-        stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
-        await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-            tenant="bench", agent=agents_pb2.Agent(name="bench", model="m"),
-            executor_endpoints=[executor_target]))
-        todo = asyncio.Queue[int]()
-        for i in range(TASKS):
-            todo.put_nowait(i)
-
-        async def client() -> None:
-            while not todo.empty():
-                i = todo.get_nowait()
-                t0 = time.perf_counter()
-                spec = tasks_pb2.TaskSpec(agent="bench", input=f"task {i}",
-                                          options=tasks_pb2.TaskOptions(max_tokens=4))
-                resp = await stub.Submit(agent_pb2.RunRequest(tenant="bench", task=spec),
-                                         timeout=60)
-                latencies.append((resp.task_id, time.perf_counter() - t0))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
-        elapsed = time.perf_counter() - started
-    stop.set()
-    await service
-    added = sorted((lat - executor.spent.get(tid, 0.0)) * 1000 for tid, lat in latencies)
-    return {"tasks_per_s": round(TASKS / elapsed, 1),
-            "added_latency_p50_ms": round(statistics.median(added), 2),
-            "added_latency_p99_ms": round(added[int(len(added) * 0.99) - 1], 2)}
+async def _model_times(dsn: str, ids: list[str]) -> dict[str, tuple[int, int, int]]:
+    """Per task: (executor ms over its model steps, its run's ms in the agent, steps)."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT t.id::text, coalesce(sum(s.model_ms), 0), t.latency_ms, count(s.step)"
+            " FROM tasks t LEFT JOIN task_steps s ON s.task_id = t.id AND s.kind = 'model'"
+            " AND s.attempt = t.attempts WHERE t.id = ANY(%s::uuid[])"
+            " GROUP BY t.id, t.latency_ms", (ids,))
+        return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in await cur.fetchall()}
 
 
-async def outbox_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, float]:
-    topic = f"{prefix}bench.outbox"
-    await kafka.ensure_topics(bootstrap, {topic: 8, f"{prefix}bench.raw": 8})
-    env = events.envelope(type_="aion.bench", tenant="bench", subject="s",
-                          data=events_pb2_any())
-    payload = env.SerializeToString()
-    # Raw produce: the same producer settings, every message awaited.
+async def tasks_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
+    """Tasks/s and the added latency, through the five services."""
+    log_dir = Path(tempfile.mkdtemp(prefix="aion-bench-agent-"))
+    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, extra_env={
+        "AION_AGENT_POSTGRES_DSN": dsn, "AION_AGENT_KAFKA_BOOTSTRAP": bootstrap,
+        "AION_AGENT_TOPIC_PREFIX": prefix,
+        "AION_EXECUTOR_N_THREADS": str(EXECUTOR_THREADS)})
+    _log(f"starting the services (logs in {log_dir})")
+    suite.start()
+    try:
+        await asyncio.to_thread(suite.wait_ready, timeout=300)
+        _log(f"{TASKS} tasks, {CONCURRENCY} clients, max_tokens {MAX_TOKENS}")
+        done, failed, elapsed = await _submit_all(suite.gateway)
+    finally:
+        await asyncio.to_thread(suite.stop)
+    if not done:
+        raise SystemExit(f"no task ended OK ({failed} failed); see the logs in {log_dir}")
+    times = await _model_times(dsn, [t for t, _ in done])
+    e2e = [took * 1000 for _, took in done]
+    executor = [float(times[t][0]) for t, _ in done]
+    added = [took * 1000 - times[t][0] for t, took in done]
+    in_agent = [float(times[t][1] - times[t][0]) for t, _ in done]
+    return {
+        "tasks_per_s": round(len(done) / elapsed, 2),
+        "added_latency_p50_ms": round(_pct(added, 50), 1),
+        "added_latency_p99_ms": round(_pct(added, 99), 1),
+        "end_to_end_p50_ms": round(_pct(e2e, 50), 1),
+        "end_to_end_p99_ms": round(_pct(e2e, 99), 1),
+        "executor_p50_ms": round(_pct(executor, 50), 1),
+        # The agent service alone: its run's time minus the executor's.
+        "agent_run_overhead_p50_ms": round(_pct(in_agent, 50), 1),
+        "agent_run_overhead_p99_ms": round(_pct(in_agent, 99), 1),
+        "model_steps_per_task": statistics.mean(times[t][2] for t, _ in done),
+        "tasks": len(done), "tasks_failed": failed, "concurrency": CONCURRENCY,
+        "max_tokens": MAX_TOKENS, "executor_threads": EXECUTOR_THREADS,
+    }
+
+
+# -- part two: the outbox against raw produce ---------------------------------------------
+def _event(i: int) -> events_pb2.Envelope:
+    return events.envelope(type_="aion.bench", tenant="bench", subject=f"k{i % 64}",
+                           data=events_pb2.TaskQueued(task_id=str(uuid.uuid4()),
+                                                      agent="bench", attempt=0))
+
+
+async def outbox_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
+    """Outbox rows published per second against raw aiokafka produce."""
+    raw_topic, outbox_topic = f"{prefix}bench.raw", f"{prefix}bench.outbox"
+    await kafka.ensure_topics(bootstrap, {raw_topic: 8, outbox_topic: 8})
+    payload = _event(0).SerializeToString()
     producer = kafka.producer(bootstrap)
     await producer.start()
     try:
-        # Warm up: the new topics' leaders and the producer's metadata, for both paths.
-        for warm in (f"{prefix}bench.raw", topic):
-            await asyncio.gather(*[await producer.send(warm, value=payload, key=f"k{i}".encode())
+        # Warm up: the new topics' partition leaders and the producer's metadata.
+        for topic in (raw_topic, outbox_topic):
+            await asyncio.gather(*[await producer.send(topic, value=payload,
+                                                       key=f"k{i}".encode())
                                    for i in range(64)])
         started = time.perf_counter()
-        futures = [await producer.send(f"{prefix}bench.raw", value=payload,
-                                       key=f"k{i % 64}".encode()) for i in range(EVENTS)]
+        futures = [await producer.send(raw_topic, value=payload, key=f"k{i % 64}".encode())
+                   for i in range(EVENTS)]
         await asyncio.gather(*futures)
         raw = EVENTS / (time.perf_counter() - started)
     finally:
@@ -122,26 +183,37 @@ async def outbox_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, float
     async with db.pool(dsn, max_size=4) as pool:
         async with pool.connection() as conn, conn.transaction():
             for i in range(EVENTS):
-                e = events.envelope(type_="aion.bench", tenant="bench", subject=f"k{i % 64}",
-                                    data=events_pb2_any())
-                await outbox.add(conn, topic=topic, env=e)
+                await outbox.add(conn, topic=outbox_topic, env=_event(i))
         publisher = outbox.Publisher(pool=pool, bootstrap=bootstrap)
-        started = time.perf_counter()
-        while await publisher.publish_once():
-            pass
-        rate = publisher.published / (time.perf_counter() - started)
-        await publisher.close()
+        try:
+            # The publisher's producer starts (and learns the leaders) outside the clock.
+            await publisher.warm_up([outbox_topic])
+            started = time.perf_counter()
+            while await publisher.publish_once():
+                pass
+            rate = publisher.published / (time.perf_counter() - started)
+        finally:
+            await publisher.close()
     return {"outbox_events_per_s": round(rate, 1), "raw_produce_per_s": round(raw, 1),
-            "outbox_ratio": round(rate / raw, 3)}
+            "outbox_ratio": round(rate / raw, 3), "events": EVENTS}
 
 
-def events_pb2_any() -> Any:
-    from aion.api.events.v1 import events_pb2
+async def _drop_topics(bootstrap: str, prefix: str) -> None:
+    """Delete this run's topics (the services' and the outbox comparison's)."""
+    admin = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
+                                            request_timeout_ms=15000)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if mine:
+            await admin.delete_topics(mine)
+    except kafka.KafkaError as exc:
+        _log(f"could not delete the topics under {prefix}: {exc}")
+    finally:
+        await admin.close()
 
-    return events_pb2.TaskQueued(task_id=str(uuid.uuid4()), agent="bench", attempt=0)
 
-
-async def run() -> dict[str, float]:
+async def run() -> dict[str, Any]:
     layout = Layout.from_env()
     kafka_c, pg = make("kafka", layout), make("postgres", layout)
     kafka_c.up()
@@ -154,19 +226,11 @@ async def run() -> dict[str, float]:
     bootstrap = kafka_c.endpoints()["AION_KAFKA_BOOTSTRAP"]
     prefix = f"{name}."
     try:
-        executor = InstantExecutor()
-        srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1)
-        srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, executor,
-                "aion.executor.v1.Executor")
-        async with srv:
-            cfg = agent_settings.AgentSettings(
-                postgres_dsn=pydantic.SecretStr(dsn), kafka_bootstrap=bootstrap,
-                topic_prefix=prefix, port=0,
-                grace_s=1.0, retrieval_top_k=0, log_level="WARNING")
-            out = await tasks_bench(cfg, executor, srv.address)
+        out = await tasks_bench(dsn, bootstrap, prefix)
         out.update(await outbox_bench(dsn, bootstrap, prefix))
         return out
     finally:
+        await _drop_topics(bootstrap, prefix)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))

@@ -18,14 +18,31 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
 
 
-def backbone(postgres: Postgres, kafka: Kafka) -> dict[str, str]:
-    """A database and a topic prefix of their own for one suite, on the real servers."""
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return {"AION_AGENT_POSTGRES_DSN": postgres.dsn.rsplit("/", 1)[0] + "/" + name,
-            "AION_AGENT_KAFKA_BOOTSTRAP": kafka.bootstrap,
-            "AION_AGENT_TOPIC_PREFIX": f"{name}."}
+class Backbone:
+    """Databases and topic prefixes of their own for suites, on the real servers; each
+    database is dropped by ``drop_all`` (the topics stay, under their unique prefix)."""
+
+    def __init__(self, postgres: Postgres, kafka: Kafka) -> None:
+        self._postgres = postgres
+        self._kafka = kafka
+        self._names: list[str] = []
+
+    def env(self) -> dict[str, str]:
+        """A new database and topic prefix, as the agent service's settings."""
+        name = f"e2e_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(self._postgres.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self._names.append(name)
+        return {"AION_AGENT_POSTGRES_DSN": self._postgres.dsn.rsplit("/", 1)[0] + "/" + name,
+                "AION_AGENT_KAFKA_BOOTSTRAP": self._kafka.bootstrap,
+                "AION_AGENT_TOPIC_PREFIX": f"{name}."}
+
+    def drop_all(self) -> None:
+        """Drop every database made here (FORCE: a killed service may hold connections)."""
+        with psycopg.connect(self._postgres.dsn, autocommit=True) as conn:
+            while self._names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self._names.pop())))
 
 
 def start_suite(log_dir: Path, env: dict[str, str]) -> testing.LocalSuite:
@@ -46,13 +63,33 @@ def start_suite(log_dir: Path, env: dict[str, str]) -> testing.LocalSuite:
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
           kafka: Kafka) -> Iterator[testing.LocalSuite]:
-    """A running suite shared by the e2e tests."""
-    running = start_suite(tmp_path_factory.mktemp("suite"), backbone(postgres, kafka))
-    yield running
-    running.stop()
+    """A running suite shared by the e2e tests; its database is dropped at the end."""
+    backbone = Backbone(postgres, kafka)
+    try:
+        running = start_suite(tmp_path_factory.mktemp("suite"), backbone.env())
+        try:
+            yield running
+        finally:
+            running.stop()
+    finally:
+        backbone.drop_all()
 
 
 @pytest.fixture
-def fresh_suite(postgres: Postgres, kafka: Kafka) -> Callable[[Path], testing.LocalSuite]:
-    """Start a suite of one's own (for tests that stop services)."""
-    return lambda log_dir: start_suite(log_dir, backbone(postgres, kafka))
+def fresh_suite(postgres: Postgres,
+                kafka: Kafka) -> Iterator[Callable[[Path], testing.LocalSuite]]:
+    """Start a suite of one's own (for tests that stop services); the test stops it, and
+    its database is dropped after the test (stopping it first if the test did not)."""
+    backbone = Backbone(postgres, kafka)
+    started: list[testing.LocalSuite] = []
+
+    def start(log_dir: Path) -> testing.LocalSuite:
+        started.append(start_suite(log_dir, backbone.env()))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for running in started:
+            running.stop()  # stopping a stopped suite is harmless
+        backbone.drop_all()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiokafka  # type: ignore[import-untyped]
@@ -156,13 +156,24 @@ class Service:
             await asyncio.wait_for(self._task, 30)
 
 
+@pytest.fixture(scope="session")
+def new_service(agent_dsn: str, kafka: Any,
+                executor: ScriptedExecutor) -> Callable[..., Service]:
+    """Makes an agent service with its own topics and these settings overrides (enter it
+    with ``async with``)."""
+
+    def make(**overrides: Any) -> Service:
+        overrides.setdefault("executor_target", executor.address)
+        cfg = settings(agent_dsn, kafka.bootstrap, f"t{uuid.uuid4().hex[:8]}.", **overrides)
+        return Service(cfg, executor)
+
+    return make
+
+
 @pytest.fixture(scope="module")
-async def service(agent_dsn: str, kafka: Any, executor: ScriptedExecutor,
-                  ) -> AsyncIterator[Service]:
+async def service(new_service: Callable[..., Service]) -> AsyncIterator[Service]:
     """One running agent service per test module, with its own topics."""
-    cfg = settings(agent_dsn, kafka.bootstrap, f"t{uuid.uuid4().hex[:8]}.",
-                   executor_target=executor.address)
-    async with Service(cfg, executor) as svc:
+    async with new_service() as svc:
         yield svc
 
 

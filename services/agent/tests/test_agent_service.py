@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
+import prometheus_client
 import psycopg
 import pytest
 
-from aion.agent import model, registry
+from aion.agent import db, model, outbox, registry
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -203,6 +204,37 @@ async def test_every_state_change_is_an_event_on_kafka_in_order(
     final = events_pb2.TaskStateChanged()
     envs[-1].data.Unpack(final)
     assert final.result.output == "evented "
+
+
+async def test_outbox_metrics_show_the_backlog_and_what_was_published(
+        stub: Stub, service: Any, agent_dsn: str) -> None:
+    def sample(name: str) -> float:
+        return prometheus_client.REGISTRY.get_sample_value(name) or 0.0
+
+    published, lagged = sample("aion_agent_outbox_published_total"), sample(
+        "aion_agent_outbox_lag_seconds_count")
+    async with db.pool(agent_dsn, max_size=2) as pool:
+        meter = outbox.Publisher(pool=pool, bootstrap=service.cfg.kafka_bootstrap)
+        async with pool.connection() as holder:
+            async with holder.transaction():
+                # As if another replica were publishing: the service's publisher waits.
+                await holder.execute("SELECT pg_advisory_xact_lock(%s, %s)", outbox.LOCK)
+                done = await stub.Submit(run("held back"), timeout=20)
+                assert done.result.status == common_pb2.TASK_STATUS_OK
+                waiting = await meter.sample()
+            assert waiting >= 3  # the task's QUEUED, RUNNING and OK at least
+            assert sample("aion_agent_outbox_backlog") == waiting
+            assert sample("aion_agent_outbox_oldest_age_seconds") > 0
+            # Released: the service's publisher sends them and counts them.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while sample("aion_agent_outbox_published_total") < published + waiting:
+                assert loop.time() < deadline, "the held-back rows were not published"
+                await asyncio.sleep(0.1)
+            assert sample("aion_agent_outbox_lag_seconds_count") >= lagged + waiting
+            assert await meter.sample() == 0
+            assert sample("aion_agent_outbox_backlog") == 0
+        await meter.close()
 
 
 async def test_an_agent_called_as_a_tool(stub: Stub, service: Any) -> None:

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import psycopg
 import pytest
+from prometheus_client import parser
 
 from aion.agent import db, events, kafka
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -45,9 +47,10 @@ class Proc:
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = suite.free_port()
+        self.metrics_port = suite.free_port()
         self.log = log
         full = {**os.environ, **env, "AION_AGENT_PORT": str(self.port),
-                "AION_AGENT_METRICS_PORT": str(suite.free_port())}
+                "AION_AGENT_METRICS_PORT": str(self.metrics_port)}
         with log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "aion.agent"], env=full,
                                             stdout=out, stderr=subprocess.STDOUT,
@@ -64,6 +67,15 @@ class Proc:
             assert self.process.poll() is None, f"agent exited; its log:\n{self.tail()}"
             assert loop.time() < deadline, f"agent not SERVING; its log:\n{self.tail()}"
             await asyncio.sleep(0.2)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the process's /metrics (0 when absent)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).text
+        for family in parser.text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return 0.0
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
@@ -84,7 +96,7 @@ def service_env(dsn: str, bootstrap: str, prefix: str, executor: str, worker: st
             "AION_AGENT_TOPIC_PREFIX": prefix, "AION_AGENT_EXECUTOR_TARGET": executor,
             "AION_AGENT_WORKER_ID": worker, "AION_AGENT_LEASE_S": "3",
             "AION_AGENT_HEARTBEAT_S": "0.5", "AION_AGENT_REAPER_INTERVAL_S": "0.5",
-            "AION_AGENT_GRACE_S": "1"}
+            "AION_AGENT_GRACE_S": "1", "AION_AGENT_POOL_TIMEOUT_S": "2"}
 
 
 async def register(target: str, executor: str) -> None:
@@ -217,6 +229,9 @@ async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
             await proc.ready()
         executor.release.set()
         got = await results(survivors[0].target, ids)
+        # Each task's lost lease was reclaimed (queued again) once, by one survivor.
+        reclaims = sum(p.metric("aion_agent_task_lease_reclaims_total", outcome="requeued")
+                       for p in survivors)
     finally:
         executor.release.set()
         first.stop(signal.SIGKILL)
@@ -225,6 +240,7 @@ async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
     logs = "\n".join(p.tail() for p in survivors)
     assert {t: got[t].status for t in ids} == dict.fromkeys(ids, common_pb2.TASK_STATUS_OK), logs
     assert all(got[t].output.startswith("slow ") for t in ids)
+    assert reclaims == len(ids)
     # The second attempt ran once per task: never by two workers, never again.
     later = collections.Counter((t, a) for t, a in executor.calls if t in ids and a != "1")
     assert later == {(t, "2"): 1 for t in ids}
@@ -292,6 +308,28 @@ async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
 
 
 # -- Postgres restart -----------------------------------------------------------------
+async def _calls_during_outage(target: str, task_id: str) -> list[tuple[grpc.StatusCode, str]]:
+    """The status of a GetTask, a waiting Submit and a Run while the database is down."""
+    got: list[tuple[grpc.StatusCode, str]] = []
+    async with grpc.aio.insecure_channel(target) as chan:
+        stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
+        spec = tasks_pb2.TaskSpec(agent="worker", input="during the outage")
+        for call in (
+            lambda: stub.GetTask(agent_pb2.TaskRef(tenant=TENANT, task_id=task_id), timeout=30),
+            lambda: stub.Submit(agent_pb2.RunRequest(tenant=TENANT, task=spec), timeout=30),
+        ):
+            try:
+                await call()
+            except grpc.aio.AioRpcError as exc:
+                got.append((exc.code(), exc.details() or ""))
+        try:
+            async for _ in stub.Run(agent_pb2.RunRequest(tenant=TENANT, task=spec), timeout=30):
+                pass
+        except grpc.aio.AioRpcError as exc:
+            got.append((exc.code(), exc.details() or ""))
+    return got
+
+
 async def test_postgres_restart_the_service_reconnects_and_carries_on(
         own_postgres: Private, kafka: Kafka, executor: Any, tmp_path: Path) -> None:
     prefix = f"p{uuid.uuid4().hex[:8]}."
@@ -311,7 +349,8 @@ async def test_postgres_restart_the_service_reconnects_and_carries_on(
             assert loop.time() < deadline, proc.tail()
             await asyncio.sleep(0.1)
         await asyncio.to_thread(own_postgres.stop)
-        await asyncio.sleep(1)
+        # Meanwhile calls fail UNAVAILABLE (retriable), saying why, never INTERNAL.
+        outage = await _calls_during_outage(proc.target, before[0])
         await asyncio.to_thread(own_postgres.start)
         executor.release.set()
         after = [await submit(proc.target, f"after {i}", retry_for=30) for i in range(3)]
@@ -323,5 +362,7 @@ async def test_postgres_restart_the_service_reconnects_and_carries_on(
     assert {t: r.status for t, r in got.items()} == dict.fromkeys(
         [*before, in_flight, *after], common_pb2.TASK_STATUS_OK), proc.tail()
     assert got[after[0]].output == "after 0 "
+    assert [code for code, _ in outage] == [grpc.StatusCode.UNAVAILABLE] * 3, outage
+    assert all("database is unreachable" in text for _, text in outage), outage
     assert got[in_flight].output == "slow in flight "
 

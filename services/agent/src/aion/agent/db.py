@@ -2,7 +2,9 @@
 
 Migrations are plain SQL files in ``migrations/`` applied by yoyo-migrations,
 which takes a lock in the database so replicas that start together apply
-each migration once.
+each migration once. ``UnavailableInterceptor`` turns a database that cannot
+be reached (or a pool with no connection to give in time) into UNAVAILABLE at
+the gRPC boundary, so callers retry instead of seeing INTERNAL.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
+from typing import Any
 
+import grpc
 import psycopg
 import psycopg_pool
 import yoyo  # type: ignore[import-untyped]
@@ -56,11 +60,12 @@ async def migrate(dsn: str) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
-               open_timeout: float = 30.0) -> AsyncIterator[Pool]:
+               open_timeout: float = 30.0, timeout: float = 5.0) -> AsyncIterator[Pool]:
     """An open pool whose connections are checked before use, so a restarted
-    Postgres costs one failed check instead of a failed query."""
+    Postgres costs one failed check instead of a failed query. A caller waits at
+    most ``timeout`` for a connection (then ``PoolTimeout``)."""
     p: Pool = psycopg_pool.AsyncConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, open=False, name="agent",
+        dsn, min_size=min_size, max_size=max_size, open=False, name="agent", timeout=timeout,
         connection_class=psycopg.AsyncConnection[rows.DictRow],
         kwargs={"row_factory": rows.dict_row, "autocommit": False},
         check=psycopg_pool.AsyncConnectionPool.check_connection,
@@ -74,3 +79,62 @@ async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
         yield p
     finally:
         await p.close()
+
+
+def unavailable(exc: psycopg.OperationalError) -> errors.Unavailable:
+    """The retriable error a caller gets for ``exc``, saying what happened."""
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        why = "no database connection could be had in time; the database is unreachable"
+    elif exc.sqlstate is None or exc.sqlstate.startswith(("08", "57P")):
+        # No SQLSTATE: the connection failed or broke; 08: connection exceptions;
+        # 57P: the server is shutting down or starting.
+        why = "the database is unreachable"
+    else:
+        why = f"the database could not complete the request (SQLSTATE {exc.sqlstate})"
+    return errors.Unavailable(f"{why}; retry shortly", retry_after_s=1.0)
+
+
+@contextlib.contextmanager
+def reachable() -> Iterator[None]:
+    """Raise ``errors.Unavailable`` for a database that cannot be reached within."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:  # PoolTimeout is one too
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        raise unavailable(exc) from exc
+
+
+def _unary(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any],
+                                                                        Awaitable[Any]]:
+    async def handler(request: Any, context: Any) -> Any:
+        with reachable():
+            return await behavior(request, context)
+    return handler
+
+
+def _streaming(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[
+        [Any, Any], AsyncIterator[Any]]:
+    async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
+        with reachable():
+            async for item in behavior(request, context):
+                yield item
+    return handler
+
+
+class UnavailableInterceptor(grpc.aio.ServerInterceptor):
+    """Maps a database outage met by any RPC to UNAVAILABLE (inside the error interceptor,
+    which turns it into the status)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_unary(handler.unary_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_streaming(handler.unary_stream))
+        return handler

@@ -24,7 +24,7 @@ from google.protobuf import message as pb_message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from aion.agent import db, events
+from aion.agent import db, events, metrics
 from aion.api.events.v1 import events_pb2
 from aion.core import errors
 
@@ -204,6 +204,7 @@ class IdempotentConsumer:
             ("dlt.offset", str(record.offset).encode()), ("dlt.consumer", self._group.encode())]
         await self._producer.send_and_wait(self._dead_letter, value=record.value,
                                            key=record.key, headers=headers)
+        metrics.DEAD_LETTERS.labels(self.name).inc()
         log.error("consumer %s: record sent to %s: %s", self.name, self._dead_letter, error)
         if env is not None:
             async with self._pool.connection() as conn, conn.transaction():

@@ -8,10 +8,11 @@ come; every step is recorded with its tokens and cost.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from aion.agent import model, peers, provider, registry, store, tools
@@ -72,6 +73,35 @@ class Request:
     attempt: int = 0
 
 
+@dataclasses.dataclass
+class _Reply:
+    """A model reply as it streams in, with the time spent waiting for the model alone
+    (not for the sink's writes between chunks): the executor's share of a step."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    model_s: float = 0.0
+
+    async def take(self, chunks: AsyncGenerator[tuple[str, int, int], None],
+                   sink: Sink) -> None:
+        """Stream ``chunks`` into the sink, adding them up; a failing sink ends the call."""
+        async with contextlib.aclosing(chunks):
+            while True:
+                asked = time.perf_counter()
+                try:
+                    piece, prompt, completion = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    self.model_s += time.perf_counter() - asked
+                if piece:
+                    self.text += piece
+                    await sink.token(piece)
+                self.prompt_tokens += prompt
+                self.completion_tokens += completion
+
+
 class AgentLoop:
     """Runs agents: model calls on the executor or an external API, and their tools."""
 
@@ -125,40 +155,36 @@ class AgentLoop:
     async def _model_step(self, agent: model.AgentRecord, req: Request,
                           messages: list[tuple[str, str]], sink: Sink, step: int) -> str:
         started = time.perf_counter()
-        text, prompt_t, completion_t, cost, name = "", 0, 0, 0.0, agent.model
+        got = _Reply()
+        cost, name = 0.0, agent.model
         use_api = req.route == "api"
         if req.route == "api" and self._api is None:
             raise errors.FailedPrecondition(
                 "the router chose an external API, but this agent service has no provider; "
                 "set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to local-only")
         try:
-            async for piece, p, c in self._generate(agent, req, messages, api=use_api):
-                if piece:
-                    text += piece
-                    await sink.token(piece)
-                prompt_t, completion_t = prompt_t + p, completion_t + c
+            await got.take(self._generate(agent, req, messages, api=use_api), sink)
         except errors.AionError:
             # hybrid: local first, the API when the local pool fails before answering.
-            if req.route != "hybrid" or self._api is None or text:
+            if req.route != "hybrid" or self._api is None or got.text:
                 raise
             use_api = True
-            async for piece, p, c in self._generate(agent, req, messages, api=True):
-                if piece:
-                    text += piece
-                    await sink.token(piece)
-                prompt_t, completion_t = prompt_t + p, completion_t + c
+            await got.take(self._generate(agent, req, messages, api=True), sink)
         if use_api and self._api is not None:
             name = self._api.model
-            cost = (prompt_t + completion_t) / 1000 * self._api.cost_per_1k_tokens
+            cost = (got.prompt_tokens + got.completion_tokens) / 1000 * (
+                self._api.cost_per_1k_tokens)
         await sink.step(store.StepRecord(
-            step=step, kind="model", name=name, input={"messages": len(messages)}, output=text,
-            prompt_tokens=prompt_t, completion_tokens=completion_t, cost_usd=cost,
-            latency_ms=int((time.perf_counter() - started) * 1000)))
-        return text
+            step=step, kind="model", name=name, input={"messages": len(messages)},
+            output=got.text, prompt_tokens=got.prompt_tokens,
+            completion_tokens=got.completion_tokens, cost_usd=cost,
+            latency_ms=int((time.perf_counter() - started) * 1000),
+            model_ms=int(got.model_s * 1000)))
+        return got.text
 
     async def _generate(self, agent: model.AgentRecord, req: Request,
                         messages: list[tuple[str, str]], *,
-                        api: bool) -> AsyncIterator[tuple[str, int, int]]:
+                        api: bool) -> AsyncGenerator[tuple[str, int, int], None]:
         max_tokens = req.max_tokens or agent.max_tokens
         if api:
             assert self._api is not None

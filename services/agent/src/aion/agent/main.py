@@ -40,7 +40,8 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
         topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1})
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(
-            dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size))
+            dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
+            timeout=cfg.pool_timeout_s))
         agents = registry.PostgresRegistry(
             pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ())
         if cfg.agents_file is not None:
@@ -80,7 +81,8 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
             ]
             grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
                                             grace_s=cfg.grace_s,
-                                            drain_delay_s=cfg.drain_delay_s)
+                                            drain_delay_s=cfg.drain_delay_s,
+                                            extra_interceptors=[db.UnavailableInterceptor()])
             grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
                             servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
                                                    default_timeout_s=cfg.default_timeout_s),

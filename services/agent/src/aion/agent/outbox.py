@@ -7,27 +7,32 @@ and deletes them in the same transaction that read them. A transaction-level
 advisory lock lets one publisher at a time work, so rows of one task reach
 their partition in the order they were written. A crash between the send and
 the delete sends those rows again: consumers skip them by envelope id.
+
+The publisher exports its backlog (sampled every ``sample_s``), the lag of
+each row from commit to Kafka ack, and its publish counts (``metrics``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
 from psycopg.types import json as pg_json
 
-from aion.agent import db, events, kafka
+from aion.agent import db, events, kafka, metrics
 from aion.api.events.v1 import events_pb2
 
 log = logging.getLogger(__name__)
 
 # pg_try_advisory_xact_lock key: "aion" "outbox" as two int32s.
-_LOCK = (0x61696F6E, 0x6F757462)
+LOCK = (0x61696F6E, 0x6F757462)
 
 
 async def add(conn: psycopg.AsyncConnection[Any], *, topic: str,
@@ -43,12 +48,14 @@ class Publisher:
     """Moves outbox rows to Kafka until cancelled."""
 
     def __init__(self, *, pool: db.Pool, bootstrap: str, batch: int = 1000,
-                 poll_s: float = 0.2,
+                 poll_s: float = 0.2, sample_s: float = 5.0,
                  make_producer: Callable[[str], Any] = kafka.producer) -> None:
         self._pool = pool
         self._bootstrap = bootstrap
         self._batch = batch
         self._poll_s = poll_s
+        self._sample_s = sample_s
+        self._sampled = -sample_s
         self._make_producer = make_producer
         self._producer: Any = None
         self._wake = asyncio.Event()
@@ -66,7 +73,10 @@ class Publisher:
                 try:
                     sent = await self.publish_once()
                     backoff = 0.2
+                    if time.monotonic() - self._sampled >= self._sample_s:
+                        await self.sample()
                 except (kafka.KafkaError, OSError, psycopg.Error) as exc:
+                    metrics.OUTBOX_PUBLISH_FAILURES.labels(type(exc).__name__).inc()
                     log.warning("outbox publisher: %s: %s; retrying in %.1fs",
                                 type(exc).__name__, exc, backoff)
                     await self._drop_producer()
@@ -92,6 +102,26 @@ class Publisher:
             self._producer = p
         return self._producer
 
+    async def warm_up(self, topics: Sequence[str] = ()) -> None:
+        """Start the producer and learn the leaders of ``topics`` before the first batch."""
+        producer = await self._ensure_producer()
+        for topic in topics:
+            await producer.partitions_for(topic)
+
+    async def sample(self) -> int:
+        """Measure the backlog (rows and the oldest one's age) for the metrics; returns
+        the rows waiting."""
+        self._sampled = time.monotonic()
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)),"
+                " 0)::float8 AS age FROM outbox")
+            row = await cur.fetchone()
+        waiting = int(row["n"]) if row else 0
+        metrics.OUTBOX_BACKLOG.set(waiting)
+        metrics.OUTBOX_OLDEST_AGE.set(float(row["age"]) if row else 0.0)
+        return waiting
+
     async def close(self) -> None:
         """Stop the producer (``run`` does this itself when cancelled); safe to call twice."""
         await self._drop_producer()
@@ -107,12 +137,13 @@ class Publisher:
     async def publish_once(self) -> int:
         """Publish up to one batch; returns how many rows went out."""
         async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS mine", _LOCK)
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS mine", LOCK)
             row = await cur.fetchone()
             if row is None or not row["mine"]:
                 return 0  # another replica publishes now
             cur = await conn.execute(
-                "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT %s",
+                "SELECT id, topic, key, payload, headers, created_at FROM outbox"
+                " ORDER BY id LIMIT %s",
                 (self._batch,))
             rows = await cur.fetchall()
             if not rows:
@@ -126,7 +157,11 @@ class Publisher:
                     r["topic"], value=bytes(r["payload"]), key=r["key"].encode(),
                     headers=events.to_kafka_headers(headers)))
             await asyncio.gather(*futures)
+            acked = datetime.datetime.now(datetime.UTC)
             await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)",
                                ([r["id"] for r in rows],))
         self.published += len(rows)
+        metrics.OUTBOX_PUBLISHED.inc(len(rows))
+        for r in rows:
+            metrics.OUTBOX_LAG.observe(max(0.0, (acked - r["created_at"]).total_seconds()))
         return len(rows)

@@ -77,6 +77,15 @@ class Provider:
 
 
 def _chunk(payload: dict[str, Any]) -> Chunk:
+    failure = payload.get("error")
+    if failure:
+        # The status line was sent already: the server reports a failure as an event.
+        detail = failure if isinstance(failure, dict) else {"message": str(failure)}
+        code = str(detail.get("code") or detail.get("type") or "")
+        cls = (errors.FailedPrecondition if code in ("invalid_argument", "invalid_request_error",
+                                                     "failed_precondition")
+               else errors.Unavailable)
+        raise cls(f"the model API failed mid-stream: {detail.get('message', '')}")
     text = ""
     for choice in payload.get("choices") or ():
         text += (choice.get("delta") or {}).get("content") or ""

@@ -37,6 +37,9 @@ class AgentSettings(settings.ServiceSettings):
                                     description="this replica's name in task leases")
     pool_min_size: int = pydantic.Field(default=1, ge=0)
     pool_max_size: int = pydantic.Field(default=10, gt=0)
+    pool_timeout_s: float = pydantic.Field(
+        default=5.0, gt=0, description="how long a call waits for a database connection "
+                                       "before it fails UNAVAILABLE")
     lease_s: float = pydantic.Field(
         default=15.0, gt=0, description="how long a task stays owned without a heartbeat")
     heartbeat_s: float = pydantic.Field(default=3.0, gt=0)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg.types import json as pg_json
 
-from aion.agent import db, events, model, outbox
+from aion.agent import db, events, metrics, model, outbox
 from aion.api.events.v1 import events_pb2
 from aion.core import errors
 
@@ -131,6 +131,7 @@ class StepRecord:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     latency_ms: int = 0
+    model_ms: int = 0  # of latency_ms, the wait for the model itself (model steps)
 
 
 ToResult = Callable[[Task], Any]
@@ -327,11 +328,11 @@ class TaskStore:
                 raise LeaseLost(task.id)
             await conn.execute(
                 "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
-                " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (task.id, task.attempts, rec.step, rec.kind, rec.name, task.lease_owner,
                  pg_json.Jsonb(rec.input), rec.output, rec.error, rec.prompt_tokens,
-                 rec.completion_tokens, rec.cost_usd, rec.latency_ms))
+                 rec.completion_tokens, rec.cost_usd, rec.latency_ms, rec.model_ms))
         task.usage.add(prompt_tokens=rec.prompt_tokens, completion_tokens=rec.completion_tokens,
                        cost_usd=rec.cost_usd)
 
@@ -411,18 +412,23 @@ class TaskStore:
                 " AND (lease_until < now() OR (state = 'QUEUED' AND deadline < now()))"
                 " ORDER BY lease_until NULLS FIRST LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))
             rows = await cur.fetchall()
+            reclaimed: list[str] = []
             for r in rows:
                 task = Task.from_row(r)
                 lost = task.status is model.Status.RUNNING
+                outcome = "requeued"
                 if r["late"]:
+                    outcome = "timeout"
                     await self._end(conn, task.id, model.Status.TIMEOUT, TaskError(
                         "DEADLINE_EXCEEDED",
                         "the task's worker was lost and its deadline has passed" if lost
                         else "the task waited past its deadline", retriable=True))
                 elif task.cancel_requested:
+                    outcome = "canceled"
                     await self._end(conn, task.id, model.Status.CANCELED,
                                     TaskError("CANCELLED", "the task was canceled"))
                 elif task.attempts >= r["max_attempts"]:
+                    outcome = "abandoned"
                     await self._end(conn, task.id, model.Status.ERROR, TaskError(
                         "ABORTED", f"the worker running the task was lost {task.attempts} "
                         "times; it was not run again", retriable=True))
@@ -435,8 +441,12 @@ class TaskStore:
                     task.status = model.Status.QUEUED
                     await self._state_event(conn, task)
                     await self._queue_event(conn, task)
+                if r["lease_until"] is not None:  # a worker held it and was lost
+                    reclaimed.append(outcome)
         if rows:
             self._on_commit()
+        for outcome in reclaimed:  # counted once the transaction committed
+            metrics.LEASE_RECLAIMS.labels(outcome).inc()
         return len(rows)
 
     # -- reading ------------------------------------------------------------------

@@ -1,0 +1,1 @@
+ALTER TABLE task_steps DROP COLUMN model_ms;
