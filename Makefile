@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
 	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
-	bench-operator bench-agent
+	bench-operator bench-agent bench-executor
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready v
 
 bench-agent: setup infra-up ## tasks/s and added latency through gateway->agent->executor, outbox vs raw produce; BENCH_AGENT_* knobs (one JSON object)
 	@$(UV) run --no-sync python tests/bench/bench_agent.py
+
+bench-executor: setup ## embeddings and generation vs the raw models and llama_cpp.server; BENCH_* knobs (one JSON object)
+	@$(UV) run --no-sync python services/executor/bench/bench_executor.py
 
 clean: ## remove local state (logs), keep caches
 	rm -rf .aion .pytest_cache .mypy_cache .ruff_cache

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
-from aion.executor import backend, convert, stats
+from aion.executor import backend, batcher, convert, stats, validation
+
+LIMITS = validation.Limits(default_max_tokens=256, max_tokens_limit=2048, max_texts=4)
 
 
-def convert_request(**fields: Any) -> convert.GenerateRequest:
+def convert_request(**fields: Any) -> validation.GenerateRequest:
     msg = executor_pb2.GenerateRequest(**fields)
-    return convert.generate_request_from_pb(msg, default_max_tokens=256, max_tokens_limit=2048)
+    return convert.generate_request_from_pb(msg, limits=LIMITS)
 
 
 def user(content: str = "hi") -> list[executor_pb2.ChatMessage]:
@@ -54,11 +57,46 @@ def test_set_fields_are_kept() -> None:
     ({"messages": user(), "stop": ["s"] * 9}, "stop"),
     ({"messages": user(), "seed": -1}, "seed"),
     ({"messages": user(), "seed": 2**32 - 1}, "seed"),
+    ({"messages": user(), "prompt": "go on"}, "prompt"),
+    ({"prompt": "  "}, "prompt"),
 ])
 def test_invalid_fields_are_named(fields: dict[str, Any], field: str) -> None:
     with pytest.raises(errors.InvalidArgument) as info:
         convert_request(**fields)
     assert info.value.field == field
+
+
+def test_a_raw_prompt_needs_no_messages() -> None:
+    req = convert_request(prompt="Once upon a time", max_tokens=3)
+    assert (req.prompt, req.messages, req.params.max_tokens) == ("Once upon a time", (), 3)
+
+
+@pytest.mark.parametrize(("texts", "field"), [
+    ([], "texts"),
+    (["a", "b", "c", "d", "e"], "texts"),
+    (["fine", ""], "texts[1]"),
+    (["   "], "texts[0]"),
+])
+def test_invalid_embed_requests_name_the_field(texts: list[str], field: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as info:
+        convert.embed_request_from_pb(executor_pb2.EmbedRequest(texts=texts), limits=LIMITS)
+    assert info.value.field == field
+
+
+def test_another_model_is_an_invalid_argument_naming_the_served_one() -> None:
+    validation.check_model("", served="m")
+    validation.check_model("m", served="m")
+    with pytest.raises(errors.InvalidArgument) as info:
+        validation.check_model("llama-70b", served="m")
+    assert info.value.field == "model"
+    assert "'m'" in info.value.message
+
+
+def test_vectors_become_an_embed_response() -> None:
+    vectors = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    msg = convert.embedded_to_pb(batcher.Embedded(vectors, 7), model="e")
+    assert (msg.model, msg.dimensions, msg.prompt_tokens) == ("e", 2, 7)
+    assert [v for e in msg.embeddings for v in e.values] == pytest.approx([0.6, 0.8, 1.0, 0.0])
 
 
 def test_only_the_last_chunk_carries_finish_and_usage() -> None:
@@ -74,8 +112,9 @@ def test_only_the_last_chunk_carries_finish_and_usage() -> None:
 
 def test_stats_are_converted_to_milliseconds() -> None:
     load = stats.Load(model_ready=True, queue_depth=2, in_flight=1, max_queue=16,
-                      tokens_per_s=12.5, p95_latency_s=0.25)
-    msg = convert.stats_to_pb(load, model="m", device="cpu")
+                      tokens_per_s=12.5, p95_latency_s=0.25, max_batch=8)
+    msg = convert.stats_to_pb(load, model="m", device="cpu", task="generate", executor="pod-1")
     assert msg == executor_pb2.ExecutorStats(
         model="m", model_ready=True, device="cpu", queue_depth=2, in_flight=1,
-        tokens_per_s=12.5, p95_latency_ms=250.0, max_queue=16)
+        tokens_per_s=12.5, p95_latency_ms=250.0, max_queue=16, task="generate", max_batch=8,
+        executor="pod-1")

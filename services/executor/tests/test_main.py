@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -18,7 +19,8 @@ from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 
 async def start(**env: str) -> asyncio.subprocess.Process:
     variables = {**os.environ, "AION_EXECUTOR_HOST": "127.0.0.1", "AION_EXECUTOR_PORT": "0",
-                 "AION_EXECUTOR_N_THREADS": "1", **env}
+                 "AION_EXECUTOR_N_THREADS": "1", "AION_EXECUTOR_MAX_STREAMS": "2",
+                 "AION_EXECUTOR_N_CTX": "512", "HF_HUB_OFFLINE": "1", **env}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "aion.executor", env=variables,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
@@ -28,7 +30,7 @@ async def log_until(proc: asyncio.subprocess.Process, message: str) -> list[dict
     """The JSON log records up to the first whose message starts with ``message``."""
     assert proc.stderr is not None
     records: list[dict[str, Any]] = []
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(120):
         while line := await proc.stderr.readline():
             record = json.loads(line)
             records.append(record)
@@ -42,8 +44,13 @@ async def test_serves_once_loaded_and_drains_on_sigterm() -> None:
     try:
         records = await log_until(proc, "model loaded")
         listening = next(r for r in records if r["message"] == "executor listening")
+        http = next(r for r in records if r["message"] == "executor http listening")
         loading = next(r for r in records if r["message"] == "loading model")
         assert loading["size_mb"] > 1
+        assert any(r["message"] == "loading model: 100%" for r in records)
+        async with httpx.AsyncClient(base_url=f"http://{http['address']}") as client:
+            models = (await client.get("/v1/models")).json()
+        assert [m["id"] for m in models["data"]] == ["smollm2-135m-instruct"]
         async with grpc.aio.insecure_channel(listening["address"]) as channel:
             check = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=10)
@@ -72,6 +79,26 @@ async def test_a_model_that_cannot_load_exits_non_zero(tmp_path: Path) -> None:
         assert str(broken) in records[-1]["message"]
         async with asyncio.timeout(30):
             assert await proc.wait() == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_an_embedding_executor_serves_embed() -> None:
+    proc = await start(AION_EXECUTOR_MODEL_TASK="embed")
+    try:
+        records = await log_until(proc, "model loaded")
+        listening = next(r for r in records if r["message"] == "executor listening")
+        assert any(r["message"] == "loading model: warming up" for r in records)
+        async with grpc.aio.insecure_channel(listening["address"]) as channel:
+            response = await executor_pb2_grpc.ExecutorStub(channel).Embed(
+                executor_pb2.EmbedRequest(texts=["hello", "world"]), timeout=30)
+        assert (response.model, response.dimensions, len(response.embeddings)) == (
+            "all-minilm-l6-v2", 384, 2)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -21,6 +21,7 @@ class ScriptedModel:
     device = "cpu"
     ready = True
     context_size = 128
+    max_streams = 1
 
     def __init__(self) -> None:
         self.feeds: list[asyncio.Queue[backend.Chunk]] = []
@@ -30,6 +31,10 @@ class ScriptedModel:
         """Nothing to load."""
 
     def encode_chat(self, messages: Sequence[backend.ChatMessage]) -> backend.Prompt:
+        """A fixed prompt."""
+        return PROMPT
+
+    def encode_text(self, text: str) -> backend.Prompt:
         """A fixed prompt."""
         return PROMPT
 
@@ -135,3 +140,22 @@ async def test_a_waiting_request_that_gives_up_leaves_the_queue() -> None:
     model.feeds[0].put_nowait(last(1))
     await running
     assert len(model.feeds) == 1
+
+
+async def test_streams_share_the_backend_up_to_its_max_streams() -> None:
+    model = ScriptedModel()
+    model.max_streams = 2
+    sched = scheduler.Scheduler(model, max_queue=3)
+    runs = [asyncio.create_task(collect(sched.generate(PROMPT, PARAMS))) for _ in range(3)]
+    await wait_until(lambda: len(model.feeds) == 2)
+    await wait_until(lambda: sched.snapshot().queue_depth == 1)
+    load = sched.snapshot()
+    assert (load.in_flight, load.queue_depth, load.max_batch) == (2, 1, 2)
+
+    model.feeds[1].put_nowait(last(1))
+    await runs[1]
+    await wait_until(lambda: len(model.feeds) == 3)
+    assert (sched.snapshot().in_flight, sched.snapshot().queue_depth) == (2, 0)
+    model.feeds[0].put_nowait(last(1))
+    model.feeds[2].put_nowait(last(1))
+    await asyncio.gather(runs[0], runs[2])

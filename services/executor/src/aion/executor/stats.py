@@ -1,7 +1,7 @@
 """The executor's load: sliding windows of throughput and latency, and their Prometheus gauges.
 
 The same ``Load`` snapshot answers the Stats RPC, backs the
-``aion_executor_*`` gauges, and is what a load reporter publishes.
+``aion_executor_*`` gauges, and is what ``load_report`` publishes to Kafka.
 """
 
 from __future__ import annotations
@@ -20,14 +20,24 @@ IN_FLIGHT = prometheus_client.Gauge(
 MAX_QUEUE = prometheus_client.Gauge(
     "aion_executor_max_queue", "Requests admitted at most (waiting + generating).")
 TOKENS_PER_SECOND = prometheus_client.Gauge(
-    "aion_executor_tokens_per_second", "Completion tokens per second over the recent window.")
+    "aion_executor_tokens_per_second",
+    "Tokens per second over the recent window: completion tokens (generate) or input tokens "
+    "(embed).")
 P95_LATENCY = prometheus_client.Gauge(
     "aion_executor_p95_latency_seconds",
     "95th percentile of request latency (admission to last token) over the recent window.")
 MODEL_READY = prometheus_client.Gauge(
     "aion_executor_model_ready", "1 once the model is loaded, else 0.")
+MAX_BATCH = prometheus_client.Gauge(
+    "aion_executor_max_batch", "Generation streams decoded together, or texts per embedding "
+    "batch, at most.")
 TOKENS = prometheus_client.Counter(
     "aion_executor_completion_tokens", "Completion tokens generated.")
+EMBEDDED_TEXTS = prometheus_client.Counter(
+    "aion_executor_embedded_texts", "Texts embedded.")
+BATCH_SIZE = prometheus_client.Histogram(
+    "aion_executor_batch_size", "Texts per embedding batch, or streams per decoding step.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 REJECTED = prometheus_client.Counter(
     "aion_executor_rejected", "Requests refused because the queue was full.")
 
@@ -42,6 +52,7 @@ class Load:
     max_queue: int
     tokens_per_s: float
     p95_latency_s: float | None
+    max_batch: int = 1
 
 
 class RateWindow:
@@ -102,3 +113,4 @@ def export(source: Callable[[], Load]) -> None:
     TOKENS_PER_SECOND.set_function(lambda: source().tokens_per_s)
     P95_LATENCY.set_function(lambda: source().p95_latency_s or 0.0)
     MODEL_READY.set_function(lambda: float(source().model_ready))
+    MAX_BATCH.set_function(lambda: source().max_batch)

@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#aion/api/executor/v1/executor.proto\x12\x10\x61ion.executor.v1\",\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"c\n\rEmbedResponse\x12/\n\nembeddings\x18\x01 \x03(\x0b\x32\x1b.aion.executor.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xeb\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.aion.executor.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"A\n\rGenerateUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x84\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.aion.executor.v1.FinishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.aion.executor.v1.GenerateUsage\"\x0e\n\x0cStatsRequest\"\xac\x01\n\rExecutorStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bmodel_ready\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x14\n\x0ctokens_per_s\x18\x06 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x07 \x01(\x01\x12\x11\n\tmax_queue\x18\x08 \x01(\x05*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xf0\x01\n\x08\x45xecutor\x12H\n\x05\x45mbed\x12\x1e.aion.executor.v1.EmbedRequest\x1a\x1f.aion.executor.v1.EmbedResponse\x12P\n\x08Generate\x12!.aion.executor.v1.GenerateRequest\x1a\x1f.aion.executor.v1.GenerateChunk0\x01\x12H\n\x05Stats\x12\x1e.aion.executor.v1.StatsRequest\x1a\x1f.aion.executor.v1.ExecutorStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#aion/api/executor/v1/executor.proto\x12\x10\x61ion.executor.v1\",\n\x0c\x45mbedRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"z\n\rEmbedResponse\x12/\n\nembeddings\x18\x01 \x03(\x0b\x32\x1b.aion.executor.v1.Embedding\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\ndimensions\x18\x03 \x01(\x05\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xfb\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12/\n\x08messages\x18\x02 \x03(\x0b\x32\x1d.aion.executor.v1.ChatMessage\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x0c\n\x04stop\x18\x06 \x03(\t\x12\x11\n\x04seed\x18\x07 \x01(\x03H\x03\x88\x01\x01\x12\x0e\n\x06prompt\x18\x08 \x01(\tB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"A\n\rGenerateUsage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\"\x84\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x35\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1e.aion.executor.v1.FinishReason\x12.\n\x05usage\x18\x03 \x01(\x0b\x32\x1f.aion.executor.v1.GenerateUsage\"\x0e\n\x0cStatsRequest\"\xdf\x01\n\rExecutorStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bmodel_ready\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x13\n\x0bqueue_depth\x18\x04 \x01(\x05\x12\x11\n\tin_flight\x18\x05 \x01(\x05\x12\x14\n\x0ctokens_per_s\x18\x06 \x01(\x01\x12\x16\n\x0ep95_latency_ms\x18\x07 \x01(\x01\x12\x11\n\tmax_queue\x18\x08 \x01(\x05\x12\x0c\n\x04task\x18\t \x01(\t\x12\x11\n\tmax_batch\x18\n \x01(\x05\x12\x10\n\x08\x65xecutor\x18\x0b \x01(\t*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xf0\x01\n\x08\x45xecutor\x12H\n\x05\x45mbed\x12\x1e.aion.executor.v1.EmbedRequest\x1a\x1f.aion.executor.v1.EmbedResponse\x12P\n\x08Generate\x12!.aion.executor.v1.GenerateRequest\x1a\x1f.aion.executor.v1.GenerateChunk0\x01\x12H\n\x05Stats\x12\x1e.aion.executor.v1.StatsRequest\x1a\x1f.aion.executor.v1.ExecutorStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aion.api.executor.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=910
-  _globals['_FINISHREASON']._serialized_end=1005
+  _globals['_FINISHREASON']._serialized_start=1000
+  _globals['_FINISHREASON']._serialized_end=1095
   _globals['_EMBEDREQUEST']._serialized_start=57
   _globals['_EMBEDREQUEST']._serialized_end=101
   _globals['_EMBEDDING']._serialized_start=103
   _globals['_EMBEDDING']._serialized_end=130
   _globals['_EMBEDRESPONSE']._serialized_start=132
-  _globals['_EMBEDRESPONSE']._serialized_end=231
-  _globals['_CHATMESSAGE']._serialized_start=233
-  _globals['_CHATMESSAGE']._serialized_end=277
-  _globals['_GENERATEREQUEST']._serialized_start=280
-  _globals['_GENERATEREQUEST']._serialized_end=515
-  _globals['_GENERATEUSAGE']._serialized_start=517
-  _globals['_GENERATEUSAGE']._serialized_end=582
-  _globals['_GENERATECHUNK']._serialized_start=585
-  _globals['_GENERATECHUNK']._serialized_end=717
-  _globals['_STATSREQUEST']._serialized_start=719
-  _globals['_STATSREQUEST']._serialized_end=733
-  _globals['_EXECUTORSTATS']._serialized_start=736
-  _globals['_EXECUTORSTATS']._serialized_end=908
-  _globals['_EXECUTOR']._serialized_start=1008
-  _globals['_EXECUTOR']._serialized_end=1248
+  _globals['_EMBEDRESPONSE']._serialized_end=254
+  _globals['_CHATMESSAGE']._serialized_start=256
+  _globals['_CHATMESSAGE']._serialized_end=300
+  _globals['_GENERATEREQUEST']._serialized_start=303
+  _globals['_GENERATEREQUEST']._serialized_end=554
+  _globals['_GENERATEUSAGE']._serialized_start=556
+  _globals['_GENERATEUSAGE']._serialized_end=621
+  _globals['_GENERATECHUNK']._serialized_start=624
+  _globals['_GENERATECHUNK']._serialized_end=756
+  _globals['_STATSREQUEST']._serialized_start=758
+  _globals['_STATSREQUEST']._serialized_end=772
+  _globals['_EXECUTORSTATS']._serialized_start=775
+  _globals['_EXECUTORSTATS']._serialized_end=998
+  _globals['_EXECUTOR']._serialized_start=1098
+  _globals['_EXECUTOR']._serialized_end=1338
 # @@protoc_insertion_point(module_scope)

@@ -55,14 +55,16 @@ class ExecutorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Embed(self, request, context):
-        """Embeds a batch of texts (executors whose model task is "embed").
+        """Embeds a batch of texts (executors whose model task is "embed"). Texts of
+        concurrent calls are batched together on the model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Generates text, streaming it as it is decoded.
+        """Generates text, streaming it as it is decoded. Concurrent streams are
+        decoded together (continuous batching); cancelling a call frees its slot.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,85 @@
+"""Load reports on the real Kafka broker: the Stats figures, at an interval, keyed by executor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import prometheus_client
+import pytest
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+
+from aion.api.events.v1 import events_pb2
+from aion.executor import load_report, stats
+from aion.infra.kafka import Kafka
+
+pytestmark = pytest.mark.kafka
+
+LOAD = stats.Load(model_ready=True, queue_depth=3, in_flight=2, max_queue=16,
+                  tokens_per_s=41.5, p95_latency_s=0.75, max_batch=8)
+
+
+async def read(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, events_pb2.Envelope]]:
+    """The first ``count`` records of ``topic``, as (key, envelope)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out: list[tuple[bytes, events_pb2.Envelope]] = []
+        async with asyncio.timeout(60):
+            while len(out) < count:
+                record = await consumer.getone()
+                out.append((record.key, events_pb2.Envelope.FromString(record.value)))
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def test_reports_carry_the_stats_figures_at_the_interval(kafka: Kafka) -> None:
+    topic = f"aion-test-load-{uuid.uuid4().hex[:10]}"
+    reporter = load_report.LoadReporter(lambda: LOAD, bootstrap=kafka.bootstrap, topic=topic,
+                                        interval_s=0.2, executor="pod-7", model="m")
+    async with reporter:
+        task = asyncio.create_task(reporter.run())
+        try:
+            records = await read(kafka.bootstrap, topic, 3)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    last = (await read(kafka.bootstrap, topic, reporter.published))[-1][1]
+
+    key, envelope = records[0]
+    assert key == b"pod-7"
+    assert (envelope.type, envelope.source, envelope.subject) == (
+        "aion.executor.load", "executor", "pod-7")
+    assert len({e.id for _, e in records}) == 3
+    load = events_pb2.ExecutorLoad()
+    assert envelope.data.Unpack(load)
+    assert load == events_pb2.ExecutorLoad(
+        executor="pod-7", model="m", queue_depth=3, in_flight=2, tokens_per_s=41.5,
+        p95_latency_ms=750.0, model_ready=True)
+    # The Prometheus gauges read the same snapshot.
+    stats.export(lambda: LOAD)
+    gauge = prometheus_client.REGISTRY.get_sample_value
+    assert (gauge("aion_executor_queue_depth"), gauge("aion_executor_in_flight"),
+            gauge("aion_executor_tokens_per_second"),
+            gauge("aion_executor_p95_latency_seconds")) == (3, 2, 41.5, 0.75)
+    # The report sent while shutting down says the model is no longer ready.
+    final = events_pb2.ExecutorLoad()
+    assert last.data.Unpack(final)
+    assert not final.model_ready
+
+
+async def test_an_unreachable_broker_delays_reports_without_failing() -> None:
+    reporter = load_report.LoadReporter(lambda: LOAD, bootstrap="127.0.0.1:1", topic="t",
+                                        interval_s=0.1, executor="e", model="m")
+    async with reporter:
+        task = asyncio.create_task(reporter.run())
+        await asyncio.sleep(0.5)
+        assert not task.done()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert reporter.published == 0
