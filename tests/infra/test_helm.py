@@ -299,6 +299,8 @@ def test_helm_template_passes_every_setting_through(
     operator_env = _env(_find(docs, "Deployment", "ai-operator"))
     assert operator_env["AION_OPERATOR_NAMESPACES"] == "team-a,team-b"
     assert operator_env["AION_OPERATOR_UNSCHEDULABLE_AFTER_S"] == "30"
+    assert operator_env["AION_OPERATOR_KAFKA_BOOTSTRAP"] == (
+        _env(_find(docs, "Deployment", "ai-agent"))["AION_AGENT_KAFKA_BOOTSTRAP"])
     assert operator_env["AION_OPERATOR_LEASE_DURATION_S"] == "10"
     assert operator_env["AION_OPERATOR_LEASE_NAME"] == "ai-operator"
     assert operator_env["AION_OPERATOR_LEASE_NAMESPACE"] == {

@@ -51,6 +51,8 @@ def test_dockerfile(name: str) -> None:
     exposed = re.search(r"^EXPOSE (.+)$", text, re.MULTILINE)
     assert exposed is not None
     expected = {str(PORTS.get(name, 8080)), str(render.METRICS_PORT)}
+    if name == "executor":  # its OpenAI-compatible HTTP API
+        expected.add(str(render.HTTP_PORT))
     assert set(exposed.group(1).split()) == expected
     # The runtime stage gets the virtual environment and nothing else from the builder.
     runtime = text.split(" AS runtime", 1)[1]

@@ -72,6 +72,10 @@ def test_places_on_the_cheapest_pool_with_its_own_label(
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
     assert env["AION_EXECUTOR_POOL"] == "l4"
     assert env["AION_EXECUTOR_OTLP_ENDPOINT"] == "http://otel:4317"
+    assert env["AION_EXECUTOR_HTTP_PORT"] == "8000"
+    assert "AION_EXECUTOR_KAFKA_BOOTSTRAP" not in env  # the fixture sets no brokers
+    ports = {p["name"]: p["port"] for p in out.service["spec"]["ports"]}
+    assert ports == {"grpc": 50055, "http": 8000}
     assert out.deployment["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert out.service["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert out.status["phase"] == "Placed"

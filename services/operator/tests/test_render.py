@@ -123,7 +123,11 @@ def test_service_selects_the_executor_pods() -> None:
     assert svc["metadata"]["ownerReferences"] == d["metadata"]["ownerReferences"]
     assert svc["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
     assert svc["spec"]["ports"] == [{"name": "grpc", "port": 50055, "targetPort": "grpc",
-                                     "protocol": "TCP", "appProtocol": "grpc"}]
+                                     "protocol": "TCP", "appProtocol": "grpc"},
+                                    {"name": "http", "port": 8000, "targetPort": "http",
+                                     "protocol": "TCP", "appProtocol": "http"}]
+    container = d["spec"]["template"]["spec"]["containers"][0]
+    assert {p["name"] for p in container["ports"]} == {"grpc", "http", "metrics"}
 
 
 def test_long_agent_names_stay_valid_and_distinct() -> None:

@@ -57,6 +57,8 @@ class Decision:
 
 def _executor_env(cfg: operator_settings.AionOperatorSettings) -> dict[str, str]:
     env = {"AION_EXECUTOR_LOG_LEVEL": cfg.log_level}
+    if cfg.kafka_bootstrap:  # load reports for the router
+        env["AION_EXECUTOR_KAFKA_BOOTSTRAP"] = cfg.kafka_bootstrap
     if cfg.otlp_endpoint:
         env["AION_EXECUTOR_OTLP_ENDPOINT"] = cfg.otlp_endpoint
     return env

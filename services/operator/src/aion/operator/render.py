@@ -19,6 +19,8 @@ Manifest = dict[str, Any]
 
 AGENT_API_VERSION = "aion.dev/v1alpha1"
 EXECUTOR_PORT = 50055
+# The executor's OpenAI-compatible HTTP API (/v1/chat/completions, /v1/embeddings, ...).
+HTTP_PORT = 8000
 METRICS_PORT = 9090
 GPU_RESOURCE = "nvidia.com/gpu"
 # Labels that NVIDIA GPU feature discovery puts on GPU nodes (memory in MiB).
@@ -95,6 +97,7 @@ def _env(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str,
          extra: Mapping[str, str]) -> list[Manifest]:
     values = {
         "AION_EXECUTOR_PORT": str(EXECUTOR_PORT),
+        "AION_EXECUTOR_HTTP_PORT": str(HTTP_PORT),
         "AION_EXECUTOR_METRICS_PORT": str(METRICS_PORT),
         "AION_EXECUTOR_GRACE_S": str(GRACE_S),
         "AION_EXECUTOR_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
@@ -124,6 +127,7 @@ def _container(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str, image: s
         "name": "executor",
         "image": image,
         "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT, "protocol": "TCP"},
+                  {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "env": _env(agent_name, spec, pool=pool, extra=env),
         "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
@@ -195,6 +199,8 @@ def executor_service(agent_name: str, namespace: str, *, owner: Owner) -> Manife
             "clusterIP": "None",
             "selector": selector(agent_name),
             "ports": [{"name": "grpc", "port": EXECUTOR_PORT, "targetPort": "grpc",
-                       "protocol": "TCP", "appProtocol": "grpc"}],
+                       "protocol": "TCP", "appProtocol": "grpc"},
+                      {"name": "http", "port": HTTP_PORT, "targetPort": "http",
+                       "protocol": "TCP", "appProtocol": "http"}],
         },
     }

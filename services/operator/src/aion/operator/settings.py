@@ -27,6 +27,9 @@ class AionOperatorSettings(settings.ServiceSettings):
         default="",
         description="gRPC target (host:port) of the agent service that Ready Agents are "
                     "registered with; empty registers nowhere")
+    kafka_bootstrap: str = pydantic.Field(
+        default="",
+        description="Kafka brokers the executors publish their load to; empty: no load reports")
     tenant_label: str = pydantic.Field(
         default="aion.dev/tenant", min_length=1,
         description="Agent label naming its tenant; without it the namespace is the tenant")
