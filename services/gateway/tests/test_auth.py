@@ -26,7 +26,7 @@ def _cfg(**kw: object) -> settings.GatewaySettings:
 
 def _token(**claims: object) -> str:
     body: dict[str, object] = {"sub": "alice", "tenant": "globex", "roles": ["user"],
-                               "exp": int(time.time()) + 60}
+                               "exp": int(time.time()) + 3600}  # built at collection time
     body.update(claims)
     return jwt.encode(body, SECRET, algorithm="HS256")
 
@@ -53,7 +53,7 @@ def test_jwt_gives_tenant_subject_and_roles() -> None:
 @pytest.mark.parametrize(("token", "message"), [
     (_token(exp=int(time.time()) - 10), "expired"),
     (_token(tenant=""), "tenant"),
-    (jwt.encode({"sub": "x", "tenant": "t", "exp": int(time.time()) + 60},
+    (jwt.encode({"sub": "x", "tenant": "t", "exp": int(time.time()) + 3600},
                 "another-secret-of-thirty-two-bytes!!", algorithm="HS256"), "Signature"),
 ])
 def test_bad_jwts_are_refused_with_the_reason(token: str, message: str) -> None:
