@@ -33,6 +33,21 @@ def test_start_records_the_pid_and_a_second_start_reuses_it(layout: Layout) -> N
     assert not layout.pidfile("sleeper").exists()
 
 
+def test_a_stopped_daemon_starts_again_as_a_new_process(layout: Layout) -> None:
+    d = Daemon("sleeper", ["sleep", "30"], layout)
+    first = d.start()
+    d.stop()
+    # Stopped on purpose: no exit status lingers to fail the next start's readiness wait.
+    assert d.exited() is None
+    second = d.start()
+    try:
+        assert second != first
+        assert d.running()
+        assert d.exited() is None
+    finally:
+        d.stop()
+
+
 def test_a_stale_pid_file_is_not_mistaken_for_the_daemon(layout: Layout) -> None:
     layout.ensure()
     # Our own pid is alive but is not `sleep`: a recycled pid must not count.

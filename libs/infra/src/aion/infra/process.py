@@ -160,6 +160,8 @@ class Daemon:
             while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.pidfile.unlink(missing_ok=True)
+        # Stopped on purpose: a later start() is a new daemon, not this exit status.
+        self._popen = None
 
     def _reap(self, wait: bool = False) -> None:
         if self._popen is not None:
