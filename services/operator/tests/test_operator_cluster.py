@@ -201,6 +201,9 @@ def _namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     cluster.create_namespace(name)
     yield name
+    # Agents first, while an operator runs to finalize them; a namespace deleted with
+    # Agents in it would wait for a finalizer nobody removes once the operator stops.
+    _delete_agents(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
