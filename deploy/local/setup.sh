@@ -8,7 +8,14 @@ cd "$(dirname "$0")/../.."
 UV_VERSION=${UV_VERSION:-0.13}
 if ! command -v uv >/dev/null 2>&1; then
   echo "setup: installing uv from PyPI"
-  python3 -m pip install --quiet --user "uv>=${UV_VERSION}" || python3 -m pip install --quiet "uv>=${UV_VERSION}"
+  python3 -m pip install --quiet --user "uv>=${UV_VERSION}" 2>/dev/null \
+    || python3 -m pip install --quiet "uv>=${UV_VERSION}" 2>/dev/null \
+    || {  # a Python that refuses pip installs (PEP 668): uv in a venv of its own
+      python3 -m venv "$HOME/.local/share/aion-uv"
+      "$HOME/.local/share/aion-uv/bin/pip" install --quiet "uv>=${UV_VERSION}"
+      mkdir -p "$HOME/.local/bin"
+      ln -sf "$HOME/.local/share/aion-uv/bin/uv" "$HOME/.local/bin/uv"
+    }
   export PATH="$HOME/.local/bin:$PATH"
 fi
 if ! uv run --frozen --no-sync python -c 'import llama_cpp' >/dev/null 2>&1; then
