@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -64,9 +65,34 @@ class ServiceProcess:
             return "(no log)"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
+    """A TCP port nobody listens on right now, below the kernel's ephemeral range.
+
+    A port the kernel hands out for bind(0) comes from the range it also uses for
+    outgoing connections, so by the time a service binds it, a client may hold it
+    (seen here: "Address already in use"). Ports below that range are never taken
+    that way.
+    """
+    low, _ = _ephemeral_range()
+    # Above the local infrastructure's fixed ports (6443-22379), below the range.
+    floor, ceiling = 23_000, max(low - 1, 24_000)
+    for _ in range(200):
+        port = random.randint(floor, ceiling)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
