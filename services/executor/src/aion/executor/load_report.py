@@ -65,6 +65,7 @@ class LoadReporter:
         self._producer: Any = None
         self._started = False
         self.published = 0
+        self.connect_attempts = 0
 
     async def __aenter__(self) -> Self:
         self._producer = aiokafka.AIOKafkaProducer(
@@ -100,6 +101,7 @@ class LoadReporter:
     async def _connect(self) -> None:
         failing = False
         while True:
+            self.connect_attempts += 1
             try:
                 await self._ensure_topic()
                 await self._producer.start()
