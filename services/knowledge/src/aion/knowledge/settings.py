@@ -40,6 +40,11 @@ class KnowledgeSettings(settings.ServiceSettings):
     qdrant_collection_prefix: str = pydantic.Field(
         default="aion", pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="the collection is <prefix>-chunks")
+    executor_target: str = pydantic.Field(
+        default="", description="gRPC address of the executor that embeds chunks and queries "
+                                "(the chart's embedding Agent); empty: sparse retrieval only")
+    embedding_model: str = pydantic.Field(
+        default="", description="the embedding model's name, as that executor serves it")
 
     @pydantic.field_validator("qdrant_path")
     @classmethod
