@@ -9,6 +9,7 @@ Each run gets its own database and its own topic prefix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -110,6 +111,23 @@ async def executor() -> AsyncIterator[ScriptedExecutor]:
     async with srv:
         scripted.address = srv.address
         yield scripted
+
+
+@pytest.fixture
+async def executor_pods() -> AsyncIterator[list[tuple[ScriptedExecutor, server.GrpcServer]]]:
+    """Two more scripted executors, each on a port of its own: two pods of one Agent.
+    A test may stop a server (``await srv.__aexit__(None, None, None)``) to lose a pod."""
+    async with contextlib.AsyncExitStack() as stack:
+        pods = []
+        for _ in range(2):
+            scripted = ScriptedExecutor()
+            srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=0.1)
+            srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted,
+                    "aion.executor.v1.Executor")
+            await stack.enter_async_context(srv)
+            scripted.address = srv.address
+            pods.append((scripted, srv))
+        yield pods
 
 
 def settings(dsn: str, bootstrap: str, prefix: str, **overrides: Any,

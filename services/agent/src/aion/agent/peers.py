@@ -1,52 +1,103 @@
-"""Channels to the executors and the knowledge service, opened once and closed on exit."""
+"""Channels to the executors and the knowledge service, opened once and closed on exit.
+
+Each executor pod gets a channel of its own, and ``endpoints.Endpoints`` picks
+the pod of each call, so an Agent's tasks spread over all its pods. A call
+that a pod refuses before its first token (unreachable, or its queue full) is
+tried on the Agent's next pod.
+"""
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import types
 from collections.abc import AsyncIterator
 from typing import Self
 
 import grpc
 
+from aion.agent import endpoints as endpoints_mod
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
 from aion.core import channels, errors
 
+# How long the channel of a pod that left its Service stays open for the calls
+# still running on it (a task's own timeout ends them sooner).
+RETIRE_GRACE_S = 600.0
+
 
 class Peers:
     """The agent service's clients: executors by address, and the knowledge service."""
 
-    def __init__(self, *, knowledge_target: str | None) -> None:
+    def __init__(self, *, knowledge_target: str | None,
+                 chooser: endpoints_mod.Chooser | None = None,
+                 resolver: endpoints_mod.Resolver = endpoints_mod.resolve,
+                 refresh_s: float = 5.0) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._turn = itertools.count()
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
+        self.endpoints = endpoints_mod.Endpoints(chooser=chooser, resolver=resolver,
+                                                 refresh_s=refresh_s, on_gone=self._retire)
         self._knowledge: knowledge_pb2_grpc.KnowledgeServiceAsyncStub | None = None
+        self._knowledge_channel: grpc.aio.Channel | None = None
         if knowledge_target:
-            self._knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(
-                self._channel(knowledge_target))
+            self._knowledge_channel = channels.connect(knowledge_target)
+            self._knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(self._knowledge_channel)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
             self._channels[target] = channels.connect(target)
         return self._channels[target]
 
-    def executor(self, endpoints: tuple[str, ...]) -> executor_pb2_grpc.ExecutorAsyncStub:
-        """A stub for one of ``endpoints``, taken in turn."""
-        if not endpoints:
-            raise errors.FailedPrecondition(
-                "the agent has no ready executor yet; wait for its Ready condition")
-        target = endpoints[next(self._turn) % len(endpoints)]
-        return executor_pb2_grpc.ExecutorStub(self._channel(target))
+    def _retire(self, address: str) -> None:
+        chan = self._channels.pop(address, None)
+        if chan is not None:
+            task = asyncio.get_running_loop().create_task(chan.close(RETIRE_GRACE_S))
+            self._retiring[task] = chan
+            task.add_done_callback(lambda done: self._retiring.pop(done, None))
+
+    def _failing(self) -> set[str]:
+        return {address for address, chan in self._channels.items()
+                if chan.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE}
+
+    async def _choose(self, endpoints: tuple[str, ...], tried: set[str]) -> str | None:
+        # Pods whose connection is failing are the last choice, not excluded.
+        return (await self.endpoints.choose(endpoints, avoid=tried | self._failing())
+                or await self.endpoints.choose(endpoints, avoid=tried))
 
     async def generate(self, endpoints: tuple[str, ...], request: executor_pb2.GenerateRequest,
                        *, timeout: float, metadata: tuple[tuple[str, str], ...] = (),
                        ) -> AsyncIterator[executor_pb2.GenerateChunk]:
-        """Stream a generation from one of the agent's executors."""
-        stub = self.executor(endpoints)
-        with errors.remote("executor"):
-            async for chunk in stub.Generate(request, timeout=timeout, metadata=metadata):
-                yield chunk
+        """Stream a generation from one of the agent's executor pods; one that refuses
+        the call before its first chunk (UNAVAILABLE, RESOURCE_EXHAUSTED) makes way
+        for the next, within ``timeout``."""
+        if not endpoints:
+            raise errors.FailedPrecondition(
+                "the agent has no ready executor yet; wait for its Ready condition")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        tried: set[str] = set()
+        last: errors.AionError = errors.Unavailable(
+            f"executor address {', '.join(endpoints)} names no pod")
+        while True:
+            address = await self._choose(endpoints, tried)
+            if address is None:
+                raise last
+            stub = executor_pb2_grpc.ExecutorStub(self._channel(address))
+            started = False
+            try:
+                with errors.remote("executor"):
+                    async for chunk in stub.Generate(request, timeout=deadline - loop.time(),
+                                                     metadata=metadata):
+                        started = True
+                        yield chunk
+                return
+            except (errors.Unavailable, errors.ResourceExhausted) as exc:
+                if started or deadline - loop.time() <= 0:
+                    raise
+                last = exc
+                tried.add(address)
+                if isinstance(exc, errors.Unavailable):
+                    self.endpoints.forget(endpoints)
 
     async def search(self, *, tenant: str, knowledge_base: str, query: str,
                      top_k: int, timeout: float) -> list[public_knowledge_pb2.SearchHit]:
@@ -62,6 +113,13 @@ class Peers:
     async def close(self) -> None:
         """Close every channel; safe to call twice."""
         chans, self._channels = list(self._channels.values()), {}
+        retiring, self._retiring = self._retiring, {}
+        for task, chan in retiring.items():
+            task.cancel()
+            chans.append(chan)
+        if self._knowledge_channel is not None:
+            chans.append(self._knowledge_channel)
+            self._knowledge_channel = self._knowledge = None
         for chan in chans:
             await chan.close()
 
