@@ -70,7 +70,7 @@ def test_places_on_the_cheapest_pool_with_its_own_label(
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["containers"][0]["image"] == "registry.test/aion-executor:1.2.3"
     env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
-    assert env["AION_EXECUTOR_POOL"] == "l4"
+    assert env["AION_EXECUTOR_HOST"] == "0.0.0.0"  # the pod's address, for probes and calls
     assert env["AION_EXECUTOR_OTLP_ENDPOINT"] == "http://otel:4317"
     assert env["AION_EXECUTOR_HTTP_PORT"] == "8000"
     assert "AION_EXECUTOR_KAFKA_BOOTSTRAP" not in env  # the fixture sets no brokers
@@ -329,6 +329,10 @@ def test_the_registration_names_tenant_pool_and_executor() -> None:
     assert list(req.agent.knowledge_bases) == ["docs"]
     assert req.privacy == req.agent.privacy == common_pb2.PRIVACY_HYBRID
     assert list(req.executor_endpoints) == ["aion-executor-chat.team-a.svc:50055"]
+    assert list(req.tools) == []
+    body["spec"]["tools"] = ["knowledge_search", "agent:helper"]
+    req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    assert list(req.tools) == ["knowledge_search", "agent:helper"]
 
 
 def test_a_gpupool_status_follows_its_pool_and_skips_unchanged_writes(

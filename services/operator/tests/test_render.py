@@ -73,13 +73,12 @@ def test_resources_and_replicas(gpu_spec: dict[str, Any]) -> None:
     assert d["spec"]["replicas"] == 2
 
 
-def test_env_carries_model_pool_and_platform_settings(gpu_spec: dict[str, Any]) -> None:
+def test_env_carries_model_address_and_platform_settings(gpu_spec: dict[str, Any]) -> None:
     env = _env(_deployment(gpu_spec, env={"AION_EXECUTOR_OTLP_ENDPOINT": "http://otel:4317"}))
     assert env["AION_EXECUTOR_MODEL_NAME"] == "llama-3-8b-instruct"
     assert env["AION_EXECUTOR_MODEL_SOURCE"] == "https://models.test/llama.gguf"
     assert env["AION_EXECUTOR_MODEL_TASK"] == "generate"
-    assert env["AION_EXECUTOR_AGENT"] == "chat"
-    assert env["AION_EXECUTOR_POOL"] == "a100"
+    assert env["AION_EXECUTOR_HOST"] == "0.0.0.0"
     assert env["AION_EXECUTOR_PORT"] == "50055"
     assert env["AION_EXECUTOR_OTLP_ENDPOINT"] == "http://otel:4317"
     assert float(env["AION_EXECUTOR_GRACE_S"]) + float(env["AION_EXECUTOR_DRAIN_DELAY_S"]) < (

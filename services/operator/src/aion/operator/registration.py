@@ -1,8 +1,9 @@
 """Registering Ready Agents with the agent service, and deregistering deleted ones.
 
 ``request`` is pure: what the agent service is told about an Agent (its model,
-instructions, privacy, knowledge bases, pool, and the gRPC address of its
-executor Service). ``Registrar`` makes the calls on one channel; it raises
+instructions, tools, privacy, knowledge bases, pool, and the gRPC address of
+its executor Service, whose DNS name resolves to every ready executor pod; the
+agent service spreads calls over them). ``Registrar`` makes the calls on one channel; it raises
 ``errors.Unavailable`` while the agent service is down, and the handlers retry.
 An Agent's tenant is its ``tenant_label`` label, else its namespace.
 """
@@ -48,7 +49,7 @@ def request(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *, tenant_name: s
     return agent_pb2.RegisterAgentRequest(
         tenant=tenant_name, agent=agent, instructions=spec.instructions,
         executor_endpoints=[executor_target(meta["name"], meta["namespace"])],
-        privacy=privacy)
+        privacy=privacy, tools=list(spec.tools))
 
 
 class Registrar:

@@ -93,16 +93,16 @@ def _node_affinity(spec: spec_mod.AgentSpec, *, pool_label: str, pool: str) -> M
         "nodeSelectorTerms": [{"matchExpressions": match}]}}
 
 
-def _env(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str,
-         extra: Mapping[str, str]) -> list[Manifest]:
+def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str]) -> list[Manifest]:
+    # Every pod address, not only loopback: the kubelet's probes and the agent
+    # service dial the pod's IP. The Agent and pool are the pod's labels and affinity.
     values = {
+        "AION_EXECUTOR_HOST": "0.0.0.0",
         "AION_EXECUTOR_PORT": str(EXECUTOR_PORT),
         "AION_EXECUTOR_HTTP_PORT": str(HTTP_PORT),
         "AION_EXECUTOR_METRICS_PORT": str(METRICS_PORT),
         "AION_EXECUTOR_GRACE_S": str(GRACE_S),
         "AION_EXECUTOR_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
-        "AION_EXECUTOR_AGENT": agent_name,
-        "AION_EXECUTOR_POOL": pool,
         "AION_EXECUTOR_MODEL_NAME": spec.model.name,
         "AION_EXECUTOR_MODEL_TASK": spec.model.task,
         "AION_EXECUTOR_DEVICE": "cuda" if spec.gpu.count > 0 else "cpu",
@@ -118,8 +118,7 @@ def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
             "timeoutSeconds": 5, "failureThreshold": failures}
 
 
-def _container(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str, image: str,
-               env: Mapping[str, str]) -> Manifest:
+def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str]) -> Manifest:
     limits: dict[str, str] = {"memory": spec.resources.memory}
     if spec.gpu.count > 0:
         limits[GPU_RESOURCE] = str(spec.gpu.count)
@@ -129,7 +128,7 @@ def _container(agent_name: str, spec: spec_mod.AgentSpec, *, pool: str, image: s
         "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "env": _env(agent_name, spec, pool=pool, extra=env),
+        "env": _env(spec, extra=env),
         "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
                       "limits": limits},
         # Loading a model takes a while: the startup probe allows 15 minutes for it.
@@ -154,7 +153,7 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
     gpus = spec.gpu.count > 0
     pod: Manifest = {
         "affinity": {"nodeAffinity": _node_affinity(spec, pool_label=pool_label, pool=pool)},
-        "containers": [_container(agent_name, spec, pool=pool, image=image, env=env or {})],
+        "containers": [_container(spec, image=image, env=env or {})],
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         "enableServiceLinks": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
