@@ -1,4 +1,10 @@
-"""The gateway's composition root: ``python -m aion.gateway``."""
+"""The gateway's composition root: ``python -m aion.gateway``.
+
+The gRPC API always; the HTTP front door (OpenAI-compatible, with its
+OpenAPI document) beside it in the same event loop when
+``AION_GATEWAY_HTTP_PORT`` is set, over the same servicers. SIGTERM stops
+both from accepting and lets in-flight calls finish.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +19,8 @@ from aion.api.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import channels, lifecycle, server, settings, telemetry
-from aion.gateway import auth, ratelimit, servicers
+from aion.core import channels, http_server, lifecycle, metrics, server, settings, telemetry
+from aion.gateway import auth, http_app, openai_api, openapi, ratelimit, servicers
 from aion.gateway import settings as gateway_settings
 
 
@@ -28,18 +34,33 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
         guard = servicers.Guard(
             authenticator=auth.Authenticator(cfg),
             limiter=ratelimit.RateLimiter(rate=cfg.rate_per_s, burst=cfg.rate_burst))
+        tasks = servicers.TasksServicer(guard=guard, peers=peers)
+        agents = servicers.AgentsServicer(guard=guard, peers=peers)
         grpc_server = server.GrpcServer(name="gateway", host=cfg.host, port=cfg.port,
                                         grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s)
-        grpc_server.add(tasks_pb2_grpc.add_TasksServicer_to_server,
-                        servicers.TasksServicer(guard=guard, peers=peers),
+        grpc_server.add(tasks_pb2_grpc.add_TasksServicer_to_server, tasks,
                         tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name)
-        grpc_server.add(agents_pb2_grpc.add_AgentsServicer_to_server,
-                        servicers.AgentsServicer(guard=guard, peers=peers),
+        grpc_server.add(agents_pb2_grpc.add_AgentsServicer_to_server, agents,
                         agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name)
         grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server,
                         servicers.KnowledgeServicer(guard=guard, peers=peers),
                         knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)
-        await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
+        if cfg.http_port is None:
+            await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
+            return
+        api = openai_api.OpenAIApi(tasks=tasks, agents=agents, timeout_s=cfg.http_timeout_s,
+                                   max_body_bytes=cfg.http_max_body_bytes)
+        stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
+        # Bound (listening) before gRPC reports SERVING, so a ready gateway takes HTTP too.
+        http = await stack.enter_async_context(http_server.HttpServer(
+            http_app.build([*api.routes, openapi.route()]), name="gateway http",
+            host=cfg.host, port=cfg.http_port))
+        await stack.enter_async_context(grpc_server)
+        async with asyncio.TaskGroup() as group:
+            group.create_task(http.serve(), name="gateway http")
+            await lifecycle.wait_for_signal()
+            http.shutdown()
+            await grpc_server.shutdown()
 
 
 def main() -> None:

@@ -54,3 +54,15 @@ class GatewaySettings(settings.ServiceSettings):
 
     rate_per_s: float = pydantic.Field(default=50.0, gt=0, description="calls/s per tenant")
     rate_burst: int = pydantic.Field(default=100, gt=0)
+
+    http_port: int | None = pydantic.Field(
+        default=None, ge=0, le=65535,
+        description="port of the HTTP front door (OpenAI-compatible API, OpenAPI); unset: none")
+    http_timeout_s: float = pydantic.Field(
+        default=300.0, gt=0, le=3600, description="deadline of each HTTP call's task")
+    http_max_body_bytes: int = pydantic.Field(default=1_048_576, gt=0, le=64 * 1_048_576)
+
+    @pydantic.field_validator("http_port", mode="before")
+    @classmethod
+    def _empty_port_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value

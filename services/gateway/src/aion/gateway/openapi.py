@@ -1,0 +1,144 @@
+"""The OpenAPI 3.1 document of the gateway's HTTP surface, served at ``/openapi.json``.
+
+Request schemas come from the pydantic models that parse the bodies, so the
+document cannot drift from what the gateway accepts; every status a route
+answers is listed with OpenAI's error object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import json_schema
+from starlette import requests, responses, routing
+
+from aion.gateway import openai_schema
+
+_REF = "#/components/schemas/{model}"
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": _json({"$ref": _REF.format(model="Error")})}
+
+
+_ERRORS = {
+    "400": _error("bad input; `error.param` names the field"),
+    "401": _error("no or unknown credentials"),
+    "403": _error("the caller's role does not allow this"),
+    "404": _error("no such agent (`model`) or path"),
+    "413": _error("the body is too large"),
+    "429": _error("over the tenant's rate limit; see Retry-After"),
+    "503": _error("a service behind the gateway is down; retry"),
+    "504": _error("the task ran out of time"),
+}
+
+_ERROR_SCHEMA = {
+    "type": "object", "required": ["error"],
+    "properties": {
+        "error": {"type": "object", "required": ["message", "type"], "properties": {
+            "message": {"type": "string"}, "type": {"type": "string"},
+            "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}},
+        "aion": {"$ref": _REF.format(model="TaskResult")}},
+}
+
+_TASK_RESULT = {
+    "type": "object", "description": "aion's canonical result (as `aionctl get --json`)",
+    "properties": {
+        "task_id": {"type": "string"}, "agent": {"type": "string"},
+        "status": {"enum": ["QUEUED", "RUNNING", "OK", "ERROR", "TIMEOUT", "CANCELED"]},
+        "output": {"type": "string"},
+        "engine": {"type": "object"}, "usage": {"type": "object"},
+        "error": {"type": ["object", "null"]},
+        "created_at": {"type": ["string", "null"]}, "finished_at": {"type": ["string", "null"]}},
+}
+
+_MODEL = {
+    "type": "object", "required": ["id", "object"],
+    "properties": {"id": {"type": "string", "description": "the agent's name"},
+                   "object": {"const": "model"}, "created": {"type": "integer"},
+                   "owned_by": {"type": "string"}, "aion": {"type": "object"}},
+}
+
+_COMPLETION = {
+    "type": "object", "required": ["id", "object", "choices"],
+    "properties": {"id": {"type": "string", "description": "the task id"},
+                   "object": {"const": "chat.completion"}, "created": {"type": "integer"},
+                   "model": {"type": "string"}, "choices": {"type": "array"},
+                   "usage": {"type": "object"},
+                   "aion": {"$ref": _REF.format(model="TaskResult")}},
+}
+
+
+def _pick(*codes: str) -> dict[str, Any]:
+    return {code: _ERRORS[code] for code in codes}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document."""
+    _, defs = json_schema.models_json_schema(
+        [(openai_schema.ChatCompletionRequest, "validation")], ref_template=_REF)
+    schemas: dict[str, Any] = dict(defs.get("$defs", {}))
+    schemas.update(Error=_ERROR_SCHEMA, TaskResult=_TASK_RESULT, Model=_MODEL,
+                   ChatCompletion=_COMPLETION)
+    auth = _pick("401", "403", "429", "503")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "aion gateway", "version": "v1",
+                 "description": "OpenAI-compatible access to aion agents: `model` names an "
+                                "agent. Authenticate with an API key (`Authorization: Bearer "
+                                "<key>` or `x-api-key`) or a JWT (`Authorization: Bearer`)."},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header",
+                                           "name": "x-api-key"}}},
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "paths": {
+            "/v1/chat/completions": {"post": {
+                "operationId": "createChatCompletion",
+                "summary": "Run an agent on a conversation (SSE with `stream: true`)",
+                "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "schema": {"type": "string", "maxLength": 256},
+                                "description": "retries with the same key return the first "
+                                               "task"}],
+                "requestBody": {"required": True, "content": _json(
+                    {"$ref": _REF.format(model="ChatCompletionRequest")})},
+                "responses": {
+                    "200": {"description": "the completion, or its chunks as SSE",
+                            "content": {**_json({"$ref": _REF.format(model="ChatCompletion")}),
+                                        "text/event-stream": {"schema": {"type": "string"}}}},
+                    **_pick("400", "404", "413", "504"), **auth}}},
+            "/v1/models": {"get": {
+                "operationId": "listModels", "summary": "The caller's agents",
+                "responses": {"200": {"description": "the agents", "content": _json({
+                    "type": "object", "properties": {
+                        "object": {"const": "list"},
+                        "data": {"type": "array",
+                                 "items": {"$ref": _REF.format(model="Model")}}}})},
+                              **auth}}},
+            "/v1/models/{model}": {"get": {
+                "operationId": "retrieveModel", "summary": "One of the caller's agents",
+                "parameters": [{"name": "model", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the agent", "content": _json(
+                    {"$ref": _REF.format(model="Model")})}, **_pick("404"), **auth}}},
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "summary": "This document", "security": [],
+                "responses": {"200": {"description": "OpenAPI 3.1",
+                                      "content": _json({"type": "object"})}}}},
+        },
+    }
+
+
+def route() -> routing.Route:
+    """``GET /openapi.json``."""
+    doc = document()
+
+    async def serve(request: requests.Request) -> responses.Response:
+        return responses.JSONResponse(doc)
+
+    return routing.Route("/openapi.json", serve, methods=["GET"])

@@ -1,0 +1,322 @@
+"""The HTTP front door over the gateway's servicers, with the openai client, against real gRPC
+servers standing in for the router and the agent service (scripted: no model here)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import jwt
+import openai
+import pydantic
+import pytest
+
+from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.router.v1 import router_pb2, router_pb2_grpc
+from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
+from aion.core import errors, http_server, server
+from aion.gateway import (
+    auth,
+    http_app,
+    http_calls,
+    openai_api,
+    openapi,
+    ratelimit,
+    results,
+    servicers,
+    settings,
+)
+
+KEY, VIEWER, SECRET = "k-user", "k-viewer", "jwt-secret-for-tests-32-bytes-long"
+
+
+class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
+    """The agent service, scripted by the task's input; it records what it was asked."""
+
+    def __init__(self) -> None:
+        self.runs: list[agent_pb2.RunRequest] = []
+        self.by_key: dict[str, str] = {}
+
+    def _result(self, run: agent_pb2.RunRequest, **kw: Any) -> common_pb2.TaskResult:
+        task_id = f"t{len(self.runs)}"
+        if run.task.idempotency_key:
+            task_id = self.by_key.setdefault(run.task.idempotency_key, task_id)
+        result = common_pb2.TaskResult(
+            task_id=task_id, agent=run.task.agent, status=common_pb2.TASK_STATUS_OK,
+            output="Hello there", engine=run.decision.engine,
+            usage=common_pb2.Usage(prompt_tokens=5, completion_tokens=2, tokens=7), **kw)
+        result.created_at.GetCurrentTime()
+        return result
+
+    async def GetAgent(self, request: agent_pb2.AgentRef, context: Any) -> agents_pb2.Agent:
+        if request.tenant != "acme" or request.name != "demo":
+            raise errors.NotFound(f"agent '{request.name}' not found")
+        return agents_pb2.Agent(name="demo", model="m", ready=True,
+                                privacy=common_pb2.PRIVACY_HYBRID)
+
+    async def ListAgents(self, request: agent_pb2.ListAgentsRequest,
+                         context: Any) -> agents_pb2.ListAgentsResponse:
+        agents = [agents_pb2.Agent(name="demo", model="m")] if request.tenant == "acme" else []
+        return agents_pb2.ListAgentsResponse(agents=agents)
+
+    async def Submit(self, request: agent_pb2.RunRequest,
+                     context: Any) -> tasks_pb2.SubmitResponse:
+        self.runs.append(request)
+        if request.task.input == "time out":
+            result = self._result(request, error=common_pb2.TaskError(
+                code="DEADLINE_EXCEEDED", message="the task ran past its deadline",
+                retriable=True))
+            result.status = common_pb2.TASK_STATUS_TIMEOUT
+        else:
+            result = self._result(request)
+        return tasks_pb2.SubmitResponse(task_id=result.task_id, result=result)
+
+    async def Run(self, request: agent_pb2.RunRequest,
+                  context: Any) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        self.runs.append(request)
+        result = self._result(request)
+        yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=1, started=tasks_pb2.TaskStarted(
+            engine=request.decision.engine))
+        for i, piece in enumerate(["Hello", " there"]):
+            yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=2 + i,
+                                      token=tasks_pb2.Token(text=piece))
+        if request.task.input == "break":
+            result.status = common_pb2.TASK_STATUS_ERROR
+            result.error.CopyFrom(common_pb2.TaskError(code="UNAVAILABLE",
+                                                       message="the executor went away"))
+            yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=4,
+                                      error=tasks_pb2.ErrorEvent(result=result))
+            return
+        yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=4,
+                                  done=tasks_pb2.Done(result=result))
+
+
+class FakeRouter(router_pb2_grpc.RouterServicer):
+    """Decides local, and records the request."""
+
+    def __init__(self) -> None:
+        self.asked: list[router_pb2.DecideRequest] = []
+
+    async def Decide(self, request: router_pb2.DecideRequest,
+                     context: Any) -> router_pb2.Decision:
+        self.asked.append(request)
+        return router_pb2.Decision(engine=common_pb2.Engine(
+            route=common_pb2.ROUTE_LOCAL, chosen_by="test", reason="scripted", model="m"))
+
+
+class Gateway:
+    """The HTTP app of a gateway whose peers are the fakes."""
+
+    def __init__(self, url: str, agents: FakeAgents, router: FakeRouter) -> None:
+        self.url = url
+        self.agents = agents
+        self.router = router
+        self.clients: list[openai.AsyncOpenAI] = []
+
+    def client(self, key: str = KEY) -> openai.AsyncOpenAI:
+        """An openai client authenticated with ``key``, closed with the gateway."""
+        self.clients.append(openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key,
+                                               max_retries=0))
+        return self.clients[-1]
+
+
+@contextlib.asynccontextmanager
+async def _gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gateway]:
+    cfg = settings.GatewaySettings(
+        api_keys=[settings.ApiKey(key=pydantic.SecretStr(KEY), tenant="acme"),
+                  settings.ApiKey(key=pydantic.SecretStr(VIEWER), tenant="acme",
+                                  roles=["viewer"])],
+        jwt_secret=pydantic.SecretStr(SECRET), http_max_body_bytes=4096)
+    agents, router = FakeAgents(), FakeRouter()  # type: ignore[abstract]
+    backend = server.GrpcServer(name="fakes", host="127.0.0.1", port=0, grace_s=1)
+    backend.add(agent_pb2_grpc.add_AgentServiceServicer_to_server, agents, "agents")
+    backend.add(router_pb2_grpc.add_RouterServicer_to_server, router, "router")
+    async with backend, grpc.aio.insecure_channel(backend.address) as chan:
+        peers = servicers.Peers(router=chan, agent=chan, knowledge=chan)
+        guard = servicers.Guard(authenticator=auth.Authenticator(cfg),
+                                limiter=ratelimit.RateLimiter(rate=rate, burst=burst))
+        api = openai_api.OpenAIApi(
+            tasks=servicers.TasksServicer(guard=guard, peers=peers),
+            agents=servicers.AgentsServicer(guard=guard, peers=peers), timeout_s=30,
+            max_body_bytes=cfg.http_max_body_bytes)
+        app = http_app.build([*api.routes, openapi.route()])
+        async with http_server.HttpServer(app, name="http", host="127.0.0.1", port=0) as http:
+            serving = asyncio.create_task(http.serve())
+            gateway = Gateway(http.url, agents, router)
+            try:
+                yield gateway
+            finally:
+                for client in gateway.clients:
+                    await client.close()
+                http.shutdown()
+                await serving
+
+
+async def test_a_completion_runs_the_agent_with_the_callers_tenant_and_options() -> None:
+    async with _gateway() as gw:
+        done = await gw.client().chat.completions.create(
+            model="demo", messages=[{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Hi"}],
+            max_completion_tokens=9, temperature=0.5, seed=4,
+            extra_body={"aion": {"budget_usd": 0.25, "privacy": "local-only"}})
+        run = gw.agents.runs[-1]
+    assert done.id == "t1"
+    assert done.choices[0].message.content == "Hello there"
+    assert done.usage is not None
+    assert done.usage.total_tokens == 7
+    assert (done.model_extra or {})["aion"]["engine"]["chosen_by"] == "test"
+    assert run.tenant == "acme"
+    assert run.task.input == "system: Be brief.\n\nuser: Hi"
+    assert run.task.options.max_tokens == 9
+    assert run.task.options.seed == 4
+    assert run.task.options.budget_usd == 0.25
+    # The agent allows hybrid; the request narrowed it, as on gRPC.
+    assert gw.router.asked[-1].privacy == common_pb2.PRIVACY_LOCAL_ONLY
+
+
+async def test_the_idempotency_key_header_reaches_the_task() -> None:
+    async with _gateway() as gw:
+        client = gw.client()
+        ask: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": "x"}],
+                               "extra_headers": {"Idempotency-Key": "order-7"}}
+        first = await client.chat.completions.create(**ask)
+        again = await client.chat.completions.create(**ask)
+    assert gw.agents.runs[-1].task.idempotency_key == "order-7"
+    assert first.id == again.id
+
+
+async def test_a_stream_sends_role_tokens_then_stop_with_the_result() -> None:
+    async with _gateway() as gw:
+        stream = await gw.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "Hi"}], stream=True,
+            stream_options={"include_usage": True})
+        chunks = [c async for c in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].delta.content for c in chunks[1:3]] == ["Hello", " there"]
+    assert chunks[3].choices[0].finish_reason == "stop"
+    assert (chunks[3].model_extra or {})["aion"]["status"] == "OK"
+    assert chunks[4].usage is not None
+    assert chunks[4].usage.completion_tokens == 2
+    assert {c.id for c in chunks} == {"t1"}
+
+
+async def test_a_task_that_fails_mid_stream_ends_with_an_error_event() -> None:
+    async with _gateway() as gw:
+        stream = await gw.client().chat.completions.create(
+            model="demo", messages=[{"role": "user", "content": "break"}], stream=True)
+        seen: list[str] = []
+
+        async def read() -> None:
+            async for chunk in stream:
+                seen.append(chunk.choices[0].delta.content or "")
+
+        with pytest.raises(openai.APIError, match="the executor went away"):
+            await read()
+    assert "".join(seen) == "Hello there"
+
+
+async def test_a_task_that_times_out_answers_504_with_its_result() -> None:
+    async with _gateway() as gw, httpx.AsyncClient() as http:
+        response = await http.post(gw.url + "/v1/chat/completions", headers={"x-api-key": KEY},
+                                   json={"model": "demo",
+                                         "messages": [{"role": "user", "content": "time out"}]})
+    assert response.status_code == 504
+    body = response.json()
+    assert body["error"]["code"] == "deadline_exceeded"
+    assert body["aion"]["status"] == "TIMEOUT"
+
+
+async def test_unknown_agents_roles_and_credentials_get_openai_errors() -> None:
+    async with _gateway() as gw:
+        with pytest.raises(openai.NotFoundError) as missing:
+            await gw.client().chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.PermissionDeniedError, match="'user' role"):
+            await gw.client(VIEWER).chat.completions.create(
+                model="demo", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.AuthenticationError, match="unknown API key"):
+            await gw.client("k-wrong").models.list()
+        token = jwt.encode({"sub": "bob", "tenant": "acme", "roles": ["viewer"],
+                            "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+        assert [m.id for m in (await gw.client(token).models.list()).data] == ["demo"]
+    assert missing.value.body == {"message": "agent 'nope' not found",
+                                  "type": "not_found_error", "param": "model",
+                                  "code": "not_found"}
+
+
+async def test_the_tenants_rate_limit_answers_429_with_retry_after() -> None:
+    async with _gateway(rate=0.01, burst=1) as gw, httpx.AsyncClient() as http:
+        auth_header = {"Authorization": f"Bearer {KEY}"}
+        assert (await http.get(gw.url + "/v1/models", headers=auth_header)).status_code == 200
+        limited = await http.get(gw.url + "/v1/models", headers=auth_header)
+    assert limited.status_code == 429
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    (b"{not json", 400, "body"),
+    (b"[1, 2]", 400, "body"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "body"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
+     400, "temperature"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
+     b"99999999999}", 400, "max_tokens"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}', 400,
+     "tools"),
+    (b"[" * 5000 + b"]" * 5000, 413, None),
+    (b"[" * 2040 + b"]" * 2040, 400, "body"),  # deeper than the parser goes
+])
+async def test_bad_bodies_get_a_4xx_naming_the_field(body: bytes, status: int,
+                                                     param: str | None) -> None:
+    async with _gateway() as gw, httpx.AsyncClient() as http:
+        response = await http.post(gw.url + "/v1/chat/completions", content=body,
+                                   headers={"x-api-key": KEY,
+                                            "content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    assert not gw.agents.runs
+
+
+async def test_unknown_paths_and_methods_get_json_errors() -> None:
+    async with _gateway() as gw, httpx.AsyncClient() as http:
+        missing = await http.get(gw.url + "/v1/nothing")
+        wrong = await http.get(gw.url + "/v1/chat/completions")
+        document = await http.get(gw.url + "/openapi.json")
+    assert (missing.status_code, missing.json()["error"]["type"]) == (404, "not_found_error")
+    assert wrong.status_code == 405
+    assert document.json() == json.loads(json.dumps(openapi.document()))
+
+
+@pytest.mark.parametrize(("headers", "metadata"), [
+    ({"authorization": "Bearer k-1"}, (("x-api-key", "k-1"),)),
+    ({"authorization": "Bearer aaa.bbb.ccc"}, (("authorization", "Bearer aaa.bbb.ccc"),)),
+    ({"x-api-key": "k-2", "authorization": "Bearer k-1"}, (("x-api-key", "k-2"),)),
+    ({"authorization": "Basic dTpw"}, (("authorization", "Basic dTpw"),)),
+    ({}, ()),
+])
+def test_bearer_tokens_are_api_keys_unless_shaped_like_a_jwt(
+        headers: dict[str, str], metadata: tuple[tuple[str, str], ...]) -> None:
+    assert http_calls.metadata(headers) == metadata
+
+
+def test_the_aion_object_is_the_sdks_canonical_result() -> None:
+    from aion.sdk import results as sdk_results
+
+    result = common_pb2.TaskResult(
+        task_id="t", agent="a", status=common_pb2.TASK_STATUS_ERROR, output="o",
+        engine=common_pb2.Engine(route=common_pb2.ROUTE_HYBRID, chosen_by="c", reason="r",
+                                 model="m"),
+        usage=common_pb2.Usage(latency_ms=1, prompt_tokens=2, completion_tokens=3, tokens=5,
+                               cost_usd=0.5),
+        error=common_pb2.TaskError(code="INTERNAL", message="m", retriable=False))
+    result.created_at.GetCurrentTime()
+    assert results.result_to_dict(result) == sdk_results.result_to_dict(result)
+    bare = common_pb2.TaskResult(task_id="t")
+    assert results.result_to_dict(bare) == sdk_results.result_to_dict(bare)
