@@ -25,8 +25,9 @@ import httpx
 import psycopg
 import pytest
 from prometheus_client import parser
+from psycopg import sql
 
-from aion.agent import db, events, kafka
+from aion.agent import db, events, kafka, outbox
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -179,6 +180,12 @@ class Private:
         if self.current is not None:
             self.current.down()
 
+    def kill(self) -> None:
+        """SIGKILL every process of the instance (a crash: no clean shutdown)."""
+        if self.current is not None:
+            for daemon in self.current.daemons():
+                daemon.kill()
+
 
 def private(component: type[Component], env: dict[str, str]) -> Iterator[Private]:
     instance = Private(component, env)
@@ -254,8 +261,30 @@ async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
 
 
 # -- Kafka broker restart -------------------------------------------------------------
+async def outbox_rows(dsn: str, prefix: str) -> int:
+    """Rows of these topics still waiting in the outbox."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT count(*) FROM outbox WHERE starts_with(topic, %s)",
+                                 (prefix,))
+        row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def outbox_drained(dsn: str, prefix: str, timeout: float = 90) -> int:
+    """Waits for the outbox rows of these topics to be published; returns those left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        waiting = await outbox_rows(dsn, prefix)
+        if not waiting or loop.time() > deadline:
+            return waiting
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
 async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
-        agent_dsn: str, own_kafka: Private, executor: Any, tmp_path: Path) -> None:
+        agent_dsn: str, own_kafka: Private, executor: Any, tmp_path: Path, crash: bool,
+        ) -> None:
     prefix = f"b{uuid.uuid4().hex[:8]}."
     proc = Proc(service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address, "br"),
                 tmp_path / "agent.log")
@@ -265,20 +294,28 @@ async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
         await register(proc.target, executor.address)
         for i in range(12):
             ids.append(await submit(proc.target, f"word {i}", retry_for=30))
-            if i == 4:
-                await asyncio.to_thread(own_kafka.stop)  # tasks keep being accepted meanwhile
+            if i == 4:  # tasks keep being accepted meanwhile
+                await asyncio.to_thread(own_kafka.kill if crash else own_kafka.stop)
             if i == 8:
                 await asyncio.to_thread(own_kafka.start)
         got = await results(proc.target, ids)
+        # Every state change reaches the broker once it is back: the outbox empties.
+        waiting = await outbox_drained(agent_dsn, prefix)
     finally:
         proc.stop()
     assert {t: got[t].status for t in ids} == dict.fromkeys(
         ids, common_pb2.TASK_STATUS_OK), proc.tail()
+    assert waiting == 0, f"{waiting} events still in the outbox; the agent's log:\n{proc.tail()}"
     # A consumer of the task events (the service's own idempotent consumer) sees each
     # task's QUEUED, RUNNING, OK once, in order, whatever the broker went through.
+    await assert_each_state_once(agent_dsn, own_kafka.current.bootstrap, prefix, ids)
+
+
+async def assert_each_state_once(dsn: str, bootstrap: str, prefix: str, ids: list[str],
+                                 ) -> None:
+    """The task-events topic holds QUEUED, RUNNING, OK for each task, once each, in order."""
     seen: dict[str, list[int]] = collections.defaultdict(list)
     handled: collections.Counter[str] = collections.Counter()
-
     complete = asyncio.Event()
 
     async def handle(env: events_pb2.Envelope, conn: Any) -> None:
@@ -290,14 +327,14 @@ async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
             complete.set()
 
     topics = events.Topics(prefix)
-    async with db.pool(agent_dsn, max_size=2) as pool:
+    async with db.pool(dsn, max_size=2) as pool:
         consumer = kafka.IdempotentConsumer(
             name="check", topic=topics.task_events, group=topics.group("check"),
-            bootstrap=own_kafka.current.bootstrap, pool=pool, handle=handle,
+            bootstrap=bootstrap, pool=pool, handle=handle,
             dead_letter=topics.dead_letter(topics.task_events))
         running = asyncio.create_task(consumer.run())
         with contextlib.suppress(TimeoutError):  # the assertions below show what came
-            await asyncio.wait_for(complete.wait(), 60)
+            await asyncio.wait_for(complete.wait(), 90)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
@@ -305,6 +342,67 @@ async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
             common_pb2.TASK_STATUS_OK]
     assert {t: seen[t] for t in ids} == dict.fromkeys(ids, want)
     assert set(handled.values()) == {1}
+
+
+@pytest.fixture
+def empty_dsn(postgres: Postgres) -> Iterator[str]:
+    """A database of this test's own (no service publishes from its outbox)."""
+    name = f"drain_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+async def test_drain_publishes_what_is_committed(empty_dsn: str, kafka: Kafka,
+                                                 topic_reader: Any) -> None:
+    """At shutdown the publisher sends every committed row before it returns."""
+    dsn = empty_dsn
+    topic = f"drain{uuid.uuid4().hex[:8]}.task.events"
+    await db.migrate(dsn)
+    async with db.pool(dsn, max_size=2) as pool:
+        async with pool.connection() as conn, conn.transaction():
+            for i in range(5):
+                await outbox.add(conn, topic=topic, env=events.envelope(
+                    type_="aion.test", tenant=TENANT, subject="s",
+                    data=events_pb2.TaskStateChanged(task_id=str(i))))
+        left = await outbox.Publisher(pool=pool, bootstrap=kafka.bootstrap).drain(30)
+    records = await topic_reader(kafka.bootstrap, topic, until=lambda r: len(r) >= 5)
+    assert left == 0
+    ids = [events_pb2.Envelope.FromString(r.value) for r in records]
+    assert len({e.id for e in ids}) == len(ids) == 5
+
+
+async def test_a_stop_with_the_broker_down_leaves_the_outbox_to_the_next_replica(
+        agent_dsn: str, own_kafka: Private, executor: Any, tmp_path: Path) -> None:
+    prefix = f"d{uuid.uuid4().hex[:8]}."
+    first = Proc(service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address,
+                             "d1"), tmp_path / "first.log")
+    second: Proc | None = None
+    try:
+        await first.ready()
+        await register(first.target, executor.address)
+        await asyncio.to_thread(own_kafka.kill)
+        ids = [await submit(first.target, f"word {i}", asynchronous=False) for i in range(3)]
+        got = await results(first.target, ids)
+        assert await outbox_rows(agent_dsn, prefix) > 0
+        first.stop()  # SIGTERM: the drain finds no broker and says what it leaves
+        assert first.process.returncode == 0, first.tail()
+        assert "rows left for the next replica" in first.log.read_text(), first.tail()
+        await asyncio.to_thread(own_kafka.start)
+        second = Proc(service_env(agent_dsn, own_kafka.current.bootstrap, prefix,
+                                  executor.address, "d2"), tmp_path / "second.log")
+        await second.ready()
+        waiting = await outbox_drained(agent_dsn, prefix)
+        assert waiting == 0, second.tail()
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop()
+    assert {t: r.status for t, r in got.items()} == dict.fromkeys(ids, common_pb2.TASK_STATUS_OK)
+    await assert_each_state_once(agent_dsn, own_kafka.current.bootstrap, prefix, ids)
 
 
 # -- Postgres restart -----------------------------------------------------------------

@@ -163,6 +163,13 @@ class Daemon:
         # Stopped on purpose: a later start() is a new daemon, not this exit status.
         self._popen = None
 
+    def kill(self) -> None:
+        """SIGKILL the daemon's process group at once: a crash, not a shutdown."""
+        pid = self.pid()
+        if pid is not None:
+            _signal_group(pid, signal.SIGKILL)
+        self.stop()  # waits for the exit, reaps, forgets the pid file
+
     def _reap(self, wait: bool = False) -> None:
         if self._popen is not None:
             with contextlib.suppress(ChildProcessError, subprocess.TimeoutExpired):

@@ -93,13 +93,20 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
                     if on_ready is not None:
                         on_ready(grpc_server.address)
                     await (until if until is not None else lifecycle.wait_for_signal())
+                    stopping = asyncio.get_running_loop().time()
                     # Streams drain with the server; running tasks get the same grace,
                     # then go back to the queue for another replica.
                     background[-1].cancel()  # take no new work
                     await asyncio.gather(grpc_server.shutdown(),
                                          task_runner.wait_idle(cfg.grace_s))
                     await task_runner.release_all()
-            for t in background[:-1]:  # the consumer was cancelled already
+                    # What is committed (the releases too) goes out now, in what is left
+                    # of the grace, instead of waiting for another replica to start.
+                    background[0].cancel()
+                    await asyncio.wait([background[0]])
+                    left = cfg.grace_s - (asyncio.get_running_loop().time() - stopping)
+                    await publisher.drain(max(1.0, left))
+            for t in background[1:-1]:  # the publisher and the consumer have stopped
                 t.cancel()
 
 

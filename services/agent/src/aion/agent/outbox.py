@@ -122,6 +122,35 @@ class Publisher:
         metrics.OUTBOX_OLDEST_AGE.set(float(row["age"]) if row else 0.0)
         return waiting
 
+    async def drain(self, timeout_s: float) -> int:
+        """Publish what is committed, for at most ``timeout_s`` (shutdown calls this after
+        ``run`` has stopped). Returns the rows left in the outbox, which the next replica
+        publishes; a broker or database still out is retried until the time is up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    try:
+                        if await self.publish_once() == 0:
+                            break  # empty, or another replica holds the lock and publishes
+                    except (kafka.KafkaError, OSError, psycopg.Error) as exc:
+                        metrics.OUTBOX_PUBLISH_FAILURES.labels(type(exc).__name__).inc()
+                        log.warning("outbox drain: %s: %s; retrying", type(exc).__name__, exc)
+                        await self._drop_producer()
+                        await asyncio.sleep(0.2)
+        await self._drop_producer()
+        try:
+            left = await asyncio.wait_for(self.sample(), max(1.0, deadline - loop.time()))
+        except (psycopg.Error, TimeoutError) as exc:
+            log.warning("outbox drain: cannot count the rows left: %s", exc)
+            return -1
+        if left:
+            log.warning("outbox drain: %d rows left for the next replica to publish", left)
+        else:
+            log.info("outbox drained")
+        return left
+
     async def close(self) -> None:
         """Stop the producer (``run`` does this itself when cancelled); safe to call twice."""
         await self._drop_producer()
