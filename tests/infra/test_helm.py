@@ -95,7 +95,7 @@ def test_helm_template_renders_every_service_and_the_crd(
     for service in SERVICES:
         deployment = _find(docs, "Deployment", f"{RELEASE}-{service}")
         assert deployment["metadata"]["namespace"] == NAMESPACE
-        assert _container(deployment)["image"] == f"aion-{service}:0.1.0"
+        assert _container(deployment)["image"] == f"localhost:5000/aion/{service}:0.1.0"
     for service in ("gateway", "router", "agent", "knowledge"):
         port = _find(docs, "Service", f"{RELEASE}-{service}")["spec"]["ports"][0]["port"]
         assert (
@@ -176,8 +176,16 @@ FULL_VALUES: Doc = {
     "router": {
         "port": 6000,
         "service": {"type": "NodePort", "annotations": {"example.com/team": "routing"}},
-        "policy": {"default": {"privacy": "local-only"}, "rules": [{"match": {"tenant": "acme"}}]},
+        "policy": {"local_usd_per_1k_tokens": 0.01, "tenants": {"acme": {"max_privacy": "hybrid"}}},
     },
+    "provider": {
+        "name": "openai",
+        "baseUrl": "https://api.example.com/v1",
+        "model": "gpt-test",
+        "usdPer1kTokens": 0.5,
+        "apiKey": {"existingSecret": "provider-key", "key": "token", "value": ""},
+    },
+    "tests": {"agent": "demo", "input": "Hi.", "maxTokens": 8, "timeoutSeconds": 120},
     "agent": {
         "replicas": 5,
         "port": 6001,
@@ -189,6 +197,25 @@ FULL_VALUES: Doc = {
     },
     "knowledge": {
         "port": 6002,
+        "replicas": 3,
+        "qdrant": {
+            "url": "http://qdrant.qdrant:6333",
+            "apiKeySecret": "qdrant-key",
+            "apiKeyKey": "key",
+            "collectionPrefix": "prod",
+        },
+        "postgres": {"existingSecret": "knowledge-db", "dsnKey": "url"},
+        "minio": {
+            "endpoint": "minio.storage:9000",
+            "bucket": "prod-knowledge",
+            "secure": True,
+            "existingSecret": "knowledge-s3",
+            "accessKeyKey": "id",
+            "secretKeyKey": "secret",
+        },
+        "executorTarget": "embedder.ml:50055",
+        "persistence": {
+            "enabled": True, "existingClaim": "", "storageClass": "fast", "size": "1Gi"},
         "embeddingAgent": {
             "enabled": True,
             "name": "embedder",
@@ -274,7 +301,8 @@ def test_helm_template_passes_every_setting_through(
     assert router_service["spec"]["type"] == "NodePort"
     assert router_service["metadata"]["annotations"] == {"example.com/team": "routing"}
     policy = _find(docs, "ConfigMap", "ai-router-policy")["data"]["policy.yaml"]
-    assert yaml.safe_load(policy) == FULL_VALUES["router"]["policy"]
+    assert {k: v for k, v in yaml.safe_load(policy).items() if k != "provider"} == (
+        FULL_VALUES["router"]["policy"])
 
     agent_deployment = _find(docs, "Deployment", "ai-agent")
     assert agent_deployment["spec"]["replicas"] == 5
@@ -291,10 +319,45 @@ def test_helm_template_passes_every_setting_through(
     embedding = FULL_VALUES["knowledge"]["embeddingAgent"]
     for key in ("model", "gpu", "resources", "placement", "replicas"):
         assert agent["spec"][key] == embedding[key], key
-    assert (
-        _env(_find(docs, "Deployment", "ai-knowledge"))["AION_KNOWLEDGE_EXECUTOR_TARGET"]
-        == f"aion-executor-embedder.{NAMESPACE}.svc:50055"
-    )
+    knowledge = _find(docs, "Deployment", "ai-knowledge")
+    knowledge_env = _env(knowledge)
+    assert knowledge["spec"]["replicas"] == 3
+    assert "strategy" not in knowledge["spec"]  # a Qdrant server: rolling updates
+    assert knowledge_env["AION_KNOWLEDGE_EXECUTOR_TARGET"] == "embedder.ml:50055"
+    assert knowledge_env["AION_KNOWLEDGE_EMBEDDING_MODEL"] == "bge-small-en"
+    assert knowledge_env["AION_KNOWLEDGE_QDRANT_URL"] == "http://qdrant.qdrant:6333"
+    assert knowledge_env["AION_KNOWLEDGE_QDRANT_API_KEY"] == {
+        "secretKeyRef": {"name": "qdrant-key", "key": "key"}}
+    assert knowledge_env["AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX"] == "prod"
+    assert "AION_KNOWLEDGE_QDRANT_PATH" not in knowledge_env
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "a server: no volume"
+    assert knowledge_env["AION_KNOWLEDGE_POSTGRES_DSN"] == {
+        "secretKeyRef": {"name": "knowledge-db", "key": "url"}}
+    assert knowledge_env["AION_KNOWLEDGE_MINIO_ENDPOINT"] == "minio.storage:9000"
+    assert knowledge_env["AION_KNOWLEDGE_MINIO_BUCKET"] == "prod-knowledge"
+    assert knowledge_env["AION_KNOWLEDGE_MINIO_SECURE"] == "true"
+    assert knowledge_env["AION_KNOWLEDGE_MINIO_SECRET_KEY"] == {
+        "secretKeyRef": {"name": "knowledge-s3", "key": "secret"}}
+    assert knowledge_env["AION_KNOWLEDGE_KAFKA_BOOTSTRAP"] == (
+        agent_env["AION_AGENT_KAFKA_BOOTSTRAP"])
+
+    assert agent_env["AION_AGENT_PROVIDER_BASE_URL"] == "https://api.example.com/v1"
+    assert agent_env["AION_AGENT_PROVIDER_MODEL"] == "gpt-test"
+    assert agent_env["AION_AGENT_PROVIDER_COST_PER_1K_TOKENS"] == "0.5"
+    assert agent_env["AION_AGENT_PROVIDER_API_KEY"] == {
+        "secretKeyRef": {"name": "provider-key", "key": "token"}}
+    assert yaml.safe_load(policy)["provider"] == {
+        "name": "openai", "base_url": "https://api.example.com/v1", "model": "gpt-test",
+        "usd_per_1k_tokens": 0.5}
+
+    test_pod = _find(docs, "Pod", "ai-test-stream")
+    test_env = {e["name"]: e.get("value", e.get("valueFrom"))
+                for e in test_pod["spec"]["containers"][0]["env"]}
+    assert test_env["AION_TEST_GATEWAY"] == f"ai-gateway.{NAMESPACE}.svc:443"
+    assert (test_env["AION_TEST_AGENT"], test_env["AION_TEST_MAX_TOKENS"]) == ("demo", "8")
+    assert test_env["AION_TEST_API_KEYS"] == {
+        "secretKeyRef": {"name": "gateway-auth", "key": "keys.json", "optional": True}}
+    assert test_pod["spec"]["nodeSelector"] == gw_values["nodeSelector"]
 
     operator_env = _env(_find(docs, "Deployment", "ai-operator"))
     assert operator_env["AION_OPERATOR_NAMESPACES"] == "team-a,team-b"
@@ -320,13 +383,19 @@ def test_helm_template_without_operator_or_embedding_agent(
         "operator.enabled=false",
         "--set",
         "knowledge.embeddingAgent.enabled=false",
+        "--set",
+        "knowledge.executorTarget=embedder.ml:50055",
     )
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     assert deployments == {f"{RELEASE}-{s}" for s in SERVICES if s != "operator"}
     assert not [d for d in docs if d["kind"] in ("Agent", "ClusterRole", "ServiceAccount")]
-    assert "AION_KNOWLEDGE_EXECUTOR_TARGET" not in _env(
-        _find(docs, "Deployment", f"{RELEASE}-knowledge")
-    )
+    env = _env(_find(docs, "Deployment", f"{RELEASE}-knowledge"))
+    assert env["AION_KNOWLEDGE_EXECUTOR_TARGET"] == "embedder.ml:50055"
+    assert "AION_KNOWLEDGE_EMBEDDING_MODEL" not in env
+    proc = _run(helm, helm_env, "template", RELEASE, str(CHART),
+                "--set", "knowledge.embeddingAgent.enabled=false")
+    assert proc.returncode != 0
+    assert "knowledge.executorTarget is required when knowledge.embeddingAgent" in proc.stderr
 
 
 # (helm flags, fragments the error must contain: the field's path and what is wrong)
@@ -365,6 +434,20 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     ),
     (["--set", "gateway.resources=big"], ["'/gateway/resources'", "want object"]),
     (["--set", "router.policy=fast"], ["'/router/policy'", "want object"]),
+    (
+        ["--set", "router.policy.provider.name=x"],
+        ["at '/router/policy': additional properties 'provider'"],
+    ),
+    (
+        ["--set", "router.policy.tenants.acme.max_privacy=public"],
+        ["'/router/policy/tenants/acme/max_privacy'", "one of 'local-only'"],
+    ),
+    (["--set", "knowledge.replicas=2"], ["'/knowledge/replicas'", "maximum"]),
+    (["--set", "knowledge.qdrant.url=qdrant:6333"], ["'/knowledge/qdrant/url'", "does not match"]),
+    (["--set", "knowledge.persistence.size=lots"], ["'/knowledge/persistence/size'"]),
+    (["--set", "provider.baseUrl=api.example.com"], ["'/provider/baseUrl'", "does not match"]),
+    (["--set", "provider.apiKey.secret=x"], ["at '/provider/apiKey': additional properties"]),
+    (["--set", "tests.maxTokens=0"], ["'/tests/maxTokens'", "minimum"]),
     (["--set", "operator.enabled=yes"], ["'/operator/enabled'", "want boolean"]),
     (["--set", "gateway.service.type=Ingress"], ["'/gateway/service/type'", "one of 'ClusterIP'"]),
     (
@@ -411,11 +494,19 @@ CLOSED = [
     *SERVICES,
     "gateway/service",
     "gateway/auth",
+    "router/policy",
+    "provider",
+    "provider/apiKey",
+    "tests",
     "knowledge/embeddingAgent",
+    "knowledge/qdrant",
+    "knowledge/persistence",
+    "knowledge/postgres",
+    "knowledge/minio",
 ]
 # Maps the chart hands to Kubernetes as they are.
 OPEN = [f"{s}/{key}" for s in SERVICES for key in ("resources", "nodeSelector", "affinity")]
-OPEN += ["router/policy", "knowledge/embeddingAgent/placement"]
+OPEN += ["knowledge/embeddingAgent/placement"]
 
 
 def _resolve(schema: Doc, node: Doc) -> Doc:
@@ -471,3 +562,127 @@ def test_schema_describes_every_default() -> None:
                 break
             node, seen = props[part], f"{seen}/{part}"
     assert not missing, missing
+
+
+def test_without_a_qdrant_url_the_index_is_on_a_claim_of_one_replica(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    docs = _template(helm, helm_env, "--set", "knowledge.persistence.storageClass=standard")
+    knowledge = _find(docs, "Deployment", f"{RELEASE}-knowledge")
+    assert knowledge["spec"]["replicas"] == 1
+    assert knowledge["spec"]["strategy"] == {"type": "Recreate"}
+    env = _env(knowledge)
+    assert env["AION_KNOWLEDGE_QDRANT_PATH"] == "/var/lib/aion/knowledge"
+    assert "AION_KNOWLEDGE_QDRANT_URL" not in env
+    assert {"name": "index", "mountPath": "/var/lib/aion/knowledge"} in _container(knowledge)[
+        "volumeMounts"
+    ]
+    volumes = {v["name"]: v for v in knowledge["spec"]["template"]["spec"]["volumes"]}
+    claim = _find(docs, "PersistentVolumeClaim", f"{RELEASE}-knowledge-index")
+    assert volumes["index"]["persistentVolumeClaim"] == {"claimName": f"{RELEASE}-knowledge-index"}
+    assert claim["spec"]["storageClassName"] == "standard"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+    mine = _template(helm, helm_env, "--set", "knowledge.persistence.existingClaim=my-index")
+    assert not [d for d in mine if d["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in _find(mine, "Deployment", f"{RELEASE}-knowledge")["spec"][
+        "template"]["spec"]["volumes"]}
+    assert volumes["index"]["persistentVolumeClaim"] == {"claimName": "my-index"}
+
+    scratch = _template(helm, helm_env, "--set", "knowledge.persistence.enabled=false")
+    assert not [d for d in scratch if d["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in _find(scratch, "Deployment", f"{RELEASE}-knowledge")[
+        "spec"]["template"]["spec"]["volumes"]}
+    assert volumes["index"] == {"name": "index", "emptyDir": {}}
+
+
+def test_a_provider_with_its_key_in_values_gets_a_secret_and_the_router_knows_it(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    docs = _template(helm, helm_env, "--set", "provider.baseUrl=https://api.example.com/v1",
+                     "--set", "provider.apiKey.value=sk-test")
+    secret = _find(docs, "Secret", f"{RELEASE}-agent-provider")
+    assert secret["stringData"] == {"api-key": "sk-test"}
+    env = _env(_find(docs, "Deployment", f"{RELEASE}-agent"))
+    assert env["AION_AGENT_PROVIDER_API_KEY"] == {
+        "secretKeyRef": {"name": f"{RELEASE}-agent-provider", "key": "api-key"}}
+    assert env["AION_AGENT_PROVIDER_MODEL"] == "gpt-4o-mini"
+    policy = yaml.safe_load(_find(docs, "ConfigMap", f"{RELEASE}-router-policy")["data"][
+        "policy.yaml"])
+    assert policy["provider"]["base_url"] == "https://api.example.com/v1"
+    assert policy["tenants"] == {}
+
+    keyless = _template(helm, helm_env, "--set", "provider.baseUrl=http://vllm.ml:8000/v1")
+    assert not [d for d in keyless if d["kind"] == "Secret" and "provider" in d["metadata"]["name"]]
+    keyless_env = _env(_find(keyless, "Deployment", f"{RELEASE}-agent"))
+    assert "AION_AGENT_PROVIDER_API_KEY" not in keyless_env
+
+    none = _template(helm, helm_env)
+    assert not [k for k in _env(_find(none, "Deployment", f"{RELEASE}-agent")) if "PROVIDER" in k]
+    assert "provider" not in yaml.safe_load(
+        _find(none, "ConfigMap", f"{RELEASE}-router-policy")["data"]["policy.yaml"])
+
+
+def _settings_classes() -> dict[str, Any]:
+    from aion.agent.settings import AgentSettings
+    from aion.gateway.settings import GatewaySettings
+    from aion.knowledge.settings import KnowledgeSettings
+    from aion.operator.settings import AionOperatorSettings
+    from aion.router.settings import RouterSettings
+
+    return {"AION_GATEWAY_": GatewaySettings, "AION_ROUTER_": RouterSettings,
+            "AION_AGENT_": AgentSettings, "AION_KNOWLEDGE_": KnowledgeSettings,
+            "AION_OPERATOR_": AionOperatorSettings}
+
+
+@pytest.mark.parametrize("values", ["defaults", "full", "local"])
+def test_every_variable_the_chart_sets_is_read_by_its_service(
+    helm: Path, helm_env: dict[str, str], full_values: Path, values: str
+) -> None:
+    from aion.core import settings
+
+    flags = {"defaults": [], "full": ["--values", str(full_values)],
+             "local": ["--values", str(LOCAL_VALUES)]}[values]
+    classes = _settings_classes()
+    checked = 0
+    for deployment in (d for d in _template(helm, helm_env, *flags) if d["kind"] == "Deployment"):
+        env = {n: "x" for n in _env(deployment) if n.startswith("AION_")}
+        [prefix] = {p for p in classes for n in env if n.startswith(p)}
+        assert settings.unknown_variables(classes[prefix], env) == [], deployment["metadata"]
+        checked += 1
+    assert checked == 5
+
+
+LOCAL_VALUES = REPO / "deploy" / "local" / "values-local.yaml"
+
+
+def test_the_local_values_point_at_the_host_and_run_on_the_real_nodes(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    _helm(helm, helm_env, "lint", str(CHART), "--strict", "--values", str(LOCAL_VALUES))
+    docs = _template(helm, helm_env, "--values", str(LOCAL_VALUES))
+    local: Doc = yaml.safe_load(LOCAL_VALUES.read_text())
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == local["gateway"]["nodeSelector"], deployment["metadata"]
+    agent = _env(_find(docs, "Deployment", f"{RELEASE}-agent"))
+    assert agent["AION_AGENT_KAFKA_BOOTSTRAP"] == local["agent"]["kafka"]["bootstrap"]
+    assert _find(docs, "Service", f"{RELEASE}-gateway")["spec"]["type"] == "NodePort"
+
+
+def test_helm_test_streams_through_the_gateway_with_the_charts_script(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    docs = _template(helm, helm_env)
+    pod = _find(docs, "Pod", f"{RELEASE}-test-stream")
+    script = _find(docs, "ConfigMap", f"{RELEASE}-test-stream")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert script["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert int(script["metadata"]["annotations"]["helm.sh/hook-weight"]) < 0  # first
+    assert script["data"]["stream_check.py"] == (CHART / "files" / "stream_check.py").read_text()
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "localhost:5000/aion/gateway:0.1.0"  # it has aion.api
+    assert container["command"] == ["python", "/etc/aion/test/stream_check.py"]
+    assert pod["spec"]["restartPolicy"] == "Never"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AION_TEST_GATEWAY"] == f"{RELEASE}-gateway.{NAMESPACE}.svc:50051"

@@ -60,6 +60,52 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- .Values.agent.postgres.existingSecret | default (printf "%s-postgres" (include "aion.componentName" (dict "root" . "component" "agent"))) -}}
 {{- end -}}
 
+{{/* The Secret holding the provider's API key: yours, the chart's, or empty when there is no key. */}}
+{{- define "aion.providerSecret" -}}
+{{- with .Values.provider.apiKey -}}
+{{- if .existingSecret -}}
+{{- .existingSecret -}}
+{{- else if .value -}}
+{{- printf "%s-provider" (include "aion.componentName" (dict "root" $ "component" "agent")) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The routing policy file: router.policy, with the provider from .Values.provider. */}}
+{{- define "aion.routerPolicy" -}}
+{{- $policy := deepCopy .Values.router.policy -}}
+{{- with .Values.provider -}}
+{{- if .baseUrl -}}
+{{- $_ := set $policy "provider" (dict "name" .name "base_url" .baseUrl "model" .model "usd_per_1k_tokens" .usdPer1kTokens) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $policy -}}
+{{- end -}}
+
+{{/* The Secrets of the knowledge service's Postgres DSN and MinIO keys: yours or the chart's. */}}
+{{- define "aion.knowledgePostgresSecret" -}}
+{{- .Values.knowledge.postgres.existingSecret | default (printf "%s-postgres" (include "aion.componentName" (dict "root" . "component" "knowledge"))) -}}
+{{- end -}}
+{{- define "aion.knowledgeMinioSecret" -}}
+{{- .Values.knowledge.minio.existingSecret | default (printf "%s-minio" (include "aion.componentName" (dict "root" . "component" "knowledge"))) -}}
+{{- end -}}
+
+{{/* The executor the knowledge service embeds with: knowledge.executorTarget, else the embedding Agent's. */}}
+{{- define "aion.knowledgeExecutorTarget" -}}
+{{- if .Values.knowledge.executorTarget -}}
+{{- .Values.knowledge.executorTarget -}}
+{{- else if .Values.knowledge.embeddingAgent.enabled -}}
+{{- printf "%s.%s.svc:50055" (include "aion.executorName" (include "aion.embeddingAgentName" .)) .Release.Namespace -}}
+{{- else -}}
+{{- fail "knowledge.executorTarget is required when knowledge.embeddingAgent.enabled is false: the knowledge service embeds through an executor" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The knowledge index's claim: yours or the chart's. */}}
+{{- define "aion.knowledgeClaim" -}}
+{{- .Values.knowledge.persistence.existingClaim | default (printf "%s-index" (include "aion.componentName" (dict "root" . "component" "knowledge"))) -}}
+{{- end -}}
+
 {{/* The embedding Agent's name. */}}
 {{- define "aion.embeddingAgentName" -}}
 {{- .Values.knowledge.embeddingAgent.name | default (printf "%s-embeddings" (include "aion.fullname" .)) -}}

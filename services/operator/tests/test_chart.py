@@ -35,7 +35,8 @@ def test_values_ports_match_the_services() -> None:
     for name, port in PORTS.items():
         if name != "executor":
             assert values[name]["port"] == port
-        assert values[name]["image"]["repository"] == f"aion-{name}"
+        # Where `make images` pushes them, the local cluster's registry.
+        assert values[name]["image"]["repository"] == f"localhost:5000/aion/{name}"
     assert values["metrics"]["port"] == render.METRICS_PORT
     assert PORTS["executor"] == render.EXECUTOR_PORT
     assert values["operator"]["enabled"] is True
