@@ -15,11 +15,12 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
-from aion.agent import model, peers, provider, registry, store, tools
+from aion.agent import mcp_tools, model, peers, provider, registry, store, tools
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
 
 MAX_DEPTH = 2  # an agent called as a tool may not call agents in turn beyond this
+MCP_TIMEOUT_S = 30.0  # most an MCP server may take to list its tools or answer a call
 
 
 class Sink(Protocol):
@@ -106,11 +107,13 @@ class AgentLoop:
     """Runs agents: model calls on the executor or an external API, and their tools."""
 
     def __init__(self, *, clients: peers.Peers, agents: registry.AgentRegistry,
-                 api: provider.Provider | None, retrieval_top_k: int) -> None:
+                 api: provider.Provider | None, retrieval_top_k: int,
+                 mcp_timeout_s: float = MCP_TIMEOUT_S) -> None:
         self._peers = clients
         self._agents = agents
         self._api = api
         self._top_k = retrieval_top_k
+        self._mcp_timeout_s = mcp_timeout_s
 
     async def run(self, agent: model.AgentRecord, req: Request, sink: Sink, *,
                   depth: int = 0) -> str:
@@ -119,24 +122,33 @@ class AgentLoop:
         context = await self._context(agent, req)
         if context:
             system += "\n\nUse this context when it helps:\n" + context
-        available = self._tools(agent, req, depth)
-        if available:
-            system += "\n\n" + tools.prompt(available)
-        messages: list[tuple[str, str]] = [("system", system), ("user", req.input)]
-        step = 0
-        for _ in range(agent.max_steps):
-            step += 1
-            reply = await self._model_step(agent, req, messages, sink, step)
-            await sink.partial(reply, step)
-            if not available:
-                return reply
-            call = tools.parse_call(reply)
-            if call is None:
-                return reply
-            step += 1
-            outcome = await self._tool_step(available, call, sink, step)
-            messages += [("assistant", reply),
-                         ("user", f"Tool {call.tool} returned:\n{outcome.text}")]
+        async with mcp_tools.Toolbox(mcp_tools.servers(agent.tools), tenant=req.tenant,
+                                     task_id=req.task_id, timeout_s=self._mcp_timeout_s,
+                                     ) as toolbox:
+            step = 0
+            for url, why in toolbox.failures:
+                step += 1  # a server left out is a failed step the task's record shows
+                await sink.step(store.StepRecord(step=step, kind="tool",
+                                                 name=tools.MCP_PREFIX + url, input={},
+                                                 error=f"MCP server {url} {why}"))
+            available = {**toolbox.tools, **self._tools(agent, req, depth)}
+            if available:
+                system += "\n\n" + tools.prompt(available)
+            messages: list[tuple[str, str]] = [("system", system), ("user", req.input)]
+            for _ in range(agent.max_steps):
+                step += 1
+                reply = await self._model_step(agent, req, messages, sink, step)
+                await sink.partial(reply, step)
+                if not available:
+                    return reply
+                call = tools.parse_call(reply)
+                if call is None:
+                    return reply
+                step += 1
+                outcome = await self._tool_step(available, call, sink, step)
+                said = (f"Tool {call.tool} failed:\n{outcome.error}" if outcome.error
+                        else f"Tool {call.tool} returned:\n{outcome.text}")
+                messages += [("assistant", reply), ("user", said)]
         raise errors.FailedPrecondition(
             f"the agent made {agent.max_steps} model calls without a final answer; "
             "raise its step limit or simplify the task")
@@ -242,8 +254,9 @@ class AgentLoop:
             raise
         await sink.step(store.StepRecord(
             step=step, kind="tool", name=call.tool, input=call.arguments, output=outcome.text,
-            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-            cost_usd=outcome.cost_usd, latency_ms=int((time.perf_counter() - started) * 1000)))
+            error=outcome.error or None, prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd,
+            latency_ms=int((time.perf_counter() - started) * 1000)))
         return outcome
 
     async def _search(self, agent: model.AgentRecord, req: Request,

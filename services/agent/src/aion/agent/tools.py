@@ -3,7 +3,10 @@
 A model asks for a tool by replying with one JSON object,
 ``{"tool": NAME, "arguments": {...}}``; any other reply is its final answer.
 A reply that starts like JSON but is not a valid call, or arguments that do
-not match the tool's schema, end the task with INVALID_ARGUMENT naming why.
+not match a built-in tool's schema, end the task with INVALID_ARGUMENT naming
+why. Tools of MCP servers (``mcp:<url>``, see ``mcp_tools``) check their own
+arguments against the schema the server lists, and their failures are an
+``Outcome`` with an ``error`` the model sees, not the end of the task.
 """
 
 from __future__ import annotations
@@ -19,29 +22,36 @@ from aion.core import errors
 
 KNOWLEDGE_SEARCH = "knowledge_search"
 AGENT_PREFIX = "agent:"
+MCP_PREFIX = "mcp:"
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What a tool returned, with what it cost (a called agent's tokens)."""
+    """What a tool returned, with what it cost (a called agent's tokens); ``error`` says
+    why it failed, for the model to see."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
+    error: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class Tool:
-    """A callable tool: its name for the model, what it does, its arguments' model."""
+    """A callable tool: its name for the model, what it does, its arguments' model (or,
+    for a tool that checks its own arguments, their JSON schema)."""
 
     name: str
     description: str
-    arguments: type[pydantic.BaseModel]
+    arguments: type[pydantic.BaseModel] | None
     call: Callable[[Any], Awaitable[Outcome]]
+    input_schema: dict[str, Any] | None = None
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the arguments."""
+        if self.arguments is None:
+            return self.input_schema or {"type": "object"}
         return self.arguments.model_json_schema()
 
 
@@ -94,8 +104,10 @@ def parse_call(reply: str) -> Call | None:
                                      field="reply") from exc
 
 
-def arguments(tool: Tool, raw: dict[str, Any]) -> pydantic.BaseModel:
-    """``raw`` checked against the tool's schema."""
+def arguments(tool: Tool, raw: dict[str, Any]) -> pydantic.BaseModel | dict[str, Any]:
+    """``raw`` checked against the tool's schema (as it is, for a tool that checks them)."""
+    if tool.arguments is None:
+        return raw
     try:
         return tool.arguments.model_validate(raw)
     except pydantic.ValidationError as exc:
