@@ -270,6 +270,10 @@ async def test_the_tenants_rate_limit_answers_429_with_retry_after() -> None:
      b"99999999999}", 400, "max_tokens"),
     (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}', 400,
      "tools"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": 7}], "stream": "yes"}', 400,
+     "messages[0].content"),
+    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": "maybe"}', 400,
+     "stream"),
     (b"[" * 5000 + b"]" * 5000, 413, None),
     (b"[" * 2040 + b"]" * 2040, 400, "body"),  # deeper than the parser goes
 ])

@@ -137,12 +137,15 @@ class ChatCompletionRequest(_Body):
         return "\n\n".join(f"{role}: {text}" for role, text in turns)
 
 
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})
+
+
 def field_of(error: pydantic.ValidationError) -> tuple[str, str]:
     """The first invalid field of a body, dotted, and what is wrong with it."""
     first = error.errors()[0]
     field = ""
     for part in (str(p) for p in first["loc"]):
-        if part.startswith(("str", "list[", "function-", "constrained-")):
-            continue  # union branch names, not fields
+        if part in _UNION_TAGS or "[" in part or "-" in part:
+            continue  # the branch of a union ("str", "list[TextPart]"), not a field
         field += f"[{part}]" if part.isdigit() else (f".{part}" if field else part)
     return field or "body", str(first["msg"])
