@@ -1,5 +1,5 @@
 """A property-based run (schemathesis) of the HTTP surface from its own OpenAPI document, over
-the scripted peers of ``test_openai_http``: no request it makes gets a 5xx, and every answer
+the scripted peers of ``fakes``: no request it makes gets a 5xx, and every answer
 is one the document lists."""
 
 from __future__ import annotations
@@ -16,9 +16,30 @@ from schemathesis import checks
 
 from aion.gateway import openapi
 
-from .test_openai_http import KEY, _gateway
+from .fakes import KEY
+from .fakes import gateway as _gateway
 
 SCHEMA = schemathesis.openapi.from_dict(openapi.document())
+# The same document, with requests aimed at the agent that exists, so bodies reach the
+# servicers and the A2A dispatcher instead of stopping at "not found".
+KNOWN = schemathesis.openapi.from_dict(openapi.document())
+CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
+          checks.content_type_conformance, checks.response_schema_conformance]
+
+
+@KNOWN.hook
+def map_path_parameters(context: schemathesis.HookContext,
+                        path_parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not path_parameters:
+        return path_parameters
+    return {name: "demo" for name in path_parameters}
+
+
+@KNOWN.hook
+def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+    if isinstance(body, dict) and "messages" in body:
+        return {**body, "model": "demo"}
+    return body
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +69,14 @@ def base_url() -> Iterator[str]:
 @hypothesis.settings(max_examples=40, deadline=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case[Any], base_url: str) -> None:
-    case.call_and_validate(
-        base_url=base_url, headers={"Authorization": f"Bearer {KEY}"},
-        checks=[checks.not_a_server_error, checks.status_code_conformance,
-                checks.content_type_conformance, checks.response_schema_conformance])
+    case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"},
+                           checks=CHECKS)
+
+
+@KNOWN.parametrize()
+@hypothesis.settings(max_examples=40, deadline=None,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+def test_no_request_to_a_known_agent_gets_a_server_error(case: schemathesis.Case[Any],
+                                                         base_url: str) -> None:
+    case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"},
+                           checks=CHECKS)

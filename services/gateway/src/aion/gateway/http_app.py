@@ -80,9 +80,8 @@ def guarded(handler: Handler, *, params: Mapping[str, str] | None = None,
     return wrapped
 
 
-async def parse_body(request: requests.Request, model: type[B], *, max_bytes: int,
-                     field_of: Callable[[pydantic.ValidationError], tuple[str, str]]) -> B:
-    """The JSON body as ``model``, or InvalidArgument naming what to fix."""
+async def read_body(request: requests.Request, *, max_bytes: int) -> bytes:
+    """The body, refused with 413 past ``max_bytes`` (kept for later ``request.body()``)."""
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > max_bytes:
         raise exceptions.HTTPException(413, f"the body is over {max_bytes} bytes")
@@ -91,6 +90,14 @@ async def parse_body(request: requests.Request, model: type[B], *, max_bytes: in
         raw += piece
         if len(raw) > max_bytes:
             raise exceptions.HTTPException(413, f"the body is over {max_bytes} bytes")
+    request._body = bytes(raw)  # starlette's cache: handlers that read the body again get it
+    return request._body
+
+
+async def parse_body(request: requests.Request, model: type[B], *, max_bytes: int,
+                     field_of: Callable[[pydantic.ValidationError], tuple[str, str]]) -> B:
+    """The JSON body as ``model``, or InvalidArgument naming what to fix."""
+    raw = await read_body(request, max_bytes=max_bytes)
     try:
         data = json.loads(raw)
         json.dumps(data, ensure_ascii=False).encode()  # lone surrogates cannot reach protobuf

@@ -1,7 +1,7 @@
 """The gateway's composition root: ``python -m aion.gateway``.
 
-The gRPC API always; the HTTP front door (OpenAI-compatible, with its
-OpenAPI document) beside it in the same event loop when
+The gRPC API always; the HTTP front door (OpenAI-compatible with its
+OpenAPI document, and A2A) beside it in the same event loop when
 ``AION_GATEWAY_HTTP_PORT`` is set, over the same servicers. SIGTERM stops
 both from accepting and lets in-flight calls finish.
 """
@@ -20,7 +20,7 @@ from aion.api.v1 import (
     tasks_pb2_grpc,
 )
 from aion.core import channels, http_server, lifecycle, metrics, server, settings, telemetry
-from aion.gateway import auth, http_app, openai_api, openapi, ratelimit, servicers
+from aion.gateway import a2a_api, auth, http_app, openai_api, openapi, ratelimit, servicers
 from aion.gateway import settings as gateway_settings
 
 
@@ -50,10 +50,12 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
             return
         api = openai_api.OpenAIApi(tasks=tasks, agents=agents, timeout_s=cfg.http_timeout_s,
                                    max_body_bytes=cfg.http_max_body_bytes)
+        a2a = a2a_api.A2AApi(tasks=tasks, agents=agents, timeout_s=cfg.http_timeout_s,
+                             max_body_bytes=cfg.http_max_body_bytes)
         stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
         # Bound (listening) before gRPC reports SERVING, so a ready gateway takes HTTP too.
         http = await stack.enter_async_context(http_server.HttpServer(
-            http_app.build([*api.routes, openapi.route()]), name="gateway http",
+            http_app.build([*api.routes, *a2a.routes, openapi.route()]), name="gateway http",
             host=cfg.host, port=cfg.http_port))
         await stack.enter_async_context(grpc_server)
         async with asyncio.TaskGroup() as group:

@@ -73,6 +73,17 @@ _COMPLETION = {
 }
 
 
+_AGENT = {"name": "agent", "in": "path", "required": True, "schema": {"type": "string"}}
+
+_JSONRPC = {
+    "type": "object", "required": ["jsonrpc", "method"],
+    "properties": {"jsonrpc": {"const": "2.0"}, "id": {"type": ["string", "integer"]},
+                   "method": {"enum": ["SendMessage", "SendStreamingMessage", "GetTask",
+                                       "CancelTask", "SubscribeToTask"]},
+                   "params": {"type": "object"}},
+}
+
+
 def _pick(*codes: str) -> dict[str, Any]:
     return {code: _ERRORS[code] for code in codes}
 
@@ -88,9 +99,10 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "aion gateway", "version": "v1",
-                 "description": "OpenAI-compatible access to aion agents: `model` names an "
-                                "agent. Authenticate with an API key (`Authorization: Bearer "
-                                "<key>` or `x-api-key`) or a JWT (`Authorization: Bearer`)."},
+                 "description": "OpenAI-compatible and A2A access to aion agents: `model` "
+                                "(or the A2A path) names an agent. Authenticate with an API "
+                                "key (`Authorization: Bearer <key>` or `x-api-key`) or a JWT "
+                                "(`Authorization: Bearer`)."},
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
@@ -126,6 +138,23 @@ def document() -> dict[str, Any]:
                                 "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "the agent", "content": _json(
                     {"$ref": _REF.format(model="Model")})}, **_pick("404"), **auth}}},
+            "/a2a/{agent}/.well-known/agent-card.json": {"get": {
+                "operationId": "agentCard", "summary": "The A2A agent card of one of your agents",
+                "parameters": [_AGENT],
+                "responses": {"200": {"description": "the A2A (1.0) agent card",
+                                      "content": _json({"type": "object"})},
+                              **_pick("404"), **auth}}},
+            "/a2a/{agent}": {"post": {
+                "operationId": "a2aJsonRpc",
+                "summary": "A2A 1.0 JSON-RPC: SendMessage, SendStreamingMessage, GetTask, "
+                           "CancelTask, SubscribeToTask",
+                "parameters": [_AGENT],
+                "requestBody": {"required": True, "content": _json(_JSONRPC)},
+                "responses": {"200": {"description": "the JSON-RPC response, or its events as "
+                                                     "SSE", "content": {
+                                          **_json({"type": "object"}),
+                                          "text/event-stream": {"schema": {"type": "string"}}}},
+                              **_pick("404", "413"), **auth}}},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1",

@@ -1,0 +1,185 @@
+"""Scripted peers for the gateway's HTTP tests: real gRPC servers standing in for the router
+and the agent service (no model), and the gateway's HTTP app over them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import openai
+import pydantic
+
+from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.router.v1 import router_pb2, router_pb2_grpc
+from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
+from aion.core import errors, http_server, server
+from aion.gateway import (
+    a2a_api,
+    auth,
+    http_app,
+    openai_api,
+    openapi,
+    ratelimit,
+    servicers,
+    settings,
+)
+
+KEY, VIEWER, SECRET = "k-user", "k-viewer", "jwt-secret-for-tests-32-bytes-long"
+
+
+class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
+    """The agent service, scripted by the task's input; it records what it was asked."""
+
+    def __init__(self) -> None:
+        self.runs: list[agent_pb2.RunRequest] = []
+        self.by_key: dict[str, str] = {}
+        self.tasks: dict[str, common_pb2.TaskResult] = {}
+
+    def _result(self, run: agent_pb2.RunRequest, **kw: Any) -> common_pb2.TaskResult:
+        task_id = f"t{len(self.runs)}"
+        if run.task.idempotency_key:
+            task_id = self.by_key.setdefault(run.task.idempotency_key, task_id)
+        result = common_pb2.TaskResult(
+            task_id=task_id, agent=run.task.agent, status=common_pb2.TASK_STATUS_OK,
+            output="Hello there", engine=run.decision.engine,
+            usage=common_pb2.Usage(prompt_tokens=5, completion_tokens=2, tokens=7), **kw)
+        result.created_at.GetCurrentTime()
+        self.tasks[task_id] = result
+        return result
+
+    def _task(self, ref: agent_pb2.TaskRef) -> common_pb2.TaskResult:
+        if ref.tenant != "acme" or ref.task_id not in self.tasks:
+            raise errors.NotFound(f"task '{ref.task_id}' not found")
+        return self.tasks[ref.task_id]
+
+    async def GetTask(self, request: agent_pb2.TaskRef, context: Any) -> common_pb2.TaskResult:
+        return self._task(request)
+
+    async def CancelTask(self, request: agent_pb2.TaskRef,
+                         context: Any) -> common_pb2.TaskResult:
+        task = self._task(request)
+        if task.status != common_pb2.TASK_STATUS_QUEUED:
+            raise errors.FailedPrecondition(f"task '{task.task_id}' has ended")
+        task.status = common_pb2.TASK_STATUS_CANCELED
+        return task
+
+    async def Follow(self, request: agent_pb2.TaskRef,
+                     context: Any) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        task = self._task(request)
+        yield tasks_pb2.TaskEvent(task_id=task.task_id, seq=1, started=tasks_pb2.TaskStarted())
+        yield tasks_pb2.TaskEvent(task_id=task.task_id, seq=2,
+                                  token=tasks_pb2.Token(text=task.output))
+        yield tasks_pb2.TaskEvent(task_id=task.task_id, seq=3, done=tasks_pb2.Done(result=task))
+
+    async def GetAgent(self, request: agent_pb2.AgentRef, context: Any) -> agents_pb2.Agent:
+        if request.tenant != "acme" or request.name != "demo":
+            raise errors.NotFound(f"agent '{request.name}' not found")
+        return agents_pb2.Agent(name="demo", model="m", ready=True,
+                                privacy=common_pb2.PRIVACY_HYBRID)
+
+    async def ListAgents(self, request: agent_pb2.ListAgentsRequest,
+                         context: Any) -> agents_pb2.ListAgentsResponse:
+        agents = [agents_pb2.Agent(name="demo", model="m")] if request.tenant == "acme" else []
+        return agents_pb2.ListAgentsResponse(agents=agents)
+
+    async def Submit(self, request: agent_pb2.RunRequest,
+                     context: Any) -> tasks_pb2.SubmitResponse:
+        self.runs.append(request)
+        if request.task.input == "time out":
+            result = self._result(request, error=common_pb2.TaskError(
+                code="DEADLINE_EXCEEDED", message="the task ran past its deadline",
+                retriable=True))
+            result.status = common_pb2.TASK_STATUS_TIMEOUT
+        elif request.asynchronous:
+            result = self._result(request)
+            result.output = ""
+            result.status = common_pb2.TASK_STATUS_QUEUED
+        else:
+            result = self._result(request)
+        return tasks_pb2.SubmitResponse(task_id=result.task_id, result=result)
+
+    async def Run(self, request: agent_pb2.RunRequest,
+                  context: Any) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        self.runs.append(request)
+        result = self._result(request)
+        yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=1, started=tasks_pb2.TaskStarted(
+            engine=request.decision.engine))
+        for i, piece in enumerate(["Hello", " there"]):
+            yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=2 + i,
+                                      token=tasks_pb2.Token(text=piece))
+        if request.task.input == "break":
+            result.status = common_pb2.TASK_STATUS_ERROR
+            result.error.CopyFrom(common_pb2.TaskError(code="UNAVAILABLE",
+                                                       message="the executor went away"))
+            yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=4,
+                                      error=tasks_pb2.ErrorEvent(result=result))
+            return
+        yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=4,
+                                  done=tasks_pb2.Done(result=result))
+
+
+class FakeRouter(router_pb2_grpc.RouterServicer):
+    """Decides local, and records the request."""
+
+    def __init__(self) -> None:
+        self.asked: list[router_pb2.DecideRequest] = []
+
+    async def Decide(self, request: router_pb2.DecideRequest,
+                     context: Any) -> router_pb2.Decision:
+        self.asked.append(request)
+        return router_pb2.Decision(engine=common_pb2.Engine(
+            route=common_pb2.ROUTE_LOCAL, chosen_by="test", reason="scripted", model="m"))
+
+
+class Gateway:
+    """The HTTP app of a gateway whose peers are the fakes."""
+
+    def __init__(self, url: str, agents: FakeAgents, router: FakeRouter) -> None:
+        self.url = url
+        self.agents = agents
+        self.router = router
+        self.clients: list[openai.AsyncOpenAI] = []
+
+    def client(self, key: str = KEY) -> openai.AsyncOpenAI:
+        """An openai client authenticated with ``key``, closed with the gateway."""
+        self.clients.append(openai.AsyncOpenAI(base_url=self.url + "/v1", api_key=key,
+                                               max_retries=0))
+        return self.clients[-1]
+
+
+@contextlib.asynccontextmanager
+async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gateway]:
+    """The HTTP surfaces (OpenAI, A2A, OpenAPI) of a gateway over the fakes, on a free port."""
+    cfg = settings.GatewaySettings(
+        api_keys=[settings.ApiKey(key=pydantic.SecretStr(KEY), tenant="acme"),
+                  settings.ApiKey(key=pydantic.SecretStr(VIEWER), tenant="acme",
+                                  roles=["viewer"])],
+        jwt_secret=pydantic.SecretStr(SECRET), http_max_body_bytes=4096)
+    agents, router = FakeAgents(), FakeRouter()  # type: ignore[abstract]
+    backend = server.GrpcServer(name="fakes", host="127.0.0.1", port=0, grace_s=1)
+    backend.add(agent_pb2_grpc.add_AgentServiceServicer_to_server, agents, "agents")
+    backend.add(router_pb2_grpc.add_RouterServicer_to_server, router, "router")
+    async with backend, grpc.aio.insecure_channel(backend.address) as chan:
+        peers = servicers.Peers(router=chan, agent=chan, knowledge=chan)
+        guard = servicers.Guard(authenticator=auth.Authenticator(cfg),
+                                limiter=ratelimit.RateLimiter(rate=rate, burst=burst))
+        tasks = servicers.TasksServicer(guard=guard, peers=peers)
+        agent_list = servicers.AgentsServicer(guard=guard, peers=peers)
+        api = openai_api.OpenAIApi(tasks=tasks, agents=agent_list, timeout_s=30,
+                                   max_body_bytes=cfg.http_max_body_bytes)
+        a2a = a2a_api.A2AApi(tasks=tasks, agents=agent_list, timeout_s=30,
+                             max_body_bytes=cfg.http_max_body_bytes)
+        app = http_app.build([*api.routes, *a2a.routes, openapi.route()])
+        async with http_server.HttpServer(app, name="http", host="127.0.0.1", port=0) as http:
+            serving = asyncio.create_task(http.serve())
+            running = Gateway(http.url, agents, router)
+            try:
+                yield running
+            finally:
+                for client in running.clients:
+                    await client.close()
+                http.shutdown()
+                await serving
