@@ -8,6 +8,7 @@ from aion.infra.cluster import Cluster
 from aion.infra.component import Component
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
+from aion.infra.oci_registry import ImageRegistry
 from aion.infra.paths import Layout
 from aion.infra.postgres import Postgres
 
@@ -16,11 +17,14 @@ COMPONENTS: dict[str, Callable[[Layout], Component]] = {
     "postgres": Postgres,
     "minio": MinIO,
     "cluster": Cluster,
+    "registry": ImageRegistry,
 }
 
 GROUPS: dict[str, list[str]] = {
     "infra": ["kafka", "postgres", "minio"],
-    "all": ["kafka", "postgres", "minio", "cluster"],
+    "all": ["kafka", "postgres", "minio", "registry", "cluster"],
+    # The cluster's container runtime pulls aion's images from the registry.
+    "cluster": ["registry", "cluster"],
 }
 
 
