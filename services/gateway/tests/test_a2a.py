@@ -108,8 +108,11 @@ async def test_return_immediately_queues_then_cancel_and_subscribe() -> None:
         assert gw.agents.runs[-1].asynchronous
         canceled = await client.cancel_task(a2a.CancelTaskRequest(id=queued.task.id))
         assert canceled.status.state == a2a.TASK_STATE_CANCELED
-        with pytest.raises(a2a_errors.A2AError, match="has ended"):
-            await client.cancel_task(a2a.CancelTaskRequest(id=queued.task.id))
+        again = await client.cancel_task(a2a.CancelTaskRequest(id=queued.task.id))
+        assert again.status.state == a2a.TASK_STATE_CANCELED
+        [done] = [r async for r in client.send_message(_message("Hi"))]
+        with pytest.raises(a2a_errors.TaskNotCancelableError, match="has ended OK"):
+            await client.cancel_task(a2a.CancelTaskRequest(id=done.task.id))
         with pytest.raises(a2a_errors.A2AError, match="task 'nope' not found"):
             await client.get_task(a2a.GetTaskRequest(id="nope"))
     async with _gateway() as gw, _client(gw) as client:

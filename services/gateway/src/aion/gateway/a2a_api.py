@@ -12,7 +12,8 @@ id, the same store, the same Get and Cancel from gRPC or HTTP.
 - ``SendStreamingMessage`` streams the task: the task (WORKING), the output as
   artifact chunks, then the final status.
 - ``GetTask``, ``CancelTask`` and ``SubscribeToTask`` (follow a task from its
-  first event) act on any of the tenant's tasks by id.
+  first event) act on any of the tenant's tasks by id; a task that ended other
+  than CANCELED is not cancelable.
 - Task listing, push notifications and extended cards are not offered.
 
 A task's state maps QUEUED to SUBMITTED, RUNNING to WORKING, OK to COMPLETED,
@@ -49,6 +50,8 @@ _STATE = {
     common_pb2.TASK_STATUS_TIMEOUT: a2a.TASK_STATE_FAILED,
     common_pb2.TASK_STATUS_CANCELED: a2a.TASK_STATE_CANCELED,
 }
+_ENDED = frozenset({common_pb2.TASK_STATUS_OK, common_pb2.TASK_STATUS_ERROR,
+                    common_pb2.TASK_STATUS_TIMEOUT})
 OUTPUT = "output"  # the artifact that carries the agent's answer
 
 
@@ -192,10 +195,13 @@ class Handler(request_handler.RequestHandler):
 
     async def on_cancel_task(self, params: a2a.CancelTaskRequest,
                              context: a2a_context.ServerCallContext) -> a2a.Task | None:
-        """``CancelTask``."""
+        """``CancelTask``; a task that ended otherwise is not cancelable."""
         with _mapped(about_task=True):
             result = await self._tasks.Cancel(tasks_pb2.CancelTaskRequest(task_id=params.id),
                                               self._call(context).context())
+        if result.status in _ENDED:
+            raise a2a_errors.TaskNotCancelableError(
+                f"task '{result.task_id}' has ended {results.status_name(result.status)}")
         return task_of(result)
 
     async def on_list_tasks(self, params: a2a.ListTasksRequest,

@@ -3,12 +3,8 @@ running suite (real model), API keys and JWTs on, anonymous access off."""
 
 from __future__ import annotations
 
-import inspect
-import json
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,51 +17,11 @@ from schemathesis import checks
 
 from aion.api.v1 import common_pb2
 from aion.gateway import openapi
-from aion.sdk import Client, testing
+from aion.sdk import Client
+
+from .suite import JWT_SECRET, OTHER_KEY, USER_KEY, VIEWER_KEY, HttpSuite
 
 pytestmark = pytest.mark.e2e
-
-USER_KEY, VIEWER_KEY, OTHER_KEY = "k-user-e2e", "k-viewer-e2e", "k-other-tenant-e2e"
-JWT_SECRET = "e2e-jwt-secret-that-is-32-bytes-long"
-API_KEYS = [{"key": USER_KEY, "tenant": "default", "roles": ["user"], "name": "e2e-user"},
-            {"key": VIEWER_KEY, "tenant": "default", "roles": ["viewer"]},
-            {"key": OTHER_KEY, "tenant": "other", "roles": ["user"]}]
-
-
-class HttpSuite:
-    """A running suite whose gateway serves HTTP on ``base_url``."""
-
-    def __init__(self, suite: testing.LocalSuite, http_port: int) -> None:
-        self.suite = suite
-        self.base_url = f"http://127.0.0.1:{http_port}"
-
-    def client(self, key: str = USER_KEY, **kw: object) -> openai.OpenAI:
-        """The openai client, authenticated with ``key``."""
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0,
-                             timeout=120, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def http_suite(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpSuite]:
-    """The suite with the gateway's HTTP port and credentials on; its database is dropped."""
-    # The e2e conftest's helpers (pytest imports it under this name), with the session
-    # fixtures its Backbone takes, so this suite gets whatever backbone the shared one gets.
-    e2e: Any = sys.modules["tests.e2e.conftest"]
-    backbone = e2e.Backbone(*(request.getfixturevalue(name)
-                              for name in inspect.signature(e2e.Backbone).parameters))
-    http_port = testing.suite.free_port()
-    try:
-        suite = e2e.start_suite(tmp_path_factory.mktemp("http-suite"), {
-            **backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
-            "AION_GATEWAY_API_KEYS": json.dumps(API_KEYS), "AION_GATEWAY_JWT_SECRET": JWT_SECRET,
-            "AION_GATEWAY_HTTP_PORT": str(http_port)})
-        try:
-            yield HttpSuite(suite, http_port)
-        finally:
-            suite.stop()
-    finally:
-        backbone.drop_all()
 
 
 def test_models_are_the_callers_agents(http_suite: HttpSuite) -> None:

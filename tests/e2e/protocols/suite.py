@@ -1,0 +1,26 @@
+"""What the protocol tests share: the credentials their suite accepts, and the suite."""
+
+from __future__ import annotations
+
+import openai
+
+from aion.sdk import testing
+
+USER_KEY, VIEWER_KEY, OTHER_KEY = "k-user-e2e", "k-viewer-e2e", "k-other-tenant-e2e"
+JWT_SECRET = "e2e-jwt-secret-that-is-32-bytes-long"
+API_KEYS = [{"key": USER_KEY, "tenant": "default", "roles": ["user"], "name": "e2e-user"},
+            {"key": VIEWER_KEY, "tenant": "default", "roles": ["viewer"]},
+            {"key": OTHER_KEY, "tenant": "other", "roles": ["user"]}]
+
+
+class HttpSuite:
+    """A running suite whose gateway serves HTTP on ``base_url``."""
+
+    def __init__(self, suite: testing.LocalSuite, http_port: int) -> None:
+        self.suite = suite
+        self.base_url = f"http://127.0.0.1:{http_port}"
+
+    def client(self, key: str = USER_KEY, **kw: object) -> openai.OpenAI:
+        """The openai client, authenticated with ``key``."""
+        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0,
+                             timeout=120, **kw)  # type: ignore[arg-type]
