@@ -16,7 +16,8 @@ from aiokafka import (  # type: ignore[import-untyped]
 )
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 
-from aion.infra.kafka import Kafka
+from aion.infra.kafka import NODE_ID, Kafka, metadata_brokers
+from aion.infra.podnet import HOST_IP
 
 pytestmark = pytest.mark.kafka
 
@@ -78,8 +79,17 @@ async def _wait_assigned(
 
 
 def test_endpoints(kafka: Kafka) -> None:
-    assert kafka.endpoints() == {"AION_KAFKA_BOOTSTRAP": kafka.bootstrap}
     assert kafka.bootstrap == f"127.0.0.1:{kafka.port}"
+    assert kafka.endpoints() == {"AION_KAFKA_BOOTSTRAP": kafka.bootstrap,
+                                 "AION_KAFKA_POD_BOOTSTRAP": f"{HOST_IP}:{kafka.pod_port}"}
+
+
+def test_pods_are_told_to_come_back_to_the_pod_address(kafka: Kafka) -> None:
+    # A pod cannot use 127.0.0.1 (that is itself): the pod listener advertises HOST_IP.
+    assert kafka.pod_port is not None
+    brokers, controller = metadata_brokers(HOST_IP, kafka.pod_port)
+    assert brokers == [(NODE_ID, HOST_IP, kafka.pod_port)]
+    assert controller == NODE_ID
 
 
 async def test_a_group_consumes_once_and_resumes_from_its_commit(

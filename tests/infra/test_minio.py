@@ -13,6 +13,7 @@ from minio import Minio
 from minio.error import S3Error
 
 from aion.infra.minio import MinIO
+from aion.infra.podnet import HOST_IP
 
 pytestmark = pytest.mark.minio
 
@@ -51,10 +52,15 @@ def _get(client: Minio, bucket: str, key: str) -> bytes:
 
 def test_endpoints(minio: MinIO) -> None:
     assert minio.endpoints() == {
+        "AION_MINIO_POD_ENDPOINT": f"{HOST_IP}:{minio.port}",
         "AION_MINIO_ENDPOINT": f"127.0.0.1:{minio.port}",
         "AION_MINIO_ACCESS_KEY": minio.access_key,
         "AION_MINIO_SECRET_KEY": minio.secret_key,
     }
+    # Pods on the real nodes reach it at the host's pod-facing address.
+    pods = Minio(f"{HOST_IP}:{minio.port}", access_key=minio.access_key,
+                 secret_key=minio.secret_key, secure=False)
+    assert pods.bucket_exists(f"aion-absent-{uuid.uuid4().hex[:8]}") is False
 
 
 def test_objects_round_trip_and_list_by_prefix(client: Minio, bucket: str) -> None:

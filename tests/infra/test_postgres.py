@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
+from aion.infra.podnet import HOST_IP
 from aion.infra.postgres import Postgres
 
 pytestmark = pytest.mark.postgres
@@ -36,9 +37,11 @@ def _notes(conn: psycopg.Connection[Row], table: sql.Identifier) -> list[Row]:
     return conn.execute(sql.SQL("SELECT id, note FROM {} ORDER BY id").format(table)).fetchall()
 
 
-def test_serves_the_aion_database(postgres: Postgres) -> None:
-    assert postgres.endpoints() == {"AION_POSTGRES_DSN": postgres.dsn}
-    with psycopg.connect(postgres.dsn) as conn:
+@pytest.mark.parametrize("endpoint", ["AION_POSTGRES_DSN", "AION_POSTGRES_POD_DSN"])
+def test_serves_the_aion_database(postgres: Postgres, endpoint: str) -> None:
+    dsn = postgres.endpoints()[endpoint]  # the pods' address too (HOST_IP, a password login)
+    assert dsn == postgres.dsn.replace("127.0.0.1", HOST_IP if "POD" in endpoint else "127.0.0.1")
+    with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT current_database(), current_user, "
             "current_setting('server_encoding'), current_setting('fsync')"

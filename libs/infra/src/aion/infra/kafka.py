@@ -25,12 +25,14 @@ import struct
 import uuid
 from pathlib import Path
 
+from aion.infra import podnet
 from aion.infra.component import Component, InfraError, port_open
 from aion.infra.paths import REPO, Layout, versions
 from aion.infra.process import Daemon, run
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
+DEFAULT_POD_PORT = 9094
 DEFAULT_CONTROLLER_PORT = 9093
 NODE_ID = 1
 LOG4J_CONFIG = REPO / "deploy" / "local" / "kafka" / "log4j2.properties"
@@ -66,17 +68,25 @@ def new_cluster_id() -> str:
             return text
 
 
-def server_properties(*, port: int, controller_port: int, log_dirs: Path) -> str:
-    """The broker+controller configuration of one local node (pure)."""
+def server_properties(*, port: int, controller_port: int, log_dirs: Path,
+                      pods: str | None = None) -> str:
+    """The broker+controller configuration of one local node (pure). ``pods``
+    (host:port) adds a listener for the pods of the local cluster's real nodes."""
+    listeners = [f"PLAINTEXT://{HOST}:{port}", f"CONTROLLER://{HOST}:{controller_port}"]
+    advertised = [f"PLAINTEXT://{HOST}:{port}"]
+    if pods:
+        listeners.append(f"PODS://{pods}")
+        advertised.append(f"PODS://{pods}")
     props = {
         "process.roles": "broker,controller",
         "node.id": str(NODE_ID),
         "controller.quorum.voters": f"{NODE_ID}@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": (
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PODS:PLAINTEXT"),
         "log.dirs": str(log_dirs),
         "num.partitions": "1",
         "auto.create.topics.enable": "true",
@@ -164,6 +174,11 @@ class Kafka(Component):
         self.controller_port = int(
             os.environ.get("AION_KAFKA_CONTROLLER_PORT") or DEFAULT_CONTROLLER_PORT
         )
+        # The listener for pods: on by default for the default broker only, so
+        # that a test's own broker on free ports takes no fixed port.
+        pod_port = os.environ.get("AION_KAFKA_POD_PORT") or (
+            str(DEFAULT_POD_PORT) if self.port == DEFAULT_PORT else "")
+        self.pod_port = int(pod_port) if pod_port else None
         self.version = versions()["KAFKA_VERSION"]
         self.area = layout.data(self.name)
         self.config = self.area / "server.properties"
@@ -184,8 +199,16 @@ class Kafka(Component):
         return f"{HOST}:{self.port}"
 
     # -- Component ----------------------------------------------------------------
+    @property
+    def pod_bootstrap(self) -> str | None:
+        """host:port for pods on the real nodes, when that listener is on."""
+        ip = podnet.host_ip() if self.pod_port else None
+        return f"{ip}:{self.pod_port}" if ip else None
+
     def endpoints(self) -> dict[str, str]:
-        return {"AION_KAFKA_BOOTSTRAP": self.bootstrap}
+        pods = self.pod_bootstrap
+        return {"AION_KAFKA_BOOTSTRAP": self.bootstrap,
+                **({"AION_KAFKA_POD_BOOTSTRAP": pods} if pods else {})}
 
     def make_daemons(self) -> list[Daemon]:
         if self._daemon is None:
@@ -213,7 +236,8 @@ class Kafka(Component):
         self.area.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             server_properties(
-                port=self.port, controller_port=self.controller_port, log_dirs=self.log_dirs
+                port=self.port, controller_port=self.controller_port, log_dirs=self.log_dirs,
+                pods=self.pod_bootstrap,
             )
         )
         if (self.log_dirs / "meta.properties").exists():

@@ -20,6 +20,7 @@ import urllib.request
 from os import environ
 from pathlib import Path
 
+from aion.infra import podnet
 from aion.infra.component import Component, port_open
 from aion.infra.paths import Layout, versions
 from aion.infra.process import Daemon
@@ -80,7 +81,9 @@ class MinIO(Component):
 
     # -- Component ----------------------------------------------------------------
     def endpoints(self) -> dict[str, str]:
+        ip = podnet.host_ip()
         return {
+            **({"AION_MINIO_POD_ENDPOINT": f"{ip}:{self.port}"} if ip else {}),
             "AION_MINIO_ENDPOINT": self.endpoint,
             "AION_MINIO_ACCESS_KEY": self.access_key,
             "AION_MINIO_SECRET_KEY": self.secret_key,
@@ -95,7 +98,8 @@ class MinIO(Component):
                     "server",
                     str(self.drive),
                     "--address",
-                    f"{HOST}:{self.port}",
+                    # One address only: every interface when pods must reach it too.
+                    f"{'' if podnet.host_ip() else HOST}:{self.port}",
                     "--console-address",
                     f"{HOST}:{self.console_port}",
                     "--certs-dir",

@@ -34,6 +34,7 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import quote
 
+from aion.infra import podnet
 from aion.infra.component import Component, InfraError, wait_until
 from aion.infra.paths import Layout
 from aion.infra.process import Daemon, run
@@ -167,7 +168,9 @@ class Postgres(Component):
         return f"postgresql://{SUPERUSER}:{password}@{HOST}:{self.port}/{database}"
 
     def endpoints(self) -> dict[str, str]:
-        return {"AION_POSTGRES_DSN": self.dsn}
+        ip = podnet.host_ip()
+        pods = {"AION_POSTGRES_POD_DSN": self.dsn.replace(f"@{HOST}:", f"@{ip}:")} if ip else {}
+        return {"AION_POSTGRES_DSN": self.dsn, **pods}
 
     def make_daemons(self) -> list[Daemon]:
         if self._daemon is None:
@@ -181,7 +184,7 @@ class Postgres(Component):
                     "-k",
                     sockdir,
                     "-h",
-                    HOST,
+                    ",".join([HOST, *filter(None, [podnet.host_ip()])]),
                     "-p",
                     str(self.port),
                 ],
@@ -207,6 +210,19 @@ class Postgres(Component):
             self._initdb(install)
         else:
             self._check_data()
+        self._admit_pods()
+
+    def _admit_pods(self) -> None:
+        """Password logins from the pods of the local cluster's real nodes (pg_hba.conf)."""
+        hba = self.pgdata / "pg_hba.conf"
+        text = hba.read_text()
+        lines = [f"host all all {net} scram-sha-256"
+                 for net in (podnet.POD_CIDR, f"{podnet.HOST_IP}/32")]
+        missing = [line for line in lines if line not in text.splitlines()]
+        if missing:
+            with hba.open("a") as out:
+                out.write("# pods of the local cluster's real nodes (aion.infra.podnet)\n")
+                out.write("".join(f"{line}\n" for line in missing))
 
     def ready(self) -> bool:
         import psycopg
