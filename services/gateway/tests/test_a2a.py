@@ -21,13 +21,18 @@ from .fakes import gateway as _gateway
 
 @contextlib.asynccontextmanager
 async def _client(gw: Gateway, *, key: str = KEY, streaming: bool = True,
-                  agent: str = "demo") -> AsyncIterator[a2a_client.Client]:
+                  agent: str = "demo", binding: str = "JSONRPC",
+                  ) -> AsyncIterator[a2a_client.Client]:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
         client = await client_factory.create_client(
             f"{gw.url}/a2a/{agent}",
-            client_config=a2a_client.ClientConfig(streaming=streaming, httpx_client=http),
+            client_config=a2a_client.ClientConfig(
+                streaming=streaming, httpx_client=http, supported_protocol_bindings=[binding]),
             resolver_http_kwargs={"headers": headers})
+        transport = type(client._transport).__name__  # type: ignore[attr-defined]
+        assert transport == {"JSONRPC": "JsonRpcTransport", "HTTP+JSON": "RestTransport"}[
+            binding], transport
         async with client:
             yield client
 
@@ -54,13 +59,15 @@ async def test_the_agent_card_is_the_callers_agent() -> None:
     assert card["name"] == "demo"
     assert card["capabilities"]["streaming"] is True
     assert card["supportedInterfaces"][0]["url"] == f"{gw.url}/a2a/demo"
-    assert card["supportedInterfaces"][0]["protocolBinding"] == "JSONRPC"
+    assert [i["protocolBinding"] for i in card["supportedInterfaces"]] == ["JSONRPC",
+                                                                         "HTTP+JSON"]
     assert (missing.status_code, missing.json()["error"]["param"]) == (404, "agent")
     assert anonymous.status_code == 401
 
 
-async def test_send_runs_an_aion_task_and_get_finds_it() -> None:
-    async with _gateway() as gw, _client(gw, streaming=False) as client:
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_send_runs_an_aion_task_and_get_finds_it(binding: str) -> None:
+    async with _gateway() as gw, _client(gw, streaming=False, binding=binding) as client:
         [response] = [r async for r in client.send_message(_message("Hi", "msg-1"))]
         task = response.task
         assert task.status.state == a2a.TASK_STATE_COMPLETED
@@ -76,8 +83,9 @@ async def test_send_runs_an_aion_task_and_get_finds_it() -> None:
     assert retry.task.id == task.id  # the same message id is the same task
 
 
-async def test_stream_sends_the_task_its_output_then_the_final_status() -> None:
-    async with _gateway() as gw, _client(gw) as client:
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_stream_sends_the_task_its_output_then_the_final_status(binding: str) -> None:
+    async with _gateway() as gw, _client(gw, binding=binding) as client:
         events = [r async for r in client.send_message(_message("Hi"))]
     kinds = [r.WhichOneof("payload") for r in events]
     assert kinds == ["task", "artifact_update", "artifact_update", "status_update"]
@@ -99,8 +107,9 @@ async def test_a_failed_task_streams_a_failed_status_with_the_reason() -> None:
     assert final.message.parts[0].text == "UNAVAILABLE: the executor went away"
 
 
-async def test_return_immediately_queues_then_cancel_and_subscribe() -> None:
-    async with _gateway() as gw, _client(gw, streaming=False) as client:
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_return_immediately_queues_then_cancel_and_subscribe(binding: str) -> None:
+    async with _gateway() as gw, _client(gw, streaming=False, binding=binding) as client:
         request = _message("later")
         request.configuration.return_immediately = True
         [queued] = [r async for r in client.send_message(request)]
@@ -115,7 +124,7 @@ async def test_return_immediately_queues_then_cancel_and_subscribe() -> None:
             await client.cancel_task(a2a.CancelTaskRequest(id=done.task.id))
         with pytest.raises(a2a_errors.A2AError, match="task 'nope' not found"):
             await client.get_task(a2a.GetTaskRequest(id="nope"))
-    async with _gateway() as gw, _client(gw) as client:
+    async with _gateway() as gw, _client(gw, binding=binding) as client:
         [*_, done] = [r async for r in client.send_message(_message("Hi"))]
         followed = [r async for r in client.subscribe(a2a.SubscribeToTaskRequest(
             id=done.status_update.task_id))]

@@ -66,7 +66,7 @@ def base_url() -> Iterator[str]:
 
 
 @SCHEMA.parametrize()
-@hypothesis.settings(max_examples=40, deadline=None,
+@hypothesis.settings(max_examples=25, deadline=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case[Any], base_url: str) -> None:
     case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"},
@@ -74,7 +74,7 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case[Any], base_url: 
 
 
 @KNOWN.parametrize()
-@hypothesis.settings(max_examples=40, deadline=None,
+@hypothesis.settings(max_examples=25, deadline=None,
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_no_request_to_a_known_agent_gets_a_server_error(case: schemathesis.Case[Any],
                                                          base_url: str) -> None:

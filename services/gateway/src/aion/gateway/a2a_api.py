@@ -1,10 +1,12 @@
-"""A2A (protocol 1.0, JSON-RPC binding): each of a tenant's agents as an A2A agent.
+"""A2A (protocol 1.0, JSON-RPC and HTTP+JSON bindings): each of a tenant's agents as an A2A agent.
 
 ``GET /a2a/{agent}/.well-known/agent-card.json`` is the agent's card (for the
 caller's tenant: the same credentials as every other call); ``POST
-/a2a/{agent}`` takes A2A's JSON-RPC methods through the ``a2a-sdk`` package's
-dispatcher, mapped onto aion tasks, so an A2A task *is* an aion task: the same
-id, the same store, the same Get and Cancel from gRPC or HTTP.
+/a2a/{agent}`` takes A2A's JSON-RPC methods, and ``/a2a/{agent}/message:send``,
+``/message:stream``, ``/tasks/{id}``, ``/tasks/{id}:cancel`` and
+``/tasks/{id}:subscribe`` its HTTP+JSON binding, both through the ``a2a-sdk``
+package's dispatchers, mapped onto aion tasks, so an A2A task *is* an aion
+task: the same id, the same store, the same Get and Cancel from gRPC or HTTP.
 
 - ``SendMessage`` runs the agent on the message's text parts (waits for the
   result; ``returnImmediately`` submits asynchronously); the message id is
@@ -19,19 +21,20 @@ id, the same store, the same Get and Cancel from gRPC or HTTP.
 A task's state maps QUEUED to SUBMITTED, RUNNING to WORKING, OK to COMPLETED,
 ERROR and TIMEOUT to FAILED, CANCELED to CANCELED; the canonical result rides
 in the task's ``metadata.aion``. Credentials, roles and the agent's existence
-are checked before the JSON-RPC call is read, so they get HTTP 401, 403 or
-404; errors inside a call are JSON-RPC errors naming what to fix.
+are checked before the call is read, so they get HTTP 401, 403 or 404; errors
+inside a call are A2A errors naming what to fix.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, NoReturn
 
 from a2a.server import context as a2a_context
 from a2a.server.request_handlers import request_handler, response_helpers
-from a2a.server.routes import common, jsonrpc_routes
+from a2a.server.routes import common, jsonrpc_routes, rest_routes
 from a2a.types import a2a_pb2 as a2a
 from a2a.utils import errors as a2a_errors
 from google.protobuf import struct_pb2
@@ -53,6 +56,9 @@ _STATE = {
 _ENDED = frozenset({common_pb2.TASK_STATUS_OK, common_pb2.TASK_STATUS_ERROR,
                     common_pb2.TASK_STATUS_TIMEOUT})
 OUTPUT = "output"  # the artifact that carries the agent's answer
+# The SDK's routes aion serves: JSON-RPC, and HTTP+JSON's message and task routes.
+_OFFERED = re.compile(
+    r"^/a2a/\{agent\}(/message:(send|stream)|/tasks/\{id\}(:cancel|:subscribe)?)?$")
 
 
 def _metadata(result: common_pb2.TaskResult) -> struct_pb2.Struct:
@@ -246,8 +252,9 @@ def card(agent: agents_pb2.Agent, *, url: str) -> a2a.AgentCard:
     description = agent.description or f"The aion agent '{agent.name}'."
     return a2a.AgentCard(
         name=agent.name, description=description, version=PROTOCOL_VERSION,
-        supported_interfaces=[a2a.AgentInterface(url=url, protocol_binding="JSONRPC",
-                                                 protocol_version=PROTOCOL_VERSION)],
+        supported_interfaces=[a2a.AgentInterface(url=url, protocol_binding=binding,
+                                                 protocol_version=PROTOCOL_VERSION)
+                              for binding in ("JSONRPC", "HTTP+JSON")],
         provider=a2a.AgentProvider(organization="aion", url=url),
         capabilities=a2a.AgentCapabilities(streaming=True),
         security_schemes={"bearer": a2a.SecurityScheme(
@@ -267,14 +274,23 @@ class A2AApi:
         self._agents = agents
         self._timeout_s = timeout_s
         self._max_body = max_body_bytes
-        rpc = jsonrpc_routes.create_jsonrpc_routes(
-            Handler(tasks=tasks, timeout_s=timeout_s), "/a2a/{agent}", context_builder=_Context())
+        handler = Handler(tasks=tasks, timeout_s=timeout_s)
+        served = [
+            *jsonrpc_routes.create_jsonrpc_routes(handler, "/a2a/{agent}",
+                                                  context_builder=_Context()),
+            # (The SDK also mounts the REST routes under "/{tenant}"; aion's tenant comes
+            # from the credentials, so only the plain routes are taken.)
+            *rest_routes.create_rest_routes(handler, context_builder=_Context(),
+                                            path_prefix="/a2a/{agent}"),
+        ]
         self.routes: list[routing.BaseRoute] = [
             routing.Route("/a2a/{agent}/.well-known/agent-card.json",
                           http_app.guarded(self.agent_card, not_found="agent"), methods=["GET"]),
             *(routing.Route(route.path, http_app.guarded(self._checked(route.endpoint),
-                                                         not_found="agent"), methods=["POST"])
-              for route in rpc if isinstance(route, routing.Route)),
+                                                         not_found="agent"),
+                            methods=sorted((route.methods or set()) - {"HEAD"}))
+              for route in served
+              if isinstance(route, routing.Route) and _OFFERED.match(route.path)),
         ]
 
     async def _agent(self, request: requests.Request) -> agents_pb2.Agent:

@@ -45,6 +45,13 @@ _ERROR_SCHEMA = {
         "aion": {"$ref": _REF.format(model="TaskResult")}},
 }
 
+_A2A_ERROR = {
+    "type": "object", "required": ["error"], "description": "an A2A HTTP+JSON error",
+    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+        "code": {"type": "integer"}, "status": {"type": "string"},
+        "message": {"type": "string"}, "details": {"type": "array"}}}},
+}
+
 _TASK_RESULT = {
     "type": "object", "description": "aion's canonical result (as `aionctl get --json`)",
     "properties": {
@@ -84,6 +91,44 @@ _JSONRPC = {
 }
 
 
+_TASK_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+_A2A_ANSWER = {"200": {"description": "the A2A (1.0) response, or its events as SSE",
+                       "content": {**_json({"type": "object"}),
+                                   "text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+def _a2a_rest(auth: dict[str, Any]) -> dict[str, Any]:
+    """A2A's HTTP+JSON binding: the message and task routes aion serves."""
+    either = {"anyOf": [{"$ref": _REF.format(model="Error")},
+                        {"$ref": _REF.format(model="A2AError")}]}
+    errs = {**{code: {"description": _ERRORS[code]["description"], "content": _json(either)}
+               for code in ("400", "404")}, **_pick("413"), **auth}
+    body = {"required": True, "content": _json({"type": "object", "properties": {
+        "message": {"type": "object"}, "configuration": {"type": "object"}}})}
+
+    def op(op_id: str, summary: str, *, task: bool = False,
+           with_body: bool = False) -> dict[str, Any]:
+        spec: dict[str, Any] = {"operationId": op_id, "summary": summary,
+                                "parameters": [_AGENT, *([_TASK_ID] if task else [])],
+                                "responses": {**_A2A_ANSWER, **errs}}
+        if with_body:
+            spec["requestBody"] = body
+        return spec
+
+    return {
+        "/a2a/{agent}/message:send": {"post": op("a2aSendMessage", "A2A SendMessage",
+                                                  with_body=True)},
+        "/a2a/{agent}/message:stream": {"post": op("a2aSendStreamingMessage",
+                                                    "A2A SendStreamingMessage",
+                                                    with_body=True)},
+        "/a2a/{agent}/tasks/{id}": {"get": op("a2aGetTask", "A2A GetTask", task=True)},
+        "/a2a/{agent}/tasks/{id}:cancel": {"post": op("a2aCancelTask", "A2A CancelTask",
+                                                       task=True)},
+        "/a2a/{agent}/tasks/{id}:subscribe": {"get": op("a2aSubscribeToTask",
+                                                         "A2A SubscribeToTask", task=True)},
+    }
+
+
 def _pick(*codes: str) -> dict[str, Any]:
     return {code: _ERRORS[code] for code in codes}
 
@@ -93,7 +138,7 @@ def document() -> dict[str, Any]:
     _, defs = json_schema.models_json_schema(
         [(openai_schema.ChatCompletionRequest, "validation")], ref_template=_REF)
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
-    schemas.update(Error=_ERROR_SCHEMA, TaskResult=_TASK_RESULT, Model=_MODEL,
+    schemas.update(Error=_ERROR_SCHEMA, A2AError=_A2A_ERROR, TaskResult=_TASK_RESULT, Model=_MODEL,
                    ChatCompletion=_COMPLETION)
     auth = _pick("401", "403", "429", "503")
     return {
@@ -155,6 +200,7 @@ def document() -> dict[str, Any]:
                                           **_json({"type": "object"}),
                                           "text/event-stream": {"schema": {"type": "string"}}}},
                               **_pick("404", "413"), **auth}}},
+            **_a2a_rest(auth),
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1",
