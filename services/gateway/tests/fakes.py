@@ -13,13 +13,16 @@ import openai
 import pydantic
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.knowledge.v1 import knowledge_pb2 as internal_knowledge_pb2
+from aion.api.knowledge.v1 import knowledge_pb2_grpc as internal_knowledge_pb2_grpc
 from aion.api.router.v1 import router_pb2, router_pb2_grpc
-from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
+from aion.api.v1 import agents_pb2, common_pb2, knowledge_pb2, tasks_pb2
 from aion.core import errors, http_server, server
 from aion.gateway import (
     a2a_api,
     auth,
     http_app,
+    mcp_server,
     openai_api,
     openapi,
     ratelimit,
@@ -120,6 +123,21 @@ class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
                                   done=tasks_pb2.Done(result=result))
 
 
+class FakeKnowledge(internal_knowledge_pb2_grpc.KnowledgeServiceServicer):
+    """One passage in the knowledge base "docs" of tenant acme; it records the searches."""
+
+    def __init__(self) -> None:
+        self.searches: list[internal_knowledge_pb2.SearchRequest] = []
+
+    async def Search(self, request: internal_knowledge_pb2.SearchRequest,
+                     context: Any) -> knowledge_pb2.SearchResponse:
+        self.searches.append(request)
+        if request.tenant != "acme" or request.request.knowledge_base != "docs":
+            raise errors.NotFound(f"knowledge base '{request.request.knowledge_base}' not found")
+        return knowledge_pb2.SearchResponse(hits=[knowledge_pb2.SearchHit(
+            document_id="k8s.md", chunk_index=0, text="Kubernetes schedules pods.", score=0.9)])
+
+
 class FakeRouter(router_pb2_grpc.RouterServicer):
     """Decides local, and records the request."""
 
@@ -136,10 +154,12 @@ class FakeRouter(router_pb2_grpc.RouterServicer):
 class Gateway:
     """The HTTP app of a gateway whose peers are the fakes."""
 
-    def __init__(self, url: str, agents: FakeAgents, router: FakeRouter) -> None:
+    def __init__(self, url: str, agents: FakeAgents, router: FakeRouter,
+                 knowledge: FakeKnowledge) -> None:
         self.url = url
         self.agents = agents
         self.router = router
+        self.knowledge = knowledge
         self.clients: list[openai.AsyncOpenAI] = []
 
     def client(self, key: str = KEY) -> openai.AsyncOpenAI:
@@ -151,16 +171,20 @@ class Gateway:
 
 @contextlib.asynccontextmanager
 async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gateway]:
-    """The HTTP surfaces (OpenAI, A2A, OpenAPI) of a gateway over the fakes, on a free port."""
+    """The HTTP surfaces (OpenAI, A2A, MCP, OpenAPI) of a gateway over the fakes, on a free
+    port."""
     cfg = settings.GatewaySettings(
         api_keys=[settings.ApiKey(key=pydantic.SecretStr(KEY), tenant="acme"),
                   settings.ApiKey(key=pydantic.SecretStr(VIEWER), tenant="acme",
                                   roles=["viewer"])],
         jwt_secret=pydantic.SecretStr(SECRET), http_max_body_bytes=4096)
     agents, router = FakeAgents(), FakeRouter()  # type: ignore[abstract]
+    knowledge = FakeKnowledge()  # type: ignore[abstract]
     backend = server.GrpcServer(name="fakes", host="127.0.0.1", port=0, grace_s=1)
     backend.add(agent_pb2_grpc.add_AgentServiceServicer_to_server, agents, "agents")
     backend.add(router_pb2_grpc.add_RouterServicer_to_server, router, "router")
+    backend.add(internal_knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server, knowledge,
+                "knowledge")
     async with backend, grpc.aio.insecure_channel(backend.address) as chan:
         peers = servicers.Peers(router=chan, agent=chan, knowledge=chan)
         guard = servicers.Guard(authenticator=auth.Authenticator(cfg),
@@ -171,10 +195,14 @@ async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gat
                                    max_body_bytes=cfg.http_max_body_bytes)
         a2a = a2a_api.A2AApi(tasks=tasks, agents=agent_list, timeout_s=30,
                              max_body_bytes=cfg.http_max_body_bytes)
-        app = http_app.build([*api.routes, *a2a.routes, openapi.route()])
-        async with http_server.HttpServer(app, name="http", host="127.0.0.1", port=0) as http:
+        mcp = mcp_server.McpApi(guard=guard, tasks=tasks, agents=agent_list,
+                                knowledge=servicers.KnowledgeServicer(guard=guard, peers=peers),
+                                timeout_s=30)
+        app = http_app.build([*api.routes, *a2a.routes, *mcp.routes, openapi.route()])
+        async with (mcp.running(),
+                    http_server.HttpServer(app, name="http", host="127.0.0.1", port=0) as http):
             serving = asyncio.create_task(http.serve())
-            running = Gateway(http.url, agents, router)
+            running = Gateway(http.url, agents, router, knowledge)
             try:
                 yield running
             finally:

@@ -1,7 +1,7 @@
 """The gateway's composition root: ``python -m aion.gateway``.
 
 The gRPC API always; the HTTP front door (OpenAI-compatible with its
-OpenAPI document, and A2A) beside it in the same event loop when
+OpenAPI document, A2A, and an MCP server) beside it in the same event loop when
 ``AION_GATEWAY_HTTP_PORT`` is set, over the same servicers. SIGTERM stops
 both from accepting and lets in-flight calls finish.
 """
@@ -20,7 +20,16 @@ from aion.api.v1 import (
     tasks_pb2_grpc,
 )
 from aion.core import channels, http_server, lifecycle, metrics, server, settings, telemetry
-from aion.gateway import a2a_api, auth, http_app, openai_api, openapi, ratelimit, servicers
+from aion.gateway import (
+    a2a_api,
+    auth,
+    http_app,
+    mcp_server,
+    openai_api,
+    openapi,
+    ratelimit,
+    servicers,
+)
 from aion.gateway import settings as gateway_settings
 
 
@@ -42,8 +51,8 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
                         tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name)
         grpc_server.add(agents_pb2_grpc.add_AgentsServicer_to_server, agents,
                         agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name)
-        grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server,
-                        servicers.KnowledgeServicer(guard=guard, peers=peers),
+        knowledge = servicers.KnowledgeServicer(guard=guard, peers=peers)
+        grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server, knowledge,
                         knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)
         if cfg.http_port is None:
             await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
@@ -52,11 +61,14 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
                                    max_body_bytes=cfg.http_max_body_bytes)
         a2a = a2a_api.A2AApi(tasks=tasks, agents=agents, timeout_s=cfg.http_timeout_s,
                              max_body_bytes=cfg.http_max_body_bytes)
+        mcp = mcp_server.McpApi(guard=guard, tasks=tasks, agents=agents, knowledge=knowledge,
+                                timeout_s=cfg.http_timeout_s)
+        await stack.enter_async_context(mcp.running())
         stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
         # Bound (listening) before gRPC reports SERVING, so a ready gateway takes HTTP too.
+        app = http_app.build([*api.routes, *a2a.routes, *mcp.routes, openapi.route()])
         http = await stack.enter_async_context(http_server.HttpServer(
-            http_app.build([*api.routes, *a2a.routes, openapi.route()]), name="gateway http",
-            host=cfg.host, port=cfg.http_port))
+            app, name="gateway http", host=cfg.host, port=cfg.http_port))
         await stack.enter_async_context(grpc_server)
         async with asyncio.TaskGroup() as group:
             group.create_task(http.serve(), name="gateway http")

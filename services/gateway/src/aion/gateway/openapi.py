@@ -201,6 +201,27 @@ def document() -> dict[str, Any]:
                                           "text/event-stream": {"schema": {"type": "string"}}}},
                               **_pick("404", "413"), **auth}}},
             **_a2a_rest(auth),
+            "/mcp": {"post": {
+                "operationId": "mcp",
+                "summary": "MCP (Streamable HTTP, stateless): knowledge_search, list_agents, "
+                           "run_agent",
+                "parameters": [{"name": "Accept", "in": "header", "required": True,
+                                "schema": {"const": "application/json, text/event-stream"}}],
+                "requestBody": {"required": True, "content": _json({
+                    "type": "object", "required": ["jsonrpc", "method"],
+                    "properties": {"jsonrpc": {"const": "2.0"},
+                                   "id": {"type": ["string", "integer"]},
+                                   "method": {"type": "string"},
+                                   "params": {"type": "object"}}})},
+                "responses": {
+                    "200": {"description": "the JSON-RPC response",
+                            "content": _json({"type": "object"})},
+                    "202": {"description": "a notification, accepted"},
+                    "400": {"description": "not a valid MCP message",
+                            "content": _json({"type": "object"})},
+                    "406": {"description": "the Accept header lacks application/json",
+                            "content": _json({"type": "object"})},
+                    **_pick("401", "403", "429")}}},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document", "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1",
