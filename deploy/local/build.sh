@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Builds (once) the binaries aion's local infrastructure runs, from the package
-# registries only: Kubernetes, etcd, kwok, Helm and MinIO from the Go module
-# proxy, Kafka from Maven Central. Each lands in $AION_CACHE/<name>-<version>/,
+# registries only: Kubernetes, etcd, kwok, Helm, MinIO, containerd, the CNI
+# plugins and CoreDNS from the Go module proxy, Kafka from Maven Central, runc
+# and iptables from Debian's packages. Each lands in $AION_CACHE/<name>-<version>/,
 # written to a temporary folder first and renamed when complete, so an
 # interrupted build is never mistaken for a finished one.
 #
-#   deploy/local/build.sh [kube|etcd|kwok|helm|minio|kafka|all]...
+#   deploy/local/build.sh [kube|etcd|kwok|helm|minio|kafka|node|all]...
+#
+# node: what a real node runs beside the control plane: kubelet and kube-proxy
+# (in the kube build), containerd, the CNI plugins, CoreDNS, runc/iptables/
+# conntrack (apt), and the pause and probe images as OCI archives.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -31,7 +36,8 @@ publish() {
 kube_dir() { echo "$AION_CACHE/kubernetes-$KUBERNETES_VERSION"; }
 build_kube() {
   local final; final=$(kube_dir)
-  ready "$final" && return 0
+  # A cache from before the real nodes lacks the kubelet: build it again.
+  ready "$final" && [[ -x "$final/bin/kubelet" ]] && return 0
   local v=$KUBERNETES_VERSION minor work
   minor=$(cut -d. -f2 <<<"$v")
   work=$(mktemp -d "$AION_CACHE/.kube-build.XXXX")
@@ -49,11 +55,10 @@ build_kube() {
       go mod edit -replace "$m=$m@v0.${v#v1.}"
     done
     go mod edit -require "k8s.io/kubernetes@$v"
-    go get "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kube-controller-manager@$v" \
-      "k8s.io/kubernetes/cmd/kube-scheduler@$v" "k8s.io/kubernetes/cmd/kubectl@$v" >/dev/null 2>&1 \
-      || go get "k8s.io/kubernetes/cmd/kube-apiserver@$v" "k8s.io/kubernetes/cmd/kube-controller-manager@$v" \
-           "k8s.io/kubernetes/cmd/kube-scheduler@$v" "k8s.io/kubernetes/cmd/kubectl@$v"
-    log "kubernetes $v: compiling kube-apiserver, kube-controller-manager, kube-scheduler, kubectl in one go build"
+    cmds="kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy"
+    pkgs=(); for c in $cmds; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+    go get "${pkgs[@]/%/@$v}" >/dev/null 2>&1 || go get "${pkgs[@]/%/@$v}"
+    log "kubernetes $v: compiling $cmds in one go build"
     ver_pkgs="k8s.io/component-base/version k8s.io/client-go/pkg/version"
     ldflags="-s -w"
     for p in $ver_pkgs; do
@@ -61,9 +66,7 @@ build_kube() {
       ldflags+=" -X $p.buildDate=1970-01-01T00:00:00Z"
     done
     mkdir -p out
-    go build -tags providerless -ldflags "$ldflags" -o out/ \
-      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    go build -tags providerless -ldflags "$ldflags" -o out/ "${pkgs[@]}"
   )
   mkdir -p "$work/bin" && mv "$work"/out/* "$work/bin/" && rm -rf "$work/out"
   publish "$final" "$work"
@@ -170,6 +173,65 @@ build_kafka() {
   log "kafka $KAFKA_VERSION: done"
 }
 
+# -- what a real node runs ------------------------------------------------------
+# runc, iptables and conntrack come from Debian's packages, installed when missing.
+build_hostpkgs() {
+  local missing=() cmd pkg
+  for cmd in runc:runc iptables:iptables conntrack:conntrack; do
+    command -v "${cmd%%:*}" >/dev/null 2>&1 || [[ -x "/usr/sbin/${cmd%%:*}" ]] || missing+=("${cmd#*:}")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    log "real nodes need ${missing[*]} (Debian packages); run as root or install them"
+    return 1
+  fi
+  log "installing ${missing[*]} from Debian's packages"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  for pkg in "${missing[@]}"; do log "$pkg: $(dpkg-query -W -f '${Version}' "$pkg")"; done
+}
+build_containerd() {
+  LDFLAGS_EXTRA="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+    go_install containerd "$CONTAINERD_VERSION" -tags "no_btrfs no_devmapper no_zfs" \
+      "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+      "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+}
+build_cni() {
+  local p=github.com/containernetworking/plugins/plugins v=$CNI_PLUGINS_VERSION
+  go_install cni-plugins "$v" "$p/main/bridge@$v" "$p/main/loopback@$v" "$p/ipam/host-local@$v" \
+    "$p/meta/portmap@$v"
+}
+build_coredns() {
+  go_install coredns "$COREDNS_VERSION" "github.com/coredns/coredns@$COREDNS_VERSION"
+}
+# The sandbox ("pause") image, from pause.c in the Kubernetes module, as an OCI
+# archive the nodes import: no registry needed.
+build_pause() {
+  local final="$AION_CACHE/pause-$KUBERNETES_VERSION"
+  ready "$final" && return 0
+  local work src; work=$(mktemp -d "$AION_CACHE/.pause-build.XXXX")
+  src=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+  gcc -Os -static -o "$work/pause" "$src/build/pause/linux/pause.c"
+  strip "$work/pause"
+  python3 "$here/cluster/oci_image.py" "$work/pause.oci.tar" "localhost/aion/pause:$KUBERNETES_VERSION" \
+    --entrypoint /pause --user 65535:65535 "$work/pause=/pause"
+  publish "$final" "$work"
+  log "pause $KUBERNETES_VERSION: done"
+}
+# A small static HTTP server and client the real-node tests run in pods, cached
+# by the hash of its source.
+probe_dir() { echo "$AION_CACHE/probe-$(cat "$here/cluster/probe/main.go" | sha256sum | cut -c1-12)"; }
+build_probe() {
+  local final; final=$(probe_dir)
+  ready "$final" && return 0
+  local work; work=$(mktemp -d "$AION_CACHE/.probe-build.XXXX")
+  (cd "$here/cluster/probe" && go build -ldflags "-s -w" -o "$work/probe" .)
+  python3 "$here/cluster/oci_image.py" "$work/probe.oci.tar" "localhost/aion/probe:${final##*-}" \
+    --entrypoint /probe --user 65534:65534 "$work/probe=/probe"
+  publish "$final" "$work"
+}
+
 # One build per component at a time: a second caller (a test fixture, another
 # terminal) waits on the lock, then finds the finished build and returns.
 locked() {
@@ -184,8 +246,9 @@ targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) for c in kafka etcd kwok helm minio kube; do locked "$c"; done ;;
-    kube|etcd|kwok|helm|minio|kafka) locked "$t" ;;
-    *) echo "build.sh: unknown component '$t' (kube, etcd, kwok, helm, minio, kafka, all)" >&2; exit 2 ;;
+    all) for c in kafka etcd kwok helm minio kube hostpkgs containerd cni coredns pause probe; do locked "$c"; done ;;
+    node) for c in kube hostpkgs containerd cni coredns pause probe; do locked "$c"; done ;;
+    kube|etcd|kwok|helm|minio|kafka|hostpkgs|containerd|cni|coredns|pause|probe) locked "$t" ;;
+    *) echo "build.sh: unknown component '$t' (kube, etcd, kwok, helm, minio, kafka, node, all)" >&2; exit 2 ;;
   esac
 done

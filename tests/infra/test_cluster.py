@@ -1,4 +1,4 @@
-"""The local control plane: GPU node pools, and the real scheduler placing pods."""
+"""The local control plane: kwok GPU pools, real nodes, and the real scheduler placing pods."""
 
 from __future__ import annotations
 
@@ -32,12 +32,18 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 
 def test_node_pools_match_pools_yaml(cluster: Cluster) -> None:
-    pools = yaml.safe_load(POOLS_FILE.read_text())["pools"]
+    doc = yaml.safe_load(POOLS_FILE.read_text())
+    pools = doc["pools"] + doc["realPools"]
     nodes = _json(cluster, "get", "nodes")["items"]
     by_pool: dict[str, list[dict[str, Any]]] = {}
     for node in nodes:
         by_pool.setdefault(node["metadata"]["labels"].get(POOL_LABEL, ""), []).append(node)
     assert {p["name"]: p["nodes"] for p in pools} == {k: len(v) for k, v in by_pool.items() if k}
+    # kwok plays the kubelet of the kwok pools' nodes only.
+    for pool in doc["pools"]:
+        assert all(n["metadata"]["labels"]["type"] == "kwok" for n in by_pool[pool["name"]])
+    for pool in doc["realPools"]:
+        assert all(n["metadata"]["labels"]["type"] == "real" for n in by_pool[pool["name"]])
     for node in by_pool["h100"]:
         assert node["status"]["allocatable"]["nvidia.com/gpu"] == "8"
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3"

@@ -1,15 +1,22 @@
-"""A Kubernetes control plane on one machine, with kwok simulating GPU nodes.
+"""A Kubernetes control plane on one machine, with kwok GPU pools and real nodes.
 
 etcd, kube-apiserver, kube-controller-manager and kube-scheduler are the real
 programs, built from their Go modules (deploy/local/build.sh). kwok plays the
-kubelets: it keeps the nodes of deploy/local/cluster/pools.yaml Ready and moves
-the pods the real scheduler binds to them to Running.
+kubelets of the `pools` of deploy/local/cluster/pools.yaml: it keeps those
+nodes Ready and moves the pods the real scheduler binds to them to Running.
+The `realPools` are real kubelets with containerd that run real containers
+(aion.infra.node).
 
 Security is the real kind, kept small: a local CA signs the API server's
 serving certificate; clients authenticate with static bearer tokens (a token
-file), and the API server authorizes with RBAC, so the controller manager and
-scheduler act as their own system users and an operator's ClusterRole means
-what it says. Everything listens on 127.0.0.1 only.
+file) or client certificates (nodes, kube-proxy, CoreDNS), and the API server
+authorizes with RBAC, so the controller manager and scheduler act as their own
+system users and an operator's ClusterRole means what it says.
+
+The API server listens on all addresses (port AION_KUBE_API_PORT, default
+6443): host clients use 127.0.0.1, pods reach it through the `kubernetes`
+Service, whose endpoint is the host address on lo (aion.infra.node.HOST_IP).
+etcd, the controller manager, the scheduler and kwok listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from typing import Any
 
 import yaml
 
+from aion.infra import pki
 from aion.infra.component import Component, InfraError, wait_until
+from aion.infra.node import HOST_IP, RealNodes
 from aion.infra.paths import REPO, Layout, versions
 from aion.infra.process import Daemon, run
 
@@ -111,7 +120,7 @@ def render_nodes(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 class Cluster(Component):
     name = "cluster"
-    build_target = "kube etcd kwok"
+    build_target = "kube etcd kwok node"
     start_timeout = 180.0
 
     def __init__(self, layout: Layout) -> None:
@@ -127,6 +136,11 @@ class Cluster(Component):
         self.kcm_port = _port("AION_KUBE_CONTROLLER_MANAGER_PORT", 10257)
         self.scheduler_port = _port("AION_KUBE_SCHEDULER_PORT", 10259)
         self.kwok_port = _port("AION_KWOK_PORT", 10247)
+        self.pools = yaml.safe_load(POOLS_FILE.read_text())
+        self.nodes = RealNodes(
+            layout, self.pools, pki_dir=self.pki, server=self.server, kubectl=self.kubectl
+        )
+        self._rbac_applied = False
 
     # -- addresses ----------------------------------------------------------------
     @property
@@ -147,7 +161,12 @@ class Cluster(Component):
         return [self.kube_bin, *([helm] if helm.exists() else [])]
 
     def endpoints(self) -> dict[str, str]:
-        return {"KUBECONFIG": str(self.kubeconfig), "AION_KUBE_API": self.server}
+        # AION_HOST_IP: where pods on the real nodes reach services on this machine.
+        return {
+            "KUBECONFIG": str(self.kubeconfig),
+            "AION_KUBE_API": self.server,
+            "AION_HOST_IP": HOST_IP,
+        }
 
     # -- daemons ------------------------------------------------------------------
     def make_daemons(self) -> list[Daemon]:
@@ -174,8 +193,8 @@ class Cluster(Component):
             [
                 str(self.kube_bin / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                "--bind-address=0.0.0.0",
+                f"--advertise-address={HOST_IP}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -188,7 +207,11 @@ class Cluster(Component):
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--profiling=false",
-                "--endpoint-reconciler-type=none",
+                # Logs, exec and port-forward reach kubelets by node address, as
+                # a cluster-admin client (O=system:masters) the kubelets verify.
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             ],
             L,
         )
@@ -242,7 +265,7 @@ class Cluster(Component):
             ],
             L,
         )
-        return [etcd, apiserver, controller_manager, scheduler, kwok]
+        return [etcd, apiserver, controller_manager, scheduler, kwok, *self.nodes.daemons()]
 
     # -- probes -------------------------------------------------------------------
     def daemon_ready(self, daemon: Daemon) -> bool:
@@ -250,13 +273,21 @@ class Cluster(Component):
             body = _get(f"http://127.0.0.1:{self.etcd_port}/health")
             return body is not None and '"health":"true"' in body.replace(" ", "")
         if daemon.name == "kube-apiserver":
-            return self._api_get("/readyz") == "ok"
+            if self._api_get("/readyz") != "ok":
+                return False
+            if not self._rbac_applied:
+                # Before any kubelet starts: the bindings its identity needs.
+                self.nodes.apply_rbac()
+                self._rbac_applied = True
+            return True
         if daemon.name == "kube-controller-manager":
             return _get(f"https://127.0.0.1:{self.kcm_port}/healthz", insecure=True) == "ok"
         if daemon.name == "kube-scheduler":
             return _get(f"https://127.0.0.1:{self.scheduler_port}/healthz", insecure=True) == "ok"
         if daemon.name == "kwok":
             return _get(f"http://127.0.0.1:{self.kwok_port}/healthz") == "ok"
+        if self.nodes.owns(daemon):
+            return self.nodes.daemon_ready(daemon)
         return True
 
     def ready(self) -> bool:
@@ -282,6 +313,22 @@ class Cluster(Component):
             ("kwok", "kwok"),
         ):
             self._write_kubeconfig(self.root / f"{kc}.kubeconfig", tokens[ident], ident)
+        self._restart_stale_daemons()
+        self.nodes.prepare()
+
+    def _restart_stale_daemons(self) -> None:
+        # A daemon left running by an older version of this module (other flags)
+        # is stopped, so the start that follows runs it as this version says.
+        for d in self.daemons():
+            pid = d.pid()
+            if pid is None:
+                continue
+            try:
+                running = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if [a.decode(errors="replace") for a in running] != list(d.argv):
+                d.stop()
 
     def _tokens(self) -> dict[str, str]:
         """Bearer tokens per identity, made once and kept in tokens.csv."""
@@ -309,35 +356,15 @@ class Cluster(Component):
         return out
 
     def _make_pki(self) -> None:
-        pki = self.pki
-        if (pki / "apiserver.crt").exists() and (pki / "sa.pub").exists():
-            return
-        pki.mkdir(parents=True, exist_ok=True)
+        p = self.pki
         log = self.layout.log("cluster-setup")
-        ossl = "openssl"
-        run(
-            [
-                ossl,
-                "req",
-                "-x509",
-                "-new",
-                "-nodes",
-                "-newkey",
-                "rsa:2048",
-                "-days",
-                "3650",
-                "-keyout",
-                str(pki / "ca.key"),
-                "-out",
-                str(pki / "ca.crt"),
-                "-subj",
-                "/CN=aion-local-ca",
-            ],
-            log=log,
-        )
-        sans = ",".join(
-            [
+        pki.ensure_ca(p, log)
+        # A certificate from before the real nodes lacks the host address: issue
+        # it again (same CA, so clients keep trusting it).
+        if not pki.has_san(p / "apiserver.crt", f"IP Address:{HOST_IP}"):
+            sans = [
                 "IP:127.0.0.1",
+                f"IP:{HOST_IP}",
                 "IP:10.96.0.1",
                 "DNS:localhost",
                 "DNS:kubernetes",
@@ -345,58 +372,15 @@ class Cluster(Component):
                 "DNS:kubernetes.default.svc",
                 "DNS:kubernetes.default.svc.cluster.local",
             ]
-        )
-        ext = pki / "apiserver.ext"
-        ext.write_text(
-            f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\n"
-        )
-        run(
-            [
-                ossl,
-                "req",
-                "-new",
-                "-nodes",
-                "-newkey",
-                "rsa:2048",
-                "-keyout",
-                str(pki / "apiserver.key"),
-                "-out",
-                str(pki / "apiserver.csr"),
-                "-subj",
-                "/CN=kube-apiserver",
-            ],
-            log=log,
-        )
-        run(
-            [
-                ossl,
-                "x509",
-                "-req",
-                "-in",
-                str(pki / "apiserver.csr"),
-                "-CA",
-                str(pki / "ca.crt"),
-                "-CAkey",
-                str(pki / "ca.key"),
-                "-CAcreateserial",
-                "-days",
-                "3650",
-                "-extfile",
-                str(ext),
-                "-out",
-                str(pki / "apiserver.crt.tmp"),
-            ],
-            log=log,
-        )
-        run([ossl, "genrsa", "-out", str(pki / "sa.key"), "2048"], log=log)
-        run(
-            [ossl, "rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub.tmp")],
-            log=log,
-        )
-        # The two files the early return checks are renamed into place last.
-        (pki / "apiserver.crt.tmp").replace(pki / "apiserver.crt")
-        (pki / "sa.pub.tmp").replace(pki / "sa.pub")
+            pki.issue(p, "apiserver", "/CN=kube-apiserver", pki.server_ext(sans), log)
+        if not (p / "apiserver-kubelet-client.crt").exists():
+            subject = "/O=system:masters/CN=kube-apiserver-kubelet-client"
+            pki.issue(p, "apiserver-kubelet-client", subject, pki.CLIENT, log)
+        if not (p / "sa.pub").exists():
+            run(["openssl", "genrsa", "-out", str(p / "sa.key"), "2048"], log=log)
+            pub = ["openssl", "rsa", "-in", str(p / "sa.key"), "-pubout"]
+            run([*pub, "-out", str(p / "sa.pub.tmp")], log=log)
+            (p / "sa.pub.tmp").replace(p / "sa.pub")
 
     def _write_kubeconfig(self, path: Path, token: str, user: str) -> None:
         ca = base64.b64encode((self.pki / "ca.crt").read_bytes()).decode()
@@ -456,6 +440,13 @@ class Cluster(Component):
             )
 
         self._wait_default_service_account("default")
+        self.nodes.after_start(self.start_timeout)
+
+    def down(self) -> None:
+        # The real nodes first: their pods, runtimes and host state, while the
+        # API server still answers; then the control plane.
+        self.nodes.down()
+        super().down()
 
     def create_namespace(self, name: str) -> None:
         """Create a namespace and wait until pods can be created in it."""

@@ -1,0 +1,3 @@
+module aion.local/probe
+
+go 1.24
