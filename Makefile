@@ -75,6 +75,10 @@ cluster-down: ## stop the local cluster
 cluster-env: ## export lines (KUBECONFIG, PATH with kubectl and helm) for the local cluster
 	@$(INFRA) env cluster
 
+.PHONY: images
+images: setup ## build every service's image with buildah (its Dockerfile, Debian base), push to the local registry, write deploy/local/values-images.yaml
+	@$(UV) run --no-sync python -m aion.infra.images build
+
 bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready vs raw creates; one JSON object
 	@AGENTS=$${AGENTS:-200} $(UV) run --no-sync python services/operator/bench/operator_bench.py
 

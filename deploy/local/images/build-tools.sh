@@ -69,6 +69,9 @@ build_skaffold() {
     sed -nE 's/^replace ([^ ]+) => ([^ ]+) ([^ ]+)$/\1=\2@\3/p' "$upstream" | while read -r r; do
       go mod edit -replace "$r"
     done
+    sed -nE 's/^exclude ([^ ]+) ([^ ]+)$/\1@\2/p' "$upstream" | while read -r e; do
+      go mod edit -exclude "$e"
+    done
     go mod edit -require "$mod@$v"
     go get "$mod/cmd/skaffold@$v"
     mkdir -p bin

@@ -111,6 +111,25 @@ class RegistryClient:
         out: dict[str, Any] = json.loads(body)
         return out
 
+    def retag(self, name: str, tag: str, new_tag: str) -> None:
+        """Give an image in the registry another tag (its manifest, put again)."""
+        status, headers, body = self._request(f"/v2/{name}/manifests/{tag}", accept=MANIFEST_TYPES)
+        if status != 200:
+            raise RuntimeError(f"registry: manifest {name}:{tag}: HTTP {status}: {body[:200]!r}")
+        req = urllib.request.Request(
+            f"{self.base}/v2/{name}/manifests/{new_tag}", data=body, method="PUT"
+        )
+        req.add_header("Content-Type", headers.get("Content-Type", MANIFEST_TYPES.split(",")[0]))
+        try:
+            with _opener.open(req, timeout=10) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:200]
+            exc.close()
+            raise RuntimeError(
+                f"registry: tag {name}:{new_tag}: HTTP {exc.code}: {detail!r}"
+            ) from None
+
     def blob(self, name: str, digest: str) -> bytes:
         status, _, body = self._request(f"/v2/{name}/blobs/{digest}")
         if status != 200:
