@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import socket
 import threading
 import uuid
@@ -20,8 +21,10 @@ import pytest
 import yaml
 
 from aion.infra.cluster import POOLS_FILE, Cluster
-from aion.infra.component import poll
+from aion.infra.component import InfraError, poll
 from aion.infra.node import HOST_IP, POD_CIDR, probe_image, real_nodes
+from aion.infra.oci_registry import ImageRegistry
+from aion.infra.paths import Layout
 from aion.infra.process import tail
 
 pytestmark = pytest.mark.cluster
@@ -42,6 +45,24 @@ def namespace(cluster: Cluster) -> Iterator[str]:
     cluster.create_namespace(name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[ImageRegistry]:
+    """The local OCI registry the nodes pull from (started or reused)."""
+    reg = ImageRegistry(Layout.from_env())
+    was_running = reg.running() and reg.ready()
+    try:
+        reg.up()
+    except InfraError as exc:
+        if not was_running:
+            reg.down()
+        pytest.fail(str(exc), pytrace=False)
+    yield reg
+    if was_running or os.environ.get("AION_INFRA_KEEP") == "1":
+        reg.detach()
+    else:
+        reg.down()
 
 
 def _diagnose(cluster: Cluster, namespace: str, pod: str) -> str:
@@ -230,3 +251,31 @@ def test_kubelets_refuse_anonymous_callers(cluster: Cluster) -> None:
         urllib.request.urlopen(f"https://{ip}:10250/pods", context=ctx, timeout=5)
     info.value.close()
     assert info.value.code == 401, f"{name}: {info.value.code}"
+
+
+def test_a_node_pulls_an_image_from_the_local_registry_over_plain_http(
+    cluster: Cluster, registry: ImageRegistry, namespace: str
+) -> None:
+    node = NODES[-1][0]
+    local = probe_image()
+    pushed = f"localhost:{registry.port}/aion/probe:{local.rsplit(':', 1)[1]}"
+    # Push the probe image from the node's own store, then forget that name there,
+    # so the pod's image can only come from the registry.
+    cluster.nodes.ctr(node, "images", "tag", "--force", local, pushed)
+    cluster.nodes.ctr(node, "images", "push", "--plain-http", pushed)
+    cluster.nodes.ctr(node, "images", "rm", pushed)
+    pod = _pod("pulled", node, ["serve"])
+    pod["spec"]["containers"][0] |= {"image": pushed, "imagePullPolicy": "Always"}
+    _apply(cluster, namespace, pod)
+    _running(cluster, namespace, "pulled")
+    events = _json(
+        cluster,
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=pulled,reason=Pulled",
+    )["items"]
+    assert any(pushed in e["message"] for e in events), events
+    assert pushed in cluster.nodes.ctr(node, "images", "ls", "-q").split()

@@ -44,6 +44,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -493,6 +494,10 @@ class RealNodes:
             )
         return proc.stdout
 
+    def ctr(self, node: str, *args: str) -> str:
+        """Run containerd's `ctr` in a node's `k8s.io` namespace; returns stdout."""
+        return self._ctr(self._node(node), *args)
+
     def _ctr_ok(self, node: RealNode) -> bool:
         if not node.socket.exists():
             return False
@@ -536,12 +541,17 @@ class RealNodes:
     def down(self) -> None:
         """Stop the nodes and undo what they changed on the host (idempotent)."""
         daemons = {d.name: d for d in self.daemons()}
-        for name in ("coredns", "kube-proxy", *(f"kubelet-{n.name}" for n in self.nodes)):
-            daemons[name].stop()
+        # Stopped side by side: each waits a moment for its exit to be reaped.
+        _stop_all(
+            [
+                daemons[n]
+                for n in ("coredns", "kube-proxy", *(f"kubelet-{n.name}" for n in self.nodes))
+            ]
+        )
         for n in self.nodes:
             _kill_cgroup(n.cgroup)
+        _stop_all([daemons[f"containerd-{n.name}"] for n in self.nodes])
         for n in self.nodes:
-            daemons[f"containerd-{n.name}"].stop()
             _kill_shims(n.socket)
         _unmount_under([self.root, *SHARED_DIRS])
         for n in self.nodes:
@@ -721,6 +731,11 @@ def _cgroup_tree(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted((p for p in [root, *root.rglob("*")] if p.is_dir()), key=lambda p: -len(p.parts))
+
+
+def _stop_all(daemons: list[Daemon]) -> None:
+    with ThreadPoolExecutor(max_workers=len(daemons) or 1) as pool:
+        list(pool.map(lambda d: d.stop(), daemons))
 
 
 def _kill_cgroup(name: str, timeout: float = 20.0) -> None:
