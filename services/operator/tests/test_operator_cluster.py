@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
 import pytest
 import yaml
 
@@ -342,6 +343,29 @@ def test_agent_accepting_only_l4_runs_on_l4_is_ready_and_registered(
     assert not isinstance(record, grpc.StatusCode), record
     assert (record.name, record.model, record.node_pool) == (
         "only-l4", "smollm2-135m-instruct", "l4")
+
+
+def _registered_tools(postgres: Postgres, tenant: str, name: str) -> list[str] | None:
+    """The tools of the agent service's record of the agent (its registry in Postgres)."""
+    with psycopg.connect(postgres.dsn) as conn:
+        row = conn.execute("SELECT tools FROM agents WHERE tenant = %s AND name = %s",
+                           (tenant, name)).fetchone()
+    return None if row is None else list(row[0])
+
+
+def test_a_kubectl_applied_agent_is_registered_with_its_tools(
+        cluster: Cluster, namespace: str, operator: Process, postgres: Postgres) -> None:
+    tools = ["knowledge_search", "agent:helper"]
+    _apply_agent(cluster, namespace, "with-tools", {"count": 1}, tools=tools,
+                 knowledgeBases=["handbook"])
+    _wait_agent(cluster, namespace, "with-tools", operator, lambda a: _has(a, "Registered"))
+    assert _registered_tools(postgres, namespace, "with-tools") == tools
+    # A changed tool list reaches the agent service with the next registration.
+    _apply_agent(cluster, namespace, "with-tools", {"count": 1}, tools=tools[:1],
+                 knowledgeBases=["handbook"])
+    got = _eventually(lambda: _registered_tools(postgres, namespace, "with-tools"),
+                      lambda found: found == tools[:1])
+    assert got == tools[:1], operator.tail()
 
 
 def test_agent_accepting_any_gpu_goes_to_the_cheapest_pool(
