@@ -11,6 +11,7 @@ import pytest
 from psycopg import sql
 
 from aion.infra.kafka import Kafka
+from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
 from aion.sdk import testing
 
@@ -22,20 +23,22 @@ class Backbone:
     """Databases and topic prefixes of their own for suites, on the real servers; each
     database is dropped by ``drop_all`` (the topics stay, under their unique prefix)."""
 
-    def __init__(self, postgres: Postgres, kafka: Kafka) -> None:
+    def __init__(self, postgres: Postgres, kafka: Kafka, minio: MinIO) -> None:
         self._postgres = postgres
         self._kafka = kafka
+        self._minio = minio
         self._names: list[str] = []
 
     def env(self) -> dict[str, str]:
-        """A new database and topic prefix, as the agent service's settings."""
+        """A new database and topic prefix, as the agent service's settings (the knowledge
+        service shares them), and where MinIO is."""
         name = f"e2e_{uuid.uuid4().hex[:10]}"
         with psycopg.connect(self._postgres.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self._names.append(name)
         return {"AION_AGENT_POSTGRES_DSN": self._postgres.dsn.rsplit("/", 1)[0] + "/" + name,
                 "AION_AGENT_KAFKA_BOOTSTRAP": self._kafka.bootstrap,
-                "AION_AGENT_TOPIC_PREFIX": f"{name}."}
+                "AION_AGENT_TOPIC_PREFIX": f"{name}.", **self._minio.endpoints()}
 
     def drop_all(self) -> None:
         """Drop every database made here (FORCE: a killed service may hold connections)."""
@@ -62,9 +65,9 @@ def start_suite(log_dir: Path, env: dict[str, str]) -> testing.LocalSuite:
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
-          kafka: Kafka) -> Iterator[testing.LocalSuite]:
+          kafka: Kafka, minio: MinIO) -> Iterator[testing.LocalSuite]:
     """A running suite shared by the e2e tests; its database is dropped at the end."""
-    backbone = Backbone(postgres, kafka)
+    backbone = Backbone(postgres, kafka, minio)
     try:
         running = start_suite(tmp_path_factory.mktemp("suite"), backbone.env())
         try:
@@ -76,11 +79,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
 
 
 @pytest.fixture
-def fresh_suite(postgres: Postgres,
-                kafka: Kafka) -> Iterator[Callable[[Path], testing.LocalSuite]]:
+def fresh_suite(postgres: Postgres, kafka: Kafka,
+                minio: MinIO) -> Iterator[Callable[[Path], testing.LocalSuite]]:
     """Start a suite of one's own (for tests that stop services); the test stops it, and
     its database is dropped after the test (stopping it first if the test did not)."""
-    backbone = Backbone(postgres, kafka)
+    backbone = Backbone(postgres, kafka, minio)
     started: list[testing.LocalSuite] = []
 
     def start(log_dir: Path) -> testing.LocalSuite:

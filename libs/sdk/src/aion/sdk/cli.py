@@ -9,6 +9,7 @@
       agents  [NAME] [--json]
       apply   -f FILE [--json]
       health  [--service NAME]
+      kb      ingest|status|search|delete   (knowledge bases; see aion.sdk.kb)
 
 INPUT ``-`` reads stdin. An SDK error prints one line to stderr and exits 2
 (the request is wrong), 3 (try again later) or 1 (anything else); a task that
@@ -27,7 +28,7 @@ import click
 import grpc
 
 from aion.api.v1 import common_pb2, tasks_pb2
-from aion.sdk import errors, options, render, results, sync_client
+from aion.sdk import errors, kb, options, render, results, sync_client
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -257,3 +258,6 @@ def health(ctx: click.Context, service: str) -> None:
     click.echo(status)
     if status != "SERVING":
         raise click.exceptions.Exit(1)
+
+
+kb.register(main, _client)

@@ -136,19 +136,23 @@ class AsyncClient:
 
     async def ingest(self, knowledge_base: str, document_id: str, *, content: bytes | str,
                      title: str = "", content_type: str = "text/plain",
-                     metadata: Mapping[str, str] | None = None,
+                     metadata: Mapping[str, str] | None = None, wait: bool = True,
                      timeout: float | None = None) -> knowledge_pb2.IngestResponse:
-        """Add a document to a knowledge base, replacing one with the same id."""
+        """Add a document to a knowledge base, replacing one with the same id (the same
+        bytes again make no new version). With ``wait`` (the default) the answer comes once
+        it is indexed (READY or FAILED) or the deadline nears; else once it is queued."""
         request = options.ingest_request(knowledge_base, document_id, content=content,
                                          title=title, content_type=content_type,
-                                         metadata=metadata)
+                                         metadata=metadata, wait=wait)
         return await self._call(self._knowledge.Ingest, request, timeout=timeout)
 
     async def search(self, knowledge_base: str, query: str, *, top_k: int = 5,
-                     filters: Mapping[str, str] | None = None,
+                     filters: Mapping[str, str] | None = None, mode: str = "hybrid",
                      timeout: float | None = None) -> list[knowledge_pb2.SearchHit]:
-        """The chunks closest in meaning to ``query``, best first."""
-        request = options.search_request(knowledge_base, query, top_k=top_k, filters=filters)
+        """The chunks that best match ``query``, best first, each citing its document,
+        version and character range; ``mode`` is hybrid, dense or sparse."""
+        request = options.search_request(knowledge_base, query, top_k=top_k, filters=filters,
+                                         mode=mode)
         response = await self._call(self._knowledge.Search, request, timeout=timeout)
         return list(response.hits)
 
@@ -159,6 +163,21 @@ class AsyncClient:
         request = knowledge_pb2.DeleteDocumentRequest(knowledge_base=knowledge_base,
                                                       document_id=document_id)
         return await self._call(self._knowledge.Delete, request, timeout=timeout)
+
+    async def get_document(self, knowledge_base: str, document_id: str, *,
+                          timeout: float | None = None) -> knowledge_pb2.Document:
+        """A document's latest version: state, progress, error."""
+        request = knowledge_pb2.GetDocumentRequest(knowledge_base=knowledge_base,
+                                                   document_id=document_id)
+        return await self._call(self._knowledge.GetDocument, request, timeout=timeout)
+
+    async def list_documents(self, knowledge_base: str = "", *, page_size: int = 100,
+                            page_token: str = "", timeout: float | None = None,
+                            ) -> knowledge_pb2.ListDocumentsResponse:
+        """One page of the tenant's documents (of one knowledge base when it is given)."""
+        request = knowledge_pb2.ListDocumentsRequest(
+            knowledge_base=knowledge_base, page_size=page_size, page_token=page_token)
+        return await self._call(self._knowledge.ListDocuments, request, timeout=timeout)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service`` (the whole server for ""), e.g. "SERVING"."""

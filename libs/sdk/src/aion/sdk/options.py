@@ -121,16 +121,26 @@ def task_spec(agent: str, input: str, *, idempotency_key: str | None = None,
 
 def ingest_request(knowledge_base: str, document_id: str, *, content: bytes | str,
                    title: str, content_type: str,
-                   metadata: Mapping[str, str] | None) -> knowledge_pb2.IngestRequest:
+                   metadata: Mapping[str, str] | None,
+                   wait: bool = False) -> knowledge_pb2.IngestRequest:
     """The IngestRequest for a document; text content is sent as UTF-8."""
     return knowledge_pb2.IngestRequest(
         knowledge_base=knowledge_base, document_id=document_id, title=title,
         content=content.encode() if isinstance(content, str) else content,
-        content_type=content_type, metadata=dict(metadata or {}))
+        content_type=content_type, metadata=dict(metadata or {}), wait=wait)
+
+
+SEARCH_MODES = {"hybrid": knowledge_pb2.SEARCH_MODE_HYBRID,
+                "dense": knowledge_pb2.SEARCH_MODE_DENSE,
+                "sparse": knowledge_pb2.SEARCH_MODE_SPARSE}
 
 
 def search_request(knowledge_base: str, query: str, *, top_k: int,
-                   filters: Mapping[str, str] | None) -> knowledge_pb2.SearchRequest:
-    """The SearchRequest for a query."""
+                   filters: Mapping[str, str] | None,
+                   mode: str = "hybrid") -> knowledge_pb2.SearchRequest:
+    """The SearchRequest for a query; ``mode`` is hybrid, dense or sparse."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
     return knowledge_pb2.SearchRequest(knowledge_base=knowledge_base, query=query,
-                                       top_k=top_k, filters=dict(filters or {}))
+                                       top_k=top_k, filters=dict(filters or {}),
+                                       mode=SEARCH_MODES[mode])

@@ -248,3 +248,23 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
             internal_knowledge_pb2.DeleteRequest(tenant=who.tenant, request=request),
             context,
         )
+
+    async def GetDocument(
+        self, request: knowledge_pb2.GetDocumentRequest, context: _Ctx
+    ) -> knowledge_pb2.Document:
+        who = self._guard.caller(context, "viewer")
+        return await self._forward(
+            self._peers.knowledge.GetDocument,
+            internal_knowledge_pb2.GetDocumentRequest(tenant=who.tenant, request=request),
+            context,
+        )
+
+    async def ListDocuments(
+        self, request: knowledge_pb2.ListDocumentsRequest, context: _Ctx
+    ) -> knowledge_pb2.ListDocumentsResponse:
+        who = self._guard.caller(context, "viewer")
+        return await self._forward(
+            self._peers.knowledge.ListDocuments,
+            internal_knowledge_pb2.ListDocumentsRequest(tenant=who.tenant, request=request),
+            context,
+        )

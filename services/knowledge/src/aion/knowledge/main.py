@@ -3,22 +3,85 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
-from aion.core import lifecycle, server, settings, telemetry
-from aion.knowledge import qdrant_index, servicer
+from aion.core import channels, lifecycle, metrics, server, settings, telemetry
+from aion.knowledge import (
+    chunking,
+    db,
+    embedder,
+    indexer,
+    objects,
+    qdrant_index,
+    queue,
+    servicer,
+)
 from aion.knowledge import settings as knowledge_settings
 
+log = logging.getLogger(__name__)
 
-async def run(cfg: knowledge_settings.KnowledgeSettings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain; the Qdrant client closes last."""
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as store:
-        grpc_server = server.GrpcServer(name="knowledge", host=cfg.host, port=cfg.port,
-                                        grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s)
-        grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
-                        servicer.KnowledgeServicer(store=store, cfg=cfg),
-                        knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name)
-        await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
+
+async def run(cfg: knowledge_settings.KnowledgeSettings, *,
+              until: Awaitable[object] | None = None,
+              on_ready: Callable[[str], None] | None = None,
+              on_index: Callable[[qdrant_index.QdrantIndex], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT (or ``until`` completes), indexing in the background;
+    then drain. ``on_ready`` gets the gRPC address once it serves; ``on_index`` (tests)
+    the open Qdrant index."""
+    dsn = cfg.postgres_dsn.get_secret_value()
+    await db.migrate(dsn)
+    await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions)
+    store = objects.ObjectStore.connect(
+        cfg.minio_endpoint, access_key=cfg.minio_access_key,
+        secret_key=cfg.minio_secret_key.get_secret_value(), bucket=cfg.minio_bucket,
+        secure=cfg.minio_secure)
+    await store.ensure_bucket()
+    chunker = chunking.Chunker(cfg.tokenizer_path, size=cfg.chunk_tokens,
+                               overlap=cfg.chunk_overlap_tokens)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(db.pool(dsn, max_size=cfg.pool_max_size))
+        index = await stack.enter_async_context(qdrant_index.QdrantIndex.from_settings(cfg))
+        if on_index is not None:
+            on_index(index)
+        channel = await stack.enter_async_context(channels.connect(cfg.executor_target))
+        embed = embedder.Embedder(channel, model=cfg.embedding_model,
+                                  dimensions=cfg.embedding_dimensions, batch=cfg.embed_batch,
+                                  concurrency=cfg.embed_concurrency,
+                                  timeout_s=cfg.embed_timeout_s)
+        publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic)
+        await publisher.start()
+        stack.push_async_callback(publisher.stop)
+        work = indexer.Indexer(pool=pool, store=store, index=index, embed=embed,
+                               chunker=chunker, cfg=cfg)
+        reaper = indexer.Reaper(pool=pool, publish=publisher.publish, cfg=cfg)
+        background = [asyncio.ensure_future(reaper.run())] + [
+            asyncio.ensure_future(queue.Worker(
+                name=f"{cfg.worker_id}-{i}", bootstrap=cfg.kafka_bootstrap, topic=cfg.topic,
+                group=cfg.group, handle=work.handle).run())
+            for i in range(cfg.workers)]
+        try:
+            grpc_server = server.GrpcServer(name="knowledge", host=cfg.host, port=cfg.port,
+                                            grace_s=cfg.grace_s,
+                                            drain_delay_s=cfg.drain_delay_s)
+            grpc_server.add(
+                knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
+                servicer.KnowledgeServicer(pool=pool, store=store, index=index, embed=embed,
+                                           chunker=chunker, publish=publisher.publish, cfg=cfg),
+                knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name)
+            with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
+                async with grpc_server:
+                    log.info("knowledge service ready", extra={"worker": cfg.worker_id})
+                    if on_ready is not None:
+                        on_ready(grpc_server.address)
+                    await (until if until is not None else lifecycle.wait_for_signal())
+                    await grpc_server.shutdown()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
 
 
 def main() -> None:

@@ -3,70 +3,108 @@
 The layout, and why:
 
 - One collection for every tenant and knowledge base, partitioned by payload
-  (``tenant``, with a tenant payload index, and ``knowledge_base``), as
-  Qdrant advises for multitenancy: a collection per knowledge base would cost
-  a server its own segments, WAL and optimizer per knowledge base, and
-  tenants create knowledge bases freely. What a collection per knowledge base
-  would give for free, IDF over that knowledge base only, comes from
-  scoping the IDF corpus of each search to the same tenant and knowledge base
-  (``SearchParams.idf``, Qdrant 1.19), so one tenant's documents never move
-  another's scores.
-- Vectors are named. Today there is one, the sparse ``text`` vector
-  (``sparse.py``) with ``Modifier.IDF``, so Qdrant weighs terms by rarity
-  itself. The dense vector the executor's embeddings bring later is added
-  beside it (``create_vector_name``, then ``update_vectors``) and combined in
-  a prefetch + fusion query; nothing stored now has to be rewritten.
-- A point is one chunk; its id is derived from (tenant, knowledge base,
-  document, chunk index), so ingesting a document again overwrites its points
-  in place, then deletes those past its new end.
-- Metadata is stored as given (returned with hits) and once more as
-  ``["key", "value"]`` JSON strings, the form filters match: a key may hold
-  dots or quotes, which a payload path could not address.
+  (``tenant``, with a tenant payload index, and ``knowledge_base``), as Qdrant
+  advises for multitenancy. IDF for the sparse vector is measured over the
+  same tenant and knowledge base only (``SearchParams.idf``), so one tenant's
+  documents never move another's scores.
+- Two named vectors per point: ``dense``, the embedding model's (cosine), and
+  ``text``, the sparse BM25 term weights (``sparse.py``) with ``Modifier.IDF``.
+  Hybrid search prefetches from each and fuses the two rankings with
+  reciprocal rank fusion in one ``query_points`` call.
+- A point is one chunk of one version; its id is derived from (tenant,
+  knowledge base, document, version, chunk), so a worker that retries a
+  version overwrites its points in place.
+- Points are written with ``active = false`` and searches only see active
+  ones. When every chunk of a version is stored, ``activate`` flips the
+  version's points to active and deletes the document's other versions: a
+  worker killed halfway leaves only inactive points, which the next claim of
+  that version (or its failure) removes, so no search sees half a document.
+- Metadata is stored as ``["key", "value"]`` JSON strings (``metadata_terms``),
+  the form filters match: a key may hold dots or quotes. Titles and metadata
+  themselves live once per version in Postgres, not in every chunk.
 
-Local mode runs its work on the event loop (it has no I/O to wait for, only
-some computation and, with a path, SQLite writes); it is for development and
-tests, as the DESIGN says. ``AsyncQdrantClient`` is used in both modes so
-that one code path serves both.
+qdrant-client's calls run on a thread (one for local mode, which is not
+thread-safe; a few for a server), never on the event loop: local mode
+computes searches itself.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import dataclasses
+import functools
 import json
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self, TypeVar
 
-from qdrant_client import AsyncQdrantClient, models
+from qdrant_client import QdrantClient, models
 from qdrant_client.http import exceptions as qdrant_errors
 
 from aion.core import errors
-from aion.knowledge import index, sparse
 from aion.knowledge import settings as knowledge_settings
+from aion.knowledge import sparse
 
-TEXT_VECTOR = "text"
-# Points per upsert request, so that a large document stays well under the
-# server's request size limit (32 MiB by default).
-UPSERT_BATCH = 256
+DENSE = "dense"
+TEXT = "text"
+Mode = Literal["hybrid", "dense", "sparse"]
+# Points per upsert request, well under a server's request size limit.
+UPSERT_BATCH = 128
 _POINT_IDS = uuid.UUID("6d2c53a4-3f6e-4f4b-9a53-7b7c2a1e0c5e")
+_T = TypeVar("_T")
 
 
-def point_id(tenant: str, knowledge_base: str, document_id: str, chunk_index: int) -> str:
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A chunk of one version of a document, with its embedding."""
+
+    tenant: str
+    knowledge_base: str
+    document_id: str
+    version: int
+    index: int
+    text: str
+    start: int
+    end: int
+    dense: Sequence[float]
+    metadata: Mapping[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    """A stored chunk and how well it matched."""
+
+    knowledge_base: str
+    document_id: str
+    version: int
+    index: int
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+def point_id(tenant: str, knowledge_base: str, document_id: str, version: int,
+             chunk_index: int) -> str:
     """The chunk's point id: a UUID derived from what names the chunk, so rewrites overwrite."""
-    name = json.dumps([tenant, knowledge_base, document_id, chunk_index])
+    name = json.dumps([tenant, knowledge_base, document_id, version, chunk_index])
     return str(uuid.uuid5(_POINT_IDS, name))
 
 
-def _match(key: str, value: str | int) -> models.FieldCondition:
+def _match(key: str, value: str | int | bool) -> models.FieldCondition:
     return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
-def _scope(tenant: str, knowledge_base: str) -> list[models.Condition]:
-    return [_match("tenant", tenant), _match("knowledge_base", knowledge_base)]
+def _document(tenant: str, knowledge_base: str, document_id: str) -> list[models.Condition]:
+    return [_match("tenant", tenant), _match("knowledge_base", knowledge_base),
+            _match("document_id", document_id)]
 
 
-def _metadata_terms(metadata: Mapping[str, str]) -> list[str]:
+def metadata_terms(metadata: Mapping[str, str]) -> list[str]:
+    """The payload terms a metadata filter matches."""
     return [json.dumps([k, v]) for k, v in sorted(metadata.items())]
 
 
@@ -85,36 +123,44 @@ def _unavailable_when_down(what: str) -> Iterator[None]:
 
 
 class QdrantIndex:
-    """``index.Index`` over one Qdrant collection; an async context manager that owns the client.
+    """Chunks of every tenant in one collection; an async context manager owning the client.
 
     Entering creates the collection if it is missing and checks that an
-    existing one has the sparse ``text`` vector with IDF; leaving closes the
-    client.
+    existing one has both vectors as expected; leaving closes the client.
     """
 
-    def __init__(self, client: AsyncQdrantClient, *, collection: str, server: bool) -> None:
+    def __init__(self, client: QdrantClient, *, collection: str, server: bool,
+                 dimensions: int) -> None:
         self._client = client
         self._collection = collection
         self._server = server
+        self._dimensions = dimensions
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4 if server else 1, thread_name_prefix="qdrant")
         self._closed = False
 
     @classmethod
     def from_settings(cls, cfg: knowledge_settings.KnowledgeSettings) -> QdrantIndex:
         """The index ``cfg`` describes: a server when ``qdrant_url`` is set, else local mode."""
-        collection = f"{cfg.qdrant_collection_prefix}-chunks"
+        collection = f"{cfg.qdrant_collection_prefix}-knowledge"
         if cfg.qdrant_url:
             key = cfg.qdrant_api_key.get_secret_value() if cfg.qdrant_api_key else None
-            return cls(AsyncQdrantClient(url=cfg.qdrant_url, api_key=key),
-                       collection=collection, server=True)
-        if cfg.qdrant_path:
-            return cls(AsyncQdrantClient(path=cfg.qdrant_path), collection=collection,
-                       server=False)
-        return cls(AsyncQdrantClient(location=":memory:"), collection=collection, server=False)
+            client = QdrantClient(url=cfg.qdrant_url, api_key=key, timeout=30)
+            return cls(client, collection=collection, server=True,
+                       dimensions=cfg.embedding_dimensions)
+        client = (QdrantClient(path=cfg.qdrant_path) if cfg.qdrant_path
+                  else QdrantClient(location=":memory:"))
+        return cls(client, collection=collection, server=False,
+                   dimensions=cfg.embedding_dimensions)
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
     async def __aenter__(self) -> Self:
         try:
             with _unavailable_when_down("opening the collection"):
-                await self._ensure_collection()
+                await self._run(self._ensure_collection)
         except BaseException:
             await self.close()
             raise
@@ -128,32 +174,41 @@ class QdrantIndex:
         """Close the client; closing twice is a no-op."""
         if not self._closed:
             self._closed = True
-            await self._client.close()
+            await self._run(self._client.close)
+            self._threads.shutdown(wait=True)
 
-    async def _ensure_collection(self) -> None:
-        if not await self._client.collection_exists(self._collection):
+    def _ensure_collection(self) -> None:
+        if not self._client.collection_exists(self._collection):
             try:
-                await self._client.create_collection(
+                self._client.create_collection(
                     self._collection,
-                    vectors_config={},
-                    sparse_vectors_config={TEXT_VECTOR: models.SparseVectorParams(
+                    vectors_config={DENSE: models.VectorParams(
+                        size=self._dimensions, distance=models.Distance.COSINE)},
+                    sparse_vectors_config={TEXT: models.SparseVectorParams(
                         modifier=models.Modifier.IDF)})
             except qdrant_errors.UnexpectedResponse as exc:
                 if exc.status_code != 409:  # another replica created it first
                     raise
-        info = await self._client.get_collection(self._collection)
-        params = (info.config.params.sparse_vectors or {}).get(TEXT_VECTOR)
-        if params is None or params.modifier != models.Modifier.IDF:
+        info = self._client.get_collection(self._collection)
+        text = (info.config.params.sparse_vectors or {}).get(TEXT)
+        vectors = info.config.params.vectors
+        dense = vectors.get(DENSE) if isinstance(vectors, dict) else None
+        if text is None or text.modifier != models.Modifier.IDF:
             raise errors.FailedPrecondition(
                 f"Qdrant collection {self._collection!r} exists without the sparse vector "
-                f"{TEXT_VECTOR!r} with modifier IDF; delete it or choose another "
+                f"{TEXT!r} with modifier IDF; delete it or choose another "
                 "AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX")
+        if dense is None or dense.size != self._dimensions:
+            raise errors.FailedPrecondition(
+                f"Qdrant collection {self._collection!r} has no dense vector {DENSE!r} of "
+                f"{self._dimensions} dimensions (AION_KNOWLEDGE_EMBEDDING_DIMENSIONS); delete "
+                "it or choose another AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX")
         if self._server:
             # Only the missing ones: a server may refuse an index that exists already.
             # Local mode scans everything and warns that payload indexes do nothing there.
             for field, schema in self._payload_indexes().items():
                 if field not in info.payload_schema:
-                    await self._client.create_payload_index(self._collection, field, schema)
+                    self._client.create_payload_index(self._collection, field, schema)
 
     @staticmethod
     def _payload_indexes() -> dict[str, models.PayloadSchemaType | models.KeywordIndexParams]:
@@ -162,79 +217,122 @@ class QdrantIndex:
                                                 is_tenant=True),
             "knowledge_base": models.PayloadSchemaType.KEYWORD,
             "document_id": models.PayloadSchemaType.KEYWORD,
-            "chunk_index": models.PayloadSchemaType.INTEGER,
+            "version": models.PayloadSchemaType.INTEGER,
+            "active": models.PayloadSchemaType.BOOL,
             "metadata_terms": models.PayloadSchemaType.KEYWORD,
         }
 
-    def _point(self, chunk: index.Chunk) -> models.PointStruct:
-        vector = sparse.document_vector(chunk.text)
+    @staticmethod
+    def _point(chunk: Chunk) -> models.PointStruct:
+        text = sparse.document_vector(chunk.text)
+        vectors: dict[str, Any] = {DENSE: list(chunk.dense)}
+        if text.indices:  # a chunk without words gets no sparse vector: no word finds it
+            vectors[TEXT] = text
         return models.PointStruct(
-            id=point_id(chunk.tenant, chunk.knowledge_base, chunk.document_id, chunk.index),
-            # A chunk without words (only punctuation) gets no vector: it is
-            # stored and counted, but no query can find it.
-            vector={TEXT_VECTOR: vector} if vector.indices else {},
+            id=point_id(chunk.tenant, chunk.knowledge_base, chunk.document_id, chunk.version,
+                        chunk.index),
+            vector=vectors,
             payload={
                 "tenant": chunk.tenant,
                 "knowledge_base": chunk.knowledge_base,
                 "document_id": chunk.document_id,
+                "version": chunk.version,
                 "chunk_index": chunk.index,
+                "char_start": chunk.start,
+                "char_end": chunk.end,
                 "text": chunk.text,
-                "metadata": dict(chunk.metadata),
-                "metadata_terms": _metadata_terms(chunk.metadata),
+                "active": False,
+                "metadata_terms": metadata_terms(chunk.metadata),
             })
 
-    async def replace(self, tenant: str, knowledge_base: str, document_id: str,
-                      chunks: list[index.Chunk]) -> None:
-        """Put a document's chunks, replacing the ones it had.
-
-        Points are overwritten in place, then the old ones past the new end
-        are deleted, so searches never see the document missing. A failure
-        between batches leaves old and new chunks mixed; ingesting again
-        repairs it.
-        """
+    async def put(self, chunks: Sequence[Chunk]) -> None:
+        """Store chunks, inactive (invisible to searches) until their version is activated."""
         points = [self._point(c) for c in chunks]
         with _unavailable_when_down("storing chunks"):
             for start in range(0, len(points), UPSERT_BATCH):
-                await self._client.upsert(self._collection,
-                                          points=points[start:start + UPSERT_BATCH])
-            await self._client.delete(self._collection, points_selector=models.Filter(must=[
-                *_scope(tenant, knowledge_base), _match("document_id", document_id),
-                models.FieldCondition(key="chunk_index", range=models.Range(gte=len(chunks))),
-            ]))
+                await self._run(self._client.upsert, self._collection,
+                                points=points[start:start + UPSERT_BATCH])
 
-    async def search(self, tenant: str, knowledge_base: str, query: str, *, top_k: int,
-                     filters: Mapping[str, str]) -> list[index.Hit]:
-        """The best ``top_k`` chunks for ``query`` whose metadata has all of ``filters``."""
-        vector = sparse.query_vector(query)
-        if not vector.indices:
-            return []
-        scope = _scope(tenant, knowledge_base)
-        with _unavailable_when_down("searching"):
-            found = await self._client.query_points(
-                self._collection, query=vector, using=TEXT_VECTOR, limit=top_k,
-                query_filter=models.Filter(must=[
-                    *scope, *(_match("metadata_terms", t) for t in _metadata_terms(filters))]),
-                # Rarity is measured within the knowledge base, never across tenants.
-                search_params=models.SearchParams(
-                    idf=models.IdfCorpusParams(corpus=models.Filter(must=scope))),
-                with_payload=True)
-        return [index.Hit(chunk=_chunk(p.payload or {}), score=p.score) for p in found.points]
+    async def activate(self, tenant: str, knowledge_base: str, document_id: str,
+                       version: int) -> None:
+        """Make the version's chunks searchable and remove every other version's."""
+        doc = _document(tenant, knowledge_base, document_id)
+        with _unavailable_when_down("activating a version"):
+            await self._run(self._client.set_payload, self._collection, {"active": True},
+                            points=models.Filter(must=[*doc, _match("version", version)]))
+            await self._run(self._client.delete, self._collection,
+                            points_selector=models.Filter(
+                                must=doc, must_not=[_match("version", version)]))
 
-    async def delete(self, tenant: str, knowledge_base: str, document_id: str) -> int:
-        """Remove a document; the number of chunks removed."""
-        selector = models.Filter(must=[*_scope(tenant, knowledge_base),
-                                       _match("document_id", document_id)])
+    async def drop_version(self, tenant: str, knowledge_base: str, document_id: str,
+                           version: int) -> None:
+        """Remove one version's chunks (a failed or superseded one, or a retry's leftovers)."""
+        with _unavailable_when_down("removing a version"):
+            await self._run(self._client.delete, self._collection,
+                            points_selector=models.Filter(must=[
+                                *_document(tenant, knowledge_base, document_id),
+                                _match("version", version)]))
+
+    async def count(self, tenant: str, knowledge_base: str, document_id: str, *,
+                    version: int | None = None, active: bool | None = None) -> int:
+        """Chunks stored for the document (of one version, active or not, when given)."""
+        must = _document(tenant, knowledge_base, document_id)
+        if version is not None:
+            must.append(_match("version", version))
+        if active is not None:
+            must.append(_match("active", active))
+        with _unavailable_when_down("counting chunks"):
+            found = await self._run(self._client.count, self._collection,
+                                    count_filter=models.Filter(must=must), exact=True)
+        return int(found.count)
+
+    async def delete_document(self, tenant: str, knowledge_base: str, document_id: str) -> int:
+        """Remove every version's chunks; how many active ones there were."""
+        selector = models.Filter(must=_document(tenant, knowledge_base, document_id))
         with _unavailable_when_down("deleting a document"):
-            removed = (await self._client.count(self._collection, count_filter=selector,
-                                                exact=True)).count
-            if removed:
-                await self._client.delete(self._collection, points_selector=selector)
-        return removed
+            active = await self.count(tenant, knowledge_base, document_id, active=True)
+            await self._run(self._client.delete, self._collection, points_selector=selector)
+        return active
+
+    async def search(self, tenant: str, knowledge_base: str, *, mode: Mode,
+                     dense: Sequence[float] | None, text: str, top_k: int,
+                     filters: Mapping[str, str], min_similarity: float | None = None,
+                     ) -> list[Hit]:
+        """The best ``top_k`` active chunks of the knowledge base whose metadata has all of
+        ``filters``: by embedding (those at least ``min_similarity`` similar), by BM25, or
+        both fused by reciprocal rank."""
+        scope: list[models.Condition] = [
+            _match("tenant", tenant), _match("knowledge_base", knowledge_base),
+            _match("active", True)]
+        where = models.Filter(must=[*scope, *(_match("metadata_terms", t)
+                                              for t in metadata_terms(filters))])
+        # Rarity is measured within the knowledge base, never across tenants.
+        idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=scope)))
+        words = sparse.query_vector(text)
+        kwargs: dict[str, Any]
+        if mode == "sparse" or (mode == "hybrid" and dense is None):
+            if not words.indices:
+                return []
+            kwargs = {"query": words, "using": TEXT, "search_params": idf}
+        elif mode == "dense" or not words.indices:
+            kwargs = {"query": list(dense or ()), "using": DENSE,
+                      "score_threshold": min_similarity}
+        else:
+            depth = max(top_k * 4, 20)
+            kwargs = {"prefetch": [
+                models.Prefetch(query=list(dense or ()), using=DENSE, filter=where, limit=depth,
+                                score_threshold=min_similarity),
+                models.Prefetch(query=words, using=TEXT, filter=where, limit=depth, params=idf),
+            ], "query": models.FusionQuery(fusion=models.Fusion.RRF)}
+        with _unavailable_when_down("searching"):
+            found = await self._run(self._client.query_points, self._collection,
+                                    query_filter=where, limit=top_k, with_payload=True,
+                                    **kwargs)
+        return [_hit(p.payload or {}, p.score) for p in found.points]
 
 
-def _chunk(payload: Mapping[str, Any]) -> index.Chunk:
-    return index.Chunk(
-        tenant=str(payload["tenant"]), knowledge_base=str(payload["knowledge_base"]),
-        document_id=str(payload["document_id"]), index=int(payload["chunk_index"]),
-        text=str(payload["text"]),
-        metadata={str(k): str(v) for k, v in dict(payload.get("metadata") or {}).items()})
+def _hit(payload: Mapping[str, Any], score: float) -> Hit:
+    return Hit(knowledge_base=str(payload["knowledge_base"]),
+               document_id=str(payload["document_id"]), version=int(payload["version"]),
+               index=int(payload["chunk_index"]), text=str(payload["text"]),
+               start=int(payload["char_start"]), end=int(payload["char_end"]), score=score)

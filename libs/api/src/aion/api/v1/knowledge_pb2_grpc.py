@@ -49,13 +49,25 @@ class KnowledgeStub:
                 request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.GetDocument = channel.unary_unary(
+                '/aion.v1.Knowledge/GetDocument',
+                request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.Document.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/aion.v1.Knowledge/ListDocuments',
+                request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Ingest(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stores a document's bytes and queues it for indexing (asynchronous unless
+        wait is set). The same bytes again make no new version.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -67,6 +79,20 @@ class KnowledgeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
+        """Removes a document from every store: its originals, its chunks, its records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDocument(self, request, context):
+        """A document's latest version: its state, progress and error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,6 +115,16 @@ def add_KnowledgeServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'GetDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocument,
+                    request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.GetDocumentRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.Document.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +208,60 @@ class Knowledge:
             '/aion.v1.Knowledge/Delete',
             aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentRequest.SerializeToString,
             aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.v1.Knowledge/GetDocument',
+            aion_dot_api_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.v1.Knowledge/ListDocuments',
+            aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,5 +1,11 @@
 """Start the five aion services as processes, wait until each is SERVING, stop them cleanly.
 
+Two executors run: ``executor`` serves the chat model, ``embedder`` (the same
+``python -m aion.executor`` with ``MODEL_TASK=embed``) the knowledge service's
+embedding model. The knowledge service keeps documents in the agent
+service's Postgres database and MinIO, its events on the same Kafka, and its
+Qdrant collection on disk under the log folder.
+
 Used by ``make dev`` (``python -m aion.sdk.testing``) and by the end-to-end
 tests. Each service runs ``python -m aion.<name>`` in its own session, logs
 to ``<log_dir>/<name>.log``, and is stopped with SIGTERM in reverse start
@@ -26,16 +32,22 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # Start order: what others depend on comes first.
-SERVICES = ("executor", "knowledge", "router", "agent", "gateway")
+SERVICES = ("executor", "embedder", "knowledge", "router", "agent", "gateway")
 DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
-             "executor": 50055}
+             "executor": 50055, "embedder": 50056}
 DEV_METRICS_PORTS = {"gateway": 9101, "router": 9102, "agent": 9103, "knowledge": 9104,
-                     "executor": 9105}
+                     "executor": 9105, "embedder": 9106}
+# The module a service runs, where it is not its own name.
+MODULES = {"embedder": "executor"}
 
 
 # Where `make infra-up` (python -m aion.infra up infra) serves Postgres and Kafka.
 DEFAULT_POSTGRES_DSN = "postgresql://aion:aion@127.0.0.1:55432/aion"
 DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+# Where it serves MinIO, with its development credentials.
+DEFAULT_MINIO_ENDPOINT = "127.0.0.1:9000"
+DEFAULT_MINIO_ACCESS_KEY = "aion"
+DEFAULT_MINIO_SECRET_KEY = "aion-dev-secret"  # a local development server's, not a secret
 
 
 class SuiteError(RuntimeError):
@@ -51,6 +63,12 @@ class ServiceProcess:
     metrics_port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def module(self) -> str:
+        """The Python module it runs (``python -m aion.<module>``)."""
+        return MODULES.get(self.name, self.name)
 
     @property
     def target(self) -> str:
@@ -131,10 +149,17 @@ class LocalSuite:
                      extra: Mapping[str, str]) -> dict[str, str]:
         env = dict(os.environ)
         for svc in self.services.values():
+            if svc.module != svc.name:
+                continue
             prefix = f"AION_{svc.name.upper()}_"
             env[prefix + "PORT"] = str(svc.port)
             env[prefix + "METRICS_PORT"] = str(svc.metrics_port)
         s = self.services
+        s["embedder"].env.update({
+            "AION_EXECUTOR_PORT": str(s["embedder"].port),
+            "AION_EXECUTOR_METRICS_PORT": str(s["embedder"].metrics_port),
+            "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_HTTP_PORT": "0",
+            "AION_EXECUTOR_INSTANCE_ID": "embedder"})
         env["AION_GATEWAY_ROUTER_TARGET"] = s["router"].target
         env["AION_GATEWAY_AGENT_TARGET"] = s["agent"].target
         env["AION_GATEWAY_KNOWLEDGE_TARGET"] = s["knowledge"].target
@@ -149,6 +174,19 @@ class LocalSuite:
                        env.get("AION_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP))
         if agents_file is not None:
             env["AION_AGENT_AGENTS_FILE"] = str(agents_file)
+        # The knowledge service: the same database and brokers as the agent service (its
+        # tables and topics have names of their own), MinIO, and the embedding executor.
+        env.setdefault("AION_KNOWLEDGE_POSTGRES_DSN", env["AION_AGENT_POSTGRES_DSN"])
+        env.setdefault("AION_KNOWLEDGE_KAFKA_BOOTSTRAP", env["AION_AGENT_KAFKA_BOOTSTRAP"])
+        env.setdefault("AION_KNOWLEDGE_TOPIC_PREFIX", env.get("AION_AGENT_TOPIC_PREFIX", "aion."))
+        env.setdefault("AION_KNOWLEDGE_MINIO_ENDPOINT",
+                       env.get("AION_MINIO_ENDPOINT", DEFAULT_MINIO_ENDPOINT))
+        env.setdefault("AION_KNOWLEDGE_MINIO_ACCESS_KEY",
+                       env.get("AION_MINIO_ACCESS_KEY", DEFAULT_MINIO_ACCESS_KEY))
+        env.setdefault("AION_KNOWLEDGE_MINIO_SECRET_KEY",
+                       env.get("AION_MINIO_SECRET_KEY", DEFAULT_MINIO_SECRET_KEY))
+        env.setdefault("AION_KNOWLEDGE_QDRANT_PATH", str(self._log_dir / "qdrant"))
+        env["AION_KNOWLEDGE_EXECUTOR_TARGET"] = s["embedder"].target
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.update(extra)
         return env
@@ -164,7 +202,7 @@ class LocalSuite:
         for svc in self.services.values():
             with svc.log_path.open("wb") as log:
                 svc.process = subprocess.Popen(
-                    [self._python, "-m", f"aion.{svc.name}"], env=self._env,
+                    [self._python, "-m", f"aion.{svc.module}"], env={**self._env, **svc.env},
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
 

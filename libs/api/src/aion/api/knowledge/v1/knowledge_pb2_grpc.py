@@ -50,6 +50,16 @@ class KnowledgeServiceStub:
                 request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
                 _registered_method=True)
+        self.GetDocument = channel.unary_unary(
+                '/aion.knowledge.v1.KnowledgeService/GetDocument',
+                request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.Document.FromString,
+                _registered_method=True)
+        self.ListDocuments = channel.unary_unary(
+                '/aion.knowledge.v1.KnowledgeService/ListDocuments',
+                request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer:
@@ -73,6 +83,18 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocument(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDocuments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -90,6 +112,16 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.DeleteRequest.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.SerializeToString,
+            ),
+            'GetDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocument,
+                    request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.GetDocumentRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.Document.SerializeToString,
+            ),
+            'ListDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDocuments,
+                    request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -173,6 +205,60 @@ class KnowledgeService:
             '/aion.knowledge.v1.KnowledgeService/Delete',
             aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.DeleteRequest.SerializeToString,
             aion_dot_api_dot_v1_dot_knowledge__pb2.DeleteDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.knowledge.v1.KnowledgeService/GetDocument',
+            aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.GetDocumentRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.Document.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.knowledge.v1.KnowledgeService/ListDocuments',
+            aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

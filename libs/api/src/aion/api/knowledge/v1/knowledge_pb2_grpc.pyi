@@ -35,6 +35,8 @@ class KnowledgeServiceStub:
     Ingest: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.IngestRequest, _knowledge_pb2_1.IngestResponse]
     Search: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2_1.SearchResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]
+    GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2_1.Document]
+    ListDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2_1.ListDocumentsResponse]
 
 @_typing.type_check_only
 class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
@@ -42,6 +44,8 @@ class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     Ingest: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.IngestRequest, _knowledge_pb2_1.IngestResponse]  # type: ignore[assignment]
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2_1.SearchResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]  # type: ignore[assignment]
+    GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2_1.Document]  # type: ignore[assignment]
+    ListDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2_1.ListDocumentsResponse]  # type: ignore[assignment]
 
 class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -64,5 +68,19 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _knowledge_pb2.DeleteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_knowledge_pb2_1.DeleteDocumentResponse, _abc.Awaitable[_knowledge_pb2_1.DeleteDocumentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetDocument(
+        self,
+        request: _knowledge_pb2.GetDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2_1.Document, _abc.Awaitable[_knowledge_pb2_1.Document]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDocuments(
+        self,
+        request: _knowledge_pb2.ListDocumentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2_1.ListDocumentsResponse, _abc.Awaitable[_knowledge_pb2_1.ListDocumentsResponse]]: ...
 
 def add_KnowledgeServiceServicer_to_server(servicer: KnowledgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
