@@ -20,7 +20,8 @@ from .fakes import gateway as _gateway
 
 @contextlib.asynccontextmanager
 async def _client(gw: Gateway, key: str = KEY) -> AsyncIterator[mcp.Client]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as http:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
+                                  timeout=120) as http:
         transport = streamable_http.streamable_http_client(f"{gw.url}/mcp", http_client=http)
         async with mcp.Client(transport, read_timeout_seconds=30) as client:
             yield client
