@@ -15,12 +15,12 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
-from aion.agent import mcp_tools, model, peers, provider, registry, store, tools
+from aion.agent import a2a_tools, mcp_tools, model, peers, provider, registry, store, tools
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
 
 MAX_DEPTH = 2  # an agent called as a tool may not call agents in turn beyond this
-MCP_TIMEOUT_S = 30.0  # most an MCP server may take to list its tools or answer a call
+MCP_TIMEOUT_S = 30.0  # most an MCP server or A2A agent may take to list tools or answer
 
 
 class Sink(Protocol):
@@ -228,6 +228,10 @@ class AgentLoop:
                     name=name, arguments=tools.SearchArgs,
                     description="Searches the agent's knowledge bases for relevant passages.",
                     call=functools.partial(self._search, agent, req))
+            elif name.startswith(a2a_tools.PREFIX):
+                remote = a2a_tools.tool(name.removeprefix(a2a_tools.PREFIX),
+                                        timeout_s=self._mcp_timeout_s)
+                found[remote.name] = remote
             elif name.startswith(tools.AGENT_PREFIX) and depth < MAX_DEPTH:
                 other = name.removeprefix(tools.AGENT_PREFIX)
                 tool_name = "agent_" + other.replace("-", "_")
