@@ -64,16 +64,20 @@ def test_dockerfile(name: str) -> None:
 def test_skaffold_builds_every_image_and_sets_it_in_the_chart() -> None:
     config = _load(ROOT / "skaffold.yaml")
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
-    assert set(artifacts) == {f"aion-{name}" for name in SERVICES}
-    for name in SERVICES:
-        artifact = artifacts[f"aion-{name}"]
+    repos = {name: f"localhost:5000/aion/{name}" for name in SERVICES}
+    assert set(artifacts) == set(repos.values())
+    for repo in repos.values():
+        artifact = artifacts[repo]
         assert artifact["context"] == "."
-        assert (ROOT / artifact["docker"]["dockerfile"]).is_file()
+        assert (ROOT / artifact["custom"]["dependencies"]["dockerfile"]["path"]).is_file()
     [release] = config["deploy"]["helm"]["releases"]
     assert release["chartPath"] == "charts/aion"
+    assert "deploy/local/values-local.yaml" in release["valuesFiles"]
     templates = release["setValueTemplates"]
-    for name in SERVICES:
-        assert templates[f"{name}.image.repository"] == f"{{{{.IMAGE_REPO_aion_{name}}}}}"
+    for name, repo in repos.items():
+        key = repo.replace(":", "_").replace("/", "_")
+        assert templates[f"{name}.image.repository"] == f"{{{{.IMAGE_REPO_{key}}}}}"
+        assert templates[f"{name}.image.tag"] == f"{{{{.IMAGE_TAG_{key}}}}}"
 
 
 def test_each_crd_has_one_copy() -> None:
