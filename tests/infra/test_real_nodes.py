@@ -215,7 +215,16 @@ def test_pods_on_both_nodes_reach_each_other_a_service_dns_the_api_and_the_host(
                 restart="Never",
             ),
             _pod("client-api", second, ["api"], restart="Never"),
-            _pod("client-host", second, ["get", f"http://{HOST_IP}:{host_port}/"], restart="Never"),
+            _pod(
+                "client-host",
+                second,
+                [
+                    "get",
+                    f"http://{HOST_IP}:{host_port}/",
+                    f"http://host.aion.internal:{host_port}/",
+                ],
+                restart="Never",
+            ),
         )
         for client, (_, _, server) in across.items():
             assert f"hello from {server}" in _finished(cluster, namespace, client)
@@ -223,7 +232,8 @@ def test_pods_on_both_nodes_reach_each_other_a_service_dns_the_api_and_the_host(
         assert svc.count("hello from server-") == 4, svc
         api = _finished(cluster, namespace, "client-api")
         assert '"gitVersion"' in api, api
-        assert "hello from the host" in _finished(cluster, namespace, "client-host")
+        # By address, and by the name CoreDNS gives the host.
+        assert _finished(cluster, namespace, "client-host").count("hello from the host") == 2
     finally:
         host.shutdown()
         host.server_close()
@@ -259,11 +269,12 @@ def test_a_node_pulls_an_image_from_the_local_registry_over_plain_http(
     node = NODES[-1][0]
     local = probe_image()
     pushed = f"localhost:{registry.port}/aion/probe:{local.rsplit(':', 1)[1]}"
-    # Push the probe image from the node's own store, then forget that name there,
-    # so the pod's image can only come from the registry.
+    # Push the probe image from the node's own store. The pod pulls it Always, so
+    # the runtime resolves it in the registry whatever the node holds. (No name is
+    # removed from the node: containerd's CRI forgets every name of an image when
+    # one of them is removed with ctr.)
     cluster.nodes.ctr(node, "images", "tag", "--force", local, pushed)
     cluster.nodes.ctr(node, "images", "push", "--plain-http", pushed)
-    cluster.nodes.ctr(node, "images", "rm", pushed)
     pod = _pod("pulled", node, ["serve"])
     pod["spec"]["containers"][0] |= {"image": pushed, "imagePullPolicy": "Always"}
     _apply(cluster, namespace, pod)

@@ -425,10 +425,12 @@ class RealNodes:
             # Image GC off: imported images (pause, probe) cannot be pulled again.
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
+            # Absolute floors: the nodes share one disk with everything else on
+            # this machine, and under disk pressure the kubelet taints its node.
             "evictionHard": {
                 "memory.available": "100Mi",
-                "nodefs.available": "1%",
-                "imagefs.available": "1%",
+                "nodefs.available": "1Gi",
+                "imagefs.available": "1Gi",
                 "nodefs.inodesFree": "1%",
             },
             "maxPods": 50,
@@ -513,7 +515,10 @@ class RealNodes:
         have = set(self._ctr(node, "images", "ls", "-q").split())
         for name, archive in self.images.items():
             if name not in have:
-                self._ctr(node, "images", "import", "--no-unpack=false", str(archive))
+                self._ctr(node, "images", "import", str(archive))
+                # Pinned: the kubelet never removes it, not even under disk
+                # pressure (it cannot be pulled again).
+                self._ctr(node, "images", "label", name, "io.cri-containerd.pinned=pinned")
         missing = set(self.images) - set(self._ctr(node, "images", "ls", "-q").split())
         if missing:
             raise InfraError("cluster", f"{node.name}: images not imported: {sorted(missing)}")
@@ -602,6 +607,9 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt',
     address = '{socket}.ttrpc'
   [plugins.'io.containerd.cri.v1.images']
     snapshotter = 'overlayfs'
+    # Pulled layers are kept unpacked only: each node holds its own copy of
+    # every image, and the executor's is GBs.
+    discard_unpacked_layers = true
     [plugins.'io.containerd.cri.v1.images'.pinned_images]
       sandbox = '{pause}'
     [plugins.'io.containerd.cri.v1.images'.registry]
