@@ -3,6 +3,7 @@
     python -m aion.infra.images build [SERVICE...] [--values PATH] [--json]
     python -m aion.infra.images refs  [SERVICE...]     # the references, one a line
     python -m aion.infra.images skaffold SERVICE       # skaffold's custom builder ($IMAGE)
+    python -m aion.infra.images prune                  # keep the newest image of each service
 
 `build` (what `make images` runs):
 1. installs buildah and mmdebstrap from Debian's packages when missing and
@@ -549,6 +550,37 @@ def write_values(images: Sequence[Built], path: Path = VALUES_FILE) -> Path:
     return path
 
 
+def prune(layout: Layout | None = None) -> list[str]:
+    """Delete from the registry every image but the newest of each repository (and
+    the base images' current tags), then collect the freed layers. Returns what
+    was deleted. A lock change leaves gigabytes of old torch layers otherwise."""
+    layout = layout or Layout.from_env()
+    registry = ImageRegistry(layout)
+    client = registry.client
+    deleted: list[str] = []
+    repos = [f"{PROJECT}/{s}" for s in SERVICES] + [f"{PROJECT}/{b}" for b in BASES]
+    for name in repos:
+        tags = client.tags(name)
+        if not tags:
+            continue
+        if name.removeprefix(f"{PROJECT}/") in BASES:
+            keep_tags = {base_tag(name.removeprefix(f"{PROJECT}/")), BASE_DEFAULT_TAG}
+        else:
+            created = {t: str(client.config(name, t).get("created", "")) for t in tags}
+            keep_tags = {max(tags, key=lambda t: created[t])}
+        keep = {client.digest(name, t) for t in keep_tags}
+        for tag in tags:
+            digest = client.digest(name, tag)
+            if tag not in keep_tags and digest is not None and digest not in keep:
+                client.delete(name, digest)
+                keep.add(digest)  # deleted once; its other tags went with it
+                deleted.append(f"{name}:{tag}")
+    with Builder(layout, registry).lock():  # no build pushes while the registry stops
+        summary = registry.collect_garbage()
+    log(f"registry: deleted {len(deleted)} images; {summary}")
+    return deleted
+
+
 def publish_as(image: Built, ref: str, push: bool, layout: Layout | None = None) -> None:
     """Name a built image `ref` too (skaffold's tag): in the registry when `push`
     (a manifest put under the new tag, no layer moves), else in buildah's storage."""
@@ -576,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("action", choices=["build", "refs", "skaffold"])
+    parser.add_argument("action", choices=["build", "refs", "skaffold", "prune"])
     parser.add_argument("services", nargs="*", help=f"default: all ({', '.join(SERVICES)})")
     parser.add_argument(
         "--values",
@@ -589,6 +621,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.monotonic()
+    if args.action == "prune":
+        try:
+            for ref in prune():
+                print(ref)
+        except (InfraError, RuntimeError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.action == "skaffold" and (len(args.services) != 1 or not os.environ.get("IMAGE")):
         parser.error("skaffold: give one service, with skaffold's IMAGE in the environment")
     try:

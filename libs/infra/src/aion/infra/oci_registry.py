@@ -111,6 +111,20 @@ class RegistryClient:
         out: dict[str, Any] = json.loads(body)
         return out
 
+    def digest(self, name: str, tag: str) -> str | None:
+        """The manifest digest a tag points at (None when there is no such tag)."""
+        status, headers, _ = self._request(f"/v2/{name}/manifests/{tag}", "HEAD", MANIFEST_TYPES)
+        if status != 200:
+            return None
+        return headers.get("Docker-Content-Digest")
+
+    def delete(self, name: str, digest: str) -> None:
+        """Delete a manifest (and so every tag on it); its blobs go at the next
+        garbage collection."""
+        status, _, body = self._request(f"/v2/{name}/manifests/{digest}", "DELETE")
+        if status not in (202, 404):
+            raise RuntimeError(f"registry: delete {name}@{digest}: HTTP {status}: {body[:200]!r}")
+
     def retag(self, name: str, tag: str, new_tag: str) -> None:
         """Give an image in the registry another tag (its manifest, put again)."""
         status, headers, body = self._request(f"/v2/{name}/manifests/{tag}", accept=MANIFEST_TYPES)
@@ -217,3 +231,24 @@ class ImageRegistry(Component):
 
     def ready(self) -> bool:
         return port_open(self.probe_host, self.port) and self.client.alive()
+
+    def collect_garbage(self) -> str:
+        """Free the blobs no manifest uses: the registry stops for it (seconds),
+        as distribution requires, and starts again; returns the collector's summary."""
+        import subprocess
+
+        was_running = self.running()
+        self.down()
+        self.prepare()
+        proc = subprocess.run(
+            [str(self.binary), "garbage-collect", "--delete-untagged", str(self.config_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if was_running:
+            self.up()
+            self.detach()
+        if proc.returncode != 0:
+            raise InfraError(self.name, f"garbage-collect failed: {proc.stderr.strip()[-500:]}")
+        return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
