@@ -434,6 +434,7 @@ class Builder:
                     "--isolation",
                     "chroot",
                     "--layers",
+                    "--force-rm",  # no working containers left behind by a failed step
                     "--pull=false",
                     "--tls-verify=false",
                     "--quiet",
