@@ -45,7 +45,8 @@ def test_values_ports_match_the_services() -> None:
 @pytest.mark.parametrize("name", SERVICES)
 def test_dockerfile(name: str) -> None:
     text = (ROOT / "services" / name / "Dockerfile").read_text()
-    assert f"uv sync --frozen --package aion-{name} --no-editable --no-dev" in text
+    # The service's own locked dependencies, then its packages as wheels (not editable).
+    assert f"uv export --frozen --package aion-{name} --no-dev --no-emit-workspace" in text
     assert "USER 10001:10001" in text
     assert f'ENTRYPOINT ["/app/.venv/bin/python", "-m", "aion.{name}"]' in text
     assert f"AION_{name.upper()}_HOST=0.0.0.0" in text
@@ -55,10 +56,11 @@ def test_dockerfile(name: str) -> None:
     if name == "executor":  # its OpenAI-compatible HTTP API
         expected.add(str(render.HTTP_PORT))
     assert set(exposed.group(1).split()) == expected
-    # The runtime stage gets the virtual environment and nothing else from the builder.
+    # The runtime stage adds aion's packages to the dependencies' stage and nothing else
+    # of the build (no uv, no sources, no compilers).
     runtime = text.split(" AS runtime", 1)[1]
-    assert re.findall(r"^COPY .*$", runtime, re.MULTILINE) == [
-        "COPY --from=builder /app/.venv /app/.venv"]
+    assert re.findall(r"^COPY .*$", runtime, re.MULTILINE) == ["COPY --from=app /out/ /app/.venv/"]
+    assert re.search(r"^FROM deps AS runtime$", text, re.MULTILINE)
 
 
 def test_skaffold_builds_every_image_and_sets_it_in_the_chart() -> None:
