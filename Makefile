@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
 	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
-	bench-operator bench-agent bench-executor
+	bench-operator bench-agent bench-executor bench-install
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, run the five services
 	fi; \
 	$(UV) run --no-sync python -m aion.sdk.testing --agents deploy/examples/demo-agent.yaml $${kubeconfig:+--kubeconfig "$$kubeconfig"}
 
-test: setup lint typecheck layers protos-check infra-build pytest ## everything CI checks
+test: setup lint typecheck layers protos-check infra-build images pytest ## everything CI checks
 
 lint: ## ruff
 	$(UV) run --no-sync ruff check .
@@ -65,7 +65,7 @@ infra-down: ## stop Kafka, Postgres and MinIO
 infra-status: ## what runs, and where each component logs
 	@$(INFRA) status all
 
-cluster-up: setup ## start etcd, the Kubernetes control plane and kwok with the GPU node pools
+cluster-up: setup ## start etcd, the Kubernetes control plane, kwok GPU node pools, two real nodes (pool workers) and the image registry
 	@$(INFRA) up cluster
 	@echo 'use it: eval "$$(make -s cluster-env)"; kubectl get nodes -L cloud.google.com/gke-nodepool'
 
@@ -84,6 +84,9 @@ bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready v
 
 bench-agent: setup infra-up ## tasks/s and added latency through gateway->agent->executor, outbox vs raw produce; BENCH_AGENT_* knobs (one JSON object)
 	@$(UV) run --no-sync python tests/bench/bench_agent.py
+
+bench-install: setup infra-build infra-up ## make images (cold, then warm), helm install to Ready, an applied CPU Agent to its first token; image sizes (one JSON object)
+	@$(UV) run --no-sync python tests/bench/bench_install.py
 
 bench-executor: setup ## embeddings and generation vs the raw models and llama_cpp.server; BENCH_* knobs (one JSON object)
 	@$(UV) run --no-sync python services/executor/bench/bench_executor.py
