@@ -2,8 +2,9 @@
 OpenAI-compatible provider path (``api`` and ``hybrid`` routes) against the real
 executor's HTTP endpoint (``/v1/chat/completions``, SmolLM2 on the CPU).
 
-The knowledge service runs in this process (its real gRPC server over
-qdrant-client's local mode); the executor runs as ``python -m aion.executor``.
+The knowledge service runs its real composition in this process (Postgres, Kafka,
+MinIO, the embedding executor, qdrant-client's local mode); the executors run as
+``python -m aion.executor``.
 Local model calls still go to the scripted executor of ``conftest``.
 """
 
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -20,49 +22,91 @@ from typing import Any, TypeAlias
 import grpc
 import httpx
 import psycopg
+import pydantic
 import pytest
+from psycopg import sql
 
 from aion.agent import provider
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.api.v1 import knowledge_pb2 as public_knowledge
-from aion.core import errors, server
-from aion.knowledge import qdrant_index, servicer
+from aion.core import errors
+from aion.infra.kafka import Kafka
+from aion.infra.minio import MinIO
+from aion.infra.postgres import Postgres
 from aion.knowledge import settings as knowledge_settings
+from aion.knowledge import testing as knowledge_testing
 from aion.sdk.testing import suite
 
 Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "acme"
 MODEL = "smollm2-135m-instruct"
 COST_PER_1K = 0.5
-DOC = b"""Kubernetes schedules pods onto nodes.
-
-GPUs are advertised by the NVIDIA device plugin as nvidia.com/gpu.
-
-Kafka keeps events in ordered partitions."""
+DOCS = (b"Kubernetes schedules pods onto nodes.",
+        b"GPUs are advertised by the NVIDIA device plugin as nvidia.com/gpu.",
+        b"Kafka keeps events in ordered partitions.")
 
 
 # -- the real peers ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
-async def knowledge() -> AsyncIterator[str]:
-    """The knowledge service's real gRPC server, with one document per tenant."""
-    cfg = knowledge_settings.KnowledgeSettings(chunk_chars=100, chunk_overlap=10)
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as store:
-        srv = server.GrpcServer(name="knowledge", host="127.0.0.1", port=0, grace_s=1)
-        srv.add(knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
-                servicer.KnowledgeServicer(store=store, cfg=cfg),
-                "aion.knowledge.v1.KnowledgeService")
-        async with srv, grpc.aio.insecure_channel(srv.address) as chan:
-            stub = knowledge_pb2_grpc.KnowledgeServiceStub(chan)
-            for tenant, content in ((TENANT, DOC),
-                                    ("globex", b"Globex keeps its quarterly zebra ledger.")):
-                await stub.Ingest(knowledge_pb2.IngestRequest(
-                    tenant=tenant, request=public_knowledge.IngestRequest(
-                        knowledge_base="docs", document_id="d1", content=content,
-                        content_type="text/plain")))
-            yield srv.address
+def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m aion.executor`` serving all-MiniLM-L6-v2 embeddings; its gRPC target."""
+    port = suite.free_port()
+    log = tmp_path_factory.mktemp("embedder") / "executor.log"
+    env = {**os.environ, "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
+           "AION_EXECUTOR_HTTP_PORT": "0", "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
+           "AION_EXECUTOR_N_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("AION_EXECUTOR_KAFKA_BOOTSTRAP", None)
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "aion.executor"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    target = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while suite.health_status(target) != "SERVING":
+            assert proc.poll() is None, f"the embedder exited; its log:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the embedder is not serving:\n{log.read_text()}"
+            time.sleep(0.3)
+        yield target
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def knowledge_dsn(postgres: Postgres) -> Iterator[str]:
+    """A database of the knowledge service's own, dropped at the end."""
+    name = f"kb_tools_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+async def knowledge(knowledge_dsn: str, kafka: Kafka, minio: MinIO, embedder: str,
+                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    """The knowledge service's real composition (Postgres, Kafka, MinIO, the embedding
+    executor, Qdrant's local mode), with one document per tenant."""
+    cfg = knowledge_settings.KnowledgeSettings(
+        postgres_dsn=pydantic.SecretStr(knowledge_dsn), kafka_bootstrap=kafka.bootstrap,
+        minio_endpoint=minio.endpoint, minio_access_key=minio.access_key,
+        minio_secret_key=pydantic.SecretStr(minio.secret_key),
+        minio_bucket=f"kb-tools-{uuid.uuid4().hex[:8]}", executor_target=embedder,
+        topic_prefix=f"k{uuid.uuid4().hex[:8]}.", port=0, grace_s=1.0,
+        qdrant_path=str(tmp_path_factory.mktemp("qdrant")))
+    async with knowledge_testing.Service(cfg) as svc:
+        for tenant, contents in ((TENANT, DOCS),
+                                 ("globex", (b"Globex keeps its quarterly zebra ledger.",))):
+            for i, content in enumerate(contents):  # a passage each
+                await svc.ingest(tenant, "docs", f"d{i}", content)
+        yield svc.address
 
 
 @pytest.fixture(scope="module")
