@@ -168,6 +168,16 @@ def test_readiness_follows_the_deployment() -> None:
     assert loading is not None
     assert (loading["conditions"][0]["status"], loading["conditions"][0]["reason"]) == (
         "False", "ModelLoading")
+    # An executor pod that cannot run says why in ModelReady, and in Ready's message.
+    pod = {"metadata": {"name": "exec-1"}, "status": {"containerStatuses": [{"state": {
+        "waiting": {"reason": "CreateContainerConfigError",
+                    "message": 'secret "hf-token" not found'}}}]}}
+    broken = handlers.readiness(body, _deployment(ready=0, updated=2), now=NOW, pods=[pod])
+    assert broken is not None
+    model = broken["conditions"][0]
+    assert (model["status"], model["reason"]) == ("False", "CreateContainerConfigError")
+    assert model["message"] == 'executor pod exec-1: secret "hf-token" not found'
+    assert broken["conditions"][1]["message"].endswith('secret "hf-token" not found')
     # Nothing changed since: no patch.
     assert handlers.readiness(_agent(body["spec"], status={**placed, **waiting}),
                               _deployment(ready=1, updated=2), now=LATER) is None

@@ -202,13 +202,16 @@ def placed_now(body: Mapping[str, Any]) -> bool:
 
 
 def readiness(body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
-              now: datetime.datetime) -> dict[str, Any] | None:
+              now: datetime.datetime,
+              pods: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any] | None:
     """The Agent's status after its Deployment's latest rollout; None when nothing changes.
 
     Only for an Agent placed at its current generation: until then the Deployment
     may still be the previous spec's. ``ModelReady`` says whether any executor
     serves the model (its readiness probe passes only once the model is loaded);
-    ``Ready`` whether the rollout of this spec reached ``replicas.min``.
+    ``Ready`` whether the rollout of this spec reached ``replicas.min``. While none
+    serves, an executor pod that cannot run (``stuck.failing``: image, Secret, model
+    load) gives ``ModelReady`` its reason and the kubelet's words.
     """
     status = body.get("status") or {}
     generation = body["metadata"].get("generation")
@@ -226,12 +229,17 @@ def readiness(body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
         (deployment.get("metadata") or {}).get("generation") or 0)
     is_ready = current and ready >= wanted and updated >= wanted
     message = f"{ready} of {wanted} executor replica(s) ready on pool {pool}"
+    broken = None if ready else stuck.failing(pods)
+    if ready:
+        reason, loaded = "ModelLoaded", f"the model is loaded on {ready} executor replica(s)"
+    elif broken is not None:
+        reason, loaded = broken.reason, f"executor pod {broken.pod}: {broken.message}"
+        message = f"{message}; {loaded}"
+    else:
+        reason, loaded = "ModelLoading", "no executor replica has loaded the model yet"
     merged = conditions.set_condition(
         status.get("conditions") or [], MODEL_READY,
-        status="True" if ready > 0 else "False",
-        reason="ModelLoaded" if ready > 0 else "ModelLoading",
-        message=(f"the model is loaded on {ready} executor replica(s)" if ready else
-                 "no executor replica has loaded the model yet"),
+        status="True" if ready > 0 else "False", reason=reason, message=loaded,
         observed_generation=generation, now=now)
     merged = conditions.set_condition(
         merged, READY, status="True" if is_ready else "False",
@@ -364,7 +372,7 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
             logger.warning("%s", moved.placement.message)
         return
     deployment = await client.deployment(render.executor_name(name), namespace=namespace)
-    update = readiness(body, deployment, now=now)
+    update = readiness(body, deployment, now=now, pods=pods)
     if update is not None:
         patch.status.update(update)
     merged = {**body, "status": {**(body.get("status") or {}), **(update or {})}}

@@ -135,6 +135,8 @@ def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str]) 
         "startupProbe": _grpc_probe(period_s=10, failures=90),
         "readinessProbe": _grpc_probe(period_s=5, failures=2),
         "livenessProbe": _grpc_probe(period_s=20, failures=3),
+        # A failed model load's last log lines reach the Agent's ModelReady condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {"allowPrivilegeEscalation": False,
                             "capabilities": {"drop": ["ALL"]}},
     }

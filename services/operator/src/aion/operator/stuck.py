@@ -1,10 +1,17 @@
-"""Executor pods the scheduler cannot place: how long they have waited, and why (pure).
+"""Executor pods that cannot run: unschedulable for how long, or failing, and why (pure).
 
 The scheduler marks such a pod's ``PodScheduled`` condition False with reason
 ``Unschedulable`` and a message naming what no node offered ("0/8 nodes are
 available: 4 Insufficient nvidia.com/gpu, ..."). The condition's
 ``lastTransitionTime`` says since when. Pods being deleted do not count: a
 rollout away from a pool deletes them.
+
+A scheduled pod can still fail to start: its image cannot be pulled, a Secret
+it names is missing, or the executor exits while loading its model. The
+kubelet says so in the container's ``waiting`` state (``ImagePullBackOff``,
+``CreateContainerConfigError``, ``CrashLoopBackOff``, ...); ``failing`` picks
+that out, with the last run's exit and its final log lines (the executor's
+``terminationMessagePolicy`` is ``FallbackToLogsOnError``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,10 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 UNSCHEDULABLE = "Unschedulable"
+# Container waiting reasons that do not clear by themselves.
+FAILING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                     "CreateContainerConfigError", "CreateContainerError",
+                     "RunContainerError", "CrashLoopBackOff"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,3 +60,35 @@ def unschedulable(pods: Iterable[Mapping[str, Any]], *,
                                    seconds=_since(cond.get("lastTransitionTime"), now),
                                    message=str(cond.get("message") or "").strip()))
     return max(found, key=lambda s: s.seconds, default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failing:
+    """A scheduled executor pod that cannot run: the kubelet's reason and its words."""
+
+    pod: str
+    reason: str
+    message: str
+
+
+def failing(pods: Iterable[Mapping[str, Any]]) -> Failing | None:
+    """The first pod of ``pods`` whose container waits for a reason that needs a fix."""
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name", ""))):
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = str(waiting.get("reason") or "")
+            if reason not in FAILING:
+                continue
+            words = [str(waiting.get("message") or "").strip()]
+            last = (container.get("lastState") or {}).get("terminated") or {}
+            if last:
+                words.append(f"last run exited {last.get('exitCode')}"
+                             f" ({last.get('reason') or 'Error'})")
+                tail = str(last.get("message") or "").strip().splitlines()[-3:]
+                words.extend(line.strip() for line in tail if line.strip())
+            return Failing(pod=str(meta.get("name", "")), reason=reason,
+                           message="; ".join(w for w in words if w)[:1000])
+    return None
