@@ -2,8 +2,8 @@
 
 The socket is bound on entry (so port 0 resolves at once and a taken port
 fails the start); ``serve`` runs until ``shutdown``. Signals stay with the
-process's lifecycle: uvicorn's own handlers are not installed. Used by the
-gateway (its HTTP front door); the executor has its own copy to move here.
+process's lifecycle: uvicorn's own handlers are not installed. The gateway (its
+HTTP front door) and the executor (its OpenAI-compatible API) use it.
 """
 
 from __future__ import annotations

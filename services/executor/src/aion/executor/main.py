@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Protocol
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
-from aion.core import lifecycle, metrics, server, settings, telemetry
+from aion.core import http_server, lifecycle, metrics, server, settings, telemetry
 from aion.executor import (
     backend,
     batcher,
     http_api,
-    http_server,
     inference,
     llama_backend,
     load_report,

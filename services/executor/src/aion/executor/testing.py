@@ -15,12 +15,11 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
-from aion.core import server
+from aion.core import http_server, server
 from aion.executor import (
     backend,
     batcher,
     http_api,
-    http_server,
     inference,
     scheduler,
     servicer,
