@@ -17,10 +17,8 @@ from typing import Any
 
 import aiokafka  # type: ignore[import-untyped]
 import grpc
-import psycopg
 import pydantic
 import pytest
-from psycopg import sql
 
 from aion.agent import main
 from aion.agent import settings as agent_settings
@@ -91,14 +89,8 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
 @pytest.fixture(scope="session")
 def agent_dsn(postgres: Postgres) -> Iterator[str]:
     """A database of its own for this test session, dropped at its end."""
-    name = f"agent_test_{uuid.uuid4().hex[:10]}"
-    admin = postgres.dsn
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield admin.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+    with postgres.scratch_database("agent_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")

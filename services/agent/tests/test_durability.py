@@ -25,7 +25,6 @@ import httpx
 import psycopg
 import pytest
 from prometheus_client import parser
-from psycopg import sql
 
 from aion.agent import db, events, kafka, outbox
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -347,13 +346,8 @@ async def assert_each_state_once(dsn: str, bootstrap: str, prefix: str, ids: lis
 @pytest.fixture
 def empty_dsn(postgres: Postgres) -> Iterator[str]:
     """A database of this test's own (no service publishes from its outbox)."""
-    name = f"drain_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+    with postgres.scratch_database("drain") as dsn:
+        yield dsn
 
 
 async def test_drain_publishes_what_is_committed(empty_dsn: str, kafka: Kafka,

@@ -24,7 +24,6 @@ import httpx
 import psycopg
 import pydantic
 import pytest
-from psycopg import sql
 
 from aion.agent import provider
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -80,13 +79,8 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def knowledge_dsn(postgres: Postgres) -> Iterator[str]:
     """A database of the knowledge service's own, dropped at the end."""
-    name = f"kb_tools_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+    with postgres.scratch_database("kb_tools") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import minio
 import psycopg
 import pydantic
 import pytest
-from psycopg import sql
 
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
@@ -32,13 +31,8 @@ from aion.sdk.testing import suite as suite_testing
 @pytest.fixture(scope="session")
 def knowledge_dsn(postgres: Postgres) -> Iterator[str]:
     """A database of its own for this test session, dropped at its end."""
-    name = f"knowledge_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield postgres.dsn.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(name)))
+    with postgres.scratch_database("knowledge_test") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="session")
