@@ -231,4 +231,11 @@ spec:
       targetPort: grpc
       protocol: TCP
       appProtocol: grpc
+    {{- with .values.httpPort }}
+    - name: http
+      port: {{ . }}
+      targetPort: http
+      protocol: TCP
+      appProtocol: http
+    {{- end }}
 {{- end -}}

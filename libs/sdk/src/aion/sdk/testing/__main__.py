@@ -135,6 +135,8 @@ def main() -> int:
     for svc in local.services.values():
         print(f"  {svc.name:<10} grpc {svc.target:<17} metrics "
               f"http://127.0.0.1:{svc.metrics_port}/metrics  log {svc.log_path}")
+    print(f"  {'http':<10} {local.gateway_http}/v1 (OpenAI), /a2a/<agent>, /mcp, "
+          "/openapi.json on the gateway")
     if operator is not None:
         print(f"  {'operator':<10} cluster {args.kubeconfig}  liveness "
               f"http://127.0.0.1:{OPERATOR_LIVENESS_PORT}/healthz  log "

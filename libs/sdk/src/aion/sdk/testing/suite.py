@@ -35,6 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICES = ("executor", "embedder", "knowledge", "router", "agent", "gateway")
 DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
              "executor": 50055, "embedder": 50056}
+DEV_GATEWAY_HTTP_PORT = 8080
 DEV_METRICS_PORTS = {"gateway": 9101, "router": 9102, "agent": 9103, "knowledge": 9104,
                      "executor": 9105, "embedder": 9106}
 # The module a service runs, where it is not its own name.
@@ -143,6 +144,8 @@ class LocalSuite:
             name: ServiceProcess(name, grpc_ports[name], http_ports[name],
                                  log_dir / f"{name}.log")
             for name in SERVICES}
+        # The gateway's HTTP front door (OpenAI-compatible API, A2A, MCP).
+        self.gateway_http_port = DEV_GATEWAY_HTTP_PORT if ports is not None else free_port()
         self._env = self._environment(agents_file, allow_anonymous, extra_env)
 
     def _environment(self, agents_file: Path | None, allow_anonymous: bool,
@@ -164,6 +167,7 @@ class LocalSuite:
         env["AION_GATEWAY_AGENT_TARGET"] = s["agent"].target
         env["AION_GATEWAY_KNOWLEDGE_TARGET"] = s["knowledge"].target
         env["AION_GATEWAY_ALLOW_ANONYMOUS"] = "true" if allow_anonymous else "false"
+        env["AION_GATEWAY_HTTP_PORT"] = str(self.gateway_http_port)
         env["AION_AGENT_EXECUTOR_TARGET"] = s["executor"].target
         env["AION_AGENT_KNOWLEDGE_TARGET"] = s["knowledge"].target
         # The agent service's task store and event backbone; extra_env may point
@@ -195,6 +199,12 @@ class LocalSuite:
     def gateway(self) -> str:
         """host:port of the gateway, the public API."""
         return self.services["gateway"].target
+
+    @property
+    def gateway_http(self) -> str:
+        """The base URL of the gateway's HTTP front door (``/v1``, ``/a2a``, ``/mcp``)."""
+        port = self._env.get("AION_GATEWAY_HTTP_PORT", str(self.gateway_http_port))
+        return f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
         """Spawn every service (not waiting for readiness)."""
