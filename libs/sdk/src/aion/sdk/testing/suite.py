@@ -150,7 +150,9 @@ class LocalSuite:
 
     def _environment(self, agents_file: Path | None, allow_anonymous: bool,
                      extra: Mapping[str, str]) -> dict[str, str]:
-        env = dict(os.environ)
+        # ``extra`` first too: the settings derived below (the knowledge service's
+        # database and topics follow the agent service's) must follow its overrides.
+        env = {**os.environ, **extra}
         for svc in self.services.values():
             if svc.module != svc.name:
                 continue
