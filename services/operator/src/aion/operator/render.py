@@ -27,8 +27,10 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # Shorter than the pod's termination grace, so the executor drains before SIGKILL.
-TERMINATION_GRACE_S = 15
-GRACE_S = 10
+# A deleted or rolled pod finishes the generations it has started: long answers on a
+# busy CPU take tens of seconds, and a stream cut mid-answer fails its task.
+TERMINATION_GRACE_S = 75
+GRACE_S = 60
 DRAIN_DELAY_S = 3
 RUN_AS = 10001
 
