@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from prometheus_client import parser
 
@@ -138,6 +139,22 @@ async def test_a_kubectl_applied_cpu_agent_answers_from_its_own_pods(release: Re
     assert min(served.values()) >= 2, f"tasks per executor pod: {dict(served)}"
 
 
+def test_the_openai_client_reaches_the_agent_through_the_gateways_http_port(
+        release: Release) -> None:
+    release.apply_agent(CPU_AGENT_FILE, namespace=AGENT_NAMESPACE)
+    client = openai.OpenAI(base_url=f"http://{release.gateway_target('http')}/v1",
+                           api_key=API_KEY, max_retries=0, timeout=120)
+    assert AGENT in [m.id for m in client.models.list()]
+    reply = client.chat.completions.create(
+        model=AGENT, max_tokens=16, messages=[{"role": "user", "content": "Say hi."}])
+    assert reply.choices[0].message.content
+    assert reply.usage is not None
+    assert 0 < reply.usage.completion_tokens <= 16
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"http://{release.gateway_target('http')}/v1",
+                      api_key="wrong", max_retries=0).models.list()
+
+
 async def test_tasks_end_ok_when_an_executor_pod_is_deleted_mid_load(release: Release,
                                                                      ) -> None:
     await asyncio.to_thread(release.apply_agent, CPU_AGENT_FILE, namespace=AGENT_NAMESPACE)
@@ -152,6 +169,41 @@ async def test_tasks_end_ok_when_an_executor_pod_is_deleted_mid_load(release: Re
         done = await asyncio.gather(*running)
     assert [d.result.status for d in done] == [common_pb2.TASK_STATUS_OK] * 8, [
         (d.result.status, d.result.error.message) for d in done]
+
+
+BROKEN_AGENT = """
+apiVersion: aion.dev/v1alpha1
+kind: Agent
+metadata: {name: broken}
+spec:
+  model: {name: missing-model, task: generate, source: /models/missing.gguf}
+  gpu: {count: 0}
+  resources: {cpu: 100m, memory: 512Mi}
+  placement: {allowedPools: [workers]}
+"""
+
+
+def test_an_executor_that_cannot_load_its_model_says_why_in_the_agent(release: Release,
+                                                                      ) -> None:
+    release.cluster.kubectl("apply", "-n", AGENT_NAMESPACE, "-f", "-", stdin=BROKEN_AGENT)
+
+    def model_ready() -> dict[str, Any] | None:
+        agent = release.json("get", "agent", "broken", "-n", AGENT_NAMESPACE)
+        found: dict[str, Any] | None = next(
+            (c for c in agent.get("status", {}).get("conditions", [])
+             if c["type"] == "ModelReady" and c["reason"] == "CrashLoopBackOff"), None)
+        return found
+
+    try:
+        condition = wait_for("ModelReady False with the executor's reason", model_ready, 300,
+                             lambda: release.kubectl("describe", "agent", "broken", "-n",
+                                                     AGENT_NAMESPACE, check=False))
+    finally:
+        release.kubectl("delete", "agent", "broken", "-n", AGENT_NAMESPACE,
+                        "--ignore-not-found", "--wait=true", timeout=180)
+    assert condition["status"] == "False"
+    # The kubelet's words and the executor's own last lines: what to fix.
+    assert "/models/missing.gguf does not exist" in condition["message"], condition
 
 
 def test_helm_upgrade_with_a_changed_value_rolls_out(release: Release) -> None:

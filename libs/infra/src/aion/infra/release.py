@@ -138,11 +138,12 @@ class Release:
             ),
         )
 
-    def gateway_target(self) -> str:
-        """The gateway's gRPC NodePort on the host address (`kubectl get svc` shows it)."""
+    def gateway_target(self, port: str = "grpc") -> str:
+        """host:port of the gateway's NodePort ``port`` (grpc, or http for its OpenAI,
+        A2A and MCP front door) on the host address (`kubectl get svc` shows it)."""
         svc = self.json("get", "service", f"{NAME}-gateway", "-n", NAMESPACE)
-        port = next(p["nodePort"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
-        return f"{HOST_IP}:{port}"
+        node_port = next(p["nodePort"] for p in svc["spec"]["ports"] if p["name"] == port)
+        return f"{HOST_IP}:{node_port}"
 
     def executor_pods(self, agent: str, namespace: str = "default") -> list[dict[str, Any]]:
         """The Agent's running executor pods (not those being deleted)."""
