@@ -58,16 +58,21 @@ def release(cluster: Cluster, helm: Path, images_values: Path, kafka: Any, postg
     rel.uninstall()
 
 
-def generate_calls(pod: dict[str, Any]) -> float:
-    """Generate RPCs the pod's executor finished, from its own /metrics."""
+def metric(pod: dict[str, Any], name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels on the pod's own /metrics."""
     port = next(p["containerPort"] for c in pod["spec"]["containers"]
                 for p in c.get("ports", []) if p["name"] == "metrics")
     with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{port}/metrics",
                                 timeout=10) as resp:
         text = resp.read().decode()
     return sum(s.value for f in parser.text_string_to_metric_families(text)
-               for s in f.samples if s.name == "grpc_server_handled_total"
-               and s.labels.get("grpc_method") == "Generate")
+               for s in f.samples if s.name == name
+               and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def generate_calls(pod: dict[str, Any]) -> float:
+    """Generate RPCs the pod's executor finished."""
+    return metric(pod, "grpc_server_handled_total", grpc_method="Generate")
 
 
 def test_every_deployment_is_ready_on_the_real_nodes(release: Release) -> None:
@@ -158,12 +163,15 @@ def test_the_openai_client_reaches_the_agent_through_the_gateways_http_port(
 async def test_tasks_end_ok_when_an_executor_pod_is_deleted_mid_load(release: Release,
                                                                      ) -> None:
     await asyncio.to_thread(release.apply_agent, CPU_AGENT_FILE, namespace=AGENT_NAMESPACE)
-    victim = release.executor_pods(AGENT, AGENT_NAMESPACE)[0]["metadata"]["name"]
+    pod = release.executor_pods(AGENT, AGENT_NAMESPACE)[0]
+    victim = pod["metadata"]["name"]
     async with AsyncClient(release.gateway_target(), api_key=API_KEY) as client:
         running = [asyncio.create_task(client.submit(AGENT, f"Describe the number {i}.",
                                                      max_tokens=32, timeout=300))
                    for i in range(8)]
-        await asyncio.sleep(1.0)  # a moment of load before the pod goes
+        # The pod goes while it is generating.
+        await asyncio.to_thread(wait_for, f"{victim} generating", lambda: metric(
+            pod, "aion_executor_in_flight") > 0, 120, interval=0.1)
         await asyncio.to_thread(release.kubectl, "delete", "pod", victim, "-n",
                                 AGENT_NAMESPACE, "--wait=false")
         done = await asyncio.gather(*running)
