@@ -18,6 +18,7 @@ from a2a.server.request_handlers import default_request_handler_v2
 from a2a.server.routes import agent_card_routes, jsonrpc_routes
 from a2a.server.tasks import inmemory_task_store
 from a2a.types import a2a_pb2 as a2a
+from a2a.utils import errors as a2a_errors
 from starlette import applications
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -42,7 +43,8 @@ class Echo(agent_executor.AgentExecutor):
 
     async def cancel(self, request: context.RequestContext,
                      events: event_queue.EventQueue) -> None:
-        raise NotImplementedError
+        # An agent whose tasks cannot be cancelled, as A2A lets an agent say.
+        raise a2a_errors.UnsupportedOperationError("echo tasks cannot be cancelled")
 
 
 @pytest.fixture(scope="module")
