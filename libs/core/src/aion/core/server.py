@@ -129,7 +129,9 @@ class GrpcServer:
             await self._health_server.start()
         await self._server.start()
         await self.set_serving(self._ready)
-        log.info("%s listening", self.name, extra={"address": self.address})
+        log.info("%s listening", self.name, extra={
+            "address": self.address, "tls": self._tls is not None,
+            **({"health_address": self.health_address} if self._health_port else {})})
         return self
 
     async def shutdown(self) -> None:
