@@ -10,6 +10,7 @@ import kopf
 import pytest
 
 from aion.api.v1 import common_pb2
+from aion.core import tls
 from aion.operator import handlers, kube, registration, settings, spec, stuck
 
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -226,7 +227,8 @@ def test_a_registrar_adds_the_deregistering_delete_handler(
         cfg: settings.AionOperatorSettings) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg,
-                      registrar=registration.Registrar("127.0.0.1:1"))
+                      registrar=registration.Registrar(
+                          "127.0.0.1:1", tls=tls.LocalCa().tls("operator")))
     ids = {h.id for h in registry._changing.get_all_handlers()}
     assert ids == {"place", "place/spec", "deregister"}
 
