@@ -413,7 +413,7 @@ async def test_reconcile_keeps_the_executor_secrets_before_applying_what_mounts_
     assert decision.deployment is not None
     assert decision.network_policy is not None
     annotations = decision.deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["aion.dev/tls-not-after"] == "2027-01-01T00:00:00+00:00"
+    assert annotations["aion.dev/tls-serial"] == "2027-01-01T00:00:00+00:00"
     peer = decision.network_policy["spec"]["ingress"][0]["from"][0]
     assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "aion"}
 
@@ -430,7 +430,7 @@ def test_a_fallback_keeps_the_certificate_and_the_network_policy(
     assert moved.deployment is not None
     assert moved.network_policy is not None
     assert moved.deployment["spec"]["template"]["metadata"]["annotations"][
-        "aion.dev/tls-not-after"] == "v1"
+        "aion.dev/tls-serial"] == "v1"
 
 
 async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployment(

@@ -162,7 +162,7 @@ def test_executor_mounts_its_certificate_and_reads_its_token_from_secrets() -> N
     assert volumes["tls"]["secret"] == {"secretName": "aion-executor-tls", "defaultMode": 0o440}
     # A renewed certificate changes the pod template, which rolls the pods.
     annotations = d["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["aion.dev/tls-not-after"] == "2027-12-02T17:00:00+00:00"
+    assert annotations["aion.dev/tls-serial"] == "2027-12-02T17:00:00+00:00"
 
 
 def test_without_a_ca_the_executor_has_no_certificate_but_still_its_token() -> None:
@@ -172,7 +172,7 @@ def test_without_a_ca_the_executor_has_no_certificate_but_still_its_token() -> N
     assert not {n for n in names if n.startswith("AION_TLS_")}
     assert "AION_EXECUTOR_HTTP_TOKEN" in names
     assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
-    assert "aion.dev/tls-not-after" not in d["spec"]["template"]["metadata"]["annotations"]
+    assert "aion.dev/tls-serial" not in d["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_probes_use_the_plaintext_health_port_and_the_pod_is_locked_down() -> None:

@@ -3,7 +3,7 @@
 - ``aion-executor-tls`` (``ca.crt``, ``tls.crt``, ``tls.key``): the executors'
   identity for internal mTLS (``executor.aion.internal``), issued with the install's
   CA (``AION_OPERATOR_CA_CERT_FILE``/``_KEY_FILE``) and issued again when it comes
-  within ``RENEW_BEFORE`` of expiry or the CA changed. Its expiry is also a pod
+  within ``RENEW_BEFORE`` of expiry or the CA changed. Its serial number is also a pod
   annotation of the executor Deployments (``TLS_ANNOTATION``), so a renewal rolls them.
 - ``aion-executor-http`` (``token``): the bearer token of the executors' HTTP API,
   random, created once and never changed by the operator.
@@ -42,7 +42,7 @@ RENEW_BEFORE = datetime.timedelta(days=30)
 # How long a namespace's Secrets are trusted between reads (one may be deleted by hand).
 RECHECK_S = 300.0
 NOT_AFTER = "aion.dev/not-after"
-TLS_ANNOTATION = "aion.dev/tls-not-after"
+TLS_ANNOTATION = "aion.dev/tls-serial"
 LABELS = {"app.kubernetes.io/part-of": "aion", "app.kubernetes.io/component": "executor",
           "app.kubernetes.io/managed-by": "aion-operator"}
 NOT_FOUND, CONFLICT = 404, 409
@@ -65,6 +65,11 @@ def load_ca(cert_file: str, key_file: str) -> pki.KeyPair | None:
 def not_after(cert_pem: bytes) -> datetime.datetime:
     """When a PEM certificate expires (UTC)."""
     return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+def serial(cert_pem: bytes) -> str:
+    """A PEM certificate's serial number, in hex: what names its version."""
+    return format(x509.load_pem_x509_certificate(cert_pem).serial_number, "x")
 
 
 def _b64(data: bytes) -> str:
@@ -117,6 +122,7 @@ def needs_renewal(secret: Mapping[str, Any] | None, ca: pki.KeyPair, *,
 class _Seen:
     at: float  # time.monotonic() of the read
     expires: datetime.datetime | None
+    serial: str | None
 
 
 class Keeper:
@@ -141,9 +147,9 @@ class Keeper:
         return self.ca is not None
 
     def version(self, namespace: str) -> str | None:
-        """The expiry of the namespace's executor certificate as last kept; None before."""
+        """The serial of the namespace's executor certificate as last kept; None before."""
         seen = self._seen.get(namespace)
-        return seen.expires.isoformat() if seen and seen.expires else None
+        return seen.serial if seen else None
 
     async def ensure(self, namespace: str) -> str | None:
         """Create or renew the namespace's Secrets as needed; the certificate's ``version``."""
@@ -152,9 +158,11 @@ class Keeper:
         if seen is not None and time.monotonic() - seen.at < self._recheck_s and (
                 seen.expires is None or seen.expires - now > self._renew_before):
             return self.version(namespace)
-        expires = await self._ensure_tls(namespace, now=now) if self.ca is not None else None
+        cert = await self._ensure_tls(namespace, now=now) if self.ca is not None else None
         await self._ensure_http(namespace)
-        self._seen[namespace] = _Seen(at=time.monotonic(), expires=expires)
+        self._seen[namespace] = _Seen(
+            at=time.monotonic(), expires=None if cert is None else not_after(cert),
+            serial=None if cert is None else serial(cert))
         return self.version(namespace)
 
     async def _get(self, name: str, namespace: str) -> Manifest | None:
@@ -166,13 +174,14 @@ class Keeper:
             raise
         return found.to_dict()
 
-    async def _ensure_tls(self, namespace: str, *, now: datetime.datetime) -> datetime.datetime:
+    async def _ensure_tls(self, namespace: str, *, now: datetime.datetime) -> bytes:
+        """The namespace's executor certificate (PEM), issued or renewed when due."""
         assert self.ca is not None
         current = await self._get(TLS_SECRET, namespace)
         if not needs_renewal(current, self.ca, now=now, renew_before=self._renew_before):
             cert = _data(current, "tls.crt")
             assert cert is not None
-            return not_after(cert)
+            return cert
         fresh = tls_secret(self.ca, namespace, days=self._days)
         try:
             if current is None:
@@ -190,8 +199,8 @@ class Keeper:
             cert = _data(current, "tls.crt")
             if cert is None:
                 raise
-            return not_after(cert)
-        return not_after(base64.b64decode(fresh["data"]["tls.crt"]))
+            return cert
+        return base64.b64decode(fresh["data"]["tls.crt"])
 
     async def _ensure_http(self, namespace: str) -> None:
         if await self._get(HTTP_SECRET, namespace) is not None:

@@ -174,7 +174,7 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
     ``env`` adds platform settings (trace endpoint, Kafka) to the executor's own.
     ``autoscaled``: a HorizontalPodAutoscaler owns the replica count, so the
     manifest leaves ``replicas`` out and a server-side apply never resets it.
-    ``tls_version``: the expiry of the namespace's executor certificate (Secret
+    ``tls_version``: the serial of the namespace's executor certificate (Secret
     ``aion-executor-tls``), mounted at ``/etc/aion/tls``; a pod annotation, so a
     renewed certificate rolls the pods. None: no certificate (no CA configured).
     """
