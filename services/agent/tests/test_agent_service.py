@@ -278,7 +278,7 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
     names = [a.name for a in (await stub.ListAgents(
         agent_pb2.ListAgentsRequest(tenant="reg"))).agents]
     assert names == ["applied", "new"]
-    gone = await stub.DeregisterAgent(agent_pb2.AgentRef(tenant="reg", name="new"))
+    gone = await stub.DeregisterAgent(agent_pb2.DeregisterAgentRequest(tenant="reg", name="new"))
     assert gone.deregistered
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(tenant="reg"))

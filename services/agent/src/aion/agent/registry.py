@@ -9,9 +9,11 @@ way the operator does (``aionctl apply -f``, or a file read at start).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import psycopg
 import pydantic
 import yaml
 from psycopg.types import json as pg_json
@@ -24,7 +26,11 @@ class AgentRegistry(Protocol):
     """Where agents are registered and looked up, per tenant."""
 
     async def put(self, agent: model.AgentRecord) -> model.AgentRecord:
-        """Register or replace an agent."""
+        """Register or replace an agent; AlreadyExists when ``owned_elsewhere``."""
+        ...
+
+    async def put_all(self, agents: Sequence[model.AgentRecord]) -> list[model.AgentRecord]:
+        """Register or replace several agents: all of them, or none."""
         ...
 
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
@@ -35,8 +41,9 @@ class AgentRegistry(Protocol):
         """The tenant's agents, by name."""
         ...
 
-    async def delete(self, tenant: str, name: str) -> bool:
-        """Deregister; False when it was not registered."""
+    async def delete(self, tenant: str, name: str, *, owner: str) -> bool:
+        """Deregister; False when it was not registered, FailedPrecondition when
+        ``owner`` did not register it."""
         ...
 
 
@@ -45,13 +52,95 @@ def _not_found(name: str) -> errors.NotFound:
                            "can call")
 
 
+def owner_namespace(owner: str) -> str | None:
+    """The namespace of an Agent-resource owner (``"<namespace>/<uid>"``); None for the API."""
+    namespace, slash, _ = owner.partition("/")
+    return namespace if slash else None
+
+
+def owned_elsewhere(current: str, new: str) -> bool:
+    """Whether a registration by ``new`` may not replace the agent ``current`` registered.
+
+    An agent registered for an Agent resource is changed only from that resource's
+    namespace (a re-created Agent of the same name there takes it over); one
+    registered through the API is replaced by another Apply or by an Agent resource
+    (the cluster's declaration wins). The same rule is ``_MAY_REPLACE`` in SQL.
+    """
+    if owner_namespace(current) is None:
+        return False
+    return owner_namespace(new) != owner_namespace(current)
+
+
+def _owner_words(owner: str) -> str:
+    namespace = owner_namespace(owner)
+    if namespace is None:
+        return "through the API (aionctl apply)"
+    return f"by the Agent resource in namespace {namespace}"
+
+
+def _taken(agent: model.AgentRecord, current: str) -> errors.AlreadyExists:
+    namespace = owner_namespace(agent.owner)
+    if namespace is None:
+        fix = (f"change it with `kubectl -n {owner_namespace(current)} edit agent "
+               f"{agent.name}`, or apply yours under another name")
+    else:
+        fix = (f"the Agent in namespace {namespace} cannot replace it: rename it, or delete "
+               "the other one first")
+    return errors.AlreadyExists(
+        f"agent '{agent.name}' is already registered {_owner_words(current)}; {fix}",
+        field="name")
+
+
+async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) -> None:
+    for _ in range(3):  # the other owner's row may go between the two statements
+        cur = await conn.execute(
+            "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
+            " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
+            " max_steps, owner)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
+            " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
+            " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
+            " knowledge_bases = EXCLUDED.knowledge_bases,"
+            " executor_endpoints = EXCLUDED.executor_endpoints,"
+            " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
+            " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps,"
+            " owner = EXCLUDED.owner, updated_at = now()"
+            f" WHERE {_MAY_REPLACE} RETURNING owner",
+            (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
+             agent.description, agent.privacy.value, list(agent.knowledge_bases),
+             list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
+             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner))
+        if await cur.fetchone() is not None:
+            return
+        cur = await conn.execute("SELECT owner FROM agents WHERE tenant = %s AND name = %s",
+                                 (agent.tenant, agent.name))
+        row = await cur.fetchone()
+        if row is not None:  # another owner's
+            raise _taken(agent, str(row["owner"]))
+    raise errors.Unavailable(f"agent '{agent.name}' kept changing while it was registered; "
+                             "retry", retry_after_s=1.0)
+
+
+# SQL twin of ``owned_elsewhere``: may EXCLUDED (the new registration) replace agents?
+_MAY_REPLACE = ("(position('/' in agents.owner) = 0 OR"
+                " (position('/' in EXCLUDED.owner) > 0 AND"
+                "  split_part(agents.owner, '/', 1) = split_part(EXCLUDED.owner, '/', 1)))")
+# May %(owner)s deregister the row: its own registration (same namespace for an Agent
+# resource, the API for the API's), never another's.
+_MAY_DELETE = ("(owner = %(owner)s OR (position('/' in owner) > 0 AND"
+               " position('/' in %(owner)s) > 0 AND"
+               " split_part(owner, '/', 1) = split_part(%(owner)s, '/', 1)))")
+
+
 def _record(r: dict[str, Any]) -> model.AgentRecord:
     return model.AgentRecord(
         tenant=r["tenant"], name=r["name"], model=r["model"], model_task=r["model_task"],
         instructions=r["instructions"], description=r["description"],
         privacy=model.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
         executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
-        node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"])
+        node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"],
+        owner=r["owner"])
 
 
 class PostgresRegistry:
@@ -63,26 +152,20 @@ class PostgresRegistry:
         self._default = default_endpoints
 
     async def put(self, agent: model.AgentRecord) -> model.AgentRecord:
-        """Register or replace an agent."""
-        if not agent.executor_endpoints and self._default:
-            agent = with_endpoints(agent, self._default)
+        """Register or replace an agent; AlreadyExists, changing nothing, when another
+        owner registered it (``owned_elsewhere``)."""
+        [done] = await self.put_all([agent])
+        return done
+
+    async def put_all(self, agents: Sequence[model.AgentRecord]) -> list[model.AgentRecord]:
+        """Register or replace agents in one transaction: all of them, or (AlreadyExists
+        when one was registered by another owner) none."""
+        done = [with_endpoints(a, self._default) if not a.executor_endpoints and self._default
+                else a for a in agents]
         async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
-                " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
-                " max_steps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
-                " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
-                " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
-                " knowledge_bases = EXCLUDED.knowledge_bases,"
-                " executor_endpoints = EXCLUDED.executor_endpoints,"
-                " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
-                " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps, updated_at = now()",
-                (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
-                 agent.description, agent.privacy.value, list(agent.knowledge_bases),
-                 list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
-                 pg_json.Jsonb(list(agent.tools)), agent.max_steps))
-        return agent
+            for agent in done:
+                await _upsert(conn, agent)
+        return done
 
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
         """The agent, or NotFound naming it."""
@@ -101,12 +184,24 @@ class PostgresRegistry:
                                      (tenant,))
             return [_record(r) for r in await cur.fetchall()]
 
-    async def delete(self, tenant: str, name: str) -> bool:
-        """Deregister; False when it was not registered."""
+    async def delete(self, tenant: str, name: str, *, owner: str) -> bool:
+        """Deregister what ``owner`` registered; False when nothing was registered,
+        FailedPrecondition, deleting nothing, when another owner registered it."""
+        args = {"tenant": tenant, "name": name, "owner": owner}
         async with self._pool.connection() as conn:
-            cur = await conn.execute("DELETE FROM agents WHERE tenant = %s AND name = %s",
-                                     (tenant, name))
-            return cur.rowcount > 0
+            cur = await conn.execute(
+                "DELETE FROM agents WHERE tenant = %(tenant)s AND name = %(name)s"
+                f" AND {_MAY_DELETE}", args)
+            if cur.rowcount > 0:
+                return True
+            cur = await conn.execute(
+                "SELECT owner FROM agents WHERE tenant = %(tenant)s AND name = %(name)s", args)
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        raise errors.FailedPrecondition(
+            f"agent '{name}' was registered {_owner_words(str(row['owner']))}, not "
+            f"{_owner_words(owner).removeprefix('by ')}; nothing was deregistered")
 
 
 class _Model(pydantic.BaseModel):

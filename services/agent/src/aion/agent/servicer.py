@@ -98,9 +98,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         agent = await self._agents.put(convert.agent_from_pb(request))
         return convert.agent_to_pb(agent)
 
-    async def DeregisterAgent(self, request: agent_pb2.AgentRef,
+    async def DeregisterAgent(self, request: agent_pb2.DeregisterAgentRequest,
                               context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
-        removed = await self._agents.delete(request.tenant or "default", request.name)
+        removed = await self._agents.delete(request.tenant or "default", request.name,
+                                            owner=convert.owner(request.owner))
         return agent_pb2.DeregisterAgentResponse(deregistered=removed)
 
     async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
@@ -108,5 +109,5 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         parsed = registry.parse_manifest(request.request.manifest,
                                          tenant=request.tenant or "default",
                                          executor_target=None)
-        applied = [await self._agents.put(a) for a in parsed]
+        applied = await self._agents.put_all(parsed)
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])
