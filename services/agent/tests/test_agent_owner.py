@@ -4,14 +4,18 @@ Agents.Apply cannot replace an operator-registered agent (real gRPC and Postgres
 from __future__ import annotations
 
 import uuid
+from importlib import resources
 from typing import Any, TypeAlias
 
 import grpc
 import psycopg
 import pytest
+import yoyo  # type: ignore[import-untyped]
 
+from aion.agent import db
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2
+from aion.infra.postgres import Postgres
 
 Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 MANIFEST = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {{name: {name}}}\n"
@@ -142,3 +146,38 @@ async def test_a_malformed_owner_is_invalid_argument(stub: Stub, service: Any) -
             tenant, owner, endpoint="127.0.0.1:1")), grpc.StatusCode.INVALID_ARGUMENT)
         assert "<namespace>/<uid>" in details
     assert _row(service, tenant, "support") is None
+
+
+OWNER_MIGRATION = "0003.agent-owner"
+
+
+def test_the_migration_gives_rows_from_before_it_their_namespace_or_the_api(
+        postgres: Postgres) -> None:
+    """Agents the operator registered before owners existed belong to the namespace their
+    executor address names; the rest to the API. The rollback drops the column."""
+    with postgres.scratch_database("agent_owner") as dsn:
+        backend = yoyo.get_backend(db._yoyo_uri(dsn))
+        try:
+            with resources.as_file(resources.files("aion.agent") / "migrations") as path:
+                migrations = yoyo.read_migrations(str(path))
+                before = migrations.filter(lambda m: m.id < OWNER_MIGRATION)
+                owner = migrations.filter(lambda m: m.id == OWNER_MIGRATION)
+                backend.apply_migrations(backend.to_apply(before))
+                with psycopg.connect(dsn) as conn:
+                    for name, endpoints in (
+                            ("declared", ["aion-executor-declared.team-a.svc:50055"]),
+                            ("applied", []), ("local", ["127.0.0.1:50055"])):
+                        conn.execute("INSERT INTO agents (tenant, name, model, executor_endpoints)"
+                                     " VALUES ('acme', %s, 'm', %s)", (name, endpoints))
+                backend.apply_migrations(backend.to_apply(owner))
+                with psycopg.connect(dsn) as conn:
+                    owners = dict(conn.execute("SELECT name, owner FROM agents").fetchall())
+                assert owners == {"declared": "team-a/", "applied": "api", "local": "api"}
+                backend.rollback_migrations(backend.to_rollback(owner))
+                with psycopg.connect(dsn) as conn:
+                    columns = {r[0] for r in conn.execute(
+                        "SELECT column_name FROM information_schema.columns"
+                        " WHERE table_name = 'agents'").fetchall()}
+                assert "owner" not in columns
+        finally:
+            backend.connection.close()
