@@ -171,7 +171,8 @@ def test_the_migration_gives_rows_from_before_it_their_namespace_or_the_api(
                                      " VALUES ('acme', %s, 'm', %s)", (name, endpoints))
                 backend.apply_migrations(backend.to_apply(owner))
                 with psycopg.connect(dsn) as conn:
-                    owners = dict(conn.execute("SELECT name, owner FROM agents").fetchall())
+                    owners: dict[str, str] = dict(
+                        conn.execute("SELECT name, owner FROM agents").fetchall())
                 assert owners == {"declared": "team-a/", "applied": "api", "local": "api"}
                 backend.rollback_migrations(backend.to_rollback(owner))
                 with psycopg.connect(dsn) as conn:
