@@ -112,6 +112,7 @@ class PostgresRegistry:
 MAX_MANIFEST_BYTES = 256 * 1024
 MAX_DOCUMENTS = 64
 _MAX_ERRORS = 5
+_DEFAULT_MAX_TOKENS = 256  # an agent's maxTokens when its manifest names none
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -119,7 +120,7 @@ class _NoAliasLoader(yaml.SafeLoader):
     alias is a shared reference, and nested ones expand exponentially (a "billion laughs")."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
+        event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(
                 None, None, "YAML anchors and aliases (&name, *name) are not accepted in a "
@@ -156,7 +157,7 @@ class _Spec(pydantic.BaseModel):
     description: str = ""
     knowledge_bases: list[str] = pydantic.Field(default_factory=list, alias="knowledgeBases")
     routing: _Routing = pydantic.Field(default_factory=_Routing)
-    max_tokens: int = pydantic.Field(default=256, gt=0, alias="maxTokens")
+    max_tokens: int | None = pydantic.Field(default=None, gt=0, alias="maxTokens")
     # "knowledge_search", or "agent:<name>" to call another agent as a tool.
     tools: list[str] = pydantic.Field(default_factory=list, max_length=64)
 
@@ -206,7 +207,7 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
     if not resources:
         raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
     for r in resources:
-        if r.spec.max_tokens > max_tokens:
+        if r.spec.max_tokens is not None and r.spec.max_tokens > max_tokens:
             raise errors.InvalidArgument(
                 f"agent '{r.metadata.name}': spec.maxTokens is {r.spec.max_tokens}; the limit "
                 f"is {max_tokens}", field="manifest")
@@ -217,7 +218,8 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
             model_task=r.spec.model.task, instructions=r.spec.instructions,
             description=r.spec.description, privacy=model.Privacy(r.spec.routing.privacy),
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
-            max_tokens=r.spec.max_tokens, node_pool="local",
+            max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
+            node_pool="local",
             tools=tuple(r.spec.tools))
         for r in resources
     ]

@@ -223,6 +223,11 @@ class Runner:
             await asyncio.wait(running, timeout=timeout)
 
     @property
+    def limits(self) -> Limits:
+        """What tasks may ask for here."""
+        return self._limits
+
+    @property
     def tasks(self) -> store.TaskStore:
         """The store this runner records its tasks in."""
         return self._tasks

@@ -114,6 +114,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                           context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
         parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
             registry.parse_manifest, request.request.manifest,
-            tenant=request.tenant or "default", executor_target=None)
+            tenant=request.tenant or "default", executor_target=None,
+            max_tokens=self._runner.limits.max_tokens)
         applied = [await self._agents.put(a) for a in parsed]
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])
