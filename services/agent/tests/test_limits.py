@@ -16,6 +16,7 @@ import grpc
 import psycopg
 import pytest
 
+from aion.agent import testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import errors
@@ -222,7 +223,7 @@ async def test_queued_work_is_shared_fairly_between_tenants(
     async with new_service(max_concurrent_tasks=2, max_running_per_tenant=100) as svc:
         dsn = svc.cfg.postgres_dsn.get_secret_value()
         a, b = _tenant(), _tenant()
-        async with grpc.aio.insecure_channel(svc.address) as chan:
+        async with testing.channel(svc.address) as chan:
             stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
             for t in (a, b):
                 await register(stub, t, svc.executor.address)

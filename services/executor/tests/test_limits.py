@@ -55,7 +55,7 @@ def _chat(content: str) -> dict[str, Any]:
 async def test_a_body_over_the_limit_is_a_413_read_no_further(
         executor: tuple[testing.Executor, Counted]) -> None:
     ex, counted = executor
-    async with httpx.AsyncClient(base_url=ex.http_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:
         declared = await http.post("/v1/chat/completions", json=_chat("a " * 5000))
 
         async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read until too much
@@ -84,7 +84,7 @@ async def test_a_prompt_over_the_limit_is_refused_before_tokenising(
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.from_rpc_error(info.value).field == "messages"
-    async with httpx.AsyncClient(base_url=ex.http_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:
         response = await http.post("/v1/completions",
                                    json={"prompt": "a" * 1001, "max_tokens": 2})
     assert response.status_code == 400
@@ -100,7 +100,7 @@ async def test_a_full_queue_refuses_before_tokenising(
         timeout=60)
     await anext(aiter(held))  # the one place of the queue is taken
     assert counted.encoded == 1
-    async with httpx.AsyncClient(base_url=ex.http_url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:
         for _ in range(5):
             response = await http.post("/v1/chat/completions", json=_chat("b " * 400))
             assert response.status_code == 429

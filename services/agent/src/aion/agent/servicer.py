@@ -11,7 +11,7 @@ import grpc
 from aion.agent import convert, registry, runner, store
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import errors
+from aion.core import authz, errors
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -74,26 +74,26 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def Follow(self, request: agent_pb2.TaskRef,
                      context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
-        task = await self._tasks.get(request.tenant or "default", request.task_id)
+        task = await self._tasks.get(authz.require_tenant(request.tenant), request.task_id)
         async for msg in self._events(task):
             yield msg
 
     async def GetTask(self, request: agent_pb2.TaskRef, context: _Ctx) -> common_pb2.TaskResult:
-        task = await self._tasks.get(request.tenant or "default", request.task_id)
+        task = await self._tasks.get(authz.require_tenant(request.tenant), request.task_id)
         return convert.result_to_pb(task)
 
     async def CancelTask(self, request: agent_pb2.TaskRef,
                          context: _Ctx) -> common_pb2.TaskResult:
-        task = await self._runner.cancel(request.tenant or "default", request.task_id)
+        task = await self._runner.cancel(authz.require_tenant(request.tenant), request.task_id)
         return convert.result_to_pb(task)
 
     async def ListAgents(self, request: agent_pb2.ListAgentsRequest,
                          context: _Ctx) -> agents_pb2.ListAgentsResponse:
-        agents = await self._agents.list(request.tenant or "default")
+        agents = await self._agents.list(authz.require_tenant(request.tenant))
         return agents_pb2.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
 
     async def GetAgent(self, request: agent_pb2.AgentRef, context: _Ctx) -> agents_pb2.Agent:
-        return convert.agent_to_pb(await self._agents.get(request.tenant or "default",
+        return convert.agent_to_pb(await self._agents.get(authz.require_tenant(request.tenant),
                                                           request.name))
 
     async def RegisterAgent(self, request: agent_pb2.RegisterAgentRequest,
@@ -107,14 +107,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def DeregisterAgent(self, request: agent_pb2.AgentRef,
                               context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
-        removed = await self._agents.delete(request.tenant or "default", request.name)
+        removed = await self._agents.delete(authz.require_tenant(request.tenant), request.name)
         return agent_pb2.DeregisterAgentResponse(deregistered=removed)
 
     async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
                           context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
         parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
             registry.parse_manifest, request.request.manifest,
-            tenant=request.tenant or "default", executor_target=None,
+            tenant=authz.require_tenant(request.tenant), executor_target=None,
             max_tokens=self._runner.limits.max_tokens)
         applied = [await self._agents.put(a) for a in parsed]
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])

@@ -24,6 +24,9 @@ class AgentSettings(settings.ServiceSettings):
         env_prefix="AION_AGENT_", extra="ignore", frozen=True, populate_by_name=True)
 
     port: int = pydantic.Field(default=50053, ge=0, le=65535)
+    health_port: int = pydantic.Field(
+        default=51053, ge=0, le=65535,
+        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)")
     postgres_dsn: pydantic.SecretStr = pydantic.Field(
         validation_alias=pydantic.AliasChoices("AION_AGENT_POSTGRES_DSN", "AION_POSTGRES_DSN"),
         description="postgresql://user:password@host:port/database of the task store")

@@ -7,12 +7,17 @@ bad input is 400 naming the field, a full queue 429 and a model still
 loading 503, both with ``Retry-After``. A stream's first chunk is awaited
 before the response starts, so errors found before any text get their own
 status; a client that disconnects cancels its stream and frees its slot.
+
+Every route but ``/healthz`` requires ``Authorization: Bearer <token>``
+(``AION_EXECUTOR_HTTP_TOKEN``); a missing or wrong token is 401, and with no
+token configured every such request is refused (fail closed).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
 import math
 import time
@@ -21,7 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import pydantic
-from starlette import applications, requests, responses, routing
+from starlette import applications, middleware, requests, responses, routing, types
 
 from aion.core import errors
 from aion.executor import backend, inference, openai_schema, validation
@@ -109,13 +114,45 @@ def _usage(usage: backend.Usage | None) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-class OpenAIApi:
-    """The routes, bound to one executor's ``Inference``."""
+OPEN_PATHS = frozenset({"/healthz"})
 
-    def __init__(self, service: inference.Inference) -> None:
+
+class BearerToken:
+    """ASGI middleware: every request but ``OPEN_PATHS`` carries the bearer token, or gets 401."""
+
+    def __init__(self, app: types.ASGIApp, *, token: str | None) -> None:
+        self._app = app
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    def _authorized(self, scope: types.Scope) -> bool:
+        if self._expected is None:
+            return False
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        return hmac.compare_digest(given, self._expected)
+
+    async def __call__(self, scope: types.Scope, receive: types.Receive,
+                       send: types.Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+            await self._app(scope, receive, send)
+            return
+        why = ("this executor's HTTP API is closed: AION_EXECUTOR_HTTP_TOKEN is not set"
+               if self._expected is None
+               else "missing or wrong bearer token (Authorization: Bearer <token>)")
+        reply = responses.JSONResponse(
+            {"error": {"message": why, "type": "authentication_error", "param": None,
+                       "code": "unauthenticated"}},
+            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await reply(scope, receive, send)
+
+
+class OpenAIApi:
+    """The routes, bound to one executor's ``Inference``, behind the bearer token."""
+
+    def __init__(self, service: inference.Inference, *, token: str | None) -> None:
         self._service = service
         self._limit = service.limits.max_body_bytes
-        self.app = applications.Starlette(routes=[
+        self.app = applications.Starlette(middleware=[
+            middleware.Middleware(BearerToken, token=token)], routes=[
             routing.Route("/v1/chat/completions", _errors_as_json(self.chat), methods=["POST"]),
             routing.Route("/v1/completions", _errors_as_json(self.completions), methods=["POST"]),
             routing.Route("/v1/embeddings", _errors_as_json(self.embeddings), methods=["POST"]),

@@ -55,6 +55,12 @@ class ExecutorSettings(settings.ServiceSettings):
         env_prefix="AION_EXECUTOR_", extra="ignore", frozen=True, protected_namespaces=())
 
     port: int = pydantic.Field(default=50055, ge=0, le=65535)
+    health_port: int = pydantic.Field(
+        default=51055, ge=0, le=65535,
+        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)")
+    http_token: pydantic.SecretStr | None = pydantic.Field(
+        default=None, description="bearer token the HTTP API requires (Authorization: Bearer); "
+                                  "unset refuses every request but /healthz")
     http_port: int | None = pydantic.Field(
         default=0, ge=0, le=65535,
         description="OpenAI-compatible HTTP port; 0 picks a free one, unset disables it")
