@@ -77,7 +77,12 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
             max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
             max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
             heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
-            reaper_interval_s=cfg.reaper_interval_s)
+            reaper_interval_s=cfg.reaper_interval_s,
+            max_running_per_tenant=cfg.max_running_per_tenant,
+            max_idempotency_key_chars=cfg.max_idempotency_key_chars,
+            dispatch_poll_s=cfg.dispatch_poll_s, task_retention_s=cfg.task_retention_s,
+            processed_event_retention_s=cfg.processed_event_retention_s,
+            retention_interval_s=cfg.retention_interval_s)
         async with asyncio.TaskGroup() as group:
             task_runner = runner.Runner(tasks=tasks, agents=agents, agent_loop=agent_loop,
                                         spawn=group.create_task, owner=cfg.worker_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -53,15 +54,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Run(self, request: agent_pb2.RunRequest,
                   context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
         task = await self._start(request, context, asynchronous=False)
-        async for msg in self._events(task):
-            yield msg
+        try:
+            async for msg in self._events(task):
+                yield msg
+        finally:  # the caller left before the end (the stream was cancelled): stop it
+            self._runner.caller_left(task)
 
     async def Submit(self, request: agent_pb2.RunRequest,
                      context: _Ctx) -> tasks_pb2.SubmitResponse:
         task = await self._start(request, context, asynchronous=request.asynchronous)
         if not request.asynchronous:
-            async for _ in self._tasks.follow(task):
-                pass
+            try:
+                async for _ in self._tasks.follow(task):
+                    pass
+            finally:  # the caller left before the end (the call was cancelled): stop it
+                self._runner.caller_left(task)
             task = await self._tasks.get(task.spec.tenant, task.id)
         return tasks_pb2.SubmitResponse(task_id=task.id, result=convert.result_to_pb(task))
 
@@ -105,8 +112,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
                           context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
-        parsed = registry.parse_manifest(request.request.manifest,
-                                         tenant=authz.require_tenant(request.tenant),
-                                         executor_target=None)
+        parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
+            registry.parse_manifest, request.request.manifest,
+            tenant=authz.require_tenant(request.tenant), executor_target=None,
+            max_tokens=self._runner.limits.max_tokens)
         applied = [await self._agents.put(a) for a in parsed]
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])

@@ -85,7 +85,9 @@ def build(cfg: executor_settings.ExecutorSettings,
     """The model, its queue and the service over them, for the configured task."""
     limits = validation.Limits(default_max_tokens=cfg.default_max_tokens,
                                max_tokens_limit=cfg.max_tokens_limit,
-                               max_texts=cfg.embed_max_texts)
+                               max_texts=cfg.embed_max_texts,
+                               max_prompt_chars=cfg.max_prompt_chars,
+                               max_body_bytes=cfg.max_body_bytes)
     if cfg.model_task == "generate":
         gen = llama_backend.LlamaBackend(
             cfg.model_file(), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
