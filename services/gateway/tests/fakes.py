@@ -21,8 +21,8 @@ from aion.core import errors, http_server, server
 from aion.gateway import (
     a2a_api,
     auth,
-    keys,
     http_app,
+    keys,
     mcp_server,
     openai_api,
     openapi,
