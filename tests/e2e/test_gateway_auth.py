@@ -146,6 +146,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             b_env.pop("AION_GATEWAY_JWT_SECRET")
             b_env.pop("AION_GATEWAY_HTTP_PORT", None)
             b_env["AION_GATEWAY_JWKS_URL"] = jwks.url
+            b_env["AION_GATEWAY_JWKS_REFRESH_COOLDOWN_S"] = "1"
             log = tmp / "gateway-b.log"
             with log.open("wb") as out:
                 replica = subprocess.Popen([sys.executable, "-m", "aion.gateway"], env=b_env,
@@ -349,6 +350,7 @@ async def test_a_key_published_later_is_fetched_on_its_first_token(edge: Edge) -
 
     assert await status() == grpc.StatusCode.UNAUTHENTICATED
     edge.jwks.keys.append(_jwk(RSA2, "r2", "RS256"))
+    await asyncio.sleep(1.2)  # the refetch cooldown (AION_GATEWAY_JWKS_REFRESH_COOLDOWN_S)
     before = edge.jwks.fetches
     assert await status() == grpc.StatusCode.OK
     assert edge.jwks.fetches == before + 1

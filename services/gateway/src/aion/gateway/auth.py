@@ -95,7 +95,8 @@ class Authenticator:
             self._configured[key_id] = (entry.hash, entry)
         self._jwks_file = _JwksFile(cfg.jwks_file) if cfg.jwks_file else None
         self._jwks_url = (jwt.PyJWKClient(cfg.jwks_url, cache_keys=True,
-                                          lifespan=int(cfg.jwks_cache_s), timeout=5)
+                                          lifespan=cfg.jwks_cache_s, timeout=5,
+                                          cooldown_duration=cfg.jwks_refresh_cooldown_s)
                           if cfg.jwks_url else None)
         if cfg.allow_anonymous:
             log.warning("anonymous calls are allowed as 'user' of tenant %r; do not run this "

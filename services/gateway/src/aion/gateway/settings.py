@@ -65,6 +65,9 @@ class GatewaySettings(settings.ServiceSettings):
     jwks_url: str | None = pydantic.Field(
         default=None, description="a JWKS URL of the keys that sign JWTs (RS256/ES256)")
     jwks_cache_s: float = pydantic.Field(default=300.0, gt=0, le=86400)
+    jwks_refresh_cooldown_s: float = pydantic.Field(
+        default=30.0, ge=0, le=3600, description="least time between two fetches of the JWKS "
+        "URL for tokens naming an unknown key")
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_tenant_claim: str = "tenant"
