@@ -513,9 +513,10 @@ async def test_a_refusal_carries_retry_info(edge: Edge) -> None:
         stub = agents_pb2_grpc.AgentsStub(chan)
 
         async def spend_the_burst_and_more() -> None:
-            for _ in range(BURST * 3):
-                await stub.List(agents_pb2.ListAgentsRequest(), metadata=_bearer(token),
-                                timeout=10)
+            # At once: one after the other, a loaded machine may not outrun the refill.
+            await asyncio.gather(*(
+                stub.List(agents_pb2.ListAgentsRequest(), metadata=_bearer(token), timeout=10)
+                for _ in range(BURST * 3)))
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await spend_the_burst_and_more()
@@ -532,9 +533,10 @@ async def test_a_refusal_carries_retry_info(edge: Edge) -> None:
 # Last: it leaves this test process's address refused on replica B for a while.
 async def test_failed_authentications_are_limited_per_peer(edge: Edge) -> None:
     codes = []
+    start = time.monotonic()
     async with grpc.aio.insecure_channel(edge.b) as chan:
         stub = agents_pb2_grpc.AgentsStub(chan)
-        for _ in range(260):
+        for _ in range(1000):
             try:
                 await stub.List(agents_pb2.ListAgentsRequest(), metadata=_key("aion_nope"),
                                 timeout=10)
@@ -545,8 +547,10 @@ async def test_failed_authentications_are_limited_per_peer(edge: Edge) -> None:
         # Refused before its credentials are looked at, a good key too.
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.List(agents_pb2.ListAgentsRequest(), metadata=_key(ADMIN), timeout=10)
+    elapsed = time.monotonic() - start
     assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert 150 <= codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 210
+    # 200 a minute (the bucket starts full), plus what refilled while the test ran.
+    assert 200 <= codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 201 + elapsed * 200 / 60
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # Replica A counts its own failures (per replica): the good key works there.
     assert await _status(edge.a, RPCS["Agents.List"][1], _key(ADMIN)) == grpc.StatusCode.OK

@@ -117,8 +117,8 @@ class PostgresBuckets(Buckets):
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT gateway_take(%s, %s, %s, %s) AS wait",
-                    ([d.key for d in draws], [d.rate for d in draws],
-                     [d.burst for d in draws], [d.cost for d in draws]))
+                    ([d.key for d in draws], [float(d.rate) for d in draws],
+                     [float(d.burst) for d in draws], [float(d.cost) for d in draws]))
                 row = await cur.fetchone()
         assert row is not None
         return float(row["wait"])
@@ -127,7 +127,8 @@ class PostgresBuckets(Buckets):
         with db.reachable():
             async with self._pool.connection() as conn:
                 await conn.execute("SELECT gateway_spend(%s, %s, %s, %s)",
-                                   (draw.key, draw.rate, draw.burst, draw.cost))
+                                   (draw.key, float(draw.rate), float(draw.burst),
+                                    float(draw.cost)))
 
     async def open_stream(self, scopes: Sequence[tuple[str, int]], ttl_s: float) -> str | None:
         stream_id = uuid.uuid4()
