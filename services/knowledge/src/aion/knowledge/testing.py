@@ -12,6 +12,7 @@ import grpc
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public
+from aion.core import channels, tls
 from aion.knowledge import main, qdrant_index
 from aion.knowledge import settings as knowledge_settings
 
@@ -51,10 +52,12 @@ def make_pdf(*pages: str) -> bytes:
 
 
 class Service:
-    """The knowledge service's real composition, run in this process."""
+    """The knowledge service's real composition, run in this process, with certificates of
+    ``ca`` (its own ``knowledge`` one; its stub calls as the ``gateway``)."""
 
-    def __init__(self, cfg: knowledge_settings.KnowledgeSettings) -> None:
+    def __init__(self, cfg: knowledge_settings.KnowledgeSettings, *, ca: tls.LocalCa) -> None:
         self.cfg = cfg
+        self.ca = ca
         self.address = ""
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -72,14 +75,16 @@ class Service:
         def on_index(index: qdrant_index.QdrantIndex) -> None:
             self.index = index
 
-        self._task = asyncio.create_task(main.run(self.cfg, until=self._stop.wait(),
+        self._task = asyncio.create_task(main.run(self.cfg, self.ca.tls("knowledge"),
+                                                  until=self._stop.wait(),
                                                   on_ready=on_ready, on_index=on_index))
         done, _ = await asyncio.wait([self._task, ready], timeout=60,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
             self._task.result()  # raises why it stopped
         assert ready in done, "the knowledge service did not become ready in 60s"
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = channels.connect(self.address, tls=self.ca.tls("gateway"),
+                                         peer="knowledge")
         self.stub = knowledge_pb2_grpc.KnowledgeServiceStub(self._channel)
         return self
 
