@@ -141,7 +141,8 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                      "AION_GATEWAY_PORT": str(port), "AION_GATEWAY_METRICS_PORT": str(metrics),
                      "AION_GATEWAY_ROUTER_TARGET": suite.services["router"].target,
                      "AION_GATEWAY_AGENT_TARGET": suite.services["agent"].target,
-                     "AION_GATEWAY_KNOWLEDGE_TARGET": suite.services["knowledge"].target}
+                     "AION_GATEWAY_KNOWLEDGE_TARGET": suite.services["knowledge"].target,
+                     **suite.tls_env("gateway")}
             b_env.pop("AION_GATEWAY_JWKS_FILE")
             b_env.pop("AION_GATEWAY_JWT_SECRET")
             b_env.pop("AION_GATEWAY_HTTP_PORT", None)
