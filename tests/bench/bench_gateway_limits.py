@@ -61,10 +61,11 @@ def main() -> None:
     concurrency = int(os.environ.get("BENCH_LIMITS_CONCURRENCY", "8"))
     postgres = make("postgres", Layout.from_env())
     postgres.up()
+    admin = postgres.endpoints()["AION_POSTGRES_DSN"]
     name = f"bench_limits_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+    with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    dsn = postgres.dsn.rsplit("/", 1)[0] + "/" + name
+    dsn = admin.rsplit("/", 1)[0] + "/" + name
     try:
         asyncio.run(db.migrate(dsn))
         report = {"replicas": 2, "callers_per_replica": concurrency, "seconds": seconds,
@@ -72,7 +73,7 @@ def main() -> None:
                   "1000_tenants": asyncio.run(_run(dsn, seconds, concurrency, 1000))}
         print(json.dumps(report))
     finally:
-        with psycopg.connect(postgres.dsn, autocommit=True) as conn:
+        with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
         postgres.detach()
