@@ -39,7 +39,7 @@ from aion.api.v1 import (
     tasks_pb2_grpc,
 )
 from aion.gateway import db, keys, ratelimit
-from aion.sdk import cli, testing
+from aion.sdk import AsyncClient, cli, testing
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +52,7 @@ ADMIN = keys.new_key()[0]
 # The measured limit: calls/s per tenant, and its burst.
 RATE, BURST = 20.0, 20
 WINDOW_S = 30.0
+TPM = 600  # generated tokens per minute per tenant
 
 
 def _jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
@@ -115,6 +116,7 @@ def _gateway_env(dsn: str, jwks_file: Path) -> dict[str, str]:
         "AION_GATEWAY_RATE_PER_S": str(RATE), "AION_GATEWAY_RATE_BURST": str(BURST),
         "AION_GATEWAY_KEY_RATE_PER_S": "1000", "AION_GATEWAY_KEY_RATE_BURST": "1000",
         "AION_GATEWAY_KEY_CACHE_S": "1",
+        "AION_GATEWAY_TOKENS_PER_MINUTE": str(TPM),
         "AION_GATEWAY_AUTH_FAILURES_PER_MIN": "200",
     }
 
@@ -529,6 +531,39 @@ async def test_a_refusal_carries_retry_info(edge: Edge) -> None:
     info = error_details_pb2.RetryInfo()
     infos[0].Unpack(info)
     assert 0 < info.retry_delay.ToTimedelta().total_seconds() <= 1 / RATE + 0.01
+
+
+async def test_streamed_tokens_are_charged_and_a_tenant_in_debt_gets_no_task(
+        edge: Edge) -> None:
+    import psycopg
+
+    # The demo agent belongs to tenant "default".
+    token = rs256(tenant="default", roles=["user"])
+    async with AsyncClient(edge.a, token=token, api_key="") as client:
+        events = [e async for e in client.stream("demo", "Say hi.", max_tokens=8)]
+    assert events[-1].WhichOneof("event") == "done", events[-1]
+    streamed = sum(1 for e in events if e.WhichOneof("event") == "token")
+    charged = max(streamed, events[-1].done.result.usage.tokens)
+    assert charged > 0
+    with psycopg.connect(edge.dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT tokens FROM gateway_rate_buckets WHERE key = %s",
+                           ("tpm:default",)).fetchone()
+        assert row is not None
+        # The bucket started full (TPM) and refills at TPM/60 a second, capped at TPM.
+        assert TPM - charged <= row[0] < TPM - charged + 1 + TPM / 60 * 120
+        # Put the tenant in debt, as a burst of streams would.
+        conn.execute("SELECT gateway_spend('tpm:default', %s, %s, %s)",
+                     (TPM / 60, float(TPM), 10.0 * TPM))
+    async with grpc.aio.insecure_channel(edge.b) as chan:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await tasks_pb2_grpc.TasksStub(chan).Submit(tasks_pb2.SubmitRequest(
+                task=tasks_pb2.TaskSpec(agent="demo", input="hi")), metadata=_bearer(token),
+                timeout=10)
+        # Reading needs no tokens.
+        await agents_pb2_grpc.AgentsStub(chan).List(agents_pb2.ListAgentsRequest(),
+                                                    metadata=_bearer(token), timeout=10)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "tokens per minute" in (info.value.details() or "")
 
 
 # Last: it leaves this test process's address refused on replica B for a while.
