@@ -301,6 +301,12 @@ def test_a_pod_without_the_installs_certificate_is_refused_by_the_agent_service(
     assert seen["health"] == "SERVING", seen  # reachable: the refusals below are TLS's
     for how in ("plaintext", "no_certificate", "foreign_certificate"):
         assert seen[how] == "UNAVAILABLE", (how, seen)
+    # The operator keeps the executors' Secrets and a NetworkPolicy per Agent beside them.
+    for namespace in (NAMESPACE, AGENT_NAMESPACE):
+        names = release.kubectl("get", "secrets,networkpolicies", "-n", namespace, "-o", "name")
+        assert "secret/aion-executor-tls" in names, (namespace, names)
+        assert "secret/aion-executor-http" in names, (namespace, names)
+        assert "networkpolicy.networking.k8s.io/aion-executor-" in names, (namespace, names)
 
 
 def test_helm_upgrade_with_a_changed_value_rolls_out(release: Release) -> None:

@@ -90,6 +90,10 @@ def test_helm_upgrade_keeps_the_ca_and_the_certificates(light: Light) -> None:
     deployments = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"][
         "checksum/tls"] for d in light.rel.json("get", "deployments", "-n", LIGHT)["items"]}
 
+    # The API server took the NetworkPolicies (it validates them); one per component.
+    policies = light.rel.json("get", "networkpolicies", "-n", LIGHT)["items"]
+    assert {p["metadata"]["name"] for p in policies} == {f"{LIGHT}-{c}" for c in COMPONENTS}
+
     done = light.helm("upgrade", "--set", "logLevel=DEBUG")
     assert done.returncode == 0, done.stderr
     second = light.secrets()

@@ -772,6 +772,10 @@ def test_probes_use_the_health_ports_which_no_service_exposes(
         ports = [p["port"] for p in _find(docs, "Service", f"{RELEASE}-{service}")["spec"][
             "ports"]]
         assert health not in ports, service
+    # Only the operator calls the Kubernetes API (review L4).
+    for service in SERVICES:
+        pod = _find(docs, "Deployment", f"{RELEASE}-{service}")["spec"]["template"]["spec"]
+        assert pod.get("automountServiceAccountToken", True) is (service == "operator")
     # The gateway's public port is plaintext: its probes stay there.
     gateway = _container(_find(docs, "Deployment", f"{RELEASE}-gateway"))
     assert gateway["readinessProbe"]["grpc"] == {"port": 50051}

@@ -58,7 +58,8 @@ async def test_another_identity_is_permission_denied(router: server.GrpcServer,
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert identity in str(info.value.details()) and "Decide" in str(info.value.details())
+    assert identity in str(info.value.details())
+    assert "Decide" in str(info.value.details())
 
 
 async def test_no_client_certificate_is_refused(router: server.GrpcServer,

@@ -13,7 +13,6 @@ import collections
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
-import grpc
 import pytest
 
 from aion.agent import endpoints, peers

@@ -431,3 +431,34 @@ def test_a_fallback_keeps_the_certificate_and_the_network_policy(
     assert moved.network_policy is not None
     assert moved.deployment["spec"]["template"]["metadata"]["annotations"][
         "aion.dev/tls-not-after"] == "v1"
+
+
+async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployment(
+        cfg: settings.AionOperatorSettings) -> None:
+    calls: list[str] = []
+    deployment = _deployment(ready=1, updated=1)
+
+    class Kube:
+        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
+            return []
+
+        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
+            calls.append(f"read {name}")
+            return deployment
+
+    class Keeper(_RecordingKeeper):
+        async def roll(self, found: dict[str, Any] | None, namespace: str) -> bool:
+            calls.append(f"roll {namespace}")
+            assert found is deployment
+            return True
+
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}}, generation=2,
+                  status={"nodePool": "cpu", "observedGeneration": 2, "phase": "Placed"})
+    await handlers.follow(
+        kopf.Body(body), kopf.Patch(), client=Kube(), cfg=cfg,  # type: ignore[arg-type]
+        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
+                                      settings=kopf.OperatorSettings()),
+        registrar=None,
+        executors=handlers.Executors(secrets=Keeper(calls),  # type: ignore[arg-type]
+                                     platform_namespace="aion"))
+    assert calls == ["ensure team-a", "read aion-executor-chat", "roll team-a"]

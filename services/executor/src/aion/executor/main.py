@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+from aion.api.executor.v1 import executor_pb2_grpc
 from aion.core import http_server, lifecycle, metrics, server, settings, telemetry, tls
 from aion.executor import (
     backend,
