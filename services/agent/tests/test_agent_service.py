@@ -203,7 +203,11 @@ async def test_every_state_change_is_an_event_on_kafka_in_order(
     assert len({e.id for e in envs}) == 3
     final = events_pb2.TaskStateChanged()
     envs[-1].data.Unpack(final)
-    assert final.result.output == "evented "
+    # The shared topic carries the state and usage, never the output (Get returns it).
+    assert final.result.status == common_pb2.TASK_STATUS_OK
+    assert final.result.output == ""
+    assert final.result.usage.completion_tokens > 0
+    assert b"evented" not in b"".join(r.value for r in mine)
 
 
 async def test_outbox_metrics_show_the_backlog_and_what_was_published(

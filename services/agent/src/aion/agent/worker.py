@@ -14,10 +14,12 @@ import psycopg
 
 from aion.agent import db, events, kafka, runner
 from aion.api.events.v1 import events_pb2
+from aion.core import kafka as core_kafka
 
 
 def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
-             bootstrap: str) -> kafka.IdempotentConsumer:
+             bootstrap: str,
+             security: core_kafka.KafkaSettings | None = None) -> kafka.IdempotentConsumer:
     """The work topic's consumer, gated by the runner's concurrency limit."""
 
     async def handle(env: events_pb2.Envelope,
@@ -47,4 +49,5 @@ def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
     return kafka.IdempotentConsumer(
         name="worker", topic=topics.work, group=topics.group("agent-workers"),
         bootstrap=bootstrap, pool=pool, handle=handle,
-        dead_letter=topics.dead_letter(topics.work), gate=run.wait_for_room)
+        dead_letter=topics.dead_letter(topics.work), gate=run.wait_for_room,
+        security=security)

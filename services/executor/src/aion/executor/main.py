@@ -120,7 +120,7 @@ async def run(cfg: executor_settings.ExecutorSettings) -> None:
             reporter = await stack.enter_async_context(load_report.LoadReporter(
                 service.snapshot, bootstrap=cfg.kafka_bootstrap, topic=cfg.load_topic,
                 interval_s=cfg.load_interval_s, executor=cfg.instance_id,
-                model=service.model_name))
+                model=service.model_name, security=cfg))
         await stack.enter_async_context(grpc_server)
         http = None
         if cfg.http_port is not None:
