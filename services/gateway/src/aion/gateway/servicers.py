@@ -81,6 +81,10 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     ) -> agent_pb2.RunRequest:
         if not task.agent:
             raise errors.InvalidArgument("task.agent is required", field="task.agent")
+        if task.options.privacy not in _STRICT:
+            raise errors.InvalidArgument(
+                f"task.options.privacy {task.options.privacy} is not a Privacy value",
+                field="task.options.privacy")
         with errors.remote("agent"):
             agent = await self._peers.agent.GetAgent(
                 agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
