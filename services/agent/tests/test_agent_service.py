@@ -293,6 +293,25 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+MANIFEST_HEAD = "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: bad}\n"
+
+
+@pytest.mark.parametrize("manifest", [
+    "[" * 5000 + "]" * 5000,  # deeper than the parser goes
+    MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: " + "9" * 5000 + "}\n",
+    MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: 99999999999}\n",
+    MANIFEST_HEAD + 'spec: {model: {name: m}, instructions: "a\\0b"}\n',
+], ids=["deep", "digits", "int32", "nul"])
+async def test_a_manifest_postgres_cannot_hold_is_invalid_and_nothing_is_written(
+        stub: Stub, manifest: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
+            tenant="badmanifest", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    listed = await stub.ListAgents(agent_pb2.ListAgentsRequest(tenant="badmanifest"))
+    assert list(listed.agents) == []
+
+
 def test_agents_file_loads_agent_resources(tmp_path: Path) -> None:
     path = tmp_path / "a.yaml"
     path.write_text("""

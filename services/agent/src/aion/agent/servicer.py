@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from aion.agent import convert, registry, runner, store
+from aion.agent import convert, model, registry, runner, store
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import errors
@@ -105,8 +105,33 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
                           context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
-        parsed = registry.parse_manifest(request.request.manifest,
-                                         tenant=request.tenant or "default",
-                                         executor_target=None)
+        try:
+            parsed = registry.parse_manifest(request.request.manifest,
+                                             tenant=request.tenant or "default",
+                                             executor_target=None)
+        except (RecursionError, ValueError) as exc:
+            # Nesting deeper than the parser goes, or an integer of thousands of digits.
+            raise errors.InvalidArgument(
+                f"not a valid Agent manifest: {type(exc).__name__}: {str(exc)[:200]}",
+                field="manifest") from None
+        for agent in parsed:  # what Postgres would refuse, refused before anything is written
+            _storable(agent)
         applied = [await self._agents.put(a) for a in parsed]
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])
+
+
+_INT32_MAX = 2**31 - 1
+
+
+def _storable(agent: model.AgentRecord) -> None:
+    """InvalidArgument unless the registry can store ``agent`` as it is."""
+    if agent.max_tokens > _INT32_MAX:
+        raise errors.InvalidArgument(
+            f"agent {agent.name!r}: spec.maxTokens must be at most {_INT32_MAX}",
+            field="manifest")
+    texts = [agent.name, agent.model, agent.model_task, agent.instructions,
+             agent.description, *agent.knowledge_bases, *agent.tools]
+    if any("\x00" in t for t in texts):
+        raise errors.InvalidArgument(
+            f"agent {agent.name!r}: the manifest holds a NUL character (\\0)",
+            field="manifest")
