@@ -451,6 +451,19 @@ def test_a_task_and_a_document_exist_to_aim_at(fuzz: FuzzSuite) -> None:
     assert doc.document_id == "doc-1"
 
 
+def test_an_unknown_privacy_is_invalid_argument(fuzz: FuzzSuite) -> None:
+    """Found by the fuzzer: an unknown Privacy number gave INTERNAL."""
+    submit = fuzz.channel.unary_unary(
+        "/aion.v1.Tasks/Submit", request_serializer=tasks_pb2.SubmitRequest.SerializeToString,
+        response_deserializer=tasks_pb2.SubmitResponse.FromString)
+    spec = tasks_pb2.TaskSpec(agent="demo", input="Hi")
+    spec.options.privacy = 42  # type: ignore[assignment]
+    with pytest.raises(grpc.RpcError) as info:
+        submit(tasks_pb2.SubmitRequest(task=spec), timeout=30, metadata=METADATA)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "task.options.privacy" in (info.value.details() or "")
+
+
 @pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}."
                          f"{m.name}")
 def test_every_public_request_gets_a_status_that_is_not_a_server_fault(
