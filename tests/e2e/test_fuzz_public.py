@@ -54,7 +54,8 @@ from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
 from aion.sdk import testing
 
-pytestmark = pytest.mark.e2e
+# A thousand calls per RPC on a busy two-core machine take minutes, past the default 300 s.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 F = descriptor.FieldDescriptor
 EXAMPLES = int(os.environ.get("AION_FUZZ_EXAMPLES", "1000"))
