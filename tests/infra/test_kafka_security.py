@@ -21,10 +21,14 @@ from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka import errors as kafka_errors
 
 from aion.agent import kafka as agent_kafka
+from aion.agent.settings import AgentSettings
 from aion.core import kafka as core_kafka
+from aion.core import settings
+from aion.executor.settings import ExecutorSettings
 from aion.infra.kafka import HOST, Kafka
 from aion.infra.paths import Layout
 from aion.knowledge import queue
+from aion.knowledge.settings import KnowledgeSettings
 from aion.sdk.testing import suite
 
 pytestmark = pytest.mark.kafka
@@ -96,6 +100,28 @@ def test_the_options_follow_the_protocol() -> None:
     with pytest.raises(pydantic.ValidationError, match="go together"):
         core_kafka.KafkaSettings(kafka_security_protocol="SSL",
                                  kafka_ssl_certfile=Path("/c.pem"))
+
+
+@pytest.mark.parametrize("cls", [AgentSettings, KnowledgeSettings, ExecutorSettings])
+def test_each_kafka_client_service_reads_the_security_settings_under_its_prefix(
+        cls: type[settings.ServiceSettings]) -> None:
+    prefix = str(cls.model_config["env_prefix"])
+    names = {prefix + n.upper() for n in core_kafka.KafkaSettings.model_fields}
+    assert names <= settings.known_variables(cls)
+
+
+def test_sasl_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AION_AGENT_POSTGRES_DSN", "postgresql://x@h/db")
+    monkeypatch.setenv("AION_AGENT_KAFKA_BOOTSTRAP", "k:9093")
+    monkeypatch.setenv("AION_AGENT_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    with pytest.raises(settings.SettingsError, match="needs kafka_sasl_username"):
+        settings.load(AgentSettings)
+    monkeypatch.setenv("AION_AGENT_KAFKA_SASL_USERNAME", USER)
+    monkeypatch.setenv("AION_AGENT_KAFKA_SASL_PASSWORD", PASSWORD)
+    monkeypatch.setenv("AION_AGENT_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
+    options = core_kafka.client_options(settings.load(AgentSettings))
+    assert options == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+                       "sasl_plain_username": USER, "sasl_plain_password": PASSWORD}
 
 
 async def test_right_credentials_produce_and_consume(sasl_bootstrap: str) -> None:
