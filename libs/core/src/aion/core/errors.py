@@ -30,7 +30,6 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-
 MAX_MESSAGE_CHARS = 1024
 
 
