@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -291,6 +293,22 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
         await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
             tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n")))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_input_postgres_cannot_hold_is_invalid_argument_not_internal(
+        stub: Stub) -> None:
+    long_key = run("hi", asynchronous=True)
+    # Beyond what its btree index holds (~2.7 KB after compression, so not repetitive).
+    long_key.task.idempotency_key = secrets.token_urlsafe(6000)
+    calls: list[tuple[str, Awaitable[Any]]] = [
+        ("agent name", stub.GetAgent(agent_pb2.AgentRef(tenant=TENANT, name="a\x00b"))),
+        ("input", stub.Submit(run("hi\x00there"))),
+        ("idempotency key", stub.Submit(long_key))]
+    for name, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value)
+        assert "cannot be stored" in (info.value.details() or ""), name
 
 
 MANIFEST_HEAD = "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: bad}\n"
