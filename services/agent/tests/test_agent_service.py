@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from aion.agent import db, model, outbox, registry
+from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -26,7 +27,7 @@ TENANT = "acme"
 @pytest.fixture(scope="module", autouse=True)
 async def agents(service: Any) -> None:
     """The agents the tests call, registered the way the operator does."""
-    async with grpc.aio.insecure_channel(service.address) as chan:
+    async with agent_testing.channel(service.address) as chan:
         stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
         for name, tools in (("echo", []), ("helper", ["agent:echo"])):
             await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import grpc
+
 from aion.api.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -19,7 +21,16 @@ from aion.api.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import channels, http_server, lifecycle, metrics, server, settings, telemetry
+from aion.core import (
+    channels,
+    http_server,
+    lifecycle,
+    metrics,
+    server,
+    settings,
+    telemetry,
+    tls,
+)
 from aion.gateway import (
     a2a_api,
     auth,
@@ -33,13 +44,17 @@ from aion.gateway import (
 from aion.gateway import settings as gateway_settings
 
 
-async def run(cfg: gateway_settings.GatewaySettings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; internal calls go over mTLS as ``material``."""
     async with contextlib.AsyncExitStack() as stack:
+        async def connect(target: str, peer: str) -> grpc.aio.Channel:
+            return await stack.enter_async_context(
+                channels.connect(target, tls=material, peer=peer))
+
         peers = servicers.Peers(
-            router=await stack.enter_async_context(channels.connect(cfg.router_target)),
-            agent=await stack.enter_async_context(channels.connect(cfg.agent_target)),
-            knowledge=await stack.enter_async_context(channels.connect(cfg.knowledge_target)))
+            router=await connect(cfg.router_target, "router"),
+            agent=await connect(cfg.agent_target, "agent"),
+            knowledge=await connect(cfg.knowledge_target, "knowledge"))
         guard = servicers.Guard(
             authenticator=auth.Authenticator(cfg),
             limiter=ratelimit.RateLimiter(rate=cfg.rate_per_s, burst=cfg.rate_burst))
@@ -80,5 +95,6 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
 def main() -> None:
     """Entry point."""
     cfg = settings.load(gateway_settings.GatewaySettings)
+    material = tls.load()
     telemetry.setup(service="gateway", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, material))

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
-from aion.core import channels, lifecycle, metrics, server, settings, telemetry
+from aion.core import authz, channels, lifecycle, metrics, server, settings, telemetry, tls
 from aion.knowledge import (
     chunking,
     db,
@@ -23,8 +23,16 @@ from aion.knowledge import settings as knowledge_settings
 
 log = logging.getLogger(__name__)
 
+SERVICE = knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
+# Who may call each RPC (their certificates' identities): the gateway for its
+# public Knowledge API, the agent service for retrieval.
+ALLOW = authz.methods(SERVICE, {
+    "Ingest": {"gateway"}, "Delete": {"gateway"}, "GetDocument": {"gateway"},
+    "ListDocuments": {"gateway"}, "Search": {"gateway", "agent"},
+})
 
-async def run(cfg: knowledge_settings.KnowledgeSettings, *,
+
+async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
               until: Awaitable[object] | None = None,
               on_ready: Callable[[str], None] | None = None,
               on_index: Callable[[qdrant_index.QdrantIndex], None] | None = None) -> None:
@@ -46,7 +54,8 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
         index = await stack.enter_async_context(qdrant_index.QdrantIndex.from_settings(cfg))
         if on_index is not None:
             on_index(index)
-        channel = await stack.enter_async_context(channels.connect(cfg.executor_target))
+        channel = await stack.enter_async_context(channels.connect(
+            cfg.executor_target, tls=material, peer="executor"))
         embed = embedder.Embedder(channel, model=cfg.embedding_model,
                                   dimensions=cfg.embedding_dimensions, batch=cfg.embed_batch,
                                   concurrency=cfg.embed_concurrency,
@@ -65,12 +74,14 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
         try:
             grpc_server = server.GrpcServer(name="knowledge", host=cfg.host, port=cfg.port,
                                             grace_s=cfg.grace_s,
-                                            drain_delay_s=cfg.drain_delay_s)
+                                            drain_delay_s=cfg.drain_delay_s,
+                                            tls=material, allow=ALLOW,
+                                            health_port=cfg.health_port)
             grpc_server.add(
                 knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
                 servicer.KnowledgeServicer(pool=pool, store=store, index=index, embed=embed,
                                            chunker=chunker, publish=publisher.publish, cfg=cfg),
-                knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name)
+                SERVICE)
             with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
                 async with grpc_server:
                     log.info("knowledge service ready", extra={"worker": cfg.worker_id})
@@ -87,6 +98,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
 def main() -> None:
     """Entry point."""
     cfg = settings.load(knowledge_settings.KnowledgeSettings)
+    material = tls.load()
     telemetry.setup(service="knowledge", log_level=cfg.log_level,
                     otlp_endpoint=cfg.otlp_endpoint)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, material))

@@ -41,6 +41,9 @@ class KnowledgeSettings(settings.ServiceSettings, kafka.KafkaSettings):
         env_prefix="AION_KNOWLEDGE_", extra="ignore", frozen=True)
 
     port: int = pydantic.Field(default=50054, ge=0, le=65535)
+    health_port: int = pydantic.Field(
+        default=51054, ge=0, le=65535,
+        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)")
     # Stores.
     postgres_dsn: pydantic.SecretStr = pydantic.Field(
         description="postgresql://user:password@host:port/database of documents and versions")
