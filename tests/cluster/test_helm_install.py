@@ -12,7 +12,10 @@ order and share one release.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
+import json
+import textwrap
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +23,11 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 from prometheus_client import parser
 
 from aion.api.v1 import common_pb2
+from aion.core import pki
 from aion.infra import images
 from aion.infra.cluster import Cluster
 from aion.infra.release import CHART, CPU_AGENT_FILE, NAME, NAMESPACE, REAL_POOL, Release, wait_for
@@ -212,6 +217,96 @@ def test_an_executor_that_cannot_load_its_model_says_why_in_the_agent(release: R
     assert condition["status"] == "False"
     # The kubelet's words and the executor's own last lines: what to fix.
     assert "/models/missing.gguf does not exist" in condition["message"], condition
+
+
+# Run in a pod of another namespace: the agent service over plaintext, over TLS with
+# no client certificate, and with a certificate from a CA of the caller's own; then
+# the health port of the same pod in plaintext. Prints one JSON object.
+PROBE = textwrap.dedent("""
+    import json, os, grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+    target, health = os.environ["TARGET"], os.environ["HEALTH"]
+    override = [("grpc.ssl_target_name_override", "agent.aion.internal")]
+    def call(channel):
+        try:
+            agent_pb2_grpc.AgentServiceStub(channel).ListAgents(
+                agent_pb2.ListAgentsRequest(tenant="default"), timeout=10)
+            return "OK"
+        except grpc.RpcError as exc:
+            return exc.code().name
+    ca = os.environ["CA"].encode()
+    out = {
+        "plaintext": call(grpc.insecure_channel(target)),
+        "no_certificate": call(grpc.secure_channel(
+            target, grpc.ssl_channel_credentials(ca), options=override)),
+        "foreign_certificate": call(grpc.secure_channel(target, grpc.ssl_channel_credentials(
+            ca, os.environ["KEY"].encode(), os.environ["CERT"].encode()), options=override)),
+    }
+    status = health_pb2_grpc.HealthStub(grpc.insecure_channel(health)).Check(
+        health_pb2.HealthCheckRequest(), timeout=10).status
+    out["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+    print(json.dumps(out))
+""")
+
+
+def test_a_pod_without_the_installs_certificate_is_refused_by_the_agent_service(
+        release: Release) -> None:
+    """Another namespace's pod, with no certificate or one from a CA of its own, is refused
+    (UNAVAILABLE: the handshake fails) while it reaches the same pod's plaintext health
+    port, so the refusal is TLS's, not the network's (the local cluster's network plugin
+    does not enforce NetworkPolicy)."""
+    ca_secret = release.json("get", "secret", "-n", NAMESPACE, f"{NAME}-tls-ca")
+    ca = base64.b64decode(ca_secret["data"]["tls.crt"])
+    stranger = pki.issue(pki.new_ca("not the install's CA"), "gateway")
+    agent = release.json("get", "pods", "-n", NAMESPACE, "-l",
+                         "app.kubernetes.io/component=agent",
+                         "--field-selector=status.phase=Running")["items"][0]
+    health = next(p["containerPort"] for p in agent["spec"]["containers"][0]["ports"]
+                  if p["name"] == "health")
+    image = agent["spec"]["containers"][0]["image"]
+    pod = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "aion-tls-probe", "namespace": "default"},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": {"cloud.google.com/gke-nodepool": REAL_POOL},
+            "automountServiceAccountToken": False,
+            "containers": [{
+                "name": "probe", "image": image,
+                "command": ["/app/.venv/bin/python", "-c", PROBE],
+                "env": [
+                    {"name": "TARGET", "value": f"{NAME}-agent.{NAMESPACE}.svc:50053"},
+                    {"name": "HEALTH", "value": f"{agent['status']['podIP']}:{health}"},
+                    {"name": "CA", "value": ca.decode()},
+                    {"name": "CERT", "value": stranger.cert_pem.decode()},
+                    {"name": "KEY", "value": stranger.key_pem.decode()},
+                ],
+            }],
+        },
+    }
+    release.kubectl("delete", "pod", "aion-tls-probe", "-n", "default", "--ignore-not-found",
+                    "--wait=true", check=False)
+    release.cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pod))
+    try:
+        phase = wait_for("the probe pod to finish", lambda: release.json(
+            "get", "pod", "aion-tls-probe", "-n", "default")["status"].get("phase")
+            in ("Succeeded", "Failed") or None, 300, release.diagnose)
+        assert phase
+        logs = release.kubectl("logs", "aion-tls-probe", "-n", "default")
+        seen = json.loads(logs.strip().splitlines()[-1])
+    finally:
+        release.kubectl("delete", "pod", "aion-tls-probe", "-n", "default",
+                        "--ignore-not-found", check=False)
+    assert seen["health"] == "SERVING", seen  # reachable: the refusals below are TLS's
+    for how in ("plaintext", "no_certificate", "foreign_certificate"):
+        assert seen[how] == "UNAVAILABLE", (how, seen)
+    # The operator keeps the executors' Secrets and a NetworkPolicy per Agent beside them.
+    for namespace in (NAMESPACE, AGENT_NAMESPACE):
+        names = release.kubectl("get", "secrets,networkpolicies", "-n", namespace, "-o", "name")
+        assert "secret/aion-executor-tls" in names, (namespace, names)
+        assert "secret/aion-executor-http" in names, (namespace, names)
+        assert "networkpolicy.networking.k8s.io/aion-executor-" in names, (namespace, names)
 
 
 def test_helm_upgrade_with_a_changed_value_rolls_out(release: Release) -> None:

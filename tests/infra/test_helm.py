@@ -8,6 +8,7 @@ values and misspelt keys are refused with a message naming the field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -231,6 +232,13 @@ FULL_VALUES: Doc = {
         },
     },
     "executor": {"image": {"repository": "registry.example/aion-executor", "tag": 7}},
+    "tls": {"existingCASecret": "", "caDays": 1000, "certDays": 90, "renewBeforeDays": 10},
+    "networkPolicy": {
+        "enabled": True,
+        "metricsFrom": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ],
+    },
     "operator": {
         "enabled": True,
         "watchNamespaces": ["team-a", "team-b"],
@@ -292,7 +300,8 @@ def test_helm_template_passes_every_setting_through(
     assert env["AION_GATEWAY_API_KEYS"] == {
         "secretKeyRef": {"name": "gateway-auth", "key": "keys.json", "optional": True}
     }
-    assert not [d for d in docs if d["kind"] == "Secret"], "existingSecret set: no Secret"
+    # Every existingSecret set: the chart makes only the certificates' Secrets.
+    assert not [d for d in docs if d["kind"] == "Secret" and d["type"] != "kubernetes.io/tls"]
     gw_service = _find(docs, "Service", "ai-gateway")
     assert gw_service["spec"]["type"] == "LoadBalancer"
     assert gw_service["metadata"]["annotations"] == gw_values["service"]["annotations"]
@@ -449,6 +458,10 @@ BAD_VALUES: list[tuple[list[str], list[str]]] = [
     (["--set", "provider.apiKey.secret=x"], ["at '/provider/apiKey': additional properties"]),
     (["--set", "tests.maxTokens=0"], ["'/tests/maxTokens'", "minimum"]),
     (["--set", "operator.enabled=yes"], ["'/operator/enabled'", "want boolean"]),
+    (["--set", "tls.certDays=0"], ["'/tls/certDays'", "minimum"]),
+    (["--set", "tls.existingCA=mine"], ["at '/tls': additional properties 'existingCA'"]),
+    (["--set", "networkPolicy.enabled=yes"], ["'/networkPolicy/enabled'", "want boolean"]),
+    (["--set", "agent.healthPort=0"], ["'/agent/healthPort'", "minimum"]),
     (["--set", "gateway.service.type=Ingress"], ["'/gateway/service/type'", "one of 'ClusterIP'"]),
     (
         ["--set-json", 'gateway.extraEnv=[{"value": "x"}]'],
@@ -503,6 +516,8 @@ CLOSED = [
     "knowledge/persistence",
     "knowledge/postgres",
     "knowledge/minio",
+    "tls",
+    "networkPolicy",
 ]
 # Maps the chart hands to Kubernetes as they are.
 OPEN = [f"{s}/{key}" for s in SERVICES for key in ("resources", "nodeSelector", "affinity")]
@@ -686,3 +701,155 @@ def test_helm_test_streams_through_the_gateway_with_the_charts_script(
     assert pod["spec"]["restartPolicy"] == "Never"
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["AION_TEST_GATEWAY"] == f"{RELEASE}-gateway.{NAMESPACE}.svc:50051"
+
+
+# Internal mTLS and NetworkPolicies (issue 13). What `helm upgrade` keeps (the CA and
+# certificates looked up in the cluster) is checked on the real cluster, in
+# tests/cluster/test_tls_chart.py: `helm template` never looks up.
+INTERNAL = {"router": 51052, "agent": 51053, "knowledge": 51054}
+
+
+def _secret_pem(secret: Doc, key: str) -> bytes:
+    import base64
+
+    return base64.b64decode(secret["data"][key])
+
+
+def test_every_component_has_a_certificate_for_its_identity_from_the_install_ca(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    from cryptography import x509
+
+    docs = _template(helm, helm_env)
+    ca_secret = _find(docs, "Secret", f"{RELEASE}-tls-ca")
+    assert ca_secret["type"] == "kubernetes.io/tls"
+    ca = x509.load_pem_x509_certificate(_secret_pem(ca_secret, "tls.crt"))
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for service in SERVICES:
+        secret = _find(docs, "Secret", f"{RELEASE}-{service}-tls")
+        assert _secret_pem(secret, "ca.crt") == _secret_pem(ca_secret, "tls.crt")
+        cert = x509.load_pem_x509_certificate(_secret_pem(secret, "tls.crt"))
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [f"{service}.aion.internal"]
+        assert int(secret["metadata"]["annotations"]["aion.dev/not-after"]) > 0
+        deployment = _find(docs, "Deployment", f"{RELEASE}-{service}")
+        pod = deployment["spec"]["template"]
+        env = _env(deployment)
+        assert {k: env[k] for k in ("AION_TLS_CA_FILE", "AION_TLS_CERT_FILE",
+                                    "AION_TLS_KEY_FILE")} == {
+            "AION_TLS_CA_FILE": "/etc/aion/tls/ca.crt",
+            "AION_TLS_CERT_FILE": "/etc/aion/tls/tls.crt",
+            "AION_TLS_KEY_FILE": "/etc/aion/tls/tls.key",
+        }
+        assert {"name": "tls", "mountPath": "/etc/aion/tls", "readOnly": True} in _container(
+            deployment)["volumeMounts"]
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == f"{RELEASE}-{service}-tls"
+        # The same certificate as the Secret's: a new one rolls the pods.
+        assert pod["metadata"]["annotations"]["checksum/tls"] == hashlib.sha256(
+            _secret_pem(secret, "tls.crt")).hexdigest()
+    operator = _env(_find(docs, "Deployment", f"{RELEASE}-operator"))
+    assert operator["AION_OPERATOR_CA_CERT_FILE"] == "/etc/aion/ca/ca.crt"
+    assert operator["AION_OPERATOR_CA_KEY_FILE"] == "/etc/aion/ca/ca.key"
+    ca_volume = {v["name"]: v for v in _find(docs, "Deployment", f"{RELEASE}-operator")[
+        "spec"]["template"]["spec"]["volumes"]}["ca"]
+    assert ca_volume["secret"]["secretName"] == f"{RELEASE}-tls-ca"
+
+
+def test_probes_use_the_health_ports_which_no_service_exposes(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    docs = _template(helm, helm_env)
+    for service, health in INTERNAL.items():
+        deployment = _find(docs, "Deployment", f"{RELEASE}-{service}")
+        container = _container(deployment)
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"] == {"port": health}, (service, probe)
+        assert {"name": "health", "containerPort": health, "protocol": "TCP"} in container[
+            "ports"]
+        assert _env(deployment)[f"AION_{service.upper()}_HEALTH_PORT"] == str(health)
+        ports = [p["port"] for p in _find(docs, "Service", f"{RELEASE}-{service}")["spec"][
+            "ports"]]
+        assert health not in ports, service
+    # Only the operator calls the Kubernetes API (review L4).
+    for service in SERVICES:
+        pod = _find(docs, "Deployment", f"{RELEASE}-{service}")["spec"]["template"]["spec"]
+        assert pod.get("automountServiceAccountToken", True) is (service == "operator")
+    # The gateway's public port is plaintext: its probes stay there.
+    gateway = _container(_find(docs, "Deployment", f"{RELEASE}-gateway"))
+    assert gateway["readinessProbe"]["grpc"] == {"port": 50051}
+
+
+def test_an_existing_ca_secret_replaces_the_charts_own(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    docs = _template(helm, helm_env, "--set", "tls.existingCASecret=corp-ca")
+    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith(
+        "-tls-ca")]
+    volumes = {v["name"]: v for v in _find(docs, "Deployment", f"{RELEASE}-operator")[
+        "spec"]["template"]["spec"]["volumes"]}
+    assert volumes["ca"]["secret"]["secretName"] == "corp-ca"
+
+
+def _policies(docs: list[Doc]) -> dict[str, Doc]:
+    return {d["metadata"]["name"].removeprefix(f"{RELEASE}-"): d["spec"]
+            for d in docs if d["kind"] == "NetworkPolicy"}
+
+
+def _admits(policy: Doc, labels: dict[str, str] | None, port: int) -> bool:
+    """Whether a NetworkPolicy's ingress admits a pod of this namespace with ``labels``
+    (None: any other source, such as a node or another namespace) on ``port``."""
+    for rule in policy["ingress"]:
+        if port not in [p["port"] for p in rule.get("ports", [])]:
+            continue
+        peers = rule.get("from")
+        if not peers:
+            return True
+        for peer in peers:
+            if peer.get("namespaceSelector") == {} and "podSelector" not in peer:
+                return True
+            if labels is not None and "podSelector" in peer and "namespaceSelector" not in peer:
+                want = peer["podSelector"].get("matchLabels", {})
+                if all(labels.get(k) == v for k, v in want.items()):
+                    return True
+    return False
+
+
+def test_network_policies_admit_only_the_callers_of_each_port(
+    helm: Path, helm_env: dict[str, str]
+) -> None:
+    docs = _template(helm, helm_env)
+    policies = _policies(docs)
+    assert set(policies) == set(SERVICES)
+    callers = {"router": {"gateway"}, "agent": {"gateway", "operator"},
+               "knowledge": {"gateway", "agent"}}
+    pods = {s: {"app.kubernetes.io/name": "aion", "app.kubernetes.io/instance": RELEASE,
+                "app.kubernetes.io/component": s} for s in SERVICES}
+    pods["stranger"] = {"app": "something-else"}
+    for service, policy in policies.items():
+        deployment = _find(docs, "Deployment", f"{RELEASE}-{service}")
+        assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"][
+            "matchLabels"]
+        assert policy["policyTypes"] == ["Ingress"]
+        assert _admits(policy, None, 9090)  # metricsFrom: every namespace by default
+        if service in callers:
+            port = _container(deployment)["ports"][0]["containerPort"]
+            admitted = {p for p, labels in pods.items() if _admits(policy, labels, port)}
+            assert admitted == callers[service], service
+            assert not _admits(policy, None, port)
+            assert _admits(policy, None, INTERNAL[service])  # the kubelet's probes
+    assert _admits(policies["gateway"], None, 50051)
+    assert _admits(policies["gateway"], None, 8080)
+    assert _admits(policies["operator"], None, 8080)  # liveness
+    assert not _admits(policies["operator"], None, 50053)
+
+    monitoring = [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
+    narrowed = _policies(_template(helm, helm_env, "--set-json",
+                                   f"networkPolicy.metricsFrom={json.dumps(monitoring)}"))
+    for policy in narrowed.values():
+        assert not _admits(policy, None, 9090)
+        assert [r["from"] for r in policy["ingress"] if r["ports"] == [
+            {"port": 9090, "protocol": "TCP"}]] == [monitoring]
+    off = _template(helm, helm_env, "--set", "networkPolicy.enabled=false")
+    assert not _policies(off)

@@ -31,4 +31,13 @@ when it watches every namespace, else in a Role per watched namespace
 - apiGroups: ["", events.k8s.io]
   resources: [events]
   verbs: [create]
+# Internal mTLS: the operator keeps the Secrets aion-executor-tls (the executors'
+# certificate, which it renews) and aion-executor-http (their HTTP bearer token), and
+# applies each Agent's executor NetworkPolicy (server-side apply: patch).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, create, update]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch]
 {{- end }}

@@ -20,7 +20,7 @@ import grpc
 import pydantic
 import pytest
 
-from aion.agent import main
+from aion.agent import main, testing
 from aion.agent import settings as agent_settings
 from aion.api.agent.v1 import agent_pb2_grpc
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -97,9 +97,11 @@ def agent_dsn(postgres: Postgres) -> Iterator[str]:
 async def executor() -> AsyncIterator[ScriptedExecutor]:
     """The scripted executor, serving on a free port."""
     scripted = ScriptedExecutor()
-    srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1)
+    srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1,
+                            tls=testing.CA.tls("executor"), allow=testing.EXECUTOR_ALLOW,
+                            health_port=0)
     srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted,
-            "aion.executor.v1.Executor")
+            testing.EXECUTOR_SERVICE)
     async with srv:
         scripted.address = srv.address
         yield scripted
@@ -113,9 +115,11 @@ async def executor_pods() -> AsyncIterator[list[tuple[ScriptedExecutor, server.G
         pods = []
         for _ in range(2):
             scripted = ScriptedExecutor()
-            srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=0.1)
+            srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=0.1,
+                                    tls=testing.CA.tls("executor"),
+                                    allow=testing.EXECUTOR_ALLOW, health_port=0)
             srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted,
-                    "aion.executor.v1.Executor")
+                    testing.EXECUTOR_SERVICE)
             await stack.enter_async_context(srv)
             scripted.address = srv.address
             pods.append((scripted, srv))
@@ -128,7 +132,7 @@ def settings(dsn: str, bootstrap: str, prefix: str, **overrides: Any,
     values: dict[str, Any] = {
         "postgres_dsn": pydantic.SecretStr(dsn), "kafka_bootstrap": bootstrap,
         "topic_prefix": prefix,
-        "port": 0, "grace_s": 1.0, "max_input_chars": 100, "max_tokens_limit": 50,
+        "port": 0, "health_port": 0, "grace_s": 1.0, "max_input_chars": 100, "max_tokens_limit": 50,
         "retrieval_top_k": 0, "lease_s": 4.0, "heartbeat_s": 0.5, "reaper_interval_s": 0.5}
     values.update(overrides)
     return agent_settings.AgentSettings(**values)
@@ -151,8 +155,8 @@ class Service:
             self.address = address
             ready.set_result(address)
 
-        self._task = asyncio.create_task(main.run(self.cfg, until=self._stop.wait(),
-                                                  on_ready=on_ready))
+        self._task = asyncio.create_task(main.run(self.cfg, testing.CA.tls("agent"),
+                                                  until=self._stop.wait(), on_ready=on_ready))
         done, _ = await asyncio.wait([self._task, ready], timeout=60,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
@@ -190,7 +194,7 @@ async def service(new_service: Callable[..., Service]) -> AsyncIterator[Service]
 @pytest.fixture
 async def stub(service: Service) -> AsyncIterator[agent_pb2_grpc.AgentServiceAsyncStub]:
     """A client of the running service."""
-    async with grpc.aio.insecure_channel(service.address) as chan:
+    async with testing.channel(service.address) as chan:
         yield agent_pb2_grpc.AgentServiceStub(chan)
 
 

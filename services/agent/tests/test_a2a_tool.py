@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import grpc
 import pytest
 import uvicorn
 from a2a.helpers import proto_helpers
@@ -21,6 +20,7 @@ from a2a.types import a2a_pb2 as a2a
 from a2a.utils import errors as a2a_errors
 from starlette import applications
 
+from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.sdk.testing import suite
@@ -83,7 +83,7 @@ async def echo_url() -> AsyncIterator[tuple[str, Echo]]:
 @pytest.fixture(scope="module")
 async def a2a_agents(service: Any, echo_url: tuple[str, Echo]) -> None:
     """An agent that may ask the echo agent, and one whose A2A agent is gone."""
-    async with grpc.aio.insecure_channel(service.address) as chan:
+    async with agent_testing.channel(service.address) as chan:
         stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
         gone = f"http://127.0.0.1:{suite.free_port()}/gone"
         for name, tools in (("asker", [f"a2a:{echo_url[0]}"]), ("lost", [f"a2a:{gone}"])):

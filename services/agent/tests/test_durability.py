@@ -27,6 +27,7 @@ import pytest
 from prometheus_client import parser
 
 from aion.agent import db, events, kafka, outbox
+from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -48,9 +49,12 @@ class Proc:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = suite.free_port()
         self.metrics_port = suite.free_port()
+        self.health_port = suite.free_port()
         self.log = log
-        full = {**os.environ, **env, "AION_AGENT_PORT": str(self.port),
-                "AION_AGENT_METRICS_PORT": str(self.metrics_port)}
+        full = {**os.environ, **env, **agent_testing.process_env(log.parent / "tls"),
+                "AION_AGENT_PORT": str(self.port),
+                "AION_AGENT_METRICS_PORT": str(self.metrics_port),
+                "AION_AGENT_HEALTH_PORT": str(self.health_port)}
         with log.open("wb") as out:
             self.process = subprocess.Popen([sys.executable, "-m", "aion.agent"], env=full,
                                             stdout=out, stderr=subprocess.STDOUT,
@@ -63,7 +67,8 @@ class Proc:
     async def ready(self, timeout: float = 90) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while await asyncio.to_thread(suite.health_status, self.target) != "SERVING":
+        while await asyncio.to_thread(suite.health_status,
+                                      f"127.0.0.1:{self.health_port}") != "SERVING":
             assert self.process.poll() is None, f"agent exited; its log:\n{self.tail()}"
             assert loop.time() < deadline, f"agent not SERVING; its log:\n{self.tail()}"
             await asyncio.sleep(0.2)
@@ -100,7 +105,7 @@ def service_env(dsn: str, bootstrap: str, prefix: str, executor: str, worker: st
 
 
 async def register(target: str, executor: str) -> None:
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with agent_testing.channel(target) as chan:
         stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
         await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
             tenant=TENANT, agent=agents_pb2.Agent(name="worker", model="m"),
@@ -114,7 +119,7 @@ async def submit(target: str, text: str, *, asynchronous: bool = True,
     deadline = loop.time() + retry_for
     while True:
         try:
-            async with grpc.aio.insecure_channel(target) as chan:
+            async with agent_testing.channel(target) as chan:
                 stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(
                     chan)
                 resp = await stub.Submit(agent_pb2.RunRequest(
@@ -133,7 +138,7 @@ async def results(target: str, ids: list[str], *, timeout: float = 120,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     out: dict[str, common_pb2.TaskResult] = {}
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with agent_testing.channel(target) as chan:
         stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
         while True:
             for task_id in ids:
@@ -403,7 +408,7 @@ async def test_a_stop_with_the_broker_down_leaves_the_outbox_to_the_next_replica
 async def _calls_during_outage(target: str, task_id: str) -> list[tuple[grpc.StatusCode, str]]:
     """The status of a GetTask, a waiting Submit and a Run while the database is down."""
     got: list[tuple[grpc.StatusCode, str]] = []
-    async with grpc.aio.insecure_channel(target) as chan:
+    async with agent_testing.channel(target) as chan:
         stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
         spec = tasks_pb2.TaskSpec(agent="worker", input="during the outage")
         for call in (

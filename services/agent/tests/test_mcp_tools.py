@@ -9,7 +9,6 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import grpc
 import psycopg
 import pytest
 import uvicorn
@@ -18,6 +17,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 
 from aion.agent import mcp_tools
+from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.sdk.testing import suite
@@ -135,7 +135,7 @@ async def test_a_server_that_is_down_or_not_http_is_left_out() -> None:
 @pytest.fixture(scope="module")
 async def mcp_agents(service: Any, tool_server: ToolServer) -> None:
     """Agents whose tools are the MCP server's ``add``, and a server that is down."""
-    async with grpc.aio.insecure_channel(service.address) as chan:
+    async with agent_testing.channel(service.address) as chan:
         stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
         for name, tools in (("calc", [f"mcp:{tool_server.url}#add"]),
                             ("stranded", [f"mcp:http://127.0.0.1:{suite.free_port()}/mcp"])):

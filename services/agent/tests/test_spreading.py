@@ -13,10 +13,10 @@ import collections
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
-import grpc
 import pytest
 
 from aion.agent import endpoints, peers
+from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.executor.v1 import executor_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -55,13 +55,13 @@ def pods(executor_pods: list[tuple[Any, server.GrpcServer]]) -> list[Pod]:
 @pytest.fixture(scope="module")
 async def spread_service(new_service: Callable[..., Any]) -> AsyncIterator[Any]:
     """An agent service of this module's own."""
-    async with new_service() as svc:
+    async with new_service(max_running_per_tenant=16) as svc:  # 12 sync runs at once
         yield svc
 
 
 @pytest.fixture
 async def stub(spread_service: Any) -> AsyncIterator[Stub]:
-    async with grpc.aio.insecure_channel(spread_service.address) as chan:
+    async with agent_testing.channel(spread_service.address) as chan:
         yield agent_pb2_grpc.AgentServiceStub(chan)
 
 
@@ -127,7 +127,8 @@ async def test_pods_that_join_get_calls_after_the_next_resolution(pods: list[Pod
 
     request = executor_pb2.GenerateRequest(
         model="m", messages=[executor_pb2.ChatMessage(role="user", content="hi")])
-    async with peers.Peers(knowledge_target=None, resolver=resolve, refresh_s=0.2) as clients:
+    async with peers.Peers(tls=agent_testing.CA.tls("agent"), knowledge_target=None,
+                           resolver=resolve, refresh_s=0.2) as clients:
         async def call() -> None:
             async for _ in clients.generate(("exec.test:50055",), request, timeout=10):
                 pass

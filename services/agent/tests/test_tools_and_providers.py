@@ -19,13 +19,13 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import grpc
 import httpx
 import psycopg
 import pydantic
 import pytest
 
 from aion.agent import provider
+from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -41,6 +41,7 @@ Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "acme"
 MODEL = "smollm2-135m-instruct"
 COST_PER_1K = 0.5
+EXECUTOR_TOKEN = "provider-test-token"  # the executor's HTTP API key, sent by the provider
 DOCS = (b"Kubernetes schedules pods onto nodes.",
         b"GPUs are advertised by the NVIDIA device plugin as nvidia.com/gpu.",
         b"Kafka keeps events in ordered partitions.")
@@ -50,9 +51,11 @@ DOCS = (b"Kubernetes schedules pods onto nodes.",
 @pytest.fixture(scope="module")
 def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m aion.executor`` serving all-MiniLM-L6-v2 embeddings; its gRPC target."""
-    port = suite.free_port()
+    port, health_port = suite.free_port(), suite.free_port()
     log = tmp_path_factory.mktemp("embedder") / "executor.log"
-    env = {**os.environ, "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
+    env = {**os.environ, **agent_testing.process_env(log.parent / "tls", "executor"),
+           "AION_EXECUTOR_HEALTH_PORT": str(health_port),
+           "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
            "AION_EXECUTOR_HTTP_PORT": "0", "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
            "AION_EXECUTOR_N_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("AION_EXECUTOR_KAFKA_BOOTSTRAP", None)
@@ -62,7 +65,7 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     target = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
-        while suite.health_status(target) != "SERVING":
+        while suite.health_status(f"127.0.0.1:{health_port}") != "SERVING":
             assert proc.poll() is None, f"the embedder exited; its log:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"the embedder is not serving:\n{log.read_text()}"
             time.sleep(0.3)
@@ -93,9 +96,9 @@ async def knowledge(knowledge_dsn: str, kafka: Kafka, minio: MinIO, embedder: st
         minio_endpoint=minio.endpoint, minio_access_key=minio.access_key,
         minio_secret_key=pydantic.SecretStr(minio.secret_key),
         minio_bucket=f"kb-tools-{uuid.uuid4().hex[:8]}", executor_target=embedder,
-        topic_prefix=f"k{uuid.uuid4().hex[:8]}.", port=0, grace_s=1.0,
+        topic_prefix=f"k{uuid.uuid4().hex[:8]}.", port=0, health_port=0, grace_s=1.0,
         qdrant_path=str(tmp_path_factory.mktemp("qdrant")))
-    async with knowledge_testing.Service(cfg) as svc:
+    async with knowledge_testing.Service(cfg, ca=agent_testing.CA) as svc:
         for tenant, contents in ((TENANT, DOCS),
                                  ("globex", (b"Globex keeps its quarterly zebra ledger.",))):
             for i, content in enumerate(contents):  # a passage each
@@ -108,7 +111,9 @@ def model_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m aion.executor`` with its OpenAI-compatible HTTP endpoint; its /v1 URL."""
     port, http_port = suite.free_port(), suite.free_port()
     log = tmp_path_factory.mktemp("executor") / "executor.log"
-    env = {**os.environ, "AION_EXECUTOR_PORT": str(port),
+    env = {**os.environ, **agent_testing.process_env(log.parent / "tls", "executor"),
+           "AION_EXECUTOR_HEALTH_PORT": str(suite.free_port()),
+           "AION_EXECUTOR_HTTP_TOKEN": EXECUTOR_TOKEN, "AION_EXECUTOR_PORT": str(port),
            "AION_EXECUTOR_HTTP_PORT": str(http_port),
            "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
            "AION_EXECUTOR_N_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -149,13 +154,16 @@ async def service(new_service: Callable[..., Any], executor: Any, knowledge: str
     """The agent service with retrieval, the knowledge service and the provider."""
     async with new_service(knowledge_target=knowledge, retrieval_top_k=2,
                            provider_base_url=model_api, provider_model=MODEL,
+                           provider_api_key=pydantic.SecretStr(EXECUTOR_TOKEN),
                            provider_cost_per_1k_tokens=COST_PER_1K) as svc:
-        async with grpc.aio.insecure_channel(svc.address) as chan:
+        async with agent_testing.channel(svc.address) as chan:
             stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
-            for name, tools, kbs in (("librarian", ["knowledge_search"], ["docs"]),
-                                     ("plain", [], [])):
+            # "plain" may use the external API (the provider); "librarian" is local-only.
+            for name, tools, kbs, privacy in (
+                    ("librarian", ["knowledge_search"], ["docs"], common_pb2.PRIVACY_LOCAL_ONLY),
+                    ("plain", [], [], common_pb2.PRIVACY_ALLOW_API)):
                 await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-                    tenant=TENANT, instructions="Answer briefly.", tools=tools,
+                    tenant=TENANT, instructions="Answer briefly.", tools=tools, privacy=privacy,
                     agent=agents_pb2.Agent(name=name, model="m", knowledge_bases=kbs),
                     executor_endpoints=[executor.address]))
         yield svc
@@ -281,7 +289,7 @@ async def test_hybrid_stays_local_when_the_local_pool_answers(
 
 async def test_provider_errors_are_clear(model_api: str) -> None:
     messages = [("user", "hi")]
-    async with provider.Provider(base_url=model_api, api_key="", model="no-such-model",
+    async with provider.Provider(base_url=model_api, api_key=EXECUTOR_TOKEN, model="no-such-model",
                                  cost_per_1k_tokens=0) as wrong_model:
         with pytest.raises(errors.FailedPrecondition,
                            match=r"the model API answered 4\d\d: .*no-such-model"):
@@ -297,8 +305,17 @@ async def test_provider_errors_are_clear(model_api: str) -> None:
                 pass
 
 
+async def test_the_provider_without_the_executors_key_is_refused(model_api: str) -> None:
+    async with provider.Provider(base_url=model_api, api_key="wrong", model=MODEL,
+                                 cost_per_1k_tokens=0) as api:
+        with pytest.raises(errors.AionError, match="401"):
+            async for _ in api.generate([("user", "hi")], max_tokens=2, temperature=0,
+                                        seed=None, timeout=30):
+                pass
+
+
 async def test_provider_streams_the_reply_with_usage_last(model_api: str) -> None:
-    async with provider.Provider(base_url=model_api, api_key="", model=MODEL,
+    async with provider.Provider(base_url=model_api, api_key=EXECUTOR_TOKEN, model=MODEL,
                                  cost_per_1k_tokens=0) as api:
         chunks = [c async for c in api.generate([("user", "Count to three.")], max_tokens=6,
                                                 temperature=0, seed=1, timeout=60)]

@@ -22,7 +22,7 @@ HI: list[openai_chat.ChatCompletionMessageParam] = [{"role": "user", "content": 
 
 def client(ex: testing.Executor) -> openai.AsyncOpenAI:
     """The OpenAI client, pointed at the executor, without retries (use it with async with)."""
-    return openai.AsyncOpenAI(base_url=f"{ex.http_url}/v1", api_key="unused", max_retries=0,
+    return openai.AsyncOpenAI(base_url=f"{ex.http_url}/v1", api_key=ex.http_token, max_retries=0,
                               timeout=120)
 
 
@@ -98,7 +98,7 @@ async def test_embeddings_through_the_client_and_as_floats(embedder: testing.Exe
     assert rows.shape == (2, 384)
     assert float(rows[0] @ rows[1]) > 0.9
     assert result.usage.prompt_tokens > 0
-    async with httpx.AsyncClient(base_url=embedder.http_url) as http:
+    async with httpx.AsyncClient(base_url=embedder.http_url, headers=embedder.http_headers) as http:
         raw = await http.post("/v1/embeddings", json={"input": "How do I reset my password?",
                                                       "encoding_format": "float"})
     assert raw.status_code == 200
@@ -120,7 +120,8 @@ async def test_embeddings_through_the_client_and_as_floats(embedder: testing.Exe
 async def test_bad_input_is_a_400_naming_the_field(generator: testing.Executor,
                                                    path: str, body: dict[str, object],
                                                    param: str | None) -> None:
-    async with httpx.AsyncClient(base_url=generator.http_url) as http:
+    async with httpx.AsyncClient(base_url=generator.http_url,
+                                 headers=generator.http_headers) as http:
         response = await http.post(path, json=body)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
@@ -168,7 +169,8 @@ async def test_a_full_queue_is_a_429_with_retry_after(
 
 async def test_a_client_that_disconnects_frees_its_slot(generator: testing.Executor) -> None:
     body = {"messages": HI, "max_tokens": 64, "stream": True}
-    async with (httpx.AsyncClient(base_url=generator.http_url, timeout=60) as http,
+    async with (httpx.AsyncClient(base_url=generator.http_url, timeout=60,
+                             headers=generator.http_headers) as http,
                 http.stream("POST", "/v1/chat/completions", json=body) as response):
         assert response.status_code == 200
         lines = aiter(response.aiter_lines())
@@ -183,6 +185,43 @@ async def test_a_client_that_disconnects_frees_its_slot(generator: testing.Execu
 
 
 async def test_health_says_ready(generator: testing.Executor) -> None:
-    async with httpx.AsyncClient(base_url=generator.http_url) as http:
+    async with httpx.AsyncClient(base_url=generator.http_url,
+                                 headers=generator.http_headers) as http:
         response = await http.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"ready": True})
+
+
+async def test_the_bearer_token_is_required(generator: testing.Executor) -> None:
+    body = {"model": GEN, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    async with httpx.AsyncClient(base_url=generator.http_url, timeout=60) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"},
+                        {"Authorization": generator.http_token}):
+            for method, path in (("GET", "/v1/models"), ("POST", "/v1/chat/completions"),
+                                 ("POST", "/v1/embeddings"), ("POST", "/v1/completions")):
+                got = await http.request(method, path, json=body, headers=headers)
+                assert got.status_code == 401, (headers, path, got.text)
+                assert got.json()["error"]["type"] == "authentication_error"
+        assert (await http.get("/healthz")).status_code == 200
+        ok = await http.post("/v1/chat/completions", json=body, headers=generator.http_headers)
+        assert ok.status_code == 200, ok.text
+
+
+async def test_without_a_token_the_http_api_is_closed(
+        generation_model: llama_backend.LlamaBackend) -> None:
+    from aion.core import http_server
+    from aion.executor import http_api
+    service = testing.generation_service(generation_model, name=GEN, max_queue=1, limits=(
+        validation.Limits(default_max_tokens=8, max_tokens_limit=64, max_texts=16)))
+    http = http_server.HttpServer(http_api.OpenAIApi(service, token=None).app,
+                                  name="closed", host="127.0.0.1", port=0)
+    async with http:
+        serving = asyncio.create_task(http.serve())
+        try:
+            async with httpx.AsyncClient(base_url=http.url) as client_:
+                refused = await client_.get("/v1/models", headers={"Authorization": "Bearer x"})
+                assert refused.status_code == 401
+                assert "AION_EXECUTOR_HTTP_TOKEN" in refused.json()["error"]["message"]
+                assert (await client_.get("/healthz")).status_code in (200, 503)
+        finally:
+            http.shutdown()
+            await serving

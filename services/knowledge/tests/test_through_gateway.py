@@ -39,7 +39,8 @@ def gateway(service: testing.Service, tmp_path_factory: pytest.TempPathFactory) 
     port = suite_testing.free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     keys = [{"key": k, "tenant": t, "roles": r} for k, (t, r) in KEYS.items()]
-    env = {**os.environ, "AION_GATEWAY_PORT": str(port),
+    env = {**os.environ, **testing.CA.env(log.parent / "tls", "gateway"),
+           "AION_GATEWAY_PORT": str(port),
            "AION_GATEWAY_KNOWLEDGE_TARGET": service.address,
            "AION_GATEWAY_API_KEYS": json.dumps(keys), "AION_GATEWAY_ALLOW_ANONYMOUS": "false"}
     with log.open("wb") as out:

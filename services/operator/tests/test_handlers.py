@@ -10,6 +10,7 @@ import kopf
 import pytest
 
 from aion.api.v1 import common_pb2
+from aion.core import tls
 from aion.operator import handlers, kube, registration, settings, spec, stuck
 
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -69,7 +70,7 @@ def test_places_on_the_cheapest_pool_with_its_own_label(
     assert pod["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["containers"][0]["image"] == "registry.test/aion-executor:1.2.3"
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
     assert env["AION_EXECUTOR_HOST"] == "0.0.0.0"  # the pod's address, for probes and calls
     assert env["AION_EXECUTOR_OTLP_ENDPOINT"] == "http://otel:4317"
     assert env["AION_EXECUTOR_HTTP_PORT"] == "8000"
@@ -226,7 +227,8 @@ def test_a_registrar_adds_the_deregistering_delete_handler(
         cfg: settings.AionOperatorSettings) -> None:
     registry = kopf.OperatorRegistry()
     handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg,
-                      registrar=registration.Registrar("127.0.0.1:1"))
+                      registrar=registration.Registrar(
+                          "127.0.0.1:1", tls=tls.LocalCa().tls("operator")))
     ids = {h.id for h in registry._changing.get_all_handlers()}
     assert ids == {"place", "place/spec", "deregister"}
 
@@ -401,3 +403,101 @@ def test_a_gpupool_status_follows_its_pool_and_skips_unchanged_writes(
 def _unused_client() -> Any:
     # Registering makes no call; a client would need a kubeconfig to build.
     return object()
+
+
+class _RecordingKube:
+    """What ``reconcile`` calls on the cluster, recorded in order."""
+
+    def __init__(self, snapshot: kube.Snapshot, calls: list[str]) -> None:
+        self._snapshot = snapshot
+        self.calls = calls
+        self.applied: list[dict[str, Any]] = []
+
+    async def snapshot(self) -> kube.Snapshot:
+        return self._snapshot
+
+    async def autoscaled(self, _name: str, *, namespace: str) -> bool:
+        return False
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        self.calls.append(f"apply {manifest['kind']}")
+        self.applied.append(manifest)
+
+
+class _RecordingKeeper:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def ensure(self, namespace: str) -> str:
+        self.calls.append(f"ensure {namespace}")
+        return "2027-01-01T00:00:00+00:00"
+
+
+async def test_reconcile_keeps_the_executor_secrets_before_applying_what_mounts_them(
+        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
+    calls: list[str] = []
+    client = _RecordingKube(_snapshot(local_nodes), calls)
+    executors = handlers.Executors(secrets=_RecordingKeeper(calls),  # type: ignore[arg-type]
+                                   platform_namespace="aion")
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}})
+    patch = kopf.Patch()
+    decision = await handlers.reconcile(
+        kopf.Body(body), patch, client=client, cfg=cfg,  # type: ignore[arg-type]
+        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
+                                      settings=kopf.OperatorSettings()),
+        executors=executors)
+    assert calls == ["ensure team-a", "apply Deployment", "apply Service", "apply NetworkPolicy"]
+    assert decision.deployment is not None
+    assert decision.network_policy is not None
+    annotations = decision.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["aion.dev/tls-not-after"] == "2027-01-01T00:00:00+00:00"
+    peer = decision.network_policy["spec"]["ingress"][0]["from"][0]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "aion"}
+
+
+def test_a_fallback_keeps_the_certificate_and_the_network_policy(
+        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]]) -> None:
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}},
+                  status={"nodePool": "l4", "observedGeneration": 3})
+    found = handlers.discover(body, _snapshot(local_nodes))
+    moved = handlers.fall_back(body, spec.parse(body["spec"]), _unschedulable(600),
+                               found=found, cfg=cfg, now=NOW, tls_version="v1",
+                               platform_namespace="aion")
+    assert moved is not None
+    assert moved.deployment is not None
+    assert moved.network_policy is not None
+    assert moved.deployment["spec"]["template"]["metadata"]["annotations"][
+        "aion.dev/tls-not-after"] == "v1"
+
+
+async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployment(
+        cfg: settings.AionOperatorSettings) -> None:
+    calls: list[str] = []
+    deployment = _deployment(ready=1, updated=1)
+
+    class Kube:
+        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
+            return []
+
+        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
+            calls.append(f"read {name}")
+            return deployment
+
+    class Keeper(_RecordingKeeper):
+        async def roll(self, found: dict[str, Any] | None, namespace: str) -> bool:
+            calls.append(f"roll {namespace}")
+            assert found is deployment
+            return True
+
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}}, generation=2,
+                  status={"nodePool": "cpu", "observedGeneration": 2, "phase": "Placed"})
+    await handlers.follow(
+        kopf.Body(body), kopf.Patch(), client=Kube(), cfg=cfg,  # type: ignore[arg-type]
+        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
+                                      settings=kopf.OperatorSettings()),
+        registrar=None,
+        executors=handlers.Executors(secrets=Keeper(calls),  # type: ignore[arg-type]
+                                     platform_namespace="aion"))
+    assert calls == ["ensure team-a", "read aion-executor-chat", "roll team-a"]

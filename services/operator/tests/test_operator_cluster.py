@@ -33,12 +33,16 @@ import yaml
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2
+from aion.core import tls
 from aion.infra import cluster as cluster_mod
 from aion.infra.cluster import Cluster
 from aion.infra.component import poll
 from aion.infra.kafka import Kafka
 from aion.infra.postgres import Postgres
 from aion.sdk.testing import suite
+
+# The certificates of the agent service, the operator and the test's own calls.
+CA = tls.LocalCa()
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -122,7 +126,8 @@ class Process:
 def _operator(cluster: Cluster, log: pathlib.Path, *, namespaces: str, agent_target: str = "",
               lease: str = "aion-operator", identity: str = "") -> Process:
     """An operator process (not started) on ``namespaces``, with short test timings."""
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+    env = {**os.environ, **CA.env(log.parent / "tls", "operator"),
+           "KUBECONFIG": str(cluster.kubeconfig),
            "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:test",
            "AION_OPERATOR_NAMESPACES": namespaces,
            "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
@@ -154,6 +159,8 @@ def crds(cluster: Cluster) -> None:
 def _agent_process(kafka: Kafka, postgres: Postgres, log: pathlib.Path) -> Process:
     """``python -m aion.agent`` (not started) on the local Postgres and Kafka."""
     env = {**os.environ, **kafka.endpoints(), **postgres.endpoints(),
+           **CA.env(log.parent / "tls", "agent"),
+           "AION_AGENT_HEALTH_PORT": str(suite.free_port()),
            "AION_AGENT_PORT": str(suite.free_port()),
            "AION_AGENT_METRICS_PORT": str(suite.free_port()),
            "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}."}
@@ -162,7 +169,8 @@ def _agent_process(kafka: Kafka, postgres: Postgres, log: pathlib.Path) -> Proce
 
 def _serving(service: Process) -> None:
     service.start()
-    status = _eventually(lambda: suite.health_status(_agent_target(service)),
+    health = f"127.0.0.1:{service.env['AION_AGENT_HEALTH_PORT']}"
+    status = _eventually(lambda: suite.health_status(health),
                          lambda s: s == "SERVING" or not service.alive())
     assert status == "SERVING", service.tail()
 
@@ -276,7 +284,9 @@ def _pods(cluster: Cluster, namespace: str, agent: str) -> list[dict[str, Any]]:
 
 def _registered(service: Process, tenant: str, name: str) -> Any:
     """The agent service's record of the agent, or the gRPC status code when it has none."""
-    with grpc.insecure_channel(_agent_target(service)) as channel:
+    caller = CA.tls("gateway")
+    with grpc.secure_channel(_agent_target(service), caller.channel_credentials(),
+                             options=caller.channel_options("agent")) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         try:
             return stub.GetAgent(agent_pb2.AgentRef(tenant=tenant, name=name), timeout=5)

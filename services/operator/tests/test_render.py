@@ -25,7 +25,7 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
 
 
 def _env(deployment: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in _container(deployment)["env"]}
+    return {e["name"]: e["value"] for e in _container(deployment)["env"] if "value" in e}
 
 
 def _match_expressions(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -85,10 +85,10 @@ def test_env_carries_model_address_and_platform_settings(gpu_spec: dict[str, Any
         _deployment(gpu_spec)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
 
 
-def test_grpc_probes_on_the_executor_port() -> None:
+def test_grpc_probes_on_the_executor_health_port() -> None:
     c = _container(_deployment({"model": {"name": "m"}}))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert c[probe]["grpc"] == {"port": 50055}
+        assert c[probe]["grpc"] == {"port": 51055}
     assert {"name": "grpc", "containerPort": 50055, "protocol": "TCP"} in c["ports"]
 
 
@@ -126,7 +126,7 @@ def test_service_selects_the_executor_pods() -> None:
                                     {"name": "http", "port": 8000, "targetPort": "http",
                                      "protocol": "TCP", "appProtocol": "http"}]
     container = d["spec"]["template"]["spec"]["containers"][0]
-    assert {p["name"] for p in container["ports"]} == {"grpc", "http", "metrics"}
+    assert {p["name"] for p in container["ports"]} == {"grpc", "http", "metrics", "health"}
 
 
 def test_long_agent_names_stay_valid_and_distinct() -> None:
@@ -137,3 +137,74 @@ def test_long_agent_names_stay_valid_and_distinct() -> None:
     assert len(b) <= 63
     assert "." not in a
     assert len(render.labels("a" * 100)["aion.dev/agent"]) <= 63
+
+
+def _tls_deployment(version: str | None) -> dict[str, Any]:
+    return render.executor_deployment(
+        "chat", "team-a", spec.parse({"model": {"name": "m"}}), pool_label="p", pool="cpu",
+        image="aion-executor:1", owner=OWNER, tls_version=version)
+
+
+def test_executor_mounts_its_certificate_and_reads_its_token_from_secrets() -> None:
+    d = _tls_deployment("2027-12-02T17:00:00+00:00")
+    pod = d["spec"]["template"]["spec"]
+    container = _container(d)
+    env = {e["name"]: e for e in container["env"]}
+    assert {k: env[k]["value"] for k in ("AION_TLS_CA_FILE", "AION_TLS_CERT_FILE",
+                                         "AION_TLS_KEY_FILE")} == {
+        "AION_TLS_CA_FILE": "/etc/aion/tls/ca.crt", "AION_TLS_CERT_FILE": "/etc/aion/tls/tls.crt",
+        "AION_TLS_KEY_FILE": "/etc/aion/tls/tls.key"}
+    assert env["AION_EXECUTOR_HTTP_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "aion-executor-http", "key": "token"}}
+    assert {"name": "tls", "mountPath": "/etc/aion/tls", "readOnly": True} in container[
+        "volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"] == {"secretName": "aion-executor-tls", "defaultMode": 0o440}
+    # A renewed certificate changes the pod template, which rolls the pods.
+    annotations = d["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["aion.dev/tls-not-after"] == "2027-12-02T17:00:00+00:00"
+
+
+def test_without_a_ca_the_executor_has_no_certificate_but_still_its_token() -> None:
+    d = _tls_deployment(None)
+    container = _container(d)
+    names = {e["name"] for e in container["env"]}
+    assert not {n for n in names if n.startswith("AION_TLS_")}
+    assert "AION_EXECUTOR_HTTP_TOKEN" in names
+    assert [m["name"] for m in container["volumeMounts"]] == ["tmp"]
+    assert "aion.dev/tls-not-after" not in d["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_probes_use_the_plaintext_health_port_and_the_pod_is_locked_down() -> None:
+    d = _tls_deployment("v")
+    container = _container(d)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": render.HEALTH_PORT}, probe
+    assert render.HEALTH_PORT == 51055
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["AION_EXECUTOR_HEALTH_PORT"] == "51055"
+    assert {"name": "health", "containerPort": 51055, "protocol": "TCP"} in container["ports"]
+    pod = d["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    # The health port is a container port only: the Service offers gRPC and HTTP.
+    service = render.executor_service("chat", "team-a", owner=OWNER)
+    assert [p["port"] for p in service["spec"]["ports"]] == [50055, 8000]
+
+
+def test_executor_network_policy_admits_only_the_platforms_agent_and_knowledge_pods() -> None:
+    policy = render.executor_network_policy("chat", "team-a", owner=OWNER,
+                                            platform_namespace="aion")
+    assert policy["metadata"]["namespace"] == "team-a"
+    assert policy["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert policy["spec"]["podSelector"] == {"matchLabels": render.selector("chat")}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    calls, open_ports = policy["spec"]["ingress"]
+    [peer] = calls["from"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "aion"}}
+    assert peer["podSelector"]["matchExpressions"] == [
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["agent", "knowledge"]}]
+    assert [p["port"] for p in calls["ports"]] == [50055, 8000]
+    assert "from" not in open_ports
+    assert [p["port"] for p in open_ports["ports"]] == [51055, 9090]

@@ -16,7 +16,7 @@ from typing import TypeVar
 import pydantic
 import pydantic_settings
 
-S = TypeVar("S", bound="ServiceSettings")
+S = TypeVar("S", bound=pydantic_settings.BaseSettings)
 
 
 class ServiceSettings(pydantic_settings.BaseSettings):
@@ -43,7 +43,7 @@ class SettingsError(SystemExit):
     """Raised at start when the environment does not describe a valid configuration."""
 
 
-def known_variables(cls: type[ServiceSettings]) -> set[str]:
+def known_variables(cls: type[pydantic_settings.BaseSettings]) -> set[str]:
     """The environment variables ``cls`` reads: prefix + field name, and each alias."""
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
     names: set[str] = set()
@@ -57,7 +57,7 @@ def known_variables(cls: type[ServiceSettings]) -> set[str]:
     return names
 
 
-def unknown_variables(cls: type[ServiceSettings],
+def unknown_variables(cls: type[pydantic_settings.BaseSettings],
                       environ: Mapping[str, str] | None = None) -> list[str]:
     """Lines naming each variable with ``cls``'s prefix that no setting reads, with the
     known variables close to it; empty when there is none."""

@@ -11,7 +11,7 @@ from aion.agent import model, store
 from aion.api.agent.v1 import agent_pb2
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import errors
+from aion.core import authz, errors
 
 _PRIVACY_TO_PB = {
     model.Privacy.LOCAL_ONLY: common_pb2.PRIVACY_LOCAL_ONLY,
@@ -37,7 +37,7 @@ def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float,
     """A TaskSpec from the request (validated by the runner)."""
     opts = msg.options
     return model.TaskSpec(
-        tenant=tenant or "default",
+        tenant=authz.require_tenant(tenant),
         agent=msg.agent,
         input=msg.input,
         idempotency_key=msg.idempotency_key,
@@ -139,7 +139,7 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     a = msg.agent
     privacy = msg.privacy or a.privacy
     return model.AgentRecord(
-        tenant=msg.tenant or "default", name=a.name, model=a.model,
+        tenant=authz.require_tenant(msg.tenant), name=a.name, model=a.model,
         model_task=a.model_task or "generate", instructions=msg.instructions,
         description=a.description,
         privacy=_PRIVACY_FROM_PB.get(privacy, model.Privacy.LOCAL_ONLY),

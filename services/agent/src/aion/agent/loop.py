@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import time
 from collections.abc import AsyncGenerator
 from typing import Any, Protocol
@@ -18,6 +19,8 @@ from typing import Any, Protocol
 from aion.agent import a2a_tools, mcp_tools, model, peers, provider, registry, store, tools
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
+
+log = logging.getLogger(__name__)
 
 MAX_DEPTH = 2  # an agent called as a tool may not call agents in turn beyond this
 MCP_TIMEOUT_S = 30.0  # most an MCP server or A2A agent may take to list tools or answer
@@ -57,6 +60,22 @@ class _Quiet:
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
         self.cost_usd += rec.cost_usd
+
+
+# How far each route lets a task's data go, and the farthest each privacy allows.
+_REACH = {"local": 0, "hybrid": 1, "api": 2}
+_FARTHEST = {model.Privacy.LOCAL_ONLY: "local", model.Privacy.HYBRID: "hybrid",
+             model.Privacy.ALLOW_API: "api"}
+
+
+def allowed_route(privacy: model.Privacy, route: str) -> str:
+    """``route`` narrowed to what ``privacy`` allows: a local-only agent runs local whatever
+    decision it is handed (an unknown route is local too)."""
+    farthest = _FARTHEST[privacy]
+    reach = _REACH.get(route)
+    if reach is None:
+        return "local"
+    return route if reach <= _REACH[farthest] else farthest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +136,18 @@ class AgentLoop:
 
     async def run(self, agent: model.AgentRecord, req: Request, sink: Sink, *,
                   depth: int = 0) -> str:
-        """Run ``agent`` on ``req`` to its final answer."""
+        """Run ``agent`` on ``req`` to its final answer.
+
+        The route is narrowed to the agent's own privacy first, so a decision that
+        would send a local-only agent's data out (a forged one, or a caller's route
+        handed down to an agent it calls as a tool) runs it locally instead.
+        """
+        route = allowed_route(agent.privacy, req.route)
+        if route != req.route:
+            log.warning("route narrowed to the agent's privacy", extra={
+                "agent": agent.name, "tenant": req.tenant, "route": req.route,
+                "privacy": agent.privacy.value, "runs": route})
+            req = dataclasses.replace(req, route=route)
         system = agent.instructions or "You are a helpful assistant."
         context = await self._context(agent, req)
         if context:

@@ -24,12 +24,23 @@ from aion.agent import (
 )
 from aion.agent import settings as agent_settings
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.core import lifecycle, metrics, server, settings, telemetry
+from aion.core import authz, lifecycle, metrics, server, settings, telemetry, tls
 
 log = logging.getLogger(__name__)
 
+SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+# Who may call each RPC (their certificates' identities): the gateway runs tasks
+# and serves the public Agents API; only the operator registers agents.
+_GATEWAY = {"Run", "Submit", "Follow", "GetTask", "CancelTask", "ListAgents", "GetAgent",
+            "ApplyAgents"}
+ALLOW = authz.methods(SERVICE, {
+    **{name: {"gateway"} for name in _GATEWAY},
+    "RegisterAgent": {"operator"}, "DeregisterAgent": {"operator"},
+})
 
-async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | None = None,
+
+async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
+              until: Awaitable[object] | None = None,
               on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or ``until`` completes); then drain the server and
     hand running tasks back. ``on_ready`` gets the gRPC address once it serves."""
@@ -37,7 +48,7 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
     await db.migrate(dsn)
     topics = events.Topics(cfg.topic_prefix)
     await kafka.ensure_topics(cfg.kafka_bootstrap, {
-        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1})
+        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1}, cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(
             dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
@@ -49,11 +60,11 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
                                             executor_target=cfg.executor_target):
                 await agents.put(agent)
                 log.info("registered agent from file", extra={"agent": agent.name})
-        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap)
+        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
         tasks = store.TaskStore(pool=pool, topics=topics, lease_s=cfg.lease_s,
                                 to_result=convert.result_to_pb, on_commit=publisher.wake)
         clients = await stack.enter_async_context(
-            peers.Peers(knowledge_target=cfg.knowledge_target))
+            peers.Peers(tls=material, knowledge_target=cfg.knowledge_target))
         api = None
         if cfg.provider_base_url:
             key = cfg.provider_api_key.get_secret_value() if cfg.provider_api_key else ""
@@ -66,7 +77,12 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
             max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
             max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
             heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
-            reaper_interval_s=cfg.reaper_interval_s)
+            reaper_interval_s=cfg.reaper_interval_s,
+            max_running_per_tenant=cfg.max_running_per_tenant,
+            max_idempotency_key_chars=cfg.max_idempotency_key_chars,
+            dispatch_poll_s=cfg.dispatch_poll_s, task_retention_s=cfg.task_retention_s,
+            processed_event_retention_s=cfg.processed_event_retention_s,
+            retention_interval_s=cfg.retention_interval_s)
         async with asyncio.TaskGroup() as group:
             task_runner = runner.Runner(tasks=tasks, agents=agents, agent_loop=agent_loop,
                                         spawn=group.create_task, owner=cfg.worker_id,
@@ -77,16 +93,18 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
                 group.create_task(task_runner.reaper()),
                 group.create_task(worker.consumer(
                     run=task_runner, pool=pool, topics=topics,
-                    bootstrap=cfg.kafka_bootstrap).run()),
+                    bootstrap=cfg.kafka_bootstrap, security=cfg).run()),
             ]
             grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
                                             grace_s=cfg.grace_s,
                                             drain_delay_s=cfg.drain_delay_s,
-                                            extra_interceptors=[db.UnavailableInterceptor()])
+                                            extra_interceptors=[db.UnavailableInterceptor()],
+                                            tls=material, allow=ALLOW,
+                                            health_port=cfg.health_port)
             grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
                             servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
                                                    default_timeout_s=cfg.default_timeout_s),
-                            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
+                            SERVICE)
             with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
                 async with grpc_server:
                     log.info("agent service ready", extra={"worker": cfg.worker_id})
@@ -113,5 +131,6 @@ async def run(cfg: agent_settings.AgentSettings, *, until: Awaitable[object] | N
 def main() -> None:
     """Entry point."""
     cfg = settings.load(agent_settings.AgentSettings)
+    material = tls.load()
     telemetry.setup(service="agent", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, material))

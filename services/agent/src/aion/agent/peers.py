@@ -1,5 +1,8 @@
 """Channels to the executors and the knowledge service, opened once and closed on exit.
 
+Every channel is mTLS as the agent service's identity, and checks that the pod
+it reaches is an ``executor`` (or the ``knowledge`` service), whatever its address.
+
 Each executor pod gets a channel of its own, and ``endpoints.Endpoints`` picks
 the pod of each call, so an Agent's tasks spread over all its pods. A call
 that a pod refuses before its first token (unreachable, or its queue full) is
@@ -20,6 +23,7 @@ from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
 from aion.core import channels, errors
+from aion.core import tls as tls_mod
 
 # How long the channel of a pod that left its Service stays open for the calls
 # still running on it (a task's own timeout ends them sooner).
@@ -29,10 +33,11 @@ RETIRE_GRACE_S = 600.0
 class Peers:
     """The agent service's clients: executors by address, and the knowledge service."""
 
-    def __init__(self, *, knowledge_target: str | None,
+    def __init__(self, *, tls: tls_mod.Tls, knowledge_target: str | None,
                  chooser: endpoints_mod.Chooser | None = None,
                  resolver: endpoints_mod.Resolver = endpoints_mod.resolve,
                  refresh_s: float = 5.0) -> None:
+        self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self.endpoints = endpoints_mod.Endpoints(chooser=chooser, resolver=resolver,
@@ -40,12 +45,13 @@ class Peers:
         self._knowledge: knowledge_pb2_grpc.KnowledgeServiceAsyncStub | None = None
         self._knowledge_channel: grpc.aio.Channel | None = None
         if knowledge_target:
-            self._knowledge_channel = channels.connect(knowledge_target)
+            self._knowledge_channel = channels.connect(knowledge_target, tls=tls,
+                                                      peer="knowledge")
             self._knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(self._knowledge_channel)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = channels.connect(target)
+            self._channels[target] = channels.connect(target, tls=self._tls, peer="executor")
         return self._channels[target]
 
     def _retire(self, address: str) -> None:

@@ -204,6 +204,36 @@ class PostgresRegistry:
             f"{_owner_words(owner).removeprefix('by ')}; nothing was deregistered")
 
 
+MAX_MANIFEST_BYTES = 256 * 1024
+MAX_DOCUMENTS = 64
+_MAX_ERRORS = 5
+_DEFAULT_MAX_TOKENS = 256  # an agent's maxTokens when its manifest names none
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing anchors and aliases before anything is built: an
+    alias is a shared reference, and nested ones expand exponentially (a "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not accepted in a "
+                "manifest; write each value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """What is wrong, from the errors' locations and messages only (never the input, whose
+    repr may be huge)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:_MAX_ERRORS]:
+        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        parts.append(f"{where}: {err['msg'][:200]}")
+    more = exc.error_count() - _MAX_ERRORS
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
 class _Model(pydantic.BaseModel):
     name: str = pydantic.Field(min_length=1)
     source: str = ""
@@ -222,7 +252,7 @@ class _Spec(pydantic.BaseModel):
     description: str = ""
     knowledge_bases: list[str] = pydantic.Field(default_factory=list, alias="knowledgeBases")
     routing: _Routing = pydantic.Field(default_factory=_Routing)
-    max_tokens: int = pydantic.Field(default=256, gt=0, alias="maxTokens")
+    max_tokens: int | None = pydantic.Field(default=None, gt=0, alias="maxTokens")
     # "knowledge_search", or "agent:<name>" to call another agent as a tool.
     tools: list[str] = pydantic.Field(default_factory=list, max_length=64)
 
@@ -238,18 +268,44 @@ class _Resource(pydantic.BaseModel):
     spec: _Spec
 
 
-def parse_manifest(text: str, *, tenant: str,
-                   executor_target: str | None) -> list[model.AgentRecord]:
+def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
+                   max_tokens: int = 2048) -> list[model.AgentRecord]:
     """The Agent resources of a YAML manifest (one or more documents); InvalidArgument
-    naming the problem when it is not one."""
+    naming the problem when it is not one. It is refused before anything is built when it
+    is over ``MAX_MANIFEST_BYTES`` or uses YAML anchors or aliases; ``max_tokens`` caps
+    each agent's ``spec.maxTokens`` (the service's own limit)."""
+    size = len(text.encode())
+    if size > MAX_MANIFEST_BYTES:
+        raise errors.InvalidArgument(
+            f"the manifest is {size} bytes; the limit is {MAX_MANIFEST_BYTES} "
+            "(apply fewer agents at a time)", field="manifest")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d]
-        resources = [_Resource.model_validate(d) for d in docs]
-    except (yaml.YAMLError, pydantic.ValidationError) as exc:
-        raise errors.InvalidArgument(f"not a valid Agent manifest: {exc}",
-                                     field="manifest") from exc
+        docs = []
+        for d in yaml.load_all(text, Loader=_NoAliasLoader):  # a SafeLoader
+            if d:
+                docs.append(d)
+            if len(docs) > MAX_DOCUMENTS:
+                raise errors.InvalidArgument(
+                    f"the manifest holds more than {MAX_DOCUMENTS} documents; apply fewer "
+                    "agents at a time", field="manifest")
+    except yaml.YAMLError as exc:
+        raise errors.InvalidArgument(f"not a valid Agent manifest: {str(exc)[:500]}",
+                                     field="manifest") from None
+    resources = []
+    for i, d in enumerate(docs):
+        try:
+            resources.append(_Resource.model_validate(d))
+        except pydantic.ValidationError as exc:
+            raise errors.InvalidArgument(
+                f"not a valid Agent manifest (document {i + 1}): {_describe(exc)}",
+                field="manifest") from None
     if not resources:
         raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
+    for r in resources:
+        if r.spec.max_tokens is not None and r.spec.max_tokens > max_tokens:
+            raise errors.InvalidArgument(
+                f"agent '{r.metadata.name}': spec.maxTokens is {r.spec.max_tokens}; the limit "
+                f"is {max_tokens}", field="manifest")
     endpoints = (executor_target,) if executor_target else ()
     return [
         model.AgentRecord(
@@ -257,7 +313,8 @@ def parse_manifest(text: str, *, tenant: str,
             model_task=r.spec.model.task, instructions=r.spec.instructions,
             description=r.spec.description, privacy=model.Privacy(r.spec.routing.privacy),
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
-            max_tokens=r.spec.max_tokens, node_pool="local",
+            max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
+            node_pool="local",
             tools=tuple(r.spec.tools))
         for r in resources
     ]

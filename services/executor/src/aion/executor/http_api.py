@@ -7,12 +7,17 @@ bad input is 400 naming the field, a full queue 429 and a model still
 loading 503, both with ``Retry-After``. A stream's first chunk is awaited
 before the response starts, so errors found before any text get their own
 status; a client that disconnects cancels its stream and frees its slot.
+
+Every route but ``/healthz`` requires ``Authorization: Bearer <token>``
+(``AION_EXECUTOR_HTTP_TOKEN``); a missing or wrong token is 401, and with no
+token configured every such request is refused (fail closed).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import json
 import math
 import time
@@ -21,7 +26,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import pydantic
-from starlette import applications, requests, responses, routing
+from starlette import applications, middleware, requests, responses, routing, types
 
 from aion.core import errors
 from aion.executor import backend, inference, openai_schema, validation
@@ -35,6 +40,13 @@ _STATUS = {
     errors.DeadlineExceeded: (504, "timeout"),
 }
 B = TypeVar("B", bound=pydantic.BaseModel)
+
+
+class BodyTooLarge(errors.InvalidArgument):
+    """The request body is over the executor's limit (HTTP 413)."""
+
+
+_STATUS[BodyTooLarge] = (413, "invalid_request_error")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -62,9 +74,26 @@ def _errors_as_json(handler: Handler) -> Handler:
     return wrapped
 
 
-async def _body(request: requests.Request, model: type[B]) -> B:
+async def _read(request: requests.Request, limit: int) -> bytes:
+    """The body, refused (413) once it is over ``limit`` bytes, before it is all read."""
+    too_large = BodyTooLarge(f"the request body is over {limit} bytes, the limit; send a "
+                             "shorter prompt", field="body")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _body(request: requests.Request, model: type[B], limit: int) -> B:
+    data = await _read(request, limit)
     try:
-        raw = await request.json()
+        raw = json.loads(data)
     except ValueError as exc:
         raise errors.InvalidArgument(f"the body is not JSON: {exc}", field="body") from exc
     try:
@@ -85,12 +114,45 @@ def _usage(usage: backend.Usage | None) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-class OpenAIApi:
-    """The routes, bound to one executor's ``Inference``."""
+OPEN_PATHS = frozenset({"/healthz"})
 
-    def __init__(self, service: inference.Inference) -> None:
+
+class BearerToken:
+    """ASGI middleware: every request but ``OPEN_PATHS`` carries the bearer token, or gets 401."""
+
+    def __init__(self, app: types.ASGIApp, *, token: str | None) -> None:
+        self._app = app
+        self._expected = f"Bearer {token}".encode() if token else None
+
+    def _authorized(self, scope: types.Scope) -> bool:
+        if self._expected is None:
+            return False
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        return hmac.compare_digest(given, self._expected)
+
+    async def __call__(self, scope: types.Scope, receive: types.Receive,
+                       send: types.Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+            await self._app(scope, receive, send)
+            return
+        why = ("this executor's HTTP API is closed: AION_EXECUTOR_HTTP_TOKEN is not set"
+               if self._expected is None
+               else "missing or wrong bearer token (Authorization: Bearer <token>)")
+        reply = responses.JSONResponse(
+            {"error": {"message": why, "type": "authentication_error", "param": None,
+                       "code": "unauthenticated"}},
+            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        await reply(scope, receive, send)
+
+
+class OpenAIApi:
+    """The routes, bound to one executor's ``Inference``, behind the bearer token."""
+
+    def __init__(self, service: inference.Inference, *, token: str | None) -> None:
         self._service = service
-        self.app = applications.Starlette(routes=[
+        self._limit = service.limits.max_body_bytes
+        self.app = applications.Starlette(middleware=[
+            middleware.Middleware(BearerToken, token=token)], routes=[
             routing.Route("/v1/chat/completions", _errors_as_json(self.chat), methods=["POST"]),
             routing.Route("/v1/completions", _errors_as_json(self.completions), methods=["POST"]),
             routing.Route("/v1/embeddings", _errors_as_json(self.embeddings), methods=["POST"]),
@@ -102,7 +164,7 @@ class OpenAIApi:
 
     async def chat(self, request: requests.Request) -> responses.Response:
         """``POST /v1/chat/completions``."""
-        body = await _body(request, openai_schema.ChatCompletionRequest)
+        body = await _body(request, openai_schema.ChatCompletionRequest, self._limit)
         body.check_n()
         req = validation.generate(
             model=body.model, messages=[(m.role, m.text()) for m in body.messages],
@@ -122,7 +184,7 @@ class OpenAIApi:
 
     async def completions(self, request: requests.Request) -> responses.Response:
         """``POST /v1/completions``."""
-        body = await _body(request, openai_schema.CompletionRequest)
+        body = await _body(request, openai_schema.CompletionRequest, self._limit)
         body.check_n()
         req = validation.generate(
             model=body.model, messages=[], prompt=body.text(), max_tokens=body.max_tokens,
@@ -143,7 +205,7 @@ class OpenAIApi:
 
     async def embeddings(self, request: requests.Request) -> responses.Response:
         """``POST /v1/embeddings``."""
-        body = await _body(request, openai_schema.EmbeddingRequest)
+        body = await _body(request, openai_schema.EmbeddingRequest, self._limit)
         req = validation.embed(model=body.model, texts=body.texts(), limits=self._service.limits)
         result = await self._service.embed(req)
         if body.dimensions is not None and body.dimensions != result.vectors.shape[1]:

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
-from aion.core import http_server, lifecycle, metrics, server, settings, telemetry
+from aion.api.executor.v1 import executor_pb2_grpc
+from aion.core import http_server, lifecycle, metrics, server, settings, telemetry, tls
 from aion.executor import (
     backend,
     batcher,
@@ -85,7 +85,9 @@ def build(cfg: executor_settings.ExecutorSettings,
     """The model, its queue and the service over them, for the configured task."""
     limits = validation.Limits(default_max_tokens=cfg.default_max_tokens,
                                max_tokens_limit=cfg.max_tokens_limit,
-                               max_texts=cfg.embed_max_texts)
+                               max_texts=cfg.embed_max_texts,
+                               max_prompt_chars=cfg.max_prompt_chars,
+                               max_body_bytes=cfg.max_body_bytes)
     if cfg.model_task == "generate":
         gen = llama_backend.LlamaBackend(
             cfg.model_file(), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
@@ -102,16 +104,17 @@ def build(cfg: executor_settings.ExecutorSettings,
                                 embedding=(emb, batch)), emb, batch)
 
 
-async def run(cfg: executor_settings.ExecutorSettings) -> None:
+async def run(cfg: executor_settings.ExecutorSettings, material: tls.Tls) -> None:
     """Serve until SIGTERM or SIGINT, then drain; a model that fails to load raises."""
     service, model, batch = build(cfg)
     stats.export(service.snapshot)
     grpc_server = server.GrpcServer(name="executor", host=cfg.host, port=cfg.port,
                                     grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s,
-                                    ready=False)
+                                    ready=False, tls=material, allow=servicer.ALLOW,
+                                    health_port=cfg.health_port)
     grpc_server.add(executor_pb2_grpc.add_ExecutorServicer_to_server,
                     servicer.ExecutorServicer(service, executor_id=cfg.instance_id),
-                    executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name)
+                    servicer.SERVICE)
     async with contextlib.AsyncExitStack() as stack:
         stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
         stack.callback(model.close)
@@ -120,12 +123,16 @@ async def run(cfg: executor_settings.ExecutorSettings) -> None:
             reporter = await stack.enter_async_context(load_report.LoadReporter(
                 service.snapshot, bootstrap=cfg.kafka_bootstrap, topic=cfg.load_topic,
                 interval_s=cfg.load_interval_s, executor=cfg.instance_id,
-                model=service.model_name))
+                model=service.model_name, security=cfg))
         await stack.enter_async_context(grpc_server)
         http = None
+        token = cfg.http_token.get_secret_value() if cfg.http_token else None
         if cfg.http_port is not None:
+            if token is None:
+                log.warning("AION_EXECUTOR_HTTP_TOKEN is not set: the HTTP API refuses every "
+                            "request but /healthz")
             http = await stack.enter_async_context(http_server.HttpServer(
-                http_api.OpenAIApi(service).app, name="executor http", host=cfg.host,
+                http_api.OpenAIApi(service, token=token).app, name="executor http", host=cfg.host,
                 port=cfg.http_port))
         async with asyncio.TaskGroup() as tasks:
             background = []
@@ -147,9 +154,10 @@ async def run(cfg: executor_settings.ExecutorSettings) -> None:
 def main() -> None:
     """Entry point."""
     cfg = settings.load(executor_settings.ExecutorSettings)
+    material = tls.load()
     telemetry.setup(service="executor", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     try:
-        asyncio.run(run(cfg))
+        asyncio.run(run(cfg, material))
     except* (backend.ModelLoadError, FileNotFoundError) as group:
         log.error("executor cannot start: %s", group.exceptions[0])
         raise SystemExit(1) from None

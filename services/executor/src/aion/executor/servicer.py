@@ -9,7 +9,16 @@ from typing import Any
 import grpc
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+from aion.core import authz
 from aion.executor import convert, inference
+
+SERVICE = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name
+# Who may call each RPC (their certificates' identities): only the agent service
+# generates; the knowledge service embeds documents and queries, the agent service
+# may embed too.
+ALLOW = authz.methods(SERVICE, {
+    "Generate": {"agent"}, "Stats": {"agent"}, "Embed": {"knowledge", "agent"},
+})
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):

@@ -1,7 +1,8 @@
 """An executor on free ports in this process, for tests and the benchmark.
 
-``serve`` runs an ``Inference`` behind the real gRPC server and the real
-HTTP server (uvicorn), as ``main`` does, with stubs and the HTTP base URL.
+``serve`` runs an ``Inference`` behind the real gRPC server (mTLS, with its
+health port) and the real HTTP server (uvicorn, behind its bearer token), as
+``main`` does, with stubs called as the agent service and the HTTP base URL.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
-from aion.core import http_server, server
+from aion.api.executor.v1 import executor_pb2_grpc
+from aion.core import http_server, server, tls
 from aion.executor import (
     backend,
     batcher,
@@ -36,30 +38,44 @@ class Executor:
     stub: executor_pb2_grpc.ExecutorAsyncStub
     health: health_pb2_grpc.HealthStub
     http_url: str
+    http_token: str
+    ca: tls.LocalCa
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """The headers an authorized HTTP client sends."""
+        return {"Authorization": f"Bearer {self.http_token}"}
 
 
 @contextlib.asynccontextmanager
 async def serve(service: inference.Inference, *, ready: bool = True,
                 batch: batcher.EmbedBatcher | None = None,
-                grpc_options: list[tuple[str, int]] | None = None,
+                grpc_options: list[tuple[str, Any]] | None = None,
+                ca: tls.LocalCa | None = None, http_token: str = "test-executor-token",
                 ) -> AsyncIterator[Executor]:
-    """Serve ``service`` over gRPC and HTTP on free ports (and run ``batch``, if given)."""
+    """Serve ``service`` over gRPC and HTTP on free ports (and run ``batch``, if given);
+    ``ca`` (a fresh one when None) issues its certificate and the stubs' (``agent``)."""
+    ca = ca if ca is not None else tls.LocalCa()
     grpc_server = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1.0,
-                                    ready=ready)
+                                    ready=ready, tls=ca.tls("executor"), allow=servicer.ALLOW,
+                                    health_port=0)
     grpc_server.add(executor_pb2_grpc.add_ExecutorServicer_to_server,
                     servicer.ExecutorServicer(service, executor_id="in-process"),
-                    executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name)
-    http = http_server.HttpServer(http_api.OpenAIApi(service).app, name="executor http",
-                                  host="127.0.0.1", port=0)
-    async with grpc_server, http, grpc.aio.insecure_channel(grpc_server.address,
-                                         options=grpc_options or []) as channel:
+                    servicer.SERVICE)
+    http = http_server.HttpServer(http_api.OpenAIApi(service, token=http_token).app,
+                                  name="executor http", host="127.0.0.1", port=0)
+    async with grpc_server, http, grpc.aio.secure_channel(
+            grpc_server.address, ca.tls("agent").channel_credentials(),
+            options=[*ca.tls("agent").channel_options("executor"), *(grpc_options or [])],
+    ) as channel:
         tasks = [asyncio.create_task(http.serve())]
         if batch is not None:
             tasks.append(asyncio.create_task(batch.run()))
         try:
             yield Executor(server=grpc_server, service=service,
                            stub=executor_pb2_grpc.ExecutorStub(channel),
-                           health=health_pb2_grpc.HealthStub(channel), http_url=http.url)
+                           health=health_pb2_grpc.HealthStub(channel), http_url=http.url,
+                           http_token=http_token, ca=ca)
         finally:
             http.shutdown()
             for task in tasks[1:]:

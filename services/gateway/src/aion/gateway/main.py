@@ -11,38 +11,52 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import grpc
+
 from aion.api.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import channels, http_server, lifecycle, metrics, server, settings, telemetry
+from aion.core import (
+    channels,
+    http_server,
+    lifecycle,
+    metrics,
+    server,
+    settings,
+    telemetry,
+    tls,
+)
 from aion.gateway import (
     a2a_api,
-    auth,
+    edge,
     http_app,
     mcp_server,
     openai_api,
     openapi,
-    ratelimit,
     servicers,
 )
 from aion.gateway import settings as gateway_settings
 
 
-async def run(cfg: gateway_settings.GatewaySettings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain."""
+async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
+    """Serve until SIGTERM or SIGINT, then drain; internal calls go over mTLS as ``material``."""
     async with contextlib.AsyncExitStack() as stack:
+        async def connect(target: str, peer: str) -> grpc.aio.Channel:
+            return await stack.enter_async_context(
+                channels.connect(target, tls=material, peer=peer))
+
         peers = servicers.Peers(
-            router=await stack.enter_async_context(channels.connect(cfg.router_target)),
-            agent=await stack.enter_async_context(channels.connect(cfg.agent_target)),
-            knowledge=await stack.enter_async_context(channels.connect(cfg.knowledge_target)))
-        guard = servicers.Guard(
-            authenticator=auth.Authenticator(cfg),
-            limiter=ratelimit.RateLimiter(rate=cfg.rate_per_s, burst=cfg.rate_burst))
+            router=await connect(cfg.router_target, "router"),
+            agent=await connect(cfg.agent_target, "agent"),
+            knowledge=await connect(cfg.knowledge_target, "knowledge"))
+        guard, store = await stack.enter_async_context(edge.guard(cfg))
         tasks = servicers.TasksServicer(guard=guard, peers=peers)
         agents = servicers.AgentsServicer(guard=guard, peers=peers)
         grpc_server = server.GrpcServer(name="gateway", host=cfg.host, port=cfg.port,
@@ -51,6 +65,9 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
                         tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name)
         grpc_server.add(agents_pb2_grpc.add_AgentsServicer_to_server, agents,
                         agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name)
+        grpc_server.add(keys_pb2_grpc.add_KeysServicer_to_server,
+                        servicers.KeysServicer(guard=guard, store=store),
+                        keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name)
         knowledge = servicers.KnowledgeServicer(guard=guard, peers=peers)
         grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server, knowledge,
                         knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)
@@ -80,5 +97,6 @@ async def run(cfg: gateway_settings.GatewaySettings) -> None:
 def main() -> None:
     """Entry point."""
     cfg = settings.load(gateway_settings.GatewaySettings)
+    material = tls.load()
     telemetry.setup(service="gateway", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, material))

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
-from aion.core import channels, lifecycle, metrics, server, settings, telemetry
+from aion.core import authz, channels, lifecycle, metrics, server, settings, telemetry, tls
 from aion.knowledge import (
     chunking,
     db,
@@ -23,8 +23,16 @@ from aion.knowledge import settings as knowledge_settings
 
 log = logging.getLogger(__name__)
 
+SERVICE = knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
+# Who may call each RPC (their certificates' identities): the gateway for its
+# public Knowledge API, the agent service for retrieval.
+ALLOW = authz.methods(SERVICE, {
+    "Ingest": {"gateway"}, "Delete": {"gateway"}, "GetDocument": {"gateway"},
+    "ListDocuments": {"gateway"}, "Search": {"gateway", "agent"},
+})
 
-async def run(cfg: knowledge_settings.KnowledgeSettings, *,
+
+async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
               until: Awaitable[object] | None = None,
               on_ready: Callable[[str], None] | None = None,
               on_index: Callable[[qdrant_index.QdrantIndex], None] | None = None) -> None:
@@ -33,7 +41,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
     the open Qdrant index."""
     dsn = cfg.postgres_dsn.get_secret_value()
     await db.migrate(dsn)
-    await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions)
+    await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions, cfg)
     store = objects.ObjectStore.connect(
         cfg.minio_endpoint, access_key=cfg.minio_access_key,
         secret_key=cfg.minio_secret_key.get_secret_value(), bucket=cfg.minio_bucket,
@@ -46,12 +54,13 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
         index = await stack.enter_async_context(qdrant_index.QdrantIndex.from_settings(cfg))
         if on_index is not None:
             on_index(index)
-        channel = await stack.enter_async_context(channels.connect(cfg.executor_target))
+        channel = await stack.enter_async_context(channels.connect(
+            cfg.executor_target, tls=material, peer="executor"))
         embed = embedder.Embedder(channel, model=cfg.embedding_model,
                                   dimensions=cfg.embedding_dimensions, batch=cfg.embed_batch,
                                   concurrency=cfg.embed_concurrency,
                                   timeout_s=cfg.embed_timeout_s)
-        publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic)
+        publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic, cfg)
         await publisher.start()
         stack.push_async_callback(publisher.stop)
         work = indexer.Indexer(pool=pool, store=store, index=index, embed=embed,
@@ -60,17 +69,19 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
         background = [asyncio.ensure_future(reaper.run())] + [
             asyncio.ensure_future(queue.Worker(
                 name=f"{cfg.worker_id}-{i}", bootstrap=cfg.kafka_bootstrap, topic=cfg.topic,
-                group=cfg.group, handle=work.handle).run())
+                group=cfg.group, handle=work.handle, security=cfg).run())
             for i in range(cfg.workers)]
         try:
             grpc_server = server.GrpcServer(name="knowledge", host=cfg.host, port=cfg.port,
                                             grace_s=cfg.grace_s,
-                                            drain_delay_s=cfg.drain_delay_s)
+                                            drain_delay_s=cfg.drain_delay_s,
+                                            tls=material, allow=ALLOW,
+                                            health_port=cfg.health_port)
             grpc_server.add(
                 knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
                 servicer.KnowledgeServicer(pool=pool, store=store, index=index, embed=embed,
                                            chunker=chunker, publish=publisher.publish, cfg=cfg),
-                knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name)
+                SERVICE)
             with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
                 async with grpc_server:
                     log.info("knowledge service ready", extra={"worker": cfg.worker_id})
@@ -87,6 +98,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, *,
 def main() -> None:
     """Entry point."""
     cfg = settings.load(knowledge_settings.KnowledgeSettings)
+    material = tls.load()
     telemetry.setup(service="knowledge", log_level=cfg.log_level,
                     otlp_endpoint=cfg.otlp_endpoint)
-    asyncio.run(run(cfg))
+    asyncio.run(run(cfg, material))

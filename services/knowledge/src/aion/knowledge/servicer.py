@@ -23,7 +23,7 @@ from google.protobuf import timestamp_pb2
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public_pb2
-from aion.core import errors
+from aion.core import authz, errors
 from aion.knowledge import (
     chunking,
     db,
@@ -132,7 +132,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def Ingest(self, request: knowledge_pb2.IngestRequest,
                      context: _Ctx) -> public_pb2.IngestResponse:
         req = request.request
-        tenant = request.tenant or "default"
+        tenant = authz.require_tenant(request.tenant)
         kb = knowledge_base_name(req.knowledge_base)
         doc = document_name(req.document_id)
         kind = extract.content_type(req.content_type)
@@ -180,7 +180,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def Search(self, request: knowledge_pb2.SearchRequest,
                      context: _Ctx) -> public_pb2.SearchResponse:
         req = request.request
-        tenant = request.tenant or "default"
+        tenant = authz.require_tenant(request.tenant)
         kb = knowledge_base_name(req.knowledge_base)
         if not req.query.strip():
             raise errors.InvalidArgument("query is empty", field="query")
@@ -219,7 +219,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def Delete(self, request: knowledge_pb2.DeleteRequest,
                      context: _Ctx) -> public_pb2.DeleteDocumentResponse:
         req = request.request
-        tenant = request.tenant or "default"
+        tenant = authz.require_tenant(request.tenant)
         kb = knowledge_base_name(req.knowledge_base)
         doc = document_name(req.document_id)
         # Postgres first: a worker finishing this document meanwhile finds it gone.
@@ -233,7 +233,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def GetDocument(self, request: knowledge_pb2.GetDocumentRequest,
                           context: _Ctx) -> public_pb2.Document:
         req = request.request
-        tenant = request.tenant or "default"
+        tenant = authz.require_tenant(request.tenant)
         kb = knowledge_base_name(req.knowledge_base)
         doc = document_name(req.document_id)
         found = await documents.latest(self._pool, tenant, kb, doc)
@@ -244,7 +244,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def ListDocuments(self, request: knowledge_pb2.ListDocumentsRequest,
                             context: _Ctx) -> public_pb2.ListDocumentsResponse:
         req = request.request
-        tenant = request.tenant or "default"
+        tenant = authz.require_tenant(request.tenant)
         kb = knowledge_base_name(req.knowledge_base) if req.knowledge_base else ""
         if req.page_size < 0 or req.page_size > 500:
             raise errors.InvalidArgument("page_size must be between 1 and 500 (0 means 100)",

@@ -12,8 +12,12 @@ import grpc
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public
+from aion.core import channels, tls
 from aion.knowledge import main, qdrant_index
 from aion.knowledge import settings as knowledge_settings
+
+# The certificates every service and client of one test process use.
+CA = tls.LocalCa()
 
 TERMINAL = (public.DOCUMENT_STATE_READY, public.DOCUMENT_STATE_FAILED,
             public.DOCUMENT_STATE_SUPERSEDED)
@@ -50,11 +54,20 @@ def make_pdf(*pages: str) -> bytes:
     return bytes(out)
 
 
-class Service:
-    """The knowledge service's real composition, run in this process."""
+def channel(address: str, *, identity: str = "gateway", ca: tls.LocalCa = CA,
+            ) -> grpc.aio.Channel:
+    """A channel to the knowledge service at ``address``, calling as ``identity``."""
+    return channels.connect(address, tls=ca.tls(identity), peer="knowledge")
 
-    def __init__(self, cfg: knowledge_settings.KnowledgeSettings) -> None:
+
+class Service:
+    """The knowledge service's real composition, run in this process, with certificates of
+    ``ca`` (its own ``knowledge`` one; its stub calls as the ``gateway``)."""
+
+    def __init__(self, cfg: knowledge_settings.KnowledgeSettings, *,
+                 ca: tls.LocalCa = CA) -> None:
         self.cfg = cfg
+        self.ca = ca
         self.address = ""
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -72,14 +85,15 @@ class Service:
         def on_index(index: qdrant_index.QdrantIndex) -> None:
             self.index = index
 
-        self._task = asyncio.create_task(main.run(self.cfg, until=self._stop.wait(),
+        self._task = asyncio.create_task(main.run(self.cfg, self.ca.tls("knowledge"),
+                                                  until=self._stop.wait(),
                                                   on_ready=on_ready, on_index=on_index))
         done, _ = await asyncio.wait([self._task, ready], timeout=60,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
             self._task.result()  # raises why it stopped
         assert ready in done, "the knowledge service did not become ready in 60s"
-        self._channel = grpc.aio.insecure_channel(self.address)
+        self._channel = channel(self.address, ca=self.ca)
         self.stub = knowledge_pb2_grpc.KnowledgeServiceStub(self._channel)
         return self
 

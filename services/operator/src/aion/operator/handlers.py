@@ -29,7 +29,16 @@ from typing import Any
 import kopf
 
 from aion.core import errors
-from aion.operator import conditions, kube, placement, pools, registration, render, stuck
+from aion.operator import (
+    conditions,
+    executor_secrets,
+    kube,
+    placement,
+    pools,
+    registration,
+    render,
+    stuck,
+)
 from aion.operator import settings as operator_settings
 from aion.operator import spec as spec_mod
 
@@ -54,6 +63,7 @@ class Decision:
     status: dict[str, Any]
     deployment: render.Manifest | None = None
     service: render.Manifest | None = None
+    network_policy: render.Manifest | None = None
 
 
 def _executor_env(cfg: operator_settings.AionOperatorSettings) -> dict[str, str]:
@@ -104,11 +114,15 @@ def discover(body: Mapping[str, Any], snapshot: kube.Snapshot, *,
 def decide(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *,
            found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
            now: datetime.datetime, exclude: Sequence[str] = (), stay: str | None = None,
-           autoscaled: bool = False) -> Decision:
+           autoscaled: bool = False, tls_version: str | None = None,
+           platform_namespace: str | None = None) -> Decision:
     """Place a valid Agent on one of ``found`` and render its executor, or say why not.
 
     ``exclude`` names pools fallen back from (kept in ``status.avoidPools``);
     ``stay`` the pool the Agent runs on, kept while it still fits.
+    ``tls_version``: the executors' certificate to mount (``render.executor_deployment``);
+    ``platform_namespace``: where the callers the executor NetworkPolicy admits run
+    (None: no NetworkPolicy).
     """
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -125,18 +139,24 @@ def decide(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *,
     owner = render.Owner(name=name, uid=meta["uid"])
     deployment = render.executor_deployment(
         name, namespace, spec, pool_label=pool.label, pool=pool.name,
-        image=cfg.executor_image, owner=owner, env=_executor_env(cfg), autoscaled=autoscaled)
+        image=cfg.executor_image, owner=owner, env=_executor_env(cfg), autoscaled=autoscaled,
+        tls_version=tls_version)
     service = render.executor_service(name, namespace, owner=owner)
+    policy = None if platform_namespace is None else render.executor_network_policy(
+        name, namespace, owner=owner, platform_namespace=platform_namespace)
     status = _status(body, phase="Placed", now=now, existing=existing, condition={
         "status": "True", "reason": chosen.reason, "message": chosen.message})
     status |= {"nodePool": pool.name, "placementReason": chosen.message,
                "avoidPools": list(exclude) or None}
-    return Decision(placement=chosen, status=status, deployment=deployment, service=service)
+    return Decision(placement=chosen, status=status, deployment=deployment, service=service,
+                    network_policy=policy)
 
 
 def fall_back(body: Mapping[str, Any], spec: spec_mod.AgentSpec, waiting: stuck.Stuck, *,
               found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
-              now: datetime.datetime, autoscaled: bool = False) -> Decision | None:
+              now: datetime.datetime, autoscaled: bool = False,
+              tls_version: str | None = None,
+              platform_namespace: str | None = None) -> Decision | None:
     """Move an Agent whose executor pods stay unschedulable to the next eligible pool.
 
     The pool it leaves joins ``status.avoidPools`` until the spec changes, and the
@@ -150,7 +170,8 @@ def fall_back(body: Mapping[str, Any], spec: spec_mod.AgentSpec, waiting: stuck.
     why = (f"executor pod {waiting.pod} stayed unschedulable on pool {pool} for "
            f"{waiting.seconds:.0f}s ({waiting.message or 'no reason given'})")
     decision = decide(body, spec, found=found, cfg=cfg, now=now, exclude=avoid,
-                      autoscaled=autoscaled)
+                      autoscaled=autoscaled, tls_version=tls_version,
+                      platform_namespace=platform_namespace)
     generation = body["metadata"].get("generation")
     if decision.placement.pool is None:
         message = f"{why}; no other eligible pool has room: {decision.placement.message}"
@@ -320,17 +341,29 @@ async def _apply(client: kube.Kube, decision: Decision) -> None:
     if decision.deployment is not None and decision.service is not None:
         await client.apply(decision.deployment)
         await client.apply(decision.service)
+        if decision.network_policy is not None:
+            await client.apply(decision.network_policy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Executors:
+    """What every executor the operator renders shares: its namespace's Secrets, and
+    the namespace of the platform pods that call it (for its NetworkPolicy)."""
+
+    secrets: executor_secrets.Keeper
+    platform_namespace: str
 
 
 async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
                     cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
-                    resumed: bool = False) -> Decision:
+                    resumed: bool = False, executors: Executors | None = None) -> Decision:
     """Handle one Agent: place it, apply its executor, patch its status, post an Event.
 
     A new spec forgets the pools fallen back from; a resume (operator restart)
     keeps them. Both keep the Agent on its pool while it still fits.
     Raises ``kopf.PermanentError`` for an invalid spec and ``kopf.TemporaryError``
-    while the eligible pools are full.
+    while the eligible pools are full. With ``executors``, the namespace's executor
+    Secrets are kept before the Deployment that mounts them is applied.
     """
     now = datetime.datetime.now(datetime.UTC)
     meta = body["metadata"]
@@ -343,8 +376,13 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
     exclude = list(status.get("avoidPools") or []) if resumed else []
     autoscaled = await client.autoscaled(render.executor_name(meta["name"]),
                                          namespace=meta["namespace"])
+    tls_version = None
+    if executors is not None:
+        tls_version = await executors.secrets.ensure(meta["namespace"])
     decision = decide(body, spec, found=found, cfg=cfg, now=now, exclude=exclude,
-                      stay=status.get("nodePool"), autoscaled=autoscaled)
+                      stay=status.get("nodePool"), autoscaled=autoscaled,
+                      tls_version=tls_version,
+                      platform_namespace=executors.platform_namespace if executors else None)
     await _apply(client, decision)
     patch.status.update(decision.status)
     chosen = decision.placement
@@ -360,19 +398,24 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
 
 async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
                  cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
-                 registrar: registration.Registrar | None) -> None:
+                 registrar: registration.Registrar | None,
+                 executors: Executors | None = None) -> None:
     """One look at a placed Agent's executor: fall back, update readiness, register.
 
     Pods unschedulable for ``unschedulable_after_s`` move the Agent (``fall_back``);
     otherwise the Deployment's ready replicas go into the status, and a Ready
     Agent is registered with the agent service (retried at the next look while
-    the agent service is down).
+    the agent service is down). With ``executors``, the namespace's executor Secrets
+    are renewed when due, and a Deployment on an older certificate is rolled.
     """
     if not placed_now(body):
         return
     now = datetime.datetime.now(datetime.UTC)
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
+    tls_version = None
+    if executors is not None:
+        tls_version = await executors.secrets.ensure(namespace)
     pods = await client.pods(selector=render.selector(name), namespace=namespace)
     waiting = stuck.unschedulable(pods, now=now)
     if waiting is not None and waiting.seconds >= cfg.unschedulable_after_s:
@@ -380,7 +423,8 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
         found = discover(body, await client.snapshot())
         autoscaled = await client.autoscaled(render.executor_name(name), namespace=namespace)
         moved = fall_back(body, spec, waiting, found=found, cfg=cfg, now=now,
-                          autoscaled=autoscaled)
+                          autoscaled=autoscaled, tls_version=tls_version,
+                          platform_namespace=executors.platform_namespace if executors else None)
         if moved is not None:
             await _apply(client, moved)
             patch.status.update(moved.status)
@@ -389,6 +433,8 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
             logger.warning("%s", moved.placement.message)
         return
     deployment = await client.deployment(render.executor_name(name), namespace=namespace)
+    if executors is not None:
+        await executors.secrets.roll(deployment, namespace)
     update = readiness(body, deployment, now=now, pods=pods)
     if update is not None:
         patch.status.update(update)
@@ -462,6 +508,12 @@ def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
              cfg: operator_settings.AionOperatorSettings,
              registrar: registration.Registrar | None = None) -> None:
     """Register the operator's handlers on ``registry`` (never on kopf's global one)."""
+    from aion.operator.main import lease_namespace  # main imports this module
+
+    executors = Executors(
+        secrets=executor_secrets.Keeper(
+            client.client, executor_secrets.load_ca(cfg.ca_cert_file, cfg.ca_key_file)),
+        platform_namespace=lease_namespace(cfg))
 
     @kopf.on.login(registry=registry, id="login")
     def login(**kwargs: Any) -> Any:
@@ -476,14 +528,15 @@ def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
                     reason: str, **_: Any) -> None:
         """Place the Agent and apply its executor; see ``reconcile``."""
         await reconcile(body, patch, client=client, cfg=cfg, logger=logger,
-                        resumed=reason == kopf.Reason.RESUME.value)
+                        resumed=reason == kopf.Reason.RESUME.value, executors=executors)
 
     @kopf.timer(GROUP, VERSION, PLURAL, registry=registry, id="readiness",
                 interval=cfg.readiness_interval_s)
     async def watch_executor(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger,
                              **_: Any) -> None:
         """Fall back, follow readiness and register; see ``follow``."""
-        await follow(body, patch, client=client, cfg=cfg, logger=logger, registrar=registrar)
+        await follow(body, patch, client=client, cfg=cfg, logger=logger, registrar=registrar,
+                     executors=executors)
 
     @kopf.timer(GROUP, VERSION, "gpupools", registry=registry, id="capacity",
                 interval=cfg.pool_status_interval_s)

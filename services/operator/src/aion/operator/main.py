@@ -14,7 +14,7 @@ import sys
 import kopf
 from aiohttp import web
 
-from aion.core import metrics, settings, telemetry
+from aion.core import metrics, settings, telemetry, tls
 from aion.operator import handlers, kube, lease, registration
 from aion.operator import settings as operator_settings
 
@@ -103,14 +103,15 @@ async def _standby_health(_: web.Request) -> web.Response:
     return web.json_response({"leader": False})
 
 
-async def run(cfg: operator_settings.AionOperatorSettings) -> int:
+async def run(cfg: operator_settings.AionOperatorSettings, material: tls.Tls | None) -> int:
     """Reconcile Agents until SIGTERM or SIGINT; the exit status is 1 when the Lease was lost.
 
     With leader election, only the replica holding the Lease runs kopf; it stops
     kopf as soon as it cannot renew, and gives the Lease back when it stops.
     """
     registry = kopf.OperatorRegistry()
-    registrar = registration.Registrar(cfg.agent_target) if cfg.agent_target else None
+    registrar = (registration.Registrar(cfg.agent_target, tls=material)
+                 if cfg.agent_target and material is not None else None)
     if registrar is None:
         log.warning("AION_OPERATOR_AGENT_TARGET is empty: Ready Agents are registered nowhere")
     async with kube.connect() as client, contextlib.AsyncExitStack() as stack:
@@ -148,4 +149,6 @@ def main() -> None:
     telemetry.setup(service="operator", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     for noisy in ("httpx", "httpx2"):  # one line per API request at INFO
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
-    sys.exit(asyncio.run(run(cfg)))
+    # The agent service is called over mTLS only: without its target there is no call.
+    material = tls.load() if cfg.agent_target else None
+    sys.exit(asyncio.run(run(cfg, material)))

@@ -23,6 +23,7 @@ from typing import Any
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2
 from aion.core import channels, errors
+from aion.core import tls as tls_mod
 from aion.operator import render
 from aion.operator import spec as spec_mod
 
@@ -84,9 +85,9 @@ def request(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *, tenant_name: s
 class Registrar:
     """The agent service's RegisterAgent and DeregisterAgent, on a channel to ``target``."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, *, tls: tls_mod.Tls) -> None:
         self.target = target
-        self._channel = channels.connect(target)
+        self._channel = channels.connect(target, tls=tls, peer="agent")
         self._stub = agent_pb2_grpc.AgentServiceStub(self._channel)
 
     async def register(self, req: agent_pb2.RegisterAgentRequest) -> None:

@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from aion.operator import executor_secrets
 from aion.operator import spec as spec_mod
 
 Manifest = dict[str, Any]
@@ -22,6 +23,11 @@ EXECUTOR_PORT = 50055
 # The executor's OpenAI-compatible HTTP API (/v1/chat/completions, /v1/embeddings, ...).
 HTTP_PORT = 8000
 METRICS_PORT = 9090
+# Plaintext gRPC health only, for the kubelet's probes: the gRPC port requires mTLS.
+HEALTH_PORT = 51055
+TLS_DIR = "/etc/aion/tls"
+# The platform's pods that call executors (chart labels), in the operator's namespace.
+CALLERS = ("agent", "knowledge")
 GPU_RESOURCE = "nvidia.com/gpu"
 # Labels that NVIDIA GPU feature discovery puts on GPU nodes (memory in MiB).
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -95,12 +101,13 @@ def _node_affinity(spec: spec_mod.AgentSpec, *, pool_label: str, pool: str) -> M
         "nodeSelectorTerms": [{"matchExpressions": match}]}}
 
 
-def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str]) -> list[Manifest]:
+def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> list[Manifest]:
     # Every pod address, not only loopback: the kubelet's probes and the agent
     # service dial the pod's IP. The Agent and pool are the pod's labels and affinity.
     values = {
         "AION_EXECUTOR_HOST": "0.0.0.0",
         "AION_EXECUTOR_PORT": str(EXECUTOR_PORT),
+        "AION_EXECUTOR_HEALTH_PORT": str(HEALTH_PORT),
         "AION_EXECUTOR_HTTP_PORT": str(HTTP_PORT),
         "AION_EXECUTOR_METRICS_PORT": str(METRICS_PORT),
         "AION_EXECUTOR_GRACE_S": str(GRACE_S),
@@ -111,16 +118,26 @@ def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str]) -> list[Manifest
     }
     if spec.model.source is not None:
         values["AION_EXECUTOR_MODEL_SOURCE"] = spec.model.source
+    if tls:
+        values |= {"AION_TLS_CA_FILE": f"{TLS_DIR}/ca.crt",
+                   "AION_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt",
+                   "AION_TLS_KEY_FILE": f"{TLS_DIR}/tls.key"}
+    # The root filesystem is read-only: whatever a library caches goes to /tmp.
+    values["HOME"] = "/tmp"
     values.update(extra)
-    return [{"name": k, "value": v} for k, v in values.items()]
+    # The HTTP API's bearer token, which the operator keeps in the namespace.
+    token = {"name": "AION_EXECUTOR_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": executor_secrets.HTTP_SECRET, "key": executor_secrets.TOKEN_KEY}}}
+    return [*({"name": k, "value": v} for k, v in values.items()), token]
 
 
 def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
-    return {"grpc": {"port": EXECUTOR_PORT}, "periodSeconds": period_s,
+    return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period_s,
             "timeoutSeconds": 5, "failureThreshold": failures}
 
 
-def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str]) -> Manifest:
+def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str],
+               tls: bool) -> Manifest:
     limits: dict[str, str] = {"memory": spec.resources.memory}
     if spec.gpu.count > 0:
         limits[GPU_RESOURCE] = str(spec.gpu.count)
@@ -129,8 +146,9 @@ def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str]) 
         "image": image,
         "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT, "protocol": "TCP"},
                   {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "env": _env(spec, extra=env),
+                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+                  {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "env": _env(spec, extra=env, tls=tls),
         "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
                       "limits": limits},
         # Loading a model takes a while: the startup probe allows 15 minutes for it.
@@ -139,27 +157,41 @@ def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str]) 
         "livenessProbe": _grpc_probe(period_s=20, failures=3),
         # A failed model load's last log lines reach the Agent's ModelReady condition.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False,
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                             "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
+                           if tls else [])],
     }
 
 
 def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpec, *,
                         pool_label: str, pool: str, image: str, owner: Owner,
                         env: Mapping[str, str] | None = None,
-                        autoscaled: bool = False) -> Manifest:
+                        autoscaled: bool = False, tls_version: str | None = None) -> Manifest:
     """The Deployment that serves ``spec.model`` for one Agent on the node pool ``pool``.
 
     ``env`` adds platform settings (trace endpoint, Kafka) to the executor's own.
     ``autoscaled``: a HorizontalPodAutoscaler owns the replica count, so the
     manifest leaves ``replicas`` out and a server-side apply never resets it.
+    ``tls_version``: the expiry of the namespace's executor certificate (Secret
+    ``aion-executor-tls``), mounted at ``/etc/aion/tls``; a pod annotation, so a
+    renewed certificate rolls the pods. None: no certificate (no CA configured).
     """
     gpus = spec.gpu.count > 0
+    tls = tls_version is not None
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
+    if tls:
+        volumes.append({"name": "tls", "secret": {"secretName": executor_secrets.TLS_SECRET,
+                                                  "defaultMode": 0o440}})
     pod: Manifest = {
         "affinity": {"nodeAffinity": _node_affinity(spec, pool_label=pool_label, pool=pool)},
-        "containers": [_container(spec, image=image, env=env or {})],
+        "containers": [_container(spec, image=image, env=env or {}, tls=tls)],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         "enableServiceLinks": False,
+        # Executors never call the Kubernetes API.
+        "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
                             "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
     }
@@ -181,7 +213,9 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
                     "labels": labels(agent_name),
                     "annotations": {"prometheus.io/scrape": "true",
                                     "prometheus.io/port": str(METRICS_PORT),
-                                    "prometheus.io/path": "/metrics"},
+                                    "prometheus.io/path": "/metrics",
+                                    **({executor_secrets.TLS_ANNOTATION: tls_version}
+                                       if tls_version is not None else {})},
                 },
                 "spec": pod,
             },
@@ -205,5 +239,37 @@ def executor_service(agent_name: str, namespace: str, *, owner: Owner) -> Manife
                        "protocol": "TCP", "appProtocol": "grpc"},
                       {"name": "http", "port": HTTP_PORT, "targetPort": "http",
                        "protocol": "TCP", "appProtocol": "http"}],
+        },
+    }
+
+
+def executor_network_policy(agent_name: str, namespace: str, *, owner: Owner,
+                            platform_namespace: str) -> Manifest:
+    """Who may reach an Agent's executor pods, as defence in depth behind mTLS and the token.
+
+    gRPC and HTTP: only the platform's agent and knowledge pods (chart labels) in
+    ``platform_namespace``, where the operator runs. The health port (the kubelet's
+    probes; it answers only health checks) and the metrics port: from anywhere.
+    """
+    callers = {"namespaceSelector": {"matchLabels": {
+                   "kubernetes.io/metadata.name": platform_namespace}},
+               "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "aion"},
+                               "matchExpressions": [{
+                                   "key": "app.kubernetes.io/component", "operator": "In",
+                                   "values": list(CALLERS)}]}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(agent_name, namespace, owner),
+        "spec": {
+            "podSelector": {"matchLabels": selector(agent_name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [callers],
+                 "ports": [{"port": EXECUTOR_PORT, "protocol": "TCP"},
+                           {"port": HTTP_PORT, "protocol": "TCP"}]},
+                {"ports": [{"port": HEALTH_PORT, "protocol": "TCP"},
+                           {"port": METRICS_PORT, "protocol": "TCP"}]},
+            ],
         },
     }

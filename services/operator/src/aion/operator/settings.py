@@ -68,6 +68,13 @@ class AionOperatorSettings(settings.ServiceSettings):
         description="seconds between updates of each GpuPool's status (GPUs, free GPUs)")
     liveness_port: int = pydantic.Field(
         default=8080, ge=1, le=65535, description="HTTP port of kopf's /healthz endpoint")
+    ca_cert_file: str = pydantic.Field(
+        default="",
+        description="PEM certificate of the install's CA; with ca_key_file the operator "
+                    "issues the executors' certificates (Secret aion-executor-tls in each "
+                    "Agent namespace); both empty: executors get none")
+    ca_key_file: str = pydantic.Field(
+        default="", description="PEM private key of the install's CA (see ca_cert_file)")
 
     @pydantic.field_validator("namespaces", mode="before")
     @classmethod

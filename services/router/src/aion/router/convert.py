@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import common_pb2
-from aion.core import errors
+from aion.core import authz, errors
 from aion.router import decide
 
 _PRIVACY = {
@@ -26,7 +26,7 @@ def request_from_pb(msg: router_pb2.DecideRequest) -> decide.Request:
     if msg.input_chars < 0:
         raise errors.InvalidArgument("input_chars must be >= 0", field="input_chars")
     return decide.Request(
-        tenant=msg.tenant or "default",
+        tenant=authz.require_tenant(msg.tenant),
         agent=msg.agent,
         # An agent that says nothing about privacy keeps its data local.
         privacy=_PRIVACY.get(msg.privacy, decide.Privacy.LOCAL_ONLY),

@@ -17,5 +17,8 @@ class RouterSettings(settings.ServiceSettings):
         env_prefix="AION_ROUTER_", extra="ignore", frozen=True)
 
     port: int = pydantic.Field(default=50052, ge=0, le=65535)
+    health_port: int = pydantic.Field(
+        default=51052, ge=0, le=65535,
+        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)")
     policy_file: Path | None = pydantic.Field(
         default=None, description="YAML routing policy, re-read when it changes")

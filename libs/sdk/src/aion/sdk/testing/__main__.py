@@ -59,9 +59,11 @@ OPERATOR_LIVENESS_PORT = 8086
 OPERATOR_METRICS_PORT = 9106
 
 
-def start_operator(kubeconfig: Path, *, agent_target: str, log: Path) -> subprocess.Popen[bytes]:
-    """``python -m aion.operator`` on ``kubeconfig``'s cluster, registering with the suite."""
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+def start_operator(kubeconfig: Path, *, agent_target: str, log: Path,
+                   tls_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``python -m aion.operator`` on ``kubeconfig``'s cluster, registering with the suite
+    (over mTLS, as the ``operator`` identity of ``tls_env``)."""
+    env = {**os.environ, **tls_env, "KUBECONFIG": str(kubeconfig),
            "AION_OPERATOR_EXECUTOR_IMAGE": os.environ.get("AION_OPERATOR_EXECUTOR_IMAGE",
                                                            "aion-executor:dev"),
            "AION_OPERATOR_AGENT_TARGET": agent_target,
@@ -99,7 +101,8 @@ def main() -> int:
                         help="also run the operator against this cluster (make cluster-up's)")
     args = parser.parse_args()
     local = suite.LocalSuite(log_dir=args.log_dir, agents_file=args.agents.resolve(),
-                             ports=suite.DEV_PORTS, metrics_ports=suite.DEV_METRICS_PORTS)
+                             ports=suite.DEV_PORTS, metrics_ports=suite.DEV_METRICS_PORTS,
+                             health_ports=suite.DEV_HEALTH_PORTS)
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -123,7 +126,7 @@ def main() -> int:
     if args.kubeconfig is not None:
         operator_log = args.log_dir / "operator.log"
         operator = start_operator(args.kubeconfig, agent_target=local.services["agent"].target,
-                                  log=operator_log)
+                                  log=operator_log, tls_env=local.tls_env("operator"))
         if not operator_healthy():
             print(f"error: the operator did not start; its log ({operator_log}):\n"
                   + operator_log.read_text(errors="replace")[-3000:], file=sys.stderr)
@@ -137,6 +140,7 @@ def main() -> int:
               f"http://127.0.0.1:{svc.metrics_port}/metrics  log {svc.log_path}")
     print(f"  {'http':<10} {local.gateway_http}/v1 (OpenAI), /a2a/<agent>, /mcp, "
           "/openapi.json on the gateway")
+    print(f"  {'mtls':<10} internal calls use the CA and certificates in {local.tls_dir}/")
     if operator is not None:
         print(f"  {'operator':<10} cluster {args.kubeconfig}  liveness "
               f"http://127.0.0.1:{OPERATOR_LIVENESS_PORT}/healthz  log "

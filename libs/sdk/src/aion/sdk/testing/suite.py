@@ -10,6 +10,12 @@ Used by ``make dev`` (``python -m aion.sdk.testing``) and by the end-to-end
 tests. Each service runs ``python -m aion.<name>`` in its own session, logs
 to ``<log_dir>/<name>.log``, and is stopped with SIGTERM in reverse start
 order (gateway first, executor last) so in-flight calls drain.
+
+Internal calls are mTLS only: the suite makes one CA for its run (under the
+log folder, ``tls/``) and a certificate per identity (``python -m
+aion.core.mkcerts``, in the services' Python: the SDK does not import
+aion.core), and hands each process its own through ``AION_TLS_*``. Readiness is read from
+each internal service's plaintext health port (the gateway's own port).
 """
 
 from __future__ import annotations
@@ -35,11 +41,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICES = ("executor", "embedder", "knowledge", "router", "agent", "gateway")
 DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
              "executor": 50055, "embedder": 50056}
+DEV_HEALTH_PORTS = {"router": 51052, "agent": 51053, "knowledge": 51054, "executor": 51055,
+                    "embedder": 51056}
 DEV_GATEWAY_HTTP_PORT = 8080
 DEV_METRICS_PORTS = {"gateway": 9101, "router": 9102, "agent": 9103, "knowledge": 9104,
                      "executor": 9105, "embedder": 9106}
 # The module a service runs, where it is not its own name.
 MODULES = {"embedder": "executor"}
+# The identity each service's certificate names (aion.core.pki).
+IDENTITIES = {"gateway": "gateway", "router": "router", "agent": "agent",
+              "knowledge": "knowledge", "executor": "executor", "embedder": "executor"}
+# Every identity a certificate is made for (the operator's for `make dev --kubeconfig`).
+CERTIFIED = ("gateway", "router", "agent", "knowledge", "executor", "operator")
+# The bearer token of the suite's executors' HTTP API (a local suite's, not a secret).
+DEV_EXECUTOR_HTTP_TOKEN = "aion-dev-executor-token"
 
 
 # Where `make infra-up` (python -m aion.infra up infra) serves Postgres and Kafka.
@@ -63,8 +78,19 @@ class ServiceProcess:
     port: int
     metrics_port: int
     log_path: Path
+    health_port: int | None = None
     process: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def identity(self) -> str:
+        """The identity its certificate names."""
+        return IDENTITIES[self.name]
+
+    @property
+    def health_target(self) -> str:
+        """host:port that answers its health (plaintext): the health port, if it has one."""
+        return self.target if self.health_port is None else f"127.0.0.1:{self.health_port}"
 
     @property
     def module(self) -> str:
@@ -134,16 +160,22 @@ class LocalSuite:
                  ports: Mapping[str, int] | None = None,
                  metrics_ports: Mapping[str, int] | None = None, extra_env: Mapping[str, str] = (
                      types.MappingProxyType({})),
-                 python: str = sys.executable, allow_anonymous: bool = True) -> None:
+                 python: str = sys.executable, allow_anonymous: bool = True,
+                 health_ports: Mapping[str, int] | None = None) -> None:
         self._log_dir = log_dir
         self._python = python
         grpc_ports = dict(ports) if ports is not None else {n: free_port() for n in SERVICES}
         http_ports = (dict(metrics_ports) if metrics_ports is not None
                       else {n: free_port() for n in SERVICES})
+        probe_ports = (dict(health_ports) if health_ports is not None
+                       else {n: free_port() for n in SERVICES if n != "gateway"})
         self.services = {
             name: ServiceProcess(name, grpc_ports[name], http_ports[name],
-                                 log_dir / f"{name}.log")
+                                 log_dir / f"{name}.log", health_port=probe_ports.get(name))
             for name in SERVICES}
+        # The run's CA and a certificate per identity (tests call the internal services
+        # with these files).
+        self.tls_dir = log_dir / "tls"
         # The gateway's HTTP front door (OpenAI-compatible API, A2A, MCP).
         self.gateway_http_port = DEV_GATEWAY_HTTP_PORT if ports is not None else free_port()
         self._env = self._environment(agents_file, allow_anonymous, extra_env)
@@ -159,12 +191,17 @@ class LocalSuite:
             prefix = f"AION_{svc.name.upper()}_"
             env[prefix + "PORT"] = str(svc.port)
             env[prefix + "METRICS_PORT"] = str(svc.metrics_port)
+            if svc.health_port is not None:
+                env[prefix + "HEALTH_PORT"] = str(svc.health_port)
         s = self.services
         s["embedder"].env.update({
             "AION_EXECUTOR_PORT": str(s["embedder"].port),
             "AION_EXECUTOR_METRICS_PORT": str(s["embedder"].metrics_port),
             "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_HTTP_PORT": "0",
             "AION_EXECUTOR_INSTANCE_ID": "embedder"})
+        if s["embedder"].health_port is not None:
+            s["embedder"].env["AION_EXECUTOR_HEALTH_PORT"] = str(s["embedder"].health_port)
+        env.setdefault("AION_EXECUTOR_HTTP_TOKEN", DEV_EXECUTOR_HTTP_TOKEN)
         env["AION_GATEWAY_ROUTER_TARGET"] = s["router"].target
         env["AION_GATEWAY_AGENT_TARGET"] = s["agent"].target
         env["AION_GATEWAY_KNOWLEDGE_TARGET"] = s["knowledge"].target
@@ -208,13 +245,29 @@ class LocalSuite:
         port = self._env.get("AION_GATEWAY_HTTP_PORT", str(self.gateway_http_port))
         return f"http://127.0.0.1:{port}"
 
+    def tls_env(self, identity: str) -> dict[str, str]:
+        """The ``AION_TLS_*`` variables of a process of ``identity`` (files under ``tls_dir``)."""
+        return {"AION_TLS_CA_FILE": str(self.tls_dir / "ca.crt"),
+                "AION_TLS_CERT_FILE": str(self.tls_dir / f"{identity}.crt"),
+                "AION_TLS_KEY_FILE": str(self.tls_dir / f"{identity}.key")}
+
+    def make_certificates(self) -> None:
+        """A fresh CA under ``tls_dir`` and a certificate per identity (``start`` does it)."""
+        made = subprocess.run(
+            [self._python, "-m", "aion.core.mkcerts", str(self.tls_dir), *CERTIFIED],
+            capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            raise SuiteError(f"cannot make the suite's certificates: {made.stderr.strip()}")
+
     def start(self) -> None:
-        """Spawn every service (not waiting for readiness)."""
+        """Make the run's certificates, then spawn every service (not waiting for readiness)."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.make_certificates()
         for svc in self.services.values():
             with svc.log_path.open("wb") as log:
                 svc.process = subprocess.Popen(
-                    [self._python, "-m", f"aion.{svc.module}"], env={**self._env, **svc.env},
+                    [self._python, "-m", f"aion.{svc.module}"],
+                    env={**self._env, **self.tls_env(svc.identity), **svc.env},
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     start_new_session=True)
 
@@ -228,7 +281,7 @@ class LocalSuite:
                 if svc.process is not None and svc.process.poll() is not None:
                     raise SuiteError(f"{svc.name} exited with {svc.process.returncode}; "
                                      f"its log ({svc.log_path}):\n{svc.log_tail()}")
-                status = health_status(svc.target)
+                status = health_status(svc.health_target)
                 if status == "SERVING":
                     break
                 if time.monotonic() > deadline:
