@@ -48,7 +48,7 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
     await db.migrate(dsn)
     topics = events.Topics(cfg.topic_prefix)
     await kafka.ensure_topics(cfg.kafka_bootstrap, {
-        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1})
+        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1}, cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(
             dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
@@ -60,7 +60,7 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
                                             executor_target=cfg.executor_target):
                 await agents.put(agent)
                 log.info("registered agent from file", extra={"agent": agent.name})
-        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap)
+        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
         tasks = store.TaskStore(pool=pool, topics=topics, lease_s=cfg.lease_s,
                                 to_result=convert.result_to_pb, on_commit=publisher.wake)
         clients = await stack.enter_async_context(
@@ -93,7 +93,7 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
                 group.create_task(task_runner.reaper()),
                 group.create_task(worker.consumer(
                     run=task_runner, pool=pool, topics=topics,
-                    bootstrap=cfg.kafka_bootstrap).run()),
+                    bootstrap=cfg.kafka_bootstrap, security=cfg).run()),
             ]
             grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
                                             grace_s=cfg.grace_s,

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from aion.agent import convert, registry, runner, store
+from aion.agent import convert, model, registry, runner, store
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import authz, errors
@@ -112,9 +112,27 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
                           context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
-        parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
-            registry.parse_manifest, request.request.manifest,
-            tenant=authz.require_tenant(request.tenant), executor_target=None,
-            max_tokens=self._runner.limits.max_tokens)
+        try:
+            parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
+                registry.parse_manifest, request.request.manifest,
+                tenant=authz.require_tenant(request.tenant), executor_target=None,
+                max_tokens=self._runner.limits.max_tokens)
+        except (RecursionError, ValueError) as exc:
+            # Nesting deeper than the parser goes, or an integer of thousands of digits.
+            raise errors.InvalidArgument(
+                f"not a valid Agent manifest: {type(exc).__name__}: {str(exc)[:200]}",
+                field="manifest") from None
+        for agent in parsed:  # what Postgres would refuse, refused before anything is written
+            _storable(agent)
         applied = [await self._agents.put(a) for a in parsed]
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])
+
+
+def _storable(agent: model.AgentRecord) -> None:
+    """InvalidArgument unless the registry can store ``agent`` as it is."""
+    texts = [agent.name, agent.model, agent.model_task, agent.instructions,
+             agent.description, *agent.knowledge_bases, *agent.tools]
+    if any("\x00" in t for t in texts):
+        raise errors.InvalidArgument(
+            f"agent {agent.name!r}: the manifest holds a NUL character (\\0)",
+            field="manifest")

@@ -10,14 +10,14 @@ from pathlib import Path
 import pydantic
 import pydantic_settings
 
-from aion.core import settings
+from aion.core import kafka, settings
 
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class AgentSettings(settings.ServiceSettings):
+class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the agent service listens, what it stores where, and its task limits."""
 
     model_config = pydantic_settings.SettingsConfigDict(

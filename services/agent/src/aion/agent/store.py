@@ -178,11 +178,17 @@ class TaskStore:
 
     # -- events -------------------------------------------------------------------
     async def _state_event(self, conn: Conn, task: Task) -> None:
+        # The task-events topic is shared by every tenant, so an event carries the
+        # tenant (on the envelope), ids, state, engine and usage, never the output text:
+        # whoever needs the output asks the agent service for it (Get, as the tenant),
+        # which checks the tenant. One shared topic keeps the consumers simple (one
+        # group reads every task) and Kafka ACLs need no per-tenant topics.
         data = events_pb2.TaskStateChanged(task_id=task.id, agent=task.spec.agent)
         result = self._to_result(task)
         data.status = result.status
         if task.status.final:
             data.result.CopyFrom(result)
+            data.result.ClearField("output")
         await outbox.add(conn, topic=self._topics.task_events, env=events.envelope(
             type_=events.TASK_STATE_CHANGED, tenant=task.spec.tenant, subject=task.id,
             data=data))

@@ -22,6 +22,7 @@ import psycopg
 
 from aion.agent import db, events, kafka, runner
 from aion.api.events.v1 import events_pb2
+from aion.core import kafka as core_kafka
 
 
 class Worker:
@@ -41,7 +42,8 @@ class Worker:
 
 
 def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
-             bootstrap: str) -> Worker:
+             bootstrap: str,
+             security: core_kafka.KafkaSettings | None = None) -> Worker:
     """The work topic's consumer, feeding the runner's fair dispatcher."""
 
     async def handle(env: events_pb2.Envelope,
@@ -70,4 +72,4 @@ def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
     return Worker(run=run, queue=topics.work, consumer=kafka.IdempotentConsumer(
         name="worker", topic=topics.work, group=topics.group("agent-workers"),
         bootstrap=bootstrap, pool=pool, handle=handle,
-        dead_letter=topics.dead_letter(topics.work)))
+        dead_letter=topics.dead_letter(topics.work), security=security))

@@ -123,7 +123,7 @@ async def run(cfg: executor_settings.ExecutorSettings, material: tls.Tls) -> Non
             reporter = await stack.enter_async_context(load_report.LoadReporter(
                 service.snapshot, bootstrap=cfg.kafka_bootstrap, topic=cfg.load_topic,
                 interval_s=cfg.load_interval_s, executor=cfg.instance_id,
-                model=service.model_name))
+                model=service.model_name, security=cfg))
         await stack.enter_async_context(grpc_server)
         http = None
         token = cfg.http_token.get_secret_value() if cfg.http_token else None

@@ -11,7 +11,7 @@ from typing import Literal
 import pydantic
 import pydantic_settings
 
-from aion.core import settings
+from aion.core import kafka, settings
 
 Task = Literal["generate", "embed"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -48,7 +48,7 @@ def bundled_model_path(task: Task = "generate") -> Path:
         "AION_EXECUTOR_MODEL_PATH")
 
 
-class ExecutorSettings(settings.ServiceSettings):
+class ExecutorSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the executor listens, which model it serves, and how much work it admits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
