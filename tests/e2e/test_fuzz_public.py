@@ -49,6 +49,7 @@ from psycopg.rows import dict_row
 
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, knowledge_pb2, tasks_pb2
+from aion.gateway import keys
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
@@ -396,10 +397,12 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Ka
     agents = log_dir / "fuzz-agent.yaml"
     agents.write_text(FUZZ_AGENT)
     env = {**backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
-           "AION_GATEWAY_API_KEYS": json.dumps([{"key": ADMIN_KEY, "tenant": TENANT,
-                                                 "roles": ["admin"], "name": "fuzz"}]),
+           "AION_GATEWAY_API_KEYS": json.dumps([{"hash": keys.hash_key(ADMIN_KEY),
+                                                 "tenant": TENANT, "roles": ["admin"],
+                                                 "name": "fuzz"}]),
            # The fuzzer calls far faster than a tenant should: no rate limit in its way.
            "AION_GATEWAY_RATE_PER_S": "1000000", "AION_GATEWAY_RATE_BURST": "1000000",
+           "AION_GATEWAY_KEY_RATE_PER_S": "1000000", "AION_GATEWAY_KEY_RATE_BURST": "1000000",
            "AION_AGENT_AGENTS_FILE": str(agents), "AION_AGENT_AGENTS_TENANT": TENANT}
     fuzzed = Fuzzed()
     try:
