@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -75,7 +76,8 @@ async def test_stream_without_a_deadline_is_refused(suite: testing.LocalSuite) -
     async with grpc.aio.insecure_channel(suite.gateway) as chan:
         stub: tasks_pb2_grpc.TasksAsyncStub = tasks_pb2_grpc.TasksStub(chan)
         call = stub.Stream(tasks_pb2.StreamRequest(
-            task=tasks_pb2.TaskSpec(agent="demo", input="hi")))
+            task=tasks_pb2.TaskSpec(agent="demo", input="hi")),
+            metadata=(("x-api-key", os.environ["AION_API_KEY"]),))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
                 pass

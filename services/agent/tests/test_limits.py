@@ -176,6 +176,25 @@ async def test_a_tenant_at_its_limit_is_refused_while_another_runs_and_leaving_f
     assert again.result.status == common_pb2.TASK_STATUS_OK
 
 
+async def test_a_caller_given_an_existing_task_does_not_cancel_it_by_leaving(
+        stub: Stub, service: Any) -> None:
+    dsn = service.cfg.postgres_dsn.get_secret_value()
+    tenant = _tenant()
+    await register(stub, tenant, service.executor.address)
+    first = stub.Run(run(tenant, "hang", key="same"), timeout=60)
+    assert (await anext(aiter(first))).WhichOneof("event") == "started"
+    second = stub.Run(run(tenant, "hang", key="same"), timeout=60)  # the same task
+    assert (await anext(aiter(second))).WhichOneof("event") == "started"
+    second.cancel()
+    await asyncio.sleep(1.5)
+    assert list((await states(dsn, tenant)).values()) == ["RUNNING"]
+    first.cancel()  # its own caller leaves: now it ends
+
+    async def canceled() -> bool:
+        return list((await states(dsn, tenant)).values()) == ["CANCELED"]
+    await until(canceled, "the task to end CANCELED once its own caller left")
+
+
 async def test_an_asynchronous_task_survives_its_caller(stub: Stub, service: Any) -> None:
     dsn = service.cfg.postgres_dsn.get_secret_value()
     tenant = _tenant()

@@ -79,6 +79,7 @@ class Runner:
         self._limits = limits
         self._running: dict[str, asyncio.Task[None]] = {}
         self._why: dict[str, str] = {}  # task id -> why its run was stopped
+        self._started: dict[str, store.Task] = {}  # sync task id -> what start gave its caller
         self._room = asyncio.Condition()
         self._ready = asyncio.Event()  # set when a queued task may be ready to claim
         self._purged_at = -float("inf")
@@ -129,6 +130,7 @@ class Runner:
             claimed = await self._tasks.claim(task.id, owner=owner)
             if claimed is not None:
                 self._launch(claimed, agent)
+                self._started[claimed.id] = claimed
                 return claimed
         return task
 
@@ -165,9 +167,10 @@ class Runner:
                 await asyncio.wait_for(self._ready.wait(), self._limits.dispatch_poll_s)
 
     def caller_left(self, task: store.Task) -> None:
-        """The caller of a synchronous task went away: stop it (CANCELED). A task submitted
-        asynchronously survives its caller."""
-        if not task.spec.asynchronous:
+        """The caller that started a synchronous task (``task`` is what ``start`` gave it)
+        went away: stop it (CANCELED). A task submitted asynchronously survives its caller,
+        and a caller given an existing task (its idempotency key) does not own it."""
+        if not task.spec.asynchronous and self._started.get(task.id) is task:
             self._stop(task.id, "cancel")
 
     async def run_claimed(self, task: store.Task) -> None:
@@ -279,6 +282,7 @@ class Runner:
             error = store.TaskError("INTERNAL", "the agent service failed; see its log")
         finally:
             self._running.pop(task.id, None)
+            self._started.pop(task.id, None)
             why = self._why.pop(task.id, None)
             async with self._room:
                 self._room.notify_all()
