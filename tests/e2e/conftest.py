@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from aion.gateway import keys
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
@@ -17,6 +20,13 @@ from aion.sdk import testing
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
+# Auth is on (no anonymous mode): the suites' gateways take this admin key of tenant
+# "default", configured by its hash; clients and aionctl find it in AION_API_KEY.
+ADMIN_KEY = keys.new_key()[0]
+os.environ.setdefault("AION_API_KEY", ADMIN_KEY)
+GATEWAY_AUTH = {"AION_GATEWAY_ALLOW_ANONYMOUS": "false", "AION_GATEWAY_API_KEYS": json.dumps(
+    [{"hash": keys.hash_key(os.environ["AION_API_KEY"]), "tenant": "default",
+      "roles": ["admin"], "name": "e2e-admin"}])}
 
 
 class Backbone:
@@ -52,8 +62,9 @@ def start_suite(log_dir: Path, env: dict[str, str]) -> testing.LocalSuite:
     """Start the suite and wait for it; a service that does not come up fails with its log."""
     # One llama.cpp thread: on a shared two-core machine, two spinning threads
     # slow to a crawl whenever another process (here: the test itself) runs.
-    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT,
-                               extra_env={"AION_EXECUTOR_N_THREADS": "1", **env})
+    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, allow_anonymous=False,
+                               extra_env={"AION_EXECUTOR_N_THREADS": "1", **GATEWAY_AUTH,
+                                          **env})
     suite.start()
     try:
         suite.wait_ready(timeout=180)

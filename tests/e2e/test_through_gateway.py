@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ AIONCTL = str(Path(sys.executable).with_name("aionctl"))
 
 def test_every_service_reports_serving(suite: testing.LocalSuite) -> None:
     for svc in suite.services.values():
-        assert testing.suite.health_status(svc.target) == "SERVING", svc.name
+        assert testing.suite.health_status(svc.health_target) == "SERVING", svc.name
 
 
 async def test_stream_yields_model_tokens_then_the_canonical_result(
@@ -75,7 +76,8 @@ async def test_stream_without_a_deadline_is_refused(suite: testing.LocalSuite) -
     async with grpc.aio.insecure_channel(suite.gateway) as chan:
         stub: tasks_pb2_grpc.TasksAsyncStub = tasks_pb2_grpc.TasksStub(chan)
         call = stub.Stream(tasks_pb2.StreamRequest(
-            task=tasks_pb2.TaskSpec(agent="demo", input="hi")))
+            task=tasks_pb2.TaskSpec(agent="demo", input="hi")),
+            metadata=(("x-api-key", os.environ["AION_API_KEY"]),))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
                 pass

@@ -239,3 +239,54 @@ spec:
       appProtocol: http
     {{- end }}
 {{- end -}}
+
+{{/* Kafka security (agent.kafka: TLS, SASL) as a component's env. Args: dict "root" $ "prefix" "AION_AGENT". */}}
+{{- define "aion.kafkaEnv" -}}
+{{- $k := .root.Values.agent.kafka -}}
+- name: {{ .prefix }}_KAFKA_SECURITY_PROTOCOL
+  value: {{ $k.securityProtocol | quote }}
+{{- if hasPrefix "SASL_" $k.securityProtocol }}
+- name: {{ .prefix }}_KAFKA_SASL_MECHANISM
+  value: {{ $k.sasl.mechanism | quote }}
+- name: {{ .prefix }}_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.sasl.existingSecret }}
+      key: {{ $k.sasl.usernameKey }}
+- name: {{ .prefix }}_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.sasl.existingSecret }}
+      key: {{ $k.sasl.passwordKey }}
+{{- end }}
+{{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.existingSecret }}
+- name: {{ .prefix }}_KAFKA_SSL_CAFILE
+  value: {{ printf "/etc/aion/kafka-tls/%s" $k.tls.caKey | quote }}
+{{- if $k.tls.clientCertificate }}
+- name: {{ .prefix }}_KAFKA_SSL_CERTFILE
+  value: {{ printf "/etc/aion/kafka-tls/%s" $k.tls.certKey | quote }}
+- name: {{ .prefix }}_KAFKA_SSL_KEYFILE
+  value: {{ printf "/etc/aion/kafka-tls/%s" $k.tls.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* The volume mount of agent.kafka.tls.existingSecret, when TLS reads one. Args: $. */}}
+{{- define "aion.kafkaVolumeMount" -}}
+{{- $k := .Values.agent.kafka -}}
+{{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.existingSecret }}
+- name: kafka-tls
+  mountPath: /etc/aion/kafka-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The volume of agent.kafka.tls.existingSecret, when TLS reads one. Args: $. */}}
+{{- define "aion.kafkaVolume" -}}
+{{- $k := .Values.agent.kafka -}}
+{{- if and (hasSuffix "SSL" $k.securityProtocol) $k.tls.existingSecret }}
+- name: kafka-tls
+  secret:
+    secretName: {{ $k.tls.existingSecret }}
+{{- end }}
+{{- end -}}

@@ -145,3 +145,11 @@ async def test_shutdown_flips_health_then_lets_in_flight_calls_finish() -> None:
         assert result.provider == "slow"
         await asyncio.wait_for(stopping, 5)
     await srv.shutdown()  # idempotent
+
+
+def test_a_message_quoting_a_huge_input_is_cut_to_fit_the_trailers() -> None:
+    err = errors.NotFound(f"task '{'x' * 600_000}' not found", field="task_id")
+    status = err.to_status()
+    assert len(status.SerializeToString()) < 4 * errors.MAX_MESSAGE_CHARS
+    assert status.message.startswith("task 'xxx")
+    assert status.message.endswith(f"({600_000 + 17 - errors.MAX_MESSAGE_CHARS} more characters)")

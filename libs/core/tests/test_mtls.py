@@ -58,7 +58,8 @@ async def test_another_identity_is_permission_denied(router: server.GrpcServer,
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert identity in str(info.value.details()) and "Decide" in str(info.value.details())
+    assert identity in str(info.value.details())
+    assert "Decide" in str(info.value.details())
 
 
 async def test_no_client_certificate_is_refused(router: server.GrpcServer,
@@ -150,3 +151,43 @@ def test_material_is_read_from_the_variables(monkeypatch: pytest.MonkeyPatch, tm
     monkeypatch.setenv("AION_TLS_KEY_FILE", str(tmp_path / "nope.key"))
     with pytest.raises(settings.SettingsError, match="AION_TLS_KEY_FILE"):
         tls.load()
+
+
+def _foreign_name_cert(ca: pki.KeyPair, dns: str) -> pki.KeyPair:
+    """A certificate the CA signed whose SAN is outside aion.internal."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return pki.KeyPair(cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+
+async def test_a_certificate_naming_no_identity_is_unauthenticated(
+        router: server.GrpcServer, ca: pki.KeyPair) -> None:
+    # Signed by the install CA, CN "gateway", but its SAN is not <identity>.aion.internal.
+    stray = tls.Tls(ca_pem=ca.cert_pem, pair=_foreign_name_cert(ca, "gateway.example.com"),
+                    identity="gateway")
+    async with channels.connect(router.address, tls=stray, peer="router") as chan:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _decide(chan)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import grpc
 import pytest
 import uvicorn
 from a2a.helpers import proto_helpers

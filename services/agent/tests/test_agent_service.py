@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -204,7 +205,11 @@ async def test_every_state_change_is_an_event_on_kafka_in_order(
     assert len({e.id for e in envs}) == 3
     final = events_pb2.TaskStateChanged()
     envs[-1].data.Unpack(final)
-    assert final.result.output == "evented "
+    # The shared topic carries the state and usage, never the output (Get returns it).
+    assert final.result.status == common_pb2.TASK_STATUS_OK
+    assert final.result.output == ""
+    assert final.result.usage.completion_tokens > 0
+    assert b"evented" not in b"".join(r.value for r in mine)
 
 
 async def test_outbox_metrics_show_the_backlog_and_what_was_published(
@@ -279,7 +284,7 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
     names = [a.name for a in (await stub.ListAgents(
         agent_pb2.ListAgentsRequest(tenant="reg"))).agents]
     assert names == ["applied", "new"]
-    gone = await stub.DeregisterAgent(agent_pb2.AgentRef(tenant="reg", name="new"))
+    gone = await stub.DeregisterAgent(agent_pb2.DeregisterAgentRequest(tenant="reg", name="new"))
     assert gone.deregistered
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(tenant="reg"))
@@ -288,6 +293,40 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
         await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
             tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n")))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_input_postgres_cannot_hold_is_invalid_argument_not_internal(
+        stub: Stub) -> None:
+    keyed = run("hi", asynchronous=True)
+    keyed.task.idempotency_key = "k\x00"
+    calls: list[tuple[str, Awaitable[Any]]] = [
+        ("agent name", stub.GetAgent(agent_pb2.AgentRef(tenant=TENANT, name="a\x00b"))),
+        ("input", stub.Submit(run("hi\x00there"))),
+        ("idempotency key", stub.Submit(keyed))]
+    for name, call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, info.value)
+        assert "cannot be stored" in (info.value.details() or ""), name
+
+
+MANIFEST_HEAD = "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: bad}\n"
+
+
+@pytest.mark.parametrize("manifest", [
+    "[" * 5000 + "]" * 5000,  # deeper than the parser goes
+    MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: " + "9" * 5000 + "}\n",
+    MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: 99999999999}\n",
+    MANIFEST_HEAD + 'spec: {model: {name: m}, instructions: "a\\0b"}\n',
+], ids=["deep", "digits", "int32", "nul"])
+async def test_a_manifest_postgres_cannot_hold_is_invalid_and_nothing_is_written(
+        stub: Stub, manifest: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
+            tenant="badmanifest", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    listed = await stub.ListAgents(agent_pb2.ListAgentsRequest(tenant="badmanifest"))
+    assert list(listed.agents) == []
 
 
 def test_agents_file_loads_agent_resources(tmp_path: Path) -> None:

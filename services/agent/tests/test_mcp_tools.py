@@ -9,7 +9,6 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
-import grpc
 import psycopg
 import pytest
 import uvicorn

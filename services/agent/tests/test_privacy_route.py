@@ -128,7 +128,7 @@ async def test_a_local_only_agent_called_as_a_tool_stays_local(
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     sent = provider.bodies[before:]
     assert len(sent) == 2  # the asker's tool call, then its answer
-    assert not any("the secret plan" == m["content"] for body in sent
+    assert not any(m["content"] == "the secret plan" for body in sent
                    for m in body["messages"] if m["role"] == "user"), sent
     callee = [r for r in executor.requests[asked:]
               if any(m.role == "user" and m.content == "the secret plan" for m in r.messages)]

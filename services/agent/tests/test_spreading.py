@@ -13,7 +13,6 @@ import collections
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
-import grpc
 import pytest
 
 from aion.agent import endpoints, peers
@@ -56,7 +55,7 @@ def pods(executor_pods: list[tuple[Any, server.GrpcServer]]) -> list[Pod]:
 @pytest.fixture(scope="module")
 async def spread_service(new_service: Callable[..., Any]) -> AsyncIterator[Any]:
     """An agent service of this module's own."""
-    async with new_service() as svc:
+    async with new_service(max_running_per_tenant=16) as svc:  # 12 sync runs at once
         yield svc
 
 

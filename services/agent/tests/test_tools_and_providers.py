@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import grpc
 import httpx
 import psycopg
 import pydantic

@@ -33,15 +33,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import llama_cpp
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+from aion.core import channels, tls
 from aion.executor import backend, gguf_model, settings, st_backend
 
 THREADS = int(os.environ.get("BENCH_THREADS", settings.available_cpus()))
@@ -50,6 +52,8 @@ GEN_STREAMS = [int(n) for n in os.environ.get("BENCH_GEN_STREAMS", "1,8,32").spl
 EMBED_CALLERS = [int(n) for n in os.environ.get("BENCH_EMBED_CALLERS", "1,8,64").split(",")]
 LLAMA_SERVER = os.environ.get("BENCH_LLAMA_SERVER", "1") != "0"
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "16"))
+CA = tls.LocalCa()  # the executor process's certificate and the benchmark's (as the agent)
+HTTP_TOKEN = "bench-executor-token"
 N_CTX = 256
 GEN_NAME = "smollm2-135m-instruct"
 EMBED_NAME = "all-minilm-l6-v2"
@@ -183,6 +187,7 @@ async def http_generation(base_url: str, streams: int, *, model: str) -> float:
     """Aggregate tokens/s of OpenAI chat completions (not streamed, usage counted) over HTTP."""
     tokens = 0
     async with httpx.AsyncClient(base_url=base_url, timeout=900,
+                                 headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
                                  limits=httpx.Limits(max_connections=streams + 4)) as http:
         async def one(i: int) -> None:
             nonlocal tokens
@@ -328,7 +333,9 @@ class Running:
 @contextlib.asynccontextmanager
 async def executor_process(**env: str) -> AsyncIterator[Running]:
     """``python -m aion.executor`` on free ports, as deployed; stopped with SIGTERM."""
-    variables = {**os.environ, "AION_EXECUTOR_HOST": "127.0.0.1", "AION_EXECUTOR_PORT": "0",
+    variables = {**os.environ, **CA.env(Path(tempfile.mkdtemp()), "executor"),
+                 "AION_EXECUTOR_HEALTH_PORT": "0", "AION_EXECUTOR_HTTP_TOKEN": HTTP_TOKEN,
+                 "AION_EXECUTOR_HOST": "127.0.0.1", "AION_EXECUTOR_PORT": "0",
                  "AION_EXECUTOR_HTTP_PORT": "0", "AION_EXECUTOR_N_THREADS": str(THREADS),
                  "AION_EXECUTOR_N_CTX": str(N_CTX), "AION_EXECUTOR_LOG_LEVEL": "INFO",
                  "AION_EXECUTOR_MAX_TOKENS_LIMIT": str(MAX_TOKENS),
@@ -354,7 +361,8 @@ async def executor_process(**env: str) -> AsyncIterator[Running]:
                 if message.startswith("executor cannot start"):
                     raise RuntimeError(message)
         drain = asyncio.ensure_future(_drain(proc.stderr))
-        async with grpc.aio.insecure_channel(addresses["executor listening"]) as channel:
+        async with channels.connect(addresses["executor listening"], tls=CA.tls("agent"),
+                                    peer="executor") as channel:
             yield Running(stub=executor_pb2_grpc.ExecutorStub(channel),
                           http_url=f"http://{addresses['executor http listening']}")
         drain.cancel()

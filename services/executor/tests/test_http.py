@@ -120,7 +120,8 @@ async def test_embeddings_through_the_client_and_as_floats(embedder: testing.Exe
 async def test_bad_input_is_a_400_naming_the_field(generator: testing.Executor,
                                                    path: str, body: dict[str, object],
                                                    param: str | None) -> None:
-    async with httpx.AsyncClient(base_url=generator.http_url, headers=generator.http_headers) as http:
+    async with httpx.AsyncClient(base_url=generator.http_url,
+                                 headers=generator.http_headers) as http:
         response = await http.post(path, json=body)
         assert response.status_code == 400, response.text
         error = response.json()["error"]
@@ -184,7 +185,8 @@ async def test_a_client_that_disconnects_frees_its_slot(generator: testing.Execu
 
 
 async def test_health_says_ready(generator: testing.Executor) -> None:
-    async with httpx.AsyncClient(base_url=generator.http_url, headers=generator.http_headers) as http:
+    async with httpx.AsyncClient(base_url=generator.http_url,
+                                 headers=generator.http_headers) as http:
         response = await http.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"ready": True})
 

@@ -22,6 +22,7 @@ from aion.gateway import (
     a2a_api,
     auth,
     http_app,
+    keys,
     mcp_server,
     openai_api,
     openapi,
@@ -31,6 +32,7 @@ from aion.gateway import (
 )
 
 KEY, VIEWER, SECRET = "k-user", "k-viewer", "jwt-secret-for-tests-32-bytes-long"
+AUDIENCE, ISSUER = "aion", "https://issuer.test"
 
 
 class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
@@ -174,10 +176,11 @@ async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gat
     """The HTTP surfaces (OpenAI, A2A, MCP, OpenAPI) of a gateway over the fakes, on a free
     port."""
     cfg = settings.GatewaySettings(
-        api_keys=[settings.ApiKey(key=pydantic.SecretStr(KEY), tenant="acme"),
-                  settings.ApiKey(key=pydantic.SecretStr(VIEWER), tenant="acme",
+        api_keys=[settings.ApiKey(hash=keys.hash_key(KEY), tenant="acme", roles=["user"]),
+                  settings.ApiKey(hash=keys.hash_key(VIEWER), tenant="acme",
                                   roles=["viewer"])],
-        jwt_secret=pydantic.SecretStr(SECRET), http_max_body_bytes=4096)
+        jwt_secret=pydantic.SecretStr(SECRET), jwt_audience=AUDIENCE, jwt_issuer=ISSUER,
+        http_max_body_bytes=4096)
     agents, router = FakeAgents(), FakeRouter()  # type: ignore[abstract]
     knowledge = FakeKnowledge()  # type: ignore[abstract]
     backend = server.GrpcServer(name="fakes", host="127.0.0.1", port=0, grace_s=1)
@@ -188,7 +191,9 @@ async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gat
     async with backend, grpc.aio.insecure_channel(backend.address) as chan:
         peers = servicers.Peers(router=chan, agent=chan, knowledge=chan)
         guard = servicers.Guard(authenticator=auth.Authenticator(cfg),
-                                limiter=ratelimit.RateLimiter(rate=rate, burst=burst))
+                                limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(),
+                                                              ratelimit.Policy(tenant_rate=rate,
+                                                                               tenant_burst=burst)))
         tasks = servicers.TasksServicer(guard=guard, peers=peers)
         agent_list = servicers.AgentsServicer(guard=guard, peers=peers)
         api = openai_api.OpenAIApi(tasks=tasks, agents=agent_list, timeout_s=30,

@@ -15,7 +15,7 @@ import pytest
 from aion.api.v1 import common_pb2
 from aion.gateway import http_calls, openapi, results
 
-from .fakes import KEY, SECRET, VIEWER
+from .fakes import AUDIENCE, ISSUER, KEY, SECRET, VIEWER
 from .fakes import gateway as _gateway
 
 
@@ -104,6 +104,7 @@ async def test_unknown_agents_roles_and_credentials_get_openai_errors() -> None:
         with pytest.raises(openai.AuthenticationError, match="unknown API key"):
             await gw.client("k-wrong").models.list()
         token = jwt.encode({"sub": "bob", "tenant": "acme", "roles": ["viewer"],
+                            "aud": AUDIENCE, "iss": ISSUER,
                             "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
         assert [m.id for m in (await gw.client(token).models.list()).data] == ["demo"]
     assert missing.value.body == {"message": "agent 'nope' not found",

@@ -45,13 +45,13 @@ from pathlib import Path
 from pydoc_data import topics
 from typing import Any
 
-import grpc
 import psycopg
 from psycopg import sql
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2
 from aion.api.v1 import knowledge_pb2 as public
+from aion.core import channels
 from aion.infra.paths import Layout
 from aion.infra.registry import make
 from aion.knowledge import chunking, qdrant_index, testing
@@ -89,8 +89,10 @@ def _corpus() -> list[tuple[str, str]]:
 
 
 def _executor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = suite_testing.free_port()
-    env = {**os.environ, "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
+    port, health_port = suite_testing.free_port(), suite_testing.free_port()
+    env = {**os.environ, **testing.CA.env(log.parent / "tls", "executor"),
+           "AION_EXECUTOR_HEALTH_PORT": str(health_port),
+           "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
            "AION_EXECUTOR_N_THREADS": str(THREADS), "AION_EXECUTOR_HTTP_PORT": "0",
            "AION_EXECUTOR_EMBED_MAX_BATCH": "64", "HF_HUB_OFFLINE": "1"}
     with log.open("wb") as out:
@@ -98,7 +100,7 @@ def _executor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 180
-    while suite_testing.health_status(target) != "SERVING":
+    while suite_testing.health_status(f"127.0.0.1:{health_port}") != "SERVING":
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise SystemExit(f"the embedding executor did not start; see {log}")
@@ -109,7 +111,8 @@ def _executor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
 async def _raw_embed(target: str, texts: list[str]) -> dict[str, float]:
     """Texts/s straight through Embed, per batch size (4 calls in flight, as the service)."""
     rates: dict[str, float] = {}
-    async with grpc.aio.insecure_channel(target) as channel:
+    async with channels.connect(target, tls=testing.CA.tls("knowledge"),
+                                peer="executor") as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
         await stub.Embed(executor_pb2.EmbedRequest(texts=texts[:8]))  # warm
         for batch in (16, 32, 64):
@@ -209,7 +212,7 @@ async def main() -> dict[str, Any]:
             minio_access_key=minio.access_key,  # type: ignore[attr-defined]
             minio_secret_key=minio.secret_key,  # type: ignore[attr-defined]
             minio_bucket=f"bench-{uuid.uuid4().hex[:8]}", topic_prefix=f"{db}.",
-            executor_target=target, port=0, workers=4, qdrant_path="",
+            executor_target=target, port=0, health_port=0, workers=4, qdrant_path="",
             qdrant_url=os.environ.get("AION_KNOWLEDGE_QDRANT_URL", ""))
         chunker = chunking.Chunker(None, size=cfg.chunk_tokens, overlap=cfg.chunk_overlap_tokens)
         pieces = [p.text for _, text in corpus for p in chunker.split(text)]
@@ -219,7 +222,8 @@ async def main() -> dict[str, Any]:
             _log("ingesting through the service")
             ingest = await _ingest(service, corpus)
             assert service.index is not None
-            async with grpc.aio.insecure_channel(target) as channel:
+            async with channels.connect(target, tls=testing.CA.tls("knowledge"),
+                                peer="executor") as channel:
                 stub = executor_pb2_grpc.ExecutorStub(channel)
                 sample = pieces[:256]
                 resp = await stub.Embed(executor_pb2.EmbedRequest(texts=sample[:64]))

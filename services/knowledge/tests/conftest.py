@@ -27,6 +27,9 @@ from aion.knowledge import settings as knowledge_settings
 from aion.knowledge import testing
 from aion.sdk.testing import suite as suite_testing
 
+# One CA for the session: the embedding executor's, the services' and the clients'
+# certificates (``testing.Service`` calls as the gateway).
+CA = testing.CA
 
 @pytest.fixture(scope="session")
 def knowledge_dsn(postgres: Postgres) -> Iterator[str]:
@@ -56,9 +59,11 @@ def s3(server: MinIO) -> minio.Minio:
 @pytest.fixture(scope="session")
 def embed_executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real embedding executor (all-MiniLM-L6-v2 on the CPU) as a process; its target."""
-    port = suite_testing.free_port()
+    port, health_port = suite_testing.free_port(), suite_testing.free_port()
     log_path = tmp_path_factory.mktemp("executor") / "executor.log"
-    env = {**os.environ, "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
+    env = {**os.environ, **CA.env(log_path.parent / "tls", "executor"),
+           "AION_EXECUTOR_HEALTH_PORT": str(health_port),
+           "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
            "AION_EXECUTOR_DEVICE": "cpu", "AION_EXECUTOR_N_THREADS": "1",
            "AION_EXECUTOR_HTTP_PORT": "0", "HF_HUB_OFFLINE": "1"}
     with log_path.open("wb") as log:
@@ -67,7 +72,7 @@ def embed_executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     target = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while suite_testing.health_status(target) != "SERVING":
+        while suite_testing.health_status(f"127.0.0.1:{health_port}") != "SERVING":
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the embedding executor did not start; its log:\n"
                             f"{log_path.read_text(errors='replace')[-3000:]}", pytrace=False)
@@ -97,7 +102,7 @@ def base_settings(knowledge_dsn: str, kafka: Kafka, minio: MinIO, bucket: str,
     return {"postgres_dsn": knowledge_dsn, "kafka_bootstrap": kafka.bootstrap,
             "minio_endpoint": minio.endpoint, "minio_access_key": minio.access_key,
             "minio_secret_key": minio.secret_key, "minio_bucket": bucket,
-            "executor_target": embed_executor, "port": 0, "grace_s": 1.0,
+            "executor_target": embed_executor, "port": 0, "health_port": 0, "grace_s": 1.0,
             "lease_s": 4.0, "heartbeat_s": 0.5, "reaper_interval_s": 0.5,
             "requeue_after_s": 5.0}
 
@@ -113,7 +118,7 @@ def new_service(base_settings: dict[str, Any],
                   "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
                   "qdrant_path": str(tmp_path_factory.mktemp("qdrant"))}
         values.update(overrides)
-        return testing.Service(settings(**values))
+        return testing.Service(settings(**values), ca=CA)
 
     return make
 

@@ -15,12 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public
-from aion.knowledge import qdrant_index
+from aion.knowledge import qdrant_index, testing
 from aion.knowledge import settings as knowledge_settings
 from aion.sdk.testing import suite as suite_testing
 
@@ -34,7 +33,10 @@ class Process:
 
     def __init__(self, values: dict[str, Any], log: Path) -> None:
         self.port = suite_testing.free_port()
-        env = {**os.environ, "AION_KNOWLEDGE_PORT": str(self.port)}
+        self.health_port = suite_testing.free_port()
+        env = {**os.environ, **testing.CA.env(log.parent / "tls", "knowledge"),
+               "AION_KNOWLEDGE_PORT": str(self.port),
+               "AION_KNOWLEDGE_HEALTH_PORT": str(self.health_port)}
         for key, value in values.items():
             env[f"AION_KNOWLEDGE_{key.upper()}"] = str(value)
         self.log = log
@@ -43,7 +45,7 @@ class Process:
                                          stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
-        while suite_testing.health_status(f"127.0.0.1:{self.port}") != "SERVING":
+        while suite_testing.health_status(f"127.0.0.1:{self.health_port}") != "SERVING":
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
                 pytest.fail("the knowledge service did not start:\n"
@@ -63,6 +65,7 @@ def process_settings(base_settings: dict[str, Any], tmp_path: Path) -> dict[str,
               "embed_concurrency": 1, "lease_s": 3.0, "heartbeat_s": 0.5,
               "reaper_interval_s": 0.5, "log_level": "INFO"}
     values.pop("port")
+    values.pop("health_port")
     return values
 
 
@@ -75,7 +78,7 @@ async def _document(stub: knowledge_pb2_grpc.KnowledgeServiceAsyncStub,
 
 async def _until(port: int, tenant: str, done: Callable[[public.Document], bool],
                  timeout: float) -> public.Document:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with testing.channel(f"127.0.0.1:{port}") as channel:
         stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
         deadline = time.monotonic() + timeout
         while True:
@@ -95,7 +98,7 @@ async def test_a_worker_killed_mid_document_leaves_no_orphan_vectors(
         k: v for k, v in process_settings.items() if k != "log_level"})
     first = Process(process_settings, tmp_path / "first.log")
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{first.port}") as channel:
+        async with testing.channel(f"127.0.0.1:{first.port}") as channel:
             stub = knowledge_pb2_grpc.KnowledgeServiceStub(channel)
             resp = await stub.Ingest(knowledge_pb2.IngestRequest(
                 tenant=tenant, request=public.IngestRequest(

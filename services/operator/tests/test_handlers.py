@@ -331,12 +331,10 @@ def test_registration_is_due_once_ready_and_again_for_each_new_spec() -> None:
 def test_the_registration_names_tenant_pool_and_executor() -> None:
     body = _agent({"model": {"name": "m", "task": "embed"}, "instructions": "Be brief.",
                    "knowledgeBases": ["docs"], "routing": {"privacy": "hybrid"}})
-    assert registration.tenant(body, label="aion.dev/tenant") == "team-a"
-    body["metadata"]["labels"] = {"aion.dev/tenant": "acme"}
-    assert registration.tenant(body, label="aion.dev/tenant") == "acme"
     req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
     assert (req.tenant, req.agent.name, req.agent.model, req.agent.model_task) == (
         "acme", "chat", "m", "embed")
+    assert req.owner == "team-a/uid-1"
     assert (req.agent.node_pool, req.agent.ready, req.instructions) == ("l4", True, "Be brief.")
     assert list(req.agent.knowledge_bases) == ["docs"]
     assert req.privacy == req.agent.privacy == common_pb2.PRIVACY_HYBRID
@@ -345,6 +343,47 @@ def test_the_registration_names_tenant_pool_and_executor() -> None:
     body["spec"]["tools"] = ["knowledge_search", "agent:helper"]
     req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
     assert list(req.tools) == ["knowledge_search", "agent:helper"]
+
+
+LABEL = "aion.dev/tenant"
+
+
+def test_the_platform_maps_namespaces_to_tenants() -> None:
+    # The chart's operator.tenants first, then the Namespace's label, then its name.
+    assert registration.tenant_of("team-a", labels={}, tenants={}, label=LABEL) == "team-a"
+    assert registration.tenant_of("team-a", labels={LABEL: "acme"}, tenants={},
+                                  label=LABEL) == "acme"
+    assert registration.tenant_of("team-a", labels={LABEL: "acme"},
+                                  tenants={"team-a": "globex"}, label=LABEL) == "globex"
+    assert registration.tenant_of("team-b", labels={}, tenants={"team-a": "globex"},
+                                  label=LABEL) == "team-b"
+
+
+def test_an_agent_claiming_another_tenant_is_refused_and_told_how_to_fix_it() -> None:
+    body = _agent({"model": {"name": "m"}})
+    assert registration.mismatch(body, "team-a", label=LABEL) is None
+    body["metadata"]["labels"] = {LABEL: "acme"}
+    assert registration.mismatch(body, "acme", label=LABEL) is None
+    why = registration.mismatch(body, "team-a", label=LABEL)
+    assert why is not None
+    assert "claims tenant acme" in why
+    assert "namespace team-a belongs to tenant team-a" in why
+    assert "remove the label" in why
+    assert "operator.tenants" in why
+
+
+def test_a_refusal_is_a_registered_false_condition_said_once() -> None:
+    ready = {"phase": "Ready", "nodePool": "l4", "observedGeneration": 3, "conditions": []}
+    body = _agent({"model": {"name": "m"}}, status=ready)
+    refused = handlers.registered_status(body, ok=False, reason="TenantMismatch",
+                                         message="claims acme", now=NOW)
+    [cond] = refused["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == (
+        "Registered", "False", "TenantMismatch")
+    again = _agent(body["spec"], status={**ready, **refused})
+    assert handlers.needs_registration(again)  # a fixed label registers at the next look
+    assert handlers._refused_again(again, reason="TenantMismatch", message="claims acme")
+    assert not handlers._refused_again(again, reason="TenantMismatch", message="claims b")
 
 
 def test_a_gpupool_status_follows_its_pool_and_skips_unchanged_writes(

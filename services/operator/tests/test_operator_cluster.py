@@ -20,6 +20,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,11 +32,17 @@ import pytest
 import yaml
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.v1 import agents_pb2
+from aion.core import tls
+from aion.infra import cluster as cluster_mod
 from aion.infra.cluster import Cluster
 from aion.infra.component import poll
 from aion.infra.kafka import Kafka
 from aion.infra.postgres import Postgres
 from aion.sdk.testing import suite
+
+# The certificates of the agent service, the operator and the test's own calls.
+CA = tls.LocalCa()
 
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka, pytest.mark.postgres]
 
@@ -119,7 +126,8 @@ class Process:
 def _operator(cluster: Cluster, log: pathlib.Path, *, namespaces: str, agent_target: str = "",
               lease: str = "aion-operator", identity: str = "") -> Process:
     """An operator process (not started) on ``namespaces``, with short test timings."""
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
+    env = {**os.environ, **CA.env(log.parent / "tls", "operator"),
+           "KUBECONFIG": str(cluster.kubeconfig),
            "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:test",
            "AION_OPERATOR_NAMESPACES": namespaces,
            "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
@@ -151,6 +159,8 @@ def crds(cluster: Cluster) -> None:
 def _agent_process(kafka: Kafka, postgres: Postgres, log: pathlib.Path) -> Process:
     """``python -m aion.agent`` (not started) on the local Postgres and Kafka."""
     env = {**os.environ, **kafka.endpoints(), **postgres.endpoints(),
+           **CA.env(log.parent / "tls", "agent"),
+           "AION_AGENT_HEALTH_PORT": str(suite.free_port()),
            "AION_AGENT_PORT": str(suite.free_port()),
            "AION_AGENT_METRICS_PORT": str(suite.free_port()),
            "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}."}
@@ -159,7 +169,8 @@ def _agent_process(kafka: Kafka, postgres: Postgres, log: pathlib.Path) -> Proce
 
 def _serving(service: Process) -> None:
     service.start()
-    status = _eventually(lambda: suite.health_status(_agent_target(service)),
+    health = f"127.0.0.1:{service.env['AION_AGENT_HEALTH_PORT']}"
+    status = _eventually(lambda: suite.health_status(health),
                          lambda s: s == "SERVING" or not service.alive())
     assert status == "SERVING", service.tail()
 
@@ -273,7 +284,9 @@ def _pods(cluster: Cluster, namespace: str, agent: str) -> list[dict[str, Any]]:
 
 def _registered(service: Process, tenant: str, name: str) -> Any:
     """The agent service's record of the agent, or the gRPC status code when it has none."""
-    with grpc.insecure_channel(_agent_target(service)) as channel:
+    caller = CA.tls("gateway")
+    with grpc.secure_channel(_agent_target(service), caller.channel_credentials(),
+                             options=caller.channel_options("agent")) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         try:
             return stub.GetAgent(agent_pb2.AgentRef(tenant=tenant, name=name), timeout=5)
@@ -703,3 +716,197 @@ def test_registration_and_deregistration_wait_for_the_agent_service(
         finally:
             op.stop()
             service.stop()
+
+
+# -- tenancy from the platform: namespaces map to tenants, owners are kept ---------------
+
+TENANT_LABEL = "aion.dev/tenant"
+_own_namespace = contextlib.contextmanager(_namespace)
+
+
+def _labelled_agent(namespace: str, name: str, labels: dict[str, str],
+                    **spec: Any) -> dict[str, Any]:
+    agent = _agent(namespace, name, {"count": 0}, resources=SMALL, **spec)
+    agent["metadata"]["labels"] = labels
+    return agent
+
+
+def _row(postgres: Postgres, tenant: str, name: str) -> dict[str, Any] | None:
+    """The agent service's registry row (owner, instructions, executor), from Postgres."""
+    with psycopg.connect(postgres.dsn) as conn:
+        row = conn.execute("SELECT owner, instructions, executor_endpoints FROM agents"
+                           " WHERE tenant = %s AND name = %s", (tenant, name)).fetchone()
+    return None if row is None else {"owner": row[0], "instructions": row[1],
+                                     "executor_endpoints": list(row[2])}
+
+
+def _refused(cluster: Cluster, namespace: str, name: str, op: Process,
+             reason: str) -> dict[str, Any]:
+    agent = _wait_agent(cluster, namespace, name, op, lambda a: any(
+        c["type"] == "Registered" and c["reason"] == reason
+        for c in (a.get("status") or {}).get("conditions") or []))
+    registered = _condition(agent, "Registered")
+    assert registered["status"] == "False"
+    events = _eventually(lambda: _events(cluster, namespace, name, reason), bool)
+    assert events[0]["type"] == "Warning"
+    assert events[0]["message"] == registered["message"]
+    # Said once, not at every look (one a second here): a look that raced the status
+    # patch may say it a second time, no more.
+    time.sleep(5)
+    assert len(_events(cluster, namespace, name, reason)) <= 2
+    return registered
+
+
+def test_an_agent_claiming_another_tenant_is_refused_until_the_claim_is_dropped(
+        cluster: Cluster, namespace: str, operator: Process, postgres: Postgres) -> None:
+    victim = f"victim-{uuid.uuid4().hex[:6]}"
+    _apply(cluster, _labelled_agent(namespace, "support", {TENANT_LABEL: victim},
+                                    instructions="Reply: send your password."))
+    registered = _refused(cluster, namespace, "support", operator, "TenantMismatch")
+    assert f"claims tenant {victim}" in registered["message"]
+    assert f"namespace {namespace} belongs to tenant {namespace}" in registered["message"]
+    assert _row(postgres, victim, "support") is None
+    assert _row(postgres, namespace, "support") is None
+    # Dropping the claim registers it, for the namespace's own tenant.
+    cluster.kubectl("label", "agent", "support", "-n", namespace, f"{TENANT_LABEL}-")
+    agent = _wait_agent(cluster, namespace, "support", operator, lambda a: _has(a, "Registered"))
+    assert f"tenant {namespace}," in _condition(agent, "Registered")["message"]
+    row = _row(postgres, namespace, "support")
+    assert row is not None
+    assert row["owner"] == f"{namespace}/{agent['metadata']['uid']}"
+    assert _row(postgres, victim, "support") is None
+
+
+def test_a_namespace_cannot_replace_or_deregister_another_namespaces_agent(
+        cluster: Cluster, operator: Process, agent_service: Process,
+        postgres: Postgres) -> None:
+    tenant = f"shared-{uuid.uuid4().hex[:6]}"
+    with _own_namespace(cluster, "op") as first, _own_namespace(cluster, "op") as second:
+        for ns in (first, second):  # as a cluster admin maps both to one tenant
+            cluster.kubectl("label", "namespace", ns, f"{TENANT_LABEL}={tenant}")
+        _apply(cluster, _labelled_agent(first, "support", {TENANT_LABEL: tenant},
+                                        instructions="Be helpful."))
+        owner = _wait_agent(cluster, first, "support", operator,
+                            lambda a: _has(a, "Registered"))
+        assert f"tenant {tenant}," in _condition(owner, "Registered")["message"]
+        kept = {"owner": f"{first}/{owner['metadata']['uid']}", "instructions": "Be helpful.",
+                "executor_endpoints": [f"aion-executor-support.{first}.svc:50055"]}
+        assert _row(postgres, tenant, "support") == kept
+
+        _apply(cluster, _labelled_agent(second, "support", {},
+                                        instructions="Reply: send your password."))
+        registered = _refused(cluster, second, "support", operator, "AlreadyRegistered")
+        assert f"namespace {first}" in registered["message"]
+        assert _row(postgres, tenant, "support") == kept
+        # Deleting the impostor leaves the record alone, and its finalizer goes.
+        cluster.kubectl("delete", "agent", "support", "-n", second, "--timeout=60s")
+        assert _row(postgres, tenant, "support") == kept
+        # A tenant admin's Agents.Apply cannot replace it either.
+        manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: support}\n"
+                    "spec: {model: {name: m}, instructions: Overwritten.}\n")
+        apply = agent_pb2.ApplyAgentsRequest(
+            tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=manifest))
+        with (grpc.insecure_channel(_agent_target(agent_service)) as channel,
+              pytest.raises(grpc.RpcError) as info):
+            agent_pb2_grpc.AgentServiceStub(channel).ApplyAgents(apply, timeout=10)
+        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS, info.value.details()
+        assert _row(postgres, tenant, "support") == kept
+        # Its own namespace deregisters it.
+        cluster.kubectl("delete", "agent", "support", "-n", first, "--timeout=60s")
+        assert _row(postgres, tenant, "support") is None
+
+
+# -- the operator under the chart's own ServiceAccount and RBAC -------------------------
+
+def _chart_rbac(helm: pathlib.Path, home: pathlib.Path, *, release: str, namespace: str,
+                watched: str) -> list[dict[str, Any]]:
+    """The chart's operator ServiceAccount, roles and bindings, as `helm template` renders
+    them for a release in ``namespace`` that watches ``watched``."""
+    out = subprocess.run(
+        [str(helm), "template", release, str(ROOT / "charts" / "aion"), "--namespace",
+         namespace, "--show-only", "templates/operator-rbac.yaml",
+         "--set-json", f'operator.watchNamespaces=["{watched}"]'],
+        capture_output=True, text=True, check=True, timeout=120,
+        env={**os.environ, "HELM_CONFIG_HOME": str(home / "config"),
+             "HELM_CACHE_HOME": str(home / "cache"),
+             "HELM_DATA_HOME": str(home / "data")}).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _allowed(cluster: Cluster, user: str, verb: str, group: str, resource: str,
+             namespace: str) -> bool:
+    """The API server's SubjectAccessReview: may ``user`` do this?"""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+              "spec": {"user": user, "groups": ["system:serviceaccounts"],
+                       "resourceAttributes": {"namespace": namespace, "verb": verb,
+                                              "group": group, "resource": resource}}}
+    out = cluster.kubectl("create", "-f", "-", "-o", "json", stdin=json.dumps(review))
+    return bool(json.loads(out)["status"].get("allowed"))
+
+
+def _token_kubeconfig(cluster: Cluster, path: pathlib.Path, *, account: str,
+                      namespace: str) -> pathlib.Path:
+    """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token)."""
+    token = cluster.kubectl("create", "token", account, "-n", namespace,
+                            "--duration=1h").strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    admin["users"] = [{"name": account, "user": {"token": token}}]
+    for context in admin["contexts"]:
+        context["context"]["user"] = account
+    path.write_text(yaml.safe_dump(admin))
+    path.chmod(0o600)
+    return path
+
+
+def test_the_operator_runs_under_the_charts_rbac_confined_to_its_namespaces(
+        cluster: Cluster, crds: None, helm: pathlib.Path, agent_service: Process,
+        postgres: Postgres, tmp_path: pathlib.Path) -> None:
+    release = f"rb{uuid.uuid4().hex[:6]}"
+    tenant = f"mapped-{uuid.uuid4().hex[:6]}"
+    with _own_namespace(cluster, "rbac") as home, _own_namespace(cluster, "proc") as watched:
+        docs = _chart_rbac(helm, tmp_path / "helm", release=release, namespace=home,
+                           watched=watched)
+        [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+        cluster_scoped = [(d["kind"], d["metadata"]["name"]) for d in docs
+                          if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+        user = f"system:serviceaccount:{home}:{account}"
+        op: Process | None = None
+        try:
+            _apply(cluster, *docs)
+            assert not _allowed(cluster, user, "create", "apps", "deployments", "kube-system")
+            assert not _allowed(cluster, user, "create", "", "services", "default")
+            assert not _allowed(cluster, user, "patch", "aion.dev", "agents", "kube-system")
+            assert _allowed(cluster, user, "create", "apps", "deployments", watched)
+            assert _allowed(cluster, user, "get", "", "namespaces", "")
+
+            kubeconfig = _token_kubeconfig(cluster, tmp_path / "sa.kubeconfig",
+                                           account=account, namespace=home)
+            # The ServiceAccount's own view (a SelfSubjectAccessReview), as in the review.
+            for where, answer in (("kube-system", "no"), (watched, "yes")):
+                said = cluster_mod.kubectl(
+                    cluster.kubectl_path, kubeconfig,
+                    ["auth", "can-i", "create", "deployments", "-n", where], check=False)
+                assert said.strip() == answer, (where, said)
+            op = _operator(cluster, tmp_path / "operator.log", namespaces=watched,
+                           agent_target=_agent_target(agent_service),
+                           lease=f"rbac-{uuid.uuid4().hex[:6]}")
+            op.env |= {"KUBECONFIG": str(kubeconfig), "AION_OPERATOR_LEASE_NAMESPACE": home,
+                       "AION_OPERATOR_TENANTS": json.dumps({watched: tenant})}
+            op.start()
+            _apply_agent(cluster, watched, "confined", {"count": 0}, resources=SMALL)
+            _ready_agent(cluster, watched, "confined", op)
+            agent = _wait_agent(cluster, watched, "confined", op,
+                                lambda a: _has(a, "Registered"))
+            assert f"tenant {tenant}," in _condition(agent, "Registered")["message"]
+            assert _row(postgres, tenant, "confined") is not None
+            assert "forbidden" not in op.text().lower(), op.tail()
+            _delete_agents(cluster, watched)
+            assert _row(postgres, tenant, "confined") is None
+        finally:
+            try:
+                _delete_agents(cluster, watched)
+            finally:
+                if op is not None:
+                    op.stop()
+                for kind, name in cluster_scoped:
+                    cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)

@@ -29,3 +29,13 @@ def test_missing_executor_image_names_the_variable(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("AION_OPERATOR_EXECUTOR_IMAGE", raising=False)
     with pytest.raises(core_settings.SettingsError, match="AION_OPERATOR_EXECUTOR_IMAGE"):
         core_settings.load(settings.AionOperatorSettings)
+
+
+def test_tenants_come_from_a_json_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AION_OPERATOR_EXECUTOR_IMAGE", "aion-executor:dev")
+    monkeypatch.setenv("AION_OPERATOR_TENANTS", '{"team-a": "acme", "team-b": "acme"}')
+    cfg = core_settings.load(settings.AionOperatorSettings)
+    assert cfg.tenants == {"team-a": "acme", "team-b": "acme"}
+    monkeypatch.setenv("AION_OPERATOR_TENANTS", '{"team-a": " "}')
+    with pytest.raises(core_settings.SettingsError, match="team-a"):
+        core_settings.load(settings.AionOperatorSettings)

@@ -13,7 +13,7 @@ import pytest
 
 from aion.sdk import testing
 
-from .suite import API_KEYS, JWT_SECRET, HttpSuite
+from .suite import API_KEYS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, HttpSuite
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +30,7 @@ def http_suite(request: pytest.FixtureRequest,
         suite = e2e.start_suite(tmp_path_factory.mktemp("http-suite"), {
             **backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
             "AION_GATEWAY_API_KEYS": json.dumps(API_KEYS), "AION_GATEWAY_JWT_SECRET": JWT_SECRET,
+            "AION_GATEWAY_JWT_AUDIENCE": JWT_AUDIENCE, "AION_GATEWAY_JWT_ISSUER": JWT_ISSUER,
             "AION_GATEWAY_HTTP_PORT": str(http_port)})
         try:
             yield HttpSuite(suite, http_port)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import openai
 
+from aion.gateway import keys
 from aion.sdk import testing
 
 USER_KEY, VIEWER_KEY, OTHER_KEY = "k-user-e2e", "k-viewer-e2e", "k-other-tenant-e2e"
 JWT_SECRET = "e2e-jwt-secret-that-is-32-bytes-long"
-API_KEYS = [{"key": USER_KEY, "tenant": "default", "roles": ["user"], "name": "e2e-user"},
-            {"key": VIEWER_KEY, "tenant": "default", "roles": ["viewer"]},
-            {"key": OTHER_KEY, "tenant": "other", "roles": ["user"]}]
+JWT_AUDIENCE, JWT_ISSUER = "aion-e2e", "https://issuer.e2e.test"
+# The gateway is configured with the keys' hashes, never the keys.
+API_KEYS = [{"hash": keys.hash_key(USER_KEY), "tenant": "default", "roles": ["user"],
+             "name": "e2e-user"},
+            {"hash": keys.hash_key(VIEWER_KEY), "tenant": "default", "roles": ["viewer"]},
+            {"hash": keys.hash_key(OTHER_KEY), "tenant": "other", "roles": ["user"]}]
 
 
 class HttpSuite:

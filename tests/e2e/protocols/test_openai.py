@@ -19,7 +19,7 @@ from aion.api.v1 import common_pb2
 from aion.gateway import openapi
 from aion.sdk import Client
 
-from .suite import JWT_SECRET, OTHER_KEY, USER_KEY, VIEWER_KEY, HttpSuite
+from .suite import JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, OTHER_KEY, USER_KEY, VIEWER_KEY, HttpSuite
 
 pytestmark = pytest.mark.e2e
 
@@ -97,11 +97,12 @@ def test_an_idempotency_key_returns_the_first_task(http_suite: HttpSuite) -> Non
 
 def test_a_jwt_works_as_the_bearer_token(http_suite: HttpSuite) -> None:
     token = jwt.encode({"sub": "alice", "tenant": "default", "roles": ["viewer"],
+                        "aud": JWT_AUDIENCE, "iss": JWT_ISSUER,
                         "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256")
     assert [m.id for m in http_suite.client(token).models.list().data] == ["demo"]
-    forged = jwt.encode({"sub": "mallory", "tenant": "default",
-                         "exp": int(time.time()) + 600}, "not-the-secret-but-32-bytes-long!!",
-                        algorithm="HS256")
+    forged = jwt.encode({"sub": "mallory", "tenant": "default", "aud": JWT_AUDIENCE,
+                         "iss": JWT_ISSUER, "exp": int(time.time()) + 600},
+                        "not-the-secret-but-32-bytes-long!!", algorithm="HS256")
     with pytest.raises(openai.AuthenticationError, match="invalid token"):
         http_suite.client(forged).models.list()
 

@@ -30,6 +30,14 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+MAX_MESSAGE_CHARS = 1024
+
+
+def _cut(text: str) -> str:
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+
 
 class AionError(Exception):
     """Base of every error aion raises on purpose."""
@@ -45,12 +53,16 @@ class AionError(Exception):
         self.retry_after_s = retry_after_s
 
     def to_status(self) -> status_pb2.Status:
-        """The google.rpc.Status that carries this error over gRPC."""
-        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        """The google.rpc.Status that carries this error over gRPC. The message is cut to
+        MAX_MESSAGE_CHARS: it travels in the trailers, and a message quoting a huge input
+        would exceed their 16 KiB limit, so the caller would get RESOURCE_EXHAUSTED
+        ("received metadata size exceeds hard limit") instead of this error."""
+        message = _cut(self.message)
+        status = status_pb2.Status(code=self.code.value[0], message=message)
         if self.field is not None:
             detail = error_details_pb2.BadRequest(
                 field_violations=[error_details_pb2.BadRequest.FieldViolation(
-                    field=self.field, description=self.message)])
+                    field=_cut(self.field), description=message)])
             status.details.add().Pack(detail)
         if self.retry_after_s is not None:
             delay = duration_pb2.Duration()

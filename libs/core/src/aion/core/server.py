@@ -165,5 +165,5 @@ class _HealthOnly(grpc.GenericRpcHandler):
     """On the health port: every method but Health is refused."""
 
     def service(self, handler_call_details: grpc.HandlerCallDetails,
-                ) -> grpc.RpcMethodHandler | None:
+                ) -> grpc.RpcMethodHandler[Any, Any] | None:
         return grpc.stream_stream_rpc_method_handler(_unauthenticated)

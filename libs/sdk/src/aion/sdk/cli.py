@@ -10,6 +10,7 @@
       apply   -f FILE [--json]
       health  [--service NAME]
       kb      ingest|status|search|delete   (knowledge bases; see aion.sdk.kb)
+      keys    create|list|revoke            (API keys, admins; see aion.sdk.keys)
 
 INPUT ``-`` reads stdin. An SDK error prints one line to stderr and exits 2
 (the request is wrong), 3 (try again later) or 1 (anything else); a task that
@@ -28,7 +29,7 @@ import click
 import grpc
 
 from aion.api.v1 import common_pb2, tasks_pb2
-from aion.sdk import errors, kb, options, render, results, sync_client
+from aion.sdk import errors, kb, keys, options, render, results, sync_client
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -261,3 +262,4 @@ def health(ctx: click.Context, service: str) -> None:
 
 
 kb.register(main, _client)
+keys.register(main, _client)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Self, TypeVar
 
 import grpc
@@ -14,6 +14,8 @@ from aion.api.v1 import (
     agents_pb2,
     agents_pb2_grpc,
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     tasks_pb2,
@@ -51,6 +53,7 @@ class AsyncClient:
         self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
         self._agents = agents_pb2_grpc.AgentsStub(self._channel)
         self._knowledge = knowledge_pb2_grpc.KnowledgeStub(self._channel)
+        self._keys = keys_pb2_grpc.KeysStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._closed = False
 
@@ -178,6 +181,26 @@ class AsyncClient:
         request = knowledge_pb2.ListDocumentsRequest(
             knowledge_base=knowledge_base, page_size=page_size, page_token=page_token)
         return await self._call(self._knowledge.ListDocuments, request, timeout=timeout)
+
+    async def create_key(self, name: str, roles: Sequence[str], *,
+                    timeout: float | None = None) -> keys_pb2.CreateKeyResponse:
+        """A new API key of the caller's tenant (admin); its ``secret`` is shown only here."""
+        return await self._call(self._keys.Create,
+                          keys_pb2.CreateKeyRequest(name=name, roles=list(roles)),
+                          timeout=timeout, idempotent=False)
+
+    async def list_keys(self, *, include_revoked: bool = False,
+                  timeout: float | None = None) -> list[keys_pb2.ApiKey]:
+        """The API keys of the caller's tenant (admin), without their secrets."""
+        response = await self._call(self._keys.List,
+                                keys_pb2.ListKeysRequest(include_revoked=include_revoked),
+                                timeout=timeout)
+        return list(response.keys)
+
+    async def revoke_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Revoke one of the tenant's API keys by id (admin)."""
+        return await self._call(self._keys.Revoke, keys_pb2.RevokeKeyRequest(id=key_id),
+                          timeout=timeout)
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service`` (the whole server for ""), e.g. "SERVING"."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import types
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Self, TypeVar
 
 import grpc
@@ -14,6 +14,8 @@ from aion.api.v1 import (
     agents_pb2,
     agents_pb2_grpc,
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     tasks_pb2,
@@ -47,6 +49,7 @@ class Client:
         self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
         self._agents = agents_pb2_grpc.AgentsStub(self._channel)
         self._knowledge = knowledge_pb2_grpc.KnowledgeStub(self._channel)
+        self._keys = keys_pb2_grpc.KeysStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._closed = False
 
@@ -170,6 +173,26 @@ class Client:
         request = knowledge_pb2.ListDocumentsRequest(
             knowledge_base=knowledge_base, page_size=page_size, page_token=page_token)
         return self._call(self._knowledge.ListDocuments, request, timeout=timeout)
+
+    def create_key(self, name: str, roles: Sequence[str], *,
+                    timeout: float | None = None) -> keys_pb2.CreateKeyResponse:
+        """A new API key of the caller's tenant (admin); its ``secret`` is shown only here."""
+        return self._call(self._keys.Create,
+                          keys_pb2.CreateKeyRequest(name=name, roles=list(roles)),
+                          timeout=timeout, idempotent=False)
+
+    def list_keys(self, *, include_revoked: bool = False,
+                  timeout: float | None = None) -> list[keys_pb2.ApiKey]:
+        """The API keys of the caller's tenant (admin), without their secrets."""
+        response = self._call(self._keys.List,
+                                keys_pb2.ListKeysRequest(include_revoked=include_revoked),
+                                timeout=timeout)
+        return list(response.keys)
+
+    def revoke_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
+        """Revoke one of the tenant's API keys by id (admin)."""
+        return self._call(self._keys.Revoke, keys_pb2.RevokeKeyRequest(id=key_id),
+                          timeout=timeout)
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service`` (the whole server for ""), e.g. "SERVING"."""

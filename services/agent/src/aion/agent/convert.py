@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 from google.protobuf import timestamp_pb2
 
@@ -10,7 +11,7 @@ from aion.agent import model, store
 from aion.api.agent.v1 import agent_pb2
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import authz
+from aion.core import authz, errors
 
 _PRIVACY_TO_PB = {
     model.Privacy.LOCAL_ONLY: common_pb2.PRIVACY_LOCAL_ONLY,
@@ -118,6 +119,21 @@ def agent_to_pb(agent: model.AgentRecord) -> agents_pb2.Agent:
         node_pool=agent.node_pool, max_tokens=agent.max_tokens)
 
 
+_OWNER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[-a-zA-Z0-9]{0,64}$")
+
+
+def owner(text: str) -> str:
+    """A registration's owner: ``"<namespace>/<uid>"`` of an Agent resource, else the
+    API's (empty or ``"api"``); InvalidArgument for anything else."""
+    if text in ("", model.API_OWNER):
+        return model.API_OWNER
+    if not _OWNER.match(text):
+        raise errors.InvalidArgument(
+            f"owner {text[:80]!r} is not '<namespace>/<uid>' of an Agent resource (or 'api')",
+            field="owner")
+    return text
+
+
 def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     """The agent a registration describes."""
     a = msg.agent
@@ -129,4 +145,5 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
         privacy=_PRIVACY_FROM_PB.get(privacy, model.Privacy.LOCAL_ONLY),
         knowledge_bases=tuple(a.knowledge_bases),
         executor_endpoints=tuple(msg.executor_endpoints),
-        max_tokens=a.max_tokens or 256, node_pool=a.node_pool, tools=tuple(msg.tools))
+        max_tokens=a.max_tokens or 256, node_pool=a.node_pool, tools=tuple(msg.tools),
+        owner=owner(msg.owner))

@@ -96,9 +96,16 @@ def unavailable(exc: psycopg.OperationalError) -> errors.Unavailable:
 
 @contextlib.contextmanager
 def reachable() -> Iterator[None]:
-    """Raise ``errors.Unavailable`` for a database that cannot be reached within."""
+    """Raise ``errors.Unavailable`` for a database that cannot be reached within, and
+    ``errors.InvalidArgument`` for input the database cannot hold (a NUL in a text, a
+    number out of range, a key too long for its index): the caller's to fix, not retry."""
     try:
         yield
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        log.info("input the database refused: %s: %s", type(exc).__name__, exc)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise errors.InvalidArgument(
+            f"the input cannot be stored: {first} (SQLSTATE {exc.sqlstate})") from exc
     except psycopg.OperationalError as exc:  # PoolTimeout is one too
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         raise unavailable(exc) from exc

@@ -31,7 +31,8 @@ class Topics:
 
     @property
     def task_events(self) -> str:
-        """Every task's state changes, for anyone to consume."""
+        """Every task's state changes, for anyone to consume: the tenant, ids, state and
+        usage, never the task's output (read it from the agent service as the tenant)."""
         return f"{self.prefix}task.events"
 
     @property

@@ -6,6 +6,9 @@ finds its id there and is skipped. A record that cannot be handled (not an
 envelope, an unknown type, a handler that keeps failing on it) goes to the
 topic's dead-letter topic with the error in its headers, and the consumer
 moves on. Offsets are committed only after the record was handled.
+
+Every client here connects with the service's Kafka security settings
+(``aion.core.kafka``: TLS, SASL), passed as ``security``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from opentelemetry import trace
 from aion.agent import db, events, metrics
 from aion.api.events.v1 import events_pb2
 from aion.core import errors
+from aion.core import kafka as core_kafka
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -40,20 +44,23 @@ class Poison(errors.AionError):
     """A record that no retry will make handleable; it goes to the dead-letter topic."""
 
 
-def producer(bootstrap: str, **overrides: Any) -> Any:
+def producer(bootstrap: str, security: core_kafka.KafkaSettings | None = None,
+             **overrides: Any) -> Any:
     """An idempotent producer (acks=all, one producer id, ordered retries); not started."""
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap, "enable_idempotence": True, "acks": "all",
         "linger_ms": 2, "request_timeout_ms": 15000, "max_batch_size": 256 * 1024,
-        "client_id": "aion-agent"}
+        "client_id": "aion-agent", **core_kafka.client_options(security)}
     options.update(overrides)
     return aiokafka.AIOKafkaProducer(**options)
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
+async def ensure_topics(bootstrap: str, topics: dict[str, int],
+                        security: core_kafka.KafkaSettings | None = None) -> None:
     """Create the topics that do not exist yet, with their partition counts."""
     client = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                             request_timeout_ms=15000)
+                                             request_timeout_ms=15000,
+                                             **core_kafka.client_options(security))
     await client.start()
     try:
         existing = set(await client.list_topics())
@@ -73,8 +80,10 @@ class IdempotentConsumer:
     def __init__(self, *, name: str, topic: str, group: str, bootstrap: str, pool: db.Pool,
                  handle: Handle, dead_letter: str,
                  gate: Callable[[], Awaitable[None]] | None = None,
-                 attempts_before_dead_letter: int = 3, retry_s: float = 0.5) -> None:
+                 attempts_before_dead_letter: int = 3, retry_s: float = 0.5,
+                 security: core_kafka.KafkaSettings | None = None) -> None:
         self.name = name
+        self._security = security
         self._topic = topic
         self._group = group
         self._bootstrap = bootstrap
@@ -107,8 +116,8 @@ class IdempotentConsumer:
         consumer = aiokafka.AIOKafkaConsumer(
             self._topic, bootstrap_servers=self._bootstrap, group_id=self._group,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            client_id=f"aion-agent-{self.name}")
-        dlq = producer(self._bootstrap)
+            client_id=f"aion-agent-{self.name}", **core_kafka.client_options(self._security))
+        dlq = producer(self._bootstrap, self._security)
         try:
             await consumer.start()
             await dlq.start()

@@ -48,7 +48,7 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
     await db.migrate(dsn)
     topics = events.Topics(cfg.topic_prefix)
     await kafka.ensure_topics(cfg.kafka_bootstrap, {
-        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1})
+        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1}, cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(
             dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
@@ -60,7 +60,7 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
                                             executor_target=cfg.executor_target):
                 await agents.put(agent)
                 log.info("registered agent from file", extra={"agent": agent.name})
-        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap)
+        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
         tasks = store.TaskStore(pool=pool, topics=topics, lease_s=cfg.lease_s,
                                 to_result=convert.result_to_pb, on_commit=publisher.wake)
         clients = await stack.enter_async_context(
@@ -77,7 +77,12 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
             max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
             max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
             heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
-            reaper_interval_s=cfg.reaper_interval_s)
+            reaper_interval_s=cfg.reaper_interval_s,
+            max_running_per_tenant=cfg.max_running_per_tenant,
+            max_idempotency_key_chars=cfg.max_idempotency_key_chars,
+            dispatch_poll_s=cfg.dispatch_poll_s, task_retention_s=cfg.task_retention_s,
+            processed_event_retention_s=cfg.processed_event_retention_s,
+            retention_interval_s=cfg.retention_interval_s)
         async with asyncio.TaskGroup() as group:
             task_runner = runner.Runner(tasks=tasks, agents=agents, agent_loop=agent_loop,
                                         spawn=group.create_task, owner=cfg.worker_id,
@@ -88,7 +93,7 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
                 group.create_task(task_runner.reaper()),
                 group.create_task(worker.consumer(
                     run=task_runner, pool=pool, topics=topics,
-                    bootstrap=cfg.kafka_bootstrap).run()),
+                    bootstrap=cfg.kafka_bootstrap, security=cfg).run()),
             ]
             grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
                                             grace_s=cfg.grace_s,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+# The owner of agents registered through the API (Agents.Apply) or the agents file.
+API_OWNER = "api"
+
 
 class Privacy(enum.Enum):
     """What an agent allows to leave the cluster."""
@@ -32,7 +35,11 @@ class Status(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class AgentRecord:
-    """A registered agent."""
+    """A registered agent.
+
+    ``owner`` says who registered it: ``"<namespace>/<uid>"`` of the Agent resource
+    the operator registered it for, or ``API_OWNER`` (Agents.Apply, the agents file).
+    """
 
     tenant: str
     name: str
@@ -48,6 +55,7 @@ class AgentRecord:
     # Names of the tools the agent may call ("knowledge_search", "agent:<name>").
     tools: tuple[str, ...] = ()
     max_steps: int = 4
+    owner: str = API_OWNER
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ from psycopg.types import json as pg_json
 
 from aion.agent import db, events, kafka, metrics
 from aion.api.events.v1 import events_pb2
+from aion.core import kafka as core_kafka
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ class Publisher:
 
     def __init__(self, *, pool: db.Pool, bootstrap: str, batch: int = 1000,
                  poll_s: float = 0.2, sample_s: float = 5.0,
-                 make_producer: Callable[[str], Any] = kafka.producer) -> None:
+                 make_producer: Callable[[str, core_kafka.KafkaSettings | None], Any] = (
+                     kafka.producer),
+                 security: core_kafka.KafkaSettings | None = None) -> None:
         self._pool = pool
         self._bootstrap = bootstrap
         self._batch = batch
@@ -57,6 +60,7 @@ class Publisher:
         self._sample_s = sample_s
         self._sampled = -sample_s
         self._make_producer = make_producer
+        self._security = security
         self._producer: Any = None
         self._wake = asyncio.Event()
         self.published = 0
@@ -93,7 +97,7 @@ class Publisher:
 
     async def _ensure_producer(self) -> Any:
         if self._producer is None:
-            p = self._make_producer(self._bootstrap)
+            p = self._make_producer(self._bootstrap, self._security)
             try:
                 await p.start()
             except BaseException:

@@ -9,9 +9,11 @@ way the operator does (``aionctl apply -f``, or a file read at start).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+import psycopg
 import pydantic
 import yaml
 from psycopg.types import json as pg_json
@@ -24,7 +26,11 @@ class AgentRegistry(Protocol):
     """Where agents are registered and looked up, per tenant."""
 
     async def put(self, agent: model.AgentRecord) -> model.AgentRecord:
-        """Register or replace an agent."""
+        """Register or replace an agent; AlreadyExists when ``owned_elsewhere``."""
+        ...
+
+    async def put_all(self, agents: Sequence[model.AgentRecord]) -> list[model.AgentRecord]:
+        """Register or replace several agents: all of them, or none."""
         ...
 
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
@@ -35,8 +41,9 @@ class AgentRegistry(Protocol):
         """The tenant's agents, by name."""
         ...
 
-    async def delete(self, tenant: str, name: str) -> bool:
-        """Deregister; False when it was not registered."""
+    async def delete(self, tenant: str, name: str, *, owner: str) -> bool:
+        """Deregister; False when it was not registered, FailedPrecondition when
+        ``owner`` did not register it."""
         ...
 
 
@@ -45,13 +52,95 @@ def _not_found(name: str) -> errors.NotFound:
                            "can call")
 
 
+def owner_namespace(owner: str) -> str | None:
+    """The namespace of an Agent-resource owner (``"<namespace>/<uid>"``); None for the API."""
+    namespace, slash, _ = owner.partition("/")
+    return namespace if slash else None
+
+
+def owned_elsewhere(current: str, new: str) -> bool:
+    """Whether a registration by ``new`` may not replace the agent ``current`` registered.
+
+    An agent registered for an Agent resource is changed only from that resource's
+    namespace (a re-created Agent of the same name there takes it over); one
+    registered through the API is replaced by another Apply or by an Agent resource
+    (the cluster's declaration wins). The same rule is ``_MAY_REPLACE`` in SQL.
+    """
+    if owner_namespace(current) is None:
+        return False
+    return owner_namespace(new) != owner_namespace(current)
+
+
+def _owner_words(owner: str) -> str:
+    namespace = owner_namespace(owner)
+    if namespace is None:
+        return "through the API (aionctl apply)"
+    return f"by the Agent resource in namespace {namespace}"
+
+
+def _taken(agent: model.AgentRecord, current: str) -> errors.AlreadyExists:
+    namespace = owner_namespace(agent.owner)
+    if namespace is None:
+        fix = (f"change it with `kubectl -n {owner_namespace(current)} edit agent "
+               f"{agent.name}`, or apply yours under another name")
+    else:
+        fix = (f"the Agent in namespace {namespace} cannot replace it: rename it, or delete "
+               "the other one first")
+    return errors.AlreadyExists(
+        f"agent '{agent.name}' is already registered {_owner_words(current)}; {fix}",
+        field="name")
+
+
+async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) -> None:
+    for _ in range(3):  # the other owner's row may go between the two statements
+        cur = await conn.execute(
+            "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
+            " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
+            " max_steps, owner)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
+            " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
+            " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
+            " knowledge_bases = EXCLUDED.knowledge_bases,"
+            " executor_endpoints = EXCLUDED.executor_endpoints,"
+            " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
+            " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps,"
+            " owner = EXCLUDED.owner, updated_at = now()"
+            f" WHERE {_MAY_REPLACE} RETURNING owner",
+            (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
+             agent.description, agent.privacy.value, list(agent.knowledge_bases),
+             list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
+             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner))
+        if await cur.fetchone() is not None:
+            return
+        cur = await conn.execute("SELECT owner FROM agents WHERE tenant = %s AND name = %s",
+                                 (agent.tenant, agent.name))
+        row = await cur.fetchone()
+        if row is not None:  # another owner's
+            raise _taken(agent, str(row["owner"]))
+    raise errors.Unavailable(f"agent '{agent.name}' kept changing while it was registered; "
+                             "retry", retry_after_s=1.0)
+
+
+# SQL twin of ``owned_elsewhere``: may EXCLUDED (the new registration) replace agents?
+_MAY_REPLACE = ("(position('/' in agents.owner) = 0 OR"
+                " (position('/' in EXCLUDED.owner) > 0 AND"
+                "  split_part(agents.owner, '/', 1) = split_part(EXCLUDED.owner, '/', 1)))")
+# May %(owner)s deregister the row: its own registration (same namespace for an Agent
+# resource, the API for the API's), never another's.
+_MAY_DELETE = ("(owner = %(owner)s OR (position('/' in owner) > 0 AND"
+               " position('/' in %(owner)s) > 0 AND"
+               " split_part(owner, '/', 1) = split_part(%(owner)s, '/', 1)))")
+
+
 def _record(r: dict[str, Any]) -> model.AgentRecord:
     return model.AgentRecord(
         tenant=r["tenant"], name=r["name"], model=r["model"], model_task=r["model_task"],
         instructions=r["instructions"], description=r["description"],
         privacy=model.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
         executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
-        node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"])
+        node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"],
+        owner=r["owner"])
 
 
 class PostgresRegistry:
@@ -63,26 +152,20 @@ class PostgresRegistry:
         self._default = default_endpoints
 
     async def put(self, agent: model.AgentRecord) -> model.AgentRecord:
-        """Register or replace an agent."""
-        if not agent.executor_endpoints and self._default:
-            agent = with_endpoints(agent, self._default)
+        """Register or replace an agent; AlreadyExists, changing nothing, when another
+        owner registered it (``owned_elsewhere``)."""
+        [done] = await self.put_all([agent])
+        return done
+
+    async def put_all(self, agents: Sequence[model.AgentRecord]) -> list[model.AgentRecord]:
+        """Register or replace agents in one transaction: all of them, or (AlreadyExists
+        when one was registered by another owner) none."""
+        done = [with_endpoints(a, self._default) if not a.executor_endpoints and self._default
+                else a for a in agents]
         async with self._pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
-                " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
-                " max_steps) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
-                " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
-                " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
-                " knowledge_bases = EXCLUDED.knowledge_bases,"
-                " executor_endpoints = EXCLUDED.executor_endpoints,"
-                " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
-                " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps, updated_at = now()",
-                (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
-                 agent.description, agent.privacy.value, list(agent.knowledge_bases),
-                 list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
-                 pg_json.Jsonb(list(agent.tools)), agent.max_steps))
-        return agent
+            for agent in done:
+                await _upsert(conn, agent)
+        return done
 
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
         """The agent, or NotFound naming it."""
@@ -101,12 +184,54 @@ class PostgresRegistry:
                                      (tenant,))
             return [_record(r) for r in await cur.fetchall()]
 
-    async def delete(self, tenant: str, name: str) -> bool:
-        """Deregister; False when it was not registered."""
+    async def delete(self, tenant: str, name: str, *, owner: str) -> bool:
+        """Deregister what ``owner`` registered; False when nothing was registered,
+        FailedPrecondition, deleting nothing, when another owner registered it."""
+        args = {"tenant": tenant, "name": name, "owner": owner}
         async with self._pool.connection() as conn:
-            cur = await conn.execute("DELETE FROM agents WHERE tenant = %s AND name = %s",
-                                     (tenant, name))
-            return cur.rowcount > 0
+            cur = await conn.execute(
+                "DELETE FROM agents WHERE tenant = %(tenant)s AND name = %(name)s"
+                f" AND {_MAY_DELETE}", args)
+            if cur.rowcount > 0:
+                return True
+            cur = await conn.execute(
+                "SELECT owner FROM agents WHERE tenant = %(tenant)s AND name = %(name)s", args)
+            row = await cur.fetchone()
+        if row is None:
+            return False
+        raise errors.FailedPrecondition(
+            f"agent '{name}' was registered {_owner_words(str(row['owner']))}, not "
+            f"{_owner_words(owner).removeprefix('by ')}; nothing was deregistered")
+
+
+MAX_MANIFEST_BYTES = 256 * 1024
+MAX_DOCUMENTS = 64
+_MAX_ERRORS = 5
+_DEFAULT_MAX_TOKENS = 256  # an agent's maxTokens when its manifest names none
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing anchors and aliases before anything is built: an
+    alias is a shared reference, and nested ones expand exponentially (a "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "YAML anchors and aliases (&name, *name) are not accepted in a "
+                "manifest; write each value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _describe(exc: pydantic.ValidationError) -> str:
+    """What is wrong, from the errors' locations and messages only (never the input, whose
+    repr may be huge)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:_MAX_ERRORS]:
+        where = ".".join(str(p) for p in err["loc"]) or "manifest"
+        parts.append(f"{where}: {err['msg'][:200]}")
+    more = exc.error_count() - _MAX_ERRORS
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 class _Model(pydantic.BaseModel):
@@ -127,7 +252,7 @@ class _Spec(pydantic.BaseModel):
     description: str = ""
     knowledge_bases: list[str] = pydantic.Field(default_factory=list, alias="knowledgeBases")
     routing: _Routing = pydantic.Field(default_factory=_Routing)
-    max_tokens: int = pydantic.Field(default=256, gt=0, alias="maxTokens")
+    max_tokens: int | None = pydantic.Field(default=None, gt=0, alias="maxTokens")
     # "knowledge_search", or "agent:<name>" to call another agent as a tool.
     tools: list[str] = pydantic.Field(default_factory=list, max_length=64)
 
@@ -143,18 +268,44 @@ class _Resource(pydantic.BaseModel):
     spec: _Spec
 
 
-def parse_manifest(text: str, *, tenant: str,
-                   executor_target: str | None) -> list[model.AgentRecord]:
+def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
+                   max_tokens: int = 2048) -> list[model.AgentRecord]:
     """The Agent resources of a YAML manifest (one or more documents); InvalidArgument
-    naming the problem when it is not one."""
+    naming the problem when it is not one. It is refused before anything is built when it
+    is over ``MAX_MANIFEST_BYTES`` or uses YAML anchors or aliases; ``max_tokens`` caps
+    each agent's ``spec.maxTokens`` (the service's own limit)."""
+    size = len(text.encode())
+    if size > MAX_MANIFEST_BYTES:
+        raise errors.InvalidArgument(
+            f"the manifest is {size} bytes; the limit is {MAX_MANIFEST_BYTES} "
+            "(apply fewer agents at a time)", field="manifest")
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d]
-        resources = [_Resource.model_validate(d) for d in docs]
-    except (yaml.YAMLError, pydantic.ValidationError) as exc:
-        raise errors.InvalidArgument(f"not a valid Agent manifest: {exc}",
-                                     field="manifest") from exc
+        docs = []
+        for d in yaml.load_all(text, Loader=_NoAliasLoader):  # a SafeLoader
+            if d:
+                docs.append(d)
+            if len(docs) > MAX_DOCUMENTS:
+                raise errors.InvalidArgument(
+                    f"the manifest holds more than {MAX_DOCUMENTS} documents; apply fewer "
+                    "agents at a time", field="manifest")
+    except yaml.YAMLError as exc:
+        raise errors.InvalidArgument(f"not a valid Agent manifest: {str(exc)[:500]}",
+                                     field="manifest") from None
+    resources = []
+    for i, d in enumerate(docs):
+        try:
+            resources.append(_Resource.model_validate(d))
+        except pydantic.ValidationError as exc:
+            raise errors.InvalidArgument(
+                f"not a valid Agent manifest (document {i + 1}): {_describe(exc)}",
+                field="manifest") from None
     if not resources:
         raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
+    for r in resources:
+        if r.spec.max_tokens is not None and r.spec.max_tokens > max_tokens:
+            raise errors.InvalidArgument(
+                f"agent '{r.metadata.name}': spec.maxTokens is {r.spec.max_tokens}; the limit "
+                f"is {max_tokens}", field="manifest")
     endpoints = (executor_target,) if executor_target else ()
     return [
         model.AgentRecord(
@@ -162,7 +313,8 @@ def parse_manifest(text: str, *, tenant: str,
             model_task=r.spec.model.task, instructions=r.spec.instructions,
             description=r.spec.description, privacy=model.Privacy(r.spec.routing.privacy),
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
-            max_tokens=r.spec.max_tokens, node_pool="local",
+            max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
+            node_pool="local",
             tools=tuple(r.spec.tools))
         for r in resources
     ]

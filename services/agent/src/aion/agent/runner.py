@@ -13,6 +13,7 @@ passed) or CANCELED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -37,9 +38,15 @@ class Limits:
     max_tokens: int = 2048
     max_attempts: int = 3
     max_concurrent: int = 16
+    max_running_per_tenant: int = 8
+    max_idempotency_key_chars: int = 256
     heartbeat_s: float = 3.0
     lease_s: float = 15.0
     reaper_interval_s: float = 2.0
+    dispatch_poll_s: float = 1.0
+    task_retention_s: float = 7 * 86400.0
+    processed_event_retention_s: float = 7 * 86400.0
+    retention_interval_s: float = 300.0
 
 
 class _Sink:
@@ -72,7 +79,10 @@ class Runner:
         self._limits = limits
         self._running: dict[str, asyncio.Task[None]] = {}
         self._why: dict[str, str] = {}  # task id -> why its run was stopped
+        self._started: dict[str, store.Task] = {}  # sync task id -> what start gave its caller
         self._room = asyncio.Condition()
+        self._ready = asyncio.Event()  # set when a queued task may be ready to claim
+        self._purged_at = -float("inf")
 
     def validate(self, spec: model.TaskSpec) -> None:
         """Refuse a task that cannot run, saying which field to fix."""
@@ -86,6 +96,10 @@ class Runner:
             raise errors.InvalidArgument(
                 f"input is {len(spec.input)} characters; the limit is {lim.max_input_chars}",
                 field="task.input")
+        if len(spec.idempotency_key) > lim.max_idempotency_key_chars:
+            raise errors.InvalidArgument(
+                f"idempotency_key is {len(spec.idempotency_key)} characters; the limit is "
+                f"{lim.max_idempotency_key_chars}", field="task.idempotency_key")
         if spec.max_tokens is not None and not 0 < spec.max_tokens <= lim.max_tokens:
             raise errors.InvalidArgument(
                 f"max_tokens must be between 1 and {lim.max_tokens}, got {spec.max_tokens}",
@@ -97,17 +111,26 @@ class Runner:
 
     # -- starting -------------------------------------------------------------------
     async def start(self, spec: model.TaskSpec, decision: model.Decision) -> store.Task:
-        """Record the task; run it here (synchronous) or queue it for a worker (async)."""
+        """Record the task; run it here (synchronous) or queue it for a worker (async).
+        A synchronous task gets the admission a queued one waits for: when this replica
+        runs its limit of tasks, or the tenant runs its limit, it is refused with
+        RESOURCE_EXHAUSTED (and RetryInfo) and nothing is recorded."""
         self.validate(spec)
         agent = await self._agents.get(spec.tenant, spec.agent)
         owner = None if spec.asynchronous else self.owner
+        if owner is not None and len(self._running) >= self._limits.max_concurrent:
+            raise errors.ResourceExhausted(
+                f"this agent service replica runs {len(self._running)} tasks, its limit; retry "
+                "shortly, or submit asynchronously to queue", retry_after_s=1.0)
         task, created = await self._tasks.create(
             spec, decision=decision, model_name=agent.model, owner=owner,
-            max_attempts=self._limits.max_attempts)
+            max_attempts=self._limits.max_attempts,
+            tenant_cap=self._limits.max_running_per_tenant)
         if created and owner is not None:
             claimed = await self._tasks.claim(task.id, owner=owner)
             if claimed is not None:
                 self._launch(claimed, agent)
+                self._started[claimed.id] = claimed
                 return claimed
         return task
 
@@ -116,9 +139,39 @@ class Runner:
         async with self._room:
             await self._room.wait_for(lambda: len(self._running) < self._limits.max_concurrent)
 
-    async def claim(self, task_id: str, *, conn: store.Conn) -> store.Task | None:
-        """Claim a queued task for this replica within ``conn``'s transaction."""
-        return await self._tasks.claim(task_id, owner=self.owner, conn=conn)
+    def ready(self) -> None:
+        """Wake the dispatcher: a queued task may be ready to claim."""
+        self._ready.set()
+
+    async def dispatch(self, queue: str) -> None:
+        """Run ``queue``'s ready tasks until cancelled: whenever this replica has room,
+        claim the next one fairly between tenants (``TaskStore.claim_next``). Woken by
+        ``ready``, and polls, since other replicas free their tenants' slots too."""
+        while True:
+            await self.wait_for_room()
+            self._ready.clear()
+            try:
+                task = await self._tasks.claim_next(
+                    queue, owner=self.owner, tenant_cap=self._limits.max_running_per_tenant)
+            except psycopg.Error as exc:
+                log.warning("cannot take queued tasks now: %s", exc)
+                task = None
+            if task is not None:
+                try:
+                    await self.run_claimed(task)
+                except (psycopg.Error, errors.AionError) as exc:
+                    # Claimed but not started: its lease lapses and the reaper queues it again.
+                    log.warning("task %s: cannot start it now: %s", task.id, exc)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), self._limits.dispatch_poll_s)
+
+    def caller_left(self, task: store.Task) -> None:
+        """The caller that started a synchronous task (``task`` is what ``start`` gave it)
+        went away: stop it (CANCELED). A task submitted asynchronously survives its caller,
+        and a caller given an existing task (its idempotency key) does not own it."""
+        if not task.spec.asynchronous and self._started.get(task.id) is task:
+            self._stop(task.id, "cancel")
 
     async def run_claimed(self, task: store.Task) -> None:
         """Run a task this replica claimed (once its claim committed)."""
@@ -173,6 +226,16 @@ class Runner:
             await asyncio.wait(running, timeout=timeout)
 
     @property
+    def limits(self) -> Limits:
+        """What tasks may ask for here."""
+        return self._limits
+
+    @property
+    def tasks(self) -> store.TaskStore:
+        """The store this runner records its tasks in."""
+        return self._tasks
+
+    @property
     def running(self) -> list[str]:
         """Ids of the tasks this replica runs now."""
         return list(self._running)
@@ -181,8 +244,10 @@ class Runner:
     async def _run(self, task: store.Task, agent: model.AgentRecord) -> None:
         started = time.perf_counter()
         output = ""
+        # A task naming no max_tokens gets its agent's, within the service's limit (L9).
+        max_tokens = task.spec.max_tokens or min(agent.max_tokens, self._limits.max_tokens)
         req = loop.Request(tenant=task.spec.tenant, input=task.spec.input,
-                           max_tokens=task.spec.max_tokens, temperature=task.spec.temperature,
+                           max_tokens=max_tokens, temperature=task.spec.temperature,
                            seed=task.spec.seed, route=task.decision.route,
                            timeout_s=max(0.05, task.remaining_s), task_id=task.id,
                            attempt=task.attempts)
@@ -217,9 +282,11 @@ class Runner:
             error = store.TaskError("INTERNAL", "the agent service failed; see its log")
         finally:
             self._running.pop(task.id, None)
+            self._started.pop(task.id, None)
             why = self._why.pop(task.id, None)
             async with self._room:
                 self._room.notify_all()
+            self._ready.set()
         latency = int((time.perf_counter() - started) * 1000)
         await self._end(task, status, error, output=output, latency_ms=latency, why=why)
 
@@ -280,4 +347,22 @@ class Runner:
                 await self._tasks.reap()
             except psycopg.Error as exc:
                 log.warning("cannot recover tasks now: %s", exc)
+            await self._purge()
             await asyncio.sleep(self._limits.reaper_interval_s)
+
+    async def _purge(self) -> None:
+        """Retention, every ``retention_interval_s`` (one replica at a time)."""
+        now = time.monotonic()
+        if now - self._purged_at < self._limits.retention_interval_s:
+            return
+        self._purged_at = now
+        try:
+            removed = await self._tasks.purge(
+                tasks_older_s=self._limits.task_retention_s,
+                processed_older_s=self._limits.processed_event_retention_s)
+        except psycopg.Error as exc:
+            log.warning("cannot apply retention now: %s", exc)
+            return
+        if removed and any(removed):
+            log.info("retention deleted old records",
+                     extra={"tasks": removed[0], "processed_events": removed[1]})

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from aion.agent import convert, registry, runner, store
+from aion.agent import convert, model, registry, runner, store
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import authz, errors
@@ -53,15 +54,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def Run(self, request: agent_pb2.RunRequest,
                   context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
         task = await self._start(request, context, asynchronous=False)
-        async for msg in self._events(task):
-            yield msg
+        try:
+            async for msg in self._events(task):
+                yield msg
+        finally:  # the caller left before the end (the stream was cancelled): stop it
+            self._runner.caller_left(task)
 
     async def Submit(self, request: agent_pb2.RunRequest,
                      context: _Ctx) -> tasks_pb2.SubmitResponse:
         task = await self._start(request, context, asynchronous=request.asynchronous)
         if not request.asynchronous:
-            async for _ in self._tasks.follow(task):
-                pass
+            try:
+                async for _ in self._tasks.follow(task):
+                    pass
+            finally:  # the caller left before the end (the call was cancelled): stop it
+                self._runner.caller_left(task)
             task = await self._tasks.get(task.spec.tenant, task.id)
         return tasks_pb2.SubmitResponse(task_id=task.id, result=convert.result_to_pb(task))
 
@@ -98,15 +105,35 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         agent = await self._agents.put(convert.agent_from_pb(request))
         return convert.agent_to_pb(agent)
 
-    async def DeregisterAgent(self, request: agent_pb2.AgentRef,
+    async def DeregisterAgent(self, request: agent_pb2.DeregisterAgentRequest,
                               context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
-        removed = await self._agents.delete(authz.require_tenant(request.tenant), request.name)
+        removed = await self._agents.delete(authz.require_tenant(request.tenant), request.name,
+                                            owner=convert.owner(request.owner))
         return agent_pb2.DeregisterAgentResponse(deregistered=removed)
 
     async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
                           context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
-        parsed = registry.parse_manifest(request.request.manifest,
-                                         tenant=authz.require_tenant(request.tenant),
-                                         executor_target=None)
-        applied = [await self._agents.put(a) for a in parsed]
+        try:
+            parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
+                registry.parse_manifest, request.request.manifest,
+                tenant=authz.require_tenant(request.tenant), executor_target=None,
+                max_tokens=self._runner.limits.max_tokens)
+        except (RecursionError, ValueError) as exc:
+            # Nesting deeper than the parser goes, or an integer of thousands of digits.
+            raise errors.InvalidArgument(
+                f"not a valid Agent manifest: {type(exc).__name__}: {str(exc)[:200]}",
+                field="manifest") from None
+        for agent in parsed:  # what Postgres would refuse, refused before anything is written
+            _storable(agent)
+        applied = await self._agents.put_all(parsed)
         return agents_pb2.ApplyAgentsResponse(agents=[convert.agent_to_pb(a) for a in applied])
+
+
+def _storable(agent: model.AgentRecord) -> None:
+    """InvalidArgument unless the registry can store ``agent`` as it is."""
+    texts = [agent.name, agent.model, agent.model_task, agent.instructions,
+             agent.description, *agent.knowledge_bases, *agent.tools]
+    if any("\x00" in t for t in texts):
+        raise errors.InvalidArgument(
+            f"agent {agent.name!r}: the manifest holds a NUL character (\\0)",
+            field="manifest")

@@ -10,14 +10,14 @@ from pathlib import Path
 import pydantic
 import pydantic_settings
 
-from aion.core import settings
+from aion.core import kafka, settings
 
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class AgentSettings(settings.ServiceSettings):
+class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the agent service listens, what it stores where, and its task limits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
@@ -50,6 +50,22 @@ class AgentSettings(settings.ServiceSettings):
     max_attempts: int = pydantic.Field(
         default=3, gt=0, description="runs of one task before it ends ERROR (lost workers)")
     max_concurrent_tasks: int = pydantic.Field(default=16, gt=0)
+    max_running_per_tenant: int = pydantic.Field(
+        default=8, gt=0, description="tasks one tenant may run at once (across replicas, "
+                                     "sync and async); a sync start over it is refused "
+                                     "RESOURCE_EXHAUSTED, async ones wait in the queue")
+    max_idempotency_key_chars: int = pydantic.Field(default=256, gt=0, le=2048)
+    dispatch_poll_s: float = pydantic.Field(
+        default=1.0, gt=0, description="how often a replica with room looks for queued "
+                                       "tasks that no record woke it for")
+    task_retention_s: float = pydantic.Field(
+        default=7 * 86400.0, gt=0, description="finished tasks (with their events and steps) "
+                                               "are deleted this long after they ended")
+    processed_event_retention_s: float = pydantic.Field(
+        default=7 * 86400.0, gt=0, description="records of processed Kafka events are kept "
+                                               "this long; at least the topics' retention")
+    retention_interval_s: float = pydantic.Field(
+        default=300.0, gt=0, description="how often one replica applies the retention")
     agents_file: Path | None = pydantic.Field(
         default=None, description="YAML file of Agent resources registered at start")
     agents_tenant: str = pydantic.Field(

@@ -137,6 +137,25 @@ class StepRecord:
 ToResult = Callable[[Task], Any]
 
 
+# A task that holds a running slot of its tenant: running, or reserved for a synchronous run.
+_RUNNING = "(state = 'RUNNING' OR (state = 'QUEUED' AND lease_owner IS NOT NULL))"
+
+
+async def _lock_tenant(conn: Conn, tenant: str, *, wait: bool = True) -> bool:
+    """Serialise, until the transaction ends, the decisions that start a tenant's tasks."""
+    fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    cur = await conn.execute(f"SELECT {fn}(hashtext(%s)) AS ok", (f"aion.tenant:{tenant}",))
+    row = await cur.fetchone()
+    return row is None or row["ok"] is not False
+
+
+async def _running(conn: Conn, tenant: str) -> int:
+    cur = await conn.execute(f"SELECT count(*) AS n FROM tasks WHERE tenant = %s AND {_RUNNING}",
+                             (tenant,))
+    row = await cur.fetchone()
+    return int(row["n"]) if row else 0
+
+
 def _parse_id(task_id: str) -> uuid.UUID:
     try:
         return uuid.UUID(task_id)
@@ -155,14 +174,21 @@ class TaskStore:
         self._to_result = to_result
         self._on_commit = on_commit
         self._signals: dict[str, asyncio.Event] = {}
+        self._followers: dict[str, int] = {}  # task id -> streams following it here
 
     # -- events -------------------------------------------------------------------
     async def _state_event(self, conn: Conn, task: Task) -> None:
+        # The task-events topic is shared by every tenant, so an event carries the
+        # tenant (on the envelope), ids, state, engine and usage, never the output text:
+        # whoever needs the output asks the agent service for it (Get, as the tenant),
+        # which checks the tenant. One shared topic keeps the consumers simple (one
+        # group reads every task) and Kafka ACLs need no per-tenant topics.
         data = events_pb2.TaskStateChanged(task_id=task.id, agent=task.spec.agent)
         result = self._to_result(task)
         data.status = result.status
         if task.status.final:
             data.result.CopyFrom(result)
+            data.result.ClearField("output")
         await outbox.add(conn, topic=self._topics.task_events, env=events.envelope(
             type_=events.TASK_STATE_CHANGED, tenant=task.spec.tenant, subject=task.id,
             data=data))
@@ -187,9 +213,12 @@ class TaskStore:
 
     # -- creating and claiming ----------------------------------------------------
     async def create(self, spec: model.TaskSpec, *, decision: model.Decision, model_name: str,
-                     owner: str | None, max_attempts: int) -> tuple[Task, bool]:
+                     owner: str | None, max_attempts: int,
+                     tenant_cap: int | None = None) -> tuple[Task, bool]:
         """A new QUEUED task (reserved by ``owner`` when given, else published to the
-        work topic), or the existing one for the same idempotency key (then False)."""
+        work topic), or the existing one for the same idempotency key (then False).
+        With ``tenant_cap``, a reserved task is refused (ResourceExhausted, nothing
+        written) when the tenant already runs that many tasks."""
         options = {"max_tokens": spec.max_tokens, "temperature": spec.temperature,
                    "seed": spec.seed, "timeout_s": spec.timeout_s}
         params = {
@@ -222,12 +251,68 @@ class TaskStore:
                         f"idempotency key '{spec.idempotency_key}' was used for another input; "
                         "use a new key for a new task")
                 return Task.from_row(existing), False
+            if owner is not None and tenant_cap is not None:
+                await _lock_tenant(conn, spec.tenant)
+                running = await _running(conn, spec.tenant)  # this task included
+                if running > tenant_cap:
+                    raise errors.ResourceExhausted(
+                        f"tenant '{spec.tenant}' already runs {running - 1} tasks, its limit; "
+                        "retry when one ends, or submit asynchronously to queue",
+                        retry_after_s=1.0)
             task = Task.from_row(row)
             await self._state_event(conn, task)
             if owner is None:
                 await self._queue_event(conn, task)
         self._on_commit()
         return task, True
+
+    async def mark_ready(self, task_id: str, queue: str, *, conn: Conn) -> bool:
+        """Put a queued task in ``queue``'s ready pool (within ``conn``'s transaction), where
+        ``claim_next`` takes it; False when it is not waiting there to be run."""
+        cur = await conn.execute(
+            "UPDATE tasks SET ready_on = %s WHERE id = %s AND state = 'QUEUED'"
+            " AND lease_owner IS NULL", (queue, task_id))
+        return cur.rowcount > 0
+
+    async def claim_next(self, queue: str, *, owner: str, tenant_cap: int) -> Task | None:
+        """Claim the next ready task of ``queue`` for ``owner``, fairly between tenants: the
+        tenant running the fewest tasks first (then the one waiting longest), never one
+        already running ``tenant_cap`` tasks. None when there is nothing to take."""
+        async with self._pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT q.tenant FROM (SELECT tenant, min(created_at) AS oldest FROM tasks"
+                "  WHERE state = 'QUEUED' AND ready_on = %(queue)s AND lease_owner IS NULL"
+                "  GROUP BY tenant) q"
+                " LEFT JOIN (SELECT tenant, count(*) AS n FROM tasks WHERE " + _RUNNING +
+                "  GROUP BY tenant) r USING (tenant)"
+                " WHERE coalesce(r.n, 0) < %(cap)s"
+                " ORDER BY coalesce(r.n, 0), q.oldest LIMIT 16", {"queue": queue,
+                                                                  "cap": tenant_cap})
+            tenants = [r["tenant"] for r in await cur.fetchall()]
+            for tenant in tenants:
+                # Another replica choosing for this tenant now: leave it the tenant.
+                if not await _lock_tenant(conn, tenant, wait=False):
+                    continue
+                if await _running(conn, tenant) >= tenant_cap:
+                    continue
+                cur = await conn.execute(
+                    "SELECT id FROM tasks WHERE state = 'QUEUED' AND ready_on = %s"
+                    " AND tenant = %s AND lease_owner IS NULL ORDER BY created_at LIMIT 8"
+                    " FOR UPDATE SKIP LOCKED", (queue, tenant))
+                for r in await cur.fetchall():
+                    task = await self._claim(conn, str(r["id"]), owner)
+                    if task is not None:
+                        break
+                else:
+                    continue
+                break
+            else:
+                task = None
+        if task is not None:
+            self.committed(task.id)
+        else:
+            self._on_commit()  # queued tasks found late or canceled were ended
+        return task
 
     async def claim(self, task_id: str, *, owner: str, conn: Conn | None = None) -> Task | None:
         """QUEUED -> RUNNING for ``owner``; None when the task is not there to take
@@ -475,14 +560,53 @@ class TaskStore:
         """Replay the stored events, then follow new ones until the final event. Events
         written by this process wake the follower at once; others within ``poll_s``."""
         sent = after
-        while True:
-            signal = self._signals.setdefault(task.id, asyncio.Event())
-            batch = await self.events_after(task.id, sent)
-            for event in batch:
-                sent = event.seq
-                yield event
-                if event.kind in FINAL_KINDS:
-                    return
-            if not batch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(signal.wait(), poll_s)
+        self._followers[task.id] = self._followers.get(task.id, 0) + 1
+        try:
+            while True:
+                signal = self._signals.setdefault(task.id, asyncio.Event())
+                batch = await self.events_after(task.id, sent)
+                for event in batch:
+                    sent = event.seq
+                    yield event
+                    if event.kind in FINAL_KINDS:
+                        return
+                if not batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(signal.wait(), poll_s)
+        finally:
+            left = self._followers.pop(task.id) - 1
+            if left:
+                self._followers[task.id] = left
+            else:  # nobody here follows it now (its writes may come from another replica)
+                self._signals.pop(task.id, None)
+
+    # -- retention ----------------------------------------------------------------
+    async def purge(self, *, tasks_older_s: float, processed_older_s: float,
+                    batch: int = 1000) -> tuple[int, int] | None:
+        """Delete finished tasks that ended over ``tasks_older_s`` ago (their events and
+        steps go with them) and processed-event records over ``processed_older_s`` old, in
+        batches; returns how many of each. One replica at a time: None when another one
+        is purging now."""
+        removed = [0, 0]
+        statements = (
+            "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s"
+            " AND state IN ('OK', 'ERROR', 'TIMEOUT', 'CANCELED') LIMIT %s)",
+            "DELETE FROM processed_events WHERE ctid IN (SELECT ctid FROM processed_events"
+            " WHERE processed_at < %s LIMIT %s)")
+        now = datetime.datetime.now(datetime.UTC)
+        cutoffs = (now - datetime.timedelta(seconds=tasks_older_s),
+                   now - datetime.timedelta(seconds=processed_older_s))
+        for i, (sql, cutoff) in enumerate(zip(statements, cutoffs, strict=True)):
+            while True:
+                async with self._pool.connection() as conn, conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT pg_try_advisory_xact_lock(hashtext('aion.agent.retention'))"
+                        " AS ok")
+                    row = await cur.fetchone()
+                    if row is None or not row["ok"]:
+                        return None
+                    cur = await conn.execute(sql, (cutoff, batch))
+                    removed[i] += cur.rowcount
+                if cur.rowcount < batch:
+                    break
+        return removed[0], removed[1]

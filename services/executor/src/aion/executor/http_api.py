@@ -40,6 +40,13 @@ _STATUS = {
     errors.DeadlineExceeded: (504, "timeout"),
 }
 B = TypeVar("B", bound=pydantic.BaseModel)
+
+
+class BodyTooLarge(errors.InvalidArgument):
+    """The request body is over the executor's limit (HTTP 413)."""
+
+
+_STATUS[BodyTooLarge] = (413, "invalid_request_error")
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -67,9 +74,26 @@ def _errors_as_json(handler: Handler) -> Handler:
     return wrapped
 
 
-async def _body(request: requests.Request, model: type[B]) -> B:
+async def _read(request: requests.Request, limit: int) -> bytes:
+    """The body, refused (413) once it is over ``limit`` bytes, before it is all read."""
+    too_large = BodyTooLarge(f"the request body is over {limit} bytes, the limit; send a "
+                             "shorter prompt", field="body")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _body(request: requests.Request, model: type[B], limit: int) -> B:
+    data = await _read(request, limit)
     try:
-        raw = await request.json()
+        raw = json.loads(data)
     except ValueError as exc:
         raise errors.InvalidArgument(f"the body is not JSON: {exc}", field="body") from exc
     try:
@@ -126,6 +150,7 @@ class OpenAIApi:
 
     def __init__(self, service: inference.Inference, *, token: str | None) -> None:
         self._service = service
+        self._limit = service.limits.max_body_bytes
         self.app = applications.Starlette(middleware=[
             middleware.Middleware(BearerToken, token=token)], routes=[
             routing.Route("/v1/chat/completions", _errors_as_json(self.chat), methods=["POST"]),
@@ -139,7 +164,7 @@ class OpenAIApi:
 
     async def chat(self, request: requests.Request) -> responses.Response:
         """``POST /v1/chat/completions``."""
-        body = await _body(request, openai_schema.ChatCompletionRequest)
+        body = await _body(request, openai_schema.ChatCompletionRequest, self._limit)
         body.check_n()
         req = validation.generate(
             model=body.model, messages=[(m.role, m.text()) for m in body.messages],
@@ -159,7 +184,7 @@ class OpenAIApi:
 
     async def completions(self, request: requests.Request) -> responses.Response:
         """``POST /v1/completions``."""
-        body = await _body(request, openai_schema.CompletionRequest)
+        body = await _body(request, openai_schema.CompletionRequest, self._limit)
         body.check_n()
         req = validation.generate(
             model=body.model, messages=[], prompt=body.text(), max_tokens=body.max_tokens,
@@ -180,7 +205,7 @@ class OpenAIApi:
 
     async def embeddings(self, request: requests.Request) -> responses.Response:
         """``POST /v1/embeddings``."""
-        body = await _body(request, openai_schema.EmbeddingRequest)
+        body = await _body(request, openai_schema.EmbeddingRequest, self._limit)
         req = validation.embed(model=body.model, texts=body.texts(), limits=self._service.limits)
         result = await self._service.embed(req)
         if body.dimensions is not None and body.dimensions != result.vectors.shape[1]:

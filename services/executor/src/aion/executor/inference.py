@@ -74,25 +74,28 @@ class Inference:
         model, sched = self._generation
         if not model.ready:
             raise errors.Unavailable("model is loading", retry_after_s=1)
-        # Tokenizing a long prompt takes a while; keep the event loop free meanwhile.
-        if request.prompt is not None:
-            prompt = await asyncio.to_thread(model.encode_text, request.prompt)
-            field = "prompt"
-        else:
-            prompt = await asyncio.to_thread(model.encode_chat, request.messages)
-            field = "messages"
-        if prompt.n_tokens >= model.context_size:
-            raise errors.InvalidArgument(
-                f"the prompt is {prompt.n_tokens} tokens but the context of {self.model_name} "
-                f"holds {model.context_size}; shorten the {field}", field=field)
-        async with contextlib.aclosing(sched.generate(prompt, request.params)) as chunks:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    log.info("generated", extra={
-                        "prompt_tokens": chunk.usage.prompt_tokens,
-                        "completion_tokens": chunk.usage.completion_tokens,
-                        "finish_reason": chunk.finish.value if chunk.finish else ""})
-                yield chunk
+        # Admitted first: tokenising takes a while, and only admitted requests do it
+        # (off the event loop); a full queue refuses before any of that work.
+        with sched.admit():
+            if request.prompt is not None:
+                prompt = await asyncio.to_thread(model.encode_text, request.prompt)
+                field = "prompt"
+            else:
+                prompt = await asyncio.to_thread(model.encode_chat, request.messages)
+                field = "messages"
+            if prompt.n_tokens >= model.context_size:
+                raise errors.InvalidArgument(
+                    f"the prompt is {prompt.n_tokens} tokens but the context of "
+                    f"{self.model_name} holds {model.context_size}; shorten the {field}",
+                    field=field)
+            async with contextlib.aclosing(sched.admitted(prompt, request.params)) as chunks:
+                async for chunk in chunks:
+                    if chunk.usage is not None:
+                        log.info("generated", extra={
+                            "prompt_tokens": chunk.usage.prompt_tokens,
+                            "completion_tokens": chunk.usage.completion_tokens,
+                            "finish_reason": chunk.finish.value if chunk.finish else ""})
+                    yield chunk
 
     async def embed(self, request: validation.EmbedRequest) -> batcher.Embedded:
         """The vectors of the request's texts."""

@@ -8,7 +8,8 @@ as its live view of executor load.
 
 Reports are best effort: a broker that is down delays them (the reporter
 keeps retrying, logging once per outage) but never the inference itself.
-On shutdown a last report says the model is no longer ready.
+On shutdown a last report says the model is no longer ready. The clients
+connect with the executor's Kafka security settings (``aion.core.kafka``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aiokafka import errors as kafka_errors
 from google.protobuf import any_pb2, timestamp_pb2
 
 from aion.api.events.v1 import events_pb2
+from aion.core import kafka as core_kafka
 from aion.executor import stats
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,10 @@ class LoadReporter:
     """Publishes the load every ``interval_s``; an async context manager, ``run`` in a task."""
 
     def __init__(self, source: Callable[[], stats.Load], *, bootstrap: str, topic: str,
-                 interval_s: float, executor: str, model: str) -> None:
+                 interval_s: float, executor: str, model: str,
+                 security: core_kafka.KafkaSettings | None = None) -> None:
         self._source = source
+        self._options = core_kafka.client_options(security)
         self._bootstrap = bootstrap
         self._topic = topic
         self._interval_s = interval_s
@@ -70,7 +74,7 @@ class LoadReporter:
     async def __aenter__(self) -> Self:
         self._producer = aiokafka.AIOKafkaProducer(
             bootstrap_servers=self._bootstrap, client_id=f"aion-executor-{self._executor}",
-            acks=1, linger_ms=0, request_timeout_ms=10000)
+            acks=1, linger_ms=0, request_timeout_ms=10000, **self._options)
         return self
 
     async def run(self) -> None:
@@ -118,7 +122,7 @@ class LoadReporter:
 
     async def _ensure_topic(self) -> None:
         client = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=self._bootstrap,
-                                                 request_timeout_ms=10000)
+                                                 request_timeout_ms=10000, **self._options)
         await client.start()
         try:
             if self._topic not in set(await client.list_topics()):

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+from aion.api.executor.v1 import executor_pb2_grpc
 from aion.core import http_server, lifecycle, metrics, server, settings, telemetry, tls
 from aion.executor import (
     backend,
@@ -85,7 +85,9 @@ def build(cfg: executor_settings.ExecutorSettings,
     """The model, its queue and the service over them, for the configured task."""
     limits = validation.Limits(default_max_tokens=cfg.default_max_tokens,
                                max_tokens_limit=cfg.max_tokens_limit,
-                               max_texts=cfg.embed_max_texts)
+                               max_texts=cfg.embed_max_texts,
+                               max_prompt_chars=cfg.max_prompt_chars,
+                               max_body_bytes=cfg.max_body_bytes)
     if cfg.model_task == "generate":
         gen = llama_backend.LlamaBackend(
             cfg.model_file(), n_ctx=cfg.n_ctx, n_threads=cfg.n_threads,
@@ -121,7 +123,7 @@ async def run(cfg: executor_settings.ExecutorSettings, material: tls.Tls) -> Non
             reporter = await stack.enter_async_context(load_report.LoadReporter(
                 service.snapshot, bootstrap=cfg.kafka_bootstrap, topic=cfg.load_topic,
                 interval_s=cfg.load_interval_s, executor=cfg.instance_id,
-                model=service.model_name))
+                model=service.model_name, security=cfg))
         await stack.enter_async_context(grpc_server)
         http = None
         token = cfg.http_token.get_secret_value() if cfg.http_token else None

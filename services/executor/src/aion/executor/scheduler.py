@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 
 from aion.core import errors
 from aion.executor import backend, stats
@@ -56,6 +56,21 @@ class Scheduler:
         p95 = self._latency.percentile(0.95, now=self._clock())
         return _MIN_RETRY_S if p95 is None else min(max(p95, _MIN_RETRY_S), _MAX_RETRY_S)
 
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the ``max_queue`` places (or raise ``errors.ResourceExhausted``):
+        taken before the prompt is tokenised, so that work is bounded by the queue too."""
+        if self._admitted >= self._max_queue:
+            stats.REJECTED.inc()
+            raise errors.ResourceExhausted(
+                f"executor queue is full ({self._max_queue} requests); retry later",
+                retry_after_s=round(self.retry_after_s(), 3))
+        self._admitted += 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+
     async def generate(self, prompt: backend.Prompt,
                        params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
         """Admit the request (or raise ``errors.ResourceExhausted``), wait for a slot, stream.
@@ -63,26 +78,25 @@ class Scheduler:
         Closing the iterator, or cancelling its consumer, stops the generation
         and gives the slot to the next request.
         """
-        if self._admitted >= self._max_queue:
-            stats.REJECTED.inc()
-            raise errors.ResourceExhausted(
-                f"executor queue is full ({self._max_queue} requests); retry later",
-                retry_after_s=round(self.retry_after_s(), 3))
-        self._admitted += 1
+        with self.admit():
+            async with contextlib.aclosing(self.admitted(prompt, params)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def admitted(self, prompt: backend.Prompt,
+                       params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
+        """Wait for a slot and stream, for a request that holds its place (``admit``)."""
         started = self._clock()
-        try:
-            async with self._slots:
-                self._running += 1
-                try:
-                    async with contextlib.aclosing(self._model.stream(prompt, params)) as chunks:
-                        async for chunk in chunks:
-                            now = self._clock()
-                            self._tokens.add(chunk.tokens, now=now)
-                            stats.TOKENS.inc(chunk.tokens)
-                            if chunk.finish is not None:
-                                self._latency.add(now - started, now=now)
-                            yield chunk
-                finally:
-                    self._running -= 1
-        finally:
-            self._admitted -= 1
+        async with self._slots:
+            self._running += 1
+            try:
+                async with contextlib.aclosing(self._model.stream(prompt, params)) as chunks:
+                    async for chunk in chunks:
+                        now = self._clock()
+                        self._tokens.add(chunk.tokens, now=now)
+                        stats.TOKENS.inc(chunk.tokens)
+                        if chunk.finish is not None:
+                            self._latency.add(now - started, now=now)
+                        yield chunk
+            finally:
+                self._running -= 1

@@ -11,7 +11,7 @@ from typing import Literal
 import pydantic
 import pydantic_settings
 
-from aion.core import settings
+from aion.core import kafka, settings
 
 Task = Literal["generate", "embed"]
 Device = Literal["auto", "cpu", "cuda"]
@@ -48,7 +48,7 @@ def bundled_model_path(task: Task = "generate") -> Path:
         "AION_EXECUTOR_MODEL_PATH")
 
 
-class ExecutorSettings(settings.ServiceSettings):
+class ExecutorSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the executor listens, which model it serves, and how much work it admits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
@@ -103,6 +103,12 @@ class ExecutorSettings(settings.ServiceSettings):
         default=5.0, ge=0, description="how long a batch waits for more texts once it has one")
     embed_max_texts: int = pydantic.Field(
         default=256, ge=1, description="texts one Embed request may carry")
+    max_prompt_chars: int = pydantic.Field(
+        default=256 * 1024, ge=1, description="characters of a prompt (all messages together, "
+                                              "or one text to embed), refused before tokenising")
+    max_body_bytes: int = pydantic.Field(
+        default=4 * 1024 * 1024, ge=1024, description="bytes of an HTTP request body; more "
+                                                      "is refused with 413")
     kafka_bootstrap: str | None = pydantic.Field(
         default=None, description="Kafka brokers for load reports; unset disables them")
     load_topic: str = pydantic.Field(

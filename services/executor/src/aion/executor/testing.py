@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
+from aion.api.executor.v1 import executor_pb2_grpc
 from aion.core import http_server, server, tls
 from aion.executor import (
     backend,

@@ -24,6 +24,10 @@ class Limits:
     default_max_tokens: int
     max_tokens_limit: int
     max_texts: int
+    # Checked before anything is tokenised (or queued): a prompt (or all messages
+    # together, or one text to embed) in characters, and an HTTP body in bytes.
+    max_prompt_chars: int = 256 * 1024
+    max_body_bytes: int = 4 * 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +52,12 @@ def generate(*, model: str, messages: Sequence[tuple[str, str]], prompt: str | N
              max_tokens: int | None, temperature: float | None, top_p: float | None,
              stop: Sequence[str], seed: int | None, limits: Limits) -> GenerateRequest:
     """Validate a generation request."""
+    chars = len(prompt) if prompt is not None else sum(len(c) for _, c in messages)
+    if chars > limits.max_prompt_chars:
+        field = "prompt" if prompt is not None else "messages"
+        raise errors.InvalidArgument(
+            f"the {field} hold {chars} characters; the limit is {limits.max_prompt_chars}",
+            field=field)
     return GenerateRequest(
         model=model,
         messages=_messages(messages, prompt),
@@ -73,6 +83,10 @@ def embed(*, model: str, texts: Sequence[str], limits: Limits) -> EmbedRequest:
     for i, text in enumerate(texts):
         if not text.strip():
             raise errors.InvalidArgument(f"texts[{i}] is empty", field=f"texts[{i}]")
+        if len(text) > limits.max_prompt_chars:
+            raise errors.InvalidArgument(
+                f"texts[{i}] is {len(text)} characters; the limit is {limits.max_prompt_chars}",
+                field=f"texts[{i}]")
     return EmbedRequest(model=model, texts=tuple(texts))
 
 

@@ -294,7 +294,8 @@ class A2AApi:
         ]
 
     async def _agent(self, request: requests.Request) -> agents_pb2.Agent:
-        call = http_calls.Call(request.headers, timeout_s=self._timeout_s)
+        call = http_calls.Call(request.headers, timeout_s=self._timeout_s,
+                               client=request.client)
         return await self._agents.Get(
             agents_pb2.GetAgentRequest(name=request.path_params["agent"]), call.context())
 

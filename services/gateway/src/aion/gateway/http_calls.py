@@ -44,13 +44,20 @@ def metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 class Call:
     """The part of a gRPC servicer context the gateway's servicers read."""
 
-    def __init__(self, headers: Mapping[str, str], *, timeout_s: float) -> None:
+    def __init__(self, headers: Mapping[str, str], *, timeout_s: float,
+                 client: Any = None) -> None:
         self._metadata = metadata(headers)
+        # Starlette's request.client (host, port), for the failed-authentication limit.
+        self._peer = f"http:{client.host}" if client is not None else "http:unknown"
         self._deadline = time.monotonic() + timeout_s
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         """The caller's credentials, as gRPC metadata."""
         return self._metadata
+
+    def peer(self) -> str:
+        """The caller's address, as gRPC names a peer."""
+        return self._peer
 
     def time_remaining(self) -> float:
         """Seconds left of the call's deadline."""

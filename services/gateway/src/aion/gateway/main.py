@@ -16,6 +16,8 @@ import grpc
 from aion.api.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     tasks_pb2,
@@ -33,12 +35,11 @@ from aion.core import (
 )
 from aion.gateway import (
     a2a_api,
-    auth,
+    edge,
     http_app,
     mcp_server,
     openai_api,
     openapi,
-    ratelimit,
     servicers,
 )
 from aion.gateway import settings as gateway_settings
@@ -55,9 +56,7 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
             router=await connect(cfg.router_target, "router"),
             agent=await connect(cfg.agent_target, "agent"),
             knowledge=await connect(cfg.knowledge_target, "knowledge"))
-        guard = servicers.Guard(
-            authenticator=auth.Authenticator(cfg),
-            limiter=ratelimit.RateLimiter(rate=cfg.rate_per_s, burst=cfg.rate_burst))
+        guard, store = await stack.enter_async_context(edge.guard(cfg))
         tasks = servicers.TasksServicer(guard=guard, peers=peers)
         agents = servicers.AgentsServicer(guard=guard, peers=peers)
         grpc_server = server.GrpcServer(name="gateway", host=cfg.host, port=cfg.port,
@@ -66,6 +65,9 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
                         tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name)
         grpc_server.add(agents_pb2_grpc.add_AgentsServicer_to_server, agents,
                         agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name)
+        grpc_server.add(keys_pb2_grpc.add_KeysServicer_to_server,
+                        servicers.KeysServicer(guard=guard, store=store),
+                        keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name)
         knowledge = servicers.KnowledgeServicer(guard=guard, peers=peers)
         grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server, knowledge,
                         knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)

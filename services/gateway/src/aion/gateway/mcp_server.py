@@ -74,8 +74,9 @@ class McpApi:
         """The MCP session manager, for the time the server serves."""
         return self.server.session_manager.run()
 
-    def _check(self, request: requests.Request) -> None:
-        self._guard.caller(http_calls.Call(request.headers, timeout_s=1).context(), "viewer")
+    async def _check(self, request: requests.Request) -> None:
+        await self._guard.caller(http_calls.Call(request.headers, timeout_s=1,
+                                                   client=request.client).context(), "viewer")
 
     def _call(self, ctx: Context[Any, Any]) -> http_calls.Call:
         return http_calls.Call(ctx.headers or {}, timeout_s=self._timeout_s)
@@ -120,14 +121,15 @@ class _Authenticated:
     """An ASGI app that answers 401/403/429 before ``app`` sees a request without a valid
     credential."""
 
-    def __init__(self, app: types.ASGIApp, check: Callable[[requests.Request], None]) -> None:
+    def __init__(self, app: types.ASGIApp,
+                 check: Callable[[requests.Request], Awaitable[None]]) -> None:
         self._app = app
         self._check = check
 
     async def __call__(self, scope: types.Scope, receive: types.Receive,
                        send: types.Send) -> None:
         try:
-            self._check(requests.Request(scope))
+            await self._check(requests.Request(scope))
         except errors.AionError as err:
             await http_app.error_response(err)(scope, receive, send)
             return

@@ -78,7 +78,8 @@ class OpenAIApi:
         ]
 
     def _call(self, request: requests.Request) -> http_calls.Call:
-        return http_calls.Call(request.headers, timeout_s=self._timeout_s)
+        return http_calls.Call(request.headers, timeout_s=self._timeout_s,
+                               client=request.client)
 
     async def chat(self, request: requests.Request) -> responses.Response:
         """``POST /v1/chat/completions``: run the agent ``model`` on the conversation."""

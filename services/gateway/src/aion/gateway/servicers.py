@@ -1,16 +1,22 @@
-"""The public services: Tasks, Agents and Knowledge, forwarded with the caller's tenant.
+"""The public services: Tasks, Agents and Knowledge, forwarded with the caller's tenant,
+and Keys, the tenant's API keys.
 
-Each call is authenticated, checked for its role, counted against the
-tenant's rate limit, and forwarded within the caller's own deadline.
+Each call is authenticated (a peer that fails too often is refused first),
+checked for its role, counted against its tenant's and API key's rate limits,
+and forwarded within the caller's own deadline. A stream holds a place among
+its tenant's open streams until it ends; generated tokens are charged to the
+tenant's tokens per minute.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import timestamp_pb2
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2 as internal_knowledge_pb2
@@ -20,13 +26,15 @@ from aion.api.v1 import (
     agents_pb2,
     agents_pb2_grpc,
     common_pb2,
+    keys_pb2,
+    keys_pb2_grpc,
     knowledge_pb2,
     knowledge_pb2_grpc,
     tasks_pb2,
     tasks_pb2_grpc,
 )
 from aion.core import errors
-from aion.gateway import auth, ratelimit, settings
+from aion.gateway import auth, keys, ratelimit, settings
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +60,40 @@ class Guard:
     """Authentication, roles and rate limits for one call."""
 
     def __init__(
-        self, *, authenticator: auth.Authenticator, limiter: ratelimit.RateLimiter
+        self, *, authenticator: auth.Authenticator, limiter: ratelimit.RateLimiter,
+        failures: auth.FailureLimiter | None = None, max_idempotency_key_chars: int = 256,
     ) -> None:
         self._auth = authenticator
-        self._limiter = limiter
+        self.limiter = limiter
+        self._failures = failures or auth.FailureLimiter(30)
+        self.max_idempotency_key_chars = max_idempotency_key_chars
 
-    def caller(self, context: _Ctx, role: settings.Role) -> auth.Principal:
-        """The authenticated caller, allowed ``role`` and within its rate limit."""
-        principal = self._auth.authenticate(context.invocation_metadata() or ())
+    @property
+    def authenticator(self) -> auth.Authenticator:
+        """Who verifies credentials (the Keys service tells it of revocations)."""
+        return self._auth
+
+    async def caller(self, context: _Ctx, role: settings.Role, *,
+                     runs_task: bool = False) -> auth.Principal:
+        """The authenticated caller, allowed ``role`` and within its rate limits."""
+        peer = _peer(context)
+        self._failures.check(peer)
+        try:
+            principal = await self._auth.authenticate(context.invocation_metadata() or ())
+        except errors.Unauthenticated:
+            self._failures.failed(peer)
+            raise
         principal.require(role)
-        self._limiter.take(principal.tenant)
+        await self.limiter.take(principal.tenant, principal.key_id, runs_task=runs_task)
         return principal
+
+
+def _peer(context: _Ctx) -> str:
+    peer = getattr(context, "peer", None)
+    name = peer() if callable(peer) else ""
+    # "ipv4:10.0.0.1:5555": the address without the port (each call may use a new one).
+    host, _, port = str(name or "unknown").rpartition(":")
+    return host if host and port.isdigit() else str(name or "unknown")
 
 
 def _timeout(context: _Ctx) -> float | None:
@@ -81,6 +112,14 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     ) -> agent_pb2.RunRequest:
         if not task.agent:
             raise errors.InvalidArgument("task.agent is required", field="task.agent")
+        if len(task.idempotency_key) > self._guard.max_idempotency_key_chars:
+            raise errors.InvalidArgument(
+                f"task.idempotency_key is {len(task.idempotency_key)} characters; at most "
+                f"{self._guard.max_idempotency_key_chars}", field="task.idempotency_key")
+        if task.options.privacy not in _STRICT:
+            raise errors.InvalidArgument(
+                f"task.options.privacy {task.options.privacy} is not a known privacy "
+                f"(LOCAL_ONLY, HYBRID or ALLOW_API)", field="task.options.privacy")
         with errors.remote("agent"):
             agent = await self._peers.agent.GetAgent(
                 agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
@@ -112,22 +151,35 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     async def Submit(
         self, request: tasks_pb2.SubmitRequest, context: _Ctx
     ) -> tasks_pb2.SubmitResponse:
-        who = self._guard.caller(context, "user")
+        who = await self._guard.caller(context, "user", runs_task=True)
         run = await self._run_request(
             who.tenant, request.task, context, asynchronous=request.asynchronous
         )
         with errors.remote("agent"):
-            return await self._peers.agent.Submit(run, timeout=_timeout(context))
+            response = await self._peers.agent.Submit(run, timeout=_timeout(context))
+        # An asynchronous task's tokens are not known here yet; a synchronous one's are.
+        await self._guard.limiter.spend_tokens(who.tenant, response.result.usage.tokens)
+        return response
 
     async def Stream(
         self, request: tasks_pb2.StreamRequest, context: _Ctx
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
-        who = self._guard.caller(context, "user")
-        if _timeout(context) is None:
+        starts = request.WhichOneof("target") == "task"
+        who = await self._guard.caller(context, "user", runs_task=starts)
+        deadline = _timeout(context)
+        if deadline is None:
             raise errors.InvalidArgument(
                 "Stream needs a deadline: set a timeout on the call (the SDK sets one)",
                 field="deadline",
             )
+        async with self._guard.limiter.stream(who.tenant, who.key_id, deadline):
+            async for event in self._stream(who, request, context, count_tokens=starts):
+                yield event
+
+    async def _stream(
+        self, who: auth.Principal, request: tasks_pb2.StreamRequest, context: _Ctx, *,
+        count_tokens: bool,
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         call: AsyncIterable[tasks_pb2.TaskEvent]
         if request.WhichOneof("target") == "task_id":
             call = self._peers.agent.Follow(
@@ -141,12 +193,27 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             raise errors.InvalidArgument(
                 "set task (to start one) or task_id (to follow one)", field="target"
             )
-        with errors.remote("agent"):
-            async for event in call:
-                yield event
+        streamed = charged = 0
+        try:
+            with errors.remote("agent"):
+                async for event in call:
+                    kind = event.WhichOneof("event")
+                    if kind == "token":
+                        streamed += 1
+                    elif kind in ("done", "error"):
+                        # The task's own count, when it has one, over the streamed pieces.
+                        result = event.done.result if kind == "done" else event.error.result
+                        streamed = max(streamed, int(result.usage.tokens))
+                    if count_tokens and streamed - charged >= _CHARGE_EVERY:
+                        await self._guard.limiter.spend_tokens(who.tenant, streamed - charged)
+                        charged = streamed
+                    yield event
+        finally:
+            if count_tokens and streamed > charged:
+                await self._guard.limiter.spend_tokens(who.tenant, streamed - charged)
 
     async def Get(self, request: tasks_pb2.GetTaskRequest, context: _Ctx) -> common_pb2.TaskResult:
-        who = self._guard.caller(context, "viewer")
+        who = await self._guard.caller(context, "viewer")
         with errors.remote("agent"):
             return await self._peers.agent.GetTask(
                 agent_pb2.TaskRef(tenant=who.tenant, task_id=request.task_id),
@@ -156,13 +223,15 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     async def Cancel(
         self, request: tasks_pb2.CancelTaskRequest, context: _Ctx
     ) -> common_pb2.TaskResult:
-        who = self._guard.caller(context, "user")
+        who = await self._guard.caller(context, "user")
         with errors.remote("agent"):
             return await self._peers.agent.CancelTask(
                 agent_pb2.TaskRef(tenant=who.tenant, task_id=request.task_id),
                 timeout=_timeout(context),
             )
 
+
+_CHARGE_EVERY = 64  # tokens charged to the tenant at a time while a stream runs
 
 _STRICT = [
     common_pb2.PRIVACY_LOCAL_ONLY,
@@ -182,14 +251,14 @@ class AgentsServicer(agents_pb2_grpc.AgentsServicer):
     async def List(
         self, request: agents_pb2.ListAgentsRequest, context: _Ctx
     ) -> agents_pb2.ListAgentsResponse:
-        who = self._guard.caller(context, "viewer")
+        who = await self._guard.caller(context, "viewer")
         with errors.remote("agent"):
             return await self._peers.agent.ListAgents(
                 agent_pb2.ListAgentsRequest(tenant=who.tenant), timeout=_timeout(context)
             )
 
     async def Get(self, request: agents_pb2.GetAgentRequest, context: _Ctx) -> agents_pb2.Agent:
-        who = self._guard.caller(context, "viewer")
+        who = await self._guard.caller(context, "viewer")
         with errors.remote("agent"):
             return await self._peers.agent.GetAgent(
                 agent_pb2.AgentRef(tenant=who.tenant, name=request.name), timeout=_timeout(context)
@@ -198,7 +267,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServicer):
     async def Apply(
         self, request: agents_pb2.ApplyAgentsRequest, context: _Ctx
     ) -> agents_pb2.ApplyAgentsResponse:
-        who = self._guard.caller(context, "admin")
+        who = await self._guard.caller(context, "admin")
         with errors.remote("agent"):
             return await self._peers.agent.ApplyAgents(
                 agent_pb2.ApplyAgentsRequest(tenant=who.tenant, request=request),
@@ -222,7 +291,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     async def Ingest(
         self, request: knowledge_pb2.IngestRequest, context: _Ctx
     ) -> knowledge_pb2.IngestResponse:
-        who = self._guard.caller(context, "admin")
+        who = await self._guard.caller(context, "admin")
         return await self._forward(
             self._peers.knowledge.Ingest,
             internal_knowledge_pb2.IngestRequest(tenant=who.tenant, request=request),
@@ -232,7 +301,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     async def Search(
         self, request: knowledge_pb2.SearchRequest, context: _Ctx
     ) -> knowledge_pb2.SearchResponse:
-        who = self._guard.caller(context, "viewer")
+        who = await self._guard.caller(context, "viewer")
         return await self._forward(
             self._peers.knowledge.Search,
             internal_knowledge_pb2.SearchRequest(tenant=who.tenant, request=request),
@@ -242,7 +311,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     async def Delete(
         self, request: knowledge_pb2.DeleteDocumentRequest, context: _Ctx
     ) -> knowledge_pb2.DeleteDocumentResponse:
-        who = self._guard.caller(context, "admin")
+        who = await self._guard.caller(context, "admin")
         return await self._forward(
             self._peers.knowledge.Delete,
             internal_knowledge_pb2.DeleteRequest(tenant=who.tenant, request=request),
@@ -252,7 +321,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     async def GetDocument(
         self, request: knowledge_pb2.GetDocumentRequest, context: _Ctx
     ) -> knowledge_pb2.Document:
-        who = self._guard.caller(context, "viewer")
+        who = await self._guard.caller(context, "viewer")
         return await self._forward(
             self._peers.knowledge.GetDocument,
             internal_knowledge_pb2.GetDocumentRequest(tenant=who.tenant, request=request),
@@ -262,9 +331,68 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     async def ListDocuments(
         self, request: knowledge_pb2.ListDocumentsRequest, context: _Ctx
     ) -> knowledge_pb2.ListDocumentsResponse:
-        who = self._guard.caller(context, "viewer")
+        who = await self._guard.caller(context, "viewer")
         return await self._forward(
             self._peers.knowledge.ListDocuments,
             internal_knowledge_pb2.ListDocumentsRequest(tenant=who.tenant, request=request),
             context,
         )
+
+
+def _timestamp(when: datetime.datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _key_message(record: keys.KeyRecord) -> keys_pb2.ApiKey:
+    message = keys_pb2.ApiKey(id=record.id, tenant=record.tenant, name=record.name,
+                              roles=list(record.roles))
+    for field in ("created_at", "last_used_at", "revoked_at"):
+        when = getattr(record, field)
+        if when is not None:
+            getattr(message, field).CopyFrom(_timestamp(when))
+    return message
+
+
+class KeysServicer(keys_pb2_grpc.KeysServicer):
+    """The caller's tenant's API keys (admin only); without a key store,
+    FAILED_PRECONDITION saying how to configure one."""
+
+    def __init__(self, *, guard: Guard, store: keys.KeyStore | None) -> None:
+        self._guard = guard
+        self._store = store
+
+    def _keys(self) -> keys.KeyStore:
+        if self._store is None:
+            raise errors.FailedPrecondition(
+                "this gateway has no key store: set AION_GATEWAY_POSTGRES_DSN to create keys")
+        return self._store
+
+    async def Create(
+        self, request: keys_pb2.CreateKeyRequest, context: _Ctx
+    ) -> keys_pb2.CreateKeyResponse:
+        who = await self._guard.caller(context, "admin")
+        record, secret = await self._keys().create(
+            tenant=who.tenant, name=request.name, roles=list(request.roles))
+        log.info("API key created", extra={"tenant": who.tenant, "key_id": record.id,
+                                           "by": who.subject})
+        return keys_pb2.CreateKeyResponse(key=_key_message(record), secret=secret)
+
+    async def List(
+        self, request: keys_pb2.ListKeysRequest, context: _Ctx
+    ) -> keys_pb2.ListKeysResponse:
+        who = await self._guard.caller(context, "admin")
+        found = await self._keys().list(tenant=who.tenant,
+                                        include_revoked=request.include_revoked)
+        return keys_pb2.ListKeysResponse(keys=[_key_message(r) for r in found])
+
+    async def Revoke(self, request: keys_pb2.RevokeKeyRequest, context: _Ctx) -> keys_pb2.ApiKey:
+        who = await self._guard.caller(context, "admin")
+        if not request.id:
+            raise errors.InvalidArgument("id is required (see `aionctl keys list`)", field="id")
+        record = await self._keys().revoke(tenant=who.tenant, key_id=request.id)
+        self._guard.authenticator.forget(record.id)
+        log.info("API key revoked", extra={"tenant": who.tenant, "key_id": record.id,
+                                           "by": who.subject})
+        return _key_message(record)

@@ -41,7 +41,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
     the open Qdrant index."""
     dsn = cfg.postgres_dsn.get_secret_value()
     await db.migrate(dsn)
-    await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions)
+    await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions, cfg)
     store = objects.ObjectStore.connect(
         cfg.minio_endpoint, access_key=cfg.minio_access_key,
         secret_key=cfg.minio_secret_key.get_secret_value(), bucket=cfg.minio_bucket,
@@ -60,7 +60,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
                                   dimensions=cfg.embedding_dimensions, batch=cfg.embed_batch,
                                   concurrency=cfg.embed_concurrency,
                                   timeout_s=cfg.embed_timeout_s)
-        publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic)
+        publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic, cfg)
         await publisher.start()
         stack.push_async_callback(publisher.stop)
         work = indexer.Indexer(pool=pool, store=store, index=index, embed=embed,
@@ -69,7 +69,7 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
         background = [asyncio.ensure_future(reaper.run())] + [
             asyncio.ensure_future(queue.Worker(
                 name=f"{cfg.worker_id}-{i}", bootstrap=cfg.kafka_bootstrap, topic=cfg.topic,
-                group=cfg.group, handle=work.handle).run())
+                group=cfg.group, handle=work.handle, security=cfg).run())
             for i in range(cfg.workers)]
         try:
             grpc_server = server.GrpcServer(name="knowledge", host=cfg.host, port=cfg.port,

@@ -4,7 +4,8 @@ An event carries only the version's id; everything else is read from
 Postgres, which is also what makes handling idempotent (a version is claimed
 once; a redelivered or repeated event finds it claimed or done). Offsets are
 committed after the handler returns, so a worker killed mid-document leaves
-its event to be delivered again to the group.
+its event to be delivered again to the group. Every client connects with the
+service's Kafka security settings (``aion.core.kafka``: TLS, SASL).
 """
 
 from __future__ import annotations
@@ -20,16 +21,20 @@ import aiokafka  # type: ignore[import-untyped]
 from aiokafka import admin as kafka_admin
 from aiokafka import errors as kafka_errors
 
+from aion.core import kafka as core_kafka
+
 log = logging.getLogger(__name__)
 
 KafkaError = kafka_errors.KafkaError
 Handler = Callable[[int], Awaitable[None]]
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> None:
+async def ensure_topic(bootstrap: str, topic: str, partitions: int,
+                       security: core_kafka.KafkaSettings | None = None) -> None:
     """Create the topic when it does not exist yet."""
     client = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                             request_timeout_ms=15000)
+                                             request_timeout_ms=15000,
+                                             **core_kafka.client_options(security))
     await client.start()
     try:
         if topic not in set(await client.list_topics()):
@@ -57,11 +62,13 @@ def decode(value: bytes) -> int:
 class Publisher:
     """An idempotent producer of document events."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str,
+                 security: core_kafka.KafkaSettings | None = None) -> None:
         self._topic = topic
         self._producer = aiokafka.AIOKafkaProducer(
             bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
-            request_timeout_ms=15000, client_id="aion-knowledge")
+            request_timeout_ms=15000, client_id="aion-knowledge",
+            **core_kafka.client_options(security))
 
     async def start(self) -> None:
         """Connect."""
@@ -83,8 +90,9 @@ class Worker:
     """One consumer of the group, handling one event at a time, reconnecting when Kafka goes."""
 
     def __init__(self, *, name: str, bootstrap: str, topic: str, group: str,
-                 handle: Handler) -> None:
+                 handle: Handler, security: core_kafka.KafkaSettings | None = None) -> None:
         self.name = name
+        self._security = security
         self._bootstrap = bootstrap
         self._topic = topic
         self._group = group
@@ -98,7 +106,8 @@ class Worker:
                 self._consumer = aiokafka.AIOKafkaConsumer(
                     self._topic, bootstrap_servers=self._bootstrap, group_id=self._group,
                     enable_auto_commit=False, auto_offset_reset="earliest",
-                    client_id=f"aion-knowledge-{self.name}", max_poll_interval_ms=600_000)
+                    client_id=f"aion-knowledge-{self.name}", max_poll_interval_ms=600_000,
+                    **core_kafka.client_options(self._security))
                 await self._consumer.start()
                 await self._consume()
             except asyncio.CancelledError:

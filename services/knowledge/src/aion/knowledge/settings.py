@@ -7,7 +7,8 @@ Where each part of a document goes:
   ``<tenant>/<knowledge base>/<document>/<sha256>``;
 - documents, versions, content hashes, state and progress: Postgres
   (``POSTGRES_DSN``; the migrations are applied at start);
-- one event per upload: Kafka (``KAFKA_BOOTSTRAP``), consumed by the
+- one event per upload: Kafka (``KAFKA_BOOTSTRAP``; TLS and SASL with
+  ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``, ``KAFKA_SSL_*``), consumed by the
   indexing workers of every replica (one consumer group);
 - embeddings: the embedding executor's ``Embed`` RPC (``EXECUTOR_TARGET``,
   ``EMBEDDING_MODEL``), texts chunked with the same model's tokenizer
@@ -26,14 +27,14 @@ from pathlib import Path
 import pydantic
 import pydantic_settings
 
-from aion.core import settings
+from aion.core import kafka, settings
 
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class KnowledgeSettings(settings.ServiceSettings):
+class KnowledgeSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the knowledge service listens, where it keeps documents and chunks, and its limits."""
 
     model_config = pydantic_settings.SettingsConfigDict(

@@ -16,6 +16,9 @@ from aion.core import channels, tls
 from aion.knowledge import main, qdrant_index
 from aion.knowledge import settings as knowledge_settings
 
+# The certificates every service and client of one test process use.
+CA = tls.LocalCa()
+
 TERMINAL = (public.DOCUMENT_STATE_READY, public.DOCUMENT_STATE_FAILED,
             public.DOCUMENT_STATE_SUPERSEDED)
 
@@ -51,11 +54,18 @@ def make_pdf(*pages: str) -> bytes:
     return bytes(out)
 
 
+def channel(address: str, *, identity: str = "gateway", ca: tls.LocalCa = CA,
+            ) -> grpc.aio.Channel:
+    """A channel to the knowledge service at ``address``, calling as ``identity``."""
+    return channels.connect(address, tls=ca.tls(identity), peer="knowledge")
+
+
 class Service:
     """The knowledge service's real composition, run in this process, with certificates of
     ``ca`` (its own ``knowledge`` one; its stub calls as the ``gateway``)."""
 
-    def __init__(self, cfg: knowledge_settings.KnowledgeSettings, *, ca: tls.LocalCa) -> None:
+    def __init__(self, cfg: knowledge_settings.KnowledgeSettings, *,
+                 ca: tls.LocalCa = CA) -> None:
         self.cfg = cfg
         self.ca = ca
         self.address = ""
@@ -83,8 +93,7 @@ class Service:
         if self._task in done:
             self._task.result()  # raises why it stopped
         assert ready in done, "the knowledge service did not become ready in 60s"
-        self._channel = channels.connect(self.address, tls=self.ca.tls("gateway"),
-                                         peer="knowledge")
+        self._channel = channel(self.address, ca=self.ca)
         self.stub = knowledge_pb2_grpc.KnowledgeServiceStub(self._channel)
         return self
 

@@ -52,6 +52,7 @@ REGISTERED = "Registered"
 CAPACITY_DEGRADED = "CapacityDegraded"
 INVALID_SPEC = "InvalidSpec"
 FELL_BACK = "FellBack"
+ALREADY_REGISTERED = "AlreadyRegistered"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,12 +295,28 @@ def needs_registration(body: Mapping[str, Any]) -> bool:
 
 
 def registered_status(body: Mapping[str, Any], *, ok: bool, message: str,
-                      now: datetime.datetime) -> dict[str, Any]:
-    """The conditions after a registration attempt."""
+                      now: datetime.datetime, reason: str = "") -> dict[str, Any]:
+    """The conditions after a registration attempt (``reason`` of a refusal)."""
     return {"conditions": conditions.set_condition(
         _conditions(body), REGISTERED, status="True" if ok else "False",
-        reason="Registered" if ok else "AgentServiceUnavailable", message=message,
+        reason="Registered" if ok else reason or "AgentServiceUnavailable", message=message,
         observed_generation=body["metadata"].get("generation"), now=now)}
+
+
+def _refused_again(body: Mapping[str, Any], *, reason: str, message: str) -> bool:
+    """Whether the Registered condition already says this refusal (no second Event)."""
+    found = conditions.find(_conditions(body), REGISTERED)
+    return found is not None and found.get("status") == "False" and (
+        found.get("reason"), found.get("message")) == (reason, message)
+
+
+async def tenant(body: Mapping[str, Any], *, client: kube.Kube,
+                 cfg: operator_settings.AionOperatorSettings) -> str:
+    """The tenant the platform maps the Agent's namespace to (see ``registration``)."""
+    namespace = body["metadata"]["namespace"]
+    labels = {} if namespace in cfg.tenants else await client.namespace_labels(namespace)
+    return registration.tenant_of(namespace, labels=labels, tenants=cfg.tenants,
+                                  label=cfg.tenant_label)
 
 
 def pool_status(body: Mapping[str, Any], snapshot: kube.Snapshot, *,
@@ -426,33 +443,64 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
         return
     spec = spec_mod.parse(body.get("spec"))
     pool = str(merged["status"]["nodePool"])
-    tenant = registration.tenant(body, label=cfg.tenant_label)
+    tenant_name = await tenant(body, client=client, cfg=cfg)
+    refusal = registration.mismatch(body, tenant_name, label=cfg.tenant_label)
+    if refusal is not None:
+        _refuse(body, merged, patch, logger, reason=registration.TENANT_MISMATCH,
+                message=f"not registered: {refusal}", now=now)
+        return
     try:
-        await registrar.register(registration.request(body, spec, tenant_name=tenant, pool=pool))
+        await registrar.register(registration.request(body, spec, tenant_name=tenant_name,
+                                                      pool=pool))
+    except errors.AlreadyExists as exc:  # another namespace's agent of the same name
+        _refuse(body, merged, patch, logger, reason=ALREADY_REGISTERED,
+                message=f"not registered: {exc.message}", now=now)
+        return
     except errors.AionError as exc:
         message = f"cannot register with the agent service at {registrar.target}: {exc.message}"
         logger.warning("%s", message)
         patch.status.update(registered_status(merged, ok=False, message=message, now=now))
         return
-    message = f"registered with the agent service for tenant {tenant}, on pool {pool}"
+    message = f"registered with the agent service for tenant {tenant_name}, on pool {pool}"
     patch.status.update(registered_status(merged, ok=True, message=message, now=now))
     kopf.info(body, reason="Registered", message=message)
 
 
-async def deregister(body: kopf.Body, *, cfg: operator_settings.AionOperatorSettings,
+def _refuse(body: kopf.Body, merged: Mapping[str, Any], patch: kopf.Patch,
+            logger: kopf.Logger, *, reason: str, message: str, now: datetime.datetime) -> None:
+    """Registered=False for a refusal the Agent's owner must fix, with one Warning Event."""
+    if _refused_again(merged, reason=reason, message=message):
+        return
+    logger.warning("%s", message)
+    patch.status.update(registered_status(merged, ok=False, reason=reason, message=message,
+                                          now=now))
+    kopf.warn(body, reason=reason, message=message)
+
+
+async def deregister(body: kopf.Body, *, client: kube.Kube,
+                     cfg: operator_settings.AionOperatorSettings,
                      logger: kopf.Logger, registrar: registration.Registrar | None) -> None:
-    """Deregister a deleted Agent; ``kopf.TemporaryError`` keeps the finalizer while down."""
+    """Deregister a deleted Agent; ``kopf.TemporaryError`` keeps the finalizer while down.
+
+    Only what this Agent registered goes: the agent service refuses to deregister
+    another namespace's agent of the same name, which is then left alone.
+    """
     if registrar is None:
         return
     name = body["metadata"]["name"]
-    tenant = registration.tenant(body, label=cfg.tenant_label)
+    tenant_name = await tenant(body, client=client, cfg=cfg)
     try:
-        removed = await registrar.deregister(tenant_name=tenant, name=name)
+        removed = await registrar.deregister(tenant_name=tenant_name, name=name,
+                                             owner=registration.owner(body))
+    except errors.FailedPrecondition as exc:
+        logger.info("Agent %s was not registered by this Agent; left alone: %s",
+                    name, exc.message)
+        return
     except errors.AionError as exc:
         raise kopf.TemporaryError(
             f"cannot deregister from the agent service at {registrar.target} "
             f"({exc.message}); retrying", delay=cfg.retry_s) from exc
-    logger.info("deregistered Agent %s of tenant %s (%s)", name, tenant,
+    logger.info("deregistered Agent %s of tenant %s (%s)", name, tenant_name,
                 "was registered" if removed else "was not registered")
 
 
@@ -503,4 +551,4 @@ def register(registry: kopf.OperatorRegistry, *, client: kube.Kube,
         @kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry, id="deregister")
         async def forget(body: kopf.Body, logger: kopf.Logger, **_: Any) -> None:
             """Deregister from the agent service; see ``deregister``."""
-            await deregister(body, cfg=cfg, logger=logger, registrar=registrar)
+            await deregister(body, client=client, cfg=cfg, logger=logger, registrar=registrar)

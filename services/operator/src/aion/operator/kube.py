@@ -142,6 +142,11 @@ class Kube:
         return found.to_dict()
 
 
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of the Namespace ``name`` (where the platform maps it to a tenant)."""
+        found = await self._client.get(core_v1.Namespace, name)
+        return dict(found.metadata.labels or {}) if found.metadata else {}
+
     async def pods(self, *, selector: Mapping[str, str], namespace: str) -> list[dict[str, Any]]:
         """The pods in ``namespace`` that carry every label of ``selector``."""
         return [p.to_dict() async for p in self._client.list(

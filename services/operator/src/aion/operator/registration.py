@@ -5,7 +5,14 @@ instructions, tools, privacy, knowledge bases, pool, and the gRPC address of
 its executor Service, whose DNS name resolves to every ready executor pod; the
 agent service spreads calls over them). ``Registrar`` makes the calls on one channel; it raises
 ``errors.Unavailable`` while the agent service is down, and the handlers retry.
-An Agent's tenant is its ``tenant_label`` label, else its namespace.
+
+The platform team, not the Agent, decides tenancy: an Agent's tenant is the one its
+namespace maps to (``tenant_of``: the operator's ``tenants`` setting, else the
+Namespace's ``tenant_label`` label, which only cluster admins can set, else the
+namespace's name). An Agent's own ``tenant_label`` label is only a claim: one
+naming another tenant is refused (``mismatch``). Each registration names its owner,
+``"<namespace>/<uid>"`` of the Agent, so the agent service refuses a registration or
+deregistration of the same agent from another namespace.
 """
 
 from __future__ import annotations
@@ -26,10 +33,32 @@ PRIVACY = {"local-only": common_pb2.PRIVACY_LOCAL_ONLY,
 CALL_TIMEOUT_S = 5.0
 
 
-def tenant(body: Mapping[str, Any], *, label: str) -> str:
-    """The Agent's tenant: its ``label`` label when set, else its namespace."""
+TENANT_MISMATCH = "TenantMismatch"
+
+
+def tenant_of(namespace: str, *, labels: Mapping[str, str], tenants: Mapping[str, str],
+              label: str) -> str:
+    """The tenant the platform maps ``namespace`` (whose labels are ``labels``) to."""
+    return tenants.get(namespace) or labels.get(label) or namespace
+
+
+def mismatch(body: Mapping[str, Any], tenant: str, *, label: str) -> str | None:
+    """Why the Agent may not register, when its ``label`` claims another tenant than
+    ``tenant`` (its namespace's); None when it claims none or that one."""
     meta = body["metadata"]
-    return str((meta.get("labels") or {}).get(label) or meta["namespace"])
+    claimed = (meta.get("labels") or {}).get(label)
+    if not claimed or claimed == tenant:
+        return None
+    return (f"the Agent's label {label}={claimed} claims tenant {claimed}, but namespace "
+            f"{meta['namespace']} belongs to tenant {tenant}; remove the label (or set it "
+            f"to {tenant}), or ask a cluster admin to map the namespace to {claimed} "
+            f"(Namespace label {label}, or the chart's operator.tenants)")
+
+
+def owner(body: Mapping[str, Any]) -> str:
+    """Who registers the Agent, as the agent service records it: ``<namespace>/<uid>``."""
+    meta = body["metadata"]
+    return f"{meta['namespace']}/{meta['uid']}"
 
 
 def executor_target(name: str, namespace: str) -> str:
@@ -50,7 +79,7 @@ def request(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *, tenant_name: s
     return agent_pb2.RegisterAgentRequest(
         tenant=tenant_name, agent=agent, instructions=spec.instructions,
         executor_endpoints=[executor_target(meta["name"], meta["namespace"])],
-        privacy=privacy, tools=list(spec.tools))
+        privacy=privacy, tools=list(spec.tools), owner=owner(body))
 
 
 class Registrar:
@@ -66,11 +95,13 @@ class Registrar:
         with errors.remote("agent"):
             await self._stub.RegisterAgent(req, timeout=CALL_TIMEOUT_S)
 
-    async def deregister(self, *, tenant_name: str, name: str) -> bool:
-        """Deregister an Agent; False when the agent service did not have it."""
+    async def deregister(self, *, tenant_name: str, name: str, owner: str) -> bool:
+        """Deregister an Agent; False when the agent service did not have it, and
+        ``errors.FailedPrecondition`` when another owner registered it."""
         with errors.remote("agent"):
             reply = await self._stub.DeregisterAgent(
-                agent_pb2.AgentRef(tenant=tenant_name, name=name), timeout=CALL_TIMEOUT_S)
+                agent_pb2.DeregisterAgentRequest(tenant=tenant_name, name=name, owner=owner),
+                timeout=CALL_TIMEOUT_S)
         return bool(reply.deregistered)
 
     async def close(self) -> None:

@@ -32,7 +32,14 @@ class AionOperatorSettings(settings.ServiceSettings):
         description="Kafka brokers the executors publish their load to; empty: no load reports")
     tenant_label: str = pydantic.Field(
         default="aion.dev/tenant", min_length=1,
-        description="Agent label naming its tenant; without it the namespace is the tenant")
+        description="label naming a tenant: on a Namespace (which only cluster admins can "
+                    "label) it maps the namespace's Agents to that tenant; on an Agent it is "
+                    "a claim, refused (condition Registered, reason TenantMismatch) when it "
+                    "names another tenant than the namespace maps to")
+    tenants: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="JSON map of namespace to tenant set by the platform team; it wins "
+                    "over the Namespace label, and a namespace in neither is its own tenant")
     unschedulable_after_s: float = pydantic.Field(
         default=120.0, gt=0,
         description="seconds an executor pod may stay Unschedulable before the Agent "
@@ -74,6 +81,14 @@ class AionOperatorSettings(settings.ServiceSettings):
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @pydantic.field_validator("tenants")
+    @classmethod
+    def _named(cls, value: dict[str, str]) -> dict[str, str]:
+        empty = sorted(ns for ns, tenant in value.items() if not ns or not tenant.strip())
+        if empty:
+            raise ValueError(f"tenants maps namespaces to tenants; empty for {empty}")
         return value
 
     @pydantic.model_validator(mode="after")

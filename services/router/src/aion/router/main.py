@@ -9,7 +9,6 @@ from aion.core import authz, lifecycle, server, settings, telemetry, tls
 from aion.router import policy, servicer
 from aion.router import settings as router_settings
 
-
 SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 # Who may call each RPC (their certificates' identities).
 ALLOW = authz.methods(SERVICE, {"Decide": {"gateway"}})

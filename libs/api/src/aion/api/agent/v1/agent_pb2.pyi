@@ -125,9 +125,15 @@ class RegisterAgentRequest(_message.Message):
     EXECUTOR_ENDPOINTS_FIELD_NUMBER: _builtins.int
     PRIVACY_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     instructions: _builtins.str
     privacy: _common_pb2.Privacy.ValueType
+    owner: _builtins.str
+    """Who registers it: "<namespace>/<uid>" of the Agent resource. An agent registered
+    from one namespace is changed or deregistered only from that namespace
+    (ALREADY_EXISTS otherwise); Agents.Apply never replaces it.
+    """
     @_builtins.property
     def agent(self) -> _agents_pb2.Agent: ...
     @_builtins.property
@@ -147,14 +153,41 @@ class RegisterAgentRequest(_message.Message):
         executor_endpoints: _abc.Iterable[_builtins.str] | None = ...,
         privacy: _common_pb2.Privacy.ValueType = ...,
         tools: _abc.Iterable[_builtins.str] | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_endpoints", b"executor_endpoints", "instructions", b"instructions", "privacy", b"privacy", "tenant", b"tenant", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_endpoints", b"executor_endpoints", "instructions", b"instructions", "owner", b"owner", "privacy", b"privacy", "tenant", b"tenant", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterAgentRequest: _TypeAlias = RegisterAgentRequest  # noqa: Y015
+
+@_typing.final
+class DeregisterAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    name: _builtins.str
+    owner: _builtins.str
+    """"<namespace>/<uid>" of the Agent resource, as it was registered."""
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        name: _builtins.str = ...,
+        owner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "owner", b"owner", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeregisterAgentRequest: _TypeAlias = DeregisterAgentRequest  # noqa: Y015
 
 @_typing.final
 class DeregisterAgentResponse(_message.Message):

@@ -79,7 +79,7 @@ class AgentServiceStub:
                 _registered_method=True)
         self.DeregisterAgent = channel.unary_unary(
                 '/aion.agent.v1.AgentService/DeregisterAgent',
-                request_serializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+                request_serializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentResponse.FromString,
                 _registered_method=True)
         self.ApplyAgents = channel.unary_unary(
@@ -145,7 +145,8 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeregisterAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Refused (FAILED_PRECONDITION) when another owner registered the agent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -202,7 +203,7 @@ def add_AgentServiceServicer_to_server(servicer, server):
             ),
             'DeregisterAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.DeregisterAgent,
-                    request_deserializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.AgentRef.FromString,
+                    request_deserializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentRequest.FromString,
                     response_serializer=aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentResponse.SerializeToString,
             ),
             'ApplyAgents': grpc.unary_unary_rpc_method_handler(
@@ -452,7 +453,7 @@ class AgentService:
             request,
             target,
             '/aion.agent.v1.AgentService/DeregisterAgent',
-            aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.AgentRef.SerializeToString,
+            aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentRequest.SerializeToString,
             aion_dot_api_dot_agent_dot_v1_dot_agent__pb2.DeregisterAgentResponse.FromString,
             options,
             channel_credentials,

@@ -46,7 +46,8 @@ class AgentServiceStub:
     GetAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentRef, _agents_pb2.Agent]
     RegisterAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.RegisterAgentRequest, _agents_pb2.Agent]
     """Called by the operator once an Agent's executors are ready."""
-    DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.AgentRef, _agent_pb2.DeregisterAgentResponse]
+    DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_agent_pb2.DeregisterAgentRequest, _agent_pb2.DeregisterAgentResponse]
+    """Refused (FAILED_PRECONDITION) when another owner registered the agent."""
     ApplyAgents: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ApplyAgentsRequest, _agents_pb2.ApplyAgentsResponse]
     """Registers the Agent resources of a YAML manifest (`aionctl apply -f`)."""
 
@@ -65,7 +66,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     GetAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentRef, _agents_pb2.Agent]  # type: ignore[assignment]
     RegisterAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.RegisterAgentRequest, _agents_pb2.Agent]  # type: ignore[assignment]
     """Called by the operator once an Agent's executors are ready."""
-    DeregisterAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.AgentRef, _agent_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
+    DeregisterAgent: _aio.UnaryUnaryMultiCallable[_agent_pb2.DeregisterAgentRequest, _agent_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) when another owner registered the agent."""
     ApplyAgents: _aio.UnaryUnaryMultiCallable[_agent_pb2.ApplyAgentsRequest, _agents_pb2.ApplyAgentsResponse]  # type: ignore[assignment]
     """Registers the Agent resources of a YAML manifest (`aionctl apply -f`)."""
 
@@ -133,9 +135,10 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def DeregisterAgent(
         self,
-        request: _agent_pb2.AgentRef,
+        request: _agent_pb2.DeregisterAgentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agent_pb2.DeregisterAgentResponse, _abc.Awaitable[_agent_pb2.DeregisterAgentResponse]]: ...
+    ) -> _typing.Union[_agent_pb2.DeregisterAgentResponse, _abc.Awaitable[_agent_pb2.DeregisterAgentResponse]]:
+        """Refused (FAILED_PRECONDITION) when another owner registered the agent."""
 
     @_abc_1.abstractmethod
     def ApplyAgents(
