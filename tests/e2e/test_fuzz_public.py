@@ -49,6 +49,7 @@ from psycopg.rows import dict_row
 
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, knowledge_pb2, tasks_pb2
+from aion.gateway import keys
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
@@ -60,7 +61,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 F = descriptor.FieldDescriptor
 EXAMPLES = int(os.environ.get("AION_FUZZ_EXAMPLES", "1000"))
 TENANT = f"fuzz-{uuid.uuid4().hex[:6]}"  # MinIO keeps originals after the database goes
-ADMIN_KEY = "k-admin-fuzz"
+ADMIN_KEY = keys.new_key()[0]
 METADATA = (("x-api-key", ADMIN_KEY),)
 CALL_TIMEOUT_S = 5.0
 SERVICES = [tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
@@ -396,10 +397,13 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Ka
     agents = log_dir / "fuzz-agent.yaml"
     agents.write_text(FUZZ_AGENT)
     env = {**backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
-           "AION_GATEWAY_API_KEYS": json.dumps([{"key": ADMIN_KEY, "tenant": TENANT,
-                                                 "roles": ["admin"], "name": "fuzz"}]),
+           "AION_GATEWAY_API_KEYS": json.dumps([{"hash": keys.hash_key(ADMIN_KEY),
+                                                 "tenant": TENANT, "roles": ["admin"],
+                                                 "name": "fuzz"}]),
            # The fuzzer calls far faster than a tenant should: no rate limit in its way.
-           "AION_GATEWAY_RATE_PER_S": "1000000", "AION_GATEWAY_RATE_BURST": "1000000",
+           **{f"AION_GATEWAY_{name}": "1000000" for name in (
+               "RATE_PER_S", "RATE_BURST", "KEY_RATE_PER_S", "KEY_RATE_BURST",
+               "TOKENS_PER_MINUTE")},
            "AION_AGENT_AGENTS_FILE": str(agents), "AION_AGENT_AGENTS_TENANT": TENANT}
     fuzzed = Fuzzed()
     try:

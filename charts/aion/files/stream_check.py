@@ -7,8 +7,10 @@ generated ``aion.api`` stubs and grpcio (no SDK needed). Settings, from the pod'
 - ``AION_TEST_AGENT``: the Agent to call; empty: the first ready generate Agent.
 - ``AION_TEST_INPUT``, ``AION_TEST_MAX_TOKENS``: the task.
 - ``AION_TEST_TIMEOUT_S``: how long to wait for a ready Agent and its answer.
-- ``AION_TEST_API_KEYS``: the gateway's API keys (JSON); the first with the user
-  role is sent. Unset or empty: the call goes without credentials.
+- ``AION_TEST_API_KEY``: the API key sent (the chart's ``tests.apiKey``); else
+- ``AION_TEST_API_KEYS``: the gateway's API keys (JSON); the first plaintext one with
+  the user role is sent (the gateway now takes hashes only, so there is usually none).
+  Neither: the call goes without credentials.
 
 Exit status 0 when the result is canonical; 1, with every problem named, otherwise.
 """
@@ -35,7 +37,7 @@ def api_key(keys_json: str) -> str:
     if not keys_json.strip():
         return ""
     for entry in json.loads(keys_json):
-        if "user" in entry.get("roles", ["user"]):
+        if "user" in entry.get("roles", ["user"]) and "key" in entry:
             return str(entry["key"])
     return ""
 
@@ -109,7 +111,8 @@ def main() -> int:
     target = os.environ["AION_TEST_GATEWAY"]
     max_tokens = int(os.environ.get("AION_TEST_MAX_TOKENS", "16"))
     deadline = time.monotonic() + float(os.environ.get("AION_TEST_TIMEOUT_S", "600"))
-    key = api_key(os.environ.get("AION_TEST_API_KEYS", ""))
+    key = os.environ.get("AION_TEST_API_KEY") or api_key(
+        os.environ.get("AION_TEST_API_KEYS", ""))
     metadata: tuple[tuple[str, str], ...] = (("x-api-key", key),) if key else ()
     with grpc.insecure_channel(target) as channel:
         agent = _ready_agent(channel, metadata, os.environ.get("AION_TEST_AGENT", ""), deadline)

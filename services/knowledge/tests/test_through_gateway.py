@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from aion.api.v1 import knowledge_pb2
+from aion.gateway import keys as gateway_keys
 from aion.knowledge import testing
 from aion.sdk import AsyncClient, errors
 from aion.sdk.testing import suite as suite_testing
@@ -38,7 +39,9 @@ def gateway(service: testing.Service, tmp_path_factory: pytest.TempPathFactory) 
     """The gateway as a process in front of the module's knowledge service; its target."""
     port = suite_testing.free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
-    keys = [{"key": k, "tenant": t, "roles": r} for k, (t, r) in KEYS.items()]
+    # The gateway is configured with the keys' hashes (aion.gateway.keys), never the keys.
+    keys = [{"hash": gateway_keys.hash_key(k), "tenant": t, "roles": r}
+            for k, (t, r) in KEYS.items()]
     env = {**os.environ, **testing.CA.env(log.parent / "tls", "gateway"),
            "AION_GATEWAY_PORT": str(port),
            "AION_GATEWAY_KNOWLEDGE_TARGET": service.address,

@@ -119,6 +119,10 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 f"{field} has {len(metadata)} pairs; the limit is {cfg.max_metadata_pairs}",
                 field=field)
         for key, value in metadata.items():
+            if "\x00" in key or "\x00" in value:  # Postgres (text, jsonb) holds no NUL
+                raise errors.InvalidArgument(
+                    f"{field} key {key[:40]!r} or its value holds a NUL character (\\0)",
+                    field=field)
             if not key or len(key) > cfg.max_metadata_key_chars:
                 raise errors.InvalidArgument(
                     f"{field} key {key[:40]!r} must be 1-{cfg.max_metadata_key_chars} "
@@ -145,6 +149,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if len(req.title) > _MAX_TITLE:
             raise errors.InvalidArgument(f"title is over {_MAX_TITLE} characters",
                                          field="title")
+        if "\x00" in req.title:
+            raise errors.InvalidArgument("title holds a NUL character (\\0)", field="title")
         metadata = self._metadata(dict(req.metadata), field="metadata")
         sha = hashlib.sha256(req.content).hexdigest()
         key = objects.key(tenant, kb, doc, sha)
