@@ -806,7 +806,9 @@ def test_a_namespace_cannot_replace_or_deregister_another_namespaces_agent(
                     "spec: {model: {name: m}, instructions: Overwritten.}\n")
         apply = agent_pb2.ApplyAgentsRequest(
             tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=manifest))
-        with (grpc.insecure_channel(_agent_target(agent_service)) as channel,
+        caller = CA.tls("gateway")  # Agents.Apply reaches the agent service from the gateway
+        with (grpc.secure_channel(_agent_target(agent_service), caller.channel_credentials(),
+                                  options=caller.channel_options("agent")) as channel,
               pytest.raises(grpc.RpcError) as info):
             agent_pb2_grpc.AgentServiceStub(channel).ApplyAgents(apply, timeout=10)
         assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS, info.value.details()
