@@ -21,7 +21,7 @@ AIONCTL = str(Path(sys.executable).with_name("aionctl"))
 
 def test_every_service_reports_serving(suite: testing.LocalSuite) -> None:
     for svc in suite.services.values():
-        assert testing.suite.health_status(svc.health_target) == "SERVING", svc.name
+        assert testing.suite.health_status(svc.health_target, timeout=10) == "SERVING", svc.name
 
 
 async def test_stream_yields_model_tokens_then_the_canonical_result(
