@@ -71,7 +71,7 @@ def embed_executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while suite_testing.health_status(f"127.0.0.1:{health_port}") != "SERVING":
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the embedding executor did not start; its log:\n"
