@@ -61,11 +61,10 @@ class Guard:
 
     def __init__(
         self, *, authenticator: auth.Authenticator, limiter: ratelimit.RateLimiter,
-        failures: auth.FailureLimiter | None = None, max_idempotency_key_chars: int = 256,
+        max_idempotency_key_chars: int = 256,
     ) -> None:
         self._auth = authenticator
         self.limiter = limiter
-        self._failures = failures or auth.FailureLimiter(30)
         self.max_idempotency_key_chars = max_idempotency_key_chars
 
     @property
@@ -77,11 +76,11 @@ class Guard:
                      runs_task: bool = False) -> auth.Principal:
         """The authenticated caller, allowed ``role`` and within its rate limits."""
         peer = _peer(context)
-        self._failures.check(peer)
+        await self.limiter.check_failures(peer)
         try:
             principal = await self._auth.authenticate(context.invocation_metadata() or ())
         except errors.Unauthenticated:
-            self._failures.failed(peer)
+            await self.limiter.auth_failed(peer)
             raise
         principal.require(role)
         await self.limiter.take(principal.tenant, principal.key_id, runs_task=runs_task)
