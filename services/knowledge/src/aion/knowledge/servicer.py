@@ -154,12 +154,19 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         metadata = self._metadata(dict(req.metadata), field="metadata")
         sha = hashlib.sha256(req.content).hexdigest()
         key = objects.key(tenant, kb, doc, sha)
-        # The original first: a version is never recorded without its bytes.
+        # The original first: a version is never recorded without its bytes. Bytes this call
+        # put there are taken back when no version could be recorded for them.
+        existed = await self._store.exists(key)
         await self._store.put(key, req.content, kind)
-        version, created = await documents.record_upload(
-            self._pool, tenant=tenant, knowledge_base=kb, document_id=doc, title=req.title,
-            metadata=metadata, content_type=kind, size_bytes=len(req.content), sha256=sha,
-            object_key=key)
+        try:
+            version, created = await documents.record_upload(
+                self._pool, tenant=tenant, knowledge_base=kb, document_id=doc, title=req.title,
+                metadata=metadata, content_type=kind, size_bytes=len(req.content), sha256=sha,
+                object_key=key)
+        except Exception:
+            if not existed:
+                await self._forget_original(key)
+            raise
         if created:
             try:
                 await self._publish(documents.event_key(tenant, kb, doc), version.id)
@@ -169,6 +176,16 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if req.wait:
             version = await self._wait(version, context)
         return _ingest_response(version, unchanged=not created)
+
+    async def _forget_original(self, key: str) -> None:
+        """Remove the original under ``key`` unless a version records it (a failed commit may
+        still have landed). When the database cannot say, the object stays: an orphan is
+        better than a version without its bytes."""
+        try:
+            if not await documents.references(self._pool, key):
+                await self._store.remove([key])
+        except errors.AionError as exc:
+            log.warning("left the original %s in MinIO after a failed upload: %s", key, exc)
 
     async def _wait(self, version: documents.Version, context: _Ctx) -> documents.Version:
         left = context.time_remaining()
