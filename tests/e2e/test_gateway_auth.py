@@ -533,6 +533,33 @@ async def test_a_refusal_carries_retry_info(edge: Edge) -> None:
     assert 0 < info.retry_delay.ToTimedelta().total_seconds() <= 1 / RATE + 0.01
 
 
+async def test_an_asynchronous_task_is_charged_its_ceiling_when_accepted(edge: Edge) -> None:
+    """Its tokens are not known when Submit answers: its max_tokens are charged then, so a
+    tenant cannot queue work past its tokens per minute."""
+    import psycopg
+
+    token = rs256(tenant="default", roles=["user"])
+    with psycopg.connect(edge.dsn, autocommit=True) as conn:
+        # A known level, far from the cap, so that refill cannot hide the charge.
+        conn.execute("INSERT INTO gateway_rate_buckets (key, tokens, updated_at) "
+                     "VALUES ('tpm:default', %s, now()) ON CONFLICT (key) DO UPDATE "
+                     "SET tokens = EXCLUDED.tokens, updated_at = now()", (TPM / 2,))
+        async with grpc.aio.insecure_channel(edge.b) as chan:
+            accepted = await tasks_pb2_grpc.TasksStub(chan).Submit(tasks_pb2.SubmitRequest(
+                task=tasks_pb2.TaskSpec(agent="demo", input="Say hi.",
+                                        options=tasks_pb2.TaskOptions(max_tokens=100)),
+                asynchronous=True), metadata=_bearer(token), timeout=30)
+        row = conn.execute("SELECT tokens, extract(epoch FROM now() - updated_at) "
+                           "FROM gateway_rate_buckets WHERE key = 'tpm:default'").fetchone()
+        # Full again for the tests after this one (a missing bucket starts full).
+        conn.execute("DELETE FROM gateway_rate_buckets WHERE key = 'tpm:default'")
+    assert accepted.task_id
+    assert row is not None
+    level, age_s = float(row[0]), float(row[1])
+    # TPM/2 - 100, plus what refilled between the reset and the charge.
+    assert TPM / 2 - 100 <= level <= TPM / 2 - 100 + TPM / 60 * (30 + age_s), level
+
+
 async def test_streamed_tokens_are_charged_and_a_tenant_in_debt_gets_no_task(
         edge: Edge) -> None:
     import psycopg

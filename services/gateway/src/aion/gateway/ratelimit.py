@@ -7,8 +7,9 @@ one they live in this process (one replica, or limits per replica).
 
 A refused call gets RESOURCE_EXHAUSTED with google.rpc RetryInfo (the wait).
 Tokens per minute are charged after the fact (as a stream's tokens arrive, or
-from a finished task's usage); a tenant in debt has its next task refused
-until the bucket refills.
+from a finished synchronous task's usage) or, for an asynchronous task, its
+ceiling when it is accepted; a tenant in debt has its next task refused until
+the bucket refills.
 """
 
 from __future__ import annotations

@@ -156,9 +156,24 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
         )
         with errors.remote("agent"):
             response = await self._peers.agent.Submit(run, timeout=_timeout(context))
-        # An asynchronous task's tokens are not known here yet; a synchronous one's are.
-        await self._guard.limiter.spend_tokens(who.tenant, response.result.usage.tokens)
+        if request.asynchronous:
+            # Its tokens are not known yet: charge its ceiling now, as OpenAI's limits count
+            # max_tokens, so a tenant cannot queue past its tokens per minute.
+            await self._guard.limiter.spend_tokens(
+                who.tenant, await self._ceiling(who.tenant, run.task, context))
+        else:
+            await self._guard.limiter.spend_tokens(who.tenant, response.result.usage.tokens)
         return response
+
+    async def _ceiling(self, tenant: str, task: tasks_pb2.TaskSpec, context: _Ctx) -> int:
+        """The most tokens one step of ``task`` may generate: its max_tokens, else its
+        agent's."""
+        if task.options.HasField("max_tokens"):
+            return task.options.max_tokens
+        with errors.remote("agent"):
+            agent = await self._peers.agent.GetAgent(
+                agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context))
+        return agent.max_tokens
 
     async def Stream(
         self, request: tasks_pb2.StreamRequest, context: _Ctx
