@@ -6,6 +6,10 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 export UV_FROZEN := 1
 PYTEST_ARGS ?=
+# Caches outside the repo, so a fresh clone (CI) reuses them: mypy checks each cached
+# module's hash when its mtime differs, ruff keys its cache by content.
+export MYPY_CACHE_DIR ?= $(HOME)/.cache/aion/mypy
+export RUFF_CACHE_DIR ?= $(HOME)/.cache/aion/ruff
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
 	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
