@@ -27,7 +27,7 @@ dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, run the five services
 	  echo "local cluster is up: installing the CRDs and GpuPools, and starting the operator"; \
 	  eval "$$($(INFRA) env cluster)" && kubectl apply -f charts/aion/crds/ -f deploy/examples/gpupools.yaml >/dev/null || exit 1; \
 	fi; \
-	$(UV) run --no-sync python -m aion.sdk.testing --agents deploy/examples/demo-agent.yaml $${kubeconfig:+--kubeconfig "$$kubeconfig"}
+	$(UV) run --no-sync python -m aion.infra.devstack --agents deploy/examples/demo-agent.yaml $${kubeconfig:+--kubeconfig "$$kubeconfig"}
 
 test: setup lint typecheck layers protos-check infra-build images pytest ## everything CI checks
 

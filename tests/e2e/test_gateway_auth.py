@@ -39,7 +39,8 @@ from aion.api.v1 import (
     tasks_pb2_grpc,
 )
 from aion.gateway import db, keys, ratelimit
-from aion.sdk import AsyncClient, cli, testing
+from aion.infra import devstack
+from aion.sdk import AsyncClient, cli
 
 pytestmark = pytest.mark.e2e
 
@@ -95,7 +96,7 @@ class JwksServer:
 class Edge:
     """The suite (replica A is its gateway), replica B, and the JWKS URL."""
 
-    def __init__(self, suite: testing.LocalSuite, replica_b: str, jwks: JwksServer,
+    def __init__(self, suite: devstack.LocalSuite, replica_b: str, jwks: JwksServer,
                  dsn: str) -> None:
         self.suite = suite
         self.a = suite.gateway
@@ -138,7 +139,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         dsn = env["AION_AGENT_POSTGRES_DSN"]
         suite = e2e.start_suite(tmp / "suite", {**env, **_gateway_env(dsn, jwks_file)})
         try:
-            port, metrics = testing.suite.free_port(), testing.suite.free_port()
+            port, metrics = devstack.free_port(), devstack.free_port()
             b_env = {**os.environ, **env, **_gateway_env(dsn, jwks_file),
                      "AION_GATEWAY_PORT": str(port), "AION_GATEWAY_METRICS_PORT": str(metrics),
                      "AION_GATEWAY_ROUTER_TARGET": suite.services["router"].target,
@@ -157,7 +158,7 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
                                            start_new_session=True)
             target = f"127.0.0.1:{port}"
             deadline = time.monotonic() + 60
-            while testing.suite.health_status(target) != "SERVING":
+            while devstack.health_status(target) != "SERVING":
                 if replica.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"replica B did not start:\n{log.read_text()[-3000:]}")
                 time.sleep(0.2)

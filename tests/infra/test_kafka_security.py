@@ -25,11 +25,11 @@ from aion.agent.settings import AgentSettings
 from aion.core import kafka as core_kafka
 from aion.core import settings
 from aion.executor.settings import ExecutorSettings
+from aion.infra.devstack import suite
 from aion.infra.kafka import HOST, Kafka
 from aion.infra.paths import Layout
 from aion.knowledge import queue
 from aion.knowledge.settings import KnowledgeSettings
-from aion.sdk.testing import suite
 
 pytestmark = pytest.mark.kafka
 

@@ -42,10 +42,10 @@ from lightkube.models import meta_v1
 from lightkube.resources import apps_v1, coordination_v1, core_v1
 
 from aion.infra.cluster import Cluster, render_nodes
+from aion.infra.devstack import suite
 from aion.infra.paths import Layout
 from aion.infra.registry import make
 from aion.operator import render, spec
-from aion.sdk.testing import suite
 
 POOL = "bench"
 POOL_LABEL = "cloud.google.com/gke-nodepool"

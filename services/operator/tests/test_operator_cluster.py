@@ -37,9 +37,9 @@ from aion.core import tls
 from aion.infra import cluster as cluster_mod
 from aion.infra.cluster import Cluster
 from aion.infra.component import poll
+from aion.infra.devstack import suite
 from aion.infra.kafka import Kafka
 from aion.infra.postgres import Postgres
-from aion.sdk.testing import suite
 
 # The certificates of the agent service, the operator and the test's own calls.
 CA = tls.LocalCa()
