@@ -15,7 +15,8 @@ import pytest
 
 from aion.core import settings
 from aion.executor import settings as executor_settings
-from aion.operator import handlers, render, spec
+from aion.core import agentspec
+from aion.operator import handlers, render
 from aion.operator import settings as operator_settings
 
 SERVICES = ("gateway", "router", "agent", "knowledge", "executor", "operator")
@@ -37,7 +38,7 @@ def test_the_operator_sets_only_variables_the_executor_reads() -> None:
     cfg = operator_settings.AionOperatorSettings(
         executor_image="aion-executor:1", kafka_bootstrap="kafka:9092",
         otlp_endpoint="http://otel:4317")
-    agent = spec.parse({"model": {"name": "m", "source": "/models/m.gguf"}, "gpu": {"count": 1}})
+    agent = agentspec.parse({"model": {"name": "m", "source": "/models/m.gguf"}, "gpu": {"count": 1}})
     deployment = render.executor_deployment(
         "chat", "team-a", agent, pool_label="aion.dev/node-pool", pool="l4",
         image=cfg.executor_image, owner=render.Owner(name="chat", uid="u"),

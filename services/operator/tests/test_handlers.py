@@ -10,8 +10,8 @@ import kopf
 import pytest
 
 from aion.api.v1 import common_pb2
-from aion.core import tls
-from aion.operator import handlers, kube, registration, settings, spec, stuck
+from aion.core import agentspec, tls
+from aion.operator import handlers, kube, registration, settings, stuck
 
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 LATER = NOW + datetime.timedelta(minutes=5)
@@ -49,7 +49,7 @@ def _snapshot(nodes: Sequence[dict[str, Any]], pods: Sequence[dict[str, Any]] = 
 def _decide(body: dict[str, Any], snapshot: kube.Snapshot,
             cfg: settings.AionOperatorSettings) -> handlers.Decision:
     found = handlers.discover(body, snapshot)
-    return handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
+    return handlers.decide(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
 
 
 def _affinity(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -134,7 +134,7 @@ def test_other_conditions_are_kept_and_transition_times_move_only_on_change(
     data = {"model": {"name": "m"}, "gpu": {"count": 1}}
     first = _decide(_agent(data, status={"conditions": [ready]}), _snapshot(local_nodes), cfg)
     found = handlers.discover(_agent(data), _snapshot(local_nodes))
-    again = handlers.decide(_agent(data, generation=4, status=first.status), spec.parse(data),
+    again = handlers.decide(_agent(data, generation=4, status=first.status), agentspec.parse(data),
                             found=found, cfg=cfg, now=LATER)
     assert [c["type"] for c in again.status["conditions"]] == ["Ready", "Placed"]
     assert again.status["conditions"][0] == ready
@@ -247,7 +247,7 @@ def test_falling_back_moves_to_the_next_pool_and_says_why(
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}}, status={
         **placed.status, "conditions": [*placed.status["conditions"], registered]})
     found = handlers.discover(body, _snapshot(local_nodes))
-    moved = handlers.fall_back(body, spec.parse(body["spec"]), _unschedulable(130),
+    moved = handlers.fall_back(body, agentspec.parse(body["spec"]), _unschedulable(130),
                                found=found, cfg=cfg, now=LATER)
     assert moved is not None
     assert moved.deployment is not None
@@ -264,7 +264,7 @@ def test_falling_back_moves_to_the_next_pool_and_says_why(
     assert moved.placement.message == degraded["message"]
     # Nowhere left: the Agent stays, and says so once.
     again = _agent(body["spec"], status=moved.status)
-    stay = handlers.fall_back(again, spec.parse(body["spec"]), _unschedulable(200),
+    stay = handlers.fall_back(again, agentspec.parse(body["spec"]), _unschedulable(200),
                               found=found, cfg=cfg, now=LATER)
     assert stay is not None
     assert stay.deployment is None
@@ -273,7 +273,7 @@ def test_falling_back_moves_to_the_next_pool_and_says_why(
     assert "no other eligible pool has room" in degraded["message"]
     assert set(stay.status) == {"conditions"}
     said = _agent(body["spec"], status={**moved.status, **stay.status})
-    assert handlers.fall_back(said, spec.parse(body["spec"]), _unschedulable(300),
+    assert handlers.fall_back(said, agentspec.parse(body["spec"]), _unschedulable(300),
                               found=found, cfg=cfg, now=LATER) is None
 
 
@@ -285,13 +285,13 @@ def test_a_new_spec_forgets_fallbacks_and_a_placed_agent_stays_on_its_pool(
         "nodePool": "h100", "avoidPools": ["l4"], "observedGeneration": 2,
         "conditions": [degraded]})
     found = handlers.discover(body, _snapshot(local_nodes))
-    fresh = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+    fresh = handlers.decide(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
                             stay="h100")
     assert fresh.status["nodePool"] == "h100"
     assert fresh.placement.message.startswith("stays on pool h100, where it runs")
     assert fresh.status["avoidPools"] is None  # a merge patch removes it
     assert [c["type"] for c in fresh.status["conditions"]] == ["Placed"]
-    resumed = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+    resumed = handlers.decide(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
                               exclude=["l4"])
     assert resumed.status["nodePool"] == "h100"
     assert resumed.status["avoidPools"] == ["l4"]
@@ -303,10 +303,10 @@ def test_an_autoscaled_executor_leaves_replicas_to_the_hpa(
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1},
                    "replicas": {"min": 2, "max": 4}})
     found = handlers.discover(body, _snapshot(local_nodes))
-    own = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
+    own = handlers.decide(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
     assert own.deployment is not None
     assert own.deployment["spec"]["replicas"] == 2
-    hpa = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+    hpa = handlers.decide(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
                           autoscaled=True)
     assert hpa.deployment is not None
     assert "replicas" not in hpa.deployment["spec"]
@@ -331,7 +331,7 @@ def test_registration_is_due_once_ready_and_again_for_each_new_spec() -> None:
 def test_the_registration_names_tenant_pool_and_executor() -> None:
     body = _agent({"model": {"name": "m", "task": "embed"}, "instructions": "Be brief.",
                    "knowledgeBases": ["docs"], "routing": {"privacy": "hybrid"}})
-    req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
     assert (req.tenant, req.agent.name, req.agent.model, req.agent.model_task) == (
         "acme", "chat", "m", "embed")
     assert req.owner == "team-a/uid-1"
@@ -341,7 +341,7 @@ def test_the_registration_names_tenant_pool_and_executor() -> None:
     assert list(req.executor_endpoints) == ["aion-executor-chat.team-a.svc:50055"]
     assert list(req.tools) == []
     body["spec"]["tools"] = ["knowledge_search", "agent:helper"]
-    req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
     assert list(req.tools) == ["knowledge_search", "agent:helper"]
 
 
@@ -462,7 +462,7 @@ def test_a_fallback_keeps_the_certificate_and_the_network_policy(
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}},
                   status={"nodePool": "l4", "observedGeneration": 3})
     found = handlers.discover(body, _snapshot(local_nodes))
-    moved = handlers.fall_back(body, spec.parse(body["spec"]), _unschedulable(600),
+    moved = handlers.fall_back(body, agentspec.parse(body["spec"]), _unschedulable(600),
                                found=found, cfg=cfg, now=NOW, tls_version="v1",
                                platform_namespace="aion")
     assert moved is not None

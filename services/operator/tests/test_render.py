@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from aion.operator import render, spec
+from aion.core import agentspec
+from aion.operator import render
 
 OWNER = render.Owner(name="chat", uid="0b7c-uid")
 
@@ -14,7 +15,7 @@ OWNER = render.Owner(name="chat", uid="0b7c-uid")
 def _deployment(data: dict[str, Any], *, pool: str = "a100",
                 env: dict[str, str] | None = None) -> dict[str, Any]:
     return render.executor_deployment(
-        "chat", "team-a", spec.parse(data), pool_label="aion.dev/node-pool", pool=pool,
+        "chat", "team-a", agentspec.parse(data), pool_label="aion.dev/node-pool", pool=pool,
         image="aion-executor:1", owner=OWNER, env=env)
 
 
@@ -141,7 +142,7 @@ def test_long_agent_names_stay_valid_and_distinct() -> None:
 
 def _tls_deployment(version: str | None) -> dict[str, Any]:
     return render.executor_deployment(
-        "chat", "team-a", spec.parse({"model": {"name": "m"}}), pool_label="p", pool="cpu",
+        "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p", pool="cpu",
         image="aion-executor:1", owner=OWNER, tls_version=version)
 
 

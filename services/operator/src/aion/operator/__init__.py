@@ -1,7 +1,6 @@
 """aion operator: reconciles Agent resources onto GPU node pools (kopf).
 
 - ``settings``: the operator's configuration (``AION_OPERATOR_*``).
-- ``spec``: the Agent spec, validated as the CRD declares it.
 - ``pools``: GPU node pools and their free GPUs, from nodes, pods and GpuPools.
 - ``placement``: the pool an Agent goes to (cheapest eligible with room), and why.
 - ``render``: the executor Deployment and Service of an Agent, as pure functions.

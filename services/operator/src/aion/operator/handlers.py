@@ -28,7 +28,7 @@ from typing import Any
 
 import kopf
 
-from aion.core import errors
+from aion.core import agentspec, errors
 from aion.operator import (
     conditions,
     executor_secrets,
@@ -40,7 +40,6 @@ from aion.operator import (
     stuck,
 )
 from aion.operator import settings as operator_settings
-from aion.operator import spec as spec_mod
 
 GROUP = kube.GROUP
 VERSION = kube.VERSION
@@ -111,7 +110,7 @@ def discover(body: Mapping[str, Any], snapshot: kube.Snapshot, *,
     return pools.discover(snapshot.nodes, others, configs=terms.by_pool)
 
 
-def decide(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *,
+def decide(body: Mapping[str, Any], spec: agentspec.AgentSpec, *,
            found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
            now: datetime.datetime, exclude: Sequence[str] = (), stay: str | None = None,
            autoscaled: bool = False, tls_version: str | None = None,
@@ -152,7 +151,7 @@ def decide(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *,
                     network_policy=policy)
 
 
-def fall_back(body: Mapping[str, Any], spec: spec_mod.AgentSpec, waiting: stuck.Stuck, *,
+def fall_back(body: Mapping[str, Any], spec: agentspec.AgentSpec, waiting: stuck.Stuck, *,
               found: Sequence[pools.Pool], cfg: operator_settings.AionOperatorSettings,
               now: datetime.datetime, autoscaled: bool = False,
               tls_version: str | None = None,
@@ -207,10 +206,10 @@ def invalid_status(body: Mapping[str, Any], *, message: str,
 
 
 def parse(body: Mapping[str, Any], patch: kopf.Patch, *,
-          now: datetime.datetime) -> spec_mod.AgentSpec:
+          now: datetime.datetime) -> agentspec.AgentSpec:
     """The Agent's spec; an invalid one patches the status and raises ``PermanentError``."""
     try:
-        return spec_mod.parse(body.get("spec"))
+        return agentspec.parse(body.get("spec"))
     except errors.InvalidArgument as exc:
         patch.status.update(invalid_status(body, message=exc.message, now=now))
         raise kopf.PermanentError(exc.message) from exc
@@ -241,7 +240,7 @@ def readiness(body: Mapping[str, Any], deployment: Mapping[str, Any] | None, *,
     if deployment is None or not placed_now(body):
         return None
     try:
-        wanted = spec_mod.parse(body.get("spec")).replicas.min
+        wanted = agentspec.parse(body.get("spec")).replicas.min
     except errors.InvalidArgument:
         return None
     observed = deployment.get("status") or {}
@@ -419,7 +418,7 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
     pods = await client.pods(selector=render.selector(name), namespace=namespace)
     waiting = stuck.unschedulable(pods, now=now)
     if waiting is not None and waiting.seconds >= cfg.unschedulable_after_s:
-        spec = spec_mod.parse(body.get("spec"))
+        spec = agentspec.parse(body.get("spec"))
         found = discover(body, await client.snapshot())
         autoscaled = await client.autoscaled(render.executor_name(name), namespace=namespace)
         moved = fall_back(body, spec, waiting, found=found, cfg=cfg, now=now,
@@ -441,7 +440,7 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
     merged = {**body, "status": {**(body.get("status") or {}), **(update or {})}}
     if registrar is None or not needs_registration(merged):
         return
-    spec = spec_mod.parse(body.get("spec"))
+    spec = agentspec.parse(body.get("spec"))
     pool = str(merged["status"]["nodePool"])
     tenant_name = await tenant(body, client=client, cfg=cfg)
     refusal = registration.mismatch(body, tenant_name, label=cfg.tenant_label)

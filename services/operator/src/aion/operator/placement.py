@@ -38,8 +38,8 @@ import dataclasses
 from collections.abc import Collection, Sequence
 from typing import Final, Literal
 
+from aion.core import agentspec
 from aion.operator import pools as pools_mod
-from aion.operator import spec as spec_mod
 
 PLACED: Final = "Placed"
 NO_ELIGIBLE_POOL: Final = "NoEligiblePool"
@@ -102,7 +102,7 @@ def _mib(mib: int) -> str:
     return f"{mib} MiB ({mib / 1024:.1f} GiB)"
 
 
-def _need(spec: spec_mod.AgentSpec) -> str:
+def _need(spec: agentspec.AgentSpec) -> str:
     gpu = spec.gpu
     if gpu.count == 0:
         return "a CPU-only agent"
@@ -114,7 +114,7 @@ def _need(spec: spec_mod.AgentSpec) -> str:
     return text
 
 
-def _judge_gpu(pool: pools_mod.Pool, spec: spec_mod.AgentSpec) -> _Verdict:
+def _judge_gpu(pool: pools_mod.Pool, spec: agentspec.AgentSpec) -> _Verdict:
     gpu, cap = spec.gpu, spec.placement.max_price_per_gpu_hour
     nodes = [n for n in pool.nodes if n.has_gpus]
     if not nodes:
@@ -146,7 +146,7 @@ def _judge_gpu(pool: pools_mod.Pool, spec: spec_mod.AgentSpec) -> _Verdict:
     return _Verdict(pool, fits=tuple(nodes))
 
 
-def _judge(pool: pools_mod.Pool, spec: spec_mod.AgentSpec,
+def _judge(pool: pools_mod.Pool, spec: agentspec.AgentSpec,
            exclude: Collection[str]) -> _Verdict:
     allowed = spec.placement.allowed_pools
     if allowed and pool.name not in allowed:
@@ -165,7 +165,7 @@ def _judge(pool: pools_mod.Pool, spec: spec_mod.AgentSpec,
     return verdict
 
 
-def _key(verdict: _Verdict, spec: spec_mod.AgentSpec) -> tuple[int, bool, float, int, str]:
+def _key(verdict: _Verdict, spec: agentspec.AgentSpec) -> tuple[int, bool, float, int, str]:
     pool, preferred = verdict.pool, spec.placement.preferred_pools
     rank = preferred.index(pool.name) if pool.name in preferred else len(preferred)
     if spec.gpu.count == 0:
@@ -201,7 +201,7 @@ def _names(names: Sequence[str]) -> str:
 
 
 def _placed(chosen: _Verdict, ahead: Sequence[_Verdict],
-            spec: spec_mod.AgentSpec) -> Placement:
+            spec: agentspec.AgentSpec) -> Placement:
     pool, gpus = chosen.pool, spec.gpu.count
     preferred = " preferred" if pool.name in spec.placement.preferred_pools else ""
     if gpus == 0:
@@ -219,7 +219,7 @@ def _placed(chosen: _Verdict, ahead: Sequence[_Verdict],
 
 
 def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
-                 spec: spec_mod.AgentSpec) -> Placement:
+                 spec: agentspec.AgentSpec) -> Placement:
     gpus = spec.gpu.count
     room = "a Ready node without GPUs" if gpus == 0 else f"{_plural(gpus, 'free GPU')} on one node"
     entries = [f"{v.pool.name} ({_price(v.pool)}): {_shortfall(v, gpus)}" if gpus else
@@ -232,7 +232,7 @@ def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
                      message=f"{head}: {_listed(entries)}")
 
 
-def _headline(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> str | None:
+def _headline(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> str | None:
     names = [v.pool.name for v in verdicts]
     allowed = spec.placement.allowed_pools
     if allowed and not set(allowed) & set(names):
@@ -257,7 +257,7 @@ def _headline(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> str | N
     return None
 
 
-def _no_eligible(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> Placement:
+def _no_eligible(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> Placement:
     if not verdicts:
         message = ("no node pools found: no node carries a pool label ("
                    + ", ".join(pools_mod.POOL_LABELS) + ")")
@@ -268,7 +268,7 @@ def _no_eligible(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> Plac
     return Placement(pool=None, reason=NO_ELIGIBLE_POOL, message=message)
 
 
-def choose(spec: spec_mod.AgentSpec, pools: Sequence[pools_mod.Pool], *,
+def choose(spec: agentspec.AgentSpec, pools: Sequence[pools_mod.Pool], *,
            exclude: Collection[str] = (), stay: str | None = None) -> Placement:
     """The pool an Agent with ``spec`` goes to, or why none; see the module's docstring.
 

@@ -13,8 +13,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from aion.core import agentspec
 from aion.operator import executor_secrets
-from aion.operator import spec as spec_mod
 
 Manifest = dict[str, Any]
 
@@ -88,7 +88,7 @@ def _metadata(agent_name: str, namespace: str, owner: Owner) -> Manifest:
             "labels": labels(agent_name), "ownerReferences": [owner.reference()]}
 
 
-def _node_affinity(spec: spec_mod.AgentSpec, *, pool_label: str, pool: str) -> Manifest:
+def _node_affinity(spec: agentspec.AgentSpec, *, pool_label: str, pool: str) -> Manifest:
     match = [{"key": pool_label, "operator": "In", "values": [pool]}]
     if spec.gpu.count > 0 and spec.gpu.products:
         match.append({"key": GPU_PRODUCT_LABEL, "operator": "In",
@@ -101,7 +101,7 @@ def _node_affinity(spec: spec_mod.AgentSpec, *, pool_label: str, pool: str) -> M
         "nodeSelectorTerms": [{"matchExpressions": match}]}}
 
 
-def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> list[Manifest]:
+def _env(spec: agentspec.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> list[Manifest]:
     # Every pod address, not only loopback: the kubelet's probes and the agent
     # service dial the pod's IP. The Agent and pool are the pod's labels and affinity.
     values = {
@@ -136,7 +136,7 @@ def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
             "timeoutSeconds": 5, "failureThreshold": failures}
 
 
-def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str],
+def _container(spec: agentspec.AgentSpec, *, image: str, env: Mapping[str, str],
                tls: bool) -> Manifest:
     limits: dict[str, str] = {"memory": spec.resources.memory}
     if spec.gpu.count > 0:
@@ -165,7 +165,7 @@ def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str],
     }
 
 
-def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpec, *,
+def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSpec, *,
                         pool_label: str, pool: str, image: str, owner: Owner,
                         env: Mapping[str, str] | None = None,
                         autoscaled: bool = False, tls_version: str | None = None) -> Manifest:
