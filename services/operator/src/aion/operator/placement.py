@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Sequence
-from typing import Final, Literal
+from typing import Literal
 
 from aion.core import agentspec
+from aion.operator import conventions
 from aion.operator import pools as pools_mod
 
-PLACED: Final = "Placed"
-NO_ELIGIBLE_POOL: Final = "NoEligiblePool"
-NO_CAPACITY: Final = "NoCapacity"
 Reason = Literal["Placed", "NoEligiblePool", "NoCapacity"]
 
 # Pools named in one message, so that it stays readable in an Event.
@@ -215,7 +213,7 @@ def _placed(chosen: _Verdict, ahead: Sequence[_Verdict],
     skipped = [f"{v.pool.name} skipped: {v.problem or _shortfall(v, gpus)}"
                for v in ahead if v.kind not in _UNREMARKABLE]
     message = "; ".join([head, _listed(skipped)]) if skipped else head
-    return Placement(pool=pool, reason=PLACED, message=message)
+    return Placement(pool=pool, reason=conventions.PLACED_ON_POOL, message=message)
 
 
 def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
@@ -228,7 +226,8 @@ def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
                 f"{v.problem}" for v in others if v.kind != "allowed"]
     head = (f"no eligible pool has {room} for {_need(spec)}" if eligible else
             f"the operator fell back from every pool that fits {_need(spec)}")
-    return Placement(pool=None, reason=NO_CAPACITY, eligible=tuple(v.pool.name for v in eligible),
+    return Placement(pool=None, reason=conventions.NO_CAPACITY,
+                     eligible=tuple(v.pool.name for v in eligible),
                      message=f"{head}: {_listed(entries)}")
 
 
@@ -260,12 +259,12 @@ def _headline(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> str | 
 def _no_eligible(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> Placement:
     if not verdicts:
         message = ("no node pools found: no node carries a pool label ("
-                   + ", ".join(pools_mod.POOL_LABELS) + ")")
+                   + ", ".join(conventions.POOL_LABELS) + ")")
     else:
         entries = [f"{v.pool.name}: {v.problem}" for v in verdicts if v.kind != "allowed"]
         message = _headline(verdicts, spec) or (
             f"no eligible pool for {_need(spec)}: {_listed(entries)}")
-    return Placement(pool=None, reason=NO_ELIGIBLE_POOL, message=message)
+    return Placement(pool=None, reason=conventions.NO_ELIGIBLE_POOL, message=message)
 
 
 def choose(spec: agentspec.AgentSpec, pools: Sequence[pools_mod.Pool], *,
@@ -285,7 +284,7 @@ def choose(spec: agentspec.AgentSpec, pools: Sequence[pools_mod.Pool], *,
     if current is not None:
         where = (f"{_plural(len(current.ready), 'Ready node')} without GPUs" if gpus == 0
                  else f"{_price(current.pool)}, {_free(current)}")
-        return Placement(pool=current.pool, reason=PLACED, eligible=names,
+        return Placement(pool=current.pool, reason=conventions.PLACED_ON_POOL, eligible=names,
                          message=f"stays on pool {current.pool.name}, where it runs ({where})")
     for index, verdict in enumerate(verdicts):
         if verdict.problem is None and verdict.room(gpus):

@@ -21,15 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.api.v1 import agents_pb2, common_pb2
+from aion.api.v1 import agents_pb2
 from aion.core import agentspec, channels, errors
+from aion.core import privacy as privacy_mod
 from aion.core import tls as tls_mod
-from aion.operator import render
+from aion.operator import conventions, render
 
 CALL_TIMEOUT_S = 5.0
 
-
-TENANT_MISMATCH = "TenantMismatch"
 
 
 def tenant_of(namespace: str, *, labels: Mapping[str, str], tenants: Mapping[str, str],
