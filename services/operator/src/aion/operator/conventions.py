@@ -38,6 +38,13 @@ POOL_LABELS: Final = (
     "karpenter.sh/nodepool",
     "aion.dev/node-pool",
 )
+# The Secrets the operator keeps in each Agent namespace for the executors, and the
+# annotations that say when a certificate expires and which one a pod mounts.
+TLS_SECRET: Final = "aion-executor-tls"
+HTTP_SECRET: Final = "aion-executor-http"
+TOKEN_KEY: Final = "token"
+NOT_AFTER: Final = "aion.dev/not-after"
+TLS_ANNOTATION: Final = "aion.dev/tls-serial"
 GPU_RESOURCE: Final = "nvidia.com/gpu"
 # Labels that NVIDIA GPU feature discovery puts on GPU nodes (memory in MiB).
 GPU_PRODUCT_LABEL: Final = "nvidia.com/gpu.product"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aion.core import agentspec
-from aion.operator import conventions, executor_secrets
+from aion.operator import conventions
 from aion.operator import settings as operator_settings
 
 Manifest = dict[str, Any]
@@ -125,7 +125,7 @@ def _env(spec: agentspec.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> l
     values.update(extra)
     # The HTTP API's bearer token, which the operator keeps in the namespace.
     token = {"name": "AION_EXECUTOR_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": executor_secrets.HTTP_SECRET, "key": executor_secrets.TOKEN_KEY}}}
+        "name": conventions.HTTP_SECRET, "key": conventions.TOKEN_KEY}}}
     return [*({"name": k, "value": v} for k, v in values.items()), token]
 
 
@@ -224,7 +224,7 @@ def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSp
     tls = tls_version is not None
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     if tls:
-        volumes.append({"name": "tls", "secret": {"secretName": executor_secrets.TLS_SECRET,
+        volumes.append({"name": "tls", "secret": {"secretName": conventions.TLS_SECRET,
                                                   "defaultMode": 0o440}})
     if kafka is not None and _kafka_tls(kafka):
         volumes.append({"name": "kafka-tls", "secret": {
@@ -259,7 +259,7 @@ def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSp
                     "annotations": {"prometheus.io/scrape": "true",
                                     "prometheus.io/port": str(METRICS_PORT),
                                     "prometheus.io/path": "/metrics",
-                                    **({executor_secrets.TLS_ANNOTATION: tls_version}
+                                    **({conventions.TLS_ANNOTATION: tls_version}
                                        if tls_version is not None else {})},
                 },
                 "spec": pod,
