@@ -326,6 +326,19 @@ def test_the_registration_names_tenant_pool_and_executor() -> None:
     assert list(req.tools) == ["knowledge_search", "agent:helper"]
 
 
+def test_the_registration_carries_description_max_tokens_and_routing_targets() -> None:
+    body = _agent({"model": {"name": "m"}})
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    assert (req.agent.description, req.agent.max_tokens) == ("", 0)
+    assert not req.agent.HasField("budget_usd_per_task")
+    assert not req.agent.HasField("p95_target_ms")
+    body["spec"] |= {"description": "answers questions", "maxTokens": 128,
+                     "routing": {"budgetUsdPerTask": 0.02, "p95TargetMs": 800}}
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    assert (req.agent.description, req.agent.max_tokens) == ("answers questions", 128)
+    assert (req.agent.budget_usd_per_task, req.agent.p95_target_ms) == (0.02, 800)
+
+
 LABEL = "aion.dev/tenant"
 
 

@@ -96,8 +96,8 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
         cur = await conn.execute(
             "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
             " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
-            " max_steps, owner)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " max_steps, owner, budget_usd_per_task, p95_target_ms)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
             " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
             " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
@@ -105,12 +105,14 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
             " executor_endpoints = EXCLUDED.executor_endpoints,"
             " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
             " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps,"
-            " owner = EXCLUDED.owner, updated_at = now()"
+            " owner = EXCLUDED.owner, budget_usd_per_task = EXCLUDED.budget_usd_per_task,"
+            " p95_target_ms = EXCLUDED.p95_target_ms, updated_at = now()"
             f" WHERE {_MAY_REPLACE} RETURNING owner",
             (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
              agent.description, agent.privacy.value, list(agent.knowledge_bases),
              list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
-             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner))
+             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner,
+             agent.budget_usd_per_task, agent.p95_target_ms))
         if await cur.fetchone() is not None:
             return
         cur = await conn.execute("SELECT owner FROM agents WHERE tenant = %s AND name = %s",
@@ -140,7 +142,8 @@ def _record(r: dict[str, Any]) -> model.AgentRecord:
         privacy=model.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
         executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
         node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"],
-        owner=r["owner"])
+        owner=r["owner"], budget_usd_per_task=r["budget_usd_per_task"],
+        p95_target_ms=r["p95_target_ms"])
 
 
 class PostgresRegistry:
@@ -269,7 +272,9 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
             max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
             node_pool="local",
-            tools=tuple(r.spec.tools))
+            tools=tuple(r.spec.tools),
+            budget_usd_per_task=r.spec.routing.budget_usd_per_task,
+            p95_target_ms=r.spec.routing.p95_target_ms)
         for r in resources
     ]
 

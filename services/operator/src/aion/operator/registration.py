@@ -73,7 +73,10 @@ def request(body: Mapping[str, Any], spec: agentspec.AgentSpec, *, tenant_name: 
         name=meta["name"], description=description,
         model=spec.model.name, model_task=spec.model.task, privacy=privacy,
         knowledge_bases=list(spec.knowledge_bases), ready=True, node_pool=pool,
-        max_tokens=spec.max_tokens or 0)
+        max_tokens=spec.max_tokens or 0,
+        # Recorded for the router (the routing issue consumes them); unset stays unset.
+        budget_usd_per_task=spec.routing.budget_usd_per_task,
+        p95_target_ms=spec.routing.p95_target_ms)
     return agent_pb2.RegisterAgentRequest(
         tenant=tenant_name, agent=agent, instructions=spec.instructions,
         executor_endpoints=[executor_target(meta["name"], meta["namespace"])],
