@@ -134,12 +134,12 @@ def fall_back(body: Mapping[str, Any], spec: agentspec.AgentSpec, waiting: stuck
     avoid = [*(status.get("avoidPools") or []), pool]
     why = (f"executor pod {waiting.pod} stayed unschedulable on pool {pool} for "
            f"{waiting.seconds:.0f}s ({waiting.message or 'no reason given'})")
-    decision = place(body, spec, found=found, cfg=cfg, now=now, exclude=avoid,
+    outcome = place(body, spec, found=found, cfg=cfg, now=now, exclude=avoid,
                       autoscaled=autoscaled, tls_version=tls_version,
                       platform_namespace=platform_namespace)
     generation = body["metadata"].get("generation")
-    if decision.placement.pool is None:
-        message = f"{why}; no other eligible pool has room: {decision.placement.message}"
+    if outcome.placement.pool is None:
+        message = f"{why}; no other eligible pool has room: {outcome.placement.message}"
         degraded = conditions.find(_conditions(body), conventions.CAPACITY_DEGRADED)
         if degraded is not None and degraded.get("reason") == conventions.NO_CAPACITY:
             return None
@@ -147,20 +147,20 @@ def fall_back(body: Mapping[str, Any], spec: agentspec.AgentSpec, waiting: stuck
             _conditions(body), conventions.CAPACITY_DEGRADED, status="True",
             reason=conventions.NO_CAPACITY,
             message=message, observed_generation=generation, now=now)
-        return Outcome(placement=dataclasses.replace(decision.placement, message=message),
+        return Outcome(placement=dataclasses.replace(outcome.placement, message=message),
                         status={"conditions": merged})
-    target = decision.placement.pool
+    target = outcome.placement.pool
     assert target is not None
-    message = f"{why}; moved to pool {target.name}: {decision.placement.message}"
+    message = f"{why}; moved to pool {target.name}: {outcome.placement.message}"
     # Registered again once Ready on the new pool, so the agent service learns the pool.
-    kept = [c for c in decision.status["conditions"] if c.get("type") != conventions.REGISTERED]
+    kept = [c for c in outcome.status["conditions"] if c.get("type") != conventions.REGISTERED]
     merged = conditions.set_condition(
         kept, conventions.CAPACITY_DEGRADED, status="True", reason=conventions.FELL_BACK,
         message=message, observed_generation=generation, now=now)
     return dataclasses.replace(
-        decision, placement=dataclasses.replace(
-            decision.placement, reason=conventions.PLACED_ON_POOL, message=message),
-        status=decision.status | {"conditions": merged, "placementReason": message})
+        outcome, placement=dataclasses.replace(
+            outcome.placement, reason=conventions.PLACED_ON_POOL, message=message),
+        status=outcome.status | {"conditions": merged, "placementReason": message})
 
 
 def invalid_status(body: Mapping[str, Any], *, message: str,
