@@ -47,8 +47,8 @@ class ExecutorKafka(_Chart):
     the chart's ``agent.kafka`` security values, as the agent and knowledge services get
     them. The operator never reads the credentials: it renders Secret references, so the
     named Secrets must exist in each Agent namespace (a Secret cannot be read across
-    namespaces); without them the executor pods do not start, and the Agent's
-    ModelReady condition says which Secret is missing."""
+    namespaces); without them the executor pods do not start (a missing SASL Secret
+    shows in the Agent's ModelReady condition, a missing TLS one in the pod's events)."""
 
     security_protocol: kafka.Protocol = "PLAINTEXT"
     sasl: KafkaSasl = KafkaSasl()
