@@ -18,7 +18,8 @@ def test_an_envelope_names_its_source_and_packs_the_event() -> None:
     again = events.envelope(type_="aion.test", source="executor", subject="pod-1", data=load())
     assert (env.type, env.source, env.subject, env.tenant) == (
         "aion.test", "executor", "pod-1", "")
-    assert env.id and env.id != again.id
+    assert env.id
+    assert env.id != again.id
     assert env.time.seconds > 0
     unpacked = events_pb2.ExecutorLoad()
     assert env.data.Unpack(unpacked)

@@ -111,7 +111,7 @@ async def test_reports_carry_the_w3c_trace_context_and_the_type(kafka: Kafka) ->
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     trace_id = format(span.get_span_context().trace_id, "032x")
-    for _, envelope, headers in records:
+    for *_, headers in records:
         assert headers["ce_type"] == b"aion.executor.load"
         version, trace, parent, _flags = headers["traceparent"].decode().split("-")
         assert (version, trace) == ("00", trace_id)
