@@ -11,7 +11,8 @@ import pytest
 
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
-from aion.executor import backend, llama_backend, testing, validation
+from aion.executor import backend, inference, testing, validation
+from aion.executor.generation import llama_backend
 
 GEN = "smollm2-135m-instruct"
 COUNTING = "Count from 1 to 500, one number per line."
@@ -42,8 +43,8 @@ class Counted:
 async def executor(generation_model: llama_backend.LlamaBackend,
                    ) -> AsyncIterator[tuple[testing.Executor, Counted]]:
     counted = Counted(generation_model)
-    service = testing.generation_service(cast(backend.GenerationBackend, counted), name=GEN,
-                                         limits=LIMITS, max_queue=1)
+    service = inference.GenerationService(cast(backend.GenerationBackend, counted),
+                                          model_name=GEN, limits=LIMITS, max_queue=1)
     async with testing.serve(service) as ex:
         yield ex, counted
 

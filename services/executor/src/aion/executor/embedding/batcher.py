@@ -31,24 +31,16 @@ _MIN_RETRY_S = 0.05
 _MAX_RETRY_S = 30.0
 
 
-@dataclasses.dataclass(frozen=True)
-class Embedded:
-    """The vectors of one request's texts, in order, and the tokens they took."""
-
-    vectors: backend.Vectors
-    prompt_tokens: int
-
-
 @dataclasses.dataclass(eq=False)
 class _Request:
     texts: tuple[str, ...]
-    future: asyncio.Future[Embedded]
+    future: asyncio.Future[backend.Embedded]
     arrived: float
 
 
 @dataclasses.dataclass
 class _Outcome:
-    results: dict[int, Embedded | errors.AionError]
+    results: dict[int, backend.Embedded | errors.AionError]
     tokens: int
 
 
@@ -89,7 +81,7 @@ class EmbedBatcher:
         p95 = self._latency.percentile(0.95, now=self._clock())
         return _MIN_RETRY_S if p95 is None else min(max(p95, _MIN_RETRY_S), _MAX_RETRY_S)
 
-    async def embed(self, texts: Sequence[str]) -> Embedded:
+    async def embed(self, texts: Sequence[str]) -> backend.Embedded:
         """Embed ``texts`` in the next batch; raise ``errors.ResourceExhausted`` when full."""
         if self._admitted >= self._max_queue:
             stats.REJECTED.inc()
@@ -183,7 +175,7 @@ class EmbedBatcher:
         """In the model's thread: check lengths, embed the texts that fit, split the rows."""
         counts = self._model.count_tokens([text for texts in requests for text in texts])
         limit = self._model.max_input_tokens
-        results: dict[int, Embedded | errors.AionError] = {}
+        results: dict[int, backend.Embedded | errors.AionError] = {}
         accepted: list[tuple[int, int]] = []  # (request, its tokens)
         offset = 0
         for i, texts in enumerate(requests):
@@ -202,6 +194,6 @@ class EmbedBatcher:
         row = 0
         for i, tokens in accepted:
             n = len(requests[i])
-            results[i] = Embedded(vectors[row:row + n], tokens)
+            results[i] = backend.Embedded(vectors[row:row + n], tokens)
             row += n
         return _Outcome(results, sum(tokens for _, tokens in accepted))
