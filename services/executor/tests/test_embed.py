@@ -141,3 +141,9 @@ async def test_stats_report_the_embedding_load(embedder: testing.Executor) -> No
     assert load.model_ready
     assert load.tokens_per_s > 0
     assert load.p95_latency_ms > 0
+
+
+async def test_the_batcher_runs_as_a_named_task_beside_http(embedder: testing.Executor) -> None:
+    tasks = embedder.serving.tasks
+    assert list(tasks) == ["http", "embed batcher"]
+    assert not any(task.done() for task in tasks.values())

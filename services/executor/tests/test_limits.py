@@ -96,9 +96,10 @@ async def test_a_prompt_over_the_limit_is_refused_before_tokenising(
 async def test_a_full_queue_refuses_before_tokenising(
         executor: tuple[testing.Executor, Counted]) -> None:
     ex, counted = executor
+    # Greedy, so that it never ends early by chance (a sampled stream may stop at once).
     held = ex.stub.Generate(executor_pb2.GenerateRequest(
-        messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)], max_tokens=64),
-        timeout=60)
+        messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)], max_tokens=64,
+        temperature=0), timeout=60)
     await anext(aiter(held))  # the one place of the queue is taken
     assert counted.encoded == 1
     async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:
