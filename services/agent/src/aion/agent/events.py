@@ -18,7 +18,6 @@ from aion.core import events as core_events
 SOURCE = "agent"
 TASK_STATE_CHANGED = "aion.task.state_changed"
 TASK_QUEUED = "aion.task.queued"
-Headers = core_events.Headers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,4 +56,3 @@ def envelope(*, type_: str, tenant: str, subject: str, data: message.Message,
 # The record headers are the same for every service (aion.core.events).
 trace_headers = core_events.trace_headers
 to_kafka_headers = core_events.to_kafka_headers
-trace_context = core_events.trace_context

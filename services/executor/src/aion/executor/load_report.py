@@ -79,7 +79,7 @@ class LoadReporter:
 
     async def run(self) -> None:
         """Connect (retrying while the broker is away), then publish until cancelled."""
-        await self._connect()
+        await self.connect()
         failing = False
         while True:
             try:
@@ -100,7 +100,8 @@ class LoadReporter:
         await core_kafka.send(self._producer, self._topic, event)
         self.published += 1
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
+        """Create the topic and start the producer, retrying while the broker is away."""
         failing = False
         while True:
             self.connect_attempts += 1
