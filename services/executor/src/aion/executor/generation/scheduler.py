@@ -2,9 +2,10 @@
 
 At most ``max_queue`` requests are admitted at once, running and waiting
 together; one more is refused with RESOURCE_EXHAUSTED and a retry delay, so
-callers (the agent service) back off instead of piling up. Admitted requests take one of the backend's ``max_streams``
-slots in arrival order and are decoded together; a stream that ends, fails
-or is cancelled gives its slot to the next request at once.
+callers (the agent service) back off instead of piling up. Admitted
+requests take one of the backend's ``max_streams`` slots in arrival order
+and are decoded together; a stream that ends, fails or is cancelled gives
+its slot to the next request at once.
 """
 
 from __future__ import annotations
