@@ -76,7 +76,9 @@ class AionOptions(_Body):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     budget_usd: Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)] | None = None
-    sla_ms: Annotated[int, pydantic.Field(ge=1, le=_INT32)] | None = None
+    sla_ms: Annotated[int, pydantic.Field(ge=1, le=_INT32)] | None = pydantic.Field(
+        default=None, description="latency target in ms; passed to the router, which does "
+        "not act on it yet")
     privacy: privacy_levels.Privacy | None = None
 
 
