@@ -6,9 +6,9 @@ takes effect on the next decision without a restart.
 
 Which external provider a task may use, its model and its price are decided here: this
 file is the authoritative definition of the external provider for routing. The agent
-service's ``AION_AGENT_PROVIDER_*`` settings only say how to reach it (base URL, API key);
-their model and cost copies are what the agent reports after the fact and should follow
-this policy.
+service's ``AION_AGENT_PROVIDER_*`` settings say how to reach it (base URL, API key) and
+repeat the model and price it reports; the Helm chart renders both from its one
+``provider`` value, so an install cannot set them apart.
 """
 
 from __future__ import annotations
