@@ -36,7 +36,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return max(0.05, min(self._default_timeout, remaining - margin))
 
     async def _start(self, request: agent_pb2.RunRequest, context: _Ctx, *,
-                     asynchronous: bool) -> store.Task:
+                     asynchronous: bool) -> model.TaskRecord:
         if not request.HasField("task"):
             raise errors.InvalidArgument("task is required", field="task")
         spec = convert.spec_from_pb(
@@ -45,9 +45,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             asynchronous=asynchronous)
         return await self._runner.start(spec, convert.decision_from_pb(request.decision))
 
-    async def _events(self, task: store.Task) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    async def _events(self, task: model.TaskRecord) -> AsyncIterator[tasks_pb2.TaskEvent]:
         async for event in self._tasks.follow(task):
-            if event.kind in store.FINAL_KINDS:
+            if event.kind in model.FINAL_KINDS:
                 task = await self._tasks.get(task.spec.tenant, task.id)
             yield convert.event_to_pb(task, event)
 
