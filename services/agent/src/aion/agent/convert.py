@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import re
 from collections.abc import Sequence
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
@@ -33,15 +34,27 @@ _STATUS_TO_PB = {
 }
 
 
-def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float,
+class _Scoped(Protocol):
+    tenant: str
+
+
+def tenant(msg: _Scoped) -> str:
+    """The tenant an internal call is made for: required (INVALID_ARGUMENT when empty),
+    never defaulted; the gateway and the operator always set it."""
+    return authz.require_tenant(msg.tenant)
+
+
+def spec_from_pb(msg: agent_pb2.RunRequest, *, timeout_s: float,
                  asynchronous: bool = False) -> model.TaskSpec:
-    """A TaskSpec from the request (validated by the runner)."""
-    opts = msg.options
+    """The TaskSpec of a Run or Submit request (validated by the runner)."""
+    if not msg.HasField("task"):
+        raise errors.InvalidArgument("task is required", field="task")
+    opts = msg.task.options
     return model.TaskSpec(
-        tenant=authz.require_tenant(tenant),
-        agent=msg.agent,
-        input=msg.input,
-        idempotency_key=msg.idempotency_key,
+        tenant=tenant(msg),
+        agent=msg.task.agent,
+        input=msg.task.input,
+        idempotency_key=msg.task.idempotency_key,
         max_tokens=opts.max_tokens if opts.HasField("max_tokens") else None,
         temperature=opts.temperature if opts.HasField("temperature") else None,
         seed=opts.seed if opts.HasField("seed") else None,
@@ -144,7 +157,7 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     a = msg.agent
     declared = privacy.from_pb(msg.privacy or a.privacy)
     return model.AgentRecord(
-        tenant=authz.require_tenant(msg.tenant), name=a.name, model=a.model,
+        tenant=tenant(msg), name=a.name, model=a.model,
         model_task=a.model_task or "generate", instructions=msg.instructions,
         description=a.description,
         privacy=declared or privacy.Privacy.LOCAL_ONLY,
