@@ -54,9 +54,15 @@ class Named:
         self.run = journal.forever(name)
 
 
+class FakeRecovery:
+    def __init__(self, journal: Journal) -> None:
+        self.run = journal.forever("recovery")
+        self.retain = journal.forever("retention")
+
+
 def new_worker(journal: Journal) -> worker.Worker:
     return worker.Worker(run=cast(Any, FakeRunner(journal)),
-                         recovery=cast(Any, Named(journal, "recovery")),
+                         recovery=cast(Any, FakeRecovery(journal)),
                          publisher=cast(Any, FakePublisher(journal)),
                          queue=cast(Any, Named(journal, "work-queue")), grace_s=1.0)
 
@@ -70,7 +76,8 @@ async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
         server_stopped.set()
 
     async with new_worker(journal) as background:
-        assert set(background.tasks) == {"outbox", "heartbeats", "recovery", "work-queue"}
+        assert set(background.tasks) == {"outbox", "heartbeats", "recovery", "retention",
+                                         "work-queue"}
         await asyncio.sleep(0)
         await background.shutdown(stop_server())
         await background.shutdown()  # a second call does nothing more
@@ -79,7 +86,7 @@ async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
     assert drain[:1] == ["work-queue stopped"]
     assert set(drain[1:3]) == {"server stopped", "runs given their grace"}
     assert drain[3:6] == ["runs released", "outbox stopped", "outbox drained"]
-    assert sorted(drain[6:]) == ["heartbeats stopped", "recovery stopped"]
+    assert sorted(drain[6:]) == ["heartbeats stopped", "recovery stopped", "retention stopped"]
     assert all(t.done() for t in background.tasks.values())
 
 
@@ -104,5 +111,5 @@ async def test_a_failing_body_stops_every_task_without_a_drain() -> None:
     assert failed.group_contains(RuntimeError)
     assert "outbox drained" not in journal.entries
     assert "runs released" in journal.entries
-    assert {"outbox stopped", "heartbeats stopped", "recovery stopped",
+    assert {"outbox stopped", "heartbeats stopped", "recovery stopped", "retention stopped",
             "work-queue stopped"} <= set(journal.entries)

@@ -5,8 +5,8 @@ ran out and applies the outcome policy (``outcome``): queue them again for anoth
 worker, or end them with a clear status (TIMEOUT past the deadline, CANCELED when asked,
 ERROR once they lost too many workers). Queued tasks past their deadline time out the
 same way, and ``end_unclaimable`` ends one a worker found it cannot claim. Each reclaimed
-lease counts in ``LEASE_RECLAIMS``. ``Recovery.run`` is the reaper loop, which also
-applies retention (``purge``).
+lease counts in ``LEASE_RECLAIMS``. ``Recovery.run`` is the reaper loop;
+``Recovery.retain`` the retention loop (``purge``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import time
 from collections.abc import Callable
 
 import psycopg
@@ -70,17 +69,21 @@ class Recovery:
         self._processed_retention_s = processed_event_retention_s
         self._retention_interval_s = retention_interval_s
         self._on_commit = on_commit
-        self._purged_at = -float("inf")
 
     async def run(self) -> None:
-        """Recover tasks with expired leases, and apply retention, until cancelled."""
+        """Recover tasks with expired leases until cancelled."""
         while True:
             try:
                 await self.reap()
             except psycopg.Error as exc:
                 log.warning("cannot recover tasks now: %s", exc)
-            await self._purge()
             await asyncio.sleep(self._interval_s)
+
+    async def retain(self) -> None:
+        """Apply retention every ``retention_interval_s`` until cancelled."""
+        while True:
+            await self._purge()
+            await asyncio.sleep(self._retention_interval_s)
 
     async def reap(self, *, limit: int = 100) -> int:
         """Recover tasks whose lease ran out: queue them again for another worker, or end
@@ -141,11 +144,7 @@ class Recovery:
 
     # -- retention ----------------------------------------------------------------
     async def _purge(self) -> None:
-        """Retention, every ``retention_interval_s`` (one replica at a time)."""
-        now = time.monotonic()
-        if now - self._purged_at < self._retention_interval_s:
-            return
-        self._purged_at = now
+        """Retention, one replica at a time; a database out is tried again next time."""
         try:
             removed = await self.purge(tasks_older_s=self._task_retention_s,
                                        processed_older_s=self._processed_retention_s)

@@ -4,7 +4,8 @@
 
 - ``outbox``: the outbox relay (``outbox.Publisher.run``), committed events to Kafka;
 - ``heartbeats``: the leases of the tasks this replica runs (``Runner.heartbeats``);
-- ``recovery``: lost leases and retention (``recovery.Recovery.run``);
+- ``recovery``: tasks whose worker was lost (``recovery.Recovery.run``);
+- ``retention``: old tasks and processed-event records deleted (``Recovery.retain``);
 - ``work-queue``: the work topic's consumer and the dispatcher (``work_queue``).
 
 ``async with Worker(...)`` starts them in a task group (one that fails stops the
@@ -53,6 +54,7 @@ class Worker:
             "outbox": self._publisher.run(),
             "heartbeats": self._runner.heartbeats(),
             "recovery": self._recovery.run(),
+            "retention": self._recovery.retain(),
             "work-queue": self._queue.run(),
         }
         for name, coro in background.items():
