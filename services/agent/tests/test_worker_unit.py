@@ -31,6 +31,11 @@ class FakeRunner:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.heartbeats = journal.forever("heartbeats")
+        self.dispatching = journal.forever("dispatcher")
+
+    def dispatch(self, queue: str) -> Any:
+        assert queue == "work"
+        return self.dispatching()
 
     async def wait_idle(self, timeout: float) -> None:
         self._journal.entries.append("runs given their grace")
@@ -64,7 +69,8 @@ def new_worker(journal: Journal) -> worker.Worker:
     return worker.Worker(run=cast(Any, FakeRunner(journal)),
                          recovery=cast(Any, FakeRecovery(journal)),
                          publisher=cast(Any, FakePublisher(journal)),
-                         queue=cast(Any, Named(journal, "work-queue")), grace_s=1.0)
+                         consumer=cast(Any, Named(journal, "work-queue")), queue="work",
+                         grace_s=1.0)
 
 
 async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
@@ -77,16 +83,17 @@ async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
 
     async with new_worker(journal) as background:
         assert set(background.tasks) == {"outbox", "heartbeats", "recovery", "retention",
-                                         "work-queue"}
+                                         "work-queue", "dispatcher"}
         await asyncio.sleep(0)
         await background.shutdown(stop_server())
         await background.shutdown()  # a second call does nothing more
     assert server_stopped.is_set()
-    drain = journal.entries[journal.entries.index("work-queue stopped"):]
-    assert drain[:1] == ["work-queue stopped"]
-    assert set(drain[1:3]) == {"server stopped", "runs given their grace"}
-    assert drain[3:6] == ["runs released", "outbox stopped", "outbox drained"]
-    assert sorted(drain[6:]) == ["heartbeats stopped", "recovery stopped", "retention stopped"]
+    drain = journal.entries[journal.entries.index("dispatcher started") + 1:]
+    drain = [e for e in drain if not e.endswith("started")]
+    assert sorted(drain[:2]) == ["dispatcher stopped", "work-queue stopped"]
+    assert set(drain[2:4]) == {"server stopped", "runs given their grace"}
+    assert drain[4:7] == ["runs released", "outbox stopped", "outbox drained"]
+    assert sorted(drain[7:]) == ["heartbeats stopped", "recovery stopped", "retention stopped"]
     assert all(t.done() for t in background.tasks.values())
 
 
@@ -112,4 +119,4 @@ async def test_a_failing_body_stops_every_task_without_a_drain() -> None:
     assert "outbox drained" not in journal.entries
     assert "runs released" in journal.entries
     assert {"outbox stopped", "heartbeats stopped", "recovery stopped", "retention stopped",
-            "work-queue stopped"} <= set(journal.entries)
+            "work-queue stopped", "dispatcher stopped"} <= set(journal.entries)

@@ -9,7 +9,7 @@ The edge (protobuf in, protobuf out):
 Running tasks:
 
 - ``worker``: this replica's named background tasks and their drain order (``Worker``).
-- ``work_queue``: the work topic's consumer and the fair dispatcher of queued tasks.
+- ``work_queue``: the work topic's consumer: queued tasks made ready for ``Runner.dispatch``.
 - ``runner``: starts, runs, cancels and stops tasks under their leases (``Runner``).
 - ``agent_loop``: one run: retrieval, model calls and tool calls (``AgentLoop``).
 - ``backends``: where model calls and searches go (executor pods, an external API, knowledge).

@@ -84,8 +84,9 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
                 task_retention_s=cfg.task_retention_s,
                 processed_event_retention_s=cfg.processed_event_retention_s,
                 retention_interval_s=cfg.retention_interval_s, on_commit=publisher.wake),
-            queue=work_queue.consumer(run=task_runner, pool=pool, topics=topics,
-                                      bootstrap=cfg.kafka_bootstrap, security=cfg))
+            consumer=work_queue.consumer(run=task_runner, pool=pool, topics=topics,
+                                         bootstrap=cfg.kafka_bootstrap, security=cfg),
+            queue=topics.work)
         with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
             async with background, grpc_server:
                 log.info("agent service ready", extra={"worker": cfg.worker_id})

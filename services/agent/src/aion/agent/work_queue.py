@@ -14,7 +14,6 @@ claims from it.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -25,26 +24,11 @@ from aion.api.events.v1 import events_pb2
 from aion.core import kafka as core_kafka
 
 
-class WorkQueue:
-    """The work topic's consumer and this replica's dispatcher, run together."""
-
-    def __init__(self, *, run: runner.Runner, consumer: kafka.IdempotentConsumer,
-                 queue: str) -> None:
-        self._run = run
-        self.consumer = consumer
-        self._queue = queue
-
-    async def run(self) -> None:
-        """Consume and dispatch until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.consumer.run())
-            group.create_task(self._run.dispatch(self._queue))
-
-
 def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
              bootstrap: str,
-             security: core_kafka.KafkaSettings | None = None) -> WorkQueue:
-    """The work topic's consumer, feeding the runner's fair dispatcher."""
+             security: core_kafka.KafkaSettings | None = None) -> kafka.IdempotentConsumer:
+    """The work topic's consumer, feeding the runner's fair dispatcher (``Runner.dispatch``
+    of ``topics.work``, which the ``Worker`` runs beside it)."""
 
     async def handle(env: events_pb2.Envelope,
                      conn: psycopg.AsyncConnection[Any]) -> kafka.Then | None:
@@ -69,7 +53,7 @@ def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
 
         return then
 
-    return WorkQueue(run=run, queue=topics.work, consumer=kafka.IdempotentConsumer(
+    return kafka.IdempotentConsumer(
         name="worker", topic=topics.work, group=topics.group("agent-workers"),
         bootstrap=bootstrap, pool=pool, handle=handle,
-        dead_letter=topics.dead_letter(topics.work), security=security))
+        dead_letter=topics.dead_letter(topics.work), security=security)

@@ -6,12 +6,14 @@
 - ``heartbeats``: the leases of the tasks this replica runs (``Runner.heartbeats``);
 - ``recovery``: tasks whose worker was lost (``recovery.Recovery.run``);
 - ``retention``: old tasks and processed-event records deleted (``Recovery.retain``);
-- ``work-queue``: the work topic's consumer and the dispatcher (``work_queue``).
+- ``work-queue``: the work topic's consumer (``work_queue.consumer``), which marks
+  queued tasks ready;
+- ``dispatcher``: claims ready tasks while this replica has room (``Runner.dispatch``).
 
 ``async with Worker(...)`` starts them in a task group (one that fails stops the
 replica). ``shutdown`` drains them in the one order that loses nothing, once:
 
-1. stop ``work-queue``: take no new work;
+1. stop ``work-queue`` and ``dispatcher``: take no new work;
 2. let the running tasks end within the grace (alongside whatever the caller drains
    with them, such as the gRPC server), then give the rest back to the queue;
 3. stop ``outbox`` and publish what is committed (the releases too) in what is left
@@ -29,7 +31,7 @@ import types
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Self
 
-from aion.agent import outbox, recovery, runner, work_queue
+from aion.agent import kafka, outbox, recovery, runner
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,12 @@ class Worker:
     """This replica's background tasks, started together and drained in order."""
 
     def __init__(self, *, run: runner.Runner, recovery: recovery.Recovery,
-                 publisher: outbox.Publisher, queue: work_queue.WorkQueue,
-                 grace_s: float) -> None:
+                 publisher: outbox.Publisher, consumer: kafka.IdempotentConsumer,
+                 queue: str, grace_s: float) -> None:
         self._runner = run
         self._recovery = recovery
         self._publisher = publisher
+        self._consumer = consumer
         self._queue = queue
         self._grace_s = grace_s
         self._group: asyncio.TaskGroup | None = None
@@ -55,7 +58,8 @@ class Worker:
             "heartbeats": self._runner.heartbeats(),
             "recovery": self._recovery.run(),
             "retention": self._recovery.retain(),
-            "work-queue": self._queue.run(),
+            "work-queue": self._consumer.run(),
+            "dispatcher": self._runner.dispatch(self._queue),
         }
         for name, coro in background.items():
             self.tasks[name] = group.create_task(coro, name=f"agent.{name}")
@@ -78,7 +82,7 @@ class Worker:
     async def _drain(self, *alongside: Awaitable[object]) -> None:
         loop = asyncio.get_running_loop()
         stopping = loop.time()
-        await self._stop("work-queue")
+        await self._stop("work-queue", "dispatcher")
         await asyncio.gather(*alongside, self._runner.wait_idle(self._grace_s))
         await self._runner.release_all()
         await self._stop("outbox")
