@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -21,7 +20,6 @@ from psycopg.types import json as pg_json
 from aion.agent import db, events, follow, model, recovery, rows
 from aion.core import errors
 
-log = logging.getLogger(__name__)
 Conn = rows.Conn
 
 
@@ -206,7 +204,7 @@ class TaskStore:
         await rows.state_changed(conn, self._topics, task)
         return task
 
-    # -- a run's writes, fenced by attempt and worker_id --------------------------------
+    # -- a run's writes, fenced by attempt and worker_id --------------------------
     async def append(self, task: model.TaskRecord, kind: model.EventKind, *, text: str = "",
                      step: int = 0) -> model.Event:
         """Add a token or partial event of the current run."""
@@ -293,7 +291,7 @@ class TaskStore:
                 (self._lease, worker_id, task_ids))
             return {str(r["id"]): r["cancel_requested"] for r in await cur.fetchall()}
 
-    # -- cancel --------------------------------------------------------
+    # -- cancel -------------------------------------------------------------------
     async def request_cancel(self, tenant: str, task_id: str) -> model.TaskRecord:
         """End a queued task as CANCELED, or flag a running one for its worker to stop."""
         task = await self.get(tenant, task_id)
