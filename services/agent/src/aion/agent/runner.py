@@ -1,13 +1,14 @@
 """The task lifecycle: start, run under a lease, cancel, time out, recover.
 
 ``Runner.start`` validates a task and records it. A synchronous task is
-claimed by this replica at once and run in the process's task group; an
-asynchronous one waits on the work topic for any replica's worker
-(``run_queued``). A run holds the task's lease, renewed by ``heartbeats``;
-``recovery.Recovery`` gives tasks whose lease ran out (their worker died) to another
-worker, or ends them with a clear status (``recovery``). Every run ends with exactly one
+claimed by this replica at once and run here; an asynchronous one waits on
+the work topic for any replica's dispatcher (``dispatch``, fed by
+``work_queue``). A run holds the task's lease, renewed by ``heartbeats``;
+``recovery`` gives tasks whose lease ran out (their worker died) to another
+worker, or ends them with a clear status. Every run ends with exactly one
 final status: OK, ERROR (with the error's code), TIMEOUT (its deadline
-passed) or CANCELED.
+passed) or CANCELED. The runs are this object's (``release_all`` stops them);
+``worker.Worker`` runs its loops.
 """
 
 from __future__ import annotations
