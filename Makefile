@@ -6,6 +6,10 @@ export PATH := $(HOME)/.local/bin:$(PATH)
 UV ?= uv
 export UV_FROZEN := 1
 PYTEST_ARGS ?=
+# Caches outside the repo, so a fresh clone (CI) reuses them: mypy checks each cached
+# module's hash when its mtime differs, ruff keys its cache by content.
+export MYPY_CACHE_DIR ?= $(HOME)/.cache/aion/mypy
+export RUFF_CACHE_DIR ?= $(HOME)/.cache/aion/ruff
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
 	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
@@ -23,7 +27,7 @@ dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, run the five services
 	  echo "local cluster is up: installing the CRDs and GpuPools, and starting the operator"; \
 	  eval "$$($(INFRA) env cluster)" && kubectl apply -f charts/aion/crds/ -f deploy/examples/gpupools.yaml >/dev/null || exit 1; \
 	fi; \
-	$(UV) run --no-sync python -m aion.sdk.testing --agents deploy/examples/demo-agent.yaml $${kubeconfig:+--kubeconfig "$$kubeconfig"}
+	$(UV) run --no-sync python -m aion.infra.devstack --agents deploy/examples/demo-agent.yaml $${kubeconfig:+--kubeconfig "$$kubeconfig"}
 
 test: setup lint typecheck layers protos-check infra-build images pytest ## everything CI checks
 

@@ -1,6 +1,6 @@
 """``make bench-agent``: tasks through gateway -> agent -> executor, and outbox speed.
 
-Part one starts the five services as processes (``aion.sdk.testing.LocalSuite``
+Part one starts the five services as processes (``aion.infra.devstack.LocalSuite``
 with the demo agent and the real SmolLM2 executor on the CPU) against the local
 Postgres and Kafka, on a database and a topic prefix of its own. Clients submit
 tasks with a short ``max_tokens`` through the gateway. Each task's end-to-end
@@ -40,9 +40,10 @@ from psycopg import sql
 from aion.agent import db, events, kafka, outbox
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import common_pb2
+from aion.infra import devstack
 from aion.infra.paths import Layout
 from aion.infra.registry import make
-from aion.sdk import AsyncClient, testing
+from aion.sdk import AsyncClient
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
@@ -118,7 +119,7 @@ async def _model_times(dsn: str, ids: list[str]) -> dict[str, tuple[int, int, in
 async def tasks_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
     """Tasks/s and the added latency, through the five services."""
     log_dir = Path(tempfile.mkdtemp(prefix="aion-bench-agent-"))
-    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, extra_env={
+    suite = devstack.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, extra_env={
         "AION_AGENT_POSTGRES_DSN": dsn, "AION_AGENT_KAFKA_BOOTSTRAP": bootstrap,
         "AION_AGENT_TOPIC_PREFIX": prefix,
         "AION_EXECUTOR_N_THREADS": str(EXECUTOR_THREADS)})

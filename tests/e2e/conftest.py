@@ -13,10 +13,10 @@ import pytest
 from psycopg import sql
 
 from aion.gateway import keys
+from aion.infra import devstack
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
-from aion.sdk import testing
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
@@ -58,17 +58,17 @@ class Backbone:
                     sql.Identifier(self._names.pop())))
 
 
-def start_suite(log_dir: Path, env: dict[str, str]) -> testing.LocalSuite:
+def start_suite(log_dir: Path, env: dict[str, str]) -> devstack.LocalSuite:
     """Start the suite and wait for it; a service that does not come up fails with its log."""
     # One llama.cpp thread: on a shared two-core machine, two spinning threads
     # slow to a crawl whenever another process (here: the test itself) runs.
-    suite = testing.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, allow_anonymous=False,
+    suite = devstack.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, allow_anonymous=False,
                                extra_env={"AION_EXECUTOR_N_THREADS": "1", **GATEWAY_AUTH,
                                           **env})
     suite.start()
     try:
         suite.wait_ready(timeout=180)
-    except testing.SuiteError as exc:
+    except devstack.SuiteError as exc:
         suite.stop()
         pytest.fail(str(exc), pytrace=False)
     return suite
@@ -76,7 +76,7 @@ def start_suite(log_dir: Path, env: dict[str, str]) -> testing.LocalSuite:
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
-          kafka: Kafka, minio: MinIO) -> Iterator[testing.LocalSuite]:
+          kafka: Kafka, minio: MinIO) -> Iterator[devstack.LocalSuite]:
     """A running suite shared by the e2e tests; its database is dropped at the end."""
     backbone = Backbone(postgres, kafka, minio)
     try:
@@ -91,13 +91,13 @@ def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
 
 @pytest.fixture
 def fresh_suite(postgres: Postgres, kafka: Kafka,
-                minio: MinIO) -> Iterator[Callable[[Path], testing.LocalSuite]]:
+                minio: MinIO) -> Iterator[Callable[[Path], devstack.LocalSuite]]:
     """Start a suite of one's own (for tests that stop services); the test stops it, and
     its database is dropped after the test (stopping it first if the test did not)."""
     backbone = Backbone(postgres, kafka, minio)
-    started: list[testing.LocalSuite] = []
+    started: list[devstack.LocalSuite] = []
 
-    def start(log_dir: Path) -> testing.LocalSuite:
+    def start(log_dir: Path) -> devstack.LocalSuite:
         started.append(start_suite(log_dir, backbone.env()))
         return started[-1]
 

@@ -10,19 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from aion.sdk import testing
+from aion.infra import devstack
 
 pytestmark = pytest.mark.e2e
 AIONCTL = str(Path(sys.executable).with_name("aionctl"))
 
 
-def _aionctl(suite: testing.LocalSuite, *args: str,
+def _aionctl(suite: devstack.LocalSuite, *args: str,
              stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([AIONCTL, "--target", suite.gateway, *args], capture_output=True,
                           text=True, timeout=120, check=False, input=stdin)
 
 
-def test_submit_async_then_get_shows_the_stored_result(suite: testing.LocalSuite) -> None:
+def test_submit_async_then_get_shows_the_stored_result(suite: devstack.LocalSuite) -> None:
     submitted = _aionctl(suite, "submit", "--async", "--agent", "demo", "--max-tokens", "8",
                          "Name a planet.")
     assert submitted.returncode == 0, submitted.stderr
@@ -43,7 +43,7 @@ def test_submit_async_then_get_shows_the_stored_result(suite: testing.LocalSuite
 
 
 def test_apply_registers_an_agent_listed_through_the_gateway(
-        suite: testing.LocalSuite) -> None:
+        suite: devstack.LocalSuite) -> None:
     manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: applied}\n"
                 "spec:\n  model: {name: smollm2-135m-instruct}\n  description: from a file\n")
     applied = _aionctl(suite, "apply", "-f", "-", stdin=manifest)

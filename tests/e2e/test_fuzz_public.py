@@ -50,10 +50,10 @@ from psycopg.rows import dict_row
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, knowledge_pb2, tasks_pb2
 from aion.gateway import keys
+from aion.infra import devstack
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
-from aion.sdk import testing
 
 # A thousand calls per RPC on a busy two-core machine take minutes, past the default 300 s.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
@@ -349,7 +349,7 @@ def _short(request: message.Message) -> str:
 
 @dataclasses.dataclass
 class FuzzSuite:
-    suite: testing.LocalSuite
+    suite: devstack.LocalSuite
     env: dict[str, str]
     log_dir: Path
     kafka: Kafka

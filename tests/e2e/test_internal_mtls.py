@@ -24,7 +24,7 @@ from aion.api.router.v1 import router_pb2
 from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
 from aion.api.v1 import tasks_pb2
 from aion.core import pki, tls
-from aion.sdk import testing
+from aion.infra import devstack
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +52,7 @@ CASES = [(svc, method, identity) for svc, (_, methods) in TABLE.items()
          for method in methods for identity in IDENTITIES]
 
 
-def _material(suite: testing.LocalSuite, identity: str) -> tls.Tls:
+def _material(suite: devstack.LocalSuite, identity: str) -> tls.Tls:
     env = suite.tls_env(identity)
     return tls.Tls.of(Path(env["AION_TLS_CA_FILE"]).read_bytes(), pki.KeyPair.read(
         Path(env["AION_TLS_CERT_FILE"]), Path(env["AION_TLS_KEY_FILE"])))
@@ -85,7 +85,7 @@ def _secure(target: str, material: tls.Tls, peer: str) -> grpc.aio.Channel:
 
 @pytest.mark.parametrize(("svc", "method", "identity"), CASES,
                          ids=[f"{s}.{m}<-{i}" for s, m, i in CASES])
-async def test_each_rpc_admits_only_its_callers(suite: testing.LocalSuite, svc: str,
+async def test_each_rpc_admits_only_its_callers(suite: devstack.LocalSuite, svc: str,
                                                 method: str, identity: str) -> None:
     service, methods = TABLE[svc]
     kind, admitted = methods[method]
@@ -105,7 +105,7 @@ async def test_each_rpc_admits_only_its_callers(suite: testing.LocalSuite, svc: 
 
 @pytest.mark.parametrize("svc", list(TABLE))
 async def test_no_client_certificate_and_a_foreign_ca_are_refused(
-        suite: testing.LocalSuite, svc: str) -> None:
+        suite: devstack.LocalSuite, svc: str) -> None:
     service, methods = TABLE[svc]
     method, (kind, admitted) = next(iter(methods.items()))
     caller = sorted(admitted)[0]
@@ -129,7 +129,7 @@ async def test_no_client_certificate_and_a_foreign_ca_are_refused(
 
 
 @pytest.mark.parametrize("svc", list(TABLE))
-async def test_the_health_port_answers_health_only(suite: testing.LocalSuite, svc: str) -> None:
+async def test_the_health_port_answers_health_only(suite: devstack.LocalSuite, svc: str) -> None:
     service, methods = TABLE[svc]
     async with grpc.aio.insecure_channel(suite.services[svc].health_target) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
@@ -161,7 +161,7 @@ TENANTLESS = [
 @pytest.mark.parametrize(("svc", "method", "identity", "request_"), TENANTLESS,
                          ids=[f"{s}.{m}" for s, m, _, _ in TENANTLESS])
 async def test_an_empty_tenant_is_invalid_argument(
-        suite: testing.LocalSuite, svc: str, method: str, identity: str,
+        suite: devstack.LocalSuite, svc: str, method: str, identity: str,
         request_: Any) -> None:
     service, _ = TABLE[svc]
     target, peer = suite.services[svc].target, suite.services[svc].identity

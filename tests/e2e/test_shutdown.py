@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from aion.api.v1 import common_pb2
-from aion.sdk import Client, testing
+from aion.infra import devstack
+from aion.sdk import Client
 
 pytestmark = pytest.mark.e2e
 
 
 def test_sigterm_lets_the_in_flight_stream_finish_and_exits_cleanly(
-        tmp_path: Path, fresh_suite: Callable[[Path], testing.LocalSuite]) -> None:
+        tmp_path: Path, fresh_suite: Callable[[Path], devstack.LocalSuite]) -> None:
     suite = fresh_suite(tmp_path)
     try:
         gateway = suite.services["gateway"]

@@ -13,19 +13,20 @@ import grpc
 import pytest
 
 from aion.api.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
-from aion.sdk import AsyncClient, Client, errors, testing
+from aion.infra import devstack
+from aion.sdk import AsyncClient, Client, errors
 
 pytestmark = pytest.mark.e2e
 AIONCTL = str(Path(sys.executable).with_name("aionctl"))
 
 
-def test_every_service_reports_serving(suite: testing.LocalSuite) -> None:
+def test_every_service_reports_serving(suite: devstack.LocalSuite) -> None:
     for svc in suite.services.values():
-        assert testing.suite.health_status(svc.health_target, timeout=10) == "SERVING", svc.name
+        assert devstack.health_status(svc.health_target, timeout=10) == "SERVING", svc.name
 
 
 async def test_stream_yields_model_tokens_then_the_canonical_result(
-        suite: testing.LocalSuite) -> None:
+        suite: devstack.LocalSuite) -> None:
     async with AsyncClient(suite.gateway) as client:
         events = [e async for e in client.stream("demo", "What is Kubernetes?", max_tokens=24)]
     kinds = [e.WhichOneof("event") for e in events]
@@ -47,7 +48,7 @@ async def test_stream_yields_model_tokens_then_the_canonical_result(
 
 
 async def test_same_seed_at_temperature_zero_gives_the_same_answer(
-        suite: testing.LocalSuite) -> None:
+        suite: devstack.LocalSuite) -> None:
     async with AsyncClient(suite.gateway) as client:
         a = await client.submit("demo", "Name a color.", max_tokens=12, temperature=0, seed=7)
         b = await client.submit("demo", "Name a color.", max_tokens=12, temperature=0, seed=7)
@@ -62,7 +63,7 @@ async def test_same_seed_at_temperature_zero_gives_the_same_answer(
     ({"agent": "demo", "input": "hi", "max_tokens": -1}, errors.InvalidArgument,
      "task.options.max_tokens"),
 ])
-def test_bad_input_gets_the_matching_status(suite: testing.LocalSuite, kwargs: dict[str, object],
+def test_bad_input_gets_the_matching_status(suite: devstack.LocalSuite, kwargs: dict[str, object],
                                             error: type[errors.AionError],
                                             field: str | None) -> None:
     agent, text = str(kwargs.pop("agent")), str(kwargs.pop("input"))
@@ -72,7 +73,7 @@ def test_bad_input_gets_the_matching_status(suite: testing.LocalSuite, kwargs: d
     assert info.value.message
 
 
-async def test_stream_without_a_deadline_is_refused(suite: testing.LocalSuite) -> None:
+async def test_stream_without_a_deadline_is_refused(suite: devstack.LocalSuite) -> None:
     async with grpc.aio.insecure_channel(suite.gateway) as chan:
         stub: tasks_pb2_grpc.TasksAsyncStub = tasks_pb2_grpc.TasksStub(chan)
         call = stub.Stream(tasks_pb2.StreamRequest(
@@ -85,7 +86,7 @@ async def test_stream_without_a_deadline_is_refused(suite: testing.LocalSuite) -
     assert "deadline" in (info.value.details() or "")
 
 
-def test_async_submit_then_get_returns_the_stored_result(suite: testing.LocalSuite) -> None:
+def test_async_submit_then_get_returns_the_stored_result(suite: devstack.LocalSuite) -> None:
     with Client(suite.gateway) as client:
         submitted = client.submit("demo", "Say hello.", asynchronous=True, max_tokens=8)
         assert submitted.task_id
@@ -100,7 +101,7 @@ def test_async_submit_then_get_returns_the_stored_result(suite: testing.LocalSui
         assert replay[-1].done.result.output == result.output
 
 
-async def test_cancel_mid_stream_ends_the_task_canceled(suite: testing.LocalSuite) -> None:
+async def test_cancel_mid_stream_ends_the_task_canceled(suite: devstack.LocalSuite) -> None:
     async with AsyncClient(suite.gateway) as client:
         task_id = ""
         final = None
@@ -118,7 +119,7 @@ async def test_cancel_mid_stream_ends_the_task_canceled(suite: testing.LocalSuit
         assert (await client.get(task_id)).status == common_pb2.TASK_STATUS_CANCELED
 
 
-def test_knowledge_round_trip_through_the_gateway(suite: testing.LocalSuite) -> None:
+def test_knowledge_round_trip_through_the_gateway(suite: devstack.LocalSuite) -> None:
     with Client(suite.gateway) as client:
         resp = client.ingest("docs", "k8s", content="Pods run on nodes.\n\nGPUs are scarce.")
         assert resp.chunks == 1  # both paragraphs fit one 800-character chunk
@@ -132,12 +133,12 @@ def test_knowledge_round_trip_through_the_gateway(suite: testing.LocalSuite) -> 
             client.delete_document("docs", "k8s")
 
 
-def _aionctl(suite: testing.LocalSuite, *args: str) -> subprocess.CompletedProcess[str]:
+def _aionctl(suite: devstack.LocalSuite, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([AIONCTL, "--target", suite.gateway, *args], capture_output=True,
                           text=True, timeout=120, check=False)
 
 
-def test_aionctl_streams_an_answer_and_prints_json(suite: testing.LocalSuite) -> None:
+def test_aionctl_streams_an_answer_and_prints_json(suite: devstack.LocalSuite) -> None:
     out = _aionctl(suite, "stream", "--agent", "demo", "--max-tokens", "16",
                    "What is Kubernetes?")
     assert out.returncode == 0, out.stderr
@@ -151,7 +152,7 @@ def test_aionctl_streams_an_answer_and_prints_json(suite: testing.LocalSuite) ->
 
 
 def test_aionctl_shows_errors_in_one_line_with_a_non_zero_exit(
-        suite: testing.LocalSuite) -> None:
+        suite: devstack.LocalSuite) -> None:
     out = _aionctl(suite, "stream", "--agent", "nope", "hi")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -163,12 +164,12 @@ def test_aionctl_shows_errors_in_one_line_with_a_non_zero_exit(
     assert "INVALID_ARGUMENT" in bad.stderr
 
 
-def _log_records(suite: testing.LocalSuite, service: str) -> list[dict[str, object]]:
+def _log_records(suite: devstack.LocalSuite, service: str) -> list[dict[str, object]]:
     lines = suite.services[service].log_path.read_text().splitlines()
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def test_one_trace_follows_a_task_across_services(suite: testing.LocalSuite) -> None:
+def test_one_trace_follows_a_task_across_services(suite: devstack.LocalSuite) -> None:
     with Client(suite.gateway) as client:
         task_id = client.submit("demo", "Trace me.", max_tokens=4).task_id
     deadline = time.monotonic() + 10

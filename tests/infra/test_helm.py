@@ -380,6 +380,12 @@ def test_helm_template_passes_every_setting_through(
     assert _find(docs, "Deployment", "ai-operator")["spec"]["replicas"] == 3
     assert operator_env["AION_OPERATOR_LIVENESS_PORT"] == "8081"
     assert operator_env["AION_OPERATOR_EXECUTOR_IMAGE"] == "registry.example/aion-executor:7"
+    # The executors get agent.kafka's security, as the agent service does.
+    from aion.operator.settings import ExecutorKafka
+
+    kafka = ExecutorKafka.model_validate_json(operator_env["AION_OPERATOR_EXECUTOR_KAFKA"])
+    assert kafka.security_protocol == "PLAINTEXT"
+    assert kafka.sasl.password_key == "password"
 
 
 def test_helm_template_without_operator_or_embedding_agent(

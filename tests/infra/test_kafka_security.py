@@ -20,16 +20,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka import errors as kafka_errors
 
-from aion.agent import kafka as agent_kafka
 from aion.agent.settings import AgentSettings
+from aion.api.events.v1 import events_pb2
 from aion.core import kafka as core_kafka
 from aion.core import settings
+from aion.executor import load_report, stats
 from aion.executor.settings import ExecutorSettings
+from aion.infra.devstack import suite
 from aion.infra.kafka import HOST, Kafka
 from aion.infra.paths import Layout
 from aion.knowledge import queue
 from aion.knowledge.settings import KnowledgeSettings
-from aion.sdk.testing import suite
 
 pytestmark = pytest.mark.kafka
 
@@ -127,7 +128,7 @@ def test_sasl_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
 async def test_right_credentials_produce_and_consume(sasl_bootstrap: str) -> None:
     good = security(PASSWORD)
     topic = f"sasl-{uuid.uuid4().hex[:8]}"
-    await agent_kafka.ensure_topics(sasl_bootstrap, {topic: 1}, good)
+    await core_kafka.ensure_topics(sasl_bootstrap, {topic: 1}, good)
     publisher = queue.Publisher(sasl_bootstrap, topic, good)
     await publisher.start()
     try:
@@ -145,6 +146,28 @@ async def test_right_credentials_produce_and_consume(sasl_bootstrap: str) -> Non
     assert queue.decode(record.value) == 42
 
 
+async def test_the_executor_load_reports_reach_a_sasl_broker(sasl_bootstrap: str) -> None:
+    good = security(PASSWORD)
+    topic = f"sasl-load-{uuid.uuid4().hex[:8]}"
+    load = stats.Load(model_ready=True, queue_depth=1, in_flight=0, max_queue=4,
+                      tokens_per_s=2.0, p95_latency_s=None)
+    async with load_report.LoadReporter(lambda: load, bootstrap=sasl_bootstrap, topic=topic,
+                                        interval_s=60, executor="pod-1", model="m",
+                                        security=good) as reporter:
+        await reporter.connect()
+        await reporter.publish()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=sasl_bootstrap,
+                                auto_offset_reset="earliest", group_id=f"g-{topic}",
+                                **core_kafka.client_options(good))
+    await consumer.start()
+    try:
+        record = await consumer.getone()
+    finally:
+        await consumer.stop()
+    assert dict(record.headers)["ce_type"] == b"aion.executor.load"
+    assert events_pb2.Envelope.FromString(record.value).subject == "pod-1"
+
+
 @pytest.mark.parametrize(("options", "why"), [
     pytest.param(core_kafka.client_options(security("wrong password")),
                  "SaslAuthenticationFailed: Authentication failed: Invalid username or password",
@@ -156,8 +179,8 @@ async def test_wrong_or_missing_credentials_are_refused(sasl_bootstrap: str,
                                                         options: dict[str, Any], why: str,
                                                         caplog: pytest.LogCaptureFixture,
                                                         ) -> None:
-    producer = agent_kafka.producer(sasl_bootstrap, request_timeout_ms=5000,
-                                    metadata_max_age_ms=5000, **options)
+    producer = core_kafka.producer(sasl_bootstrap, request_timeout_ms=5000,
+                                   metadata_max_age_ms=5000, **options)
     try:
         with pytest.raises(kafka_errors.KafkaError) as info:
             await producer.start()

@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from aion.core import settings
+from aion.core import agentspec, settings
 from aion.executor import settings as executor_settings
-from aion.operator import handlers, render, spec
+from aion.operator import render
 from aion.operator import settings as operator_settings
 
 SERVICES = ("gateway", "router", "agent", "knowledge", "executor", "operator")
@@ -34,17 +34,22 @@ def test_an_unknown_variable_stops_the_service_at_start_naming_it(service: str) 
 
 
 def test_the_operator_sets_only_variables_the_executor_reads() -> None:
+    kafka = operator_settings.ExecutorKafka.model_validate({
+        "securityProtocol": "SASL_SSL", "sasl": {"existingSecret": "kafka-user"},
+        "tls": {"existingSecret": "kafka-ca", "clientCertificate": True}})
     cfg = operator_settings.AionOperatorSettings(
         executor_image="aion-executor:1", kafka_bootstrap="kafka:9092",
-        otlp_endpoint="http://otel:4317")
-    agent = spec.parse({"model": {"name": "m", "source": "/models/m.gguf"}, "gpu": {"count": 1}})
+        otlp_endpoint="http://otel:4317", executor_kafka=kafka)
+    agent = agentspec.parse({"model": {"name": "m", "source": "/models/m.gguf"},
+                             "gpu": {"count": 1}})
     deployment = render.executor_deployment(
         "chat", "team-a", agent, pool_label="aion.dev/node-pool", pool="l4",
         image=cfg.executor_image, owner=render.Owner(name="chat", uid="u"),
-        env=handlers._executor_env(cfg))
+        env=render.executor_env(cfg), kafka=cfg.executor_kafka)
     # Secrets come through valueFrom (the HTTP token): their names count as set.
     env = {e["name"]: e.get("value", "")
            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {"AION_EXECUTOR_KAFKA_BOOTSTRAP", "AION_EXECUTOR_OTLP_ENDPOINT",
-            "AION_EXECUTOR_MODEL_SOURCE", "AION_EXECUTOR_HOST"} <= set(env)
+            "AION_EXECUTOR_MODEL_SOURCE", "AION_EXECUTOR_HOST",
+            "AION_EXECUTOR_KAFKA_SASL_PASSWORD", "AION_EXECUTOR_KAFKA_SSL_KEYFILE"} <= set(env)
     assert settings.unknown_variables(executor_settings.ExecutorSettings, env) == []

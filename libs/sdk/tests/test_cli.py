@@ -1,25 +1,25 @@
-"""``aionctl`` through click's CliRunner, against the scripted gateway."""
+"""``aionctl`` through click's CliRunner, against the fake gateway (aion.sdk.testing)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
-from typing import Any
 
 import click.testing
 import grpc
 
-from aion.sdk import cli
+from aion.sdk import cli, testing
 
 
-async def _run(gateway: Any, *args: str, stdin: str | None = None) -> click.testing.Result:
+async def _run(
+        gateway: testing.FakeGateway, *args: str, stdin: str | None = None) -> click.testing.Result:
     runner = click.testing.CliRunner()
     return await asyncio.to_thread(runner.invoke, cli.main, ["--target", gateway.target, *args],
                                    input=stdin)
 
 
-async def test_stream_prints_tokens_then_a_summary(gateway: Any) -> None:
+async def test_stream_prints_tokens_then_a_summary(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "stream", "--agent", "demo", "--max-tokens", "8", "hi")
     assert out.exit_code == 0, out.output
     assert out.stdout == "Hello\n"
@@ -27,7 +27,7 @@ async def test_stream_prints_tokens_then_a_summary(gateway: Any) -> None:
     assert gateway.seen("Stream")[0].request.task.options.max_tokens == 8
 
 
-async def test_stream_json_prints_the_canonical_result(gateway: Any) -> None:
+async def test_stream_json_prints_the_canonical_result(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "stream", "--agent", "demo", "--json", "hi")
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
@@ -42,21 +42,21 @@ async def test_stream_json_prints_the_canonical_result(gateway: Any) -> None:
     }
 
 
-async def test_not_found_is_one_line_and_exit_2(gateway: Any) -> None:
+async def test_not_found_is_one_line_and_exit_2(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "agents", "nope")
     assert out.exit_code == 2
     assert out.stdout == ""
     assert out.stderr == "error: NOT_FOUND: agent 'nope' not found\n"
 
 
-async def test_invalid_argument_names_its_field(gateway: Any) -> None:
+async def test_invalid_argument_names_its_field(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "submit", "--agent", "demo", "--max-tokens", "-1", "hi")
     assert out.exit_code == 2
     assert out.stderr == ("error: INVALID_ARGUMENT: max_tokens must be positive "
                           "(field: max_tokens)\n")
 
 
-async def test_task_that_ends_in_error_exits_1(gateway: Any) -> None:
+async def test_task_that_ends_in_error_exits_1(gateway: testing.FakeGateway) -> None:
     gateway.end_with_error("INTERNAL", "the model crashed")
     out = await _run(gateway, "stream", "--agent", "demo", "hi")
     assert out.exit_code == 1
@@ -64,7 +64,7 @@ async def test_task_that_ends_in_error_exits_1(gateway: Any) -> None:
     assert "Traceback" not in out.output
 
 
-async def test_unreachable_gateway_exits_3(gateway: Any) -> None:
+async def test_unreachable_gateway_exits_3(gateway: testing.FakeGateway) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -76,7 +76,7 @@ async def test_unreachable_gateway_exits_3(gateway: Any) -> None:
     assert len(out.stderr.splitlines()) == 1
 
 
-async def test_submit_reads_stdin_and_sends_credentials(gateway: Any) -> None:
+async def test_submit_reads_stdin_and_sends_credentials(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "--api-key", "k", "submit", "--agent", "demo",
                      "--idempotency-key", "i-1", "-", stdin="from stdin\n")
     assert out.exit_code == 0, out.output
@@ -87,14 +87,14 @@ async def test_submit_reads_stdin_and_sends_credentials(gateway: Any) -> None:
     assert call.metadata["x-api-key"] == "k"
 
 
-async def test_async_submit_prints_the_task_id(gateway: Any) -> None:
+async def test_async_submit_prints_the_task_id(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "submit", "--agent", "demo", "--async", "hi")
     assert out.exit_code == 0, out.output
     assert out.stdout == "t-9\n"
     assert gateway.seen("Submit")[0].request.asynchronous
 
 
-async def test_get_and_cancel(gateway: Any) -> None:
+async def test_get_and_cancel(gateway: testing.FakeGateway) -> None:
     shown = await _run(gateway, "get", "t-1")
     assert shown.exit_code == 0, shown.output
     assert "status       OK" in shown.stdout
@@ -103,7 +103,7 @@ async def test_get_and_cancel(gateway: Any) -> None:
     assert json.loads(canceled.stdout)["status"] == "CANCELED"
 
 
-async def test_agents_table_and_health(gateway: Any) -> None:
+async def test_agents_table_and_health(gateway: testing.FakeGateway) -> None:
     table = await _run(gateway, "agents")
     assert table.exit_code == 0, table.output
     assert table.stdout.splitlines() == [
@@ -117,7 +117,7 @@ async def test_agents_table_and_health(gateway: Any) -> None:
     assert (healthy.exit_code, healthy.stdout) == (0, "SERVING\n")
 
 
-async def test_deadline_exceeded_exits_3(gateway: Any) -> None:
+async def test_deadline_exceeded_exits_3(gateway: testing.FakeGateway) -> None:
     gateway.fail("Get", grpc.StatusCode.DEADLINE_EXCEEDED, "too slow")
     out = await _run(gateway, "--timeout", "5", "get", "t-1")
     assert out.exit_code == 3
@@ -125,7 +125,7 @@ async def test_deadline_exceeded_exits_3(gateway: Any) -> None:
     assert gateway.seen("Get")[0].time_remaining is not None
 
 
-async def test_follow_prints_an_existing_task(gateway: Any) -> None:
+async def test_follow_prints_an_existing_task(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "follow", "t-1")
     assert out.exit_code == 0, out.output
     assert out.stdout == "Hello\n"

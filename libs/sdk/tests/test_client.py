@@ -1,16 +1,15 @@
-"""The async client against a scripted peer on a real grpc.aio server."""
+"""The async client against aion.sdk.testing.FakeGateway on a real grpc.aio server."""
 
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 import grpc
 import pytest
 
 import aion.sdk
 from aion.api.v1 import common_pb2, tasks_pb2
-from aion.sdk import client, retry
+from aion.sdk import client, retry, testing
 
 QUICK = aion.sdk.RetryPolicy(max_attempts=3, initial_backoff_s=0.01, max_backoff_s=0.05)
 
@@ -21,7 +20,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_stream_yields_tokens_then_done(aclient: client.AsyncClient, gateway: Any) -> None:
+async def test_stream_yields_tokens_then_done(
+        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
     events = [e async for e in aclient.stream("demo", "hi", max_tokens=8)]
     assert [e.WhichOneof("event") for e in events] == ["started", "token", "token", "done"]
     assert "".join(e.token.text for e in events) == "Hello"
@@ -33,7 +33,8 @@ async def test_stream_yields_tokens_then_done(aclient: client.AsyncClient, gatew
     assert not spec.options.HasField("temperature")
 
 
-async def test_every_call_carries_a_deadline(aclient: client.AsyncClient, gateway: Any) -> None:
+async def test_every_call_carries_a_deadline(
+        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
     _ = [e async for e in aclient.stream("demo", "hi")]
     await aclient.get("t-1")
     await aclient.get("t-1", timeout=5)
@@ -44,7 +45,7 @@ async def test_every_call_carries_a_deadline(aclient: client.AsyncClient, gatewa
     assert remaining[2] == pytest.approx(5, abs=1)
 
 
-async def test_api_key_and_bearer_token_are_sent(gateway: Any) -> None:
+async def test_api_key_and_bearer_token_are_sent(gateway: testing.FakeGateway) -> None:
     async with client.AsyncClient(gateway.target, api_key="k-123", token="jwt.x.y") as c:
         await c.get("t-1")
     async with client.AsyncClient(gateway.target) as c:
@@ -56,7 +57,7 @@ async def test_api_key_and_bearer_token_are_sent(gateway: Any) -> None:
     assert "authorization" not in without.metadata
 
 
-async def test_credentials_come_from_the_environment(gateway: Any,
+async def test_credentials_come_from_the_environment(gateway: testing.FakeGateway,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AION_TARGET", gateway.target)
     monkeypatch.setenv("AION_API_KEY", "from-env")
@@ -67,7 +68,7 @@ async def test_credentials_come_from_the_environment(gateway: Any,
 
 
 async def test_unavailable_is_retried_then_succeeds(aclient: client.AsyncClient,
-                                                    gateway: Any) -> None:
+                                                    gateway: testing.FakeGateway) -> None:
     gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "agent service restarting")
     res = await aclient.get("t-1")
     assert res.output == "Hello"
@@ -75,7 +76,7 @@ async def test_unavailable_is_retried_then_succeeds(aclient: client.AsyncClient,
 
 
 async def test_resource_exhausted_waits_as_retry_info_says(aclient: client.AsyncClient,
-                                                           gateway: Any) -> None:
+                                                           gateway: testing.FakeGateway) -> None:
     gateway.fail("Submit", grpc.StatusCode.RESOURCE_EXHAUSTED, "tenant over its rate",
                  retry_after_s=0.3)
     response = await aclient.submit("demo", "hi", idempotency_key="k1")
@@ -86,7 +87,7 @@ async def test_resource_exhausted_waits_as_retry_info_says(aclient: client.Async
 
 
 async def test_submit_without_idempotency_key_is_not_retried(aclient: client.AsyncClient,
-                                                             gateway: Any) -> None:
+                                                             gateway: testing.FakeGateway) -> None:
     gateway.fail("Submit", grpc.StatusCode.UNAVAILABLE, "agent service restarting")
     with pytest.raises(aion.sdk.Unavailable, match="restarting"):
         await aclient.submit("demo", "hi")
@@ -94,7 +95,7 @@ async def test_submit_without_idempotency_key_is_not_retried(aclient: client.Asy
 
 
 async def test_invalid_argument_is_not_retried_and_names_the_field(
-        aclient: client.AsyncClient, gateway: Any) -> None:
+        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
     with pytest.raises(aion.sdk.InvalidArgument) as info:
         await aclient.submit("demo", "hi", max_tokens=-1, idempotency_key="k")
     assert info.value.field == "max_tokens"
@@ -105,14 +106,15 @@ async def test_invalid_argument_is_not_retried_and_names_the_field(
 
 
 async def test_deadline_exceeded_is_not_retried(aclient: client.AsyncClient,
-                                                gateway: Any) -> None:
+                                                gateway: testing.FakeGateway) -> None:
     gateway.fail("Get", grpc.StatusCode.DEADLINE_EXCEEDED, "too slow")
     with pytest.raises(aion.sdk.DeadlineExceeded):
         await aclient.get("t-1")
     assert len(gateway.seen("Get")) == 1
 
 
-async def test_retries_stop_at_max_attempts(aclient: client.AsyncClient, gateway: Any) -> None:
+async def test_retries_stop_at_max_attempts(
+        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
     for _ in range(5):
         gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "down")
     with pytest.raises(aion.sdk.Unavailable):
@@ -121,7 +123,7 @@ async def test_retries_stop_at_max_attempts(aclient: client.AsyncClient, gateway
 
 
 async def test_stream_is_retried_before_its_first_event(aclient: client.AsyncClient,
-                                                        gateway: Any) -> None:
+                                                        gateway: testing.FakeGateway) -> None:
     gateway.fail("Stream", grpc.StatusCode.UNAVAILABLE, "down")
     events = [e async for e in aclient.follow("t-1")]
     assert events[-1].WhichOneof("event") == "done"
@@ -129,7 +131,7 @@ async def test_stream_is_retried_before_its_first_event(aclient: client.AsyncCli
 
 
 async def test_stream_is_not_retried_after_its_first_event(aclient: client.AsyncClient,
-                                                           gateway: Any) -> None:
+                                                           gateway: testing.FakeGateway) -> None:
     gateway.fail_stream_after(2, grpc.StatusCode.UNAVAILABLE, "connection lost")
     seen: list[tasks_pb2.TaskEvent] = []
 
@@ -151,7 +153,8 @@ async def test_not_found_and_agents(aclient: client.AsyncClient) -> None:
     assert (await aclient.cancel("t-1")).status == common_pb2.TASK_STATUS_CANCELED
 
 
-async def test_async_submit_returns_queued(aclient: client.AsyncClient, gateway: Any) -> None:
+async def test_async_submit_returns_queued(
+        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
     response = await aclient.submit("demo", "hi", asynchronous=True)
     assert response.task_id == "t-9"
     assert aion.sdk.result_to_dict(response.result)["status"] == "QUEUED"
@@ -180,7 +183,7 @@ async def test_unreachable_gateway_is_unavailable_and_never_reached() -> None:
     assert not retry.reached_server(cause)
 
 
-async def test_close_is_idempotent(gateway: Any) -> None:
+async def test_close_is_idempotent(gateway: testing.FakeGateway) -> None:
     c = client.AsyncClient(gateway.target)
     await c.close()
     await c.close()

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import pytest
 
 import aion.sdk
 from aion.api.v1 import common_pb2
-from aion.sdk import sync_client
+from aion.sdk import sync_client, testing
 
 
-async def test_stream_yields_tokens_then_done(sclient: sync_client.Client, gateway: Any) -> None:
+async def test_stream_yields_tokens_then_done(
+        sclient: sync_client.Client, gateway: testing.FakeGateway) -> None:
     events = await asyncio.to_thread(lambda: list(sclient.stream("demo", "hi", seed=7)))
     assert [e.WhichOneof("event") for e in events] == ["started", "token", "token", "done"]
     assert "".join(e.token.text for e in events) == "Hello"
@@ -22,7 +22,7 @@ async def test_stream_yields_tokens_then_done(sclient: sync_client.Client, gatew
     assert call.time_remaining == pytest.approx(300, abs=5)
 
 
-async def test_credentials_and_deadline_are_sent(gateway: Any) -> None:
+async def test_credentials_and_deadline_are_sent(gateway: testing.FakeGateway) -> None:
     def run() -> common_pb2.TaskResult:
         with aion.sdk.Client(gateway.target, api_key="k", token="jwt", timeout=12) as c:
             return c.get("t-1")
@@ -34,7 +34,8 @@ async def test_credentials_and_deadline_are_sent(gateway: Any) -> None:
     assert call.time_remaining == pytest.approx(12, abs=1)
 
 
-async def test_unavailable_is_retried(sclient: sync_client.Client, gateway: Any) -> None:
+async def test_unavailable_is_retried(
+        sclient: sync_client.Client, gateway: testing.FakeGateway) -> None:
     gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "restarting")
     gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "restarting")
     assert (await asyncio.to_thread(sclient.get, "t-1")).task_id == "t-1"
@@ -42,7 +43,7 @@ async def test_unavailable_is_retried(sclient: sync_client.Client, gateway: Any)
 
 
 async def test_invalid_argument_names_the_field(sclient: sync_client.Client,
-                                                gateway: Any) -> None:
+                                                gateway: testing.FakeGateway) -> None:
     with pytest.raises(aion.sdk.InvalidArgument) as info:
         await asyncio.to_thread(lambda: sclient.submit("demo", "hi", max_tokens=0,
                                                        idempotency_key="k"))
@@ -51,7 +52,7 @@ async def test_invalid_argument_names_the_field(sclient: sync_client.Client,
 
 
 async def test_stream_is_not_retried_after_its_first_event(sclient: sync_client.Client,
-                                                           gateway: Any) -> None:
+                                                           gateway: testing.FakeGateway) -> None:
     gateway.fail_stream_after(1, grpc.StatusCode.UNAVAILABLE, "connection lost")
     seen: list[str | None] = []
 

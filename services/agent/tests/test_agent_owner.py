@@ -12,9 +12,9 @@ import psycopg
 import pytest
 import yoyo  # type: ignore[import-untyped]
 
-from aion.agent import db
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2
+from aion.core import db as core_db
 from aion.infra.postgres import Postgres
 
 Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
@@ -156,7 +156,7 @@ def test_the_migration_gives_rows_from_before_it_their_namespace_or_the_api(
     """Agents the operator registered before owners existed belong to the namespace their
     executor address names; the rest to the API. The rollback drops the column."""
     with postgres.scratch_database("agent_owner") as dsn:
-        backend = yoyo.get_backend(db._yoyo_uri(dsn))
+        backend = yoyo.get_backend(core_db._yoyo_uri(dsn))
         try:
             with resources.as_file(resources.files("aion.agent") / "migrations") as path:
                 migrations = yoyo.read_migrations(str(path))

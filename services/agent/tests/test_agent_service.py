@@ -295,6 +295,32 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def test_routing_targets_are_registered_and_shown(stub: Stub, service: Any) -> None:
+    """spec.routing's budget and p95 target: through the operator's registration and
+    Agents.Apply alike, recorded and shown by GetAgent (unset stays unset)."""
+    reg = agent_pb2.RegisterAgentRequest(
+        tenant="targets", agent=agents_pb2.Agent(name="fast", model="m", p95_target_ms=800,
+                                                 budget_usd_per_task=0.02),
+        executor_endpoints=["127.0.0.1:1"])
+    await stub.RegisterAgent(reg)
+    got = await stub.GetAgent(agent_pb2.AgentRef(tenant="targets", name="fast"))
+    assert (got.budget_usd_per_task, got.p95_target_ms) == (0.02, 800)
+    manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: cheap}\n"
+                "spec: {model: {name: m}, description: cheap one, maxTokens: 16,"
+                " routing: {budgetUsdPerTask: 0.5}}\n")
+    await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
+        tenant="targets", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+    got = await stub.GetAgent(agent_pb2.AgentRef(tenant="targets", name="cheap"))
+    assert (got.description, got.max_tokens, got.budget_usd_per_task) == ("cheap one", 16, 0.5)
+    assert not got.HasField("p95_target_ms")
+    bad = agent_pb2.RegisterAgentRequest(
+        tenant="targets", agent=agents_pb2.Agent(name="bad", model="m", p95_target_ms=0))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.RegisterAgent(bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "p95_target_ms" in (info.value.details() or "")
+
+
 async def test_input_postgres_cannot_hold_is_invalid_argument_not_internal(
         stub: Stub) -> None:
     keyed = run("hi", asynchronous=True)

@@ -32,10 +32,10 @@ from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.infra.component import Component
+from aion.infra.devstack import suite
 from aion.infra.kafka import Kafka
 from aion.infra.paths import Layout
 from aion.infra.postgres import Postgres
-from aion.sdk.testing import suite
 
 FINAL = (common_pb2.TASK_STATUS_OK, common_pb2.TASK_STATUS_ERROR,
          common_pb2.TASK_STATUS_TIMEOUT, common_pb2.TASK_STATUS_CANCELED)

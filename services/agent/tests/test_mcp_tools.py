@@ -20,7 +20,7 @@ from aion.agent import mcp_tools
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.sdk.testing import suite
+from aion.infra.devstack import suite
 
 Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "mcp-tenant"

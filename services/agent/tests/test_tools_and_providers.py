@@ -30,12 +30,12 @@ from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import errors
+from aion.infra.devstack import suite
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
 from aion.knowledge import settings as knowledge_settings
 from aion.knowledge import testing as knowledge_testing
-from aion.sdk.testing import suite
 
 Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "acme"

@@ -44,7 +44,9 @@ import llama_cpp
 
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.core import channels, tls
-from aion.executor import backend, gguf_model, settings, st_backend
+from aion.executor import backend, settings
+from aion.executor.embedding import st_backend
+from aion.executor.generation import gguf_model
 
 THREADS = int(os.environ.get("BENCH_THREADS", settings.available_cpus()))
 MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "64"))

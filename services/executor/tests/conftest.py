@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from aion.executor import llama_backend, settings, st_backend, testing, validation
+from aion.executor import inference, settings, testing, validation
+from aion.executor.embedding import st_backend
+from aion.executor.generation import llama_backend
 
 GEN_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
@@ -51,8 +53,8 @@ def embedding_model() -> Iterator[st_backend.SentenceTransformerBackend]:
 async def generator(
         generation_model: llama_backend.LlamaBackend) -> AsyncIterator[testing.Executor]:
     """One generation executor serving the shared model."""
-    async with testing.serve(testing.generation_service(
-            generation_model, name=GEN_MODEL, limits=LIMITS, max_queue=8)) as running:
+    async with testing.serve(inference.GenerationService(
+            generation_model, model_name=GEN_MODEL, limits=LIMITS, max_queue=8)) as running:
         yield running
 
 
@@ -60,8 +62,8 @@ async def generator(
 async def embedder(
         embedding_model: st_backend.SentenceTransformerBackend) -> AsyncIterator[testing.Executor]:
     """One embedding executor serving the shared model."""
-    service, batch = testing.embedding_service(
-        embedding_model, name=EMBED_MODEL, limits=LIMITS, max_queue=64, max_batch=32,
+    service = inference.EmbeddingService(
+        embedding_model, model_name=EMBED_MODEL, limits=LIMITS, max_queue=64, max_batch=32,
         max_wait_s=0.005)
-    async with testing.serve(service, batch=batch) as running:
+    async with testing.serve(service) as running:
         yield running

@@ -6,17 +6,20 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from aion.core import errors
-from aion.executor import backend, batcher
+from aion.executor import backend
+from aion.executor.embedding import batcher
 
 
 class CountingModel:
     """An EmbeddingBackend whose vector for a text is its length, one-hot; records batches."""
 
+    path = Path("scripted")
     device = "cpu"
     ready = True
     dimensions = 8
@@ -29,6 +32,9 @@ class CountingModel:
 
     def load(self) -> None:
         """Nothing to load."""
+
+    def close(self) -> None:
+        """Nothing to free."""
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """One token per word."""
@@ -83,7 +89,7 @@ async def test_a_text_over_the_input_limit_fails_only_its_request() -> None:
         good, bad = await asyncio.gather(
             b.embed(["short one"]), b.embed(["fine", "one two three four five six"]),
             return_exceptions=True)
-    assert isinstance(good, batcher.Embedded)
+    assert isinstance(good, backend.Embedded)
     assert isinstance(bad, errors.InvalidArgument)
     assert bad.field == "texts[1]"
     assert "6 tokens" in bad.message

@@ -9,7 +9,7 @@ import pytest
 
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
-from aion.executor import backend, batcher, convert, stats, validation
+from aion.executor import backend, convert, stats, validation
 
 LIMITS = validation.Limits(default_max_tokens=256, max_tokens_limit=2048, max_texts=4)
 
@@ -94,7 +94,7 @@ def test_another_model_is_an_invalid_argument_naming_the_served_one() -> None:
 
 def test_vectors_become_an_embed_response() -> None:
     vectors = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
-    msg = convert.embedded_to_pb(batcher.Embedded(vectors, 7), model="e")
+    msg = convert.embedded_to_pb(backend.Embedded(vectors, 7), model="e")
     assert (msg.model, msg.dimensions, msg.prompt_tokens) == ("e", 2, 7)
     assert [v for e in msg.embeddings for v in e.values] == pytest.approx([0.6, 0.8, 1.0, 0.0])
 

@@ -11,7 +11,8 @@ import pytest
 
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
-from aion.executor import st_backend, testing, validation
+from aion.executor import inference, testing, validation
+from aion.executor.embedding import st_backend
 
 MODEL = "all-minilm-l6-v2"
 
@@ -108,10 +109,11 @@ async def test_generate_needs_a_generation_executor(embedder: testing.Executor) 
 async def test_a_full_queue_is_refused_with_a_retry_delay(
         embedding_model: st_backend.SentenceTransformerBackend) -> None:
     limits = validation.Limits(default_max_tokens=8, max_tokens_limit=8, max_texts=4)
-    service, batch = testing.embedding_service(
-        embedding_model, name=MODEL, limits=limits, max_queue=1, max_batch=8, max_wait_s=0)
+    service = inference.EmbeddingService(
+        embedding_model, model_name=MODEL, limits=limits, max_queue=1, max_batch=8,
+        max_wait_s=0)
     # The batcher is not running yet, so the first request waits in the queue.
-    async with testing.serve(service) as ex:
+    async with testing.serve(service, loops=False) as ex:
         first = asyncio.ensure_future(ex.stub.Embed(executor_pb2.EmbedRequest(texts=["a"])))
         for _ in range(3000):  # until the first request waits in the queue
             if (await ex.stub.Stats(executor_pb2.StatsRequest())).queue_depth == 1:
@@ -124,7 +126,7 @@ async def test_a_full_queue_is_refused_with_a_retry_delay(
         assert "queue is full (1 requests)" in err.message
         assert err.retry_after_s is not None
         assert err.retry_after_s > 0
-        runner = asyncio.ensure_future(batch.run())
+        runner = asyncio.ensure_future(service.loops()["embed batcher"]())
         try:
             assert len((await first).embeddings) == 1
         finally:
@@ -139,3 +141,9 @@ async def test_stats_report_the_embedding_load(embedder: testing.Executor) -> No
     assert load.model_ready
     assert load.tokens_per_s > 0
     assert load.p95_latency_ms > 0
+
+
+async def test_the_batcher_runs_as_a_named_task_beside_http(embedder: testing.Executor) -> None:
+    tasks = embedder.serving.tasks
+    assert list(tasks) == ["http", "embed batcher"]
+    assert not any(task.done() for task in tasks.values())

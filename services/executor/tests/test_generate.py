@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2
 
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
-from aion.executor import llama_backend, main, settings, stats, testing, validation
+from aion.executor import inference, settings, stats, testing, validation
+from aion.executor.generation import llama_backend
 
 MODEL = "smollm2-135m-instruct"
 COUNTING = "Count from 1 to 500, one number per line."
@@ -68,9 +69,11 @@ async def stream_error(ex: testing.Executor, request: executor_pb2.GenerateReque
     return await rpc_error(drain())
 
 
-def service(model: llama_backend.LlamaBackend, *, max_queue: int = 8) -> Any:
+def service(model: llama_backend.LlamaBackend, *, max_queue: int = 8,
+            ) -> inference.GenerationService:
     limits = validation.Limits(default_max_tokens=8, max_tokens_limit=LIMIT, max_texts=16)
-    return testing.generation_service(model, name=MODEL, limits=limits, max_queue=max_queue)
+    return inference.GenerationService(model, model_name=MODEL, limits=limits,
+                                       max_queue=max_queue)
 
 
 async def test_not_serving_until_the_model_is_loaded() -> None:
@@ -86,7 +89,7 @@ async def test_not_serving_until_the_model_is_loaded() -> None:
             assert err.retry_after_s == 1
             assert not (await ex.stub.Stats(executor_pb2.StatsRequest())).model_ready
 
-            await main.load_model(fresh, ex.server)
+            await ex.serving.load_model()
 
             check = await ex.health.Check(health_pb2.HealthCheckRequest())
             assert check.status == health_pb2.HealthCheckResponse.SERVING

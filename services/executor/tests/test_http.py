@@ -12,7 +12,8 @@ import pytest
 from openai.types import chat as openai_chat
 
 from aion.api.executor.v1 import executor_pb2
-from aion.executor import llama_backend, testing, validation
+from aion.executor import inference, serving, testing, validation
+from aion.executor.generation import llama_backend
 
 GEN = "smollm2-135m-instruct"
 EMB = "all-minilm-l6-v2"
@@ -153,7 +154,8 @@ async def test_bad_embedding_input_is_a_400(embedder: testing.Executor,
 async def test_a_full_queue_is_a_429_with_retry_after(
         generation_model: llama_backend.LlamaBackend) -> None:
     limits = validation.Limits(default_max_tokens=8, max_tokens_limit=64, max_texts=4)
-    service = testing.generation_service(generation_model, name=GEN, limits=limits, max_queue=1)
+    service = inference.GenerationService(generation_model, model_name=GEN, limits=limits,
+                                          max_queue=1)
     async with testing.serve(service) as ex:
         call = ex.stub.Generate(executor_pb2.GenerateRequest(
             messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)], max_tokens=64),
@@ -208,14 +210,11 @@ async def test_the_bearer_token_is_required(generator: testing.Executor) -> None
 
 async def test_without_a_token_the_http_api_is_closed(
         generation_model: llama_backend.LlamaBackend) -> None:
-    from aion.core import http_server
-    from aion.executor import http_api
-    service = testing.generation_service(generation_model, name=GEN, max_queue=1, limits=(
+    service = inference.GenerationService(generation_model, model_name=GEN, max_queue=1, limits=(
         validation.Limits(default_max_tokens=8, max_tokens_limit=64, max_texts=16)))
-    http = http_server.HttpServer(http_api.OpenAIApi(service, token=None).app,
-                                  name="closed", host="127.0.0.1", port=0)
+    http = serving.http_server(service, token=None, host="127.0.0.1", port=0)
     async with http:
-        serving = asyncio.create_task(http.serve())
+        task = asyncio.create_task(http.serve())
         try:
             async with httpx.AsyncClient(base_url=http.url) as client_:
                 refused = await client_.get("/v1/models", headers={"Authorization": "Bearer x"})
@@ -224,4 +223,4 @@ async def test_without_a_token_the_http_api_is_closed(
                 assert (await client_.get("/healthz")).status_code in (200, 503)
         finally:
             http.shutdown()
-            await serving
+            await task

@@ -11,7 +11,8 @@ import pytest
 
 from aion.api.executor.v1 import executor_pb2
 from aion.core import errors
-from aion.executor import backend, llama_backend, testing, validation
+from aion.executor import backend, inference, testing, validation
+from aion.executor.generation import llama_backend
 
 GEN = "smollm2-135m-instruct"
 COUNTING = "Count from 1 to 500, one number per line."
@@ -42,8 +43,8 @@ class Counted:
 async def executor(generation_model: llama_backend.LlamaBackend,
                    ) -> AsyncIterator[tuple[testing.Executor, Counted]]:
     counted = Counted(generation_model)
-    service = testing.generation_service(cast(backend.GenerationBackend, counted), name=GEN,
-                                         limits=LIMITS, max_queue=1)
+    service = inference.GenerationService(cast(backend.GenerationBackend, counted),
+                                          model_name=GEN, limits=LIMITS, max_queue=1)
     async with testing.serve(service) as ex:
         yield ex, counted
 
@@ -95,9 +96,10 @@ async def test_a_prompt_over_the_limit_is_refused_before_tokenising(
 async def test_a_full_queue_refuses_before_tokenising(
         executor: tuple[testing.Executor, Counted]) -> None:
     ex, counted = executor
+    # Greedy, so that it never ends early by chance (a sampled stream may stop at once).
     held = ex.stub.Generate(executor_pb2.GenerateRequest(
-        messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)], max_tokens=64),
-        timeout=60)
+        messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)], max_tokens=64,
+        temperature=0), timeout=60)
     await anext(aiter(held))  # the one place of the queue is taken
     assert counted.encoded == 1
     async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from aion.core import errors
-from aion.executor import backend, llama_backend
+from aion.executor import backend
+from aion.executor.generation import llama_backend
 
 
 def test_a_file_that_is_not_gguf_is_refused_with_the_reason(tmp_path: Path) -> None:

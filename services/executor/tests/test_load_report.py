@@ -9,6 +9,7 @@ import uuid
 import prometheus_client
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
+from opentelemetry.sdk.trace import TracerProvider
 
 from aion.api.events.v1 import events_pb2
 from aion.executor import load_report, stats
@@ -20,17 +21,21 @@ LOAD = stats.Load(model_ready=True, queue_depth=3, in_flight=2, max_queue=16,
                   tokens_per_s=41.5, p95_latency_s=0.75, max_batch=8)
 
 
-async def read(bootstrap: str, topic: str, count: int) -> list[tuple[bytes, events_pb2.Envelope]]:
-    """The first ``count`` records of ``topic``, as (key, envelope)."""
+Record = tuple[bytes, events_pb2.Envelope, dict[str, bytes]]
+
+
+async def read(bootstrap: str, topic: str, count: int) -> list[Record]:
+    """The first ``count`` records of ``topic``, as (key, envelope, headers)."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
-        out: list[tuple[bytes, events_pb2.Envelope]] = []
+        out: list[Record] = []
         async with asyncio.timeout(60):
             while len(out) < count:
                 record = await consumer.getone()
-                out.append((record.key, events_pb2.Envelope.FromString(record.value)))
+                out.append((record.key, events_pb2.Envelope.FromString(record.value),
+                            dict(record.headers)))
         return out
     finally:
         await consumer.stop()
@@ -50,11 +55,11 @@ async def test_reports_carry_the_stats_figures_at_the_interval(kafka: Kafka) -> 
                 await task
     last = (await read(kafka.bootstrap, topic, reporter.published))[-1][1]
 
-    key, envelope = records[0]
+    key, envelope, _ = records[0]
     assert key == b"pod-7"
     assert (envelope.type, envelope.source, envelope.subject) == (
         "aion.executor.load", "executor", "pod-7")
-    assert len({e.id for _, e in records}) == 3
+    assert len({e.id for _, e, _ in records}) == 3
     load = events_pb2.ExecutorLoad()
     assert envelope.data.Unpack(load)
     assert load == events_pb2.ExecutorLoad(
@@ -88,3 +93,26 @@ async def test_an_unreachable_broker_delays_reports_without_failing() -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     assert reporter.published == 0
+
+
+async def test_reports_carry_the_w3c_trace_context_and_the_type(kafka: Kafka) -> None:
+    topic = f"aion-test-load-{uuid.uuid4().hex[:10]}"
+    reporter = load_report.LoadReporter(lambda: LOAD, bootstrap=kafka.bootstrap, topic=topic,
+                                        interval_s=0.2, executor="pod-8", model="m")
+    # The executor's process has a tracer provider (telemetry.setup); here, a span of one.
+    tracer = TracerProvider().get_tracer("test")
+    async with reporter:
+        with tracer.start_as_current_span("executor") as span:
+            task = asyncio.create_task(reporter.run())
+        try:
+            records = await read(kafka.bootstrap, topic, 2)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    for *_, headers in records:
+        assert headers["ce_type"] == b"aion.executor.load"
+        version, trace, parent, _flags = headers["traceparent"].decode().split("-")
+        assert (version, trace) == ("00", trace_id)
+        assert len(parent) == 16

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from aion.core import errors
-from aion.executor import backend, scheduler
+from aion.executor import backend
+from aion.executor.generation import scheduler
 
 PROMPT = backend.Prompt((1, 2, 3))
 PARAMS = backend.SamplingParams(max_tokens=4)
@@ -18,6 +20,7 @@ PARAMS = backend.SamplingParams(max_tokens=4)
 class ScriptedModel:
     """A GenerationBackend whose streams emit what the test feeds them."""
 
+    path = Path("scripted")
     device = "cpu"
     ready = True
     context_size = 128
@@ -29,6 +32,9 @@ class ScriptedModel:
 
     def load(self) -> None:
         """Nothing to load."""
+
+    def close(self) -> None:
+        """Nothing to free."""
 
     def encode_chat(self, messages: Sequence[backend.ChatMessage]) -> backend.Prompt:
         """A fixed prompt."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aion.executor import stop_sequences
+from aion.executor.generation import stop_sequences
 
 
 def scan(stops: list[str], pieces: list[str]) -> tuple[str, bool]:

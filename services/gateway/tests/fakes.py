@@ -189,20 +189,20 @@ async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gat
     backend.add(internal_knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server, knowledge,
                 "knowledge")
     async with backend, grpc.aio.insecure_channel(backend.address) as chan:
-        peers = servicers.Peers(router=chan, agent=chan, knowledge=chan)
+        upstreams = servicers.Upstreams.over(router=chan, agent=chan, knowledge=chan)
         guard = servicers.Guard(authenticator=auth.Authenticator(cfg),
                                 limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(),
                                                               ratelimit.Policy(tenant_rate=rate,
                                                                                tenant_burst=burst)))
-        tasks = servicers.TasksServicer(guard=guard, peers=peers)
-        agent_list = servicers.AgentsServicer(guard=guard, peers=peers)
+        tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
+        agent_list = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
         api = openai_api.OpenAIApi(tasks=tasks, agents=agent_list, timeout_s=30,
                                    max_body_bytes=cfg.http_max_body_bytes)
         a2a = a2a_api.A2AApi(tasks=tasks, agents=agent_list, timeout_s=30,
                              max_body_bytes=cfg.http_max_body_bytes)
+        knowledge_api = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         mcp = mcp_server.McpApi(guard=guard, tasks=tasks, agents=agent_list,
-                                knowledge=servicers.KnowledgeServicer(guard=guard, peers=peers),
-                                timeout_s=30)
+                                knowledge=knowledge_api, timeout_s=30)
         app = http_app.build([*api.routes, *a2a.routes, *mcp.routes, openapi.route()])
         async with (mcp.running(),
                     http_server.HttpServer(app, name="http", host="127.0.0.1", port=0) as http):

@@ -184,15 +184,19 @@ async def test_no_credentials_and_malformed_header() -> None:
         await auth.Authenticator(_cfg()).authenticate([("authorization", "Basic abc")])
 
 
-def test_failed_authentications_are_limited_per_peer() -> None:
-    failures = auth.FailureLimiter(3)
+async def test_failed_authentications_are_limited_per_peer() -> None:
+    now = [100.0]
+    limiter = ratelimit.RateLimiter(ratelimit.MemoryBuckets(clock=lambda: now[0]),
+                                    ratelimit.Policy(auth_failures_per_min=3))
     for _ in range(3):
-        failures.check("ipv4:10.0.0.1")
-        failures.failed("ipv4:10.0.0.1")
-    with pytest.raises(errors.ResourceExhausted) as info:
-        failures.check("ipv4:10.0.0.1")
+        await limiter.check_failures("ipv4:10.0.0.1")
+        await limiter.auth_failed("ipv4:10.0.0.1")
+    with pytest.raises(errors.ResourceExhausted, match="failed authentications") as info:
+        await limiter.check_failures("ipv4:10.0.0.1")
     assert info.value.retry_after_s == pytest.approx(20, rel=0.1)
-    failures.check("ipv4:10.0.0.2")
+    await limiter.check_failures("ipv4:10.0.0.2")
+    now[0] += 20.0  # one failure's worth refilled
+    await limiter.check_failures("ipv4:10.0.0.1")
 
 
 async def test_rate_limit_refuses_with_the_wait_and_refills() -> None:

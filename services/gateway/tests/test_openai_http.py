@@ -37,8 +37,9 @@ async def test_a_completion_runs_the_agent_with_the_callers_tenant_and_options()
     assert run.task.options.max_tokens == 9
     assert run.task.options.seed == 4
     assert run.task.options.budget_usd == 0.25
-    # The agent allows hybrid; the request narrowed it, as on gRPC.
-    assert gw.router.asked[-1].privacy == common_pb2.PRIVACY_LOCAL_ONLY
+    # The agent's privacy and the request's both reach the router, which narrows (as on gRPC).
+    assert gw.router.asked[-1].privacy == common_pb2.PRIVACY_HYBRID
+    assert gw.router.asked[-1].requested_privacy == common_pb2.PRIVACY_LOCAL_ONLY
 
 
 async def test_the_idempotency_key_header_reaches_the_task() -> None:

@@ -52,11 +52,11 @@ from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2
 from aion.api.v1 import knowledge_pb2 as public
 from aion.core import channels
+from aion.infra.devstack import suite as suite_testing
 from aion.infra.paths import Layout
 from aion.infra.registry import make
 from aion.knowledge import chunking, qdrant_index, testing
 from aion.knowledge import settings as knowledge_settings
-from aion.sdk.testing import suite as suite_testing
 
 
 def _knob(name: str, default: int) -> int:

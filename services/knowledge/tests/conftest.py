@@ -20,12 +20,12 @@ import psycopg
 import pydantic
 import pytest
 
+from aion.infra.devstack import suite as suite_testing
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.postgres import Postgres
 from aion.knowledge import settings as knowledge_settings
 from aion.knowledge import testing
-from aion.sdk.testing import suite as suite_testing
 
 # One CA for the session: the embedding executor's, the services' and the clients'
 # certificates (``testing.Service`` calls as the gateway).

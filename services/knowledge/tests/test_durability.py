@@ -19,9 +19,9 @@ import pytest
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public
+from aion.infra.devstack import suite as suite_testing
 from aion.knowledge import qdrant_index, testing
 from aion.knowledge import settings as knowledge_settings
-from aion.sdk.testing import suite as suite_testing
 
 Rows = Callable[..., list[tuple[Any, ...]]]
 TEXT = " ".join(f"Note {i}: the scheduler placed pod number {i} on GPU node {i % 17} after "

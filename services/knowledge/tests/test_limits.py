@@ -86,3 +86,34 @@ async def test_an_oversized_search_is_invalid_argument(
         await service.stub.Search(_search("lim-search", **fields), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.from_rpc_error(info.value).field == field
+
+
+async def test_an_upload_whose_version_cannot_be_recorded_leaves_no_original(
+        service: testing.Service, knowledge_dsn: str, s3_client: minio.Minio) -> None:
+    """Postgres refuses the version row after the original reached MinIO: the bytes this
+    upload put there are taken back; bytes a recorded version already holds stay."""
+    import psycopg
+
+    kept, lost = "lim-dbfail-kept", "lim-dbfail-lost"
+    # Recorded once: its original is in MinIO before the failure below.
+    await service.stub.Ingest(_ingest(kept), timeout=60)
+    fail = ("CREATE OR REPLACE FUNCTION lim_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'refused by the test' USING ERRCODE = '57P03'; END $$; "
+            "CREATE TRIGGER lim_refuse BEFORE INSERT ON kb_versions FOR EACH ROW "
+            f"WHEN (NEW.tenant IN ('{kept}', '{lost}')) EXECUTE FUNCTION lim_refuse()")
+    with psycopg.connect(knowledge_dsn, autocommit=True) as conn:
+        conn.execute(fail)
+    try:
+        for tenant, fields in ((lost, {}), (kept, {"title": "a new version, same bytes"})):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await service.stub.Ingest(_ingest(tenant, **fields), timeout=60)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    finally:
+        with psycopg.connect(knowledge_dsn, autocommit=True) as conn:
+            conn.execute("DROP TRIGGER lim_refuse ON kb_versions")
+
+    def originals(tenant: str) -> list[str]:
+        return [str(o.object_name) for o in s3_client.list_objects(
+            service.cfg.minio_bucket, prefix=objects.prefix(tenant, KB, DOC), recursive=True)]
+    assert originals(lost) == []
+    assert len(originals(kept)) == 1

@@ -17,9 +17,9 @@ import pytest
 
 from aion.api.v1 import knowledge_pb2
 from aion.gateway import keys as gateway_keys
+from aion.infra.devstack import suite as suite_testing
 from aion.knowledge import testing
 from aion.sdk import AsyncClient, errors
-from aion.sdk.testing import suite as suite_testing
 
 # Tenants of their own: the session's database is shared with the other modules.
 ACME, GLOBEX = f"acme-{uuid.uuid4().hex[:6]}", f"globex-{uuid.uuid4().hex[:6]}"

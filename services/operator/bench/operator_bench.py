@@ -41,11 +41,12 @@ from lightkube.generic_resource import create_namespaced_resource
 from lightkube.models import meta_v1
 from lightkube.resources import apps_v1, coordination_v1, core_v1
 
+from aion.core import agentspec
 from aion.infra.cluster import Cluster, render_nodes
+from aion.infra.devstack import suite
 from aion.infra.paths import Layout
 from aion.infra.registry import make
-from aion.operator import render, spec
-from aion.sdk.testing import suite
+from aion.operator import render
 
 POOL = "bench"
 POOL_LABEL = "cloud.google.com/gke-nodepool"
@@ -84,7 +85,7 @@ async def _namespace(client: lightkube.AsyncClient, prefix: str) -> str:
 
 async def _raw(client: lightkube.AsyncClient, agents: int) -> tuple[float, float]:
     namespace = await _namespace(client, "bench-raw")
-    parsed = spec.parse(SPEC)
+    parsed = agentspec.parse(SPEC)
     objects = []
     for i in range(agents):
         name = f"agent-{i}"

@@ -1,4 +1,4 @@
-"""The Agent CRD (the chart's crds/ file) and spec.py describe the same resource."""
+"""The Agent CRD (the chart's crds/ file) and ``aion.core.agentspec`` describe the same resource."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import pathlib
 import typing
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 
-from aion.operator import spec
+from aion.core import agentspec, privacy
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CRD = ROOT / "charts" / "aion" / "crds" / "agents.aion.dev.yaml"
@@ -71,14 +72,14 @@ def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
     root = version["schema"]["openAPIV3Schema"]
     assert root["properties"]["spec"]["required"] == ["model"]
     top = _props(version, "spec")
-    assert set(top) == {"model", "instructions", "tools", "knowledgeBases", "routing", "gpu",
-                        "resources", "placement", "replicas"}
+    assert set(top) == {"model", "instructions", "description", "maxTokens", "tools",
+                        "knowledgeBases", "routing", "gpu", "resources", "placement",
+                        "replicas"}
     model = _props(version, "spec", "model")
-    assert model["task"]["enum"] == list(typing.get_args(spec.Task))
+    assert model["task"]["enum"] == list(typing.get_args(agentspec.ModelTask))
     assert model["task"]["default"] == "generate"
     routing = _props(version, "spec", "routing")
-    assert routing["privacy"]["enum"] == ["local-only", "allow-api", "hybrid"]
-    assert set(routing["privacy"]["enum"]) == set(typing.get_args(spec.Privacy))
+    assert set(routing["privacy"]["enum"]) == {p.value for p in privacy.Privacy}
     assert routing["privacy"]["default"] == "local-only"
     gpu = _props(version, "spec", "gpu")
     assert (gpu["count"]["minimum"], gpu["count"]["default"]) == (0, 1)
@@ -92,17 +93,52 @@ def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
     assert _rules(version, "spec", "placement")
 
 
+def _fields(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """The model's fields by their CRD names, each with its nested model (or None)."""
+    found: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        nested = field.annotation
+        found[field.alias or name] = (
+            nested if isinstance(nested, type) and issubclass(nested, pydantic.BaseModel)
+            else None)
+    return found
+
+
+def _same_fields(schema: dict[str, Any], model: type[pydantic.BaseModel], path: str) -> list[str]:
+    props = schema.get("properties", {})
+    fields = _fields(model)
+    diff = [f"{path}.{k}: only in the CRD" for k in props if k not in fields]
+    diff += [f"{path}.{k}: only in aion.core.agentspec" for k in fields if k not in props]
+    return diff + [d for k, nested in fields.items() if nested is not None and k in props
+                   for d in _same_fields(props[k], nested, f"{path}.{k}")]
+
+
+def test_crd_and_the_one_spec_model_declare_the_same_fields(version: dict[str, Any]) -> None:
+    """Every field, at every depth, is in both (the agent service parses with the model)."""
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert _same_fields(schema, agentspec.AgentSpec, "spec") == []
+
+
+def test_description_and_max_tokens_limits_match(version: dict[str, Any]) -> None:
+    top = _props(version, "spec")
+    assert top["description"]["maxLength"] == agentspec.MAX_DESCRIPTION
+    assert (top["maxTokens"]["minimum"], top["maxTokens"]["maximum"]) == (
+        1, agentspec.MAX_TOKENS)
+    s = agentspec.parse({"model": {"name": "m"}, "description": "d", "maxTokens": 64})
+    assert (s.description, s.max_tokens) == ("d", 64)
+
+
 def test_crd_defaults_match_spec_py(version: dict[str, Any]) -> None:
-    s = spec.parse({"model": {"name": "m"}})
+    s = agentspec.parse({"model": {"name": "m"}})
     assert _props(version, "spec", "gpu")["count"]["default"] == s.gpu.count
     assert _props(version, "spec", "routing")["privacy"]["default"] == s.routing.privacy
     resources = _props(version, "spec", "resources")
     assert (resources["cpu"]["default"], resources["memory"]["default"]) == (
         s.resources.cpu, s.resources.memory)
-    assert resources["cpu"]["pattern"] == spec.QUANTITY_PATTERN
+    assert resources["cpu"]["pattern"] == agentspec.QUANTITY_PATTERN
     pools = _props(version, "spec", "placement")["allowedPools"]["items"]
-    assert pools["pattern"] == spec.LABEL_VALUE_PATTERN
-    assert _props(version, "spec", "model")["name"]["pattern"] == spec.MODEL_NAME_PATTERN
+    assert pools["pattern"] == agentspec.LABEL_VALUE_PATTERN
+    assert _props(version, "spec", "model")["name"]["pattern"] == agentspec.MODEL_NAME_PATTERN
 
 
 def test_status_fields(version: dict[str, Any]) -> None:
@@ -126,13 +162,13 @@ def test_demo_agent_is_valid() -> None:
     demo = yaml.safe_load(DEMO.read_text())
     assert (demo["apiVersion"], demo["kind"], demo["metadata"]["name"]) == (
         "aion.dev/v1alpha1", "Agent", "demo")
-    s = spec.parse(demo["spec"])
+    s = agentspec.parse(demo["spec"])
     assert (s.model.name, s.model.task, s.gpu.count) == ("smollm2-135m-instruct", "generate", 0)
 
 
 def test_gpu_example_agent_is_valid() -> None:
     example = yaml.safe_load(EXAMPLE.read_text())
-    s = spec.parse(example["spec"])
+    s = agentspec.parse(example["spec"])
     assert (s.gpu.count, s.gpu.products) == (1, ("NVIDIA-L4", "NVIDIA-H100-80GB-HBM3"))
 
 

@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 
 from aion.core import pki
+from aion.operator import conventions
 from aion.operator import executor_secrets as es
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -157,7 +158,7 @@ async def test_a_replica_that_loses_the_race_keeps_the_winners_secrets(ca: pki.K
     real_get = api.get
 
     async def stale_get(kind: Any, name: str, *, namespace: str) -> Any:
-        if name == es.HTTP_SECRET:
+        if name == conventions.HTTP_SECRET:
             raise _error(404)  # as if read before the other replica's create landed
         return await real_get(kind, name, namespace=namespace)
 
@@ -172,7 +173,7 @@ async def test_a_deployment_on_an_older_certificate_is_rolled(ca: pki.KeyPair) -
     version = await keeper.ensure("team-a")
 
     def deployment(annotation: str | None) -> dict[str, Any]:
-        annotations = {} if annotation is None else {es.TLS_ANNOTATION: annotation}
+        annotations = {} if annotation is None else {conventions.TLS_ANNOTATION: annotation}
         return {"metadata": {"name": "aion-executor-chat"},
                 "spec": {"template": {"metadata": {"annotations": annotations}}}}
 
@@ -180,7 +181,7 @@ async def test_a_deployment_on_an_older_certificate_is_rolled(ca: pki.KeyPair) -
     assert not await keeper.roll(None, "team-a")
     assert await keeper.roll(deployment("2020-01-01T00:00:00+00:00"), "team-a")
     assert api.patches == [("aion-executor-chat", {"spec": {"template": {"metadata": {
-        "annotations": {es.TLS_ANNOTATION: version}}}}})]
+        "annotations": {conventions.TLS_ANNOTATION: version}}}}})]
 
 
 async def test_without_a_ca_only_the_token_is_kept() -> None:

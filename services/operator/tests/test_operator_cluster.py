@@ -37,9 +37,9 @@ from aion.core import tls
 from aion.infra import cluster as cluster_mod
 from aion.infra.cluster import Cluster
 from aion.infra.component import poll
+from aion.infra.devstack import suite
 from aion.infra.kafka import Kafka
 from aion.infra.postgres import Postgres
-from aion.sdk.testing import suite
 
 # The certificates of the agent service, the operator and the test's own calls.
 CA = tls.LocalCa()
@@ -367,15 +367,25 @@ def _registered_tools(postgres: Postgres, tenant: str, name: str) -> list[str] |
 
 
 def test_a_kubectl_applied_agent_is_registered_with_its_tools(
-        cluster: Cluster, namespace: str, operator: Process, postgres: Postgres) -> None:
+        cluster: Cluster, namespace: str, operator: Process, postgres: Postgres,
+        agent_service: Process) -> None:
+    """Every field of the one Agent model reaches the agent service: tools (its registry;
+    GetAgent does not show tools), description, maxTokens and the routing targets."""
     tools = ["knowledge_search", "agent:helper"]
+    extra = {"description": "answers from the handbook", "maxTokens": 96,
+             "routing": {"budgetUsdPerTask": 0.02, "p95TargetMs": 800}}
     _apply_agent(cluster, namespace, "with-tools", {"count": 1}, tools=tools,
-                 knowledgeBases=["handbook"])
+                 knowledgeBases=["handbook"], **extra)
     _wait_agent(cluster, namespace, "with-tools", operator, lambda a: _has(a, "Registered"))
     assert _registered_tools(postgres, namespace, "with-tools") == tools
+    record = _registered(agent_service, namespace, "with-tools")
+    assert not isinstance(record, grpc.StatusCode), record
+    assert (record.description, record.max_tokens, list(record.knowledge_bases)) == (
+        "answers from the handbook", 96, ["handbook"])
+    assert (record.budget_usd_per_task, record.p95_target_ms) == (0.02, 800)
     # A changed tool list reaches the agent service with the next registration.
     _apply_agent(cluster, namespace, "with-tools", {"count": 1}, tools=tools[:1],
-                 knowledgeBases=["handbook"])
+                 knowledgeBases=["handbook"], **extra)
     got = _eventually(lambda: _registered_tools(postgres, namespace, "with-tools"),
                       lambda found: found == tools[:1])
     assert got == tools[:1], operator.tail()

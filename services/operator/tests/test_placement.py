@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from aion.operator import placement, pools, spec
+from aion.core import agentspec
+from aion.operator import placement, pools
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 L4 = "NVIDIA-L4"
@@ -30,7 +31,7 @@ def _cluster(nodes: list[dict[str, Any]], pods: Sequence[dict[str, Any]] = (),
 
 def _choose(data: dict[str, Any], found: Sequence[pools.Pool],
             exclude: Collection[str] = ()) -> placement.Placement:
-    return placement.choose(spec.parse({"model": {"name": "m"}, **data}), found,
+    return placement.choose(agentspec.parse({"model": {"name": "m"}, **data}), found,
                             exclude=exclude)
 
 

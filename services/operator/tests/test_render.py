@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from aion.operator import render, spec
+from aion.core import agentspec
+from aion.operator import render, settings
 
 OWNER = render.Owner(name="chat", uid="0b7c-uid")
 
@@ -14,7 +15,7 @@ OWNER = render.Owner(name="chat", uid="0b7c-uid")
 def _deployment(data: dict[str, Any], *, pool: str = "a100",
                 env: dict[str, str] | None = None) -> dict[str, Any]:
     return render.executor_deployment(
-        "chat", "team-a", spec.parse(data), pool_label="aion.dev/node-pool", pool=pool,
+        "chat", "team-a", agentspec.parse(data), pool_label="aion.dev/node-pool", pool=pool,
         image="aion-executor:1", owner=OWNER, env=env)
 
 
@@ -141,7 +142,7 @@ def test_long_agent_names_stay_valid_and_distinct() -> None:
 
 def _tls_deployment(version: str | None) -> dict[str, Any]:
     return render.executor_deployment(
-        "chat", "team-a", spec.parse({"model": {"name": "m"}}), pool_label="p", pool="cpu",
+        "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p", pool="cpu",
         image="aion-executor:1", owner=OWNER, tls_version=version)
 
 
@@ -208,3 +209,55 @@ def test_executor_network_policy_admits_only_the_platforms_agent_and_knowledge_p
     assert [p["port"] for p in calls["ports"]] == [50055, 8000]
     assert "from" not in open_ports
     assert [p["port"] for p in open_ports["ports"]] == [51055, 9090]
+
+
+def _kafka(**values: Any) -> settings.ExecutorKafka:
+    return settings.ExecutorKafka.model_validate(values)
+
+
+def test_executors_publish_to_kafka_with_the_platforms_sasl_and_tls_from_secrets() -> None:
+    kafka = _kafka(securityProtocol="SASL_SSL",
+                   sasl={"mechanism": "SCRAM-SHA-256", "existingSecret": "kafka-user"},
+                   tls={"existingSecret": "kafka-ca", "clientCertificate": True})
+    deployment = render.executor_deployment(
+        "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p",
+        pool="cpu", image="aion-executor:1", owner=OWNER, kafka=kafka)
+    container = _container(deployment)
+    env = _env(deployment)
+    assert env["AION_EXECUTOR_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["AION_EXECUTOR_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-256"
+    assert env["AION_EXECUTOR_KAFKA_SSL_CAFILE"] == f"{render.KAFKA_TLS_DIR}/ca.crt"
+    assert env["AION_EXECUTOR_KAFKA_SSL_CERTFILE"] == f"{render.KAFKA_TLS_DIR}/tls.crt"
+    assert env["AION_EXECUTOR_KAFKA_SSL_KEYFILE"] == f"{render.KAFKA_TLS_DIR}/tls.key"
+    # Credentials are Secret references, never values in the Deployment.
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+            if "valueFrom" in e}
+    assert refs["AION_EXECUTOR_KAFKA_SASL_USERNAME"] == {"name": "kafka-user", "key": "username"}
+    assert refs["AION_EXECUTOR_KAFKA_SASL_PASSWORD"] == {"name": "kafka-user", "key": "password"}
+    assert {"name": "kafka-tls", "mountPath": render.KAFKA_TLS_DIR, "readOnly": True} in (
+        container["volumeMounts"])
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["kafka-tls"]["secret"]["secretName"] == "kafka-ca"
+
+
+def test_plaintext_kafka_and_tls_without_a_secret_mount_nothing() -> None:
+    for kafka in (_kafka(), _kafka(securityProtocol="SSL")):
+        deployment = render.executor_deployment(
+            "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p",
+            pool="cpu", image="aion-executor:1", owner=OWNER, kafka=kafka)
+        env = _env(deployment)
+        assert env["AION_EXECUTOR_KAFKA_SECURITY_PROTOCOL"] == kafka.security_protocol
+        assert "AION_EXECUTOR_KAFKA_SSL_CAFILE" not in env  # SSL: the system's CAs
+        assert "kafka-tls" not in {v["name"] for v in
+                                   deployment["spec"]["template"]["spec"]["volumes"]}
+
+
+def test_placing_an_agent_renders_the_operators_kafka_security(
+        cfg: settings.AionOperatorSettings) -> None:
+    kafka = _kafka(securityProtocol="SASL_PLAINTEXT", sasl={"existingSecret": "kafka-user"})
+    with_kafka = cfg.model_copy(update={"kafka_bootstrap": "kafka:9092",
+                                        "executor_kafka": kafka})
+    env = render.executor_env(with_kafka)
+    assert env["AION_EXECUTOR_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    without = render.executor_env(cfg)
+    assert "AION_EXECUTOR_KAFKA_BOOTSTRAP" not in without

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from aion.sdk import testing
+from aion.infra import devstack
 
 from .suite import API_KEYS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, HttpSuite
 
@@ -25,7 +25,7 @@ def http_suite(request: pytest.FixtureRequest,
     e2e: Any = sys.modules["tests.e2e.conftest"]
     backbone = e2e.Backbone(*(request.getfixturevalue(name)
                               for name in inspect.signature(e2e.Backbone).parameters))
-    http_port = testing.suite.free_port()
+    http_port = devstack.free_port()
     try:
         suite = e2e.start_suite(tmp_path_factory.mktemp("http-suite"), {
             **backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",

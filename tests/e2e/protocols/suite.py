@@ -5,7 +5,7 @@ from __future__ import annotations
 import openai
 
 from aion.gateway import keys
-from aion.sdk import testing
+from aion.infra import devstack
 
 USER_KEY, VIEWER_KEY, OTHER_KEY = "k-user-e2e", "k-viewer-e2e", "k-other-tenant-e2e"
 JWT_SECRET = "e2e-jwt-secret-that-is-32-bytes-long"
@@ -20,7 +20,7 @@ API_KEYS = [{"hash": keys.hash_key(USER_KEY), "tenant": "default", "roles": ["us
 class HttpSuite:
     """A running suite whose gateway serves HTTP on ``base_url``."""
 
-    def __init__(self, suite: testing.LocalSuite, http_port: int) -> None:
+    def __init__(self, suite: devstack.LocalSuite, http_port: int) -> None:
         self.suite = suite
         self.base_url = f"http://127.0.0.1:{http_port}"
 

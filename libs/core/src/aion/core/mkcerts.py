@@ -1,9 +1,10 @@
 """``python -m aion.core.mkcerts DIR IDENTITY...``: a new CA and a certificate per identity.
 
-For the local suite (``python -m aion.sdk.testing``, the e2e tests), which may
-not import ``aion.core``: it runs this in its own Python and points each
-process's ``AION_TLS_*`` at the files. Writes ``DIR/ca.crt``, ``DIR/ca.key``
-and ``DIR/<identity>.crt``, ``DIR/<identity>.key`` (keys readable by the owner only).
+For the local suite (``python -m aion.infra.devstack``, the e2e tests), which
+runs it as a command (aion-infra does not depend on aion-core) in the services'
+Python and points each process's ``AION_TLS_*`` at the files. Writes
+``DIR/ca.crt``, ``DIR/ca.key`` and ``DIR/<identity>.crt``, ``DIR/<identity>.key``
+(keys readable by the owner only).
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class Tls:
             raise settings.SettingsError(
                 "internal gRPC runs over mTLS only: set " + ", ".join(VARIABLES)
                 + f" (missing: {', '.join(missing)}); in the chart they are mounted at "
-                "/etc/aion/tls, locally `python -m aion.sdk.testing` makes them")
+                "/etc/aion/tls, locally `make dev` (python -m aion.infra.devstack) makes them")
         pems: dict[str, bytes] = {}
         for name, path in files.items():
             assert path is not None

@@ -134,7 +134,8 @@ def agent_to_pb(agent: model.AgentRecord) -> agents_pb2.Agent:
         name=agent.name, description=agent.description, model=agent.model,
         model_task=agent.model_task, privacy=privacy.to_pb(agent.privacy),
         knowledge_bases=list(agent.knowledge_bases), ready=agent.ready,
-        node_pool=agent.node_pool, max_tokens=agent.max_tokens)
+        node_pool=agent.node_pool, max_tokens=agent.max_tokens,
+        budget_usd_per_task=agent.budget_usd_per_task, p95_target_ms=agent.p95_target_ms)
 
 
 _OWNER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[-a-zA-Z0-9]{0,64}$")
@@ -152,10 +153,26 @@ def owner(text: str) -> str:
     return text
 
 
+def routing_targets(agent: agents_pb2.Agent) -> tuple[float | None, int | None]:
+    """A registration's routing targets (budget per task in USD, p95 latency in ms): None
+    when unset; InvalidArgument below the CRD's minimums."""
+    budget = agent.budget_usd_per_task if agent.HasField("budget_usd_per_task") else None
+    p95 = agent.p95_target_ms if agent.HasField("p95_target_ms") else None
+    if budget is not None and not budget >= 0:  # NaN too
+        raise errors.InvalidArgument(
+            f"agent.budget_usd_per_task must be at least 0; got {budget}",
+            field="agent.budget_usd_per_task")
+    if p95 is not None and p95 < 1:
+        raise errors.InvalidArgument(f"agent.p95_target_ms must be at least 1; got {p95}",
+                                     field="agent.p95_target_ms")
+    return budget, p95
+
+
 def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     """The agent a registration describes."""
     a = msg.agent
     declared = privacy.from_pb(msg.privacy or a.privacy)
+    budget, p95 = routing_targets(a)
     return model.AgentRecord(
         tenant=tenant(msg), name=a.name, model=a.model,
         model_task=a.model_task or "generate", instructions=msg.instructions,
@@ -164,7 +181,8 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
         knowledge_bases=tuple(a.knowledge_bases),
         executor_endpoints=tuple(msg.executor_endpoints),
         max_tokens=a.max_tokens or 256, node_pool=a.node_pool, tools=tuple(msg.tools),
-        owner=owner(msg.owner))
+        owner=owner(msg.owner),
+        budget_usd_per_task=budget, p95_target_ms=p95)
 
 
 # -- Kafka event payloads -------------------------------------------------------------

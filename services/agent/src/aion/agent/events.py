@@ -1,26 +1,23 @@
-"""Kafka events: topic names, the envelope, and trace context in record headers.
+"""The agent service's Kafka events: its topic names and event types.
 
-Every record is an ``aion.events.v1.Envelope`` keyed by its subject (the
-task id), so one task's events stay in order within a partition. The W3C
-trace context of the change that caused the event travels in the headers.
+Every record is an ``aion.events.v1.Envelope`` (``aion.core.events``, the one
+envelope of every service) keyed by its subject (the task id), so one task's
+events stay in order within a partition. The W3C trace context of the change
+that caused the event travels in the headers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import uuid
-from collections.abc import Mapping, Sequence
 
-from google.protobuf import any_pb2, message, timestamp_pb2
-from opentelemetry import context, propagate
+from google.protobuf import message
 
 from aion.api.events.v1 import events_pb2
+from aion.core import events as core_events
 
 SOURCE = "agent"
 TASK_STATE_CHANGED = "aion.task.state_changed"
 TASK_QUEUED = "aion.task.queued"
-Headers = Sequence[tuple[str, bytes]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,32 +48,11 @@ class Topics:
 
 def envelope(*, type_: str, tenant: str, subject: str, data: message.Message,
              event_id: str | None = None) -> events_pb2.Envelope:
-    """A new envelope around ``data``, stamped now."""
-    packed = any_pb2.Any()
-    packed.Pack(data)
-    now = timestamp_pb2.Timestamp()
-    now.FromDatetime(datetime.datetime.now(datetime.UTC))
-    return events_pb2.Envelope(id=event_id or str(uuid.uuid4()), type=type_, source=SOURCE,
-                               time=now, tenant=tenant, subject=subject, data=packed)
+    """A new envelope around ``data`` from the agent service, stamped now."""
+    return core_events.envelope(type_=type_, source=SOURCE, tenant=tenant, subject=subject,
+                                data=data, event_id=event_id)
 
 
-def trace_headers() -> dict[str, str]:
-    """The current trace context as W3C headers (empty outside a span)."""
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier
-
-
-def to_kafka_headers(headers: Mapping[str, str], *, type_: str | None = None) -> list[
-        tuple[str, bytes]]:
-    """Record headers from a string mapping."""
-    out = [(k, v.encode()) for k, v in headers.items()]
-    if type_ is not None:
-        out.append(("ce_type", type_.encode()))
-    return out
-
-
-def trace_context(headers: Headers | None) -> context.Context:
-    """The trace context a record carries, to continue the trace in its consumer."""
-    carrier = {k: v.decode(errors="replace") for k, v in headers or ()}
-    return propagate.extract(carrier)
+# The record headers are the same for every service (aion.core.events).
+trace_headers = core_events.trace_headers
+to_kafka_headers = core_events.to_kafka_headers

@@ -1,4 +1,4 @@
-"""Kafka clients: the idempotent producer, topic creation, and the idempotent consumer.
+"""Kafka clients: the idempotent consumer, over the shared producer and topic creation.
 
 ``IdempotentConsumer`` handles each record inside a Postgres transaction that
 also records the envelope id in ``processed_events``: a redelivered record
@@ -7,6 +7,8 @@ envelope, an unknown type, a handler that keeps failing on it) goes to the
 topic's dead-letter topic with the error in its headers, and the consumer
 moves on. Offsets are committed only after the record was handled.
 
+The producer and topic creation are ``aion.core.kafka``'s (every service
+uses the same ones); ``producer`` here only names the agent as the client.
 Every client here connects with the service's Kafka security settings
 (``aion.core.kafka``: TLS, SASL), passed as ``security``.
 """
@@ -14,22 +16,21 @@ Every client here connects with the service's Kafka security settings
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka  # type: ignore[import-untyped]
 import psycopg
-from aiokafka import admin as kafka_admin
 from aiokafka import errors as kafka_errors
 from google.protobuf import message as pb_message
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from aion.agent import db, events, metrics
+from aion.agent import db, metrics
 from aion.api.events.v1 import events_pb2
 from aion.core import errors
+from aion.core import events as core_events
 from aion.core import kafka as core_kafka
 
 log = logging.getLogger(__name__)
@@ -44,34 +45,17 @@ class Poison(errors.AionError):
     """A record that no retry will make handleable; it goes to the dead-letter topic."""
 
 
+CLIENT_ID = "aion-agent"
+
+
 def producer(bootstrap: str, security: core_kafka.KafkaSettings | None = None,
              **overrides: Any) -> Any:
-    """An idempotent producer (acks=all, one producer id, ordered retries); not started."""
-    options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap, "enable_idempotence": True, "acks": "all",
-        "linger_ms": 2, "request_timeout_ms": 15000, "max_batch_size": 256 * 1024,
-        "client_id": "aion-agent", **core_kafka.client_options(security)}
-    options.update(overrides)
-    return aiokafka.AIOKafkaProducer(**options)
+    """The shared idempotent producer (``aion.core.kafka.producer``) as the agent; not
+    started."""
+    return core_kafka.producer(bootstrap, security, client_id=CLIENT_ID, **overrides)
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int],
-                        security: core_kafka.KafkaSettings | None = None) -> None:
-    """Create the topics that do not exist yet, with their partition counts."""
-    client = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                             request_timeout_ms=15000,
-                                             **core_kafka.client_options(security))
-    await client.start()
-    try:
-        existing = set(await client.list_topics())
-        missing = [kafka_admin.NewTopic(name=name, num_partitions=parts, replication_factor=1)
-                   for name, parts in topics.items() if name not in existing]
-        if missing:
-            # Another replica may create them meanwhile.
-            with contextlib.suppress(kafka_errors.TopicAlreadyExistsError):
-                await client.create_topics(missing)
-    finally:
-        await client.close()
+ensure_topics = core_kafka.ensure_topics
 
 
 class IdempotentConsumer:
@@ -154,7 +138,7 @@ class IdempotentConsumer:
         except (pb_message.DecodeError, Poison) as exc:
             await self._to_dead_letter(record, f"cannot decode the envelope: {exc}")
             return
-        parent = events.trace_context(record.headers)
+        parent = core_events.trace_context(record.headers)
         token = otel_context.attach(parent)
         try:
             with tracer.start_as_current_span(f"{self._topic} process",

@@ -57,6 +57,9 @@ class AgentRecord:
     tools: tuple[str, ...] = ()
     max_steps: int = 4
     owner: str = API_OWNER
+    # The Agent's spec.routing targets; None when it names none. Recorded for the router.
+    budget_usd_per_task: float | None = None
+    p95_target_ms: int | None = None
 
     @property
     def ready(self) -> bool:

@@ -2,8 +2,9 @@
 
 ``AgentRegistry`` is the seam; ``PostgresRegistry`` keeps agents in the
 ``agents`` table. ``parse_manifest`` reads Agent resources (the CRD's YAML,
-``aion.dev/v1alpha1``) so a machine without a cluster registers agents the
-way the operator does (``aionctl apply -f``, or a file read at start).
+``aion.dev/v1alpha1``, validated by ``aion.core.agentspec`` as the operator
+validates them) so a machine without a cluster registers agents the way the
+operator does (``aionctl apply -f``, or a file read at start).
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import psycopg
-import pydantic
 import yaml
 from psycopg.types import json as pg_json
 
 from aion.agent import db, model
-from aion.core import errors, privacy
+from aion.core import agentspec, errors, privacy
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,8 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
         cur = await conn.execute(
             "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
             " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
-            " max_steps, owner)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " max_steps, owner, budget_usd_per_task, p95_target_ms)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
             " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
             " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
@@ -108,12 +108,14 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
             " executor_endpoints = EXCLUDED.executor_endpoints,"
             " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
             " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps,"
-            " owner = EXCLUDED.owner, updated_at = now()"
+            " owner = EXCLUDED.owner, budget_usd_per_task = EXCLUDED.budget_usd_per_task,"
+            " p95_target_ms = EXCLUDED.p95_target_ms, updated_at = now()"
             f" WHERE {_MAY_REPLACE} RETURNING owner",
             (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
              agent.description, agent.privacy.value, list(agent.knowledge_bases),
              list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
-             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner))
+             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner,
+             agent.budget_usd_per_task, agent.p95_target_ms))
         if await cur.fetchone() is not None:
             return
         cur = await conn.execute("SELECT owner FROM agents WHERE tenant = %s AND name = %s",
@@ -143,7 +145,8 @@ def _record(r: dict[str, Any]) -> model.AgentRecord:
         privacy=privacy.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
         executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
         node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"],
-        owner=r["owner"])
+        owner=r["owner"], budget_usd_per_task=r["budget_usd_per_task"],
+        p95_target_ms=r["p95_target_ms"])
 
 
 class PostgresRegistry:
@@ -209,7 +212,6 @@ class PostgresRegistry:
 
 MAX_MANIFEST_BYTES = 256 * 1024
 MAX_DOCUMENTS = 64
-_MAX_ERRORS = 5
 _DEFAULT_MAX_TOKENS = 256  # an agent's maxTokens when its manifest names none
 
 
@@ -224,51 +226,6 @@ class _NoAliasLoader(yaml.SafeLoader):
                 None, None, "YAML anchors and aliases (&name, *name) are not accepted in a "
                 "manifest; write each value out", event.start_mark)
         return super().compose_node(parent, index)
-
-
-def _describe(exc: pydantic.ValidationError) -> str:
-    """What is wrong, from the errors' locations and messages only (never the input, whose
-    repr may be huge)."""
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False)[:_MAX_ERRORS]:
-        where = ".".join(str(p) for p in err["loc"]) or "manifest"
-        parts.append(f"{where}: {err['msg'][:200]}")
-    more = exc.error_count() - _MAX_ERRORS
-    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
-
-
-class _Model(pydantic.BaseModel):
-    name: str = pydantic.Field(min_length=1)
-    source: str = ""
-    task: Literal["generate", "embed"] = "generate"
-
-
-class _Routing(pydantic.BaseModel):
-    privacy: Literal["local-only", "allow-api", "hybrid"] = "local-only"
-
-
-class _Spec(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(populate_by_name=True)
-
-    model: _Model
-    instructions: str = ""
-    description: str = ""
-    knowledge_bases: list[str] = pydantic.Field(default_factory=list, alias="knowledgeBases")
-    routing: _Routing = pydantic.Field(default_factory=_Routing)
-    max_tokens: int | None = pydantic.Field(default=None, gt=0, alias="maxTokens")
-    # "knowledge_search", or "agent:<name>" to call another agent as a tool.
-    tools: list[str] = pydantic.Field(default_factory=list, max_length=64)
-
-
-class _Metadata(pydantic.BaseModel):
-    name: str = pydantic.Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
-
-
-class _Resource(pydantic.BaseModel):
-    api_version: Literal["aion.dev/v1alpha1"] = pydantic.Field(alias="apiVersion")
-    kind: Literal["Agent"]
-    metadata: _Metadata
-    spec: _Spec
 
 
 def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
@@ -296,11 +253,11 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
                                      field="manifest") from None
     resources = []
     for i, d in enumerate(docs):
-        try:
-            resources.append(_Resource.model_validate(d))
-        except pydantic.ValidationError as exc:
+        try:  # the operator's model: a manifest means what kubectl apply would mean
+            resources.append(agentspec.parse_resource(d))
+        except errors.InvalidArgument as exc:
             raise errors.InvalidArgument(
-                f"not a valid Agent manifest (document {i + 1}): {_describe(exc)}",
+                f"not a valid Agent manifest (document {i + 1}): {exc.message}",
                 field="manifest") from None
     if not resources:
         raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
@@ -318,7 +275,9 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
             max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
             node_pool="local",
-            tools=tuple(r.spec.tools))
+            tools=tuple(r.spec.tools),
+            budget_usd_per_task=r.spec.routing.budget_usd_per_task,
+            p95_target_ms=r.spec.routing.p95_target_ms)
         for r in resources
     ]
 

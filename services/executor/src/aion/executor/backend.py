@@ -1,8 +1,9 @@
 """The model backend seams: what the executor needs from an inference engine.
 
-``GenerationBackend`` (llama.cpp, ``llama_backend``) streams completions and
-decodes many streams together; ``EmbeddingBackend`` (sentence-transformers,
-``st_backend``) turns a batch of texts into vectors. The types here are plain
+``GenerationBackend`` (llama.cpp, ``generation.llama_backend``) streams
+completions and decodes many streams together; ``EmbeddingBackend``
+(sentence-transformers, ``embedding.st_backend``) turns a batch of texts into
+vectors; both are a ``Loadable`` model, loaded once. The types here are plain
 frozen dataclasses, free of protobuf and of any engine's types, so the
 scheduler, the batcher and both APIs (gRPC and HTTP) share them.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import AsyncGenerator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -89,7 +91,37 @@ class Chunk:
     usage: Usage | None = None
 
 
-class GenerationBackend(Protocol):
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+    """The vectors of one request's texts, in order, and the tokens they took."""
+
+    vectors: Vectors
+    prompt_tokens: int
+
+
+class Loadable(Protocol):
+    """A model that loads once and is freed at the end (either backend)."""
+
+    @property
+    def path(self) -> Path:
+        """Where the model is read from."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """Where it runs."""
+        ...
+
+    def load(self) -> None:
+        """Load it (blocking; call it in a thread); raises ``ModelLoadError``."""
+        ...
+
+    def close(self) -> None:
+        """Free it; safe to call twice."""
+        ...
+
+
+class GenerationBackend(Loadable, Protocol):
     """A text-generation model: loaded once, then streams completions, several at a time."""
 
     @property
@@ -134,7 +166,7 @@ class GenerationBackend(Protocol):
         ...
 
 
-class EmbeddingBackend(Protocol):
+class EmbeddingBackend(Loadable, Protocol):
     """A sentence-embedding model: loaded once, then embeds batches of texts."""
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aion.api.executor.v1 import executor_pb2
-from aion.executor import backend, batcher, stats, validation
+from aion.executor import backend, stats, validation
 
 _FINISH = {
     backend.FinishReason.STOP: executor_pb2.FINISH_REASON_STOP,
@@ -33,7 +33,7 @@ def embed_request_from_pb(msg: executor_pb2.EmbedRequest, *,
     return validation.embed(model=msg.model, texts=list(msg.texts), limits=limits)
 
 
-def embedded_to_pb(result: batcher.Embedded, *, model: str) -> executor_pb2.EmbedResponse:
+def embedded_to_pb(result: backend.Embedded, *, model: str) -> executor_pb2.EmbedResponse:
     """The EmbedResponse for a request's vectors."""
     return executor_pb2.EmbedResponse(
         embeddings=[executor_pb2.Embedding(values=row.tolist()) for row in result.vectors],

@@ -2,6 +2,7 @@
 
 The same ``Load`` snapshot answers the Stats RPC, backs the
 ``aion_executor_*`` gauges, and is what ``load_report`` publishes to Kafka.
+Both pipelines (the scheduler and the batcher) keep theirs with a ``Meter``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import math
 from collections.abc import Callable
 
 import prometheus_client
+
+from aion.core import errors
 
 QUEUE_DEPTH = prometheus_client.Gauge(
     "aion_executor_queue_depth", "Requests admitted and waiting for the model.")
@@ -40,6 +43,9 @@ BATCH_SIZE = prometheus_client.Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 REJECTED = prometheus_client.Counter(
     "aion_executor_rejected", "Requests refused because the queue was full.")
+RATE_WINDOW_S = 30.0
+LATENCY_WINDOW_S = 300.0
+MAX_RETRY_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +109,39 @@ class LatencyWindow:
             return None
         ordered = sorted(seconds for _, seconds in self._samples)
         return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+class Meter:
+    """One pipeline's recent throughput and latency, its ``Load``, and the refusal of a
+    full queue with a retry delay of about one request's latency here now (at least
+    ``min_retry_s``)."""
+
+    def __init__(self, *, clock: Callable[[], float], min_retry_s: float) -> None:
+        self._clock = clock
+        self._min_retry_s = min_retry_s
+        self.tokens = RateWindow(window_s=RATE_WINDOW_S, now=clock())
+        self.latency = LatencyWindow(window_s=LATENCY_WINDOW_S)
+
+    def load(self, *, model_ready: bool, queue_depth: int, in_flight: int, max_queue: int,
+             max_batch: int) -> Load:
+        """The current load, with the windows' figures."""
+        now = self._clock()
+        return Load(model_ready=model_ready, queue_depth=queue_depth, in_flight=in_flight,
+                    max_queue=max_queue, tokens_per_s=self.tokens.rate(now=now),
+                    p95_latency_s=self.latency.percentile(0.95, now=now), max_batch=max_batch)
+
+    def retry_after_s(self) -> float:
+        """How long a refused caller should wait."""
+        p95 = self.latency.percentile(0.95, now=self._clock())
+        return self._min_retry_s if p95 is None else min(max(p95, self._min_retry_s),
+                                                         MAX_RETRY_S)
+
+    def queue_full(self, max_queue: int) -> errors.ResourceExhausted:
+        """The refusal of one request more than ``max_queue`` (counted in REJECTED)."""
+        REJECTED.inc()
+        return errors.ResourceExhausted(
+            f"executor queue is full ({max_queue} requests); retry later",
+            retry_after_s=round(self.retry_after_s(), 3))
 
 
 def export(source: Callable[[], Load]) -> None:

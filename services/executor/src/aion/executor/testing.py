@@ -1,13 +1,14 @@
 """An executor on free ports in this process, for tests and the benchmark.
 
-``serve`` runs an ``Inference`` behind the real gRPC server (mTLS, with its
-health port) and the real HTTP server (uvicorn, behind its bearer token), as
-``main`` does, with stubs called as the agent service and the HTTP base URL.
+``serve`` runs a service (``inference``) through ``serving``, the wiring
+``main`` uses: the real gRPC server (mTLS, with its health port) and the real
+HTTP server (uvicorn, behind its bearer token), with stubs called as the
+agent service and the HTTP base URL. Only the ports (free ones), the
+certificates (a local CA) and the absent load reporter differ from the process.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
@@ -17,29 +18,30 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from aion.api.executor.v1 import executor_pb2_grpc
-from aion.core import http_server, server, tls
-from aion.executor import (
-    backend,
-    batcher,
-    http_api,
-    inference,
-    scheduler,
-    servicer,
-    validation,
-)
+from aion.core import server, tls
+from aion.executor import inference, serving
 
 
 @dataclasses.dataclass
 class Executor:
     """A running executor and clients of it."""
 
-    server: server.GrpcServer
-    service: inference.Inference
+    serving: serving.Serving
     stub: executor_pb2_grpc.ExecutorAsyncStub
     health: health_pb2_grpc.HealthStub
     http_url: str
     http_token: str
     ca: tls.LocalCa
+
+    @property
+    def server(self) -> server.GrpcServer:
+        """Its gRPC server."""
+        return self.serving.grpc
+
+    @property
+    def service(self) -> inference.Service:
+        """The service it serves."""
+        return self.serving.service
 
     @property
     def http_headers(self) -> dict[str, str]:
@@ -48,53 +50,24 @@ class Executor:
 
 
 @contextlib.asynccontextmanager
-async def serve(service: inference.Inference, *, ready: bool = True,
-                batch: batcher.EmbedBatcher | None = None,
+async def serve(service: inference.Service, *, ready: bool = True, loops: bool = True,
                 grpc_options: list[tuple[str, Any]] | None = None,
                 ca: tls.LocalCa | None = None, http_token: str = "test-executor-token",
                 ) -> AsyncIterator[Executor]:
-    """Serve ``service`` over gRPC and HTTP on free ports (and run ``batch``, if given);
-    ``ca`` (a fresh one when None) issues its certificate and the stubs' (``agent``)."""
+    """Serve ``service`` over gRPC and HTTP on free ports, with its loops unless ``loops``
+    is False; ``ca`` (a fresh one when None) issues its certificate and the stubs'
+    (``agent``). ``ready=False`` starts NOT_SERVING, as the process does until
+    ``Executor.serving.load_model()``."""
     ca = ca if ca is not None else tls.LocalCa()
-    grpc_server = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1.0,
-                                    ready=ready, tls=ca.tls("executor"), allow=servicer.ALLOW,
-                                    health_port=0)
-    grpc_server.add(executor_pb2_grpc.add_ExecutorServicer_to_server,
-                    servicer.ExecutorServicer(service, executor_id="in-process"),
-                    servicer.SERVICE)
-    http = http_server.HttpServer(http_api.OpenAIApi(service, token=http_token).app,
-                                  name="executor http", host="127.0.0.1", port=0)
-    async with grpc_server, http, grpc.aio.secure_channel(
-            grpc_server.address, ca.tls("agent").channel_credentials(),
-            options=[*ca.tls("agent").channel_options("executor"), *(grpc_options or [])],
-    ) as channel:
-        tasks = [asyncio.create_task(http.serve())]
-        if batch is not None:
-            tasks.append(asyncio.create_task(batch.run()))
-        try:
-            yield Executor(server=grpc_server, service=service,
-                           stub=executor_pb2_grpc.ExecutorStub(channel),
-                           health=health_pb2_grpc.HealthStub(channel), http_url=http.url,
-                           http_token=http_token, ca=ca)
-        finally:
-            http.shutdown()
-            for task in tasks[1:]:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def generation_service(model: backend.GenerationBackend, *, name: str,
-                       limits: validation.Limits, max_queue: int) -> inference.Inference:
-    """A generation service over ``model``."""
-    return inference.Inference(model_name=name, limits=limits, generation=(
-        model, scheduler.Scheduler(model, max_queue=max_queue)))
-
-
-def embedding_service(model: backend.EmbeddingBackend, *, name: str, limits: validation.Limits,
-                      max_queue: int, max_batch: int, max_wait_s: float,
-                      ) -> tuple[inference.Inference, batcher.EmbedBatcher]:
-    """An embedding service over ``model``, and its batcher (``serve`` runs it)."""
-    batch = batcher.EmbedBatcher(model, max_batch=max_batch, max_wait_s=max_wait_s,
-                                 max_queue=max_queue)
-    return inference.Inference(model_name=name, limits=limits,
-                               embedding=(model, batch)), batch
+    grpc_server = serving.grpc_server(service, executor_id="in-process", host="127.0.0.1",
+                                      port=0, grace_s=1.0, tls=ca.tls("executor"),
+                                      health_port=0, ready=ready)
+    http = serving.http_server(service, token=http_token, host="127.0.0.1", port=0)
+    async with serving.serve(service, grpc=grpc_server, http=http, loops=loops) as running, \
+            grpc.aio.secure_channel(
+                grpc_server.address, ca.tls("agent").channel_credentials(),
+                options=[*ca.tls("agent").channel_options("executor"), *(grpc_options or [])],
+            ) as channel:
+        yield Executor(serving=running, stub=executor_pb2_grpc.ExecutorStub(channel),
+                       health=health_pb2_grpc.HealthStub(channel), http_url=http.url,
+                       http_token=http_token, ca=ca)

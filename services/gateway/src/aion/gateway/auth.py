@@ -21,7 +21,6 @@ import json
 import logging
 import pathlib
 import threading
-import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -197,35 +196,3 @@ class Authenticator:
         # PyJWKClient fetches over urllib (blocking): off the event loop. It caches the
         # set, and refetches it when ``kid`` is not in the cached one.
         return await asyncio.to_thread(client.get_signing_key, kid)
-
-
-class FailureLimiter:
-    """Failed authentications per peer address: ``per_min`` a minute (a token bucket each);
-    a peer over it gets RESOURCE_EXHAUSTED before its credentials are even looked at."""
-
-    def __init__(self, per_min: int, *, max_peers: int = 100_000) -> None:
-        self._rate = per_min / 60.0
-        self._burst = float(per_min)
-        self._max = max_peers
-        self._peers: dict[str, tuple[float, float]] = {}
-
-    def _level(self, peer: str, now: float) -> float:
-        tokens, updated = self._peers.get(peer, (self._burst, now))
-        return min(self._burst, tokens + (now - updated) * self._rate)
-
-    def check(self, peer: str) -> None:
-        """Raise ResourceExhausted when ``peer`` failed too often lately."""
-        now = time.monotonic()
-        level = self._level(peer, now)
-        if level < 1:
-            wait = (1 - level) / self._rate
-            raise errors.ResourceExhausted(
-                f"too many failed authentications from this address; retry in {wait:.0f}s",
-                retry_after_s=wait)
-
-    def failed(self, peer: str) -> None:
-        """Count one failure of ``peer``."""
-        now = time.monotonic()
-        if len(self._peers) >= self._max:
-            self._peers.clear()
-        self._peers[peer] = (self._level(peer, now) - 1, now)

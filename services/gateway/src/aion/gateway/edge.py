@@ -20,7 +20,8 @@ def policy(cfg: gateway_settings.GatewaySettings) -> ratelimit.Policy:
     return ratelimit.Policy(
         tenant_rate=cfg.rate_per_s, tenant_burst=cfg.rate_burst, key_rate=cfg.key_rate_per_s,
         key_burst=cfg.key_rate_burst, tenant_streams=cfg.max_streams,
-        key_streams=cfg.key_max_streams, tokens_per_minute=cfg.tokens_per_minute)
+        key_streams=cfg.key_max_streams, tokens_per_minute=cfg.tokens_per_minute,
+        auth_failures_per_min=cfg.auth_failures_per_min)
 
 
 @contextlib.asynccontextmanager
@@ -42,5 +43,4 @@ async def guard(cfg: gateway_settings.GatewaySettings) -> AsyncIterator[
         yield servicers.Guard(
             authenticator=authenticator,
             limiter=ratelimit.RateLimiter(buckets, policy(cfg)),
-            failures=auth.FailureLimiter(cfg.auth_failures_per_min),
             max_idempotency_key_chars=cfg.max_idempotency_key_chars), store

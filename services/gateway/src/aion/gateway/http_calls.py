@@ -3,7 +3,7 @@
 An HTTP handler builds a ``Call`` from the request's headers and hands it to
 ``TasksServicer`` or ``AgentsServicer`` where they expect a gRPC context: the
 servicers read only its metadata and its deadline. Authentication, roles,
-rate limits, privacy narrowing and idempotency are therefore the gRPC API's
+rate limits, privacy forwarding and idempotency are therefore the gRPC API's
 own, not a second implementation.
 
 Credentials: ``x-api-key: <key>`` as on gRPC; ``Authorization: Bearer <jwt>``

@@ -52,13 +52,13 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
             return await stack.enter_async_context(
                 channels.connect(target, tls=material, peer=peer))
 
-        peers = servicers.Peers(
+        upstreams = servicers.Upstreams.over(
             router=await connect(cfg.router_target, "router"),
             agent=await connect(cfg.agent_target, "agent"),
             knowledge=await connect(cfg.knowledge_target, "knowledge"))
         guard, store = await stack.enter_async_context(edge.guard(cfg))
-        tasks = servicers.TasksServicer(guard=guard, peers=peers)
-        agents = servicers.AgentsServicer(guard=guard, peers=peers)
+        tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
+        agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
         grpc_server = server.GrpcServer(name="gateway", host=cfg.host, port=cfg.port,
                                         grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s)
         grpc_server.add(tasks_pb2_grpc.add_TasksServicer_to_server, tasks,
@@ -68,7 +68,7 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         grpc_server.add(keys_pb2_grpc.add_KeysServicer_to_server,
                         servicers.KeysServicer(guard=guard, store=store),
                         keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name)
-        knowledge = servicers.KnowledgeServicer(guard=guard, peers=peers)
+        knowledge = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server, knowledge,
                         knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)
         if cfg.http_port is None:

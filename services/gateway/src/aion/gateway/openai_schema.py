@@ -16,19 +16,14 @@ from typing import Annotated, Any, Literal
 
 import pydantic
 
-from aion.api.v1 import common_pb2, tasks_pb2
+from aion.api.v1 import tasks_pb2
 from aion.core import errors
+from aion.core import privacy as privacy_levels  # the field below is called privacy
 
 _INT32 = 2**31 - 1
 _INT64 = 2**63 - 1
 Int32 = Annotated[int, pydantic.Field(ge=-_INT32 - 1, le=_INT32)]
 Finite = Annotated[float, pydantic.Field(allow_inf_nan=False)]
-
-PRIVACY = {
-    "local-only": common_pb2.PRIVACY_LOCAL_ONLY,
-    "hybrid": common_pb2.PRIVACY_HYBRID,
-    "allow-api": common_pb2.PRIVACY_ALLOW_API,
-}
 
 # Where a field of the task lives in the HTTP body, for errors the servicers raise.
 PARAMS = {
@@ -81,8 +76,10 @@ class AionOptions(_Body):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     budget_usd: Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)] | None = None
-    sla_ms: Annotated[int, pydantic.Field(ge=1, le=_INT32)] | None = None
-    privacy: Literal["local-only", "hybrid", "allow-api"] | None = None
+    sla_ms: Annotated[int, pydantic.Field(ge=1, le=_INT32)] | None = pydantic.Field(
+        default=None, description="latency target in ms; passed to the router, which does "
+        "not act on it yet")
+    privacy: privacy_levels.Privacy | None = None
 
 
 class ChatCompletionRequest(_Body):
@@ -123,7 +120,7 @@ class ChatCompletionRequest(_Body):
             if self.aion.sla_ms is not None:
                 options.sla_ms = self.aion.sla_ms
             if self.aion.privacy is not None:
-                options.privacy = PRIVACY[self.aion.privacy]
+                options.privacy = privacy_levels.to_pb(self.aion.privacy)
         return tasks_pb2.TaskSpec(agent=self.model, input=self.input(),
                                   idempotency_key=idempotency_key, options=options)
 

@@ -7,8 +7,9 @@ one they live in this process (one replica, or limits per replica).
 
 A refused call gets RESOURCE_EXHAUSTED with google.rpc RetryInfo (the wait).
 Tokens per minute are charged after the fact (as a stream's tokens arrive, or
-from a finished task's usage); a tenant in debt has its next task refused
-until the bucket refills.
+from a finished synchronous task's usage) or, for an asynchronous task, its
+ceiling when it is accepted; a tenant in debt has its next task refused until
+the bucket refills.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ class Policy:
     tenant_streams: int = 64
     key_streams: int = 32
     tokens_per_minute: int = 200_000
+    auth_failures_per_min: int = 30
 
 
 class RateLimiter:
@@ -210,6 +212,27 @@ class RateLimiter:
         names = ", ".join(d.what.split(" is over ")[0] for d in draws)
         return (f"over a rate limit ({names}: calls/s per tenant and per key, "
                 f"tokens per minute per tenant)")
+
+    def _failures(self, peer: str, cost: float) -> Draw:
+        per_min = float(self._policy.auth_failures_per_min)
+        return Draw(f"authfail:{peer}", per_min / 60.0, per_min, cost,
+                    "too many failed authentications from this address")
+
+    async def check_failures(self, peer: str) -> None:
+        """Raise ResourceExhausted when ``peer`` (an address) failed to authenticate
+        ``auth_failures_per_min`` times lately, before its credentials are looked at. Shared
+        by every replica when the buckets are."""
+        draw = self._failures(peer, 0.0)
+        wait = await self._buckets.take([draw])
+        if wait > 0:
+            # Each later failure costs a full token: say when one is back.
+            wait = max(wait, 60.0 / self._policy.auth_failures_per_min)
+            raise errors.ResourceExhausted(f"{draw.what}; retry in {wait:.0f}s",
+                                           retry_after_s=wait)
+
+    async def auth_failed(self, peer: str) -> None:
+        """Count one failed authentication of ``peer``."""
+        await self._buckets.spend(self._failures(peer, 1.0))
 
     async def spend_tokens(self, tenant: str, tokens: int) -> None:
         """Charge ``tokens`` generated for ``tenant``."""

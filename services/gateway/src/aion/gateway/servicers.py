@@ -10,6 +10,7 @@ tenant's tokens per minute.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
@@ -33,7 +34,7 @@ from aion.api.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import errors
+from aion.core import errors, privacy
 from aion.gateway import auth, keys, ratelimit, settings
 
 log = logging.getLogger(__name__)
@@ -43,17 +44,22 @@ _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
-class Peers:
-    """The gateway's stubs to the internal services."""
+@dataclasses.dataclass(frozen=True)
+class Upstreams:
+    """The gateway's stubs to the internal services it forwards to (not the agent
+    service's ``peers.Peers``, which are its replicas). Tests hand in fakes of the stubs."""
 
-    def __init__(
-        self, *, router: grpc.aio.Channel, agent: grpc.aio.Channel, knowledge: grpc.aio.Channel
-    ) -> None:
-        self.router: router_pb2_grpc.RouterAsyncStub = router_pb2_grpc.RouterStub(router)
-        self.agent: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(agent)
-        self.knowledge: internal_knowledge_pb2_grpc.KnowledgeServiceAsyncStub = (
-            internal_knowledge_pb2_grpc.KnowledgeServiceStub(knowledge)
-        )
+    router: router_pb2_grpc.RouterAsyncStub
+    agent: agent_pb2_grpc.AgentServiceAsyncStub
+    knowledge: internal_knowledge_pb2_grpc.KnowledgeServiceAsyncStub
+
+    @classmethod
+    def over(cls, *, router: grpc.aio.Channel, agent: grpc.aio.Channel,
+             knowledge: grpc.aio.Channel) -> Upstreams:
+        """The stubs over one channel to each service."""
+        return cls(router=router_pb2_grpc.RouterStub(router),
+                   agent=agent_pb2_grpc.AgentServiceStub(agent),
+                   knowledge=internal_knowledge_pb2_grpc.KnowledgeServiceStub(knowledge))
 
 
 class Guard:
@@ -61,11 +67,10 @@ class Guard:
 
     def __init__(
         self, *, authenticator: auth.Authenticator, limiter: ratelimit.RateLimiter,
-        failures: auth.FailureLimiter | None = None, max_idempotency_key_chars: int = 256,
+        max_idempotency_key_chars: int = 256,
     ) -> None:
         self._auth = authenticator
         self.limiter = limiter
-        self._failures = failures or auth.FailureLimiter(30)
         self.max_idempotency_key_chars = max_idempotency_key_chars
 
     @property
@@ -77,11 +82,11 @@ class Guard:
                      runs_task: bool = False) -> auth.Principal:
         """The authenticated caller, allowed ``role`` and within its rate limits."""
         peer = _peer(context)
-        self._failures.check(peer)
+        await self.limiter.check_failures(peer)
         try:
             principal = await self._auth.authenticate(context.invocation_metadata() or ())
         except errors.Unauthenticated:
-            self._failures.failed(peer)
+            await self.limiter.auth_failed(peer)
             raise
         principal.require(role)
         await self.limiter.take(principal.tenant, principal.key_id, runs_task=runs_task)
@@ -103,9 +108,9 @@ def _timeout(context: _Ctx) -> float | None:
 class TasksServicer(tasks_pb2_grpc.TasksServicer):
     """Tasks: decide with the router, run in the agent service."""
 
-    def __init__(self, *, guard: Guard, peers: Peers) -> None:
+    def __init__(self, *, guard: Guard, upstreams: Upstreams) -> None:
         self._guard = guard
-        self._peers = peers
+        self._upstreams = upstreams
 
     async def _run_request(
         self, tenant: str, task: tasks_pb2.TaskSpec, context: _Ctx, *, asynchronous: bool = False
@@ -116,30 +121,24 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             raise errors.InvalidArgument(
                 f"task.idempotency_key is {len(task.idempotency_key)} characters; at most "
                 f"{self._guard.max_idempotency_key_chars}", field="task.idempotency_key")
-        if task.options.privacy not in _STRICT:
-            raise errors.InvalidArgument(
-                f"task.options.privacy {task.options.privacy} is not a known privacy "
-                f"(LOCAL_ONLY, HYBRID or ALLOW_API)", field="task.options.privacy")
+        opts = task.options
+        # Only the value is checked here; the rule (a task may only narrow its agent's
+        # privacy, the tenant caps both) is the router's, so it is applied in one place.
+        privacy.from_pb(opts.privacy, field="task.options.privacy")
         with errors.remote("agent"):
-            agent = await self._peers.agent.GetAgent(
+            agent = await self._upstreams.agent.GetAgent(
                 agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
             )
-        privacy = agent.privacy
-        opts = task.options
-        if opts.privacy and (
-            privacy == common_pb2.PRIVACY_UNSPECIFIED
-            or _STRICT.index(opts.privacy) < _STRICT.index(privacy)
-        ):
-            privacy = opts.privacy  # a task may only narrow its agent's privacy
         decide = router_pb2.DecideRequest(
-            tenant=tenant, agent=task.agent, privacy=privacy, input_chars=len(task.input)
+            tenant=tenant, agent=task.agent, privacy=agent.privacy,
+            requested_privacy=opts.privacy, input_chars=len(task.input)
         )
         if opts.HasField("budget_usd"):
             decide.budget_usd = opts.budget_usd
         if opts.HasField("sla_ms"):
-            decide.sla_ms = opts.sla_ms
+            decide.sla_ms = opts.sla_ms  # carried for #15; the router does not read it yet
         with errors.remote("router"):
-            decision = await self._peers.router.Decide(decide, timeout=_timeout(context))
+            decision = await self._upstreams.router.Decide(decide, timeout=_timeout(context))
         log.info("task routed", extra={
             "tenant": tenant, "agent": task.agent,
             "route": common_pb2.Route.Name(decision.engine.route),
@@ -156,10 +155,25 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             who.tenant, request.task, context, asynchronous=request.asynchronous
         )
         with errors.remote("agent"):
-            response = await self._peers.agent.Submit(run, timeout=_timeout(context))
-        # An asynchronous task's tokens are not known here yet; a synchronous one's are.
-        await self._guard.limiter.spend_tokens(who.tenant, response.result.usage.tokens)
+            response = await self._upstreams.agent.Submit(run, timeout=_timeout(context))
+        if request.asynchronous:
+            # Its tokens are not known yet: charge its ceiling now, as OpenAI's limits count
+            # max_tokens, so a tenant cannot queue past its tokens per minute.
+            await self._guard.limiter.spend_tokens(
+                who.tenant, await self._ceiling(who.tenant, run.task, context))
+        else:
+            await self._guard.limiter.spend_tokens(who.tenant, response.result.usage.tokens)
         return response
+
+    async def _ceiling(self, tenant: str, task: tasks_pb2.TaskSpec, context: _Ctx) -> int:
+        """The most tokens one step of ``task`` may generate: its max_tokens, else its
+        agent's."""
+        if task.options.HasField("max_tokens"):
+            return task.options.max_tokens
+        with errors.remote("agent"):
+            agent = await self._upstreams.agent.GetAgent(
+                agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context))
+        return agent.max_tokens
 
     async def Stream(
         self, request: tasks_pb2.StreamRequest, context: _Ctx
@@ -182,13 +196,13 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         call: AsyncIterable[tasks_pb2.TaskEvent]
         if request.WhichOneof("target") == "task_id":
-            call = self._peers.agent.Follow(
+            call = self._upstreams.agent.Follow(
                 agent_pb2.TaskRef(tenant=who.tenant, task_id=request.task_id),
                 timeout=_timeout(context),
             )
         elif request.WhichOneof("target") == "task":
             run = await self._run_request(who.tenant, request.task, context)
-            call = self._peers.agent.Run(run, timeout=_timeout(context))
+            call = self._upstreams.agent.Run(run, timeout=_timeout(context))
         else:
             raise errors.InvalidArgument(
                 "set task (to start one) or task_id (to follow one)", field="target"
@@ -215,7 +229,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     async def Get(self, request: tasks_pb2.GetTaskRequest, context: _Ctx) -> common_pb2.TaskResult:
         who = await self._guard.caller(context, "viewer")
         with errors.remote("agent"):
-            return await self._peers.agent.GetTask(
+            return await self._upstreams.agent.GetTask(
                 agent_pb2.TaskRef(tenant=who.tenant, task_id=request.task_id),
                 timeout=_timeout(context),
             )
@@ -225,7 +239,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     ) -> common_pb2.TaskResult:
         who = await self._guard.caller(context, "user")
         with errors.remote("agent"):
-            return await self._peers.agent.CancelTask(
+            return await self._upstreams.agent.CancelTask(
                 agent_pb2.TaskRef(tenant=who.tenant, task_id=request.task_id),
                 timeout=_timeout(context),
             )
@@ -233,34 +247,27 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
 
 _CHARGE_EVERY = 64  # tokens charged to the tenant at a time while a stream runs
 
-_STRICT = [
-    common_pb2.PRIVACY_LOCAL_ONLY,
-    common_pb2.PRIVACY_HYBRID,
-    common_pb2.PRIVACY_ALLOW_API,
-    common_pb2.PRIVACY_UNSPECIFIED,
-]
-
 
 class AgentsServicer(agents_pb2_grpc.AgentsServicer):
     """The tenant's agent catalogue."""
 
-    def __init__(self, *, guard: Guard, peers: Peers) -> None:
+    def __init__(self, *, guard: Guard, upstreams: Upstreams) -> None:
         self._guard = guard
-        self._peers = peers
+        self._upstreams = upstreams
 
     async def List(
         self, request: agents_pb2.ListAgentsRequest, context: _Ctx
     ) -> agents_pb2.ListAgentsResponse:
         who = await self._guard.caller(context, "viewer")
         with errors.remote("agent"):
-            return await self._peers.agent.ListAgents(
+            return await self._upstreams.agent.ListAgents(
                 agent_pb2.ListAgentsRequest(tenant=who.tenant), timeout=_timeout(context)
             )
 
     async def Get(self, request: agents_pb2.GetAgentRequest, context: _Ctx) -> agents_pb2.Agent:
         who = await self._guard.caller(context, "viewer")
         with errors.remote("agent"):
-            return await self._peers.agent.GetAgent(
+            return await self._upstreams.agent.GetAgent(
                 agent_pb2.AgentRef(tenant=who.tenant, name=request.name), timeout=_timeout(context)
             )
 
@@ -269,7 +276,7 @@ class AgentsServicer(agents_pb2_grpc.AgentsServicer):
     ) -> agents_pb2.ApplyAgentsResponse:
         who = await self._guard.caller(context, "admin")
         with errors.remote("agent"):
-            return await self._peers.agent.ApplyAgents(
+            return await self._upstreams.agent.ApplyAgents(
                 agent_pb2.ApplyAgentsRequest(tenant=who.tenant, request=request),
                 timeout=_timeout(context),
             )
@@ -278,9 +285,9 @@ class AgentsServicer(agents_pb2_grpc.AgentsServicer):
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     """Documents in the tenant's knowledge bases."""
 
-    def __init__(self, *, guard: Guard, peers: Peers) -> None:
+    def __init__(self, *, guard: Guard, upstreams: Upstreams) -> None:
         self._guard = guard
-        self._peers = peers
+        self._upstreams = upstreams
 
     async def _forward(
         self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp], request: _Req, context: _Ctx
@@ -293,7 +300,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     ) -> knowledge_pb2.IngestResponse:
         who = await self._guard.caller(context, "admin")
         return await self._forward(
-            self._peers.knowledge.Ingest,
+            self._upstreams.knowledge.Ingest,
             internal_knowledge_pb2.IngestRequest(tenant=who.tenant, request=request),
             context,
         )
@@ -303,7 +310,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     ) -> knowledge_pb2.SearchResponse:
         who = await self._guard.caller(context, "viewer")
         return await self._forward(
-            self._peers.knowledge.Search,
+            self._upstreams.knowledge.Search,
             internal_knowledge_pb2.SearchRequest(tenant=who.tenant, request=request),
             context,
         )
@@ -313,7 +320,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     ) -> knowledge_pb2.DeleteDocumentResponse:
         who = await self._guard.caller(context, "admin")
         return await self._forward(
-            self._peers.knowledge.Delete,
+            self._upstreams.knowledge.Delete,
             internal_knowledge_pb2.DeleteRequest(tenant=who.tenant, request=request),
             context,
         )
@@ -323,7 +330,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     ) -> knowledge_pb2.Document:
         who = await self._guard.caller(context, "viewer")
         return await self._forward(
-            self._peers.knowledge.GetDocument,
+            self._upstreams.knowledge.GetDocument,
             internal_knowledge_pb2.GetDocumentRequest(tenant=who.tenant, request=request),
             context,
         )
@@ -333,7 +340,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
     ) -> knowledge_pb2.ListDocumentsResponse:
         who = await self._guard.caller(context, "viewer")
         return await self._forward(
-            self._peers.knowledge.ListDocuments,
+            self._upstreams.knowledge.ListDocuments,
             internal_knowledge_pb2.ListDocumentsRequest(tenant=who.tenant, request=request),
             context,
         )

@@ -1,87 +1,30 @@
-"""The Postgres pool, and the schema migrations applied at start (as the agent service does).
-
-Migrations are plain SQL files in ``migrations/`` applied by yoyo-migrations
-under its lock, so replicas that start together apply each once. Their ids
-start with ``knowledge-`` and the tables with ``kb_``: the knowledge service
-may share a database with the agent service, and yoyo keys migrations by id.
-"""
+"""The knowledge service's Postgres: documents and versions. Migration ids start with
+``knowledge-`` and tables with ``kb_``, as the database may be shared with the agent service.
+The pool, the migration runner and the outage mapping are ``aion.core.db``'s."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-from collections.abc import AsyncIterator, Iterator
-from importlib import resources
+from collections.abc import AsyncIterator
 
-import psycopg
-import psycopg_pool
-import yoyo  # type: ignore[import-untyped]
-from psycopg import rows
+from aion.core import db
 
-from aion.core import errors
-
-log = logging.getLogger(__name__)
-
-Pool = psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[rows.DictRow]]
-
-
-def _yoyo_uri(dsn: str) -> str:
-    scheme, sep, rest = dsn.partition("://")
-    if not sep or scheme not in ("postgres", "postgresql"):
-        raise errors.InvalidArgument("the Postgres DSN must start with postgresql://")
-    return f"postgresql+psycopg://{rest}"
-
-
-def _apply(dsn: str) -> list[str]:
-    backend = yoyo.get_backend(_yoyo_uri(dsn))
-    try:
-        folder = resources.files("aion.knowledge") / "migrations"
-        with resources.as_file(folder) as path:
-            migrations = yoyo.read_migrations(str(path))
-            with backend.lock():
-                todo = backend.to_apply(migrations)
-                backend.apply_migrations(todo)
-        return [m.id for m in todo]
-    finally:
-        backend.connection.close()
+Pool = db.Pool
+reachable = db.reachable
+unavailable = db.unavailable
+UnavailableInterceptor = db.UnavailableInterceptor
 
 
 async def migrate(dsn: str) -> list[str]:
-    """Apply the migrations the database lacks; returns their ids."""
-    applied: list[str] = await asyncio.to_thread(_apply, dsn)
-    if applied:
-        log.info("applied migrations", extra={"migrations": applied})
-    return applied
+    """Apply the migrations of this service that the database lacks; returns their ids."""
+    return await db.migrate(dsn, "aion.knowledge")
 
 
 @contextlib.asynccontextmanager
-async def pool(dsn: str, *, max_size: int = 10, open_timeout: float = 30.0,
+async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10, open_timeout: float = 30.0,
                timeout: float = 5.0) -> AsyncIterator[Pool]:
-    """An open pool whose connections are checked before use."""
-    p: Pool = psycopg_pool.AsyncConnectionPool(
-        dsn, min_size=1, max_size=max_size, open=False, name="knowledge", timeout=timeout,
-        connection_class=psycopg.AsyncConnection[rows.DictRow],
-        kwargs={"row_factory": rows.dict_row, "autocommit": False},
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
-        reconnect_timeout=3600.0)
-    try:
-        await p.open(wait=True, timeout=open_timeout)
-    except psycopg_pool.PoolTimeout as exc:
-        await p.close()
-        raise errors.Unavailable(f"cannot connect to Postgres within {open_timeout:g}s") from exc
-    try:
+    """An open, checked pool (see ``aion.core.db.pool``)."""
+    async with db.pool(dsn, name="knowledge", autocommit=False, min_size=min_size,
+                       max_size=max_size, open_timeout=open_timeout,
+                       timeout=timeout) as p:
         yield p
-    finally:
-        await p.close()
-
-
-@contextlib.contextmanager
-def reachable() -> Iterator[None]:
-    """A database that cannot be reached is ``errors.Unavailable`` (retriable)."""
-    try:
-        yield
-    except psycopg.OperationalError as exc:  # PoolTimeout is one too
-        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
-        raise errors.Unavailable("the database is unreachable; retry shortly",
-                                 retry_after_s=1.0) from exc

@@ -122,6 +122,16 @@ async def by_id(pool: db.Pool, version_id: int) -> Version | None:
     return Version.of(row) if row else None
 
 
+async def references(pool: db.Pool, object_key: str) -> bool:
+    """Whether any version records the original under ``object_key``."""
+    with db.reachable():
+        async with pool.connection() as conn:
+            row = await (await conn.execute(
+                "SELECT 1 FROM kb_versions WHERE object_key = %s LIMIT 1",
+                (object_key,))).fetchone()
+    return row is not None
+
+
 async def latest(pool: db.Pool, tenant: str, knowledge_base: str,
                  document_id: str) -> Version | None:
     """The document's latest version, if the document exists."""

@@ -88,6 +88,19 @@ class ObjectStore:
                                     io.BytesIO(content), len(content),
                                     content_type=content_type)
 
+    async def exists(self, object_key: str) -> bool:
+        """Whether ``object_key`` holds an object."""
+        def stat() -> bool:
+            try:
+                self._client.stat_object(self.bucket, object_key)
+            except minio_error.S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchObject"):
+                    return False
+                raise
+            return True
+        with _reachable("looking up a document"):
+            return await asyncio.to_thread(stat)
+
     async def get(self, object_key: str) -> bytes:
         """The bytes under ``object_key`` (NotFound when missing)."""
         def read() -> bytes:

@@ -3,7 +3,8 @@
 Ingest stores the original in MinIO, records the version in Postgres and
 publishes its event; the indexing workers do the rest (``indexer.py``).
 Search embeds the query (unless sparse), asks Qdrant, and adds each hit's
-title and metadata from Postgres.
+title and metadata from Postgres. Protobuf conversions, the tenant included, are in
+``convert.py``.
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import time
 from typing import Any
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public_pb2
-from aion.core import authz, errors
+from aion.core import errors
 from aion.knowledge import (
     chunking,
+    convert,
     db,
     documents,
     embedder,
@@ -41,16 +42,6 @@ _Ctx = grpc.aio.ServicerContext[Any, Any]
 _KB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DOC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,255}$")
 _MAX_TITLE = 512
-_STATES = {
-    documents.PENDING: public_pb2.DOCUMENT_STATE_PENDING,
-    documents.INDEXING: public_pb2.DOCUMENT_STATE_INDEXING,
-    documents.READY: public_pb2.DOCUMENT_STATE_READY,
-    documents.FAILED: public_pb2.DOCUMENT_STATE_FAILED,
-    documents.SUPERSEDED: public_pb2.DOCUMENT_STATE_SUPERSEDED,
-}
-_MODES: dict[int, qdrant_index.Mode] = {
-    public_pb2.SEARCH_MODE_UNSPECIFIED: "hybrid", public_pb2.SEARCH_MODE_HYBRID: "hybrid",
-    public_pb2.SEARCH_MODE_DENSE: "dense", public_pb2.SEARCH_MODE_SPARSE: "sparse"}
 
 
 def knowledge_base_name(value: str) -> str:
@@ -71,30 +62,6 @@ def document_name(value: str) -> str:
             "starting with a letter or digit, without empty, '.' or '..' path parts",
             field="document_id")
     return value
-
-
-def _timestamp(value: Any) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
-def document_message(v: documents.Version) -> public_pb2.Document:
-    """The public view of a document's latest version."""
-    return public_pb2.Document(
-        knowledge_base=v.knowledge_base, document_id=v.document_id, title=v.title,
-        version=v.version, state=_STATES[v.state], error=v.error, chunks=v.chunks,
-        chunks_done=v.chunks_done, content_type=v.content_type, size_bytes=v.size_bytes,
-        content_sha256=v.content_sha256, metadata=dict(v.metadata),
-        ready_version=v.ready_version, created_at=_timestamp(v.created_at),
-        updated_at=_timestamp(v.updated_at))
-
-
-def _ingest_response(v: documents.Version, *, unchanged: bool) -> public_pb2.IngestResponse:
-    return public_pb2.IngestResponse(
-        document_id=v.document_id, version=v.version, state=_STATES[v.state],
-        chunks=v.chunks if v.state == documents.READY else 0, content_sha256=v.content_sha256,
-        unchanged=unchanged, error=v.error)
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
@@ -136,7 +103,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def Ingest(self, request: knowledge_pb2.IngestRequest,
                      context: _Ctx) -> public_pb2.IngestResponse:
         req = request.request
-        tenant = authz.require_tenant(request.tenant)
+        tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
         doc = document_name(req.document_id)
         kind = extract.content_type(req.content_type)
@@ -154,12 +121,19 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         metadata = self._metadata(dict(req.metadata), field="metadata")
         sha = hashlib.sha256(req.content).hexdigest()
         key = objects.key(tenant, kb, doc, sha)
-        # The original first: a version is never recorded without its bytes.
+        # The original first: a version is never recorded without its bytes. Bytes this call
+        # put there are taken back when no version could be recorded for them.
+        existed = await self._store.exists(key)
         await self._store.put(key, req.content, kind)
-        version, created = await documents.record_upload(
-            self._pool, tenant=tenant, knowledge_base=kb, document_id=doc, title=req.title,
-            metadata=metadata, content_type=kind, size_bytes=len(req.content), sha256=sha,
-            object_key=key)
+        try:
+            version, created = await documents.record_upload(
+                self._pool, tenant=tenant, knowledge_base=kb, document_id=doc, title=req.title,
+                metadata=metadata, content_type=kind, size_bytes=len(req.content), sha256=sha,
+                object_key=key)
+        except Exception:
+            if not existed:
+                await self._forget_original(key)
+            raise
         if created:
             try:
                 await self._publish(documents.event_key(tenant, kb, doc), version.id)
@@ -168,7 +142,17 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                             version.version, doc, exc)
         if req.wait:
             version = await self._wait(version, context)
-        return _ingest_response(version, unchanged=not created)
+        return convert.ingest_response(version, unchanged=not created)
+
+    async def _forget_original(self, key: str) -> None:
+        """Remove the original under ``key`` unless a version records it (a failed commit may
+        still have landed). When the database cannot say, the object stays: an orphan is
+        better than a version without its bytes."""
+        try:
+            if not await documents.references(self._pool, key):
+                await self._store.remove([key])
+        except errors.AionError as exc:
+            log.warning("left the original %s in MinIO after a failed upload: %s", key, exc)
 
     async def _wait(self, version: documents.Version, context: _Ctx) -> documents.Version:
         left = context.time_remaining()
@@ -186,7 +170,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def Search(self, request: knowledge_pb2.SearchRequest,
                      context: _Ctx) -> public_pb2.SearchResponse:
         req = request.request
-        tenant = authz.require_tenant(request.tenant)
+        tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
         if not req.query.strip():
             raise errors.InvalidArgument("query is empty", field="query")
@@ -197,10 +181,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if req.top_k < 0 or req.top_k > self._cfg.max_top_k:
             raise errors.InvalidArgument(
                 f"top_k must be between 1 and {self._cfg.max_top_k} (0 means 5)", field="top_k")
-        if req.mode not in _MODES:
-            raise errors.InvalidArgument(f"mode {req.mode} is not a SearchMode", field="mode")
+        mode = convert.mode_from_pb(req.mode)
         filters = self._metadata(dict(req.filters), field="filters")
-        mode = _MODES[req.mode]
         dense = None
         if mode != "sparse":
             left = context.time_remaining()
@@ -213,19 +195,15 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         info = await documents.details(
             self._pool, tenant, sorted({(h.knowledge_base, h.document_id, h.version)
                                         for h in hits}))
-        out = []
-        for h in hits:
-            title, metadata = info.get((h.knowledge_base, h.document_id, h.version), ("", {}))
-            out.append(public_pb2.SearchHit(
-                knowledge_base=h.knowledge_base, document_id=h.document_id, version=h.version,
-                chunk_index=h.index, text=h.text, score=h.score, char_start=h.start,
-                char_end=h.end, title=title, metadata=metadata))
-        return public_pb2.SearchResponse(hits=out)
+        return public_pb2.SearchResponse(hits=[
+            convert.hit_to_pb(h, *info.get((h.knowledge_base, h.document_id, h.version),
+                                           ("", {})))
+            for h in hits])
 
     async def Delete(self, request: knowledge_pb2.DeleteRequest,
                      context: _Ctx) -> public_pb2.DeleteDocumentResponse:
         req = request.request
-        tenant = authz.require_tenant(request.tenant)
+        tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
         doc = document_name(req.document_id)
         # Postgres first: a worker finishing this document meanwhile finds it gone.
@@ -239,18 +217,18 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def GetDocument(self, request: knowledge_pb2.GetDocumentRequest,
                           context: _Ctx) -> public_pb2.Document:
         req = request.request
-        tenant = authz.require_tenant(request.tenant)
+        tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
         doc = document_name(req.document_id)
         found = await documents.latest(self._pool, tenant, kb, doc)
         if found is None:
             raise errors.NotFound(f"document '{doc}' not found in knowledge base '{kb}'")
-        return document_message(found)
+        return convert.document_to_pb(found)
 
     async def ListDocuments(self, request: knowledge_pb2.ListDocumentsRequest,
                             context: _Ctx) -> public_pb2.ListDocumentsResponse:
         req = request.request
-        tenant = authz.require_tenant(request.tenant)
+        tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base) if req.knowledge_base else ""
         if req.page_size < 0 or req.page_size > 500:
             raise errors.InvalidArgument("page_size must be between 1 and 500 (0 means 100)",
@@ -265,7 +243,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             token = base64.urlsafe_b64encode(
                 json.dumps([last.knowledge_base, last.document_id]).encode()).decode()
         return public_pb2.ListDocumentsResponse(
-            documents=[document_message(v) for v in found], next_page_token=token)
+            documents=[convert.document_to_pb(v) for v in found], next_page_token=token)
 
 
 def _after(token: str) -> tuple[str, str]:

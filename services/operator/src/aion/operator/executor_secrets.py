@@ -30,19 +30,15 @@ from lightkube import codecs
 from lightkube.resources import apps_v1, core_v1
 
 from aion.core import pki
+from aion.operator import conventions
 
 log = logging.getLogger(__name__)
 
-TLS_SECRET = "aion-executor-tls"
-HTTP_SECRET = "aion-executor-http"
-TOKEN_KEY = "token"
 IDENTITY = "executor"
 CERT_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
 # How long a namespace's Secrets are trusted between reads (one may be deleted by hand).
 RECHECK_S = 300.0
-NOT_AFTER = "aion.dev/not-after"
-TLS_ANNOTATION = "aion.dev/tls-serial"
 LABELS = {"app.kubernetes.io/part-of": "aion", "app.kubernetes.io/component": "executor",
           "app.kubernetes.io/managed-by": "aion-operator"}
 NOT_FOUND, CONFLICT = 404, 409
@@ -86,8 +82,9 @@ def tls_secret(ca: pki.KeyPair, namespace: str, *, days: int = CERT_DAYS) -> Man
     pair = pki.issue(ca, IDENTITY, days=days)
     expires = not_after(pair.cert_pem)
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": TLS_SECRET, "namespace": namespace, "labels": dict(LABELS),
-                         "annotations": {NOT_AFTER: expires.isoformat()}},
+            "metadata": {"name": conventions.TLS_SECRET, "namespace": namespace,
+                         "labels": dict(LABELS),
+                         "annotations": {conventions.NOT_AFTER: expires.isoformat()}},
             "data": {"ca.crt": _b64(ca.cert_pem), "tls.crt": _b64(pair.cert_pem),
                      "tls.key": _b64(pair.key_pem)}}
 
@@ -96,8 +93,9 @@ def http_secret(namespace: str, *, token: str | None = None) -> Manifest:
     """``aion-executor-http`` for ``namespace``, with a new random token unless given."""
     value = token if token is not None else secrets.token_urlsafe(32)
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": HTTP_SECRET, "namespace": namespace, "labels": dict(LABELS)},
-            "data": {TOKEN_KEY: _b64(value.encode())}}
+            "metadata": {"name": conventions.HTTP_SECRET, "namespace": namespace,
+                         "labels": dict(LABELS)},
+            "data": {conventions.TOKEN_KEY: _b64(value.encode())}}
 
 
 def needs_renewal(secret: Mapping[str, Any] | None, ca: pki.KeyPair, *,
@@ -177,7 +175,7 @@ class Keeper:
     async def _ensure_tls(self, namespace: str, *, now: datetime.datetime) -> bytes:
         """The namespace's executor certificate (PEM), issued or renewed when due."""
         assert self.ca is not None
-        current = await self._get(TLS_SECRET, namespace)
+        current = await self._get(conventions.TLS_SECRET, namespace)
         if not needs_renewal(current, self.ca, now=now, renew_before=self._renew_before):
             cert = _data(current, "tls.crt")
             assert cert is not None
@@ -186,16 +184,18 @@ class Keeper:
         try:
             if current is None:
                 await self._client.create(codecs.from_dict(fresh))
-                log.info("created Secret %s/%s (executor certificate)", namespace, TLS_SECRET)
+                log.info("created Secret %s/%s (executor certificate)", namespace,
+                         conventions.TLS_SECRET)
             else:
                 # Optimistic: another replica renewing at the same moment gets a conflict.
                 fresh["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 await self._client.replace(codecs.from_dict(fresh))
-                log.info("renewed Secret %s/%s (executor certificate)", namespace, TLS_SECRET)
+                log.info("renewed Secret %s/%s (executor certificate)", namespace,
+                         conventions.TLS_SECRET)
         except lightkube.ApiError as exc:
             if exc.status.code != CONFLICT:
                 raise
-            current = await self._get(TLS_SECRET, namespace)
+            current = await self._get(conventions.TLS_SECRET, namespace)
             cert = _data(current, "tls.crt")
             if cert is None:
                 raise
@@ -203,11 +203,12 @@ class Keeper:
         return base64.b64decode(fresh["data"]["tls.crt"])
 
     async def _ensure_http(self, namespace: str) -> None:
-        if await self._get(HTTP_SECRET, namespace) is not None:
+        if await self._get(conventions.HTTP_SECRET, namespace) is not None:
             return
         try:
             await self._client.create(codecs.from_dict(http_secret(namespace)))
-            log.info("created Secret %s/%s (executor HTTP token)", namespace, HTTP_SECRET)
+            log.info("created Secret %s/%s (executor HTTP token)", namespace,
+                     conventions.HTTP_SECRET)
         except lightkube.ApiError as exc:
             if exc.status.code != CONFLICT:  # another replica created it first
                 raise
@@ -220,9 +221,10 @@ class Keeper:
         meta = deployment["metadata"]
         annotations = ((deployment.get("spec") or {}).get("template", {}).get("metadata")
                        or {}).get("annotations") or {}
-        if annotations.get(TLS_ANNOTATION) in (None, version):
+        if annotations.get(conventions.TLS_ANNOTATION) in (None, version):
             return False
-        patch = {"spec": {"template": {"metadata": {"annotations": {TLS_ANNOTATION: version}}}}}
+        patch = {"spec": {"template": {"metadata": {
+            "annotations": {conventions.TLS_ANNOTATION: version}}}}}
         await self._client.patch(apps_v1.Deployment, meta["name"], patch, namespace=namespace)
         log.info("rolling Deployment %s/%s onto the renewed executor certificate",
                  namespace, meta["name"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -20,24 +19,17 @@ import lightkube
 from lightkube import codecs, generic_resource, operators
 from lightkube.resources import apps_v1, autoscaling_v2, core_v1
 
+from aion.operator import conventions, pools
+
 log = logging.getLogger(__name__)
 
-GROUP = "aion.dev"
-VERSION = "v1alpha1"
-FIELD_MANAGER = "aion-operator"
 NOT_FOUND = 404
 
-Agent = generic_resource.create_namespaced_resource(GROUP, VERSION, "Agent", "agents")
-GpuPool = generic_resource.create_global_resource(GROUP, VERSION, "GpuPool", "gpupools")
-
-
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
-    """What placement reads: every node, every pod bound to a node, and the GpuPools."""
-
-    nodes: tuple[dict[str, Any], ...]
-    pods: tuple[dict[str, Any], ...]
-    gpu_pools: tuple[dict[str, Any], ...]
+Agent = generic_resource.create_namespaced_resource(
+    conventions.GROUP, conventions.VERSION, conventions.AGENT_KIND, conventions.AGENT_PLURAL)
+GpuPool = generic_resource.create_global_resource(
+    conventions.GROUP, conventions.VERSION, conventions.GPU_POOL_KIND,
+    conventions.GPU_POOL_PLURAL)
 
 
 BOUND: dict[str, str | operators.BinaryOperator | operators.SequenceOperator] = {
@@ -109,7 +101,7 @@ class Kube:
         """The lightkube client, for what has its own module (the Lease)."""
         return self._client
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self) -> pools.Snapshot:
         """Nodes, bound pods (all namespaces) and GpuPools, as the API returns them.
 
         Nodes and pods come from the informers once started, else from a listing.
@@ -124,12 +116,12 @@ class Kube:
             pods = [p.to_dict() async for p in self._client.list(
                 core_v1.Pod, namespace="*", fields=BOUND)]
         gpu_pools = [_plain(g) async for g in self._client.list(GpuPool)]
-        return Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(gpu_pools))
+        return pools.Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(gpu_pools))
 
     async def apply(self, manifest: Mapping[str, Any]) -> None:
         """Create or update ``manifest`` by server-side apply, taking over conflicting fields."""
         obj = codecs.from_dict(dict(manifest))
-        await self._client.apply(obj, field_manager=FIELD_MANAGER, force=True)
+        await self._client.apply(obj, field_manager=conventions.FIELD_MANAGER, force=True)
 
     async def deployment(self, name: str, *, namespace: str) -> dict[str, Any] | None:
         """The Deployment ``name`` in ``namespace``, or None when there is none."""
@@ -170,7 +162,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def connect() -> AsyncIterator[Kube]:
     """A ``Kube`` on in-cluster credentials or ``KUBECONFIG``, closed on exit."""
-    client = lightkube.AsyncClient(field_manager=FIELD_MANAGER)
+    client = lightkube.AsyncClient(field_manager=conventions.FIELD_MANAGER)
     try:
         yield Kube(client)
     finally:

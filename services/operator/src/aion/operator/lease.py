@@ -10,29 +10,37 @@ stops acting before anyone else may start: ``hold`` returns and ``main`` stops
 kopf and exits. A holder that stops cleanly releases the Lease, so a standby
 takes over at once rather than after the duration.
 
-``Record`` and ``decide`` are pure; ``Elector`` does the reads and writes.
+``Record`` and ``next_action`` are pure; ``Elector`` does the reads and writes;
+``leadership`` is the whole choreography as one async context manager: standby
+(answering liveness probes) until the Lease is taken, then a ``lost`` future for
+kopf's ``stop_flag``, and the Lease given back on a clean exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import lightkube
+from aiohttp import web
 from lightkube.models import coordination_v1 as lease_models
 from lightkube.models import meta_v1
 from lightkube.resources import coordination_v1
+
+from aion.core import lifecycle
 
 log = logging.getLogger(__name__)
 
 NOT_FOUND = 404
 CONFLICT = 409
 
-Action = Literal["take", "renew", "wait"]
+LeaseAction = Literal["take", "renew", "wait"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +53,7 @@ class Record:
     transitions: int
 
 
-def decide(record: Record | None, *, me: str, unchanged_for_s: float) -> Action:
+def next_action(record: Record | None, *, me: str, unchanged_for_s: float) -> LeaseAction:
     """What a replica named ``me`` does on reading ``record``.
 
     ``unchanged_for_s`` is how long, on this replica's clock, the record has
@@ -120,7 +128,7 @@ class Elector:
         """One read and, when allowed, one write; True when this replica holds the Lease."""
         lease = await self._read()
         record, unchanged_for = self._observe(lease)
-        action = decide(record, me=self.identity, unchanged_for_s=unchanged_for)
+        action = next_action(record, me=self.identity, unchanged_for_s=unchanged_for)
         if action == "wait":
             return False
         spec = self._spec(record, taking=action == "take")
@@ -185,3 +193,77 @@ class Elector:
         except (lightkube.ApiError, OSError) as exc:
             log.warning("cannot release the Lease: %s", exc)
         self._lease = None
+
+
+@dataclasses.dataclass
+class Term:
+    """This replica's term as leader, as ``leadership`` yields it.
+
+    ``acquired`` is False when the replica was told to stop while in standby.
+    ``lost`` resolves when the Lease is lost (pass it to kopf as ``stop_flag``);
+    ``lost_lease`` says, once the term is over, whether that is why it ended.
+    """
+
+    acquired: bool
+    lost: asyncio.Future[None]
+    lost_lease: bool = False
+
+
+async def _standby_health(_: web.Request) -> web.Response:
+    return web.json_response({"leader": False})
+
+
+async def _standby(elector: Elector, *, host: str, liveness_port: int) -> bool:
+    """Wait for the Lease, answering liveness probes meanwhile; False if told to stop first."""
+    app = web.Application()
+    app.router.add_get("/healthz", _standby_health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, liveness_port).start()
+    acquiring = asyncio.create_task(elector.acquire(), name="lease acquisition")
+    stopped = asyncio.create_task(lifecycle.wait_for_signal(), name="standby signals")
+    try:
+        await asyncio.wait({acquiring, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (acquiring, stopped):
+            task.cancel()
+        # Let the signal waiter remove its handlers before kopf installs its own.
+        await asyncio.gather(acquiring, stopped, return_exceptions=True)
+        await runner.cleanup()  # kopf serves /healthz on the same port from now on
+    return not acquiring.cancelled() and acquiring.exception() is None
+
+
+def _settle(lost: asyncio.Future[None], holding: asyncio.Task[None]) -> None:
+    # ``hold`` returns when the Lease is lost; a cancelled one was stopped on purpose.
+    if holding.cancelled() or lost.done():
+        return
+    if holding.exception() is not None:
+        log.error("renewing the Lease failed", exc_info=holding.exception())
+    lost.set_result(None)
+
+
+@contextlib.asynccontextmanager
+async def leadership(elector: Elector, *, host: str, liveness_port: int,
+                     ) -> AsyncIterator[Term]:
+    """Hold the Lease for the body of the ``async with``: standby until it is taken
+    (serving ``/healthz`` on ``host:liveness_port`` meanwhile, and stopping at SIGTERM or
+    SIGINT), then renew it while the body runs. The body stops when ``Term.lost``
+    resolves; a clean exit releases the Lease, so a standby takes over at once."""
+    loop = asyncio.get_running_loop()
+    if not await _standby(elector, host=host, liveness_port=liveness_port):
+        yield Term(acquired=False, lost=loop.create_future())
+        return
+    term = Term(acquired=True, lost=loop.create_future())
+    holding = asyncio.create_task(elector.hold(), name="lease renewal")
+    holding.add_done_callback(lambda task: _settle(term.lost, task))
+    try:
+        yield term
+    except BaseException:
+        holding.cancel()
+        raise
+    term.lost_lease = holding.done() and not holding.cancelled()
+    holding.cancel()
+    if term.lost_lease:
+        log.error("stopped reconciling: this replica no longer holds the Lease")
+        return
+    await elector.release()

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Sequence
-from typing import Final, Literal
+from typing import Literal
 
+from aion.core import agentspec
+from aion.operator import conventions
 from aion.operator import pools as pools_mod
-from aion.operator import spec as spec_mod
 
-PLACED: Final = "Placed"
-NO_ELIGIBLE_POOL: Final = "NoEligiblePool"
-NO_CAPACITY: Final = "NoCapacity"
 Reason = Literal["Placed", "NoEligiblePool", "NoCapacity"]
 
 # Pools named in one message, so that it stays readable in an Event.
@@ -102,7 +100,7 @@ def _mib(mib: int) -> str:
     return f"{mib} MiB ({mib / 1024:.1f} GiB)"
 
 
-def _need(spec: spec_mod.AgentSpec) -> str:
+def _need(spec: agentspec.AgentSpec) -> str:
     gpu = spec.gpu
     if gpu.count == 0:
         return "a CPU-only agent"
@@ -114,7 +112,7 @@ def _need(spec: spec_mod.AgentSpec) -> str:
     return text
 
 
-def _judge_gpu(pool: pools_mod.Pool, spec: spec_mod.AgentSpec) -> _Verdict:
+def _judge_gpu(pool: pools_mod.Pool, spec: agentspec.AgentSpec) -> _Verdict:
     gpu, cap = spec.gpu, spec.placement.max_price_per_gpu_hour
     nodes = [n for n in pool.nodes if n.has_gpus]
     if not nodes:
@@ -146,7 +144,7 @@ def _judge_gpu(pool: pools_mod.Pool, spec: spec_mod.AgentSpec) -> _Verdict:
     return _Verdict(pool, fits=tuple(nodes))
 
 
-def _judge(pool: pools_mod.Pool, spec: spec_mod.AgentSpec,
+def _judge(pool: pools_mod.Pool, spec: agentspec.AgentSpec,
            exclude: Collection[str]) -> _Verdict:
     allowed = spec.placement.allowed_pools
     if allowed and pool.name not in allowed:
@@ -165,7 +163,7 @@ def _judge(pool: pools_mod.Pool, spec: spec_mod.AgentSpec,
     return verdict
 
 
-def _key(verdict: _Verdict, spec: spec_mod.AgentSpec) -> tuple[int, bool, float, int, str]:
+def _key(verdict: _Verdict, spec: agentspec.AgentSpec) -> tuple[int, bool, float, int, str]:
     pool, preferred = verdict.pool, spec.placement.preferred_pools
     rank = preferred.index(pool.name) if pool.name in preferred else len(preferred)
     if spec.gpu.count == 0:
@@ -201,7 +199,7 @@ def _names(names: Sequence[str]) -> str:
 
 
 def _placed(chosen: _Verdict, ahead: Sequence[_Verdict],
-            spec: spec_mod.AgentSpec) -> Placement:
+            spec: agentspec.AgentSpec) -> Placement:
     pool, gpus = chosen.pool, spec.gpu.count
     preferred = " preferred" if pool.name in spec.placement.preferred_pools else ""
     if gpus == 0:
@@ -215,11 +213,11 @@ def _placed(chosen: _Verdict, ahead: Sequence[_Verdict],
     skipped = [f"{v.pool.name} skipped: {v.problem or _shortfall(v, gpus)}"
                for v in ahead if v.kind not in _UNREMARKABLE]
     message = "; ".join([head, _listed(skipped)]) if skipped else head
-    return Placement(pool=pool, reason=PLACED, message=message)
+    return Placement(pool=pool, reason=conventions.PLACED_ON_POOL, message=message)
 
 
 def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
-                 spec: spec_mod.AgentSpec) -> Placement:
+                 spec: agentspec.AgentSpec) -> Placement:
     gpus = spec.gpu.count
     room = "a Ready node without GPUs" if gpus == 0 else f"{_plural(gpus, 'free GPU')} on one node"
     entries = [f"{v.pool.name} ({_price(v.pool)}): {_shortfall(v, gpus)}" if gpus else
@@ -228,11 +226,12 @@ def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
                 f"{v.problem}" for v in others if v.kind != "allowed"]
     head = (f"no eligible pool has {room} for {_need(spec)}" if eligible else
             f"the operator fell back from every pool that fits {_need(spec)}")
-    return Placement(pool=None, reason=NO_CAPACITY, eligible=tuple(v.pool.name for v in eligible),
+    return Placement(pool=None, reason=conventions.NO_CAPACITY,
+                     eligible=tuple(v.pool.name for v in eligible),
                      message=f"{head}: {_listed(entries)}")
 
 
-def _headline(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> str | None:
+def _headline(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> str | None:
     names = [v.pool.name for v in verdicts]
     allowed = spec.placement.allowed_pools
     if allowed and not set(allowed) & set(names):
@@ -257,18 +256,18 @@ def _headline(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> str | N
     return None
 
 
-def _no_eligible(verdicts: Sequence[_Verdict], spec: spec_mod.AgentSpec) -> Placement:
+def _no_eligible(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> Placement:
     if not verdicts:
         message = ("no node pools found: no node carries a pool label ("
-                   + ", ".join(pools_mod.POOL_LABELS) + ")")
+                   + ", ".join(conventions.POOL_LABELS) + ")")
     else:
         entries = [f"{v.pool.name}: {v.problem}" for v in verdicts if v.kind != "allowed"]
         message = _headline(verdicts, spec) or (
             f"no eligible pool for {_need(spec)}: {_listed(entries)}")
-    return Placement(pool=None, reason=NO_ELIGIBLE_POOL, message=message)
+    return Placement(pool=None, reason=conventions.NO_ELIGIBLE_POOL, message=message)
 
 
-def choose(spec: spec_mod.AgentSpec, pools: Sequence[pools_mod.Pool], *,
+def choose(spec: agentspec.AgentSpec, pools: Sequence[pools_mod.Pool], *,
            exclude: Collection[str] = (), stay: str | None = None) -> Placement:
     """The pool an Agent with ``spec`` goes to, or why none; see the module's docstring.
 
@@ -285,7 +284,7 @@ def choose(spec: spec_mod.AgentSpec, pools: Sequence[pools_mod.Pool], *,
     if current is not None:
         where = (f"{_plural(len(current.ready), 'Ready node')} without GPUs" if gpus == 0
                  else f"{_price(current.pool)}, {_free(current)}")
-        return Placement(pool=current.pool, reason=PLACED, eligible=names,
+        return Placement(pool=current.pool, reason=conventions.PLACED_ON_POOL, eligible=names,
                          message=f"stays on pool {current.pool.name}, where it runs ({where})")
     for index, verdict in enumerate(verdicts):
         if verdict.problem is None and verdict.room(gpus):

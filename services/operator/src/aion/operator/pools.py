@@ -2,7 +2,7 @@
 
 Pure functions of plain dicts; the handlers read nodes, pods and GpuPools and pass
 them in. A node's pool is the value of the first of these labels it carries
-(``POOL_LABELS``), so a cloud's own pool label wins over aion's:
+(``conventions.POOL_LABELS``), so a cloud's own pool label wins over aion's:
 
 1. ``cloud.google.com/gke-nodepool`` (GKE)
 2. ``eks.amazonaws.com/nodegroup`` (EKS managed node groups)
@@ -36,18 +36,8 @@ from typing import Any
 import pydantic
 from pydantic import alias_generators
 
-from aion.operator import conditions, render
+from aion.operator import conditions, conventions
 
-POOL_LABELS = (
-    "cloud.google.com/gke-nodepool",
-    "eks.amazonaws.com/nodegroup",
-    "kubernetes.azure.com/agentpool",
-    "karpenter.sh/nodepool",
-    "aion.dev/node-pool",
-)
-GPU_RESOURCE = render.GPU_RESOURCE
-GPU_PRODUCT_LABEL = render.GPU_PRODUCT_LABEL
-GPU_MEMORY_LABEL = render.GPU_MEMORY_LABEL
 TERMINATED = frozenset({"Succeeded", "Failed"})
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
@@ -55,6 +45,15 @@ _SUFFIX = {"n": decimal.Decimal("1e-9"), "u": decimal.Decimal("1e-6"),
            "m": decimal.Decimal("1e-3"), "": decimal.Decimal(1),
            **{s: decimal.Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
            **{f"{s}i": decimal.Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What placement reads: every node, every pod bound to a node, and the GpuPools."""
+
+    nodes: tuple[dict[str, Any], ...]
+    pods: tuple[dict[str, Any], ...]
+    gpu_pools: tuple[dict[str, Any], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +159,7 @@ class Pool:
 def pool_of(node: Mapping[str, Any]) -> tuple[str, str] | None:
     """The (label, pool name) of a Node object, by the first pool label it carries."""
     labels = (node.get("metadata") or {}).get("labels") or {}
-    for label in POOL_LABELS:
+    for label in conventions.POOL_LABELS:
         if labels.get(label):
             return label, str(labels[label])
     return None
@@ -203,8 +202,8 @@ def _container_gpus(container: Mapping[str, Any]) -> int:
     resources = container.get("resources") or {}
     requests = resources.get("requests") or {}
     # An extended resource with only a limit is requested at that limit.
-    source = requests if GPU_RESOURCE in requests else resources.get("limits") or {}
-    return count(source.get(GPU_RESOURCE, 0))
+    source = requests if conventions.GPU_RESOURCE in requests else resources.get("limits") or {}
+    return count(source.get(conventions.GPU_RESOURCE, 0))
 
 
 def pod_gpus(pod: Mapping[str, Any]) -> int:
@@ -239,7 +238,7 @@ def requested_gpus(pods: Iterable[Mapping[str, Any]]) -> dict[str, int]:
 
 
 def _memory(labels: Mapping[str, Any]) -> int | None:
-    value = labels.get(GPU_MEMORY_LABEL)
+    value = labels.get(conventions.GPU_MEMORY_LABEL)
     try:
         return int(value) if value is not None else None
     except ValueError:
@@ -250,9 +249,10 @@ def _node(obj: Mapping[str, Any], used: Mapping[str, int]) -> Node:
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
     allocatable = (obj.get("status") or {}).get("allocatable") or {}
-    gpus = count(allocatable.get(GPU_RESOURCE, 0))
+    gpus = count(allocatable.get(conventions.GPU_RESOURCE, 0))
     name = str(meta.get("name", ""))
-    return Node(name=name, ready=is_ready(obj), product=labels.get(GPU_PRODUCT_LABEL) or None,
+    return Node(name=name, ready=is_ready(obj),
+                product=labels.get(conventions.GPU_PRODUCT_LABEL) or None,
                 gpu_memory_mib=_memory(labels), gpus=gpus,
                 free_gpus=max(gpus - used.get(name, 0), 0))
 

@@ -1,7 +1,7 @@
 """Registering Ready Agents with the agent service, and deregistering deleted ones.
 
 ``request`` is pure: what the agent service is told about an Agent (its model,
-instructions, tools, privacy, knowledge bases, pool, and the gRPC address of
+instructions, description, maxTokens, tools, privacy, knowledge bases, pool, and the gRPC address of
 its executor Service, whose DNS name resolves to every ready executor pod; the
 agent service spreads calls over them). ``Registrar`` makes the calls on one channel; it raises
 ``errors.Unavailable`` while the agent service is down, and the handlers retry.
@@ -21,19 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.api.v1 import agents_pb2, common_pb2
-from aion.core import channels, errors
+from aion.api.v1 import agents_pb2
+from aion.core import agentspec, channels, errors
+from aion.core import privacy as privacy_mod
 from aion.core import tls as tls_mod
-from aion.operator import render
-from aion.operator import spec as spec_mod
+from aion.operator import conventions, render
 
-PRIVACY = {"local-only": common_pb2.PRIVACY_LOCAL_ONLY,
-           "allow-api": common_pb2.PRIVACY_ALLOW_API,
-           "hybrid": common_pb2.PRIVACY_HYBRID}
 CALL_TIMEOUT_S = 5.0
 
-
-TENANT_MISMATCH = "TenantMismatch"
 
 
 def tenant_of(namespace: str, *, labels: Mapping[str, str], tenants: Mapping[str, str],
@@ -66,16 +61,22 @@ def executor_target(name: str, namespace: str) -> str:
     return f"{render.executor_name(name)}.{namespace}.svc:{render.EXECUTOR_PORT}"
 
 
-def request(body: Mapping[str, Any], spec: spec_mod.AgentSpec, *, tenant_name: str,
+def request(body: Mapping[str, Any], spec: agentspec.AgentSpec, *, tenant_name: str,
             pool: str) -> agent_pb2.RegisterAgentRequest:
     """What the agent service is told about a Ready Agent."""
     meta = body["metadata"]
-    privacy = PRIVACY[spec.routing.privacy]
+    privacy = privacy_mod.to_pb(spec.routing.privacy)
+    # spec.description, else the older aion.dev/description annotation.
+    description = spec.description or str(
+        (meta.get("annotations") or {}).get(conventions.DESCRIPTION_ANNOTATION, ""))
     agent = agents_pb2.Agent(
-        name=meta["name"],
-        description=str((meta.get("annotations") or {}).get("aion.dev/description", "")),
+        name=meta["name"], description=description,
         model=spec.model.name, model_task=spec.model.task, privacy=privacy,
-        knowledge_bases=list(spec.knowledge_bases), ready=True, node_pool=pool)
+        knowledge_bases=list(spec.knowledge_bases), ready=True, node_pool=pool,
+        max_tokens=spec.max_tokens or 0,
+        # Recorded for the router (the routing issue consumes them); unset stays unset.
+        budget_usd_per_task=spec.routing.budget_usd_per_task,
+        p95_target_ms=spec.routing.p95_target_ms)
     return agent_pb2.RegisterAgentRequest(
         tenant=tenant_name, agent=agent, instructions=spec.instructions,
         executor_endpoints=[executor_target(meta["name"], meta["namespace"])],

@@ -13,12 +13,12 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from aion.operator import executor_secrets
-from aion.operator import spec as spec_mod
+from aion.core import agentspec
+from aion.operator import conventions
+from aion.operator import settings as operator_settings
 
 Manifest = dict[str, Any]
 
-AGENT_API_VERSION = "aion.dev/v1alpha1"
 EXECUTOR_PORT = 50055
 # The executor's OpenAI-compatible HTTP API (/v1/chat/completions, /v1/embeddings, ...).
 HTTP_PORT = 8000
@@ -26,12 +26,10 @@ METRICS_PORT = 9090
 # Plaintext gRPC health only, for the kubelet's probes: the gRPC port requires mTLS.
 HEALTH_PORT = 51055
 TLS_DIR = "/etc/aion/tls"
+# Where the Kafka TLS Secret is mounted, as the chart mounts it for the agent service.
+KAFKA_TLS_DIR = "/etc/aion/kafka-tls"
 # The platform's pods that call executors (chart labels), in the operator's namespace.
 CALLERS = ("agent", "knowledge")
-GPU_RESOURCE = "nvidia.com/gpu"
-# Labels that NVIDIA GPU feature discovery puts on GPU nodes (memory in MiB).
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"
 # Shorter than the pod's termination grace, so the executor drains before SIGKILL.
 # A deleted or rolled pod finishes the generations it has started: long answers on a
 # busy CPU take tens of seconds, and a stream cut mid-answer fails its task.
@@ -50,8 +48,8 @@ class Owner:
 
     def reference(self) -> Manifest:
         """The ownerReferences entry naming this Agent as the controller."""
-        return {"apiVersion": AGENT_API_VERSION, "kind": "Agent", "name": self.name,
-                "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+        return {"apiVersion": conventions.API_VERSION, "kind": conventions.AGENT_KIND,
+                "name": self.name, "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
 
 
 def _bounded(text: str) -> str:
@@ -80,7 +78,7 @@ def labels(agent_name: str) -> dict[str, str]:
             "app.kubernetes.io/component": "executor",
             "app.kubernetes.io/part-of": "aion",
             "app.kubernetes.io/managed-by": "aion-operator",
-            "aion.dev/agent": _bounded(agent_name)}
+            conventions.AGENT_LABEL: _bounded(agent_name)}
 
 
 def _metadata(agent_name: str, namespace: str, owner: Owner) -> Manifest:
@@ -88,20 +86,20 @@ def _metadata(agent_name: str, namespace: str, owner: Owner) -> Manifest:
             "labels": labels(agent_name), "ownerReferences": [owner.reference()]}
 
 
-def _node_affinity(spec: spec_mod.AgentSpec, *, pool_label: str, pool: str) -> Manifest:
+def _node_affinity(spec: agentspec.AgentSpec, *, pool_label: str, pool: str) -> Manifest:
     match = [{"key": pool_label, "operator": "In", "values": [pool]}]
     if spec.gpu.count > 0 and spec.gpu.products:
-        match.append({"key": GPU_PRODUCT_LABEL, "operator": "In",
+        match.append({"key": conventions.GPU_PRODUCT_LABEL, "operator": "In",
                       "values": list(spec.gpu.products)})
     if spec.gpu.count > 0 and spec.gpu.min_memory_gib is not None:
         # Gt is strict: more than one MiB under the minimum is at least the minimum.
-        match.append({"key": GPU_MEMORY_LABEL, "operator": "Gt",
+        match.append({"key": conventions.GPU_MEMORY_LABEL, "operator": "Gt",
                       "values": [str(spec.gpu.min_memory_gib * 1024 - 1)]})
     return {"requiredDuringSchedulingIgnoredDuringExecution": {
         "nodeSelectorTerms": [{"matchExpressions": match}]}}
 
 
-def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> list[Manifest]:
+def _env(spec: agentspec.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> list[Manifest]:
     # Every pod address, not only loopback: the kubelet's probes and the agent
     # service dial the pod's IP. The Agent and pool are the pod's labels and affinity.
     values = {
@@ -127,8 +125,47 @@ def _env(spec: spec_mod.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> li
     values.update(extra)
     # The HTTP API's bearer token, which the operator keeps in the namespace.
     token = {"name": "AION_EXECUTOR_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": executor_secrets.HTTP_SECRET, "key": executor_secrets.TOKEN_KEY}}}
+        "name": conventions.HTTP_SECRET, "key": conventions.TOKEN_KEY}}}
     return [*({"name": k, "value": v} for k, v in values.items()), token]
+
+
+def executor_env(cfg: operator_settings.AionOperatorSettings) -> dict[str, str]:
+    """The platform settings every executor gets from the operator's own (plain values)."""
+    env = {"AION_EXECUTOR_LOG_LEVEL": cfg.log_level}
+    if cfg.kafka_bootstrap:  # load reports for the router
+        env["AION_EXECUTOR_KAFKA_BOOTSTRAP"] = cfg.kafka_bootstrap
+    if cfg.otlp_endpoint:
+        env["AION_EXECUTOR_OTLP_ENDPOINT"] = cfg.otlp_endpoint
+    return env
+
+
+def _secret_ref(name: str, secret: str, key: str) -> Manifest:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _kafka_tls(kafka: operator_settings.ExecutorKafka) -> bool:
+    return kafka.security_protocol.endswith("SSL") and bool(kafka.tls.existing_secret)
+
+
+def kafka_env(kafka: operator_settings.ExecutorKafka) -> list[Manifest]:
+    """The executor's Kafka security (``aion.core.kafka.KafkaSettings``), as the chart's
+    ``aion.kafkaEnv`` renders it for the agent: the principal from its Secret, the CA
+    and client certificate as files of the mounted TLS Secret."""
+    prefix = "AION_EXECUTOR_KAFKA_"
+    env: list[Manifest] = [{"name": prefix + "SECURITY_PROTOCOL",
+                            "value": kafka.security_protocol}]
+    if kafka.security_protocol.startswith("SASL_"):
+        sasl = kafka.sasl
+        env += [{"name": prefix + "SASL_MECHANISM", "value": sasl.mechanism},
+                _secret_ref(prefix + "SASL_USERNAME", sasl.existing_secret, sasl.username_key),
+                _secret_ref(prefix + "SASL_PASSWORD", sasl.existing_secret, sasl.password_key)]
+    if _kafka_tls(kafka):
+        tls = kafka.tls
+        env.append({"name": prefix + "SSL_CAFILE", "value": f"{KAFKA_TLS_DIR}/{tls.ca_key}"})
+        if tls.client_certificate:
+            env += [{"name": prefix + "SSL_CERTFILE", "value": f"{KAFKA_TLS_DIR}/{tls.cert_key}"},
+                    {"name": prefix + "SSL_KEYFILE", "value": f"{KAFKA_TLS_DIR}/{tls.key_key}"}]
+    return env
 
 
 def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
@@ -136,11 +173,11 @@ def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
             "timeoutSeconds": 5, "failureThreshold": failures}
 
 
-def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str],
-               tls: bool) -> Manifest:
+def _container(spec: agentspec.AgentSpec, *, image: str, env: Mapping[str, str],
+               tls: bool, kafka: operator_settings.ExecutorKafka | None) -> Manifest:
     limits: dict[str, str] = {"memory": spec.resources.memory}
     if spec.gpu.count > 0:
-        limits[GPU_RESOURCE] = str(spec.gpu.count)
+        limits[conventions.GPU_RESOURCE] = str(spec.gpu.count)
     return {
         "name": "executor",
         "image": image,
@@ -148,7 +185,7 @@ def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str],
                   {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
                   {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
-        "env": _env(spec, extra=env, tls=tls),
+        "env": [*_env(spec, extra=env, tls=tls), *(kafka_env(kafka) if kafka else [])],
         "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
                       "limits": limits},
         # Loading a model takes a while: the startup probe allows 15 minutes for it.
@@ -161,14 +198,17 @@ def _container(spec: spec_mod.AgentSpec, *, image: str, env: Mapping[str, str],
                             "capabilities": {"drop": ["ALL"]}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
                          *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
-                           if tls else [])],
+                           if tls else []),
+                         *([{"name": "kafka-tls", "mountPath": KAFKA_TLS_DIR, "readOnly": True}]
+                           if kafka and _kafka_tls(kafka) else [])],
     }
 
 
-def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpec, *,
+def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSpec, *,
                         pool_label: str, pool: str, image: str, owner: Owner,
                         env: Mapping[str, str] | None = None,
-                        autoscaled: bool = False, tls_version: str | None = None) -> Manifest:
+                        autoscaled: bool = False, tls_version: str | None = None,
+                        kafka: operator_settings.ExecutorKafka | None = None) -> Manifest:
     """The Deployment that serves ``spec.model`` for one Agent on the node pool ``pool``.
 
     ``env`` adds platform settings (trace endpoint, Kafka) to the executor's own.
@@ -177,16 +217,21 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
     ``tls_version``: the serial of the namespace's executor certificate (Secret
     ``aion-executor-tls``), mounted at ``/etc/aion/tls``; a pod annotation, so a
     renewed certificate rolls the pods. None: no certificate (no CA configured).
+    ``kafka``: the security of the executor's Kafka connection (``kafka_env``); None
+    when it publishes no load reports.
     """
     gpus = spec.gpu.count > 0
     tls = tls_version is not None
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     if tls:
-        volumes.append({"name": "tls", "secret": {"secretName": executor_secrets.TLS_SECRET,
+        volumes.append({"name": "tls", "secret": {"secretName": conventions.TLS_SECRET,
                                                   "defaultMode": 0o440}})
+    if kafka is not None and _kafka_tls(kafka):
+        volumes.append({"name": "kafka-tls", "secret": {
+            "secretName": kafka.tls.existing_secret, "defaultMode": 0o440}})
     pod: Manifest = {
         "affinity": {"nodeAffinity": _node_affinity(spec, pool_label=pool_label, pool=pool)},
-        "containers": [_container(spec, image=image, env=env or {}, tls=tls)],
+        "containers": [_container(spec, image=image, env=env or {}, tls=tls, kafka=kafka)],
         "volumes": volumes,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
         "enableServiceLinks": False,
@@ -196,7 +241,7 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
                             "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if gpus:
-        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists",
+        pod["tolerations"] = [{"key": conventions.GPU_RESOURCE, "operator": "Exists",
                                "effect": "NoSchedule"}]
     deployment: Manifest = {
         "apiVersion": "apps/v1",
@@ -214,7 +259,7 @@ def executor_deployment(agent_name: str, namespace: str, spec: spec_mod.AgentSpe
                     "annotations": {"prometheus.io/scrape": "true",
                                     "prometheus.io/port": str(METRICS_PORT),
                                     "prometheus.io/path": "/metrics",
-                                    **({executor_secrets.TLS_ANNOTATION: tls_version}
+                                    **({conventions.TLS_ANNOTATION: tls_version}
                                        if tls_version is not None else {})},
                 },
                 "spec": pod,

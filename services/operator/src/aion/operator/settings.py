@@ -2,12 +2,64 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Annotated
 
 import pydantic
 import pydantic_settings
+from pydantic import alias_generators
 
-from aion.core import settings
+from aion.core import kafka, settings
+
+# Where Kubernetes mounts the pod's own namespace (the fallback of lease_namespace).
+SERVICE_ACCOUNT_NAMESPACE = pathlib.Path(
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+class _Chart(pydantic.BaseModel):
+    # The chart's own spelling (camelCase), so it passes its values with toJson.
+    model_config = pydantic.ConfigDict(
+        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel)
+
+
+class KafkaSasl(_Chart):
+    """The SASL principal of the executors: a Secret in each Agent namespace."""
+
+    mechanism: kafka.Mechanism = "SCRAM-SHA-512"
+    existing_secret: str = ""
+    username_key: str = "username"
+    password_key: str = "password"
+
+
+class KafkaTls(_Chart):
+    """The brokers' CA (and the executors' client certificate): a Secret in each Agent
+    namespace, mounted at ``render.KAFKA_TLS_DIR``."""
+
+    existing_secret: str = ""
+    ca_key: str = "ca.crt"
+    client_certificate: bool = False
+    cert_key: str = "tls.crt"
+    key_key: str = "tls.key"
+
+
+class ExecutorKafka(_Chart):
+    """How the executors the operator renders connect to Kafka for their load reports:
+    the chart's ``agent.kafka`` security values, as the agent and knowledge services get
+    them. The operator never reads the credentials: it renders Secret references, so the
+    named Secrets must exist in each Agent namespace (a Secret cannot be read across
+    namespaces); without them the executor pods do not start (a missing SASL Secret
+    shows in the Agent's ModelReady condition, a missing TLS one in the pod's events)."""
+
+    security_protocol: kafka.Protocol = "PLAINTEXT"
+    sasl: KafkaSasl = KafkaSasl()
+    tls: KafkaTls = KafkaTls()
+
+    @pydantic.model_validator(mode="after")
+    def _complete(self) -> ExecutorKafka:
+        if self.security_protocol.startswith("SASL_") and not self.sasl.existing_secret:
+            raise ValueError(f"securityProtocol {self.security_protocol} needs "
+                             "sasl.existingSecret (the Secret with the executors' principal)")
+        return self
 
 
 class AionOperatorSettings(settings.ServiceSettings):
@@ -30,6 +82,11 @@ class AionOperatorSettings(settings.ServiceSettings):
     kafka_bootstrap: str = pydantic.Field(
         default="",
         description="Kafka brokers the executors publish their load to; empty: no load reports")
+    executor_kafka: ExecutorKafka = pydantic.Field(
+        default_factory=ExecutorKafka,
+        description="JSON of the executors' Kafka security (the chart's agent.kafka "
+                    "securityProtocol, sasl and tls): TLS and SASL, from Secrets in each "
+                    "Agent namespace")
     tenant_label: str = pydantic.Field(
         default="aion.dev/tenant", min_length=1,
         description="label naming a tenant: on a Namespace (which only cluster admins can "
@@ -50,8 +107,11 @@ class AionOperatorSettings(settings.ServiceSettings):
     lease_name: str = pydantic.Field(default="aion-operator", min_length=1)
     lease_namespace: str = pydantic.Field(
         default="",
-        description="namespace of the Lease; empty uses the pod's own namespace "
-                    "(POD_NAMESPACE or the service account's), else default")
+        validation_alias=pydantic.AliasChoices("AION_OPERATOR_LEASE_NAMESPACE",
+                                               "POD_NAMESPACE"),
+        description="the operator's own namespace: where its Lease lives and where the "
+                    "platform pods that call executors run; empty: the service account's "
+                    "(``with_pod_namespace``), else default")
     lease_duration_s: float = pydantic.Field(
         default=15.0, gt=0,
         description="seconds a Lease holds without renewal before another replica takes it")
@@ -102,3 +162,21 @@ class AionOperatorSettings(settings.ServiceSettings):
     def clusterwide(self) -> bool:
         """Whether the operator watches every namespace."""
         return not self.namespaces
+
+    @property
+    def platform_namespace(self) -> str:
+        """The operator's namespace (``lease_namespace``), else ``default``."""
+        return self.lease_namespace or "default"
+
+
+def with_pod_namespace(cfg: AionOperatorSettings, *,
+                       path: pathlib.Path = SERVICE_ACCOUNT_NAMESPACE) -> AionOperatorSettings:
+    """``cfg`` with ``lease_namespace`` set from the pod's service account when the
+    environment left it empty (a pod always has the file; a laptop does not)."""
+    if cfg.lease_namespace:
+        return cfg
+    try:
+        namespace = path.read_text().strip()
+    except OSError:
+        return cfg
+    return cfg.model_copy(update={"lease_namespace": namespace}) if namespace else cfg

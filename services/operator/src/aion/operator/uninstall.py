@@ -22,7 +22,7 @@ from typing import Any
 import lightkube
 from lightkube import ApiError, operators
 
-from aion.operator import kube
+from aion.operator import conventions, kube
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        names = delete_agents(lightkube.Client(field_manager=kube.FIELD_MANAGER),
+        names = delete_agents(lightkube.Client(field_manager=conventions.FIELD_MANAGER),
                               namespace=args.namespace, selector=args.selector,
                               timeout_s=args.timeout_s)
     except (TimeoutError, ApiError, ValueError) as exc:

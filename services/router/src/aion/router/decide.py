@@ -1,49 +1,44 @@
-"""The routing decision, as a pure function of the request and the policy."""
+"""The routing decision, as a pure function of the request and the policy.
+
+The privacy rule lives here and nowhere else in the request path: the agent's declared
+privacy, narrowed by what the task asks for and by the tenant's cap
+(:func:`aion.core.privacy.narrow`), chooses how far the task may reach. The gateway
+forwards both levels untouched; the agent service only clamps the route it is handed
+(:func:`aion.core.privacy.allowed_route`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 
+from aion.core import errors, privacy
 from aion.router import policy as policy_mod
-
-
-class Route(enum.Enum):
-    """Where a task runs."""
-
-    LOCAL = "local"
-    API = "api"
-    HYBRID = "hybrid"
-
-
-class Privacy(enum.Enum):
-    """What may leave the cluster, from strictest to loosest."""
-
-    LOCAL_ONLY = "local-only"
-    HYBRID = "hybrid"
-    ALLOW_API = "allow-api"
-
-
-_STRICTNESS = [Privacy.LOCAL_ONLY, Privacy.HYBRID, Privacy.ALLOW_API]
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-    """What the router knows about a task."""
+    """What the router knows about a task.
+
+    ``declared`` is the agent's privacy, ``requested`` the task's own (``None``: not
+    asked). ``sla_ms`` is carried but not read: nothing here measures latency yet; the
+    streaming and routing issue (#15) compares it with the executors' load reports.
+    """
 
     tenant: str
     agent: str
-    privacy: Privacy
+    declared: privacy.Privacy
     input_chars: int
     budget_usd: float | None = None
     sla_ms: int | None = None
+    requested: privacy.Privacy | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class Decision:
-    """Where the task runs, who decided, and why, in words."""
+class Routing:
+    """Where the task runs, who decided, and why, in words (``router_pb2.Decision`` on
+    the wire)."""
 
-    route: Route
+    route: privacy.Route
     chosen_by: str
     reason: str
     provider: str = ""
@@ -55,29 +50,47 @@ def _estimate_tokens(input_chars: int) -> int:
     return input_chars // 4 + 256
 
 
-def decide(req: Request, pol: policy_mod.Policy) -> Decision:
+def effective_privacy(req: Request, tenant_max: privacy.Privacy) -> privacy.Privacy:
+    """The privacy the task runs under; INVALID_ARGUMENT when the task asks for a looser
+    one than its agent declares (a task may only narrow)."""
+    if req.requested is not None and not privacy.stricter_or_equal(req.requested, req.declared):
+        raise errors.InvalidArgument(
+            f"task.options.privacy {req.requested.value} is looser than agent "
+            f"'{req.agent}' allows ({req.declared.value}): a task may only narrow its "
+            "agent's privacy", field="task.options.privacy")
+    return privacy.narrow(req.declared, req.requested, tenant_max)
+
+
+def _why_local(req: Request) -> str:
+    if req.declared is privacy.Privacy.LOCAL_ONLY:
+        return f"agent '{req.agent}' is local-only"
+    if req.requested is privacy.Privacy.LOCAL_ONLY:
+        return "the task asks for local-only"
+    return "tenant policy caps privacy at local-only"
+
+
+def decide(req: Request, pol: policy_mod.Policy) -> Routing:
     """Choose local, API or hybrid for one task."""
-    tenant_max = Privacy(pol.tenant(req.tenant).max_privacy)
-    privacy = min(req.privacy, tenant_max, key=_STRICTNESS.index)
-    if privacy is Privacy.LOCAL_ONLY:
-        why = ("tenant policy caps privacy at local-only" if privacy is not req.privacy
-               else f"agent '{req.agent}' is local-only")
-        return Decision(Route.LOCAL, "policy:privacy", f"{why}: data stays in the cluster")
+    tenant_max = pol.tenant(req.tenant).max_privacy
+    level = effective_privacy(req, tenant_max)
+    if level is privacy.Privacy.LOCAL_ONLY:
+        return Routing(privacy.Route.LOCAL, "policy:privacy",
+                       f"{_why_local(req)}: data stays in the cluster")
     provider = pol.provider
     if provider is None:
-        return Decision(Route.LOCAL, "policy:no-provider",
-                        f"privacy {privacy.value} allows an external API, but none is "
-                        "configured: running on the local pool")
+        return Routing(privacy.Route.LOCAL, "policy:no-provider",
+                       f"privacy {level.value} allows an external API, but none is "
+                       "configured: running on the local pool")
     api_cost = _estimate_tokens(req.input_chars) / 1000 * provider.usd_per_1k_tokens
     if req.budget_usd is not None and api_cost > req.budget_usd:
-        return Decision(Route.LOCAL, "budget",
-                        f"the {provider.name} API would cost about ${api_cost:.4f}, over the "
-                        f"task budget of ${req.budget_usd:.4f}: running on the local pool")
-    if privacy is Privacy.HYBRID:
-        return Decision(Route.HYBRID, "policy:privacy",
-                        f"hybrid: local pool first, {provider.name} on overflow or failure",
-                        provider=provider.name, estimated_cost_usd=api_cost)
-    return Decision(Route.API, "policy:privacy",
-                    f"agent '{req.agent}' allows external APIs and {provider.name} fits the "
-                    f"budget (about ${api_cost:.4f})",
-                    provider=provider.name, estimated_cost_usd=api_cost)
+        return Routing(privacy.Route.LOCAL, "budget",
+                       f"the {provider.name} API would cost about ${api_cost:.4f}, over the "
+                       f"task budget of ${req.budget_usd:.4f}: running on the local pool")
+    if level is privacy.Privacy.HYBRID:
+        return Routing(privacy.Route.HYBRID, "policy:privacy",
+                       f"hybrid: local pool first, {provider.name} on overflow or failure",
+                       provider=provider.name, estimated_cost_usd=api_cost)
+    return Routing(privacy.Route.API, "policy:privacy",
+                   f"agent '{req.agent}' allows external APIs and {provider.name} fits the "
+                   f"budget (about ${api_cost:.4f})",
+                   provider=provider.name, estimated_cost_usd=api_cost)

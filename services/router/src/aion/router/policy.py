@@ -3,26 +3,29 @@
 It is read from a YAML file (validated with pydantic, since platform teams
 write it by hand) and re-read whenever the file changes, so a policy edit
 takes effect on the next decision without a restart.
+
+Which external provider a task may use, its model and its price are decided here: this
+file is the authoritative definition of the external provider for routing. The agent
+service's ``AION_AGENT_PROVIDER_*`` settings say how to reach it (base URL, API key) and
+repeat the model and price it reports; the Helm chart renders both from its one
+``provider`` value, so an install cannot set them apart.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
 
 import pydantic
 import yaml
 
-from aion.core import errors
+from aion.core import errors, privacy
 
 log = logging.getLogger(__name__)
 
-PrivacyName = Literal["local-only", "allow-api", "hybrid"]
-
 
 class Provider(pydantic.BaseModel):
-    """An external OpenAI-compatible model API."""
+    """An external OpenAI-compatible model API: the one place its model and price live."""
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -37,7 +40,7 @@ class TenantPolicy(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
-    max_privacy: PrivacyName = "allow-api"
+    max_privacy: privacy.Privacy = privacy.Privacy.ALLOW_API
 
 
 class Policy(pydantic.BaseModel):

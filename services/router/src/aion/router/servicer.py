@@ -22,8 +22,8 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     async def Decide(self, request: router_pb2.DecideRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.Decision:
         req = convert.request_from_pb(request)
-        decision = decide.decide(req, self._policies.current())
+        routing = decide.decide(req, self._policies.current())
         log.info("decided", extra={"agent": req.agent, "tenant": req.tenant,
-                                   "route": decision.route.value,
-                                   "chosen_by": decision.chosen_by})
-        return convert.decision_to_pb(decision)
+                                   "route": routing.route.value,
+                                   "chosen_by": routing.chosen_by})
+        return convert.routing_to_pb(routing)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aion.api.v1 import common_pb2 as aion_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ion/api/v1/agents.proto\x12\x07\x61ion.v1\x1a\x18\x61ion/api/v1/common.proto\"\xbf\x01\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nmodel_task\x18\x04 \x01(\t\x12!\n\x07privacy\x18\x05 \x01(\x0e\x32\x10.aion.v1.Privacy\x12\x17\n\x0fknowledge_bases\x18\x06 \x03(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x11\n\tnode_pool\x18\x08 \x01(\t\x12\x12\n\nmax_tokens\x18\t \x01(\x05\"\x13\n\x11ListAgentsRequest\"4\n\x12ListAgentsResponse\x12\x1e\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0e.aion.v1.Agent\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x12\x41pplyAgentsRequest\x12\x10\n\x08manifest\x18\x01 \x01(\t\"5\n\x13\x41pplyAgentsResponse\x12\x1e\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0e.aion.v1.Agent2\xbe\x01\n\x06\x41gents\x12?\n\x04List\x12\x1a.aion.v1.ListAgentsRequest\x1a\x1b.aion.v1.ListAgentsResponse\x12/\n\x03Get\x12\x18.aion.v1.GetAgentRequest\x1a\x0e.aion.v1.Agent\x12\x42\n\x05\x41pply\x12\x1b.aion.v1.ApplyAgentsRequest\x1a\x1c.aion.v1.ApplyAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ion/api/v1/agents.proto\x12\x07\x61ion.v1\x1a\x18\x61ion/api/v1/common.proto\"\xa7\x02\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x12\n\nmodel_task\x18\x04 \x01(\t\x12!\n\x07privacy\x18\x05 \x01(\x0e\x32\x10.aion.v1.Privacy\x12\x17\n\x0fknowledge_bases\x18\x06 \x03(\t\x12\r\n\x05ready\x18\x07 \x01(\x08\x12\x11\n\tnode_pool\x18\x08 \x01(\t\x12\x12\n\nmax_tokens\x18\t \x01(\x05\x12 \n\x13\x62udget_usd_per_task\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rp95_target_ms\x18\x0b \x01(\x05H\x01\x88\x01\x01\x42\x16\n\x14_budget_usd_per_taskB\x10\n\x0e_p95_target_ms\"\x13\n\x11ListAgentsRequest\"4\n\x12ListAgentsResponse\x12\x1e\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0e.aion.v1.Agent\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"&\n\x12\x41pplyAgentsRequest\x12\x10\n\x08manifest\x18\x01 \x01(\t\"5\n\x13\x41pplyAgentsResponse\x12\x1e\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x0e.aion.v1.Agent2\xbe\x01\n\x06\x41gents\x12?\n\x04List\x12\x1a.aion.v1.ListAgentsRequest\x1a\x1b.aion.v1.ListAgentsResponse\x12/\n\x03Get\x12\x18.aion.v1.GetAgentRequest\x1a\x0e.aion.v1.Agent\x12\x42\n\x05\x41pply\x12\x1b.aion.v1.ApplyAgentsRequest\x1a\x1c.aion.v1.ApplyAgentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aion.api.v1.agents_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENT']._serialized_start=64
-  _globals['_AGENT']._serialized_end=255
-  _globals['_LISTAGENTSREQUEST']._serialized_start=257
-  _globals['_LISTAGENTSREQUEST']._serialized_end=276
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=278
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=330
-  _globals['_GETAGENTREQUEST']._serialized_start=332
-  _globals['_GETAGENTREQUEST']._serialized_end=363
-  _globals['_APPLYAGENTSREQUEST']._serialized_start=365
-  _globals['_APPLYAGENTSREQUEST']._serialized_end=403
-  _globals['_APPLYAGENTSRESPONSE']._serialized_start=405
-  _globals['_APPLYAGENTSRESPONSE']._serialized_end=458
-  _globals['_AGENTS']._serialized_start=461
-  _globals['_AGENTS']._serialized_end=651
+  _globals['_AGENT']._serialized_end=359
+  _globals['_LISTAGENTSREQUEST']._serialized_start=361
+  _globals['_LISTAGENTSREQUEST']._serialized_end=380
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=382
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=434
+  _globals['_GETAGENTREQUEST']._serialized_start=436
+  _globals['_GETAGENTREQUEST']._serialized_end=467
+  _globals['_APPLYAGENTSREQUEST']._serialized_start=469
+  _globals['_APPLYAGENTSREQUEST']._serialized_end=507
+  _globals['_APPLYAGENTSRESPONSE']._serialized_start=509
+  _globals['_APPLYAGENTSRESPONSE']._serialized_end=562
+  _globals['_AGENTS']._serialized_start=565
+  _globals['_AGENTS']._serialized_end=755
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,8 @@ class Agent(_message.Message):
     READY_FIELD_NUMBER: _builtins.int
     NODE_POOL_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    BUDGET_USD_PER_TASK_FIELD_NUMBER: _builtins.int
+    P95_TARGET_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     description: _builtins.str
     model: _builtins.str
@@ -45,6 +47,12 @@ class Agent(_message.Message):
     node_pool: _builtins.str
     max_tokens: _builtins.int
     """Default maximum of generated tokens per model call."""
+    budget_usd_per_task: _builtins.float
+    """The Agent's routing targets (spec.routing): what one task may cost in USD, and the
+    95th-percentile latency aimed for. Unset: none. Recorded and shown; the router's
+    choice of route does not read them yet.
+    """
+    p95_target_ms: _builtins.int
     @_builtins.property
     def knowledge_bases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -59,12 +67,21 @@ class Agent(_message.Message):
         ready: _builtins.bool = ...,
         node_pool: _builtins.str = ...,
         max_tokens: _builtins.int = ...,
+        budget_usd_per_task: _builtins.float | None = ...,
+        p95_target_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_usd_per_task", b"_budget_usd_per_task", "_p95_target_ms", b"_p95_target_ms", "budget_usd_per_task", b"budget_usd_per_task", "p95_target_ms", b"p95_target_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "knowledge_bases", b"knowledge_bases", "max_tokens", b"max_tokens", "model", b"model", "model_task", b"model_task", "name", b"name", "node_pool", b"node_pool", "privacy", b"privacy", "ready", b"ready"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd_per_task", b"_budget_usd_per_task", "_p95_target_ms", b"_p95_target_ms", "budget_usd_per_task", b"budget_usd_per_task", "description", b"description", "knowledge_bases", b"knowledge_bases", "max_tokens", b"max_tokens", "model", b"model", "model_task", b"model_task", "name", b"name", "node_pool", b"node_pool", "p95_target_ms", b"p95_target_ms", "privacy", b"privacy", "ready", b"ready"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__budget_usd_per_task: _TypeAlias = _typing.Literal["budget_usd_per_task"]  # noqa: Y015
+    _WhichOneofArgType__budget_usd_per_task: _TypeAlias = _typing.Literal["_budget_usd_per_task", b"_budget_usd_per_task"]  # noqa: Y015
+    _WhichOneofReturnType__p95_target_ms: _TypeAlias = _typing.Literal["p95_target_ms"]  # noqa: Y015
+    _WhichOneofArgType__p95_target_ms: _TypeAlias = _typing.Literal["_p95_target_ms", b"_p95_target_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_usd_per_task) -> _WhichOneofReturnType__budget_usd_per_task | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p95_target_ms) -> _WhichOneofReturnType__p95_target_ms | None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
 

@@ -34,8 +34,14 @@ class TaskOptions(_message.Message):
     budget_usd: _builtins.float
     """Most the task may spend, in US dollars."""
     sla_ms: _builtins.int
-    """Latency target, in milliseconds."""
+    """Latency target, in milliseconds. Passed to the router, which does not act on it
+    yet: it has no latency measurement to compare it with until the streaming and
+    routing work (#15) brings the executors' load reports to it.
+    """
     privacy: _common_pb2.Privacy.ValueType
+    """A stricter privacy than the agent's, for this task (unset: the agent's). Asking for
+    a looser one is INVALID_ARGUMENT: a task may only narrow its agent's privacy.
+    """
     seed: _builtins.int
     def __init__(
         self,

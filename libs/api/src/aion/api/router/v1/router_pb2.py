@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aion.api.v1 import common_pb2 as aion_dot_api_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61ion/api/router/v1/router.proto\x12\x0e\x61ion.router.v1\x1a\x18\x61ion/api/v1/common.proto\"\xbe\x01\n\rDecideRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12!\n\x07privacy\x18\x03 \x01(\x0e\x32\x10.aion.v1.Privacy\x12\x17\n\nbudget_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06sla_ms\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06intent\x18\x06 \x01(\t\x12\x13\n\x0binput_chars\x18\x07 \x01(\x05\x42\r\n\x0b_budget_usdB\t\n\x07_sla_ms\"Y\n\x08\x44\x65\x63ision\x12\x1f\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x0f.aion.v1.Engine\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x1a\n\x12\x65stimated_cost_usd\x18\x03 \x01(\x01\x32K\n\x06Router\x12\x41\n\x06\x44\x65\x63ide\x12\x1d.aion.router.v1.DecideRequest\x1a\x18.aion.router.v1.Decisionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61ion/api/router/v1/router.proto\x12\x0e\x61ion.router.v1\x1a\x18\x61ion/api/v1/common.proto\"\xeb\x01\n\rDecideRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12!\n\x07privacy\x18\x03 \x01(\x0e\x32\x10.aion.v1.Privacy\x12\x17\n\nbudget_usd\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06sla_ms\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x0e\n\x06intent\x18\x06 \x01(\t\x12\x13\n\x0binput_chars\x18\x07 \x01(\x05\x12+\n\x11requested_privacy\x18\x08 \x01(\x0e\x32\x10.aion.v1.PrivacyB\r\n\x0b_budget_usdB\t\n\x07_sla_ms\"Y\n\x08\x44\x65\x63ision\x12\x1f\n\x06\x65ngine\x18\x01 \x01(\x0b\x32\x0f.aion.v1.Engine\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x1a\n\x12\x65stimated_cost_usd\x18\x03 \x01(\x01\x32K\n\x06Router\x12\x41\n\x06\x44\x65\x63ide\x12\x1d.aion.router.v1.DecideRequest\x1a\x18.aion.router.v1.Decisionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aion.api.router.v1.router_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECIDEREQUEST']._serialized_start=78
-  _globals['_DECIDEREQUEST']._serialized_end=268
-  _globals['_DECISION']._serialized_start=270
-  _globals['_DECISION']._serialized_end=359
-  _globals['_ROUTER']._serialized_start=361
-  _globals['_ROUTER']._serialized_end=436
+  _globals['_DECIDEREQUEST']._serialized_end=313
+  _globals['_DECISION']._serialized_start=315
+  _globals['_DECISION']._serialized_end=404
+  _globals['_ROUTER']._serialized_start=406
+  _globals['_ROUTER']._serialized_end=481
 # @@protoc_insertion_point(module_scope)

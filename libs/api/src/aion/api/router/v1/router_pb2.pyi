@@ -28,15 +28,24 @@ class DecideRequest(_message.Message):
     SLA_MS_FIELD_NUMBER: _builtins.int
     INTENT_FIELD_NUMBER: _builtins.int
     INPUT_CHARS_FIELD_NUMBER: _builtins.int
+    REQUESTED_PRIVACY_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     agent: _builtins.str
     privacy: _common_pb2.Privacy.ValueType
-    """The agent's privacy, already narrowed by the task's own setting."""
+    """The agent's declared privacy (unset: local-only)."""
     budget_usd: _builtins.float
     sla_ms: _builtins.int
+    """The task's latency target. Carried, not yet read: the router has no latency
+    measurement to compare it with until the executors' load reports reach it
+    (the streaming and routing issue, #15). Decisions ignore it today.
+    """
     intent: _builtins.str
     """A short label of what the task is for (free text, may be empty)."""
     input_chars: _builtins.int
+    requested_privacy: _common_pb2.Privacy.ValueType
+    """The privacy the task asks for (unset: its agent's). The router narrows the agent's
+    privacy to it and to the tenant's cap; asking for a looser one is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -47,10 +56,11 @@ class DecideRequest(_message.Message):
         sla_ms: _builtins.int | None = ...,
         intent: _builtins.str = ...,
         input_chars: _builtins.int = ...,
+        requested_privacy: _common_pb2.Privacy.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_sla_ms", b"_sla_ms", "budget_usd", b"budget_usd", "sla_ms", b"sla_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_sla_ms", b"_sla_ms", "agent", b"agent", "budget_usd", b"budget_usd", "input_chars", b"input_chars", "intent", b"intent", "privacy", b"privacy", "sla_ms", b"sla_ms", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd", "_sla_ms", b"_sla_ms", "agent", b"agent", "budget_usd", b"budget_usd", "input_chars", b"input_chars", "intent", b"intent", "privacy", b"privacy", "requested_privacy", b"requested_privacy", "sla_ms", b"sla_ms", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__budget_usd: _TypeAlias = _typing.Literal["budget_usd"]  # noqa: Y015
     _WhichOneofArgType__budget_usd: _TypeAlias = _typing.Literal["_budget_usd", b"_budget_usd"]  # noqa: Y015

@@ -2,10 +2,10 @@
 
 At most ``max_queue`` requests are admitted at once, running and waiting
 together; one more is refused with RESOURCE_EXHAUSTED and a retry delay, so
-callers (the agent service, the router's load view) back off instead of
-piling up. Admitted requests take one of the backend's ``max_streams``
-slots in arrival order and are decoded together; a stream that ends, fails
-or is cancelled gives its slot to the next request at once.
+callers (the agent service) back off instead of piling up. Admitted
+requests take one of the backend's ``max_streams`` slots in arrival order
+and are decoded together; a stream that ends, fails or is cancelled gives
+its slot to the next request at once.
 """
 
 from __future__ import annotations
@@ -15,13 +15,9 @@ import contextlib
 import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 
-from aion.core import errors
 from aion.executor import backend, stats
 
-RATE_WINDOW_S = 30.0
-LATENCY_WINDOW_S = 300.0
 _MIN_RETRY_S = 1.0
-_MAX_RETRY_S = 30.0
 
 
 class Scheduler:
@@ -35,36 +31,25 @@ class Scheduler:
         self._slots = asyncio.Semaphore(model.max_streams)
         self._admitted = 0
         self._running = 0
-        self._tokens = stats.RateWindow(window_s=RATE_WINDOW_S, now=clock())
-        self._latency = stats.LatencyWindow(window_s=LATENCY_WINDOW_S)
+        self._meter = stats.Meter(clock=clock, min_retry_s=_MIN_RETRY_S)
 
     def snapshot(self) -> stats.Load:
         """The current load."""
-        now = self._clock()
-        return stats.Load(
-            model_ready=self._model.ready,
-            queue_depth=self._admitted - self._running,
-            in_flight=self._running,
-            max_queue=self._max_queue,
-            tokens_per_s=self._tokens.rate(now=now),
-            p95_latency_s=self._latency.percentile(0.95, now=now),
-            max_batch=self._model.max_streams,
-        )
+        return self._meter.load(model_ready=self._model.ready,
+                                queue_depth=self._admitted - self._running,
+                                in_flight=self._running, max_queue=self._max_queue,
+                                max_batch=self._model.max_streams)
 
     def retry_after_s(self) -> float:
         """How long a refused caller should wait: about one request's latency here now."""
-        p95 = self._latency.percentile(0.95, now=self._clock())
-        return _MIN_RETRY_S if p95 is None else min(max(p95, _MIN_RETRY_S), _MAX_RETRY_S)
+        return self._meter.retry_after_s()
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
         """Hold one of the ``max_queue`` places (or raise ``errors.ResourceExhausted``):
         taken before the prompt is tokenised, so that work is bounded by the queue too."""
         if self._admitted >= self._max_queue:
-            stats.REJECTED.inc()
-            raise errors.ResourceExhausted(
-                f"executor queue is full ({self._max_queue} requests); retry later",
-                retry_after_s=round(self.retry_after_s(), 3))
+            raise self._meter.queue_full(self._max_queue)
         self._admitted += 1
         try:
             yield
@@ -93,10 +78,10 @@ class Scheduler:
                 async with contextlib.aclosing(self._model.stream(prompt, params)) as chunks:
                     async for chunk in chunks:
                         now = self._clock()
-                        self._tokens.add(chunk.tokens, now=now)
+                        self._meter.tokens.add(chunk.tokens, now=now)
                         stats.TOKENS.inc(chunk.tokens)
                         if chunk.finish is not None:
-                            self._latency.add(now - started, now=now)
+                            self._meter.latency.add(now - started, now=now)
                         yield chunk
             finally:
                 self._running -= 1

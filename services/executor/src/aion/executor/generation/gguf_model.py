@@ -2,11 +2,11 @@
 
 ``GgufModel.load`` reads the file with every layer offloaded when the wheel
 was built with CUDA (the CPU otherwise: the same code), and creates a context
-with ``n_seq`` sequences of ``n_ctx`` tokens each, so that the engine can
+with ``n_seq`` sequences of ``n_ctx`` tokens each, so that the decode loop can
 decode several streams in one ``llama_decode``. It also tokenizes, renders
 the chat template stored in the file, and turns tokens back into bytes.
 
-Only the engine's thread touches the context; tokenizing and rendering read
+Only the decode loop's thread touches the context; tokenizing and rendering read
 the model alone and may run in any thread.
 """
 

@@ -30,7 +30,8 @@ from typing import Any
 import llama_cpp
 
 from aion.core import errors
-from aion.executor import backend, gguf_model, stop_sequences
+from aion.executor import backend
+from aion.executor.generation import gguf_model, stop_sequences
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class Job:
         return self.fed < len(self.prompt)
 
 
-class Engine:
+class DecodeLoop:
     """The decoding loop over one ``GgufModel``; ``start`` runs it in a thread."""
 
     def __init__(self, model: gguf_model.GgufModel) -> None:
@@ -80,7 +81,7 @@ class Engine:
         if self._thread is not None:
             return
         self._batch = gguf_model.Batch(self._model.n_batch)
-        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> None:

@@ -1,4 +1,5 @@
-"""The Agent handlers' decisions: place, render, and record what happened in the status."""
+"""What handling an Agent decides (``status``, pure): place, render, and record what
+happened in the status; and what registration tells the agent service."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import kopf
 import pytest
 
 from aion.api.v1 import common_pb2
-from aion.core import tls
-from aion.operator import handlers, kube, registration, settings, spec, stuck
+from aion.core import agentspec
+from aion.operator import pools, reconcile, registration, settings, status, stuck
 
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 LATER = NOW + datetime.timedelta(minutes=5)
@@ -42,14 +43,14 @@ def _pod(node: str, *, gpus: int, name: str = "other", namespace: str = "team-b"
 
 
 def _snapshot(nodes: Sequence[dict[str, Any]], pods: Sequence[dict[str, Any]] = (),
-              ) -> kube.Snapshot:
-    return kube.Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(PRICES))
+              ) -> pools.Snapshot:
+    return pools.Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(PRICES))
 
 
-def _decide(body: dict[str, Any], snapshot: kube.Snapshot,
-            cfg: settings.AionOperatorSettings) -> handlers.Decision:
-    found = handlers.discover(body, snapshot)
-    return handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
+def _decide(body: dict[str, Any], snapshot: pools.Snapshot,
+            cfg: settings.AionOperatorSettings) -> status.Outcome:
+    found = status.discover(body, snapshot)
+    return status.place(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
 
 
 def _affinity(deployment: dict[str, Any]) -> list[dict[str, Any]]:
@@ -120,7 +121,7 @@ def test_invalid_spec_fails_permanently_and_says_why() -> None:
     patch = kopf.Patch()
     bad = _agent({"model": {"name": "m"}, "replicas": {"min": 2, "max": 1}})
     with pytest.raises(kopf.PermanentError, match=r"spec.replicas: replicas.min \(2\)"):
-        handlers.parse(bad, patch, now=NOW)
+        reconcile.parse(bad, patch, now=NOW)
     assert patch["status"]["phase"] == "Failed"
     [condition] = patch["status"]["conditions"]
     assert (condition["status"], condition["reason"]) == ("False", "InvalidSpec")
@@ -133,15 +134,15 @@ def test_other_conditions_are_kept_and_transition_times_move_only_on_change(
              "lastTransitionTime": "2024-12-01T00:00:00Z"}
     data = {"model": {"name": "m"}, "gpu": {"count": 1}}
     first = _decide(_agent(data, status={"conditions": [ready]}), _snapshot(local_nodes), cfg)
-    found = handlers.discover(_agent(data), _snapshot(local_nodes))
-    again = handlers.decide(_agent(data, generation=4, status=first.status), spec.parse(data),
+    found = status.discover(_agent(data), _snapshot(local_nodes))
+    again = status.place(_agent(data, generation=4, status=first.status), agentspec.parse(data),
                             found=found, cfg=cfg, now=LATER)
     assert [c["type"] for c in again.status["conditions"]] == ["Ready", "Placed"]
     assert again.status["conditions"][0] == ready
     placed = again.status["conditions"][1]
     assert placed["lastTransitionTime"] == "2025-01-02T03:04:05Z"
     assert placed["observedGeneration"] == 4
-    broken = handlers.invalid_status(
+    broken = status.invalid_status(
         _agent({}, generation=5, status=again.status), message="bad", now=LATER)
     assert broken["conditions"][1]["lastTransitionTime"] == "2025-01-02T03:09:05Z"
 
@@ -156,7 +157,7 @@ def _deployment(*, ready: int, updated: int, generation: int = 2,
 def test_readiness_follows_the_deployment() -> None:
     placed = {"phase": "Placed", "nodePool": "l4", "observedGeneration": 3, "conditions": []}
     body = _agent({"model": {"name": "m"}, "replicas": {"min": 2, "max": 2}}, status=placed)
-    waiting = handlers.readiness(body, _deployment(ready=1, updated=2), now=NOW)
+    waiting = status.readiness(body, _deployment(ready=1, updated=2), now=NOW)
     assert waiting is not None
     assert (waiting["phase"], waiting["readyReplicas"]) == ("Placed", 1)
     model, condition = waiting["conditions"]
@@ -165,7 +166,7 @@ def test_readiness_follows_the_deployment() -> None:
     assert (condition["type"], condition["status"], condition["reason"]) == (
         "Ready", "False", "ReplicasNotReady")
     assert condition["message"] == "1 of 2 executor replica(s) ready on pool l4"
-    loading = handlers.readiness(body, _deployment(ready=0, updated=2), now=NOW)
+    loading = status.readiness(body, _deployment(ready=0, updated=2), now=NOW)
     assert loading is not None
     assert (loading["conditions"][0]["status"], loading["conditions"][0]["reason"]) == (
         "False", "ModelLoading")
@@ -173,64 +174,44 @@ def test_readiness_follows_the_deployment() -> None:
     pod = {"metadata": {"name": "exec-1"}, "status": {"containerStatuses": [{"state": {
         "waiting": {"reason": "CreateContainerConfigError",
                     "message": 'secret "hf-token" not found'}}}]}}
-    broken = handlers.readiness(body, _deployment(ready=0, updated=2), now=NOW, pods=[pod])
+    broken = status.readiness(body, _deployment(ready=0, updated=2), now=NOW, pods=[pod])
     assert broken is not None
     model = broken["conditions"][0]
     assert (model["status"], model["reason"]) == ("False", "CreateContainerConfigError")
     assert model["message"] == 'executor pod exec-1: secret "hf-token" not found'
     assert broken["conditions"][1]["message"].endswith('secret "hf-token" not found')
     # Nothing changed since: no patch.
-    assert handlers.readiness(_agent(body["spec"], status={**placed, **waiting}),
+    assert status.readiness(_agent(body["spec"], status={**placed, **waiting}),
                               _deployment(ready=1, updated=2), now=LATER) is None
-    done = handlers.readiness(body, _deployment(ready=2, updated=2), now=NOW)
+    done = status.readiness(body, _deployment(ready=2, updated=2), now=NOW)
     assert done is not None
     assert (done["phase"], done["readyReplicas"]) == ("Ready", 2)
     assert [c["status"] for c in done["conditions"]] == ["True", "True"]
     # A rollout the Deployment controller has not seen yet is not ready.
-    stale = handlers.readiness(body, _deployment(ready=2, updated=2, generation=3), now=NOW)
+    stale = status.readiness(body, _deployment(ready=2, updated=2, generation=3), now=NOW)
     assert stale is not None
     assert stale["phase"] == "Placed"
 
 
 def test_readiness_waits_for_the_current_generation_to_be_placed() -> None:
-    status = {"phase": "Placed", "nodePool": "l4", "observedGeneration": 2}
-    body = _agent({"model": {"name": "m"}}, status=status)
-    assert handlers.readiness(body, _deployment(ready=1, updated=1), now=NOW) is None
-    assert handlers.readiness(_agent({"model": {"name": "m"}}),
+    placed = {"phase": "Placed", "nodePool": "l4", "observedGeneration": 2}
+    body = _agent({"model": {"name": "m"}}, status=placed)
+    assert status.readiness(body, _deployment(ready=1, updated=1), now=NOW) is None
+    assert status.readiness(_agent({"model": {"name": "m"}}),
                               _deployment(ready=1, updated=1), now=NOW) is None
-    assert handlers.readiness(_agent({"model": {"name": "m"}}, status={
-        **status, "observedGeneration": 3}), None, now=NOW) is None
+    assert status.readiness(_agent({"model": {"name": "m"}}, status={
+        **placed, "observedGeneration": 3}), None, now=NOW) is None
 
 
 def test_configs_problems_are_reported(local_nodes: list[dict[str, Any]]) -> None:
     problems: list[str] = []
-    snapshot = kube.Snapshot(nodes=tuple(local_nodes), pods=(), gpu_pools=(
+    snapshot = pools.Snapshot(nodes=tuple(local_nodes), pods=(), gpu_pools=(
         {"metadata": {"name": "l4"}, "spec": {"priceUsdPerGpuHour": -1}},))
-    found = handlers.discover(_agent({"model": {"name": "m"}}), snapshot, problems=problems)
+    found = status.discover(_agent({"model": {"name": "m"}}), snapshot, problems=problems)
     assert [p.name for p in found] == ["h100", "l4", "system"]
     assert {p.name: p.price for p in found}["l4"] is None
     assert len(problems) == 1
     assert problems[0].startswith("GpuPool l4 ignored")
-
-
-def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -> None:
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg)
-    # kopf keeps no public listing of a registry's handlers; its own tests read these.
-    ids = {h.id for h in registry._changing.get_all_handlers()}
-    assert ids == {"place", "place/spec"}
-    assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness", "capacity"}
-    assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
-
-
-def test_a_registrar_adds_the_deregistering_delete_handler(
-        cfg: settings.AionOperatorSettings) -> None:
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg,
-                      registrar=registration.Registrar(
-                          "127.0.0.1:1", tls=tls.LocalCa().tls("operator")))
-    ids = {h.id for h in registry._changing.get_all_handlers()}
-    assert ids == {"place", "place/spec", "deregister"}
 
 
 def _unschedulable(seconds: float) -> stuck.Stuck:
@@ -246,8 +227,8 @@ def test_falling_back_moves_to_the_next_pool_and_says_why(
                   "message": "registered", "lastTransitionTime": "2025-01-02T03:04:05Z"}
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}}, status={
         **placed.status, "conditions": [*placed.status["conditions"], registered]})
-    found = handlers.discover(body, _snapshot(local_nodes))
-    moved = handlers.fall_back(body, spec.parse(body["spec"]), _unschedulable(130),
+    found = status.discover(body, _snapshot(local_nodes))
+    moved = status.fall_back(body, agentspec.parse(body["spec"]), _unschedulable(130),
                                found=found, cfg=cfg, now=LATER)
     assert moved is not None
     assert moved.deployment is not None
@@ -264,7 +245,7 @@ def test_falling_back_moves_to_the_next_pool_and_says_why(
     assert moved.placement.message == degraded["message"]
     # Nowhere left: the Agent stays, and says so once.
     again = _agent(body["spec"], status=moved.status)
-    stay = handlers.fall_back(again, spec.parse(body["spec"]), _unschedulable(200),
+    stay = status.fall_back(again, agentspec.parse(body["spec"]), _unschedulable(200),
                               found=found, cfg=cfg, now=LATER)
     assert stay is not None
     assert stay.deployment is None
@@ -273,7 +254,7 @@ def test_falling_back_moves_to_the_next_pool_and_says_why(
     assert "no other eligible pool has room" in degraded["message"]
     assert set(stay.status) == {"conditions"}
     said = _agent(body["spec"], status={**moved.status, **stay.status})
-    assert handlers.fall_back(said, spec.parse(body["spec"]), _unschedulable(300),
+    assert status.fall_back(said, agentspec.parse(body["spec"]), _unschedulable(300),
                               found=found, cfg=cfg, now=LATER) is None
 
 
@@ -284,14 +265,14 @@ def test_a_new_spec_forgets_fallbacks_and_a_placed_agent_stays_on_its_pool(
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}}, status={
         "nodePool": "h100", "avoidPools": ["l4"], "observedGeneration": 2,
         "conditions": [degraded]})
-    found = handlers.discover(body, _snapshot(local_nodes))
-    fresh = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+    found = status.discover(body, _snapshot(local_nodes))
+    fresh = status.place(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
                             stay="h100")
     assert fresh.status["nodePool"] == "h100"
     assert fresh.placement.message.startswith("stays on pool h100, where it runs")
     assert fresh.status["avoidPools"] is None  # a merge patch removes it
     assert [c["type"] for c in fresh.status["conditions"]] == ["Placed"]
-    resumed = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+    resumed = status.place(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
                               exclude=["l4"])
     assert resumed.status["nodePool"] == "h100"
     assert resumed.status["avoidPools"] == ["l4"]
@@ -302,11 +283,11 @@ def test_an_autoscaled_executor_leaves_replicas_to_the_hpa(
         cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]]) -> None:
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1},
                    "replicas": {"min": 2, "max": 4}})
-    found = handlers.discover(body, _snapshot(local_nodes))
-    own = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
+    found = status.discover(body, _snapshot(local_nodes))
+    own = status.place(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW)
     assert own.deployment is not None
     assert own.deployment["spec"]["replicas"] == 2
-    hpa = handlers.decide(body, spec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
+    hpa = status.place(body, agentspec.parse(body["spec"]), found=found, cfg=cfg, now=NOW,
                           autoscaled=True)
     assert hpa.deployment is not None
     assert "replicas" not in hpa.deployment["spec"]
@@ -315,23 +296,23 @@ def test_an_autoscaled_executor_leaves_replicas_to_the_hpa(
 def test_registration_is_due_once_ready_and_again_for_each_new_spec() -> None:
     ready = {"phase": "Ready", "nodePool": "l4", "observedGeneration": 3, "conditions": []}
     body = _agent({"model": {"name": "m"}}, status=ready)
-    assert handlers.needs_registration(body)
-    assert not handlers.needs_registration(_agent({"model": {"name": "m"}}, status={
+    assert status.needs_registration(body)
+    assert not status.needs_registration(_agent({"model": {"name": "m"}}, status={
         **ready, "phase": "Placed"}))
-    done = handlers.registered_status(body, ok=True, message="registered", now=NOW)
-    assert not handlers.needs_registration(_agent(body["spec"], status={**ready, **done}))
-    failed = handlers.registered_status(body, ok=False, message="down", now=NOW)
+    done = status.registered_status(body, ok=True, message="registered", now=NOW)
+    assert not status.needs_registration(_agent(body["spec"], status={**ready, **done}))
+    failed = status.registered_status(body, ok=False, message="down", now=NOW)
     assert failed["conditions"][0]["reason"] == "AgentServiceUnavailable"
-    assert handlers.needs_registration(_agent(body["spec"], status={**ready, **failed}))
+    assert status.needs_registration(_agent(body["spec"], status={**ready, **failed}))
     newer = _agent(body["spec"], generation=4, status={
         **ready, **done, "observedGeneration": 4})
-    assert handlers.needs_registration(newer)
+    assert status.needs_registration(newer)
 
 
 def test_the_registration_names_tenant_pool_and_executor() -> None:
     body = _agent({"model": {"name": "m", "task": "embed"}, "instructions": "Be brief.",
                    "knowledgeBases": ["docs"], "routing": {"privacy": "hybrid"}})
-    req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
     assert (req.tenant, req.agent.name, req.agent.model, req.agent.model_task) == (
         "acme", "chat", "m", "embed")
     assert req.owner == "team-a/uid-1"
@@ -341,8 +322,21 @@ def test_the_registration_names_tenant_pool_and_executor() -> None:
     assert list(req.executor_endpoints) == ["aion-executor-chat.team-a.svc:50055"]
     assert list(req.tools) == []
     body["spec"]["tools"] = ["knowledge_search", "agent:helper"]
-    req = registration.request(body, spec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
     assert list(req.tools) == ["knowledge_search", "agent:helper"]
+
+
+def test_the_registration_carries_description_max_tokens_and_routing_targets() -> None:
+    body = _agent({"model": {"name": "m"}})
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    assert (req.agent.description, req.agent.max_tokens) == ("", 0)
+    assert not req.agent.HasField("budget_usd_per_task")
+    assert not req.agent.HasField("p95_target_ms")
+    body["spec"] |= {"description": "answers questions", "maxTokens": 128,
+                     "routing": {"budgetUsdPerTask": 0.02, "p95TargetMs": 800}}
+    req = registration.request(body, agentspec.parse(body["spec"]), tenant_name="acme", pool="l4")
+    assert (req.agent.description, req.agent.max_tokens) == ("answers questions", 128)
+    assert (req.agent.budget_usd_per_task, req.agent.p95_target_ms) == (0.02, 800)
 
 
 LABEL = "aion.dev/tenant"
@@ -375,94 +369,37 @@ def test_an_agent_claiming_another_tenant_is_refused_and_told_how_to_fix_it() ->
 def test_a_refusal_is_a_registered_false_condition_said_once() -> None:
     ready = {"phase": "Ready", "nodePool": "l4", "observedGeneration": 3, "conditions": []}
     body = _agent({"model": {"name": "m"}}, status=ready)
-    refused = handlers.registered_status(body, ok=False, reason="TenantMismatch",
+    refused = status.registered_status(body, ok=False, reason="TenantMismatch",
                                          message="claims acme", now=NOW)
     [cond] = refused["conditions"]
     assert (cond["type"], cond["status"], cond["reason"]) == (
         "Registered", "False", "TenantMismatch")
     again = _agent(body["spec"], status={**ready, **refused})
-    assert handlers.needs_registration(again)  # a fixed label registers at the next look
-    assert handlers._refused_again(again, reason="TenantMismatch", message="claims acme")
-    assert not handlers._refused_again(again, reason="TenantMismatch", message="claims b")
+    assert status.needs_registration(again)  # a fixed label registers at the next look
+    assert status.refused_again(again, reason="TenantMismatch", message="claims acme")
+    assert not status.refused_again(again, reason="TenantMismatch", message="claims b")
 
 
 def test_a_gpupool_status_follows_its_pool_and_skips_unchanged_writes(
         local_nodes: list[dict[str, Any]]) -> None:
     snapshot = _snapshot(local_nodes, [_pod("h100-0", gpus=3)])
     h100 = {"metadata": {"name": "h100"}, "spec": {"priceUsdPerGpuHour": 4.5}}
-    status = handlers.pool_status(h100, snapshot, now=NOW)
-    assert status is not None
-    assert (status["product"], status["nodes"], status["gpus"], status["freeGpus"]) == (
+    found = status.pool_status(h100, snapshot, now=NOW)
+    assert found is not None
+    assert (found["product"], found["nodes"], found["gpus"], found["freeGpus"]) == (
         "NVIDIA-H100-80GB-HBM3", 2, 16, 13)
-    assert handlers.pool_status({**h100, "status": status}, snapshot, now=LATER) is None
-    missing = handlers.pool_status({"metadata": {"name": "a100"}}, snapshot, now=NOW)
+    assert status.pool_status({**h100, "status": found}, snapshot, now=LATER) is None
+    missing = status.pool_status({"metadata": {"name": "a100"}}, snapshot, now=NOW)
     assert missing is not None
     assert (missing["nodes"], missing["gpus"], missing["product"]) == (0, 0, None)
-
-
-def _unused_client() -> Any:
-    # Registering makes no call; a client would need a kubeconfig to build.
-    return object()
-
-
-class _RecordingKube:
-    """What ``reconcile`` calls on the cluster, recorded in order."""
-
-    def __init__(self, snapshot: kube.Snapshot, calls: list[str]) -> None:
-        self._snapshot = snapshot
-        self.calls = calls
-        self.applied: list[dict[str, Any]] = []
-
-    async def snapshot(self) -> kube.Snapshot:
-        return self._snapshot
-
-    async def autoscaled(self, _name: str, *, namespace: str) -> bool:
-        return False
-
-    async def apply(self, manifest: dict[str, Any]) -> None:
-        self.calls.append(f"apply {manifest['kind']}")
-        self.applied.append(manifest)
-
-
-class _RecordingKeeper:
-    def __init__(self, calls: list[str]) -> None:
-        self.calls = calls
-
-    async def ensure(self, namespace: str) -> str:
-        self.calls.append(f"ensure {namespace}")
-        return "2027-01-01T00:00:00+00:00"
-
-
-async def test_reconcile_keeps_the_executor_secrets_before_applying_what_mounts_them(
-        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
-    calls: list[str] = []
-    client = _RecordingKube(_snapshot(local_nodes), calls)
-    executors = handlers.Executors(secrets=_RecordingKeeper(calls),  # type: ignore[arg-type]
-                                   platform_namespace="aion")
-    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}})
-    patch = kopf.Patch()
-    decision = await handlers.reconcile(
-        kopf.Body(body), patch, client=client, cfg=cfg,  # type: ignore[arg-type]
-        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
-                                      settings=kopf.OperatorSettings()),
-        executors=executors)
-    assert calls == ["ensure team-a", "apply Deployment", "apply Service", "apply NetworkPolicy"]
-    assert decision.deployment is not None
-    assert decision.network_policy is not None
-    annotations = decision.deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["aion.dev/tls-serial"] == "2027-01-01T00:00:00+00:00"
-    peer = decision.network_policy["spec"]["ingress"][0]["from"][0]
-    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "aion"}
 
 
 def test_a_fallback_keeps_the_certificate_and_the_network_policy(
         cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]]) -> None:
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 1}},
                   status={"nodePool": "l4", "observedGeneration": 3})
-    found = handlers.discover(body, _snapshot(local_nodes))
-    moved = handlers.fall_back(body, spec.parse(body["spec"]), _unschedulable(600),
+    found = status.discover(body, _snapshot(local_nodes))
+    moved = status.fall_back(body, agentspec.parse(body["spec"]), _unschedulable(600),
                                found=found, cfg=cfg, now=NOW, tls_version="v1",
                                platform_namespace="aion")
     assert moved is not None
@@ -472,32 +409,3 @@ def test_a_fallback_keeps_the_certificate_and_the_network_policy(
         "aion.dev/tls-serial"] == "v1"
 
 
-async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployment(
-        cfg: settings.AionOperatorSettings) -> None:
-    calls: list[str] = []
-    deployment = _deployment(ready=1, updated=1)
-
-    class Kube:
-        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
-            return []
-
-        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
-            calls.append(f"read {name}")
-            return deployment
-
-    class Keeper(_RecordingKeeper):
-        async def roll(self, found: dict[str, Any] | None, namespace: str) -> bool:
-            calls.append(f"roll {namespace}")
-            assert found is deployment
-            return True
-
-    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}}, generation=2,
-                  status={"nodePool": "cpu", "observedGeneration": 2, "phase": "Placed"})
-    await handlers.follow(
-        kopf.Body(body), kopf.Patch(), client=Kube(), cfg=cfg,  # type: ignore[arg-type]
-        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
-                                      settings=kopf.OperatorSettings()),
-        registrar=None,
-        executors=handlers.Executors(secrets=Keeper(calls),  # type: ignore[arg-type]
-                                     platform_namespace="aion"))
-    assert calls == ["ensure team-a", "read aion-executor-chat", "roll team-a"]

@@ -25,30 +25,19 @@ from aion.core import errors
 from aion.executor import backend, stats
 
 log = logging.getLogger(__name__)
-RATE_WINDOW_S = 30.0
-LATENCY_WINDOW_S = 300.0
 _MIN_RETRY_S = 0.05
-_MAX_RETRY_S = 30.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Embedded:
-    """The vectors of one request's texts, in order, and the tokens they took."""
-
-    vectors: backend.Vectors
-    prompt_tokens: int
 
 
 @dataclasses.dataclass(eq=False)
 class _Request:
     texts: tuple[str, ...]
-    future: asyncio.Future[Embedded]
+    future: asyncio.Future[backend.Embedded]
     arrived: float
 
 
 @dataclasses.dataclass
 class _Outcome:
-    results: dict[int, Embedded | errors.AionError]
+    results: dict[int, backend.Embedded | errors.AionError]
     tokens: int
 
 
@@ -66,36 +55,25 @@ class EmbedBatcher:
         self._arrived = asyncio.Event()
         self._admitted = 0
         self._running = 0
-        self._tokens = stats.RateWindow(window_s=RATE_WINDOW_S, now=clock())
-        self._latency = stats.LatencyWindow(window_s=LATENCY_WINDOW_S)
+        self._meter = stats.Meter(clock=clock, min_retry_s=_MIN_RETRY_S)
         self._worker = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="embed")
 
     def snapshot(self) -> stats.Load:
         """The current load."""
-        now = self._clock()
-        return stats.Load(
-            model_ready=self._model.ready,
-            queue_depth=self._admitted - self._running,
-            in_flight=self._running,
-            max_queue=self._max_queue,
-            tokens_per_s=self._tokens.rate(now=now),
-            p95_latency_s=self._latency.percentile(0.95, now=now),
-            max_batch=self._max_batch,
-        )
+        return self._meter.load(model_ready=self._model.ready,
+                                queue_depth=self._admitted - self._running,
+                                in_flight=self._running, max_queue=self._max_queue,
+                                max_batch=self._max_batch)
 
     def retry_after_s(self) -> float:
         """How long a refused caller should wait: about one request's latency here now."""
-        p95 = self._latency.percentile(0.95, now=self._clock())
-        return _MIN_RETRY_S if p95 is None else min(max(p95, _MIN_RETRY_S), _MAX_RETRY_S)
+        return self._meter.retry_after_s()
 
-    async def embed(self, texts: Sequence[str]) -> Embedded:
+    async def embed(self, texts: Sequence[str]) -> backend.Embedded:
         """Embed ``texts`` in the next batch; raise ``errors.ResourceExhausted`` when full."""
         if self._admitted >= self._max_queue:
-            stats.REJECTED.inc()
-            raise errors.ResourceExhausted(
-                f"executor queue is full ({self._max_queue} requests); retry later",
-                retry_after_s=round(self.retry_after_s(), 3))
+            raise self._meter.queue_full(self._max_queue)
         request = _Request(tuple(texts), asyncio.get_running_loop().create_future(),
                            self._clock())
         self._admitted += 1
@@ -166,7 +144,7 @@ class EmbedBatcher:
         finally:
             self._running -= len(batch)
         now = self._clock()
-        self._tokens.add(outcome.tokens, now=now)
+        self._meter.tokens.add(outcome.tokens, now=now)
         stats.BATCH_SIZE.observe(sum(len(r.texts) for r in batch))
         for i, request in enumerate(batch):
             result = outcome.results[i]
@@ -176,14 +154,14 @@ class EmbedBatcher:
                 request.future.set_exception(result)
             else:
                 stats.EMBEDDED_TEXTS.inc(len(request.texts))
-                self._latency.add(now - request.arrived, now=now)
+                self._meter.latency.add(now - request.arrived, now=now)
                 request.future.set_result(result)
 
     def _embed_blocking(self, requests: list[tuple[str, ...]]) -> _Outcome:
         """In the model's thread: check lengths, embed the texts that fit, split the rows."""
         counts = self._model.count_tokens([text for texts in requests for text in texts])
         limit = self._model.max_input_tokens
-        results: dict[int, Embedded | errors.AionError] = {}
+        results: dict[int, backend.Embedded | errors.AionError] = {}
         accepted: list[tuple[int, int]] = []  # (request, its tokens)
         offset = 0
         for i, texts in enumerate(requests):
@@ -202,6 +180,6 @@ class EmbedBatcher:
         row = 0
         for i, tokens in accepted:
             n = len(requests[i])
-            results[i] = Embedded(vectors[row:row + n], tokens)
+            results[i] = backend.Embedded(vectors[row:row + n], tokens)
             row += n
         return _Outcome(results, sum(tokens for _, tokens in accepted))

@@ -29,7 +29,8 @@ import pydantic
 from starlette import applications, middleware, requests, responses, routing, types
 
 from aion.core import errors
-from aion.executor import backend, inference, openai_schema, validation
+from aion.executor import backend, inference, validation
+from aion.executor.http import schema
 
 _STATUS = {
     errors.InvalidArgument: (400, "invalid_request_error"),
@@ -99,7 +100,7 @@ async def _body(request: requests.Request, model: type[B], limit: int) -> B:
     try:
         return model.model_validate(raw)
     except pydantic.ValidationError as exc:
-        field, why = openai_schema.field_of(exc)
+        field, why = schema.field_of(exc)
         raise errors.InvalidArgument(f"{field}: {why}", field=field) from exc
 
 
@@ -164,7 +165,7 @@ class OpenAIApi:
 
     async def chat(self, request: requests.Request) -> responses.Response:
         """``POST /v1/chat/completions``."""
-        body = await _body(request, openai_schema.ChatCompletionRequest, self._limit)
+        body = await _body(request, schema.ChatCompletionRequest, self._limit)
         body.check_n()
         req = validation.generate(
             model=body.model, messages=[(m.role, m.text()) for m in body.messages],
@@ -184,7 +185,7 @@ class OpenAIApi:
 
     async def completions(self, request: requests.Request) -> responses.Response:
         """``POST /v1/completions``."""
-        body = await _body(request, openai_schema.CompletionRequest, self._limit)
+        body = await _body(request, schema.CompletionRequest, self._limit)
         body.check_n()
         req = validation.generate(
             model=body.model, messages=[], prompt=body.text(), max_tokens=body.max_tokens,
@@ -205,7 +206,7 @@ class OpenAIApi:
 
     async def embeddings(self, request: requests.Request) -> responses.Response:
         """``POST /v1/embeddings``."""
-        body = await _body(request, openai_schema.EmbeddingRequest, self._limit)
+        body = await _body(request, schema.EmbeddingRequest, self._limit)
         req = validation.embed(model=body.model, texts=body.texts(), limits=self._service.limits)
         result = await self._service.embed(req)
         if body.dimensions is not None and body.dimensions != result.vectors.shape[1]:

@@ -1,4 +1,7 @@
-"""``make dev``: start the suite with the demo agent and keep it up until Ctrl-C."""
+"""``make dev``: start the suite with the demo agent and keep it up until Ctrl-C.
+
+``python -m aion.infra.devstack [--agents FILE] [--log-dir DIR] [--kubeconfig FILE]``.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from aion.sdk.testing import suite
+from aion.infra.devstack import suite
 
 
 class Progress:
@@ -93,7 +96,7 @@ def operator_healthy(timeout_s: float = 30.0) -> bool:
 
 def main() -> int:
     """Run until SIGINT or SIGTERM; exit non-zero if the suite cannot start."""
-    parser = argparse.ArgumentParser(prog="python -m aion.sdk.testing",
+    parser = argparse.ArgumentParser(prog="python -m aion.infra.devstack",
                                      description="Run the aion suite locally.")
     parser.add_argument("--agents", type=Path, default=Path("deploy/examples/demo-agent.yaml"))
     parser.add_argument("--log-dir", type=Path, default=Path(".aion/dev/logs"))
@@ -174,4 +177,5 @@ def main() -> int:
     return 0
 
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

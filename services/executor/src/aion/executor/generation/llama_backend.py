@@ -3,7 +3,7 @@
 The same code runs on a GPU when the llama-cpp-python wheel was built with
 CUDA (every layer is offloaded) and on the CPU otherwise. Prompts are
 rendered with the chat template stored in the model file. Streams are handed
-to ``llama_engine.Engine``, whose thread decodes all of them together and
+to ``decode_loop.DecodeLoop``, whose thread decodes all of them together and
 hands chunks back to the event loop with ``loop.call_soon_threadsafe``.
 """
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Self
 
 from aion.core import errors
-from aion.executor import backend, gguf_model, llama_engine
+from aion.executor import backend
+from aion.executor.generation import decode_loop, gguf_model
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class LlamaBackend:
         self._model = gguf_model.GgufModel(
             path, n_ctx=n_ctx, n_seq=max_streams, n_batch=max(n_batch, 32),
             n_threads=n_threads, gpu=self._gpu, progress=self._log_progress)
-        self._engine = llama_engine.Engine(self._model)
+        self._loop = decode_loop.DecodeLoop(self._model)
         self._reported = -1
         self._closed = False
 
@@ -69,7 +70,7 @@ class LlamaBackend:
         if self._model.loaded:
             return
         self._model.load()
-        self._engine.start()
+        self._loop.start()
 
     def _log_progress(self, fraction: float) -> None:
         quarter = int(fraction * 4)
@@ -102,8 +103,8 @@ class LlamaBackend:
             except RuntimeError:
                 job.cancelled = True  # the loop is closed: nobody is listening any more
 
-        job = llama_engine.Job(prompt.tokens, params, emit)
-        self._engine.submit(job)
+        job = decode_loop.Job(prompt.tokens, params, emit)
+        self._loop.submit(job)
         try:
             while True:
                 item = await chunks.get()
@@ -113,14 +114,14 @@ class LlamaBackend:
                 if item.finish is not None:
                     return
         finally:
-            self._engine.cancel(job)
+            self._loop.cancel(job)
 
     def close(self) -> None:
         """Stop the loop and free the model; safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        self._engine.stop()
+        self._loop.stop()
         self._model.close()
 
     def __enter__(self) -> Self:

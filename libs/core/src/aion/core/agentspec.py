@@ -1,8 +1,13 @@
-"""The Agent spec, validated as ``charts/aion/crds/agents.aion.dev.yaml`` declares it.
+"""The Agent resource, validated as ``charts/aion/crds/agents.aion.dev.yaml`` declares it.
 
-The API server already checks the CRD's schema and CEL rules; the operator
-checks again here because it is where an Agent enters Python, and because a
-cluster may run an older CRD. Field names are the CRD's (camelCase aliases).
+One model for the two places an Agent enters Python: the operator (an Agent applied
+with kubectl) and the agent service's manifest parser (``aionctl apply -f``, the agents
+file). Two copies drifted once, and kubectl-applied Agents lost their tools; the
+operator's CRD test checks this model against the CRD's schema, so the three agree.
+The API server already checks the CRD's schema and CEL rules; the operator checks
+again because a cluster may run an older CRD. Field names are the CRD's (camelCase
+aliases). Errors name every bad field by its path (``spec.gpu.count``), bounded in
+length whatever the input.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import pydantic_core
 from pydantic import alias_generators
 
 from aion.core import errors
+from aion.core import privacy as privacy_mod
 
 # A Kubernetes label value: pool names and GPU product names are label values.
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -24,8 +30,15 @@ MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 QUANTITY_PATTERN = (r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
-Privacy = Literal["local-only", "allow-api", "hybrid"]
-Task = Literal["generate", "embed"]
+ModelTask = Literal["generate", "embed"]
+API_VERSION = "aion.dev/v1alpha1"
+KIND = "Agent"
+# An Agent's name is a DNS label: it names the executor Deployment and Service.
+AGENT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MAX_DESCRIPTION = 4096
+# The largest spec.maxTokens the resource may say; each agent service caps it lower.
+MAX_TOKENS = 1_000_000
+_MAX_PROBLEMS = 5
 
 
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -80,13 +93,13 @@ class Model(_Spec):
 
     name: ModelName
     source: str | None = pydantic.Field(default=None, min_length=1, max_length=2048)
-    task: Task = "generate"
+    task: ModelTask = "generate"
 
 
 class Routing(_Spec):
     """Where the Agent's tasks may run, and what they may cost."""
 
-    privacy: Privacy = "local-only"
+    privacy: privacy_mod.Privacy = privacy_mod.Privacy.LOCAL_ONLY
     budget_usd_per_task: float | None = pydantic.Field(default=None, ge=0)
     p95_target_ms: int | None = pydantic.Field(default=None, ge=1, strict=True)
 
@@ -114,7 +127,7 @@ class Resources(_Spec):
     memory: Quantity = "2Gi"
 
 
-class Placement(_Spec):
+class PlacementRules(_Spec):
     """Which node pools the Agent may run on, which it prefers, and the price cap."""
 
     allowed_pools: LabelValues = ()
@@ -122,7 +135,7 @@ class Placement(_Spec):
     max_price_per_gpu_hour: float | None = pydantic.Field(default=None, ge=0)
 
     @pydantic.model_validator(mode="after")
-    def _preferred_are_allowed(self) -> Placement:
+    def _preferred_are_allowed(self) -> PlacementRules:
         stray = [p for p in self.preferred_pools if p not in self.allowed_pools]
         if self.allowed_pools and stray:
             raise pydantic_core.PydanticCustomError(
@@ -156,20 +169,55 @@ class AgentSpec(_Spec):
 
     model: Model
     instructions: str = pydantic.Field(default="", max_length=32768)
+    description: str = pydantic.Field(default="", max_length=MAX_DESCRIPTION)
+    # Tokens each model call may generate; None leaves it to the agent service.
+    max_tokens: int | None = pydantic.Field(default=None, ge=1, le=MAX_TOKENS, strict=True)
+    # "knowledge_search", or "agent:<name>" to call another agent as a tool.
     tools: Names = ()
     knowledge_bases: Names = ()
     routing: Routing = Routing()
     gpu: Gpu = Gpu()
     resources: Resources = Resources()
-    placement: Placement = Placement()
+    placement: PlacementRules = PlacementRules()
     replicas: Replicas = Replicas()
 
 
-def _path(loc: Sequence[int | str]) -> str:
-    path = "spec"
+class Metadata(pydantic.BaseModel):
+    """The part of an Agent's metadata a manifest must get right: its name."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+    name: str = pydantic.Field(pattern=AGENT_NAME_PATTERN, max_length=63)
+
+
+class AgentResource(pydantic.BaseModel):
+    """An ``agents.aion.dev`` resource as a manifest holds it (status, if any, ignored)."""
+
+    model_config = pydantic.ConfigDict(extra="ignore", frozen=True)
+
+    api_version: Literal["aion.dev/v1alpha1"] = pydantic.Field(alias="apiVersion")
+    kind: Literal["Agent"]
+    metadata: Metadata
+    spec: AgentSpec
+
+
+def _path(loc: Sequence[int | str], *, root: str = "") -> str:
+    path = root
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "manifest"
+
+
+def _problems(exc: pydantic.ValidationError, *, root: str) -> tuple[str, str]:
+    """Every problem (the first few) by field path, and the first one's path. Messages
+    are cut short and never quote the whole input, whose repr may be huge."""
+    found = exc.errors(include_input=False, include_url=False)
+    text = "; ".join(f"{_path(p['loc'], root=root)}: {p['msg'][:200]}"
+                     for p in found[:_MAX_PROBLEMS])
+    more = len(found) - _MAX_PROBLEMS
+    if more > 0:
+        text += f"; and {more} more"
+    return text, _path(found[0]["loc"], root=root)
 
 
 def parse(data: Any) -> AgentSpec:
@@ -177,7 +225,15 @@ def parse(data: Any) -> AgentSpec:
     try:
         return AgentSpec.model_validate(data)
     except pydantic.ValidationError as exc:
-        problems = exc.errors(include_url=False)
-        text = "; ".join(f"{_path(p['loc'])}: {p['msg']}" for p in problems)
-        raise errors.InvalidArgument(f"invalid Agent spec: {text}",
-                                     field=_path(problems[0]["loc"])) from None
+        text, field = _problems(exc, root="spec")
+        raise errors.InvalidArgument(f"invalid Agent spec: {text}", field=field) from None
+
+
+def parse_resource(data: Any) -> AgentResource:
+    """Validate a whole Agent resource (apiVersion, kind, metadata.name, spec);
+    ``InvalidArgument`` lists every problem by its field path."""
+    try:
+        return AgentResource.model_validate(data)
+    except pydantic.ValidationError as exc:
+        text, field = _problems(exc, root="")
+        raise errors.InvalidArgument(f"invalid Agent: {text}", field=field) from None

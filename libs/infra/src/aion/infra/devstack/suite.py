@@ -6,15 +6,19 @@ embedding model. The knowledge service keeps documents in the agent
 service's Postgres database and MinIO, its events on the same Kafka, and its
 Qdrant collection on disk under the log folder.
 
-Used by ``make dev`` (``python -m aion.sdk.testing``) and by the end-to-end
+Used by ``make dev`` (``python -m aion.infra.devstack``) and by the end-to-end
 tests. Each service runs ``python -m aion.<name>`` in its own session, logs
 to ``<log_dir>/<name>.log``, and is stopped with SIGTERM in reverse start
 order (gateway first, executor last) so in-flight calls drain.
 
+The services find Postgres, Kafka and MinIO where ``make infra-up`` (``python
+-m aion.infra up infra``) serves them, unless the environment says otherwise;
+those addresses come from aion.infra's own components, not from copies.
+
 Internal calls are mTLS only: the suite makes one CA for its run (under the
 log folder, ``tls/``) and a certificate per identity (``python -m
-aion.core.mkcerts``, in the services' Python: the SDK does not import
-aion.core), and hands each process its own through ``AION_TLS_*``. Readiness is read from
+aion.core.mkcerts``, run in the interpreter that runs the services), and hands
+each process its own through ``AION_TLS_*``. Readiness is read from
 each internal service's plaintext health port (the gateway's own port).
 """
 
@@ -37,6 +41,8 @@ from typing import Self
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aion.infra import kafka, minio, postgres
+
 # Start order: what others depend on comes first.
 SERVICES = ("executor", "embedder", "knowledge", "router", "agent", "gateway")
 DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
@@ -55,15 +61,6 @@ IDENTITIES = {"gateway": "gateway", "router": "router", "agent": "agent",
 CERTIFIED = ("gateway", "router", "agent", "knowledge", "executor", "operator")
 # The bearer token of the suite's executors' HTTP API (a local suite's, not a secret).
 DEV_EXECUTOR_HTTP_TOKEN = "aion-dev-executor-token"
-
-
-# Where `make infra-up` (python -m aion.infra up infra) serves Postgres and Kafka.
-DEFAULT_POSTGRES_DSN = "postgresql://aion:aion@127.0.0.1:55432/aion"
-DEFAULT_KAFKA_BOOTSTRAP = "127.0.0.1:9092"
-# Where it serves MinIO, with its development credentials.
-DEFAULT_MINIO_ENDPOINT = "127.0.0.1:9000"
-DEFAULT_MINIO_ACCESS_KEY = "aion"
-DEFAULT_MINIO_SECRET_KEY = "aion-dev-secret"  # a local development server's, not a secret
 
 
 class SuiteError(RuntimeError):
@@ -211,10 +208,13 @@ class LocalSuite:
         env["AION_AGENT_KNOWLEDGE_TARGET"] = s["knowledge"].target
         # The agent service's task store and event backbone; extra_env may point
         # them elsewhere (the e2e tests give each suite its database and topics).
-        env.setdefault("AION_AGENT_POSTGRES_DSN",
-                       env.get("AION_POSTGRES_DSN", DEFAULT_POSTGRES_DSN))
+        # By default, where `make infra-up` (python -m aion.infra up infra) serves them.
+        env.setdefault("AION_AGENT_POSTGRES_DSN", env.get(
+            "AION_POSTGRES_DSN",
+            f"postgresql://{postgres.SUPERUSER}:{postgres.DEFAULT_PASSWORD}"
+            f"@{postgres.HOST}:{postgres.DEFAULT_PORT}/{postgres.DATABASE}"))
         env.setdefault("AION_AGENT_KAFKA_BOOTSTRAP",
-                       env.get("AION_KAFKA_BOOTSTRAP", DEFAULT_KAFKA_BOOTSTRAP))
+                       env.get("AION_KAFKA_BOOTSTRAP", f"{kafka.HOST}:{kafka.DEFAULT_PORT}"))
         if agents_file is not None:
             env["AION_AGENT_AGENTS_FILE"] = str(agents_file)
         # The knowledge service: the same database and brokers as the agent service (its
@@ -223,11 +223,11 @@ class LocalSuite:
         env.setdefault("AION_KNOWLEDGE_KAFKA_BOOTSTRAP", env["AION_AGENT_KAFKA_BOOTSTRAP"])
         env.setdefault("AION_KNOWLEDGE_TOPIC_PREFIX", env.get("AION_AGENT_TOPIC_PREFIX", "aion."))
         env.setdefault("AION_KNOWLEDGE_MINIO_ENDPOINT",
-                       env.get("AION_MINIO_ENDPOINT", DEFAULT_MINIO_ENDPOINT))
+                       env.get("AION_MINIO_ENDPOINT", f"{minio.HOST}:{minio.DEFAULT_PORT}"))
         env.setdefault("AION_KNOWLEDGE_MINIO_ACCESS_KEY",
-                       env.get("AION_MINIO_ACCESS_KEY", DEFAULT_MINIO_ACCESS_KEY))
+                       env.get("AION_MINIO_ACCESS_KEY", minio.DEFAULT_ACCESS_KEY))
         env.setdefault("AION_KNOWLEDGE_MINIO_SECRET_KEY",
-                       env.get("AION_MINIO_SECRET_KEY", DEFAULT_MINIO_SECRET_KEY))
+                       env.get("AION_MINIO_SECRET_KEY", minio.DEFAULT_SECRET_KEY))
         env.setdefault("AION_KNOWLEDGE_QDRANT_PATH", str(self._log_dir / "qdrant"))
         env["AION_KNOWLEDGE_EXECUTOR_TARGET"] = s["embedder"].target
         env.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,0 +1,258 @@
+"""The public servicers at their edge, in process: each RPC's role, the caller's tenant on
+every internal call, the Stream deadline rule and what reaches the router about privacy.
+
+The router, agent and knowledge stubs are in-process fakes that record each call (the e2e
+suite runs the real path); authentication and rate limits are the real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pydantic
+import pytest
+
+from aion.api.router.v1 import router_pb2
+from aion.api.v1 import (
+    agents_pb2,
+    common_pb2,
+    keys_pb2,
+    knowledge_pb2,
+    tasks_pb2,
+)
+from aion.core import errors
+from aion.gateway import auth, keys, ratelimit, servicers, settings
+
+TENANT = "acme"
+ROLES: tuple[settings.Role, ...] = ("viewer", "user", "admin")
+KEYS = {role: f"key-{role}" for role in ROLES}
+
+
+class FakeStub:
+    """Any internal stub: each method records ``(name, request, timeout)`` and answers from
+    ``answers`` (a list is streamed, anything else returned; a missing name gets ``Empty``)."""
+
+    def __init__(self, **answers: Any) -> None:
+        self.calls: list[tuple[str, Any, float | None]] = []
+        self._answers = answers
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def method(request: Any, *, timeout: float | None = None) -> Any:
+            self.calls.append((name, request, timeout))
+            answer = self._answers.get(name, common_pb2.TaskResult())
+            if isinstance(answer, list):
+                return _stream(answer)
+            return _value(answer)
+        return method
+
+    def requests(self, name: str) -> list[Any]:
+        return [request for called, request, _ in self.calls if called == name]
+
+
+async def _value(answer: Any) -> Any:
+    return answer
+
+
+async def _stream(items: list[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+class Context:
+    """The part of a gRPC servicer context the servicers read: metadata, peer, deadline."""
+
+    def __init__(self, key: str | None, *, deadline: float | None = 30.0) -> None:
+        self._metadata = (("x-api-key", key),) if key else ()
+        self._deadline = deadline
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:5555"
+
+    def time_remaining(self) -> float | None:
+        return self._deadline
+
+
+DECISION = common_pb2.Engine(route=common_pb2.ROUTE_LOCAL, chosen_by="test", reason="fake")
+DONE = tasks_pb2.TaskEvent(task_id="t1", seq=1, done=tasks_pb2.Done(
+    result=common_pb2.TaskResult(task_id="t1", usage=common_pb2.Usage(tokens=3))))
+
+
+class Edge:
+    """The four public servicers over recording fakes."""
+
+    def __init__(self, *, agent_privacy: common_pb2.Privacy.ValueType) -> None:
+        self.router = FakeStub(Decide=router_pb2.Decision(engine=DECISION))
+        self.agent = FakeStub(
+            GetAgent=agents_pb2.Agent(name="demo", privacy=agent_privacy),
+            Submit=tasks_pb2.SubmitResponse(task_id="t1"),
+            Run=[DONE], Follow=[DONE],
+            ListAgents=agents_pb2.ListAgentsResponse(),
+            ApplyAgents=agents_pb2.ApplyAgentsResponse())
+        self.knowledge = FakeStub(
+            Ingest=knowledge_pb2.IngestResponse(), Search=knowledge_pb2.SearchResponse(),
+            Delete=knowledge_pb2.DeleteDocumentResponse(), GetDocument=knowledge_pb2.Document(),
+            ListDocuments=knowledge_pb2.ListDocumentsResponse())
+        fakes: Any = (self.router, self.agent, self.knowledge)
+        upstreams = servicers.Upstreams(router=fakes[0], agent=fakes[1], knowledge=fakes[2])
+        cfg = settings.GatewaySettings(
+            api_keys=[settings.ApiKey(hash=keys.hash_key(key), tenant=TENANT, roles=[role])
+                      for role, key in KEYS.items()],
+            jwt_secret=pydantic.SecretStr("jwt-secret-for-tests-32-bytes-long"),
+            jwt_audience="aion", jwt_issuer="https://issuer.test")
+        guard = servicers.Guard(
+            authenticator=auth.Authenticator(cfg),
+            limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(), ratelimit.Policy()))
+        self.tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
+        self.agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
+        self.knowledge_api = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
+        self.keys = servicers.KeysServicer(guard=guard, store=None)
+
+    def internal_calls(self) -> list[tuple[str, Any, float | None]]:
+        return [*self.router.calls, *self.agent.calls, *self.knowledge.calls]
+
+
+def _edge(agent_privacy: common_pb2.Privacy.ValueType = common_pb2.PRIVACY_ALLOW_API) -> Edge:
+    return Edge(agent_privacy=agent_privacy)
+
+
+TASK = tasks_pb2.TaskSpec(agent="demo", input="hello")
+
+# Each public RPC, the role it needs, and how to call it on an Edge.
+Call = Callable[[Edge, Context], Awaitable[Any]]
+
+
+async def _drain(events: AsyncIterator[Any]) -> list[Any]:
+    return [event async for event in events]
+
+
+RPCS: dict[str, tuple[settings.Role, Call]] = {
+    "Tasks.Submit": ("user", lambda e, c: e.tasks.Submit(
+        tasks_pb2.SubmitRequest(task=TASK), c)),  # type: ignore[arg-type]
+    "Tasks.Stream(task)": ("user", lambda e, c: _drain(e.tasks.Stream(
+        tasks_pb2.StreamRequest(task=TASK), c))),  # type: ignore[arg-type]
+    "Tasks.Stream(task_id)": ("user", lambda e, c: _drain(e.tasks.Stream(
+        tasks_pb2.StreamRequest(task_id="t1"), c))),  # type: ignore[arg-type]
+    "Tasks.Get": ("viewer", lambda e, c: e.tasks.Get(
+        tasks_pb2.GetTaskRequest(task_id="t1"), c)),  # type: ignore[arg-type]
+    "Tasks.Cancel": ("user", lambda e, c: e.tasks.Cancel(
+        tasks_pb2.CancelTaskRequest(task_id="t1"), c)),  # type: ignore[arg-type]
+    "Agents.List": ("viewer", lambda e, c: e.agents.List(
+        agents_pb2.ListAgentsRequest(), c)),  # type: ignore[arg-type]
+    "Agents.Get": ("viewer", lambda e, c: e.agents.Get(
+        agents_pb2.GetAgentRequest(name="demo"), c)),  # type: ignore[arg-type]
+    "Agents.Apply": ("admin", lambda e, c: e.agents.Apply(
+        agents_pb2.ApplyAgentsRequest(), c)),  # type: ignore[arg-type]
+    "Knowledge.Ingest": ("admin", lambda e, c: e.knowledge_api.Ingest(
+        knowledge_pb2.IngestRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
+    "Knowledge.Search": ("viewer", lambda e, c: e.knowledge_api.Search(
+        knowledge_pb2.SearchRequest(knowledge_base="docs", query="q"), c)),  # type: ignore[arg-type]
+    "Knowledge.Delete": ("admin", lambda e, c: e.knowledge_api.Delete(
+        knowledge_pb2.DeleteDocumentRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
+    "Knowledge.GetDocument": ("viewer", lambda e, c: e.knowledge_api.GetDocument(
+        knowledge_pb2.GetDocumentRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
+    "Knowledge.ListDocuments": ("viewer", lambda e, c: e.knowledge_api.ListDocuments(
+        knowledge_pb2.ListDocumentsRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
+    "Keys.Create": ("admin", lambda e, c: e.keys.Create(
+        keys_pb2.CreateKeyRequest(name="ci", roles=["viewer"]), c)),  # type: ignore[arg-type]
+    "Keys.List": ("admin", lambda e, c: e.keys.List(
+        keys_pb2.ListKeysRequest(), c)),  # type: ignore[arg-type]
+    "Keys.Revoke": ("admin", lambda e, c: e.keys.Revoke(
+        keys_pb2.RevokeKeyRequest(id="k1"), c)),  # type: ignore[arg-type]
+}
+FORWARDED = [name for name in RPCS if not name.startswith("Keys.")]
+_BELOW: dict[settings.Role, settings.Role] = {"user": "viewer", "admin": "user"}
+ABOVE_VIEWER = [name for name, (role, _) in RPCS.items() if role in _BELOW]
+
+
+def test_every_public_rpc_is_in_the_table() -> None:
+    public = {f"{svc.name}.{m.name}" for mod in (agents_pb2, keys_pb2, knowledge_pb2, tasks_pb2)
+              for svc in mod.DESCRIPTOR.services_by_name.values() for m in svc.methods}
+    covered = {name.split("(")[0] for name in RPCS}
+    assert covered == public
+
+
+@pytest.mark.parametrize("rpc", ABOVE_VIEWER)
+async def test_a_role_below_the_rpcs_is_refused_before_any_internal_call(rpc: str) -> None:
+    role, call = RPCS[rpc]
+    edge = _edge()
+    with pytest.raises(errors.PermissionDenied, match=f"needs the '{role}' role"):
+        await call(edge, Context(KEYS[_BELOW[role]]))
+    assert edge.internal_calls() == []
+
+
+@pytest.mark.parametrize("rpc", list(RPCS))
+async def test_no_credentials_is_unauthenticated(rpc: str) -> None:
+    edge = _edge()
+    with pytest.raises(errors.Unauthenticated):
+        await RPCS[rpc][1](edge, Context(None))
+    assert edge.internal_calls() == []
+
+
+@pytest.mark.parametrize("rpc", FORWARDED)
+async def test_the_rpcs_role_passes_and_the_callers_tenant_reaches_every_internal_call(
+        rpc: str) -> None:
+    role, call = RPCS[rpc]
+    edge = _edge()
+    await call(edge, Context(KEYS[role], deadline=12.5))
+    made = edge.internal_calls()
+    assert made
+    for name, request, timeout in made:
+        assert request.tenant == TENANT, name
+        assert timeout == 12.5, name  # forwarded within the caller's own deadline
+
+
+async def test_keys_pass_the_admin_role_and_say_how_to_configure_a_store() -> None:
+    with pytest.raises(errors.FailedPrecondition, match="AION_GATEWAY_POSTGRES_DSN"):
+        await RPCS["Keys.List"][1](_edge(), Context(KEYS["admin"]))
+
+
+@pytest.mark.parametrize("rpc", ["Tasks.Stream(task)", "Tasks.Stream(task_id)"])
+async def test_a_stream_without_a_deadline_is_refused_before_any_internal_call(
+        rpc: str) -> None:
+    edge = _edge()
+    with pytest.raises(errors.InvalidArgument, match="Stream needs a deadline") as info:
+        await RPCS[rpc][1](edge, Context(KEYS["user"], deadline=None))
+    assert info.value.field == "deadline"
+    assert edge.internal_calls() == []
+
+
+async def test_other_calls_need_no_deadline() -> None:
+    edge = _edge()
+    await RPCS["Tasks.Submit"][1](edge, Context(KEYS["user"], deadline=None))
+    assert sorted(name for name, _, _ in edge.internal_calls()) == ["Decide", "GetAgent", "Submit"]
+
+
+@pytest.mark.parametrize(("agent", "asked"), [
+    (common_pb2.PRIVACY_ALLOW_API, common_pb2.PRIVACY_LOCAL_ONLY),
+    (common_pb2.PRIVACY_HYBRID, common_pb2.PRIVACY_UNSPECIFIED),
+    # Looser than the agent: forwarded as asked; the router refuses it (one rule, one place).
+    (common_pb2.PRIVACY_LOCAL_ONLY, common_pb2.PRIVACY_ALLOW_API),
+])
+async def test_the_agents_and_the_tasks_privacy_reach_the_router_untouched(
+        agent: common_pb2.Privacy.ValueType, asked: common_pb2.Privacy.ValueType) -> None:
+    edge = _edge(agent)
+    task = tasks_pb2.TaskSpec(agent="demo", input="hello", options=tasks_pb2.TaskOptions(
+        privacy=asked, budget_usd=0.5, sla_ms=900))
+    await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=task), Context(KEYS["user"]))  # type: ignore[arg-type]
+    (decide,) = edge.router.requests("Decide")
+    assert (decide.privacy, decide.requested_privacy) == (agent, asked)
+    assert (decide.agent, decide.input_chars, decide.budget_usd, decide.sla_ms) == (
+        "demo", 5, 0.5, 900)
+    (run,) = edge.agent.requests("Submit")
+    assert run.decision.engine == DECISION
+
+
+async def test_an_unknown_privacy_is_invalid_argument_before_any_internal_call() -> None:
+    edge = _edge()
+    task = tasks_pb2.TaskSpec(agent="demo", input="x",
+                              options=tasks_pb2.TaskOptions(privacy=42))  # type: ignore[arg-type]
+    with pytest.raises(errors.InvalidArgument, match=r"task\.options\.privacy"):
+        await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=task), Context(KEYS["user"]))  # type: ignore[arg-type]
+    assert edge.internal_calls() == []

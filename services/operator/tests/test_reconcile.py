@@ -1,0 +1,140 @@
+"""Handling an Agent against the API (``reconcile``) and the kopf registrations (``handlers``).
+
+The API is a recording fake: what matters is which calls are made, in which order.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import kopf
+import pytest
+
+from aion.core import tls
+from aion.operator import handlers, kube, pools, reconcile, registration, settings
+
+NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+
+
+def _agent(data: Any, *, generation: int = 3, status: dict[str, Any] | None = None,
+           ) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
+        "metadata": {"name": "chat", "namespace": "team-a", "uid": "uid-1",
+                     "generation": generation},
+        "spec": data,
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg)
+    # kopf keeps no public listing of a registry's handlers; its own tests read these.
+    ids = {h.id for h in registry._changing.get_all_handlers()}
+    assert ids == {"place", "place/spec"}
+    assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness", "capacity"}
+    assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
+
+
+def test_a_registrar_adds_the_deregistering_delete_handler(
+        cfg: settings.AionOperatorSettings) -> None:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg,
+                      registrar=registration.Registrar(
+                          "127.0.0.1:1", tls=tls.LocalCa().tls("operator")))
+    ids = {h.id for h in registry._changing.get_all_handlers()}
+    assert ids == {"place", "place/spec", "deregister"}
+
+
+def _unused_client() -> Any:
+    # Registering makes no call; a client would need a kubeconfig to build.
+    return object()
+
+
+class _RecordingKube:
+    """What ``reconcile`` calls on the cluster, recorded in order."""
+
+    def __init__(self, snapshot: pools.Snapshot, calls: list[str]) -> None:
+        self._snapshot = snapshot
+        self.calls = calls
+        self.applied: list[dict[str, Any]] = []
+
+    async def snapshot(self) -> pools.Snapshot:
+        return self._snapshot
+
+    async def autoscaled(self, _name: str, *, namespace: str) -> bool:
+        return False
+
+    async def apply(self, manifest: dict[str, Any]) -> None:
+        self.calls.append(f"apply {manifest['kind']}")
+        self.applied.append(manifest)
+
+
+class _RecordingKeeper:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    async def ensure(self, namespace: str) -> str:
+        self.calls.append(f"ensure {namespace}")
+        return "2027-01-01T00:00:00+00:00"
+
+
+async def test_reconcile_keeps_the_executor_secrets_before_applying_what_mounts_them(
+        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
+    calls: list[str] = []
+    client = _RecordingKube(
+        pools.Snapshot(nodes=tuple(local_nodes), pods=(), gpu_pools=()), calls)
+    executors = reconcile.Executors(secrets=_RecordingKeeper(calls),  # type: ignore[arg-type]
+                                   platform_namespace="aion")
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}})
+    patch = kopf.Patch()
+    decision = await reconcile.reconcile(
+        kopf.Body(body), patch, client=client, cfg=cfg,  # type: ignore[arg-type]
+        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
+                                      settings=kopf.OperatorSettings()),
+        executors=executors)
+    assert calls == ["ensure team-a", "apply Deployment", "apply Service", "apply NetworkPolicy"]
+    assert decision.deployment is not None
+    assert decision.network_policy is not None
+    annotations = decision.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["aion.dev/tls-serial"] == "2027-01-01T00:00:00+00:00"
+    peer = decision.network_policy["spec"]["ingress"][0]["from"][0]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "aion"}
+
+
+async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployment(
+        cfg: settings.AionOperatorSettings) -> None:
+    calls: list[str] = []
+    deployment = {"metadata": {"generation": 2}, "status": {
+        "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 2}}
+
+    class Kube:
+        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
+            return []
+
+        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
+            calls.append(f"read {name}")
+            return deployment
+
+    class Keeper(_RecordingKeeper):
+        async def roll(self, found: dict[str, Any] | None, namespace: str) -> bool:
+            calls.append(f"roll {namespace}")
+            assert found is deployment
+            return True
+
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}}, generation=2,
+                  status={"nodePool": "cpu", "observedGeneration": 2, "phase": "Placed"})
+    await reconcile.follow(
+        kopf.Body(body), kopf.Patch(), client=Kube(), cfg=cfg,  # type: ignore[arg-type]
+        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
+                                      settings=kopf.OperatorSettings()),
+        registrar=None,
+        executors=reconcile.Executors(secrets=Keeper(calls),  # type: ignore[arg-type]
+                                     platform_namespace="aion"))
+    assert calls == ["ensure team-a", "read aion-executor-chat", "roll team-a"]
