@@ -12,12 +12,12 @@ import prometheus_client
 import psycopg
 import pytest
 
-from aion.agent import db, model, outbox, registry
+from aion.agent import db, outbox, registry
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.events.v1 import events_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import errors
+from aion.core import errors, privacy
 
 Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "acme"
@@ -370,7 +370,7 @@ spec:
 """)
     [agent] = registry.load_file(path, tenant="t", executor_target="127.0.0.1:9")
     assert (agent.name, agent.model, agent.privacy) == (
-        "demo", "smollm2-135m-instruct", model.Privacy.ALLOW_API)
+        "demo", "smollm2-135m-instruct", privacy.Privacy.ALLOW_API)
     assert agent.tools == ("knowledge_search", "agent:other")
     assert agent.ready
     path.write_text("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: Bad_Name}\n"

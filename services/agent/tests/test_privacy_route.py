@@ -17,7 +17,6 @@ import pydantic
 import pytest
 from starlette import applications, requests, responses, routing
 
-from aion.agent import loop, model
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.router.v1 import router_pb2
@@ -133,14 +132,3 @@ async def test_a_local_only_agent_called_as_a_tool_stays_local(
     callee = [r for r in executor.requests[asked:]
               if any(m.role == "user" and m.content == "the secret plan" for m in r.messages)]
     assert len(callee) == 1
-
-
-@pytest.mark.parametrize(("privacy", "route", "runs"), [
-    (model.Privacy.LOCAL_ONLY, "api", "local"), (model.Privacy.LOCAL_ONLY, "hybrid", "local"),
-    (model.Privacy.LOCAL_ONLY, "local", "local"), (model.Privacy.HYBRID, "api", "hybrid"),
-    (model.Privacy.HYBRID, "hybrid", "hybrid"), (model.Privacy.ALLOW_API, "api", "api"),
-    (model.Privacy.ALLOW_API, "nonsense", "local"),
-])
-def test_the_route_is_narrowed_to_the_privacy(privacy: model.Privacy, route: str,
-                                              runs: str) -> None:
-    assert loop.allowed_route(privacy, route) == runs

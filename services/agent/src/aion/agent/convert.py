@@ -1,27 +1,29 @@
-"""Protobuf at the edge: the agent service's messages to and from its own types."""
+"""Protobuf at the edge: the agent service's messages to and from its own types.
+
+Every protobuf message the agent service reads or writes is built or read here: the
+gRPC requests and results, the Kafka event payloads, and the executor's generate call.
+The modules below (runner, agent loop, store, recovery) speak ``model`` types only.
+The tenant is read here, once per call, and required (``authz.require_tenant``).
+"""
 
 from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Sequence
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
-from aion.agent import model, store
+from aion.agent import model
 from aion.api.agent.v1 import agent_pb2
+from aion.api.events.v1 import events_pb2
+from aion.api.executor.v1 import executor_pb2
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import authz, errors
+from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
+from aion.core import authz, errors, privacy
 
-_PRIVACY_TO_PB = {
-    model.Privacy.LOCAL_ONLY: common_pb2.PRIVACY_LOCAL_ONLY,
-    model.Privacy.ALLOW_API: common_pb2.PRIVACY_ALLOW_API,
-    model.Privacy.HYBRID: common_pb2.PRIVACY_HYBRID,
-}
-_PRIVACY_FROM_PB = {v: k for k, v in _PRIVACY_TO_PB.items()}
-_ROUTE_FROM_PB = {common_pb2.ROUTE_LOCAL: "local", common_pb2.ROUTE_API: "api",
-                  common_pb2.ROUTE_HYBRID: "hybrid"}
-_ROUTE_TO_PB = {v: k for k, v in _ROUTE_FROM_PB.items()}
 _STATUS_TO_PB = {
     model.Status.QUEUED: common_pb2.TASK_STATUS_QUEUED,
     model.Status.RUNNING: common_pb2.TASK_STATUS_RUNNING,
@@ -32,15 +34,27 @@ _STATUS_TO_PB = {
 }
 
 
-def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float,
+class _Scoped(Protocol):
+    tenant: str
+
+
+def tenant(msg: _Scoped) -> str:
+    """The tenant an internal call is made for: required (INVALID_ARGUMENT when empty),
+    never defaulted; the gateway and the operator always set it."""
+    return authz.require_tenant(msg.tenant)
+
+
+def spec_from_pb(msg: agent_pb2.RunRequest, *, timeout_s: float,
                  asynchronous: bool = False) -> model.TaskSpec:
-    """A TaskSpec from the request (validated by the runner)."""
-    opts = msg.options
+    """The TaskSpec of a Run or Submit request (validated by the runner)."""
+    if not msg.HasField("task"):
+        raise errors.InvalidArgument("task is required", field="task")
+    opts = msg.task.options
     return model.TaskSpec(
-        tenant=authz.require_tenant(tenant),
-        agent=msg.agent,
-        input=msg.input,
-        idempotency_key=msg.idempotency_key,
+        tenant=tenant(msg),
+        agent=msg.task.agent,
+        input=msg.task.input,
+        idempotency_key=msg.task.idempotency_key,
         max_tokens=opts.max_tokens if opts.HasField("max_tokens") else None,
         temperature=opts.temperature if opts.HasField("temperature") else None,
         seed=opts.seed if opts.HasField("seed") else None,
@@ -50,11 +64,15 @@ def spec_from_pb(tenant: str, msg: tasks_pb2.TaskSpec, *, timeout_s: float,
 
 
 def decision_from_pb(msg: router_pb2.Decision) -> model.Decision:
-    """The router's decision; an absent one means local."""
+    """The router's decision; an absent one (or an unknown route) means local.
+
+    ``estimated_cost_usd`` is not read: it is the seam the routing issue (#15) uses
+    for per-task budgets, which the router's ``decide`` enforces, not the agent.
+    """
     if not msg.HasField("engine"):
-        return model.Decision(route="local", chosen_by="default",
+        return model.Decision(route=privacy.Route.LOCAL, chosen_by="default",
                               reason="no routing decision was given: running locally")
-    return model.Decision(route=_ROUTE_FROM_PB.get(msg.engine.route, "local"),
+    return model.Decision(route=privacy.route_from_pb(msg.engine.route) or privacy.Route.LOCAL,
                           chosen_by=msg.engine.chosen_by, reason=msg.engine.reason,
                           provider=msg.provider)
 
@@ -67,14 +85,14 @@ def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
-def engine_to_pb(task: store.Task) -> common_pb2.Engine:
+def engine_to_pb(task: model.TaskRecord) -> common_pb2.Engine:
     """The Engine a task ran with."""
     d = task.decision
-    return common_pb2.Engine(route=_ROUTE_TO_PB.get(d.route, common_pb2.ROUTE_LOCAL),
+    return common_pb2.Engine(route=privacy.route_to_pb(d.route),
                              chosen_by=d.chosen_by, reason=d.reason, model=task.model_name)
 
 
-def result_to_pb(task: store.Task) -> common_pb2.TaskResult:
+def result_to_pb(task: model.TaskRecord) -> common_pb2.TaskResult:
     """The canonical result of a task, as it stands."""
     u = task.usage
     result = common_pb2.TaskResult(
@@ -92,20 +110,20 @@ def result_to_pb(task: store.Task) -> common_pb2.TaskResult:
     return result
 
 
-def event_to_pb(task: store.Task, event: store.Event) -> tasks_pb2.TaskEvent:
+def event_to_pb(task: model.TaskRecord, event: model.Event) -> tasks_pb2.TaskEvent:
     """One task event as sent to clients."""
     msg = tasks_pb2.TaskEvent(task_id=task.id, seq=event.seq)
     match event.kind:
-        case store.EventKind.STARTED:
+        case model.EventKind.STARTED:
             msg.started.engine.CopyFrom(engine_to_pb(task))
-        case store.EventKind.TOKEN:
+        case model.EventKind.TOKEN:
             msg.token.text = event.text
-        case store.EventKind.PARTIAL:
+        case model.EventKind.PARTIAL:
             msg.partial.text = event.text
             msg.partial.step = event.step
-        case store.EventKind.DONE:
+        case model.EventKind.DONE:
             msg.done.result.CopyFrom(result_to_pb(task))
-        case store.EventKind.ERROR:
+        case model.EventKind.ERROR:
             msg.error.result.CopyFrom(result_to_pb(task))
     return msg
 
@@ -114,7 +132,7 @@ def agent_to_pb(agent: model.AgentRecord) -> agents_pb2.Agent:
     """An agent as callers see it."""
     return agents_pb2.Agent(
         name=agent.name, description=agent.description, model=agent.model,
-        model_task=agent.model_task, privacy=_PRIVACY_TO_PB[agent.privacy],
+        model_task=agent.model_task, privacy=privacy.to_pb(agent.privacy),
         knowledge_bases=list(agent.knowledge_bases), ready=agent.ready,
         node_pool=agent.node_pool, max_tokens=agent.max_tokens,
         budget_usd_per_task=agent.budget_usd_per_task, p95_target_ms=agent.p95_target_ms)
@@ -153,15 +171,66 @@ def routing_targets(agent: agents_pb2.Agent) -> tuple[float | None, int | None]:
 def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     """The agent a registration describes."""
     a = msg.agent
-    privacy = msg.privacy or a.privacy
+    declared = privacy.from_pb(msg.privacy or a.privacy)
     budget, p95 = routing_targets(a)
     return model.AgentRecord(
-        tenant=authz.require_tenant(msg.tenant), name=a.name, model=a.model,
+        tenant=tenant(msg), name=a.name, model=a.model,
         model_task=a.model_task or "generate", instructions=msg.instructions,
         description=a.description,
-        privacy=_PRIVACY_FROM_PB.get(privacy, model.Privacy.LOCAL_ONLY),
+        privacy=declared or privacy.Privacy.LOCAL_ONLY,
         knowledge_bases=tuple(a.knowledge_bases),
         executor_endpoints=tuple(msg.executor_endpoints),
         max_tokens=a.max_tokens or 256, node_pool=a.node_pool, tools=tuple(msg.tools),
         owner=owner(msg.owner),
         budget_usd_per_task=budget, p95_target_ms=p95)
+
+
+# -- Kafka event payloads -------------------------------------------------------------
+def state_changed(task: model.TaskRecord) -> events_pb2.TaskStateChanged:
+    """A task's state change, for the task-events topic.
+
+    The topic is shared by every tenant, so an event carries the tenant (on the
+    envelope), ids, state, engine and usage, never the output text: whoever needs the
+    output asks the agent service for it (Get, as the tenant), which checks the tenant.
+    One shared topic keeps the consumers simple (one group reads every task) and Kafka
+    ACLs need no per-tenant topics.
+    """
+    data = events_pb2.TaskStateChanged(task_id=task.id, agent=task.spec.agent)
+    result = result_to_pb(task)
+    data.status = result.status
+    if task.status.final:
+        data.result.CopyFrom(result)
+        data.result.ClearField("output")
+    return data
+
+
+def queued(task: model.TaskRecord) -> events_pb2.TaskQueued:
+    """A queued task, for the work topic."""
+    return events_pb2.TaskQueued(task_id=task.id, agent=task.spec.agent,
+                                 attempt=task.attempts)
+
+
+# -- the executor's generate call -----------------------------------------------------
+def generate_request(call: model.ModelCall) -> executor_pb2.GenerateRequest:
+    """The executor request of one model call."""
+    request = executor_pb2.GenerateRequest(
+        model=call.model, max_tokens=call.max_tokens,
+        messages=[executor_pb2.ChatMessage(role=r, content=c) for r, c in call.messages])
+    if call.temperature is not None:
+        request.temperature = call.temperature
+    if call.seed is not None:
+        request.seed = call.seed
+    return request
+
+
+def chunk_from_pb(msg: executor_pb2.GenerateChunk) -> model.Chunk:
+    """A piece of the executor's reply; usage only on the last one."""
+    if not msg.HasField("usage"):
+        return model.Chunk(text=msg.text)
+    return model.Chunk(text=msg.text, prompt_tokens=msg.usage.prompt_tokens,
+                       completion_tokens=msg.usage.completion_tokens, final=True)
+
+
+def passages(hits: Sequence[public_knowledge_pb2.SearchHit]) -> list[str]:
+    """The texts of the knowledge service's hits, in its order."""
+    return [h.text for h in hits]

@@ -8,18 +8,19 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aion.agent import (
-    convert,
+    agent_loop,
+    backends,
     db,
-    events,
-    kafka,
-    loop,
     outbox,
     peers,
     provider,
+    recovery,
     registry,
     runner,
     servicer,
+    startup,
     store,
+    work_queue,
     worker,
 )
 from aion.agent import settings as agent_settings
@@ -44,88 +45,73 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
               on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT (or ``until`` completes); then drain the server and
     hand running tasks back. ``on_ready`` gets the gRPC address once it serves."""
-    dsn = cfg.postgres_dsn.get_secret_value()
-    await db.migrate(dsn)
-    topics = events.Topics(cfg.topic_prefix)
-    await kafka.ensure_topics(cfg.kafka_bootstrap, {
-        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1}, cfg)
+    topics = await startup.prepare(cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(
-            dsn, min_size=cfg.pool_min_size, max_size=cfg.pool_max_size,
-            timeout=cfg.pool_timeout_s))
+            cfg.postgres_dsn.get_secret_value(), min_size=cfg.pool_min_size,
+            max_size=cfg.pool_max_size, timeout=cfg.pool_timeout_s))
         agents = registry.PostgresRegistry(
             pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ())
         if cfg.agents_file is not None:
-            for agent in registry.load_file(cfg.agents_file, tenant=cfg.agents_tenant,
-                                            executor_target=cfg.executor_target):
-                await agents.put(agent)
-                log.info("registered agent from file", extra={"agent": agent.name})
+            await registry.register_file(agents, cfg.agents_file, tenant=cfg.agents_tenant,
+                                         executor_target=cfg.executor_target)
         publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
         tasks = store.TaskStore(pool=pool, topics=topics, lease_s=cfg.lease_s,
-                                to_result=convert.result_to_pb, on_commit=publisher.wake)
+                                on_commit=publisher.wake)
         clients = await stack.enter_async_context(
             peers.Peers(tls=material, knowledge_target=cfg.knowledge_target))
         api = None
         if cfg.provider_base_url:
-            key = cfg.provider_api_key.get_secret_value() if cfg.provider_api_key else ""
-            api = await stack.enter_async_context(provider.Provider(
-                base_url=cfg.provider_base_url, api_key=key, model=cfg.provider_model,
-                cost_per_1k_tokens=cfg.provider_cost_per_1k_tokens))
-        agent_loop = loop.AgentLoop(clients=clients, agents=agents, api=api,
-                                    retrieval_top_k=cfg.retrieval_top_k)
-        limits = runner.Limits(
-            max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
-            max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
-            heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
-            reaper_interval_s=cfg.reaper_interval_s,
-            max_running_per_tenant=cfg.max_running_per_tenant,
-            max_idempotency_key_chars=cfg.max_idempotency_key_chars,
-            dispatch_poll_s=cfg.dispatch_poll_s, task_retention_s=cfg.task_retention_s,
-            processed_event_retention_s=cfg.processed_event_retention_s,
-            retention_interval_s=cfg.retention_interval_s)
-        async with asyncio.TaskGroup() as group:
-            task_runner = runner.Runner(tasks=tasks, agents=agents, agent_loop=agent_loop,
-                                        spawn=group.create_task, owner=cfg.worker_id,
-                                        limits=limits)
-            background = [
-                group.create_task(publisher.run()),
-                group.create_task(task_runner.heartbeats()),
-                group.create_task(task_runner.reaper()),
-                group.create_task(worker.consumer(
-                    run=task_runner, pool=pool, topics=topics,
-                    bootstrap=cfg.kafka_bootstrap, security=cfg).run()),
-            ]
-            grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
-                                            grace_s=cfg.grace_s,
-                                            drain_delay_s=cfg.drain_delay_s,
-                                            extra_interceptors=[db.UnavailableInterceptor()],
-                                            tls=material, allow=ALLOW,
-                                            health_port=cfg.health_port)
-            grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                            servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
-                                                   default_timeout_s=cfg.default_timeout_s),
-                            SERVICE)
-            with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
-                async with grpc_server:
-                    log.info("agent service ready", extra={"worker": cfg.worker_id})
-                    if on_ready is not None:
-                        on_ready(grpc_server.address)
-                    await (until if until is not None else lifecycle.wait_for_signal())
-                    stopping = asyncio.get_running_loop().time()
-                    # Streams drain with the server; running tasks get the same grace,
-                    # then go back to the queue for another replica.
-                    background[-1].cancel()  # take no new work
-                    await asyncio.gather(grpc_server.shutdown(),
-                                         task_runner.wait_idle(cfg.grace_s))
-                    await task_runner.release_all()
-                    # What is committed (the releases too) goes out now, in what is left
-                    # of the grace, instead of waiting for another replica to start.
-                    background[0].cancel()
-                    await asyncio.wait([background[0]])
-                    left = cfg.grace_s - (asyncio.get_running_loop().time() - stopping)
-                    await publisher.drain(max(1.0, left))
-            for t in background[1:-1]:  # the publisher and the consumer have stopped
-                t.cancel()
+            api = backends.ApiBackend(await stack.enter_async_context(
+                _provider(cfg, cfg.provider_base_url)))
+        loop = agent_loop.AgentLoop(local=backends.ExecutorBackend(clients), api=api,
+                                    knowledge=backends.KnowledgeService(clients),
+                                    agents=agents, retrieval_top_k=cfg.retrieval_top_k)
+        task_runner = runner.Runner(tasks=tasks, agents=agents, loop=loop,
+                                    worker_id=cfg.worker_id, limits=_limits(cfg))
+        grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
+                                        grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s,
+                                        extra_interceptors=[db.UnavailableInterceptor()],
+                                        tls=material, allow=ALLOW, health_port=cfg.health_port)
+        grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                        servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
+                                               default_timeout_s=cfg.default_timeout_s),
+                        SERVICE)
+        background = worker.Worker(
+            run=task_runner, publisher=publisher, grace_s=cfg.grace_s,
+            recovery=recovery.Recovery(
+                pool=pool, topics=topics, interval_s=cfg.reaper_interval_s,
+                task_retention_s=cfg.task_retention_s,
+                processed_event_retention_s=cfg.processed_event_retention_s,
+                retention_interval_s=cfg.retention_interval_s, on_commit=publisher.wake),
+            consumer=work_queue.consumer(run=task_runner, pool=pool, topics=topics,
+                                         bootstrap=cfg.kafka_bootstrap, security=cfg),
+            queue=topics.work)
+        with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
+            async with background, grpc_server:
+                log.info("agent service ready", extra={"worker": cfg.worker_id})
+                if on_ready is not None:
+                    on_ready(grpc_server.address)
+                await (until if until is not None else lifecycle.wait_for_signal())
+                # Streams drain with the server while running tasks get the same grace.
+                await background.shutdown(grpc_server.shutdown())
+
+
+def _provider(cfg: agent_settings.AgentSettings, base_url: str) -> provider.Provider:
+    key = cfg.provider_api_key.get_secret_value() if cfg.provider_api_key else ""
+    return provider.Provider(base_url=base_url, api_key=key,
+                             model=cfg.provider_model,
+                             cost_per_1k_tokens=cfg.provider_cost_per_1k_tokens)
+
+
+def _limits(cfg: agent_settings.AgentSettings) -> runner.Limits:
+    return runner.Limits(
+        max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
+        max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
+        heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
+        max_running_per_tenant=cfg.max_running_per_tenant,
+        max_idempotency_key_chars=cfg.max_idempotency_key_chars,
+        dispatch_poll_s=cfg.dispatch_poll_s)
 
 
 def main() -> None:

@@ -1,20 +1,21 @@
-"""The agent service's own types: agents, task specs and the decision a task runs with."""
+"""The agent service's domain types: agents, tasks, their events and steps, model chunks.
+
+Everything below the servicer edge (the runner, the loop, the store, recovery,
+following) speaks these types only; ``convert`` turns them into protobuf and back.
+Privacy and routes are ``aion.core.privacy``'s, the one definition every service shares.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
+from typing import Any
+
+from aion.core import privacy as privacy_mod
 
 # The owner of agents registered through the API (Agents.Apply) or the agents file.
 API_OWNER = "api"
-
-
-class Privacy(enum.Enum):
-    """What an agent allows to leave the cluster."""
-
-    LOCAL_ONLY = "local-only"
-    ALLOW_API = "allow-api"
-    HYBRID = "hybrid"
 
 
 class Status(enum.Enum):
@@ -47,7 +48,7 @@ class AgentRecord:
     model_task: str = "generate"
     instructions: str = ""
     description: str = ""
-    privacy: Privacy = Privacy.LOCAL_ONLY
+    privacy: privacy_mod.Privacy = privacy_mod.Privacy.LOCAL_ONLY
     knowledge_bases: tuple[str, ...] = ()
     executor_endpoints: tuple[str, ...] = ()
     max_tokens: int = 256
@@ -83,9 +84,14 @@ class TaskSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """The router's decision, as the agent service uses it."""
+    """The router's decision, as the agent service uses it.
 
-    route: str = "local"
+    The router also estimates the cost of the task (``estimated_cost_usd``); the agent
+    does not act on it yet: budgets are the routing issue's (#15) to enforce, in the
+    router's ``decide``, so it is left on the wire and not carried here.
+    """
+
+    route: privacy_mod.Route = privacy_mod.Route.LOCAL
     chosen_by: str = ""
     reason: str = ""
     provider: str = ""
@@ -105,3 +111,115 @@ class Usage:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         self.cost_usd += cost_usd
+
+
+class EventKind(enum.Enum):
+    """What a task event says."""
+
+    STARTED = "started"
+    TOKEN = "token"
+    PARTIAL = "partial"
+    DONE = "done"
+    ERROR = "error"
+
+
+FINAL_KINDS = (EventKind.DONE, EventKind.ERROR)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One event of a task, numbered from 1."""
+
+    seq: int
+    kind: EventKind
+    text: str = ""
+    step: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskError:
+    """Why a task did not end OK."""
+
+    code: str
+    message: str
+    retriable: bool = False
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the task: another one took it over, or it ended."""
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    """A task as stored: its spec, the decision it runs with, and where it stands.
+
+    ``worker_id`` is the replica holding the task's lease (column ``lease_owner``),
+    None while nobody runs it.
+    """
+
+    id: str
+    spec: TaskSpec
+    decision: Decision
+    model_name: str
+    status: Status = Status.QUEUED
+    attempts: int = 0
+    worker_id: str | None = None
+    deadline: datetime.datetime | None = None
+    cancel_requested: bool = False
+    output: str = ""
+    usage: Usage = dataclasses.field(default_factory=Usage)
+    error: TaskError | None = None
+    created_at: datetime.datetime | None = None
+    finished_at: datetime.datetime | None = None
+
+    @property
+    def remaining_s(self) -> float:
+        """Seconds until the deadline (negative once past)."""
+        assert self.deadline is not None
+        return (self.deadline - datetime.datetime.now(datetime.UTC)).total_seconds()
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    """One model or tool call of the agent loop."""
+
+    step: int
+    kind: str
+    name: str = ""
+    input: dict[str, Any] = dataclasses.field(default_factory=dict)
+    output: str = ""
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: int = 0
+    model_ms: int = 0  # of latency_ms, the wait for the model itself (model steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCall:
+    """One model call of the agent loop, whichever backend answers it.
+
+    ``messages`` are (role, content) pairs; ``model`` and ``endpoints`` are the agent's
+    (an external API uses its own model); ``task_id`` and ``attempt`` label the call.
+    """
+
+    model: str
+    messages: tuple[tuple[str, str], ...]
+    max_tokens: int
+    temperature: float | None = None
+    seed: int | None = None
+    timeout_s: float = 300.0
+    endpoints: tuple[str, ...] = ()
+    task_id: str = ""
+    attempt: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """A piece of a model's reply, from any backend; usage only on the last one."""
+
+    text: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    final: bool = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import types
 from collections.abc import AsyncIterator, Sequence
@@ -10,17 +9,8 @@ from typing import Any, Self
 
 import httpx
 
+from aion.agent import model
 from aion.core import errors
-
-
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """A piece of a model's reply; usage only on the last one."""
-
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    final: bool = False
 
 
 class Provider:
@@ -36,7 +26,7 @@ class Provider:
 
     async def generate(self, messages: Sequence[tuple[str, str]], *, max_tokens: int,
                        temperature: float | None, seed: int | None,
-                       timeout: float) -> AsyncIterator[Chunk]:
+                       timeout: float) -> AsyncIterator[model.Chunk]:
         """Stream the reply to ``messages`` ((role, content) pairs)."""
         body: dict[str, Any] = {
             "model": self.model, "stream": True, "max_tokens": max_tokens,
@@ -76,7 +66,7 @@ class Provider:
         await self.close()
 
 
-def _chunk(payload: dict[str, Any]) -> Chunk:
+def _chunk(payload: dict[str, Any]) -> model.Chunk:
     failure = payload.get("error")
     if failure:
         # The status line was sent already: the server reports a failure as an event.
@@ -91,6 +81,6 @@ def _chunk(payload: dict[str, Any]) -> Chunk:
         text += (choice.get("delta") or {}).get("content") or ""
     usage = payload.get("usage")
     if usage:
-        return Chunk(text=text, prompt_tokens=int(usage.get("prompt_tokens", 0)),
+        return model.Chunk(text=text, prompt_tokens=int(usage.get("prompt_tokens", 0)),
                      completion_tokens=int(usage.get("completion_tokens", 0)), final=True)
-    return Chunk(text=text)
+    return model.Chunk(text=text)

@@ -10,6 +10,7 @@ operator does (``aionctl apply -f``, or a file read at start).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,7 +20,9 @@ import yaml
 from psycopg.types import json as pg_json
 
 from aion.agent import db, model
-from aion.core import agentspec, errors
+from aion.core import agentspec, errors, privacy
+
+log = logging.getLogger(__name__)
 
 
 class AgentRegistry(Protocol):
@@ -139,7 +142,7 @@ def _record(r: dict[str, Any]) -> model.AgentRecord:
     return model.AgentRecord(
         tenant=r["tenant"], name=r["name"], model=r["model"], model_task=r["model_task"],
         instructions=r["instructions"], description=r["description"],
-        privacy=model.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
+        privacy=privacy.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
         executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
         node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"],
         owner=r["owner"], budget_usd_per_task=r["budget_usd_per_task"],
@@ -268,7 +271,7 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
         model.AgentRecord(
             tenant=tenant, name=r.metadata.name, model=r.spec.model.name,
             model_task=r.spec.model.task, instructions=r.spec.instructions,
-            description=r.spec.description, privacy=model.Privacy(r.spec.routing.privacy),
+            description=r.spec.description, privacy=privacy.Privacy(r.spec.routing.privacy),
             knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
             max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
             node_pool="local",
@@ -294,3 +297,13 @@ def load_file(path: Path, *, tenant: str, executor_target: str | None) -> list[m
 def with_endpoints(agent: model.AgentRecord, endpoints: tuple[str, ...]) -> model.AgentRecord:
     """A copy of ``agent`` served by ``endpoints``."""
     return dataclasses.replace(agent, executor_endpoints=endpoints)
+
+
+async def register_file(agents: AgentRegistry, path: Path, *, tenant: str,
+                        executor_target: str | None) -> list[model.AgentRecord]:
+    """Register the Agent resources of a YAML file (``AION_AGENT_AGENTS_FILE``) at start."""
+    registered = []
+    for agent in load_file(path, tenant=tenant, executor_target=executor_target):
+        registered.append(await agents.put(agent))
+        log.info("registered agent from file", extra={"agent": agent.name})
+    return registered

@@ -1,13 +1,14 @@
 """The task lifecycle: start, run under a lease, cancel, time out, recover.
 
 ``Runner.start`` validates a task and records it. A synchronous task is
-claimed by this replica at once and run in the process's task group; an
-asynchronous one waits on the work topic for any replica's worker
-(``run_queued``). A run holds the task's lease, renewed by ``heartbeats``;
-``reaper`` gives tasks whose lease ran out (their worker died) to another
+claimed by this replica at once and run here; an asynchronous one waits on
+the work topic for any replica's dispatcher (``dispatch``, fed by
+``work_queue``). A run holds the task's lease, renewed by ``heartbeats``;
+``recovery`` gives tasks whose lease ran out (their worker died) to another
 worker, or ends them with a clear status. Every run ends with exactly one
 final status: OK, ERROR (with the error's code), TIMEOUT (its deadline
-passed) or CANCELED.
+passed) or CANCELED. The runs are this object's (``release_all`` stops them);
+``worker.Worker`` runs its loops.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from aion.agent import loop, model, registry, store
+from aion.agent import agent_loop, model, registry, store
 from aion.core import errors
 
 log = logging.getLogger(__name__)
@@ -42,27 +43,23 @@ class Limits:
     max_idempotency_key_chars: int = 256
     heartbeat_s: float = 3.0
     lease_s: float = 15.0
-    reaper_interval_s: float = 2.0
     dispatch_poll_s: float = 1.0
-    task_retention_s: float = 7 * 86400.0
-    processed_event_retention_s: float = 7 * 86400.0
-    retention_interval_s: float = 300.0
 
 
 class _Sink:
     """A run's sink: tokens and steps go to the store, fenced by the run's lease."""
 
-    def __init__(self, tasks: store.TaskStore, task: store.Task) -> None:
+    def __init__(self, tasks: store.TaskStore, task: model.TaskRecord) -> None:
         self._tasks = tasks
         self._task = task
 
     async def token(self, text: str) -> None:
-        await self._tasks.append(self._task, store.EventKind.TOKEN, text=text)
+        await self._tasks.append(self._task, model.EventKind.TOKEN, text=text)
 
     async def partial(self, text: str, step: int) -> None:
-        await self._tasks.append(self._task, store.EventKind.PARTIAL, text=text, step=step)
+        await self._tasks.append(self._task, model.EventKind.PARTIAL, text=text, step=step)
 
-    async def step(self, rec: store.StepRecord) -> None:
+    async def step(self, rec: model.StepRecord) -> None:
         await self._tasks.record_step(self._task, rec)
 
 
@@ -70,19 +67,20 @@ class Runner:
     """Starts, runs, cancels and recovers tasks."""
 
     def __init__(self, *, tasks: store.TaskStore, agents: registry.AgentRegistry,
-                 agent_loop: loop.AgentLoop, spawn: Spawn, owner: str, limits: Limits) -> None:
+                 loop: agent_loop.AgentLoop, worker_id: str, limits: Limits,
+                 spawn: Spawn = asyncio.create_task) -> None:
         self._tasks = tasks
         self._agents = agents
-        self._loop = agent_loop
+        self._agent_loop = loop
         self._spawn = spawn
-        self.owner = owner
+        self.worker_id = worker_id
         self._limits = limits
         self._running: dict[str, asyncio.Task[None]] = {}
         self._why: dict[str, str] = {}  # task id -> why its run was stopped
-        self._started: dict[str, store.Task] = {}  # sync task id -> what start gave its caller
+        # sync task id -> what start gave its caller
+        self._started: dict[str, model.TaskRecord] = {}
         self._room = asyncio.Condition()
         self._ready = asyncio.Event()  # set when a queued task may be ready to claim
-        self._purged_at = -float("inf")
 
     def validate(self, spec: model.TaskSpec) -> None:
         """Refuse a task that cannot run, saying which field to fix."""
@@ -110,24 +108,24 @@ class Runner:
                 field="task.options.temperature")
 
     # -- starting -------------------------------------------------------------------
-    async def start(self, spec: model.TaskSpec, decision: model.Decision) -> store.Task:
+    async def start(self, spec: model.TaskSpec, decision: model.Decision) -> model.TaskRecord:
         """Record the task; run it here (synchronous) or queue it for a worker (async).
         A synchronous task gets the admission a queued one waits for: when this replica
         runs its limit of tasks, or the tenant runs its limit, it is refused with
         RESOURCE_EXHAUSTED (and RetryInfo) and nothing is recorded."""
         self.validate(spec)
         agent = await self._agents.get(spec.tenant, spec.agent)
-        owner = None if spec.asynchronous else self.owner
-        if owner is not None and len(self._running) >= self._limits.max_concurrent:
+        worker_id = None if spec.asynchronous else self.worker_id
+        if worker_id is not None and len(self._running) >= self._limits.max_concurrent:
             raise errors.ResourceExhausted(
                 f"this agent service replica runs {len(self._running)} tasks, its limit; retry "
                 "shortly, or submit asynchronously to queue", retry_after_s=1.0)
         task, created = await self._tasks.create(
-            spec, decision=decision, model_name=agent.model, owner=owner,
+            spec, decision=decision, model_name=agent.model, worker_id=worker_id,
             max_attempts=self._limits.max_attempts,
             tenant_cap=self._limits.max_running_per_tenant)
-        if created and owner is not None:
-            claimed = await self._tasks.claim(task.id, owner=owner)
+        if created and worker_id is not None:
+            claimed = await self._tasks.claim(task.id, worker_id=worker_id)
             if claimed is not None:
                 self._launch(claimed, agent)
                 self._started[claimed.id] = claimed
@@ -152,7 +150,7 @@ class Runner:
             self._ready.clear()
             try:
                 task = await self._tasks.claim_next(
-                    queue, owner=self.owner, tenant_cap=self._limits.max_running_per_tenant)
+                    queue, worker_id=self.worker_id, tenant_cap=self._limits.max_running_per_tenant)
             except psycopg.Error as exc:
                 log.warning("cannot take queued tasks now: %s", exc)
                 task = None
@@ -166,25 +164,25 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), self._limits.dispatch_poll_s)
 
-    def caller_left(self, task: store.Task) -> None:
+    def caller_left(self, task: model.TaskRecord) -> None:
         """The caller that started a synchronous task (``task`` is what ``start`` gave it)
         went away: stop it (CANCELED). A task submitted asynchronously survives its caller,
         and a caller given an existing task (its idempotency key) does not own it."""
         if not task.spec.asynchronous and self._started.get(task.id) is task:
             self._stop(task.id, "cancel")
 
-    async def run_claimed(self, task: store.Task) -> None:
+    async def run_claimed(self, task: model.TaskRecord) -> None:
         """Run a task this replica claimed (once its claim committed)."""
         self._tasks.committed(task.id)
         try:
             agent = await self._agents.get(task.spec.tenant, task.spec.agent)
         except errors.NotFound as exc:
             await self._tasks.finish(task, model.Status.ERROR, output="",
-                                     error=store.TaskError(exc.code.name, exc.message))
+                                     error=model.TaskError(exc.code.name, exc.message))
             return
         self._launch(task, agent)
 
-    def _launch(self, task: store.Task, agent: model.AgentRecord) -> None:
+    def _launch(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
         self._running[task.id] = self._spawn(self._run(task, agent))
 
     # -- stopping -------------------------------------------------------------------
@@ -196,7 +194,7 @@ class Runner:
         running.cancel()
         return True
 
-    async def cancel(self, tenant: str, task_id: str, *, wait_s: float = 10.0) -> store.Task:
+    async def cancel(self, tenant: str, task_id: str, *, wait_s: float = 10.0) -> model.TaskRecord:
         """Stop a task wherever it runs; an ended task is returned as it is."""
         task = await self._tasks.get(tenant, task_id)
         if task.status.final:
@@ -241,45 +239,45 @@ class Runner:
         return list(self._running)
 
     # -- running --------------------------------------------------------------------
-    async def _run(self, task: store.Task, agent: model.AgentRecord) -> None:
+    async def _run(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
         started = time.perf_counter()
         output = ""
         # A task naming no max_tokens gets its agent's, within the service's limit (L9).
         max_tokens = task.spec.max_tokens or min(agent.max_tokens, self._limits.max_tokens)
-        req = loop.Request(tenant=task.spec.tenant, input=task.spec.input,
+        req = agent_loop.Request(tenant=task.spec.tenant, input=task.spec.input,
                            max_tokens=max_tokens, temperature=task.spec.temperature,
                            seed=task.spec.seed, route=task.decision.route,
                            timeout_s=max(0.05, task.remaining_s), task_id=task.id,
                            attempt=task.attempts)
         status: model.Status | None = None
-        error: store.TaskError | None = None
+        error: model.TaskError | None = None
         why: str | None = None
         try:
             async with asyncio.timeout(task.remaining_s):
-                output = await self._loop.run(agent, req, _Sink(self._tasks, task))
+                output = await self._agent_loop.run(agent, req, _Sink(self._tasks, task))
             status = model.Status.OK
         except TimeoutError:
             status = model.Status.TIMEOUT
-            error = store.TaskError("DEADLINE_EXCEEDED",
+            error = model.TaskError("DEADLINE_EXCEEDED",
                                     f"the task ran past its {task.spec.timeout_s:g}s deadline",
                                     retriable=True)
         except asyncio.CancelledError:
             if self._why.get(task.id, "shutdown") == "cancel":
                 # Ending as CANCELED is the whole point of the cancellation: record it.
                 status = model.Status.CANCELED
-                error = store.TaskError("CANCELLED", "the task was canceled")
-        except store.LeaseLost:
+                error = model.TaskError("CANCELLED", "the task was canceled")
+        except model.LeaseLost:
             log.warning("task %s: lease lost; another worker owns it now", task.id)
         except errors.AionError as exc:
             status = model.Status.ERROR
-            error = store.TaskError(exc.code.name, exc.message, retriable=exc.retriable)
+            error = model.TaskError(exc.code.name, exc.message, retriable=exc.retriable)
         except psycopg.Error as exc:
             # The database went away mid-run: the lease lapses and the reaper recovers it.
             log.warning("task %s: database error, leaving it to recovery: %s", task.id, exc)
         except Exception:
             log.exception("task %s failed", task.id)
             status = model.Status.ERROR
-            error = store.TaskError("INTERNAL", "the agent service failed; see its log")
+            error = model.TaskError("INTERNAL", "the agent service failed; see its log")
         finally:
             self._running.pop(task.id, None)
             self._started.pop(task.id, None)
@@ -290,8 +288,8 @@ class Runner:
         latency = int((time.perf_counter() - started) * 1000)
         await self._end(task, status, error, output=output, latency_ms=latency, why=why)
 
-    async def _end(self, task: store.Task, status: model.Status | None,
-                   error: store.TaskError | None, *, output: str, latency_ms: int,
+    async def _end(self, task: model.TaskRecord, status: model.Status | None,
+                   error: model.TaskError | None, *, output: str, latency_ms: int,
                    why: str | None) -> None:
         try:
             if status is None:
@@ -303,7 +301,7 @@ class Runner:
                 output = (await self._tasks.get(task.spec.tenant, task.id)).output
             ended = await self._tasks.finish(task, status, output=output, error=error,
                                              latency_ms=latency_ms)
-        except store.LeaseLost:
+        except model.LeaseLost:
             log.warning("task %s: not ended here, another worker owns it", task.id)
             return
         except psycopg.Error as exc:
@@ -325,7 +323,7 @@ class Runner:
                 last_ok = time.monotonic()
                 continue
             try:
-                owned = await self._tasks.heartbeat(self.owner, ids)
+                owned = await self._tasks.heartbeat(self.worker_id, ids)
             except psycopg.Error as exc:
                 log.warning("cannot renew task leases: %s", exc)
                 if time.monotonic() - last_ok > self._limits.lease_s * 0.8:
@@ -339,30 +337,3 @@ class Runner:
                     self._stop(tid, "lease")
                 elif owned[tid]:
                     self._stop(tid, "cancel")
-
-    async def reaper(self) -> None:
-        """Recover tasks with expired leases until cancelled."""
-        while True:
-            try:
-                await self._tasks.reap()
-            except psycopg.Error as exc:
-                log.warning("cannot recover tasks now: %s", exc)
-            await self._purge()
-            await asyncio.sleep(self._limits.reaper_interval_s)
-
-    async def _purge(self) -> None:
-        """Retention, every ``retention_interval_s`` (one replica at a time)."""
-        now = time.monotonic()
-        if now - self._purged_at < self._limits.retention_interval_s:
-            return
-        self._purged_at = now
-        try:
-            removed = await self._tasks.purge(
-                tasks_older_s=self._limits.task_retention_s,
-                processed_older_s=self._limits.processed_event_retention_s)
-        except psycopg.Error as exc:
-            log.warning("cannot apply retention now: %s", exc)
-            return
-        if removed and any(removed):
-            log.info("retention deleted old records",
-                     extra={"tasks": removed[0], "processed_events": removed[1]})

@@ -11,7 +11,7 @@ import grpc
 from aion.agent import convert, model, registry, runner, store
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import authz, errors
+from aion.core import errors
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,18 +36,15 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return max(0.05, min(self._default_timeout, remaining - margin))
 
     async def _start(self, request: agent_pb2.RunRequest, context: _Ctx, *,
-                     asynchronous: bool) -> store.Task:
-        if not request.HasField("task"):
-            raise errors.InvalidArgument("task is required", field="task")
+                     asynchronous: bool) -> model.TaskRecord:
         spec = convert.spec_from_pb(
-            request.tenant, request.task,
-            timeout_s=self._timeout(context, asynchronous=asynchronous),
+            request, timeout_s=self._timeout(context, asynchronous=asynchronous),
             asynchronous=asynchronous)
         return await self._runner.start(spec, convert.decision_from_pb(request.decision))
 
-    async def _events(self, task: store.Task) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    async def _events(self, task: model.TaskRecord) -> AsyncIterator[tasks_pb2.TaskEvent]:
         async for event in self._tasks.follow(task):
-            if event.kind in store.FINAL_KINDS:
+            if event.kind in model.FINAL_KINDS:
                 task = await self._tasks.get(task.spec.tenant, task.id)
             yield convert.event_to_pb(task, event)
 
@@ -74,26 +71,26 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def Follow(self, request: agent_pb2.TaskRef,
                      context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
-        task = await self._tasks.get(authz.require_tenant(request.tenant), request.task_id)
+        task = await self._tasks.get(convert.tenant(request), request.task_id)
         async for msg in self._events(task):
             yield msg
 
     async def GetTask(self, request: agent_pb2.TaskRef, context: _Ctx) -> common_pb2.TaskResult:
-        task = await self._tasks.get(authz.require_tenant(request.tenant), request.task_id)
+        task = await self._tasks.get(convert.tenant(request), request.task_id)
         return convert.result_to_pb(task)
 
     async def CancelTask(self, request: agent_pb2.TaskRef,
                          context: _Ctx) -> common_pb2.TaskResult:
-        task = await self._runner.cancel(authz.require_tenant(request.tenant), request.task_id)
+        task = await self._runner.cancel(convert.tenant(request), request.task_id)
         return convert.result_to_pb(task)
 
     async def ListAgents(self, request: agent_pb2.ListAgentsRequest,
                          context: _Ctx) -> agents_pb2.ListAgentsResponse:
-        agents = await self._agents.list(authz.require_tenant(request.tenant))
+        agents = await self._agents.list(convert.tenant(request))
         return agents_pb2.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
 
     async def GetAgent(self, request: agent_pb2.AgentRef, context: _Ctx) -> agents_pb2.Agent:
-        return convert.agent_to_pb(await self._agents.get(authz.require_tenant(request.tenant),
+        return convert.agent_to_pb(await self._agents.get(convert.tenant(request),
                                                           request.name))
 
     async def RegisterAgent(self, request: agent_pb2.RegisterAgentRequest,
@@ -107,7 +104,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
     async def DeregisterAgent(self, request: agent_pb2.DeregisterAgentRequest,
                               context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
-        removed = await self._agents.delete(authz.require_tenant(request.tenant), request.name,
+        removed = await self._agents.delete(convert.tenant(request), request.name,
                                             owner=convert.owner(request.owner))
         return agent_pb2.DeregisterAgentResponse(deregistered=removed)
 
@@ -116,7 +113,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         try:
             parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
                 registry.parse_manifest, request.request.manifest,
-                tenant=authz.require_tenant(request.tenant), executor_target=None,
+                tenant=convert.tenant(request), executor_target=None,
                 max_tokens=self._runner.limits.max_tokens)
         except (RecursionError, ValueError) as exc:
             # Nesting deeper than the parser goes, or an integer of thousands of digits.

@@ -1,75 +1,109 @@
-"""The agent worker: takes queued tasks from the work topic and runs them, fairly.
+"""The replica's background work as one component (the shape of temporal's ``Worker``).
 
-Every replica consumes the work topic in one consumer group, so each queued
-task's record reaches one replica. The record does not start the task: it puts
-it in the work topic's ready pool in Postgres (``tasks.ready_on``), in the
-transaction that records the event as processed. Each replica's dispatcher
-then claims ready tasks while it has room, the tenant running the fewest tasks
-first and never one at its limit (``TaskStore.claim_next``), so a tenant's flood
-of queued tasks does not hold back another tenant's. The claim (QUEUED ->
-RUNNING under a lease) makes sure a task runs once at a time; a replica killed
-at any point loses nothing, since the pool is in Postgres and any replica
-claims from it.
+``Worker`` owns this replica's named background tasks, in a dict:
+
+- ``outbox``: the outbox relay (``outbox.Publisher.run``), committed events to Kafka;
+- ``heartbeats``: the leases of the tasks this replica runs (``Runner.heartbeats``);
+- ``recovery``: tasks whose worker was lost (``recovery.Recovery.run``);
+- ``retention``: old tasks and processed-event records deleted (``Recovery.retain``);
+- ``work-queue``: the work topic's consumer (``work_queue.consumer``), which marks
+  queued tasks ready;
+- ``dispatcher``: claims ready tasks while this replica has room (``Runner.dispatch``).
+
+``async with Worker(...)`` starts them in a task group (one that fails stops the
+replica). ``shutdown`` drains them in the one order that loses nothing, once:
+
+1. stop ``work-queue`` and ``dispatcher``: take no new work;
+2. let the running tasks end within the grace (alongside whatever the caller drains
+   with them, such as the gRPC server), then give the rest back to the queue;
+3. stop ``outbox`` and publish what is committed (the releases too) in what is left
+   of the grace, instead of waiting for another replica to start;
+4. stop the rest.
+
+To add a background task, add it to ``_start`` and say where ``shutdown`` stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any
+import logging
+import types
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Self
 
-import psycopg
+from aion.agent import kafka, outbox, recovery, runner
 
-from aion.agent import db, events, kafka, runner
-from aion.api.events.v1 import events_pb2
-from aion.core import kafka as core_kafka
+log = logging.getLogger(__name__)
 
 
 class Worker:
-    """The work topic's consumer and this replica's dispatcher, run together."""
+    """This replica's background tasks, started together and drained in order."""
 
-    def __init__(self, *, run: runner.Runner, consumer: kafka.IdempotentConsumer,
-                 queue: str) -> None:
-        self._run = run
-        self.consumer = consumer
+    def __init__(self, *, run: runner.Runner, recovery: recovery.Recovery,
+                 publisher: outbox.Publisher, consumer: kafka.IdempotentConsumer,
+                 queue: str, grace_s: float) -> None:
+        self._runner = run
+        self._recovery = recovery
+        self._publisher = publisher
+        self._consumer = consumer
         self._queue = queue
+        self._grace_s = grace_s
+        self._group: asyncio.TaskGroup | None = None
+        self._shutdown: asyncio.Task[None] | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    async def run(self) -> None:
-        """Consume and dispatch until cancelled."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.consumer.run())
-            group.create_task(self._run.dispatch(self._queue))
+    def _start(self, group: asyncio.TaskGroup) -> None:
+        background: dict[str, Coroutine[Any, Any, None]] = {
+            "outbox": self._publisher.run(),
+            "heartbeats": self._runner.heartbeats(),
+            "recovery": self._recovery.run(),
+            "retention": self._recovery.retain(),
+            "work-queue": self._consumer.run(),
+            "dispatcher": self._runner.dispatch(self._queue),
+        }
+        for name, coro in background.items():
+            self.tasks[name] = group.create_task(coro, name=f"agent.{name}")
 
+    async def _stop(self, *names: str) -> None:
+        stopping = [self.tasks[n] for n in names if not self.tasks[n].done()]
+        for task in stopping:
+            task.cancel()
+        if stopping:
+            await asyncio.wait(stopping)
 
-def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
-             bootstrap: str,
-             security: core_kafka.KafkaSettings | None = None) -> Worker:
-    """The work topic's consumer, feeding the runner's fair dispatcher."""
+    async def shutdown(self, *alongside: Awaitable[object]) -> None:
+        """Drain in order (see the module); ``alongside`` (the gRPC server's shutdown)
+        runs while the running tasks get their grace. A second call waits for the
+        first."""
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._drain(*alongside))
+        await asyncio.shield(self._shutdown)
 
-    async def handle(env: events_pb2.Envelope,
-                     conn: psycopg.AsyncConnection[Any]) -> kafka.Then | None:
-        if env.type != events.TASK_QUEUED:
-            raise kafka.Poison(f"unexpected event type '{env.type}' on the work topic")
-        queued = events_pb2.TaskQueued()
-        if not env.data.Unpack(queued) or not queued.task_id:
-            raise kafka.Poison("the event carries no TaskQueued")
+    async def _drain(self, *alongside: Awaitable[object]) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = loop.time()
+        await self._stop("work-queue", "dispatcher")
+        await asyncio.gather(*alongside, self._runner.wait_idle(self._grace_s))
+        await self._runner.release_all()
+        await self._stop("outbox")
+        left = self._grace_s - (loop.time() - stopping)
+        await self._publisher.drain(max(1.0, left))
+        await self._stop(*self.tasks)
+
+    async def __aenter__(self) -> Self:
+        self._group = asyncio.TaskGroup()
+        await self._group.__aenter__()
+        self._start(self._group)
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: types.TracebackType | None) -> None:
+        assert self._group is not None
         try:
-            task_id = str(uuid.UUID(queued.task_id))
-        except ValueError:
-            raise kafka.Poison(f"'{queued.task_id}' is not a task id") from None
-        cur = await conn.execute("SELECT 1 FROM tasks WHERE id = %s", (task_id,))
-        if await cur.fetchone() is None:
-            raise kafka.Poison(f"task '{task_id}' does not exist")
-        # Made ready in the transaction that records the event as processed: both or neither.
-        if not await run.tasks.mark_ready(task_id, topics.work, conn=conn):
-            return None
-
-        async def then() -> None:
-            run.ready()
-
-        return then
-
-    return Worker(run=run, queue=topics.work, consumer=kafka.IdempotentConsumer(
-        name="worker", topic=topics.work, group=topics.group("agent-workers"),
-        bootstrap=bootstrap, pool=pool, handle=handle,
-        dead_letter=topics.dead_letter(topics.work), security=security))
+            if exc_type is None:
+                await self.shutdown()
+            else:  # failing: no drain, but no run outlives the worker either
+                await self._runner.release_all()
+                await self._stop(*self.tasks)
+        finally:
+            await self._group.__aexit__(exc_type, exc, tb)

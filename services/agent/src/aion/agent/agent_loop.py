@@ -4,6 +4,10 @@ Each model call is one step; when the agent has tools and the model replies
 with a tool call, the tool runs as the next step and its result goes back to
 the model, up to the agent's step limit. Tokens stream to the sink as they
 come; every step is recorded with its tokens and cost.
+
+The loop's seams are Protocols: ``ModelBackend`` (where a model call goes:
+``backends.ExecutorBackend`` or ``backends.ApiBackend``), ``Knowledge`` (retrieval)
+and ``Sink`` (where a run's output goes), so it runs in a unit test with fakes.
 """
 
 from __future__ import annotations
@@ -13,17 +17,41 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from aion.agent import a2a_tools, mcp_tools, model, peers, provider, registry, store, tools
-from aion.api.executor.v1 import executor_pb2
-from aion.core import errors
+from aion.agent import a2a_tools, mcp_tools, model, registry, tools
+from aion.core import errors, privacy
 
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 2  # an agent called as a tool may not call agents in turn beyond this
 MCP_TIMEOUT_S = 30.0  # most an MCP server or A2A agent may take to list tools or answer
+
+
+class ModelBackend(Protocol):
+    """Where a model call goes: the agent's executor pods, or an external API."""
+
+    def model_name(self, call: model.ModelCall) -> str:
+        """The model that answers ``call``, as its step records it."""
+        ...
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a call of that many tokens costs."""
+        ...
+
+    def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
+        """Stream the reply; AionError when the call fails."""
+        ...
+
+
+class Knowledge(Protocol):
+    """Retrieval from the tenant's knowledge bases."""
+
+    async def search(self, *, tenant: str, knowledge_base: str, query: str, top_k: int,
+                     timeout: float) -> list[str]:
+        """The passages of ``knowledge_base`` relevant to ``query``, best first."""
+        ...
 
 
 class Sink(Protocol):
@@ -37,7 +65,7 @@ class Sink(Protocol):
         """A model step's whole output."""
         ...
 
-    async def step(self, rec: store.StepRecord) -> None:
+    async def step(self, rec: model.StepRecord) -> None:
         """A finished step, with what it cost."""
         ...
 
@@ -56,26 +84,10 @@ class _Quiet:
     async def partial(self, text: str, step: int) -> None:
         return None
 
-    async def step(self, rec: store.StepRecord) -> None:
+    async def step(self, rec: model.StepRecord) -> None:
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
         self.cost_usd += rec.cost_usd
-
-
-# How far each route lets a task's data go, and the farthest each privacy allows.
-_REACH = {"local": 0, "hybrid": 1, "api": 2}
-_FARTHEST = {model.Privacy.LOCAL_ONLY: "local", model.Privacy.HYBRID: "hybrid",
-             model.Privacy.ALLOW_API: "api"}
-
-
-def allowed_route(privacy: model.Privacy, route: str) -> str:
-    """``route`` narrowed to what ``privacy`` allows: a local-only agent runs local whatever
-    decision it is handed (an unknown route is local too)."""
-    farthest = _FARTHEST[privacy]
-    reach = _REACH.get(route)
-    if reach is None:
-        return "local"
-    return route if reach <= _REACH[farthest] else farthest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +99,7 @@ class Request:
     max_tokens: int | None
     temperature: float | None
     seed: int | None
-    route: str
+    route: privacy.Route
     timeout_s: float
     task_id: str = ""
     attempt: int = 0
@@ -103,34 +115,34 @@ class _Reply:
     completion_tokens: int = 0
     model_s: float = 0.0
 
-    async def take(self, chunks: AsyncGenerator[tuple[str, int, int], None],
-                   sink: Sink) -> None:
+    async def take(self, chunks: AsyncIterator[model.Chunk], sink: Sink) -> None:
         """Stream ``chunks`` into the sink, adding them up; a failing sink ends the call."""
-        async with contextlib.aclosing(chunks):
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             while True:
                 asked = time.perf_counter()
                 try:
-                    piece, prompt, completion = await anext(chunks)
+                    chunk = await anext(chunks)
                 except StopAsyncIteration:
                     return
                 finally:
                     self.model_s += time.perf_counter() - asked
-                if piece:
-                    self.text += piece
-                    await sink.token(piece)
-                self.prompt_tokens += prompt
-                self.completion_tokens += completion
+                if chunk.text:
+                    self.text += chunk.text
+                    await sink.token(chunk.text)
+                self.prompt_tokens += chunk.prompt_tokens
+                self.completion_tokens += chunk.completion_tokens
 
 
 class AgentLoop:
     """Runs agents: model calls on the executor or an external API, and their tools."""
 
-    def __init__(self, *, clients: peers.Peers, agents: registry.AgentRegistry,
-                 api: provider.Provider | None, retrieval_top_k: int,
+    def __init__(self, *, local: ModelBackend, api: ModelBackend | None,
+                 knowledge: Knowledge, agents: registry.AgentRegistry, retrieval_top_k: int,
                  mcp_timeout_s: float = MCP_TIMEOUT_S) -> None:
-        self._peers = clients
-        self._agents = agents
+        self._local = local
         self._api = api
+        self._knowledge = knowledge
+        self._agents = agents
         self._top_k = retrieval_top_k
         self._mcp_timeout_s = mcp_timeout_s
 
@@ -142,7 +154,7 @@ class AgentLoop:
         would send a local-only agent's data out (a forged one, or a caller's route
         handed down to an agent it calls as a tool) runs it locally instead.
         """
-        route = allowed_route(agent.privacy, req.route)
+        route = privacy.allowed_route(agent.privacy, req.route)
         if route != req.route:
             log.warning("route narrowed to the agent's privacy", extra={
                 "agent": agent.name, "tenant": req.tenant, "route": req.route,
@@ -158,7 +170,7 @@ class AgentLoop:
             step = 0
             for url, why in toolbox.failures:
                 step += 1  # a server left out is a failed step the task's record shows
-                await sink.step(store.StepRecord(step=step, kind="tool",
+                await sink.step(model.StepRecord(step=step, kind="tool",
                                                  name=tools.MCP_PREFIX + url, input={},
                                                  error=f"MCP server {url} {why}"))
             available = {**toolbox.tools, **self._tools(agent, req, depth)}
@@ -188,66 +200,51 @@ class AgentLoop:
             return ""
         passages: list[str] = []
         for kb in agent.knowledge_bases:
-            hits = await self._peers.search(tenant=req.tenant, knowledge_base=kb,
-                                            query=req.input, top_k=self._top_k, timeout=10)
-            passages.extend(h.text for h in hits)
+            passages.extend(await self._knowledge.search(
+                tenant=req.tenant, knowledge_base=kb, query=req.input, top_k=self._top_k,
+                timeout=10))
         return "\n\n".join(passages[: self._top_k])
 
     # -- model calls ----------------------------------------------------------------
+    def _backends(self, route: privacy.Route) -> list[ModelBackend]:
+        """The backends a route tries, in order: hybrid is local first, then the API."""
+        if route is privacy.Route.API:
+            if self._api is None:
+                raise errors.FailedPrecondition(
+                    "the router chose an external API, but this agent service has no "
+                    "provider; set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to "
+                    "local-only")
+            return [self._api]
+        if route is privacy.Route.HYBRID and self._api is not None:
+            return [self._local, self._api]
+        return [self._local]
+
     async def _model_step(self, agent: model.AgentRecord, req: Request,
                           messages: list[tuple[str, str]], sink: Sink, step: int) -> str:
         started = time.perf_counter()
         got = _Reply()
-        cost, name = 0.0, agent.model
-        use_api = req.route == "api"
-        if req.route == "api" and self._api is None:
-            raise errors.FailedPrecondition(
-                "the router chose an external API, but this agent service has no provider; "
-                "set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to local-only")
-        try:
-            await got.take(self._generate(agent, req, messages, api=use_api), sink)
-        except errors.AionError:
-            # hybrid: local first, the API when the local pool fails before answering.
-            if req.route != "hybrid" or self._api is None or got.text:
-                raise
-            use_api = True
-            await got.take(self._generate(agent, req, messages, api=True), sink)
-        if use_api and self._api is not None:
-            name = self._api.model
-            cost = (got.prompt_tokens + got.completion_tokens) / 1000 * (
-                self._api.cost_per_1k_tokens)
-        await sink.step(store.StepRecord(
-            step=step, kind="model", name=name, input={"messages": len(messages)},
-            output=got.text, prompt_tokens=got.prompt_tokens,
-            completion_tokens=got.completion_tokens, cost_usd=cost,
+        call = model.ModelCall(
+            model=agent.model, messages=tuple(messages),
+            max_tokens=req.max_tokens or agent.max_tokens, temperature=req.temperature,
+            seed=req.seed, timeout_s=req.timeout_s, endpoints=agent.executor_endpoints,
+            task_id=req.task_id, attempt=req.attempt)
+        backends = self._backends(req.route)
+        for i, backend in enumerate(backends):
+            try:
+                await got.take(backend.generate(call), sink)
+                break
+            except errors.AionError:
+                # The next backend only when this one failed before answering.
+                if i == len(backends) - 1 or got.text:
+                    raise
+        await sink.step(model.StepRecord(
+            step=step, kind="model", name=backend.model_name(call),
+            input={"messages": len(messages)}, output=got.text,
+            prompt_tokens=got.prompt_tokens, completion_tokens=got.completion_tokens,
+            cost_usd=backend.cost_usd(got.prompt_tokens, got.completion_tokens),
             latency_ms=int((time.perf_counter() - started) * 1000),
             model_ms=int(got.model_s * 1000)))
         return got.text
-
-    async def _generate(self, agent: model.AgentRecord, req: Request,
-                        messages: list[tuple[str, str]], *,
-                        api: bool) -> AsyncGenerator[tuple[str, int, int], None]:
-        max_tokens = req.max_tokens or agent.max_tokens
-        if api:
-            assert self._api is not None
-            async for piece in self._api.generate(messages, max_tokens=max_tokens,
-                                                  temperature=req.temperature, seed=req.seed,
-                                                  timeout=req.timeout_s):
-                yield piece.text, piece.prompt_tokens, piece.completion_tokens
-            return
-        request = executor_pb2.GenerateRequest(
-            model=agent.model, max_tokens=max_tokens,
-            messages=[executor_pb2.ChatMessage(role=r, content=c) for r, c in messages])
-        if req.temperature is not None:
-            request.temperature = req.temperature
-        if req.seed is not None:
-            request.seed = req.seed
-        metadata = (("x-aion-task-id", req.task_id), ("x-aion-attempt", str(req.attempt)))
-        async for chunk in self._peers.generate(agent.executor_endpoints, request,
-                                                timeout=req.timeout_s, metadata=metadata):
-            usage = chunk.usage if chunk.HasField("usage") else None
-            yield (chunk.text, usage.prompt_tokens if usage else 0,
-                   usage.completion_tokens if usage else 0)
 
     # -- tools ------------------------------------------------------------------------
     def _tools(self, agent: model.AgentRecord, req: Request, depth: int) -> dict[str, tools.Tool]:
@@ -282,11 +279,11 @@ class AgentLoop:
                     f"it has: {', '.join(sorted(available))}", field="reply.tool")
             outcome = await tool.call(tools.arguments(tool, call.arguments))
         except errors.AionError as exc:
-            await sink.step(store.StepRecord(
+            await sink.step(model.StepRecord(
                 step=step, kind="tool", name=call.tool, input=call.arguments, error=exc.message,
                 latency_ms=int((time.perf_counter() - started) * 1000)))
             raise
-        await sink.step(store.StepRecord(
+        await sink.step(model.StepRecord(
             step=step, kind="tool", name=call.tool, input=call.arguments, output=outcome.text,
             error=outcome.error or None, prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd,
@@ -303,9 +300,9 @@ class AgentLoop:
                 f"not {unknown or 'nothing'}", field="tools.knowledge_search.arguments")
         passages: list[str] = []
         for kb in kbs:
-            hits = await self._peers.search(tenant=req.tenant, knowledge_base=kb,
-                                            query=args.query, top_k=args.top_k, timeout=10)
-            passages.extend(h.text for h in hits)
+            passages.extend(await self._knowledge.search(
+                tenant=req.tenant, knowledge_base=kb, query=args.query, top_k=args.top_k,
+                timeout=10))
         return tools.Outcome("\n\n".join(passages[: args.top_k]) or "(no passages found)")
 
     async def _ask(self, name: str, req: Request, args: Any, *, depth: int) -> tools.Outcome:

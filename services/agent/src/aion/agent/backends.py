@@ -1,0 +1,71 @@
+"""Where the agent loop's model calls and searches go: the implementations of its seams.
+
+``agent_loop.ModelBackend`` has two implementations: ``ExecutorBackend``, the agent's
+own executor pods (``peers``, gRPC), and ``ApiBackend``, an external OpenAI-compatible
+API (``provider``). ``KnowledgeService`` implements ``agent_loop.Knowledge`` with the
+knowledge service. Protobuf stays in ``convert``; the loop sees ``model`` types only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aion.agent import convert, model, peers, provider
+
+
+class ExecutorBackend:
+    """Model calls on the agent's executor pods; they cost nothing per token."""
+
+    def __init__(self, clients: peers.Peers) -> None:
+        self._peers = clients
+
+    def model_name(self, call: model.ModelCall) -> str:
+        """The agent's own model."""
+        return call.model
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Nothing: the cluster's own hardware."""
+        return 0.0
+
+    async def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
+        """Stream the reply from one of the agent's pods, labelled with its task."""
+        metadata = (("x-aion-task-id", call.task_id), ("x-aion-attempt", str(call.attempt)))
+        async for chunk in self._peers.generate(call.endpoints, convert.generate_request(call),
+                                                timeout=call.timeout_s, metadata=metadata):
+            yield convert.chunk_from_pb(chunk)
+
+
+class ApiBackend:
+    """Model calls on an external API, with its own model and price."""
+
+    def __init__(self, api: provider.Provider) -> None:
+        self._api = api
+
+    def model_name(self, call: model.ModelCall) -> str:
+        """The provider's model, whatever the agent names."""
+        return self._api.model
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """The provider's price of the tokens."""
+        return (prompt_tokens + completion_tokens) / 1000 * self._api.cost_per_1k_tokens
+
+    async def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
+        """Stream the reply from the provider."""
+        async for chunk in self._api.generate(call.messages, max_tokens=call.max_tokens,
+                                              temperature=call.temperature, seed=call.seed,
+                                              timeout=call.timeout_s):
+            yield chunk
+
+
+class KnowledgeService:
+    """Searches through the knowledge service (none configured: no passages)."""
+
+    def __init__(self, clients: peers.Peers) -> None:
+        self._peers = clients
+
+    async def search(self, *, tenant: str, knowledge_base: str, query: str, top_k: int,
+                     timeout: float) -> list[str]:
+        """The passages of ``knowledge_base`` relevant to ``query``, best first."""
+        hits = await self._peers.search(tenant=tenant, knowledge_base=knowledge_base,
+                                        query=query, top_k=top_k, timeout=timeout)
+        return convert.passages(hits)
