@@ -9,7 +9,8 @@ import pydantic
 import pydantic_settings
 from pydantic import alias_generators
 
-from aion.core import kafka, settings
+from aion.core import kafka_security as kafka
+from aion.core import settings
 
 # Where Kubernetes mounts the pod's own namespace (the fallback of lease_namespace).
 SERVICE_ACCOUNT_NAMESPACE = pathlib.Path(
