@@ -90,15 +90,22 @@ async def _submit_all(gateway: str) -> tuple[list[tuple[str, float]], int, float
             while todo:
                 i = todo.pop()
                 started = time.perf_counter()
-                resp = await client.submit("demo", f"Name one planet, number {i}.",
-                                           max_tokens=MAX_TOKENS, temperature=0, seed=i)
+                resp = await client.submit(
+                    "demo",
+                    f"Name one planet, number {i}.",
+                    max_tokens=MAX_TOKENS,
+                    temperature=0,
+                    seed=i,
+                )
                 took = time.perf_counter() - started
                 if resp.result.status == common_pb2.TASK_STATUS_OK:
                     done.append((resp.task_id, took))
                 else:
                     failed += 1
-                    _log(f"task {resp.task_id} ended {resp.result.status}: "
-                         f"{resp.result.error.message}")
+                    _log(
+                        f"task {resp.task_id} ended {resp.result.status}: "
+                        f"{resp.result.error.message}"
+                    )
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -112,17 +119,25 @@ async def _model_times(dsn: str, ids: list[str]) -> dict[str, tuple[int, int, in
             "SELECT t.id::text, coalesce(sum(s.model_ms), 0), t.latency_ms, count(s.step)"
             " FROM tasks t LEFT JOIN task_steps s ON s.task_id = t.id AND s.kind = 'model'"
             " AND s.attempt = t.attempts WHERE t.id = ANY(%s::uuid[])"
-            " GROUP BY t.id, t.latency_ms", (ids,))
+            " GROUP BY t.id, t.latency_ms",
+            (ids,),
+        )
         return {r[0]: (int(r[1]), int(r[2]), int(r[3])) for r in await cur.fetchall()}
 
 
 async def tasks_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
     """Tasks/s and the added latency, through the five services."""
     log_dir = Path(tempfile.mkdtemp(prefix="aion-bench-agent-"))
-    suite = devstack.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, extra_env={
-        "AION_AGENT_POSTGRES_DSN": dsn, "AION_AGENT_KAFKA_BOOTSTRAP": bootstrap,
-        "AION_AGENT_TOPIC_PREFIX": prefix,
-        "AION_EXECUTOR_N_THREADS": str(EXECUTOR_THREADS)})
+    suite = devstack.LocalSuite(
+        log_dir=log_dir,
+        agents_file=DEMO_AGENT,
+        extra_env={
+            "AION_AGENT_POSTGRES_DSN": dsn,
+            "AION_AGENT_KAFKA_BOOTSTRAP": bootstrap,
+            "AION_AGENT_TOPIC_PREFIX": prefix,
+            "AION_EXECUTOR_N_THREADS": str(EXECUTOR_THREADS),
+        },
+    )
     _log(f"starting the services (logs in {log_dir})")
     suite.start()
     try:
@@ -149,16 +164,22 @@ async def tasks_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
         "agent_run_overhead_p50_ms": round(_pct(in_agent, 50), 1),
         "agent_run_overhead_p99_ms": round(_pct(in_agent, 99), 1),
         "model_steps_per_task": statistics.mean(times[t][2] for t, _ in done),
-        "tasks": len(done), "tasks_failed": failed, "concurrency": CONCURRENCY,
-        "max_tokens": MAX_TOKENS, "executor_threads": EXECUTOR_THREADS,
+        "tasks": len(done),
+        "tasks_failed": failed,
+        "concurrency": CONCURRENCY,
+        "max_tokens": MAX_TOKENS,
+        "executor_threads": EXECUTOR_THREADS,
     }
 
 
 # -- part two: the outbox against raw produce ---------------------------------------------
 def _event(i: int) -> events_pb2.Envelope:
-    return events.envelope(type_="aion.bench", tenant="bench", subject=f"k{i % 64}",
-                           data=events_pb2.TaskQueued(task_id=str(uuid.uuid4()),
-                                                      agent="bench", attempt=0))
+    return events.envelope(
+        type_="aion.bench",
+        tenant="bench",
+        subject=f"k{i % 64}",
+        data=events_pb2.TaskQueued(task_id=str(uuid.uuid4()), agent="bench", attempt=0),
+    )
 
 
 async def outbox_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
@@ -171,12 +192,17 @@ async def outbox_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
     try:
         # Warm up: the new topics' partition leaders and the producer's metadata.
         for topic in (raw_topic, outbox_topic):
-            await asyncio.gather(*[await producer.send(topic, value=payload,
-                                                       key=f"k{i}".encode())
-                                   for i in range(64)])
+            await asyncio.gather(
+                *[
+                    await producer.send(topic, value=payload, key=f"k{i}".encode())
+                    for i in range(64)
+                ]
+            )
         started = time.perf_counter()
-        futures = [await producer.send(raw_topic, value=payload, key=f"k{i % 64}".encode())
-                   for i in range(EVENTS)]
+        futures = [
+            await producer.send(raw_topic, value=payload, key=f"k{i % 64}".encode())
+            for i in range(EVENTS)
+        ]
         await asyncio.gather(*futures)
         raw = EVENTS / (time.perf_counter() - started)
     finally:
@@ -195,14 +221,17 @@ async def outbox_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
             rate = publisher.published / (time.perf_counter() - started)
         finally:
             await publisher.close()
-    return {"outbox_events_per_s": round(rate, 1), "raw_produce_per_s": round(raw, 1),
-            "outbox_ratio": round(rate / raw, 3), "events": EVENTS}
+    return {
+        "outbox_events_per_s": round(rate, 1),
+        "raw_produce_per_s": round(raw, 1),
+        "outbox_ratio": round(rate / raw, 3),
+        "events": EVENTS,
+    }
 
 
 async def _drop_topics(bootstrap: str, prefix: str) -> None:
     """Delete this run's topics (the services' and the outbox comparison's)."""
-    admin = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                            request_timeout_ms=15000)
+    admin = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
     await admin.start()
     try:
         mine = [t for t in await admin.list_topics() if t.startswith(prefix)]
@@ -233,8 +262,9 @@ async def run() -> dict[str, Any]:
     finally:
         await _drop_topics(bootstrap, prefix)
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 if __name__ == "__main__":

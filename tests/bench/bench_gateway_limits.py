@@ -29,8 +29,7 @@ from aion.infra.registry import make
 
 
 async def _run(dsn: str, seconds: float, concurrency: int, tenants: int) -> dict[str, float]:
-    policy = ratelimit.Policy(tenant_rate=1e9, tenant_burst=10**9, key_rate=1e9,
-                              key_burst=10**9)
+    policy = ratelimit.Policy(tenant_rate=1e9, tenant_burst=10**9, key_rate=1e9, key_burst=10**9)
     latencies: list[float] = []
     async with db.pool(dsn, max_size=concurrency) as pa, db.pool(dsn, max_size=concurrency) as pb:
         limiters = [ratelimit.RateLimiter(ratelimit.PostgresBuckets(p), policy) for p in (pa, pb)]
@@ -51,9 +50,11 @@ async def _run(dsn: str, seconds: float, concurrency: int, tenants: int) -> dict
         await asyncio.gather(*(caller(i) for i in range(2 * concurrency)))
         elapsed = time.monotonic() - start
     latencies.sort()
-    return {"decisions_per_s": round(len(latencies) / elapsed),
-            "p50_ms": round(statistics.median(latencies) * 1000, 2),
-            "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2)}
+    return {
+        "decisions_per_s": round(len(latencies) / elapsed),
+        "p50_ms": round(statistics.median(latencies) * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+    }
 
 
 def main() -> None:
@@ -68,14 +69,19 @@ def main() -> None:
     dsn = admin.rsplit("/", 1)[0] + "/" + name
     try:
         asyncio.run(db.migrate(dsn))
-        report = {"replicas": 2, "callers_per_replica": concurrency, "seconds": seconds,
-                  "one_tenant": asyncio.run(_run(dsn, seconds, concurrency, 1)),
-                  "1000_tenants": asyncio.run(_run(dsn, seconds, concurrency, 1000))}
+        report = {
+            "replicas": 2,
+            "callers_per_replica": concurrency,
+            "seconds": seconds,
+            "one_tenant": asyncio.run(_run(dsn, seconds, concurrency, 1)),
+            "1000_tenants": asyncio.run(_run(dsn, seconds, concurrency, 1000)),
+        }
         print(json.dumps(report))
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
         postgres.detach()
 
 

@@ -39,8 +39,7 @@ async def first_token(target: str, timeout: float = 900) -> float:
     async with AsyncClient(target, api_key=API_KEY) as client:
         while True:
             try:
-                async for event in client.stream(AGENT, "Say hello.", max_tokens=8,
-                                                 timeout=120):
+                async for event in client.stream(AGENT, "Say hello.", max_tokens=8, timeout=120):
                     if event.WhichOneof("event") == "token":
                         return time.monotonic()
             except (errors.NotFound, errors.Unavailable, errors.FailedPrecondition):
@@ -63,8 +62,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         values = images.write_values(built, Path(tmp) / "images.yaml")
         release = Release(cluster, helm(), Path(tmp))
-        release.kubectl("delete", "-f", str(CPU_AGENT_FILE), "-n", AGENT_NAMESPACE,
-                        "--ignore-not-found", "--wait=true", check=False, timeout=180)
+        release.kubectl(
+            "delete",
+            "-f",
+            str(CPU_AGENT_FILE),
+            "-n",
+            AGENT_NAMESPACE,
+            "--ignore-not-found",
+            "--wait=true",
+            check=False,
+            timeout=180,
+        )
         release.uninstall()
         started = time.monotonic()
         release.install(values)
@@ -75,8 +83,17 @@ def main() -> int:
             release.kubectl("apply", "-n", AGENT_NAMESPACE, "-f", str(CPU_AGENT_FILE))
             seconds_first_token = asyncio.run(first_token(target)) - started
         finally:
-            release.kubectl("delete", "-f", str(CPU_AGENT_FILE), "-n", AGENT_NAMESPACE,
-                            "--ignore-not-found", "--wait=true", check=False, timeout=180)
+            release.kubectl(
+                "delete",
+                "-f",
+                str(CPU_AGENT_FILE),
+                "-n",
+                AGENT_NAMESPACE,
+                "--ignore-not-found",
+                "--wait=true",
+                check=False,
+                timeout=180,
+            )
             release.uninstall()
     report: dict[str, Any] = {
         "seconds_images": round(seconds_images, 1),

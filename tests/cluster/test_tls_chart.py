@@ -31,12 +31,24 @@ pytestmark = [pytest.mark.cluster, pytest.mark.helm, pytest.mark.timeout(1800)]
 LIGHT = "aion-tls"  # release and namespace of the pod-less release
 COMPONENTS = ("gateway", "router", "agent", "knowledge")
 # Nothing runs: every replica count at zero, no operator, no embedding Agent.
-NO_PODS = ["--set", "gateway.replicas=0", "--set", "router.replicas=0",
-           "--set", "agent.replicas=0", "--set", "knowledge.replicas=0",
-           "--set", "operator.enabled=false",
-           "--set", "knowledge.embeddingAgent.enabled=false",
-           "--set", "knowledge.executorTarget=embedder.invalid:50055",
-           "--set", "knowledge.persistence.enabled=false"]
+NO_PODS = [
+    "--set",
+    "gateway.replicas=0",
+    "--set",
+    "router.replicas=0",
+    "--set",
+    "agent.replicas=0",
+    "--set",
+    "knowledge.replicas=0",
+    "--set",
+    "operator.enabled=false",
+    "--set",
+    "knowledge.embeddingAgent.enabled=false",
+    "--set",
+    "knowledge.executorTarget=embedder.invalid:50055",
+    "--set",
+    "knowledge.persistence.enabled=false",
+]
 
 
 class Light:
@@ -46,8 +58,7 @@ class Light:
         self.rel = rel
 
     def helm(self, verb: str, *flags: str) -> Any:
-        return self.rel.helm(verb, LIGHT, str(CHART), "-n", LIGHT, *NO_PODS, *flags,
-                             timeout=300)
+        return self.rel.helm(verb, LIGHT, str(CHART), "-n", LIGHT, *NO_PODS, *flags, timeout=300)
 
     def secrets(self) -> dict[str, dict[str, Any]]:
         items = self.rel.json("get", "secrets", "-n", LIGHT)["items"]
@@ -63,15 +74,23 @@ def _cert(secret: dict[str, Any]) -> x509.Certificate:
 
 
 @pytest.fixture(scope="module")
-def light(cluster: Cluster, helm: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Light]:
+def light(
+    cluster: Cluster, helm: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Light]:
     rel = Release(cluster, helm, tmp_path_factory.mktemp("helm-home"))
     out = Light(rel)
 
     def clean() -> None:
         rel.helm("uninstall", LIGHT, "-n", LIGHT, "--wait", "--ignore-not-found")
-        rel.kubectl("delete", "namespace", LIGHT, "--ignore-not-found", "--wait=true",
-                    check=False, timeout=180)
+        rel.kubectl(
+            "delete",
+            "namespace",
+            LIGHT,
+            "--ignore-not-found",
+            "--wait=true",
+            check=False,
+            timeout=180,
+        )
 
     clean()
     rel.kubectl("create", "namespace", LIGHT)
@@ -87,8 +106,10 @@ def test_helm_upgrade_keeps_the_ca_and_the_certificates(light: Light) -> None:
     for component in COMPONENTS:
         cert = _cert(first[f"{LIGHT}-{component}-tls"])
         cert.verify_directly_issued_by(ca)
-    deployments = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"][
-        "checksum/tls"] for d in light.rel.json("get", "deployments", "-n", LIGHT)["items"]}
+    deployments = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/tls"]
+        for d in light.rel.json("get", "deployments", "-n", LIGHT)["items"]
+    }
 
     # The API server took the NetworkPolicies (it validates them); one per component.
     policies = light.rel.json("get", "networkpolicies", "-n", LIGHT)["items"]
@@ -99,8 +120,10 @@ def test_helm_upgrade_keeps_the_ca_and_the_certificates(light: Light) -> None:
     second = light.secrets()
     for name in [f"{LIGHT}-tls-ca", *(f"{LIGHT}-{c}-tls" for c in COMPONENTS)]:
         assert second[name]["data"] == first[name]["data"], f"{name} changed on upgrade"
-    after = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"][
-        "checksum/tls"] for d in light.rel.json("get", "deployments", "-n", LIGHT)["items"]}
+    after = {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["annotations"]["checksum/tls"]
+        for d in light.rel.json("get", "deployments", "-n", LIGHT)["items"]
+    }
     assert after == deployments  # no pod rolls for its certificate
 
     # Every certificate within the renewal window: issued again, by the same CA.
@@ -114,18 +137,24 @@ def test_helm_upgrade_keeps_the_ca_and_the_certificates(light: Light) -> None:
         new.verify_directly_issued_by(ca)
 
 
-def test_an_existing_ca_signs_the_certificates_and_a_missing_one_is_named(
-        light: Light) -> None:
+def test_an_existing_ca_signs_the_certificates_and_a_missing_one_is_named(light: Light) -> None:
     light.rel.helm("uninstall", LIGHT, "-n", LIGHT, "--wait", "--ignore-not-found")
     missing = light.helm("install", "--set", "tls.existingCASecret=corp-ca")
     assert missing.returncode != 0
     assert 'tls.existingCASecret: Secret "corp-ca" in namespace "aion-tls" must exist' in (
-        missing.stderr)
+        missing.stderr
+    )
     ca = pki.new_ca("corp CA")
-    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-              "metadata": {"name": "corp-ca", "namespace": LIGHT},
-              "data": {"tls.crt": base64.b64encode(ca.cert_pem).decode(),
-                       "tls.key": base64.b64encode(ca.key_pem).decode()}}
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {"name": "corp-ca", "namespace": LIGHT},
+        "data": {
+            "tls.crt": base64.b64encode(ca.cert_pem).decode(),
+            "tls.key": base64.b64encode(ca.key_pem).decode(),
+        },
+    }
     light.rel.cluster.kubectl("apply", "-f", "-", stdin=json.dumps(secret))
     done = light.helm("install", "--set", "tls.existingCASecret=corp-ca")
     assert done.returncode == 0, done.stderr

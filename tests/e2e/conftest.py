@@ -24,9 +24,19 @@ DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
 # "default", configured by its hash; clients and aionctl find it in AION_API_KEY.
 ADMIN_KEY = keys.new_key()[0]
 os.environ.setdefault("AION_API_KEY", ADMIN_KEY)
-GATEWAY_AUTH = {"AION_GATEWAY_ALLOW_ANONYMOUS": "false", "AION_GATEWAY_API_KEYS": json.dumps(
-    [{"hash": keys.hash_key(os.environ["AION_API_KEY"]), "tenant": "default",
-      "roles": ["admin"], "name": "e2e-admin"}])}
+GATEWAY_AUTH = {
+    "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
+    "AION_GATEWAY_API_KEYS": json.dumps(
+        [
+            {
+                "hash": keys.hash_key(os.environ["AION_API_KEY"]),
+                "tenant": "default",
+                "roles": ["admin"],
+                "name": "e2e-admin",
+            }
+        ]
+    ),
+}
 
 
 class Backbone:
@@ -46,25 +56,34 @@ class Backbone:
         with psycopg.connect(self._postgres.dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         self._names.append(name)
-        return {"AION_AGENT_POSTGRES_DSN": self._postgres.dsn.rsplit("/", 1)[0] + "/" + name,
-                "AION_AGENT_KAFKA_BOOTSTRAP": self._kafka.bootstrap,
-                "AION_AGENT_TOPIC_PREFIX": f"{name}.", **self._minio.endpoints()}
+        return {
+            "AION_AGENT_POSTGRES_DSN": self._postgres.dsn.rsplit("/", 1)[0] + "/" + name,
+            "AION_AGENT_KAFKA_BOOTSTRAP": self._kafka.bootstrap,
+            "AION_AGENT_TOPIC_PREFIX": f"{name}.",
+            **self._minio.endpoints(),
+        }
 
     def drop_all(self) -> None:
         """Drop every database made here (FORCE: a killed service may hold connections)."""
         with psycopg.connect(self._postgres.dsn, autocommit=True) as conn:
             while self._names:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(self._names.pop())))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(self._names.pop())
+                    )
+                )
 
 
 def start_suite(log_dir: Path, env: dict[str, str]) -> devstack.LocalSuite:
     """Start the suite and wait for it; a service that does not come up fails with its log."""
     # One llama.cpp thread: on a shared two-core machine, two spinning threads
     # slow to a crawl whenever another process (here: the test itself) runs.
-    suite = devstack.LocalSuite(log_dir=log_dir, agents_file=DEMO_AGENT, allow_anonymous=False,
-                               extra_env={"AION_EXECUTOR_N_THREADS": "1", **GATEWAY_AUTH,
-                                          **env})
+    suite = devstack.LocalSuite(
+        log_dir=log_dir,
+        agents_file=DEMO_AGENT,
+        allow_anonymous=False,
+        extra_env={"AION_EXECUTOR_N_THREADS": "1", **GATEWAY_AUTH, **env},
+    )
     suite.start()
     try:
         suite.wait_ready(timeout=180)
@@ -75,8 +94,9 @@ def start_suite(log_dir: Path, env: dict[str, str]) -> devstack.LocalSuite:
 
 
 @pytest.fixture(scope="session")
-def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
-          kafka: Kafka, minio: MinIO) -> Iterator[devstack.LocalSuite]:
+def suite(
+    tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Kafka, minio: MinIO
+) -> Iterator[devstack.LocalSuite]:
     """A running suite shared by the e2e tests; its database is dropped at the end."""
     backbone = Backbone(postgres, kafka, minio)
     try:
@@ -90,8 +110,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres,
 
 
 @pytest.fixture
-def fresh_suite(postgres: Postgres, kafka: Kafka,
-                minio: MinIO) -> Iterator[Callable[[Path], devstack.LocalSuite]]:
+def fresh_suite(
+    postgres: Postgres, kafka: Kafka, minio: MinIO
+) -> Iterator[Callable[[Path], devstack.LocalSuite]]:
     """Start a suite of one's own (for tests that stop services); the test stops it, and
     its database is dropped after the test (stopping it first if the test did not)."""
     backbone = Backbone(postgres, kafka, minio)

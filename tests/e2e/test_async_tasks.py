@@ -16,15 +16,23 @@ pytestmark = pytest.mark.e2e
 AIONCTL = str(Path(sys.executable).with_name("aionctl"))
 
 
-def _aionctl(suite: devstack.LocalSuite, *args: str,
-             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AIONCTL, "--target", suite.gateway, *args], capture_output=True,
-                          text=True, timeout=120, check=False, input=stdin)
+def _aionctl(
+    suite: devstack.LocalSuite, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [AIONCTL, "--target", suite.gateway, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        input=stdin,
+    )
 
 
 def test_submit_async_then_get_shows_the_stored_result(suite: devstack.LocalSuite) -> None:
-    submitted = _aionctl(suite, "submit", "--async", "--agent", "demo", "--max-tokens", "8",
-                         "Name a planet.")
+    submitted = _aionctl(
+        suite, "submit", "--async", "--agent", "demo", "--max-tokens", "8", "Name a planet."
+    )
     assert submitted.returncode == 0, submitted.stderr
     task_id = submitted.stdout.strip()
     assert task_id
@@ -42,10 +50,11 @@ def test_submit_async_then_get_shows_the_stored_result(suite: devstack.LocalSuit
     assert result["usage"]["completion_tokens"] > 0
 
 
-def test_apply_registers_an_agent_listed_through_the_gateway(
-        suite: devstack.LocalSuite) -> None:
-    manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: applied}\n"
-                "spec:\n  model: {name: smollm2-135m-instruct}\n  description: from a file\n")
+def test_apply_registers_an_agent_listed_through_the_gateway(suite: devstack.LocalSuite) -> None:
+    manifest = (
+        "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: applied}\n"
+        "spec:\n  model: {name: smollm2-135m-instruct}\n  description: from a file\n"
+    )
     applied = _aionctl(suite, "apply", "-f", "-", stdin=manifest)
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.strip() == "agent/applied applied"

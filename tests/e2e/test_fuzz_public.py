@@ -64,9 +64,11 @@ TENANT = f"fuzz-{uuid.uuid4().hex[:6]}"  # MinIO keeps originals after the datab
 ADMIN_KEY = keys.new_key()[0]
 METADATA = (("x-api-key", ADMIN_KEY),)
 CALL_TIMEOUT_S = 5.0
-SERVICES = [tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
-            agents_pb2.DESCRIPTOR.services_by_name["Agents"],
-            knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"]]
+SERVICES = [
+    tasks_pb2.DESCRIPTOR.services_by_name["Tasks"],
+    agents_pb2.DESCRIPTOR.services_by_name["Agents"],
+    knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"],
+]
 METHODS = [m for s in SERVICES for m in s.methods]
 # The answers that say the server, not the input, is at fault.
 SERVER_FAULTS = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
@@ -89,14 +91,41 @@ spec:
 # -- strategies from the descriptors ----------------------------------------------------
 NAMEISH = string.ascii_lowercase + string.digits + "-._"
 HUGE = [1025, 70_000, 600_000]
-INTERESTING = ["", " ", "demo", "default", "docs", "doc-1", "a", "-", "\x00", "\u202e",
-               "../../etc/passwd", "%2F", "a/b", "' OR 1=1 --", "*", "日本語", "😀" * 3,
-               "x" * 255, "x" * 256, str(uuid.UUID(int=0)), "00000000-0000-0000-0000"]
-INT_RANGES = {F.TYPE_INT32: (-2**31, 2**31 - 1), F.TYPE_SINT32: (-2**31, 2**31 - 1),
-              F.TYPE_SFIXED32: (-2**31, 2**31 - 1), F.TYPE_UINT32: (0, 2**32 - 1),
-              F.TYPE_FIXED32: (0, 2**32 - 1), F.TYPE_INT64: (-2**63, 2**63 - 1),
-              F.TYPE_SINT64: (-2**63, 2**63 - 1), F.TYPE_SFIXED64: (-2**63, 2**63 - 1),
-              F.TYPE_UINT64: (0, 2**64 - 1), F.TYPE_FIXED64: (0, 2**64 - 1)}
+INTERESTING = [
+    "",
+    " ",
+    "demo",
+    "default",
+    "docs",
+    "doc-1",
+    "a",
+    "-",
+    "\x00",
+    "\u202e",
+    "../../etc/passwd",
+    "%2F",
+    "a/b",
+    "' OR 1=1 --",
+    "*",
+    "日本語",
+    "😀" * 3,
+    "x" * 255,
+    "x" * 256,
+    str(uuid.UUID(int=0)),
+    "00000000-0000-0000-0000",
+]
+INT_RANGES = {
+    F.TYPE_INT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    F.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    F.TYPE_UINT32: (0, 2**32 - 1),
+    F.TYPE_FIXED32: (0, 2**32 - 1),
+    F.TYPE_INT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    F.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    F.TYPE_UINT64: (0, 2**64 - 1),
+    F.TYPE_FIXED64: (0, 2**64 - 1),
+}
 
 
 def texts(known: list[str]) -> st.SearchStrategy[str]:
@@ -105,15 +134,18 @@ def texts(known: list[str]) -> st.SearchStrategy[str]:
         st.sampled_from(known + INTERESTING),
         st.text(max_size=24),
         st.text(alphabet=NAMEISH, min_size=1, max_size=20),
-        st.sampled_from(HUGE).map(lambda n: "x" * n))
+        st.sampled_from(HUGE).map(lambda n: "x" * n),
+    )
 
 
 def integers(lo: int, hi: int) -> st.SearchStrategy[int]:
     """Any value of the range, with its edges and small ones drawn often."""
-    edges = sorted(n for n in {lo, hi, -1, 0, 1, 2, 4, 1000, 100_000, 2**31 - 1, 2**31}
-                   if lo <= n <= hi)
-    return st.one_of(st.sampled_from(edges), st.integers(lo, hi),
-                     st.integers(max(lo, -5), min(hi, 5000)))
+    edges = sorted(
+        n for n in {lo, hi, -1, 0, 1, 2, 4, 1000, 100_000, 2**31 - 1, 2**31} if lo <= n <= hi
+    )
+    return st.one_of(
+        st.sampled_from(edges), st.integers(lo, hi), st.integers(max(lo, -5), min(hi, 5000))
+    )
 
 
 def field_value(field: Any, known: list[str], depth: int) -> st.SearchStrategy[Any]:
@@ -122,8 +154,11 @@ def field_value(field: Any, known: list[str], depth: int) -> st.SearchStrategy[A
     if t == F.TYPE_STRING:
         return texts(known)
     if t == F.TYPE_BYTES:
-        return st.one_of(st.binary(max_size=64), st.text(max_size=64).map(str.encode),
-                         st.sampled_from(HUGE).map(lambda n: os.urandom(n)))
+        return st.one_of(
+            st.binary(max_size=64),
+            st.text(max_size=64).map(str.encode),
+            st.sampled_from(HUGE).map(lambda n: os.urandom(n)),
+        )
     if t in INT_RANGES:
         return integers(*INT_RANGES[t])
     if t == F.TYPE_DOUBLE:
@@ -140,8 +175,9 @@ def field_value(field: Any, known: list[str], depth: int) -> st.SearchStrategy[A
     raise AssertionError(f"no strategy for field type {t} ({field.full_name})")
 
 
-def message_strategy(desc: Any, known: list[str],
-                     depth: int = 0) -> st.SearchStrategy[message.Message]:
+def message_strategy(
+    desc: Any, known: list[str], depth: int = 0
+) -> st.SearchStrategy[message.Message]:
     """Messages of ``desc``: any subset of its fields set, each to any value of its type
     (repeated fields and maps up to a few entries; nesting up to three levels)."""
     cls = message_factory.GetMessageClass(desc)
@@ -153,9 +189,11 @@ def message_strategy(desc: Any, known: list[str],
             key = f.message_type.fields_by_name["key"]
             value = f.message_type.fields_by_name["value"]
             fields[f.name] = st.one_of(
-                st.dictionaries(field_value(key, known, depth),
-                                field_value(value, known, depth), max_size=4),
-                st.integers(100, 2000).map(lambda n: {f"k{i}": "v" * 64 for i in range(n)}))
+                st.dictionaries(
+                    field_value(key, known, depth), field_value(value, known, depth), max_size=4
+                ),
+                st.integers(100, 2000).map(lambda n: {f"k{i}": "v" * 64 for i in range(n)}),
+            )
         elif f.is_repeated:
             fields[f.name] = st.lists(field_value(f, known, depth), max_size=3)
         else:
@@ -165,9 +203,17 @@ def message_strategy(desc: Any, known: list[str],
         return messages
     # Fields this version does not know (a newer client's), which servers must ignore;
     # they also make a message without fields (ListAgentsRequest) fuzzable.
-    return st.builds(with_unknown_fields, messages, st.lists(st.tuples(
-        st.integers(1000, 100_000), st.one_of(st.integers(0, 2**64 - 1), st.binary(
-            max_size=32))), max_size=3))
+    return st.builds(
+        with_unknown_fields,
+        messages,
+        st.lists(
+            st.tuples(
+                st.integers(1000, 100_000),
+                st.one_of(st.integers(0, 2**64 - 1), st.binary(max_size=32)),
+            ),
+            max_size=3,
+        ),
+    )
 
 
 def _varint(n: int) -> bytes:
@@ -179,13 +225,16 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def with_unknown_fields(msg: message.Message,
-                        extra: list[tuple[int, int | bytes]]) -> message.Message:
+def with_unknown_fields(
+    msg: message.Message, extra: list[tuple[int, int | bytes]]
+) -> message.Message:
     """``msg`` with fields numbered beyond its own: varints, or length-delimited bytes."""
     wire = b"".join(
-        _varint(num << 3) + _varint(value) if isinstance(value, int)
+        _varint(num << 3) + _varint(value)
+        if isinstance(value, int)
         else _varint(num << 3 | 2) + _varint(len(value)) + value
-        for num, value in extra)
+        for num, value in extra
+    )
     msg.MergeFromString(wire)
     return msg
 
@@ -194,8 +243,7 @@ def build(cls: type[message.Message], values: dict[str, Any]) -> message.Message
     msg = cls()
     for name, value in values.items():
         f: Any = msg.DESCRIPTOR.fields_by_name[name]
-        target: Any = getattr(msg, name) if f.is_repeated or (
-            f.type == F.TYPE_MESSAGE) else None
+        target: Any = getattr(msg, name) if f.is_repeated or (f.type == F.TYPE_MESSAGE) else None
         if f.type == F.TYPE_MESSAGE and f.message_type.GetOptions().map_entry:
             vfield = f.message_type.fields_by_name["value"]
             for k, v in value.items():
@@ -225,7 +273,9 @@ def alias_bomb(levels: int) -> str:
 MANIFESTS = [
     # Nine-fold aliases: 7 levels (254 bytes) take the parser ~5 s; deeper ones are left out
     # here, as they would take a busy test machine down until aliases are refused.
-    alias_bomb(5), alias_bomb(6), alias_bomb(7),
+    alias_bomb(5),
+    alias_bomb(6),
+    alias_bomb(7),
     "[" * 10_000 + "]" * 10_000,
     "{a: " * 5_000 + "1" + "}" * 5_000,
     "- " * 3_000 + "x",
@@ -238,15 +288,16 @@ MANIFESTS = [
     FUZZ_AGENT.replace("task: generate", "task: {a: 1}"),
     FUZZ_AGENT.replace("kind: Agent", "kind: 5"),
     FUZZ_AGENT.replace("spec:", "spec: 7\nextra:"),
-    FUZZ_AGENT.replace("name: demo", "name: fuzz-a") + "  instructions: \"a\\0b\"\n",
-    FUZZ_AGENT.replace("name: demo", "name: fuzz-b") + "  description: " + "d" * 2_000_000
-    + "\n",
-    FUZZ_AGENT.replace("name: demo", "name: fuzz-c") + "  knowledgeBases: [" + ",".join(
-        ["kb"] * 50_000) + "]\n",
-    FUZZ_AGENT.replace("name: demo", "name: fuzz-d") + "  tools: [" + ",".join(
-        ["x"] * 65) + "]\n",
-    FUZZ_AGENT.replace("name: demo", "name: fuzz-e") + "---\n" + FUZZ_AGENT.replace(
-        "name: demo", "name: Bad_Name"),
+    FUZZ_AGENT.replace("name: demo", "name: fuzz-a") + '  instructions: "a\\0b"\n',
+    FUZZ_AGENT.replace("name: demo", "name: fuzz-b") + "  description: " + "d" * 2_000_000 + "\n",
+    FUZZ_AGENT.replace("name: demo", "name: fuzz-c")
+    + "  knowledgeBases: ["
+    + ",".join(["kb"] * 50_000)
+    + "]\n",
+    FUZZ_AGENT.replace("name: demo", "name: fuzz-d") + "  tools: [" + ",".join(["x"] * 65) + "]\n",
+    FUZZ_AGENT.replace("name: demo", "name: fuzz-e")
+    + "---\n"
+    + FUZZ_AGENT.replace("name: demo", "name: Bad_Name"),
     "!!python/object/apply:os.system ['true']",
     "a: !!binary AAAA\n",
     "--- !!set {a, b}\n",
@@ -259,11 +310,20 @@ MANIFESTS = [
 ]
 
 # YAML-ish trees: wrong types anywhere in an Agent-shaped document, or any tree at all.
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                    st.floats(allow_nan=True), st.text(max_size=20))
-trees: st.SearchStrategy[Any] = st.deferred(lambda: st.one_of(
-    scalars, st.lists(trees, max_size=3), st.dictionaries(st.text(max_size=8), trees,
-                                                          max_size=3)))
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+)
+trees: st.SearchStrategy[Any] = st.deferred(
+    lambda: st.one_of(
+        scalars,
+        st.lists(trees, max_size=3),
+        st.dictionaries(st.text(max_size=8), trees, max_size=3),
+    )
+)
 
 
 def agent_shaped() -> st.SearchStrategy[str]:
@@ -278,38 +338,83 @@ def agent_shaped() -> st.SearchStrategy[str]:
         node[path[-1]] = value
         return yaml.safe_dump(doc)
 
-    paths = st.sampled_from([["apiVersion"], ["kind"], ["metadata", "name"], ["spec", "model"],
-                             ["spec", "model", "name"], ["spec", "model", "task"],
-                             ["spec", "maxTokens"], ["spec", "routing"],
-                             ["spec", "routing", "privacy"], ["spec", "instructions"],
-                             ["spec", "knowledgeBases"], ["spec", "tools"], ["spec"]])
-    names = st.one_of(st.just("fuzz-shaped"), st.text(alphabet=NAMEISH, min_size=1,
-                                                       max_size=70))
+    paths = st.sampled_from(
+        [
+            ["apiVersion"],
+            ["kind"],
+            ["metadata", "name"],
+            ["spec", "model"],
+            ["spec", "model", "name"],
+            ["spec", "model", "task"],
+            ["spec", "maxTokens"],
+            ["spec", "routing"],
+            ["spec", "routing", "privacy"],
+            ["spec", "instructions"],
+            ["spec", "knowledgeBases"],
+            ["spec", "tools"],
+            ["spec"],
+        ]
+    )
+    names = st.one_of(st.just("fuzz-shaped"), st.text(alphabet=NAMEISH, min_size=1, max_size=70))
     return st.builds(mutate, paths, trees, names)
 
 
-manifests = st.one_of(st.sampled_from(MANIFESTS), agent_shaped(),
-                      trees.map(lambda t: yaml.safe_dump(t)), st.text(max_size=200))
+manifests = st.one_of(
+    st.sampled_from(MANIFESTS),
+    agent_shaped(),
+    trees.map(lambda t: yaml.safe_dump(t)),
+    st.text(max_size=200),
+)
 
-CONTENT_TYPES = ["", "text/plain", "text/markdown", "text/html", "application/pdf",
-                 "application/json", "application/octet-stream", "image/png", "x/y",
-                 "text/plain; charset=utf-16"]
+CONTENT_TYPES = [
+    "",
+    "text/plain",
+    "text/markdown",
+    "text/html",
+    "application/pdf",
+    "application/json",
+    "application/octet-stream",
+    "image/png",
+    "x/y",
+    "text/plain; charset=utf-16",
+]
 documents = st.builds(
     lambda kb, doc, content, ctype, meta, title, wait: knowledge_pb2.IngestRequest(
-        knowledge_base=kb, document_id=doc, content=content, content_type=ctype,
-        metadata=meta, title=title, wait=wait),
+        knowledge_base=kb,
+        document_id=doc,
+        content=content,
+        content_type=ctype,
+        metadata=meta,
+        title=title,
+        wait=wait,
+    ),
     st.sampled_from(["docs", "kb-fuzz"]),
     st.one_of(st.just(""), st.text(alphabet=NAMEISH, min_size=1, max_size=12)),
-    st.one_of(st.just(b""), st.binary(max_size=256), st.sampled_from(
-        [b"%PDF-1.4\n" + os.urandom(200), b"\x89PNG\r\n\x1a\n" + os.urandom(100),
-         b"\xff\xfe" + "hello".encode("utf-16-le"), b"\x00" * 1000, "é".encode() * 1000,
-         b"<html><body>" * 500]), st.sampled_from(HUGE).map(os.urandom)),
+    st.one_of(
+        st.just(b""),
+        st.binary(max_size=256),
+        st.sampled_from(
+            [
+                b"%PDF-1.4\n" + os.urandom(200),
+                b"\x89PNG\r\n\x1a\n" + os.urandom(100),
+                b"\xff\xfe" + "hello".encode("utf-16-le"),
+                b"\x00" * 1000,
+                "é".encode() * 1000,
+                b"<html><body>" * 500,
+            ]
+        ),
+        st.sampled_from(HUGE).map(os.urandom),
+    ),
     st.sampled_from(CONTENT_TYPES),
-    st.one_of(st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4),
-              st.integers(100, 5000).map(lambda n: {f"k{i}": "v" * 100 for i in range(n)}),
-              st.just({"k" * 100_000: "v"}), st.just({"k": "v" * 1_000_000})),
+    st.one_of(
+        st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=4),
+        st.integers(100, 5000).map(lambda n: {f"k{i}": "v" * 100 for i in range(n)}),
+        st.just({"k" * 100_000: "v"}),
+        st.just({"k": "v" * 1_000_000}),
+    ),
     st.one_of(st.just(""), st.text(max_size=30), st.just("t" * 200_000)),
-    st.booleans())
+    st.booleans(),
+)
 
 
 # -- the suite and the bookkeeping ----------------------------------------------------------
@@ -319,27 +424,40 @@ class Fuzzed:
 
     tried: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     codes: dict[str, collections.Counter[str]] = dataclasses.field(
-        default_factory=lambda: collections.defaultdict(collections.Counter))
+        default_factory=lambda: collections.defaultdict(collections.Counter)
+    )
     faults: list[dict[str, str]] = dataclasses.field(default_factory=list)
     samples: dict[str, list[str]] = dataclasses.field(
-        default_factory=lambda: collections.defaultdict(list))
+        default_factory=lambda: collections.defaultdict(list)
+    )
 
-    def record(self, rpc: str, request: message.Message, code: grpc.StatusCode,
-               details: str) -> None:
+    def record(
+        self, rpc: str, request: message.Message, code: grpc.StatusCode, details: str
+    ) -> None:
         self.tried[rpc] += 1
         self.codes[rpc][code.name] += 1
         if len(self.samples[f"{rpc} {code.name}"]) < 3:
             self.samples[f"{rpc} {code.name}"].append(details[:300])
         if code in SERVER_FAULTS:
-            self.faults.append({"rpc": rpc, "code": code.name, "details": details[:2000],
-                                "request": _short(request)})
+            self.faults.append(
+                {
+                    "rpc": rpc,
+                    "code": code.name,
+                    "details": details[:2000],
+                    "request": _short(request),
+                }
+            )
 
     def figures(self) -> dict[str, Any]:
-        return {"examples_per_rpc": EXAMPLES, "tried": dict(self.tried),
-                "tried_total": sum(self.tried.values()),
-                "server_faults": len(self.faults),
-                "codes": {k: dict(v) for k, v in self.codes.items()},
-                "samples": dict(self.samples), "faults": self.faults[:50]}
+        return {
+            "examples_per_rpc": EXAMPLES,
+            "tried": dict(self.tried),
+            "tried_total": sum(self.tried.values()),
+            "server_faults": len(self.faults),
+            "codes": {k: dict(v) for k, v in self.codes.items()},
+            "samples": dict(self.samples),
+            "faults": self.faults[:50],
+        }
 
 
 def _short(request: message.Message) -> str:
@@ -358,8 +476,12 @@ class FuzzSuite:
     known: list[str]
     fuzzed: Fuzzed
 
-    def call(self, method: descriptor.MethodDescriptor, request: message.Message,
-             timeout: float = CALL_TIMEOUT_S) -> None:
+    def call(
+        self,
+        method: descriptor.MethodDescriptor,
+        request: message.Message,
+        timeout: float = CALL_TIMEOUT_S,
+    ) -> None:
         """One call; its status is recorded."""
         path = f"/{method.containing_service.full_name}/{method.name}"
         out = message_factory.GetMessageClass(method.output_type)
@@ -368,57 +490,88 @@ class FuzzSuite:
         try:
             if method.server_streaming:
                 stream = self.channel.unary_stream(
-                    path, request_serializer=type(request).SerializeToString,
-                    response_deserializer=out.FromString)
+                    path,
+                    request_serializer=type(request).SerializeToString,
+                    response_deserializer=out.FromString,
+                )
                 for _ in stream(request, timeout=timeout, metadata=METADATA):
                     pass
             else:
                 self.channel.unary_unary(
-                    path, request_serializer=type(request).SerializeToString,
-                    response_deserializer=out.FromString)(
-                        request, timeout=timeout, metadata=METADATA)
+                    path,
+                    request_serializer=type(request).SerializeToString,
+                    response_deserializer=out.FromString,
+                )(request, timeout=timeout, metadata=METADATA)
         except grpc.RpcError as exc:
             code, details = exc.code(), exc.details() or ""
         self.fuzzed.record(rpc, request, code, details)
 
     def dead(self) -> dict[str, int | None]:
         """The services whose process has exited, with the exit code."""
-        return {s.name: None if s.process is None else s.process.poll()
-                for s in self.suite.services.values()
-                if s.process is None or s.process.poll() is not None}
+        return {
+            s.name: None if s.process is None else s.process.poll()
+            for s in self.suite.services.values()
+            if s.process is None or s.process.poll() is not None
+        }
 
 
 @pytest.fixture(scope="module")
-def fuzz(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Kafka,
-         minio: MinIO) -> Iterator[FuzzSuite]:
+def fuzz(
+    tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Kafka, minio: MinIO
+) -> Iterator[FuzzSuite]:
     e2e: Any = sys.modules["tests.e2e.conftest"]
     backbone = e2e.Backbone(postgres, kafka, minio)
     log_dir = tmp_path_factory.mktemp("fuzz-suite")
     agents = log_dir / "fuzz-agent.yaml"
     agents.write_text(FUZZ_AGENT)
-    env = {**backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
-           "AION_GATEWAY_API_KEYS": json.dumps([{"hash": keys.hash_key(ADMIN_KEY),
-                                                 "tenant": TENANT, "roles": ["admin"],
-                                                 "name": "fuzz"}]),
-           # The fuzzer calls far faster than a tenant should: no rate limit in its way.
-           **{f"AION_GATEWAY_{name}": "1000000" for name in (
-               "RATE_PER_S", "RATE_BURST", "KEY_RATE_PER_S", "KEY_RATE_BURST",
-               "TOKENS_PER_MINUTE")},
-           "AION_AGENT_AGENTS_FILE": str(agents), "AION_AGENT_AGENTS_TENANT": TENANT}
+    env = {
+        **backbone.env(),
+        "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
+        "AION_GATEWAY_API_KEYS": json.dumps(
+            [
+                {
+                    "hash": keys.hash_key(ADMIN_KEY),
+                    "tenant": TENANT,
+                    "roles": ["admin"],
+                    "name": "fuzz",
+                }
+            ]
+        ),
+        # The fuzzer calls far faster than a tenant should: no rate limit in its way.
+        **{
+            f"AION_GATEWAY_{name}": "1000000"
+            for name in (
+                "RATE_PER_S",
+                "RATE_BURST",
+                "KEY_RATE_PER_S",
+                "KEY_RATE_BURST",
+                "TOKENS_PER_MINUTE",
+            )
+        },
+        "AION_AGENT_AGENTS_FILE": str(agents),
+        "AION_AGENT_AGENTS_TENANT": TENANT,
+    }
     fuzzed = Fuzzed()
     try:
         suite = e2e.start_suite(log_dir, env)
         try:
-            with grpc.insecure_channel(suite.gateway, options=[
+            with grpc.insecure_channel(
+                suite.gateway,
+                options=[
                     ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                    ("grpc.max_receive_message_length", 64 * 1024 * 1024)]) as channel:
-                yield FuzzSuite(suite, env, log_dir, kafka, minio, channel,
-                                ["demo", "docs", "kb-fuzz"], fuzzed)
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ],
+            ) as channel:
+                yield FuzzSuite(
+                    suite, env, log_dir, kafka, minio, channel, ["demo", "docs", "kb-fuzz"], fuzzed
+                )
         finally:
             figures = fuzzed.figures()
             (log_dir / "fuzz-figures.json").write_text(json.dumps(figures, indent=2))
-            print("\nfuzz figures:", json.dumps({k: v for k, v in figures.items()
-                                                 if k not in ("faults", "samples")}))
+            print(
+                "\nfuzz figures:",
+                json.dumps({k: v for k, v in figures.items() if k not in ("faults", "samples")}),
+            )
             for fault in fuzzed.faults[:20]:
                 print("fault:", json.dumps(fault)[:3000])
             suite.stop()
@@ -426,10 +579,18 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, postgres: Postgres, kafka: Ka
         backbone.drop_all()
 
 
-HYPOTHESIS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                             HealthCheck.large_base_example,
-                                             HealthCheck.function_scoped_fixture])
+HYPOTHESIS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 
 
 def _faults_of(fuzz: FuzzSuite, rpc: str) -> list[dict[str, str]]:
@@ -440,27 +601,42 @@ def _faults_of(fuzz: FuzzSuite, rpc: str) -> list[dict[str, str]]:
 def test_a_task_and_a_document_exist_to_aim_at(fuzz: FuzzSuite) -> None:
     """One real task and one real document, whose ids the fuzzer then also uses."""
     submit = fuzz.channel.unary_unary(
-        "/aion.v1.Tasks/Submit", request_serializer=tasks_pb2.SubmitRequest.SerializeToString,
-        response_deserializer=tasks_pb2.SubmitResponse.FromString)
-    got = submit(tasks_pb2.SubmitRequest(task=tasks_pb2.TaskSpec(agent="demo", input="Hi")),
-                 timeout=180, metadata=METADATA)
+        "/aion.v1.Tasks/Submit",
+        request_serializer=tasks_pb2.SubmitRequest.SerializeToString,
+        response_deserializer=tasks_pb2.SubmitResponse.FromString,
+    )
+    got = submit(
+        tasks_pb2.SubmitRequest(task=tasks_pb2.TaskSpec(agent="demo", input="Hi")),
+        timeout=180,
+        metadata=METADATA,
+    )
     fuzz.known.append(got.task_id)
     ingest = fuzz.channel.unary_unary(
         "/aion.v1.Knowledge/Ingest",
         request_serializer=knowledge_pb2.IngestRequest.SerializeToString,
-        response_deserializer=knowledge_pb2.IngestResponse.FromString)
-    doc = ingest(knowledge_pb2.IngestRequest(knowledge_base="docs", document_id="doc-1",
-                                             content=b"Kubernetes runs pods.",
-                                             content_type="text/plain", wait=True),
-                 timeout=180, metadata=METADATA)
+        response_deserializer=knowledge_pb2.IngestResponse.FromString,
+    )
+    doc = ingest(
+        knowledge_pb2.IngestRequest(
+            knowledge_base="docs",
+            document_id="doc-1",
+            content=b"Kubernetes runs pods.",
+            content_type="text/plain",
+            wait=True,
+        ),
+        timeout=180,
+        metadata=METADATA,
+    )
     assert doc.document_id == "doc-1"
 
 
 def test_an_unknown_privacy_is_invalid_argument(fuzz: FuzzSuite) -> None:
     """Found by the fuzzer: an unknown Privacy number gave INTERNAL."""
     submit = fuzz.channel.unary_unary(
-        "/aion.v1.Tasks/Submit", request_serializer=tasks_pb2.SubmitRequest.SerializeToString,
-        response_deserializer=tasks_pb2.SubmitResponse.FromString)
+        "/aion.v1.Tasks/Submit",
+        request_serializer=tasks_pb2.SubmitRequest.SerializeToString,
+        response_deserializer=tasks_pb2.SubmitResponse.FromString,
+    )
     spec = tasks_pb2.TaskSpec(agent="demo", input="Hi")
     spec.options.privacy = 42  # type: ignore[assignment]
     with pytest.raises(grpc.RpcError) as info:
@@ -469,10 +645,10 @@ def test_an_unknown_privacy_is_invalid_argument(fuzz: FuzzSuite) -> None:
     assert "task.options.privacy" in (info.value.details() or "")
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}."
-                         f"{m.name}")
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: f"{m.containing_service.name}.{m.name}")
 def test_every_public_request_gets_a_status_that_is_not_a_server_fault(
-        fuzz: FuzzSuite, method: descriptor.MethodDescriptor) -> None:
+    fuzz: FuzzSuite, method: descriptor.MethodDescriptor
+) -> None:
     requests = message_strategy(method.input_type, fuzz.known)
 
     @HYPOTHESIS
@@ -549,6 +725,7 @@ async def _task_events(bootstrap: str, topic: str) -> list[Any]:
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
         records: list[Any] = []
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < end for tp, end in ends.items()])
 
@@ -561,11 +738,11 @@ async def _task_events(bootstrap: str, topic: str) -> list[Any]:
         await consumer.stop()
 
 
-def test_every_task_has_its_queued_event_with_the_tenant_and_no_output(
-        fuzz: FuzzSuite) -> None:
+def test_every_task_has_its_queued_event_with_the_tenant_and_no_output(fuzz: FuzzSuite) -> None:
     dsn = _dsn(fuzz)
-    _wait_for("the outbox emptying",
-              lambda: _rows(dsn, "SELECT count(*) AS n FROM outbox")[0]["n"] == 0)
+    _wait_for(
+        "the outbox emptying", lambda: _rows(dsn, "SELECT count(*) AS n FROM outbox")[0]["n"] == 0
+    )
     tasks = _rows(dsn, "SELECT id::text AS id, tenant, state, output FROM tasks")
     assert tasks, "the fuzzer made no task at all"
     assert {t["tenant"] for t in tasks} == {TENANT}
@@ -588,28 +765,45 @@ def test_every_task_has_its_queued_event_with_the_tenant_and_no_output(
 
 
 def test_every_document_version_has_its_object_and_every_object_its_version(
-        fuzz: FuzzSuite) -> None:
+    fuzz: FuzzSuite,
+) -> None:
     dsn = _dsn(fuzz)
-    _wait_for("indexing to finish", lambda: _rows(
-        dsn, "SELECT count(*) AS n FROM kb_versions WHERE state IN ('PENDING', 'INDEXING')",
-    )[0]["n"] == 0, timeout_s=300)
+    _wait_for(
+        "indexing to finish",
+        lambda: (
+            _rows(
+                dsn,
+                "SELECT count(*) AS n FROM kb_versions WHERE state IN ('PENDING', 'INDEXING')",
+            )[0]["n"]
+            == 0
+        ),
+        timeout_s=300,
+    )
     # A superseded or failed version's original is removed once no live version uses it.
-    versions = _rows(dsn, "SELECT tenant, knowledge_base, document_id, version, state,"
-                          " object_key FROM kb_versions")
-    live = {v["object_key"] for v in versions if v["state"] in ("PENDING", "INDEXING",
-                                                                 "READY")}
-    empty_documents = _rows(dsn, "SELECT d.document_id FROM kb_documents d WHERE NOT EXISTS ("
-                                 "SELECT 1 FROM kb_versions v WHERE v.tenant = d.tenant AND "
-                                 "v.knowledge_base = d.knowledge_base AND "
-                                 "v.document_id = d.document_id)")
+    versions = _rows(
+        dsn,
+        "SELECT tenant, knowledge_base, document_id, version, state, object_key FROM kb_versions",
+    )
+    live = {v["object_key"] for v in versions if v["state"] in ("PENDING", "INDEXING", "READY")}
+    empty_documents = _rows(
+        dsn,
+        "SELECT d.document_id FROM kb_documents d WHERE NOT EXISTS ("
+        "SELECT 1 FROM kb_versions v WHERE v.tenant = d.tenant AND "
+        "v.knowledge_base = d.knowledge_base AND "
+        "v.document_id = d.document_id)",
+    )
     assert empty_documents == []
     endpoints = fuzz.minio.endpoints()
-    client = Minio(endpoints["AION_MINIO_ENDPOINT"],
-                   access_key=endpoints["AION_MINIO_ACCESS_KEY"],
-                   secret_key=endpoints["AION_MINIO_SECRET_KEY"], secure=False)
+    client = Minio(
+        endpoints["AION_MINIO_ENDPOINT"],
+        access_key=endpoints["AION_MINIO_ACCESS_KEY"],
+        secret_key=endpoints["AION_MINIO_SECRET_KEY"],
+        secure=False,
+    )
     bucket = fuzz.env.get("AION_KNOWLEDGE_MINIO_BUCKET", "aion-knowledge")
-    objects = {o.object_name for o in client.list_objects(bucket, prefix=f"{TENANT}/",
-                                                         recursive=True)}
+    objects = {
+        o.object_name for o in client.list_objects(bucket, prefix=f"{TENANT}/", recursive=True)
+    }
     keys = {v["object_key"] for v in versions}
     assert live - objects == set(), "live version rows without their original"
     assert objects - keys == set(), "originals without a version row"
@@ -618,9 +812,14 @@ def test_every_document_version_has_its_object_and_every_object_its_version(
 def test_no_process_died_and_qdrant_holds_only_indexed_versions(fuzz: FuzzSuite) -> None:
     assert fuzz.dead() == {}
     dsn = _dsn(fuzz)
-    docs = {(d["knowledge_base"], d["document_id"]): d for d in _rows(
-        dsn, "SELECT knowledge_base, document_id, ready_version FROM kb_documents"
-             " WHERE tenant = %s", TENANT)}
+    docs = {
+        (d["knowledge_base"], d["document_id"]): d
+        for d in _rows(
+            dsn,
+            "SELECT knowledge_base, document_id, ready_version FROM kb_documents WHERE tenant = %s",
+            TENANT,
+        )
+    }
     codes = fuzz.suite.stop()  # local Qdrant is one process's at a time
     assert all(code == 0 for code in codes.values()), codes
     from qdrant_client import QdrantClient  # the knowledge service's client
@@ -632,15 +831,19 @@ def test_no_process_died_and_qdrant_holds_only_indexed_versions(fuzz: FuzzSuite)
         for collection in client.get_collections().collections:
             offset = None
             while True:
-                points, offset = client.scroll(collection.name, limit=256, offset=offset,
-                                               with_payload=True, with_vectors=False)
+                points, offset = client.scroll(
+                    collection.name, limit=256, offset=offset, with_payload=True, with_vectors=False
+                )
                 for p in points:
                     pl = p.payload or {}
                     if pl.get("tenant") != TENANT:
                         continue
                     doc = docs.get((pl.get("knowledge_base"), pl.get("document_id")))
-                    if doc is None or pl.get("version") != doc["ready_version"] or not pl.get(
-                            "active"):
+                    if (
+                        doc is None
+                        or pl.get("version") != doc["ready_version"]
+                        or not pl.get("active")
+                    ):
                         strays.append(pl | {"text": str(pl.get("text"))[:40]})
                 if offset is None:
                     break

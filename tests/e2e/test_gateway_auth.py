@@ -58,8 +58,7 @@ TPM = 600  # generated tokens per minute per tenant
 
 def _jwk(key: Any, kid: str, alg: str) -> dict[str, Any]:
     algorithm = jwt.algorithms.RSAAlgorithm if alg == "RS256" else jwt.algorithms.ECAlgorithm
-    return {**json.loads(algorithm.to_jwk(key.public_key())), "kid": kid, "alg": alg,
-            "use": "sig"}
+    return {**json.loads(algorithm.to_jwk(key.public_key())), "kid": kid, "alg": alg, "use": "sig"}
 
 
 class JwksServer:
@@ -96,8 +95,9 @@ class JwksServer:
 class Edge:
     """The suite (replica A is its gateway), replica B, and the JWKS URL."""
 
-    def __init__(self, suite: devstack.LocalSuite, replica_b: str, jwks: JwksServer,
-                 dsn: str) -> None:
+    def __init__(
+        self, suite: devstack.LocalSuite, replica_b: str, jwks: JwksServer, dsn: str
+    ) -> None:
         self.suite = suite
         self.a = suite.gateway
         self.b = replica_b
@@ -109,13 +109,24 @@ def _gateway_env(dsn: str, jwks_file: Path) -> dict[str, str]:
     return {
         "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
         "AION_GATEWAY_POSTGRES_DSN": dsn,
-        "AION_GATEWAY_API_KEYS": json.dumps([{"hash": keys.hash_key(ADMIN), "tenant": "acme",
-                                              "roles": ["admin"], "name": "bootstrap"}]),
+        "AION_GATEWAY_API_KEYS": json.dumps(
+            [
+                {
+                    "hash": keys.hash_key(ADMIN),
+                    "tenant": "acme",
+                    "roles": ["admin"],
+                    "name": "bootstrap",
+                }
+            ]
+        ),
         "AION_GATEWAY_JWKS_FILE": str(jwks_file),
         "AION_GATEWAY_JWT_SECRET": HS_SECRET,
-        "AION_GATEWAY_JWT_AUDIENCE": AUD, "AION_GATEWAY_JWT_ISSUER": ISS,
-        "AION_GATEWAY_RATE_PER_S": str(RATE), "AION_GATEWAY_RATE_BURST": str(BURST),
-        "AION_GATEWAY_KEY_RATE_PER_S": "1000", "AION_GATEWAY_KEY_RATE_BURST": "1000",
+        "AION_GATEWAY_JWT_AUDIENCE": AUD,
+        "AION_GATEWAY_JWT_ISSUER": ISS,
+        "AION_GATEWAY_RATE_PER_S": str(RATE),
+        "AION_GATEWAY_RATE_BURST": str(BURST),
+        "AION_GATEWAY_KEY_RATE_PER_S": "1000",
+        "AION_GATEWAY_KEY_RATE_BURST": "1000",
         "AION_GATEWAY_KEY_CACHE_S": "1",
         "AION_GATEWAY_TOKENS_PER_MINUTE": str(TPM),
         "AION_GATEWAY_AUTH_FAILURES_PER_MIN": "200",
@@ -123,15 +134,16 @@ def _gateway_env(dsn: str, jwks_file: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Edge]:
+def edge(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Edge]:
     e2e: Any = sys.modules["tests.e2e.conftest"]
-    backbone = e2e.Backbone(*(request.getfixturevalue(name)
-                              for name in inspect.signature(e2e.Backbone).parameters))
+    backbone = e2e.Backbone(
+        *(request.getfixturevalue(name) for name in inspect.signature(e2e.Backbone).parameters)
+    )
     tmp = tmp_path_factory.mktemp("edge")
     jwks_file = tmp / "jwks.json"
-    jwks_file.write_text(json.dumps({"keys": [_jwk(RSA, "r1", "RS256"),
-                                              _jwk(EC, "e1", "ES256")]}))
+    jwks_file.write_text(json.dumps({"keys": [_jwk(RSA, "r1", "RS256"), _jwk(EC, "e1", "ES256")]}))
     jwks = JwksServer()
     replica: subprocess.Popen[bytes] | None = None
     try:
@@ -140,12 +152,17 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         suite = e2e.start_suite(tmp / "suite", {**env, **_gateway_env(dsn, jwks_file)})
         try:
             port, metrics = devstack.free_port(), devstack.free_port()
-            b_env = {**os.environ, **env, **_gateway_env(dsn, jwks_file),
-                     "AION_GATEWAY_PORT": str(port), "AION_GATEWAY_METRICS_PORT": str(metrics),
-                     "AION_GATEWAY_ROUTER_TARGET": suite.services["router"].target,
-                     "AION_GATEWAY_AGENT_TARGET": suite.services["agent"].target,
-                     "AION_GATEWAY_KNOWLEDGE_TARGET": suite.services["knowledge"].target,
-                     **suite.tls_env("gateway")}
+            b_env = {
+                **os.environ,
+                **env,
+                **_gateway_env(dsn, jwks_file),
+                "AION_GATEWAY_PORT": str(port),
+                "AION_GATEWAY_METRICS_PORT": str(metrics),
+                "AION_GATEWAY_ROUTER_TARGET": suite.services["router"].target,
+                "AION_GATEWAY_AGENT_TARGET": suite.services["agent"].target,
+                "AION_GATEWAY_KNOWLEDGE_TARGET": suite.services["knowledge"].target,
+                **suite.tls_env("gateway"),
+            }
             b_env.pop("AION_GATEWAY_JWKS_FILE")
             b_env.pop("AION_GATEWAY_JWT_SECRET")
             b_env.pop("AION_GATEWAY_HTTP_PORT", None)
@@ -153,9 +170,13 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
             b_env["AION_GATEWAY_JWKS_REFRESH_COOLDOWN_S"] = "1"
             log = tmp / "gateway-b.log"
             with log.open("wb") as out:
-                replica = subprocess.Popen([sys.executable, "-m", "aion.gateway"], env=b_env,
-                                           stdout=out, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+                replica = subprocess.Popen(
+                    [sys.executable, "-m", "aion.gateway"],
+                    env=b_env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             target = f"127.0.0.1:{port}"
             deadline = time.monotonic() + 60
             while devstack.health_status(target) != "SERVING":
@@ -175,9 +196,16 @@ def edge(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 # --- helpers ---------------------------------------------------------------------------
 
+
 def _claims(**kw: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"sub": "alice", "tenant": "acme", "roles": ["user"], "aud": AUD,
-                            "iss": ISS, "exp": int(time.time()) + 600}
+    body: dict[str, Any] = {
+        "sub": "alice",
+        "tenant": "acme",
+        "roles": ["user"],
+        "aud": AUD,
+        "iss": ISS,
+        "exp": int(time.time()) + 600,
+    }
     body.update(kw)
     return {k: v for k, v in body.items() if v is not None}
 
@@ -194,8 +222,9 @@ def _key(key: str) -> tuple[tuple[str, str], ...]:
     return (("x-api-key", key),)
 
 
-async def _status(target: str, call: Callable[[grpc.aio.Channel, Any], Awaitable[Any]],
-                  metadata: Any) -> grpc.StatusCode:
+async def _status(
+    target: str, call: Callable[[grpc.aio.Channel, Any], Awaitable[Any]], metadata: Any
+) -> grpc.StatusCode:
     """The status of one call; a RESOURCE_EXHAUSTED from the tenant's limit is waited out
     (the table is about roles, not rates)."""
     async with grpc.aio.insecure_channel(target) as chan:
@@ -213,14 +242,15 @@ async def _status(target: str, call: Callable[[grpc.aio.Channel, Any], Awaitable
 
 # --- API keys --------------------------------------------------------------------------
 
+
 def _aionctl(target: str, key: str, *args: str) -> Any:
-    return CliRunner().invoke(cli.main, ["--target", target, "--api-key", key, *args],
-                              catch_exceptions=False)
+    return CliRunner().invoke(
+        cli.main, ["--target", target, "--api-key", key, *args], catch_exceptions=False
+    )
 
 
 async def test_api_keys_are_created_used_listed_and_revoked_with_aionctl(edge: Edge) -> None:
-    made = _aionctl(edge.a, ADMIN, "keys", "create", "--role", "viewer", "--name", "ci",
-                    "--json")
+    made = _aionctl(edge.a, ADMIN, "keys", "create", "--role", "viewer", "--name", "ci", "--json")
     assert made.exit_code == 0, made.output
     created = json.loads(made.stdout)
     secret, key_id = created["secret"], created["id"]
@@ -229,15 +259,27 @@ async def test_api_keys_are_created_used_listed_and_revoked_with_aionctl(edge: E
     assert created["roles"] == ["viewer"]
 
     async def list_agents(target: str, key: str) -> grpc.StatusCode:
-        return await _status(target, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-            agents_pb2.ListAgentsRequest(), metadata=md, timeout=10), _key(key))
+        return await _status(
+            target,
+            lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+                agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+            ),
+            _key(key),
+        )
 
     # It works on both replicas (one database), with its role only.
     assert await list_agents(edge.a, secret) == grpc.StatusCode.OK
     assert await list_agents(edge.b, secret) == grpc.StatusCode.OK
-    assert await _status(edge.b, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).Apply(
-        agents_pb2.ApplyAgentsRequest(manifest="x"), metadata=md, timeout=10),
-        _key(secret)) == grpc.StatusCode.PERMISSION_DENIED
+    assert (
+        await _status(
+            edge.b,
+            lambda ch, md: agents_pb2_grpc.AgentsStub(ch).Apply(
+                agents_pb2.ApplyAgentsRequest(manifest="x"), metadata=md, timeout=10
+            ),
+            _key(secret),
+        )
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
 
     listed = _aionctl(edge.b, ADMIN, "keys", "list", "--json")
     assert listed.exit_code == 0, listed.output
@@ -248,9 +290,11 @@ async def test_api_keys_are_created_used_listed_and_revoked_with_aionctl(edge: E
     assert secret not in listed.stdout
     # The database holds the hash only.
     import psycopg
+
     with psycopg.connect(edge.dsn) as conn:
-        stored = conn.execute("SELECT hash FROM gateway_api_keys WHERE id = %s",
-                              (key_id,)).fetchone()
+        stored = conn.execute(
+            "SELECT hash FROM gateway_api_keys WHERE id = %s", (key_id,)
+        ).fetchone()
     assert stored is not None
     assert secret not in stored[0]
     assert keys.verify(secret, stored[0])
@@ -268,23 +312,32 @@ async def test_keys_are_scoped_to_the_admins_tenant(edge: Edge) -> None:
     other_admin = rs256(tenant="globex", roles=["admin"])
     async with grpc.aio.insecure_channel(edge.a) as chan:
         stub = keys_pb2_grpc.KeysStub(chan)
-        made = await stub.Create(keys_pb2.CreateKeyRequest(name="g", roles=["user"]),
-                                 metadata=_bearer(other_admin), timeout=10)
+        made = await stub.Create(
+            keys_pb2.CreateKeyRequest(name="g", roles=["user"]),
+            metadata=_bearer(other_admin),
+            timeout=10,
+        )
         assert made.key.tenant == "globex"
-        acme = await stub.List(keys_pb2.ListKeysRequest(include_revoked=True),
-                               metadata=_key(ADMIN), timeout=10)
+        acme = await stub.List(
+            keys_pb2.ListKeysRequest(include_revoked=True), metadata=_key(ADMIN), timeout=10
+        )
         assert made.key.id not in [k.id for k in acme.keys]
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Revoke(keys_pb2.RevokeKeyRequest(id=made.key.id), metadata=_key(ADMIN),
-                              timeout=10)
+            await stub.Revoke(
+                keys_pb2.RevokeKeyRequest(id=made.key.id), metadata=_key(ADMIN), timeout=10
+            )
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.aio.AioRpcError) as bad:
-            await stub.Create(keys_pb2.CreateKeyRequest(name="x", roles=["root"]),
-                              metadata=_key(ADMIN), timeout=10)
+            await stub.Create(
+                keys_pb2.CreateKeyRequest(name="x", roles=["root"]),
+                metadata=_key(ADMIN),
+                timeout=10,
+            )
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # --- JWTs ------------------------------------------------------------------------------
+
 
 def _hs256_with_public_key() -> str:
     pem = RSA.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
@@ -292,6 +345,7 @@ def _hs256_with_public_key() -> str:
     seg = [jwt.utils.base64url_encode(json.dumps(p).encode()) for p in (header, _claims())]
     import hashlib
     import hmac
+
     sig = hmac.new(pem, seg[0] + b"." + seg[1], hashlib.sha256).digest()
     return b".".join([*seg, jwt.utils.base64url_encode(sig)]).decode()
 
@@ -313,44 +367,74 @@ BAD_TOKENS: dict[str, Callable[[], str]] = {
 @pytest.mark.parametrize("replica", ["a", "b"])
 @pytest.mark.parametrize("case", sorted(BAD_TOKENS))
 async def test_bad_tokens_are_unauthenticated_on_a_jwks_file_and_url(
-        edge: Edge, replica: str, case: str) -> None:
+    edge: Edge, replica: str, case: str
+) -> None:
     target = edge.a if replica == "a" else edge.b
     async with grpc.aio.insecure_channel(target) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await agents_pb2_grpc.AgentsStub(chan).List(
-                agents_pb2.ListAgentsRequest(), metadata=_bearer(BAD_TOKENS[case]()), timeout=10)
+                agents_pb2.ListAgentsRequest(), metadata=_bearer(BAD_TOKENS[case]()), timeout=10
+            )
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
     assert info.value.details()
 
 
 async def test_good_tokens_and_missing_roles(edge: Edge) -> None:
     for target in (edge.a, edge.b):
-        for token in (rs256(roles=["viewer"]),
-                      jwt.encode(_claims(roles=["viewer"]), EC, algorithm="ES256",
-                                 headers={"kid": "e1"})):
-            assert await _status(target, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-                agents_pb2.ListAgentsRequest(), metadata=md, timeout=10),
-                _bearer(token)) == grpc.StatusCode.OK
+        for token in (
+            rs256(roles=["viewer"]),
+            jwt.encode(_claims(roles=["viewer"]), EC, algorithm="ES256", headers={"kid": "e1"}),
+        ):
+            assert (
+                await _status(
+                    target,
+                    lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+                        agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+                    ),
+                    _bearer(token),
+                )
+                == grpc.StatusCode.OK
+            )
         # No roles claim: no role at all.
-        assert await _status(target, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-            agents_pb2.ListAgentsRequest(), metadata=md, timeout=10),
-            _bearer(rs256(roles=None))) == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            await _status(
+                target,
+                lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+                    agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+                ),
+                _bearer(rs256(roles=None)),
+            )
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
     # HS256 only where a secret is configured (replica A).
     hs = jwt.encode(_claims(roles=["viewer"]), HS_SECRET, algorithm="HS256")
-    assert await _status(edge.a, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-        agents_pb2.ListAgentsRequest(), metadata=md, timeout=10), _bearer(hs)) == (
-        grpc.StatusCode.OK)
-    assert await _status(edge.b, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-        agents_pb2.ListAgentsRequest(), metadata=md, timeout=10), _bearer(hs)) == (
-        grpc.StatusCode.UNAUTHENTICATED)
+    assert await _status(
+        edge.a,
+        lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+            agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+        ),
+        _bearer(hs),
+    ) == (grpc.StatusCode.OK)
+    assert await _status(
+        edge.b,
+        lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+            agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+        ),
+        _bearer(hs),
+    ) == (grpc.StatusCode.UNAUTHENTICATED)
 
 
 async def test_a_key_published_later_is_fetched_on_its_first_token(edge: Edge) -> None:
     token = rs256(kid="r2", key=RSA2, roles=["viewer"])
 
     async def status() -> grpc.StatusCode:
-        return await _status(edge.b, lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-            agents_pb2.ListAgentsRequest(), metadata=md, timeout=10), _bearer(token))
+        return await _status(
+            edge.b,
+            lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+                agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+            ),
+            _bearer(token),
+        )
 
     assert await status() == grpc.StatusCode.UNAUTHENTICATED
     edge.jwks.keys.append(_jwk(RSA2, "r2", "RS256"))
@@ -368,51 +452,115 @@ _TASK_ID = "00000000-0000-4000-8000-000000000000"
 
 
 async def _stream(ch: grpc.aio.Channel, md: Any) -> None:
-    call = tasks_pb2_grpc.TasksStub(ch).Stream(tasks_pb2.StreamRequest(
-        task=tasks_pb2.TaskSpec(agent="no-such-agent", input="hi")), metadata=md, timeout=10)
+    call = tasks_pb2_grpc.TasksStub(ch).Stream(
+        tasks_pb2.StreamRequest(task=tasks_pb2.TaskSpec(agent="no-such-agent", input="hi")),
+        metadata=md,
+        timeout=10,
+    )
     async for _ in call:
         pass
 
 
 RPCS: dict[str, tuple[str, Callable[[grpc.aio.Channel, Any], Awaitable[Any]]]] = {
-    "Tasks.Submit": ("user", lambda ch, md: tasks_pb2_grpc.TasksStub(ch).Submit(
-        tasks_pb2.SubmitRequest(task=tasks_pb2.TaskSpec(agent="no-such-agent", input="hi")),
-        metadata=md, timeout=10)),
+    "Tasks.Submit": (
+        "user",
+        lambda ch, md: tasks_pb2_grpc.TasksStub(ch).Submit(
+            tasks_pb2.SubmitRequest(task=tasks_pb2.TaskSpec(agent="no-such-agent", input="hi")),
+            metadata=md,
+            timeout=10,
+        ),
+    ),
     "Tasks.Stream": ("user", _stream),
-    "Tasks.Get": ("viewer", lambda ch, md: tasks_pb2_grpc.TasksStub(ch).Get(
-        tasks_pb2.GetTaskRequest(task_id=_TASK_ID), metadata=md, timeout=10)),
-    "Tasks.Cancel": ("user", lambda ch, md: tasks_pb2_grpc.TasksStub(ch).Cancel(
-        tasks_pb2.CancelTaskRequest(task_id=_TASK_ID), metadata=md, timeout=10)),
-    "Agents.List": ("viewer", lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
-        agents_pb2.ListAgentsRequest(), metadata=md, timeout=10)),
-    "Agents.Get": ("viewer", lambda ch, md: agents_pb2_grpc.AgentsStub(ch).Get(
-        agents_pb2.GetAgentRequest(name="no-such-agent"), metadata=md, timeout=10)),
-    "Agents.Apply": ("admin", lambda ch, md: agents_pb2_grpc.AgentsStub(ch).Apply(
-        agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n"), metadata=md, timeout=10)),
-    "Knowledge.Ingest": ("admin", lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Ingest(
-        knowledge_pb2.IngestRequest(), metadata=md, timeout=10)),
-    "Knowledge.Search": ("viewer", lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Search(
-        knowledge_pb2.SearchRequest(knowledge_base="none", query="x"), metadata=md,
-        timeout=10)),
-    "Knowledge.Delete": ("admin", lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Delete(
-        knowledge_pb2.DeleteDocumentRequest(knowledge_base="none", document_id="d"),
-        metadata=md, timeout=10)),
-    "Knowledge.GetDocument": ("viewer", lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(
-        ch).GetDocument(knowledge_pb2.GetDocumentRequest(knowledge_base="none",
-                                                         document_id="d"),
-                        metadata=md, timeout=10)),
-    "Knowledge.ListDocuments": ("viewer", lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(
-        ch).ListDocuments(knowledge_pb2.ListDocumentsRequest(), metadata=md, timeout=10)),
-    "Keys.Create": ("admin", lambda ch, md: keys_pb2_grpc.KeysStub(ch).Create(
-        keys_pb2.CreateKeyRequest(name="table", roles=[]), metadata=md, timeout=10)),
-    "Keys.List": ("admin", lambda ch, md: keys_pb2_grpc.KeysStub(ch).List(
-        keys_pb2.ListKeysRequest(), metadata=md, timeout=10)),
-    "Keys.Revoke": ("admin", lambda ch, md: keys_pb2_grpc.KeysStub(ch).Revoke(
-        keys_pb2.RevokeKeyRequest(id="000000000000"), metadata=md, timeout=10)),
+    "Tasks.Get": (
+        "viewer",
+        lambda ch, md: tasks_pb2_grpc.TasksStub(ch).Get(
+            tasks_pb2.GetTaskRequest(task_id=_TASK_ID), metadata=md, timeout=10
+        ),
+    ),
+    "Tasks.Cancel": (
+        "user",
+        lambda ch, md: tasks_pb2_grpc.TasksStub(ch).Cancel(
+            tasks_pb2.CancelTaskRequest(task_id=_TASK_ID), metadata=md, timeout=10
+        ),
+    ),
+    "Agents.List": (
+        "viewer",
+        lambda ch, md: agents_pb2_grpc.AgentsStub(ch).List(
+            agents_pb2.ListAgentsRequest(), metadata=md, timeout=10
+        ),
+    ),
+    "Agents.Get": (
+        "viewer",
+        lambda ch, md: agents_pb2_grpc.AgentsStub(ch).Get(
+            agents_pb2.GetAgentRequest(name="no-such-agent"), metadata=md, timeout=10
+        ),
+    ),
+    "Agents.Apply": (
+        "admin",
+        lambda ch, md: agents_pb2_grpc.AgentsStub(ch).Apply(
+            agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n"), metadata=md, timeout=10
+        ),
+    ),
+    "Knowledge.Ingest": (
+        "admin",
+        lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Ingest(
+            knowledge_pb2.IngestRequest(), metadata=md, timeout=10
+        ),
+    ),
+    "Knowledge.Search": (
+        "viewer",
+        lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Search(
+            knowledge_pb2.SearchRequest(knowledge_base="none", query="x"), metadata=md, timeout=10
+        ),
+    ),
+    "Knowledge.Delete": (
+        "admin",
+        lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Delete(
+            knowledge_pb2.DeleteDocumentRequest(knowledge_base="none", document_id="d"),
+            metadata=md,
+            timeout=10,
+        ),
+    ),
+    "Knowledge.GetDocument": (
+        "viewer",
+        lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).GetDocument(
+            knowledge_pb2.GetDocumentRequest(knowledge_base="none", document_id="d"),
+            metadata=md,
+            timeout=10,
+        ),
+    ),
+    "Knowledge.ListDocuments": (
+        "viewer",
+        lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).ListDocuments(
+            knowledge_pb2.ListDocumentsRequest(), metadata=md, timeout=10
+        ),
+    ),
+    "Keys.Create": (
+        "admin",
+        lambda ch, md: keys_pb2_grpc.KeysStub(ch).Create(
+            keys_pb2.CreateKeyRequest(name="table", roles=[]), metadata=md, timeout=10
+        ),
+    ),
+    "Keys.List": (
+        "admin",
+        lambda ch, md: keys_pb2_grpc.KeysStub(ch).List(
+            keys_pb2.ListKeysRequest(), metadata=md, timeout=10
+        ),
+    ),
+    "Keys.Revoke": (
+        "admin",
+        lambda ch, md: keys_pb2_grpc.KeysStub(ch).Revoke(
+            keys_pb2.RevokeKeyRequest(id="000000000000"), metadata=md, timeout=10
+        ),
+    ),
 }
 _RANK = {"none": -1, "viewer": 0, "user": 1, "admin": 2}
-_AUTH_REFUSALS = {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-                  grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+_AUTH_REFUSALS = {
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+}
 
 
 @pytest.mark.parametrize("role", ["none", "viewer", "user", "admin"])
@@ -431,30 +579,41 @@ async def test_every_public_rpc_by_role(edge: Edge, rpc: str, role: str) -> None
 
 @pytest.mark.parametrize("rpc", sorted(RPCS))
 async def test_every_public_rpc_without_credentials_is_unauthenticated(
-        edge: Edge, rpc: str) -> None:
+    edge: Edge, rpc: str
+) -> None:
     assert await _status(edge.b, RPCS[rpc][1], ()) == grpc.StatusCode.UNAUTHENTICATED
 
 
 # --- bad input -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("spec", "field"), [
-    (tasks_pb2.TaskSpec(agent="demo", input="hi", idempotency_key="k" * 257),
-     "task.idempotency_key"),
-    (tasks_pb2.TaskSpec(agent="demo", input="hi",
-                        options=tasks_pb2.TaskOptions(privacy=7)),  # type: ignore[arg-type]
-     "task.options.privacy"),
-])
-async def test_bad_task_options_are_invalid_argument(edge: Edge, spec: tasks_pb2.TaskSpec,
-                                                     field: str) -> None:
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        (
+            tasks_pb2.TaskSpec(agent="demo", input="hi", idempotency_key="k" * 257),
+            "task.idempotency_key",
+        ),
+        (
+            tasks_pb2.TaskSpec(agent="demo", input="hi", options=tasks_pb2.TaskOptions(privacy=7)),  # type: ignore[arg-type]
+            "task.options.privacy",
+        ),
+    ],
+)
+async def test_bad_task_options_are_invalid_argument(
+    edge: Edge, spec: tasks_pb2.TaskSpec, field: str
+) -> None:
     async with grpc.aio.insecure_channel(edge.a) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await tasks_pb2_grpc.TasksStub(chan).Submit(
-                tasks_pb2.SubmitRequest(task=spec), metadata=_key(ADMIN), timeout=10)
+                tasks_pb2.SubmitRequest(task=spec), metadata=_key(ADMIN), timeout=10
+            )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in (info.value.details() or "")
 
 
 # --- rate limits across two replicas ---------------------------------------------------
+
 
 async def test_open_streams_are_shared_by_replicas_through_postgres(edge: Edge) -> None:
     policy = ratelimit.Policy(tenant_streams=2, key_streams=2)
@@ -482,8 +641,9 @@ async def test_the_rate_limit_holds_across_two_replicas(edge: Edge) -> None:
             stub = agents_pb2_grpc.AgentsStub(chan)
             while time.monotonic() < stop:
                 try:
-                    await stub.List(agents_pb2.ListAgentsRequest(), metadata=_bearer(token),
-                                    timeout=10)
+                    await stub.List(
+                        agents_pb2.ListAgentsRequest(), metadata=_bearer(token), timeout=10
+                    )
                     accepted += 1
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -500,9 +660,11 @@ async def test_the_rate_limit_holds_across_two_replicas(edge: Edge) -> None:
     elapsed = time.monotonic() - start
     expected = BURST + RATE * elapsed
     error = (accepted - expected) / expected
-    print(f"\nrate limit across 2 replicas: {accepted} accepted, {refused} refused in "
-          f"{elapsed:.1f}s; expected {expected:.0f} ({RATE:g}/s + burst {BURST}); "
-          f"error {error:+.2%}; {(accepted + refused) / elapsed:.0f} decisions/s")
+    print(
+        f"\nrate limit across 2 replicas: {accepted} accepted, {refused} refused in "
+        f"{elapsed:.1f}s; expected {expected:.0f} ({RATE:g}/s + burst {BURST}); "
+        f"error {error:+.2%}; {(accepted + refused) / elapsed:.0f} decisions/s"
+    )
     assert other == 0
     assert refused > accepted, "the callers must have pushed past the limit"
     assert abs(error) <= 0.05
@@ -518,9 +680,12 @@ async def test_a_refusal_carries_retry_info(edge: Edge) -> None:
 
         async def spend_the_burst_and_more() -> None:
             # At once: one after the other, a loaded machine may not outrun the refill.
-            await asyncio.gather(*(
-                stub.List(agents_pb2.ListAgentsRequest(), metadata=_bearer(token), timeout=10)
-                for _ in range(BURST * 3)))
+            await asyncio.gather(
+                *(
+                    stub.List(agents_pb2.ListAgentsRequest(), metadata=_bearer(token), timeout=10)
+                    for _ in range(BURST * 3)
+                )
+            )
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await spend_the_burst_and_more()
@@ -542,16 +707,27 @@ async def test_an_asynchronous_task_is_charged_its_ceiling_when_accepted(edge: E
     token = rs256(tenant="default", roles=["user"])
     with psycopg.connect(edge.dsn, autocommit=True) as conn:
         # A known level, far from the cap, so that refill cannot hide the charge.
-        conn.execute("INSERT INTO gateway_rate_buckets (key, tokens, updated_at) "
-                     "VALUES ('tpm:default', %s, now()) ON CONFLICT (key) DO UPDATE "
-                     "SET tokens = EXCLUDED.tokens, updated_at = now()", (TPM / 2,))
+        conn.execute(
+            "INSERT INTO gateway_rate_buckets (key, tokens, updated_at) "
+            "VALUES ('tpm:default', %s, now()) ON CONFLICT (key) DO UPDATE "
+            "SET tokens = EXCLUDED.tokens, updated_at = now()",
+            (TPM / 2,),
+        )
         async with grpc.aio.insecure_channel(edge.b) as chan:
-            accepted = await tasks_pb2_grpc.TasksStub(chan).Submit(tasks_pb2.SubmitRequest(
-                task=tasks_pb2.TaskSpec(agent="demo", input="Say hi.",
-                                        options=tasks_pb2.TaskOptions(max_tokens=100)),
-                asynchronous=True), metadata=_bearer(token), timeout=30)
-        row = conn.execute("SELECT tokens, extract(epoch FROM now() - updated_at) "
-                           "FROM gateway_rate_buckets WHERE key = 'tpm:default'").fetchone()
+            accepted = await tasks_pb2_grpc.TasksStub(chan).Submit(
+                tasks_pb2.SubmitRequest(
+                    task=tasks_pb2.TaskSpec(
+                        agent="demo", input="Say hi.", options=tasks_pb2.TaskOptions(max_tokens=100)
+                    ),
+                    asynchronous=True,
+                ),
+                metadata=_bearer(token),
+                timeout=30,
+            )
+        row = conn.execute(
+            "SELECT tokens, extract(epoch FROM now() - updated_at) "
+            "FROM gateway_rate_buckets WHERE key = 'tpm:default'"
+        ).fetchone()
         # Full again for the tests after this one (a missing bucket starts full).
         conn.execute("DELETE FROM gateway_rate_buckets WHERE key = 'tpm:default'")
     assert accepted.task_id
@@ -561,8 +737,7 @@ async def test_an_asynchronous_task_is_charged_its_ceiling_when_accepted(edge: E
     assert TPM / 2 - 100 <= level <= TPM / 2 - 100 + TPM / 60 * (30 + age_s), level
 
 
-async def test_streamed_tokens_are_charged_and_a_tenant_in_debt_gets_no_task(
-        edge: Edge) -> None:
+async def test_streamed_tokens_are_charged_and_a_tenant_in_debt_gets_no_task(edge: Edge) -> None:
     import psycopg
 
     # The demo agent belongs to tenant "default".
@@ -574,22 +749,27 @@ async def test_streamed_tokens_are_charged_and_a_tenant_in_debt_gets_no_task(
     charged = max(streamed, events[-1].done.result.usage.tokens)
     assert charged > 0
     with psycopg.connect(edge.dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT tokens FROM gateway_rate_buckets WHERE key = %s",
-                           ("tpm:default",)).fetchone()
+        row = conn.execute(
+            "SELECT tokens FROM gateway_rate_buckets WHERE key = %s", ("tpm:default",)
+        ).fetchone()
         assert row is not None
         # The bucket started full (TPM) and refills at TPM/60 a second, capped at TPM.
         assert TPM - charged <= row[0] < TPM - charged + 1 + TPM / 60 * 120
         # Put the tenant in debt, as a burst of streams would.
-        conn.execute("SELECT gateway_spend('tpm:default', %s, %s, %s)",
-                     (TPM / 60, float(TPM), 10.0 * TPM))
+        conn.execute(
+            "SELECT gateway_spend('tpm:default', %s, %s, %s)", (TPM / 60, float(TPM), 10.0 * TPM)
+        )
     async with grpc.aio.insecure_channel(edge.b) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await tasks_pb2_grpc.TasksStub(chan).Submit(tasks_pb2.SubmitRequest(
-                task=tasks_pb2.TaskSpec(agent="demo", input="hi")), metadata=_bearer(token),
-                timeout=10)
+            await tasks_pb2_grpc.TasksStub(chan).Submit(
+                tasks_pb2.SubmitRequest(task=tasks_pb2.TaskSpec(agent="demo", input="hi")),
+                metadata=_bearer(token),
+                timeout=10,
+            )
         # Reading needs no tokens.
-        await agents_pb2_grpc.AgentsStub(chan).List(agents_pb2.ListAgentsRequest(),
-                                                    metadata=_bearer(token), timeout=10)
+        await agents_pb2_grpc.AgentsStub(chan).List(
+            agents_pb2.ListAgentsRequest(), metadata=_bearer(token), timeout=10
+        )
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "tokens per minute" in (info.value.details() or "")
 
@@ -600,13 +780,16 @@ async def test_failed_authentications_are_limited_per_peer_across_replicas(edge:
     shared bucket, so the two together admit the limit once, not twice."""
     codes = []
     start = time.monotonic()
-    async with grpc.aio.insecure_channel(edge.a) as chan_a, \
-            grpc.aio.insecure_channel(edge.b) as chan_b:
+    async with (
+        grpc.aio.insecure_channel(edge.a) as chan_a,
+        grpc.aio.insecure_channel(edge.b) as chan_b,
+    ):
         stubs = [agents_pb2_grpc.AgentsStub(chan_a), agents_pb2_grpc.AgentsStub(chan_b)]
         for i in range(1000):
             try:
-                await stubs[i % 2].List(agents_pb2.ListAgentsRequest(),
-                                        metadata=_key("aion_nope"), timeout=10)
+                await stubs[i % 2].List(
+                    agents_pb2.ListAgentsRequest(), metadata=_key("aion_nope"), timeout=10
+                )
             except grpc.aio.AioRpcError as exc:
                 codes.append(exc.code())
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -616,8 +799,7 @@ async def test_failed_authentications_are_limited_per_peer_across_replicas(edge:
         refused = []
         for stub in stubs:
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.List(agents_pb2.ListAgentsRequest(), metadata=_key(ADMIN),
-                                timeout=10)
+                await stub.List(agents_pb2.ListAgentsRequest(), metadata=_key(ADMIN), timeout=10)
             refused.append(info.value)
     assert codes[-1] == grpc.StatusCode.RESOURCE_EXHAUSTED
     # 200 a minute for both replicas together (the bucket starts full), plus what refilled

@@ -33,33 +33,62 @@ GATEWAY = frozenset({"gateway"})
 # service (suite name) -> (gRPC service, {method: (kind, identities it admits)})
 TABLE: dict[str, tuple[str, dict[str, tuple[str, frozenset[str]]]]] = {
     "router": ("aion.router.v1.Router", {"Decide": ("unary", GATEWAY)}),
-    "agent": ("aion.agent.v1.AgentService", {
-        "Run": ("stream", GATEWAY), "Submit": ("unary", GATEWAY),
-        "Follow": ("stream", GATEWAY), "GetTask": ("unary", GATEWAY),
-        "CancelTask": ("unary", GATEWAY), "ListAgents": ("unary", GATEWAY),
-        "GetAgent": ("unary", GATEWAY), "ApplyAgents": ("unary", GATEWAY),
-        "RegisterAgent": ("unary", frozenset({"operator"})),
-        "DeregisterAgent": ("unary", frozenset({"operator"}))}),
-    "knowledge": ("aion.knowledge.v1.KnowledgeService", {
-        "Ingest": ("unary", GATEWAY), "Delete": ("unary", GATEWAY),
-        "GetDocument": ("unary", GATEWAY), "ListDocuments": ("unary", GATEWAY),
-        "Search": ("unary", frozenset({"gateway", "agent"}))}),
-    "executor": ("aion.executor.v1.Executor", {
-        "Generate": ("stream", frozenset({"agent"})), "Stats": ("unary", frozenset({"agent"})),
-        "Embed": ("unary", frozenset({"knowledge", "agent"}))}),
+    "agent": (
+        "aion.agent.v1.AgentService",
+        {
+            "Run": ("stream", GATEWAY),
+            "Submit": ("unary", GATEWAY),
+            "Follow": ("stream", GATEWAY),
+            "GetTask": ("unary", GATEWAY),
+            "CancelTask": ("unary", GATEWAY),
+            "ListAgents": ("unary", GATEWAY),
+            "GetAgent": ("unary", GATEWAY),
+            "ApplyAgents": ("unary", GATEWAY),
+            "RegisterAgent": ("unary", frozenset({"operator"})),
+            "DeregisterAgent": ("unary", frozenset({"operator"})),
+        },
+    ),
+    "knowledge": (
+        "aion.knowledge.v1.KnowledgeService",
+        {
+            "Ingest": ("unary", GATEWAY),
+            "Delete": ("unary", GATEWAY),
+            "GetDocument": ("unary", GATEWAY),
+            "ListDocuments": ("unary", GATEWAY),
+            "Search": ("unary", frozenset({"gateway", "agent"})),
+        },
+    ),
+    "executor": (
+        "aion.executor.v1.Executor",
+        {
+            "Generate": ("stream", frozenset({"agent"})),
+            "Stats": ("unary", frozenset({"agent"})),
+            "Embed": ("unary", frozenset({"knowledge", "agent"})),
+        },
+    ),
 }
-CASES = [(svc, method, identity) for svc, (_, methods) in TABLE.items()
-         for method in methods for identity in IDENTITIES]
+CASES = [
+    (svc, method, identity)
+    for svc, (_, methods) in TABLE.items()
+    for method in methods
+    for identity in IDENTITIES
+]
 
 
 def _material(suite: devstack.LocalSuite, identity: str) -> tls.Tls:
     env = suite.tls_env(identity)
-    return tls.Tls.of(Path(env["AION_TLS_CA_FILE"]).read_bytes(), pki.KeyPair.read(
-        Path(env["AION_TLS_CERT_FILE"]), Path(env["AION_TLS_KEY_FILE"])))
+    return tls.Tls.of(
+        Path(env["AION_TLS_CA_FILE"]).read_bytes(),
+        pki.KeyPair.read(Path(env["AION_TLS_CERT_FILE"]), Path(env["AION_TLS_KEY_FILE"])),
+    )
 
 
-async def _status(channel: grpc.aio.Channel, path: str, kind: str, request: bytes = b"",
-                  ) -> tuple[grpc.StatusCode, str]:
+async def _status(
+    channel: grpc.aio.Channel,
+    path: str,
+    kind: str,
+    request: bytes = b"",
+) -> tuple[grpc.StatusCode, str]:
     """The status and its message of one call with a raw (serialised) request."""
     try:
         if kind == "unary":
@@ -79,14 +108,17 @@ async def _call(channel: grpc.aio.Channel, path: str, kind: str) -> grpc.StatusC
 
 
 def _secure(target: str, material: tls.Tls, peer: str) -> grpc.aio.Channel:
-    return grpc.aio.secure_channel(target, material.channel_credentials(),
-                                   options=material.channel_options(peer))
+    return grpc.aio.secure_channel(
+        target, material.channel_credentials(), options=material.channel_options(peer)
+    )
 
 
-@pytest.mark.parametrize(("svc", "method", "identity"), CASES,
-                         ids=[f"{s}.{m}<-{i}" for s, m, i in CASES])
-async def test_each_rpc_admits_only_its_callers(suite: devstack.LocalSuite, svc: str,
-                                                method: str, identity: str) -> None:
+@pytest.mark.parametrize(
+    ("svc", "method", "identity"), CASES, ids=[f"{s}.{m}<-{i}" for s, m, i in CASES]
+)
+async def test_each_rpc_admits_only_its_callers(
+    suite: devstack.LocalSuite, svc: str, method: str, identity: str
+) -> None:
     service, methods = TABLE[svc]
     kind, admitted = methods[method]
     target = suite.services[svc].target
@@ -94,9 +126,12 @@ async def test_each_rpc_admits_only_its_callers(suite: devstack.LocalSuite, svc:
     async with _secure(target, _material(suite, identity), peer) as channel:
         code, message = await _status(channel, f"/{service}/{method}", kind)
     if identity in admitted:
-        assert code not in (grpc.StatusCode.PERMISSION_DENIED,
-                            grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE,
-                            grpc.StatusCode.INTERNAL), code
+        assert code not in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.INTERNAL,
+        ), code
     else:
         assert code == grpc.StatusCode.PERMISSION_DENIED, code
         assert identity in message, message
@@ -105,15 +140,17 @@ async def test_each_rpc_admits_only_its_callers(suite: devstack.LocalSuite, svc:
 
 @pytest.mark.parametrize("svc", list(TABLE))
 async def test_no_client_certificate_and_a_foreign_ca_are_refused(
-        suite: devstack.LocalSuite, svc: str) -> None:
+    suite: devstack.LocalSuite, svc: str
+) -> None:
     service, methods = TABLE[svc]
     method, (kind, admitted) = next(iter(methods.items()))
     caller = sorted(admitted)[0]
     real = _material(suite, caller)
     target, peer = suite.services[svc].target, suite.services[svc].identity
     anonymous = grpc.ssl_channel_credentials(root_certificates=real.ca_pem)
-    async with grpc.aio.secure_channel(target, anonymous,
-                                       options=real.channel_options(peer)) as channel:
+    async with grpc.aio.secure_channel(
+        target, anonymous, options=real.channel_options(peer)
+    ) as channel:
         assert await _call(channel, f"/{service}/{method}", kind) == grpc.StatusCode.UNAVAILABLE
     # The right identity, from another CA (trusting the real one, so only the server decides).
     forged = tls.Tls(ca_pem=real.ca_pem, pair=pki.issue(pki.new_ca(), caller), identity=caller)
@@ -124,8 +161,10 @@ async def test_no_client_certificate_and_a_foreign_ca_are_refused(
     # The control: the same call with the real certificate passes the door.
     async with _secure(target, real, peer) as channel:
         assert await _call(channel, f"/{service}/{method}", kind) not in (
-            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.PERMISSION_DENIED,
-            grpc.StatusCode.UNAUTHENTICATED)
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED,
+        )
 
 
 @pytest.mark.parametrize("svc", list(TABLE))
@@ -133,7 +172,8 @@ async def test_the_health_port_answers_health_only(suite: devstack.LocalSuite, s
     service, methods = TABLE[svc]
     async with grpc.aio.insecure_channel(suite.services[svc].health_target) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=10)
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         for method, (kind, _) in methods.items():
             code = await _call(channel, f"/{service}/{method}", kind)
@@ -144,25 +184,44 @@ async def test_the_health_port_answers_health_only(suite: devstack.LocalSuite, s
 
 TENANTLESS = [
     ("router", "Decide", "gateway", router_pb2.DecideRequest(agent="demo")),
-    ("agent", "Submit", "gateway", agent_pb2.RunRequest(
-        task=tasks_pb2.TaskSpec(agent="demo", input="hi"))),
+    (
+        "agent",
+        "Submit",
+        "gateway",
+        agent_pb2.RunRequest(task=tasks_pb2.TaskSpec(agent="demo", input="hi")),
+    ),
     ("agent", "GetTask", "gateway", agent_pb2.TaskRef(task_id="t")),
     ("agent", "CancelTask", "gateway", agent_pb2.TaskRef(task_id="t")),
     ("agent", "ListAgents", "gateway", agent_pb2.ListAgentsRequest()),
     ("agent", "GetAgent", "gateway", agent_pb2.AgentRef(name="demo")),
     ("agent", "DeregisterAgent", "operator", agent_pb2.AgentRef(name="demo")),
-    ("knowledge", "Search", "agent", knowledge_pb2.SearchRequest(
-        request=public_knowledge_pb2.SearchRequest(knowledge_base="kb", query="q"))),
-    ("knowledge", "ListDocuments", "gateway", knowledge_pb2.ListDocumentsRequest(
-        request=public_knowledge_pb2.ListDocumentsRequest(knowledge_base="kb"))),
+    (
+        "knowledge",
+        "Search",
+        "agent",
+        knowledge_pb2.SearchRequest(
+            request=public_knowledge_pb2.SearchRequest(knowledge_base="kb", query="q")
+        ),
+    ),
+    (
+        "knowledge",
+        "ListDocuments",
+        "gateway",
+        knowledge_pb2.ListDocumentsRequest(
+            request=public_knowledge_pb2.ListDocumentsRequest(knowledge_base="kb")
+        ),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("svc", "method", "identity", "request_"), TENANTLESS,
-                         ids=[f"{s}.{m}" for s, m, _, _ in TENANTLESS])
+@pytest.mark.parametrize(
+    ("svc", "method", "identity", "request_"),
+    TENANTLESS,
+    ids=[f"{s}.{m}" for s, m, _, _ in TENANTLESS],
+)
 async def test_an_empty_tenant_is_invalid_argument(
-        suite: devstack.LocalSuite, svc: str, method: str, identity: str,
-        request_: Any) -> None:
+    suite: devstack.LocalSuite, svc: str, method: str, identity: str, request_: Any
+) -> None:
     service, _ = TABLE[svc]
     target, peer = suite.services[svc].target, suite.services[svc].identity
     async with _secure(target, _material(suite, identity), peer) as channel:

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_sigterm_lets_the_in_flight_stream_finish_and_exits_cleanly(
-        tmp_path: Path, fresh_suite: Callable[[Path], devstack.LocalSuite]) -> None:
+    tmp_path: Path, fresh_suite: Callable[[Path], devstack.LocalSuite]
+) -> None:
     suite = fresh_suite(tmp_path)
     try:
         gateway = suite.services["gateway"]

@@ -26,7 +26,8 @@ def test_every_service_reports_serving(suite: devstack.LocalSuite) -> None:
 
 
 async def test_stream_yields_model_tokens_then_the_canonical_result(
-        suite: devstack.LocalSuite) -> None:
+    suite: devstack.LocalSuite,
+) -> None:
     async with AsyncClient(suite.gateway) as client:
         events = [e async for e in client.stream("demo", "What is Kubernetes?", max_tokens=24)]
     kinds = [e.WhichOneof("event") for e in events]
@@ -48,7 +49,8 @@ async def test_stream_yields_model_tokens_then_the_canonical_result(
 
 
 async def test_same_seed_at_temperature_zero_gives_the_same_answer(
-        suite: devstack.LocalSuite) -> None:
+    suite: devstack.LocalSuite,
+) -> None:
     async with AsyncClient(suite.gateway) as client:
         a = await client.submit("demo", "Name a color.", max_tokens=12, temperature=0, seed=7)
         b = await client.submit("demo", "Name a color.", max_tokens=12, temperature=0, seed=7)
@@ -57,15 +59,24 @@ async def test_same_seed_at_temperature_zero_gives_the_same_answer(
     assert a.task_id != b.task_id
 
 
-@pytest.mark.parametrize(("kwargs", "error", "field"), [
-    ({"agent": "nope", "input": "hi"}, errors.NotFound, None),
-    ({"agent": "demo", "input": ""}, errors.InvalidArgument, "task.input"),
-    ({"agent": "demo", "input": "hi", "max_tokens": -1}, errors.InvalidArgument,
-     "task.options.max_tokens"),
-])
-def test_bad_input_gets_the_matching_status(suite: devstack.LocalSuite, kwargs: dict[str, object],
-                                            error: type[errors.AionError],
-                                            field: str | None) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"agent": "nope", "input": "hi"}, errors.NotFound, None),
+        ({"agent": "demo", "input": ""}, errors.InvalidArgument, "task.input"),
+        (
+            {"agent": "demo", "input": "hi", "max_tokens": -1},
+            errors.InvalidArgument,
+            "task.options.max_tokens",
+        ),
+    ],
+)
+def test_bad_input_gets_the_matching_status(
+    suite: devstack.LocalSuite,
+    kwargs: dict[str, object],
+    error: type[errors.AionError],
+    field: str | None,
+) -> None:
     agent, text = str(kwargs.pop("agent")), str(kwargs.pop("input"))
     with Client(suite.gateway) as client, pytest.raises(error) as info:
         list(client.stream(agent, text, **kwargs))  # type: ignore[arg-type]
@@ -76,9 +87,10 @@ def test_bad_input_gets_the_matching_status(suite: devstack.LocalSuite, kwargs: 
 async def test_stream_without_a_deadline_is_refused(suite: devstack.LocalSuite) -> None:
     async with grpc.aio.insecure_channel(suite.gateway) as chan:
         stub: tasks_pb2_grpc.TasksAsyncStub = tasks_pb2_grpc.TasksStub(chan)
-        call = stub.Stream(tasks_pb2.StreamRequest(
-            task=tasks_pb2.TaskSpec(agent="demo", input="hi")),
-            metadata=(("x-api-key", os.environ["AION_API_KEY"]),))
+        call = stub.Stream(
+            tasks_pb2.StreamRequest(task=tasks_pb2.TaskSpec(agent="demo", input="hi")),
+            metadata=(("x-api-key", os.environ["AION_API_KEY"]),),
+        )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             async for _ in call:
                 pass
@@ -105,8 +117,7 @@ async def test_cancel_mid_stream_ends_the_task_canceled(suite: devstack.LocalSui
     async with AsyncClient(suite.gateway) as client:
         task_id = ""
         final = None
-        async for event in client.stream("demo", "Write a long story about GPUs.",
-                                         max_tokens=400):
+        async for event in client.stream("demo", "Write a long story about GPUs.", max_tokens=400):
             kind = event.WhichOneof("event")
             if kind == "token" and not task_id:
                 task_id = event.task_id
@@ -134,13 +145,17 @@ def test_knowledge_round_trip_through_the_gateway(suite: devstack.LocalSuite) ->
 
 
 def _aionctl(suite: devstack.LocalSuite, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AIONCTL, "--target", suite.gateway, *args], capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [AIONCTL, "--target", suite.gateway, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_aionctl_streams_an_answer_and_prints_json(suite: devstack.LocalSuite) -> None:
-    out = _aionctl(suite, "stream", "--agent", "demo", "--max-tokens", "16",
-                   "What is Kubernetes?")
+    out = _aionctl(suite, "stream", "--agent", "demo", "--max-tokens", "16", "What is Kubernetes?")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     as_json = _aionctl(suite, "submit", "--agent", "demo", "--max-tokens", "8", "--json", "Hi")
@@ -151,8 +166,7 @@ def test_aionctl_streams_an_answer_and_prints_json(suite: devstack.LocalSuite) -
     assert set(result["usage"]) >= {"latency_ms", "tokens", "cost_usd"}
 
 
-def test_aionctl_shows_errors_in_one_line_with_a_non_zero_exit(
-        suite: devstack.LocalSuite) -> None:
+def test_aionctl_shows_errors_in_one_line_with_a_non_zero_exit(suite: devstack.LocalSuite) -> None:
     out = _aionctl(suite, "stream", "--agent", "nope", "hi")
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
@@ -176,8 +190,11 @@ def test_one_trace_follows_a_task_across_services(suite: devstack.LocalSuite) ->
     ended: list[dict[str, object]] = []
     while not ended:
         assert time.monotonic() < deadline, "the agent service never logged the task's end"
-        ended = [r for r in _log_records(suite, "agent")
-                 if r.get("message") == "task ended" and r.get("task_id") == task_id]
+        ended = [
+            r
+            for r in _log_records(suite, "agent")
+            if r.get("message") == "task ended" and r.get("task_id") == task_id
+        ]
     trace_id = ended[0]["trace_id"]
     assert isinstance(trace_id, str)
     assert len(trace_id) == 32

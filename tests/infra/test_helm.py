@@ -216,7 +216,11 @@ FULL_VALUES: Doc = {
         },
         "executorTarget": "embedder.ml:50055",
         "persistence": {
-            "enabled": True, "existingClaim": "", "storageClass": "fast", "size": "1Gi"},
+            "enabled": True,
+            "existingClaim": "",
+            "storageClass": "fast",
+            "size": "1Gi",
+        },
         "embeddingAgent": {
             "enabled": True,
             "name": "embedder",
@@ -311,13 +315,15 @@ def test_helm_template_passes_every_setting_through(
     assert router_service["metadata"]["annotations"] == {"example.com/team": "routing"}
     policy = _find(docs, "ConfigMap", "ai-router-policy")["data"]["policy.yaml"]
     assert {k: v for k, v in yaml.safe_load(policy).items() if k != "provider"} == (
-        FULL_VALUES["router"]["policy"])
+        FULL_VALUES["router"]["policy"]
+    )
 
     agent_deployment = _find(docs, "Deployment", "ai-agent")
     assert agent_deployment["spec"]["replicas"] == 5
     agent_env = _env(agent_deployment)
     assert agent_env["AION_AGENT_POSTGRES_DSN"] == {
-        "secretKeyRef": {"name": "agent-db", "key": "url"}}
+        "secretKeyRef": {"name": "agent-db", "key": "url"}
+    }
     assert agent_env["AION_AGENT_KAFKA_BOOTSTRAP"] == "kafka-0.kafka:9092,kafka-1.kafka:9092"
     assert agent_env["AION_AGENT_TOPIC_PREFIX"] == "prod."
     assert agent_env["AION_AGENT_WORKER_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -336,47 +342,61 @@ def test_helm_template_passes_every_setting_through(
     assert knowledge_env["AION_KNOWLEDGE_EMBEDDING_MODEL"] == "bge-small-en"
     assert knowledge_env["AION_KNOWLEDGE_QDRANT_URL"] == "http://qdrant.qdrant:6333"
     assert knowledge_env["AION_KNOWLEDGE_QDRANT_API_KEY"] == {
-        "secretKeyRef": {"name": "qdrant-key", "key": "key"}}
+        "secretKeyRef": {"name": "qdrant-key", "key": "key"}
+    }
     assert knowledge_env["AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX"] == "prod"
     assert "AION_KNOWLEDGE_QDRANT_PATH" not in knowledge_env
     assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"], "a server: no volume"
     assert knowledge_env["AION_KNOWLEDGE_POSTGRES_DSN"] == {
-        "secretKeyRef": {"name": "knowledge-db", "key": "url"}}
+        "secretKeyRef": {"name": "knowledge-db", "key": "url"}
+    }
     assert knowledge_env["AION_KNOWLEDGE_MINIO_ENDPOINT"] == "minio.storage:9000"
     assert knowledge_env["AION_KNOWLEDGE_MINIO_BUCKET"] == "prod-knowledge"
     assert knowledge_env["AION_KNOWLEDGE_MINIO_SECURE"] == "true"
     assert knowledge_env["AION_KNOWLEDGE_MINIO_SECRET_KEY"] == {
-        "secretKeyRef": {"name": "knowledge-s3", "key": "secret"}}
-    assert knowledge_env["AION_KNOWLEDGE_KAFKA_BOOTSTRAP"] == (
-        agent_env["AION_AGENT_KAFKA_BOOTSTRAP"])
+        "secretKeyRef": {"name": "knowledge-s3", "key": "secret"}
+    }
+    assert (
+        knowledge_env["AION_KNOWLEDGE_KAFKA_BOOTSTRAP"] == (agent_env["AION_AGENT_KAFKA_BOOTSTRAP"])
+    )
 
     assert agent_env["AION_AGENT_PROVIDER_BASE_URL"] == "https://api.example.com/v1"
     assert agent_env["AION_AGENT_PROVIDER_MODEL"] == "gpt-test"
     assert agent_env["AION_AGENT_PROVIDER_COST_PER_1K_TOKENS"] == "0.5"
     assert agent_env["AION_AGENT_PROVIDER_API_KEY"] == {
-        "secretKeyRef": {"name": "provider-key", "key": "token"}}
+        "secretKeyRef": {"name": "provider-key", "key": "token"}
+    }
     assert yaml.safe_load(policy)["provider"] == {
-        "name": "openai", "base_url": "https://api.example.com/v1", "model": "gpt-test",
-        "usd_per_1k_tokens": 0.5}
+        "name": "openai",
+        "base_url": "https://api.example.com/v1",
+        "model": "gpt-test",
+        "usd_per_1k_tokens": 0.5,
+    }
 
     test_pod = _find(docs, "Pod", "ai-test-stream")
-    test_env = {e["name"]: e.get("value", e.get("valueFrom"))
-                for e in test_pod["spec"]["containers"][0]["env"]}
+    test_env = {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in test_pod["spec"]["containers"][0]["env"]
+    }
     assert test_env["AION_TEST_GATEWAY"] == f"ai-gateway.{NAMESPACE}.svc:443"
     assert (test_env["AION_TEST_AGENT"], test_env["AION_TEST_MAX_TOKENS"]) == ("demo", "8")
     assert test_env["AION_TEST_API_KEYS"] == {
-        "secretKeyRef": {"name": "gateway-auth", "key": "keys.json", "optional": True}}
+        "secretKeyRef": {"name": "gateway-auth", "key": "keys.json", "optional": True}
+    }
     assert test_pod["spec"]["nodeSelector"] == gw_values["nodeSelector"]
 
     operator_env = _env(_find(docs, "Deployment", "ai-operator"))
     assert operator_env["AION_OPERATOR_NAMESPACES"] == "team-a,team-b"
     assert operator_env["AION_OPERATOR_UNSCHEDULABLE_AFTER_S"] == "30"
-    assert operator_env["AION_OPERATOR_KAFKA_BOOTSTRAP"] == (
-        _env(_find(docs, "Deployment", "ai-agent"))["AION_AGENT_KAFKA_BOOTSTRAP"])
+    assert (
+        operator_env["AION_OPERATOR_KAFKA_BOOTSTRAP"]
+        == (_env(_find(docs, "Deployment", "ai-agent"))["AION_AGENT_KAFKA_BOOTSTRAP"])
+    )
     assert operator_env["AION_OPERATOR_LEASE_DURATION_S"] == "10"
     assert operator_env["AION_OPERATOR_LEASE_NAME"] == "ai-operator"
     assert operator_env["AION_OPERATOR_LEASE_NAMESPACE"] == {
-        "fieldRef": {"fieldPath": "metadata.namespace"}}
+        "fieldRef": {"fieldPath": "metadata.namespace"}
+    }
     assert _find(docs, "Deployment", "ai-operator")["spec"]["replicas"] == 3
     assert operator_env["AION_OPERATOR_LIVENESS_PORT"] == "8081"
     assert operator_env["AION_OPERATOR_EXECUTOR_IMAGE"] == "registry.example/aion-executor:7"
@@ -407,8 +427,15 @@ def test_helm_template_without_operator_or_embedding_agent(
     env = _env(_find(docs, "Deployment", f"{RELEASE}-knowledge"))
     assert env["AION_KNOWLEDGE_EXECUTOR_TARGET"] == "embedder.ml:50055"
     assert "AION_KNOWLEDGE_EMBEDDING_MODEL" not in env
-    proc = _run(helm, helm_env, "template", RELEASE, str(CHART),
-                "--set", "knowledge.embeddingAgent.enabled=false")
+    proc = _run(
+        helm,
+        helm_env,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--set",
+        "knowledge.embeddingAgent.enabled=false",
+    )
     assert proc.returncode != 0
     assert "knowledge.executorTarget is required when knowledge.embeddingAgent" in proc.stderr
 
@@ -606,30 +633,46 @@ def test_without_a_qdrant_url_the_index_is_on_a_claim_of_one_replica(
 
     mine = _template(helm, helm_env, "--set", "knowledge.persistence.existingClaim=my-index")
     assert not [d for d in mine if d["kind"] == "PersistentVolumeClaim"]
-    volumes = {v["name"]: v for v in _find(mine, "Deployment", f"{RELEASE}-knowledge")["spec"][
-        "template"]["spec"]["volumes"]}
+    volumes = {
+        v["name"]: v
+        for v in _find(mine, "Deployment", f"{RELEASE}-knowledge")["spec"]["template"]["spec"][
+            "volumes"
+        ]
+    }
     assert volumes["index"]["persistentVolumeClaim"] == {"claimName": "my-index"}
 
     scratch = _template(helm, helm_env, "--set", "knowledge.persistence.enabled=false")
     assert not [d for d in scratch if d["kind"] == "PersistentVolumeClaim"]
-    volumes = {v["name"]: v for v in _find(scratch, "Deployment", f"{RELEASE}-knowledge")[
-        "spec"]["template"]["spec"]["volumes"]}
+    volumes = {
+        v["name"]: v
+        for v in _find(scratch, "Deployment", f"{RELEASE}-knowledge")["spec"]["template"]["spec"][
+            "volumes"
+        ]
+    }
     assert volumes["index"] == {"name": "index", "emptyDir": {}}
 
 
 def test_a_provider_with_its_key_in_values_gets_a_secret_and_the_router_knows_it(
     helm: Path, helm_env: dict[str, str]
 ) -> None:
-    docs = _template(helm, helm_env, "--set", "provider.baseUrl=https://api.example.com/v1",
-                     "--set", "provider.apiKey.value=sk-test")
+    docs = _template(
+        helm,
+        helm_env,
+        "--set",
+        "provider.baseUrl=https://api.example.com/v1",
+        "--set",
+        "provider.apiKey.value=sk-test",
+    )
     secret = _find(docs, "Secret", f"{RELEASE}-agent-provider")
     assert secret["stringData"] == {"api-key": "sk-test"}
     env = _env(_find(docs, "Deployment", f"{RELEASE}-agent"))
     assert env["AION_AGENT_PROVIDER_API_KEY"] == {
-        "secretKeyRef": {"name": f"{RELEASE}-agent-provider", "key": "api-key"}}
+        "secretKeyRef": {"name": f"{RELEASE}-agent-provider", "key": "api-key"}
+    }
     assert env["AION_AGENT_PROVIDER_MODEL"] == "gpt-4o-mini"
-    policy = yaml.safe_load(_find(docs, "ConfigMap", f"{RELEASE}-router-policy")["data"][
-        "policy.yaml"])
+    policy = yaml.safe_load(
+        _find(docs, "ConfigMap", f"{RELEASE}-router-policy")["data"]["policy.yaml"]
+    )
     assert policy["provider"]["base_url"] == "https://api.example.com/v1"
     assert policy["tenants"] == {}
 
@@ -641,7 +684,8 @@ def test_a_provider_with_its_key_in_values_gets_a_secret_and_the_router_knows_it
     none = _template(helm, helm_env)
     assert not [k for k in _env(_find(none, "Deployment", f"{RELEASE}-agent")) if "PROVIDER" in k]
     assert "provider" not in yaml.safe_load(
-        _find(none, "ConfigMap", f"{RELEASE}-router-policy")["data"]["policy.yaml"])
+        _find(none, "ConfigMap", f"{RELEASE}-router-policy")["data"]["policy.yaml"]
+    )
 
 
 def _settings_classes() -> dict[str, Any]:
@@ -651,9 +695,13 @@ def _settings_classes() -> dict[str, Any]:
     from aion.operator.settings import AionOperatorSettings
     from aion.router.settings import RouterSettings
 
-    return {"AION_GATEWAY_": GatewaySettings, "AION_ROUTER_": RouterSettings,
-            "AION_AGENT_": AgentSettings, "AION_KNOWLEDGE_": KnowledgeSettings,
-            "AION_OPERATOR_": AionOperatorSettings}
+    return {
+        "AION_GATEWAY_": GatewaySettings,
+        "AION_ROUTER_": RouterSettings,
+        "AION_AGENT_": AgentSettings,
+        "AION_KNOWLEDGE_": KnowledgeSettings,
+        "AION_OPERATOR_": AionOperatorSettings,
+    }
 
 
 @pytest.mark.parametrize("values", ["defaults", "full", "local"])
@@ -662,8 +710,11 @@ def test_every_variable_the_chart_sets_is_read_by_its_service(
 ) -> None:
     from aion.core import settings
 
-    flags = {"defaults": [], "full": ["--values", str(full_values)],
-             "local": ["--values", str(LOCAL_VALUES)]}[values]
+    flags = {
+        "defaults": [],
+        "full": ["--values", str(full_values)],
+        "local": ["--values", str(LOCAL_VALUES)],
+    }[values]
     classes = _settings_classes()
     checked = 0
     for deployment in (d for d in _template(helm, helm_env, *flags) if d["kind"] == "Deployment"):
@@ -742,24 +793,32 @@ def test_every_component_has_a_certificate_for_its_identity_from_the_install_ca(
         deployment = _find(docs, "Deployment", f"{RELEASE}-{service}")
         pod = deployment["spec"]["template"]
         env = _env(deployment)
-        assert {k: env[k] for k in ("AION_TLS_CA_FILE", "AION_TLS_CERT_FILE",
-                                    "AION_TLS_KEY_FILE")} == {
+        assert {
+            k: env[k] for k in ("AION_TLS_CA_FILE", "AION_TLS_CERT_FILE", "AION_TLS_KEY_FILE")
+        } == {
             "AION_TLS_CA_FILE": "/etc/aion/tls/ca.crt",
             "AION_TLS_CERT_FILE": "/etc/aion/tls/tls.crt",
             "AION_TLS_KEY_FILE": "/etc/aion/tls/tls.key",
         }
         assert {"name": "tls", "mountPath": "/etc/aion/tls", "readOnly": True} in _container(
-            deployment)["volumeMounts"]
+            deployment
+        )["volumeMounts"]
         volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
         assert volumes["tls"]["secret"]["secretName"] == f"{RELEASE}-{service}-tls"
         # The same certificate as the Secret's: a new one rolls the pods.
-        assert pod["metadata"]["annotations"]["checksum/tls"] == hashlib.sha256(
-            _secret_pem(secret, "tls.crt")).hexdigest()
+        assert (
+            pod["metadata"]["annotations"]["checksum/tls"]
+            == hashlib.sha256(_secret_pem(secret, "tls.crt")).hexdigest()
+        )
     operator = _env(_find(docs, "Deployment", f"{RELEASE}-operator"))
     assert operator["AION_OPERATOR_CA_CERT_FILE"] == "/etc/aion/ca/ca.crt"
     assert operator["AION_OPERATOR_CA_KEY_FILE"] == "/etc/aion/ca/ca.key"
-    ca_volume = {v["name"]: v for v in _find(docs, "Deployment", f"{RELEASE}-operator")[
-        "spec"]["template"]["spec"]["volumes"]}["ca"]
+    ca_volume = {
+        v["name"]: v
+        for v in _find(docs, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"][
+            "volumes"
+        ]
+    }["ca"]
     assert ca_volume["secret"]["secretName"] == f"{RELEASE}-tls-ca"
 
 
@@ -772,11 +831,9 @@ def test_probes_use_the_health_ports_which_no_service_exposes(
         container = _container(deployment)
         for probe in ("readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"] == {"port": health}, (service, probe)
-        assert {"name": "health", "containerPort": health, "protocol": "TCP"} in container[
-            "ports"]
+        assert {"name": "health", "containerPort": health, "protocol": "TCP"} in container["ports"]
         assert _env(deployment)[f"AION_{service.upper()}_HEALTH_PORT"] == str(health)
-        ports = [p["port"] for p in _find(docs, "Service", f"{RELEASE}-{service}")["spec"][
-            "ports"]]
+        ports = [p["port"] for p in _find(docs, "Service", f"{RELEASE}-{service}")["spec"]["ports"]]
         assert health not in ports, service
     # Only the operator calls the Kubernetes API (review L4).
     for service in SERVICES:
@@ -791,16 +848,24 @@ def test_an_existing_ca_secret_replaces_the_charts_own(
     helm: Path, helm_env: dict[str, str]
 ) -> None:
     docs = _template(helm, helm_env, "--set", "tls.existingCASecret=corp-ca")
-    assert not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith(
-        "-tls-ca")]
-    volumes = {v["name"]: v for v in _find(docs, "Deployment", f"{RELEASE}-operator")[
-        "spec"]["template"]["spec"]["volumes"]}
+    assert not [
+        d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-tls-ca")
+    ]
+    volumes = {
+        v["name"]: v
+        for v in _find(docs, "Deployment", f"{RELEASE}-operator")["spec"]["template"]["spec"][
+            "volumes"
+        ]
+    }
     assert volumes["ca"]["secret"]["secretName"] == "corp-ca"
 
 
 def _policies(docs: list[Doc]) -> dict[str, Doc]:
-    return {d["metadata"]["name"].removeprefix(f"{RELEASE}-"): d["spec"]
-            for d in docs if d["kind"] == "NetworkPolicy"}
+    return {
+        d["metadata"]["name"].removeprefix(f"{RELEASE}-"): d["spec"]
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+    }
 
 
 def _admits(policy: Doc, labels: dict[str, str] | None, port: int) -> bool:
@@ -828,15 +893,23 @@ def test_network_policies_admit_only_the_callers_of_each_port(
     docs = _template(helm, helm_env)
     policies = _policies(docs)
     assert set(policies) == set(SERVICES)
-    callers = {"router": {"gateway"}, "agent": {"gateway", "operator"},
-               "knowledge": {"gateway", "agent"}}
-    pods = {s: {"app.kubernetes.io/name": "aion", "app.kubernetes.io/instance": RELEASE,
-                "app.kubernetes.io/component": s} for s in SERVICES}
+    callers = {
+        "router": {"gateway"},
+        "agent": {"gateway", "operator"},
+        "knowledge": {"gateway", "agent"},
+    }
+    pods = {
+        s: {
+            "app.kubernetes.io/name": "aion",
+            "app.kubernetes.io/instance": RELEASE,
+            "app.kubernetes.io/component": s,
+        }
+        for s in SERVICES
+    }
     pods["stranger"] = {"app": "something-else"}
     for service, policy in policies.items():
         deployment = _find(docs, "Deployment", f"{RELEASE}-{service}")
-        assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"][
-            "matchLabels"]
+        assert policy["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
         assert policy["policyTypes"] == ["Ingress"]
         assert _admits(policy, None, 9090)  # metricsFrom: every namespace by default
         if service in callers:
@@ -851,11 +924,17 @@ def test_network_policies_admit_only_the_callers_of_each_port(
     assert not _admits(policies["operator"], None, 50053)
 
     monitoring = [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]
-    narrowed = _policies(_template(helm, helm_env, "--set-json",
-                                   f"networkPolicy.metricsFrom={json.dumps(monitoring)}"))
+    narrowed = _policies(
+        _template(
+            helm, helm_env, "--set-json", f"networkPolicy.metricsFrom={json.dumps(monitoring)}"
+        )
+    )
     for policy in narrowed.values():
         assert not _admits(policy, None, 9090)
-        assert [r["from"] for r in policy["ingress"] if r["ports"] == [
-            {"port": 9090, "protocol": "TCP"}]] == [monitoring]
+        assert [
+            r["from"]
+            for r in policy["ingress"]
+            if r["ports"] == [{"port": 9090, "protocol": "TCP"}]
+        ] == [monitoring]
     off = _template(helm, helm_env, "--set", "networkPolicy.enabled=false")
     assert not _policies(off)

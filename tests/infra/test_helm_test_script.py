@@ -27,15 +27,26 @@ def script() -> ModuleType:
     return module
 
 
-def _stream(*tokens: str, status: common_pb2.TaskStatus.ValueType = common_pb2.TASK_STATUS_OK,
-            ) -> list[tasks_pb2.TaskEvent]:
-    engine = common_pb2.Engine(route=common_pb2.ROUTE_LOCAL, chosen_by="policy:privacy",
-                               reason="local-only agent", model="smollm2-135m-instruct")
+def _stream(
+    *tokens: str,
+    status: common_pb2.TaskStatus.ValueType = common_pb2.TASK_STATUS_OK,
+) -> list[tasks_pb2.TaskEvent]:
+    engine = common_pb2.Engine(
+        route=common_pb2.ROUTE_LOCAL,
+        chosen_by="policy:privacy",
+        reason="local-only agent",
+        model="smollm2-135m-instruct",
+    )
     events = [tasks_pb2.TaskEvent(task_id="t1", started=tasks_pb2.TaskStarted(engine=engine))]
     events += [tasks_pb2.TaskEvent(task_id="t1", token=tasks_pb2.Token(text=t)) for t in tokens]
     result = common_pb2.TaskResult(
-        task_id="t1", agent="demo", status=status, output="".join(tokens), engine=engine,
-        usage=common_pb2.Usage(prompt_tokens=9, completion_tokens=len(tokens), latency_ms=80))
+        task_id="t1",
+        agent="demo",
+        status=status,
+        output="".join(tokens),
+        engine=engine,
+        usage=common_pb2.Usage(prompt_tokens=9, completion_tokens=len(tokens), latency_ms=80),
+    )
     events.append(tasks_pb2.TaskEvent(task_id="t1", done=tasks_pb2.Done(result=result)))
     for seq, event in enumerate(events, 1):
         event.seq = seq
@@ -54,15 +65,23 @@ def test_each_broken_part_is_named(script: ModuleType) -> None:
     events[1].seq = 7
     problems = script.check(events, agent="other", max_tokens=1)
     text = "\n".join(problems)
-    for fragment in ("event seq is", "status TASK_STATUS_ERROR", "of agent 'demo'",
-                     "differs from the streamed tokens", "does not say where and why",
-                     "names no model", "at most 1"):
+    for fragment in (
+        "event seq is",
+        "status TASK_STATUS_ERROR",
+        "of agent 'demo'",
+        "differs from the streamed tokens",
+        "does not say where and why",
+        "names no model",
+        "at most 1",
+    ):
         assert fragment in text, (fragment, problems)
 
 
 def test_the_first_user_key_of_the_gateway_secret_is_used(script: ModuleType) -> None:
-    keys = ('[{"key": "v", "tenant": "a", "roles": ["viewer"]},'
-            ' {"key": "u", "tenant": "a", "roles": ["user"]}]')
+    keys = (
+        '[{"key": "v", "tenant": "a", "roles": ["viewer"]},'
+        ' {"key": "u", "tenant": "a", "roles": ["user"]}]'
+    )
     assert script.api_key(keys) == "u"
     assert script.api_key("") == ""
     assert script.api_key('[{"key": "v", "tenant": "a", "roles": ["viewer"]}]') == ""

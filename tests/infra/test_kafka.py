@@ -80,8 +80,10 @@ async def _wait_assigned(
 
 def test_endpoints(kafka: Kafka) -> None:
     assert kafka.bootstrap == f"127.0.0.1:{kafka.port}"
-    assert kafka.endpoints() == {"AION_KAFKA_BOOTSTRAP": kafka.bootstrap,
-                                 "AION_KAFKA_POD_BOOTSTRAP": f"{HOST_IP}:{kafka.pod_port}"}
+    assert kafka.endpoints() == {
+        "AION_KAFKA_BOOTSTRAP": kafka.bootstrap,
+        "AION_KAFKA_POD_BOOTSTRAP": f"{HOST_IP}:{kafka.pod_port}",
+    }
 
 
 def test_pods_are_told_to_come_back_to_the_pod_address(kafka: Kafka) -> None:

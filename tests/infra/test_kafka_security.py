@@ -44,8 +44,11 @@ class SaslKafka(Kafka):
 
     def prepare(self) -> None:
         super().prepare()
-        props = dict(line.split("=", 1) for line in self.config.read_text().splitlines()
-                     if line and not line.startswith("#"))
+        props = dict(
+            line.split("=", 1)
+            for line in self.config.read_text().splitlines()
+            if line and not line.startswith("#")
+        )
         listener = f"SASL_PLAINTEXT://{HOST}:{self.sasl_port}"
         props["listeners"] += "," + listener
         props["advertised.listeners"] += "," + listener
@@ -53,14 +56,17 @@ class SaslKafka(Kafka):
         props["sasl.enabled.mechanisms"] = "PLAIN"
         props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] = (
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
-            f'user_{USER}="{PASSWORD}";')
+            f'user_{USER}="{PASSWORD}";'
+        )
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
 
 @pytest.fixture(scope="module")
 def sasl_bootstrap() -> Iterator[str]:
-    env = {"AION_KAFKA_PORT": str(suite.free_port()),
-           "AION_KAFKA_CONTROLLER_PORT": str(suite.free_port())}
+    env = {
+        "AION_KAFKA_PORT": str(suite.free_port()),
+        "AION_KAFKA_CONTROLLER_PORT": str(suite.free_port()),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     home = Path(f"/var/tmp/aion-test-sasl-kafka-{uuid.uuid4().hex[:8]}")
@@ -82,30 +88,37 @@ def sasl_bootstrap() -> Iterator[str]:
 
 
 def security(password: str) -> core_kafka.KafkaSettings:
-    return core_kafka.KafkaSettings(kafka_security_protocol="SASL_PLAINTEXT",
-                                    kafka_sasl_mechanism="PLAIN", kafka_sasl_username=USER,
-                                    kafka_sasl_password=pydantic.SecretStr(password))
+    return core_kafka.KafkaSettings(
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username=USER,
+        kafka_sasl_password=pydantic.SecretStr(password),
+    )
 
 
 def test_the_options_follow_the_protocol() -> None:
     assert core_kafka.client_options(None) == {}
     assert core_kafka.client_options(core_kafka.KafkaSettings()) == {}
     opts = core_kafka.client_options(security("pw"))
-    assert opts == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN",
-                    "sasl_plain_username": USER, "sasl_plain_password": "pw"}
+    assert opts == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": USER,
+        "sasl_plain_password": "pw",
+    }
     tls = core_kafka.client_options(core_kafka.KafkaSettings(kafka_security_protocol="SSL"))
     assert tls["security_protocol"] == "SSL"
     assert tls["ssl_context"].check_hostname
     with pytest.raises(pydantic.ValidationError, match="needs kafka_sasl_username"):
         core_kafka.KafkaSettings(kafka_security_protocol="SASL_SSL")
     with pytest.raises(pydantic.ValidationError, match="go together"):
-        core_kafka.KafkaSettings(kafka_security_protocol="SSL",
-                                 kafka_ssl_certfile=Path("/c.pem"))
+        core_kafka.KafkaSettings(kafka_security_protocol="SSL", kafka_ssl_certfile=Path("/c.pem"))
 
 
 @pytest.mark.parametrize("cls", [AgentSettings, KnowledgeSettings, ExecutorSettings])
 def test_each_kafka_client_service_reads_the_security_settings_under_its_prefix(
-        cls: type[settings.ServiceSettings]) -> None:
+    cls: type[settings.ServiceSettings],
+) -> None:
     prefix = str(cls.model_config["env_prefix"])
     names = {prefix + n.upper() for n in core_kafka.KafkaSettings.model_fields}
     assert names <= settings.known_variables(cls)
@@ -121,8 +134,12 @@ def test_sasl_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AION_AGENT_KAFKA_SASL_PASSWORD", PASSWORD)
     monkeypatch.setenv("AION_AGENT_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")
     options = core_kafka.client_options(settings.load(AgentSettings))
-    assert options == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
-                       "sasl_plain_username": USER, "sasl_plain_password": PASSWORD}
+    assert options == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": USER,
+        "sasl_plain_password": PASSWORD,
+    }
 
 
 async def test_right_credentials_produce_and_consume(sasl_bootstrap: str) -> None:
@@ -135,9 +152,13 @@ async def test_right_credentials_produce_and_consume(sasl_bootstrap: str) -> Non
         await publisher.publish("doc-1", 42, timeout_s=30)
     finally:
         await publisher.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=sasl_bootstrap,
-                                auto_offset_reset="earliest", group_id=f"g-{topic}",
-                                **core_kafka.client_options(good))
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=sasl_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"g-{topic}",
+        **core_kafka.client_options(good),
+    )
     await consumer.start()
     try:
         record = await consumer.getone()
@@ -149,16 +170,32 @@ async def test_right_credentials_produce_and_consume(sasl_bootstrap: str) -> Non
 async def test_the_executor_load_reports_reach_a_sasl_broker(sasl_bootstrap: str) -> None:
     good = security(PASSWORD)
     topic = f"sasl-load-{uuid.uuid4().hex[:8]}"
-    load = stats.Load(model_ready=True, queue_depth=1, in_flight=0, max_queue=4,
-                      tokens_per_s=2.0, p95_latency_s=None)
-    async with load_report.LoadReporter(lambda: load, bootstrap=sasl_bootstrap, topic=topic,
-                                        interval_s=60, executor="pod-1", model="m",
-                                        security=good) as reporter:
+    load = stats.Load(
+        model_ready=True,
+        queue_depth=1,
+        in_flight=0,
+        max_queue=4,
+        tokens_per_s=2.0,
+        p95_latency_s=None,
+    )
+    async with load_report.LoadReporter(
+        lambda: load,
+        bootstrap=sasl_bootstrap,
+        topic=topic,
+        interval_s=60,
+        executor="pod-1",
+        model="m",
+        security=good,
+    ) as reporter:
         await reporter.connect()
         await reporter.publish()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=sasl_bootstrap,
-                                auto_offset_reset="earliest", group_id=f"g-{topic}",
-                                **core_kafka.client_options(good))
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=sasl_bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"g-{topic}",
+        **core_kafka.client_options(good),
+    )
     await consumer.start()
     try:
         record = await consumer.getone()
@@ -168,19 +205,27 @@ async def test_the_executor_load_reports_reach_a_sasl_broker(sasl_bootstrap: str
     assert events_pb2.Envelope.FromString(record.value).subject == "pod-1"
 
 
-@pytest.mark.parametrize(("options", "why"), [
-    pytest.param(core_kafka.client_options(security("wrong password")),
-                 "SaslAuthenticationFailed: Authentication failed: Invalid username or password",
-                 id="wrong-password"),
-    # A client without SASL speaks Kafka to a listener that wants a SASL handshake first.
-    pytest.param({}, "closed", id="no-credentials"),
-])
-async def test_wrong_or_missing_credentials_are_refused(sasl_bootstrap: str,
-                                                        options: dict[str, Any], why: str,
-                                                        caplog: pytest.LogCaptureFixture,
-                                                        ) -> None:
-    producer = core_kafka.producer(sasl_bootstrap, request_timeout_ms=5000,
-                                   metadata_max_age_ms=5000, **options)
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [
+        pytest.param(
+            core_kafka.client_options(security("wrong password")),
+            "SaslAuthenticationFailed: Authentication failed: Invalid username or password",
+            id="wrong-password",
+        ),
+        # A client without SASL speaks Kafka to a listener that wants a SASL handshake first.
+        pytest.param({}, "closed", id="no-credentials"),
+    ],
+)
+async def test_wrong_or_missing_credentials_are_refused(
+    sasl_bootstrap: str,
+    options: dict[str, Any],
+    why: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    producer = core_kafka.producer(
+        sasl_bootstrap, request_timeout_ms=5000, metadata_max_age_ms=5000, **options
+    )
     try:
         with pytest.raises(kafka_errors.KafkaError) as info:
             await producer.start()
@@ -188,5 +233,6 @@ async def test_wrong_or_missing_credentials_are_refused(sasl_bootstrap: str,
         await producer.stop()
     assert "Unable to bootstrap" in str(info.value)
     # Refused by the broker for its reason (aiokafka logs it, then gives up bootstrapping).
-    assert any(why in r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")
-               ), [r.getMessage() for r in caplog.records]
+    assert any(why in r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")), [
+        r.getMessage() for r in caplog.records
+    ]

@@ -58,8 +58,12 @@ def test_endpoints(minio: MinIO) -> None:
         "AION_MINIO_SECRET_KEY": minio.secret_key,
     }
     # Pods on the real nodes reach it at the host's pod-facing address.
-    pods = Minio(f"{HOST_IP}:{minio.port}", access_key=minio.access_key,
-                 secret_key=minio.secret_key, secure=False)
+    pods = Minio(
+        f"{HOST_IP}:{minio.port}",
+        access_key=minio.access_key,
+        secret_key=minio.secret_key,
+        secure=False,
+    )
     assert pods.bucket_exists(f"aion-absent-{uuid.uuid4().hex[:8]}") is False
 
 

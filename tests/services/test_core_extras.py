@@ -25,29 +25,36 @@ EXTRA_MODULES = {"kafka": ("aiokafka",), "postgres": ("psycopg", "psycopg_pool",
 def absent_modules(service: str) -> list[str]:
     """The extras' modules a service does not install: neither through aion-core's
     extras nor as a dependency of its own."""
-    deps = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())[
-        "project"]["dependencies"]
+    deps = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
     core = next(d for d in deps if d.startswith("aion-core"))
     extras = core.partition("[")[2].rstrip("]").split(",") if "[" in core else []
     own = {d.split("[")[0].split(">")[0].split("=")[0].lower() for d in deps}
-    return [m for extra, modules in EXTRA_MODULES.items() if extra not in extras
-            for m in modules if m.replace("_", "-") not in own
-            and not (m == "yoyo" and "yoyo-migrations" in own)]
+    return [
+        m
+        for extra, modules in EXTRA_MODULES.items()
+        if extra not in extras
+        for m in modules
+        if m.replace("_", "-") not in own and not (m == "yoyo" and "yoyo-migrations" in own)
+    ]
 
 
 def test_the_extras_table_matches_aion_cores_extras() -> None:
-    extras = tomllib.loads((ROOT / "libs/core/pyproject.toml").read_text())[
-        "project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "libs/core/pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     assert set(extras) == set(EXTRA_MODULES)
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_a_service_starts_without_the_extras_it_does_not_declare(service: str) -> None:
     blocked = absent_modules(service)
-    code = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
-            f"import aion.{service}.main\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False)
+    code = f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\nimport aion.{service}.main\n"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 0, (
         f"aion.{service}.main imports a module its image lacks (one of {blocked}); "
-        f"declare the aion-core extra or import it lazily:\n{done.stderr[-2000:]}")
+        f"declare the aion-core extra or import it lazily:\n{done.stderr[-2000:]}"
+    )

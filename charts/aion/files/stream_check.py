@@ -28,8 +28,11 @@ import grpc
 from aion.api.v1 import agents_pb2, agents_pb2_grpc, common_pb2, tasks_pb2, tasks_pb2_grpc
 
 # While an Agent is still starting, the gateway answers these; the test waits.
-_NOT_YET = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION,
-            grpc.StatusCode.NOT_FOUND)
+_NOT_YET = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND,
+)
 
 
 def api_key(keys_json: str) -> str:
@@ -62,8 +65,10 @@ def check(events: Sequence[tasks_pb2.TaskEvent], *, agent: str, max_tokens: int)
     last = events[-1]
     result = last.done.result if kinds[-1] == "done" else last.error.result
     if result.status != common_pb2.TASK_STATUS_OK:
-        problems.append(f"status {common_pb2.TaskStatus.Name(result.status)}: "
-                        f"{result.error.code} {result.error.message}")
+        problems.append(
+            f"status {common_pb2.TaskStatus.Name(result.status)}: "
+            f"{result.error.code} {result.error.message}"
+        )
     if result.task_id != events[0].task_id or result.agent != agent:
         problems.append(f"the result names task {result.task_id!r} of agent {result.agent!r}")
     if result.output != tokens:
@@ -75,15 +80,18 @@ def check(events: Sequence[tasks_pb2.TaskEvent], *, agent: str, max_tokens: int)
         problems.append("the engine names no model")
     usage = result.usage
     if not 0 < usage.completion_tokens <= max_tokens or usage.prompt_tokens <= 0:
-        problems.append(f"usage counts {usage.prompt_tokens} prompt and "
-                        f"{usage.completion_tokens} completion tokens (at most {max_tokens})")
+        problems.append(
+            f"usage counts {usage.prompt_tokens} prompt and "
+            f"{usage.completion_tokens} completion tokens (at most {max_tokens})"
+        )
     if usage.latency_ms <= 0:
         problems.append("usage has no latency")
     return problems
 
 
-def _ready_agent(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], wanted: str,
-                 deadline: float) -> str:
+def _ready_agent(
+    channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], wanted: str, deadline: float
+) -> str:
     stub = agents_pb2_grpc.AgentsStub(channel)
     seen = "no agent"
     while time.monotonic() < deadline:
@@ -94,13 +102,20 @@ def _ready_agent(channel: grpc.Channel, metadata: tuple[tuple[str, str], ...], w
                 raise
             seen = f"the gateway answers {exc.code().name}: {exc.details()}"
         else:
-            ready = [a.name for a in listed.agents
-                     if a.ready and a.model_task == "generate" and a.name == (wanted or a.name)]
+            ready = [
+                a.name
+                for a in listed.agents
+                if a.ready and a.model_task == "generate" and a.name == (wanted or a.name)
+            ]
             if ready:
                 return ready[0]
-            seen = "agents: " + (", ".join(
-                f"{a.name} ({'ready' if a.ready else 'not ready'}, {a.model_task})"
-                for a in listed.agents) or "none")
+            seen = "agents: " + (
+                ", ".join(
+                    f"{a.name} ({'ready' if a.ready else 'not ready'}, {a.model_task})"
+                    for a in listed.agents
+                )
+                or "none"
+            )
         print(f"waiting for {wanted or 'a ready generate agent'}; {seen}", flush=True)
         time.sleep(3)
     raise SystemExit(f"FAIL: no ready agent {wanted or '(generate)'} in time; {seen}")
@@ -111,18 +126,25 @@ def main() -> int:
     target = os.environ["AION_TEST_GATEWAY"]
     max_tokens = int(os.environ.get("AION_TEST_MAX_TOKENS", "16"))
     deadline = time.monotonic() + float(os.environ.get("AION_TEST_TIMEOUT_S", "600"))
-    key = os.environ.get("AION_TEST_API_KEY") or api_key(
-        os.environ.get("AION_TEST_API_KEYS", ""))
+    key = os.environ.get("AION_TEST_API_KEY") or api_key(os.environ.get("AION_TEST_API_KEYS", ""))
     metadata: tuple[tuple[str, str], ...] = (("x-api-key", key),) if key else ()
     with grpc.insecure_channel(target) as channel:
         agent = _ready_agent(channel, metadata, os.environ.get("AION_TEST_AGENT", ""), deadline)
-        spec = tasks_pb2.TaskSpec(agent=agent, input=os.environ.get("AION_TEST_INPUT", "Hello."),
-                                  options=tasks_pb2.TaskOptions(max_tokens=max_tokens))
+        spec = tasks_pb2.TaskSpec(
+            agent=agent,
+            input=os.environ.get("AION_TEST_INPUT", "Hello."),
+            options=tasks_pb2.TaskOptions(max_tokens=max_tokens),
+        )
         stub = tasks_pb2_grpc.TasksStub(channel)
         while True:
             try:
-                events = list(stub.Stream(tasks_pb2.StreamRequest(task=spec), metadata=metadata,
-                                          timeout=max(deadline - time.monotonic(), 1)))
+                events = list(
+                    stub.Stream(
+                        tasks_pb2.StreamRequest(task=spec),
+                        metadata=metadata,
+                        timeout=max(deadline - time.monotonic(), 1),
+                    )
+                )
                 break
             except grpc.RpcError as exc:
                 if exc.code() not in _NOT_YET or time.monotonic() > deadline:

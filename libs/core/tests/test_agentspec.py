@@ -36,8 +36,11 @@ def test_minimal_spec_gets_the_crd_defaults() -> None:
 
 
 def test_full_spec_reads_camel_case_fields(gpu_spec: dict[str, Any]) -> None:
-    gpu_spec.update(knowledgeBases=["handbook"], tools=["search"],
-                    routing={"privacy": "hybrid", "budgetUsdPerTask": 0.02, "p95TargetMs": 800})
+    gpu_spec.update(
+        knowledgeBases=["handbook"],
+        tools=["search"],
+        routing={"privacy": "hybrid", "budgetUsdPerTask": 0.02, "p95TargetMs": 800},
+    )
     s = agentspec.parse(gpu_spec)
     assert s.gpu.min_memory_gib == 80
     assert s.knowledge_bases == ("handbook",)
@@ -51,30 +54,46 @@ def test_integer_quantities_are_accepted() -> None:
     assert s.resources.cpu == "2"
 
 
-@pytest.mark.parametrize(("patch", "field", "says"), [
-    ({"model": {}}, "spec.model.name", "Field required"),
-    ({"model": {"name": "m", "task": "chat"}}, "spec.model.task", "'generate' or 'embed'"),
-    ({"routing": {"privacy": "public"}}, "spec.routing.privacy", "'local-only'"),
-    ({"routing": {"budgetUsdPerTask": -1}}, "spec.routing.budgetUsdPerTask",
-     "greater than or equal to 0"),
-    ({"gpu": {"count": -1}}, "spec.gpu.count", "greater than or equal to 0"),
-    ({"gpu": {"count": True}}, "spec.gpu.count", "valid integer"),
-    ({"gpu": {"count": 0, "products": ["NVIDIA-L4"]}}, "spec.gpu", "need gpu.count > 0"),
-    ({"replicas": {"min": 3, "max": 2}}, "spec.replicas",
-     "replicas.min (3) must not exceed replicas.max (2)"),
-    ({"resources": {"memory": "lots"}}, "spec.resources.memory", "not a Kubernetes quantity"),
-    ({"placement": {"allowedPools": ["a"], "preferredPools": ["b"]}}, "spec.placement",
-     "not allowed: b"),
-    ({"placement": {"allowedPools": ["bad pool"]}}, "spec.placement.allowedPools[0]",
-     "not a node label value"),
-    ({"tools": ["search", "search"]}, "spec.tools", "repeated: search"),
-    ({"gpus": 1}, "spec.gpus", "Extra inputs are not permitted"),
-    ({"maxTokens": 0}, "spec.maxTokens", "greater than or equal to 1"),
-    ({"maxTokens": "64"}, "spec.maxTokens", "valid integer"),
-    ({"description": "d" * 5000}, "spec.description", "at most 4096"),
-])
-def test_bad_specs_name_the_field_and_the_problem(patch: dict[str, Any], field: str,
-                                                  says: str) -> None:
+@pytest.mark.parametrize(
+    ("patch", "field", "says"),
+    [
+        ({"model": {}}, "spec.model.name", "Field required"),
+        ({"model": {"name": "m", "task": "chat"}}, "spec.model.task", "'generate' or 'embed'"),
+        ({"routing": {"privacy": "public"}}, "spec.routing.privacy", "'local-only'"),
+        (
+            {"routing": {"budgetUsdPerTask": -1}},
+            "spec.routing.budgetUsdPerTask",
+            "greater than or equal to 0",
+        ),
+        ({"gpu": {"count": -1}}, "spec.gpu.count", "greater than or equal to 0"),
+        ({"gpu": {"count": True}}, "spec.gpu.count", "valid integer"),
+        ({"gpu": {"count": 0, "products": ["NVIDIA-L4"]}}, "spec.gpu", "need gpu.count > 0"),
+        (
+            {"replicas": {"min": 3, "max": 2}},
+            "spec.replicas",
+            "replicas.min (3) must not exceed replicas.max (2)",
+        ),
+        ({"resources": {"memory": "lots"}}, "spec.resources.memory", "not a Kubernetes quantity"),
+        (
+            {"placement": {"allowedPools": ["a"], "preferredPools": ["b"]}},
+            "spec.placement",
+            "not allowed: b",
+        ),
+        (
+            {"placement": {"allowedPools": ["bad pool"]}},
+            "spec.placement.allowedPools[0]",
+            "not a node label value",
+        ),
+        ({"tools": ["search", "search"]}, "spec.tools", "repeated: search"),
+        ({"gpus": 1}, "spec.gpus", "Extra inputs are not permitted"),
+        ({"maxTokens": 0}, "spec.maxTokens", "greater than or equal to 1"),
+        ({"maxTokens": "64"}, "spec.maxTokens", "valid integer"),
+        ({"description": "d" * 5000}, "spec.description", "at most 4096"),
+    ],
+)
+def test_bad_specs_name_the_field_and_the_problem(
+    patch: dict[str, Any], field: str, says: str
+) -> None:
     data: dict[str, Any] = {"model": {"name": "m"}, **patch}
     with pytest.raises(errors.InvalidArgument) as caught:
         agentspec.parse(data)
@@ -96,27 +115,39 @@ def test_a_missing_spec_is_rejected() -> None:
 
 
 def _resource(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
-            "metadata": {"name": "helper", "namespace": "team-a", "labels": {"a": "b"}},
-            "spec": {"model": {"name": "m"}, **spec}, "status": {"phase": "Ready"}}
+    return {
+        "apiVersion": "aion.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "helper", "namespace": "team-a", "labels": {"a": "b"}},
+        "spec": {"model": {"name": "m"}, **spec},
+        "status": {"phase": "Ready"},
+    }
 
 
 def test_a_resource_keeps_every_spec_field() -> None:
-    r = agentspec.parse_resource(_resource(tools=["knowledge_search", "agent:other"],
-                                           maxTokens=64, description="helps",
-                                           routing={"privacy": "hybrid"}))
+    r = agentspec.parse_resource(
+        _resource(
+            tools=["knowledge_search", "agent:other"],
+            maxTokens=64,
+            description="helps",
+            routing={"privacy": "hybrid"},
+        )
+    )
     assert r.metadata.name == "helper"
     assert r.spec.tools == ("knowledge_search", "agent:other")
     assert (r.spec.max_tokens, r.spec.description) == (64, "helps")
     assert r.spec.routing.privacy is privacy.Privacy.HYBRID
 
 
-@pytest.mark.parametrize(("change", "field"), [
-    ({"kind": "Pod"}, "kind"),
-    ({"apiVersion": "aion.dev/v1"}, "apiVersion"),
-    ({"metadata": {"name": "Not_A_Name"}}, "metadata.name"),
-    ({"spec": {"model": {"name": "m"}, "tools": "search"}}, "spec.tools"),
-])
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"kind": "Pod"}, "kind"),
+        ({"apiVersion": "aion.dev/v1"}, "apiVersion"),
+        ({"metadata": {"name": "Not_A_Name"}}, "metadata.name"),
+        ({"spec": {"model": {"name": "m"}, "tools": "search"}}, "spec.tools"),
+    ],
+)
 def test_bad_resources_name_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
         agentspec.parse_resource(_resource() | change)

@@ -24,8 +24,9 @@ class ScriptedRouter(router_pb2_grpc.RouterServicer):
         self.release = asyncio.Event()
         self.entered = asyncio.Event()
 
-    async def Decide(self, request: router_pb2.DecideRequest,
-                     context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.Decision:
+    async def Decide(
+        self, request: router_pb2.DecideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.Decision:
         match request.agent:
             case "bad-field":
                 raise errors.InvalidArgument("max_tokens must be >= 0", field="max_tokens")
@@ -57,7 +58,8 @@ async def _decide(srv: server.GrpcServer, agent: str) -> router_pb2.Decision:
 async def _health(srv: server.GrpcServer, service: str = "") -> int:
     async with grpc.aio.insecure_channel(srv.address) as chan:
         resp = await health_pb2_grpc.HealthStub(chan).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=5)
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
         return int(resp.status)
 
 
@@ -95,8 +97,10 @@ async def test_unexpected_exception_is_internal_without_its_text(running: Any) -
 async def test_remote_names_the_unreachable_service() -> None:
     async with grpc.aio.insecure_channel("127.0.0.1:1") as chan:
         stub: router_pb2_grpc.RouterAsyncStub = router_pb2_grpc.RouterStub(chan)
-        with pytest.raises(errors.Unavailable, match="router is unavailable"), \
-                errors.remote("router"):
+        with (
+            pytest.raises(errors.Unavailable, match="router is unavailable"),
+            errors.remote("router"),
+        ):
             await stub.Decide(router_pb2.DecideRequest(agent="x"), timeout=2)
 
 
@@ -108,8 +112,9 @@ async def test_health_and_reflection(running: Any) -> None:
     assert await _health(srv, SERVICE) == health_pb2.HealthCheckResponse.NOT_SERVING
     async with grpc.aio.insecure_channel(srv.address) as chan:
         stub = reflection_pb2_grpc.ServerReflectionStub(chan)
-        call = stub.ServerReflectionInfo(iter([
-            reflection_pb2.ServerReflectionRequest(list_services="")]))
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
         names = set()
         async for resp in call:
             names = {s.name for s in resp.list_services_response.service}
@@ -128,9 +133,11 @@ async def test_shutdown_flips_health_then_lets_in_flight_calls_finish() -> None:
         stub: router_pb2_grpc.RouterAsyncStub = router_pb2_grpc.RouterStub(chan)
         health = health_pb2_grpc.HealthStub(chan)
         in_flight = asyncio.ensure_future(
-            stub.Decide(router_pb2.DecideRequest(agent="slow"), timeout=10))
+            stub.Decide(router_pb2.DecideRequest(agent="slow"), timeout=10)
+        )
         await asyncio.wait_for(servicer.entered.wait(), 5)
         stopping = asyncio.ensure_future(srv.shutdown())
+
         # Readiness flips first, while the in-flight call is still running.
         async def not_serving() -> None:
             while True:
@@ -138,6 +145,7 @@ async def test_shutdown_flips_health_then_lets_in_flight_calls_finish() -> None:
                 if resp.status == health_pb2.HealthCheckResponse.NOT_SERVING:
                     return
                 await asyncio.sleep(0)
+
         await asyncio.wait_for(not_serving(), 5)
         assert not in_flight.done()
         servicer.release.set()

@@ -16,16 +16,16 @@ def load() -> events_pb2.ExecutorLoad:
 def test_an_envelope_names_its_source_and_packs_the_event() -> None:
     env = events.envelope(type_="aion.test", source="executor", subject="pod-1", data=load())
     again = events.envelope(type_="aion.test", source="executor", subject="pod-1", data=load())
-    assert (env.type, env.source, env.subject, env.tenant) == (
-        "aion.test", "executor", "pod-1", "")
+    assert (env.type, env.source, env.subject, env.tenant) == ("aion.test", "executor", "pod-1", "")
     assert env.id
     assert env.id != again.id
     assert env.time.seconds > 0
     unpacked = events_pb2.ExecutorLoad()
     assert env.data.Unpack(unpacked)
     assert unpacked == load()
-    fixed = events.envelope(type_="t", source="agent", subject="s", data=load(),
-                            tenant="acme", event_id="e-1")
+    fixed = events.envelope(
+        type_="t", source="agent", subject="s", data=load(), tenant="acme", event_id="e-1"
+    )
     assert (fixed.id, fixed.tenant) == ("e-1", "acme")
 
 

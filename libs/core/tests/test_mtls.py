@@ -18,8 +18,9 @@ ALLOW = authz.methods(SERVICE, {"Decide": {"gateway"}})
 
 
 class Echo(router_pb2_grpc.RouterServicer):
-    async def Decide(self, request: router_pb2.DecideRequest,
-                     context: grpc.aio.ServicerContext[Any, Any]) -> router_pb2.Decision:
+    async def Decide(
+        self, request: router_pb2.DecideRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> router_pb2.Decision:
         return router_pb2.Decision(provider=authz.require_tenant(request.tenant))
 
 
@@ -30,8 +31,15 @@ def ca() -> pki.KeyPair:
 
 @pytest.fixture
 async def router(ca: pki.KeyPair) -> AsyncIterator[server.GrpcServer]:
-    srv = server.GrpcServer(name="router", host="127.0.0.1", port=0, grace_s=1,
-                            tls=tls.Tls.for_identity(ca, "router"), allow=ALLOW, health_port=0)
+    srv = server.GrpcServer(
+        name="router",
+        host="127.0.0.1",
+        port=0,
+        grace_s=1,
+        tls=tls.Tls.for_identity(ca, "router"),
+        allow=ALLOW,
+        health_port=0,
+    )
     srv.add(router_pb2_grpc.add_RouterServicer_to_server, Echo(), SERVICE)
     async with srv:
         yield srv
@@ -43,18 +51,20 @@ async def _decide(chan: grpc.aio.Channel, tenant: str = "t1") -> str:
     return reply.provider
 
 
-async def test_the_allowed_identity_is_served(router: server.GrpcServer,
-                                              ca: pki.KeyPair) -> None:
-    async with channels.connect(router.address, tls=tls.Tls.for_identity(ca, "gateway"),
-                                peer="router") as chan:
+async def test_the_allowed_identity_is_served(router: server.GrpcServer, ca: pki.KeyPair) -> None:
+    async with channels.connect(
+        router.address, tls=tls.Tls.for_identity(ca, "gateway"), peer="router"
+    ) as chan:
         assert await _decide(chan) == "t1"
 
 
 @pytest.mark.parametrize("identity", ["agent", "knowledge", "executor", "operator", "router"])
-async def test_another_identity_is_permission_denied(router: server.GrpcServer,
-                                                     ca: pki.KeyPair, identity: str) -> None:
-    async with channels.connect(router.address, tls=tls.Tls.for_identity(ca, identity),
-                                peer="router") as chan:
+async def test_another_identity_is_permission_denied(
+    router: server.GrpcServer, ca: pki.KeyPair, identity: str
+) -> None:
+    async with channels.connect(
+        router.address, tls=tls.Tls.for_identity(ca, identity), peer="router"
+    ) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -62,11 +72,11 @@ async def test_another_identity_is_permission_denied(router: server.GrpcServer,
     assert "Decide" in str(info.value.details())
 
 
-async def test_no_client_certificate_is_refused(router: server.GrpcServer,
-                                                ca: pki.KeyPair) -> None:
+async def test_no_client_certificate_is_refused(router: server.GrpcServer, ca: pki.KeyPair) -> None:
     creds = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem)
-    async with grpc.aio.secure_channel(router.address, creds, options=[
-            ("grpc.ssl_target_name_override", "router.aion.internal")]) as chan:
+    async with grpc.aio.secure_channel(
+        router.address, creds, options=[("grpc.ssl_target_name_override", "router.aion.internal")]
+    ) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -79,8 +89,9 @@ async def test_plaintext_is_refused(router: server.GrpcServer) -> None:
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_a_certificate_from_another_ca_is_refused(router: server.GrpcServer,
-                                                        ca: pki.KeyPair) -> None:
+async def test_a_certificate_from_another_ca_is_refused(
+    router: server.GrpcServer, ca: pki.KeyPair
+) -> None:
     other = pki.new_ca()
     # Its own gateway certificate, trusting the real CA so only the server's check decides.
     forged = tls.Tls(ca_pem=ca.cert_pem, pair=pki.issue(other, "gateway"), identity="gateway")
@@ -90,19 +101,23 @@ async def test_a_certificate_from_another_ca_is_refused(router: server.GrpcServe
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_the_client_checks_the_server_identity(router: server.GrpcServer,
-                                                     ca: pki.KeyPair) -> None:
-    async with channels.connect(router.address, tls=tls.Tls.for_identity(ca, "gateway"),
-                                peer="agent") as chan:
+async def test_the_client_checks_the_server_identity(
+    router: server.GrpcServer, ca: pki.KeyPair
+) -> None:
+    async with channels.connect(
+        router.address, tls=tls.Tls.for_identity(ca, "gateway"), peer="agent"
+    ) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_an_empty_tenant_is_invalid_argument(router: server.GrpcServer,
-                                                   ca: pki.KeyPair) -> None:
-    async with channels.connect(router.address, tls=tls.Tls.for_identity(ca, "gateway"),
-                                peer="router") as chan:
+async def test_an_empty_tenant_is_invalid_argument(
+    router: server.GrpcServer, ca: pki.KeyPair
+) -> None:
+    async with channels.connect(
+        router.address, tls=tls.Tls.for_identity(ca, "gateway"), peer="router"
+    ) as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan, tenant="")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -112,22 +127,27 @@ async def test_an_empty_tenant_is_invalid_argument(router: server.GrpcServer,
 async def test_the_health_port_answers_health_only(router: server.GrpcServer) -> None:
     async with grpc.aio.insecure_channel(router.health_address) as chan:
         resp = await health_pb2_grpc.HealthStub(chan).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=5
+        )
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_no_reflection_on_an_internal_server(router: server.GrpcServer,
-                                                   ca: pki.KeyPair) -> None:
+async def test_no_reflection_on_an_internal_server(
+    router: server.GrpcServer, ca: pki.KeyPair
+) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-    async with channels.connect(router.address, tls=tls.Tls.for_identity(ca, "gateway"),
-                                peer="router") as chan:
+
+    async with channels.connect(
+        router.address, tls=tls.Tls.for_identity(ca, "gateway"), peer="router"
+    ) as chan:
         stub = reflection_pb2_grpc.ServerReflectionStub(chan)
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-                    list_services="")]), timeout=5):
+            async for _ in stub.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            ):
                 pass
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
@@ -140,8 +160,9 @@ def test_missing_material_names_the_variables(monkeypatch: pytest.MonkeyPatch) -
     assert all(name in str(info.value) for name in tls.VARIABLES)
 
 
-def test_material_is_read_from_the_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                             ca: pki.KeyPair) -> None:
+def test_material_is_read_from_the_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ca: pki.KeyPair
+) -> None:
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
     pki.issue(ca, "knowledge").write(tmp_path / "tls.crt", tmp_path / "tls.key")
     monkeypatch.setenv("AION_TLS_CA_FILE", str(tmp_path / "ca.crt"))
@@ -167,26 +188,35 @@ def _foreign_name_cert(ca: pki.KeyPair, dns: str) -> pki.KeyPair:
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return pki.KeyPair(cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gateway")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return pki.KeyPair(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
 
 
 async def test_a_certificate_naming_no_identity_is_unauthenticated(
-        router: server.GrpcServer, ca: pki.KeyPair) -> None:
+    router: server.GrpcServer, ca: pki.KeyPair
+) -> None:
     # Signed by the install CA, CN "gateway", but its SAN is not <identity>.aion.internal.
-    stray = tls.Tls(ca_pem=ca.cert_pem, pair=_foreign_name_cert(ca, "gateway.example.com"),
-                    identity="gateway")
+    stray = tls.Tls(
+        ca_pem=ca.cert_pem, pair=_foreign_name_cert(ca, "gateway.example.com"), identity="gateway"
+    )
     async with channels.connect(router.address, tls=stray, peer="router") as chan:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _decide(chan)

@@ -42,12 +42,14 @@ class Aliased(settings.ServiceSettings):
     model_config = pydantic_settings.SettingsConfigDict(env_prefix="AION_DEMO_", frozen=True)
 
     target: str = ""
-    dsn: str = pydantic.Field(default="", validation_alias=pydantic.AliasChoices(
-        "AION_DEMO_DSN", "AION_SHARED_DSN"))
+    dsn: str = pydantic.Field(
+        default="", validation_alias=pydantic.AliasChoices("AION_DEMO_DSN", "AION_SHARED_DSN")
+    )
 
 
 def test_an_unknown_variable_with_the_prefix_stops_start_naming_it_and_the_close_ones(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("AION_DEMO_TARGET", "127.0.0.1:1")
     monkeypatch.setenv("AION_DEMO_TRAGET", "127.0.0.1:2")
     with pytest.raises(settings.SettingsError) as info:
@@ -58,7 +60,8 @@ def test_an_unknown_variable_with_the_prefix_stops_start_naming_it_and_the_close
 
 
 def test_an_unknown_variable_far_from_any_setting_lists_the_settings(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("AION_DEMO_ROUTER_ADDRESS_OF_THE_PEER", "x")
     with pytest.raises(settings.SettingsError) as info:
         settings.load(Aliased)
@@ -69,13 +72,23 @@ def test_an_unknown_variable_far_from_any_setting_lists_the_settings(
 
 
 def test_aliases_and_shared_fields_are_known_and_other_prefixes_are_not_checked(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    assert {"AION_DEMO_DSN", "AION_SHARED_DSN", "AION_DEMO_PORT",
-            "AION_DEMO_OTLP_ENDPOINT"} <= settings.known_variables(Aliased)
-    env = {"AION_SHARED_DSN": "postgresql://x", "AION_OTHER_FOO": "1", "aion_demo_port": "5",
-           "AION_DEMOX": "1"}
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert {
+        "AION_DEMO_DSN",
+        "AION_SHARED_DSN",
+        "AION_DEMO_PORT",
+        "AION_DEMO_OTLP_ENDPOINT",
+    } <= settings.known_variables(Aliased)
+    env = {
+        "AION_SHARED_DSN": "postgresql://x",
+        "AION_OTHER_FOO": "1",
+        "aion_demo_port": "5",
+        "AION_DEMOX": "1",
+    }
     assert settings.unknown_variables(Aliased, env) == []
     assert settings.unknown_variables(Aliased, {"aion_demo_prot": "5"}) == [
-        "  aion_demo_prot: no such setting; did you mean AION_DEMO_PORT?"]
+        "  aion_demo_prot: no such setting; did you mean AION_DEMO_PORT?"
+    ]
     monkeypatch.setenv("AION_SHARED_DSN", "postgresql://shared")
     assert settings.load(Aliased).dsn == "postgresql://shared"

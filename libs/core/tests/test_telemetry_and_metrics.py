@@ -52,8 +52,14 @@ def test_records_carrying_objects_still_log() -> None:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("placed", extra={"settings": _HoldsAQueue(), "owner": _HoldsAQueue(),
-                                        "k8s_ref": {"name": "demo"}})
+        logger.warning(
+            "placed",
+            extra={
+                "settings": _HoldsAQueue(),
+                "owner": _HoldsAQueue(),
+                "k8s_ref": {"name": "demo"},
+            },
+        )
     finally:
         logger.removeHandler(handler)
     line = json.loads(buf.getvalue())

@@ -8,8 +8,13 @@ import pytest
 
 from aion.infra import devstack
 
-_INFRA_VARIABLES = ("AION_POSTGRES_DSN", "AION_KAFKA_BOOTSTRAP", "AION_MINIO_ENDPOINT",
-                    "AION_MINIO_ACCESS_KEY", "AION_MINIO_SECRET_KEY")
+_INFRA_VARIABLES = (
+    "AION_POSTGRES_DSN",
+    "AION_KAFKA_BOOTSTRAP",
+    "AION_MINIO_ENDPOINT",
+    "AION_MINIO_ACCESS_KEY",
+    "AION_MINIO_SECRET_KEY",
+)
 
 
 @pytest.fixture
@@ -17,8 +22,14 @@ def bare_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _INFRA_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for prefix in ("AION_AGENT_", "AION_KNOWLEDGE_"):
-        for name in ("POSTGRES_DSN", "KAFKA_BOOTSTRAP", "TOPIC_PREFIX", "MINIO_ENDPOINT",
-                     "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        for name in (
+            "POSTGRES_DSN",
+            "KAFKA_BOOTSTRAP",
+            "TOPIC_PREFIX",
+            "MINIO_ENDPOINT",
+            "MINIO_ACCESS_KEY",
+            "MINIO_SECRET_KEY",
+        ):
             monkeypatch.delenv(prefix + name, raising=False)
 
 
@@ -40,9 +51,14 @@ def test_by_default_the_services_use_make_infra_ups_servers(tmp_path: Path) -> N
 
 @pytest.mark.usefixtures("bare_env")
 def test_the_knowledge_service_follows_the_agent_services_overrides(tmp_path: Path) -> None:
-    local = devstack.LocalSuite(log_dir=tmp_path, extra_env={
-        "AION_AGENT_POSTGRES_DSN": "postgresql://u:p@db:5432/e2e_1",
-        "AION_AGENT_KAFKA_BOOTSTRAP": "broker:9092", "AION_AGENT_TOPIC_PREFIX": "e2e_1."})
+    local = devstack.LocalSuite(
+        log_dir=tmp_path,
+        extra_env={
+            "AION_AGENT_POSTGRES_DSN": "postgresql://u:p@db:5432/e2e_1",
+            "AION_AGENT_KAFKA_BOOTSTRAP": "broker:9092",
+            "AION_AGENT_TOPIC_PREFIX": "e2e_1.",
+        },
+    )
     env = _env(local)
     assert env["AION_KNOWLEDGE_POSTGRES_DSN"] == "postgresql://u:p@db:5432/e2e_1"
     assert env["AION_KNOWLEDGE_KAFKA_BOOTSTRAP"] == "broker:9092"

@@ -13,10 +13,12 @@ from aion.sdk import cli, testing
 
 
 async def _run(
-        gateway: testing.FakeGateway, *args: str, stdin: str | None = None) -> click.testing.Result:
+    gateway: testing.FakeGateway, *args: str, stdin: str | None = None
+) -> click.testing.Result:
     runner = click.testing.CliRunner()
-    return await asyncio.to_thread(runner.invoke, cli.main, ["--target", gateway.target, *args],
-                                   input=stdin)
+    return await asyncio.to_thread(
+        runner.invoke, cli.main, ["--target", gateway.target, *args], input=stdin
+    )
 
 
 async def test_stream_prints_tokens_then_a_summary(gateway: testing.FakeGateway) -> None:
@@ -32,13 +34,26 @@ async def test_stream_json_prints_the_canonical_result(gateway: testing.FakeGate
     assert out.exit_code == 0, out.output
     data = json.loads(out.stdout)
     assert data == {
-        "task_id": "t-1", "agent": "demo", "status": "OK", "output": "Hello",
-        "engine": {"route": "local", "chosen_by": "policy:privacy",
-                   "reason": "the agent is local-only", "model": "smollm2"},
-        "usage": {"latency_ms": 42, "prompt_tokens": 3, "completion_tokens": 2, "tokens": 5,
-                  "cost_usd": 0.0},
+        "task_id": "t-1",
+        "agent": "demo",
+        "status": "OK",
+        "output": "Hello",
+        "engine": {
+            "route": "local",
+            "chosen_by": "policy:privacy",
+            "reason": "the agent is local-only",
+            "model": "smollm2",
+        },
+        "usage": {
+            "latency_ms": 42,
+            "prompt_tokens": 3,
+            "completion_tokens": 2,
+            "tokens": 5,
+            "cost_usd": 0.0,
+        },
         "error": None,
-        "created_at": "2023-11-14T22:13:20Z", "finished_at": "2023-11-14T22:13:21Z",
+        "created_at": "2023-11-14T22:13:20Z",
+        "finished_at": "2023-11-14T22:13:21Z",
     }
 
 
@@ -52,8 +67,9 @@ async def test_not_found_is_one_line_and_exit_2(gateway: testing.FakeGateway) ->
 async def test_invalid_argument_names_its_field(gateway: testing.FakeGateway) -> None:
     out = await _run(gateway, "submit", "--agent", "demo", "--max-tokens", "-1", "hi")
     assert out.exit_code == 2
-    assert out.stderr == ("error: INVALID_ARGUMENT: max_tokens must be positive "
-                          "(field: max_tokens)\n")
+    assert out.stderr == (
+        "error: INVALID_ARGUMENT: max_tokens must be positive (field: max_tokens)\n"
+    )
 
 
 async def test_task_that_ends_in_error_exits_1(gateway: testing.FakeGateway) -> None:
@@ -69,16 +85,27 @@ async def test_unreachable_gateway_exits_3(gateway: testing.FakeGateway) -> None
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     runner = click.testing.CliRunner()
-    out = await asyncio.to_thread(runner.invoke, cli.main,
-                                  ["--target", f"127.0.0.1:{port}", "health"])
+    out = await asyncio.to_thread(
+        runner.invoke, cli.main, ["--target", f"127.0.0.1:{port}", "health"]
+    )
     assert out.exit_code == 3
     assert out.stderr.startswith("error: UNAVAILABLE: ")
     assert len(out.stderr.splitlines()) == 1
 
 
 async def test_submit_reads_stdin_and_sends_credentials(gateway: testing.FakeGateway) -> None:
-    out = await _run(gateway, "--api-key", "k", "submit", "--agent", "demo",
-                     "--idempotency-key", "i-1", "-", stdin="from stdin\n")
+    out = await _run(
+        gateway,
+        "--api-key",
+        "k",
+        "submit",
+        "--agent",
+        "demo",
+        "--idempotency-key",
+        "i-1",
+        "-",
+        stdin="from stdin\n",
+    )
     assert out.exit_code == 0, out.output
     assert out.stdout == "Hello\n"
     call = gateway.seen("Submit")[0]

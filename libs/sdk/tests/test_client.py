@@ -21,7 +21,8 @@ def _free_port() -> int:
 
 
 async def test_stream_yields_tokens_then_done(
-        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     events = [e async for e in aclient.stream("demo", "hi", max_tokens=8)]
     assert [e.WhichOneof("event") for e in events] == ["started", "token", "token", "done"]
     assert "".join(e.token.text for e in events) == "Hello"
@@ -34,7 +35,8 @@ async def test_stream_yields_tokens_then_done(
 
 
 async def test_every_call_carries_a_deadline(
-        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     _ = [e async for e in aclient.stream("demo", "hi")]
     await aclient.get("t-1")
     await aclient.get("t-1", timeout=5)
@@ -57,8 +59,9 @@ async def test_api_key_and_bearer_token_are_sent(gateway: testing.FakeGateway) -
     assert "authorization" not in without.metadata
 
 
-async def test_credentials_come_from_the_environment(gateway: testing.FakeGateway,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_credentials_come_from_the_environment(
+    gateway: testing.FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AION_TARGET", gateway.target)
     monkeypatch.setenv("AION_API_KEY", "from-env")
     async with client.AsyncClient() as c:
@@ -67,18 +70,21 @@ async def test_credentials_come_from_the_environment(gateway: testing.FakeGatewa
     assert gateway.calls[0].metadata["x-api-key"] == "from-env"
 
 
-async def test_unavailable_is_retried_then_succeeds(aclient: client.AsyncClient,
-                                                    gateway: testing.FakeGateway) -> None:
+async def test_unavailable_is_retried_then_succeeds(
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "agent service restarting")
     res = await aclient.get("t-1")
     assert res.output == "Hello"
     assert len(gateway.seen("Get")) == 2
 
 
-async def test_resource_exhausted_waits_as_retry_info_says(aclient: client.AsyncClient,
-                                                           gateway: testing.FakeGateway) -> None:
-    gateway.fail("Submit", grpc.StatusCode.RESOURCE_EXHAUSTED, "tenant over its rate",
-                 retry_after_s=0.3)
+async def test_resource_exhausted_waits_as_retry_info_says(
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
+    gateway.fail(
+        "Submit", grpc.StatusCode.RESOURCE_EXHAUSTED, "tenant over its rate", retry_after_s=0.3
+    )
     response = await aclient.submit("demo", "hi", idempotency_key="k1")
     assert response.result.status == common_pb2.TASK_STATUS_OK
     first, second = gateway.seen("Submit")
@@ -86,8 +92,9 @@ async def test_resource_exhausted_waits_as_retry_info_says(aclient: client.Async
     assert second.request.task.idempotency_key == "k1"
 
 
-async def test_submit_without_idempotency_key_is_not_retried(aclient: client.AsyncClient,
-                                                             gateway: testing.FakeGateway) -> None:
+async def test_submit_without_idempotency_key_is_not_retried(
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     gateway.fail("Submit", grpc.StatusCode.UNAVAILABLE, "agent service restarting")
     with pytest.raises(aion.sdk.Unavailable, match="restarting"):
         await aclient.submit("demo", "hi")
@@ -95,18 +102,19 @@ async def test_submit_without_idempotency_key_is_not_retried(aclient: client.Asy
 
 
 async def test_invalid_argument_is_not_retried_and_names_the_field(
-        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     with pytest.raises(aion.sdk.InvalidArgument) as info:
         await aclient.submit("demo", "hi", max_tokens=-1, idempotency_key="k")
     assert info.value.field == "max_tokens"
     assert info.value.code is grpc.StatusCode.INVALID_ARGUMENT
-    assert str(info.value) == ("INVALID_ARGUMENT: max_tokens must be positive "
-                               "(field: max_tokens)")
+    assert str(info.value) == ("INVALID_ARGUMENT: max_tokens must be positive (field: max_tokens)")
     assert len(gateway.seen("Submit")) == 1
 
 
-async def test_deadline_exceeded_is_not_retried(aclient: client.AsyncClient,
-                                                gateway: testing.FakeGateway) -> None:
+async def test_deadline_exceeded_is_not_retried(
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     gateway.fail("Get", grpc.StatusCode.DEADLINE_EXCEEDED, "too slow")
     with pytest.raises(aion.sdk.DeadlineExceeded):
         await aclient.get("t-1")
@@ -114,7 +122,8 @@ async def test_deadline_exceeded_is_not_retried(aclient: client.AsyncClient,
 
 
 async def test_retries_stop_at_max_attempts(
-        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     for _ in range(5):
         gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "down")
     with pytest.raises(aion.sdk.Unavailable):
@@ -122,16 +131,18 @@ async def test_retries_stop_at_max_attempts(
     assert len(gateway.seen("Get")) == QUICK.max_attempts
 
 
-async def test_stream_is_retried_before_its_first_event(aclient: client.AsyncClient,
-                                                        gateway: testing.FakeGateway) -> None:
+async def test_stream_is_retried_before_its_first_event(
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     gateway.fail("Stream", grpc.StatusCode.UNAVAILABLE, "down")
     events = [e async for e in aclient.follow("t-1")]
     assert events[-1].WhichOneof("event") == "done"
     assert len(gateway.seen("Stream")) == 2
 
 
-async def test_stream_is_not_retried_after_its_first_event(aclient: client.AsyncClient,
-                                                           gateway: testing.FakeGateway) -> None:
+async def test_stream_is_not_retried_after_its_first_event(
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     gateway.fail_stream_after(2, grpc.StatusCode.UNAVAILABLE, "connection lost")
     seen: list[tasks_pb2.TaskEvent] = []
 
@@ -154,7 +165,8 @@ async def test_not_found_and_agents(aclient: client.AsyncClient) -> None:
 
 
 async def test_async_submit_returns_queued(
-        aclient: client.AsyncClient, gateway: testing.FakeGateway) -> None:
+    aclient: client.AsyncClient, gateway: testing.FakeGateway
+) -> None:
     response = await aclient.submit("demo", "hi", asynchronous=True)
     assert response.task_id == "t-9"
     assert aion.sdk.result_to_dict(response.result)["status"] == "QUEUED"

@@ -24,8 +24,9 @@ async def tasks(gateway: testing.FakeGateway) -> AsyncIterator[tasks_pb2_grpc.Ta
 
 
 def _task(agent: str = "demo", *, max_tokens: int | None = None) -> tasks_pb2.TaskSpec:
-    return tasks_pb2.TaskSpec(agent=agent, input="hi",
-                              options=tasks_pb2.TaskOptions(max_tokens=max_tokens))
+    return tasks_pb2.TaskSpec(
+        agent=agent, input="hi", options=tasks_pb2.TaskOptions(max_tokens=max_tokens)
+    )
 
 
 async def _stream(tasks: tasks_pb2_grpc.TasksAsyncStub) -> list[tasks_pb2.TaskEvent]:
@@ -34,11 +35,11 @@ async def _stream(tasks: tasks_pb2_grpc.TasksAsyncStub) -> list[tasks_pb2.TaskEv
 
 
 async def test_stream_yields_the_scripted_events_in_order(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
     gateway.events = testing.stream_events("t-7", tokens=("a", "b", "c"))
     events = await _stream(tasks)
-    assert [e.WhichOneof("event") for e in events] == ["started", "token", "token", "token",
-                                                        "done"]
+    assert [e.WhichOneof("event") for e in events] == ["started", "token", "token", "token", "done"]
     assert [e.seq for e in events] == [1, 2, 3, 4, 5]
     assert "".join(e.token.text for e in events) == "abc"
     assert events[-1].done.result.task_id == "t-7"
@@ -46,7 +47,8 @@ async def test_stream_yields_the_scripted_events_in_order(
 
 
 async def test_a_stream_fails_midway_as_scripted(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
     gateway.fail_stream_after(2, grpc.StatusCode.UNAVAILABLE, "connection lost")
     call = tasks.Stream(tasks_pb2.StreamRequest(task=_task()), timeout=10)
     received: list[tasks_pb2.TaskEvent] = []
@@ -63,7 +65,8 @@ async def test_a_stream_fails_midway_as_scripted(
 
 
 async def test_end_with_error_ends_the_stream_with_the_tasks_error(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
     gateway.end_with_error("INTERNAL", "the model crashed")
     events = await _stream(tasks)
     assert [e.WhichOneof("event") for e in events] == ["started", "error"]
@@ -73,9 +76,15 @@ async def test_end_with_error_ends_the_stream_with_the_tasks_error(
 
 
 async def test_a_scripted_error_answers_once_with_its_details(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
-    gateway.fail("Get", grpc.StatusCode.RESOURCE_EXHAUSTED, "tenant over its rate",
-                 field="task_id", retry_after_s=1.5)
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
+    gateway.fail(
+        "Get",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "tenant over its rate",
+        field="task_id",
+        retry_after_s=1.5,
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tasks.Get(tasks_pb2.GetTaskRequest(task_id="t-1"), timeout=10)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -93,7 +102,8 @@ async def test_a_scripted_error_answers_once_with_its_details(
 
 
 async def test_failures_queue_per_method(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
     gateway.fail("Submit", grpc.StatusCode.UNAVAILABLE, "first")
     gateway.fail("Submit", grpc.StatusCode.INTERNAL, "second")
     codes = []
@@ -106,22 +116,24 @@ async def test_failures_queue_per_method(
 
 
 async def test_the_scripted_result_answers_submit_and_get(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
     gateway.result = testing.task_result("t-42", output="forty-two")
     submitted = await tasks.Submit(tasks_pb2.SubmitRequest(task=_task()), timeout=10)
     assert (submitted.task_id, submitted.result.output) == ("t-42", "forty-two")
     assert (await tasks.Get(tasks_pb2.GetTaskRequest(task_id="t-42"), timeout=10)).output == (
-        "forty-two")
+        "forty-two"
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tasks.Get(tasks_pb2.GetTaskRequest(task_id="t-1"), timeout=10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    queued = await tasks.Submit(tasks_pb2.SubmitRequest(task=_task(), asynchronous=True),
-                                timeout=10)
+    queued = await tasks.Submit(
+        tasks_pb2.SubmitRequest(task=_task(), asynchronous=True), timeout=10
+    )
     assert (queued.task_id, queued.result.status) == ("t-9", common_pb2.TASK_STATUS_QUEUED)
 
 
-async def test_bad_tasks_get_the_gateways_statuses(
-        tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
+async def test_bad_tasks_get_the_gateways_statuses(tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await tasks.Submit(tasks_pb2.SubmitRequest(task=_task("nobody")), timeout=10)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -131,9 +143,13 @@ async def test_bad_tasks_get_the_gateways_statuses(
 
 
 async def test_requests_are_recorded_with_metadata_and_deadline(
-        gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub) -> None:
-    await tasks.Submit(tasks_pb2.SubmitRequest(task=_task(max_tokens=8)), timeout=30,
-                       metadata=(("x-api-key", "k-1"),))
+    gateway: testing.FakeGateway, tasks: tasks_pb2_grpc.TasksAsyncStub
+) -> None:
+    await tasks.Submit(
+        tasks_pb2.SubmitRequest(task=_task(max_tokens=8)),
+        timeout=30,
+        metadata=(("x-api-key", "k-1"),),
+    )
     await tasks.Cancel(tasks_pb2.CancelTaskRequest(task_id="t-3"))
     submit, cancel = gateway.calls
     assert submit.method == "Submit"
@@ -159,8 +175,12 @@ async def test_agents_calls_are_answered_and_recorded(gateway: testing.FakeGatew
     assert [a.name for a in listed.agents] == ["demo", "big", "extra"]
     assert got.model == "m"
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert [c.method for c in gateway.calls] == ["ListAgents", "GetAgent", "ApplyAgents",
-                                                 "GetAgent"]
+    assert [c.method for c in gateway.calls] == [
+        "ListAgents",
+        "GetAgent",
+        "ApplyAgents",
+        "GetAgent",
+    ]
 
 
 async def test_it_has_a_target_only_while_started() -> None:
@@ -175,6 +195,7 @@ async def test_it_has_a_target_only_while_started() -> None:
 
 
 # The module docstring's example, as written there.
+
 
 async def summarize(client: aion.sdk.AsyncClient, text: str) -> str:  # your code
     response = await client.submit("demo", f"Summarize: {text}")

@@ -13,7 +13,8 @@ from aion.sdk import sync_client, testing
 
 
 async def test_stream_yields_tokens_then_done(
-        sclient: sync_client.Client, gateway: testing.FakeGateway) -> None:
+    sclient: sync_client.Client, gateway: testing.FakeGateway
+) -> None:
     events = await asyncio.to_thread(lambda: list(sclient.stream("demo", "hi", seed=7)))
     assert [e.WhichOneof("event") for e in events] == ["started", "token", "token", "done"]
     assert "".join(e.token.text for e in events) == "Hello"
@@ -35,24 +36,28 @@ async def test_credentials_and_deadline_are_sent(gateway: testing.FakeGateway) -
 
 
 async def test_unavailable_is_retried(
-        sclient: sync_client.Client, gateway: testing.FakeGateway) -> None:
+    sclient: sync_client.Client, gateway: testing.FakeGateway
+) -> None:
     gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "restarting")
     gateway.fail("Get", grpc.StatusCode.UNAVAILABLE, "restarting")
     assert (await asyncio.to_thread(sclient.get, "t-1")).task_id == "t-1"
     assert len(gateway.seen("Get")) == 3
 
 
-async def test_invalid_argument_names_the_field(sclient: sync_client.Client,
-                                                gateway: testing.FakeGateway) -> None:
+async def test_invalid_argument_names_the_field(
+    sclient: sync_client.Client, gateway: testing.FakeGateway
+) -> None:
     with pytest.raises(aion.sdk.InvalidArgument) as info:
-        await asyncio.to_thread(lambda: sclient.submit("demo", "hi", max_tokens=0,
-                                                       idempotency_key="k"))
+        await asyncio.to_thread(
+            lambda: sclient.submit("demo", "hi", max_tokens=0, idempotency_key="k")
+        )
     assert info.value.field == "max_tokens"
     assert len(gateway.seen("Submit")) == 1
 
 
-async def test_stream_is_not_retried_after_its_first_event(sclient: sync_client.Client,
-                                                           gateway: testing.FakeGateway) -> None:
+async def test_stream_is_not_retried_after_its_first_event(
+    sclient: sync_client.Client, gateway: testing.FakeGateway
+) -> None:
     gateway.fail_stream_after(1, grpc.StatusCode.UNAVAILABLE, "connection lost")
     seen: list[str | None] = []
 

@@ -44,13 +44,16 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
         self.release = asyncio.Event()
         self.address = ""
 
-    async def Generate(self, request: executor_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext[Any, Any],
-                       ) -> AsyncIterator[executor_pb2.GenerateChunk]:
+    async def Generate(
+        self,
+        request: executor_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[executor_pb2.GenerateChunk]:
         self.requests.append(request)
         meta = dict(context.invocation_metadata() or ())
-        self.calls.append((str(meta.get("x-aion-task-id", "")),
-                           str(meta.get("x-aion-attempt", ""))))
+        self.calls.append(
+            (str(meta.get("x-aion-task-id", "")), str(meta.get("x-aion-attempt", "")))
+        )
         first = next(m.content for m in request.messages if m.role == "user")
         last = request.messages[-1].content
         if first == "fail":
@@ -66,7 +69,7 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
         else:
             words = [w + " " for w in first.split()]
         max_tokens = request.max_tokens if request.HasField("max_tokens") else 256
-        for word in words[: max_tokens]:
+        for word in words[:max_tokens]:
             if first.startswith("slow"):
                 await self.release.wait()
             yield executor_pb2.GenerateChunk(text=word)
@@ -75,14 +78,17 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
             await asyncio.Event().wait()
         yield executor_pb2.GenerateChunk(
             finish_reason=executor_pb2.FINISH_REASON_STOP,
-            usage=executor_pb2.GenerateUsage(prompt_tokens=7, completion_tokens=len(words)))
+            usage=executor_pb2.GenerateUsage(prompt_tokens=7, completion_tokens=len(words)),
+        )
 
-    async def Embed(self, request: executor_pb2.EmbedRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.EmbedResponse:
+    async def Embed(
+        self, request: executor_pb2.EmbedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> executor_pb2.EmbedResponse:
         raise errors.FailedPrecondition("this scripted executor does not embed")
 
-    async def Stats(self, request: executor_pb2.StatsRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.ExecutorStats:
+    async def Stats(
+        self, request: executor_pb2.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> executor_pb2.ExecutorStats:
         return executor_pb2.ExecutorStats(model="m", model_ready=True)
 
 
@@ -97,11 +103,16 @@ def agent_dsn(postgres: Postgres) -> Iterator[str]:
 async def executor() -> AsyncIterator[ScriptedExecutor]:
     """The scripted executor, serving on a free port."""
     scripted = ScriptedExecutor()
-    srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=1,
-                            tls=testing.CA.tls("executor"), allow=testing.EXECUTOR_ALLOW,
-                            health_port=0)
-    srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted,
-            testing.EXECUTOR_SERVICE)
+    srv = server.GrpcServer(
+        name="executor",
+        host="127.0.0.1",
+        port=0,
+        grace_s=1,
+        tls=testing.CA.tls("executor"),
+        allow=testing.EXECUTOR_ALLOW,
+        health_port=0,
+    )
+    srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted, testing.EXECUTOR_SERVICE)
     async with srv:
         scripted.address = srv.address
         yield scripted
@@ -115,25 +126,45 @@ async def executor_pods() -> AsyncIterator[list[tuple[ScriptedExecutor, server.G
         pods = []
         for _ in range(2):
             scripted = ScriptedExecutor()
-            srv = server.GrpcServer(name="executor", host="127.0.0.1", port=0, grace_s=0.1,
-                                    tls=testing.CA.tls("executor"),
-                                    allow=testing.EXECUTOR_ALLOW, health_port=0)
-            srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted,
-                    testing.EXECUTOR_SERVICE)
+            srv = server.GrpcServer(
+                name="executor",
+                host="127.0.0.1",
+                port=0,
+                grace_s=0.1,
+                tls=testing.CA.tls("executor"),
+                allow=testing.EXECUTOR_ALLOW,
+                health_port=0,
+            )
+            srv.add(
+                executor_pb2_grpc.add_ExecutorServicer_to_server, scripted, testing.EXECUTOR_SERVICE
+            )
             await stack.enter_async_context(srv)
             scripted.address = srv.address
             pods.append((scripted, srv))
         yield pods
 
 
-def settings(dsn: str, bootstrap: str, prefix: str, **overrides: Any,
-             ) -> agent_settings.AgentSettings:
+def settings(
+    dsn: str,
+    bootstrap: str,
+    prefix: str,
+    **overrides: Any,
+) -> agent_settings.AgentSettings:
     """The service's settings for a test."""
     values: dict[str, Any] = {
-        "postgres_dsn": pydantic.SecretStr(dsn), "kafka_bootstrap": bootstrap,
+        "postgres_dsn": pydantic.SecretStr(dsn),
+        "kafka_bootstrap": bootstrap,
         "topic_prefix": prefix,
-        "port": 0, "health_port": 0, "grace_s": 1.0, "max_input_chars": 100, "max_tokens_limit": 50,
-        "retrieval_top_k": 0, "lease_s": 4.0, "heartbeat_s": 0.5, "reaper_interval_s": 0.5}
+        "port": 0,
+        "health_port": 0,
+        "grace_s": 1.0,
+        "max_input_chars": 100,
+        "max_tokens_limit": 50,
+        "retrieval_top_k": 0,
+        "lease_s": 4.0,
+        "heartbeat_s": 0.5,
+        "reaper_interval_s": 0.5,
+    }
     values.update(overrides)
     return agent_settings.AgentSettings(**values)
 
@@ -155,10 +186,12 @@ class Service:
             self.address = address
             ready.set_result(address)
 
-        self._task = asyncio.create_task(main.run(self.cfg, testing.CA.tls("agent"),
-                                                  until=self._stop.wait(), on_ready=on_ready))
-        done, _ = await asyncio.wait([self._task, ready], timeout=60,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        self._task = asyncio.create_task(
+            main.run(self.cfg, testing.CA.tls("agent"), until=self._stop.wait(), on_ready=on_ready)
+        )
+        done, _ = await asyncio.wait(
+            [self._task, ready], timeout=60, return_when=asyncio.FIRST_COMPLETED
+        )
         if self._task in done:
             self._task.result()  # raises why it stopped
         assert ready in done, "the agent service did not become ready in 60s"
@@ -171,8 +204,7 @@ class Service:
 
 
 @pytest.fixture(scope="session")
-def new_service(agent_dsn: str, kafka: Any,
-                executor: ScriptedExecutor) -> Callable[..., Service]:
+def new_service(agent_dsn: str, kafka: Any, executor: ScriptedExecutor) -> Callable[..., Service]:
     """Makes an agent service with its own topics and these settings overrides (enter it
     with ``async with``)."""
 
@@ -198,13 +230,22 @@ async def stub(service: Service) -> AsyncIterator[agent_pb2_grpc.AgentServiceAsy
         yield agent_pb2_grpc.AgentServiceStub(chan)
 
 
-async def read_topic(bootstrap: str, topic: str, *, until: Any, timeout: float = 60,
-                     ) -> list[Any]:
+async def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Any,
+    timeout: float = 60,
+) -> list[Any]:
     """The records of ``topic`` from its beginning, read until ``until(records)`` holds
     (or ``timeout`` passes; the caller's assertion then shows what was read)."""
-    consumer = aiokafka.AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                         auto_offset_reset="earliest", group_id=None,
-                                         enable_auto_commit=False)
+    consumer = aiokafka.AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=None,
+        enable_auto_commit=False,
+    )
     await consumer.start()
     records: list[Any] = []
     try:

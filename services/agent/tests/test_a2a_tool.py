@@ -35,14 +35,15 @@ class Echo(agent_executor.AgentExecutor):
     def __init__(self) -> None:
         self.heard: list[str] = []
 
-    async def execute(self, request: context.RequestContext,
-                      events: event_queue.EventQueue) -> None:
+    async def execute(
+        self, request: context.RequestContext, events: event_queue.EventQueue
+    ) -> None:
         self.heard.append(request.get_user_input())
         await events.enqueue_event(
-            proto_helpers.new_text_message(f"echo: {request.get_user_input()}"))
+            proto_helpers.new_text_message(f"echo: {request.get_user_input()}")
+        )
 
-    async def cancel(self, request: context.RequestContext,
-                     events: event_queue.EventQueue) -> None:
+    async def cancel(self, request: context.RequestContext, events: event_queue.EventQueue) -> None:
         # An agent whose tasks cannot be cancelled, as A2A lets an agent say.
         raise a2a_errors.UnsupportedOperationError("echo tasks cannot be cancelled")
 
@@ -53,22 +54,32 @@ async def echo_url() -> AsyncIterator[tuple[str, Echo]]:
     port = suite.free_port()
     url = f"http://127.0.0.1:{port}/echo"
     card = a2a.AgentCard(
-        name="echo", description="Echoes.", version="1.0",
-        supported_interfaces=[a2a.AgentInterface(url=url, protocol_binding="JSONRPC",
-                                                 protocol_version="1.0")],
+        name="echo",
+        description="Echoes.",
+        version="1.0",
+        supported_interfaces=[
+            a2a.AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")
+        ],
         capabilities=a2a.AgentCapabilities(streaming=False),
-        default_input_modes=["text/plain"], default_output_modes=["text/plain"],
-        skills=[a2a.AgentSkill(id="echo", name="echo", description="Echoes.", tags=["t"])])
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[a2a.AgentSkill(id="echo", name="echo", description="Echoes.", tags=["t"])],
+    )
     echo = Echo()
     handler = default_request_handler_v2.DefaultRequestHandlerV2(
-        agent_executor=echo, task_store=inmemory_task_store.InMemoryTaskStore(),
-        agent_card=card)
-    app = applications.Starlette(routes=[
-        *agent_card_routes.create_agent_card_routes(
-            card, card_url="/echo/.well-known/agent-card.json"),
-        *jsonrpc_routes.create_jsonrpc_routes(handler, "/echo")])
-    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                         lifespan="off"))
+        agent_executor=echo, task_store=inmemory_task_store.InMemoryTaskStore(), agent_card=card
+    )
+    app = applications.Starlette(
+        routes=[
+            *agent_card_routes.create_agent_card_routes(
+                card, card_url="/echo/.well-known/agent-card.json"
+            ),
+            *jsonrpc_routes.create_jsonrpc_routes(handler, "/echo"),
+        ]
+    )
+    http = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
+    )
     serving = asyncio.create_task(http.serve())
     deadline = asyncio.get_running_loop().time() + 20
     while not http.started:
@@ -87,21 +98,30 @@ async def a2a_agents(service: Any, echo_url: tuple[str, Echo]) -> None:
         stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
         gone = f"http://127.0.0.1:{suite.free_port()}/gone"
         for name, tools in (("asker", [f"a2a:{echo_url[0]}"]), ("lost", [f"a2a:{gone}"])):
-            await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-                tenant=TENANT, agent=agents_pb2.Agent(name=name, model="m"),
-                executor_endpoints=[service.executor.address], tools=tools))
+            await stub.RegisterAgent(
+                agent_pb2.RegisterAgentRequest(
+                    tenant=TENANT,
+                    agent=agents_pb2.Agent(name=name, model="m"),
+                    executor_endpoints=[service.executor.address],
+                    tools=tools,
+                )
+            )
 
 
 async def _run(stub: Stub, agent: str, text: str) -> common_pb2.TaskResult:
-    events = [e async for e in stub.Run(agent_pb2.RunRequest(
-        tenant=TENANT, task=tasks_pb2.TaskSpec(agent=agent, input=text)), timeout=60)]
+    events = [
+        e
+        async for e in stub.Run(
+            agent_pb2.RunRequest(tenant=TENANT, task=tasks_pb2.TaskSpec(agent=agent, input=text)),
+            timeout=60,
+        )
+    ]
     assert events[-1].WhichOneof("event") == "done", events[-1]
     return events[-1].done.result
 
 
 @pytest.mark.usefixtures("a2a_agents")
-async def test_an_agent_asks_an_a2a_agent_as_a_tool(stub: Stub,
-                                                    echo_url: tuple[str, Echo]) -> None:
+async def test_an_agent_asks_an_a2a_agent_as_a_tool(stub: Stub, echo_url: tuple[str, Echo]) -> None:
     result = await _run(stub, "asker", 'call:a2a_echo {"input": "hello there"}')
     assert result.output == "answer: echo: hello there"
     assert echo_url[1].heard[-1] == "hello there"
@@ -109,7 +129,8 @@ async def test_an_agent_asks_an_a2a_agent_as_a_tool(stub: Stub,
 
 @pytest.mark.usefixtures("a2a_agents")
 async def test_an_a2a_agent_that_is_gone_is_a_step_error_the_model_sees(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     result = await _run(stub, "lost", 'call:a2a_gone {"input": "anyone?"}')
     assert result.status == common_pb2.TASK_STATUS_OK
     assert result.output.startswith("answer: the A2A agent at http://127.0.0.1:")

@@ -29,20 +29,35 @@ async def agents(service: Any) -> None:
     async with agent_testing.channel(service.address) as chan:
         stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
         for name, tools in (("echo", []), ("helper", ["agent:echo"])):
-            await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-                tenant=TENANT, agent=agents_pb2.Agent(name=name, model="m"),
-                instructions="Echo.", executor_endpoints=[service.executor.address],
-                tools=tools))
+            await stub.RegisterAgent(
+                agent_pb2.RegisterAgentRequest(
+                    tenant=TENANT,
+                    agent=agents_pb2.Agent(name=name, model="m"),
+                    instructions="Echo.",
+                    executor_endpoints=[service.executor.address],
+                    tools=tools,
+                )
+            )
 
 
-def run(text: str, *, tenant: str = TENANT, agent: str = "echo", asynchronous: bool = False,
-        **options: Any) -> agent_pb2.RunRequest:
-    return agent_pb2.RunRequest(tenant=tenant, asynchronous=asynchronous, task=tasks_pb2.TaskSpec(
-        agent=agent, input=text, options=tasks_pb2.TaskOptions(**options)))
+def run(
+    text: str,
+    *,
+    tenant: str = TENANT,
+    agent: str = "echo",
+    asynchronous: bool = False,
+    **options: Any,
+) -> agent_pb2.RunRequest:
+    return agent_pb2.RunRequest(
+        tenant=tenant,
+        asynchronous=asynchronous,
+        task=tasks_pb2.TaskSpec(agent=agent, input=text, options=tasks_pb2.TaskOptions(**options)),
+    )
 
 
-async def _events(stub: Stub, req: agent_pb2.RunRequest,
-                  timeout: float = 20) -> list[tasks_pb2.TaskEvent]:
+async def _events(
+    stub: Stub, req: agent_pb2.RunRequest, timeout: float = 20
+) -> list[tasks_pb2.TaskEvent]:
     return [e async for e in stub.Run(req, timeout=timeout)]
 
 
@@ -78,10 +93,13 @@ async def test_steps_and_usage_are_stored_per_step(stub: Stub, service: Any) -> 
     events = await _events(stub, run("a b"))
     task_id = events[-1].done.result.task_id
     async with await psycopg.AsyncConnection.connect(
-            service.cfg.postgres_dsn.get_secret_value()) as conn:
+        service.cfg.postgres_dsn.get_secret_value()
+    ) as conn:
         cur = await conn.execute(
             "SELECT step, kind, prompt_tokens, completion_tokens, worker FROM task_steps"
-            " WHERE task_id = %s", (task_id,))
+            " WHERE task_id = %s",
+            (task_id,),
+        )
         rows = await cur.fetchall()
     assert rows == [(1, "model", 7, 2, service.cfg.worker_id)]
 
@@ -92,14 +110,18 @@ async def test_max_tokens_is_passed_to_the_executor(stub: Stub, service: Any) ->
     assert events[-1].done.result.output == "a b "
 
 
-@pytest.mark.parametrize(("req_kw", "field"), [
-    ({"text": ""}, "task.input"),
-    ({"text": "x" * 101}, "task.input"),
-    ({"text": "hi", "max_tokens": -1}, "task.options.max_tokens"),
-    ({"text": "hi", "temperature": 3.0}, "task.options.temperature"),
-])
-async def test_bad_input_is_refused_naming_the_field(stub: Stub, req_kw: dict[str, Any],
-                                                     field: str) -> None:
+@pytest.mark.parametrize(
+    ("req_kw", "field"),
+    [
+        ({"text": ""}, "task.input"),
+        ({"text": "x" * 101}, "task.input"),
+        ({"text": "hi", "max_tokens": -1}, "task.options.max_tokens"),
+        ({"text": "hi", "temperature": 3.0}, "task.options.temperature"),
+    ],
+)
+async def test_bad_input_is_refused_naming_the_field(
+    stub: Stub, req_kw: dict[str, Any], field: str
+) -> None:
     text = req_kw.pop("text")
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await _events(stub, run(text, **req_kw))
@@ -113,8 +135,10 @@ async def test_unknown_agent_and_other_tenants_are_not_found(stub: Stub) -> None
             await _events(stub, req)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
     done = await stub.Submit(run("mine"), timeout=20)
-    for ref in (agent_pb2.TaskRef(tenant="globex", task_id=done.task_id),
-                agent_pb2.TaskRef(tenant=TENANT, task_id="not-a-uuid")):
+    for ref in (
+        agent_pb2.TaskRef(tenant="globex", task_id=done.task_id),
+        agent_pb2.TaskRef(tenant=TENANT, task_id="not-a-uuid"),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.GetTask(ref)
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -179,7 +203,8 @@ async def test_same_idempotency_key_returns_the_same_task(stub: Stub, service: A
 
 
 async def test_every_state_change_is_an_event_on_kafka_in_order(
-        stub: Stub, service: Any, topic_reader: Any) -> None:
+    stub: Stub, service: Any, topic_reader: Any
+) -> None:
     done = await stub.Submit(run("evented"), timeout=20)
     topic = service.cfg.topic_prefix + "task.events"
 
@@ -193,15 +218,21 @@ async def test_every_state_change_is_an_event_on_kafka_in_order(
                 out.append(data.status)
         return out
 
-    records = await topic_reader(service.cfg.kafka_bootstrap, topic,
-                                 until=lambda rs: len(states(rs)) >= 3)
-    assert states(records) == [common_pb2.TASK_STATUS_QUEUED, common_pb2.TASK_STATUS_RUNNING,
-                               common_pb2.TASK_STATUS_OK]
+    records = await topic_reader(
+        service.cfg.kafka_bootstrap, topic, until=lambda rs: len(states(rs)) >= 3
+    )
+    assert states(records) == [
+        common_pb2.TASK_STATUS_QUEUED,
+        common_pb2.TASK_STATUS_RUNNING,
+        common_pb2.TASK_STATUS_OK,
+    ]
     mine = [r for r in records if r.key == done.task_id.encode()]
     assert len({r.partition for r in mine}) == 1
     envs = [events_pb2.Envelope.FromString(r.value) for r in mine]
-    assert all(e.type == "aion.task.state_changed" and e.source == "agent"
-               and e.tenant == TENANT for e in envs)
+    assert all(
+        e.type == "aion.task.state_changed" and e.source == "agent" and e.tenant == TENANT
+        for e in envs
+    )
     assert len({e.id for e in envs}) == 3
     final = events_pb2.TaskStateChanged()
     envs[-1].data.Unpack(final)
@@ -213,12 +244,15 @@ async def test_every_state_change_is_an_event_on_kafka_in_order(
 
 
 async def test_outbox_metrics_show_the_backlog_and_what_was_published(
-        stub: Stub, service: Any, agent_dsn: str) -> None:
+    stub: Stub, service: Any, agent_dsn: str
+) -> None:
     def sample(name: str) -> float:
         return prometheus_client.REGISTRY.get_sample_value(name) or 0.0
 
-    published, lagged = sample("aion_agent_outbox_published_total"), sample(
-        "aion_agent_outbox_lag_seconds_count")
+    published, lagged = (
+        sample("aion_agent_outbox_published_total"),
+        sample("aion_agent_outbox_lag_seconds_count"),
+    )
     async with db.pool(agent_dsn, max_size=2) as pool:
         meter = outbox.Publisher(pool=pool, bootstrap=service.cfg.kafka_bootstrap)
         async with pool.connection() as holder:
@@ -254,13 +288,17 @@ async def test_an_agent_called_as_a_tool(stub: Stub, service: Any) -> None:
     assert result.usage.completion_tokens == 1 + 2 + 1
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ('call:agent_echo {"inp": 1}', "do not match its schema"),
-    ('call:nope {"input": "x"}', "does not have"),
-    ('raw:{"tool": "agent_echo", "arguments": ', "not valid tool JSON"),
-])
-async def test_bad_tool_calls_end_the_task_with_a_clear_error(stub: Stub, service: Any,
-                                                              text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('call:agent_echo {"inp": 1}', "do not match its schema"),
+        ('call:nope {"input": "x"}', "does not have"),
+        ('raw:{"tool": "agent_echo", "arguments": ', "not valid tool JSON"),
+    ],
+)
+async def test_bad_tool_calls_end_the_task_with_a_clear_error(
+    stub: Stub, service: Any, text: str, message: str
+) -> None:
     events = await _events(stub, run(text, agent="helper"))
     result = events[-1].error.result
     assert result.status == common_pb2.TASK_STATUS_ERROR
@@ -272,17 +310,25 @@ async def test_bad_tool_calls_end_the_task_with_a_clear_error(stub: Stub, servic
 
 async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> None:
     reg = agent_pb2.RegisterAgentRequest(
-        tenant="reg", agent=agents_pb2.Agent(name="new", model="m2"),
-        executor_endpoints=["127.0.0.1:1"])
+        tenant="reg",
+        agent=agents_pb2.Agent(name="new", model="m2"),
+        executor_endpoints=["127.0.0.1:1"],
+    )
     assert (await stub.RegisterAgent(reg)).ready
-    manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: applied}\n"
-                "spec: {model: {name: m3}, tools: [knowledge_search]}\n")
-    applied = await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
-        tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+    manifest = (
+        "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: applied}\n"
+        "spec: {model: {name: m3}, tools: [knowledge_search]}\n"
+    )
+    applied = await stub.ApplyAgents(
+        agent_pb2.ApplyAgentsRequest(
+            tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)
+        )
+    )
     assert [a.name for a in applied.agents] == ["applied"]
     assert applied.agents[0].ready  # it got the service's default executor
-    names = [a.name for a in (await stub.ListAgents(
-        agent_pb2.ListAgentsRequest(tenant="reg"))).agents]
+    names = [
+        a.name for a in (await stub.ListAgents(agent_pb2.ListAgentsRequest(tenant="reg"))).agents
+    ]
     assert names == ["applied", "new"]
     gone = await stub.DeregisterAgent(agent_pb2.DeregisterAgentRequest(tenant="reg", name="new"))
     assert gone.deregistered
@@ -290,8 +336,11 @@ async def test_register_list_apply_and_deregister(stub: Stub, service: Any) -> N
         await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(tenant="reg"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
-            tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n")))
+        await stub.ApplyAgents(
+            agent_pb2.ApplyAgentsRequest(
+                tenant="reg", request=agents_pb2.ApplyAgentsRequest(manifest="kind: Pod\n")
+            )
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -299,36 +348,43 @@ async def test_routing_targets_are_registered_and_shown(stub: Stub, service: Any
     """spec.routing's budget and p95 target: through the operator's registration and
     Agents.Apply alike, recorded and shown by GetAgent (unset stays unset)."""
     reg = agent_pb2.RegisterAgentRequest(
-        tenant="targets", agent=agents_pb2.Agent(name="fast", model="m", p95_target_ms=800,
-                                                 budget_usd_per_task=0.02),
-        executor_endpoints=["127.0.0.1:1"])
+        tenant="targets",
+        agent=agents_pb2.Agent(name="fast", model="m", p95_target_ms=800, budget_usd_per_task=0.02),
+        executor_endpoints=["127.0.0.1:1"],
+    )
     await stub.RegisterAgent(reg)
     got = await stub.GetAgent(agent_pb2.AgentRef(tenant="targets", name="fast"))
     assert (got.budget_usd_per_task, got.p95_target_ms) == (0.02, 800)
-    manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: cheap}\n"
-                "spec: {model: {name: m}, description: cheap one, maxTokens: 16,"
-                " routing: {budgetUsdPerTask: 0.5}}\n")
-    await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
-        tenant="targets", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+    manifest = (
+        "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: cheap}\n"
+        "spec: {model: {name: m}, description: cheap one, maxTokens: 16,"
+        " routing: {budgetUsdPerTask: 0.5}}\n"
+    )
+    await stub.ApplyAgents(
+        agent_pb2.ApplyAgentsRequest(
+            tenant="targets", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)
+        )
+    )
     got = await stub.GetAgent(agent_pb2.AgentRef(tenant="targets", name="cheap"))
     assert (got.description, got.max_tokens, got.budget_usd_per_task) == ("cheap one", 16, 0.5)
     assert not got.HasField("p95_target_ms")
     bad = agent_pb2.RegisterAgentRequest(
-        tenant="targets", agent=agents_pb2.Agent(name="bad", model="m", p95_target_ms=0))
+        tenant="targets", agent=agents_pb2.Agent(name="bad", model="m", p95_target_ms=0)
+    )
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.RegisterAgent(bad)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "p95_target_ms" in (info.value.details() or "")
 
 
-async def test_input_postgres_cannot_hold_is_invalid_argument_not_internal(
-        stub: Stub) -> None:
+async def test_input_postgres_cannot_hold_is_invalid_argument_not_internal(stub: Stub) -> None:
     keyed = run("hi", asynchronous=True)
     keyed.task.idempotency_key = "k\x00"
     calls: list[tuple[str, Awaitable[Any]]] = [
         ("agent name", stub.GetAgent(agent_pb2.AgentRef(tenant=TENANT, name="a\x00b"))),
         ("input", stub.Submit(run("hi\x00there"))),
-        ("idempotency key", stub.Submit(keyed))]
+        ("idempotency key", stub.Submit(keyed)),
+    ]
     for name, call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await call
@@ -339,17 +395,25 @@ async def test_input_postgres_cannot_hold_is_invalid_argument_not_internal(
 MANIFEST_HEAD = "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: bad}\n"
 
 
-@pytest.mark.parametrize("manifest", [
-    "[" * 5000 + "]" * 5000,  # deeper than the parser goes
-    MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: " + "9" * 5000 + "}\n",
-    MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: 99999999999}\n",
-    MANIFEST_HEAD + 'spec: {model: {name: m}, instructions: "a\\0b"}\n',
-], ids=["deep", "digits", "int32", "nul"])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        "[" * 5000 + "]" * 5000,  # deeper than the parser goes
+        MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: " + "9" * 5000 + "}\n",
+        MANIFEST_HEAD + "spec: {model: {name: m}, maxTokens: 99999999999}\n",
+        MANIFEST_HEAD + 'spec: {model: {name: m}, instructions: "a\\0b"}\n',
+    ],
+    ids=["deep", "digits", "int32", "nul"],
+)
 async def test_a_manifest_postgres_cannot_hold_is_invalid_and_nothing_is_written(
-        stub: Stub, manifest: str) -> None:
+    stub: Stub, manifest: str
+) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
-            tenant="badmanifest", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)))
+        await stub.ApplyAgents(
+            agent_pb2.ApplyAgentsRequest(
+                tenant="badmanifest", request=agents_pb2.ApplyAgentsRequest(manifest=manifest)
+            )
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
     listed = await stub.ListAgents(agent_pb2.ListAgentsRequest(tenant="badmanifest"))
     assert list(listed.agents) == []
@@ -370,10 +434,15 @@ spec:
 """)
     [agent] = registry.load_file(path, tenant="t", executor_target="127.0.0.1:9")
     assert (agent.name, agent.model, agent.privacy) == (
-        "demo", "smollm2-135m-instruct", privacy.Privacy.ALLOW_API)
+        "demo",
+        "smollm2-135m-instruct",
+        privacy.Privacy.ALLOW_API,
+    )
     assert agent.tools == ("knowledge_search", "agent:other")
     assert agent.ready
-    path.write_text("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: Bad_Name}\n"
-                    "spec: {model: {name: m}}\n")
+    path.write_text(
+        "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: Bad_Name}\n"
+        "spec: {model: {name: m}}\n"
+    )
     with pytest.raises(errors.InvalidArgument, match="metadata"):
         registry.load_file(path, tenant="t", executor_target=None)

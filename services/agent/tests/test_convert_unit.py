@@ -15,11 +15,18 @@ from aion.core import errors, privacy
 
 
 def test_the_routers_route_becomes_a_route() -> None:
-    decision = convert.decision_from_pb(router_pb2.Decision(
-        engine=common_pb2.Engine(route=common_pb2.ROUTE_HYBRID, chosen_by="policy:cost",
-                                 reason="cheaper"), provider="openai", estimated_cost_usd=0.2))
-    assert decision == model.Decision(route=privacy.Route.HYBRID, chosen_by="policy:cost",
-                                      reason="cheaper", provider="openai")
+    decision = convert.decision_from_pb(
+        router_pb2.Decision(
+            engine=common_pb2.Engine(
+                route=common_pb2.ROUTE_HYBRID, chosen_by="policy:cost", reason="cheaper"
+            ),
+            provider="openai",
+            estimated_cost_usd=0.2,
+        )
+    )
+    assert decision == model.Decision(
+        route=privacy.Route.HYBRID, chosen_by="policy:cost", reason="cheaper", provider="openai"
+    )
 
 
 def test_no_decision_or_an_unknown_route_runs_local() -> None:
@@ -32,29 +39,39 @@ def test_a_run_request_needs_a_task_and_a_tenant() -> None:
     with pytest.raises(errors.InvalidArgument, match="task is required"):
         convert.spec_from_pb(agent_pb2.RunRequest(tenant="t"), timeout_s=5)
     with pytest.raises(errors.InvalidArgument, match="tenant"):
-        convert.spec_from_pb(agent_pb2.RunRequest(task=tasks_pb2.TaskSpec(agent="a")),
-                             timeout_s=5)
-    spec = convert.spec_from_pb(agent_pb2.RunRequest(tenant="t", task=tasks_pb2.TaskSpec(
-        agent="a", input="hi", options=tasks_pb2.TaskOptions(max_tokens=9))), timeout_s=5,
-        asynchronous=True)
-    assert spec == model.TaskSpec(tenant="t", agent="a", input="hi", max_tokens=9,
-                                  timeout_s=5, asynchronous=True)
+        convert.spec_from_pb(agent_pb2.RunRequest(task=tasks_pb2.TaskSpec(agent="a")), timeout_s=5)
+    spec = convert.spec_from_pb(
+        agent_pb2.RunRequest(
+            tenant="t",
+            task=tasks_pb2.TaskSpec(
+                agent="a", input="hi", options=tasks_pb2.TaskOptions(max_tokens=9)
+            ),
+        ),
+        timeout_s=5,
+        asynchronous=True,
+    )
+    assert spec == model.TaskSpec(
+        tenant="t", agent="a", input="hi", max_tokens=9, timeout_s=5, asynchronous=True
+    )
 
 
 def registration(value: int) -> agent_pb2.RegisterAgentRequest:
     return agent_pb2.RegisterAgentRequest(
-        tenant="t", agent=agents_pb2.Agent(name="a", model="m", privacy=value))  # type: ignore[arg-type]
+        tenant="t",
+        agent=agents_pb2.Agent(name="a", model="m", privacy=value),  # type: ignore[arg-type]
+    )
 
 
 def test_a_registrations_privacy_is_cores_and_an_unknown_one_is_refused() -> None:
     assert convert.agent_from_pb(registration(common_pb2.PRIVACY_HYBRID)).privacy is (
-        privacy.Privacy.HYBRID)
+        privacy.Privacy.HYBRID
+    )
     assert convert.agent_from_pb(registration(common_pb2.PRIVACY_UNSPECIFIED)).privacy is (
-        privacy.Privacy.LOCAL_ONLY)
+        privacy.Privacy.LOCAL_ONLY
+    )
     with pytest.raises(errors.InvalidArgument, match="unknown privacy"):
         convert.agent_from_pb(registration(42))
-    agent = model.AgentRecord(tenant="t", name="a", model="m",
-                              privacy=privacy.Privacy.ALLOW_API)
+    agent = model.AgentRecord(tenant="t", name="a", model="m", privacy=privacy.Privacy.ALLOW_API)
     assert convert.agent_to_pb(agent).privacy == common_pb2.PRIVACY_ALLOW_API
 
 
@@ -64,10 +81,15 @@ def task(status: model.Status) -> model.TaskRecord:
         id="00000000-0000-0000-0000-000000000001",
         spec=model.TaskSpec(tenant="t", agent="a", input="secret input"),
         decision=model.Decision(route=privacy.Route.API, chosen_by="policy"),
-        model_name="m", status=status, attempts=2, output="the secret output",
+        model_name="m",
+        status=status,
+        attempts=2,
+        output="the secret output",
         usage=model.Usage(prompt_tokens=3, completion_tokens=4, cost_usd=0.5),
-        error=model.TaskError("CANCELLED", "asked") if status is model.Status.CANCELED
-        else None, created_at=now, finished_at=now)
+        error=model.TaskError("CANCELLED", "asked") if status is model.Status.CANCELED else None,
+        created_at=now,
+        finished_at=now,
+    )
 
 
 def test_a_state_change_never_carries_the_output() -> None:
@@ -87,14 +109,19 @@ def test_a_state_change_never_carries_the_output() -> None:
 def test_events_and_generation_chunks() -> None:
     done = convert.event_to_pb(task(model.Status.OK), model.Event(seq=5, kind=model.EventKind.DONE))
     assert (done.seq, done.done.result.status) == (5, common_pb2.TASK_STATUS_OK)
-    partial = convert.event_to_pb(task(model.Status.RUNNING), model.Event(
-        seq=2, kind=model.EventKind.PARTIAL, text="so far", step=1))
+    partial = convert.event_to_pb(
+        task(model.Status.RUNNING),
+        model.Event(seq=2, kind=model.EventKind.PARTIAL, text="so far", step=1),
+    )
     assert (partial.partial.text, partial.partial.step) == ("so far", 1)
     assert convert.chunk_from_pb(executor_pb2.GenerateChunk(text="hi")) == model.Chunk(text="hi")
-    assert convert.chunk_from_pb(executor_pb2.GenerateChunk(usage=executor_pb2.GenerateUsage(
-        prompt_tokens=3, completion_tokens=4))) == model.Chunk(prompt_tokens=3,
-                                                               completion_tokens=4, final=True)
-    request = convert.generate_request(model.ModelCall(
-        model="m", messages=(("system", "s"), ("user", "u")), max_tokens=8, seed=1))
+    assert convert.chunk_from_pb(
+        executor_pb2.GenerateChunk(
+            usage=executor_pb2.GenerateUsage(prompt_tokens=3, completion_tokens=4)
+        )
+    ) == model.Chunk(prompt_tokens=3, completion_tokens=4, final=True)
+    request = convert.generate_request(
+        model.ModelCall(model="m", messages=(("system", "s"), ("user", "u")), max_tokens=8, seed=1)
+    )
     assert [(m.role, m.content) for m in request.messages] == [("system", "s"), ("user", "u")]
     assert (request.max_tokens, request.seed, request.HasField("temperature")) == (8, 1, False)

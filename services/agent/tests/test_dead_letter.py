@@ -39,23 +39,31 @@ def _headers(record: Any) -> dict[str, str]:
 
 
 def _queued(task_id: str, *, type_: str = events.TASK_QUEUED) -> events_pb2.Envelope:
-    return events.envelope(type_=type_, tenant=TENANT, subject=task_id,
-                           data=events_pb2.TaskQueued(task_id=task_id, agent="echo"))
+    return events.envelope(
+        type_=type_,
+        tenant=TENANT,
+        subject=task_id,
+        data=events_pb2.TaskQueued(task_id=task_id, agent="echo"),
+    )
 
 
 async def test_poison_on_the_work_topic_goes_to_the_dead_letter_topic_and_work_goes_on(
-        stub: Stub, service: Any, topic_reader: Any, agent_dsn: str) -> None:
+    stub: Stub, service: Any, topic_reader: Any, agent_dsn: str
+) -> None:
     topics = events.Topics(service.cfg.topic_prefix)
     bootstrap = service.cfg.kafka_bootstrap
     wrong_type = _queued(str(uuid.uuid4()), type_="aion.something.else")
     missing_task = _queued(str(uuid.uuid4()))
-    poison = [(b"junk", b"\xff\xfe not an envelope"),
-              (wrong_type.subject.encode(), wrong_type.SerializeToString()),
-              (missing_task.subject.encode(), missing_task.SerializeToString())]
+    poison = [
+        (b"junk", b"\xff\xfe not an envelope"),
+        (wrong_type.subject.encode(), wrong_type.SerializeToString()),
+        (missing_task.subject.encode(), missing_task.SerializeToString()),
+    ]
     await _produce(bootstrap, topics.work, poison)
 
-    dead = await topic_reader(bootstrap, topics.dead_letter(topics.work),
-                              until=lambda got: len(got) >= 3)
+    dead = await topic_reader(
+        bootstrap, topics.dead_letter(topics.work), until=lambda got: len(got) >= 3
+    )
     by_value = {r.value: _headers(r) for r in dead}
     assert set(by_value) == {value for _, value in poison}
     assert "cannot decode the envelope" in by_value[poison[0][1]]["dlt.error"]
@@ -69,16 +77,25 @@ async def test_poison_on_the_work_topic_goes_to_the_dead_letter_topic_and_work_g
     async with await psycopg.AsyncConnection.connect(agent_dsn) as conn:
         cur = await conn.execute(
             "SELECT event_id FROM processed_events WHERE consumer = %s AND event_id = ANY(%s)",
-            (topics.group("agent-workers"), [wrong_type.id, missing_task.id]))
+            (topics.group("agent-workers"), [wrong_type.id, missing_task.id]),
+        )
         assert {r[0] for r in await cur.fetchall()} == {wrong_type.id, missing_task.id}
 
     # The consumer went on: an asynchronous task queued after the poison runs.
-    await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-        tenant=TENANT, agent=agents_pb2.Agent(name="echo", model="m"),
-        executor_endpoints=[service.executor.address]))
-    queued = await stub.Submit(agent_pb2.RunRequest(
-        tenant=TENANT, asynchronous=True,
-        task=tasks_pb2.TaskSpec(agent="echo", input="after the poison")))
+    await stub.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(
+            tenant=TENANT,
+            agent=agents_pb2.Agent(name="echo", model="m"),
+            executor_endpoints=[service.executor.address],
+        )
+    )
+    queued = await stub.Submit(
+        agent_pb2.RunRequest(
+            tenant=TENANT,
+            asynchronous=True,
+            task=tasks_pb2.TaskSpec(agent="echo", input="after the poison"),
+        )
+    )
     ref = agent_pb2.TaskRef(tenant=TENANT, task_id=queued.task_id)
     last = [e async for e in stub.Follow(ref, timeout=60)][-1]
     assert last.WhichOneof("event") == "done"
@@ -87,7 +104,8 @@ async def test_poison_on_the_work_topic_goes_to_the_dead_letter_topic_and_work_g
 
 
 async def test_a_handler_that_keeps_failing_dead_letters_the_record_and_handles_the_next(
-        agent_dsn: str, kafka: Any, topic_reader: Any) -> None:
+    agent_dsn: str, kafka: Any, topic_reader: Any
+) -> None:
     prefix = f"d{uuid.uuid4().hex[:8]}."
     topics = events.Topics(prefix)
     topic = f"{prefix}things"
@@ -104,12 +122,20 @@ async def test_a_handler_that_keeps_failing_dead_letters_the_record_and_handles_
         handled.set()
 
     # One partition, the bad record first: the good one is reached only past it.
-    await _produce(kafka.bootstrap, topic, [(b"k", bad.SerializeToString()),
-                                            (b"k", good.SerializeToString())])
+    await _produce(
+        kafka.bootstrap, topic, [(b"k", bad.SerializeToString()), (b"k", good.SerializeToString())]
+    )
     async with db.pool(agent_dsn, max_size=2) as pool:
         consumer = agent_kafka.IdempotentConsumer(
-            name="things", topic=topic, group=topics.group("things"), bootstrap=kafka.bootstrap,
-            pool=pool, handle=handle, dead_letter=topics.dead_letter(topic), retry_s=0.05)
+            name="things",
+            topic=topic,
+            group=topics.group("things"),
+            bootstrap=kafka.bootstrap,
+            pool=pool,
+            handle=handle,
+            dead_letter=topics.dead_letter(topic),
+            retry_s=0.05,
+        )
         running = asyncio.create_task(consumer.run())
         try:
             await asyncio.wait_for(handled.wait(), 60)
@@ -118,10 +144,15 @@ async def test_a_handler_that_keeps_failing_dead_letters_the_record_and_handles_
             with pytest.raises(asyncio.CancelledError):
                 await running
     assert tries == {bad.id: 3, good.id: 1}
-    assert prometheus_client.REGISTRY.get_sample_value(
-        "aion_agent_dead_letters_total", {"consumer": "things"}) == 1
-    dead = await topic_reader(kafka.bootstrap, topics.dead_letter(topic),
-                              until=lambda got: len(got) >= 1)
+    assert (
+        prometheus_client.REGISTRY.get_sample_value(
+            "aion_agent_dead_letters_total", {"consumer": "things"}
+        )
+        == 1
+    )
+    dead = await topic_reader(
+        kafka.bootstrap, topics.dead_letter(topic), until=lambda got: len(got) >= 1
+    )
     assert [r.value for r in dead] == [bad.SerializeToString()]
     assert _headers(dead[0])["dlt.error"] == "ValueError: cannot handle this one"
 

@@ -37,8 +37,12 @@ from aion.infra.kafka import Kafka
 from aion.infra.paths import Layout
 from aion.infra.postgres import Postgres
 
-FINAL = (common_pb2.TASK_STATUS_OK, common_pb2.TASK_STATUS_ERROR,
-         common_pb2.TASK_STATUS_TIMEOUT, common_pb2.TASK_STATUS_CANCELED)
+FINAL = (
+    common_pb2.TASK_STATUS_OK,
+    common_pb2.TASK_STATUS_ERROR,
+    common_pb2.TASK_STATUS_TIMEOUT,
+    common_pb2.TASK_STATUS_CANCELED,
+)
 TENANT = "durable"
 
 
@@ -51,14 +55,22 @@ class Proc:
         self.metrics_port = suite.free_port()
         self.health_port = suite.free_port()
         self.log = log
-        full = {**os.environ, **env, **agent_testing.process_env(log.parent / "tls"),
-                "AION_AGENT_PORT": str(self.port),
-                "AION_AGENT_METRICS_PORT": str(self.metrics_port),
-                "AION_AGENT_HEALTH_PORT": str(self.health_port)}
+        full = {
+            **os.environ,
+            **env,
+            **agent_testing.process_env(log.parent / "tls"),
+            "AION_AGENT_PORT": str(self.port),
+            "AION_AGENT_METRICS_PORT": str(self.metrics_port),
+            "AION_AGENT_HEALTH_PORT": str(self.health_port),
+        }
         with log.open("wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "aion.agent"], env=full,
-                                            stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aion.agent"],
+                env=full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     @property
     def target(self) -> str:
@@ -67,8 +79,10 @@ class Proc:
     async def ready(self, timeout: float = 90) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while await asyncio.to_thread(suite.health_status,
-                                      f"127.0.0.1:{self.health_port}") != "SERVING":
+        while (
+            await asyncio.to_thread(suite.health_status, f"127.0.0.1:{self.health_port}")
+            != "SERVING"
+        ):
             assert self.process.poll() is None, f"agent exited; its log:\n{self.tail()}"
             assert loop.time() < deadline, f"agent not SERVING; its log:\n{self.tail()}"
             await asyncio.sleep(0.2)
@@ -95,36 +109,56 @@ class Proc:
             self.process.wait()
 
 
-def service_env(dsn: str, bootstrap: str, prefix: str, executor: str, worker: str,
-                ) -> dict[str, str]:
-    return {"AION_AGENT_POSTGRES_DSN": dsn, "AION_AGENT_KAFKA_BOOTSTRAP": bootstrap,
-            "AION_AGENT_TOPIC_PREFIX": prefix, "AION_AGENT_EXECUTOR_TARGET": executor,
-            "AION_AGENT_WORKER_ID": worker, "AION_AGENT_LEASE_S": "3",
-            "AION_AGENT_HEARTBEAT_S": "0.5", "AION_AGENT_REAPER_INTERVAL_S": "0.5",
-            "AION_AGENT_GRACE_S": "1", "AION_AGENT_POOL_TIMEOUT_S": "2"}
+def service_env(
+    dsn: str,
+    bootstrap: str,
+    prefix: str,
+    executor: str,
+    worker: str,
+) -> dict[str, str]:
+    return {
+        "AION_AGENT_POSTGRES_DSN": dsn,
+        "AION_AGENT_KAFKA_BOOTSTRAP": bootstrap,
+        "AION_AGENT_TOPIC_PREFIX": prefix,
+        "AION_AGENT_EXECUTOR_TARGET": executor,
+        "AION_AGENT_WORKER_ID": worker,
+        "AION_AGENT_LEASE_S": "3",
+        "AION_AGENT_HEARTBEAT_S": "0.5",
+        "AION_AGENT_REAPER_INTERVAL_S": "0.5",
+        "AION_AGENT_GRACE_S": "1",
+        "AION_AGENT_POOL_TIMEOUT_S": "2",
+    }
 
 
 async def register(target: str, executor: str) -> None:
     async with agent_testing.channel(target) as chan:
         stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
-        await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-            tenant=TENANT, agent=agents_pb2.Agent(name="worker", model="m"),
-            executor_endpoints=[executor]), timeout=20)
+        await stub.RegisterAgent(
+            agent_pb2.RegisterAgentRequest(
+                tenant=TENANT,
+                agent=agents_pb2.Agent(name="worker", model="m"),
+                executor_endpoints=[executor],
+            ),
+            timeout=20,
+        )
 
 
-async def submit(target: str, text: str, *, asynchronous: bool = True,
-                 retry_for: float = 0) -> str:
+async def submit(target: str, text: str, *, asynchronous: bool = True, retry_for: float = 0) -> str:
     """Submit a task; with ``retry_for``, retry a failing call that long."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + retry_for
     while True:
         try:
             async with agent_testing.channel(target) as chan:
-                stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(
-                    chan)
-                resp = await stub.Submit(agent_pb2.RunRequest(
-                    tenant=TENANT, asynchronous=asynchronous,
-                    task=tasks_pb2.TaskSpec(agent="worker", input=text)), timeout=30)
+                stub: agent_pb2_grpc.AgentServiceAsyncStub = agent_pb2_grpc.AgentServiceStub(chan)
+                resp = await stub.Submit(
+                    agent_pb2.RunRequest(
+                        tenant=TENANT,
+                        asynchronous=asynchronous,
+                        task=tasks_pb2.TaskSpec(agent="worker", input=text),
+                    ),
+                    timeout=30,
+                )
                 return resp.task_id
         except grpc.aio.AioRpcError:
             if loop.time() >= deadline:
@@ -132,8 +166,12 @@ async def submit(target: str, text: str, *, asynchronous: bool = True,
             await asyncio.sleep(0.5)
 
 
-async def results(target: str, ids: list[str], *, timeout: float = 120,
-                  ) -> dict[str, common_pb2.TaskResult]:
+async def results(
+    target: str,
+    ids: list[str],
+    *,
+    timeout: float = 120,
+) -> dict[str, common_pb2.TaskResult]:
     """Each task's result once all have ended (or what they are when ``timeout`` passes)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -145,9 +183,11 @@ async def results(target: str, ids: list[str], *, timeout: float = 120,
                 # The service (or its database) may be coming back.
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     out[task_id] = await stub.GetTask(
-                        agent_pb2.TaskRef(tenant=TENANT, task_id=task_id), timeout=10)
+                        agent_pb2.TaskRef(tenant=TENANT, task_id=task_id), timeout=10
+                    )
             if all(task_id in out and out[task_id].status in FINAL for task_id in ids) or (
-                    loop.time() > deadline):
+                loop.time() > deadline
+            ):
                 return out
             await asyncio.sleep(0.3)
 
@@ -159,8 +199,7 @@ class Private:
     def __init__(self, component: type[Component], env: dict[str, str]) -> None:
         self._cls = component
         self._env = env
-        self.home = Path(f"/var/tmp/aion-test-{component.__name__.lower()}-"
-                         f"{uuid.uuid4().hex[:8]}")
+        self.home = Path(f"/var/tmp/aion-test-{component.__name__.lower()}-{uuid.uuid4().hex[:8]}")
         self.current: Any = None
 
     def start(self) -> None:
@@ -203,8 +242,13 @@ def private(component: type[Component], env: dict[str, str]) -> Iterator[Private
 
 @pytest.fixture
 def own_kafka() -> Iterator[Private]:
-    yield from private(Kafka, {"AION_KAFKA_PORT": str(suite.free_port()),
-                               "AION_KAFKA_CONTROLLER_PORT": str(suite.free_port())})
+    yield from private(
+        Kafka,
+        {
+            "AION_KAFKA_PORT": str(suite.free_port()),
+            "AION_KAFKA_CONTROLLER_PORT": str(suite.free_port()),
+        },
+    )
 
 
 @pytest.fixture
@@ -214,10 +258,13 @@ def own_postgres() -> Iterator[Private]:
 
 # -- SIGKILL ------------------------------------------------------------------------
 async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
-        agent_dsn: str, kafka: Kafka, executor: Any, tmp_path: Path) -> None:
+    agent_dsn: str, kafka: Kafka, executor: Any, tmp_path: Path
+) -> None:
     prefix = f"k{uuid.uuid4().hex[:8]}."
-    env = {name: service_env(agent_dsn, kafka.bootstrap, prefix, executor.address, name)
-           for name in ("a", "b", "c")}
+    env = {
+        name: service_env(agent_dsn, kafka.bootstrap, prefix, executor.address, name)
+        for name in ("a", "b", "c")
+    }
     executor.release.clear()
     first = Proc(env["a"], tmp_path / "a.log")
     survivors: list[Proc] = []
@@ -241,8 +288,9 @@ async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
         executor.release.set()
         got = await results(survivors[0].target, ids)
         # Each task's lost lease was reclaimed (queued again) once, by one survivor.
-        reclaims = sum(p.metric("aion_agent_task_lease_reclaims_total", outcome="requeued")
-                       for p in survivors)
+        reclaims = sum(
+            p.metric("aion_agent_task_lease_reclaims_total", outcome="requeued") for p in survivors
+        )
     finally:
         executor.release.set()
         first.stop(signal.SIGKILL)
@@ -257,10 +305,12 @@ async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
     assert later == {(t, "2"): 1 for t in ids}
     async with await psycopg.AsyncConnection.connect(agent_dsn) as conn:
         cur = await conn.execute(
-            "SELECT id::text, attempts FROM tasks WHERE id = ANY(%s::uuid[])", (ids,))
+            "SELECT id::text, attempts FROM tasks WHERE id = ANY(%s::uuid[])", (ids,)
+        )
         assert dict(await cur.fetchall()) == dict.fromkeys(ids, 2)
         cur = await conn.execute(
-            "SELECT DISTINCT worker FROM task_steps WHERE task_id = ANY(%s::uuid[])", (ids,))
+            "SELECT DISTINCT worker FROM task_steps WHERE task_id = ANY(%s::uuid[])", (ids,)
+        )
         assert {r[0] for r in await cur.fetchall()} <= {"b", "c"}
 
 
@@ -268,8 +318,9 @@ async def test_sigkilled_service_loses_no_task_and_runs_none_twice_at_once(
 async def outbox_rows(dsn: str, prefix: str) -> int:
     """Rows of these topics still waiting in the outbox."""
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute("SELECT count(*) FROM outbox WHERE starts_with(topic, %s)",
-                                 (prefix,))
+        cur = await conn.execute(
+            "SELECT count(*) FROM outbox WHERE starts_with(topic, %s)", (prefix,)
+        )
         row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -287,11 +338,17 @@ async def outbox_drained(dsn: str, prefix: str, timeout: float = 90) -> int:
 
 @pytest.mark.parametrize("crash", [False, True], ids=["sigterm", "sigkill"])
 async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
-        agent_dsn: str, own_kafka: Private, executor: Any, tmp_path: Path, crash: bool,
-        ) -> None:
+    agent_dsn: str,
+    own_kafka: Private,
+    executor: Any,
+    tmp_path: Path,
+    crash: bool,
+) -> None:
     prefix = f"b{uuid.uuid4().hex[:8]}."
-    proc = Proc(service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address, "br"),
-                tmp_path / "agent.log")
+    proc = Proc(
+        service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address, "br"),
+        tmp_path / "agent.log",
+    )
     ids: list[str] = []
     try:
         await proc.ready()
@@ -307,16 +364,21 @@ async def test_broker_restart_loses_and_duplicates_no_event_for_consumers(
         waiting = await outbox_drained(agent_dsn, prefix)
     finally:
         proc.stop()
-    assert {t: got[t].status for t in ids} == dict.fromkeys(
-        ids, common_pb2.TASK_STATUS_OK), proc.tail()
+    assert {t: got[t].status for t in ids} == dict.fromkeys(ids, common_pb2.TASK_STATUS_OK), (
+        proc.tail()
+    )
     assert waiting == 0, f"{waiting} events still in the outbox; the agent's log:\n{proc.tail()}"
     # A consumer of the task events (the service's own idempotent consumer) sees each
     # task's QUEUED, RUNNING, OK once, in order, whatever the broker went through.
     await assert_each_state_once(agent_dsn, own_kafka.current.bootstrap, prefix, ids)
 
 
-async def assert_each_state_once(dsn: str, bootstrap: str, prefix: str, ids: list[str],
-                                 ) -> None:
+async def assert_each_state_once(
+    dsn: str,
+    bootstrap: str,
+    prefix: str,
+    ids: list[str],
+) -> None:
     """The task-events topic holds QUEUED, RUNNING, OK for each task, once each, in order."""
     seen: dict[str, list[int]] = collections.defaultdict(list)
     handled: collections.Counter[str] = collections.Counter()
@@ -333,17 +395,25 @@ async def assert_each_state_once(dsn: str, bootstrap: str, prefix: str, ids: lis
     topics = events.Topics(prefix)
     async with db.pool(dsn, max_size=2) as pool:
         consumer = kafka.IdempotentConsumer(
-            name="check", topic=topics.task_events, group=topics.group("check"),
-            bootstrap=bootstrap, pool=pool, handle=handle,
-            dead_letter=topics.dead_letter(topics.task_events))
+            name="check",
+            topic=topics.task_events,
+            group=topics.group("check"),
+            bootstrap=bootstrap,
+            pool=pool,
+            handle=handle,
+            dead_letter=topics.dead_letter(topics.task_events),
+        )
         running = asyncio.create_task(consumer.run())
         with contextlib.suppress(TimeoutError):  # the assertions below show what came
             await asyncio.wait_for(complete.wait(), 90)
         running.cancel()
         with pytest.raises(asyncio.CancelledError):
             await running
-    want = [common_pb2.TASK_STATUS_QUEUED, common_pb2.TASK_STATUS_RUNNING,
-            common_pb2.TASK_STATUS_OK]
+    want = [
+        common_pb2.TASK_STATUS_QUEUED,
+        common_pb2.TASK_STATUS_RUNNING,
+        common_pb2.TASK_STATUS_OK,
+    ]
     assert {t: seen[t] for t in ids} == dict.fromkeys(ids, want)
     assert set(handled.values()) == {1}
 
@@ -355,8 +425,9 @@ def empty_dsn(postgres: Postgres) -> Iterator[str]:
         yield dsn
 
 
-async def test_drain_publishes_what_is_committed(empty_dsn: str, kafka: Kafka,
-                                                 topic_reader: Any) -> None:
+async def test_drain_publishes_what_is_committed(
+    empty_dsn: str, kafka: Kafka, topic_reader: Any
+) -> None:
     """At shutdown the publisher sends every committed row before it returns."""
     dsn = empty_dsn
     topic = f"drain{uuid.uuid4().hex[:8]}.task.events"
@@ -364,9 +435,16 @@ async def test_drain_publishes_what_is_committed(empty_dsn: str, kafka: Kafka,
     async with db.pool(dsn, max_size=2) as pool:
         async with pool.connection() as conn, conn.transaction():
             for i in range(5):
-                await outbox.add(conn, topic=topic, env=events.envelope(
-                    type_="aion.test", tenant=TENANT, subject="s",
-                    data=events_pb2.TaskStateChanged(task_id=str(i))))
+                await outbox.add(
+                    conn,
+                    topic=topic,
+                    env=events.envelope(
+                        type_="aion.test",
+                        tenant=TENANT,
+                        subject="s",
+                        data=events_pb2.TaskStateChanged(task_id=str(i)),
+                    ),
+                )
         left = await outbox.Publisher(pool=pool, bootstrap=kafka.bootstrap).drain(30)
     records = await topic_reader(kafka.bootstrap, topic, until=lambda r: len(r) >= 5)
     assert left == 0
@@ -375,10 +453,13 @@ async def test_drain_publishes_what_is_committed(empty_dsn: str, kafka: Kafka,
 
 
 async def test_a_stop_with_the_broker_down_leaves_the_outbox_to_the_next_replica(
-        agent_dsn: str, own_kafka: Private, executor: Any, tmp_path: Path) -> None:
+    agent_dsn: str, own_kafka: Private, executor: Any, tmp_path: Path
+) -> None:
     prefix = f"d{uuid.uuid4().hex[:8]}."
-    first = Proc(service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address,
-                             "d1"), tmp_path / "first.log")
+    first = Proc(
+        service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address, "d1"),
+        tmp_path / "first.log",
+    )
     second: Proc | None = None
     try:
         await first.ready()
@@ -391,8 +472,10 @@ async def test_a_stop_with_the_broker_down_leaves_the_outbox_to_the_next_replica
         assert first.process.returncode == 0, first.tail()
         assert "rows left for the next replica" in first.log.read_text(), first.tail()
         await asyncio.to_thread(own_kafka.start)
-        second = Proc(service_env(agent_dsn, own_kafka.current.bootstrap, prefix,
-                                  executor.address, "d2"), tmp_path / "second.log")
+        second = Proc(
+            service_env(agent_dsn, own_kafka.current.bootstrap, prefix, executor.address, "d2"),
+            tmp_path / "second.log",
+        )
         await second.ready()
         waiting = await outbox_drained(agent_dsn, prefix)
         assert waiting == 0, second.tail()
@@ -428,7 +511,8 @@ async def _calls_during_outage(target: str, task_id: str) -> list[tuple[grpc.Sta
 
 
 async def test_postgres_restart_the_service_reconnects_and_carries_on(
-        own_postgres: Private, kafka: Kafka, executor: Any, tmp_path: Path) -> None:
+    own_postgres: Private, kafka: Kafka, executor: Any, tmp_path: Path
+) -> None:
     prefix = f"p{uuid.uuid4().hex[:8]}."
     env = service_env(own_postgres.current.dsn, kafka.bootstrap, prefix, executor.address, "pg")
     proc = Proc(env, tmp_path / "agent.log")
@@ -436,8 +520,10 @@ async def test_postgres_restart_the_service_reconnects_and_carries_on(
         await proc.ready()
         await register(proc.target, executor.address)
         before = [await submit(proc.target, f"before {i}") for i in range(3)]
-        assert all(r.status == common_pb2.TASK_STATUS_OK
-                   for r in (await results(proc.target, before)).values()), proc.tail()
+        assert all(
+            r.status == common_pb2.TASK_STATUS_OK
+            for r in (await results(proc.target, before)).values()
+        ), proc.tail()
         executor.release.clear()
         in_flight = await submit(proc.target, "slow in flight")
         loop = asyncio.get_running_loop()
@@ -457,9 +543,9 @@ async def test_postgres_restart_the_service_reconnects_and_carries_on(
         executor.release.set()
         proc.stop()
     assert {t: r.status for t, r in got.items()} == dict.fromkeys(
-        [*before, in_flight, *after], common_pb2.TASK_STATUS_OK), proc.tail()
+        [*before, in_flight, *after], common_pb2.TASK_STATUS_OK
+    ), proc.tail()
     assert got[after[0]].output == "after 0 "
     assert [code for code, _ in outage] == [grpc.StatusCode.UNAVAILABLE] * 3, outage
     assert all("database is unreachable" in text for _, text in outage), outage
     assert got[in_flight].output == "slow in flight "
-

@@ -33,36 +33,53 @@ def bomb(depth: int) -> str:
     """The security review's alias bomb (H3): nested aliases, fan-out 9."""
     lines = ['x0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     lines += [f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, depth + 1)]
-    lines.append("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: x}\nspec:\n"
-                 f"  model: {{name: m}}\n  instructions: *a{depth}")
+    lines.append(
+        "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: x}\nspec:\n"
+        f"  model: {{name: m}}\n  instructions: *a{depth}"
+    )
     return "\n".join(lines)
 
 
 def manifest(name: str, **spec: str) -> str:
     extra = "".join(f"\n  {k}: {v}" for k, v in spec.items())
-    return (f"apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {{name: {name}}}\n"
-            f"spec:\n  model: {{name: m}}{extra}\n")
+    return (
+        f"apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {{name: {name}}}\n"
+        f"spec:\n  model: {{name: m}}{extra}\n"
+    )
 
 
 @pytest.fixture(scope="module")
 async def service(new_service: Callable[..., Any]) -> AsyncIterator[Any]:
     """A service with a small per-tenant limit, and retention that runs often."""
-    async with new_service(max_running_per_tenant=CAP, max_concurrent_tasks=4,
-                           retention_interval_s=0.5, task_retention_s=3600.0,
-                           processed_event_retention_s=3600.0) as svc:
+    async with new_service(
+        max_running_per_tenant=CAP,
+        max_concurrent_tasks=4,
+        retention_interval_s=0.5,
+        task_retention_s=3600.0,
+        processed_event_retention_s=3600.0,
+    ) as svc:
         yield svc
 
 
 async def register(stub: Stub, tenant: str, address: str) -> None:
-    await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-        tenant=tenant, agent=agents_pb2.Agent(name="echo", model="m"), instructions="Echo.",
-        executor_endpoints=[address]))
+    await stub.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(
+            tenant=tenant,
+            agent=agents_pb2.Agent(name="echo", model="m"),
+            instructions="Echo.",
+            executor_endpoints=[address],
+        )
+    )
 
 
-def run(tenant: str, text: str, *, asynchronous: bool = False,
-        key: str = "") -> agent_pb2.RunRequest:
-    return agent_pb2.RunRequest(tenant=tenant, asynchronous=asynchronous, task=tasks_pb2.TaskSpec(
-        agent="echo", input=text, idempotency_key=key))
+def run(
+    tenant: str, text: str, *, asynchronous: bool = False, key: str = ""
+) -> agent_pb2.RunRequest:
+    return agent_pb2.RunRequest(
+        tenant=tenant,
+        asynchronous=asynchronous,
+        task=tasks_pb2.TaskSpec(agent="echo", input=text, idempotency_key=key),
+    )
 
 
 async def rows(dsn: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -84,50 +101,79 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 30) -> Non
 
 # -- inputs ---------------------------------------------------------------------------
 async def test_the_alias_bomb_is_refused_fast_and_registers_nothing(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     tenant = _tenant()
     started = time.perf_counter()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
-            tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=bomb(8))), timeout=30)
+        await stub.ApplyAgents(
+            agent_pb2.ApplyAgentsRequest(
+                tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=bomb(8))
+            ),
+            timeout=30,
+        )
     took = time.perf_counter() - started
     print(f"alias bomb (depth 8, {len(bomb(8))} bytes) refused in {took * 1000:.1f} ms")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "aliases" in (info.value.details() or "")
     assert errors.from_rpc_error(info.value).field == "manifest"
-    assert await rows(service.cfg.postgres_dsn.get_secret_value(),
-                      "SELECT name FROM agents WHERE tenant = %s", tenant) == []
+    assert (
+        await rows(
+            service.cfg.postgres_dsn.get_secret_value(),
+            "SELECT name FROM agents WHERE tenant = %s",
+            tenant,
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize(("text", "says"), [
-    ("# " + "x" * (256 * 1024), "bytes; the limit is"),
-    (manifest("big", maxTokens="100000"), "spec.maxTokens is 100000"),
-    (manifest("bad", instructions="[" + ",".join(["1"] * 5000) + "]"), "spec.instructions"),
-    (manifest("ok") + "---\n" + manifest("Not_A_Name"), "metadata.name"),
-    ("key: &anchor value\n", "anchors"),
-])
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("# " + "x" * (256 * 1024), "bytes; the limit is"),
+        (manifest("big", maxTokens="100000"), "spec.maxTokens is 100000"),
+        (manifest("bad", instructions="[" + ",".join(["1"] * 5000) + "]"), "spec.instructions"),
+        (manifest("ok") + "---\n" + manifest("Not_A_Name"), "metadata.name"),
+        ("key: &anchor value\n", "anchors"),
+    ],
+)
 async def test_bad_manifests_are_invalid_argument_saying_what_to_fix(
-        stub: Stub, service: Any, text: str, says: str) -> None:
+    stub: Stub, service: Any, text: str, says: str
+) -> None:
     tenant = _tenant()
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ApplyAgents(agent_pb2.ApplyAgentsRequest(
-            tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=text)), timeout=30)
+        await stub.ApplyAgents(
+            agent_pb2.ApplyAgentsRequest(
+                tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=text)
+            ),
+            timeout=30,
+        )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = info.value.details() or ""
     assert says in details
     assert len(details) < 2000  # bounded, whatever the input
-    assert await rows(service.cfg.postgres_dsn.get_secret_value(),
-                      "SELECT name FROM agents WHERE tenant = %s", tenant) == []
+    assert (
+        await rows(
+            service.cfg.postgres_dsn.get_secret_value(),
+            "SELECT name FROM agents WHERE tenant = %s",
+            tenant,
+        )
+        == []
+    )
 
 
-@pytest.mark.parametrize(("text", "key", "field"), [
-    ("x" * 101, "", "task.input"),  # the suite's max_input_chars is 100
-    ("hi", "k" * 257, "task.idempotency_key"),
-    ("hi", "k" * 6000, "task.idempotency_key"),  # once UNAVAILABLE "retry shortly" (L6)
-])
+@pytest.mark.parametrize(
+    ("text", "key", "field"),
+    [
+        ("x" * 101, "", "task.input"),  # the suite's max_input_chars is 100
+        ("hi", "k" * 257, "task.idempotency_key"),
+        ("hi", "k" * 6000, "task.idempotency_key"),  # once UNAVAILABLE "retry shortly" (L6)
+    ],
+)
 @pytest.mark.parametrize("asynchronous", [False, True])
 async def test_oversized_inputs_are_invalid_argument_and_write_nothing(
-        stub: Stub, service: Any, text: str, key: str, field: str, asynchronous: bool) -> None:
+    stub: Stub, service: Any, text: str, key: str, field: str, asynchronous: bool
+) -> None:
     tenant = _tenant()
     await register(stub, tenant, service.executor.address)
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -139,7 +185,8 @@ async def test_oversized_inputs_are_invalid_argument_and_write_nothing(
 
 # -- per-tenant limit and callers that leave -------------------------------------------
 async def test_a_tenant_at_its_limit_is_refused_while_another_runs_and_leaving_frees_slots(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     dsn = service.cfg.postgres_dsn.get_secret_value()
     a, b = _tenant(), _tenant()
     for t in (a, b):
@@ -151,6 +198,7 @@ async def test_a_tenant_at_its_limit_is_refused_while_another_runs_and_leaving_f
 
     async def a_full() -> bool:
         return list((await states(dsn, a)).values()) == ["RUNNING"] * CAP
+
     await until(a_full, "tenant A to run its limit")
 
     with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -171,13 +219,15 @@ async def test_a_tenant_at_its_limit_is_refused_while_another_runs_and_leaving_f
 
     async def a_canceled() -> bool:
         return list((await states(dsn, a)).values()) == ["CANCELED"] * CAP
+
     await until(a_canceled, "tenant A's abandoned tasks to end CANCELED")
     again = await stub.Submit(run(a, "room again"), timeout=20)
     assert again.result.status == common_pb2.TASK_STATUS_OK
 
 
 async def test_a_caller_given_an_existing_task_does_not_cancel_it_by_leaving(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     dsn = service.cfg.postgres_dsn.get_secret_value()
     tenant = _tenant()
     await register(stub, tenant, service.executor.address)
@@ -192,6 +242,7 @@ async def test_a_caller_given_an_existing_task_does_not_cancel_it_by_leaving(
 
     async def canceled() -> bool:
         return list((await states(dsn, tenant)).values()) == ["CANCELED"]
+
     await until(canceled, "the task to end CANCELED once its own caller left")
 
 
@@ -200,16 +251,16 @@ async def test_an_asynchronous_task_survives_its_caller(stub: Stub, service: Any
     tenant = _tenant()
     await register(stub, tenant, service.executor.address)
     submitted = await stub.Submit(run(tenant, "hang", asynchronous=True), timeout=10)
-    follow = stub.Follow(agent_pb2.TaskRef(tenant=tenant, task_id=submitted.task_id),
-                         timeout=30)
+    follow = stub.Follow(agent_pb2.TaskRef(tenant=tenant, task_id=submitted.task_id), timeout=30)
     async for event in follow:
         if event.WhichOneof("event") == "token":
             break
     follow.cancel()
     await asyncio.sleep(1.5)  # past a few heartbeats
     assert (await states(dsn, tenant))[submitted.task_id] == "RUNNING"
-    result = await stub.CancelTask(agent_pb2.TaskRef(tenant=tenant, task_id=submitted.task_id),
-                                   timeout=20)
+    result = await stub.CancelTask(
+        agent_pb2.TaskRef(tenant=tenant, task_id=submitted.task_id), timeout=20
+    )
     assert result.status == common_pb2.TASK_STATUS_CANCELED
 
 
@@ -219,12 +270,15 @@ async def test_queued_tasks_of_a_tenant_wait_for_its_limit(stub: Stub, service: 
     await register(stub, tenant, service.executor.address)
     service.executor.release.clear()
     try:
-        ids = [(await stub.Submit(run(tenant, f"slow {i}", asynchronous=True),
-                                  timeout=10)).task_id for i in range(5)]
+        ids = [
+            (await stub.Submit(run(tenant, f"slow {i}", asynchronous=True), timeout=10)).task_id
+            for i in range(5)
+        ]
 
         async def capped() -> bool:
             got = list((await states(dsn, tenant)).values())
             return got.count("RUNNING") == CAP and got.count("QUEUED") == 5 - CAP
+
         await until(capped, "the tenant's limit to hold its queued tasks")
         await asyncio.sleep(1.5)  # several dispatcher polls: still no more than its limit
         assert await capped()
@@ -233,11 +287,13 @@ async def test_queued_tasks_of_a_tenant_wait_for_its_limit(stub: Stub, service: 
 
     async def all_ok() -> bool:
         return list((await states(dsn, tenant)).values()) == ["OK"] * len(ids)
+
     await until(all_ok, "every queued task to run")
 
 
 async def test_queued_work_is_shared_fairly_between_tenants(
-        new_service: Callable[..., Any]) -> None:
+    new_service: Callable[..., Any],
+) -> None:
     # No per-tenant limit in the way here: two slots, and tenant A queues 50 tasks first.
     async with new_service(max_concurrent_tasks=2, max_running_per_tenant=100) as svc:
         dsn = svc.cfg.postgres_dsn.get_secret_value()
@@ -253,22 +309,24 @@ async def test_queued_work_is_shared_fairly_between_tenants(
 
                 async def a_fills() -> bool:
                     return list((await states(dsn, a)).values()).count("RUNNING") == 2
+
                 await until(a_fills, "tenant A to fill both slots")
-                task_b = (await stub.Submit(run(b, "slow b", asynchronous=True),
-                                            timeout=10)).task_id
+                task_b = (
+                    await stub.Submit(run(b, "slow b", asynchronous=True), timeout=10)
+                ).task_id
                 await asyncio.sleep(1.0)  # B's record is consumed and B is ready
             finally:
                 svc.executor.release.set()
 
             async def drained() -> bool:
-                got = list((await states(dsn, a)).values()) + list(
-                    (await states(dsn, b)).values())
+                got = list((await states(dsn, a)).values()) + list((await states(dsn, b)).values())
                 return got == ["OK"] * 51
+
             await until(drained, "all 51 tasks to run", timeout=120)
-        (b_started,), = await rows(dsn, "SELECT started_at FROM tasks WHERE id = %s", task_b)
-        (later,), = await rows(
-            dsn, "SELECT count(*) FROM tasks WHERE tenant = %s AND started_at > %s", a,
-            b_started)
+        ((b_started,),) = await rows(dsn, "SELECT started_at FROM tasks WHERE id = %s", task_b)
+        ((later,),) = await rows(
+            dsn, "SELECT count(*) FROM tasks WHERE tenant = %s AND started_at > %s", a, b_started
+        )
     # B ran in one of the first slots freed, not after A's queue: A's 48 waiting tasks
     # but at most one more (a slot freed while B's record was on its way) started after.
     assert later >= 46, f"only {later} of tenant A's tasks started after tenant B's"
@@ -276,7 +334,8 @@ async def test_queued_work_is_shared_fairly_between_tenants(
 
 # -- retention ------------------------------------------------------------------------
 async def test_retention_deletes_old_finished_tasks_with_their_events_and_steps(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     dsn = service.cfg.postgres_dsn.get_secret_value()
     tenant = _tenant()
     await register(stub, tenant, service.executor.address)
@@ -286,35 +345,42 @@ async def test_retention_deletes_old_finished_tasks_with_their_events_and_steps(
 
     async def is_running() -> bool:
         return (await states(dsn, tenant)).get(running) == "RUNNING"
+
     await until(is_running, "the hanging task to run")
     assert (await rows(dsn, "SELECT count(*) FROM task_events WHERE task_id = %s", old))[0][0]
     assert (await rows(dsn, "SELECT count(*) FROM task_steps WHERE task_id = %s", old))[0][0]
     gone_event, kept_event = f"old-{uuid.uuid4()}", f"new-{uuid.uuid4()}"
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        await conn.execute("UPDATE tasks SET finished_at = now() - interval '2 hours',"
-                           " created_at = now() - interval '2 hours' WHERE id = %s", (old,))
+        await conn.execute(
+            "UPDATE tasks SET finished_at = now() - interval '2 hours',"
+            " created_at = now() - interval '2 hours' WHERE id = %s",
+            (old,),
+        )
         # Created long ago but still running: kept.
-        await conn.execute("UPDATE tasks SET created_at = now() - interval '2 hours'"
-                           " WHERE id = %s", (running,))
+        await conn.execute(
+            "UPDATE tasks SET created_at = now() - interval '2 hours' WHERE id = %s", (running,)
+        )
         await conn.execute(
             "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES"
             " ('test', %s, now() - interval '2 hours'), ('test', %s, now())",
-            (gone_event, kept_event))
+            (gone_event, kept_event),
+        )
         await conn.commit()
 
     async def purged() -> bool:
         return old not in await states(dsn, tenant)
+
     await until(purged, "retention to delete the old task")
     assert set(await states(dsn, tenant)) == {recent, running}
     for table in ("task_events", "task_steps"):
-        assert (await rows(dsn, f"SELECT count(*) FROM {table} WHERE task_id = %s",
-                           old))[0][0] == 0
-        assert (await rows(dsn, f"SELECT count(*) FROM {table} WHERE task_id = %s",
-                           recent))[0][0] > 0
+        assert (await rows(dsn, f"SELECT count(*) FROM {table} WHERE task_id = %s", old))[0][0] == 0
+        assert (await rows(dsn, f"SELECT count(*) FROM {table} WHERE task_id = %s", recent))[0][
+            0
+        ] > 0
 
     async def events_pruned() -> bool:
-        return not await rows(dsn, "SELECT 1 FROM processed_events WHERE event_id = %s",
-                              gone_event)
+        return not await rows(dsn, "SELECT 1 FROM processed_events WHERE event_id = %s", gone_event)
+
     await until(events_pruned, "retention to prune the old processed-event record")
     assert await rows(dsn, "SELECT 1 FROM processed_events WHERE event_id = %s", kept_event)
     await stub.CancelTask(agent_pb2.TaskRef(tenant=tenant, task_id=running), timeout=20)

@@ -21,8 +21,9 @@ Reply = Callable[[model.ModelCall], list[str]]
 class FakeBackend:
     """A model backend whose replies are scripted; records every call."""
 
-    def __init__(self, name: str, reply: Reply, *, price: float = 0.0,
-                 fail: errors.AionError | None = None) -> None:
+    def __init__(
+        self, name: str, reply: Reply, *, price: float = 0.0, fail: errors.AionError | None = None
+    ) -> None:
         self.name = name
         self.calls: list[model.ModelCall] = []
         self._reply = reply
@@ -42,8 +43,9 @@ class FakeBackend:
         words = self._reply(call)
         for word in words:
             yield model.Chunk(text=word)
-        yield model.Chunk(prompt_tokens=len(call.messages), completion_tokens=len(words),
-                          final=True)
+        yield model.Chunk(
+            prompt_tokens=len(call.messages), completion_tokens=len(words), final=True
+        )
 
 
 class FakeKnowledge:
@@ -52,8 +54,9 @@ class FakeKnowledge:
     def __init__(self) -> None:
         self.searches: list[tuple[str, str, str]] = []
 
-    async def search(self, *, tenant: str, knowledge_base: str, query: str, top_k: int,
-                     timeout: float) -> list[str]:
+    async def search(
+        self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
+    ) -> list[str]:
         self.searches.append((tenant, knowledge_base, query))
         return [f"{knowledge_base} passage {i}" for i in range(2)][:top_k]
 
@@ -108,24 +111,51 @@ def echo(call: model.ModelCall) -> list[str]:
 
 
 def agent(**overrides: object) -> model.AgentRecord:
-    values: dict[str, object] = {"tenant": "t", "name": "helper", "model": "local-model",
-                                 "executor_endpoints": ("pod:1",), "max_tokens": 64}
+    values: dict[str, object] = {
+        "tenant": "t",
+        "name": "helper",
+        "model": "local-model",
+        "executor_endpoints": ("pod:1",),
+        "max_tokens": 64,
+    }
     values.update(overrides)
     return model.AgentRecord(**values)  # type: ignore[arg-type]
 
 
-def request(text: str = "hello there", *, route: privacy.Route = privacy.Route.LOCAL,
-            max_tokens: int | None = None) -> agent_loop.Request:
-    return agent_loop.Request(tenant="t", input=text, max_tokens=max_tokens, temperature=0.5,
-                              seed=7, route=route, timeout_s=30.0, task_id="task-1",
-                              attempt=2)
+def request(
+    text: str = "hello there",
+    *,
+    route: privacy.Route = privacy.Route.LOCAL,
+    max_tokens: int | None = None,
+) -> agent_loop.Request:
+    return agent_loop.Request(
+        tenant="t",
+        input=text,
+        max_tokens=max_tokens,
+        temperature=0.5,
+        seed=7,
+        route=route,
+        timeout_s=30.0,
+        task_id="task-1",
+        attempt=2,
+    )
 
 
-def loop_with(*, local: FakeBackend, api: FakeBackend | None = None,
-              knowledge: FakeKnowledge | None = None, top_k: int = 0,
-              agents: FakeAgents | None = None) -> agent_loop.AgentLoop:
-    return agent_loop.AgentLoop(local=local, api=api, knowledge=knowledge or FakeKnowledge(),
-                                agents=agents or FakeAgents(), retrieval_top_k=top_k)
+def loop_with(
+    *,
+    local: FakeBackend,
+    api: FakeBackend | None = None,
+    knowledge: FakeKnowledge | None = None,
+    top_k: int = 0,
+    agents: FakeAgents | None = None,
+) -> agent_loop.AgentLoop:
+    return agent_loop.AgentLoop(
+        local=local,
+        api=api,
+        knowledge=knowledge or FakeKnowledge(),
+        agents=agents or FakeAgents(),
+        retrieval_top_k=top_k,
+    )
 
 
 async def test_a_run_streams_tokens_and_records_the_model_step() -> None:
@@ -140,7 +170,11 @@ async def test_a_run_streams_tokens_and_records_the_model_step() -> None:
     assert (rec.prompt_tokens, rec.completion_tokens, rec.cost_usd) == (2, 2, 0.0)
     [call] = local.calls
     assert (call.model, call.endpoints, call.temperature, call.seed) == (
-        "local-model", ("pod:1",), 0.5, 7)
+        "local-model",
+        ("pod:1",),
+        0.5,
+        7,
+    )
     assert (call.task_id, call.attempt) == ("task-1", 2)
     assert call.messages[0] == ("system", "You are a helpful assistant.")
 
@@ -157,8 +191,9 @@ async def test_max_tokens_is_the_tasks_else_the_agents() -> None:
 async def test_a_local_only_agent_runs_local_whatever_the_route(route: privacy.Route) -> None:
     local, api = FakeBackend("local-model", echo), FakeBackend("api-model", echo, price=1.0)
     sink = RecordingSink()
-    await loop_with(local=local, api=api).run(agent(privacy=privacy.Privacy.LOCAL_ONLY),
-                                              request(route=route), sink)
+    await loop_with(local=local, api=api).run(
+        agent(privacy=privacy.Privacy.LOCAL_ONLY), request(route=route), sink
+    )
     assert len(local.calls) == 1
     assert api.calls == []
     assert sink.steps[0].cost_usd == 0.0
@@ -167,8 +202,9 @@ async def test_a_local_only_agent_runs_local_whatever_the_route(route: privacy.R
 async def test_an_allow_api_agent_takes_the_api_route_and_pays_for_it() -> None:
     local, api = FakeBackend("local-model", echo), FakeBackend("api-model", echo, price=0.5)
     sink = RecordingSink()
-    await loop_with(local=local, api=api).run(agent(privacy=privacy.Privacy.ALLOW_API),
-                                              request(route=privacy.Route.API), sink)
+    await loop_with(local=local, api=api).run(
+        agent(privacy=privacy.Privacy.ALLOW_API), request(route=privacy.Route.API), sink
+    )
     assert local.calls == []
     [rec] = sink.steps
     assert (rec.name, rec.cost_usd) == ("api-model", 2.0)  # 2 + 2 tokens at 0.5
@@ -177,8 +213,10 @@ async def test_an_allow_api_agent_takes_the_api_route_and_pays_for_it() -> None:
 async def test_the_api_route_without_a_provider_says_what_to_set() -> None:
     with pytest.raises(errors.FailedPrecondition, match="AION_AGENT_PROVIDER_BASE_URL"):
         await loop_with(local=FakeBackend("local-model", echo)).run(
-            agent(privacy=privacy.Privacy.ALLOW_API), request(route=privacy.Route.API),
-            RecordingSink())
+            agent(privacy=privacy.Privacy.ALLOW_API),
+            request(route=privacy.Route.API),
+            RecordingSink(),
+        )
 
 
 async def test_hybrid_falls_back_to_the_api_when_local_fails_before_answering() -> None:
@@ -186,7 +224,8 @@ async def test_hybrid_falls_back_to_the_api_when_local_fails_before_answering() 
     api = FakeBackend("api-model", echo)
     sink = RecordingSink()
     answer = await loop_with(local=local, api=api).run(
-        agent(privacy=privacy.Privacy.HYBRID), request(route=privacy.Route.HYBRID), sink)
+        agent(privacy=privacy.Privacy.HYBRID), request(route=privacy.Route.HYBRID), sink
+    )
     assert answer == "hello there "
     assert (len(local.calls), len(api.calls)) == (1, 1)
     assert sink.steps[0].name == "api-model"
@@ -201,7 +240,8 @@ async def test_a_failing_backend_ends_the_run_with_its_error() -> None:
 async def test_retrieved_passages_go_into_the_system_prompt() -> None:
     local, knowledge = FakeBackend("local-model", echo), FakeKnowledge()
     await loop_with(local=local, knowledge=knowledge, top_k=3).run(
-        agent(knowledge_bases=("docs", "faq")), request("what is aion"), RecordingSink())
+        agent(knowledge_bases=("docs", "faq")), request("what is aion"), RecordingSink()
+    )
     assert knowledge.searches == [("t", "docs", "what is aion"), ("t", "faq", "what is aion")]
     system = local.calls[0].messages[0][1]
     assert "docs passage 0\n\ndocs passage 1\n\nfaq passage 0" in system
@@ -221,16 +261,23 @@ def calls_then_answers(tool: str, arguments: dict[str, object]) -> Reply:
 
 
 async def test_a_tool_call_runs_the_tool_and_feeds_its_result_back() -> None:
-    local, knowledge = FakeBackend("local-model", calls_then_answers(
-        "knowledge_search", {"query": "pricing", "top_k": 1})), FakeKnowledge()
+    local, knowledge = (
+        FakeBackend(
+            "local-model", calls_then_answers("knowledge_search", {"query": "pricing", "top_k": 1})
+        ),
+        FakeKnowledge(),
+    )
     sink = RecordingSink()
     answer = await loop_with(local=local, knowledge=knowledge).run(
-        agent(knowledge_bases=("docs",), tools=("knowledge_search",)), request(), sink)
+        agent(knowledge_bases=("docs",), tools=("knowledge_search",)), request(), sink
+    )
     assert answer == "answer: docs passage 0"
     assert knowledge.searches == [("t", "docs", "pricing")]
     assert [(r.step, r.kind, r.name) for r in sink.steps] == [
-        (1, "model", "local-model"), (2, "tool", "knowledge_search"),
-        (3, "model", "local-model")]
+        (1, "model", "local-model"),
+        (2, "tool", "knowledge_search"),
+        (3, "model", "local-model"),
+    ]
     assert sink.steps[1].input == {"query": "pricing", "top_k": 1}
     assert sink.steps[1].output == "docs passage 0"
     assert "knowledge_search" in local.calls[0].messages[0][1]  # the tools prompt
@@ -241,19 +288,26 @@ async def test_an_unknown_tool_is_a_failed_step_and_an_invalid_argument() -> Non
     sink = RecordingSink()
     with pytest.raises(errors.InvalidArgument, match="tool 'nope'"):
         await loop_with(local=local).run(
-            agent(knowledge_bases=("docs",), tools=("knowledge_search",)), request(), sink)
+            agent(knowledge_bases=("docs",), tools=("knowledge_search",)), request(), sink
+        )
     assert sink.steps[-1].kind == "tool"
     assert sink.steps[-1].error is not None
 
 
 async def test_an_agent_called_as_a_tool_adds_its_cost_to_the_callers_step() -> None:
-    local = FakeBackend("local-model", lambda call: (
-        calls_then_answers("agent_other", {"input": "sub task"})(call)
-        if any(c == "the main task" for _, c in call.messages) else echo(call)))
+    local = FakeBackend(
+        "local-model",
+        lambda call: (
+            calls_then_answers("agent_other", {"input": "sub task"})(call)
+            if any(c == "the main task" for _, c in call.messages)
+            else echo(call)
+        ),
+    )
     other = agent(name="other")
     sink = RecordingSink()
     answer = await loop_with(local=local, agents=FakeAgents(other)).run(
-        agent(tools=("agent:other",)), request("the main task"), sink)
+        agent(tools=("agent:other",)), request("the main task"), sink
+    )
     assert answer == "answer: sub task "
     tool = sink.steps[1]
     assert (tool.kind, tool.name, tool.output) == ("tool", "agent_other", "sub task ")
@@ -261,11 +315,15 @@ async def test_an_agent_called_as_a_tool_adds_its_cost_to_the_callers_step() -> 
 
 
 async def test_a_run_that_never_answers_stops_at_the_step_limit() -> None:
-    local = FakeBackend("local-model", lambda call: [json.dumps(
-        {"tool": "knowledge_search", "arguments": {"query": "again"}})])
+    local = FakeBackend(
+        "local-model",
+        lambda call: [json.dumps({"tool": "knowledge_search", "arguments": {"query": "again"}})],
+    )
     sink = RecordingSink()
     with pytest.raises(errors.FailedPrecondition, match="2 model calls"):
         await loop_with(local=local).run(
             agent(knowledge_bases=("docs",), tools=("knowledge_search",), max_steps=2),
-            request(), sink)
+            request(),
+            sink,
+        )
     assert [r.kind for r in sink.steps] == ["model", "tool", "model", "tool"]

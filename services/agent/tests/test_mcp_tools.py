@@ -81,14 +81,23 @@ def _box(refs: list[mcp_tools.ServerRef], timeout_s: float = 10) -> mcp_tools.To
 
 
 def test_tool_entries_name_servers_and_allowed_tools() -> None:
-    refs = mcp_tools.servers(["knowledge_search", "mcp:http://a/mcp#x", "mcp:http://a/mcp#y",
-                              "mcp:http://b/mcp", "mcp:http://b/mcp#z", "agent:other"])
-    assert refs == [mcp_tools.ServerRef("http://a/mcp", frozenset({"x", "y"})),
-                    mcp_tools.ServerRef("http://b/mcp", None)]
+    refs = mcp_tools.servers(
+        [
+            "knowledge_search",
+            "mcp:http://a/mcp#x",
+            "mcp:http://a/mcp#y",
+            "mcp:http://b/mcp",
+            "mcp:http://b/mcp#z",
+            "agent:other",
+        ]
+    )
+    assert refs == [
+        mcp_tools.ServerRef("http://a/mcp", frozenset({"x", "y"})),
+        mcp_tools.ServerRef("http://b/mcp", None),
+    ]
 
 
-async def test_the_toolbox_lists_allowed_tools_with_their_schemas(
-        tool_server: ToolServer) -> None:
+async def test_the_toolbox_lists_allowed_tools_with_their_schemas(tool_server: ToolServer) -> None:
     refs = [mcp_tools.ServerRef(tool_server.url, frozenset({"add", "missing"}))]
     async with _box(refs) as box:
         assert sorted(box.tools) == ["add"]
@@ -123,8 +132,9 @@ async def test_failures_are_the_calls_error_never_an_exception(tool_server: Tool
 
 async def test_a_server_that_is_down_or_not_http_is_left_out() -> None:
     down = f"http://127.0.0.1:{suite.free_port()}/mcp"
-    async with _box([mcp_tools.ServerRef(down, None),
-                     mcp_tools.ServerRef("ftp://files/mcp", None)], timeout_s=5) as box:
+    async with _box(
+        [mcp_tools.ServerRef(down, None), mcp_tools.ServerRef("ftp://files/mcp", None)], timeout_s=5
+    ) as box:
         assert box.tools == {}
     assert box.failures[0][0] == down
     assert "cannot list its tools" in box.failures[0][1]
@@ -137,38 +147,57 @@ async def mcp_agents(service: Any, tool_server: ToolServer) -> None:
     """Agents whose tools are the MCP server's ``add``, and a server that is down."""
     async with agent_testing.channel(service.address) as chan:
         stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
-        for name, tools in (("calc", [f"mcp:{tool_server.url}#add"]),
-                            ("stranded", [f"mcp:http://127.0.0.1:{suite.free_port()}/mcp"])):
-            await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-                tenant=TENANT, agent=agents_pb2.Agent(name=name, model="m"),
-                executor_endpoints=[service.executor.address], tools=tools))
+        for name, tools in (
+            ("calc", [f"mcp:{tool_server.url}#add"]),
+            ("stranded", [f"mcp:http://127.0.0.1:{suite.free_port()}/mcp"]),
+        ):
+            await stub.RegisterAgent(
+                agent_pb2.RegisterAgentRequest(
+                    tenant=TENANT,
+                    agent=agents_pb2.Agent(name=name, model="m"),
+                    executor_endpoints=[service.executor.address],
+                    tools=tools,
+                )
+            )
 
 
 async def _run(stub: Stub, agent: str, text: str) -> common_pb2.TaskResult:
-    events = [e async for e in stub.Run(agent_pb2.RunRequest(
-        tenant=TENANT, task=tasks_pb2.TaskSpec(agent=agent, input=text)), timeout=60)]
+    events = [
+        e
+        async for e in stub.Run(
+            agent_pb2.RunRequest(tenant=TENANT, task=tasks_pb2.TaskSpec(agent=agent, input=text)),
+            timeout=60,
+        )
+    ]
     assert events[-1].WhichOneof("event") == "done", events[-1]
     return events[-1].done.result
 
 
 async def _steps(service: Any, task_id: str) -> list[tuple[int, str, str, str, str | None]]:
     async with await psycopg.AsyncConnection.connect(
-            service.cfg.postgres_dsn.get_secret_value()) as conn:
+        service.cfg.postgres_dsn.get_secret_value()
+    ) as conn:
         cur = await conn.execute(
             "SELECT step, kind, name, output, error FROM task_steps WHERE task_id = %s"
-            " ORDER BY step", (task_id,))
+            " ORDER BY step",
+            (task_id,),
+        )
         return [tuple(row) for row in await cur.fetchall()]
 
 
 @pytest.mark.usefixtures("mcp_agents")
-async def test_an_agent_calls_an_mcp_tool_as_a_step(stub: Stub, service: Any,
-                                                    tool_server: ToolServer) -> None:
+async def test_an_agent_calls_an_mcp_tool_as_a_step(
+    stub: Stub, service: Any, tool_server: ToolServer
+) -> None:
     result = await _run(stub, "calc", 'call:add {"a": 20, "b": 22}')
     assert result.status == common_pb2.TASK_STATUS_OK
     assert result.output == "answer: 42"
     steps = await _steps(service, result.task_id)
-    assert [(s[0], s[1], s[2]) for s in steps] == [(1, "model", "m"), (2, "tool", "add"),
-                                                   (3, "model", "m")]
+    assert [(s[0], s[1], s[2]) for s in steps] == [
+        (1, "model", "m"),
+        (2, "tool", "add"),
+        (3, "model", "m"),
+    ]
     assert (steps[1][3], steps[1][4]) == ("42", None)
     assert tool_server.calls[-1][1][mcp_tools.TENANT_META] == TENANT
     assert tool_server.calls[-1][1][mcp_tools.IDEMPOTENCY_META] == f"{result.task_id}:mcp:1"
@@ -179,7 +208,8 @@ async def test_an_agent_calls_an_mcp_tool_as_a_step(stub: Stub, service: Any,
 
 @pytest.mark.usefixtures("mcp_agents")
 async def test_arguments_that_violate_the_schema_are_a_step_error_the_model_sees(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     result = await _run(stub, "calc", 'call:add {"a": 1}')
     assert result.status == common_pb2.TASK_STATUS_OK
     assert "'b' is a required property" in result.output
@@ -193,7 +223,8 @@ async def test_arguments_that_violate_the_schema_are_a_step_error_the_model_sees
 
 @pytest.mark.usefixtures("mcp_agents")
 async def test_an_mcp_server_that_is_down_is_a_failed_step_not_a_failed_task(
-        stub: Stub, service: Any) -> None:
+    stub: Stub, service: Any
+) -> None:
     result = await _run(stub, "stranded", "just answer")
     assert result.status == common_pb2.TASK_STATUS_OK
     assert result.output == "just answer "
@@ -203,4 +234,3 @@ async def test_an_mcp_server_that_is_down_is_a_failed_step_not_a_failed_task(
     assert steps[0][4] is not None
     assert "cannot list its tools" in steps[0][4]
     assert steps[1][1] == "model"
-

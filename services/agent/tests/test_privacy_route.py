@@ -33,8 +33,9 @@ class Recorder:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
-        self.app = applications.Starlette(routes=[
-            routing.Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        self.app = applications.Starlette(
+            routes=[routing.Route("/v1/chat/completions", self.chat, methods=["POST"])]
+        )
 
     async def chat(self, request: requests.Request) -> responses.Response:
         body = await request.json()
@@ -45,8 +46,10 @@ class Recorder:
         if first.startswith("call:") and not messages[-1]["content"].startswith("Tool "):
             name, _, args = first.removeprefix("call:").partition(" ")
             reply = json.dumps({"tool": name, "arguments": json.loads(args)})
-        events = [{"choices": [{"delta": {"content": reply}, "finish_reason": "stop"}]},
-                  {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}}]
+        events = [
+            {"choices": [{"delta": {"content": reply}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 4}},
+        ]
         body = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
         return responses.Response(body, media_type="text/event-stream")
 
@@ -54,8 +57,9 @@ class Recorder:
 @pytest.fixture(scope="module")
 async def provider() -> AsyncIterator[Recorder]:
     recorder = Recorder()
-    async with http_server.HttpServer(recorder.app, name="provider", host="127.0.0.1",
-                                      port=0) as http:
+    async with http_server.HttpServer(
+        recorder.app, name="provider", host="127.0.0.1", port=0
+    ) as http:
         serving = asyncio.create_task(http.serve())
         recorder.url = f"{http.url}/v1"  # type: ignore[attr-defined]
         try:
@@ -66,32 +70,44 @@ async def provider() -> AsyncIterator[Recorder]:
 
 
 @pytest.fixture(scope="module")
-async def service(new_service: Callable[..., Any], executor: Any,
-                  provider: Recorder) -> AsyncIterator[Any]:
-    async with new_service(provider_base_url=provider.url,  # type: ignore[attr-defined]
-                           provider_api_key=pydantic.SecretStr("k")) as svc:
+async def service(
+    new_service: Callable[..., Any], executor: Any, provider: Recorder
+) -> AsyncIterator[Any]:
+    async with new_service(
+        provider_base_url=provider.url,  # type: ignore[attr-defined]
+        provider_api_key=pydantic.SecretStr("k"),
+    ) as svc:
         async with agent_testing.channel(svc.address) as chan:
             stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
             for name, privacy, tools in (
-                    ("secret", common_pb2.PRIVACY_LOCAL_ONLY, []),
-                    ("open", common_pb2.PRIVACY_ALLOW_API, []),
-                    ("asker", common_pb2.PRIVACY_ALLOW_API, ["agent:secret"])):
-                await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-                    tenant=TENANT, privacy=privacy, tools=tools,
-                    agent=agents_pb2.Agent(name=name, model="m"),
-                    executor_endpoints=[executor.address]))
+                ("secret", common_pb2.PRIVACY_LOCAL_ONLY, []),
+                ("open", common_pb2.PRIVACY_ALLOW_API, []),
+                ("asker", common_pb2.PRIVACY_ALLOW_API, ["agent:secret"]),
+            ):
+                await stub.RegisterAgent(
+                    agent_pb2.RegisterAgentRequest(
+                        tenant=TENANT,
+                        privacy=privacy,
+                        tools=tools,
+                        agent=agents_pb2.Agent(name=name, model="m"),
+                        executor_endpoints=[executor.address],
+                    )
+                )
         yield svc
 
 
 def _handed(route: common_pb2.Route.ValueType) -> router_pb2.Decision:
-    return router_pb2.Decision(engine=common_pb2.Engine(route=route, chosen_by="forged",
-                                                        reason="handed by the caller"))
+    return router_pb2.Decision(
+        engine=common_pb2.Engine(route=route, chosen_by="forged", reason="handed by the caller")
+    )
 
 
-async def _run(stub: Stub, agent: str, text: str,
-               route: common_pb2.Route.ValueType) -> common_pb2.TaskResult:
-    req = agent_pb2.RunRequest(tenant=TENANT, decision=_handed(route),
-                               task=tasks_pb2.TaskSpec(agent=agent, input=text))
+async def _run(
+    stub: Stub, agent: str, text: str, route: common_pb2.Route.ValueType
+) -> common_pb2.TaskResult:
+    req = agent_pb2.RunRequest(
+        tenant=TENANT, decision=_handed(route), task=tasks_pb2.TaskSpec(agent=agent, input=text)
+    )
     events = [e async for e in stub.Run(req, timeout=60)]
     last = events[-1]
     return last.done.result if last.WhichOneof("event") == "done" else last.error.result
@@ -99,8 +115,8 @@ async def _run(stub: Stub, agent: str, text: str,
 
 @pytest.mark.parametrize("route", [common_pb2.ROUTE_API, common_pb2.ROUTE_HYBRID])
 async def test_a_local_only_agent_handed_an_api_route_runs_locally(
-        stub: Stub, provider: Recorder, executor: Any,
-        route: common_pb2.Route.ValueType) -> None:
+    stub: Stub, provider: Recorder, executor: Any, route: common_pb2.Route.ValueType
+) -> None:
     before = len(provider.bodies)
     result = await _run(stub, "secret", "keep this inside", route)
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
@@ -109,7 +125,8 @@ async def test_a_local_only_agent_handed_an_api_route_runs_locally(
 
 
 async def test_an_allow_api_agent_handed_the_api_route_reaches_the_provider(
-        stub: Stub, provider: Recorder) -> None:
+    stub: Stub, provider: Recorder
+) -> None:
     before = len(provider.bodies)
     result = await _run(stub, "open", "may leave", common_pb2.ROUTE_API)
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
@@ -118,17 +135,26 @@ async def test_an_allow_api_agent_handed_the_api_route_reaches_the_provider(
 
 
 async def test_a_local_only_agent_called_as_a_tool_stays_local(
-        stub: Stub, provider: Recorder, executor: Any) -> None:
+    stub: Stub, provider: Recorder, executor: Any
+) -> None:
     """M3: the asker (allow-api, on the API route) calls the local-only agent as a tool;
     the callee runs on the executor, and the provider sees only the asker's own calls."""
     before, asked = len(provider.bodies), len(executor.requests)
-    result = await _run(stub, "asker", 'call:agent_secret {"input": "the secret plan"}',
-                        common_pb2.ROUTE_API)
+    result = await _run(
+        stub, "asker", 'call:agent_secret {"input": "the secret plan"}', common_pb2.ROUTE_API
+    )
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     sent = provider.bodies[before:]
     assert len(sent) == 2  # the asker's tool call, then its answer
-    assert not any(m["content"] == "the secret plan" for body in sent
-                   for m in body["messages"] if m["role"] == "user"), sent
-    callee = [r for r in executor.requests[asked:]
-              if any(m.role == "user" and m.content == "the secret plan" for m in r.messages)]
+    assert not any(
+        m["content"] == "the secret plan"
+        for body in sent
+        for m in body["messages"]
+        if m["role"] == "user"
+    ), sent
+    callee = [
+        r
+        for r in executor.requests[asked:]
+        if any(m.role == "user" and m.content == "the secret plan" for m in r.messages)
+    ]
     assert len(callee) == 1

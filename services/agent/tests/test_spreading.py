@@ -66,9 +66,11 @@ async def stub(spread_service: Any) -> AsyncIterator[Stub]:
 
 
 async def _register(stub: Stub, name: str, target: str) -> None:
-    await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-        tenant=TENANT, agent=agents_pb2.Agent(name=name, model="m"),
-        executor_endpoints=[target]))
+    await stub.RegisterAgent(
+        agent_pb2.RegisterAgentRequest(
+            tenant=TENANT, agent=agents_pb2.Agent(name=name, model="m"), executor_endpoints=[target]
+        )
+    )
 
 
 async def _run(stub: Stub, agent: str, text: str) -> common_pb2.TaskResult:
@@ -79,7 +81,8 @@ async def _run(stub: Stub, agent: str, text: str) -> common_pb2.TaskResult:
 
 
 async def test_tasks_of_one_agent_reach_every_pod_behind_its_address(
-        stub: Stub, pods: list[Pod]) -> None:
+    stub: Stub, pods: list[Pod]
+) -> None:
     await _register(stub, "two-pods", f"ipv4:127.0.0.1:{pods[0].port},127.0.0.1:{pods[1].port}")
     results = [await _run(stub, "two-pods", f"task {i}") for i in range(10)]
     assert [r.status for r in results] == [common_pb2.TASK_STATUS_OK] * 10
@@ -94,7 +97,8 @@ async def test_concurrent_tasks_spread_too(stub: Stub, pods: list[Pod]) -> None:
 
 
 async def test_a_pod_that_is_gone_is_skipped_and_its_tasks_end_ok(
-        stub: Stub, pods: list[Pod]) -> None:
+    stub: Stub, pods: list[Pod]
+) -> None:
     await _register(stub, "one-gone", f"ipv4:127.0.0.1:{pods[0].port},127.0.0.1:{pods[1].port}")
     assert (await _run(stub, "one-gone", "warm up")).status == common_pb2.TASK_STATUS_OK
     await pods[1].server.__aexit__(None, None, None)
@@ -126,9 +130,12 @@ async def test_pods_that_join_get_calls_after_the_next_resolution(pods: list[Pod
         return answers[target.rsplit(":", 1)[0]]
 
     request = executor_pb2.GenerateRequest(
-        model="m", messages=[executor_pb2.ChatMessage(role="user", content="hi")])
-    async with peers.Peers(tls=agent_testing.CA.tls("agent"), knowledge_target=None,
-                           resolver=resolve, refresh_s=0.2) as clients:
+        model="m", messages=[executor_pb2.ChatMessage(role="user", content="hi")]
+    )
+    async with peers.Peers(
+        tls=agent_testing.CA.tls("agent"), knowledge_target=None, resolver=resolve, refresh_s=0.2
+    ) as clients:
+
         async def call() -> None:
             async for _ in clients.generate(("exec.test:50055",), request, timeout=10):
                 pass
@@ -152,7 +159,9 @@ async def test_pods_that_join_get_calls_after_the_next_resolution(pods: list[Pod
 
 async def test_resolve_forms() -> None:
     assert await endpoints.resolve("ipv4:10.0.0.1:50055,10.0.0.2:50055") == (
-        "10.0.0.1:50055", "10.0.0.2:50055")
+        "10.0.0.1:50055",
+        "10.0.0.2:50055",
+    )
     assert await endpoints.resolve("ipv6:[fd00::1]:50055") == ("[fd00::1]:50055",)
     assert await endpoints.resolve("dns:///localhost:7") == ("127.0.0.1:7",)
     assert await endpoints.resolve("127.0.0.1:8") == ("127.0.0.1:8",)
@@ -181,8 +190,9 @@ async def test_a_stale_answer_is_kept_while_the_resolver_fails(pods: list[Pod]) 
         return ("10.0.0.1:1", "10.0.0.2:1")
 
     gone: list[str] = []
-    found = endpoints.Endpoints(resolver=resolve, refresh_s=5, on_gone=gone.append,
-                                clock=lambda: now[0])
+    found = endpoints.Endpoints(
+        resolver=resolve, refresh_s=5, on_gone=gone.append, clock=lambda: now[0]
+    )
     assert await found.addresses(("svc:1",)) == ("10.0.0.1:1", "10.0.0.2:1")
     failing[0] = True
     now[0] = 10.0

@@ -42,9 +42,11 @@ TENANT = "acme"
 MODEL = "smollm2-135m-instruct"
 COST_PER_1K = 0.5
 EXECUTOR_TOKEN = "provider-test-token"  # the executor's HTTP API key, sent by the provider
-DOCS = (b"Kubernetes schedules pods onto nodes.",
-        b"GPUs are advertised by the NVIDIA device plugin as nvidia.com/gpu.",
-        b"Kafka keeps events in ordered partitions.")
+DOCS = (
+    b"Kubernetes schedules pods onto nodes.",
+    b"GPUs are advertised by the NVIDIA device plugin as nvidia.com/gpu.",
+    b"Kafka keeps events in ordered partitions.",
+)
 
 
 # -- the real peers ---------------------------------------------------------------------
@@ -53,15 +55,26 @@ def embedder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m aion.executor`` serving all-MiniLM-L6-v2 embeddings; its gRPC target."""
     port, health_port = suite.free_port(), suite.free_port()
     log = tmp_path_factory.mktemp("embedder") / "executor.log"
-    env = {**os.environ, **agent_testing.process_env(log.parent / "tls", "executor"),
-           "AION_EXECUTOR_HEALTH_PORT": str(health_port),
-           "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
-           "AION_EXECUTOR_HTTP_PORT": "0", "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
-           "AION_EXECUTOR_N_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        **agent_testing.process_env(log.parent / "tls", "executor"),
+        "AION_EXECUTOR_HEALTH_PORT": str(health_port),
+        "AION_EXECUTOR_MODEL_TASK": "embed",
+        "AION_EXECUTOR_PORT": str(port),
+        "AION_EXECUTOR_HTTP_PORT": "0",
+        "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
+        "AION_EXECUTOR_N_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     env.pop("AION_EXECUTOR_KAFKA_BOOTSTRAP", None)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aion.executor"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aion.executor"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     target = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -87,20 +100,34 @@ def knowledge_dsn(postgres: Postgres) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-async def knowledge(knowledge_dsn: str, kafka: Kafka, minio: MinIO, embedder: str,
-                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def knowledge(
+    knowledge_dsn: str,
+    kafka: Kafka,
+    minio: MinIO,
+    embedder: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[str]:
     """The knowledge service's real composition (Postgres, Kafka, MinIO, the embedding
     executor, Qdrant's local mode), with one document per tenant."""
     cfg = knowledge_settings.KnowledgeSettings(
-        postgres_dsn=pydantic.SecretStr(knowledge_dsn), kafka_bootstrap=kafka.bootstrap,
-        minio_endpoint=minio.endpoint, minio_access_key=minio.access_key,
+        postgres_dsn=pydantic.SecretStr(knowledge_dsn),
+        kafka_bootstrap=kafka.bootstrap,
+        minio_endpoint=minio.endpoint,
+        minio_access_key=minio.access_key,
         minio_secret_key=pydantic.SecretStr(minio.secret_key),
-        minio_bucket=f"kb-tools-{uuid.uuid4().hex[:8]}", executor_target=embedder,
-        topic_prefix=f"k{uuid.uuid4().hex[:8]}.", port=0, health_port=0, grace_s=1.0,
-        qdrant_path=str(tmp_path_factory.mktemp("qdrant")))
+        minio_bucket=f"kb-tools-{uuid.uuid4().hex[:8]}",
+        executor_target=embedder,
+        topic_prefix=f"k{uuid.uuid4().hex[:8]}.",
+        port=0,
+        health_port=0,
+        grace_s=1.0,
+        qdrant_path=str(tmp_path_factory.mktemp("qdrant")),
+    )
     async with knowledge_testing.Service(cfg, ca=agent_testing.CA) as svc:
-        for tenant, contents in ((TENANT, DOCS),
-                                 ("globex", (b"Globex keeps its quarterly zebra ledger.",))):
+        for tenant, contents in (
+            (TENANT, DOCS),
+            ("globex", (b"Globex keeps its quarterly zebra ledger.",)),
+        ):
             for i, content in enumerate(contents):  # a passage each
                 await svc.ingest(tenant, "docs", f"d{i}", content)
         yield svc.address
@@ -111,16 +138,26 @@ def model_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m aion.executor`` with its OpenAI-compatible HTTP endpoint; its /v1 URL."""
     port, http_port = suite.free_port(), suite.free_port()
     log = tmp_path_factory.mktemp("executor") / "executor.log"
-    env = {**os.environ, **agent_testing.process_env(log.parent / "tls", "executor"),
-           "AION_EXECUTOR_HEALTH_PORT": str(suite.free_port()),
-           "AION_EXECUTOR_HTTP_TOKEN": EXECUTOR_TOKEN, "AION_EXECUTOR_PORT": str(port),
-           "AION_EXECUTOR_HTTP_PORT": str(http_port),
-           "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
-           "AION_EXECUTOR_N_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        **agent_testing.process_env(log.parent / "tls", "executor"),
+        "AION_EXECUTOR_HEALTH_PORT": str(suite.free_port()),
+        "AION_EXECUTOR_HTTP_TOKEN": EXECUTOR_TOKEN,
+        "AION_EXECUTOR_PORT": str(port),
+        "AION_EXECUTOR_HTTP_PORT": str(http_port),
+        "AION_EXECUTOR_METRICS_PORT": str(suite.free_port()),
+        "AION_EXECUTOR_N_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     env.pop("AION_EXECUTOR_KAFKA_BOOTSTRAP", None)
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aion.executor"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aion.executor"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{http_port}"
     try:
         _wait_healthy(base, proc, log)
@@ -144,42 +181,66 @@ def _wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         except httpx.HTTPError:
             pass
         assert time.monotonic() < deadline, (
-            f"the executor's HTTP endpoint is not healthy; its log:\n{log.read_text()[-3000:]}")
+            f"the executor's HTTP endpoint is not healthy; its log:\n{log.read_text()[-3000:]}"
+        )
         time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")
-async def service(new_service: Callable[..., Any], executor: Any, knowledge: str,
-                  model_api: str) -> AsyncIterator[Any]:
+async def service(
+    new_service: Callable[..., Any], executor: Any, knowledge: str, model_api: str
+) -> AsyncIterator[Any]:
     """The agent service with retrieval, the knowledge service and the provider."""
-    async with new_service(knowledge_target=knowledge, retrieval_top_k=2,
-                           provider_base_url=model_api, provider_model=MODEL,
-                           provider_api_key=pydantic.SecretStr(EXECUTOR_TOKEN),
-                           provider_cost_per_1k_tokens=COST_PER_1K) as svc:
+    async with new_service(
+        knowledge_target=knowledge,
+        retrieval_top_k=2,
+        provider_base_url=model_api,
+        provider_model=MODEL,
+        provider_api_key=pydantic.SecretStr(EXECUTOR_TOKEN),
+        provider_cost_per_1k_tokens=COST_PER_1K,
+    ) as svc:
         async with agent_testing.channel(svc.address) as chan:
             stub: Stub = agent_pb2_grpc.AgentServiceStub(chan)
             # "plain" may use the external API (the provider); "librarian" is local-only.
             for name, tools, kbs, privacy in (
-                    ("librarian", ["knowledge_search"], ["docs"], common_pb2.PRIVACY_LOCAL_ONLY),
-                    ("plain", [], [], common_pb2.PRIVACY_ALLOW_API)):
-                await stub.RegisterAgent(agent_pb2.RegisterAgentRequest(
-                    tenant=TENANT, instructions="Answer briefly.", tools=tools, privacy=privacy,
-                    agent=agents_pb2.Agent(name=name, model="m", knowledge_bases=kbs),
-                    executor_endpoints=[executor.address]))
+                ("librarian", ["knowledge_search"], ["docs"], common_pb2.PRIVACY_LOCAL_ONLY),
+                ("plain", [], [], common_pb2.PRIVACY_ALLOW_API),
+            ):
+                await stub.RegisterAgent(
+                    agent_pb2.RegisterAgentRequest(
+                        tenant=TENANT,
+                        instructions="Answer briefly.",
+                        tools=tools,
+                        privacy=privacy,
+                        agent=agents_pb2.Agent(name=name, model="m", knowledge_bases=kbs),
+                        executor_endpoints=[executor.address],
+                    )
+                )
         yield svc
 
 
 # -- helpers ------------------------------------------------------------------------------
 def _route(route: common_pb2.Route.ValueType) -> router_pb2.Decision:
-    return router_pb2.Decision(engine=common_pb2.Engine(route=route, chosen_by="test",
-                                                        reason="chosen by the test"),
-                               provider="executor-http")
+    return router_pb2.Decision(
+        engine=common_pb2.Engine(route=route, chosen_by="test", reason="chosen by the test"),
+        provider="executor-http",
+    )
 
 
-async def _run(stub: Stub, agent: str, text: str, *, decision: router_pb2.Decision | None = None,
-               max_tokens: int | None = None) -> tuple[str, common_pb2.TaskResult]:
-    req = agent_pb2.RunRequest(tenant=TENANT, task=tasks_pb2.TaskSpec(
-        agent=agent, input=text, options=tasks_pb2.TaskOptions(max_tokens=max_tokens)))
+async def _run(
+    stub: Stub,
+    agent: str,
+    text: str,
+    *,
+    decision: router_pb2.Decision | None = None,
+    max_tokens: int | None = None,
+) -> tuple[str, common_pb2.TaskResult]:
+    req = agent_pb2.RunRequest(
+        tenant=TENANT,
+        task=tasks_pb2.TaskSpec(
+            agent=agent, input=text, options=tasks_pb2.TaskOptions(max_tokens=max_tokens)
+        ),
+    )
     if decision is not None:
         req.decision.CopyFrom(decision)
     events = [e async for e in stub.Run(req, timeout=120)]
@@ -194,21 +255,27 @@ async def _steps(dsn: str, task_id: str) -> list[dict[str, Any]]:
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         cur = await conn.execute(
             "SELECT step, kind, name, output, error, prompt_tokens, completion_tokens, cost_usd,"
-            " model_ms, latency_ms FROM task_steps WHERE task_id = %s ORDER BY step", (task_id,))
+            " model_ms, latency_ms FROM task_steps WHERE task_id = %s ORDER BY step",
+            (task_id,),
+        )
         cols = [c.name for c in cur.description or ()]
         return [dict(zip(cols, r, strict=True)) for r in await cur.fetchall()]
 
 
 # -- knowledge ----------------------------------------------------------------------------
 async def test_knowledge_search_tool_returns_passages_of_the_agents_base(
-        stub: Stub, agent_dsn: str) -> None:
+    stub: Stub, agent_dsn: str
+) -> None:
     call = 'call:knowledge_search {"query": "which GPU device plugin?", "top_k": 1}'
     task_id, result = await _run(stub, "librarian", call)
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     assert result.output.startswith("answer: GPUs are advertised by the NVIDIA device plugin")
     steps = await _steps(agent_dsn, task_id)
     assert [(s["kind"], s["name"]) for s in steps] == [
-        ("model", "m"), ("tool", "knowledge_search"), ("model", "m")]
+        ("model", "m"),
+        ("tool", "knowledge_search"),
+        ("model", "m"),
+    ]
     assert steps[1]["output"].startswith("GPUs are advertised")
     assert steps[1]["error"] is None
 
@@ -222,7 +289,8 @@ async def test_knowledge_search_sees_only_its_tenants_documents(stub: Stub) -> N
 
 
 async def test_knowledge_search_of_a_base_the_agent_lacks_ends_invalid_argument(
-        stub: Stub, agent_dsn: str) -> None:
+    stub: Stub, agent_dsn: str
+) -> None:
     call = 'call:knowledge_search {"query": "GPU", "knowledge_base": "secrets"}'
     task_id, result = await _run(stub, "librarian", call)
     assert result.status == common_pb2.TASK_STATUS_ERROR
@@ -233,8 +301,7 @@ async def test_knowledge_search_of_a_base_the_agent_lacks_ends_invalid_argument(
     assert "secrets" in steps[-1]["error"]
 
 
-async def test_retrieved_context_goes_into_the_system_message(stub: Stub,
-                                                              executor: Any) -> None:
+async def test_retrieved_context_goes_into_the_system_message(stub: Stub, executor: Any) -> None:
     task_id, result = await _run(stub, "librarian", "Which GPU device plugin is used?")
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     index = next(i for i, (t, _) in enumerate(executor.calls) if t == task_id)
@@ -247,9 +314,11 @@ async def test_retrieved_context_goes_into_the_system_message(stub: Stub,
 
 # -- the OpenAI-compatible provider -------------------------------------------------------
 async def test_api_route_calls_the_openai_compatible_endpoint(
-        stub: Stub, executor: Any, agent_dsn: str) -> None:
-    task_id, result = await _run(stub, "plain", "Name a planet.",
-                                 decision=_route(common_pb2.ROUTE_API), max_tokens=8)
+    stub: Stub, executor: Any, agent_dsn: str
+) -> None:
+    task_id, result = await _run(
+        stub, "plain", "Name a planet.", decision=_route(common_pb2.ROUTE_API), max_tokens=8
+    )
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     assert result.output.strip()
     assert result.engine.route == common_pb2.ROUTE_API
@@ -260,14 +329,17 @@ async def test_api_route_calls_the_openai_compatible_endpoint(
     assert step["name"] == MODEL
     assert step["output"] == result.output
     assert step["cost_usd"] == pytest.approx(
-        (step["prompt_tokens"] + step["completion_tokens"]) / 1000 * COST_PER_1K)
+        (step["prompt_tokens"] + step["completion_tokens"]) / 1000 * COST_PER_1K
+    )
     assert result.usage.cost_usd == pytest.approx(step["cost_usd"])
 
 
 async def test_hybrid_falls_back_to_the_api_when_the_local_pool_fails(
-        stub: Stub, executor: Any, agent_dsn: str) -> None:
-    task_id, result = await _run(stub, "plain", "fail",
-                                 decision=_route(common_pb2.ROUTE_HYBRID), max_tokens=8)
+    stub: Stub, executor: Any, agent_dsn: str
+) -> None:
+    task_id, result = await _run(
+        stub, "plain", "fail", decision=_route(common_pb2.ROUTE_HYBRID), max_tokens=8
+    )
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     assert result.output.strip()
     assert [t for t, _ in executor.calls].count(task_id) == 1  # asked first, it refused
@@ -277,9 +349,11 @@ async def test_hybrid_falls_back_to_the_api_when_the_local_pool_fails(
 
 
 async def test_hybrid_stays_local_when_the_local_pool_answers(
-        stub: Stub, executor: Any, agent_dsn: str) -> None:
-    task_id, result = await _run(stub, "plain", "stay right here",
-                                 decision=_route(common_pb2.ROUTE_HYBRID))
+    stub: Stub, executor: Any, agent_dsn: str
+) -> None:
+    task_id, result = await _run(
+        stub, "plain", "stay right here", decision=_route(common_pb2.ROUTE_HYBRID)
+    )
     assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
     assert result.output == "stay right here "
     [step] = await _steps(agent_dsn, task_id)
@@ -289,36 +363,48 @@ async def test_hybrid_stays_local_when_the_local_pool_answers(
 
 async def test_provider_errors_are_clear(model_api: str) -> None:
     messages = [("user", "hi")]
-    async with provider.Provider(base_url=model_api, api_key=EXECUTOR_TOKEN, model="no-such-model",
-                                 cost_per_1k_tokens=0) as wrong_model:
-        with pytest.raises(errors.FailedPrecondition,
-                           match=r"the model API answered 4\d\d: .*no-such-model"):
-            async for _ in wrong_model.generate(messages, max_tokens=4, temperature=0,
-                                                seed=None, timeout=30):
+    async with provider.Provider(
+        base_url=model_api, api_key=EXECUTOR_TOKEN, model="no-such-model", cost_per_1k_tokens=0
+    ) as wrong_model:
+        with pytest.raises(
+            errors.FailedPrecondition, match=r"the model API answered 4\d\d: .*no-such-model"
+        ):
+            async for _ in wrong_model.generate(
+                messages, max_tokens=4, temperature=0, seed=None, timeout=30
+            ):
                 pass
     closed = f"http://127.0.0.1:{suite.free_port()}/v1"
-    async with provider.Provider(base_url=closed, api_key="", model=MODEL,
-                                 cost_per_1k_tokens=0) as nobody:
+    async with provider.Provider(
+        base_url=closed, api_key="", model=MODEL, cost_per_1k_tokens=0
+    ) as nobody:
         with pytest.raises(errors.Unavailable, match="the model API is unavailable"):
-            async for _ in nobody.generate(messages, max_tokens=4, temperature=0, seed=None,
-                                           timeout=5):
+            async for _ in nobody.generate(
+                messages, max_tokens=4, temperature=0, seed=None, timeout=5
+            ):
                 pass
 
 
 async def test_the_provider_without_the_executors_key_is_refused(model_api: str) -> None:
-    async with provider.Provider(base_url=model_api, api_key="wrong", model=MODEL,
-                                 cost_per_1k_tokens=0) as api:
+    async with provider.Provider(
+        base_url=model_api, api_key="wrong", model=MODEL, cost_per_1k_tokens=0
+    ) as api:
         with pytest.raises(errors.AionError, match="401"):
-            async for _ in api.generate([("user", "hi")], max_tokens=2, temperature=0,
-                                        seed=None, timeout=30):
+            async for _ in api.generate(
+                [("user", "hi")], max_tokens=2, temperature=0, seed=None, timeout=30
+            ):
                 pass
 
 
 async def test_provider_streams_the_reply_with_usage_last(model_api: str) -> None:
-    async with provider.Provider(base_url=model_api, api_key=EXECUTOR_TOKEN, model=MODEL,
-                                 cost_per_1k_tokens=0) as api:
-        chunks = [c async for c in api.generate([("user", "Count to three.")], max_tokens=6,
-                                                temperature=0, seed=1, timeout=60)]
+    async with provider.Provider(
+        base_url=model_api, api_key=EXECUTOR_TOKEN, model=MODEL, cost_per_1k_tokens=0
+    ) as api:
+        chunks = [
+            c
+            async for c in api.generate(
+                [("user", "Count to three.")], max_tokens=6, temperature=0, seed=1, timeout=60
+            )
+        ]
     assert "".join(c.text for c in chunks).strip()
     assert chunks[-1].final
     assert 0 < chunks[-1].completion_tokens <= 6

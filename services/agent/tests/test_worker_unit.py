@@ -66,11 +66,14 @@ class FakeRecovery:
 
 
 def new_worker(journal: Journal) -> worker.Worker:
-    return worker.Worker(run=cast(Any, FakeRunner(journal)),
-                         recovery=cast(Any, FakeRecovery(journal)),
-                         publisher=cast(Any, FakePublisher(journal)),
-                         consumer=cast(Any, Named(journal, "work-queue")), queue="work",
-                         grace_s=1.0)
+    return worker.Worker(
+        run=cast(Any, FakeRunner(journal)),
+        recovery=cast(Any, FakeRecovery(journal)),
+        publisher=cast(Any, FakePublisher(journal)),
+        consumer=cast(Any, Named(journal, "work-queue")),
+        queue="work",
+        grace_s=1.0,
+    )
 
 
 async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
@@ -82,13 +85,19 @@ async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
         server_stopped.set()
 
     async with new_worker(journal) as background:
-        assert set(background.tasks) == {"outbox", "heartbeats", "recovery", "retention",
-                                         "work-queue", "dispatcher"}
+        assert set(background.tasks) == {
+            "outbox",
+            "heartbeats",
+            "recovery",
+            "retention",
+            "work-queue",
+            "dispatcher",
+        }
         await asyncio.sleep(0)
         await background.shutdown(stop_server())
         await background.shutdown()  # a second call does nothing more
     assert server_stopped.is_set()
-    drain = journal.entries[journal.entries.index("dispatcher started") + 1:]
+    drain = journal.entries[journal.entries.index("dispatcher started") + 1 :]
     drain = [e for e in drain if not e.endswith("started")]
     assert sorted(drain[:2]) == ["dispatcher stopped", "work-queue stopped"]
     assert set(drain[2:4]) == {"server stopped", "runs given their grace"}
@@ -118,5 +127,11 @@ async def test_a_failing_body_stops_every_task_without_a_drain() -> None:
     assert failed.group_contains(RuntimeError)
     assert "outbox drained" not in journal.entries
     assert "runs released" in journal.entries
-    assert {"outbox stopped", "heartbeats stopped", "recovery stopped", "retention stopped",
-            "work-queue stopped", "dispatcher stopped"} <= set(journal.entries)
+    assert {
+        "outbox stopped",
+        "heartbeats stopped",
+        "recovery stopped",
+        "retention stopped",
+        "work-queue stopped",
+        "dispatcher stopped",
+    } <= set(journal.entries)

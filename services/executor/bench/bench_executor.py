@@ -59,12 +59,23 @@ HTTP_TOKEN = "bench-executor-token"
 N_CTX = 256
 GEN_NAME = "smollm2-135m-instruct"
 EMBED_NAME = "all-minilm-l6-v2"
-SUBJECTS = ["a lighthouse keeper", "a lost robot", "a cat in Paris", "a mountain village",
-            "a deep-sea diver", "an old violin", "a desert caravan", "a winter market"]
+SUBJECTS = [
+    "a lighthouse keeper",
+    "a lost robot",
+    "a cat in Paris",
+    "a mountain village",
+    "a deep-sea diver",
+    "an old violin",
+    "a desert caravan",
+    "a winter market",
+]
 STYLES = ["short story", "poem", "news report", "diary entry"]
 PROMPTS = [f"Write a {STYLES[i % 4]} about {SUBJECTS[i % 8]}. Make it vivid." for i in range(32)]
-TEXTS = [f"Note {i}: the {SUBJECTS[i % 8]} appears in chapter {i % 13} of the "
-         f"{STYLES[i % 4]}, where the weather turns." for i in range(1024)]
+TEXTS = [
+    f"Note {i}: the {SUBJECTS[i % 8]} appears in chapter {i % 13} of the "
+    f"{STYLES[i % 4]}, where the weather turns."
+    for i in range(1024)
+]
 
 
 def log(message: str) -> None:
@@ -109,7 +120,7 @@ def raw_embeddings(model: st_backend.SentenceTransformerBackend) -> dict[str, fl
         model.embed(texts[:size])  # warm this shape
         started = time.perf_counter()
         for i in range(0, len(texts), size):
-            model.embed(texts[i:i + size])
+            model.embed(texts[i : i + size])
         rates[str(size)] = round(len(texts) / (time.perf_counter() - started), 1)
         log(f"raw embeddings, batch {size}: {rates[str(size)]} texts/s")
     return rates
@@ -119,8 +130,11 @@ async def grpc_embeddings() -> dict[int, float]:
     """Texts/s through gRPC Embed with n concurrent callers of one text each."""
     rates = {}
     async with executor_process(
-            AION_EXECUTOR_MODEL_TASK="embed", AION_EXECUTOR_EMBED_MAX_BATCH="64",
-            AION_EXECUTOR_EMBED_MAX_WAIT_MS="5", AION_EXECUTOR_MAX_QUEUE="256") as ex:
+        AION_EXECUTOR_MODEL_TASK="embed",
+        AION_EXECUTOR_EMBED_MAX_BATCH="64",
+        AION_EXECUTOR_EMBED_MAX_WAIT_MS="5",
+        AION_EXECUTOR_MAX_QUEUE="256",
+    ) as ex:
         for callers in EMBED_CALLERS:
             jobs = 128 if callers == 1 else 768
 
@@ -158,7 +172,9 @@ def gen_request(i: int) -> executor_pb2.GenerateRequest:
     """The i-th prompt, greedy."""
     return executor_pb2.GenerateRequest(
         messages=[executor_pb2.ChatMessage(role="user", content=PROMPTS[i % len(PROMPTS)])],
-        max_tokens=MAX_TOKENS, temperature=0)
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+    )
 
 
 def jobs_for(streams: int) -> int:
@@ -188,14 +204,24 @@ async def grpc_generation(ex: Running, streams: int) -> tuple[float, Runs]:
 async def http_generation(base_url: str, streams: int, *, model: str) -> float:
     """Aggregate tokens/s of OpenAI chat completions (not streamed, usage counted) over HTTP."""
     tokens = 0
-    async with httpx.AsyncClient(base_url=base_url, timeout=900,
-                                 headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
-                                 limits=httpx.Limits(max_connections=streams + 4)) as http:
+    async with httpx.AsyncClient(
+        base_url=base_url,
+        timeout=900,
+        headers={"Authorization": f"Bearer {HTTP_TOKEN}"},
+        limits=httpx.Limits(max_connections=streams + 4),
+    ) as http:
+
         async def one(i: int) -> None:
             nonlocal tokens
-            response = await http.post("/v1/chat/completions", json={
-                "model": model, "max_tokens": MAX_TOKENS, "temperature": 0,
-                "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]})
+            response = await http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": model,
+                    "max_tokens": MAX_TOKENS,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                },
+            )
             response.raise_for_status()
             tokens += response.json()["usage"]["completion_tokens"]
 
@@ -212,16 +238,24 @@ def raw_generation(path: Any, streams: int) -> float:
     """Tokens/s of llama.cpp's batch API decoding ``streams`` sequences greedily, in-process."""
     total_tokens = 0
     total_seconds = 0.0
-    with gguf_model.GgufModel(path, n_ctx=N_CTX, n_seq=streams, n_batch=512,
-                              n_threads=THREADS, gpu=gguf_model.gpu_offload_supported()) as m:
+    with gguf_model.GgufModel(
+        path,
+        n_ctx=N_CTX,
+        n_seq=streams,
+        n_batch=512,
+        n_threads=THREADS,
+        gpu=gguf_model.gpu_offload_supported(),
+    ) as m:
         m.load()
-        prompts = [m.encode_chat([backend.ChatMessage("user", PROMPTS[i % len(PROMPTS)])])
-                   for i in range(jobs_for(streams))]
+        prompts = [
+            m.encode_chat([backend.ChatMessage("user", PROMPTS[i % len(PROMPTS)])])
+            for i in range(jobs_for(streams))
+        ]
         greedy = backend.SamplingParams(max_tokens=MAX_TOKENS, temperature=0)
         batch = gguf_model.Batch(512)
         try:
             for start in range(0, len(prompts), streams):
-                group = prompts[start:start + streams]
+                group = prompts[start : start + streams]
                 llama_cpp.llama_memory_clear(m.memory, True)
                 samplers = [gguf_model.Sampler(greedy, seed=0) for _ in group]
                 started = time.perf_counter()
@@ -271,8 +305,8 @@ async def raw_generation_alone(streams: int) -> float:
     """``raw_generation`` in a process of its own: torch, loaded here for the embeddings,
     runs its own OpenMP runtime beside llama.cpp's and slows it down."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "raw-generation", str(streams),
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable, __file__, "raw-generation", str(streams), stdout=asyncio.subprocess.PIPE
+    )
     out, _ = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"the raw generation run failed with status {proc.returncode}")
@@ -294,11 +328,30 @@ def llama_server(path: Any) -> Iterator[str]:
     """``python -m llama_cpp.server`` on a free port; its base URL once it answers."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(path),
-         "--interrupt_requests", "False", "--host", "127.0.0.1", "--port", str(port),
-         "--n_ctx", str(N_CTX), "--n_threads", str(THREADS), "--n_threads_batch",
-         str(THREADS), "--model_alias", GEN_NAME],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(path),
+            "--interrupt_requests",
+            "False",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(N_CTX),
+            "--n_threads",
+            str(THREADS),
+            "--n_threads_batch",
+            str(THREADS),
+            "--model_alias",
+            GEN_NAME,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -335,17 +388,30 @@ class Running:
 @contextlib.asynccontextmanager
 async def executor_process(**env: str) -> AsyncIterator[Running]:
     """``python -m aion.executor`` on free ports, as deployed; stopped with SIGTERM."""
-    variables = {**os.environ, **CA.env(Path(tempfile.mkdtemp()), "executor"),
-                 "AION_EXECUTOR_HEALTH_PORT": "0", "AION_EXECUTOR_HTTP_TOKEN": HTTP_TOKEN,
-                 "AION_EXECUTOR_HOST": "127.0.0.1", "AION_EXECUTOR_PORT": "0",
-                 "AION_EXECUTOR_HTTP_PORT": "0", "AION_EXECUTOR_N_THREADS": str(THREADS),
-                 "AION_EXECUTOR_N_CTX": str(N_CTX), "AION_EXECUTOR_LOG_LEVEL": "INFO",
-                 "AION_EXECUTOR_MAX_TOKENS_LIMIT": str(MAX_TOKENS),
-                 "AION_EXECUTOR_DEFAULT_MAX_TOKENS": str(MAX_TOKENS), **env}
+    variables = {
+        **os.environ,
+        **CA.env(Path(tempfile.mkdtemp()), "executor"),
+        "AION_EXECUTOR_HEALTH_PORT": "0",
+        "AION_EXECUTOR_HTTP_TOKEN": HTTP_TOKEN,
+        "AION_EXECUTOR_HOST": "127.0.0.1",
+        "AION_EXECUTOR_PORT": "0",
+        "AION_EXECUTOR_HTTP_PORT": "0",
+        "AION_EXECUTOR_N_THREADS": str(THREADS),
+        "AION_EXECUTOR_N_CTX": str(N_CTX),
+        "AION_EXECUTOR_LOG_LEVEL": "INFO",
+        "AION_EXECUTOR_MAX_TOKENS_LIMIT": str(MAX_TOKENS),
+        "AION_EXECUTOR_DEFAULT_MAX_TOKENS": str(MAX_TOKENS),
+        **env,
+    }
     variables.pop("AION_EXECUTOR_KAFKA_BOOTSTRAP", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aion.executor", env=variables,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "aion.executor",
+        env=variables,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
     assert proc.stderr is not None
     addresses: dict[str, str] = {}
     try:
@@ -363,10 +429,13 @@ async def executor_process(**env: str) -> AsyncIterator[Running]:
                 if message.startswith("executor cannot start"):
                     raise RuntimeError(message)
         drain = asyncio.ensure_future(_drain(proc.stderr))
-        async with channels.connect(addresses["executor listening"], tls=CA.tls("agent"),
-                                    peer="executor") as channel:
-            yield Running(stub=executor_pb2_grpc.ExecutorStub(channel),
-                          http_url=f"http://{addresses['executor http listening']}")
+        async with channels.connect(
+            addresses["executor listening"], tls=CA.tls("agent"), peer="executor"
+        ) as channel:
+            yield Running(
+                stub=executor_pb2_grpc.ExecutorStub(channel),
+                http_url=f"http://{addresses['executor http listening']}",
+            )
         drain.cancel()
     finally:
         if proc.returncode is None:
@@ -386,9 +455,11 @@ async def _drain(stream: asyncio.StreamReader) -> None:
 
 def generation_executor(streams: int) -> contextlib.AbstractAsyncContextManager[Running]:
     """The executor serving SmolLM2 with ``streams`` slots."""
-    return executor_process(AION_EXECUTOR_MODEL_TASK="generate",
-                            AION_EXECUTOR_MAX_STREAMS=str(streams),
-                            AION_EXECUTOR_MAX_QUEUE=str(streams * 4))
+    return executor_process(
+        AION_EXECUTOR_MODEL_TASK="generate",
+        AION_EXECUTOR_MAX_STREAMS=str(streams),
+        AION_EXECUTOR_MAX_QUEUE=str(streams * 4),
+    )
 
 
 async def main() -> dict[str, Any]:
@@ -397,8 +468,9 @@ async def main() -> dict[str, Any]:
     out: dict[str, Any] = {"threads": THREADS, "max_tokens": MAX_TOKENS}
     started = time.perf_counter()
 
-    emb = st_backend.SentenceTransformerBackend(settings.bundled_model_path("embed"),
-                                                n_threads=THREADS)
+    emb = st_backend.SentenceTransformerBackend(
+        settings.bundled_model_path("embed"), n_threads=THREADS
+    )
     emb.load()
     out["device_embed"] = emb.device
     raw = raw_embeddings(emb)
@@ -421,8 +493,10 @@ async def main() -> dict[str, Any]:
             out[f"ttft_p99_ms_{streams}"] = ms(pct(runs.ttft, 0.99))
             out[f"per_token_p50_ms_{streams}"] = ms(pct(runs.per_token, 0.5))
             out[f"per_token_p99_ms_{streams}"] = ms(pct(runs.per_token, 0.99))
-            log(f"gRPC generation, {streams} streams: {rate:.1f} tokens/s, TTFT p50 "
-                f"{out[f'ttft_p50_ms_{streams}']} ms")
+            log(
+                f"gRPC generation, {streams} streams: {rate:.1f} tokens/s, TTFT p50 "
+                f"{out[f'ttft_p50_ms_{streams}']} ms"
+            )
             if LLAMA_SERVER:
                 http_rate = await http_generation(ex.http_url, streams, model=GEN_NAME)
                 out[f"gen_http_tokens_per_s_{streams}"] = round(http_rate, 1)

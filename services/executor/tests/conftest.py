@@ -27,8 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def new_generation_model(*, max_streams: int = MAX_STREAMS) -> llama_backend.LlamaBackend:
     """The bundled SmolLM2 model, not loaded yet."""
-    return llama_backend.LlamaBackend(settings.bundled_model_path("generate"), n_ctx=N_CTX,
-                                      n_threads=1, max_streams=max_streams, n_batch=256)
+    return llama_backend.LlamaBackend(
+        settings.bundled_model_path("generate"),
+        n_ctx=N_CTX,
+        n_threads=1,
+        max_streams=max_streams,
+        n_batch=256,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +47,7 @@ def generation_model() -> Iterator[llama_backend.LlamaBackend]:
 @pytest.fixture(scope="session")
 def embedding_model() -> Iterator[st_backend.SentenceTransformerBackend]:
     """The real all-MiniLM-L6-v2 model, loaded once."""
-    model = st_backend.SentenceTransformerBackend(settings.bundled_model_path("embed"),
-                                                  n_threads=1)
+    model = st_backend.SentenceTransformerBackend(settings.bundled_model_path("embed"), n_threads=1)
     model.load()
     yield model
     model.close()
@@ -51,19 +55,29 @@ def embedding_model() -> Iterator[st_backend.SentenceTransformerBackend]:
 
 @pytest.fixture(scope="session")
 async def generator(
-        generation_model: llama_backend.LlamaBackend) -> AsyncIterator[testing.Executor]:
+    generation_model: llama_backend.LlamaBackend,
+) -> AsyncIterator[testing.Executor]:
     """One generation executor serving the shared model."""
-    async with testing.serve(inference.GenerationService(
-            generation_model, model_name=GEN_MODEL, limits=LIMITS, max_queue=8)) as running:
+    async with testing.serve(
+        inference.GenerationService(
+            generation_model, model_name=GEN_MODEL, limits=LIMITS, max_queue=8
+        )
+    ) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
 async def embedder(
-        embedding_model: st_backend.SentenceTransformerBackend) -> AsyncIterator[testing.Executor]:
+    embedding_model: st_backend.SentenceTransformerBackend,
+) -> AsyncIterator[testing.Executor]:
     """One embedding executor serving the shared model."""
     service = inference.EmbeddingService(
-        embedding_model, model_name=EMBED_MODEL, limits=LIMITS, max_queue=64, max_batch=32,
-        max_wait_s=0.005)
+        embedding_model,
+        model_name=EMBED_MODEL,
+        limits=LIMITS,
+        max_queue=64,
+        max_batch=32,
+        max_wait_s=0.005,
+    )
     async with testing.serve(service) as running:
         yield running

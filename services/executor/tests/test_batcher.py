@@ -87,8 +87,10 @@ async def test_a_text_over_the_input_limit_fails_only_its_request() -> None:
     b = batcher.EmbedBatcher(model, max_batch=8, max_wait_s=0.5, max_queue=8)
     async with running(b):
         good, bad = await asyncio.gather(
-            b.embed(["short one"]), b.embed(["fine", "one two three four five six"]),
-            return_exceptions=True)
+            b.embed(["short one"]),
+            b.embed(["fine", "one two three four five six"]),
+            return_exceptions=True,
+        )
     assert isinstance(good, backend.Embedded)
     assert isinstance(bad, errors.InvalidArgument)
     assert bad.field == "texts[1]"

@@ -24,8 +24,9 @@ def vectors(response: executor_pb2.EmbedResponse) -> np.ndarray:
 
 async def embed(ex: testing.Executor, *texts: str, **fields: str) -> np.ndarray:
     """Embed ``texts`` through gRPC."""
-    return vectors(await ex.stub.Embed(executor_pb2.EmbedRequest(texts=texts, **fields),
-                                       timeout=60))
+    return vectors(
+        await ex.stub.Embed(executor_pb2.EmbedRequest(texts=texts, **fields), timeout=60)
+    )
 
 
 async def rpc_error(call: Awaitable[object]) -> errors.AionError:
@@ -35,10 +36,12 @@ async def rpc_error(call: Awaitable[object]) -> errors.AionError:
     return errors.from_rpc_error(info.value)
 
 
-async def test_vectors_have_the_model_dimension_and_unit_length(
-        embedder: testing.Executor) -> None:
-    response = await embedder.stub.Embed(executor_pb2.EmbedRequest(
-        texts=["The cat sits on the mat.", "Kubernetes schedules pods onto nodes."]))
+async def test_vectors_have_the_model_dimension_and_unit_length(embedder: testing.Executor) -> None:
+    response = await embedder.stub.Embed(
+        executor_pb2.EmbedRequest(
+            texts=["The cat sits on the mat.", "Kubernetes schedules pods onto nodes."]
+        )
+    )
     assert (response.model, response.dimensions) == (MODEL, 384)
     rows = vectors(response)
     assert rows.shape == (2, 384)
@@ -46,11 +49,13 @@ async def test_vectors_have_the_model_dimension_and_unit_length(
     assert response.prompt_tokens > 10
 
 
-async def test_near_duplicates_are_closer_than_unrelated_texts(
-        embedder: testing.Executor) -> None:
-    rows = await embed(embedder, "How do I reset my password?",
-                       "How can I reset my password?",
-                       "The recipe needs two cups of flour.")
+async def test_near_duplicates_are_closer_than_unrelated_texts(embedder: testing.Executor) -> None:
+    rows = await embed(
+        embedder,
+        "How do I reset my password?",
+        "How can I reset my password?",
+        "The recipe needs two cups of flour.",
+    )
     near, far = float(rows[0] @ rows[1]), float(rows[0] @ rows[2])
     assert near > 0.9
     assert far < 0.3
@@ -58,7 +63,8 @@ async def test_near_duplicates_are_closer_than_unrelated_texts(
 
 
 async def test_concurrent_callers_are_batched_and_get_their_own_vectors(
-        embedder: testing.Executor) -> None:
+    embedder: testing.Executor,
+) -> None:
     texts = [f"document number {i} is about topic {i % 3}" for i in range(12)]
     alone = [await embed(embedder, t) for t in texts[:3]]
     together = await asyncio.gather(*(embed(embedder, t) for t in texts))
@@ -67,15 +73,19 @@ async def test_concurrent_callers_are_batched_and_get_their_own_vectors(
     assert len({tuple(np.round(v[0], 4)) for v in together}) == len(texts)
 
 
-@pytest.mark.parametrize(("texts", "field"), [
-    ([], "texts"),
-    ([""], "texts[0]"),
-    (["ok", "  "], "texts[1]"),
-    (["x"] * 17, "texts"),
-    (["fine", "word " * 400], "texts[1]"),
-])
+@pytest.mark.parametrize(
+    ("texts", "field"),
+    [
+        ([], "texts"),
+        ([""], "texts[0]"),
+        (["ok", "  "], "texts[1]"),
+        (["x"] * 17, "texts"),
+        (["fine", "word " * 400], "texts[1]"),
+    ],
+)
 async def test_invalid_requests_name_the_field_and_others_are_served(
-        embedder: testing.Executor, texts: list[str], field: str) -> None:
+    embedder: testing.Executor, texts: list[str], field: str
+) -> None:
     err = await rpc_error(embedder.stub.Embed(executor_pb2.EmbedRequest(texts=texts)))
     assert isinstance(err, errors.InvalidArgument), err
     assert err.field == field
@@ -83,14 +93,14 @@ async def test_invalid_requests_name_the_field_and_others_are_served(
 
 
 async def test_a_text_longer_than_the_model_input_says_so(embedder: testing.Executor) -> None:
-    err = await rpc_error(embedder.stub.Embed(executor_pb2.EmbedRequest(
-        texts=["word " * 400])))
+    err = await rpc_error(embedder.stub.Embed(executor_pb2.EmbedRequest(texts=["word " * 400])))
     assert "at most 256" in err.message
 
 
 async def test_an_unknown_model_is_an_invalid_argument(embedder: testing.Executor) -> None:
-    err = await rpc_error(embedder.stub.Embed(executor_pb2.EmbedRequest(
-        texts=["hi"], model="text-embedding-3-large")))
+    err = await rpc_error(
+        embedder.stub.Embed(executor_pb2.EmbedRequest(texts=["hi"], model="text-embedding-3-large"))
+    )
     assert isinstance(err, errors.InvalidArgument)
     assert err.field == "model"
     assert MODEL in err.message
@@ -98,20 +108,25 @@ async def test_an_unknown_model_is_an_invalid_argument(embedder: testing.Executo
 
 async def test_generate_needs_a_generation_executor(embedder: testing.Executor) -> None:
     async def drain() -> None:
-        async for _ in embedder.stub.Generate(executor_pb2.GenerateRequest(
-                messages=[executor_pb2.ChatMessage(role="user", content="hi")])):
+        async for _ in embedder.stub.Generate(
+            executor_pb2.GenerateRequest(
+                messages=[executor_pb2.ChatMessage(role="user", content="hi")]
+            )
+        ):
             pass
+
     err = await rpc_error(drain())
     assert isinstance(err, errors.FailedPrecondition)
     assert '"generate"' in err.message
 
 
 async def test_a_full_queue_is_refused_with_a_retry_delay(
-        embedding_model: st_backend.SentenceTransformerBackend) -> None:
+    embedding_model: st_backend.SentenceTransformerBackend,
+) -> None:
     limits = validation.Limits(default_max_tokens=8, max_tokens_limit=8, max_texts=4)
     service = inference.EmbeddingService(
-        embedding_model, model_name=MODEL, limits=limits, max_queue=1, max_batch=8,
-        max_wait_s=0)
+        embedding_model, model_name=MODEL, limits=limits, max_queue=1, max_batch=8, max_wait_s=0
+    )
     # The batcher is not running yet, so the first request waits in the queue.
     async with testing.serve(service, loops=False) as ex:
         first = asyncio.ensure_future(ex.stub.Embed(executor_pb2.EmbedRequest(texts=["a"])))

@@ -25,11 +25,14 @@ LIMIT = 64
 def chat(content: str = COUNTING, **fields: Any) -> executor_pb2.GenerateRequest:
     """A GenerateRequest with one user message."""
     return executor_pb2.GenerateRequest(
-        messages=[executor_pb2.ChatMessage(role="user", content=content)], **fields)
+        messages=[executor_pb2.ChatMessage(role="user", content=content)], **fields
+    )
 
 
-async def generate(ex: testing.Executor, request: executor_pb2.GenerateRequest,
-                   ) -> list[executor_pb2.GenerateChunk]:
+async def generate(
+    ex: testing.Executor,
+    request: executor_pb2.GenerateRequest,
+) -> list[executor_pb2.GenerateChunk]:
     """Every chunk of one Generate call."""
     return [chunk async for chunk in ex.stub.Generate(request, timeout=120)]
 
@@ -60,25 +63,32 @@ async def rpc_error(call: Awaitable[object]) -> errors.AionError:
     return errors.from_rpc_error(info.value)
 
 
-async def stream_error(ex: testing.Executor, request: executor_pb2.GenerateRequest,
-                       ) -> errors.AionError:
+async def stream_error(
+    ex: testing.Executor,
+    request: executor_pb2.GenerateRequest,
+) -> errors.AionError:
     """The error a Generate stream ends with before its first chunk."""
+
     async def drain() -> None:
         async for _ in ex.stub.Generate(request, timeout=60):
             raise AssertionError("expected an error, got a chunk")
+
     return await rpc_error(drain())
 
 
-def service(model: llama_backend.LlamaBackend, *, max_queue: int = 8,
-            ) -> inference.GenerationService:
+def service(
+    model: llama_backend.LlamaBackend,
+    *,
+    max_queue: int = 8,
+) -> inference.GenerationService:
     limits = validation.Limits(default_max_tokens=8, max_tokens_limit=LIMIT, max_texts=16)
-    return inference.GenerationService(model, model_name=MODEL, limits=limits,
-                                       max_queue=max_queue)
+    return inference.GenerationService(model, model_name=MODEL, limits=limits, max_queue=max_queue)
 
 
 async def test_not_serving_until_the_model_is_loaded() -> None:
-    fresh = llama_backend.LlamaBackend(settings.bundled_model_path(), n_ctx=256, n_threads=1,
-                                       max_streams=1)
+    fresh = llama_backend.LlamaBackend(
+        settings.bundled_model_path(), n_ctx=256, n_threads=1, max_streams=1
+    )
     with fresh:
         async with testing.serve(service(fresh), ready=False) as ex:
             check = await ex.health.Check(health_pb2.HealthCheckRequest())
@@ -115,16 +125,18 @@ async def test_stop_sequences_end_the_text_before_them(generator: testing.Execut
 
     chunks = await generate(generator, chat(max_tokens=12, temperature=0, stop=["3"]))
 
-    assert text_of(chunks) == reference[:reference.index("3")]
+    assert text_of(chunks) == reference[: reference.index("3")]
     assert chunks[-1].finish_reason == executor_pb2.FINISH_REASON_STOP
     assert chunks[-1].usage.completion_tokens < 12
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
-async def test_the_same_seed_gives_the_same_text(generator: testing.Executor,
-                                                 temperature: float) -> None:
-    request = chat("Write a haiku about the sea.", max_tokens=10, temperature=temperature,
-                   seed=1234)
+async def test_the_same_seed_gives_the_same_text(
+    generator: testing.Executor, temperature: float
+) -> None:
+    request = chat(
+        "Write a haiku about the sea.", max_tokens=10, temperature=temperature, seed=1234
+    )
     first = text_of(await generate(generator, request))
     second = text_of(await generate(generator, request))
     assert first
@@ -132,16 +144,22 @@ async def test_the_same_seed_gives_the_same_text(generator: testing.Executor,
 
 
 async def test_a_raw_prompt_is_continued_without_the_chat_template(
-        generator: testing.Executor) -> None:
-    chunks = await generate(generator, executor_pb2.GenerateRequest(
-        prompt="The capital of France is", max_tokens=4, temperature=0))
+    generator: testing.Executor,
+) -> None:
+    chunks = await generate(
+        generator,
+        executor_pb2.GenerateRequest(
+            prompt="The capital of France is", max_tokens=4, temperature=0
+        ),
+    )
     assert chunks[-1].usage.prompt_tokens < 10  # no template around it
     assert chunks[-1].usage.completion_tokens <= 4
     assert text_of(chunks)
 
 
 async def test_a_stream_that_joins_later_finishes_while_a_long_one_runs(
-        generator: testing.Executor) -> None:
+    generator: testing.Executor,
+) -> None:
     long_call = generator.stub.Generate(chat(max_tokens=LIMIT, temperature=0), timeout=120)
     long_stream = aiter(long_call)
     first = await anext(long_stream)
@@ -157,13 +175,19 @@ async def test_a_stream_that_joins_later_finishes_while_a_long_one_runs(
 
 
 async def test_streams_decoded_together_each_continue_their_own_prompt(
-        generator: testing.Executor) -> None:
+    generator: testing.Executor,
+) -> None:
     # Batched decoding is not bit-identical to decoding alone (llama.cpp sums in a
     # different order), so this checks that no stream reads another's tokens.
     words = ["apple", "banana", "cherry"]
-    together = await asyncio.gather(*(
-        generate(generator, chat(f"Repeat the word {w} five times.", max_tokens=12,
-                                 temperature=0)) for w in words))
+    together = await asyncio.gather(
+        *(
+            generate(
+                generator, chat(f"Repeat the word {w} five times.", max_tokens=12, temperature=0)
+            )
+            for w in words
+        )
+    )
     for word, chunks in zip(words, together, strict=True):
         text = text_of(chunks).lower()
         assert word in text, (word, text)
@@ -172,8 +196,9 @@ async def test_streams_decoded_together_each_continue_their_own_prompt(
 
 
 async def test_a_cancelled_stream_frees_its_slot(generator: testing.Executor) -> None:
-    before = prometheus_client.REGISTRY.get_sample_value(
-        "aion_executor_completion_tokens_total") or 0.0
+    before = (
+        prometheus_client.REGISTRY.get_sample_value("aion_executor_completion_tokens_total") or 0.0
+    )
     call = generator.stub.Generate(chat(max_tokens=LIMIT, temperature=0), timeout=60)
     stream = aiter(call)
     await anext(stream)
@@ -184,12 +209,14 @@ async def test_a_cancelled_stream_frees_its_slot(generator: testing.Executor) ->
 
     await wait_until(lambda: idle(generator))
 
-    generated = (prometheus_client.REGISTRY.get_sample_value(
-        "aion_executor_completion_tokens_total") or 0.0) - before
+    generated = (
+        prometheus_client.REGISTRY.get_sample_value("aion_executor_completion_tokens_total") or 0.0
+    ) - before
     assert generated < LIMIT
     # Every slot is free again: as many streams as the model decodes at once all finish.
-    results = await asyncio.gather(*(
-        generate(generator, chat(max_tokens=3, temperature=0)) for _ in range(4)))
+    results = await asyncio.gather(
+        *(generate(generator, chat(max_tokens=3, temperature=0)) for _ in range(4))
+    )
     assert [r[-1].usage.completion_tokens for r in results] == [3, 3, 3, 3]
 
 
@@ -203,7 +230,8 @@ async def test_a_timed_out_stream_frees_its_slot(generator: testing.Executor) ->
 
 
 async def test_a_full_queue_is_refused_with_a_retry_delay(
-        generation_model: llama_backend.LlamaBackend) -> None:
+    generation_model: llama_backend.LlamaBackend,
+) -> None:
     async with testing.serve(service(generation_model, max_queue=1)) as ex:
         call = ex.stub.Generate(chat(max_tokens=LIMIT, temperature=0), timeout=60)
         await anext(aiter(call))
@@ -220,24 +248,31 @@ async def test_a_full_queue_is_refused_with_a_retry_delay(
         await wait_until(lambda: idle(ex))
 
 
-@pytest.mark.parametrize(("request_", "field"), [
-    (executor_pb2.GenerateRequest(), "messages"),
-    (chat(""), "messages[0].content"),
-    (executor_pb2.GenerateRequest(messages=[
-        executor_pb2.ChatMessage(role="robot", content="hi")]), "messages[0].role"),
-    (chat(max_tokens=-1), "max_tokens"),
-    (chat(max_tokens=LIMIT + 1), "max_tokens"),
-    (chat(temperature=-0.5), "temperature"),
-    (chat(top_p=0), "top_p"),
-    (chat(seed=-1), "seed"),
-    (chat(stop=[""]), "stop[0]"),
-    (chat("many words " * 512), "messages"),
-    (executor_pb2.GenerateRequest(prompt="many words " * 512), "prompt"),
-    (chat(model="llama-70b"), "model"),
-])
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (executor_pb2.GenerateRequest(), "messages"),
+        (chat(""), "messages[0].content"),
+        (
+            executor_pb2.GenerateRequest(
+                messages=[executor_pb2.ChatMessage(role="robot", content="hi")]
+            ),
+            "messages[0].role",
+        ),
+        (chat(max_tokens=-1), "max_tokens"),
+        (chat(max_tokens=LIMIT + 1), "max_tokens"),
+        (chat(temperature=-0.5), "temperature"),
+        (chat(top_p=0), "top_p"),
+        (chat(seed=-1), "seed"),
+        (chat(stop=[""]), "stop[0]"),
+        (chat("many words " * 512), "messages"),
+        (executor_pb2.GenerateRequest(prompt="many words " * 512), "prompt"),
+        (chat(model="llama-70b"), "model"),
+    ],
+)
 async def test_invalid_requests_name_the_field_and_others_are_served(
-        generator: testing.Executor, request_: executor_pb2.GenerateRequest,
-        field: str) -> None:
+    generator: testing.Executor, request_: executor_pb2.GenerateRequest, field: str
+) -> None:
     err = await stream_error(generator, request_)
     assert isinstance(err, errors.InvalidArgument), err
     assert err.field == field
@@ -278,6 +313,4 @@ async def test_stats_and_gauges_report_the_load(generator: testing.Executor) -> 
     assert prometheus_client.REGISTRY.get_sample_value("aion_executor_max_queue") == 8
     assert prometheus_client.REGISTRY.get_sample_value("aion_executor_max_batch") == 4
     assert prometheus_client.REGISTRY.get_sample_value("aion_executor_in_flight") == 0
-    assert (prometheus_client.REGISTRY.get_sample_value("aion_executor_tokens_per_second")
-            or 0) > 0
-
+    assert (prometheus_client.REGISTRY.get_sample_value("aion_executor_tokens_per_second") or 0) > 0

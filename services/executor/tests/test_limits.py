@@ -16,8 +16,13 @@ from aion.executor.generation import llama_backend
 
 GEN = "smollm2-135m-instruct"
 COUNTING = "Count from 1 to 500, one number per line."
-LIMITS = validation.Limits(default_max_tokens=8, max_tokens_limit=64, max_texts=4,
-                           max_prompt_chars=1000, max_body_bytes=4096)
+LIMITS = validation.Limits(
+    default_max_tokens=8,
+    max_tokens_limit=64,
+    max_texts=4,
+    max_prompt_chars=1000,
+    max_body_bytes=4096,
+)
 
 
 class Counted:
@@ -40,11 +45,13 @@ class Counted:
 
 
 @pytest.fixture
-async def executor(generation_model: llama_backend.LlamaBackend,
-                   ) -> AsyncIterator[tuple[testing.Executor, Counted]]:
+async def executor(
+    generation_model: llama_backend.LlamaBackend,
+) -> AsyncIterator[tuple[testing.Executor, Counted]]:
     counted = Counted(generation_model)
-    service = inference.GenerationService(cast(backend.GenerationBackend, counted),
-                                          model_name=GEN, limits=LIMITS, max_queue=1)
+    service = inference.GenerationService(
+        cast(backend.GenerationBackend, counted), model_name=GEN, limits=LIMITS, max_queue=1
+    )
     async with testing.serve(service) as ex:
         yield ex, counted
 
@@ -54,7 +61,8 @@ def _chat(content: str) -> dict[str, Any]:
 
 
 async def test_a_body_over_the_limit_is_a_413_read_no_further(
-        executor: tuple[testing.Executor, Counted]) -> None:
+    executor: tuple[testing.Executor, Counted],
+) -> None:
     ex, counted = executor
     async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:
         declared = await http.post("/v1/chat/completions", json=_chat("a " * 5000))
@@ -64,8 +72,10 @@ async def test_a_body_over_the_limit_is_a_413_read_no_further(
             for _ in range(100):
                 yield b"a" * 1000
             yield b'"}]}'
-        streamed = await http.post("/v1/chat/completions", content=chunks(),
-                                   headers={"content-type": "application/json"})
+
+        streamed = await http.post(
+            "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
     for response in (declared, streamed):
         assert response.status_code == 413
         error = response.json()["error"]
@@ -76,30 +86,39 @@ async def test_a_body_over_the_limit_is_a_413_read_no_further(
 
 
 async def test_a_prompt_over_the_limit_is_refused_before_tokenising(
-        executor: tuple[testing.Executor, Counted]) -> None:
+    executor: tuple[testing.Executor, Counted],
+) -> None:
     ex, counted = executor
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        async for _ in ex.stub.Generate(executor_pb2.GenerateRequest(
-                messages=[executor_pb2.ChatMessage(role="user", content="a" * 1001)]),
-                timeout=30):
+        async for _ in ex.stub.Generate(
+            executor_pb2.GenerateRequest(
+                messages=[executor_pb2.ChatMessage(role="user", content="a" * 1001)]
+            ),
+            timeout=30,
+        ):
             pass
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert errors.from_rpc_error(info.value).field == "messages"
     async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:
-        response = await http.post("/v1/completions",
-                                   json={"prompt": "a" * 1001, "max_tokens": 2})
+        response = await http.post("/v1/completions", json={"prompt": "a" * 1001, "max_tokens": 2})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "prompt"
     assert counted.encoded == 0
 
 
 async def test_a_full_queue_refuses_before_tokenising(
-        executor: tuple[testing.Executor, Counted]) -> None:
+    executor: tuple[testing.Executor, Counted],
+) -> None:
     ex, counted = executor
     # Greedy, so that it never ends early by chance (a sampled stream may stop at once).
-    held = ex.stub.Generate(executor_pb2.GenerateRequest(
-        messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)], max_tokens=64,
-        temperature=0), timeout=60)
+    held = ex.stub.Generate(
+        executor_pb2.GenerateRequest(
+            messages=[executor_pb2.ChatMessage(role="user", content=COUNTING)],
+            max_tokens=64,
+            temperature=0,
+        ),
+        timeout=60,
+    )
     await anext(aiter(held))  # the one place of the queue is taken
     assert counted.encoded == 1
     async with httpx.AsyncClient(base_url=ex.http_url, headers=ex.http_headers, timeout=60) as http:

@@ -17,8 +17,15 @@ from aion.infra.kafka import Kafka
 
 pytestmark = pytest.mark.kafka
 
-LOAD = stats.Load(model_ready=True, queue_depth=3, in_flight=2, max_queue=16,
-                  tokens_per_s=41.5, p95_latency_s=0.75, max_batch=8)
+LOAD = stats.Load(
+    model_ready=True,
+    queue_depth=3,
+    in_flight=2,
+    max_queue=16,
+    tokens_per_s=41.5,
+    p95_latency_s=0.75,
+    max_batch=8,
+)
 
 
 Record = tuple[bytes, events_pb2.Envelope, dict[str, bytes]]
@@ -26,16 +33,18 @@ Record = tuple[bytes, events_pb2.Envelope, dict[str, bytes]]
 
 async def read(bootstrap: str, topic: str, count: int) -> list[Record]:
     """The first ``count`` records of ``topic``, as (key, envelope, headers)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         out: list[Record] = []
         async with asyncio.timeout(60):
             while len(out) < count:
                 record = await consumer.getone()
-                out.append((record.key, events_pb2.Envelope.FromString(record.value),
-                            dict(record.headers)))
+                out.append(
+                    (record.key, events_pb2.Envelope.FromString(record.value), dict(record.headers))
+                )
         return out
     finally:
         await consumer.stop()
@@ -43,8 +52,14 @@ async def read(bootstrap: str, topic: str, count: int) -> list[Record]:
 
 async def test_reports_carry_the_stats_figures_at_the_interval(kafka: Kafka) -> None:
     topic = f"aion-test-load-{uuid.uuid4().hex[:10]}"
-    reporter = load_report.LoadReporter(lambda: LOAD, bootstrap=kafka.bootstrap, topic=topic,
-                                        interval_s=0.2, executor="pod-7", model="m")
+    reporter = load_report.LoadReporter(
+        lambda: LOAD,
+        bootstrap=kafka.bootstrap,
+        topic=topic,
+        interval_s=0.2,
+        executor="pod-7",
+        model="m",
+    )
     async with reporter:
         task = asyncio.create_task(reporter.run())
         try:
@@ -58,19 +73,31 @@ async def test_reports_carry_the_stats_figures_at_the_interval(kafka: Kafka) -> 
     key, envelope, _ = records[0]
     assert key == b"pod-7"
     assert (envelope.type, envelope.source, envelope.subject) == (
-        "aion.executor.load", "executor", "pod-7")
+        "aion.executor.load",
+        "executor",
+        "pod-7",
+    )
     assert len({e.id for _, e, _ in records}) == 3
     load = events_pb2.ExecutorLoad()
     assert envelope.data.Unpack(load)
     assert load == events_pb2.ExecutorLoad(
-        executor="pod-7", model="m", queue_depth=3, in_flight=2, tokens_per_s=41.5,
-        p95_latency_ms=750.0, model_ready=True)
+        executor="pod-7",
+        model="m",
+        queue_depth=3,
+        in_flight=2,
+        tokens_per_s=41.5,
+        p95_latency_ms=750.0,
+        model_ready=True,
+    )
     # The Prometheus gauges read the same snapshot.
     stats.export(lambda: LOAD)
     gauge = prometheus_client.REGISTRY.get_sample_value
-    assert (gauge("aion_executor_queue_depth"), gauge("aion_executor_in_flight"),
-            gauge("aion_executor_tokens_per_second"),
-            gauge("aion_executor_p95_latency_seconds")) == (3, 2, 41.5, 0.75)
+    assert (
+        gauge("aion_executor_queue_depth"),
+        gauge("aion_executor_in_flight"),
+        gauge("aion_executor_tokens_per_second"),
+        gauge("aion_executor_p95_latency_seconds"),
+    ) == (3, 2, 41.5, 0.75)
     # The report sent while shutting down says the model is no longer ready.
     final = events_pb2.ExecutorLoad()
     assert last.data.Unpack(final)
@@ -78,8 +105,9 @@ async def test_reports_carry_the_stats_figures_at_the_interval(kafka: Kafka) -> 
 
 
 async def test_an_unreachable_broker_delays_reports_without_failing() -> None:
-    reporter = load_report.LoadReporter(lambda: LOAD, bootstrap="127.0.0.1:1", topic="t",
-                                        interval_s=0.1, executor="e", model="m")
+    reporter = load_report.LoadReporter(
+        lambda: LOAD, bootstrap="127.0.0.1:1", topic="t", interval_s=0.1, executor="e", model="m"
+    )
     async with reporter:
         task = asyncio.create_task(reporter.run())
         # It keeps trying, and the task keeps running, instead of failing.
@@ -97,8 +125,14 @@ async def test_an_unreachable_broker_delays_reports_without_failing() -> None:
 
 async def test_reports_carry_the_w3c_trace_context_and_the_type(kafka: Kafka) -> None:
     topic = f"aion-test-load-{uuid.uuid4().hex[:10]}"
-    reporter = load_report.LoadReporter(lambda: LOAD, bootstrap=kafka.bootstrap, topic=topic,
-                                        interval_s=0.2, executor="pod-8", model="m")
+    reporter = load_report.LoadReporter(
+        lambda: LOAD,
+        bootstrap=kafka.bootstrap,
+        topic=topic,
+        interval_s=0.2,
+        executor="pod-8",
+        model="m",
+    )
     # The executor's process has a tracer provider (telemetry.setup); here, a span of one.
     tracer = TracerProvider().get_tracer("test")
     async with reporter:

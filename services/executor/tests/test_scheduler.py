@@ -44,8 +44,9 @@ class ScriptedModel:
         """A fixed prompt."""
         return PROMPT
 
-    async def stream(self, prompt: backend.Prompt,
-                     params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
+    async def stream(
+        self, prompt: backend.Prompt, params: backend.SamplingParams
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Yield fed chunks until one finishes."""
         feed: asyncio.Queue[backend.Chunk] = asyncio.Queue()
         self.feeds.append(feed)
@@ -70,8 +71,9 @@ class Clock:
 
 
 def last(tokens: int) -> backend.Chunk:
-    return backend.Chunk("", tokens, finish=backend.FinishReason.STOP,
-                         usage=backend.Usage(3, tokens))
+    return backend.Chunk(
+        "", tokens, finish=backend.FinishReason.STOP, usage=backend.Usage(3, tokens)
+    )
 
 
 async def collect(chunks: AsyncGenerator[backend.Chunk, None]) -> list[backend.Chunk]:

@@ -20,27 +20,39 @@ from .fakes import gateway as _gateway
 
 
 @contextlib.asynccontextmanager
-async def _client(gw: Gateway, *, key: str = KEY, streaming: bool = True,
-                  agent: str = "demo", binding: str = "JSONRPC",
-                  ) -> AsyncIterator[a2a_client.Client]:
+async def _client(
+    gw: Gateway,
+    *,
+    key: str = KEY,
+    streaming: bool = True,
+    agent: str = "demo",
+    binding: str = "JSONRPC",
+) -> AsyncIterator[a2a_client.Client]:
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(headers=headers, timeout=30) as http:
         client = await client_factory.create_client(
             f"{gw.url}/a2a/{agent}",
             client_config=a2a_client.ClientConfig(
-                streaming=streaming, httpx_client=http, supported_protocol_bindings=[binding]),
-            resolver_http_kwargs={"headers": headers})
+                streaming=streaming, httpx_client=http, supported_protocol_bindings=[binding]
+            ),
+            resolver_http_kwargs={"headers": headers},
+        )
         transport = type(client._transport).__name__  # type: ignore[attr-defined]
-        assert transport == {"JSONRPC": "JsonRpcTransport", "HTTP+JSON": "RestTransport"}[
-            binding], transport
+        assert (
+            transport == {"JSONRPC": "JsonRpcTransport", "HTTP+JSON": "RestTransport"}[binding]
+        ), transport
         async with client:
             yield client
 
 
 def _message(text: str, message_id: str = "") -> a2a.SendMessageRequest:
-    return a2a.SendMessageRequest(message=a2a.Message(
-        message_id=message_id or str(uuid.uuid4()), role=a2a.ROLE_USER,
-        parts=[a2a.Part(text=text)]))
+    return a2a.SendMessageRequest(
+        message=a2a.Message(
+            message_id=message_id or str(uuid.uuid4()),
+            role=a2a.ROLE_USER,
+            parts=[a2a.Part(text=text)],
+        )
+    )
 
 
 def _aion(struct: object) -> dict[str, object]:
@@ -51,16 +63,19 @@ def _aion(struct: object) -> dict[str, object]:
 
 async def test_the_agent_card_is_the_callers_agent() -> None:
     async with _gateway() as gw, httpx.AsyncClient() as http:
-        card = (await http.get(f"{gw.url}/a2a/demo/.well-known/agent-card.json",
-                               headers={"x-api-key": VIEWER})).json()
-        missing = await http.get(f"{gw.url}/a2a/nope/.well-known/agent-card.json",
-                                 headers={"x-api-key": VIEWER})
+        card = (
+            await http.get(
+                f"{gw.url}/a2a/demo/.well-known/agent-card.json", headers={"x-api-key": VIEWER}
+            )
+        ).json()
+        missing = await http.get(
+            f"{gw.url}/a2a/nope/.well-known/agent-card.json", headers={"x-api-key": VIEWER}
+        )
         anonymous = await http.get(f"{gw.url}/a2a/demo/.well-known/agent-card.json")
     assert card["name"] == "demo"
     assert card["capabilities"]["streaming"] is True
     assert card["supportedInterfaces"][0]["url"] == f"{gw.url}/a2a/demo"
-    assert [i["protocolBinding"] for i in card["supportedInterfaces"]] == ["JSONRPC",
-                                                                         "HTTP+JSON"]
+    assert [i["protocolBinding"] for i in card["supportedInterfaces"]] == ["JSONRPC", "HTTP+JSON"]
     assert (missing.status_code, missing.json()["error"]["param"]) == (404, "agent")
     assert anonymous.status_code == 401
 
@@ -95,8 +110,9 @@ async def test_stream_sends_the_task_its_output_then_the_final_status(binding: s
     final = events[-1].status_update
     assert final.status.state == a2a.TASK_STATE_COMPLETED
     assert _aion(final.metadata)["output"] == "Hello there"
-    assert {e.task.id or e.artifact_update.task_id or e.status_update.task_id
-            for e in events} == {"t1"}
+    assert {e.task.id or e.artifact_update.task_id or e.status_update.task_id for e in events} == {
+        "t1"
+    }
 
 
 async def test_a_failed_task_streams_a_failed_status_with_the_reason() -> None:
@@ -126,8 +142,12 @@ async def test_return_immediately_queues_then_cancel_and_subscribe(binding: str)
             await client.get_task(a2a.GetTaskRequest(id="nope"))
     async with _gateway() as gw, _client(gw, binding=binding) as client:
         [*_, done] = [r async for r in client.send_message(_message("Hi"))]
-        followed = [r async for r in client.subscribe(a2a.SubscribeToTaskRequest(
-            id=done.status_update.task_id))]
+        followed = [
+            r
+            async for r in client.subscribe(
+                a2a.SubscribeToTaskRequest(id=done.status_update.task_id)
+            )
+        ]
     assert followed[0].task.id == done.status_update.task_id
     assert followed[-1].status_update.status.state == a2a.TASK_STATE_COMPLETED
     assert _aion(followed[-1].status_update.metadata)["output"] == "Hello there"

@@ -23,28 +23,50 @@ EC = ec.generate_private_key(ec.SECP256R1())
 
 
 def _jwks(path: Path) -> Path:
-    jwks = {"keys": [
-        {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA.public_key())), "kid": "r1",
-         "alg": "RS256", "use": "sig"},
-        {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EC.public_key())), "kid": "e1",
-         "alg": "ES256", "use": "sig"}]}
+    jwks = {
+        "keys": [
+            {
+                **json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(RSA.public_key())),
+                "kid": "r1",
+                "alg": "RS256",
+                "use": "sig",
+            },
+            {
+                **json.loads(jwt.algorithms.ECAlgorithm.to_jwk(EC.public_key())),
+                "kid": "e1",
+                "alg": "ES256",
+                "use": "sig",
+            },
+        ]
+    }
     path.write_text(json.dumps(jwks))
     return path
 
 
 def _cfg(**kw: object) -> settings.GatewaySettings:
     base: dict[str, object] = {
-        "api_keys": [settings.ApiKey(hash=keys.hash_key(ACME_KEY), tenant="acme",
-                                     roles=["viewer"], name="ci")],
-        "jwt_secret": pydantic.SecretStr(SECRET), "jwt_audience": AUD, "jwt_issuer": ISS,
+        "api_keys": [
+            settings.ApiKey(
+                hash=keys.hash_key(ACME_KEY), tenant="acme", roles=["viewer"], name="ci"
+            )
+        ],
+        "jwt_secret": pydantic.SecretStr(SECRET),
+        "jwt_audience": AUD,
+        "jwt_issuer": ISS,
     }
     base.update(kw)
     return settings.GatewaySettings(**base)  # type: ignore[arg-type]
 
 
 def _claims(**claims: object) -> dict[str, object]:
-    body: dict[str, object] = {"sub": "alice", "tenant": "globex", "roles": ["user"],
-                               "aud": AUD, "iss": ISS, "exp": int(time.time()) + 3600}
+    body: dict[str, object] = {
+        "sub": "alice",
+        "tenant": "globex",
+        "roles": ["user"],
+        "aud": AUD,
+        "iss": ISS,
+        "exp": int(time.time()) + 3600,
+    }
     body.update(claims)
     return {k: v for k, v in body.items() if v is not None}
 
@@ -60,7 +82,11 @@ async def _auth(cfg: settings.GatewaySettings, token: str) -> auth.Principal:
 async def test_api_key_maps_to_its_tenant_and_roles() -> None:
     p = await auth.Authenticator(_cfg()).authenticate([("x-api-key", ACME_KEY)])
     assert (p.tenant, p.subject, p.roles, p.key_id) == (
-        "acme", "ci", frozenset({"viewer"}), "0123456789ab")
+        "acme",
+        "ci",
+        frozenset({"viewer"}),
+        "0123456789ab",
+    )
     p.require("viewer")
     with pytest.raises(errors.PermissionDenied, match="'user' role"):
         p.require("user")
@@ -72,13 +98,16 @@ async def test_unknown_api_key_is_unauthenticated() -> None:
     # The right id with another secret.
     with pytest.raises(errors.Unauthenticated, match="unknown API key"):
         await auth.Authenticator(_cfg()).authenticate(
-            [("x-api-key", "aion_0123456789ab_" + "x" * 32)])
+            [("x-api-key", "aion_0123456789ab_" + "x" * 32)]
+        )
 
 
 def test_plaintext_keys_in_the_settings_are_refused_with_the_fix(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AION_GATEWAY_API_KEYS",
-                       '[{"key": "k1", "tenant": "acme", "roles": ["admin"]}]')
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "AION_GATEWAY_API_KEYS", '[{"key": "k1", "tenant": "acme", "roles": ["admin"]}]'
+    )
     with pytest.raises(pydantic.ValidationError, match=r"aion\.gateway\.keys hash"):
         settings.GatewaySettings()
 
@@ -86,9 +115,12 @@ def test_plaintext_keys_in_the_settings_are_refused_with_the_fix(
 def test_duplicate_and_malformed_hashes_are_refused() -> None:
     h = keys.hash_key(ACME_KEY)
     with pytest.raises(pydantic.ValidationError, match="same key twice"):
-        settings.GatewaySettings(api_keys=[
-            settings.ApiKey(hash=h, tenant="a", roles=["user"]),
-            settings.ApiKey(hash=keys.hash_key(ACME_KEY), tenant="b", roles=["admin"])])
+        settings.GatewaySettings(
+            api_keys=[
+                settings.ApiKey(hash=h, tenant="a", roles=["user"]),
+                settings.ApiKey(hash=keys.hash_key(ACME_KEY), tenant="b", roles=["admin"]),
+            ]
+        )
     with pytest.raises(pydantic.ValidationError, match="not an API key hash"):
         settings.ApiKey(hash="sha256:abc", tenant="a", roles=["user"])
 
@@ -110,18 +142,22 @@ async def test_jwt_gives_tenant_subject_and_roles() -> None:
     p.require("user")
 
 
-@pytest.mark.parametrize(("claims", "message"), [
-    ({"exp": int(time.time()) - 10}, "expired"),
-    ({"nbf": int(time.time()) + 600}, "not yet valid"),
-    ({"aud": "billing"}, "Audience"),
-    ({"aud": None}, "aud"),
-    ({"iss": "https://evil.test"}, "(?i)issuer"),
-    ({"tenant": ""}, "tenant"),
-    ({"roles": "admin"}, "must be a list"),
-    ({"roles": 5}, "must be a list"),
-])
-async def test_bad_jwts_are_refused_with_the_reason(claims: dict[str, object],
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("claims", "message"),
+    [
+        ({"exp": int(time.time()) - 10}, "expired"),
+        ({"nbf": int(time.time()) + 600}, "not yet valid"),
+        ({"aud": "billing"}, "Audience"),
+        ({"aud": None}, "aud"),
+        ({"iss": "https://evil.test"}, "(?i)issuer"),
+        ({"tenant": ""}, "tenant"),
+        ({"roles": "admin"}, "must be a list"),
+        ({"roles": 5}, "must be a list"),
+    ],
+)
+async def test_bad_jwts_are_refused_with_the_reason(
+    claims: dict[str, object], message: str
+) -> None:
     with pytest.raises(errors.Unauthenticated, match=message):
         await _auth(_cfg(), _token(**claims))
 
@@ -145,17 +181,21 @@ async def test_jwks_file_verifies_rs256_and_es256_and_refuses_forgeries(tmp_path
         await _auth(cfg, jwt.encode(_claims(), "", algorithm="none"))
     # HS256 "signed" with the RSA public key, the classic algorithm confusion.
     pem = RSA.public_key().public_bytes(
-        encoding=__import__("cryptography.hazmat.primitives.serialization",
-                            fromlist=["Encoding"]).Encoding.PEM,
-        format=__import__("cryptography.hazmat.primitives.serialization",
-                          fromlist=["PublicFormat"]).PublicFormat.SubjectPublicKeyInfo)
+        encoding=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
+        ).Encoding.PEM,
+        format=__import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"]
+        ).PublicFormat.SubjectPublicKeyInfo,
+    )
     import hashlib
     import hmac as hmac_
-    header = jwt.utils.base64url_encode(json.dumps(
-        {"alg": "HS256", "typ": "JWT", "kid": "r1"}).encode())
+
+    header = jwt.utils.base64url_encode(
+        json.dumps({"alg": "HS256", "typ": "JWT", "kid": "r1"}).encode()
+    )
     body = jwt.utils.base64url_encode(json.dumps(_claims()).encode())
-    sig = jwt.utils.base64url_encode(hmac_.new(pem, header + b"." + body,
-                                               hashlib.sha256).digest())
+    sig = jwt.utils.base64url_encode(hmac_.new(pem, header + b"." + body, hashlib.sha256).digest())
     with pytest.raises(errors.Unauthenticated, match="'HS256' is not accepted"):
         await _auth(cfg, (header + b"." + body + b"." + sig).decode())
 
@@ -170,8 +210,9 @@ def test_settings_refuse_incoherent_edges() -> None:
 
 
 async def test_anonymous_mode_is_a_user_never_an_admin() -> None:
-    anon = await auth.Authenticator(settings.GatewaySettings(
-        allow_anonymous=True, anonymous_tenant="dev")).authenticate([])
+    anon = await auth.Authenticator(
+        settings.GatewaySettings(allow_anonymous=True, anonymous_tenant="dev")
+    ).authenticate([])
     assert (anon.tenant, anon.roles) == ("dev", frozenset({"user"}))
     with pytest.raises(errors.PermissionDenied):
         anon.require("admin")
@@ -186,8 +227,9 @@ async def test_no_credentials_and_malformed_header() -> None:
 
 async def test_failed_authentications_are_limited_per_peer() -> None:
     now = [100.0]
-    limiter = ratelimit.RateLimiter(ratelimit.MemoryBuckets(clock=lambda: now[0]),
-                                    ratelimit.Policy(auth_failures_per_min=3))
+    limiter = ratelimit.RateLimiter(
+        ratelimit.MemoryBuckets(clock=lambda: now[0]), ratelimit.Policy(auth_failures_per_min=3)
+    )
     for _ in range(3):
         await limiter.check_failures("ipv4:10.0.0.1")
         await limiter.auth_failed("ipv4:10.0.0.1")
@@ -201,8 +243,10 @@ async def test_failed_authentications_are_limited_per_peer() -> None:
 
 async def test_rate_limit_refuses_with_the_wait_and_refills() -> None:
     now = [100.0]
-    limiter = ratelimit.RateLimiter(ratelimit.MemoryBuckets(clock=lambda: now[0]),
-                                    ratelimit.Policy(tenant_rate=2, tenant_burst=2))
+    limiter = ratelimit.RateLimiter(
+        ratelimit.MemoryBuckets(clock=lambda: now[0]),
+        ratelimit.Policy(tenant_rate=2, tenant_burst=2),
+    )
     await limiter.take("acme")
     await limiter.take("acme")
     with pytest.raises(errors.ResourceExhausted) as info:
@@ -215,9 +259,10 @@ async def test_rate_limit_refuses_with_the_wait_and_refills() -> None:
 
 async def test_a_key_has_its_own_limit_inside_its_tenants() -> None:
     now = [0.0]
-    limiter = ratelimit.RateLimiter(ratelimit.MemoryBuckets(clock=lambda: now[0]),
-                                    ratelimit.Policy(tenant_rate=1, tenant_burst=10,
-                                                     key_rate=1, key_burst=1))
+    limiter = ratelimit.RateLimiter(
+        ratelimit.MemoryBuckets(clock=lambda: now[0]),
+        ratelimit.Policy(tenant_rate=1, tenant_burst=10, key_rate=1, key_burst=1),
+    )
     await limiter.take("acme", "k1")
     with pytest.raises(errors.ResourceExhausted, match="API key 'k1'"):
         await limiter.take("acme", "k1")
@@ -226,8 +271,9 @@ async def test_a_key_has_its_own_limit_inside_its_tenants() -> None:
 
 async def test_tokens_per_minute_refuse_new_tasks_while_in_debt() -> None:
     now = [0.0]
-    limiter = ratelimit.RateLimiter(ratelimit.MemoryBuckets(clock=lambda: now[0]),
-                                    ratelimit.Policy(tokens_per_minute=600))
+    limiter = ratelimit.RateLimiter(
+        ratelimit.MemoryBuckets(clock=lambda: now[0]), ratelimit.Policy(tokens_per_minute=600)
+    )
     await limiter.take("acme", runs_task=True)
     await limiter.spend_tokens("acme", 700)
     with pytest.raises(errors.ResourceExhausted) as info:
@@ -239,8 +285,9 @@ async def test_tokens_per_minute_refuse_new_tasks_while_in_debt() -> None:
 
 
 async def test_open_streams_are_counted_until_they_end() -> None:
-    limiter = ratelimit.RateLimiter(ratelimit.MemoryBuckets(),
-                                    ratelimit.Policy(tenant_streams=2, key_streams=1))
+    limiter = ratelimit.RateLimiter(
+        ratelimit.MemoryBuckets(), ratelimit.Policy(tenant_streams=2, key_streams=1)
+    )
     async with limiter.stream("acme", "k1", 60), limiter.stream("acme", None, 60):
         with pytest.raises(errors.ResourceExhausted, match="open streams"):
             async with limiter.stream("acme", "k2", 60):

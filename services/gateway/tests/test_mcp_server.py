@@ -20,8 +20,7 @@ from .fakes import gateway as _gateway
 
 @contextlib.asynccontextmanager
 async def _client(gw: Gateway, key: str = KEY) -> AsyncIterator[mcp.Client]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
-                                  timeout=120) as http:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
         transport = streamable_http.streamable_http_client(f"{gw.url}/mcp", http_client=http)
         async with mcp.Client(transport, read_timeout_seconds=30) as client:
             yield client
@@ -42,13 +41,16 @@ async def test_the_tools_are_listed_with_their_schemas() -> None:
 
 async def test_knowledge_search_is_the_callers_tenants() -> None:
     async with _gateway() as gw, _client(gw, VIEWER) as client:
-        found = await client.call_tool("knowledge_search",
-                                       {"knowledge_base": "docs", "query": "pods"})
-        missing = await client.call_tool("knowledge_search",
-                                         {"knowledge_base": "nope", "query": "pods"})
+        found = await client.call_tool(
+            "knowledge_search", {"knowledge_base": "docs", "query": "pods"}
+        )
+        missing = await client.call_tool(
+            "knowledge_search", {"knowledge_base": "nope", "query": "pods"}
+        )
     assert not found.is_error
-    assert json.loads(_text(found)) == [{"document_id": "k8s.md", "chunk": 0, "score": 0.9,
-                                         "text": "Kubernetes schedules pods."}]
+    assert json.loads(_text(found)) == [
+        {"document_id": "k8s.md", "chunk": 0, "score": 0.9, "text": "Kubernetes schedules pods."}
+    ]
     assert gw.knowledge.searches[0].tenant == "acme"
     assert gw.knowledge.searches[0].request.top_k == 4
     assert missing.is_error
@@ -74,8 +76,9 @@ async def test_roles_and_credentials_are_checked() -> None:
         async with _client(gw, VIEWER) as client:
             refused = await client.call_tool("run_agent", {"agent": "demo", "input": "Hi"})
         async with httpx.AsyncClient() as http:
-            anonymous = await http.post(f"{gw.url}/mcp", json={
-                "jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+            anonymous = await http.post(
+                f"{gw.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+            )
     assert refused.is_error
     assert "PERMISSION_DENIED" in _text(refused)
     assert anonymous.status_code == 401
@@ -84,8 +87,7 @@ async def test_roles_and_credentials_are_checked() -> None:
 
 
 @pytest.mark.parametrize("arguments", [{"knowledge_base": "docs"}, {"query": 3}])
-async def test_arguments_that_break_the_schema_are_a_tool_error(
-        arguments: dict[str, Any]) -> None:
+async def test_arguments_that_break_the_schema_are_a_tool_error(arguments: dict[str, Any]) -> None:
     async with _gateway() as gw, _client(gw) as client:
         result = await client.call_tool("knowledge_search", arguments)
     assert result.is_error

@@ -22,10 +22,16 @@ from .fakes import gateway as _gateway
 async def test_a_completion_runs_the_agent_with_the_callers_tenant_and_options() -> None:
     async with _gateway() as gw:
         done = await gw.client().chat.completions.create(
-            model="demo", messages=[{"role": "system", "content": "Be brief."},
-                                    {"role": "user", "content": "Hi"}],
-            max_completion_tokens=9, temperature=0.5, seed=4,
-            extra_body={"aion": {"budget_usd": 0.25, "privacy": "local-only"}})
+            model="demo",
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ],
+            max_completion_tokens=9,
+            temperature=0.5,
+            seed=4,
+            extra_body={"aion": {"budget_usd": 0.25, "privacy": "local-only"}},
+        )
         run = gw.agents.runs[-1]
     assert done.id == "t1"
     assert done.choices[0].message.content == "Hello there"
@@ -45,8 +51,11 @@ async def test_a_completion_runs_the_agent_with_the_callers_tenant_and_options()
 async def test_the_idempotency_key_header_reaches_the_task() -> None:
     async with _gateway() as gw:
         client = gw.client()
-        ask: dict[str, Any] = {"model": "demo", "messages": [{"role": "user", "content": "x"}],
-                               "extra_headers": {"Idempotency-Key": "order-7"}}
+        ask: dict[str, Any] = {
+            "model": "demo",
+            "messages": [{"role": "user", "content": "x"}],
+            "extra_headers": {"Idempotency-Key": "order-7"},
+        }
         first = await client.chat.completions.create(**ask)
         again = await client.chat.completions.create(**ask)
     assert gw.agents.runs[-1].task.idempotency_key == "order-7"
@@ -56,8 +65,11 @@ async def test_the_idempotency_key_header_reaches_the_task() -> None:
 async def test_a_stream_sends_role_tokens_then_stop_with_the_result() -> None:
     async with _gateway() as gw:
         stream = await gw.client().chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "Hi"}], stream=True,
-            stream_options={"include_usage": True})
+            model="demo",
+            messages=[{"role": "user", "content": "Hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
         chunks = [c async for c in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert [c.choices[0].delta.content for c in chunks[1:3]] == ["Hello", " there"]
@@ -71,7 +83,8 @@ async def test_a_stream_sends_role_tokens_then_stop_with_the_result() -> None:
 async def test_a_task_that_fails_mid_stream_ends_with_an_error_event() -> None:
     async with _gateway() as gw:
         stream = await gw.client().chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "break"}], stream=True)
+            model="demo", messages=[{"role": "user", "content": "break"}], stream=True
+        )
         seen: list[str] = []
 
         async def read() -> None:
@@ -85,9 +98,11 @@ async def test_a_task_that_fails_mid_stream_ends_with_an_error_event() -> None:
 
 async def test_a_task_that_times_out_answers_504_with_its_result() -> None:
     async with _gateway() as gw, httpx.AsyncClient() as http:
-        response = await http.post(gw.url + "/v1/chat/completions", headers={"x-api-key": KEY},
-                                   json={"model": "demo",
-                                         "messages": [{"role": "user", "content": "time out"}]})
+        response = await http.post(
+            gw.url + "/v1/chat/completions",
+            headers={"x-api-key": KEY},
+            json={"model": "demo", "messages": [{"role": "user", "content": "time out"}]},
+        )
     assert response.status_code == 504
     body = response.json()
     assert body["error"]["code"] == "deadline_exceeded"
@@ -98,19 +113,33 @@ async def test_unknown_agents_roles_and_credentials_get_openai_errors() -> None:
     async with _gateway() as gw:
         with pytest.raises(openai.NotFoundError) as missing:
             await gw.client().chat.completions.create(
-                model="nope", messages=[{"role": "user", "content": "x"}])
+                model="nope", messages=[{"role": "user", "content": "x"}]
+            )
         with pytest.raises(openai.PermissionDeniedError, match="'user' role"):
             await gw.client(VIEWER).chat.completions.create(
-                model="demo", messages=[{"role": "user", "content": "x"}])
+                model="demo", messages=[{"role": "user", "content": "x"}]
+            )
         with pytest.raises(openai.AuthenticationError, match="unknown API key"):
             await gw.client("k-wrong").models.list()
-        token = jwt.encode({"sub": "bob", "tenant": "acme", "roles": ["viewer"],
-                            "aud": AUDIENCE, "iss": ISSUER,
-                            "exp": int(time.time()) + 600}, SECRET, algorithm="HS256")
+        token = jwt.encode(
+            {
+                "sub": "bob",
+                "tenant": "acme",
+                "roles": ["viewer"],
+                "aud": AUDIENCE,
+                "iss": ISSUER,
+                "exp": int(time.time()) + 600,
+            },
+            SECRET,
+            algorithm="HS256",
+        )
         assert [m.id for m in (await gw.client(token).models.list()).data] == ["demo"]
-    assert missing.value.body == {"message": "agent 'nope' not found",
-                                  "type": "not_found_error", "param": "model",
-                                  "code": "not_found"}
+    assert missing.value.body == {
+        "message": "agent 'nope' not found",
+        "type": "not_found_error",
+        "param": "model",
+        "code": "not_found",
+    }
 
 
 async def test_the_tenants_rate_limit_answers_429_with_retry_after() -> None:
@@ -123,29 +152,52 @@ async def test_the_tenants_rate_limit_answers_429_with_retry_after() -> None:
     assert limited.json()["error"]["type"] == "rate_limit_error"
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [
-    (b"{not json", 400, "body"),
-    (b"[1, 2]", 400, "body"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "body"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}',
-     400, "temperature"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
-     b"99999999999}", 400, "max_tokens"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}', 400,
-     "tools"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": 7}], "stream": "yes"}', 400,
-     "messages[0].content"),
-    (b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": "maybe"}', 400,
-     "stream"),
-    (b"[" * 5000 + b"]" * 5000, 413, None),
-    (b"[" * 2040 + b"]" * 2040, 400, "body"),  # deeper than the parser goes
-])
-async def test_bad_bodies_get_a_4xx_naming_the_field(body: bytes, status: int,
-                                                     param: str | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, "body"),
+        (b"[1, 2]", 400, "body"),
+        (b'{"model": "demo", "messages": [{"role": "user", "content": "\\ud800"}]}', 400, "body"),
+        (
+            b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], '
+            b'"temperature": NaN}',
+            400,
+            "temperature",
+        ),
+        (
+            b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "max_tokens": '
+            b"99999999999}",
+            400,
+            "max_tokens",
+        ),
+        (
+            b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "tools": [{}]}',
+            400,
+            "tools",
+        ),
+        (
+            b'{"model": "demo", "messages": [{"role": "user", "content": 7}], "stream": "yes"}',
+            400,
+            "messages[0].content",
+        ),
+        (
+            b'{"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": "maybe"}',
+            400,
+            "stream",
+        ),
+        (b"[" * 5000 + b"]" * 5000, 413, None),
+        (b"[" * 2040 + b"]" * 2040, 400, "body"),  # deeper than the parser goes
+    ],
+)
+async def test_bad_bodies_get_a_4xx_naming_the_field(
+    body: bytes, status: int, param: str | None
+) -> None:
     async with _gateway() as gw, httpx.AsyncClient() as http:
-        response = await http.post(gw.url + "/v1/chat/completions", content=body,
-                                   headers={"x-api-key": KEY,
-                                            "content-type": "application/json"})
+        response = await http.post(
+            gw.url + "/v1/chat/completions",
+            content=body,
+            headers={"x-api-key": KEY, "content-type": "application/json"},
+        )
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == param
     assert not gw.agents.runs
@@ -161,15 +213,19 @@ async def test_unknown_paths_and_methods_get_json_errors() -> None:
     assert document.json() == json.loads(json.dumps(openapi.document()))
 
 
-@pytest.mark.parametrize(("headers", "metadata"), [
-    ({"authorization": "Bearer k-1"}, (("x-api-key", "k-1"),)),
-    ({"authorization": "Bearer aaa.bbb.ccc"}, (("authorization", "Bearer aaa.bbb.ccc"),)),
-    ({"x-api-key": "k-2", "authorization": "Bearer k-1"}, (("x-api-key", "k-2"),)),
-    ({"authorization": "Basic dTpw"}, (("authorization", "Basic dTpw"),)),
-    ({}, ()),
-])
+@pytest.mark.parametrize(
+    ("headers", "metadata"),
+    [
+        ({"authorization": "Bearer k-1"}, (("x-api-key", "k-1"),)),
+        ({"authorization": "Bearer aaa.bbb.ccc"}, (("authorization", "Bearer aaa.bbb.ccc"),)),
+        ({"x-api-key": "k-2", "authorization": "Bearer k-1"}, (("x-api-key", "k-2"),)),
+        ({"authorization": "Basic dTpw"}, (("authorization", "Basic dTpw"),)),
+        ({}, ()),
+    ],
+)
 def test_bearer_tokens_are_api_keys_unless_shaped_like_a_jwt(
-        headers: dict[str, str], metadata: tuple[tuple[str, str], ...]) -> None:
+    headers: dict[str, str], metadata: tuple[tuple[str, str], ...]
+) -> None:
     assert http_calls.metadata(headers) == metadata
 
 
@@ -177,12 +233,18 @@ def test_the_aion_object_is_the_sdks_canonical_result() -> None:
     from aion.sdk import results as sdk_results
 
     result = common_pb2.TaskResult(
-        task_id="t", agent="a", status=common_pb2.TASK_STATUS_ERROR, output="o",
-        engine=common_pb2.Engine(route=common_pb2.ROUTE_HYBRID, chosen_by="c", reason="r",
-                                 model="m"),
-        usage=common_pb2.Usage(latency_ms=1, prompt_tokens=2, completion_tokens=3, tokens=5,
-                               cost_usd=0.5),
-        error=common_pb2.TaskError(code="INTERNAL", message="m", retriable=False))
+        task_id="t",
+        agent="a",
+        status=common_pb2.TASK_STATUS_ERROR,
+        output="o",
+        engine=common_pb2.Engine(
+            route=common_pb2.ROUTE_HYBRID, chosen_by="c", reason="r", model="m"
+        ),
+        usage=common_pb2.Usage(
+            latency_ms=1, prompt_tokens=2, completion_tokens=3, tokens=5, cost_usd=0.5
+        ),
+        error=common_pb2.TaskError(code="INTERNAL", message="m", retriable=False),
+    )
     result.created_at.GetCurrentTime()
     assert results.result_to_dict(result) == sdk_results.result_to_dict(result)
     bare = common_pb2.TaskResult(task_id="t")

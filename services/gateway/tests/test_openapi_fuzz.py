@@ -23,13 +23,18 @@ SCHEMA = schemathesis.openapi.from_dict(openapi.document())
 # The same document, with requests aimed at the agent that exists, so bodies reach the
 # servicers and the A2A dispatcher instead of stopping at "not found".
 KNOWN = schemathesis.openapi.from_dict(openapi.document())
-CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-          checks.content_type_conformance, checks.response_schema_conformance]
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+]
 
 
 @KNOWN.hook
-def map_path_parameters(context: schemathesis.HookContext,
-                        path_parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+def map_path_parameters(
+    context: schemathesis.HookContext, path_parameters: dict[str, Any] | None
+) -> dict[str, Any] | None:
     if not path_parameters:
         return path_parameters
     return {name: "demo" for name in path_parameters}
@@ -66,17 +71,22 @@ def base_url() -> Iterator[str]:
 
 
 @SCHEMA.parametrize()
-@hypothesis.settings(max_examples=25, deadline=None,
-                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.settings(
+    max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
 def test_no_request_gets_a_server_error(case: schemathesis.Case[Any], base_url: str) -> None:
-    case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"},
-                           checks=CHECKS)
+    case.call_and_validate(
+        base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS
+    )
 
 
 @KNOWN.parametrize()
-@hypothesis.settings(max_examples=25, deadline=None,
-                     suppress_health_check=list(hypothesis.HealthCheck))
-def test_no_request_to_a_known_agent_gets_a_server_error(case: schemathesis.Case[Any],
-                                                         base_url: str) -> None:
-    case.call_and_validate(base_url=base_url, headers={"Authorization": f"Bearer {KEY}"},
-                           checks=CHECKS)
+@hypothesis.settings(
+    max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
+def test_no_request_to_a_known_agent_gets_a_server_error(
+    case: schemathesis.Case[Any], base_url: str
+) -> None:
+    case.call_and_validate(
+        base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS
+    )

@@ -47,6 +47,7 @@ class FakeStub:
             if isinstance(answer, list):
                 return _stream(answer)
             return _value(answer)
+
         return method
 
     def requests(self, name: str) -> list[Any]:
@@ -80,8 +81,13 @@ class Context:
 
 
 DECISION = common_pb2.Engine(route=common_pb2.ROUTE_LOCAL, chosen_by="test", reason="fake")
-DONE = tasks_pb2.TaskEvent(task_id="t1", seq=1, done=tasks_pb2.Done(
-    result=common_pb2.TaskResult(task_id="t1", usage=common_pb2.Usage(tokens=3))))
+DONE = tasks_pb2.TaskEvent(
+    task_id="t1",
+    seq=1,
+    done=tasks_pb2.Done(
+        result=common_pb2.TaskResult(task_id="t1", usage=common_pb2.Usage(tokens=3))
+    ),
+)
 
 
 class Edge:
@@ -92,23 +98,33 @@ class Edge:
         self.agent = FakeStub(
             GetAgent=agents_pb2.Agent(name="demo", privacy=agent_privacy),
             Submit=tasks_pb2.SubmitResponse(task_id="t1"),
-            Run=[DONE], Follow=[DONE],
+            Run=[DONE],
+            Follow=[DONE],
             ListAgents=agents_pb2.ListAgentsResponse(),
-            ApplyAgents=agents_pb2.ApplyAgentsResponse())
+            ApplyAgents=agents_pb2.ApplyAgentsResponse(),
+        )
         self.knowledge = FakeStub(
-            Ingest=knowledge_pb2.IngestResponse(), Search=knowledge_pb2.SearchResponse(),
-            Delete=knowledge_pb2.DeleteDocumentResponse(), GetDocument=knowledge_pb2.Document(),
-            ListDocuments=knowledge_pb2.ListDocumentsResponse())
+            Ingest=knowledge_pb2.IngestResponse(),
+            Search=knowledge_pb2.SearchResponse(),
+            Delete=knowledge_pb2.DeleteDocumentResponse(),
+            GetDocument=knowledge_pb2.Document(),
+            ListDocuments=knowledge_pb2.ListDocumentsResponse(),
+        )
         fakes: Any = (self.router, self.agent, self.knowledge)
         upstreams = servicers.Upstreams(router=fakes[0], agent=fakes[1], knowledge=fakes[2])
         cfg = settings.GatewaySettings(
-            api_keys=[settings.ApiKey(hash=keys.hash_key(key), tenant=TENANT, roles=[role])
-                      for role, key in KEYS.items()],
+            api_keys=[
+                settings.ApiKey(hash=keys.hash_key(key), tenant=TENANT, roles=[role])
+                for role, key in KEYS.items()
+            ],
             jwt_secret=pydantic.SecretStr("jwt-secret-for-tests-32-bytes-long"),
-            jwt_audience="aion", jwt_issuer="https://issuer.test")
+            jwt_audience="aion",
+            jwt_issuer="https://issuer.test",
+        )
         guard = servicers.Guard(
             authenticator=auth.Authenticator(cfg),
-            limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(), ratelimit.Policy()))
+            limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(), ratelimit.Policy()),
+        )
         self.tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
         self.agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
         self.knowledge_api = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
@@ -133,38 +149,61 @@ async def _drain(events: AsyncIterator[Any]) -> list[Any]:
 
 
 RPCS: dict[str, tuple[settings.Role, Call]] = {
-    "Tasks.Submit": ("user", lambda e, c: e.tasks.Submit(
-        tasks_pb2.SubmitRequest(task=TASK), c)),  # type: ignore[arg-type]
-    "Tasks.Stream(task)": ("user", lambda e, c: _drain(e.tasks.Stream(
-        tasks_pb2.StreamRequest(task=TASK), c))),  # type: ignore[arg-type]
-    "Tasks.Stream(task_id)": ("user", lambda e, c: _drain(e.tasks.Stream(
-        tasks_pb2.StreamRequest(task_id="t1"), c))),  # type: ignore[arg-type]
-    "Tasks.Get": ("viewer", lambda e, c: e.tasks.Get(
-        tasks_pb2.GetTaskRequest(task_id="t1"), c)),  # type: ignore[arg-type]
-    "Tasks.Cancel": ("user", lambda e, c: e.tasks.Cancel(
-        tasks_pb2.CancelTaskRequest(task_id="t1"), c)),  # type: ignore[arg-type]
-    "Agents.List": ("viewer", lambda e, c: e.agents.List(
-        agents_pb2.ListAgentsRequest(), c)),  # type: ignore[arg-type]
-    "Agents.Get": ("viewer", lambda e, c: e.agents.Get(
-        agents_pb2.GetAgentRequest(name="demo"), c)),  # type: ignore[arg-type]
-    "Agents.Apply": ("admin", lambda e, c: e.agents.Apply(
-        agents_pb2.ApplyAgentsRequest(), c)),  # type: ignore[arg-type]
-    "Knowledge.Ingest": ("admin", lambda e, c: e.knowledge_api.Ingest(
-        knowledge_pb2.IngestRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
-    "Knowledge.Search": ("viewer", lambda e, c: e.knowledge_api.Search(
-        knowledge_pb2.SearchRequest(knowledge_base="docs", query="q"), c)),  # type: ignore[arg-type]
-    "Knowledge.Delete": ("admin", lambda e, c: e.knowledge_api.Delete(
-        knowledge_pb2.DeleteDocumentRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
-    "Knowledge.GetDocument": ("viewer", lambda e, c: e.knowledge_api.GetDocument(
-        knowledge_pb2.GetDocumentRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
-    "Knowledge.ListDocuments": ("viewer", lambda e, c: e.knowledge_api.ListDocuments(
-        knowledge_pb2.ListDocumentsRequest(knowledge_base="docs"), c)),  # type: ignore[arg-type]
-    "Keys.Create": ("admin", lambda e, c: e.keys.Create(
-        keys_pb2.CreateKeyRequest(name="ci", roles=["viewer"]), c)),  # type: ignore[arg-type]
-    "Keys.List": ("admin", lambda e, c: e.keys.List(
-        keys_pb2.ListKeysRequest(), c)),  # type: ignore[arg-type]
-    "Keys.Revoke": ("admin", lambda e, c: e.keys.Revoke(
-        keys_pb2.RevokeKeyRequest(id="k1"), c)),  # type: ignore[arg-type]
+    "Tasks.Submit": ("user", lambda e, c: e.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), c)),  # type: ignore[arg-type]
+    "Tasks.Stream(task)": (
+        "user",
+        lambda e, c: _drain(e.tasks.Stream(tasks_pb2.StreamRequest(task=TASK), c)),  # type: ignore[arg-type]
+    ),
+    "Tasks.Stream(task_id)": (
+        "user",
+        lambda e, c: _drain(e.tasks.Stream(tasks_pb2.StreamRequest(task_id="t1"), c)),  # type: ignore[arg-type]
+    ),
+    "Tasks.Get": ("viewer", lambda e, c: e.tasks.Get(tasks_pb2.GetTaskRequest(task_id="t1"), c)),  # type: ignore[arg-type]
+    "Tasks.Cancel": (
+        "user",
+        lambda e, c: e.tasks.Cancel(tasks_pb2.CancelTaskRequest(task_id="t1"), c),  # type: ignore[arg-type]
+    ),
+    "Agents.List": ("viewer", lambda e, c: e.agents.List(agents_pb2.ListAgentsRequest(), c)),  # type: ignore[arg-type]
+    "Agents.Get": ("viewer", lambda e, c: e.agents.Get(agents_pb2.GetAgentRequest(name="demo"), c)),  # type: ignore[arg-type]
+    "Agents.Apply": ("admin", lambda e, c: e.agents.Apply(agents_pb2.ApplyAgentsRequest(), c)),  # type: ignore[arg-type]
+    "Knowledge.Ingest": (
+        "admin",
+        lambda e, c: e.knowledge_api.Ingest(knowledge_pb2.IngestRequest(knowledge_base="docs"), c),  # type: ignore[arg-type]
+    ),
+    "Knowledge.Search": (
+        "viewer",
+        lambda e, c: e.knowledge_api.Search(
+            knowledge_pb2.SearchRequest(knowledge_base="docs", query="q"),
+            c,  # type: ignore[arg-type]
+        ),
+    ),
+    "Knowledge.Delete": (
+        "admin",
+        lambda e, c: e.knowledge_api.Delete(
+            knowledge_pb2.DeleteDocumentRequest(knowledge_base="docs"),
+            c,  # type: ignore[arg-type]
+        ),
+    ),
+    "Knowledge.GetDocument": (
+        "viewer",
+        lambda e, c: e.knowledge_api.GetDocument(
+            knowledge_pb2.GetDocumentRequest(knowledge_base="docs"),
+            c,  # type: ignore[arg-type]
+        ),
+    ),
+    "Knowledge.ListDocuments": (
+        "viewer",
+        lambda e, c: e.knowledge_api.ListDocuments(
+            knowledge_pb2.ListDocumentsRequest(knowledge_base="docs"),
+            c,  # type: ignore[arg-type]
+        ),
+    ),
+    "Keys.Create": (
+        "admin",
+        lambda e, c: e.keys.Create(keys_pb2.CreateKeyRequest(name="ci", roles=["viewer"]), c),  # type: ignore[arg-type]
+    ),
+    "Keys.List": ("admin", lambda e, c: e.keys.List(keys_pb2.ListKeysRequest(), c)),  # type: ignore[arg-type]
+    "Keys.Revoke": ("admin", lambda e, c: e.keys.Revoke(keys_pb2.RevokeKeyRequest(id="k1"), c)),  # type: ignore[arg-type]
 }
 FORWARDED = [name for name in RPCS if not name.startswith("Keys.")]
 _BELOW: dict[settings.Role, settings.Role] = {"user": "viewer", "admin": "user"}
@@ -172,8 +211,12 @@ ABOVE_VIEWER = [name for name, (role, _) in RPCS.items() if role in _BELOW]
 
 
 def test_every_public_rpc_is_in_the_table() -> None:
-    public = {f"{svc.name}.{m.name}" for mod in (agents_pb2, keys_pb2, knowledge_pb2, tasks_pb2)
-              for svc in mod.DESCRIPTOR.services_by_name.values() for m in svc.methods}
+    public = {
+        f"{svc.name}.{m.name}"
+        for mod in (agents_pb2, keys_pb2, knowledge_pb2, tasks_pb2)
+        for svc in mod.DESCRIPTOR.services_by_name.values()
+        for m in svc.methods
+    }
     covered = {name.split("(")[0] for name in RPCS}
     assert covered == public
 
@@ -197,7 +240,8 @@ async def test_no_credentials_is_unauthenticated(rpc: str) -> None:
 
 @pytest.mark.parametrize("rpc", FORWARDED)
 async def test_the_rpcs_role_passes_and_the_callers_tenant_reaches_every_internal_call(
-        rpc: str) -> None:
+    rpc: str,
+) -> None:
     role, call = RPCS[rpc]
     edge = _edge()
     await call(edge, Context(KEYS[role], deadline=12.5))
@@ -214,8 +258,7 @@ async def test_keys_pass_the_admin_role_and_say_how_to_configure_a_store() -> No
 
 
 @pytest.mark.parametrize("rpc", ["Tasks.Stream(task)", "Tasks.Stream(task_id)"])
-async def test_a_stream_without_a_deadline_is_refused_before_any_internal_call(
-        rpc: str) -> None:
+async def test_a_stream_without_a_deadline_is_refused_before_any_internal_call(rpc: str) -> None:
     edge = _edge()
     with pytest.raises(errors.InvalidArgument, match="Stream needs a deadline") as info:
         await RPCS[rpc][1](edge, Context(KEYS["user"], deadline=None))
@@ -229,30 +272,40 @@ async def test_other_calls_need_no_deadline() -> None:
     assert sorted(name for name, _, _ in edge.internal_calls()) == ["Decide", "GetAgent", "Submit"]
 
 
-@pytest.mark.parametrize(("agent", "asked"), [
-    (common_pb2.PRIVACY_ALLOW_API, common_pb2.PRIVACY_LOCAL_ONLY),
-    (common_pb2.PRIVACY_HYBRID, common_pb2.PRIVACY_UNSPECIFIED),
-    # Looser than the agent: forwarded as asked; the router refuses it (one rule, one place).
-    (common_pb2.PRIVACY_LOCAL_ONLY, common_pb2.PRIVACY_ALLOW_API),
-])
+@pytest.mark.parametrize(
+    ("agent", "asked"),
+    [
+        (common_pb2.PRIVACY_ALLOW_API, common_pb2.PRIVACY_LOCAL_ONLY),
+        (common_pb2.PRIVACY_HYBRID, common_pb2.PRIVACY_UNSPECIFIED),
+        # Looser than the agent: forwarded as asked; the router refuses it (one rule, one place).
+        (common_pb2.PRIVACY_LOCAL_ONLY, common_pb2.PRIVACY_ALLOW_API),
+    ],
+)
 async def test_the_agents_and_the_tasks_privacy_reach_the_router_untouched(
-        agent: common_pb2.Privacy.ValueType, asked: common_pb2.Privacy.ValueType) -> None:
+    agent: common_pb2.Privacy.ValueType, asked: common_pb2.Privacy.ValueType
+) -> None:
     edge = _edge(agent)
-    task = tasks_pb2.TaskSpec(agent="demo", input="hello", options=tasks_pb2.TaskOptions(
-        privacy=asked, budget_usd=0.5, sla_ms=900))
+    task = tasks_pb2.TaskSpec(
+        agent="demo",
+        input="hello",
+        options=tasks_pb2.TaskOptions(privacy=asked, budget_usd=0.5, sla_ms=900),
+    )
     await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=task), Context(KEYS["user"]))  # type: ignore[arg-type]
     (decide,) = edge.router.requests("Decide")
     assert (decide.privacy, decide.requested_privacy) == (agent, asked)
     assert (decide.agent, decide.input_chars, decide.budget_usd, decide.sla_ms) == (
-        "demo", 5, 0.5, 900)
+        "demo",
+        5,
+        0.5,
+        900,
+    )
     (run,) = edge.agent.requests("Submit")
     assert run.decision.engine == DECISION
 
 
 async def test_an_unknown_privacy_is_invalid_argument_before_any_internal_call() -> None:
     edge = _edge()
-    task = tasks_pb2.TaskSpec(agent="demo", input="x",
-                              options=tasks_pb2.TaskOptions(privacy=42))  # type: ignore[arg-type]
+    task = tasks_pb2.TaskSpec(agent="demo", input="x", options=tasks_pb2.TaskOptions(privacy=42))  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidArgument, match=r"task\.options\.privacy"):
         await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=task), Context(KEYS["user"]))  # type: ignore[arg-type]
     assert edge.internal_calls() == []

@@ -90,14 +90,25 @@ def _corpus() -> list[tuple[str, str]]:
 
 def _executor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port, health_port = suite_testing.free_port(), suite_testing.free_port()
-    env = {**os.environ, **testing.CA.env(log.parent / "tls", "executor"),
-           "AION_EXECUTOR_HEALTH_PORT": str(health_port),
-           "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
-           "AION_EXECUTOR_N_THREADS": str(THREADS), "AION_EXECUTOR_HTTP_PORT": "0",
-           "AION_EXECUTOR_EMBED_MAX_BATCH": "64", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        **testing.CA.env(log.parent / "tls", "executor"),
+        "AION_EXECUTOR_HEALTH_PORT": str(health_port),
+        "AION_EXECUTOR_MODEL_TASK": "embed",
+        "AION_EXECUTOR_PORT": str(port),
+        "AION_EXECUTOR_N_THREADS": str(THREADS),
+        "AION_EXECUTOR_HTTP_PORT": "0",
+        "AION_EXECUTOR_EMBED_MAX_BATCH": "64",
+        "HF_HUB_OFFLINE": "1",
+    }
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aion.executor"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aion.executor"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     target = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while suite_testing.health_status(f"127.0.0.1:{health_port}") != "SERVING":
@@ -111,8 +122,9 @@ def _executor(log: Path) -> tuple[subprocess.Popen[bytes], str]:
 async def _raw_embed(target: str, texts: list[str]) -> dict[str, float]:
     """Texts/s straight through Embed, per batch size (4 calls in flight, as the service)."""
     rates: dict[str, float] = {}
-    async with channels.connect(target, tls=testing.CA.tls("knowledge"),
-                                peer="executor") as channel:
+    async with channels.connect(
+        target, tls=testing.CA.tls("knowledge"), peer="executor"
+    ) as channel:
         stub = executor_pb2_grpc.ExecutorStub(channel)
         await stub.Embed(executor_pb2.EmbedRequest(texts=texts[:8]))  # warm
         for batch in (16, 32, 64):
@@ -123,8 +135,7 @@ async def _raw_embed(target: str, texts: list[str]) -> dict[str, float]:
                     await stub.Embed(executor_pb2.EmbedRequest(texts=part), timeout=300)
 
             started = time.perf_counter()
-            await asyncio.gather(*(one(texts[i:i + batch])
-                                   for i in range(0, len(texts), batch)))
+            await asyncio.gather(*(one(texts[i : i + batch]) for i in range(0, len(texts), batch)))
             rates[str(batch)] = len(texts) / (time.perf_counter() - started)
     return rates
 
@@ -135,9 +146,12 @@ async def _ingest(service: testing.Service, corpus: list[tuple[str, str]]) -> di
         await service.ingest(TENANT, "docs", name, text.encode(), wait=False, title=name)
     deadline = time.monotonic() + 1800
     while True:
-        listed = await service.stub.ListDocuments(knowledge_pb2.ListDocumentsRequest(
-            tenant=TENANT, request=public.ListDocumentsRequest(knowledge_base="docs",
-                                                              page_size=500)))
+        listed = await service.stub.ListDocuments(
+            knowledge_pb2.ListDocumentsRequest(
+                tenant=TENANT,
+                request=public.ListDocumentsRequest(knowledge_base="docs", page_size=500),
+            )
+        )
         if all(d.state in testing.TERMINAL for d in listed.documents):
             break
         if time.monotonic() > deadline:
@@ -146,13 +160,18 @@ async def _ingest(service: testing.Service, corpus: list[tuple[str, str]]) -> di
     elapsed = time.perf_counter() - started
     ready = [d for d in listed.documents if d.state == public.DOCUMENT_STATE_READY]
     chunks = sum(d.chunks for d in ready)
-    return {"documents": len(ready), "failed": len(listed.documents) - len(ready),
-            "chunks": chunks, "seconds": round(elapsed, 2),
-            "ingest_chunks_per_s": round(chunks / elapsed, 1)}
+    return {
+        "documents": len(ready),
+        "failed": len(listed.documents) - len(ready),
+        "chunks": chunks,
+        "seconds": round(elapsed, 2),
+        "ingest_chunks_per_s": round(chunks / elapsed, 1),
+    }
 
 
-async def _fill(index: qdrant_index.QdrantIndex, pieces: list[str],
-                vectors: list[list[float]]) -> float:
+async def _fill(
+    index: qdrant_index.QdrantIndex, pieces: list[str], vectors: list[list[float]]
+) -> float:
     """CHUNKS chunks in the knowledge base "bulk": real texts and vectors, cycled, each
     vector nudged so no two points are equal; the seconds it took."""
     rng = random.Random(7)
@@ -162,10 +181,20 @@ async def _fill(index: qdrant_index.QdrantIndex, pieces: list[str],
         base = vectors[i % len(vectors)]
         noisy = [v + rng.gauss(0, 0.01) for v in base]
         norm = math.sqrt(sum(v * v for v in noisy))
-        batch.append(qdrant_index.Chunk(
-            tenant=TENANT, knowledge_base="bulk", document_id=f"doc-{i // 50}", version=1,
-            index=i % 50, text=pieces[i % len(pieces)], start=0, end=0,
-            dense=[v / norm for v in noisy], metadata={"shard": str(i % 10)}))
+        batch.append(
+            qdrant_index.Chunk(
+                tenant=TENANT,
+                knowledge_base="bulk",
+                document_id=f"doc-{i // 50}",
+                version=1,
+                index=i % 50,
+                text=pieces[i % len(pieces)],
+                start=0,
+                end=0,
+                dense=[v / norm for v in noisy],
+                metadata={"shard": str(i % 10)},
+            )
+        )
         if len(batch) == 1000:
             await index.put(batch)
             batch = []
@@ -180,9 +209,11 @@ async def _fill(index: qdrant_index.QdrantIndex, pieces: list[str],
 
 async def _search(service: testing.Service, queries: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for mode, value in (("hybrid", public.SEARCH_MODE_HYBRID),
-                        ("dense", public.SEARCH_MODE_DENSE),
-                        ("sparse", public.SEARCH_MODE_SPARSE)):
+    for mode, value in (
+        ("hybrid", public.SEARCH_MODE_HYBRID),
+        ("dense", public.SEARCH_MODE_DENSE),
+        ("sparse", public.SEARCH_MODE_SPARSE),
+    ):
         times = []
         for query in queries:
             started = time.perf_counter()
@@ -211,9 +242,15 @@ async def main() -> dict[str, Any]:
             minio_endpoint=minio.endpoint,  # type: ignore[attr-defined]
             minio_access_key=minio.access_key,  # type: ignore[attr-defined]
             minio_secret_key=minio.secret_key,  # type: ignore[attr-defined]
-            minio_bucket=f"bench-{uuid.uuid4().hex[:8]}", topic_prefix=f"{db}.",
-            executor_target=target, port=0, health_port=0, workers=4, qdrant_path="",
-            qdrant_url=os.environ.get("AION_KNOWLEDGE_QDRANT_URL", ""))
+            minio_bucket=f"bench-{uuid.uuid4().hex[:8]}",
+            topic_prefix=f"{db}.",
+            executor_target=target,
+            port=0,
+            health_port=0,
+            workers=4,
+            qdrant_path="",
+            qdrant_url=os.environ.get("AION_KNOWLEDGE_QDRANT_URL", ""),
+        )
         chunker = chunking.Chunker(None, size=cfg.chunk_tokens, overlap=cfg.chunk_overlap_tokens)
         pieces = [p.text for _, text in corpus for p in chunker.split(text)]
         _log(f"{len(corpus)} documents, {len(pieces)} chunks; raw embedding")
@@ -222,8 +259,9 @@ async def main() -> dict[str, Any]:
             _log("ingesting through the service")
             ingest = await _ingest(service, corpus)
             assert service.index is not None
-            async with channels.connect(target, tls=testing.CA.tls("knowledge"),
-                                peer="executor") as channel:
+            async with channels.connect(
+                target, tls=testing.CA.tls("knowledge"), peer="executor"
+            ) as channel:
                 stub = executor_pb2_grpc.ExecutorStub(channel)
                 sample = pieces[:256]
                 resp = await stub.Embed(executor_pb2.EmbedRequest(texts=sample[:64]))
@@ -238,8 +276,9 @@ async def main() -> dict[str, Any]:
         proc.terminate()
         proc.wait(timeout=30)
         with psycopg.connect(postgres.dsn, autocommit=True) as conn:  # type: ignore[attr-defined]
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(db)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
     best = max(raw.values())
     return {
         "corpus": "pydoc_data.topics (the Python documentation's topics)",

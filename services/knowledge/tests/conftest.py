@@ -31,6 +31,7 @@ from aion.knowledge import testing
 # certificates (``testing.Service`` calls as the gateway).
 CA = testing.CA
 
+
 @pytest.fixture(scope="session")
 def knowledge_dsn(postgres: Postgres) -> Iterator[str]:
     """A database of its own for this test session, dropped at its end."""
@@ -52,8 +53,9 @@ def bucket(minio: MinIO) -> Iterator[str]:
 
 def s3(server: MinIO) -> minio.Minio:
     """A client of the local MinIO."""
-    return minio.Minio(server.endpoint, access_key=server.access_key,
-                       secret_key=server.secret_key, secure=False)
+    return minio.Minio(
+        server.endpoint, access_key=server.access_key, secret_key=server.secret_key, secure=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -61,21 +63,35 @@ def embed_executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real embedding executor (all-MiniLM-L6-v2 on the CPU) as a process; its target."""
     port, health_port = suite_testing.free_port(), suite_testing.free_port()
     log_path = tmp_path_factory.mktemp("executor") / "executor.log"
-    env = {**os.environ, **CA.env(log_path.parent / "tls", "executor"),
-           "AION_EXECUTOR_HEALTH_PORT": str(health_port),
-           "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_PORT": str(port),
-           "AION_EXECUTOR_DEVICE": "cpu", "AION_EXECUTOR_N_THREADS": "1",
-           "AION_EXECUTOR_HTTP_PORT": "0", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        **CA.env(log_path.parent / "tls", "executor"),
+        "AION_EXECUTOR_HEALTH_PORT": str(health_port),
+        "AION_EXECUTOR_MODEL_TASK": "embed",
+        "AION_EXECUTOR_PORT": str(port),
+        "AION_EXECUTOR_DEVICE": "cpu",
+        "AION_EXECUTOR_N_THREADS": "1",
+        "AION_EXECUTOR_HTTP_PORT": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "aion.executor"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aion.executor"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     target = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
         while suite_testing.health_status(f"127.0.0.1:{health_port}") != "SERVING":
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the embedding executor did not start; its log:\n"
-                            f"{log_path.read_text(errors='replace')[-3000:]}", pytrace=False)
+                pytest.fail(
+                    f"the embedding executor did not start; its log:\n"
+                    f"{log_path.read_text(errors='replace')[-3000:]}",
+                    pytrace=False,
+                )
             time.sleep(0.2)
         yield target
     finally:
@@ -96,27 +112,41 @@ def settings(**values: Any) -> knowledge_settings.KnowledgeSettings:
 
 
 @pytest.fixture(scope="session")
-def base_settings(knowledge_dsn: str, kafka: Kafka, minio: MinIO, bucket: str,
-                  embed_executor: str) -> dict[str, Any]:
+def base_settings(
+    knowledge_dsn: str, kafka: Kafka, minio: MinIO, bucket: str, embed_executor: str
+) -> dict[str, Any]:
     """What every knowledge service of this session shares (each adds its own prefix)."""
-    return {"postgres_dsn": knowledge_dsn, "kafka_bootstrap": kafka.bootstrap,
-            "minio_endpoint": minio.endpoint, "minio_access_key": minio.access_key,
-            "minio_secret_key": minio.secret_key, "minio_bucket": bucket,
-            "executor_target": embed_executor, "port": 0, "health_port": 0, "grace_s": 1.0,
-            "lease_s": 4.0, "heartbeat_s": 0.5, "reaper_interval_s": 0.5,
-            "requeue_after_s": 5.0}
+    return {
+        "postgres_dsn": knowledge_dsn,
+        "kafka_bootstrap": kafka.bootstrap,
+        "minio_endpoint": minio.endpoint,
+        "minio_access_key": minio.access_key,
+        "minio_secret_key": minio.secret_key,
+        "minio_bucket": bucket,
+        "executor_target": embed_executor,
+        "port": 0,
+        "health_port": 0,
+        "grace_s": 1.0,
+        "lease_s": 4.0,
+        "heartbeat_s": 0.5,
+        "reaper_interval_s": 0.5,
+        "requeue_after_s": 5.0,
+    }
 
 
 @pytest.fixture(scope="session")
-def new_service(base_settings: dict[str, Any],
-                tmp_path_factory: pytest.TempPathFactory) -> Callable[..., testing.Service]:
+def new_service(
+    base_settings: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., testing.Service]:
     """Makes a knowledge service with its own topics and Qdrant folder (enter it with
     ``async with``)."""
 
     def make(**overrides: Any) -> testing.Service:
-        values = {**base_settings,
-                  "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
-                  "qdrant_path": str(tmp_path_factory.mktemp("qdrant"))}
+        values = {
+            **base_settings,
+            "topic_prefix": f"t{uuid.uuid4().hex[:8]}.",
+            "qdrant_path": str(tmp_path_factory.mktemp("qdrant")),
+        }
         values.update(overrides)
         return testing.Service(settings(**values), ca=CA)
 
@@ -145,7 +175,9 @@ def s3_client(minio: MinIO) -> minio.Minio:
 @pytest.fixture(scope="session")
 def sql_rows(knowledge_dsn: str) -> Callable[..., list[tuple[Any, ...]]]:
     """Runs a query on the session's database, on a connection of its own; its rows."""
+
     def rows(query: str, *args: Any) -> list[tuple[Any, ...]]:
         with psycopg.connect(knowledge_dsn) as conn:
             return list(conn.execute(query, args).fetchall())
+
     return rows

@@ -10,8 +10,9 @@ import pytest
 from aion.core import errors
 from aion.knowledge import chunking, extract
 
-LONG = " ".join(f"Sentence {i} tells about GPUs, Kafka partitions and Kubernetes pods."
-                for i in range(60))
+LONG = " ".join(
+    f"Sentence {i} tells about GPUs, Kafka partitions and Kubernetes pods." for i in range(60)
+)
 
 
 @pytest.fixture(scope="module")
@@ -19,19 +20,19 @@ def chunker() -> chunking.Chunker:
     return chunking.Chunker(None, size=40, overlap=8)
 
 
-def test_chunks_are_token_windows_that_overlap_and_cite_the_text(
-        chunker: chunking.Chunker) -> None:
+def test_chunks_are_token_windows_that_overlap_and_cite_the_text(chunker: chunking.Chunker) -> None:
     pieces = chunker.split(LONG)
     assert len(pieces) > 5
     for piece in pieces:
-        assert LONG[piece.start:piece.end] == piece.text
+        assert LONG[piece.start : piece.end] == piece.text
         assert chunker.count(piece.text) <= 40
     for before, after in itertools.pairwise(pieces):
         assert after.start < before.end  # they overlap
         assert after.start > before.start
         # Windows start and end on whole words.
         assert (LONG[after.start - 1] in " ,." and LONG[before.end - 1].isalnum()) or (
-            LONG[before.end - 1] in ",.")
+            LONG[before.end - 1] in ",."
+        )
     assert pieces[0].start == 0
     assert pieces[-1].end == len(LONG)
     # Every word of the text is in some chunk.
@@ -60,13 +61,20 @@ def test_the_tokenizer_path_may_name_a_folder(tmp_path: object) -> None:
     bundled = chunking.bundled_tokenizer()
     by_folder = chunking.Chunker(bundled.parent, size=20, overlap=2)
     assert by_folder.count("Kubernetes schedules pods") == chunking.Chunker(
-        bundled, size=20, overlap=2).count("Kubernetes schedules pods")
+        bundled, size=20, overlap=2
+    ).count("Kubernetes schedules pods")
 
 
-@pytest.mark.parametrize(("given", "kind"), [
-    ("", "text/plain"), ("text/plain; charset=utf-8", "text/plain"),
-    ("text/x-markdown", "text/markdown"), ("TEXT/HTML", "text/html"),
-    ("application/pdf", "application/pdf")])
+@pytest.mark.parametrize(
+    ("given", "kind"),
+    [
+        ("", "text/plain"),
+        ("text/plain; charset=utf-8", "text/plain"),
+        ("text/x-markdown", "text/markdown"),
+        ("TEXT/HTML", "text/html"),
+        ("application/pdf", "application/pdf"),
+    ],
+)
 def test_content_types_are_normalized(given: str, kind: str) -> None:
     assert extract.content_type(given) == kind
 
@@ -80,9 +88,11 @@ def test_an_unsupported_type_is_invalid_argument() -> None:
 def test_every_format_gives_its_text(pdf: Callable[..., bytes]) -> None:
     assert extract.text("Grüße\n".encode(), "text/plain") == "Grüße\n"
     assert extract.text(b"# Title\n\nBody *text*.", "text/markdown") == "# Title\n\nBody *text*."
-    html = (b"<html><head><title>t</title><style>p{color:red}</style>"
-            b"<script>var hidden = 1;</script></head><body><h1>GPU guide</h1>"
-            b"<p>Pods&nbsp;run on <b>nodes</b>.</p><ul><li>one</li><li>two</li></ul></body></html>")
+    html = (
+        b"<html><head><title>t</title><style>p{color:red}</style>"
+        b"<script>var hidden = 1;</script></head><body><h1>GPU guide</h1>"
+        b"<p>Pods&nbsp;run on <b>nodes</b>.</p><ul><li>one</li><li>two</li></ul></body></html>"
+    )
     text = extract.text(html, "text/html")
     assert "GPU guide" in text
     assert "run on nodes." in text
@@ -95,13 +105,16 @@ def test_every_format_gives_its_text(pdf: Callable[..., bytes]) -> None:
     assert out.index("First") < out.index("Second")
 
 
-@pytest.mark.parametrize(("content", "kind", "why"), [
-    (b"%PDF-1.4\nthis is no PDF at all", "application/pdf", "PDF cannot be read"),
-    (b"\x00\x01 not a pdf", "application/pdf", "PDF cannot be read"),
-    (b"\xff\xfe\xfa", "text/plain", "not valid UTF-8"),
-    (b"  \n\n ", "text/markdown", "no text could be extracted"),
-    (b"<html><script>only(code)</script></html>", "text/html", "no text could be extracted"),
-])
+@pytest.mark.parametrize(
+    ("content", "kind", "why"),
+    [
+        (b"%PDF-1.4\nthis is no PDF at all", "application/pdf", "PDF cannot be read"),
+        (b"\x00\x01 not a pdf", "application/pdf", "PDF cannot be read"),
+        (b"\xff\xfe\xfa", "text/plain", "not valid UTF-8"),
+        (b"  \n\n ", "text/markdown", "no text could be extracted"),
+        (b"<html><script>only(code)</script></html>", "text/html", "no text could be extracted"),
+    ],
+)
 def test_bad_documents_say_why(content: bytes, kind: str, why: str) -> None:
     with pytest.raises(extract.ExtractionError, match=why):
         extract.text(content, kind)

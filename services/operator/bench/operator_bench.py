@@ -53,16 +53,30 @@ POOL_LABEL = "cloud.google.com/gke-nodepool"
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CRDS = ROOT / "charts" / "aion" / "crds"
 Agent = create_namespaced_resource("aion.dev", "v1alpha1", "Agent", "agents")
-SPEC = {"model": {"name": "smollm2-135m-instruct"}, "gpu": {"count": 0},
-        "resources": {"cpu": "10m", "memory": "16Mi"},
-        "placement": {"allowedPools": [POOL]}}
+SPEC = {
+    "model": {"name": "smollm2-135m-instruct"},
+    "gpu": {"count": 0},
+    "resources": {"cpu": "10m", "memory": "16Mi"},
+    "placement": {"allowedPools": [POOL]},
+}
 TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "900"))
 
 
 def _nodes(agents: int) -> list[dict[str, Any]]:
-    return render_nodes({"poolLabel": POOL_LABEL, "pools": [
-        {"name": POOL, "nodes": math.ceil(agents / 100) + 1, "instanceType": "bench",
-         "cpu": "64", "memory": "256Gi"}]})
+    return render_nodes(
+        {
+            "poolLabel": POOL_LABEL,
+            "pools": [
+                {
+                    "name": POOL,
+                    "nodes": math.ceil(agents / 100) + 1,
+                    "instanceType": "bench",
+                    "cpu": "64",
+                    "memory": "256Gi",
+                }
+            ],
+        }
+    )
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -79,6 +93,7 @@ async def _namespace(client: lightkube.AsyncClient, prefix: str) -> str:
 
     async def has_account() -> bool:
         return any([a async for a in client.list(core_v1.ServiceAccount, namespace=name)])
+
     await _until(has_account, f"the default ServiceAccount of {name}")
     return name
 
@@ -91,8 +106,14 @@ async def _raw(client: lightkube.AsyncClient, agents: int) -> tuple[float, float
         name = f"agent-{i}"
         owner = render.Owner(name=name, uid=str(uuid.uuid4()))
         deployment = render.executor_deployment(
-            name, namespace, parsed, pool_label=POOL_LABEL, pool=POOL,
-            image="aion-executor:bench", owner=owner)
+            name,
+            namespace,
+            parsed,
+            pool_label=POOL_LABEL,
+            pool=POOL,
+            image="aion-executor:bench",
+            owner=owner,
+        )
         service = render.executor_service(name, namespace, owner=owner)
         for obj in (deployment, service):
             obj["metadata"].pop("ownerReferences")  # no Agent owns them here
@@ -102,9 +123,13 @@ async def _raw(client: lightkube.AsyncClient, agents: int) -> tuple[float, float
     requests = time.monotonic() - started
 
     async def all_ready() -> bool:
-        ready = [d async for d in client.list(apps_v1.Deployment, namespace=namespace)
-                 if d.status is not None and (d.status.readyReplicas or 0) >= 1]
+        ready = [
+            d
+            async for d in client.list(apps_v1.Deployment, namespace=namespace)
+            if d.status is not None and (d.status.readyReplicas or 0) >= 1
+        ]
         return len(ready) == agents
+
     await _until(all_ready, "the raw Deployments")
     elapsed = time.monotonic() - started
     await client.delete(core_v1.Namespace, namespace)
@@ -113,8 +138,9 @@ async def _raw(client: lightkube.AsyncClient, agents: int) -> tuple[float, float
 
 def _spawn(env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "aion.operator"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "aion.operator"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
 
 
 def _proc_stats(pid: int) -> tuple[float, float]:
@@ -122,61 +148,89 @@ def _proc_stats(pid: int) -> tuple[float, float]:
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
-    hwm = next(line for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmHWM:"))
+    hwm = next(
+        line
+        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     return cpu, int(hwm.split()[1]) / 1024
 
 
-async def _operator(client: lightkube.AsyncClient, cluster: Cluster,
-                    agents: int) -> dict[str, float]:
+async def _operator(
+    client: lightkube.AsyncClient, cluster: Cluster, agents: int
+) -> dict[str, float]:
     namespace = await _namespace(client, "bench-op")
     log = pathlib.Path(tempfile.mkdtemp(prefix="bench-operator-")) / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
-           "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:bench",
-           "AION_OPERATOR_NAMESPACES": namespace, "AION_OPERATOR_LOG_LEVEL": "WARNING",
-           "AION_OPERATOR_LEASE_NAME": namespace, "AION_OPERATOR_LEASE_NAMESPACE": "default",
-           "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
-           "AION_OPERATOR_METRICS_PORT": str(suite.free_port())}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:bench",
+        "AION_OPERATOR_NAMESPACES": namespace,
+        "AION_OPERATOR_LOG_LEVEL": "WARNING",
+        "AION_OPERATOR_LEASE_NAME": namespace,
+        "AION_OPERATOR_LEASE_NAMESPACE": "default",
+        "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
+        "AION_OPERATOR_METRICS_PORT": str(suite.free_port()),
+    }
     proc = _spawn(env, log)
     try:
+
         async def leading() -> bool:
             if proc.poll() is not None:
-                raise SystemExit(f"bench-operator: the operator exited; {log}:\n"
-                                 + log.read_text()[-3000:])
+                raise SystemExit(
+                    f"bench-operator: the operator exited; {log}:\n" + log.read_text()[-3000:]
+                )
             try:
                 lease = await client.get(coordination_v1.Lease, namespace, namespace="default")
             except lightkube.ApiError:
                 return False
             return bool(lease.spec and lease.spec.holderIdentity)
+
         await _until(leading, "the operator's Lease")
         cpu_before, _ = _proc_stats(proc.pid)
-        objects = [codecs.from_dict({
-            "apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
-            "metadata": {"name": f"agent-{i}", "namespace": namespace}, "spec": SPEC})
-            for i in range(agents)]
+        objects = [
+            codecs.from_dict(
+                {
+                    "apiVersion": "aion.dev/v1alpha1",
+                    "kind": "Agent",
+                    "metadata": {"name": f"agent-{i}", "namespace": namespace},
+                    "spec": SPEC,
+                }
+            )
+            for i in range(agents)
+        ]
         started = time.monotonic()
         await asyncio.gather(*(client.create(o) for o in objects))
 
         async def all_ready() -> bool:
-            ready = [a async for a in client.list(Agent, namespace=namespace)
-                     if (a.get("status") or {}).get("phase") == "Ready"]
+            ready = [
+                a
+                async for a in client.list(Agent, namespace=namespace)
+                if (a.get("status") or {}).get("phase") == "Ready"
+            ]
             return len(ready) == agents
+
         await _until(all_ready, "the Agents")
         elapsed = time.monotonic() - started
         cpu_after, peak_mb = _proc_stats(proc.pid)
         # Agents carry kopf's finalizer: delete them while the operator runs.
-        await asyncio.gather(*(client.delete(Agent, f"agent-{i}", namespace=namespace)
-                               for i in range(agents)))
+        await asyncio.gather(
+            *(client.delete(Agent, f"agent-{i}", namespace=namespace) for i in range(agents))
+        )
 
         async def gone() -> bool:
             return not [a async for a in client.list(Agent, namespace=namespace)]
+
         await _until(gone, "deleting the Agents")
     finally:
         proc.terminate()
         proc.wait(timeout=60)
     await client.delete(core_v1.Namespace, namespace)
-    return {"seconds_all_ready": elapsed, "operator_peak_rss_mb": peak_mb,
-            "operator_cpu_s": cpu_after - cpu_before}
+    return {
+        "seconds_all_ready": elapsed,
+        "operator_peak_rss_mb": peak_mb,
+        "operator_cpu_s": cpu_after - cpu_before,
+    }
 
 
 async def _run(cluster: Cluster, agents: int) -> dict[str, Any]:
@@ -191,15 +245,19 @@ async def _run(cluster: Cluster, agents: int) -> dict[str, Any]:
         op = await _operator(client, cluster, agents)
     finally:
         await client.close()
-        cluster.kubectl("delete", "nodes", *(n["metadata"]["name"] for n in nodes),
-                        "--wait=false", check=False)
-    return {"agents": agents, "seconds_all_ready": round(op["seconds_all_ready"], 2),
-            "seconds_raw_create": round(raw_s, 2),
-            "seconds_raw_requests": round(raw_requests_s, 2),
-            "ratio": round(op["seconds_all_ready"] / raw_s, 2),
-            "operator_peak_rss_mb": round(op["operator_peak_rss_mb"], 1),
-            "operator_cpu_s": round(op["operator_cpu_s"], 2),
-            "bench_nodes": len(nodes)}
+        cluster.kubectl(
+            "delete", "nodes", *(n["metadata"]["name"] for n in nodes), "--wait=false", check=False
+        )
+    return {
+        "agents": agents,
+        "seconds_all_ready": round(op["seconds_all_ready"], 2),
+        "seconds_raw_create": round(raw_s, 2),
+        "seconds_raw_requests": round(raw_requests_s, 2),
+        "ratio": round(op["seconds_all_ready"] / raw_s, 2),
+        "operator_peak_rss_mb": round(op["operator_peak_rss_mb"], 1),
+        "operator_cpu_s": round(op["operator_cpu_s"], 2),
+        "bench_nodes": len(nodes),
+    }
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ from aion.operator import settings
 @pytest.fixture
 def cfg() -> settings.AionOperatorSettings:
     """Settings as the chart would set them."""
-    return settings.AionOperatorSettings(executor_image="registry.test/aion-executor:1.2.3",
-                                         otlp_endpoint="http://otel:4317")
+    return settings.AionOperatorSettings(
+        executor_image="registry.test/aion-executor:1.2.3", otlp_endpoint="http://otel:4317"
+    )
 
 
 @pytest.fixture
@@ -28,25 +29,44 @@ def gpu_spec() -> dict[str, Any]:
     }
 
 
-def _local_node(pool: str, index: int, *, gpus: int = 0, product: str | None = None,
-                memory_mib: int | None = None) -> dict[str, Any]:
-    labels = {"kubernetes.io/hostname": f"{pool}-{index}", "type": "kwok",
-              "cloud.google.com/gke-nodepool": pool}
+def _local_node(
+    pool: str,
+    index: int,
+    *,
+    gpus: int = 0,
+    product: str | None = None,
+    memory_mib: int | None = None,
+) -> dict[str, Any]:
+    labels = {
+        "kubernetes.io/hostname": f"{pool}-{index}",
+        "type": "kwok",
+        "cloud.google.com/gke-nodepool": pool,
+    }
     allocatable = {"cpu": "8", "memory": "32Gi", "pods": "110"}
     spec: dict[str, Any] = {}
     if gpus:
-        labels |= {"nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": str(product),
-                   "nvidia.com/gpu.count": str(gpus), "nvidia.com/gpu.memory": str(memory_mib)}
+        labels |= {
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": str(product),
+            "nvidia.com/gpu.count": str(gpus),
+            "nvidia.com/gpu.memory": str(memory_mib),
+        }
         allocatable["nvidia.com/gpu"] = str(gpus)
-        spec["taints"] = [{"key": "nvidia.com/gpu", "value": "present",
-                           "effect": "NoSchedule"}]
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": f"{pool}-{index}", "labels": labels},
-            "spec": spec,
-            "status": {"capacity": dict(allocatable), "allocatable": allocatable,
-                       "conditions": [
-                           {"type": "MemoryPressure", "status": "False"},
-                           {"type": "Ready", "status": "True", "reason": "KubeletReady"}]}}
+        spec["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": f"{pool}-{index}", "labels": labels},
+        "spec": spec,
+        "status": {
+            "capacity": dict(allocatable),
+            "allocatable": allocatable,
+            "conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": "True", "reason": "KubeletReady"},
+            ],
+        },
+    }
 
 
 @pytest.fixture
@@ -55,8 +75,11 @@ def local_nodes() -> list[dict[str, Any]]:
 
     Two system nodes without GPUs, two h100 nodes of 8 GPUs, four l4 nodes of 1 GPU.
     """
-    return ([_local_node("system", i) for i in range(2)]
-            + [_local_node("h100", i, gpus=8, product="NVIDIA-H100-80GB-HBM3",
-                           memory_mib=81559) for i in range(2)]
-            + [_local_node("l4", i, gpus=1, product="NVIDIA-L4", memory_mib=23034)
-               for i in range(4)])
+    return (
+        [_local_node("system", i) for i in range(2)]
+        + [
+            _local_node("h100", i, gpus=8, product="NVIDIA-H100-80GB-HBM3", memory_mib=81559)
+            for i in range(2)
+        ]
+        + [_local_node("l4", i, gpus=1, product="NVIDIA-L4", memory_mib=23034) for i in range(4)]
+    )

@@ -13,8 +13,7 @@ from aion.operator import render
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "aion"
-PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
-         "executor": 50055}
+PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054, "executor": 50055}
 SERVICES = [*PORTS, "operator"]
 
 
@@ -83,23 +82,34 @@ def test_skaffold_builds_every_image_and_sets_it_in_the_chart() -> None:
 
 
 def test_each_crd_has_one_copy() -> None:
-    copies = sorted(p for p in ROOT.glob("**/*.yaml")
-                    if ".venv" not in p.parts and "CustomResourceDefinition" in p.read_text())
-    assert copies == [CHART / "crds" / "agents.aion.dev.yaml",
-                      CHART / "crds" / "gpupools.aion.dev.yaml"]
+    copies = sorted(
+        p
+        for p in ROOT.glob("**/*.yaml")
+        if ".venv" not in p.parts and "CustomResourceDefinition" in p.read_text()
+    )
+    assert copies == [
+        CHART / "crds" / "agents.aion.dev.yaml",
+        CHART / "crds" / "gpupools.aion.dev.yaml",
+    ]
 
 
 def _template_docs(path: pathlib.Path) -> list[dict[str, Any]]:
     """A template's documents with the Go template actions blanked out (enough to read rules)."""
-    text = "\n".join(line for line in path.read_text().splitlines()
-                     if not re.fullmatch(r"\s*\{\{-?.*-?\}\}\s*", line))
+    text = "\n".join(
+        line
+        for line in path.read_text().splitlines()
+        if not re.fullmatch(r"\s*\{\{-?.*-?\}\}\s*", line)
+    )
     text = re.sub(r"\{\{.*?\}\}", "x", text)
     return [d for d in yaml.safe_load_all(text) if d]
 
 
 def test_operator_cluster_role_is_least_privilege() -> None:
-    [role] = [d for d in _template_docs(CHART / "templates" / "operator-rbac.yaml")
-              if d["kind"] == "ClusterRole"]
+    [role] = [
+        d
+        for d in _template_docs(CHART / "templates" / "operator-rbac.yaml")
+        if d["kind"] == "ClusterRole"
+    ]
     verbs: dict[str, set[str]] = {}
     for rule in role["rules"]:
         for group in rule["apiGroups"]:

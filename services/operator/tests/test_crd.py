@@ -47,8 +47,7 @@ def _rules(version: dict[str, Any], *path: str) -> list[str]:
     return [r["rule"] for r in node.get("x-kubernetes-validations", [])]
 
 
-def test_names_scope_and_status_subresource(crd: dict[str, Any],
-                                            version: dict[str, Any]) -> None:
+def test_names_scope_and_status_subresource(crd: dict[str, Any], version: dict[str, Any]) -> None:
     assert crd["metadata"]["name"] == "agents.aion.dev"
     assert crd["spec"]["group"] == "aion.dev"
     assert crd["spec"]["scope"] == "Namespaced"
@@ -72,9 +71,19 @@ def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
     root = version["schema"]["openAPIV3Schema"]
     assert root["properties"]["spec"]["required"] == ["model"]
     top = _props(version, "spec")
-    assert set(top) == {"model", "instructions", "description", "maxTokens", "tools",
-                        "knowledgeBases", "routing", "gpu", "resources", "placement",
-                        "replicas"}
+    assert set(top) == {
+        "model",
+        "instructions",
+        "description",
+        "maxTokens",
+        "tools",
+        "knowledgeBases",
+        "routing",
+        "gpu",
+        "resources",
+        "placement",
+        "replicas",
+    }
     model = _props(version, "spec", "model")
     assert model["task"]["enum"] == list(typing.get_args(agentspec.ModelTask))
     assert model["task"]["default"] == "generate"
@@ -85,7 +94,10 @@ def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
     assert (gpu["count"]["minimum"], gpu["count"]["default"]) == (0, 1)
     assert set(gpu) == {"count", "products", "minMemoryGiB"}
     assert set(_props(version, "spec", "placement")) == {
-        "allowedPools", "preferredPools", "maxPricePerGpuHour"}
+        "allowedPools",
+        "preferredPools",
+        "maxPricePerGpuHour",
+    }
     replicas = _props(version, "spec", "replicas")
     assert (replicas["min"]["default"], replicas["max"]["default"]) == (1, 1)
     assert _rules(version, "spec", "replicas") == ["self.min <= self.max"]
@@ -99,8 +111,8 @@ def _fields(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     for name, field in model.model_fields.items():
         nested = field.annotation
         found[field.alias or name] = (
-            nested if isinstance(nested, type) and issubclass(nested, pydantic.BaseModel)
-            else None)
+            nested if isinstance(nested, type) and issubclass(nested, pydantic.BaseModel) else None
+        )
     return found
 
 
@@ -109,8 +121,12 @@ def _same_fields(schema: dict[str, Any], model: type[pydantic.BaseModel], path: 
     fields = _fields(model)
     diff = [f"{path}.{k}: only in the CRD" for k in props if k not in fields]
     diff += [f"{path}.{k}: only in aion.core.agentspec" for k in fields if k not in props]
-    return diff + [d for k, nested in fields.items() if nested is not None and k in props
-                   for d in _same_fields(props[k], nested, f"{path}.{k}")]
+    return diff + [
+        d
+        for k, nested in fields.items()
+        if nested is not None and k in props
+        for d in _same_fields(props[k], nested, f"{path}.{k}")
+    ]
 
 
 def test_crd_and_the_one_spec_model_declare_the_same_fields(version: dict[str, Any]) -> None:
@@ -122,8 +138,7 @@ def test_crd_and_the_one_spec_model_declare_the_same_fields(version: dict[str, A
 def test_description_and_max_tokens_limits_match(version: dict[str, Any]) -> None:
     top = _props(version, "spec")
     assert top["description"]["maxLength"] == agentspec.MAX_DESCRIPTION
-    assert (top["maxTokens"]["minimum"], top["maxTokens"]["maximum"]) == (
-        1, agentspec.MAX_TOKENS)
+    assert (top["maxTokens"]["minimum"], top["maxTokens"]["maximum"]) == (1, agentspec.MAX_TOKENS)
     s = agentspec.parse({"model": {"name": "m"}, "description": "d", "maxTokens": 64})
     assert (s.description, s.max_tokens) == ("d", 64)
 
@@ -134,7 +149,9 @@ def test_crd_defaults_match_spec_py(version: dict[str, Any]) -> None:
     assert _props(version, "spec", "routing")["privacy"]["default"] == s.routing.privacy
     resources = _props(version, "spec", "resources")
     assert (resources["cpu"]["default"], resources["memory"]["default"]) == (
-        s.resources.cpu, s.resources.memory)
+        s.resources.cpu,
+        s.resources.memory,
+    )
     assert resources["cpu"]["pattern"] == agentspec.QUANTITY_PATTERN
     pools = _props(version, "spec", "placement")["allowedPools"]["items"]
     assert pools["pattern"] == agentspec.LABEL_VALUE_PATTERN
@@ -143,8 +160,15 @@ def test_crd_defaults_match_spec_py(version: dict[str, Any]) -> None:
 
 def test_status_fields(version: dict[str, Any]) -> None:
     status = _props(version, "status")
-    assert set(status) >= {"phase", "nodePool", "readyReplicas", "observedGeneration",
-                           "conditions", "placementReason", "avoidPools"}
+    assert set(status) >= {
+        "phase",
+        "nodePool",
+        "readyReplicas",
+        "observedGeneration",
+        "conditions",
+        "placementReason",
+        "avoidPools",
+    }
     condition = status["conditions"]["items"]["properties"]
     assert set(condition) >= {"type", "status", "reason", "message", "lastTransitionTime"}
 
@@ -154,14 +178,18 @@ def _undeclared(value: Any, schema: dict[str, Any], path: str) -> list[str]:
         return []
     props = schema.get("properties", {})
     missing = [f"{path}.{k}" for k in value if k not in props]
-    return missing + [m for k, v in value.items() if k in props
-                      for m in _undeclared(v, props[k], f"{path}.{k}")]
+    return missing + [
+        m for k, v in value.items() if k in props for m in _undeclared(v, props[k], f"{path}.{k}")
+    ]
 
 
 def test_demo_agent_is_valid() -> None:
     demo = yaml.safe_load(DEMO.read_text())
     assert (demo["apiVersion"], demo["kind"], demo["metadata"]["name"]) == (
-        "aion.dev/v1alpha1", "Agent", "demo")
+        "aion.dev/v1alpha1",
+        "Agent",
+        "demo",
+    )
     s = agentspec.parse(demo["spec"])
     assert (s.model.name, s.model.task, s.gpu.count) == ("smollm2-135m-instruct", "generate", 0)
 
@@ -173,8 +201,9 @@ def test_gpu_example_agent_is_valid() -> None:
 
 
 @pytest.mark.parametrize("path", [DEMO, EXAMPLE], ids=["demo", "gpu"])
-def test_example_agents_use_only_declared_fields(version: dict[str, Any],
-                                                 path: pathlib.Path) -> None:
+def test_example_agents_use_only_declared_fields(
+    version: dict[str, Any], path: pathlib.Path
+) -> None:
     example = yaml.safe_load(path.read_text())
     schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert _undeclared(example["spec"], schema, "spec") == []

@@ -19,9 +19,17 @@ NOW = datetime.datetime.now(datetime.UTC)
 
 
 def _error(code: int) -> lightkube.ApiError:
-    response = httpx2.Response(code, json={"kind": "Status", "apiVersion": "v1", "code": code,
-                                          "status": "Failure", "message": f"code {code}"},
-                              request=httpx2.Request("GET", "https://kube.test"))
+    response = httpx2.Response(
+        code,
+        json={
+            "kind": "Status",
+            "apiVersion": "v1",
+            "code": code,
+            "status": "Failure",
+            "message": f"code {code}",
+        },
+        request=httpx2.Request("GET", "https://kube.test"),
+    )
     return lightkube.ApiError(response=response)
 
 
@@ -62,8 +70,7 @@ class FakeApi:
             raise _error(409)
         self._store(obj)
 
-    async def patch(self, _kind: Any, name: str, patch: dict[str, Any], *,
-                    namespace: str) -> None:
+    async def patch(self, _kind: Any, name: str, patch: dict[str, Any], *, namespace: str) -> None:
         self.patches.append((name, patch))
 
 
@@ -93,8 +100,8 @@ async def test_both_secrets_are_created_once_and_then_reused(ca: pki.KeyPair) ->
     cert = _cert(tls)
     cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca.cert_pem))
     assert cert.extensions.get_extension_for_class(
-        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
-        "executor.aion.internal"]
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName) == ["executor.aion.internal"]
     assert base64.b64decode(tls["data"]["ca.crt"]) == ca.cert_pem
     assert tls["type"] == "kubernetes.io/tls"
     assert version == format(cert.serial_number, "x")
@@ -111,8 +118,7 @@ async def test_both_secrets_are_created_once_and_then_reused(ca: pki.KeyPair) ->
     assert api.secrets[("team-b", "aion-executor-http")]["data"] != http["data"]
 
 
-async def test_within_the_renewal_window_the_certificate_is_issued_again(
-        ca: pki.KeyPair) -> None:
+async def test_within_the_renewal_window_the_certificate_is_issued_again(ca: pki.KeyPair) -> None:
     api = FakeApi()
     await es.Keeper(api, ca, days=20).ensure("team-a")  # type: ignore[arg-type]
     old = _cert(api.secrets[("team-a", "aion-executor-tls")])
@@ -174,14 +180,24 @@ async def test_a_deployment_on_an_older_certificate_is_rolled(ca: pki.KeyPair) -
 
     def deployment(annotation: str | None) -> dict[str, Any]:
         annotations = {} if annotation is None else {conventions.TLS_ANNOTATION: annotation}
-        return {"metadata": {"name": "aion-executor-chat"},
-                "spec": {"template": {"metadata": {"annotations": annotations}}}}
+        return {
+            "metadata": {"name": "aion-executor-chat"},
+            "spec": {"template": {"metadata": {"annotations": annotations}}},
+        }
 
     assert not await keeper.roll(deployment(version), "team-a")
     assert not await keeper.roll(None, "team-a")
     assert await keeper.roll(deployment("2020-01-01T00:00:00+00:00"), "team-a")
-    assert api.patches == [("aion-executor-chat", {"spec": {"template": {"metadata": {
-        "annotations": {conventions.TLS_ANNOTATION: version}}}}})]
+    assert api.patches == [
+        (
+            "aion-executor-chat",
+            {
+                "spec": {
+                    "template": {"metadata": {"annotations": {conventions.TLS_ANNOTATION: version}}}
+                }
+            },
+        )
+    ]
 
 
 async def test_without_a_ca_only_the_token_is_kept() -> None:

@@ -8,8 +8,12 @@ import datetime
 
 from aion.operator import lease
 
-HELD = lease.Record(holder="op-a", renewed=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
-                    duration_s=15.0, transitions=2)
+HELD = lease.Record(
+    holder="op-a",
+    renewed=datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC),
+    duration_s=15.0,
+    transitions=2,
+)
 
 
 def test_a_missing_or_released_lease_is_taken() -> None:
@@ -43,8 +47,11 @@ class _Elector:
 
 async def test_a_clean_exit_gives_the_lease_back() -> None:
     elector = _Elector()
-    async with lease.leadership(elector, host="127.0.0.1",  # type: ignore[arg-type]
-                                liveness_port=0) as term:
+    async with lease.leadership(
+        elector,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        liveness_port=0,
+    ) as term:
         assert term.acquired
         assert not term.lost.done()
     assert elector.released
@@ -53,8 +60,11 @@ async def test_a_clean_exit_gives_the_lease_back() -> None:
 
 async def test_a_lost_lease_stops_the_body_and_is_not_given_back() -> None:
     elector = _Elector()
-    async with lease.leadership(elector, host="127.0.0.1",  # type: ignore[arg-type]
-                                liveness_port=0) as term:
+    async with lease.leadership(
+        elector,  # type: ignore[arg-type]
+        host="127.0.0.1",
+        liveness_port=0,
+    ) as term:
         elector.lose.set()
         await asyncio.wait_for(term.lost, timeout=30)
     assert term.lost_lease

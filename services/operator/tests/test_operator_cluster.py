@@ -54,8 +54,7 @@ TIMEOUT_S = 90.0
 T = TypeVar("T")
 
 
-def _eventually(fetch: Callable[[], T], done: Callable[[T], bool],
-                timeout: float = TIMEOUT_S) -> T:
+def _eventually(fetch: Callable[[], T], done: Callable[[T], bool], timeout: float = TIMEOUT_S) -> T:
     return poll(fetch, done, timeout)
 
 
@@ -90,9 +89,14 @@ class Process:
 
     def start(self) -> Process:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", self.module], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", self.module],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self
 
     def text(self) -> str:
@@ -123,20 +127,34 @@ class Process:
             return None
 
 
-def _operator(cluster: Cluster, log: pathlib.Path, *, namespaces: str, agent_target: str = "",
-              lease: str = "aion-operator", identity: str = "") -> Process:
+def _operator(
+    cluster: Cluster,
+    log: pathlib.Path,
+    *,
+    namespaces: str,
+    agent_target: str = "",
+    lease: str = "aion-operator",
+    identity: str = "",
+) -> Process:
     """An operator process (not started) on ``namespaces``, with short test timings."""
-    env = {**os.environ, **CA.env(log.parent / "tls", "operator"),
-           "KUBECONFIG": str(cluster.kubeconfig),
-           "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:test",
-           "AION_OPERATOR_NAMESPACES": namespaces,
-           "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
-           "AION_OPERATOR_METRICS_PORT": str(suite.free_port()),
-           "AION_OPERATOR_READINESS_INTERVAL_S": "1", "AION_OPERATOR_RETRY_S": "2",
-           "AION_OPERATOR_UNSCHEDULABLE_AFTER_S": "3", "AION_OPERATOR_POOL_STATUS_INTERVAL_S": "1",
-           "AION_OPERATOR_AGENT_TARGET": agent_target,
-           "AION_OPERATOR_LEASE_NAME": lease, "AION_OPERATOR_LEASE_NAMESPACE": "default",
-           "AION_OPERATOR_LEASE_DURATION_S": "4", "AION_OPERATOR_IDENTITY": identity}
+    env = {
+        **os.environ,
+        **CA.env(log.parent / "tls", "operator"),
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:test",
+        "AION_OPERATOR_NAMESPACES": namespaces,
+        "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
+        "AION_OPERATOR_METRICS_PORT": str(suite.free_port()),
+        "AION_OPERATOR_READINESS_INTERVAL_S": "1",
+        "AION_OPERATOR_RETRY_S": "2",
+        "AION_OPERATOR_UNSCHEDULABLE_AFTER_S": "3",
+        "AION_OPERATOR_POOL_STATUS_INTERVAL_S": "1",
+        "AION_OPERATOR_AGENT_TARGET": agent_target,
+        "AION_OPERATOR_LEASE_NAME": lease,
+        "AION_OPERATOR_LEASE_NAMESPACE": "default",
+        "AION_OPERATOR_LEASE_DURATION_S": "4",
+        "AION_OPERATOR_IDENTITY": identity,
+    }
     return Process("aion.operator", env, log)
 
 
@@ -148,39 +166,55 @@ def _liveness(op: Process) -> str:
 def crds(cluster: Cluster) -> None:
     """The CRDs installed and the pools priced."""
     cluster.kubectl("apply", "-f", str(CRDS))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/agents.aion.dev", "crd/gpupools.aion.dev")
-    pools = [{"apiVersion": "aion.dev/v1alpha1", "kind": "GpuPool", "metadata": {"name": name},
-              "spec": {"priceUsdPerGpuHour": price}}
-             for name, price in (("h100", 4.5), ("l4", 0.7))]
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/agents.aion.dev",
+        "crd/gpupools.aion.dev",
+    )
+    pools = [
+        {
+            "apiVersion": "aion.dev/v1alpha1",
+            "kind": "GpuPool",
+            "metadata": {"name": name},
+            "spec": {"priceUsdPerGpuHour": price},
+        }
+        for name, price in (("h100", 4.5), ("l4", 0.7))
+    ]
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(pools))
 
 
 def _agent_process(kafka: Kafka, postgres: Postgres, log: pathlib.Path) -> Process:
     """``python -m aion.agent`` (not started) on the local Postgres and Kafka."""
-    env = {**os.environ, **kafka.endpoints(), **postgres.endpoints(),
-           **CA.env(log.parent / "tls", "agent"),
-           "AION_AGENT_HEALTH_PORT": str(suite.free_port()),
-           "AION_AGENT_PORT": str(suite.free_port()),
-           "AION_AGENT_METRICS_PORT": str(suite.free_port()),
-           "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}."}
+    env = {
+        **os.environ,
+        **kafka.endpoints(),
+        **postgres.endpoints(),
+        **CA.env(log.parent / "tls", "agent"),
+        "AION_AGENT_HEALTH_PORT": str(suite.free_port()),
+        "AION_AGENT_PORT": str(suite.free_port()),
+        "AION_AGENT_METRICS_PORT": str(suite.free_port()),
+        "AION_AGENT_TOPIC_PREFIX": f"optest-{uuid.uuid4().hex[:6]}.",
+    }
     return Process("aion.agent", env, log)
 
 
 def _serving(service: Process) -> None:
     service.start()
     health = f"127.0.0.1:{service.env['AION_AGENT_HEALTH_PORT']}"
-    status = _eventually(lambda: suite.health_status(health),
-                         lambda s: s == "SERVING" or not service.alive())
+    status = _eventually(
+        lambda: suite.health_status(health), lambda s: s == "SERVING" or not service.alive()
+    )
     assert status == "SERVING", service.tail()
 
 
 @pytest.fixture(scope="module")
-def agent_service(kafka: Kafka, postgres: Postgres,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def agent_service(
+    kafka: Kafka, postgres: Postgres, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
     """``python -m aion.agent`` on the local Postgres and Kafka, SERVING."""
-    service = _agent_process(kafka, postgres,
-                             tmp_path_factory.mktemp("agent") / "agent.log")
+    service = _agent_process(kafka, postgres, tmp_path_factory.mktemp("agent") / "agent.log")
     try:
         _serving(service)
         yield service
@@ -193,12 +227,18 @@ def _agent_target(service: Process) -> str:
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, crds: None, agent_service: Process,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+def operator(
+    cluster: Cluster, crds: None, agent_service: Process, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Process]:
     """``python -m aion.operator`` on the ``op-*`` namespaces, healthy."""
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = _operator(cluster, log, namespaces="op-*", agent_target=_agent_target(agent_service),
-                   lease=f"optest-{uuid.uuid4().hex[:6]}").start()
+    op = _operator(
+        cluster,
+        log,
+        namespaces="op-*",
+        agent_target=_agent_target(agent_service),
+        lease=f"optest-{uuid.uuid4().hex[:6]}",
+    ).start()
     try:
         healthy = _eventually(lambda: _healthy(_liveness(op)), bool)
         assert healthy, op.tail()
@@ -228,25 +268,31 @@ SMALL = {"cpu": "100m", "memory": "256Mi"}
 
 
 def _agent(namespace: str, name: str, gpu: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"model": {"name": "smollm2-135m-instruct"}, "gpu": gpu,
-                     "resources": {"cpu": "1", "memory": "2Gi"}, **spec}}
+    return {
+        "apiVersion": "aion.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"name": "smollm2-135m-instruct"},
+            "gpu": gpu,
+            "resources": {"cpu": "1", "memory": "2Gi"},
+            **spec,
+        },
+    }
 
 
 def _apply(cluster: Cluster, *objects: dict[str, Any], check: bool = True) -> str:
-    return cluster.kubectl("apply", "-f", "-", check=check,
-                           stdin=yaml.safe_dump_all(list(objects)))
+    return cluster.kubectl("apply", "-f", "-", check=check, stdin=yaml.safe_dump_all(list(objects)))
 
 
-def _apply_agent(cluster: Cluster, namespace: str, name: str, gpu: dict[str, Any],
-                 **spec: Any) -> None:
+def _apply_agent(
+    cluster: Cluster, namespace: str, name: str, gpu: dict[str, Any], **spec: Any
+) -> None:
     _apply(cluster, _agent(namespace, name, gpu, **spec))
 
 
 def _condition(agent: dict[str, Any], kind: str) -> dict[str, Any]:
-    found = [c for c in (agent.get("status") or {}).get("conditions") or []
-             if c["type"] == kind]
+    found = [c for c in (agent.get("status") or {}).get("conditions") or [] if c["type"] == kind]
     assert len(found) == 1, agent.get("status")
     return dict(found[0])
 
@@ -254,28 +300,45 @@ def _condition(agent: dict[str, Any], kind: str) -> dict[str, Any]:
 def _has(agent: dict[str, Any] | None, kind: str, status: str = "True") -> bool:
     return agent is not None and any(
         c["type"] == kind and c["status"] == status
-        for c in (agent.get("status") or {}).get("conditions") or [])
+        for c in (agent.get("status") or {}).get("conditions") or []
+    )
 
 
-def _wait_agent(cluster: Cluster, namespace: str, name: str, op: Process,
-                done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-    agent = _eventually(lambda: _get(cluster, "agent", name, "-n", namespace),
-                        lambda a: a is not None and done(a))
+def _wait_agent(
+    cluster: Cluster, namespace: str, name: str, op: Process, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    agent = _eventually(
+        lambda: _get(cluster, "agent", name, "-n", namespace), lambda a: a is not None and done(a)
+    )
     assert agent is not None, op.tail()
     assert done(agent), (agent.get("status"), op.tail())
     return dict(agent)
 
 
-def _ready_agent(cluster: Cluster, namespace: str, name: str, op: Process,
-                 *, generation: int = 1) -> dict[str, Any]:
-    return _wait_agent(cluster, namespace, name, op, lambda a: (
-        (a.get("status") or {}).get("phase") == "Ready"
-        and a["status"].get("observedGeneration") == generation))
+def _ready_agent(
+    cluster: Cluster, namespace: str, name: str, op: Process, *, generation: int = 1
+) -> dict[str, Any]:
+    return _wait_agent(
+        cluster,
+        namespace,
+        name,
+        op,
+        lambda a: (
+            (a.get("status") or {}).get("phase") == "Ready"
+            and a["status"].get("observedGeneration") == generation
+        ),
+    )
 
 
 def _events(cluster: Cluster, namespace: str, name: str, reason: str) -> list[dict[str, Any]]:
-    return _items(cluster, "events", "-n", namespace, "--field-selector",
-                  f"involvedObject.kind=Agent,involvedObject.name={name},reason={reason}")
+    return _items(
+        cluster,
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        f"involvedObject.kind=Agent,involvedObject.name={name},reason={reason}",
+    )
 
 
 def _pods(cluster: Cluster, namespace: str, agent: str) -> list[dict[str, Any]]:
@@ -285,8 +348,11 @@ def _pods(cluster: Cluster, namespace: str, agent: str) -> list[dict[str, Any]]:
 def _registered(service: Process, tenant: str, name: str) -> Any:
     """The agent service's record of the agent, or the gRPC status code when it has none."""
     caller = CA.tls("gateway")
-    with grpc.secure_channel(_agent_target(service), caller.channel_credentials(),
-                             options=caller.channel_options("agent")) as channel:
+    with grpc.secure_channel(
+        _agent_target(service),
+        caller.channel_credentials(),
+        options=caller.channel_options("agent"),
+    ) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         try:
             return stub.GetAgent(agent_pb2.AgentRef(tenant=tenant, name=name), timeout=5)
@@ -294,8 +360,9 @@ def _registered(service: Process, tenant: str, name: str) -> Any:
             return exc.code()
 
 
-def _assert_runs_on(cluster: Cluster, namespace: str, name: str, agent: dict[str, Any],
-                    pool: str) -> None:
+def _assert_runs_on(
+    cluster: Cluster, namespace: str, name: str, agent: dict[str, Any], pool: str
+) -> None:
     status = agent["status"]
     assert status["nodePool"] == pool
     assert status["observedGeneration"] == agent["metadata"]["generation"]
@@ -312,27 +379,39 @@ def _assert_runs_on(cluster: Cluster, namespace: str, name: str, agent: dict[str
     assert deployment is not None
     [owner] = deployment["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
-        "Agent", name, agent["metadata"]["uid"], True)
+        "Agent",
+        name,
+        agent["metadata"]["uid"],
+        True,
+    )
     pod = deployment["spec"]["template"]["spec"]
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
-        "nodeSelectorTerms"]
-    assert terms[0]["matchExpressions"][0] == {"key": POOL_LABEL, "operator": "In",
-                                               "values": [pool]}
-    assert {"key": "nvidia.com/gpu", "operator": "Exists",
-            "effect": "NoSchedule"} in pod["tolerations"]
+        "nodeSelectorTerms"
+    ]
+    assert terms[0]["matchExpressions"][0] == {
+        "key": POOL_LABEL,
+        "operator": "In",
+        "values": [pool],
+    }
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
     assert deployment["status"]["readyReplicas"] == 1
-    managed = _get(cluster, "deployment", f"aion-executor-{name}", "-n", namespace,
-                   "--show-managed-fields")
-    managers = {m["manager"] for m in managed["metadata"]["managedFields"]
-                if m["operation"] == "Apply"}
+    managed = _get(
+        cluster, "deployment", f"aion-executor-{name}", "-n", namespace, "--show-managed-fields"
+    )
+    managers = {
+        m["manager"] for m in managed["metadata"]["managedFields"] if m["operation"] == "Apply"
+    }
     assert managers == {"aion-operator"}
 
     service = _get(cluster, "service", f"aion-executor-{name}", "-n", namespace)
     assert service is not None
     assert service["metadata"]["ownerReferences"][0]["uid"] == agent["metadata"]["uid"]
 
-    pods = [p for p in _pods(cluster, namespace, name)
-            if not p["metadata"].get("deletionTimestamp")]
+    pods = [
+        p for p in _pods(cluster, namespace, name) if not p["metadata"].get("deletionTimestamp")
+    ]
     assert len(pods) == 1
     assert pods[0]["status"]["phase"] == "Running"
     assert pods[0]["spec"]["nodeName"].startswith(f"{pool}-")
@@ -342,57 +421,90 @@ def _assert_runs_on(cluster: Cluster, namespace: str, name: str, agent: dict[str
 
 
 def test_agent_accepting_only_l4_runs_on_l4_is_ready_and_registered(
-        cluster: Cluster, namespace: str, operator: Process, agent_service: Process) -> None:
-    _apply_agent(cluster, namespace, "only-l4", {"count": 1, "products": ["NVIDIA-L4"]},
-                 instructions="Answer in one line.", routing={"privacy": "hybrid"})
+    cluster: Cluster, namespace: str, operator: Process, agent_service: Process
+) -> None:
+    _apply_agent(
+        cluster,
+        namespace,
+        "only-l4",
+        {"count": 1, "products": ["NVIDIA-L4"]},
+        instructions="Answer in one line.",
+        routing={"privacy": "hybrid"},
+    )
     agent = _ready_agent(cluster, namespace, "only-l4", operator)
     _assert_runs_on(cluster, namespace, "only-l4", agent, "l4")
-    agent = _wait_agent(cluster, namespace, "only-l4", operator,
-                        lambda a: _has(a, "Registered"))
+    agent = _wait_agent(cluster, namespace, "only-l4", operator, lambda a: _has(a, "Registered"))
     registered = _condition(agent, "Registered")
     assert registered["observedGeneration"] == 1
     assert namespace in registered["message"]
     record = _registered(agent_service, namespace, "only-l4")
     assert not isinstance(record, grpc.StatusCode), record
     assert (record.name, record.model, record.node_pool) == (
-        "only-l4", "smollm2-135m-instruct", "l4")
+        "only-l4",
+        "smollm2-135m-instruct",
+        "l4",
+    )
 
 
 def _registered_tools(postgres: Postgres, tenant: str, name: str) -> list[str] | None:
     """The tools of the agent service's record of the agent (its registry in Postgres)."""
     with psycopg.connect(postgres.dsn) as conn:
-        row = conn.execute("SELECT tools FROM agents WHERE tenant = %s AND name = %s",
-                           (tenant, name)).fetchone()
+        row = conn.execute(
+            "SELECT tools FROM agents WHERE tenant = %s AND name = %s", (tenant, name)
+        ).fetchone()
     return None if row is None else list(row[0])
 
 
 def test_a_kubectl_applied_agent_is_registered_with_its_tools(
-        cluster: Cluster, namespace: str, operator: Process, postgres: Postgres,
-        agent_service: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process, postgres: Postgres, agent_service: Process
+) -> None:
     """Every field of the one Agent model reaches the agent service: tools (its registry;
     GetAgent does not show tools), description, maxTokens and the routing targets."""
     tools = ["knowledge_search", "agent:helper"]
-    extra = {"description": "answers from the handbook", "maxTokens": 96,
-             "routing": {"budgetUsdPerTask": 0.02, "p95TargetMs": 800}}
-    _apply_agent(cluster, namespace, "with-tools", {"count": 1}, tools=tools,
-                 knowledgeBases=["handbook"], **extra)
+    extra = {
+        "description": "answers from the handbook",
+        "maxTokens": 96,
+        "routing": {"budgetUsdPerTask": 0.02, "p95TargetMs": 800},
+    }
+    _apply_agent(
+        cluster,
+        namespace,
+        "with-tools",
+        {"count": 1},
+        tools=tools,
+        knowledgeBases=["handbook"],
+        **extra,
+    )
     _wait_agent(cluster, namespace, "with-tools", operator, lambda a: _has(a, "Registered"))
     assert _registered_tools(postgres, namespace, "with-tools") == tools
     record = _registered(agent_service, namespace, "with-tools")
     assert not isinstance(record, grpc.StatusCode), record
     assert (record.description, record.max_tokens, list(record.knowledge_bases)) == (
-        "answers from the handbook", 96, ["handbook"])
+        "answers from the handbook",
+        96,
+        ["handbook"],
+    )
     assert (record.budget_usd_per_task, record.p95_target_ms) == (0.02, 800)
     # A changed tool list reaches the agent service with the next registration.
-    _apply_agent(cluster, namespace, "with-tools", {"count": 1}, tools=tools[:1],
-                 knowledgeBases=["handbook"], **extra)
-    got = _eventually(lambda: _registered_tools(postgres, namespace, "with-tools"),
-                      lambda found: found == tools[:1])
+    _apply_agent(
+        cluster,
+        namespace,
+        "with-tools",
+        {"count": 1},
+        tools=tools[:1],
+        knowledgeBases=["handbook"],
+        **extra,
+    )
+    got = _eventually(
+        lambda: _registered_tools(postgres, namespace, "with-tools"),
+        lambda found: found == tools[:1],
+    )
     assert got == tools[:1], operator.tail()
 
 
 def test_agent_accepting_any_gpu_goes_to_the_cheapest_pool(
-        cluster: Cluster, namespace: str, operator: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process
+) -> None:
     _apply_agent(cluster, namespace, "any-gpu", {"count": 1})
     agent = _ready_agent(cluster, namespace, "any-gpu", operator)
     _assert_runs_on(cluster, namespace, "any-gpu", agent, "l4")
@@ -400,7 +512,8 @@ def test_agent_accepting_any_gpu_goes_to_the_cheapest_pool(
 
 
 def test_the_example_agent_is_ready_with_its_pool_in_kubectl_get(
-        cluster: Cluster, namespace: str, operator: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process
+) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
     [name] = [d["metadata"]["name"] for d in yaml.safe_load_all(EXAMPLE.read_text()) if d]
     agent = _ready_agent(cluster, namespace, name, operator)
@@ -410,10 +523,16 @@ def test_the_example_agent_is_ready_with_its_pool_in_kubectl_get(
 
 
 def test_unknown_gpu_product_is_not_placed_and_says_why(
-        cluster: Cluster, namespace: str, operator: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process
+) -> None:
     _apply_agent(cluster, namespace, "b200", {"count": 1, "products": ["NVIDIA-B200"]})
-    agent = _wait_agent(cluster, namespace, "b200", operator,
-                        lambda a: bool((a.get("status") or {}).get("conditions")))
+    agent = _wait_agent(
+        cluster,
+        namespace,
+        "b200",
+        operator,
+        lambda a: bool((a.get("status") or {}).get("conditions")),
+    )
     placed = _condition(agent, "Placed")
     assert (placed["status"], placed["reason"]) == ("False", "NoEligiblePool")
     assert "NVIDIA-B200" in placed["message"]
@@ -428,29 +547,40 @@ def test_unknown_gpu_product_is_not_placed_and_says_why(
     assert _get(cluster, "service", "aion-executor-b200", "-n", namespace) is None
 
 
-def test_gpupools_show_their_gpus_free_gpus_and_price(
-        cluster: Cluster, operator: Process) -> None:
-    pools = _eventually(lambda: {p["metadata"]["name"]: p for p in _items(cluster, "gpupools")},
-                        lambda found: all("status" in p for p in found.values()))
+def test_gpupools_show_their_gpus_free_gpus_and_price(cluster: Cluster, operator: Process) -> None:
+    pools = _eventually(
+        lambda: {p["metadata"]["name"]: p for p in _items(cluster, "gpupools")},
+        lambda found: all("status" in p for p in found.values()),
+    )
     assert (pools["h100"]["status"]["gpus"], pools["h100"]["status"]["nodes"]) == (16, 2)
     assert pools["l4"]["status"]["product"] == "NVIDIA-L4"
     assert 0 <= pools["l4"]["status"]["freeGpus"] <= 4
-    rows = {line.split()[0]: line.split() for line in cluster.kubectl(
-        "get", "gpupools", "--no-headers").splitlines()}
+    rows = {
+        line.split()[0]: line.split()
+        for line in cluster.kubectl("get", "gpupools", "--no-headers").splitlines()
+    }
     assert rows["h100"][1:3] == ["NVIDIA-H100-80GB-HBM3", "16"], rows
     assert rows["l4"][4] == "0.7", rows
 
 
-@pytest.mark.parametrize(("spec", "says"), [
-    ({"model": {"name": "m"}, "replicas": {"min": 3, "max": 1}}, "replicas.min"),
-    ({"model": {"name": "m"}, "gpu": {"count": -1}}, "spec.gpu.count"),
-    ({"model": {"name": "m", "task": "classify"}}, "spec.model.task"),
-    ({"gpu": {"count": 1}}, "spec.model"),
-])
+@pytest.mark.parametrize(
+    ("spec", "says"),
+    [
+        ({"model": {"name": "m"}, "replicas": {"min": 3, "max": 1}}, "replicas.min"),
+        ({"model": {"name": "m"}, "gpu": {"count": -1}}, "spec.gpu.count"),
+        ({"model": {"name": "m", "task": "classify"}}, "spec.model.task"),
+        ({"gpu": {"count": 1}}, "spec.model"),
+    ],
+)
 def test_bad_specs_are_refused_by_the_api_server(
-        cluster: Cluster, namespace: str, spec: dict[str, Any], says: str) -> None:
-    bad = {"apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
-           "metadata": {"name": "bad", "namespace": namespace}, "spec": spec}
+    cluster: Cluster, namespace: str, spec: dict[str, Any], says: str
+) -> None:
+    bad = {
+        "apiVersion": "aion.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "bad", "namespace": namespace},
+        "spec": spec,
+    }
     with pytest.raises(subprocess.CalledProcessError) as refused:
         _apply(cluster, bad)
     assert says in refused.value.stderr
@@ -460,35 +590,64 @@ def test_bad_specs_are_refused_by_the_api_server(
 def _filler(namespace: str, gpus_per_pod: int, replicas: int) -> dict[str, Any]:
     """A Deployment, not an Agent, that takes every H100 of the h100 pool."""
     labels = {"app": "h100-filler"}
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "h100-filler", "namespace": namespace},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels}, "spec": {
-                         "nodeSelector": {POOL_LABEL: "h100"},
-                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                          "effect": "NoSchedule"}],
-                         "containers": [{"name": "fill", "image": "fill:test", "resources": {
-                             "limits": {"nvidia.com/gpu": str(gpus_per_pod)}}}]}}}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "h100-filler", "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "nodeSelector": {POOL_LABEL: "h100"},
+                    "tolerations": [
+                        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+                    ],
+                    "containers": [
+                        {
+                            "name": "fill",
+                            "image": "fill:test",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus_per_pod)}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
 
 
 def test_a_full_h100_pool_sends_flexible_agents_to_l4_and_keeps_h100_only_pending(
-        cluster: Cluster, namespace: str, operator: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process
+) -> None:
     _apply(cluster, _filler(namespace, 8, 2))
     running = _eventually(
-        lambda: [p for p in _items(cluster, "pods", "-n", namespace, "-l", "app=h100-filler")
-                 if p["status"].get("phase") == "Running"], lambda pods: len(pods) == 2)
+        lambda: [
+            p
+            for p in _items(cluster, "pods", "-n", namespace, "-l", "app=h100-filler")
+            if p["status"].get("phase") == "Running"
+        ],
+        lambda pods: len(pods) == 2,
+    )
     assert len(running) == 2
 
-    _apply_agent(cluster, namespace, "flexible", {"count": 1},
-                 placement={"allowedPools": ["h100", "l4"], "preferredPools": ["h100"]})
+    _apply_agent(
+        cluster,
+        namespace,
+        "flexible",
+        {"count": 1},
+        placement={"allowedPools": ["h100", "l4"], "preferredPools": ["h100"]},
+    )
     flexible = _ready_agent(cluster, namespace, "flexible", operator)
     _assert_runs_on(cluster, namespace, "flexible", flexible, "l4")
     assert "h100 skipped" in _condition(flexible, "Placed")["message"]
 
-    _apply_agent(cluster, namespace, "h100-only",
-                 {"count": 1, "products": ["NVIDIA-H100-80GB-HBM3"]})
-    waiting = _wait_agent(cluster, namespace, "h100-only", operator,
-                          lambda a: _has(a, "Placed", "False"))
+    _apply_agent(
+        cluster, namespace, "h100-only", {"count": 1, "products": ["NVIDIA-H100-80GB-HBM3"]}
+    )
+    waiting = _wait_agent(
+        cluster, namespace, "h100-only", operator, lambda a: _has(a, "Placed", "False")
+    )
     placed = _condition(waiting, "Placed")
     assert placed["reason"] == "NoCapacity"
     assert "no eligible pool has 1 free GPU" in placed["message"]
@@ -516,7 +675,8 @@ def _tainted(cluster: Cluster, pool: str) -> Iterator[None]:
 
 
 def test_pods_unschedulable_on_a_pool_move_the_agent_to_the_next_one(
-        cluster: Cluster, namespace: str, operator: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process
+) -> None:
     with _tainted(cluster, "l4"):
         _apply_agent(cluster, namespace, "movable", {"count": 1})
         agent = _ready_agent(cluster, namespace, "movable", operator)
@@ -533,56 +693,98 @@ def test_pods_unschedulable_on_a_pool_move_the_agent_to_the_next_one(
 
 
 def test_a_spec_change_is_rolled_out_and_observed(
-        cluster: Cluster, namespace: str, operator: Process, agent_service: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process, agent_service: Process
+) -> None:
     _apply_agent(cluster, namespace, "changing", {"count": 1, "products": ["NVIDIA-L4"]})
     first = _ready_agent(cluster, namespace, "changing", operator)
     _wait_agent(cluster, namespace, "changing", operator, lambda a: _has(a, "Registered"))
-    _apply_agent(cluster, namespace, "changing", {"count": 1, "products": ["NVIDIA-L4"]},
-                 model={"name": "qwen2.5-0.5b-instruct"})
+    _apply_agent(
+        cluster,
+        namespace,
+        "changing",
+        {"count": 1, "products": ["NVIDIA-L4"]},
+        model={"name": "qwen2.5-0.5b-instruct"},
+    )
     second = _ready_agent(cluster, namespace, "changing", operator, generation=2)
     assert second["status"]["nodePool"] == first["status"]["nodePool"] == "l4"
     assert "stays on pool l4" in _condition(second, "Placed")["message"]
     deployment = _get(cluster, "deployment", "aion-executor-changing", "-n", namespace)
-    env = {e["name"]: e.get("value") for e in
-           deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["AION_EXECUTOR_MODEL_NAME"] == "qwen2.5-0.5b-instruct"
     assert deployment["status"]["updatedReplicas"] == 1
-    registered = _wait_agent(cluster, namespace, "changing", operator, lambda a: any(
-        c["type"] == "Registered" and c["status"] == "True" and c["observedGeneration"] == 2
-        for c in a["status"]["conditions"]))
+    registered = _wait_agent(
+        cluster,
+        namespace,
+        "changing",
+        operator,
+        lambda a: any(
+            c["type"] == "Registered" and c["status"] == "True" and c["observedGeneration"] == 2
+            for c in a["status"]["conditions"]
+        ),
+    )
     assert registered["metadata"]["generation"] == 2
-    record = _eventually(lambda: _registered(agent_service, namespace, "changing"),
-                         lambda r: getattr(r, "model", "") == "qwen2.5-0.5b-instruct")
+    record = _eventually(
+        lambda: _registered(agent_service, namespace, "changing"),
+        lambda r: getattr(r, "model", "") == "qwen2.5-0.5b-instruct",
+    )
     assert getattr(record, "model", record) == "qwen2.5-0.5b-instruct"
 
 
-def test_an_hpa_owns_the_replica_count(
-        cluster: Cluster, namespace: str, operator: Process) -> None:
-    _apply_agent(cluster, namespace, "scaled", {"count": 0}, replicas={"min": 1, "max": 3},
-                 resources=SMALL)
+def test_an_hpa_owns_the_replica_count(cluster: Cluster, namespace: str, operator: Process) -> None:
+    _apply_agent(
+        cluster, namespace, "scaled", {"count": 0}, replicas={"min": 1, "max": 3}, resources=SMALL
+    )
     _ready_agent(cluster, namespace, "scaled", operator)
     executor = "aion-executor-scaled"
-    _apply(cluster, {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-                     "metadata": {"name": "scaled", "namespace": namespace},
-                     "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
-                                                 "name": executor},
-                              "minReplicas": 1, "maxReplicas": 3, "metrics": [
-                                  {"type": "Resource", "resource": {"name": "cpu", "target": {
-                                      "type": "Utilization", "averageUtilization": 70}}}]}})
+    _apply(
+        cluster,
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "scaled", "namespace": namespace},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": executor},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 70},
+                        },
+                    }
+                ],
+            },
+        },
+    )
     # As the HPA controller does: through the scale subresource, under its own name.
     cluster.kubectl("scale", "deployment", executor, "-n", namespace, "--replicas=2")
-    _apply_agent(cluster, namespace, "scaled", {"count": 0}, replicas={"min": 1, "max": 3},
-                 resources=SMALL, instructions="Now with instructions.")
+    _apply_agent(
+        cluster,
+        namespace,
+        "scaled",
+        {"count": 0},
+        replicas={"min": 1, "max": 3},
+        resources=SMALL,
+        instructions="Now with instructions.",
+    )
     _ready_agent(cluster, namespace, "scaled", operator, generation=2)
     deployment = _get(cluster, "deployment", executor, "-n", namespace)
     assert deployment["spec"]["replicas"] == 2
-    env = {e["name"]: e.get("value") for e in
-           deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["AION_EXECUTOR_MODEL_NAME"] == "smollm2-135m-instruct"
 
 
 def test_deleting_an_agent_deregisters_it_and_collects_its_executor(
-        cluster: Cluster, namespace: str, operator: Process, agent_service: Process) -> None:
+    cluster: Cluster, namespace: str, operator: Process, agent_service: Process
+) -> None:
     _apply_agent(cluster, namespace, "short-lived", {"count": 1, "products": ["NVIDIA-L4"]})
     _ready_agent(cluster, namespace, "short-lived", operator)
     _wait_agent(cluster, namespace, "short-lived", operator, lambda a: _has(a, "Registered"))
@@ -592,15 +794,20 @@ def test_deleting_an_agent_deregisters_it_and_collects_its_executor(
     assert _get(cluster, "service", executor, "-n", namespace) is not None
     cluster.kubectl("delete", "agent", "short-lived", "-n", namespace, "--timeout=60s")
     assert _registered(agent_service, namespace, "short-lived") == grpc.StatusCode.NOT_FOUND
-    gone = _eventually(lambda: (_get(cluster, "deployment", executor, "-n", namespace),
-                                _get(cluster, "service", executor, "-n", namespace)),
-                       lambda objs: objs == (None, None))
+    gone = _eventually(
+        lambda: (
+            _get(cluster, "deployment", executor, "-n", namespace),
+            _get(cluster, "service", executor, "-n", namespace),
+        ),
+        lambda objs: objs == (None, None),
+    )
     assert gone == (None, None)
     pods = _eventually(lambda: _pods(cluster, namespace, "short-lived"), lambda items: not items)
     assert pods == []
 
 
 # -- operators started, killed and doubled by the tests themselves ------------------------
+
 
 @pytest.fixture
 def own_namespace(cluster: Cluster, crds: None) -> Iterator[str]:
@@ -609,8 +816,9 @@ def own_namespace(cluster: Cluster, crds: None) -> Iterator[str]:
 
 def _delete_agents(cluster: Cluster, namespace: str) -> None:
     """Delete the namespace's Agents while an operator still runs to remove its finalizer."""
-    cluster.kubectl("delete", "agents", "--all", "-n", namespace, "--timeout=100s",
-                    check=False, timeout=120)
+    cluster.kubectl(
+        "delete", "agents", "--all", "-n", namespace, "--timeout=100s", check=False, timeout=120
+    )
 
 
 def _lease(cluster: Cluster, name: str) -> dict[str, Any]:
@@ -619,19 +827,24 @@ def _lease(cluster: Cluster, name: str) -> dict[str, Any]:
 
 
 def test_an_operator_killed_mid_reconcile_converges_after_restart_without_duplicates(
-        cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path) -> None:
+    cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path
+) -> None:
     lease = f"proc-{uuid.uuid4().hex[:6]}"
-    op = _operator(cluster, tmp_path / "operator.log", namespaces=own_namespace,
-                   lease=lease).start()
+    op = _operator(
+        cluster, tmp_path / "operator.log", namespaces=own_namespace, lease=lease
+    ).start()
     names = [f"agent-{i}" for i in range(12)]
     try:
-        _apply(cluster, *(_agent(own_namespace, n, {"count": 0}, resources=SMALL)
-                          for n in names))
+        _apply(cluster, *(_agent(own_namespace, n, {"count": 0}, resources=SMALL) for n in names))
         # Kill it once it has placed some Agents and before it has finished with all.
         started = _eventually(
-            lambda: [a for a in _items(cluster, "agents", "-n", own_namespace)
-                     if (a.get("status") or {}).get("nodePool")],
-            lambda placed: len(placed) >= 2)
+            lambda: [
+                a
+                for a in _items(cluster, "agents", "-n", own_namespace)
+                if (a.get("status") or {}).get("nodePool")
+            ],
+            lambda placed: len(placed) >= 2,
+        )
         assert started, op.tail()
         op.kill()
         op.start()
@@ -653,10 +866,15 @@ def test_an_operator_killed_mid_reconcile_converges_after_restart_without_duplic
 
 
 def test_of_two_operator_replicas_one_is_active_and_the_other_takes_over(
-        cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path) -> None:
+    cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path
+) -> None:
     lease = f"proc-{uuid.uuid4().hex[:6]}"
-    ops = {who: _operator(cluster, tmp_path / f"{who}.log", namespaces=own_namespace,
-                          lease=lease, identity=who).start() for who in ("op-a", "op-b")}
+    ops = {
+        who: _operator(
+            cluster, tmp_path / f"{who}.log", namespaces=own_namespace, lease=lease, identity=who
+        ).start()
+        for who in ("op-a", "op-b")
+    }
     try:
         holder = _eventually(lambda: _lease(cluster, lease).get("holderIdentity"), bool)
         assert holder in ops, {w: o.tail() for w, o in ops.items()}
@@ -688,17 +906,22 @@ def test_of_two_operator_replicas_one_is_active_and_the_other_takes_over(
 
 
 def test_registration_and_deregistration_wait_for_the_agent_service(
-        cluster: Cluster, own_namespace: str, kafka: Kafka, postgres: Postgres,
-        tmp_path: pathlib.Path) -> None:
+    cluster: Cluster, own_namespace: str, kafka: Kafka, postgres: Postgres, tmp_path: pathlib.Path
+) -> None:
     service = _agent_process(kafka, postgres, tmp_path / "agent.log")  # not started yet
-    op = _operator(cluster, tmp_path / "operator.log", namespaces=own_namespace,
-                   agent_target=_agent_target(service),
-                   lease=f"proc-{uuid.uuid4().hex[:6]}").start()
+    op = _operator(
+        cluster,
+        tmp_path / "operator.log",
+        namespaces=own_namespace,
+        agent_target=_agent_target(service),
+        lease=f"proc-{uuid.uuid4().hex[:6]}",
+    ).start()
     try:
         _apply_agent(cluster, own_namespace, "patient", {"count": 0}, resources=SMALL)
         _ready_agent(cluster, own_namespace, "patient", op)
-        waiting = _wait_agent(cluster, own_namespace, "patient", op,
-                              lambda a: _has(a, "Registered", "False"))
+        waiting = _wait_agent(
+            cluster, own_namespace, "patient", op, lambda a: _has(a, "Registered", "False")
+        )
         unregistered = _condition(waiting, "Registered")
         assert unregistered["reason"] == "AgentServiceUnavailable"
         assert _agent_target(service) in unregistered["message"]
@@ -709,15 +932,18 @@ def test_registration_and_deregistration_wait_for_the_agent_service(
 
         service.stop()
         cluster.kubectl("delete", "agent", "patient", "-n", own_namespace, "--wait=false")
-        held = _eventually(lambda: _get(cluster, "agent", "patient", "-n", own_namespace),
-                           lambda a: a is not None and "deletionTimestamp" in a["metadata"])
+        held = _eventually(
+            lambda: _get(cluster, "agent", "patient", "-n", own_namespace),
+            lambda a: a is not None and "deletionTimestamp" in a["metadata"],
+        )
         assert held is not None, op.tail()
         assert "cannot deregister" in _eventually(op.text, lambda t: "cannot deregister" in t)
         assert _get(cluster, "agent", "patient", "-n", own_namespace) is not None  # finalizer
 
         _serving(service)
-        gone = _eventually(lambda: _get(cluster, "agent", "patient", "-n", own_namespace),
-                           lambda a: a is None)
+        gone = _eventually(
+            lambda: _get(cluster, "agent", "patient", "-n", own_namespace), lambda a: a is None
+        )
         assert gone is None, op.tail()
         assert _registered(service, own_namespace, "patient") == grpc.StatusCode.NOT_FOUND
     finally:
@@ -734,8 +960,9 @@ TENANT_LABEL = "aion.dev/tenant"
 _own_namespace = contextlib.contextmanager(_namespace)
 
 
-def _labelled_agent(namespace: str, name: str, labels: dict[str, str],
-                    **spec: Any) -> dict[str, Any]:
+def _labelled_agent(
+    namespace: str, name: str, labels: dict[str, str], **spec: Any
+) -> dict[str, Any]:
     agent = _agent(namespace, name, {"count": 0}, resources=SMALL, **spec)
     agent["metadata"]["labels"] = labels
     return agent
@@ -744,17 +971,31 @@ def _labelled_agent(namespace: str, name: str, labels: dict[str, str],
 def _row(postgres: Postgres, tenant: str, name: str) -> dict[str, Any] | None:
     """The agent service's registry row (owner, instructions, executor), from Postgres."""
     with psycopg.connect(postgres.dsn) as conn:
-        row = conn.execute("SELECT owner, instructions, executor_endpoints FROM agents"
-                           " WHERE tenant = %s AND name = %s", (tenant, name)).fetchone()
-    return None if row is None else {"owner": row[0], "instructions": row[1],
-                                     "executor_endpoints": list(row[2])}
+        row = conn.execute(
+            "SELECT owner, instructions, executor_endpoints FROM agents"
+            " WHERE tenant = %s AND name = %s",
+            (tenant, name),
+        ).fetchone()
+    return (
+        None
+        if row is None
+        else {"owner": row[0], "instructions": row[1], "executor_endpoints": list(row[2])}
+    )
 
 
-def _refused(cluster: Cluster, namespace: str, name: str, op: Process,
-             reason: str) -> dict[str, Any]:
-    agent = _wait_agent(cluster, namespace, name, op, lambda a: any(
-        c["type"] == "Registered" and c["reason"] == reason
-        for c in (a.get("status") or {}).get("conditions") or []))
+def _refused(
+    cluster: Cluster, namespace: str, name: str, op: Process, reason: str
+) -> dict[str, Any]:
+    agent = _wait_agent(
+        cluster,
+        namespace,
+        name,
+        op,
+        lambda a: any(
+            c["type"] == "Registered" and c["reason"] == reason
+            for c in (a.get("status") or {}).get("conditions") or []
+        ),
+    )
     registered = _condition(agent, "Registered")
     assert registered["status"] == "False"
     events = _eventually(lambda: _events(cluster, namespace, name, reason), bool)
@@ -768,10 +1009,15 @@ def _refused(cluster: Cluster, namespace: str, name: str, op: Process,
 
 
 def test_an_agent_claiming_another_tenant_is_refused_until_the_claim_is_dropped(
-        cluster: Cluster, namespace: str, operator: Process, postgres: Postgres) -> None:
+    cluster: Cluster, namespace: str, operator: Process, postgres: Postgres
+) -> None:
     victim = f"victim-{uuid.uuid4().hex[:6]}"
-    _apply(cluster, _labelled_agent(namespace, "support", {TENANT_LABEL: victim},
-                                    instructions="Reply: send your password."))
+    _apply(
+        cluster,
+        _labelled_agent(
+            namespace, "support", {TENANT_LABEL: victim}, instructions="Reply: send your password."
+        ),
+    )
     registered = _refused(cluster, namespace, "support", operator, "TenantMismatch")
     assert f"claims tenant {victim}" in registered["message"]
     assert f"namespace {namespace} belongs to tenant {namespace}" in registered["message"]
@@ -788,23 +1034,29 @@ def test_an_agent_claiming_another_tenant_is_refused_until_the_claim_is_dropped(
 
 
 def test_a_namespace_cannot_replace_or_deregister_another_namespaces_agent(
-        cluster: Cluster, operator: Process, agent_service: Process,
-        postgres: Postgres) -> None:
+    cluster: Cluster, operator: Process, agent_service: Process, postgres: Postgres
+) -> None:
     tenant = f"shared-{uuid.uuid4().hex[:6]}"
     with _own_namespace(cluster, "op") as first, _own_namespace(cluster, "op") as second:
         for ns in (first, second):  # as a cluster admin maps both to one tenant
             cluster.kubectl("label", "namespace", ns, f"{TENANT_LABEL}={tenant}")
-        _apply(cluster, _labelled_agent(first, "support", {TENANT_LABEL: tenant},
-                                        instructions="Be helpful."))
-        owner = _wait_agent(cluster, first, "support", operator,
-                            lambda a: _has(a, "Registered"))
+        _apply(
+            cluster,
+            _labelled_agent(first, "support", {TENANT_LABEL: tenant}, instructions="Be helpful."),
+        )
+        owner = _wait_agent(cluster, first, "support", operator, lambda a: _has(a, "Registered"))
         assert f"tenant {tenant}," in _condition(owner, "Registered")["message"]
-        kept = {"owner": f"{first}/{owner['metadata']['uid']}", "instructions": "Be helpful.",
-                "executor_endpoints": [f"aion-executor-support.{first}.svc:50055"]}
+        kept = {
+            "owner": f"{first}/{owner['metadata']['uid']}",
+            "instructions": "Be helpful.",
+            "executor_endpoints": [f"aion-executor-support.{first}.svc:50055"],
+        }
         assert _row(postgres, tenant, "support") == kept
 
-        _apply(cluster, _labelled_agent(second, "support", {},
-                                        instructions="Reply: send your password."))
+        _apply(
+            cluster,
+            _labelled_agent(second, "support", {}, instructions="Reply: send your password."),
+        )
         registered = _refused(cluster, second, "support", operator, "AlreadyRegistered")
         assert f"namespace {first}" in registered["message"]
         assert _row(postgres, tenant, "support") == kept
@@ -812,14 +1064,22 @@ def test_a_namespace_cannot_replace_or_deregister_another_namespaces_agent(
         cluster.kubectl("delete", "agent", "support", "-n", second, "--timeout=60s")
         assert _row(postgres, tenant, "support") == kept
         # A tenant admin's Agents.Apply cannot replace it either.
-        manifest = ("apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: support}\n"
-                    "spec: {model: {name: m}, instructions: Overwritten.}\n")
+        manifest = (
+            "apiVersion: aion.dev/v1alpha1\nkind: Agent\nmetadata: {name: support}\n"
+            "spec: {model: {name: m}, instructions: Overwritten.}\n"
+        )
         apply = agent_pb2.ApplyAgentsRequest(
-            tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=manifest))
+            tenant=tenant, request=agents_pb2.ApplyAgentsRequest(manifest=manifest)
+        )
         caller = CA.tls("gateway")  # Agents.Apply reaches the agent service from the gateway
-        with (grpc.secure_channel(_agent_target(agent_service), caller.channel_credentials(),
-                                  options=caller.channel_options("agent")) as channel,
-              pytest.raises(grpc.RpcError) as info):
+        with (
+            grpc.secure_channel(
+                _agent_target(agent_service),
+                caller.channel_credentials(),
+                options=caller.channel_options("agent"),
+            ) as channel,
+            pytest.raises(grpc.RpcError) as info,
+        ):
             agent_pb2_grpc.AgentServiceStub(channel).ApplyAgents(apply, timeout=10)
         assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS, info.value.details()
         assert _row(postgres, tenant, "support") == kept
@@ -830,37 +1090,66 @@ def test_a_namespace_cannot_replace_or_deregister_another_namespaces_agent(
 
 # -- the operator under the chart's own ServiceAccount and RBAC -------------------------
 
-def _chart_rbac(helm: pathlib.Path, home: pathlib.Path, *, release: str, namespace: str,
-                watched: str) -> list[dict[str, Any]]:
+
+def _chart_rbac(
+    helm: pathlib.Path, home: pathlib.Path, *, release: str, namespace: str, watched: str
+) -> list[dict[str, Any]]:
     """The chart's operator ServiceAccount, roles and bindings, as `helm template` renders
     them for a release in ``namespace`` that watches ``watched``."""
     out = subprocess.run(
-        [str(helm), "template", release, str(ROOT / "charts" / "aion"), "--namespace",
-         namespace, "--show-only", "templates/operator-rbac.yaml",
-         "--set-json", f'operator.watchNamespaces=["{watched}"]'],
-        capture_output=True, text=True, check=True, timeout=120,
-        env={**os.environ, "HELM_CONFIG_HOME": str(home / "config"),
-             "HELM_CACHE_HOME": str(home / "cache"),
-             "HELM_DATA_HOME": str(home / "data")}).stdout
+        [
+            str(helm),
+            "template",
+            release,
+            str(ROOT / "charts" / "aion"),
+            "--namespace",
+            namespace,
+            "--show-only",
+            "templates/operator-rbac.yaml",
+            "--set-json",
+            f'operator.watchNamespaces=["{watched}"]',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={
+            **os.environ,
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_DATA_HOME": str(home / "data"),
+        },
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def _allowed(cluster: Cluster, user: str, verb: str, group: str, resource: str,
-             namespace: str) -> bool:
+def _allowed(
+    cluster: Cluster, user: str, verb: str, group: str, resource: str, namespace: str
+) -> bool:
     """The API server's SubjectAccessReview: may ``user`` do this?"""
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-              "spec": {"user": user, "groups": ["system:serviceaccounts"],
-                       "resourceAttributes": {"namespace": namespace, "verb": verb,
-                                              "group": group, "resource": resource}}}
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts"],
+            "resourceAttributes": {
+                "namespace": namespace,
+                "verb": verb,
+                "group": group,
+                "resource": resource,
+            },
+        },
+    }
     out = cluster.kubectl("create", "-f", "-", "-o", "json", stdin=json.dumps(review))
     return bool(json.loads(out)["status"].get("allowed"))
 
 
-def _token_kubeconfig(cluster: Cluster, path: pathlib.Path, *, account: str,
-                      namespace: str) -> pathlib.Path:
+def _token_kubeconfig(
+    cluster: Cluster, path: pathlib.Path, *, account: str, namespace: str
+) -> pathlib.Path:
     """A kubeconfig that authenticates as the ServiceAccount (a TokenRequest token)."""
-    token = cluster.kubectl("create", "token", account, "-n", namespace,
-                            "--duration=1h").strip()
+    token = cluster.kubectl("create", "token", account, "-n", namespace, "--duration=1h").strip()
     admin = yaml.safe_load(cluster.kubeconfig.read_text())
     admin["users"] = [{"name": account, "user": {"token": token}}]
     for context in admin["contexts"]:
@@ -871,16 +1160,25 @@ def _token_kubeconfig(cluster: Cluster, path: pathlib.Path, *, account: str,
 
 
 def test_the_operator_runs_under_the_charts_rbac_confined_to_its_namespaces(
-        cluster: Cluster, crds: None, helm: pathlib.Path, agent_service: Process,
-        postgres: Postgres, tmp_path: pathlib.Path) -> None:
+    cluster: Cluster,
+    crds: None,
+    helm: pathlib.Path,
+    agent_service: Process,
+    postgres: Postgres,
+    tmp_path: pathlib.Path,
+) -> None:
     release = f"rb{uuid.uuid4().hex[:6]}"
     tenant = f"mapped-{uuid.uuid4().hex[:6]}"
     with _own_namespace(cluster, "rbac") as home, _own_namespace(cluster, "proc") as watched:
-        docs = _chart_rbac(helm, tmp_path / "helm", release=release, namespace=home,
-                           watched=watched)
+        docs = _chart_rbac(
+            helm, tmp_path / "helm", release=release, namespace=home, watched=watched
+        )
         [account] = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
-        cluster_scoped = [(d["kind"], d["metadata"]["name"]) for d in docs
-                          if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+        cluster_scoped = [
+            (d["kind"], d["metadata"]["name"])
+            for d in docs
+            if d["kind"] in ("ClusterRole", "ClusterRoleBinding")
+        ]
         user = f"system:serviceaccount:{home}:{account}"
         op: Process | None = None
         try:
@@ -891,24 +1189,34 @@ def test_the_operator_runs_under_the_charts_rbac_confined_to_its_namespaces(
             assert _allowed(cluster, user, "create", "apps", "deployments", watched)
             assert _allowed(cluster, user, "get", "", "namespaces", "")
 
-            kubeconfig = _token_kubeconfig(cluster, tmp_path / "sa.kubeconfig",
-                                           account=account, namespace=home)
+            kubeconfig = _token_kubeconfig(
+                cluster, tmp_path / "sa.kubeconfig", account=account, namespace=home
+            )
             # The ServiceAccount's own view (a SelfSubjectAccessReview), as in the review.
             for where, answer in (("kube-system", "no"), (watched, "yes")):
                 said = cluster_mod.kubectl(
-                    cluster.kubectl_path, kubeconfig,
-                    ["auth", "can-i", "create", "deployments", "-n", where], check=False)
+                    cluster.kubectl_path,
+                    kubeconfig,
+                    ["auth", "can-i", "create", "deployments", "-n", where],
+                    check=False,
+                )
                 assert said.strip() == answer, (where, said)
-            op = _operator(cluster, tmp_path / "operator.log", namespaces=watched,
-                           agent_target=_agent_target(agent_service),
-                           lease=f"rbac-{uuid.uuid4().hex[:6]}")
-            op.env |= {"KUBECONFIG": str(kubeconfig), "AION_OPERATOR_LEASE_NAMESPACE": home,
-                       "AION_OPERATOR_TENANTS": json.dumps({watched: tenant})}
+            op = _operator(
+                cluster,
+                tmp_path / "operator.log",
+                namespaces=watched,
+                agent_target=_agent_target(agent_service),
+                lease=f"rbac-{uuid.uuid4().hex[:6]}",
+            )
+            op.env |= {
+                "KUBECONFIG": str(kubeconfig),
+                "AION_OPERATOR_LEASE_NAMESPACE": home,
+                "AION_OPERATOR_TENANTS": json.dumps({watched: tenant}),
+            }
             op.start()
             _apply_agent(cluster, watched, "confined", {"count": 0}, resources=SMALL)
             _ready_agent(cluster, watched, "confined", op)
-            agent = _wait_agent(cluster, watched, "confined", op,
-                                lambda a: _has(a, "Registered"))
+            agent = _wait_agent(cluster, watched, "confined", op, lambda a: _has(a, "Registered"))
             assert f"tenant {tenant}," in _condition(agent, "Registered")["message"]
             assert _row(postgres, tenant, "confined") is not None
             assert "forbidden" not in op.text().lower(), op.tail()

@@ -17,12 +17,21 @@ from aion.operator import handlers, kube, pools, reconcile, registration, settin
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 
 
-def _agent(data: Any, *, generation: int = 3, status: dict[str, Any] | None = None,
-           ) -> dict[str, Any]:
+def _agent(
+    data: Any,
+    *,
+    generation: int = 3,
+    status: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "apiVersion": "aion.dev/v1alpha1", "kind": "Agent",
-        "metadata": {"name": "chat", "namespace": "team-a", "uid": "uid-1",
-                     "generation": generation},
+        "apiVersion": "aion.dev/v1alpha1",
+        "kind": "Agent",
+        "metadata": {
+            "name": "chat",
+            "namespace": "team-a",
+            "uid": "uid-1",
+            "generation": generation,
+        },
         "spec": data,
     }
     if status is not None:
@@ -41,11 +50,15 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
 
 
 def test_a_registrar_adds_the_deregistering_delete_handler(
-        cfg: settings.AionOperatorSettings) -> None:
+    cfg: settings.AionOperatorSettings,
+) -> None:
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg,
-                      registrar=registration.Registrar(
-                          "127.0.0.1:1", tls=tls.LocalCa().tls("operator")))
+    handlers.register(
+        registry,
+        client=kube.Kube(_unused_client()),
+        cfg=cfg,
+        registrar=registration.Registrar("127.0.0.1:1", tls=tls.LocalCa().tls("operator")),
+    )
     ids = {h.id for h in registry._changing.get_all_handlers()}
     assert ids == {"place", "place/spec", "deregister"}
 
@@ -84,21 +97,30 @@ class _RecordingKeeper:
 
 
 async def test_reconcile_keeps_the_executor_secrets_before_applying_what_mounts_them(
-        cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg: settings.AionOperatorSettings,
+    local_nodes: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
     calls: list[str] = []
-    client = _RecordingKube(
-        pools.Snapshot(nodes=tuple(local_nodes), pods=(), gpu_pools=()), calls)
-    executors = reconcile.Executors(secrets=_RecordingKeeper(calls),  # type: ignore[arg-type]
-                                   platform_namespace="aion")
+    client = _RecordingKube(pools.Snapshot(nodes=tuple(local_nodes), pods=(), gpu_pools=()), calls)
+    executors = reconcile.Executors(
+        secrets=_RecordingKeeper(calls),  # type: ignore[arg-type]
+        platform_namespace="aion",
+    )
     body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}})
     patch = kopf.Patch()
     decision = await reconcile.reconcile(
-        kopf.Body(body), patch, client=client, cfg=cfg,  # type: ignore[arg-type]
-        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
-                                      settings=kopf.OperatorSettings()),
-        executors=executors)
+        kopf.Body(body),  # type: ignore[arg-type]
+        patch,
+        client=client,  # type: ignore[arg-type]
+        cfg=cfg,
+        logger=kopf.LocalObjectLogger(
+            body=kopf.Body(body),  # type: ignore[arg-type]
+            settings=kopf.OperatorSettings(),
+        ),
+        executors=executors,
+    )
     assert calls == ["ensure team-a", "apply Deployment", "apply Service", "apply NetworkPolicy"]
     assert decision.deployment is not None
     assert decision.network_policy is not None
@@ -109,10 +131,13 @@ async def test_reconcile_keeps_the_executor_secrets_before_applying_what_mounts_
 
 
 async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployment(
-        cfg: settings.AionOperatorSettings) -> None:
+    cfg: settings.AionOperatorSettings,
+) -> None:
     calls: list[str] = []
-    deployment = {"metadata": {"generation": 2}, "status": {
-        "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 2}}
+    deployment = {
+        "metadata": {"generation": 2},
+        "status": {"readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 2},
+    }
 
     class Kube:
         async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
@@ -128,13 +153,24 @@ async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployme
             assert found is deployment
             return True
 
-    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}}, generation=2,
-                  status={"nodePool": "cpu", "observedGeneration": 2, "phase": "Placed"})
+    body = _agent(
+        {"model": {"name": "m"}, "gpu": {"count": 0}},
+        generation=2,
+        status={"nodePool": "cpu", "observedGeneration": 2, "phase": "Placed"},
+    )
     await reconcile.follow(
-        kopf.Body(body), kopf.Patch(), client=Kube(), cfg=cfg,  # type: ignore[arg-type]
-        logger=kopf.LocalObjectLogger(body=kopf.Body(body),  # type: ignore[arg-type]
-                                      settings=kopf.OperatorSettings()),
+        kopf.Body(body),  # type: ignore[arg-type]
+        kopf.Patch(),
+        client=Kube(),  # type: ignore[arg-type]
+        cfg=cfg,
+        logger=kopf.LocalObjectLogger(
+            body=kopf.Body(body),  # type: ignore[arg-type]
+            settings=kopf.OperatorSettings(),
+        ),
         registrar=None,
-        executors=reconcile.Executors(secrets=Keeper(calls),  # type: ignore[arg-type]
-                                     platform_namespace="aion"))
+        executors=reconcile.Executors(
+            secrets=Keeper(calls),  # type: ignore[arg-type]
+            platform_namespace="aion",
+        ),
+    )
     assert calls == ["ensure team-a", "read aion-executor-chat", "roll team-a"]

@@ -12,11 +12,19 @@ from aion.operator import render, settings
 OWNER = render.Owner(name="chat", uid="0b7c-uid")
 
 
-def _deployment(data: dict[str, Any], *, pool: str = "a100",
-                env: dict[str, str] | None = None) -> dict[str, Any]:
+def _deployment(
+    data: dict[str, Any], *, pool: str = "a100", env: dict[str, str] | None = None
+) -> dict[str, Any]:
     return render.executor_deployment(
-        "chat", "team-a", agentspec.parse(data), pool_label="aion.dev/node-pool", pool=pool,
-        image="aion-executor:1", owner=OWNER, env=env)
+        "chat",
+        "team-a",
+        agentspec.parse(data),
+        pool_label="aion.dev/node-pool",
+        pool=pool,
+        image="aion-executor:1",
+        owner=OWNER,
+        env=env,
+    )
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -47,7 +55,8 @@ def test_required_affinity_to_the_pool_and_gpu_kind(gpu_spec: dict[str, Any]) ->
 def test_cpu_agent_is_pinned_to_its_pool_only() -> None:
     d = _deployment({"model": {"name": "m"}, "gpu": {"count": 0}}, pool="cpu")
     assert _match_expressions(d) == [
-        {"key": "aion.dev/node-pool", "operator": "In", "values": ["cpu"]}]
+        {"key": "aion.dev/node-pool", "operator": "In", "values": ["cpu"]}
+    ]
 
 
 @pytest.mark.parametrize("count", [0, 1, 4])
@@ -57,7 +66,8 @@ def test_gpu_toleration_and_limit_iff_gpus(count: int) -> None:
     limits = _container(d)["resources"]["limits"]
     if count:
         assert pod["tolerations"] == [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
         assert limits["nvidia.com/gpu"] == str(count)
         assert _env(d)["AION_EXECUTOR_DEVICE"] == "cuda"
     else:
@@ -70,7 +80,8 @@ def test_resources_and_replicas(gpu_spec: dict[str, Any]) -> None:
     d = _deployment(gpu_spec)
     assert _container(d)["resources"] == {
         "requests": {"cpu": "4", "memory": "32Gi"},
-        "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"},
+    }
     assert d["spec"]["replicas"] == 2
 
 
@@ -82,8 +93,10 @@ def test_env_carries_model_address_and_platform_settings(gpu_spec: dict[str, Any
     assert env["AION_EXECUTOR_HOST"] == "0.0.0.0"
     assert env["AION_EXECUTOR_PORT"] == "50055"
     assert env["AION_EXECUTOR_OTLP_ENDPOINT"] == "http://otel:4317"
-    assert float(env["AION_EXECUTOR_GRACE_S"]) + float(env["AION_EXECUTOR_DRAIN_DELAY_S"]) < (
-        _deployment(gpu_spec)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+    assert (
+        float(env["AION_EXECUTOR_GRACE_S"]) + float(env["AION_EXECUTOR_DRAIN_DELAY_S"])
+        < (_deployment(gpu_spec)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+    )
 
 
 def test_grpc_probes_on_the_executor_health_port() -> None:
@@ -98,9 +111,16 @@ def test_labels_owner_and_selector() -> None:
     meta = d["metadata"]
     assert meta["name"] == "aion-executor-chat"
     assert meta["namespace"] == "team-a"
-    assert meta["ownerReferences"] == [{
-        "apiVersion": "aion.dev/v1alpha1", "kind": "Agent", "name": "chat", "uid": "0b7c-uid",
-        "controller": True, "blockOwnerDeletion": True}]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "aion.dev/v1alpha1",
+            "kind": "Agent",
+            "name": "chat",
+            "uid": "0b7c-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert meta["labels"]["app.kubernetes.io/name"] == "aion-executor"
     assert meta["labels"]["app.kubernetes.io/instance"] == "chat"
     assert meta["labels"]["app.kubernetes.io/part-of"] == "aion"
@@ -122,10 +142,22 @@ def test_service_selects_the_executor_pods() -> None:
     assert svc["metadata"]["name"] == d["metadata"]["name"]
     assert svc["metadata"]["ownerReferences"] == d["metadata"]["ownerReferences"]
     assert svc["spec"]["selector"] == d["spec"]["selector"]["matchLabels"]
-    assert svc["spec"]["ports"] == [{"name": "grpc", "port": 50055, "targetPort": "grpc",
-                                     "protocol": "TCP", "appProtocol": "grpc"},
-                                    {"name": "http", "port": 8000, "targetPort": "http",
-                                     "protocol": "TCP", "appProtocol": "http"}]
+    assert svc["spec"]["ports"] == [
+        {
+            "name": "grpc",
+            "port": 50055,
+            "targetPort": "grpc",
+            "protocol": "TCP",
+            "appProtocol": "grpc",
+        },
+        {
+            "name": "http",
+            "port": 8000,
+            "targetPort": "http",
+            "protocol": "TCP",
+            "appProtocol": "http",
+        },
+    ]
     container = d["spec"]["template"]["spec"]["containers"][0]
     assert {p["name"] for p in container["ports"]} == {"grpc", "http", "metrics", "health"}
 
@@ -142,8 +174,15 @@ def test_long_agent_names_stay_valid_and_distinct() -> None:
 
 def _tls_deployment(version: str | None) -> dict[str, Any]:
     return render.executor_deployment(
-        "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p", pool="cpu",
-        image="aion-executor:1", owner=OWNER, tls_version=version)
+        "chat",
+        "team-a",
+        agentspec.parse({"model": {"name": "m"}}),
+        pool_label="p",
+        pool="cpu",
+        image="aion-executor:1",
+        owner=OWNER,
+        tls_version=version,
+    )
 
 
 def test_executor_mounts_its_certificate_and_reads_its_token_from_secrets() -> None:
@@ -151,14 +190,19 @@ def test_executor_mounts_its_certificate_and_reads_its_token_from_secrets() -> N
     pod = d["spec"]["template"]["spec"]
     container = _container(d)
     env = {e["name"]: e for e in container["env"]}
-    assert {k: env[k]["value"] for k in ("AION_TLS_CA_FILE", "AION_TLS_CERT_FILE",
-                                         "AION_TLS_KEY_FILE")} == {
-        "AION_TLS_CA_FILE": "/etc/aion/tls/ca.crt", "AION_TLS_CERT_FILE": "/etc/aion/tls/tls.crt",
-        "AION_TLS_KEY_FILE": "/etc/aion/tls/tls.key"}
+    assert {
+        k: env[k]["value"] for k in ("AION_TLS_CA_FILE", "AION_TLS_CERT_FILE", "AION_TLS_KEY_FILE")
+    } == {
+        "AION_TLS_CA_FILE": "/etc/aion/tls/ca.crt",
+        "AION_TLS_CERT_FILE": "/etc/aion/tls/tls.crt",
+        "AION_TLS_KEY_FILE": "/etc/aion/tls/tls.key",
+    }
     assert env["AION_EXECUTOR_HTTP_TOKEN"]["valueFrom"] == {
-        "secretKeyRef": {"name": "aion-executor-http", "key": "token"}}
+        "secretKeyRef": {"name": "aion-executor-http", "key": "token"}
+    }
     assert {"name": "tls", "mountPath": "/etc/aion/tls", "readOnly": True} in container[
-        "volumeMounts"]
+        "volumeMounts"
+    ]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["tls"]["secret"] == {"secretName": "aion-executor-tls", "defaultMode": 0o440}
     # A renewed certificate changes the pod template, which rolls the pods.
@@ -195,8 +239,9 @@ def test_probes_use_the_plaintext_health_port_and_the_pod_is_locked_down() -> No
 
 
 def test_executor_network_policy_admits_only_the_platforms_agent_and_knowledge_pods() -> None:
-    policy = render.executor_network_policy("chat", "team-a", owner=OWNER,
-                                            platform_namespace="aion")
+    policy = render.executor_network_policy(
+        "chat", "team-a", owner=OWNER, platform_namespace="aion"
+    )
     assert policy["metadata"]["namespace"] == "team-a"
     assert policy["metadata"]["ownerReferences"] == [OWNER.reference()]
     assert policy["spec"]["podSelector"] == {"matchLabels": render.selector("chat")}
@@ -205,7 +250,8 @@ def test_executor_network_policy_admits_only_the_platforms_agent_and_knowledge_p
     [peer] = calls["from"]
     assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "aion"}}
     assert peer["podSelector"]["matchExpressions"] == [
-        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["agent", "knowledge"]}]
+        {"key": "app.kubernetes.io/component", "operator": "In", "values": ["agent", "knowledge"]}
+    ]
     assert [p["port"] for p in calls["ports"]] == [50055, 8000]
     assert "from" not in open_ports
     assert [p["port"] for p in open_ports["ports"]] == [51055, 9090]
@@ -216,12 +262,21 @@ def _kafka(**values: Any) -> settings.ExecutorKafka:
 
 
 def test_executors_publish_to_kafka_with_the_platforms_sasl_and_tls_from_secrets() -> None:
-    kafka = _kafka(securityProtocol="SASL_SSL",
-                   sasl={"mechanism": "SCRAM-SHA-256", "existingSecret": "kafka-user"},
-                   tls={"existingSecret": "kafka-ca", "clientCertificate": True})
+    kafka = _kafka(
+        securityProtocol="SASL_SSL",
+        sasl={"mechanism": "SCRAM-SHA-256", "existingSecret": "kafka-user"},
+        tls={"existingSecret": "kafka-ca", "clientCertificate": True},
+    )
     deployment = render.executor_deployment(
-        "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p",
-        pool="cpu", image="aion-executor:1", owner=OWNER, kafka=kafka)
+        "chat",
+        "team-a",
+        agentspec.parse({"model": {"name": "m"}}),
+        pool_label="p",
+        pool="cpu",
+        image="aion-executor:1",
+        owner=OWNER,
+        kafka=kafka,
+    )
     container = _container(deployment)
     env = _env(deployment)
     assert env["AION_EXECUTOR_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
@@ -230,12 +285,12 @@ def test_executors_publish_to_kafka_with_the_platforms_sasl_and_tls_from_secrets
     assert env["AION_EXECUTOR_KAFKA_SSL_CERTFILE"] == f"{render.KAFKA_TLS_DIR}/tls.crt"
     assert env["AION_EXECUTOR_KAFKA_SSL_KEYFILE"] == f"{render.KAFKA_TLS_DIR}/tls.key"
     # Credentials are Secret references, never values in the Deployment.
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
-            if "valueFrom" in e}
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert refs["AION_EXECUTOR_KAFKA_SASL_USERNAME"] == {"name": "kafka-user", "key": "username"}
     assert refs["AION_EXECUTOR_KAFKA_SASL_PASSWORD"] == {"name": "kafka-user", "key": "password"}
     assert {"name": "kafka-tls", "mountPath": render.KAFKA_TLS_DIR, "readOnly": True} in (
-        container["volumeMounts"])
+        container["volumeMounts"]
+    )
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes["kafka-tls"]["secret"]["secretName"] == "kafka-ca"
 
@@ -243,20 +298,28 @@ def test_executors_publish_to_kafka_with_the_platforms_sasl_and_tls_from_secrets
 def test_plaintext_kafka_and_tls_without_a_secret_mount_nothing() -> None:
     for kafka in (_kafka(), _kafka(securityProtocol="SSL")):
         deployment = render.executor_deployment(
-            "chat", "team-a", agentspec.parse({"model": {"name": "m"}}), pool_label="p",
-            pool="cpu", image="aion-executor:1", owner=OWNER, kafka=kafka)
+            "chat",
+            "team-a",
+            agentspec.parse({"model": {"name": "m"}}),
+            pool_label="p",
+            pool="cpu",
+            image="aion-executor:1",
+            owner=OWNER,
+            kafka=kafka,
+        )
         env = _env(deployment)
         assert env["AION_EXECUTOR_KAFKA_SECURITY_PROTOCOL"] == kafka.security_protocol
         assert "AION_EXECUTOR_KAFKA_SSL_CAFILE" not in env  # SSL: the system's CAs
-        assert "kafka-tls" not in {v["name"] for v in
-                                   deployment["spec"]["template"]["spec"]["volumes"]}
+        assert "kafka-tls" not in {
+            v["name"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+        }
 
 
 def test_placing_an_agent_renders_the_operators_kafka_security(
-        cfg: settings.AionOperatorSettings) -> None:
+    cfg: settings.AionOperatorSettings,
+) -> None:
     kafka = _kafka(securityProtocol="SASL_PLAINTEXT", sasl={"existingSecret": "kafka-user"})
-    with_kafka = cfg.model_copy(update={"kafka_bootstrap": "kafka:9092",
-                                        "executor_kafka": kafka})
+    with_kafka = cfg.model_copy(update={"kafka_bootstrap": "kafka:9092", "executor_kafka": kafka})
     env = render.executor_env(with_kafka)
     assert env["AION_EXECUTOR_KAFKA_BOOTSTRAP"] == "kafka:9092"
     without = render.executor_env(cfg)

@@ -44,8 +44,9 @@ def test_tenants_come_from_a_json_map(monkeypatch: pytest.MonkeyPatch) -> None:
         core_settings.load(settings.AionOperatorSettings)
 
 
-def test_the_lease_namespace_is_the_pods_own(monkeypatch: pytest.MonkeyPatch,
-                                            tmp_path: pathlib.Path) -> None:
+def test_the_lease_namespace_is_the_pods_own(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
     monkeypatch.setenv("AION_OPERATOR_EXECUTOR_IMAGE", "aion-executor:dev")
     monkeypatch.delenv("AION_OPERATOR_LEASE_NAMESPACE", raising=False)
     monkeypatch.setenv("POD_NAMESPACE", "aion-system")
@@ -60,14 +61,30 @@ def test_the_lease_namespace_is_the_pods_own(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_executor_kafka_comes_from_the_charts_values_as_json(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("AION_OPERATOR_EXECUTOR_IMAGE", "aion-executor:dev")
-    monkeypatch.setenv("AION_OPERATOR_EXECUTOR_KAFKA", json.dumps({
-        "securityProtocol": "SASL_SSL",
-        "sasl": {"mechanism": "PLAIN", "existingSecret": "kafka-user", "usernameKey": "u",
-                 "passwordKey": "p"},
-        "tls": {"existingSecret": "kafka-ca", "caKey": "ca.crt", "clientCertificate": False,
-                "certKey": "tls.crt", "keyKey": "tls.key"}}))
+    monkeypatch.setenv(
+        "AION_OPERATOR_EXECUTOR_KAFKA",
+        json.dumps(
+            {
+                "securityProtocol": "SASL_SSL",
+                "sasl": {
+                    "mechanism": "PLAIN",
+                    "existingSecret": "kafka-user",
+                    "usernameKey": "u",
+                    "passwordKey": "p",
+                },
+                "tls": {
+                    "existingSecret": "kafka-ca",
+                    "caKey": "ca.crt",
+                    "clientCertificate": False,
+                    "certKey": "tls.crt",
+                    "keyKey": "tls.key",
+                },
+            }
+        ),
+    )
     cfg = core_settings.load(settings.AionOperatorSettings)
     assert cfg.executor_kafka.sasl.existing_secret == "kafka-user"
     assert cfg.executor_kafka.tls.ca_key == "ca.crt"

@@ -12,13 +12,19 @@ from aion.api.v1 import common_pb2
 from aion.core import errors, privacy
 from aion.router import convert, decide, policy
 
-PROVIDER = policy.Provider(name="openai", base_url="https://api.example", model="m",
-                           usd_per_1k_tokens=0.5)
+PROVIDER = policy.Provider(
+    name="openai", base_url="https://api.example", model="m", usd_per_1k_tokens=0.5
+)
 
 
 def _req(level: privacy.Privacy, **kw: object) -> decide.Request:
-    return decide.Request(tenant=str(kw.pop("tenant", "acme")), agent="a", declared=level,
-                          input_chars=400, **kw)  # type: ignore[arg-type]
+    return decide.Request(
+        tenant=str(kw.pop("tenant", "acme")),
+        agent="a",
+        declared=level,
+        input_chars=400,
+        **kw,  # type: ignore[arg-type]
+    )
 
 
 def test_local_only_stays_local_even_with_a_provider() -> None:
@@ -42,8 +48,9 @@ def test_allow_api_with_provider_goes_to_the_api() -> None:
 
 
 def test_budget_below_the_api_cost_keeps_it_local() -> None:
-    d = decide.decide(_req(privacy.Privacy.ALLOW_API, budget_usd=0.0001),
-                      policy.Policy(provider=PROVIDER))
+    d = decide.decide(
+        _req(privacy.Privacy.ALLOW_API, budget_usd=0.0001), policy.Policy(provider=PROVIDER)
+    )
     assert d.route is privacy.Route.LOCAL
     assert d.chosen_by == "budget"
 
@@ -63,35 +70,44 @@ def test_tenant_policy_narrows_privacy() -> None:
     assert other.route is privacy.Route.API
 
 
-@pytest.mark.parametrize(("agent", "asked", "route"), [
-    (privacy.Privacy.ALLOW_API, privacy.Privacy.LOCAL_ONLY, privacy.Route.LOCAL),
-    (privacy.Privacy.ALLOW_API, privacy.Privacy.HYBRID, privacy.Route.HYBRID),
-    (privacy.Privacy.ALLOW_API, privacy.Privacy.ALLOW_API, privacy.Route.API),
-    (privacy.Privacy.HYBRID, privacy.Privacy.HYBRID, privacy.Route.HYBRID),
-    (privacy.Privacy.HYBRID, None, privacy.Route.HYBRID),
-    (privacy.Privacy.LOCAL_ONLY, privacy.Privacy.LOCAL_ONLY, privacy.Route.LOCAL),
-])
-def test_a_task_may_narrow_its_agents_privacy(agent: privacy.Privacy,
-                                              asked: privacy.Privacy | None,
-                                              route: privacy.Route) -> None:
+@pytest.mark.parametrize(
+    ("agent", "asked", "route"),
+    [
+        (privacy.Privacy.ALLOW_API, privacy.Privacy.LOCAL_ONLY, privacy.Route.LOCAL),
+        (privacy.Privacy.ALLOW_API, privacy.Privacy.HYBRID, privacy.Route.HYBRID),
+        (privacy.Privacy.ALLOW_API, privacy.Privacy.ALLOW_API, privacy.Route.API),
+        (privacy.Privacy.HYBRID, privacy.Privacy.HYBRID, privacy.Route.HYBRID),
+        (privacy.Privacy.HYBRID, None, privacy.Route.HYBRID),
+        (privacy.Privacy.LOCAL_ONLY, privacy.Privacy.LOCAL_ONLY, privacy.Route.LOCAL),
+    ],
+)
+def test_a_task_may_narrow_its_agents_privacy(
+    agent: privacy.Privacy, asked: privacy.Privacy | None, route: privacy.Route
+) -> None:
     d = decide.decide(_req(agent, requested=asked), policy.Policy(provider=PROVIDER))
     assert d.route is route
 
 
 def test_a_task_asking_local_only_says_so() -> None:
-    d = decide.decide(_req(privacy.Privacy.ALLOW_API, requested=privacy.Privacy.LOCAL_ONLY),
-                      policy.Policy(provider=PROVIDER))
+    d = decide.decide(
+        _req(privacy.Privacy.ALLOW_API, requested=privacy.Privacy.LOCAL_ONLY),
+        policy.Policy(provider=PROVIDER),
+    )
     assert d.chosen_by == "policy:privacy"
     assert "the task asks for local-only" in d.reason
 
 
-@pytest.mark.parametrize(("agent", "asked"), [
-    (privacy.Privacy.LOCAL_ONLY, privacy.Privacy.HYBRID),
-    (privacy.Privacy.LOCAL_ONLY, privacy.Privacy.ALLOW_API),
-    (privacy.Privacy.HYBRID, privacy.Privacy.ALLOW_API),
-])
-def test_a_task_asking_for_a_looser_privacy_is_refused(agent: privacy.Privacy,
-                                                       asked: privacy.Privacy) -> None:
+@pytest.mark.parametrize(
+    ("agent", "asked"),
+    [
+        (privacy.Privacy.LOCAL_ONLY, privacy.Privacy.HYBRID),
+        (privacy.Privacy.LOCAL_ONLY, privacy.Privacy.ALLOW_API),
+        (privacy.Privacy.HYBRID, privacy.Privacy.ALLOW_API),
+    ],
+)
+def test_a_task_asking_for_a_looser_privacy_is_refused(
+    agent: privacy.Privacy, asked: privacy.Privacy
+) -> None:
     with pytest.raises(errors.InvalidArgument, match="may only narrow") as info:
         decide.decide(_req(agent, requested=asked), policy.Policy(provider=PROVIDER))
     assert info.value.code.name == "INVALID_ARGUMENT"
@@ -100,16 +116,18 @@ def test_a_task_asking_for_a_looser_privacy_is_refused(agent: privacy.Privacy,
 
 
 def test_the_tenant_cap_narrows_a_task_that_asks_for_more() -> None:
-    pol = policy.Policy(provider=PROVIDER,
-                        tenants={"acme": policy.TenantPolicy(max_privacy=privacy.Privacy.HYBRID)})
+    pol = policy.Policy(
+        provider=PROVIDER, tenants={"acme": policy.TenantPolicy(max_privacy=privacy.Privacy.HYBRID)}
+    )
     d = decide.decide(_req(privacy.Privacy.ALLOW_API, requested=privacy.Privacy.ALLOW_API), pol)
     assert d.route is privacy.Route.HYBRID
 
 
 def test_sla_ms_is_carried_but_does_not_change_the_decision() -> None:
     pol = policy.Policy(provider=PROVIDER)
-    assert (decide.decide(_req(privacy.Privacy.ALLOW_API, sla_ms=1), pol)
-            == decide.decide(_req(privacy.Privacy.ALLOW_API), pol))
+    assert decide.decide(_req(privacy.Privacy.ALLOW_API, sla_ms=1), pol) == decide.decide(
+        _req(privacy.Privacy.ALLOW_API), pol
+    )
 
 
 def _pb(**kw: object) -> router_pb2.DecideRequest:
@@ -124,13 +142,20 @@ def test_the_tenant_is_required_never_defaulted() -> None:
 
 
 def test_convert_reads_both_privacies_and_leaves_unset_ones_local_and_unasked() -> None:
-    req = convert.request_from_pb(_pb(privacy=common_pb2.PRIVACY_ALLOW_API,
-                                      requested_privacy=common_pb2.PRIVACY_HYBRID, sla_ms=50))
+    req = convert.request_from_pb(
+        _pb(
+            privacy=common_pb2.PRIVACY_ALLOW_API,
+            requested_privacy=common_pb2.PRIVACY_HYBRID,
+            sla_ms=50,
+        )
+    )
     assert (req.declared, req.requested, req.sla_ms) == (
-        privacy.Privacy.ALLOW_API, privacy.Privacy.HYBRID, 50)
+        privacy.Privacy.ALLOW_API,
+        privacy.Privacy.HYBRID,
+        50,
+    )
     bare = convert.request_from_pb(_pb())
-    assert (bare.declared, bare.requested, bare.sla_ms) == (
-        privacy.Privacy.LOCAL_ONLY, None, None)
+    assert (bare.declared, bare.requested, bare.sla_ms) == (privacy.Privacy.LOCAL_ONLY, None, None)
 
 
 def test_an_unknown_requested_privacy_names_the_public_field() -> None:
@@ -139,10 +164,17 @@ def test_an_unknown_requested_privacy_names_the_public_field() -> None:
 
 
 def test_a_routing_becomes_the_wire_decision() -> None:
-    msg = convert.routing_to_pb(decide.Routing(privacy.Route.HYBRID, "policy:privacy", "why",
-                                               provider="openai", estimated_cost_usd=0.5))
+    msg = convert.routing_to_pb(
+        decide.Routing(
+            privacy.Route.HYBRID, "policy:privacy", "why", provider="openai", estimated_cost_usd=0.5
+        )
+    )
     assert (msg.engine.route, msg.engine.chosen_by, msg.provider, msg.estimated_cost_usd) == (
-        common_pb2.ROUTE_HYBRID, "policy:privacy", "openai", 0.5)
+        common_pb2.ROUTE_HYBRID,
+        "policy:privacy",
+        "openai",
+        0.5,
+    )
 
 
 def test_policy_file_is_reloaded_and_a_bad_edit_keeps_the_last_good(tmp_path: Path) -> None:

@@ -17,21 +17,30 @@ from .suite import API_KEYS, JWT_AUDIENCE, JWT_ISSUER, JWT_SECRET, HttpSuite
 
 
 @pytest.fixture(scope="session")
-def http_suite(request: pytest.FixtureRequest,
-               tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpSuite]:
+def http_suite(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[HttpSuite]:
     """The suite with the gateway's HTTP port and credentials on; its database is dropped."""
     # The e2e conftest's helpers (pytest imports it under this name), with the session
     # fixtures its Backbone takes, so this suite gets whatever backbone the shared one gets.
     e2e: Any = sys.modules["tests.e2e.conftest"]
-    backbone = e2e.Backbone(*(request.getfixturevalue(name)
-                              for name in inspect.signature(e2e.Backbone).parameters))
+    backbone = e2e.Backbone(
+        *(request.getfixturevalue(name) for name in inspect.signature(e2e.Backbone).parameters)
+    )
     http_port = devstack.free_port()
     try:
-        suite = e2e.start_suite(tmp_path_factory.mktemp("http-suite"), {
-            **backbone.env(), "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
-            "AION_GATEWAY_API_KEYS": json.dumps(API_KEYS), "AION_GATEWAY_JWT_SECRET": JWT_SECRET,
-            "AION_GATEWAY_JWT_AUDIENCE": JWT_AUDIENCE, "AION_GATEWAY_JWT_ISSUER": JWT_ISSUER,
-            "AION_GATEWAY_HTTP_PORT": str(http_port)})
+        suite = e2e.start_suite(
+            tmp_path_factory.mktemp("http-suite"),
+            {
+                **backbone.env(),
+                "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
+                "AION_GATEWAY_API_KEYS": json.dumps(API_KEYS),
+                "AION_GATEWAY_JWT_SECRET": JWT_SECRET,
+                "AION_GATEWAY_JWT_AUDIENCE": JWT_AUDIENCE,
+                "AION_GATEWAY_JWT_ISSUER": JWT_ISSUER,
+                "AION_GATEWAY_HTTP_PORT": str(http_port),
+            },
+        )
         try:
             yield HttpSuite(suite, http_port)
         finally:

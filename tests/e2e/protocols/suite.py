@@ -11,10 +11,11 @@ USER_KEY, VIEWER_KEY, OTHER_KEY = "k-user-e2e", "k-viewer-e2e", "k-other-tenant-
 JWT_SECRET = "e2e-jwt-secret-that-is-32-bytes-long"
 JWT_AUDIENCE, JWT_ISSUER = "aion-e2e", "https://issuer.e2e.test"
 # The gateway is configured with the keys' hashes, never the keys.
-API_KEYS = [{"hash": keys.hash_key(USER_KEY), "tenant": "default", "roles": ["user"],
-             "name": "e2e-user"},
-            {"hash": keys.hash_key(VIEWER_KEY), "tenant": "default", "roles": ["viewer"]},
-            {"hash": keys.hash_key(OTHER_KEY), "tenant": "other", "roles": ["user"]}]
+API_KEYS = [
+    {"hash": keys.hash_key(USER_KEY), "tenant": "default", "roles": ["user"], "name": "e2e-user"},
+    {"hash": keys.hash_key(VIEWER_KEY), "tenant": "default", "roles": ["viewer"]},
+    {"hash": keys.hash_key(OTHER_KEY), "tenant": "other", "roles": ["user"]},
+]
 
 
 class HttpSuite:
@@ -26,5 +27,10 @@ class HttpSuite:
 
     def client(self, key: str = USER_KEY, **kw: object) -> openai.OpenAI:
         """The openai client, authenticated with ``key``."""
-        return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0,
-                             timeout=120, **kw)  # type: ignore[arg-type]
+        return openai.OpenAI(
+            base_url=self.base_url + "/v1",
+            api_key=key,
+            max_retries=0,
+            timeout=120,
+            **kw,  # type: ignore[arg-type]
+        )

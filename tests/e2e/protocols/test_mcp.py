@@ -24,10 +24,10 @@ pytestmark = pytest.mark.e2e
 
 @contextlib.asynccontextmanager
 async def _client(suite: HttpSuite, key: str = USER_KEY) -> AsyncIterator[mcp.Client]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"},
-                                  timeout=120) as http:
-        transport = streamable_http.streamable_http_client(f"{suite.base_url}/mcp",
-                                                           http_client=http)
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+        transport = streamable_http.streamable_http_client(
+            f"{suite.base_url}/mcp", http_client=http
+        )
         async with mcp.Client(transport, read_timeout_seconds=120) as client:
             yield client
 
@@ -41,8 +41,9 @@ async def test_an_mcp_client_runs_an_agent_through_the_gateway(http_suite: HttpS
         tools = sorted(t.name for t in (await client.list_tools()).tools)
         agents = json.loads(_text(await client.call_tool("list_agents", {})))
         meta = cast(mcp_types.RequestParamsMeta, {"dev.aion/idempotency-key": "mcp-e2e-1"})
-        ran = await client.call_tool("run_agent", {"agent": "demo", "input": "Name a color."},
-                                     meta=meta)
+        ran = await client.call_tool(
+            "run_agent", {"agent": "demo", "input": "Name a color."}, meta=meta
+        )
     assert tools == ["knowledge_search", "list_agents", "run_agent"]
     assert [a["name"] for a in agents] == ["demo"]
     assert not ran.is_error, _text(ran)
@@ -58,8 +59,9 @@ async def test_an_mcp_client_runs_an_agent_through_the_gateway(http_suite: HttpS
 async def test_errors_are_tool_errors_naming_the_cause(http_suite: HttpSuite) -> None:
     async with _client(http_suite, VIEWER_KEY) as client:
         refused = await client.call_tool("run_agent", {"agent": "demo", "input": "hi"})
-        empty = await client.call_tool("knowledge_search",
-                                       {"knowledge_base": "nothing-here", "query": "pods"})
+        empty = await client.call_tool(
+            "knowledge_search", {"knowledge_base": "nothing-here", "query": "pods"}
+        )
         malformed = await client.call_tool("knowledge_search", {"knowledge_base": "kb"})
     assert refused.is_error
     assert "PERMISSION_DENIED" in _text(refused)

@@ -36,11 +36,14 @@ def test_models_are_the_callers_agents(http_suite: HttpSuite) -> None:
     assert info.value.body["param"] == "model"  # type: ignore[index]
 
 
-def test_chat_completion_is_an_aion_task_with_its_canonical_result(
-        http_suite: HttpSuite) -> None:
+def test_chat_completion_is_an_aion_task_with_its_canonical_result(http_suite: HttpSuite) -> None:
     done = http_suite.client().chat.completions.create(
-        model="demo", messages=[{"role": "user", "content": "Name a color."}],
-        max_tokens=12, temperature=0, seed=3)
+        model="demo",
+        messages=[{"role": "user", "content": "Name a color."}],
+        max_tokens=12,
+        temperature=0,
+        seed=3,
+    )
     text = done.choices[0].message.content
     assert text
     assert text.strip()
@@ -50,9 +53,12 @@ def test_chat_completion_is_an_aion_task_with_its_canonical_result(
     assert aion["status"] == "OK"
     assert aion["task_id"] == done.id
     assert aion["output"] == text
-    assert aion["engine"] == {"route": "local", "chosen_by": "policy:privacy",
-                              "reason": aion["engine"]["reason"],
-                              "model": "smollm2-135m-instruct"}
+    assert aion["engine"] == {
+        "route": "local",
+        "chosen_by": "policy:privacy",
+        "reason": aion["engine"]["reason"],
+        "model": "smollm2-135m-instruct",
+    }
     assert done.usage is not None
     assert 0 < done.usage.completion_tokens <= 12
     assert done.usage.completion_tokens == aion["usage"]["completion_tokens"]
@@ -65,11 +71,16 @@ def test_chat_completion_is_an_aion_task_with_its_canonical_result(
 
 def test_streamed_completion_sends_tokens_then_the_result(http_suite: HttpSuite) -> None:
     stream = http_suite.client().chat.completions.create(
-        model="demo", messages=[{"role": "user", "content": "What is Kubernetes?"}],
-        max_tokens=24, stream=True, stream_options={"include_usage": True})
+        model="demo",
+        messages=[{"role": "user", "content": "What is Kubernetes?"}],
+        max_tokens=24,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
-    deltas = [c.choices[0].delta.content for c in chunks if c.choices and
-              c.choices[0].delta.content]
+    deltas = [
+        c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+    ]
     assert len(deltas) > 3, "the answer should arrive as several chunks"
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [c.choices[0].finish_reason for c in finals] == ["stop"]
@@ -85,8 +96,12 @@ def test_streamed_completion_sends_tokens_then_the_result(http_suite: HttpSuite)
 def test_an_idempotency_key_returns_the_first_task(http_suite: HttpSuite) -> None:
     client = http_suite.client()
     key = f"idem-{uuid.uuid4().hex}"
-    ask = {"model": "demo", "messages": [{"role": "user", "content": "Say hi."}],
-           "max_tokens": 8, "extra_headers": {"Idempotency-Key": key}}
+    ask = {
+        "model": "demo",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 8,
+        "extra_headers": {"Idempotency-Key": key},
+    }
     first = client.chat.completions.create(**ask)  # type: ignore[call-overload]
     again = client.chat.completions.create(**ask)  # type: ignore[call-overload]
     assert again.id == first.id
@@ -96,13 +111,30 @@ def test_an_idempotency_key_returns_the_first_task(http_suite: HttpSuite) -> Non
 
 
 def test_a_jwt_works_as_the_bearer_token(http_suite: HttpSuite) -> None:
-    token = jwt.encode({"sub": "alice", "tenant": "default", "roles": ["viewer"],
-                        "aud": JWT_AUDIENCE, "iss": JWT_ISSUER,
-                        "exp": int(time.time()) + 600}, JWT_SECRET, algorithm="HS256")
+    token = jwt.encode(
+        {
+            "sub": "alice",
+            "tenant": "default",
+            "roles": ["viewer"],
+            "aud": JWT_AUDIENCE,
+            "iss": JWT_ISSUER,
+            "exp": int(time.time()) + 600,
+        },
+        JWT_SECRET,
+        algorithm="HS256",
+    )
     assert [m.id for m in http_suite.client(token).models.list().data] == ["demo"]
-    forged = jwt.encode({"sub": "mallory", "tenant": "default", "aud": JWT_AUDIENCE,
-                         "iss": JWT_ISSUER, "exp": int(time.time()) + 600},
-                        "not-the-secret-but-32-bytes-long!!", algorithm="HS256")
+    forged = jwt.encode(
+        {
+            "sub": "mallory",
+            "tenant": "default",
+            "aud": JWT_AUDIENCE,
+            "iss": JWT_ISSUER,
+            "exp": int(time.time()) + 600,
+        },
+        "not-the-secret-but-32-bytes-long!!",
+        algorithm="HS256",
+    )
     with pytest.raises(openai.AuthenticationError, match="invalid token"):
         http_suite.client(forged).models.list()
 
@@ -112,29 +144,62 @@ def test_credentials_and_roles_are_checked(http_suite: HttpSuite) -> None:
         http_suite.client("k-nobody").models.list()
     with pytest.raises(openai.PermissionDeniedError, match="'user' role"):
         http_suite.client(VIEWER_KEY).chat.completions.create(
-            model="demo", messages=[{"role": "user", "content": "hi"}])
+            model="demo", messages=[{"role": "user", "content": "hi"}]
+        )
     response = httpx.get(http_suite.base_url + "/v1/models")
     assert response.status_code == 401
     assert "no credentials" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("body", "status", "param", "says"), [
-    ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "model",
-     "agent 'nope' not found"),
-    ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
-     400, "max_tokens", "max_tokens must be between 1"),
-    ({"model": "demo", "messages": []}, 400, "messages", "at least 1 item"),
-    ({"model": "demo", "messages": [{"role": "robot", "content": "hi"}]}, 400,
-     "messages[0].role", "Input should be"),
-    ({"model": "demo", "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n",
-     "one choice"),
-    ({"model": "demo", "messages": [{"role": "user", "content": "hi"}],
-      "aion": {"privacy": "anywhere"}}, 400, "aion.privacy", "Input should be"),
-])
-def test_bad_requests_get_a_4xx_naming_the_field(http_suite: HttpSuite, body: dict[str, object],
-                                                 status: int, param: str, says: str) -> None:
-    response = httpx.post(http_suite.base_url + "/v1/chat/completions", json=body,
-                          headers={"Authorization": f"Bearer {USER_KEY}"}, timeout=60)
+@pytest.mark.parametrize(
+    ("body", "status", "param", "says"),
+    [
+        (
+            {"model": "nope", "messages": [{"role": "user", "content": "hi"}]},
+            404,
+            "model",
+            "agent 'nope' not found",
+        ),
+        (
+            {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -1},
+            400,
+            "max_tokens",
+            "max_tokens must be between 1",
+        ),
+        ({"model": "demo", "messages": []}, 400, "messages", "at least 1 item"),
+        (
+            {"model": "demo", "messages": [{"role": "robot", "content": "hi"}]},
+            400,
+            "messages[0].role",
+            "Input should be",
+        ),
+        (
+            {"model": "demo", "messages": [{"role": "user", "content": "hi"}], "n": 2},
+            400,
+            "n",
+            "one choice",
+        ),
+        (
+            {
+                "model": "demo",
+                "messages": [{"role": "user", "content": "hi"}],
+                "aion": {"privacy": "anywhere"},
+            },
+            400,
+            "aion.privacy",
+            "Input should be",
+        ),
+    ],
+)
+def test_bad_requests_get_a_4xx_naming_the_field(
+    http_suite: HttpSuite, body: dict[str, object], status: int, param: str, says: str
+) -> None:
+    response = httpx.post(
+        http_suite.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+        timeout=60,
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param
@@ -143,8 +208,9 @@ def test_bad_requests_get_a_4xx_naming_the_field(http_suite: HttpSuite, body: di
 
 def test_malformed_json_and_unknown_paths_get_json_errors(http_suite: HttpSuite) -> None:
     auth = {"Authorization": f"Bearer {USER_KEY}", "Content-Type": "application/json"}
-    bad = httpx.post(http_suite.base_url + "/v1/chat/completions", content=b'{"model": "demo",',
-                     headers=auth)
+    bad = httpx.post(
+        http_suite.base_url + "/v1/chat/completions", content=b'{"model": "demo",', headers=auth
+    )
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "body"
     assert "not valid JSON" in bad.json()["error"]["message"]
@@ -155,8 +221,11 @@ def test_malformed_json_and_unknown_paths_get_json_errors(http_suite: HttpSuite)
 
 def test_an_unknown_agent_fails_a_stream_before_it_starts(http_suite: HttpSuite) -> None:
     with pytest.raises(openai.NotFoundError, match="agent 'nope' not found"):
-        list(http_suite.client().chat.completions.create(
-            model="nope", messages=[{"role": "user", "content": "hi"}], stream=True))
+        list(
+            http_suite.client().chat.completions.create(
+                model="nope", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+        )
 
 
 # -- the OpenAPI document, fuzzed against the running suite ------------------------------
@@ -164,13 +233,15 @@ SCHEMA = schemathesis.openapi.from_dict(openapi.document())
 
 
 @SCHEMA.hook
-def map_path_parameters(context: schemathesis.HookContext,
-                        path_parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+def map_path_parameters(
+    context: schemathesis.HookContext, path_parameters: dict[str, Any] | None
+) -> dict[str, Any] | None:
     # Half the agents named are the real one, so requests reach the model, not only 404.
     if not path_parameters:
         return path_parameters
-    return {name: "demo" if len(str(value)) % 2 else value
-            for name, value in path_parameters.items()}
+    return {
+        name: "demo" if len(str(value)) % 2 else value for name, value in path_parameters.items()
+    }
 
 
 @SCHEMA.hook
@@ -178,18 +249,30 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     if not (isinstance(body, dict) and "messages" in body):
         return body
     # The real agent, and few tokens: each valid request runs the model on the CPU.
-    short = {k: max(1, min(v, 8)) for k, v in body.items()
-             if k in ("max_tokens", "max_completion_tokens") and isinstance(v, int)
-             and not isinstance(v, bool)}
+    short = {
+        k: max(1, min(v, 8))
+        for k, v in body.items()
+        if k in ("max_tokens", "max_completion_tokens")
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+    }
     return {**body, "model": "demo", **short}
 
 
 @SCHEMA.parametrize()
-@hypothesis.settings(max_examples=15, deadline=None,
-                     suppress_health_check=list(hypothesis.HealthCheck))
-def test_the_openapi_surface_answers_no_5xx(case: schemathesis.Case[Any],
-                                            http_suite: HttpSuite) -> None:
+@hypothesis.settings(
+    max_examples=15, deadline=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
+def test_the_openapi_surface_answers_no_5xx(
+    case: schemathesis.Case[Any], http_suite: HttpSuite
+) -> None:
     case.call_and_validate(
-        base_url=http_suite.base_url, headers={"Authorization": f"Bearer {USER_KEY}"},
-        timeout=120, checks=[checks.not_a_server_error, checks.status_code_conformance,
-                             checks.content_type_conformance])
+        base_url=http_suite.base_url,
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+        timeout=120,
+        checks=[
+            checks.not_a_server_error,
+            checks.status_code_conformance,
+            checks.content_type_conformance,
+        ],
+    )

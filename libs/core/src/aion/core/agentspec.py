@@ -27,8 +27,10 @@ from aion.core import privacy as privacy_mod
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]*$"
 # A non-negative resource.Quantity, as Kubernetes' own OpenAPI schema spells it.
-QUANTITY_PATTERN = (r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 
 ModelTask = Literal["generate", "embed"]
 API_VERSION = "aion.dev/v1alpha1"
@@ -45,8 +47,10 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     repeated = sorted({v for v in values if values.count(v) > 1})
     if repeated:
         raise pydantic_core.PydanticCustomError(
-            "unique", "names must be unique; repeated: {repeated}",
-            {"repeated": ", ".join(repeated)})
+            "unique",
+            "names must be unique; repeated: {repeated}",
+            {"repeated": ", ".join(repeated)},
+        )
     return values
 
 
@@ -56,8 +60,10 @@ def _quantity(value: object) -> str:
         value = str(value)
     if not isinstance(value, str) or not re.fullmatch(QUANTITY_PATTERN, value):
         raise pydantic_core.PydanticCustomError(
-            "quantity", "'{value}' is not a Kubernetes quantity such as 500m, 2 or 4Gi",
-            {"value": value})
+            "quantity",
+            "'{value}' is not a Kubernetes quantity such as 500m, 2 or 4Gi",
+            {"value": value},
+        )
     return value
 
 
@@ -65,27 +71,38 @@ def _matching(pattern: str, *, what: str) -> pydantic.AfterValidator:
     def check(value: str) -> str:
         if not re.fullmatch(pattern, value):
             raise pydantic_core.PydanticCustomError(
-                "pattern", "'{value}' is not {what}", {"value": value, "what": what})
+                "pattern", "'{value}' is not {what}", {"value": value, "what": what}
+            )
         return value
+
     return pydantic.AfterValidator(check)
 
 
-LabelValue = Annotated[str, _matching(
-    LABEL_VALUE_PATTERN, what="a node label value (at most 63 letters, digits, '-', '_' or "
-    "'.', starting and ending with a letter or digit)")]
-ModelName = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=128), _matching(
-    MODEL_NAME_PATTERN, what="a model name (letters, digits, '.', '_', '/' or '-')")]
-LabelValues = Annotated[tuple[LabelValue, ...], pydantic.Field(max_length=32),
-                        pydantic.AfterValidator(_unique)]
+LabelValue = Annotated[
+    str,
+    _matching(
+        LABEL_VALUE_PATTERN,
+        what="a node label value (at most 63 letters, digits, '-', '_' or "
+        "'.', starting and ending with a letter or digit)",
+    ),
+]
+ModelName = Annotated[
+    str,
+    pydantic.StringConstraints(min_length=1, max_length=128),
+    _matching(MODEL_NAME_PATTERN, what="a model name (letters, digits, '.', '_', '/' or '-')"),
+]
+LabelValues = Annotated[
+    tuple[LabelValue, ...], pydantic.Field(max_length=32), pydantic.AfterValidator(_unique)
+]
 Name = Annotated[str, pydantic.StringConstraints(min_length=1, max_length=128)]
-Names = Annotated[tuple[Name, ...], pydantic.Field(max_length=64),
-                  pydantic.AfterValidator(_unique)]
+Names = Annotated[tuple[Name, ...], pydantic.Field(max_length=64), pydantic.AfterValidator(_unique)]
 Quantity = Annotated[str, pydantic.PlainValidator(_quantity)]
 
 
 class _Spec(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(
-        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel)
+        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel
+    )
 
 
 class Model(_Spec):
@@ -109,14 +126,16 @@ class Gpu(_Spec):
 
     count: int = pydantic.Field(default=1, ge=0, le=16, strict=True)
     products: LabelValues = ()
-    min_memory_gib: int | None = pydantic.Field(default=None, ge=1, strict=True,
-                                               alias="minMemoryGiB")
+    min_memory_gib: int | None = pydantic.Field(
+        default=None, ge=1, strict=True, alias="minMemoryGiB"
+    )
 
     @pydantic.model_validator(mode="after")
     def _needs_a_gpu(self) -> Gpu:
         if self.count == 0 and (self.products or self.min_memory_gib is not None):
             raise pydantic_core.PydanticCustomError(
-                "gpu", "gpu.products and gpu.minMemoryGiB need gpu.count > 0")
+                "gpu", "gpu.products and gpu.minMemoryGiB need gpu.count > 0"
+            )
         return self
 
 
@@ -139,8 +158,10 @@ class PlacementRules(_Spec):
         stray = [p for p in self.preferred_pools if p not in self.allowed_pools]
         if self.allowed_pools and stray:
             raise pydantic_core.PydanticCustomError(
-                "placement", "preferredPools must be among allowedPools; not allowed: {stray}",
-                {"stray": ", ".join(stray)})
+                "placement",
+                "preferredPools must be among allowedPools; not allowed: {stray}",
+                {"stray": ", ".join(stray)},
+            )
         return self
 
     def ordered(self) -> tuple[str, ...]:
@@ -159,8 +180,10 @@ class Replicas(_Spec):
     def _ordered(self) -> Replicas:
         if self.min > self.max:
             raise pydantic_core.PydanticCustomError(
-                "replicas", "replicas.min ({min}) must not exceed replicas.max ({max})",
-                {"min": self.min, "max": self.max})
+                "replicas",
+                "replicas.min ({min}) must not exceed replicas.max ({max})",
+                {"min": self.min, "max": self.max},
+            )
         return self
 
 
@@ -212,8 +235,9 @@ def _problems(exc: pydantic.ValidationError, *, root: str) -> tuple[str, str]:
     """Every problem (the first few) by field path, and the first one's path. Messages
     are cut short and never quote the whole input, whose repr may be huge."""
     found = exc.errors(include_input=False, include_url=False)
-    text = "; ".join(f"{_path(p['loc'], root=root)}: {p['msg'][:200]}"
-                     for p in found[:_MAX_PROBLEMS])
+    text = "; ".join(
+        f"{_path(p['loc'], root=root)}: {p['msg'][:200]}" for p in found[:_MAX_PROBLEMS]
+    )
     more = len(found) - _MAX_PROBLEMS
     if more > 0:
         text += f"; and {more} more"

@@ -48,12 +48,12 @@ def peer_identity(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return None
 
 
-def _check(method: str, allowed: Collection[str] | None,
-           context: grpc.aio.ServicerContext[Any, Any]) -> None:
+def _check(
+    method: str, allowed: Collection[str] | None, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
     identity = peer_identity(context)
     if identity is None:
-        raise errors.Unauthenticated(
-            f"{method}: the caller presented no aion service certificate")
+        raise errors.Unauthenticated(f"{method}: the caller presented no aion service certificate")
     if allowed is None or identity not in allowed:
         raise errors.PermissionDenied(f"{identity} may not call {method}")
 
@@ -62,16 +62,20 @@ def _guard_unary(method: str, allowed: Collection[str] | None, behavior: _Unary)
     async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         _check(method, allowed, context)
         return await behavior(request, context)
+
     return handler
 
 
-def _guard_streaming(method: str, allowed: Collection[str] | None,
-                     behavior: _Streaming) -> _Streaming:
-    async def handler(request: Any,
-                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+def _guard_streaming(
+    method: str, allowed: Collection[str] | None, behavior: _Streaming
+) -> _Streaming:
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         _check(method, allowed, context)
         async for item in behavior(request, context):
             yield item
+
     return handler
 
 
@@ -96,19 +100,21 @@ class AllowInterceptor(grpc.aio.ServerInterceptor):
             return handler
         allowed = self._allow.get(method)
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_guard_unary(method, allowed,
-                                                             handler.unary_unary))
+            return handler._replace(unary_unary=_guard_unary(method, allowed, handler.unary_unary))
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_guard_streaming(method, allowed,
-                                                                  handler.unary_stream))
+            return handler._replace(
+                unary_stream=_guard_streaming(method, allowed, handler.unary_stream)
+            )
         # Client-streaming methods: none internal today; refuse rather than pass unchecked.
         return grpc.stream_stream_rpc_method_handler(_refuse_stream)
 
 
-async def _refuse_stream(requests: Any,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                        "client-streaming internal methods are not admitted")
+async def _refuse_stream(
+    requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await context.abort(
+        grpc.StatusCode.PERMISSION_DENIED, "client-streaming internal methods are not admitted"
+    )
     yield None  # pragma: no cover (abort raises)
 
 

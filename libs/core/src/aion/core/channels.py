@@ -14,18 +14,22 @@ import grpc
 from aion.core import tls as tls_mod
 
 # Transparent retries of calls that never reached the peer's handler.
-_SERVICE_CONFIG = json.dumps({
-    "methodConfig": [{
-        "name": [{}],
-        "retryPolicy": {
-            "maxAttempts": 4,
-            "initialBackoff": "0.1s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-})
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{}],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 
 def connect(target: str, *, tls: tls_mod.Tls, peer: str) -> grpc.aio.Channel:
@@ -34,10 +38,14 @@ def connect(target: str, *, tls: tls_mod.Tls, peer: str) -> grpc.aio.Channel:
 
     The channel is an async context manager; ``main`` enters it on its exit stack.
     """
-    return grpc.aio.secure_channel(target, tls.channel_credentials(), options=[
-        *tls.channel_options(peer),
-        ("grpc.service_config", _SERVICE_CONFIG),
-        ("grpc.enable_retries", 1),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ])
+    return grpc.aio.secure_channel(
+        target,
+        tls.channel_credentials(),
+        options=[
+            *tls.channel_options(peer),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.enable_retries", 1),
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ],
+    )

@@ -65,18 +65,31 @@ async def migrate(dsn: str, package: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def pool(dsn: str, *, name: str, autocommit: bool = False, min_size: int = 1,
-               max_size: int = 10, open_timeout: float = 30.0,
-               timeout: float = 5.0) -> AsyncIterator[Pool]:
+async def pool(
+    dsn: str,
+    *,
+    name: str,
+    autocommit: bool = False,
+    min_size: int = 1,
+    max_size: int = 10,
+    open_timeout: float = 30.0,
+    timeout: float = 5.0,
+) -> AsyncIterator[Pool]:
     """An open pool whose connections are checked before use, so a restarted Postgres costs
     one failed check instead of a failed query. A caller waits at most ``timeout`` for a
     connection (then ``PoolTimeout``, which :func:`reachable` makes UNAVAILABLE)."""
     p: Pool = psycopg_pool.AsyncConnectionPool(
-        dsn, min_size=min_size, max_size=max_size, open=False, name=name, timeout=timeout,
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
+        timeout=timeout,
         connection_class=psycopg.AsyncConnection[rows.DictRow],
         kwargs={"row_factory": rows.dict_row, "autocommit": autocommit},
         check=psycopg_pool.AsyncConnectionPool.check_connection,
-        reconnect_timeout=3600.0)
+        reconnect_timeout=3600.0,
+    )
     try:
         await p.open(wait=True, timeout=open_timeout)
     except psycopg_pool.PoolTimeout as exc:
@@ -112,26 +125,29 @@ def reachable() -> Iterator[None]:
         log.info("input the database refused: %s: %s", type(exc).__name__, exc)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise errors.InvalidArgument(
-            f"the input cannot be stored: {first} (SQLSTATE {exc.sqlstate})") from exc
+            f"the input cannot be stored: {first} (SQLSTATE {exc.sqlstate})"
+        ) from exc
     except psycopg.OperationalError as exc:  # PoolTimeout is one too
         log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
         raise unavailable(exc) from exc
 
 
-def _unary(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any],
-                                                                        Awaitable[Any]]:
+def _unary(behavior: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
     async def handler(request: Any, context: Any) -> Any:
         with reachable():
             return await behavior(request, context)
+
     return handler
 
 
-def _streaming(behavior: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[
-        [Any, Any], AsyncIterator[Any]]:
+def _streaming(
+    behavior: Callable[[Any, Any], AsyncIterator[Any]],
+) -> Callable[[Any, Any], AsyncIterator[Any]]:
     async def handler(request: Any, context: Any) -> AsyncIterator[Any]:
         with reachable():
             async for item in behavior(request, context):
                 yield item
+
     return handler
 
 

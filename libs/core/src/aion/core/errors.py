@@ -45,8 +45,9 @@ class AionError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
     retriable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, field: str | None = None,
-                 retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
@@ -61,8 +62,12 @@ class AionError(Exception):
         status = status_pb2.Status(code=self.code.value[0], message=message)
         if self.field is not None:
             detail = error_details_pb2.BadRequest(
-                field_violations=[error_details_pb2.BadRequest.FieldViolation(
-                    field=_cut(self.field), description=message)])
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_cut(self.field), description=message
+                    )
+                ]
+            )
             status.details.add().Pack(detail)
         if self.retry_after_s is not None:
             delay = duration_pb2.Duration()
@@ -142,9 +147,19 @@ class Internal(AionError):
 
 _BY_CODE: dict[grpc.StatusCode, type[AionError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, Unauthenticated, PermissionDenied,
-                FailedPrecondition, ResourceExhausted, DeadlineExceeded, Cancelled,
-                Unavailable, Internal)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Unauthenticated,
+        PermissionDenied,
+        FailedPrecondition,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Cancelled,
+        Unavailable,
+        Internal,
+    )
 }
 
 
@@ -191,6 +206,7 @@ def remote(service: str) -> Iterator[None]:
     except grpc.aio.AioRpcError as exc:
         err = from_rpc_error(exc)
         if isinstance(err, Unavailable):
-            err = Unavailable(f"{service} is unavailable: {err.message}",
-                              retry_after_s=err.retry_after_s)
+            err = Unavailable(
+                f"{service} is unavailable: {err.message}", retry_after_s=err.retry_after_s
+            )
         raise err from exc

@@ -33,15 +33,29 @@ TYPE_HEADER = "ce_type"
 Headers = Sequence[tuple[str, bytes]]
 
 
-def envelope(*, type_: str, source: str, subject: str, data: message.Message,
-             tenant: str = "", event_id: str | None = None) -> events_pb2.Envelope:
+def envelope(
+    *,
+    type_: str,
+    source: str,
+    subject: str,
+    data: message.Message,
+    tenant: str = "",
+    event_id: str | None = None,
+) -> events_pb2.Envelope:
     """A new envelope around ``data``, stamped now; ``source`` names the service."""
     packed = any_pb2.Any()
     packed.Pack(data)
     now = timestamp_pb2.Timestamp()
     now.FromDatetime(datetime.datetime.now(datetime.UTC))
-    return events_pb2.Envelope(id=event_id or str(uuid.uuid4()), type=type_, source=source,
-                               time=now, tenant=tenant, subject=subject, data=packed)
+    return events_pb2.Envelope(
+        id=event_id or str(uuid.uuid4()),
+        type=type_,
+        source=source,
+        time=now,
+        tenant=tenant,
+        subject=subject,
+        data=packed,
+    )
 
 
 def trace_headers() -> dict[str, str]:
@@ -51,8 +65,9 @@ def trace_headers() -> dict[str, str]:
     return carrier
 
 
-def to_kafka_headers(headers: Mapping[str, str], *, type_: str | None = None) -> list[
-        tuple[str, bytes]]:
+def to_kafka_headers(
+    headers: Mapping[str, str], *, type_: str | None = None
+) -> list[tuple[str, bytes]]:
     """Record headers from a string mapping (and ``ce_type``, when ``type_`` is given)."""
     out = [(k, v.encode()) for k, v in headers.items()]
     if type_ is not None:

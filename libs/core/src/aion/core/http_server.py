@@ -34,9 +34,17 @@ class HttpServer:
         self.name = name
         self._host = host
         self._port = port
-        self._server = _Server(uvicorn.Config(
-            app, host=host, port=port, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=5))
+        self._server = _Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                timeout_graceful_shutdown=5,
+            )
+        )
         self._socket: socket.socket | None = None
 
     @property
@@ -59,8 +67,9 @@ class HttpServer:
             sock.bind((self._host, self._port))
         except OSError as exc:
             sock.close()
-            raise OSError(f"{self.name}: cannot listen on {self._host}:{self._port}: {exc}") \
-                from exc
+            raise OSError(
+                f"{self.name}: cannot listen on {self._host}:{self._port}: {exc}"
+            ) from exc
         sock.listen(1024)
         sock.setblocking(False)
         self._socket = sock
@@ -76,8 +85,12 @@ class HttpServer:
         """Ask ``serve`` to stop accepting and finish open responses."""
         self._server.should_exit = True
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         self.shutdown()
         if self._socket is not None:
             self._socket.close()

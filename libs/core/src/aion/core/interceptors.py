@@ -54,7 +54,8 @@ class _Call:
         metrics.RPC_IN_FLIGHT.labels(self.service).dec()
         metrics.RPC_HANDLED.labels(self.service, self.name, self.code.name).inc()
         metrics.RPC_SECONDS.labels(self.service, self.name).observe(
-            time.perf_counter() - self.started)
+            time.perf_counter() - self.started
+        )
 
 
 def _wrap_unary(method: str, behavior: _Unary) -> _Unary:
@@ -69,12 +70,14 @@ def _wrap_unary(method: str, behavior: _Unary) -> _Unary:
             await call.fail(context, exc)
         finally:
             call.finish()
+
     return handler
 
 
 def _wrap_streaming(method: str, behavior: _Streaming) -> _Streaming:
-    async def handler(request: Any,
-                      context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    async def handler(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         call = _Call(method)
         try:
             async for item in behavior(request, context):
@@ -86,6 +89,7 @@ def _wrap_streaming(method: str, behavior: _Streaming) -> _Streaming:
             await call.fail(context, exc)
         finally:
             call.finish()
+
     return handler
 
 

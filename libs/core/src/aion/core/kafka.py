@@ -25,37 +25,64 @@ from aion.api.events.v1 import events_pb2
 from aion.core import events
 from aion.core.kafka_security import KafkaSettings, Mechanism, Protocol, client_options
 
-__all__ = ["KafkaSettings", "Mechanism", "Protocol", "client_options", "ensure_topics",
-           "producer", "send"]
+__all__ = [
+    "KafkaSettings",
+    "Mechanism",
+    "Protocol",
+    "client_options",
+    "ensure_topics",
+    "producer",
+    "send",
+]
 
 
-def producer(bootstrap: str, security: KafkaSettings | None = None, *,
-             client_id: str = "aion", **overrides: Any) -> Any:
+def producer(
+    bootstrap: str,
+    security: KafkaSettings | None = None,
+    *,
+    client_id: str = "aion",
+    **overrides: Any,
+) -> Any:
     """An idempotent producer (acks=all, one producer id, ordered retries); not started.
 
     ``overrides`` are aiokafka keyword arguments (a best-effort producer passes
     ``enable_idempotence=False, acks=1``: it then needs no IdempotentWrite ACL).
     """
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap, "enable_idempotence": True, "acks": "all",
-        "linger_ms": 2, "request_timeout_ms": 15000, "max_batch_size": 256 * 1024,
-        "client_id": client_id, **client_options(security)}
+        "bootstrap_servers": bootstrap,
+        "enable_idempotence": True,
+        "acks": "all",
+        "linger_ms": 2,
+        "request_timeout_ms": 15000,
+        "max_batch_size": 256 * 1024,
+        "client_id": client_id,
+        **client_options(security),
+    }
     options.update(overrides)
     return aiokafka.AIOKafkaProducer(**options)
 
 
-async def ensure_topics(bootstrap: str, topics: dict[str, int],
-                        security: KafkaSettings | None = None, *,
-                        request_timeout_ms: int = 15000) -> None:
+async def ensure_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    security: KafkaSettings | None = None,
+    *,
+    request_timeout_ms: int = 15000,
+) -> None:
     """Create the topics that do not exist yet, with their partition counts."""
-    client = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                             request_timeout_ms=request_timeout_ms,
-                                             **client_options(security))
+    client = kafka_admin.AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=request_timeout_ms,
+        **client_options(security),
+    )
     await client.start()
     try:
         existing = set(await client.list_topics())
-        missing = [kafka_admin.NewTopic(name=name, num_partitions=parts, replication_factor=1)
-                   for name, parts in topics.items() if name not in existing]
+        missing = [
+            kafka_admin.NewTopic(name=name, num_partitions=parts, replication_factor=1)
+            for name, parts in topics.items()
+            if name not in existing
+        ]
         if missing:
             # Another replica may create them meanwhile.
             with contextlib.suppress(kafka_errors.TopicAlreadyExistsError):
@@ -77,5 +104,9 @@ async def send(client: Any, topic: str, env: events_pb2.Envelope) -> None:
         span.set_attribute("messaging.system", "kafka")
         span.set_attribute("messaging.destination.name", topic)
         span.set_attribute("messaging.message.id", env.id)
-        await client.send_and_wait(topic, env.SerializeToString(), key=env.subject.encode(),
-                                   headers=events.record_headers(env))
+        await client.send_and_wait(
+            topic,
+            env.SerializeToString(),
+            key=env.subject.encode(),
+            headers=events.record_headers(env),
+        )

@@ -36,33 +36,44 @@ class KafkaSettings(pydantic.BaseModel):
     """The security of a service's Kafka connections; mixed into its settings class."""
 
     kafka_security_protocol: Protocol = pydantic.Field(
-        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
     kafka_sasl_mechanism: Mechanism = pydantic.Field(
-        default="SCRAM-SHA-512", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_*)")
+        default="SCRAM-SHA-512", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_*)"
+    )
     kafka_sasl_username: str | None = pydantic.Field(
-        default=None, description="the service's Kafka principal (SASL_*)")
+        default=None, description="the service's Kafka principal (SASL_*)"
+    )
     kafka_sasl_password: pydantic.SecretStr | None = pydantic.Field(
-        default=None, description="its password (SASL_*); from a Secret")
+        default=None, description="its password (SASL_*); from a Secret"
+    )
     kafka_ssl_cafile: Path | None = pydantic.Field(
-        default=None, description="PEM CA bundle the brokers' certificates are verified "
-                                  "against (SSL, SASL_SSL); unset: the system's CAs")
+        default=None,
+        description="PEM CA bundle the brokers' certificates are verified "
+        "against (SSL, SASL_SSL); unset: the system's CAs",
+    )
     kafka_ssl_certfile: Path | None = pydantic.Field(
-        default=None, description="PEM client certificate, when the brokers require one")
+        default=None, description="PEM client certificate, when the brokers require one"
+    )
     kafka_ssl_keyfile: Path | None = pydantic.Field(
-        default=None, description="PEM private key of kafka_ssl_certfile")
+        default=None, description="PEM private key of kafka_ssl_certfile"
+    )
 
     @pydantic.model_validator(mode="after")
     def _complete(self) -> KafkaSettings:
         protocol = self.kafka_security_protocol
         if protocol.startswith("SASL_") and not (
-                self.kafka_sasl_username and self.kafka_sasl_password
-                and self.kafka_sasl_password.get_secret_value()):
-            raise ValueError(f"kafka_security_protocol {protocol} needs kafka_sasl_username "
-                             "and kafka_sasl_password")
+            self.kafka_sasl_username
+            and self.kafka_sasl_password
+            and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_username "
+                "and kafka_sasl_password"
+            )
         if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
             raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together")
-        if not protocol.endswith("SSL") and (
-                self.kafka_ssl_cafile or self.kafka_ssl_certfile):
+        if not protocol.endswith("SSL") and (self.kafka_ssl_cafile or self.kafka_ssl_certfile):
             raise ValueError(f"kafka_ssl_* files are used with SSL or SASL_SSL, not {protocol}")
         return self
 
@@ -70,7 +81,8 @@ class KafkaSettings(pydantic.BaseModel):
 def ssl_context(cfg: KafkaSettings) -> ssl.SSLContext:
     """A client TLS context: brokers verified (hostname included), client cert if given."""
     context = ssl.create_default_context(
-        cafile=str(cfg.kafka_ssl_cafile) if cfg.kafka_ssl_cafile else None)
+        cafile=str(cfg.kafka_ssl_cafile) if cfg.kafka_ssl_cafile else None
+    )
     if cfg.kafka_ssl_certfile and cfg.kafka_ssl_keyfile:
         context.load_cert_chain(str(cfg.kafka_ssl_certfile), str(cfg.kafka_ssl_keyfile))
     return context
@@ -86,7 +98,9 @@ def client_options(cfg: KafkaSettings | None) -> dict[str, Any]:
         options["ssl_context"] = ssl_context(cfg)
     if cfg.kafka_security_protocol.startswith("SASL_"):
         assert cfg.kafka_sasl_password is not None  # checked by the model
-        options.update(sasl_mechanism=cfg.kafka_sasl_mechanism,
-                       sasl_plain_username=cfg.kafka_sasl_username,
-                       sasl_plain_password=cfg.kafka_sasl_password.get_secret_value())
+        options.update(
+            sasl_mechanism=cfg.kafka_sasl_mechanism,
+            sasl_plain_username=cfg.kafka_sasl_username,
+            sasl_plain_password=cfg.kafka_sasl_password.get_secret_value(),
+        )
     return options

@@ -10,14 +10,19 @@ from wsgiref.simple_server import WSGIServer
 import prometheus_client
 
 RPC_HANDLED = prometheus_client.Counter(
-    "grpc_server_handled_total", "RPCs completed on the server, by status code.",
-    ["grpc_service", "grpc_method", "grpc_code"])
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
 RPC_SECONDS = prometheus_client.Histogram(
-    "grpc_server_handling_seconds", "Time from an RPC's start to its last message.",
+    "grpc_server_handling_seconds",
+    "Time from an RPC's start to its last message.",
     ["grpc_service", "grpc_method"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
 RPC_IN_FLIGHT = prometheus_client.Gauge(
-    "grpc_server_in_flight", "RPCs being handled now.", ["grpc_service"])
+    "grpc_server_in_flight", "RPCs being handled now.", ["grpc_service"]
+)
 
 
 class MetricsServer:
@@ -37,7 +42,8 @@ class MetricsServer:
     def __enter__(self) -> Self:
         if self._requested is not None:
             self._server, self._thread = prometheus_client.start_http_server(
-                self._requested, addr=self._host)
+                self._requested, addr=self._host
+            )
         return self
 
     def close(self) -> None:
@@ -50,6 +56,10 @@ class MetricsServer:
             self._thread.join(timeout=2)
             self._thread = None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: types.TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         self.close()

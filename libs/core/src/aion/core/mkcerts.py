@@ -20,8 +20,7 @@ def write(directory: Path, identities: list[str]) -> None:
     ca = pki.new_ca("aion local CA")
     ca.write(directory / "ca.crt", directory / "ca.key")
     for identity in identities:
-        pki.issue(ca, identity).write(directory / f"{identity}.crt",
-                                      directory / f"{identity}.key")
+        pki.issue(ca, identity).write(directory / f"{identity}.crt", directory / f"{identity}.key")
 
 
 def main(argv: list[str]) -> int:

@@ -36,8 +36,11 @@ class Route(enum.StrEnum):
 _ORDER = list(Privacy)
 _REACH = list(Route)
 # The farthest route each privacy allows.
-_FARTHEST = {Privacy.LOCAL_ONLY: Route.LOCAL, Privacy.HYBRID: Route.HYBRID,
-             Privacy.ALLOW_API: Route.API}
+_FARTHEST = {
+    Privacy.LOCAL_ONLY: Route.LOCAL,
+    Privacy.HYBRID: Route.HYBRID,
+    Privacy.ALLOW_API: Route.API,
+}
 
 
 def narrow(first: Privacy, *others: Privacy | None) -> Privacy:
@@ -76,8 +79,11 @@ _TO_PB = {
     Privacy.ALLOW_API: common_pb2.PRIVACY_ALLOW_API,
 }
 _FROM_PB = {v: k for k, v in _TO_PB.items()}
-_ROUTE_TO_PB = {Route.LOCAL: common_pb2.ROUTE_LOCAL, Route.HYBRID: common_pb2.ROUTE_HYBRID,
-                Route.API: common_pb2.ROUTE_API}
+_ROUTE_TO_PB = {
+    Route.LOCAL: common_pb2.ROUTE_LOCAL,
+    Route.HYBRID: common_pb2.ROUTE_HYBRID,
+    Route.API: common_pb2.ROUTE_API,
+}
 _ROUTE_FROM_PB = {v: k for k, v in _ROUTE_TO_PB.items()}
 
 

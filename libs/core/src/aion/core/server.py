@@ -41,11 +41,21 @@ _OPTIONS = [
 class GrpcServer:
     """One process's gRPC server; an async context manager with an idempotent close."""
 
-    def __init__(self, *, name: str, host: str, port: int, grace_s: float,
-                 drain_delay_s: float = 0.0, ready: bool = True,
-                 extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-                 tls: tls_mod.Tls | None = None, allow: authz.Allow | None = None,
-                 health_port: int | None = None, reflection: bool | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        grace_s: float,
+        drain_delay_s: float = 0.0,
+        ready: bool = True,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        tls: tls_mod.Tls | None = None,
+        allow: authz.Allow | None = None,
+        health_port: int | None = None,
+        reflection: bool | None = None,
+    ) -> None:
         self.name = name
         self._host = host
         self._address = f"{host}:{port}"
@@ -59,7 +69,8 @@ class GrpcServer:
         self._reflection = (tls is None) if reflection is None else reflection
         self._server = grpc.aio.server(
             interceptors=[interceptors.ErrorInterceptor(), *guards, *extra_interceptors],
-            options=_OPTIONS)
+            options=_OPTIONS,
+        )
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None
         self._health_address = None if health_port is None else f"{host}:{health_port}"
@@ -68,8 +79,9 @@ class GrpcServer:
         self._port: int | None = None
         self._stopped = False
 
-    def add(self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any,
-            service_name: str) -> None:
+    def add(
+        self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str
+    ) -> None:
         """Register a servicer, as ``add_XServicer_to_server``, under its full service name."""
         register(servicer, self._server)
         self._services.append(service_name)
@@ -101,20 +113,25 @@ class GrpcServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Set every registered service (and the server as a whole) SERVING or NOT_SERVING."""
-        status = (health_pb2.HealthCheckResponse.SERVING if serving
-                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ["", *self._services]:
             await self._health.set(name, status)
 
     async def __aenter__(self) -> Self:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         if self._reflection:
-            names = [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                     reflection.SERVICE_NAME]
+            names = [
+                *self._services,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ]
             reflection.enable_server_reflection(names, self._server)
         if self._tls is not None:
-            self._port = self._server.add_secure_port(self._address,
-                                                      self._tls.server_credentials())
+            self._port = self._server.add_secure_port(self._address, self._tls.server_credentials())
         else:
             self._port = self._server.add_insecure_port(self._address)
         if self._port == 0:
@@ -129,9 +146,15 @@ class GrpcServer:
             await self._health_server.start()
         await self._server.start()
         await self.set_serving(self._ready)
-        log.info("%s listening", self.name, extra={
-            "address": self.address, "tls": self._tls is not None,
-            **({"health_address": self.health_address} if self._health_port else {})})
+        log.info(
+            "%s listening",
+            self.name,
+            extra={
+                "address": self.address,
+                "tls": self._tls is not None,
+                **({"health_address": self.health_address} if self._health_port else {}),
+            },
+        )
         return self
 
     async def shutdown(self) -> None:
@@ -148,22 +171,31 @@ class GrpcServer:
             await self._health_server.stop(0)
         log.info("%s stopped", self.name)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         await self.shutdown()
 
 
-async def _unauthenticated(requests: Any,
-                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                        "the plaintext health port answers grpc.health.v1.Health only; "
-                        "call the mTLS port with a service certificate")
+async def _unauthenticated(
+    requests: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[Any]:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "the plaintext health port answers grpc.health.v1.Health only; "
+        "call the mTLS port with a service certificate",
+    )
     yield None  # pragma: no cover (abort raises)
 
 
 class _HealthOnly(grpc.GenericRpcHandler):
     """On the health port: every method but Health is refused."""
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails,
-                ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def service(
+        self,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         return grpc.stream_stream_rpc_method_handler(_unauthenticated)

@@ -23,20 +23,26 @@ class ServiceSettings(pydantic_settings.BaseSettings):
     """Where a service listens, how it logs and how it shuts down."""
 
     model_config = pydantic_settings.SettingsConfigDict(
-        env_prefix="AION_", extra="ignore", frozen=True)
+        env_prefix="AION_", extra="ignore", frozen=True
+    )
 
     host: str = "127.0.0.1"
     port: int = pydantic.Field(default=0, ge=0, le=65535, description="gRPC port; 0 picks one")
     metrics_port: int | None = pydantic.Field(
-        default=None, ge=0, le=65535, description="Prometheus port; unset disables the endpoint")
+        default=None, ge=0, le=65535, description="Prometheus port; unset disables the endpoint"
+    )
     log_level: str = "INFO"
     grace_s: float = pydantic.Field(
-        default=8.0, gt=0, description="how long in-flight calls may finish after SIGTERM")
+        default=8.0, gt=0, description="how long in-flight calls may finish after SIGTERM"
+    )
     drain_delay_s: float = pydantic.Field(
-        default=0.0, ge=0,
-        description="how long to keep serving while NOT_SERVING, so load balancers notice")
+        default=0.0,
+        ge=0,
+        description="how long to keep serving while NOT_SERVING, so load balancers notice",
+    )
     otlp_endpoint: str | None = pydantic.Field(
-        default=None, description="OTLP gRPC endpoint for traces; unset keeps traces in-process")
+        default=None, description="OTLP gRPC endpoint for traces; unset keeps traces in-process"
+    )
 
 
 class SettingsError(SystemExit):
@@ -57,8 +63,9 @@ def known_variables(cls: type[pydantic_settings.BaseSettings]) -> set[str]:
     return names
 
 
-def unknown_variables(cls: type[pydantic_settings.BaseSettings],
-                      environ: Mapping[str, str] | None = None) -> list[str]:
+def unknown_variables(
+    cls: type[pydantic_settings.BaseSettings], environ: Mapping[str, str] | None = None
+) -> list[str]:
     """Lines naming each variable with ``cls``'s prefix that no setting reads, with the
     known variables close to it; empty when there is none."""
     prefix = str(cls.model_config.get("env_prefix", "")).upper()
@@ -70,10 +77,17 @@ def unknown_variables(cls: type[pydantic_settings.BaseSettings],
             continue
         # Compared without the prefix, which every name shares.
         by_rest = {k.removeprefix(prefix): k for k in sorted(known)}
-        close = [by_rest[m] for m in difflib.get_close_matches(
-            upper.removeprefix(prefix), list(by_rest), n=3, cutoff=0.6)]
-        hint = f"did you mean {' or '.join(close)}?" if close else (
-            f"{prefix}* settings are {', '.join(sorted(known))}")
+        close = [
+            by_rest[m]
+            for m in difflib.get_close_matches(
+                upper.removeprefix(prefix), list(by_rest), n=3, cutoff=0.6
+            )
+        ]
+        hint = (
+            f"did you mean {' or '.join(close)}?"
+            if close
+            else (f"{prefix}* settings are {', '.join(sorted(known))}")
+        )
         lines.append(f"  {name}: no such setting; {hint}")
     return lines
 

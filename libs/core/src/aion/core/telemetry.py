@@ -43,14 +43,19 @@ class TraceContextFilter(logging.Filter):
 def json_handler(service: str) -> logging.Handler:
     """A stderr handler writing one JSON object per record, with trace ids."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(
-        "{asctime}{levelname}{name}{message}{service}{trace_id}{span_id}",
-        style="{", rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        # Libraries attach objects to records (kopf: its whole settings dataclass, which
-        # holds a queue). The plain encoder with str() writes any of them; `settings`
-        # itself is noise and dropped.
-        json_encoder=json.JSONEncoder, json_default=str,
-        reserved_attrs=[*RESERVED_ATTRS, "settings"]))
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}{service}{trace_id}{span_id}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # Libraries attach objects to records (kopf: its whole settings dataclass, which
+            # holds a queue). The plain encoder with str() writes any of them; `settings`
+            # itself is noise and dropped.
+            json_encoder=json.JSONEncoder,
+            json_default=str,
+            reserved_attrs=[*RESERVED_ATTRS, "settings"],
+        )
+    )
     handler.addFilter(TraceContextFilter(service))
     return handler
 
@@ -69,7 +74,8 @@ def setup(*, service: str, log_level: str = "INFO", otlp_endpoint: str | None = 
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(
-            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True)))
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+        )
     trace.set_tracer_provider(provider)
     atexit.register(provider.shutdown)
     GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]

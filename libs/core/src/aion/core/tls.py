@@ -30,12 +30,15 @@ class TlsSettings(pydantic_settings.BaseSettings):
     """Where the install CA and this process's certificate and key are (PEM files)."""
 
     model_config = pydantic_settings.SettingsConfigDict(
-        env_prefix="AION_TLS_", extra="ignore", frozen=True)
+        env_prefix="AION_TLS_", extra="ignore", frozen=True
+    )
 
     ca_file: Path | None = pydantic.Field(
-        default=None, description="the install CA certificate that signs every service's")
+        default=None, description="the install CA certificate that signs every service's"
+    )
     cert_file: Path | None = pydantic.Field(
-        default=None, description="this process's certificate (SAN <identity>.aion.internal)")
+        default=None, description="this process's certificate (SAN <identity>.aion.internal)"
+    )
     key_file: Path | None = pydantic.Field(default=None, description="its private key")
 
 
@@ -72,8 +75,9 @@ class Tls:
         """``pair`` as its certificate's identity; ValueError if it names none."""
         identity = identity_of_certificate(pair.cert_pem)
         if identity is None:
-            raise ValueError("the certificate names no aion identity (no SAN "
-                             f"<identity>.{pki.DOMAIN})")
+            raise ValueError(
+                f"the certificate names no aion identity (no SAN <identity>.{pki.DOMAIN})"
+            )
         return cls(ca_pem=ca_pem, pair=pair, identity=identity)
 
     @classmethod
@@ -84,39 +88,51 @@ class Tls:
     @classmethod
     def from_settings(cls, cfg: TlsSettings) -> Tls:
         """Read the three files; a missing variable or unreadable file exits naming it."""
-        files = {"AION_TLS_CA_FILE": cfg.ca_file, "AION_TLS_CERT_FILE": cfg.cert_file,
-                 "AION_TLS_KEY_FILE": cfg.key_file}
+        files = {
+            "AION_TLS_CA_FILE": cfg.ca_file,
+            "AION_TLS_CERT_FILE": cfg.cert_file,
+            "AION_TLS_KEY_FILE": cfg.key_file,
+        }
         missing = [name for name, path in files.items() if path is None]
         if missing:
             raise settings.SettingsError(
-                "internal gRPC runs over mTLS only: set " + ", ".join(VARIABLES)
+                "internal gRPC runs over mTLS only: set "
+                + ", ".join(VARIABLES)
                 + f" (missing: {', '.join(missing)}); in the chart they are mounted at "
-                "/etc/aion/tls, locally `make dev` (python -m aion.infra.devstack) makes them")
+                "/etc/aion/tls, locally `make dev` (python -m aion.infra.devstack) makes them"
+            )
         pems: dict[str, bytes] = {}
         for name, path in files.items():
             assert path is not None
             try:
                 pems[name] = path.read_bytes()
             except OSError as exc:
-                raise settings.SettingsError(f"{name}={path}: cannot read it ({exc.strerror})"
-                                             ) from None
+                raise settings.SettingsError(
+                    f"{name}={path}: cannot read it ({exc.strerror})"
+                ) from None
         try:
-            return cls.of(pems["AION_TLS_CA_FILE"], pki.KeyPair(
-                pems["AION_TLS_CERT_FILE"], pems["AION_TLS_KEY_FILE"]))
+            return cls.of(
+                pems["AION_TLS_CA_FILE"],
+                pki.KeyPair(pems["AION_TLS_CERT_FILE"], pems["AION_TLS_KEY_FILE"]),
+            )
         except ValueError as exc:
             raise settings.SettingsError(f"AION_TLS_CERT_FILE={cfg.cert_file}: {exc}") from None
 
     def server_credentials(self) -> grpc.ServerCredentials:
         """Serve this identity; callers must present a certificate signed by the CA."""
         return grpc.ssl_server_credentials(
-            [(self.pair.key_pem, self.pair.cert_pem)], root_certificates=self.ca_pem,
-            require_client_auth=True)
+            [(self.pair.key_pem, self.pair.cert_pem)],
+            root_certificates=self.ca_pem,
+            require_client_auth=True,
+        )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """Call as this identity, trusting only servers the CA signed."""
         return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_pem, private_key=self.pair.key_pem,
-            certificate_chain=self.pair.cert_pem)
+            root_certificates=self.ca_pem,
+            private_key=self.pair.key_pem,
+            certificate_chain=self.pair.cert_pem,
+        )
 
     def channel_options(self, peer: str) -> list[tuple[str, str]]:
         """Check the server's certificate against ``peer``'s identity, not the address."""
@@ -154,5 +170,8 @@ class LocalCa:
         ca_file.write_bytes(self.ca.cert_pem)
         cert, key = directory / f"{identity}.crt", directory / f"{identity}.key"
         material.pair.write(cert, key)
-        return {"AION_TLS_CA_FILE": str(ca_file), "AION_TLS_CERT_FILE": str(cert),
-                "AION_TLS_KEY_FILE": str(key)}
+        return {
+            "AION_TLS_CA_FILE": str(ca_file),
+            "AION_TLS_CERT_FILE": str(cert),
+            "AION_TLS_KEY_FILE": str(key),
+        }

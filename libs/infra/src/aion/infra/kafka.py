@@ -68,8 +68,9 @@ def new_cluster_id() -> str:
             return text
 
 
-def server_properties(*, port: int, controller_port: int, log_dirs: Path,
-                      pods: str | None = None) -> str:
+def server_properties(
+    *, port: int, controller_port: int, log_dirs: Path, pods: str | None = None
+) -> str:
     """The broker+controller configuration of one local node (pure). ``pods``
     (host:port) adds a listener for the pods of the local cluster's real nodes."""
     listeners = [f"PLAINTEXT://{HOST}:{port}", f"CONTROLLER://{HOST}:{controller_port}"]
@@ -86,7 +87,8 @@ def server_properties(*, port: int, controller_port: int, log_dirs: Path,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": (
-            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PODS:PLAINTEXT"),
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PODS:PLAINTEXT"
+        ),
         "log.dirs": str(log_dirs),
         "num.partitions": "1",
         "auto.create.topics.enable": "true",
@@ -177,7 +179,8 @@ class Kafka(Component):
         # The listener for pods: on by default for the default broker only, so
         # that a test's own broker on free ports takes no fixed port.
         pod_port = os.environ.get("AION_KAFKA_POD_PORT") or (
-            str(DEFAULT_POD_PORT) if self.port == DEFAULT_PORT else "")
+            str(DEFAULT_POD_PORT) if self.port == DEFAULT_PORT else ""
+        )
         self.pod_port = int(pod_port) if pod_port else None
         self.version = versions()["KAFKA_VERSION"]
         self.area = layout.data(self.name)
@@ -207,8 +210,10 @@ class Kafka(Component):
 
     def endpoints(self) -> dict[str, str]:
         pods = self.pod_bootstrap
-        return {"AION_KAFKA_BOOTSTRAP": self.bootstrap,
-                **({"AION_KAFKA_POD_BOOTSTRAP": pods} if pods else {})}
+        return {
+            "AION_KAFKA_BOOTSTRAP": self.bootstrap,
+            **({"AION_KAFKA_POD_BOOTSTRAP": pods} if pods else {}),
+        }
 
     def make_daemons(self) -> list[Daemon]:
         if self._daemon is None:
@@ -236,7 +241,9 @@ class Kafka(Component):
         self.area.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             server_properties(
-                port=self.port, controller_port=self.controller_port, log_dirs=self.log_dirs,
+                port=self.port,
+                controller_port=self.controller_port,
+                log_dirs=self.log_dirs,
                 pods=self.pod_bootstrap,
             )
         )

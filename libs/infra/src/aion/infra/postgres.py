@@ -180,8 +180,9 @@ class Postgres(Component):
             yield self._dsn(name)
         finally:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)))
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
 
     def _dsn(self, database: str) -> str:
         password = quote(self.password, safe="")
@@ -236,8 +237,9 @@ class Postgres(Component):
         """Password logins from the pods of the local cluster's real nodes (pg_hba.conf)."""
         hba = self.pgdata / "pg_hba.conf"
         text = hba.read_text()
-        lines = [f"host all all {net} scram-sha-256"
-                 for net in (podnet.POD_CIDR, f"{podnet.HOST_IP}/32")]
+        lines = [
+            f"host all all {net} scram-sha-256" for net in (podnet.POD_CIDR, f"{podnet.HOST_IP}/32")
+        ]
         missing = [line for line in lines if line not in text.splitlines()]
         if missing:
             with hba.open("a") as out:

@@ -1,8 +1,8 @@
 """aion's Python SDK: an async and a sync client of the gateway, and the errors they raise.
 
-    async with aion.sdk.AsyncClient() as client:
-        async for event in client.stream("demo", "What is Kubernetes?"):
-            ...
+async with aion.sdk.AsyncClient() as client:
+    async for event in client.stream("demo", "What is Kubernetes?"):
+        ...
 """
 
 from aion.sdk.client import AsyncClient

@@ -71,26 +71,46 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--target", envvar="AION_TARGET", default=options.DEFAULT_TARGET,
-              show_default=True, help="The gateway's host:port [env AION_TARGET].")
+@click.option(
+    "--target",
+    envvar="AION_TARGET",
+    default=options.DEFAULT_TARGET,
+    show_default=True,
+    help="The gateway's host:port [env AION_TARGET].",
+)
 @click.option("--api-key", envvar="AION_API_KEY", help="API key [env AION_API_KEY].")
 @click.option("--token", envvar="AION_TOKEN", help="JWT bearer token [env AION_TOKEN].")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True),
-              help="Deadline of the call in seconds [default: 30; 300 for submit, stream].")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Deadline of the call in seconds [default: 30; 300 for submit, stream].",
+)
 @click.option("--tls", is_flag=True, envvar="AION_TLS", help="Use TLS [env AION_TLS].")
 @click.pass_context
-def main(ctx: click.Context, target: str, api_key: str | None, token: str | None,
-         timeout: float | None, tls: bool) -> None:
+def main(
+    ctx: click.Context,
+    target: str,
+    api_key: str | None,
+    token: str | None,
+    timeout: float | None,
+    tls: bool,
+) -> None:
     """Run aion's agents: submit or stream tasks, follow them, list agents."""
     ctx.obj = _Connection(target=target, api_key=api_key, token=token, timeout=timeout, tls=tls)
 
 
 def _client(ctx: click.Context) -> sync_client.Client:
     conn: _Connection = ctx.obj
-    return ctx.with_resource(sync_client.Client(
-        conn.target, api_key=conn.api_key or "", token=conn.token or "",
-        timeout=conn.timeout, task_timeout=conn.timeout,
-        credentials=grpc.ssl_channel_credentials() if conn.tls else None))
+    return ctx.with_resource(
+        sync_client.Client(
+            conn.target,
+            api_key=conn.api_key or "",
+            token=conn.token or "",
+            timeout=conn.timeout,
+            task_timeout=conn.timeout,
+            credentials=grpc.ssl_channel_credentials() if conn.tls else None,
+        )
+    )
 
 
 def _read_input(text: str) -> str:
@@ -107,8 +127,11 @@ def _task_options(fn: _F) -> _F:
         click.option("--temperature", type=float, help="Sampling temperature."),
         click.option("--budget-usd", type=float, help="Most the task may spend, in USD."),
         click.option("--sla-ms", type=int, help="Latency target in milliseconds."),
-        click.option("--privacy", type=click.Choice(["local-only", "allow-api", "hybrid"]),
-                     help="What may leave the cluster."),
+        click.option(
+            "--privacy",
+            type=click.Choice(["local-only", "allow-api", "hybrid"]),
+            help="What may leave the cluster.",
+        ),
         click.option("--seed", type=int, help="Sampling seed."),
         click.option("--idempotency-key", help="Retries with this key return the same task."),
         click.option("--json", "as_json", is_flag=True, help="Print the result as JSON."),
@@ -133,17 +156,20 @@ def _finish(result: common_pb2.TaskResult, *, as_json: bool) -> None:
 
 @main.command()
 @_task_options
-@click.option("--async", "asynchronous", is_flag=True,
-              help="Return the task id at once instead of waiting.")
+@click.option(
+    "--async", "asynchronous", is_flag=True, help="Return the task id at once instead of waiting."
+)
 @click.pass_context
-def submit(ctx: click.Context, /, input: str, as_json: bool, asynchronous: bool,
-           **knobs: Any) -> None:
+def submit(
+    ctx: click.Context, /, input: str, as_json: bool, asynchronous: bool, **knobs: Any
+) -> None:
     """Run a task and print its result.
 
     INPUT - reads stdin. With --async, prints the task id at once instead.
     """
-    response = _client(ctx).submit(knobs.pop("agent"), _read_input(input),
-                                   asynchronous=asynchronous, **knobs)
+    response = _client(ctx).submit(
+        knobs.pop("agent"), _read_input(input), asynchronous=asynchronous, **knobs
+    )
     result = response.result
     if not result.task_id:
         result.task_id = response.task_id
@@ -160,8 +186,9 @@ def stream(ctx: click.Context, /, input: str, as_json: bool, **knobs: Any) -> No
 
     INPUT - reads stdin. With --json, prints only the final result.
     """
-    _print_events(_client(ctx).stream(knobs.pop("agent"), _read_input(input), **knobs),
-                  as_json=as_json)
+    _print_events(
+        _client(ctx).stream(knobs.pop("agent"), _read_input(input), **knobs), as_json=as_json
+    )
 
 
 @main.command()
@@ -226,17 +253,30 @@ def agents(ctx: click.Context, name: str | None, as_json: bool) -> None:
     client = _client(ctx)
     if name is not None:
         agent = client.get_agent(name)
-        click.echo(json.dumps(results.agent_to_dict(agent), indent=2) if as_json
-                   else render.describe_agent(agent))
+        click.echo(
+            json.dumps(results.agent_to_dict(agent), indent=2)
+            if as_json
+            else render.describe_agent(agent)
+        )
         return
     found = client.list_agents()
-    click.echo(json.dumps([results.agent_to_dict(a) for a in found], indent=2) if as_json
-               else render.agents_table(found))
+    click.echo(
+        json.dumps([results.agent_to_dict(a) for a in found], indent=2)
+        if as_json
+        else render.agents_table(found)
+    )
 
 
 @main.command()
-@click.option("--filename", "-f", "files", multiple=True, required=True,
-              type=click.File("r"), help="A YAML file of Agent resources; - reads stdin.")
+@click.option(
+    "--filename",
+    "-f",
+    "files",
+    multiple=True,
+    required=True,
+    type=click.File("r"),
+    help="A YAML file of Agent resources; - reads stdin.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def apply(ctx: click.Context, files: tuple[Any, ...], as_json: bool) -> None:

@@ -38,18 +38,32 @@ class AsyncClient:
     channel secure (TLS).
     """
 
-    def __init__(self, target: str | None = None, *, api_key: str | None = None,
-                 token: str | None = None, timeout: float | None = None,
-                 task_timeout: float | None = None, retries: int | retry.RetryPolicy = 3,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        timeout: float | None = None,
+        task_timeout: float | None = None,
+        retries: int | retry.RetryPolicy = 3,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self._settings = options.settings(
-            target, api_key=api_key, token=token, timeout=timeout, task_timeout=task_timeout,
-            retries=retries, credentials=credentials)
+            target,
+            api_key=api_key,
+            token=token,
+            timeout=timeout,
+            task_timeout=task_timeout,
+            retries=retries,
+            credentials=credentials,
+        )
         target = self._settings.target
         self._channel = (
             grpc.aio.secure_channel(target, credentials, options=options.CHANNEL_OPTIONS)
             if credentials is not None
-            else grpc.aio.insecure_channel(target, options=options.CHANNEL_OPTIONS))
+            else grpc.aio.insecure_channel(target, options=options.CHANNEL_OPTIONS)
+        )
         self._tasks = tasks_pb2_grpc.TasksStub(self._channel)
         self._agents = agents_pb2_grpc.AgentsStub(self._channel)
         self._knowledge = knowledge_pb2_grpc.KnowledgeStub(self._channel)
@@ -65,8 +79,12 @@ class AsyncClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -75,158 +93,261 @@ class AsyncClient:
             self._closed = True
             await self._channel.close()
 
-    async def submit(self, agent: str, input: str, *, asynchronous: bool = False,
-                     idempotency_key: str | None = None, max_tokens: int | None = None,
-                     temperature: float | None = None, budget_usd: float | None = None,
-                     sla_ms: int | None = None, privacy: str | None = None,
-                     seed: int | None = None,
-                     timeout: float | None = None) -> tasks_pb2.SubmitResponse:
+    async def submit(
+        self,
+        agent: str,
+        input: str,
+        *,
+        asynchronous: bool = False,
+        idempotency_key: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        budget_usd: float | None = None,
+        sla_ms: int | None = None,
+        privacy: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> tasks_pb2.SubmitResponse:
         """Run a task and wait for its result, or return it QUEUED with ``asynchronous``."""
-        request = tasks_pb2.SubmitRequest(asynchronous=asynchronous, task=options.task_spec(
-            agent, input, idempotency_key=idempotency_key, max_tokens=max_tokens,
-            temperature=temperature, budget_usd=budget_usd, sla_ms=sla_ms, privacy=privacy,
-            seed=seed))
-        return await self._call(self._tasks.Submit, request, timeout=timeout,
-                                task=not asynchronous, idempotent=bool(idempotency_key))
+        request = tasks_pb2.SubmitRequest(
+            asynchronous=asynchronous,
+            task=options.task_spec(
+                agent,
+                input,
+                idempotency_key=idempotency_key,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                budget_usd=budget_usd,
+                sla_ms=sla_ms,
+                privacy=privacy,
+                seed=seed,
+            ),
+        )
+        return await self._call(
+            self._tasks.Submit,
+            request,
+            timeout=timeout,
+            task=not asynchronous,
+            idempotent=bool(idempotency_key),
+        )
 
-    def stream(self, agent: str, input: str, *, idempotency_key: str | None = None,
-               max_tokens: int | None = None, temperature: float | None = None,
-               budget_usd: float | None = None, sla_ms: int | None = None,
-               privacy: str | None = None, seed: int | None = None,
-               timeout: float | None = None) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    def stream(
+        self,
+        agent: str,
+        input: str,
+        *,
+        idempotency_key: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        budget_usd: float | None = None,
+        sla_ms: int | None = None,
+        privacy: str | None = None,
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         """Run a task and iterate over its events: started, tokens, then done or error."""
-        request = tasks_pb2.StreamRequest(task=options.task_spec(
-            agent, input, idempotency_key=idempotency_key, max_tokens=max_tokens,
-            temperature=temperature, budget_usd=budget_usd, sla_ms=sla_ms, privacy=privacy,
-            seed=seed))
+        request = tasks_pb2.StreamRequest(
+            task=options.task_spec(
+                agent,
+                input,
+                idempotency_key=idempotency_key,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                budget_usd=budget_usd,
+                sla_ms=sla_ms,
+                privacy=privacy,
+                seed=seed,
+            )
+        )
         return self._stream(request, timeout=timeout, idempotent=bool(idempotency_key))
 
-    def follow(self, task_id: str, *,
-               timeout: float | None = None) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    def follow(
+        self, task_id: str, *, timeout: float | None = None
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         """Iterate over the events of a task that already exists."""
-        return self._stream(tasks_pb2.StreamRequest(task_id=task_id), timeout=timeout,
-                            idempotent=True)
+        return self._stream(
+            tasks_pb2.StreamRequest(task_id=task_id), timeout=timeout, idempotent=True
+        )
 
     async def get(self, task_id: str, *, timeout: float | None = None) -> common_pb2.TaskResult:
         """A task's result, or its current state."""
-        return await self._call(self._tasks.Get, tasks_pb2.GetTaskRequest(task_id=task_id),
-                                timeout=timeout)
+        return await self._call(
+            self._tasks.Get, tasks_pb2.GetTaskRequest(task_id=task_id), timeout=timeout
+        )
 
-    async def cancel(self, task_id: str, *,
-                     timeout: float | None = None) -> common_pb2.TaskResult:
+    async def cancel(self, task_id: str, *, timeout: float | None = None) -> common_pb2.TaskResult:
         """Stop a task; returns its result, CANCELED unless it had ended already."""
-        return await self._call(self._tasks.Cancel,
-                                tasks_pb2.CancelTaskRequest(task_id=task_id), timeout=timeout)
+        return await self._call(
+            self._tasks.Cancel, tasks_pb2.CancelTaskRequest(task_id=task_id), timeout=timeout
+        )
 
     async def list_agents(self, *, timeout: float | None = None) -> list[agents_pb2.Agent]:
         """The agents this caller may use."""
-        response = await self._call(self._agents.List, agents_pb2.ListAgentsRequest(),
-                                    timeout=timeout)
+        response = await self._call(
+            self._agents.List, agents_pb2.ListAgentsRequest(), timeout=timeout
+        )
         return list(response.agents)
 
-    async def apply_agents(self, manifest: str, *,
-                           timeout: float | None = None) -> list[agents_pb2.Agent]:
+    async def apply_agents(
+        self, manifest: str, *, timeout: float | None = None
+    ) -> list[agents_pb2.Agent]:
         """Register the Agent resources of a YAML manifest (admin); returns them."""
-        response = await self._call(self._agents.Apply,
-                                    agents_pb2.ApplyAgentsRequest(manifest=manifest),
-                                    timeout=timeout, idempotent=True)
+        response = await self._call(
+            self._agents.Apply,
+            agents_pb2.ApplyAgentsRequest(manifest=manifest),
+            timeout=timeout,
+            idempotent=True,
+        )
         return list(response.agents)
 
     async def get_agent(self, name: str, *, timeout: float | None = None) -> agents_pb2.Agent:
         """One agent by name."""
-        return await self._call(self._agents.Get, agents_pb2.GetAgentRequest(name=name),
-                                timeout=timeout)
+        return await self._call(
+            self._agents.Get, agents_pb2.GetAgentRequest(name=name), timeout=timeout
+        )
 
-    async def ingest(self, knowledge_base: str, document_id: str, *, content: bytes | str,
-                     title: str = "", content_type: str = "text/plain",
-                     metadata: Mapping[str, str] | None = None, wait: bool = True,
-                     timeout: float | None = None) -> knowledge_pb2.IngestResponse:
+    async def ingest(
+        self,
+        knowledge_base: str,
+        document_id: str,
+        *,
+        content: bytes | str,
+        title: str = "",
+        content_type: str = "text/plain",
+        metadata: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> knowledge_pb2.IngestResponse:
         """Add a document to a knowledge base, replacing one with the same id (the same
         bytes again make no new version). With ``wait`` (the default) the answer comes once
         it is indexed (READY or FAILED) or the deadline nears; else once it is queued."""
-        request = options.ingest_request(knowledge_base, document_id, content=content,
-                                         title=title, content_type=content_type,
-                                         metadata=metadata, wait=wait)
+        request = options.ingest_request(
+            knowledge_base,
+            document_id,
+            content=content,
+            title=title,
+            content_type=content_type,
+            metadata=metadata,
+            wait=wait,
+        )
         return await self._call(self._knowledge.Ingest, request, timeout=timeout)
 
-    async def search(self, knowledge_base: str, query: str, *, top_k: int = 5,
-                     filters: Mapping[str, str] | None = None, mode: str = "hybrid",
-                     timeout: float | None = None) -> list[knowledge_pb2.SearchHit]:
+    async def search(
+        self,
+        knowledge_base: str,
+        query: str,
+        *,
+        top_k: int = 5,
+        filters: Mapping[str, str] | None = None,
+        mode: str = "hybrid",
+        timeout: float | None = None,
+    ) -> list[knowledge_pb2.SearchHit]:
         """The chunks that best match ``query``, best first, each citing its document,
         version and character range; ``mode`` is hybrid, dense or sparse."""
-        request = options.search_request(knowledge_base, query, top_k=top_k, filters=filters,
-                                         mode=mode)
+        request = options.search_request(
+            knowledge_base, query, top_k=top_k, filters=filters, mode=mode
+        )
         response = await self._call(self._knowledge.Search, request, timeout=timeout)
         return list(response.hits)
 
-    async def delete_document(self, knowledge_base: str, document_id: str, *,
-                              timeout: float | None = None,
-                              ) -> knowledge_pb2.DeleteDocumentResponse:
+    async def delete_document(
+        self,
+        knowledge_base: str,
+        document_id: str,
+        *,
+        timeout: float | None = None,
+    ) -> knowledge_pb2.DeleteDocumentResponse:
         """Remove a document from every store of a knowledge base."""
-        request = knowledge_pb2.DeleteDocumentRequest(knowledge_base=knowledge_base,
-                                                      document_id=document_id)
+        request = knowledge_pb2.DeleteDocumentRequest(
+            knowledge_base=knowledge_base, document_id=document_id
+        )
         return await self._call(self._knowledge.Delete, request, timeout=timeout)
 
-    async def get_document(self, knowledge_base: str, document_id: str, *,
-                          timeout: float | None = None) -> knowledge_pb2.Document:
+    async def get_document(
+        self, knowledge_base: str, document_id: str, *, timeout: float | None = None
+    ) -> knowledge_pb2.Document:
         """A document's latest version: state, progress, error."""
-        request = knowledge_pb2.GetDocumentRequest(knowledge_base=knowledge_base,
-                                                   document_id=document_id)
+        request = knowledge_pb2.GetDocumentRequest(
+            knowledge_base=knowledge_base, document_id=document_id
+        )
         return await self._call(self._knowledge.GetDocument, request, timeout=timeout)
 
-    async def list_documents(self, knowledge_base: str = "", *, page_size: int = 100,
-                            page_token: str = "", timeout: float | None = None,
-                            ) -> knowledge_pb2.ListDocumentsResponse:
+    async def list_documents(
+        self,
+        knowledge_base: str = "",
+        *,
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> knowledge_pb2.ListDocumentsResponse:
         """One page of the tenant's documents (of one knowledge base when it is given)."""
         request = knowledge_pb2.ListDocumentsRequest(
-            knowledge_base=knowledge_base, page_size=page_size, page_token=page_token)
+            knowledge_base=knowledge_base, page_size=page_size, page_token=page_token
+        )
         return await self._call(self._knowledge.ListDocuments, request, timeout=timeout)
 
-    async def create_key(self, name: str, roles: Sequence[str], *,
-                    timeout: float | None = None) -> keys_pb2.CreateKeyResponse:
+    async def create_key(
+        self, name: str, roles: Sequence[str], *, timeout: float | None = None
+    ) -> keys_pb2.CreateKeyResponse:
         """A new API key of the caller's tenant (admin); its ``secret`` is shown only here."""
-        return await self._call(self._keys.Create,
-                          keys_pb2.CreateKeyRequest(name=name, roles=list(roles)),
-                          timeout=timeout, idempotent=False)
+        return await self._call(
+            self._keys.Create,
+            keys_pb2.CreateKeyRequest(name=name, roles=list(roles)),
+            timeout=timeout,
+            idempotent=False,
+        )
 
-    async def list_keys(self, *, include_revoked: bool = False,
-                  timeout: float | None = None) -> list[keys_pb2.ApiKey]:
+    async def list_keys(
+        self, *, include_revoked: bool = False, timeout: float | None = None
+    ) -> list[keys_pb2.ApiKey]:
         """The API keys of the caller's tenant (admin), without their secrets."""
-        response = await self._call(self._keys.List,
-                                keys_pb2.ListKeysRequest(include_revoked=include_revoked),
-                                timeout=timeout)
+        response = await self._call(
+            self._keys.List,
+            keys_pb2.ListKeysRequest(include_revoked=include_revoked),
+            timeout=timeout,
+        )
         return list(response.keys)
 
     async def revoke_key(self, key_id: str, *, timeout: float | None = None) -> keys_pb2.ApiKey:
         """Revoke one of the tenant's API keys by id (admin)."""
-        return await self._call(self._keys.Revoke, keys_pb2.RevokeKeyRequest(id=key_id),
-                          timeout=timeout)
+        return await self._call(
+            self._keys.Revoke, keys_pb2.RevokeKeyRequest(id=key_id), timeout=timeout
+        )
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The gRPC health status of ``service`` (the whole server for ""), e.g. "SERVING"."""
-        response = await self._call(self._health.Check,
-                                    health_pb2.HealthCheckRequest(service=service),
-                                    timeout=timeout)
+        response = await self._call(
+            self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
-    async def _call(self, method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
-                    request: _Req, *, timeout: float | None, task: bool = False,
-                    idempotent: bool = True) -> _Resp:
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Req, _Resp],
+        request: _Req,
+        *,
+        timeout: float | None,
+        task: bool = False,
+        idempotent: bool = True,
+    ) -> _Resp:
         attempts = self._settings.attempts(timeout, task=task, idempotent=idempotent)
         while True:
             try:
-                return await method(request, timeout=attempts.start(),
-                                    metadata=self._settings.metadata)
+                return await method(
+                    request, timeout=attempts.start(), metadata=self._settings.metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 delay = attempts.failed(exc)
             await asyncio.sleep(delay)
 
-    async def _stream(self, request: tasks_pb2.StreamRequest, *, timeout: float | None,
-                      idempotent: bool) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    async def _stream(
+        self, request: tasks_pb2.StreamRequest, *, timeout: float | None, idempotent: bool
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         attempts = self._settings.attempts(timeout, task=True, idempotent=idempotent)
         while True:
-            call = self._tasks.Stream(request, timeout=attempts.start(),
-                                      metadata=self._settings.metadata)
+            call = self._tasks.Stream(
+                request, timeout=attempts.start(), metadata=self._settings.metadata
+            )
             yielded = False
             try:
                 async for event in call:

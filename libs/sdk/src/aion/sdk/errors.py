@@ -33,8 +33,9 @@ class AionError(Exception):
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
     retriable: ClassVar[bool] = False
 
-    def __init__(self, message: str, *, field: str | None = None,
-                 retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, field: str | None = None, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
@@ -121,9 +122,19 @@ class Internal(AionError):
 
 _BY_CODE: dict[grpc.StatusCode, type[AionError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, Unauthenticated, PermissionDenied,
-                FailedPrecondition, ResourceExhausted, DeadlineExceeded, Cancelled,
-                Unavailable, Internal)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Unauthenticated,
+        PermissionDenied,
+        FailedPrecondition,
+        ResourceExhausted,
+        DeadlineExceeded,
+        Cancelled,
+        Unavailable,
+        Internal,
+    )
 }
 
 
@@ -161,4 +172,3 @@ def from_rpc_error(exc: grpc.RpcError) -> AionError:
             detail.Unpack(info)
             retry_after = info.retry_delay.ToNanoseconds() / 1e9
     return cls(message, field=field, retry_after_s=retry_after)
-

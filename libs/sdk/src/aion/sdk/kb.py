@@ -29,18 +29,28 @@ from google.protobuf import json_format
 from aion.api.v1 import knowledge_pb2
 from aion.sdk import errors, sync_client
 
-SUFFIXES = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown",
-            ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html",
-            ".pdf": "application/pdf"}
-_TERMINAL = (knowledge_pb2.DOCUMENT_STATE_READY, knowledge_pb2.DOCUMENT_STATE_FAILED,
-             knowledge_pb2.DOCUMENT_STATE_SUPERSEDED)
+SUFFIXES = {
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+}
+_TERMINAL = (
+    knowledge_pb2.DOCUMENT_STATE_READY,
+    knowledge_pb2.DOCUMENT_STATE_FAILED,
+    knowledge_pb2.DOCUMENT_STATE_SUPERSEDED,
+)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._/-]")
 
 
 def state_name(state: int) -> str:
     """``READY`` for DOCUMENT_STATE_READY, and so on."""
     return knowledge_pb2.DocumentState.Name(state).removeprefix(  # type: ignore[arg-type]
-        "DOCUMENT_STATE_")
+        "DOCUMENT_STATE_"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +81,8 @@ def collect(paths: Iterable[Path]) -> list[Upload]:
             kind = SUFFIXES.get(path.suffix.lower())
             if kind is None:
                 raise click.BadParameter(
-                    f"{path}: unsupported file type (use {', '.join(sorted(SUFFIXES))})")
+                    f"{path}: unsupported file type (use {', '.join(sorted(SUFFIXES))})"
+                )
             found.append(Upload(path, document_id(Path(path.name)), kind))
         else:
             raise click.BadParameter(f"{path}: no such file or directory")
@@ -89,19 +100,30 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 
 
 def _doc_dict(doc: knowledge_pb2.Document) -> dict[str, Any]:
-    return json_format.MessageToDict(doc, preserving_proto_field_name=True,
-                                     always_print_fields_with_no_presence=True)
+    return json_format.MessageToDict(
+        doc, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
 
 
 def status_table(docs: Sequence[knowledge_pb2.Document]) -> str:
     """Documents as a table: knowledge base, id, version, state, chunks, error."""
     header = ("KB", "DOCUMENT", "VERSION", "STATE", "CHUNKS", "ERROR")
     lines = [header] + [
-        (d.knowledge_base, d.document_id, str(d.version), state_name(d.state),
-         f"{d.chunks_done}/{d.chunks}", d.error[:80]) for d in docs]
+        (
+            d.knowledge_base,
+            d.document_id,
+            str(d.version),
+            state_name(d.state),
+            f"{d.chunks_done}/{d.chunks}",
+            d.error[:80],
+        )
+        for d in docs
+    ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
-                     .rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
 
 
 def register(main: click.Group, client: Callable[[click.Context], sync_client.Client]) -> None:
@@ -115,13 +137,24 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
     @click.option("--kb", "knowledge_base", required=True, help="The knowledge base.")
     @click.option("--metadata", "-m", multiple=True, help="KEY=VALUE on every document.")
     @click.option("--title", default="", help="Title (one file only; else the file name).")
-    @click.option("--wait/--no-wait", default=True, show_default=True,
-                  help="Follow indexing until every document is READY or FAILED.")
+    @click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Follow indexing until every document is READY or FAILED.",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print each document as JSON.")
     @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
     @click.pass_context
-    def ingest(ctx: click.Context, knowledge_base: str, metadata: tuple[str, ...], title: str,
-               wait: bool, as_json: bool, paths: tuple[Path, ...]) -> None:
+    def ingest(
+        ctx: click.Context,
+        knowledge_base: str,
+        metadata: tuple[str, ...],
+        title: str,
+        wait: bool,
+        as_json: bool,
+        paths: tuple[Path, ...],
+    ) -> None:
         """Upload files and directories into a knowledge base."""
         uploads = collect(paths)
         if not uploads:
@@ -131,22 +164,33 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
         failed: dict[str, str] = {}
         accepted: list[str] = []
         unchanged = 0
-        with click.progressbar(uploads, label="uploading", file=sys.stderr,
-                               item_show_func=lambda u: u.document_id if u else "") as bar:
+        with click.progressbar(
+            uploads,
+            label="uploading",
+            file=sys.stderr,
+            item_show_func=lambda u: u.document_id if u else "",
+        ) as bar:
             for item in bar:
                 try:
-                    resp = api.ingest(knowledge_base, item.document_id,
-                                      content=item.path.read_bytes(),
-                                      title=title or item.path.name,
-                                      content_type=item.content_type, metadata=meta,
-                                      wait=False)
+                    resp = api.ingest(
+                        knowledge_base,
+                        item.document_id,
+                        content=item.path.read_bytes(),
+                        title=title or item.path.name,
+                        content_type=item.content_type,
+                        metadata=meta,
+                        wait=False,
+                    )
                 except errors.AionError as exc:
                     failed[item.document_id] = exc.message
                     continue
                 accepted.append(item.document_id)
                 unchanged += resp.unchanged
-        docs = _follow(api, knowledge_base, accepted) if wait else [
-            api.get_document(knowledge_base, d) for d in accepted]
+        docs = (
+            _follow(api, knowledge_base, accepted)
+            if wait
+            else [api.get_document(knowledge_base, d) for d in accepted]
+        )
         for doc in docs:
             if doc.state == knowledge_pb2.DOCUMENT_STATE_FAILED:
                 failed[doc.document_id] = doc.error
@@ -155,8 +199,10 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
                 click.echo(json.dumps(_doc_dict(doc)))
         ready = sum(d.state == knowledge_pb2.DOCUMENT_STATE_READY for d in docs)
         chunks = sum(d.chunks for d in docs if d.state == knowledge_pb2.DOCUMENT_STATE_READY)
-        summary = (f"{len(uploads)} files: {ready} ready ({chunks} chunks), {unchanged} "
-                   f"unchanged, {len(failed)} failed")
+        summary = (
+            f"{len(uploads)} files: {ready} ready ({chunks} chunks), {unchanged} "
+            f"unchanged, {len(failed)} failed"
+        )
         if not wait:
             summary += f", {len(accepted) - len(failed)} queued"
         click.echo(summary, err=True)
@@ -170,8 +216,9 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
     @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
     @click.argument("document", required=False)
     @click.pass_context
-    def status(ctx: click.Context, knowledge_base: str, as_json: bool,
-               document: str | None) -> None:
+    def status(
+        ctx: click.Context, knowledge_base: str, as_json: bool, document: str | None
+    ) -> None:
         """Documents with their version, state, progress and error."""
         api = client(ctx)
         if document is not None:
@@ -194,25 +241,40 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
 
     @kb.command()
     @click.option("--kb", "knowledge_base", required=True, help="The knowledge base.")
-    @click.option("--mode", type=click.Choice(["hybrid", "dense", "sparse"]), default="hybrid",
-                  show_default=True)
+    @click.option(
+        "--mode",
+        type=click.Choice(["hybrid", "dense", "sparse"]),
+        default="hybrid",
+        show_default=True,
+    )
     @click.option("--top-k", type=click.IntRange(1, 50), default=5, show_default=True)
     @click.option("--filter", "filters", multiple=True, help="KEY=VALUE the metadata must have.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON lines.")
     @click.argument("query")
     @click.pass_context
-    def search(ctx: click.Context, knowledge_base: str, mode: str, top_k: int,
-               filters: tuple[str, ...], as_json: bool, query: str) -> None:
+    def search(
+        ctx: click.Context,
+        knowledge_base: str,
+        mode: str,
+        top_k: int,
+        filters: tuple[str, ...],
+        as_json: bool,
+        query: str,
+    ) -> None:
         """The best chunks for QUERY, each with its citation."""
-        hits = client(ctx).search(knowledge_base, query, top_k=top_k, mode=mode,
-                                  filters=_pairs(filters, "--filter"))
+        hits = client(ctx).search(
+            knowledge_base, query, top_k=top_k, mode=mode, filters=_pairs(filters, "--filter")
+        )
         for hit in hits:
             if as_json:
-                click.echo(json.dumps(json_format.MessageToDict(
-                    hit, preserving_proto_field_name=True)))
+                click.echo(
+                    json.dumps(json_format.MessageToDict(hit, preserving_proto_field_name=True))
+                )
                 continue
-            click.echo(f"{hit.score:.4f}  {hit.document_id} v{hit.version} "
-                       f"chunk {hit.chunk_index} [{hit.char_start}:{hit.char_end}]")
+            click.echo(
+                f"{hit.score:.4f}  {hit.document_id} v{hit.version} "
+                f"chunk {hit.chunk_index} [{hit.char_start}:{hit.char_end}]"
+            )
             click.echo("    " + " ".join(hit.text.split())[:300])
 
     @kb.command()
@@ -225,14 +287,14 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
         click.echo(f"deleted {document} ({resp.chunks_removed} chunks)")
 
 
-def _follow(api: sync_client.Client, knowledge_base: str,
-            ids: Sequence[str]) -> list[knowledge_pb2.Document]:
+def _follow(
+    api: sync_client.Client, knowledge_base: str, ids: Sequence[str]
+) -> list[knowledge_pb2.Document]:
     """Poll until every document is READY, FAILED or SUPERSEDED, with a progress bar."""
     latest: dict[str, knowledge_pb2.Document] = {}
     waiting = list(ids)
     delay = 0.2
-    with click.progressbar(length=len(ids), label="indexing",
-                           file=sys.stderr) as bar:
+    with click.progressbar(length=len(ids), label="indexing", file=sys.stderr) as bar:
         while waiting:
             still = []
             for doc_id in waiting:

@@ -28,8 +28,7 @@ def key_to_dict(key: keys_pb2.ApiKey) -> dict[str, Any]:
     return json_format.MessageToDict(key, preserving_proto_field_name=True)
 
 
-def _when(key: keys_pb2.ApiKey,
-          field: Literal["created_at", "last_used_at", "revoked_at"]) -> str:
+def _when(key: keys_pb2.ApiKey, field: Literal["created_at", "last_used_at", "revoked_at"]) -> str:
     if not key.HasField(field):
         return "-"
     return str(getattr(key, field).ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ"))
@@ -43,8 +42,14 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
         """API keys of your tenant: create, list, revoke (admin role)."""
 
     @keys.command()
-    @click.option("--role", "roles", multiple=True, required=True,
-                  type=click.Choice(["viewer", "user", "admin"]), help="A role of the key.")
+    @click.option(
+        "--role",
+        "roles",
+        multiple=True,
+        required=True,
+        type=click.Choice(["viewer", "user", "admin"]),
+        help="A role of the key.",
+    )
     @click.option("--name", default="", help="A label, such as 'ci'.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.pass_context
@@ -55,8 +60,11 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
             click.echo(json.dumps({**key_to_dict(made.key), "secret": made.secret}, indent=2))
             return
         click.echo(made.secret)
-        click.echo(f"key {made.key.id} ({', '.join(made.key.roles)}) created; the line above "
-                   "is the whole key, shown once", err=True)
+        click.echo(
+            f"key {made.key.id} ({', '.join(made.key.roles)}) created; the line above "
+            "is the whole key, shown once",
+            err=True,
+        )
 
     @keys.command(name="list")
     @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
@@ -70,9 +78,11 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
             return
         click.echo(f"{'ID':<14}{'NAME':<16}{'ROLES':<20}{'CREATED':<22}{'LAST USED':<22}REVOKED")
         for k in found:
-            click.echo(f"{k.id:<14}{k.name[:15]:<16}{','.join(k.roles):<20}"
-                       f"{_when(k, 'created_at'):<22}{_when(k, 'last_used_at'):<22}"
-                       f"{_when(k, 'revoked_at')}")
+            click.echo(
+                f"{k.id:<14}{k.name[:15]:<16}{','.join(k.roles):<20}"
+                f"{_when(k, 'created_at'):<22}{_when(k, 'last_used_at'):<22}"
+                f"{_when(k, 'revoked_at')}"
+            )
 
     @keys.command()
     @click.argument("key_id")

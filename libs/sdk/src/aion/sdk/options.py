@@ -42,8 +42,9 @@ class Settings:
     retry_policy: retry.RetryPolicy
     credentials: grpc.ChannelCredentials | None
 
-    def attempts(self, timeout: float | None, *, task: bool = False,
-                 idempotent: bool = True) -> retry.Attempts:
+    def attempts(
+        self, timeout: float | None, *, task: bool = False, idempotent: bool = True
+    ) -> retry.Attempts:
         """The attempts of one call; a ``task`` call (Stream, waiting Submit) waits longer."""
         if timeout is None:
             timeout = self.task_timeout_s if task else self.timeout_s
@@ -52,10 +53,16 @@ class Settings:
         return retry.Attempts(self.retry_policy, timeout_s=timeout, idempotent=idempotent)
 
 
-def settings(target: str | None, *, api_key: str | None, token: str | None,
-             timeout: float | None, task_timeout: float | None,
-             retries: int | retry.RetryPolicy,
-             credentials: grpc.ChannelCredentials | None) -> Settings:
+def settings(
+    target: str | None,
+    *,
+    api_key: str | None,
+    token: str | None,
+    timeout: float | None,
+    task_timeout: float | None,
+    retries: int | retry.RetryPolicy,
+    credentials: grpc.ChannelCredentials | None,
+) -> Settings:
     """Resolve a client's arguments; unset ones come from AION_TARGET, AION_API_KEY, AION_TOKEN."""
     if target is None:
         target = os.environ.get("AION_TARGET") or DEFAULT_TARGET
@@ -71,7 +78,8 @@ def settings(target: str | None, *, api_key: str | None, token: str | None,
         metadata=credentials_metadata(api_key=api_key, token=token),
         timeout_s=timeout or DEFAULT_TIMEOUT_S,
         task_timeout_s=task_timeout or DEFAULT_TASK_TIMEOUT_S,
-        retry_policy=retries if isinstance(retries, retry.RetryPolicy)
+        retry_policy=retries
+        if isinstance(retries, retry.RetryPolicy)
         else retry.RetryPolicy(max_attempts=retries),
         credentials=credentials,
     )
@@ -95,14 +103,22 @@ def privacy_value(value: str | None) -> common_pb2.Privacy.ValueType:
         return _PRIVACY[value.lower().replace("_", "-")]
     except KeyError:
         raise errors.InvalidArgument(
-            f"privacy must be one of {', '.join(_PRIVACY)}, not {value!r}",
-            field="privacy") from None
+            f"privacy must be one of {', '.join(_PRIVACY)}, not {value!r}", field="privacy"
+        ) from None
 
 
-def task_spec(agent: str, input: str, *, idempotency_key: str | None = None,
-              max_tokens: int | None = None, temperature: float | None = None,
-              budget_usd: float | None = None, sla_ms: int | None = None,
-              privacy: str | None = None, seed: int | None = None) -> tasks_pb2.TaskSpec:
+def task_spec(
+    agent: str,
+    input: str,
+    *,
+    idempotency_key: str | None = None,
+    max_tokens: int | None = None,
+    temperature: float | None = None,
+    budget_usd: float | None = None,
+    sla_ms: int | None = None,
+    privacy: str | None = None,
+    seed: int | None = None,
+) -> tasks_pb2.TaskSpec:
     """The TaskSpec for a task; unset knobs stay unset so the agent's defaults apply."""
     knobs = tasks_pb2.TaskOptions(privacy=privacy_value(privacy))
     if max_tokens is not None:
@@ -115,32 +131,55 @@ def task_spec(agent: str, input: str, *, idempotency_key: str | None = None,
         knobs.sla_ms = sla_ms
     if seed is not None:
         knobs.seed = seed
-    return tasks_pb2.TaskSpec(agent=agent, input=input,
-                              idempotency_key=idempotency_key or "", options=knobs)
+    return tasks_pb2.TaskSpec(
+        agent=agent, input=input, idempotency_key=idempotency_key or "", options=knobs
+    )
 
 
-def ingest_request(knowledge_base: str, document_id: str, *, content: bytes | str,
-                   title: str, content_type: str,
-                   metadata: Mapping[str, str] | None,
-                   wait: bool = False) -> knowledge_pb2.IngestRequest:
+def ingest_request(
+    knowledge_base: str,
+    document_id: str,
+    *,
+    content: bytes | str,
+    title: str,
+    content_type: str,
+    metadata: Mapping[str, str] | None,
+    wait: bool = False,
+) -> knowledge_pb2.IngestRequest:
     """The IngestRequest for a document; text content is sent as UTF-8."""
     return knowledge_pb2.IngestRequest(
-        knowledge_base=knowledge_base, document_id=document_id, title=title,
+        knowledge_base=knowledge_base,
+        document_id=document_id,
+        title=title,
         content=content.encode() if isinstance(content, str) else content,
-        content_type=content_type, metadata=dict(metadata or {}), wait=wait)
+        content_type=content_type,
+        metadata=dict(metadata or {}),
+        wait=wait,
+    )
 
 
-SEARCH_MODES = {"hybrid": knowledge_pb2.SEARCH_MODE_HYBRID,
-                "dense": knowledge_pb2.SEARCH_MODE_DENSE,
-                "sparse": knowledge_pb2.SEARCH_MODE_SPARSE}
+SEARCH_MODES = {
+    "hybrid": knowledge_pb2.SEARCH_MODE_HYBRID,
+    "dense": knowledge_pb2.SEARCH_MODE_DENSE,
+    "sparse": knowledge_pb2.SEARCH_MODE_SPARSE,
+}
 
 
-def search_request(knowledge_base: str, query: str, *, top_k: int,
-                   filters: Mapping[str, str] | None,
-                   mode: str = "hybrid") -> knowledge_pb2.SearchRequest:
+def search_request(
+    knowledge_base: str,
+    query: str,
+    *,
+    top_k: int,
+    filters: Mapping[str, str] | None,
+    mode: str = "hybrid",
+) -> knowledge_pb2.SearchRequest:
     """The SearchRequest for a query; ``mode`` is hybrid, dense or sparse."""
     if mode not in SEARCH_MODES:
         raise ValueError(f"mode must be one of {', '.join(SEARCH_MODES)}, not {mode!r}")
-    return knowledge_pb2.SearchRequest(knowledge_base=knowledge_base, query=query,
-                                       top_k=top_k, filters=dict(filters or {}),
-                                       mode=SEARCH_MODES[mode])
+    return knowledge_pb2.SearchRequest(
+        knowledge_base=knowledge_base,
+        query=query,
+        top_k=top_k,
+        filters=dict(filters or {}),
+        mode=SEARCH_MODES[mode],
+    )

@@ -40,8 +40,13 @@ def describe(result: common_pb2.TaskResult) -> str:
         rows.append(("route", f"{engine['route']} ({engine['chosen_by']}): {engine['reason']}"))
     if engine["model"]:
         rows.append(("model", engine["model"]))
-    rows.append(("tokens", f"{usage['tokens']} (prompt {usage['prompt_tokens']}, "
-                           f"completion {usage['completion_tokens']})"))
+    rows.append(
+        (
+            "tokens",
+            f"{usage['tokens']} (prompt {usage['prompt_tokens']}, "
+            f"completion {usage['completion_tokens']})",
+        )
+    )
     rows.append(("latency", f"{usage['latency_ms']} ms"))
     rows.append(("cost", f"${usage['cost_usd']:.6f}"))
     if error:
@@ -61,21 +66,30 @@ def agents_table(agents: Sequence[agents_pb2.Agent]) -> str:
         for a in agents
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True))
-                     .rstrip() for line in lines)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
 
 
 def describe_agent(agent: agents_pb2.Agent) -> str:
     """One agent as aligned ``key  value`` lines."""
     data = results.agent_to_dict(agent)
-    return _rows([
-        ("name", data["name"]), ("description", data["description"]),
-        ("model", f"{data['model']} ({data['model_task']})" if data["model_task"]
-         else data["model"]),
-        ("privacy", data["privacy"] or "-"), ("ready", "yes" if data["ready"] else "no"),
-        ("node pool", data["node_pool"] or "-"), ("max tokens", str(data["max_tokens"])),
-        ("knowledge", ", ".join(data["knowledge_bases"]) or "-"),
-    ])
+    return _rows(
+        [
+            ("name", data["name"]),
+            ("description", data["description"]),
+            (
+                "model",
+                f"{data['model']} ({data['model_task']})" if data["model_task"] else data["model"],
+            ),
+            ("privacy", data["privacy"] or "-"),
+            ("ready", "yes" if data["ready"] else "no"),
+            ("node pool", data["node_pool"] or "-"),
+            ("max tokens", str(data["max_tokens"])),
+            ("knowledge", ", ".join(data["knowledge_bases"]) or "-"),
+        ]
+    )
 
 
 def _rows(rows: Sequence[tuple[str, str]]) -> str:

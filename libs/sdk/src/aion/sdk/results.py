@@ -54,8 +54,11 @@ def result_to_dict(result: common_pb2.TaskResult) -> dict[str, Any]:
     """The canonical result as JSON-ready plain data."""
     error = None
     if result.HasField("error"):
-        error = {"code": result.error.code, "message": result.error.message,
-                 "retriable": result.error.retriable}
+        error = {
+            "code": result.error.code,
+            "message": result.error.message,
+            "retriable": result.error.retriable,
+        }
     return {
         "task_id": result.task_id,
         "agent": result.agent,

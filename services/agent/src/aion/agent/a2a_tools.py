@@ -34,31 +34,40 @@ def tool(url: str, *, timeout_s: float) -> tools.Tool:
         try:
             args = tools.AgentArgs.model_validate(arguments)
         except pydantic.ValidationError as exc:
-            return tools.Outcome("", error=f"the arguments do not match the tool's schema: "
-                                           f"{exc.errors()[0]['msg']}")
+            return tools.Outcome(
+                "", error=f"the arguments do not match the tool's schema: {exc.errors()[0]['msg']}"
+            )
         try:
             async with asyncio.timeout(timeout_s):
                 return await ask(url, args.input, timeout_s=timeout_s)
         except TimeoutError:
             return tools.Outcome("", error=f"the A2A agent did not answer within {timeout_s:g}s")
         except Exception as exc:
-            return tools.Outcome("", error=f"the A2A agent at {url} failed: "
-                                           f"{str(exc) or type(exc).__name__}")
+            return tools.Outcome(
+                "", error=f"the A2A agent at {url} failed: {str(exc) or type(exc).__name__}"
+            )
 
-    return tools.Tool(name=name, arguments=None,
-                      input_schema=tools.AgentArgs.model_json_schema(),
-                      description=f"Asks the A2A agent at {url} and returns its answer.",
-                      call=call)
+    return tools.Tool(
+        name=name,
+        arguments=None,
+        input_schema=tools.AgentArgs.model_json_schema(),
+        description=f"Asks the A2A agent at {url} and returns its answer.",
+        call=call,
+    )
 
 
 async def ask(url: str, text: str, *, timeout_s: float) -> tools.Outcome:
     """Send ``text`` to the A2A agent at ``url``; its answer."""
     async with httpx.AsyncClient(timeout=timeout_s) as http:
         client = await client_factory.create_client(
-            url, client_config=a2a_client.ClientConfig(streaming=False, httpx_client=http))
+            url, client_config=a2a_client.ClientConfig(streaming=False, httpx_client=http)
+        )
         async with client:
-            request = a2a.SendMessageRequest(message=a2a.Message(
-                message_id=str(uuid.uuid4()), role=a2a.ROLE_USER, parts=[a2a.Part(text=text)]))
+            request = a2a.SendMessageRequest(
+                message=a2a.Message(
+                    message_id=str(uuid.uuid4()), role=a2a.ROLE_USER, parts=[a2a.Part(text=text)]
+                )
+            )
             answers = [response async for response in client.send_message(request)]
     last = answers[-1] if answers else None
     if last is None:

@@ -48,8 +48,9 @@ class ModelBackend(Protocol):
 class Knowledge(Protocol):
     """Retrieval from the tenant's knowledge bases."""
 
-    async def search(self, *, tenant: str, knowledge_base: str, query: str, top_k: int,
-                     timeout: float) -> list[str]:
+    async def search(
+        self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
+    ) -> list[str]:
         """The passages of ``knowledge_base`` relevant to ``query``, best first."""
         ...
 
@@ -136,9 +137,16 @@ class _Reply:
 class AgentLoop:
     """Runs agents: model calls on the executor or an external API, and their tools."""
 
-    def __init__(self, *, local: ModelBackend, api: ModelBackend | None,
-                 knowledge: Knowledge, agents: registry.AgentRegistry, retrieval_top_k: int,
-                 mcp_timeout_s: float = MCP_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        local: ModelBackend,
+        api: ModelBackend | None,
+        knowledge: Knowledge,
+        agents: registry.AgentRegistry,
+        retrieval_top_k: int,
+        mcp_timeout_s: float = MCP_TIMEOUT_S,
+    ) -> None:
         self._local = local
         self._api = api
         self._knowledge = knowledge
@@ -146,8 +154,9 @@ class AgentLoop:
         self._top_k = retrieval_top_k
         self._mcp_timeout_s = mcp_timeout_s
 
-    async def run(self, agent: model.AgentRecord, req: Request, sink: Sink, *,
-                  depth: int = 0) -> str:
+    async def run(
+        self, agent: model.AgentRecord, req: Request, sink: Sink, *, depth: int = 0
+    ) -> str:
         """Run ``agent`` on ``req`` to its final answer.
 
         The route is narrowed to the agent's own privacy first, so a decision that
@@ -156,23 +165,39 @@ class AgentLoop:
         """
         route = privacy.allowed_route(agent.privacy, req.route)
         if route != req.route:
-            log.warning("route narrowed to the agent's privacy", extra={
-                "agent": agent.name, "tenant": req.tenant, "route": req.route,
-                "privacy": agent.privacy.value, "runs": route})
+            log.warning(
+                "route narrowed to the agent's privacy",
+                extra={
+                    "agent": agent.name,
+                    "tenant": req.tenant,
+                    "route": req.route,
+                    "privacy": agent.privacy.value,
+                    "runs": route,
+                },
+            )
             req = dataclasses.replace(req, route=route)
         system = agent.instructions or "You are a helpful assistant."
         context = await self._context(agent, req)
         if context:
             system += "\n\nUse this context when it helps:\n" + context
-        async with mcp_tools.Toolbox(mcp_tools.servers(agent.tools), tenant=req.tenant,
-                                     task_id=req.task_id, timeout_s=self._mcp_timeout_s,
-                                     ) as toolbox:
+        async with mcp_tools.Toolbox(
+            mcp_tools.servers(agent.tools),
+            tenant=req.tenant,
+            task_id=req.task_id,
+            timeout_s=self._mcp_timeout_s,
+        ) as toolbox:
             step = 0
             for url, why in toolbox.failures:
                 step += 1  # a server left out is a failed step the task's record shows
-                await sink.step(model.StepRecord(step=step, kind="tool",
-                                                 name=tools.MCP_PREFIX + url, input={},
-                                                 error=f"MCP server {url} {why}"))
+                await sink.step(
+                    model.StepRecord(
+                        step=step,
+                        kind="tool",
+                        name=tools.MCP_PREFIX + url,
+                        input={},
+                        error=f"MCP server {url} {why}",
+                    )
+                )
             available = {**toolbox.tools, **self._tools(agent, req, depth)}
             if available:
                 system += "\n\n" + tools.prompt(available)
@@ -188,21 +213,31 @@ class AgentLoop:
                     return reply
                 step += 1
                 outcome = await self._tool_step(available, call, sink, step)
-                said = (f"Tool {call.tool} failed:\n{outcome.error}" if outcome.error
-                        else f"Tool {call.tool} returned:\n{outcome.text}")
+                said = (
+                    f"Tool {call.tool} failed:\n{outcome.error}"
+                    if outcome.error
+                    else f"Tool {call.tool} returned:\n{outcome.text}"
+                )
                 messages += [("assistant", reply), ("user", said)]
         raise errors.FailedPrecondition(
             f"the agent made {agent.max_steps} model calls without a final answer; "
-            "raise its step limit or simplify the task")
+            "raise its step limit or simplify the task"
+        )
 
     async def _context(self, agent: model.AgentRecord, req: Request) -> str:
         if not agent.knowledge_bases or not self._top_k:
             return ""
         passages: list[str] = []
         for kb in agent.knowledge_bases:
-            passages.extend(await self._knowledge.search(
-                tenant=req.tenant, knowledge_base=kb, query=req.input, top_k=self._top_k,
-                timeout=10))
+            passages.extend(
+                await self._knowledge.search(
+                    tenant=req.tenant,
+                    knowledge_base=kb,
+                    query=req.input,
+                    top_k=self._top_k,
+                    timeout=10,
+                )
+            )
         return "\n\n".join(passages[: self._top_k])
 
     # -- model calls ----------------------------------------------------------------
@@ -213,21 +248,34 @@ class AgentLoop:
                 raise errors.FailedPrecondition(
                     "the router chose an external API, but this agent service has no "
                     "provider; set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to "
-                    "local-only")
+                    "local-only"
+                )
             return [self._api]
         if route is privacy.Route.HYBRID and self._api is not None:
             return [self._local, self._api]
         return [self._local]
 
-    async def _model_step(self, agent: model.AgentRecord, req: Request,
-                          messages: list[tuple[str, str]], sink: Sink, step: int) -> str:
+    async def _model_step(
+        self,
+        agent: model.AgentRecord,
+        req: Request,
+        messages: list[tuple[str, str]],
+        sink: Sink,
+        step: int,
+    ) -> str:
         started = time.perf_counter()
         got = _Reply()
         call = model.ModelCall(
-            model=agent.model, messages=tuple(messages),
-            max_tokens=req.max_tokens or agent.max_tokens, temperature=req.temperature,
-            seed=req.seed, timeout_s=req.timeout_s, endpoints=agent.executor_endpoints,
-            task_id=req.task_id, attempt=req.attempt)
+            model=agent.model,
+            messages=tuple(messages),
+            max_tokens=req.max_tokens or agent.max_tokens,
+            temperature=req.temperature,
+            seed=req.seed,
+            timeout_s=req.timeout_s,
+            endpoints=agent.executor_endpoints,
+            task_id=req.task_id,
+            attempt=req.attempt,
+        )
         backends = self._backends(req.route)
         for i, backend in enumerate(backends):
             try:
@@ -237,13 +285,20 @@ class AgentLoop:
                 # The next backend only when this one failed before answering.
                 if i == len(backends) - 1 or got.text:
                     raise
-        await sink.step(model.StepRecord(
-            step=step, kind="model", name=backend.model_name(call),
-            input={"messages": len(messages)}, output=got.text,
-            prompt_tokens=got.prompt_tokens, completion_tokens=got.completion_tokens,
-            cost_usd=backend.cost_usd(got.prompt_tokens, got.completion_tokens),
-            latency_ms=int((time.perf_counter() - started) * 1000),
-            model_ms=int(got.model_s * 1000)))
+        await sink.step(
+            model.StepRecord(
+                step=step,
+                kind="model",
+                name=backend.model_name(call),
+                input={"messages": len(messages)},
+                output=got.text,
+                prompt_tokens=got.prompt_tokens,
+                completion_tokens=got.completion_tokens,
+                cost_usd=backend.cost_usd(got.prompt_tokens, got.completion_tokens),
+                latency_ms=int((time.perf_counter() - started) * 1000),
+                model_ms=int(got.model_s * 1000),
+            )
+        )
         return got.text
 
     # -- tools ------------------------------------------------------------------------
@@ -252,57 +307,88 @@ class AgentLoop:
         for name in agent.tools:
             if name == tools.KNOWLEDGE_SEARCH:
                 found[name] = tools.Tool(
-                    name=name, arguments=tools.SearchArgs,
+                    name=name,
+                    arguments=tools.SearchArgs,
                     description="Searches the agent's knowledge bases for relevant passages.",
-                    call=functools.partial(self._search, agent, req))
+                    call=functools.partial(self._search, agent, req),
+                )
             elif name.startswith(a2a_tools.PREFIX):
-                remote = a2a_tools.tool(name.removeprefix(a2a_tools.PREFIX),
-                                        timeout_s=self._mcp_timeout_s)
+                remote = a2a_tools.tool(
+                    name.removeprefix(a2a_tools.PREFIX), timeout_s=self._mcp_timeout_s
+                )
                 found[remote.name] = remote
             elif name.startswith(tools.AGENT_PREFIX) and depth < MAX_DEPTH:
                 other = name.removeprefix(tools.AGENT_PREFIX)
                 tool_name = "agent_" + other.replace("-", "_")
                 found[tool_name] = tools.Tool(
-                    name=tool_name, arguments=tools.AgentArgs,
+                    name=tool_name,
+                    arguments=tools.AgentArgs,
                     description=f"Asks the agent '{other}' and returns its answer.",
-                    call=functools.partial(self._ask, other, req, depth=depth))
+                    call=functools.partial(self._ask, other, req, depth=depth),
+                )
         return found
 
-    async def _tool_step(self, available: dict[str, tools.Tool], call: tools.Call, sink: Sink,
-                         step: int) -> tools.Outcome:
+    async def _tool_step(
+        self, available: dict[str, tools.Tool], call: tools.Call, sink: Sink, step: int
+    ) -> tools.Outcome:
         started = time.perf_counter()
         tool = available.get(call.tool)
         try:
             if tool is None:
                 raise errors.InvalidArgument(
                     f"the model called tool '{call.tool}', which this agent does not have; "
-                    f"it has: {', '.join(sorted(available))}", field="reply.tool")
+                    f"it has: {', '.join(sorted(available))}",
+                    field="reply.tool",
+                )
             outcome = await tool.call(tools.arguments(tool, call.arguments))
         except errors.AionError as exc:
-            await sink.step(model.StepRecord(
-                step=step, kind="tool", name=call.tool, input=call.arguments, error=exc.message,
-                latency_ms=int((time.perf_counter() - started) * 1000)))
+            await sink.step(
+                model.StepRecord(
+                    step=step,
+                    kind="tool",
+                    name=call.tool,
+                    input=call.arguments,
+                    error=exc.message,
+                    latency_ms=int((time.perf_counter() - started) * 1000),
+                )
+            )
             raise
-        await sink.step(model.StepRecord(
-            step=step, kind="tool", name=call.tool, input=call.arguments, output=outcome.text,
-            error=outcome.error or None, prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens, cost_usd=outcome.cost_usd,
-            latency_ms=int((time.perf_counter() - started) * 1000)))
+        await sink.step(
+            model.StepRecord(
+                step=step,
+                kind="tool",
+                name=call.tool,
+                input=call.arguments,
+                output=outcome.text,
+                error=outcome.error or None,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                cost_usd=outcome.cost_usd,
+                latency_ms=int((time.perf_counter() - started) * 1000),
+            )
+        )
         return outcome
 
-    async def _search(self, agent: model.AgentRecord, req: Request,
-                      args: Any) -> tools.Outcome:
+    async def _search(self, agent: model.AgentRecord, req: Request, args: Any) -> tools.Outcome:
         kbs = [args.knowledge_base] if args.knowledge_base else list(agent.knowledge_bases)
         unknown = [kb for kb in kbs if kb not in agent.knowledge_bases]
         if unknown or not kbs:
             raise errors.InvalidArgument(
                 f"knowledge_search: the agent may search {list(agent.knowledge_bases)}, "
-                f"not {unknown or 'nothing'}", field="tools.knowledge_search.arguments")
+                f"not {unknown or 'nothing'}",
+                field="tools.knowledge_search.arguments",
+            )
         passages: list[str] = []
         for kb in kbs:
-            passages.extend(await self._knowledge.search(
-                tenant=req.tenant, knowledge_base=kb, query=args.query, top_k=args.top_k,
-                timeout=10))
+            passages.extend(
+                await self._knowledge.search(
+                    tenant=req.tenant,
+                    knowledge_base=kb,
+                    query=args.query,
+                    top_k=args.top_k,
+                    timeout=10,
+                )
+            )
         return tools.Outcome("\n\n".join(passages[: args.top_k]) or "(no passages found)")
 
     async def _ask(self, name: str, req: Request, args: Any, *, depth: int) -> tools.Outcome:
@@ -310,5 +396,9 @@ class AgentLoop:
         quiet = _Quiet()
         child = dataclasses.replace(req, input=args.input, max_tokens=None)
         answer = await self.run(other, child, quiet, depth=depth + 1)
-        return tools.Outcome(answer, prompt_tokens=quiet.prompt_tokens,
-                             completion_tokens=quiet.completion_tokens, cost_usd=quiet.cost_usd)
+        return tools.Outcome(
+            answer,
+            prompt_tokens=quiet.prompt_tokens,
+            completion_tokens=quiet.completion_tokens,
+            cost_usd=quiet.cost_usd,
+        )

@@ -30,8 +30,12 @@ class ExecutorBackend:
     async def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
         """Stream the reply from one of the agent's pods, labelled with its task."""
         metadata = (("x-aion-task-id", call.task_id), ("x-aion-attempt", str(call.attempt)))
-        async for chunk in self._peers.generate(call.endpoints, convert.generate_request(call),
-                                                timeout=call.timeout_s, metadata=metadata):
+        async for chunk in self._peers.generate(
+            call.endpoints,
+            convert.generate_request(call),
+            timeout=call.timeout_s,
+            metadata=metadata,
+        ):
             yield convert.chunk_from_pb(chunk)
 
 
@@ -51,9 +55,13 @@ class ApiBackend:
 
     async def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
         """Stream the reply from the provider."""
-        async for chunk in self._api.generate(call.messages, max_tokens=call.max_tokens,
-                                              temperature=call.temperature, seed=call.seed,
-                                              timeout=call.timeout_s):
+        async for chunk in self._api.generate(
+            call.messages,
+            max_tokens=call.max_tokens,
+            temperature=call.temperature,
+            seed=call.seed,
+            timeout=call.timeout_s,
+        ):
             yield chunk
 
 
@@ -63,9 +71,11 @@ class KnowledgeService:
     def __init__(self, clients: peers.Peers) -> None:
         self._peers = clients
 
-    async def search(self, *, tenant: str, knowledge_base: str, query: str, top_k: int,
-                     timeout: float) -> list[str]:
+    async def search(
+        self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
+    ) -> list[str]:
         """The passages of ``knowledge_base`` relevant to ``query``, best first."""
-        hits = await self._peers.search(tenant=tenant, knowledge_base=knowledge_base,
-                                        query=query, top_k=top_k, timeout=timeout)
+        hits = await self._peers.search(
+            tenant=tenant, knowledge_base=knowledge_base, query=query, top_k=top_k, timeout=timeout
+        )
         return convert.passages(hits)

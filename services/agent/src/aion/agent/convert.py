@@ -44,8 +44,9 @@ def tenant(msg: _Scoped) -> str:
     return authz.require_tenant(msg.tenant)
 
 
-def spec_from_pb(msg: agent_pb2.RunRequest, *, timeout_s: float,
-                 asynchronous: bool = False) -> model.TaskSpec:
+def spec_from_pb(
+    msg: agent_pb2.RunRequest, *, timeout_s: float, asynchronous: bool = False
+) -> model.TaskSpec:
     """The TaskSpec of a Run or Submit request (validated by the runner)."""
     if not msg.HasField("task"):
         raise errors.InvalidArgument("task is required", field="task")
@@ -70,11 +71,17 @@ def decision_from_pb(msg: router_pb2.Decision) -> model.Decision:
     for per-task budgets, which the router's ``decide`` enforces, not the agent.
     """
     if not msg.HasField("engine"):
-        return model.Decision(route=privacy.Route.LOCAL, chosen_by="default",
-                              reason="no routing decision was given: running locally")
-    return model.Decision(route=privacy.route_from_pb(msg.engine.route) or privacy.Route.LOCAL,
-                          chosen_by=msg.engine.chosen_by, reason=msg.engine.reason,
-                          provider=msg.provider)
+        return model.Decision(
+            route=privacy.Route.LOCAL,
+            chosen_by="default",
+            reason="no routing decision was given: running locally",
+        )
+    return model.Decision(
+        route=privacy.route_from_pb(msg.engine.route) or privacy.Route.LOCAL,
+        chosen_by=msg.engine.chosen_by,
+        reason=msg.engine.reason,
+        provider=msg.provider,
+    )
 
 
 def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -88,25 +95,39 @@ def _ts(value: datetime.datetime | None) -> timestamp_pb2.Timestamp | None:
 def engine_to_pb(task: model.TaskRecord) -> common_pb2.Engine:
     """The Engine a task ran with."""
     d = task.decision
-    return common_pb2.Engine(route=privacy.route_to_pb(d.route),
-                             chosen_by=d.chosen_by, reason=d.reason, model=task.model_name)
+    return common_pb2.Engine(
+        route=privacy.route_to_pb(d.route),
+        chosen_by=d.chosen_by,
+        reason=d.reason,
+        model=task.model_name,
+    )
 
 
 def result_to_pb(task: model.TaskRecord) -> common_pb2.TaskResult:
     """The canonical result of a task, as it stands."""
     u = task.usage
     result = common_pb2.TaskResult(
-        task_id=task.id, agent=task.spec.agent, status=_STATUS_TO_PB[task.status],
-        output=task.output, engine=engine_to_pb(task),
-        usage=common_pb2.Usage(latency_ms=u.latency_ms, prompt_tokens=u.prompt_tokens,
-                               completion_tokens=u.completion_tokens,
-                               tokens=u.prompt_tokens + u.completion_tokens,
-                               cost_usd=u.cost_usd),
-        created_at=_ts(task.created_at), finished_at=_ts(task.finished_at))
+        task_id=task.id,
+        agent=task.spec.agent,
+        status=_STATUS_TO_PB[task.status],
+        output=task.output,
+        engine=engine_to_pb(task),
+        usage=common_pb2.Usage(
+            latency_ms=u.latency_ms,
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            tokens=u.prompt_tokens + u.completion_tokens,
+            cost_usd=u.cost_usd,
+        ),
+        created_at=_ts(task.created_at),
+        finished_at=_ts(task.finished_at),
+    )
     if task.error is not None:
-        result.error.CopyFrom(common_pb2.TaskError(code=task.error.code,
-                                                   message=task.error.message,
-                                                   retriable=task.error.retriable))
+        result.error.CopyFrom(
+            common_pb2.TaskError(
+                code=task.error.code, message=task.error.message, retriable=task.error.retriable
+            )
+        )
     return result
 
 
@@ -131,11 +152,18 @@ def event_to_pb(task: model.TaskRecord, event: model.Event) -> tasks_pb2.TaskEve
 def agent_to_pb(agent: model.AgentRecord) -> agents_pb2.Agent:
     """An agent as callers see it."""
     return agents_pb2.Agent(
-        name=agent.name, description=agent.description, model=agent.model,
-        model_task=agent.model_task, privacy=privacy.to_pb(agent.privacy),
-        knowledge_bases=list(agent.knowledge_bases), ready=agent.ready,
-        node_pool=agent.node_pool, max_tokens=agent.max_tokens,
-        budget_usd_per_task=agent.budget_usd_per_task, p95_target_ms=agent.p95_target_ms)
+        name=agent.name,
+        description=agent.description,
+        model=agent.model,
+        model_task=agent.model_task,
+        privacy=privacy.to_pb(agent.privacy),
+        knowledge_bases=list(agent.knowledge_bases),
+        ready=agent.ready,
+        node_pool=agent.node_pool,
+        max_tokens=agent.max_tokens,
+        budget_usd_per_task=agent.budget_usd_per_task,
+        p95_target_ms=agent.p95_target_ms,
+    )
 
 
 _OWNER = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/[-a-zA-Z0-9]{0,64}$")
@@ -149,7 +177,8 @@ def owner(text: str) -> str:
     if not _OWNER.match(text):
         raise errors.InvalidArgument(
             f"owner {text[:80]!r} is not '<namespace>/<uid>' of an Agent resource (or 'api')",
-            field="owner")
+            field="owner",
+        )
     return text
 
 
@@ -161,10 +190,12 @@ def routing_targets(agent: agents_pb2.Agent) -> tuple[float | None, int | None]:
     if budget is not None and not budget >= 0:  # NaN too
         raise errors.InvalidArgument(
             f"agent.budget_usd_per_task must be at least 0; got {budget}",
-            field="agent.budget_usd_per_task")
+            field="agent.budget_usd_per_task",
+        )
     if p95 is not None and p95 < 1:
-        raise errors.InvalidArgument(f"agent.p95_target_ms must be at least 1; got {p95}",
-                                     field="agent.p95_target_ms")
+        raise errors.InvalidArgument(
+            f"agent.p95_target_ms must be at least 1; got {p95}", field="agent.p95_target_ms"
+        )
     return budget, p95
 
 
@@ -174,15 +205,22 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     declared = privacy.from_pb(msg.privacy or a.privacy)
     budget, p95 = routing_targets(a)
     return model.AgentRecord(
-        tenant=tenant(msg), name=a.name, model=a.model,
-        model_task=a.model_task or "generate", instructions=msg.instructions,
+        tenant=tenant(msg),
+        name=a.name,
+        model=a.model,
+        model_task=a.model_task or "generate",
+        instructions=msg.instructions,
         description=a.description,
         privacy=declared or privacy.Privacy.LOCAL_ONLY,
         knowledge_bases=tuple(a.knowledge_bases),
         executor_endpoints=tuple(msg.executor_endpoints),
-        max_tokens=a.max_tokens or 256, node_pool=a.node_pool, tools=tuple(msg.tools),
+        max_tokens=a.max_tokens or 256,
+        node_pool=a.node_pool,
+        tools=tuple(msg.tools),
         owner=owner(msg.owner),
-        budget_usd_per_task=budget, p95_target_ms=p95)
+        budget_usd_per_task=budget,
+        p95_target_ms=p95,
+    )
 
 
 # -- Kafka event payloads -------------------------------------------------------------
@@ -206,16 +244,17 @@ def state_changed(task: model.TaskRecord) -> events_pb2.TaskStateChanged:
 
 def queued(task: model.TaskRecord) -> events_pb2.TaskQueued:
     """A queued task, for the work topic."""
-    return events_pb2.TaskQueued(task_id=task.id, agent=task.spec.agent,
-                                 attempt=task.attempts)
+    return events_pb2.TaskQueued(task_id=task.id, agent=task.spec.agent, attempt=task.attempts)
 
 
 # -- the executor's generate call -----------------------------------------------------
 def generate_request(call: model.ModelCall) -> executor_pb2.GenerateRequest:
     """The executor request of one model call."""
     request = executor_pb2.GenerateRequest(
-        model=call.model, max_tokens=call.max_tokens,
-        messages=[executor_pb2.ChatMessage(role=r, content=c) for r, c in call.messages])
+        model=call.model,
+        max_tokens=call.max_tokens,
+        messages=[executor_pb2.ChatMessage(role=r, content=c) for r, c in call.messages],
+    )
     if call.temperature is not None:
         request.temperature = call.temperature
     if call.seed is not None:
@@ -227,8 +266,12 @@ def chunk_from_pb(msg: executor_pb2.GenerateChunk) -> model.Chunk:
     """A piece of the executor's reply; usage only on the last one."""
     if not msg.HasField("usage"):
         return model.Chunk(text=msg.text)
-    return model.Chunk(text=msg.text, prompt_tokens=msg.usage.prompt_tokens,
-                       completion_tokens=msg.usage.completion_tokens, final=True)
+    return model.Chunk(
+        text=msg.text,
+        prompt_tokens=msg.usage.prompt_tokens,
+        completion_tokens=msg.usage.completion_tokens,
+        final=True,
+    )
 
 
 def passages(hits: Sequence[public_knowledge_pb2.SearchHit]) -> list[str]:

@@ -54,7 +54,8 @@ def _split(target: str) -> tuple[str, int]:
     host, sep, port = target.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise errors.FailedPrecondition(
-            f"executor address {target!r} is not host:port; re-register the agent")
+            f"executor address {target!r} is not host:port; re-register the agent"
+        )
     return host.removeprefix("[").removesuffix("]"), int(port)
 
 
@@ -66,16 +67,19 @@ async def resolve(target: str) -> tuple[str, ...]:
     """Every address of ``target``, in the resolver's order, each as ``ip:port``."""
     for prefix in ("ipv4:", "ipv6:"):
         if target.startswith(prefix):
-            return tuple(_address(*_split(part.strip()))
-                         for part in target.removeprefix(prefix).split(",") if part.strip())
+            return tuple(
+                _address(*_split(part.strip()))
+                for part in target.removeprefix(prefix).split(",")
+                if part.strip()
+            )
     host, port = _split(target.removeprefix("dns:///").removeprefix("dns:"))
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port,
-                                                             type=socket.SOCK_STREAM)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise errors.Unavailable(
             f"executor address {target} does not resolve ({exc.strerror}); the agent's "
-            "executor pods may not be ready yet") from exc
+            "executor pods may not be ready yet"
+        ) from exc
     found: dict[str, None] = {}
     for _family, _type, _proto, _name, sockaddr in infos:
         found.setdefault(_address(str(sockaddr[0]), port))
@@ -89,9 +93,15 @@ class Endpoints:
     caller can close its channel.
     """
 
-    def __init__(self, *, chooser: Chooser | None = None, resolver: Resolver = resolve,
-                 refresh_s: float = 5.0, on_gone: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        chooser: Chooser | None = None,
+        resolver: Resolver = resolve,
+        refresh_s: float = 5.0,
+        on_gone: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._chooser = chooser or RoundRobin()
         self._resolve = resolver
         self._refresh_s = refresh_s
@@ -117,8 +127,10 @@ class Endpoints:
         except errors.Unavailable:
             if cached is None or not cached[1]:
                 raise
-            log.warning("cannot re-resolve an executor address; using the last addresses",
-                        extra={"target": target})
+            log.warning(
+                "cannot re-resolve an executor address; using the last addresses",
+                extra={"target": target},
+            )
             return cached[1]
         self._cache[target] = (now, fresh)
         if cached is not None:
@@ -132,8 +144,7 @@ class Endpoints:
         for address in sorted(addresses - still):
             self._on_gone(address)
 
-    async def choose(self, targets: tuple[str, ...], *,
-                     avoid: Collection[str] = ()) -> str | None:
+    async def choose(self, targets: tuple[str, ...], *, avoid: Collection[str] = ()) -> str | None:
         """The address of the next call to ``targets``, not one of ``avoid``; None when
         every address is to be avoided."""
         left = [a for a in await self.addresses(targets) if a not in avoid]

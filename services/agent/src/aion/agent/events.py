@@ -46,11 +46,13 @@ class Topics:
         return f"{self.prefix}{name}"
 
 
-def envelope(*, type_: str, tenant: str, subject: str, data: message.Message,
-             event_id: str | None = None) -> events_pb2.Envelope:
+def envelope(
+    *, type_: str, tenant: str, subject: str, data: message.Message, event_id: str | None = None
+) -> events_pb2.Envelope:
     """A new envelope around ``data`` from the agent service, stamped now."""
-    return core_events.envelope(type_=type_, source=SOURCE, tenant=tenant, subject=subject,
-                                data=data, event_id=event_id)
+    return core_events.envelope(
+        type_=type_, source=SOURCE, tenant=tenant, subject=subject, data=data, event_id=event_id
+    )
 
 
 # The record headers are the same for every service (aion.core.events).

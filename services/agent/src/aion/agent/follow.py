@@ -30,8 +30,9 @@ class Followers:
         if signal is not None:
             signal.set()
 
-    async def follow(self, task_id: str, *, after: int = 0,
-                     poll_s: float = 0.25) -> AsyncIterator[model.Event]:
+    async def follow(
+        self, task_id: str, *, after: int = 0, poll_s: float = 0.25
+    ) -> AsyncIterator[model.Event]:
         """Replay the stored events, then follow new ones until the final event. Events
         written by this process wake the follower at once; others within ``poll_s``."""
         sent = after

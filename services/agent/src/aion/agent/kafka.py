@@ -48,8 +48,9 @@ class Poison(errors.AionError):
 CLIENT_ID = "aion-agent"
 
 
-def producer(bootstrap: str, security: core_kafka.KafkaSettings | None = None,
-             **overrides: Any) -> Any:
+def producer(
+    bootstrap: str, security: core_kafka.KafkaSettings | None = None, **overrides: Any
+) -> Any:
     """The shared idempotent producer (``aion.core.kafka.producer``) as the agent; not
     started."""
     return core_kafka.producer(bootstrap, security, client_id=CLIENT_ID, **overrides)
@@ -61,11 +62,21 @@ ensure_topics = core_kafka.ensure_topics
 class IdempotentConsumer:
     """Consumes one topic in a consumer group, each envelope once, poison to the dead letter."""
 
-    def __init__(self, *, name: str, topic: str, group: str, bootstrap: str, pool: db.Pool,
-                 handle: Handle, dead_letter: str,
-                 gate: Callable[[], Awaitable[None]] | None = None,
-                 attempts_before_dead_letter: int = 3, retry_s: float = 0.5,
-                 security: core_kafka.KafkaSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        topic: str,
+        group: str,
+        bootstrap: str,
+        pool: db.Pool,
+        handle: Handle,
+        dead_letter: str,
+        gate: Callable[[], Awaitable[None]] | None = None,
+        attempts_before_dead_letter: int = 3,
+        retry_s: float = 0.5,
+        security: core_kafka.KafkaSettings | None = None,
+    ) -> None:
         self.name = name
         self._security = security
         self._topic = topic
@@ -98,9 +109,14 @@ class IdempotentConsumer:
         if self._consumer is not None:
             return
         consumer = aiokafka.AIOKafkaConsumer(
-            self._topic, bootstrap_servers=self._bootstrap, group_id=self._group,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            client_id=f"aion-agent-{self.name}", **core_kafka.client_options(self._security))
+            self._topic,
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            client_id=f"aion-agent-{self.name}",
+            **core_kafka.client_options(self._security),
+        )
         dlq = producer(self._bootstrap, self._security)
         try:
             await consumer.start()
@@ -112,8 +128,7 @@ class IdempotentConsumer:
         self._consumer, self._producer = consumer, dlq
 
     async def _stop(self) -> None:
-        consumer, dlq, self._consumer, self._producer = (self._consumer, self._producer,
-                                                         None, None)
+        consumer, dlq, self._consumer, self._producer = (self._consumer, self._producer, None, None)
         for client in (consumer, dlq):
             if client is not None:
                 try:
@@ -141,8 +156,9 @@ class IdempotentConsumer:
         parent = core_events.trace_context(record.headers)
         token = otel_context.attach(parent)
         try:
-            with tracer.start_as_current_span(f"{self._topic} process",
-                                              kind=trace.SpanKind.CONSUMER) as span:
+            with tracer.start_as_current_span(
+                f"{self._topic} process", kind=trace.SpanKind.CONSUMER
+            ) as span:
                 span.set_attribute("messaging.message.id", env.id)
                 await self._with_retries(record, env)
         finally:
@@ -163,8 +179,7 @@ class IdempotentConsumer:
                 return
             except Exception as exc:
                 failures += 1
-                log.exception("consumer %s: handling %s failed (%d)", self.name, env.id,
-                              failures)
+                log.exception("consumer %s: handling %s failed (%d)", self.name, env.id, failures)
                 if failures >= self._tries:
                     await self._to_dead_letter(record, f"{type(exc).__name__}: {exc}", env=env)
                     return
@@ -183,24 +198,34 @@ class IdempotentConsumer:
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING", (self._group, env.id))
+                "ON CONFLICT DO NOTHING",
+                (self._group, env.id),
+            )
             if cur.rowcount == 0:
                 log.info("consumer %s: %s was processed before; skipped", self.name, env.id)
                 return None
             return await self._handle(env, conn)
 
-    async def _to_dead_letter(self, record: Any, error: str, *,
-                              env: events_pb2.Envelope | None = None) -> None:
-        headers = [*(record.headers or ()),
-            ("dlt.error", error.encode()), ("dlt.topic", record.topic.encode()),
+    async def _to_dead_letter(
+        self, record: Any, error: str, *, env: events_pb2.Envelope | None = None
+    ) -> None:
+        headers = [
+            *(record.headers or ()),
+            ("dlt.error", error.encode()),
+            ("dlt.topic", record.topic.encode()),
             ("dlt.partition", str(record.partition).encode()),
-            ("dlt.offset", str(record.offset).encode()), ("dlt.consumer", self._group.encode())]
-        await self._producer.send_and_wait(self._dead_letter, value=record.value,
-                                           key=record.key, headers=headers)
+            ("dlt.offset", str(record.offset).encode()),
+            ("dlt.consumer", self._group.encode()),
+        ]
+        await self._producer.send_and_wait(
+            self._dead_letter, value=record.value, key=record.key, headers=headers
+        )
         metrics.DEAD_LETTERS.labels(self.name).inc()
         log.error("consumer %s: record sent to %s: %s", self.name, self._dead_letter, error)
         if env is not None:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute(
                     "INSERT INTO processed_events (consumer, event_id) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING", (self._group, env.id))
+                    "ON CONFLICT DO NOTHING",
+                    (self._group, env.id),
+                )

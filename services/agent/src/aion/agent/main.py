@@ -32,61 +32,117 @@ log = logging.getLogger(__name__)
 SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 # Who may call each RPC (their certificates' identities): the gateway runs tasks
 # and serves the public Agents API; only the operator registers agents.
-_GATEWAY = {"Run", "Submit", "Follow", "GetTask", "CancelTask", "ListAgents", "GetAgent",
-            "ApplyAgents"}
-ALLOW = authz.methods(SERVICE, {
-    **{name: {"gateway"} for name in _GATEWAY},
-    "RegisterAgent": {"operator"}, "DeregisterAgent": {"operator"},
-})
+_GATEWAY = {
+    "Run",
+    "Submit",
+    "Follow",
+    "GetTask",
+    "CancelTask",
+    "ListAgents",
+    "GetAgent",
+    "ApplyAgents",
+}
+ALLOW = authz.methods(
+    SERVICE,
+    {
+        **{name: {"gateway"} for name in _GATEWAY},
+        "RegisterAgent": {"operator"},
+        "DeregisterAgent": {"operator"},
+    },
+)
 
 
-async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
-              until: Awaitable[object] | None = None,
-              on_ready: Callable[[str], None] | None = None) -> None:
+async def run(
+    cfg: agent_settings.AgentSettings,
+    material: tls.Tls,
+    *,
+    until: Awaitable[object] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT (or ``until`` completes); then drain the server and
     hand running tasks back. ``on_ready`` gets the gRPC address once it serves."""
     topics = await startup.prepare(cfg)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(db.pool(
-            cfg.postgres_dsn.get_secret_value(), min_size=cfg.pool_min_size,
-            max_size=cfg.pool_max_size, timeout=cfg.pool_timeout_s))
+        pool = await stack.enter_async_context(
+            db.pool(
+                cfg.postgres_dsn.get_secret_value(),
+                min_size=cfg.pool_min_size,
+                max_size=cfg.pool_max_size,
+                timeout=cfg.pool_timeout_s,
+            )
+        )
         agents = registry.PostgresRegistry(
-            pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ())
+            pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ()
+        )
         if cfg.agents_file is not None:
-            await registry.register_file(agents, cfg.agents_file, tenant=cfg.agents_tenant,
-                                         executor_target=cfg.executor_target)
+            await registry.register_file(
+                agents,
+                cfg.agents_file,
+                tenant=cfg.agents_tenant,
+                executor_target=cfg.executor_target,
+            )
         publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
-        tasks = store.TaskStore(pool=pool, topics=topics, lease_s=cfg.lease_s,
-                                on_commit=publisher.wake)
+        tasks = store.TaskStore(
+            pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
+        )
         clients = await stack.enter_async_context(
-            peers.Peers(tls=material, knowledge_target=cfg.knowledge_target))
+            peers.Peers(tls=material, knowledge_target=cfg.knowledge_target)
+        )
         api = None
         if cfg.provider_base_url:
-            api = backends.ApiBackend(await stack.enter_async_context(
-                _provider(cfg, cfg.provider_base_url)))
-        loop = agent_loop.AgentLoop(local=backends.ExecutorBackend(clients), api=api,
-                                    knowledge=backends.KnowledgeService(clients),
-                                    agents=agents, retrieval_top_k=cfg.retrieval_top_k)
-        task_runner = runner.Runner(tasks=tasks, agents=agents, loop=loop,
-                                    worker_id=cfg.worker_id, limits=_limits(cfg))
-        grpc_server = server.GrpcServer(name="agent", host=cfg.host, port=cfg.port,
-                                        grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s,
-                                        extra_interceptors=[db.UnavailableInterceptor()],
-                                        tls=material, allow=ALLOW, health_port=cfg.health_port)
-        grpc_server.add(agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                        servicer.AgentServicer(run=task_runner, tasks=tasks, agents=agents,
-                                               default_timeout_s=cfg.default_timeout_s),
-                        SERVICE)
+            api = backends.ApiBackend(
+                await stack.enter_async_context(_provider(cfg, cfg.provider_base_url))
+            )
+        loop = agent_loop.AgentLoop(
+            local=backends.ExecutorBackend(clients),
+            api=api,
+            knowledge=backends.KnowledgeService(clients),
+            agents=agents,
+            retrieval_top_k=cfg.retrieval_top_k,
+        )
+        task_runner = runner.Runner(
+            tasks=tasks, agents=agents, loop=loop, worker_id=cfg.worker_id, limits=_limits(cfg)
+        )
+        grpc_server = server.GrpcServer(
+            name="agent",
+            host=cfg.host,
+            port=cfg.port,
+            grace_s=cfg.grace_s,
+            drain_delay_s=cfg.drain_delay_s,
+            extra_interceptors=[db.UnavailableInterceptor()],
+            tls=material,
+            allow=ALLOW,
+            health_port=cfg.health_port,
+        )
+        grpc_server.add(
+            agent_pb2_grpc.add_AgentServiceServicer_to_server,
+            servicer.AgentServicer(
+                run=task_runner, tasks=tasks, agents=agents, default_timeout_s=cfg.default_timeout_s
+            ),
+            SERVICE,
+        )
         background = worker.Worker(
-            run=task_runner, publisher=publisher, grace_s=cfg.grace_s,
+            run=task_runner,
+            publisher=publisher,
+            grace_s=cfg.grace_s,
             recovery=recovery.Recovery(
-                pool=pool, topics=topics, interval_s=cfg.reaper_interval_s,
+                pool=pool,
+                topics=topics,
+                interval_s=cfg.reaper_interval_s,
                 task_retention_s=cfg.task_retention_s,
                 processed_event_retention_s=cfg.processed_event_retention_s,
-                retention_interval_s=cfg.retention_interval_s, on_commit=publisher.wake),
-            consumer=work_queue.consumer(run=task_runner, pool=pool, topics=topics,
-                                         bootstrap=cfg.kafka_bootstrap, security=cfg),
-            queue=topics.work)
+                retention_interval_s=cfg.retention_interval_s,
+                on_commit=publisher.wake,
+            ),
+            consumer=work_queue.consumer(
+                run=task_runner,
+                pool=pool,
+                topics=topics,
+                bootstrap=cfg.kafka_bootstrap,
+                security=cfg,
+            ),
+            queue=topics.work,
+        )
         with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
             async with background, grpc_server:
                 log.info("agent service ready", extra={"worker": cfg.worker_id})
@@ -99,19 +155,26 @@ async def run(cfg: agent_settings.AgentSettings, material: tls.Tls, *,
 
 def _provider(cfg: agent_settings.AgentSettings, base_url: str) -> provider.Provider:
     key = cfg.provider_api_key.get_secret_value() if cfg.provider_api_key else ""
-    return provider.Provider(base_url=base_url, api_key=key,
-                             model=cfg.provider_model,
-                             cost_per_1k_tokens=cfg.provider_cost_per_1k_tokens)
+    return provider.Provider(
+        base_url=base_url,
+        api_key=key,
+        model=cfg.provider_model,
+        cost_per_1k_tokens=cfg.provider_cost_per_1k_tokens,
+    )
 
 
 def _limits(cfg: agent_settings.AgentSettings) -> runner.Limits:
     return runner.Limits(
-        max_input_chars=cfg.max_input_chars, max_tokens=cfg.max_tokens_limit,
-        max_attempts=cfg.max_attempts, max_concurrent=cfg.max_concurrent_tasks,
-        heartbeat_s=cfg.heartbeat_s, lease_s=cfg.lease_s,
+        max_input_chars=cfg.max_input_chars,
+        max_tokens=cfg.max_tokens_limit,
+        max_attempts=cfg.max_attempts,
+        max_concurrent=cfg.max_concurrent_tasks,
+        heartbeat_s=cfg.heartbeat_s,
+        lease_s=cfg.lease_s,
         max_running_per_tenant=cfg.max_running_per_tenant,
         max_idempotency_key_chars=cfg.max_idempotency_key_chars,
-        dispatch_poll_s=cfg.dispatch_poll_s)
+        dispatch_poll_s=cfg.dispatch_poll_s,
+    )
 
 
 def main() -> None:

@@ -66,8 +66,10 @@ def servers(entries: Iterable[str]) -> list[ServerRef]:
             named = allowed[url]
             if named is not None:
                 named.add(tool)
-    return [ServerRef(url, None if names is None else frozenset(names))
-            for url, names in allowed.items()]
+    return [
+        ServerRef(url, None if names is None else frozenset(names))
+        for url, names in allowed.items()
+    ]
 
 
 def check_url(url: str) -> None:
@@ -94,8 +96,9 @@ def _text(result: mcp_types.CallToolResult) -> str:
 class Toolbox:
     """The MCP tools of one run; an async context manager that holds the connections."""
 
-    def __init__(self, refs: Iterable[ServerRef], *, tenant: str, task_id: str,
-                 timeout_s: float) -> None:
+    def __init__(
+        self, refs: Iterable[ServerRef], *, tenant: str, task_id: str, timeout_s: float
+    ) -> None:
         self._refs = list(refs)
         self._tenant = tenant
         self._task_id = task_id
@@ -112,11 +115,15 @@ class Toolbox:
                 check_url(ref.url)
                 async with asyncio.timeout(self._timeout_s):
                     client = await self._stack.enter_async_context(
-                        mcp.Client(ref.url, read_timeout_seconds=self._timeout_s))
+                        mcp.Client(ref.url, read_timeout_seconds=self._timeout_s)
+                    )
                     listed = await self._list(client)
             except (Exception, TimeoutError) as exc:
-                why = ("did not answer within " f"{self._timeout_s:g}s"
-                       if isinstance(exc, TimeoutError) else _why(exc))
+                why = (
+                    f"did not answer within {self._timeout_s:g}s"
+                    if isinstance(exc, TimeoutError)
+                    else _why(exc)
+                )
                 log.warning("MCP server left out", extra={"url": ref.url, "why": why})
                 self.failures.append((ref.url, f"cannot list its tools: {why}"))
                 continue
@@ -145,36 +152,44 @@ class Toolbox:
                 continue
             schema = dict(tool.input_schema or {"type": "object"})
             self.tools[tool.name] = tools.Tool(
-                name=tool.name, arguments=None, input_schema=schema,
+                name=tool.name,
+                arguments=None,
+                input_schema=schema,
                 description=(tool.description or f"The tool {tool.name} of {ref.url}.").strip(),
-                call=_Caller(self, client, tool.name, schema))
+                call=_Caller(self, client, tool.name, schema),
+            )
 
     def key(self) -> str:
         """The idempotency key of the next call."""
         self._calls += 1
         return f"{self._task_id}:mcp:{self._calls}"
 
-    async def call(self, client: mcp.Client, name: str, schema: dict[str, Any],
-                   arguments: dict[str, Any]) -> tools.Outcome:
+    async def call(
+        self, client: mcp.Client, name: str, schema: dict[str, Any], arguments: dict[str, Any]
+    ) -> tools.Outcome:
         """Call ``name``; every failure is the outcome's error."""
         key = self.key()
         try:
             jsonschema.validators.validator_for(schema)(schema).validate(arguments)
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path) or "arguments"
-            return tools.Outcome("", error=f"the arguments do not match the tool's input "
-                                           f"schema at {where}: {exc.message}")
+            return tools.Outcome(
+                "",
+                error=f"the arguments do not match the tool's input "
+                f"schema at {where}: {exc.message}",
+            )
         except jsonschema.SchemaError as exc:
             return tools.Outcome("", error=f"the server lists an invalid schema: {exc.message}")
-        meta = cast(mcp_types.RequestParamsMeta, {TENANT_META: self._tenant,
-                                                  IDEMPOTENCY_META: key})
+        meta = cast(mcp_types.RequestParamsMeta, {TENANT_META: self._tenant, IDEMPOTENCY_META: key})
         try:
             async with asyncio.timeout(self._timeout_s):
-                result = await client.call_tool(name, arguments, meta=meta,
-                                                read_timeout_seconds=self._timeout_s)
+                result = await client.call_tool(
+                    name, arguments, meta=meta, read_timeout_seconds=self._timeout_s
+                )
         except TimeoutError:
-            return tools.Outcome("", error=f"the MCP server did not answer within "
-                                           f"{self._timeout_s:g}s")
+            return tools.Outcome(
+                "", error=f"the MCP server did not answer within {self._timeout_s:g}s"
+            )
         except Exception as exc:
             return tools.Outcome("", error=f"the MCP server failed the call: {_why(exc)}")
         text = _text(result)
@@ -182,8 +197,12 @@ class Toolbox:
             return tools.Outcome("", error=text or "the tool reported an error")
         return tools.Outcome(text or "(no output)")
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         try:
             await self._stack.__aexit__(exc_type, exc, tb)
         except Exception as close_error:  # a server gone by now: nothing left to release

@@ -10,23 +10,31 @@ from __future__ import annotations
 import prometheus_client
 
 OUTBOX_PUBLISHED = prometheus_client.Counter(
-    "aion_agent_outbox_published_total", "Outbox rows published to Kafka (acked).")
+    "aion_agent_outbox_published_total", "Outbox rows published to Kafka (acked)."
+)
 OUTBOX_PUBLISH_FAILURES = prometheus_client.Counter(
     "aion_agent_outbox_publish_failures_total",
-    "Publish rounds that failed (Kafka or Postgres away) and were retried.", ["error"])
+    "Publish rounds that failed (Kafka or Postgres away) and were retried.",
+    ["error"],
+)
 OUTBOX_BACKLOG = prometheus_client.Gauge(
-    "aion_agent_outbox_backlog", "Outbox rows waiting to be published (sampled).")
+    "aion_agent_outbox_backlog", "Outbox rows waiting to be published (sampled)."
+)
 OUTBOX_OLDEST_AGE = prometheus_client.Gauge(
     "aion_agent_outbox_oldest_age_seconds",
-    "Age of the oldest row waiting in the outbox; 0 when it is empty (sampled).")
+    "Age of the oldest row waiting in the outbox; 0 when it is empty (sampled).",
+)
 OUTBOX_LAG = prometheus_client.Histogram(
     "aion_agent_outbox_lag_seconds",
     "From the transaction that wrote an outbox row to its Kafka ack.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
 LEASE_RECLAIMS = prometheus_client.Counter(
     "aion_agent_task_lease_reclaims_total",
     "Tasks whose run's lease expired (its worker was lost), by outcome: requeued, "
-    "timeout, canceled, abandoned (too many attempts).", ["outcome"])
+    "timeout, canceled, abandoned (too many attempts).",
+    ["outcome"],
+)
 DEAD_LETTERS = prometheus_client.Counter(
-    "aion_agent_dead_letters_total", "Records a consumer sent to a dead-letter topic.",
-    ["consumer"])
+    "aion_agent_dead_letters_total", "Records a consumer sent to a dead-letter topic.", ["consumer"]
+)

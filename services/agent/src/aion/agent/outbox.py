@@ -36,23 +36,34 @@ log = logging.getLogger(__name__)
 LOCK = (0x61696F6E, 0x6F757462)
 
 
-async def add(conn: psycopg.AsyncConnection[Any], *, topic: str,
-              env: events_pb2.Envelope) -> None:
+async def add(conn: psycopg.AsyncConnection[Any], *, topic: str, env: events_pb2.Envelope) -> None:
     """Write ``env`` to the outbox in the connection's current transaction."""
     await conn.execute(
         "INSERT INTO outbox (topic, key, event_id, payload, headers) VALUES (%s, %s, %s, %s, %s)",
-        (topic, env.subject, env.id, env.SerializeToString(),
-         pg_json.Jsonb({**events.trace_headers(), "ce_type": env.type})))
+        (
+            topic,
+            env.subject,
+            env.id,
+            env.SerializeToString(),
+            pg_json.Jsonb({**events.trace_headers(), "ce_type": env.type}),
+        ),
+    )
 
 
 class Publisher:
     """Moves outbox rows to Kafka until cancelled."""
 
-    def __init__(self, *, pool: db.Pool, bootstrap: str, batch: int = 1000,
-                 poll_s: float = 0.2, sample_s: float = 5.0,
-                 make_producer: Callable[[str, core_kafka.KafkaSettings | None], Any] = (
-                     kafka.producer),
-                 security: core_kafka.KafkaSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        bootstrap: str,
+        batch: int = 1000,
+        poll_s: float = 0.2,
+        sample_s: float = 5.0,
+        make_producer: Callable[[str, core_kafka.KafkaSettings | None], Any] = (kafka.producer),
+        security: core_kafka.KafkaSettings | None = None,
+    ) -> None:
         self._pool = pool
         self._bootstrap = bootstrap
         self._batch = batch
@@ -81,8 +92,12 @@ class Publisher:
                         await self.sample()
                 except (kafka.KafkaError, OSError, psycopg.Error) as exc:
                     metrics.OUTBOX_PUBLISH_FAILURES.labels(type(exc).__name__).inc()
-                    log.warning("outbox publisher: %s: %s; retrying in %.1fs",
-                                type(exc).__name__, exc, backoff)
+                    log.warning(
+                        "outbox publisher: %s: %s; retrying in %.1fs",
+                        type(exc).__name__,
+                        exc,
+                        backoff,
+                    )
                     await self._drop_producer()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
@@ -119,7 +134,8 @@ class Publisher:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)),"
-                " 0)::float8 AS age FROM outbox")
+                " 0)::float8 AS age FROM outbox"
+            )
             row = await cur.fetchone()
         waiting = int(row["n"]) if row else 0
         metrics.OUTBOX_BACKLOG.set(waiting)
@@ -177,22 +193,28 @@ class Publisher:
             cur = await conn.execute(
                 "SELECT id, topic, key, payload, headers, created_at FROM outbox"
                 " ORDER BY id LIMIT %s",
-                (self._batch,))
+                (self._batch,),
+            )
             rows = await cur.fetchall()
             if not rows:
                 return 0
             producer = await self._ensure_producer()
             futures = []
             for r in rows:
-                headers = r["headers"] if isinstance(r["headers"], dict) else json.loads(
-                    r["headers"])
-                futures.append(await producer.send(
-                    r["topic"], value=bytes(r["payload"]), key=r["key"].encode(),
-                    headers=events.to_kafka_headers(headers)))
+                headers = (
+                    r["headers"] if isinstance(r["headers"], dict) else json.loads(r["headers"])
+                )
+                futures.append(
+                    await producer.send(
+                        r["topic"],
+                        value=bytes(r["payload"]),
+                        key=r["key"].encode(),
+                        headers=events.to_kafka_headers(headers),
+                    )
+                )
             await asyncio.gather(*futures)
             acked = datetime.datetime.now(datetime.UTC)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)",
-                               ([r["id"] for r in rows],))
+            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([r["id"] for r in rows],))
         self.published += len(rows)
         metrics.OUTBOX_PUBLISHED.inc(len(rows))
         for r in rows:

@@ -33,20 +33,25 @@ RETIRE_GRACE_S = 600.0
 class Peers:
     """The agent service's clients: executors by address, and the knowledge service."""
 
-    def __init__(self, *, tls: tls_mod.Tls, knowledge_target: str | None,
-                 chooser: endpoints_mod.Chooser | None = None,
-                 resolver: endpoints_mod.Resolver = endpoints_mod.resolve,
-                 refresh_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        tls: tls_mod.Tls,
+        knowledge_target: str | None,
+        chooser: endpoints_mod.Chooser | None = None,
+        resolver: endpoints_mod.Resolver = endpoints_mod.resolve,
+        refresh_s: float = 5.0,
+    ) -> None:
         self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
-        self.endpoints = endpoints_mod.Endpoints(chooser=chooser, resolver=resolver,
-                                                 refresh_s=refresh_s, on_gone=self._retire)
+        self.endpoints = endpoints_mod.Endpoints(
+            chooser=chooser, resolver=resolver, refresh_s=refresh_s, on_gone=self._retire
+        )
         self._knowledge: knowledge_pb2_grpc.KnowledgeServiceAsyncStub | None = None
         self._knowledge_channel: grpc.aio.Channel | None = None
         if knowledge_target:
-            self._knowledge_channel = channels.connect(knowledge_target, tls=tls,
-                                                      peer="knowledge")
+            self._knowledge_channel = channels.connect(knowledge_target, tls=tls, peer="knowledge")
             self._knowledge = knowledge_pb2_grpc.KnowledgeServiceStub(self._knowledge_channel)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
@@ -62,28 +67,39 @@ class Peers:
             task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     def _failing(self) -> set[str]:
-        return {address for address, chan in self._channels.items()
-                if chan.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE}
+        return {
+            address
+            for address, chan in self._channels.items()
+            if chan.get_state() == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        }
 
     async def _choose(self, endpoints: tuple[str, ...], tried: set[str]) -> str | None:
         # Pods whose connection is failing are the last choice, not excluded.
-        return (await self.endpoints.choose(endpoints, avoid=tried | self._failing())
-                or await self.endpoints.choose(endpoints, avoid=tried))
+        return await self.endpoints.choose(
+            endpoints, avoid=tried | self._failing()
+        ) or await self.endpoints.choose(endpoints, avoid=tried)
 
-    async def generate(self, endpoints: tuple[str, ...], request: executor_pb2.GenerateRequest,
-                       *, timeout: float, metadata: tuple[tuple[str, str], ...] = (),
-                       ) -> AsyncIterator[executor_pb2.GenerateChunk]:
+    async def generate(
+        self,
+        endpoints: tuple[str, ...],
+        request: executor_pb2.GenerateRequest,
+        *,
+        timeout: float,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> AsyncIterator[executor_pb2.GenerateChunk]:
         """Stream a generation from one of the agent's executor pods; one that refuses
         the call before its first chunk (UNAVAILABLE, RESOURCE_EXHAUSTED) makes way
         for the next, within ``timeout``."""
         if not endpoints:
             raise errors.FailedPrecondition(
-                "the agent has no ready executor yet; wait for its Ready condition")
+                "the agent has no ready executor yet; wait for its Ready condition"
+            )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         tried: set[str] = set()
         last: errors.AionError = errors.Unavailable(
-            f"executor address {', '.join(endpoints)} names no pod")
+            f"executor address {', '.join(endpoints)} names no pod"
+        )
         while True:
             address = await self._choose(endpoints, tried)
             if address is None:
@@ -92,8 +108,9 @@ class Peers:
             started = False
             try:
                 with errors.remote("executor"):
-                    async for chunk in stub.Generate(request, timeout=deadline - loop.time(),
-                                                     metadata=metadata):
+                    async for chunk in stub.Generate(
+                        request, timeout=deadline - loop.time(), metadata=metadata
+                    ):
                         started = True
                         yield chunk
                 return
@@ -105,13 +122,18 @@ class Peers:
                 if isinstance(exc, errors.Unavailable):
                     self.endpoints.forget(endpoints)
 
-    async def search(self, *, tenant: str, knowledge_base: str, query: str,
-                     top_k: int, timeout: float) -> list[public_knowledge_pb2.SearchHit]:
+    async def search(
+        self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
+    ) -> list[public_knowledge_pb2.SearchHit]:
         """Chunks of ``knowledge_base`` relevant to ``query``; none without a knowledge service."""
         if self._knowledge is None:
             return []
-        req = knowledge_pb2.SearchRequest(tenant=tenant, request=public_knowledge_pb2.SearchRequest(
-            knowledge_base=knowledge_base, query=query, top_k=top_k))
+        req = knowledge_pb2.SearchRequest(
+            tenant=tenant,
+            request=public_knowledge_pb2.SearchRequest(
+                knowledge_base=knowledge_base, query=query, top_k=top_k
+            ),
+        )
         with errors.remote("knowledge"):
             resp = await self._knowledge.Search(req, timeout=timeout)
         return list(resp.hits)
@@ -132,6 +154,10 @@ class Peers:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         await self.close()

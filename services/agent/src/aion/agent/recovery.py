@@ -23,8 +23,7 @@ from aion.agent import db, events, metrics, model, rows
 log = logging.getLogger(__name__)
 
 
-def outcome(*, late: bool, cancel_requested: bool, attempts: int,
-            max_attempts: int) -> str:
+def outcome(*, late: bool, cancel_requested: bool, attempts: int, max_attempts: int) -> str:
     """What recovery does with a task whose lease ran out (or that waited past its
     deadline): ``timeout``, ``canceled``, ``abandoned`` or ``requeued``."""
     if late:
@@ -41,27 +40,48 @@ async def end_unclaimable(conn: rows.Conn, topics: events.Topics, task_id: str) 
     waited past its deadline (in ``conn``'s transaction); leave any other as it is."""
     cur = await conn.execute(
         "SELECT state, cancel_requested, deadline < now() AS late FROM tasks"
-        " WHERE id = %s FOR UPDATE", (task_id,))
+        " WHERE id = %s FOR UPDATE",
+        (task_id,),
+    )
     row = await cur.fetchone()
     if row is None or row["state"] != "QUEUED":
         return
     if row["cancel_requested"]:
-        await rows.end(conn, topics, task_id, model.Status.CANCELED,
-                       model.TaskError("CANCELLED", "the task was canceled before it ran"))
+        await rows.end(
+            conn,
+            topics,
+            task_id,
+            model.Status.CANCELED,
+            model.TaskError("CANCELLED", "the task was canceled before it ran"),
+        )
     elif row["late"]:
-        await rows.end(conn, topics, task_id, model.Status.TIMEOUT, model.TaskError(
-            "DEADLINE_EXCEEDED", "the task waited in the queue past its deadline",
-            retriable=True))
+        await rows.end(
+            conn,
+            topics,
+            task_id,
+            model.Status.TIMEOUT,
+            model.TaskError(
+                "DEADLINE_EXCEEDED",
+                "the task waited in the queue past its deadline",
+                retriable=True,
+            ),
+        )
 
 
 class Recovery:
     """Reaps lost leases and applies retention, one replica's share at a time."""
 
-    def __init__(self, *, pool: db.Pool, topics: events.Topics, interval_s: float = 2.0,
-                 task_retention_s: float = 7 * 86400.0,
-                 processed_event_retention_s: float = 7 * 86400.0,
-                 retention_interval_s: float = 300.0,
-                 on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        topics: events.Topics,
+        interval_s: float = 2.0,
+        task_retention_s: float = 7 * 86400.0,
+        processed_event_retention_s: float = 7 * 86400.0,
+        retention_interval_s: float = 300.0,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._pool = pool
         self._topics = topics
         self._interval_s = interval_s
@@ -94,13 +114,14 @@ class Recovery:
                 "SELECT *, deadline < now() AS late FROM tasks"
                 " WHERE state IN ('QUEUED', 'RUNNING')"
                 " AND (lease_until < now() OR (state = 'QUEUED' AND deadline < now()))"
-                " ORDER BY lease_until NULLS FIRST LIMIT %s FOR UPDATE SKIP LOCKED", (limit,))
+                " ORDER BY lease_until NULLS FIRST LIMIT %s FOR UPDATE SKIP LOCKED",
+                (limit,),
+            )
             found = await cur.fetchall()
             reclaimed: list[str] = []
             for r in found:
                 task = rows.record(r)
-                what = await self._apply(conn, task, late=r["late"],
-                                         max_attempts=r["max_attempts"])
+                what = await self._apply(conn, task, late=r["late"], max_attempts=r["max_attempts"])
                 if r["lease_until"] is not None:  # a worker held it and was lost
                     reclaimed.append(what)
         if found:
@@ -109,34 +130,59 @@ class Recovery:
             metrics.LEASE_RECLAIMS.labels(what).inc()
         return len(found)
 
-    async def _apply(self, conn: rows.Conn, task: model.TaskRecord, *, late: bool,
-                     max_attempts: int) -> str:
+    async def _apply(
+        self, conn: rows.Conn, task: model.TaskRecord, *, late: bool, max_attempts: int
+    ) -> str:
         lost = task.status is model.Status.RUNNING
-        what = outcome(late=late, cancel_requested=task.cancel_requested,
-                       attempts=task.attempts, max_attempts=max_attempts)
+        what = outcome(
+            late=late,
+            cancel_requested=task.cancel_requested,
+            attempts=task.attempts,
+            max_attempts=max_attempts,
+        )
         match what:
             case "timeout":
-                await rows.end(conn, self._topics, task.id, model.Status.TIMEOUT,
-                               model.TaskError(
-                                   "DEADLINE_EXCEEDED",
-                                   "the task's worker was lost and its deadline has passed"
-                                   if lost else "the task waited past its deadline",
-                                   retriable=True))
+                await rows.end(
+                    conn,
+                    self._topics,
+                    task.id,
+                    model.Status.TIMEOUT,
+                    model.TaskError(
+                        "DEADLINE_EXCEEDED",
+                        "the task's worker was lost and its deadline has passed"
+                        if lost
+                        else "the task waited past its deadline",
+                        retriable=True,
+                    ),
+                )
             case "canceled":
-                await rows.end(conn, self._topics, task.id, model.Status.CANCELED,
-                               model.TaskError("CANCELLED", "the task was canceled"))
+                await rows.end(
+                    conn,
+                    self._topics,
+                    task.id,
+                    model.Status.CANCELED,
+                    model.TaskError("CANCELLED", "the task was canceled"),
+                )
             case "abandoned":
-                await rows.end(conn, self._topics, task.id, model.Status.ERROR,
-                               model.TaskError(
-                                   "ABORTED", f"the worker running the task was lost "
-                                   f"{task.attempts} times; it was not run again",
-                                   retriable=True))
+                await rows.end(
+                    conn,
+                    self._topics,
+                    task.id,
+                    model.Status.ERROR,
+                    model.TaskError(
+                        "ABORTED",
+                        f"the worker running the task was lost "
+                        f"{task.attempts} times; it was not run again",
+                        retriable=True,
+                    ),
+                )
             case _:
-                log.warning("task %s: lease of %s expired; queued again", task.id,
-                            task.worker_id)
+                log.warning("task %s: lease of %s expired; queued again", task.id, task.worker_id)
                 await conn.execute(
                     "UPDATE tasks SET state = 'QUEUED', lease_owner = NULL,"
-                    " lease_until = NULL WHERE id = %s", (task.id,))
+                    " lease_until = NULL WHERE id = %s",
+                    (task.id,),
+                )
                 task.status = model.Status.QUEUED
                 await rows.state_changed(conn, self._topics, task)
                 await rows.queued(conn, self._topics, task)
@@ -146,17 +192,21 @@ class Recovery:
     async def _purge(self) -> None:
         """Retention, one replica at a time; a database out is tried again next time."""
         try:
-            removed = await self.purge(tasks_older_s=self._task_retention_s,
-                                       processed_older_s=self._processed_retention_s)
+            removed = await self.purge(
+                tasks_older_s=self._task_retention_s, processed_older_s=self._processed_retention_s
+            )
         except psycopg.Error as exc:
             log.warning("cannot apply retention now: %s", exc)
             return
         if removed and any(removed):
-            log.info("retention deleted old records",
-                     extra={"tasks": removed[0], "processed_events": removed[1]})
+            log.info(
+                "retention deleted old records",
+                extra={"tasks": removed[0], "processed_events": removed[1]},
+            )
 
-    async def purge(self, *, tasks_older_s: float, processed_older_s: float,
-                    batch: int = 1000) -> tuple[int, int] | None:
+    async def purge(
+        self, *, tasks_older_s: float, processed_older_s: float, batch: int = 1000
+    ) -> tuple[int, int] | None:
         """Delete finished tasks that ended over ``tasks_older_s`` ago (their events and
         steps go with them) and processed-event records over ``processed_older_s`` old, in
         batches; returns how many of each. One replica at a time: None when another one
@@ -166,16 +216,19 @@ class Recovery:
             "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE finished_at < %s"
             " AND state IN ('OK', 'ERROR', 'TIMEOUT', 'CANCELED') LIMIT %s)",
             "DELETE FROM processed_events WHERE ctid IN (SELECT ctid FROM processed_events"
-            " WHERE processed_at < %s LIMIT %s)")
+            " WHERE processed_at < %s LIMIT %s)",
+        )
         now = datetime.datetime.now(datetime.UTC)
-        cutoffs = (now - datetime.timedelta(seconds=tasks_older_s),
-                   now - datetime.timedelta(seconds=processed_older_s))
+        cutoffs = (
+            now - datetime.timedelta(seconds=tasks_older_s),
+            now - datetime.timedelta(seconds=processed_older_s),
+        )
         for i, (sql, cutoff) in enumerate(zip(statements, cutoffs, strict=True)):
             while True:
                 async with self._pool.connection() as conn, conn.transaction():
                     cur = await conn.execute(
-                        "SELECT pg_try_advisory_xact_lock(hashtext('aion.agent.retention'))"
-                        " AS ok")
+                        "SELECT pg_try_advisory_xact_lock(hashtext('aion.agent.retention')) AS ok"
+                    )
                     row = await cur.fetchone()
                     if row is None or not row["ok"]:
                         return None

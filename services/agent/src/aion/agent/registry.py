@@ -51,8 +51,9 @@ class AgentRegistry(Protocol):
 
 
 def _not_found(name: str) -> errors.NotFound:
-    return errors.NotFound(f"agent '{name}' not found; `aionctl agents` lists the agents you "
-                           "can call")
+    return errors.NotFound(
+        f"agent '{name}' not found; `aionctl agents` lists the agents you can call"
+    )
 
 
 def owner_namespace(owner: str) -> str | None:
@@ -84,14 +85,18 @@ def _owner_words(owner: str) -> str:
 def _taken(agent: model.AgentRecord, current: str) -> errors.AlreadyExists:
     namespace = owner_namespace(agent.owner)
     if namespace is None:
-        fix = (f"change it with `kubectl -n {owner_namespace(current)} edit agent "
-               f"{agent.name}`, or apply yours under another name")
+        fix = (
+            f"change it with `kubectl -n {owner_namespace(current)} edit agent "
+            f"{agent.name}`, or apply yours under another name"
+        )
     else:
-        fix = (f"the Agent in namespace {namespace} cannot replace it: rename it, or delete "
-               "the other one first")
+        fix = (
+            f"the Agent in namespace {namespace} cannot replace it: rename it, or delete "
+            "the other one first"
+        )
     return errors.AlreadyExists(
-        f"agent '{agent.name}' is already registered {_owner_words(current)}; {fix}",
-        field="name")
+        f"agent '{agent.name}' is already registered {_owner_words(current)}; {fix}", field="name"
+    )
 
 
 async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) -> None:
@@ -111,42 +116,72 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
             " owner = EXCLUDED.owner, budget_usd_per_task = EXCLUDED.budget_usd_per_task,"
             " p95_target_ms = EXCLUDED.p95_target_ms, updated_at = now()"
             f" WHERE {_MAY_REPLACE} RETURNING owner",
-            (agent.tenant, agent.name, agent.model, agent.model_task, agent.instructions,
-             agent.description, agent.privacy.value, list(agent.knowledge_bases),
-             list(agent.executor_endpoints), agent.max_tokens, agent.node_pool,
-             pg_json.Jsonb(list(agent.tools)), agent.max_steps, agent.owner,
-             agent.budget_usd_per_task, agent.p95_target_ms))
+            (
+                agent.tenant,
+                agent.name,
+                agent.model,
+                agent.model_task,
+                agent.instructions,
+                agent.description,
+                agent.privacy.value,
+                list(agent.knowledge_bases),
+                list(agent.executor_endpoints),
+                agent.max_tokens,
+                agent.node_pool,
+                pg_json.Jsonb(list(agent.tools)),
+                agent.max_steps,
+                agent.owner,
+                agent.budget_usd_per_task,
+                agent.p95_target_ms,
+            ),
+        )
         if await cur.fetchone() is not None:
             return
-        cur = await conn.execute("SELECT owner FROM agents WHERE tenant = %s AND name = %s",
-                                 (agent.tenant, agent.name))
+        cur = await conn.execute(
+            "SELECT owner FROM agents WHERE tenant = %s AND name = %s", (agent.tenant, agent.name)
+        )
         row = await cur.fetchone()
         if row is not None:  # another owner's
             raise _taken(agent, str(row["owner"]))
-    raise errors.Unavailable(f"agent '{agent.name}' kept changing while it was registered; "
-                             "retry", retry_after_s=1.0)
+    raise errors.Unavailable(
+        f"agent '{agent.name}' kept changing while it was registered; retry", retry_after_s=1.0
+    )
 
 
 # SQL twin of ``owned_elsewhere``: may EXCLUDED (the new registration) replace agents?
-_MAY_REPLACE = ("(position('/' in agents.owner) = 0 OR"
-                " (position('/' in EXCLUDED.owner) > 0 AND"
-                "  split_part(agents.owner, '/', 1) = split_part(EXCLUDED.owner, '/', 1)))")
+_MAY_REPLACE = (
+    "(position('/' in agents.owner) = 0 OR"
+    " (position('/' in EXCLUDED.owner) > 0 AND"
+    "  split_part(agents.owner, '/', 1) = split_part(EXCLUDED.owner, '/', 1)))"
+)
 # May %(owner)s deregister the row: its own registration (same namespace for an Agent
 # resource, the API for the API's), never another's.
-_MAY_DELETE = ("(owner = %(owner)s OR (position('/' in owner) > 0 AND"
-               " position('/' in %(owner)s) > 0 AND"
-               " split_part(owner, '/', 1) = split_part(%(owner)s, '/', 1)))")
+_MAY_DELETE = (
+    "(owner = %(owner)s OR (position('/' in owner) > 0 AND"
+    " position('/' in %(owner)s) > 0 AND"
+    " split_part(owner, '/', 1) = split_part(%(owner)s, '/', 1)))"
+)
 
 
 def _record(r: dict[str, Any]) -> model.AgentRecord:
     return model.AgentRecord(
-        tenant=r["tenant"], name=r["name"], model=r["model"], model_task=r["model_task"],
-        instructions=r["instructions"], description=r["description"],
-        privacy=privacy.Privacy(r["privacy"]), knowledge_bases=tuple(r["knowledge_bases"]),
-        executor_endpoints=tuple(r["executor_endpoints"]), max_tokens=r["max_tokens"],
-        node_pool=r["node_pool"], tools=tuple(r["tools"]), max_steps=r["max_steps"],
-        owner=r["owner"], budget_usd_per_task=r["budget_usd_per_task"],
-        p95_target_ms=r["p95_target_ms"])
+        tenant=r["tenant"],
+        name=r["name"],
+        model=r["model"],
+        model_task=r["model_task"],
+        instructions=r["instructions"],
+        description=r["description"],
+        privacy=privacy.Privacy(r["privacy"]),
+        knowledge_bases=tuple(r["knowledge_bases"]),
+        executor_endpoints=tuple(r["executor_endpoints"]),
+        max_tokens=r["max_tokens"],
+        node_pool=r["node_pool"],
+        tools=tuple(r["tools"]),
+        max_steps=r["max_steps"],
+        owner=r["owner"],
+        budget_usd_per_task=r["budget_usd_per_task"],
+        p95_target_ms=r["p95_target_ms"],
+    )
 
 
 class PostgresRegistry:
@@ -166,8 +201,10 @@ class PostgresRegistry:
     async def put_all(self, agents: Sequence[model.AgentRecord]) -> list[model.AgentRecord]:
         """Register or replace agents in one transaction: all of them, or (AlreadyExists
         when one was registered by another owner) none."""
-        done = [with_endpoints(a, self._default) if not a.executor_endpoints and self._default
-                else a for a in agents]
+        done = [
+            with_endpoints(a, self._default) if not a.executor_endpoints and self._default else a
+            for a in agents
+        ]
         async with self._pool.connection() as conn:
             for agent in done:
                 await _upsert(conn, agent)
@@ -176,8 +213,9 @@ class PostgresRegistry:
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
         """The agent, or NotFound naming it."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT * FROM agents WHERE tenant = %s AND name = %s",
-                                     (tenant, name))
+            cur = await conn.execute(
+                "SELECT * FROM agents WHERE tenant = %s AND name = %s", (tenant, name)
+            )
             row = await cur.fetchone()
         if row is None:
             raise _not_found(name)
@@ -186,8 +224,9 @@ class PostgresRegistry:
     async def list(self, tenant: str) -> list[model.AgentRecord]:
         """The tenant's agents, by name."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT * FROM agents WHERE tenant = %s ORDER BY name",
-                                     (tenant,))
+            cur = await conn.execute(
+                "SELECT * FROM agents WHERE tenant = %s ORDER BY name", (tenant,)
+            )
             return [_record(r) for r in await cur.fetchall()]
 
     async def delete(self, tenant: str, name: str, *, owner: str) -> bool:
@@ -197,17 +236,21 @@ class PostgresRegistry:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "DELETE FROM agents WHERE tenant = %(tenant)s AND name = %(name)s"
-                f" AND {_MAY_DELETE}", args)
+                f" AND {_MAY_DELETE}",
+                args,
+            )
             if cur.rowcount > 0:
                 return True
             cur = await conn.execute(
-                "SELECT owner FROM agents WHERE tenant = %(tenant)s AND name = %(name)s", args)
+                "SELECT owner FROM agents WHERE tenant = %(tenant)s AND name = %(name)s", args
+            )
             row = await cur.fetchone()
         if row is None:
             return False
         raise errors.FailedPrecondition(
             f"agent '{name}' was registered {_owner_words(str(row['owner']))}, not "
-            f"{_owner_words(owner).removeprefix('by ')}; nothing was deregistered")
+            f"{_owner_words(owner).removeprefix('by ')}; nothing was deregistered"
+        )
 
 
 MAX_MANIFEST_BYTES = 256 * 1024
@@ -223,13 +266,18 @@ class _NoAliasLoader(yaml.SafeLoader):
         event = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(
-                None, None, "YAML anchors and aliases (&name, *name) are not accepted in a "
-                "manifest; write each value out", event.start_mark)
+                None,
+                None,
+                "YAML anchors and aliases (&name, *name) are not accepted in a "
+                "manifest; write each value out",
+                event.start_mark,
+            )
         return super().compose_node(parent, index)
 
 
-def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
-                   max_tokens: int = 2048) -> list[model.AgentRecord]:
+def parse_manifest(
+    text: str, *, tenant: str, executor_target: str | None, max_tokens: int = 2048
+) -> list[model.AgentRecord]:
     """The Agent resources of a YAML manifest (one or more documents); InvalidArgument
     naming the problem when it is not one. It is refused before anything is built when it
     is over ``MAX_MANIFEST_BYTES`` or uses YAML anchors or aliases; ``max_tokens`` caps
@@ -238,7 +286,9 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
     if size > MAX_MANIFEST_BYTES:
         raise errors.InvalidArgument(
             f"the manifest is {size} bytes; the limit is {MAX_MANIFEST_BYTES} "
-            "(apply fewer agents at a time)", field="manifest")
+            "(apply fewer agents at a time)",
+            field="manifest",
+        )
     try:
         docs = []
         for d in yaml.load_all(text, Loader=_NoAliasLoader):  # a SafeLoader
@@ -247,37 +297,48 @@ def parse_manifest(text: str, *, tenant: str, executor_target: str | None,
             if len(docs) > MAX_DOCUMENTS:
                 raise errors.InvalidArgument(
                     f"the manifest holds more than {MAX_DOCUMENTS} documents; apply fewer "
-                    "agents at a time", field="manifest")
+                    "agents at a time",
+                    field="manifest",
+                )
     except yaml.YAMLError as exc:
-        raise errors.InvalidArgument(f"not a valid Agent manifest: {str(exc)[:500]}",
-                                     field="manifest") from None
+        raise errors.InvalidArgument(
+            f"not a valid Agent manifest: {str(exc)[:500]}", field="manifest"
+        ) from None
     resources = []
     for i, d in enumerate(docs):
         try:  # the operator's model: a manifest means what kubectl apply would mean
             resources.append(agentspec.parse_resource(d))
         except errors.InvalidArgument as exc:
             raise errors.InvalidArgument(
-                f"not a valid Agent manifest (document {i + 1}): {exc.message}",
-                field="manifest") from None
+                f"not a valid Agent manifest (document {i + 1}): {exc.message}", field="manifest"
+            ) from None
     if not resources:
         raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
     for r in resources:
         if r.spec.max_tokens is not None and r.spec.max_tokens > max_tokens:
             raise errors.InvalidArgument(
                 f"agent '{r.metadata.name}': spec.maxTokens is {r.spec.max_tokens}; the limit "
-                f"is {max_tokens}", field="manifest")
+                f"is {max_tokens}",
+                field="manifest",
+            )
     endpoints = (executor_target,) if executor_target else ()
     return [
         model.AgentRecord(
-            tenant=tenant, name=r.metadata.name, model=r.spec.model.name,
-            model_task=r.spec.model.task, instructions=r.spec.instructions,
-            description=r.spec.description, privacy=privacy.Privacy(r.spec.routing.privacy),
-            knowledge_bases=tuple(r.spec.knowledge_bases), executor_endpoints=endpoints,
+            tenant=tenant,
+            name=r.metadata.name,
+            model=r.spec.model.name,
+            model_task=r.spec.model.task,
+            instructions=r.spec.instructions,
+            description=r.spec.description,
+            privacy=privacy.Privacy(r.spec.routing.privacy),
+            knowledge_bases=tuple(r.spec.knowledge_bases),
+            executor_endpoints=endpoints,
             max_tokens=r.spec.max_tokens or min(_DEFAULT_MAX_TOKENS, max_tokens),
             node_pool="local",
             tools=tuple(r.spec.tools),
             budget_usd_per_task=r.spec.routing.budget_usd_per_task,
-            p95_target_ms=r.spec.routing.p95_target_ms)
+            p95_target_ms=r.spec.routing.p95_target_ms,
+        )
         for r in resources
     ]
 
@@ -299,8 +360,9 @@ def with_endpoints(agent: model.AgentRecord, endpoints: tuple[str, ...]) -> mode
     return dataclasses.replace(agent, executor_endpoints=endpoints)
 
 
-async def register_file(agents: AgentRegistry, path: Path, *, tenant: str,
-                        executor_target: str | None) -> list[model.AgentRecord]:
+async def register_file(
+    agents: AgentRegistry, path: Path, *, tenant: str, executor_target: str | None
+) -> list[model.AgentRecord]:
     """Register the Agent resources of a YAML file (``AION_AGENT_AGENTS_FILE``) at start."""
     registered = []
     for agent in load_file(path, tenant=tenant, executor_target=executor_target):

@@ -31,48 +31,93 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
     return model.TaskRecord(
         id=str(r["id"]),
         spec=model.TaskSpec(
-            tenant=r["tenant"], agent=r["agent"], input=r["input"],
-            idempotency_key=r["idempotency_key"] or "", max_tokens=opts.get("max_tokens"),
-            temperature=opts.get("temperature"), seed=opts.get("seed"),
+            tenant=r["tenant"],
+            agent=r["agent"],
+            input=r["input"],
+            idempotency_key=r["idempotency_key"] or "",
+            max_tokens=opts.get("max_tokens"),
+            temperature=opts.get("temperature"),
+            seed=opts.get("seed"),
             timeout_s=float(opts.get("timeout_s", 300.0)),
-            asynchronous=r["asynchronous"]),
-        decision=model.Decision(route=_route(d.get("route", "local")),
-                                chosen_by=d.get("chosen_by", ""),
-                                reason=d.get("reason", ""), provider=d.get("provider", "")),
-        model_name=r["model"], status=model.Status(r["state"]), attempts=r["attempts"],
-        worker_id=r["lease_owner"], deadline=r["deadline"],
-        cancel_requested=r["cancel_requested"], output=r["output"],
-        usage=model.Usage(latency_ms=r["latency_ms"], prompt_tokens=r["prompt_tokens"],
-                          completion_tokens=r["completion_tokens"], cost_usd=r["cost_usd"]),
-        error=(model.TaskError(r["error_code"], r["error_message"] or "", r["error_retriable"])
-               if r["error_code"] else None),
-        created_at=r["created_at"], finished_at=r["finished_at"])
+            asynchronous=r["asynchronous"],
+        ),
+        decision=model.Decision(
+            route=_route(d.get("route", "local")),
+            chosen_by=d.get("chosen_by", ""),
+            reason=d.get("reason", ""),
+            provider=d.get("provider", ""),
+        ),
+        model_name=r["model"],
+        status=model.Status(r["state"]),
+        attempts=r["attempts"],
+        worker_id=r["lease_owner"],
+        deadline=r["deadline"],
+        cancel_requested=r["cancel_requested"],
+        output=r["output"],
+        usage=model.Usage(
+            latency_ms=r["latency_ms"],
+            prompt_tokens=r["prompt_tokens"],
+            completion_tokens=r["completion_tokens"],
+            cost_usd=r["cost_usd"],
+        ),
+        error=(
+            model.TaskError(r["error_code"], r["error_message"] or "", r["error_retriable"])
+            if r["error_code"]
+            else None
+        ),
+        created_at=r["created_at"],
+        finished_at=r["finished_at"],
+    )
 
 
-async def add_event(conn: Conn, task: model.TaskRecord, seq: int, kind: model.EventKind, *,
-                    text: str = "", step: int = 0) -> None:
+async def add_event(
+    conn: Conn,
+    task: model.TaskRecord,
+    seq: int,
+    kind: model.EventKind,
+    *,
+    text: str = "",
+    step: int = 0,
+) -> None:
     """Log one event of the task's current attempt."""
     await conn.execute(
         "INSERT INTO task_events (task_id, seq, attempt, kind, text, step) "
-        "VALUES (%s, %s, %s, %s, %s, %s)", (task.id, seq, task.attempts, kind.value, text, step))
+        "VALUES (%s, %s, %s, %s, %s, %s)",
+        (task.id, seq, task.attempts, kind.value, text, step),
+    )
 
 
 async def state_changed(conn: Conn, topics: events.Topics, task: model.TaskRecord) -> None:
     """Announce the task's new state on the task-events topic (through the outbox)."""
-    await outbox.add(conn, topic=topics.task_events, env=events.envelope(
-        type_=events.TASK_STATE_CHANGED, tenant=task.spec.tenant, subject=task.id,
-        data=convert.state_changed(task)))
+    await outbox.add(
+        conn,
+        topic=topics.task_events,
+        env=events.envelope(
+            type_=events.TASK_STATE_CHANGED,
+            tenant=task.spec.tenant,
+            subject=task.id,
+            data=convert.state_changed(task),
+        ),
+    )
 
 
 async def queued(conn: Conn, topics: events.Topics, task: model.TaskRecord) -> None:
     """Hand the task to the workers (the work topic, through the outbox)."""
-    await outbox.add(conn, topic=topics.work, env=events.envelope(
-        type_=events.TASK_QUEUED, tenant=task.spec.tenant, subject=task.id,
-        data=convert.queued(task)))
+    await outbox.add(
+        conn,
+        topic=topics.work,
+        env=events.envelope(
+            type_=events.TASK_QUEUED,
+            tenant=task.spec.tenant,
+            subject=task.id,
+            data=convert.queued(task),
+        ),
+    )
 
 
-async def end(conn: Conn, topics: events.Topics, task_id: str, status: model.Status,
-              error: model.TaskError) -> model.TaskRecord | None:
+async def end(
+    conn: Conn, topics: events.Topics, task_id: str, status: model.Status, error: model.TaskError
+) -> model.TaskRecord | None:
     """End a task nobody runs (queued, or whose worker was lost); None when it had ended."""
     cur = await conn.execute(
         "UPDATE tasks SET state = %s, error_code = %s, error_message = %s,"
@@ -80,7 +125,8 @@ async def end(conn: Conn, topics: events.Topics, task_id: str, status: model.Sta
         " last_seq = last_seq + 1,"
         " latency_ms = (extract(epoch FROM now() - created_at) * 1000)::int"
         " WHERE id = %s AND state IN ('QUEUED', 'RUNNING') RETURNING *",
-        (status.value, error.code, error.message, error.retriable, task_id))
+        (status.value, error.code, error.message, error.retriable, task_id),
+    )
     row = await cur.fetchone()
     if row is None:
         return None

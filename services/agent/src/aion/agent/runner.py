@@ -66,9 +66,16 @@ class _Sink:
 class Runner:
     """Starts, runs, cancels and recovers tasks."""
 
-    def __init__(self, *, tasks: store.TaskStore, agents: registry.AgentRegistry,
-                 loop: agent_loop.AgentLoop, worker_id: str, limits: Limits,
-                 spawn: Spawn = asyncio.create_task) -> None:
+    def __init__(
+        self,
+        *,
+        tasks: store.TaskStore,
+        agents: registry.AgentRegistry,
+        loop: agent_loop.AgentLoop,
+        worker_id: str,
+        limits: Limits,
+        spawn: Spawn = asyncio.create_task,
+    ) -> None:
         self._tasks = tasks
         self._agents = agents
         self._agent_loop = loop
@@ -88,24 +95,30 @@ class Runner:
         if not spec.agent:
             raise errors.InvalidArgument("agent is required", field="task.agent")
         if not spec.input.strip():
-            raise errors.InvalidArgument("input is empty; give the agent something to do",
-                                         field="task.input")
+            raise errors.InvalidArgument(
+                "input is empty; give the agent something to do", field="task.input"
+            )
         if len(spec.input) > lim.max_input_chars:
             raise errors.InvalidArgument(
                 f"input is {len(spec.input)} characters; the limit is {lim.max_input_chars}",
-                field="task.input")
+                field="task.input",
+            )
         if len(spec.idempotency_key) > lim.max_idempotency_key_chars:
             raise errors.InvalidArgument(
                 f"idempotency_key is {len(spec.idempotency_key)} characters; the limit is "
-                f"{lim.max_idempotency_key_chars}", field="task.idempotency_key")
+                f"{lim.max_idempotency_key_chars}",
+                field="task.idempotency_key",
+            )
         if spec.max_tokens is not None and not 0 < spec.max_tokens <= lim.max_tokens:
             raise errors.InvalidArgument(
                 f"max_tokens must be between 1 and {lim.max_tokens}, got {spec.max_tokens}",
-                field="task.options.max_tokens")
+                field="task.options.max_tokens",
+            )
         if spec.temperature is not None and not 0 <= spec.temperature <= 2:
             raise errors.InvalidArgument(
                 f"temperature must be between 0 and 2, got {spec.temperature}",
-                field="task.options.temperature")
+                field="task.options.temperature",
+            )
 
     # -- starting -------------------------------------------------------------------
     async def start(self, spec: model.TaskSpec, decision: model.Decision) -> model.TaskRecord:
@@ -119,11 +132,17 @@ class Runner:
         if worker_id is not None and len(self._running) >= self._limits.max_concurrent:
             raise errors.ResourceExhausted(
                 f"this agent service replica runs {len(self._running)} tasks, its limit; retry "
-                "shortly, or submit asynchronously to queue", retry_after_s=1.0)
+                "shortly, or submit asynchronously to queue",
+                retry_after_s=1.0,
+            )
         task, created = await self._tasks.create(
-            spec, decision=decision, model_name=agent.model, worker_id=worker_id,
+            spec,
+            decision=decision,
+            model_name=agent.model,
+            worker_id=worker_id,
             max_attempts=self._limits.max_attempts,
-            tenant_cap=self._limits.max_running_per_tenant)
+            tenant_cap=self._limits.max_running_per_tenant,
+        )
         if created and worker_id is not None:
             claimed = await self._tasks.claim(task.id, worker_id=worker_id)
             if claimed is not None:
@@ -150,7 +169,8 @@ class Runner:
             self._ready.clear()
             try:
                 task = await self._tasks.claim_next(
-                    queue, worker_id=self.worker_id, tenant_cap=self._limits.max_running_per_tenant)
+                    queue, worker_id=self.worker_id, tenant_cap=self._limits.max_running_per_tenant
+                )
             except psycopg.Error as exc:
                 log.warning("cannot take queued tasks now: %s", exc)
                 task = None
@@ -177,8 +197,12 @@ class Runner:
         try:
             agent = await self._agents.get(task.spec.tenant, task.spec.agent)
         except errors.NotFound as exc:
-            await self._tasks.finish(task, model.Status.ERROR, output="",
-                                     error=model.TaskError(exc.code.name, exc.message))
+            await self._tasks.finish(
+                task,
+                model.Status.ERROR,
+                output="",
+                error=model.TaskError(exc.code.name, exc.message),
+            )
             return
         self._launch(task, agent)
 
@@ -244,11 +268,17 @@ class Runner:
         output = ""
         # A task naming no max_tokens gets its agent's, within the service's limit (L9).
         max_tokens = task.spec.max_tokens or min(agent.max_tokens, self._limits.max_tokens)
-        req = agent_loop.Request(tenant=task.spec.tenant, input=task.spec.input,
-                           max_tokens=max_tokens, temperature=task.spec.temperature,
-                           seed=task.spec.seed, route=task.decision.route,
-                           timeout_s=max(0.05, task.remaining_s), task_id=task.id,
-                           attempt=task.attempts)
+        req = agent_loop.Request(
+            tenant=task.spec.tenant,
+            input=task.spec.input,
+            max_tokens=max_tokens,
+            temperature=task.spec.temperature,
+            seed=task.spec.seed,
+            route=task.decision.route,
+            timeout_s=max(0.05, task.remaining_s),
+            task_id=task.id,
+            attempt=task.attempts,
+        )
         status: model.Status | None = None
         error: model.TaskError | None = None
         why: str | None = None
@@ -258,9 +288,11 @@ class Runner:
             status = model.Status.OK
         except TimeoutError:
             status = model.Status.TIMEOUT
-            error = model.TaskError("DEADLINE_EXCEEDED",
-                                    f"the task ran past its {task.spec.timeout_s:g}s deadline",
-                                    retriable=True)
+            error = model.TaskError(
+                "DEADLINE_EXCEEDED",
+                f"the task ran past its {task.spec.timeout_s:g}s deadline",
+                retriable=True,
+            )
         except asyncio.CancelledError:
             if self._why.get(task.id, "shutdown") == "cancel":
                 # Ending as CANCELED is the whole point of the cancellation: record it.
@@ -288,9 +320,16 @@ class Runner:
         latency = int((time.perf_counter() - started) * 1000)
         await self._end(task, status, error, output=output, latency_ms=latency, why=why)
 
-    async def _end(self, task: model.TaskRecord, status: model.Status | None,
-                   error: model.TaskError | None, *, output: str, latency_ms: int,
-                   why: str | None) -> None:
+    async def _end(
+        self,
+        task: model.TaskRecord,
+        status: model.Status | None,
+        error: model.TaskError | None,
+        *,
+        output: str,
+        latency_ms: int,
+        why: str | None,
+    ) -> None:
         try:
             if status is None:
                 if why == "shutdown":
@@ -299,17 +338,25 @@ class Runner:
                 return
             if status is not model.Status.OK:
                 output = (await self._tasks.get(task.spec.tenant, task.id)).output
-            ended = await self._tasks.finish(task, status, output=output, error=error,
-                                             latency_ms=latency_ms)
+            ended = await self._tasks.finish(
+                task, status, output=output, error=error, latency_ms=latency_ms
+            )
         except model.LeaseLost:
             log.warning("task %s: not ended here, another worker owns it", task.id)
             return
         except psycopg.Error as exc:
             log.warning("task %s: cannot record its end (%s); recovery will", task.id, exc)
             return
-        log.info("task ended", extra={"task_id": task.id, "agent": task.spec.agent,
-                                      "status": ended.status.value, "latency_ms": latency_ms,
-                                      "attempt": task.attempts})
+        log.info(
+            "task ended",
+            extra={
+                "task_id": task.id,
+                "agent": task.spec.agent,
+                "status": ended.status.value,
+                "latency_ms": latency_ms,
+                "attempt": task.attempts,
+            },
+        )
 
     # -- leases ---------------------------------------------------------------------
     async def heartbeats(self) -> None:

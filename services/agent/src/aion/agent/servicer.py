@@ -19,8 +19,14 @@ _Ctx = grpc.aio.ServicerContext[Any, Any]
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     """Tasks and agents, for the gateway and the operator."""
 
-    def __init__(self, *, run: runner.Runner, tasks: store.TaskStore,
-                 agents: registry.AgentRegistry, default_timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        run: runner.Runner,
+        tasks: store.TaskStore,
+        agents: registry.AgentRegistry,
+        default_timeout_s: float,
+    ) -> None:
         self._runner = run
         self._tasks = tasks
         self._agents = agents
@@ -35,11 +41,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         margin = min(1.0, remaining * 0.1)
         return max(0.05, min(self._default_timeout, remaining - margin))
 
-    async def _start(self, request: agent_pb2.RunRequest, context: _Ctx, *,
-                     asynchronous: bool) -> model.TaskRecord:
+    async def _start(
+        self, request: agent_pb2.RunRequest, context: _Ctx, *, asynchronous: bool
+    ) -> model.TaskRecord:
         spec = convert.spec_from_pb(
-            request, timeout_s=self._timeout(context, asynchronous=asynchronous),
-            asynchronous=asynchronous)
+            request,
+            timeout_s=self._timeout(context, asynchronous=asynchronous),
+            asynchronous=asynchronous,
+        )
         return await self._runner.start(spec, convert.decision_from_pb(request.decision))
 
     async def _events(self, task: model.TaskRecord) -> AsyncIterator[tasks_pb2.TaskEvent]:
@@ -48,8 +57,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 task = await self._tasks.get(task.spec.tenant, task.id)
             yield convert.event_to_pb(task, event)
 
-    async def Run(self, request: agent_pb2.RunRequest,
-                  context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    async def Run(
+        self, request: agent_pb2.RunRequest, context: _Ctx
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         task = await self._start(request, context, asynchronous=False)
         try:
             async for msg in self._events(task):
@@ -57,8 +67,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         finally:  # the caller left before the end (the stream was cancelled): stop it
             self._runner.caller_left(task)
 
-    async def Submit(self, request: agent_pb2.RunRequest,
-                     context: _Ctx) -> tasks_pb2.SubmitResponse:
+    async def Submit(
+        self, request: agent_pb2.RunRequest, context: _Ctx
+    ) -> tasks_pb2.SubmitResponse:
         task = await self._start(request, context, asynchronous=request.asynchronous)
         if not request.asynchronous:
             try:
@@ -69,8 +80,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             task = await self._tasks.get(task.spec.tenant, task.id)
         return tasks_pb2.SubmitResponse(task_id=task.id, result=convert.result_to_pb(task))
 
-    async def Follow(self, request: agent_pb2.TaskRef,
-                     context: _Ctx) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    async def Follow(
+        self, request: agent_pb2.TaskRef, context: _Ctx
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         task = await self._tasks.get(convert.tenant(request), request.task_id)
         async for msg in self._events(task):
             yield msg
@@ -79,22 +91,22 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         task = await self._tasks.get(convert.tenant(request), request.task_id)
         return convert.result_to_pb(task)
 
-    async def CancelTask(self, request: agent_pb2.TaskRef,
-                         context: _Ctx) -> common_pb2.TaskResult:
+    async def CancelTask(self, request: agent_pb2.TaskRef, context: _Ctx) -> common_pb2.TaskResult:
         task = await self._runner.cancel(convert.tenant(request), request.task_id)
         return convert.result_to_pb(task)
 
-    async def ListAgents(self, request: agent_pb2.ListAgentsRequest,
-                         context: _Ctx) -> agents_pb2.ListAgentsResponse:
+    async def ListAgents(
+        self, request: agent_pb2.ListAgentsRequest, context: _Ctx
+    ) -> agents_pb2.ListAgentsResponse:
         agents = await self._agents.list(convert.tenant(request))
         return agents_pb2.ListAgentsResponse(agents=[convert.agent_to_pb(a) for a in agents])
 
     async def GetAgent(self, request: agent_pb2.AgentRef, context: _Ctx) -> agents_pb2.Agent:
-        return convert.agent_to_pb(await self._agents.get(convert.tenant(request),
-                                                          request.name))
+        return convert.agent_to_pb(await self._agents.get(convert.tenant(request), request.name))
 
-    async def RegisterAgent(self, request: agent_pb2.RegisterAgentRequest,
-                            context: _Ctx) -> agents_pb2.Agent:
+    async def RegisterAgent(
+        self, request: agent_pb2.RegisterAgentRequest, context: _Ctx
+    ) -> agents_pb2.Agent:
         if not request.agent.name:
             raise errors.InvalidArgument("agent.name is required", field="agent.name")
         if not request.agent.model:
@@ -102,24 +114,31 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         agent = await self._agents.put(convert.agent_from_pb(request))
         return convert.agent_to_pb(agent)
 
-    async def DeregisterAgent(self, request: agent_pb2.DeregisterAgentRequest,
-                              context: _Ctx) -> agent_pb2.DeregisterAgentResponse:
-        removed = await self._agents.delete(convert.tenant(request), request.name,
-                                            owner=convert.owner(request.owner))
+    async def DeregisterAgent(
+        self, request: agent_pb2.DeregisterAgentRequest, context: _Ctx
+    ) -> agent_pb2.DeregisterAgentResponse:
+        removed = await self._agents.delete(
+            convert.tenant(request), request.name, owner=convert.owner(request.owner)
+        )
         return agent_pb2.DeregisterAgentResponse(deregistered=removed)
 
-    async def ApplyAgents(self, request: agent_pb2.ApplyAgentsRequest,
-                          context: _Ctx) -> agents_pb2.ApplyAgentsResponse:
+    async def ApplyAgents(
+        self, request: agent_pb2.ApplyAgentsRequest, context: _Ctx
+    ) -> agents_pb2.ApplyAgentsResponse:
         try:
             parsed = await asyncio.to_thread(  # CPU-bound: off the event loop
-                registry.parse_manifest, request.request.manifest,
-                tenant=convert.tenant(request), executor_target=None,
-                max_tokens=self._runner.limits.max_tokens)
+                registry.parse_manifest,
+                request.request.manifest,
+                tenant=convert.tenant(request),
+                executor_target=None,
+                max_tokens=self._runner.limits.max_tokens,
+            )
         except (RecursionError, ValueError) as exc:
             # Nesting deeper than the parser goes, or an integer of thousands of digits.
             raise errors.InvalidArgument(
                 f"not a valid Agent manifest: {type(exc).__name__}: {str(exc)[:200]}",
-                field="manifest") from None
+                field="manifest",
+            ) from None
         for agent in parsed:  # what Postgres would refuse, refused before anything is written
             _storable(agent)
         applied = await self._agents.put_all(parsed)
@@ -128,9 +147,16 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
 
 def _storable(agent: model.AgentRecord) -> None:
     """InvalidArgument unless the registry can store ``agent`` as it is."""
-    texts = [agent.name, agent.model, agent.model_task, agent.instructions,
-             agent.description, *agent.knowledge_bases, *agent.tools]
+    texts = [
+        agent.name,
+        agent.model,
+        agent.model_task,
+        agent.instructions,
+        agent.description,
+        *agent.knowledge_bases,
+        *agent.tools,
+    ]
     if any("\x00" in t for t in texts):
         raise errors.InvalidArgument(
-            f"agent {agent.name!r}: the manifest holds a NUL character (\\0)",
-            field="manifest")
+            f"agent {agent.name!r}: the manifest holds a NUL character (\\0)", field="manifest"
+        )

@@ -21,61 +21,92 @@ class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the agent service listens, what it stores where, and its task limits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
-        env_prefix="AION_AGENT_", extra="ignore", frozen=True, populate_by_name=True)
+        env_prefix="AION_AGENT_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     port: int = pydantic.Field(default=50053, ge=0, le=65535)
     health_port: int = pydantic.Field(
-        default=51053, ge=0, le=65535,
-        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)")
+        default=51053,
+        ge=0,
+        le=65535,
+        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)",
+    )
     postgres_dsn: pydantic.SecretStr = pydantic.Field(
         validation_alias=pydantic.AliasChoices("AION_AGENT_POSTGRES_DSN", "AION_POSTGRES_DSN"),
-        description="postgresql://user:password@host:port/database of the task store")
+        description="postgresql://user:password@host:port/database of the task store",
+    )
     kafka_bootstrap: str = pydantic.Field(
-        validation_alias=pydantic.AliasChoices("AION_AGENT_KAFKA_BOOTSTRAP",
-                                               "AION_KAFKA_BOOTSTRAP"),
-        description="host:port[,host:port] of the Kafka brokers")
+        validation_alias=pydantic.AliasChoices(
+            "AION_AGENT_KAFKA_BOOTSTRAP", "AION_KAFKA_BOOTSTRAP"
+        ),
+        description="host:port[,host:port] of the Kafka brokers",
+    )
     topic_prefix: str = pydantic.Field(
-        default="aion.", description="prefix of every Kafka topic and consumer group name")
-    worker_id: str = pydantic.Field(default_factory=_worker_id,
-                                    description="this replica's name in task leases")
+        default="aion.", description="prefix of every Kafka topic and consumer group name"
+    )
+    worker_id: str = pydantic.Field(
+        default_factory=_worker_id, description="this replica's name in task leases"
+    )
     pool_min_size: int = pydantic.Field(default=1, ge=0)
     pool_max_size: int = pydantic.Field(default=10, gt=0)
     pool_timeout_s: float = pydantic.Field(
-        default=5.0, gt=0, description="how long a call waits for a database connection "
-                                       "before it fails UNAVAILABLE")
+        default=5.0,
+        gt=0,
+        description="how long a call waits for a database connection before it fails UNAVAILABLE",
+    )
     lease_s: float = pydantic.Field(
-        default=15.0, gt=0, description="how long a task stays owned without a heartbeat")
+        default=15.0, gt=0, description="how long a task stays owned without a heartbeat"
+    )
     heartbeat_s: float = pydantic.Field(default=3.0, gt=0)
     reaper_interval_s: float = pydantic.Field(default=2.0, gt=0)
     max_attempts: int = pydantic.Field(
-        default=3, gt=0, description="runs of one task before it ends ERROR (lost workers)")
+        default=3, gt=0, description="runs of one task before it ends ERROR (lost workers)"
+    )
     max_concurrent_tasks: int = pydantic.Field(default=16, gt=0)
     max_running_per_tenant: int = pydantic.Field(
-        default=8, gt=0, description="tasks one tenant may run at once (across replicas, "
-                                     "sync and async); a sync start over it is refused "
-                                     "RESOURCE_EXHAUSTED, async ones wait in the queue")
+        default=8,
+        gt=0,
+        description="tasks one tenant may run at once (across replicas, "
+        "sync and async); a sync start over it is refused "
+        "RESOURCE_EXHAUSTED, async ones wait in the queue",
+    )
     max_idempotency_key_chars: int = pydantic.Field(default=256, gt=0, le=2048)
     dispatch_poll_s: float = pydantic.Field(
-        default=1.0, gt=0, description="how often a replica with room looks for queued "
-                                       "tasks that no record woke it for")
+        default=1.0,
+        gt=0,
+        description="how often a replica with room looks for queued "
+        "tasks that no record woke it for",
+    )
     task_retention_s: float = pydantic.Field(
-        default=7 * 86400.0, gt=0, description="finished tasks (with their events and steps) "
-                                               "are deleted this long after they ended")
+        default=7 * 86400.0,
+        gt=0,
+        description="finished tasks (with their events and steps) "
+        "are deleted this long after they ended",
+    )
     processed_event_retention_s: float = pydantic.Field(
-        default=7 * 86400.0, gt=0, description="records of processed Kafka events are kept "
-                                               "this long; at least the topics' retention")
+        default=7 * 86400.0,
+        gt=0,
+        description="records of processed Kafka events are kept "
+        "this long; at least the topics' retention",
+    )
     retention_interval_s: float = pydantic.Field(
-        default=300.0, gt=0, description="how often one replica applies the retention")
+        default=300.0, gt=0, description="how often one replica applies the retention"
+    )
     agents_file: Path | None = pydantic.Field(
-        default=None, description="YAML file of Agent resources registered at start")
+        default=None, description="YAML file of Agent resources registered at start"
+    )
     agents_tenant: str = pydantic.Field(
-        default="default", description="tenant the agents of agents_file belong to")
+        default="default", description="tenant the agents of agents_file belong to"
+    )
     executor_target: str | None = pydantic.Field(
-        default=None, description="executor host:port for agents registered without endpoints")
+        default=None, description="executor host:port for agents registered without endpoints"
+    )
     knowledge_target: str | None = pydantic.Field(
-        default=None, description="knowledge service host:port; unset disables retrieval")
+        default=None, description="knowledge service host:port; unset disables retrieval"
+    )
     provider_base_url: str | None = pydantic.Field(
-        default=None, description="OpenAI-compatible API base URL used when the route is api")
+        default=None, description="OpenAI-compatible API base URL used when the route is api"
+    )
     provider_api_key: pydantic.SecretStr | None = None
     provider_model: str = "gpt-4o-mini"
     provider_cost_per_1k_tokens: float = pydantic.Field(default=0.0, ge=0)
@@ -87,6 +118,7 @@ class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
     @pydantic.model_validator(mode="after")
     def _heartbeat_inside_lease(self) -> AgentSettings:
         if self.heartbeat_s >= self.lease_s / 2:
-            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be under half of "
-                             f"lease_s ({self.lease_s})")
+            raise ValueError(
+                f"heartbeat_s ({self.heartbeat_s}) must be under half of lease_s ({self.lease_s})"
+            )
         return self

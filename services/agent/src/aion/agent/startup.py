@@ -11,6 +11,9 @@ async def prepare(cfg: agent_settings.AgentSettings) -> events.Topics:
     the topics."""
     await db.migrate(cfg.postgres_dsn.get_secret_value())
     topics = events.Topics(cfg.topic_prefix)
-    await kafka.ensure_topics(cfg.kafka_bootstrap, {
-        topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1}, cfg)
+    await kafka.ensure_topics(
+        cfg.kafka_bootstrap,
+        {topics.task_events: 8, topics.work: 8, topics.dead_letter(topics.work): 1},
+        cfg,
+    )
     return topics

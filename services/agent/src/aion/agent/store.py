@@ -36,8 +36,9 @@ async def _lock_tenant(conn: Conn, tenant: str, *, wait: bool = True) -> bool:
 
 
 async def _running(conn: Conn, tenant: str) -> int:
-    cur = await conn.execute(f"SELECT count(*) AS n FROM tasks WHERE tenant = %s AND {_RUNNING}",
-                             (tenant,))
+    cur = await conn.execute(
+        f"SELECT count(*) AS n FROM tasks WHERE tenant = %s AND {_RUNNING}", (tenant,)
+    )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
 
@@ -52,8 +53,14 @@ def _parse_id(task_id: str) -> uuid.UUID:
 class TaskStore:
     """Tasks, their events and their leases in Postgres."""
 
-    def __init__(self, *, pool: db.Pool, topics: events.Topics, lease_s: float,
-                 on_commit: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        topics: events.Topics,
+        lease_s: float,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._pool = pool
         self._topics = topics
         self._lease = datetime.timedelta(seconds=lease_s)
@@ -64,23 +71,41 @@ class TaskStore:
         self._followers.changed(task_id)
 
     # -- creating and claiming ----------------------------------------------------
-    async def create(self, spec: model.TaskSpec, *, decision: model.Decision, model_name: str,
-                     worker_id: str | None, max_attempts: int,
-                     tenant_cap: int | None = None) -> tuple[model.TaskRecord, bool]:
+    async def create(
+        self,
+        spec: model.TaskSpec,
+        *,
+        decision: model.Decision,
+        model_name: str,
+        worker_id: str | None,
+        max_attempts: int,
+        tenant_cap: int | None = None,
+    ) -> tuple[model.TaskRecord, bool]:
         """A new QUEUED task (reserved by ``worker_id`` when given, else published to the
         work topic), or the existing one for the same idempotency key (then False).
         With ``tenant_cap``, a reserved task is refused (ResourceExhausted, nothing
         written) when the tenant already runs that many tasks."""
-        options = {"max_tokens": spec.max_tokens, "temperature": spec.temperature,
-                   "seed": spec.seed, "timeout_s": spec.timeout_s}
+        options = {
+            "max_tokens": spec.max_tokens,
+            "temperature": spec.temperature,
+            "seed": spec.seed,
+            "timeout_s": spec.timeout_s,
+        }
         params = {
-            "id": uuid.uuid4(), "tenant": spec.tenant, "agent": spec.agent, "input": spec.input,
+            "id": uuid.uuid4(),
+            "tenant": spec.tenant,
+            "agent": spec.agent,
+            "input": spec.input,
             "key": spec.idempotency_key or None,
             "options": pg_json.Jsonb(options),
             "decision": pg_json.Jsonb(dataclasses.asdict(decision)),
-            "model": model_name, "asynchronous": spec.asynchronous,
-            "max_attempts": max_attempts, "worker_id": worker_id, "lease": self._lease,
-            "timeout": datetime.timedelta(seconds=spec.timeout_s)}
+            "model": model_name,
+            "asynchronous": spec.asynchronous,
+            "max_attempts": max_attempts,
+            "worker_id": worker_id,
+            "lease": self._lease,
+            "timeout": datetime.timedelta(seconds=spec.timeout_s),
+        }
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO tasks (id, tenant, agent, input, idempotency_key, options, decision,"
@@ -90,18 +115,22 @@ class TaskStore:
                 " CASE WHEN %(worker_id)s::text IS NULL THEN NULL ELSE now() + %(lease)s END,"
                 " now() + %(timeout)s)"
                 " ON CONFLICT (tenant, agent, idempotency_key)"
-                " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *", params)
+                " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *",
+                params,
+            )
             row = await cur.fetchone()
             if row is None:
                 cur = await conn.execute(
-                    "SELECT * FROM tasks WHERE tenant = %s AND agent = %s"
-                    " AND idempotency_key = %s", (spec.tenant, spec.agent, spec.idempotency_key))
+                    "SELECT * FROM tasks WHERE tenant = %s AND agent = %s AND idempotency_key = %s",
+                    (spec.tenant, spec.agent, spec.idempotency_key),
+                )
                 existing = await cur.fetchone()
                 assert existing is not None
                 if existing["input"] != spec.input:
                     raise errors.AlreadyExists(
                         f"idempotency key '{spec.idempotency_key}' was used for another input; "
-                        "use a new key for a new task")
+                        "use a new key for a new task"
+                    )
                 return rows.record(existing), False
             if worker_id is not None and tenant_cap is not None:
                 await _lock_tenant(conn, spec.tenant)
@@ -110,7 +139,8 @@ class TaskStore:
                     raise errors.ResourceExhausted(
                         f"tenant '{spec.tenant}' already runs {running - 1} tasks, its limit; "
                         "retry when one ends, or submit asynchronously to queue",
-                        retry_after_s=1.0)
+                        retry_after_s=1.0,
+                    )
             task = rows.record(row)
             await rows.state_changed(conn, self._topics, task)
             if worker_id is None:
@@ -123,11 +153,14 @@ class TaskStore:
         ``claim_next`` takes it; False when it is not waiting there to be run."""
         cur = await conn.execute(
             "UPDATE tasks SET ready_on = %s WHERE id = %s AND state = 'QUEUED'"
-            " AND lease_owner IS NULL", (queue, task_id))
+            " AND lease_owner IS NULL",
+            (queue, task_id),
+        )
         return cur.rowcount > 0
 
-    async def claim_next(self, queue: str, *, worker_id: str,
-                         tenant_cap: int) -> model.TaskRecord | None:
+    async def claim_next(
+        self, queue: str, *, worker_id: str, tenant_cap: int
+    ) -> model.TaskRecord | None:
         """Claim the next ready task of ``queue`` for ``worker_id``, fairly between tenants: the
         tenant running the fewest tasks first (then the one waiting longest), never one
         already running ``tenant_cap`` tasks. None when there is nothing to take."""
@@ -136,11 +169,13 @@ class TaskStore:
                 "SELECT q.tenant FROM (SELECT tenant, min(created_at) AS oldest FROM tasks"
                 "  WHERE state = 'QUEUED' AND ready_on = %(queue)s AND lease_owner IS NULL"
                 "  GROUP BY tenant) q"
-                " LEFT JOIN (SELECT tenant, count(*) AS n FROM tasks WHERE " + _RUNNING +
-                "  GROUP BY tenant) r USING (tenant)"
+                " LEFT JOIN (SELECT tenant, count(*) AS n FROM tasks WHERE "
+                + _RUNNING
+                + "  GROUP BY tenant) r USING (tenant)"
                 " WHERE coalesce(r.n, 0) < %(cap)s"
-                " ORDER BY coalesce(r.n, 0), q.oldest LIMIT 16", {"queue": queue,
-                                                                  "cap": tenant_cap})
+                " ORDER BY coalesce(r.n, 0), q.oldest LIMIT 16",
+                {"queue": queue, "cap": tenant_cap},
+            )
             tenants = [r["tenant"] for r in await cur.fetchall()]
             for tenant in tenants:
                 # Another replica choosing for this tenant now: leave it the tenant.
@@ -151,7 +186,9 @@ class TaskStore:
                 cur = await conn.execute(
                     "SELECT id FROM tasks WHERE state = 'QUEUED' AND ready_on = %s"
                     " AND tenant = %s AND lease_owner IS NULL ORDER BY created_at LIMIT 8"
-                    " FOR UPDATE SKIP LOCKED", (queue, tenant))
+                    " FOR UPDATE SKIP LOCKED",
+                    (queue, tenant),
+                )
                 for r in await cur.fetchall():
                     task = await self._claim(conn, str(r["id"]), worker_id)
                     if task is not None:
@@ -167,8 +204,9 @@ class TaskStore:
             self._on_commit()  # queued tasks found late or canceled were ended
         return task
 
-    async def claim(self, task_id: str, *, worker_id: str,
-                    conn: Conn | None = None) -> model.TaskRecord | None:
+    async def claim(
+        self, task_id: str, *, worker_id: str, conn: Conn | None = None
+    ) -> model.TaskRecord | None:
         """QUEUED -> RUNNING for ``worker_id``; None when the task is not there to take
         (another worker has it, it ended, or it was reserved by someone else). A
         queued task past its deadline or asked to cancel is ended instead. With
@@ -194,7 +232,8 @@ class TaskStore:
             " WHERE id = %(id)s AND state = 'QUEUED'"
             " AND (lease_owner IS NULL OR lease_owner = %(worker_id)s)"
             " AND NOT cancel_requested AND deadline > now() RETURNING *",
-            {"id": task_id, "worker_id": worker_id, "lease": self._lease})
+            {"id": task_id, "worker_id": worker_id, "lease": self._lease},
+        )
         row = await cur.fetchone()
         if row is None:
             await recovery.end_unclaimable(conn, self._topics, task_id)
@@ -205,15 +244,18 @@ class TaskStore:
         return task
 
     # -- a run's writes, fenced by attempt and worker_id --------------------------
-    async def append(self, task: model.TaskRecord, kind: model.EventKind, *, text: str = "",
-                     step: int = 0) -> model.Event:
+    async def append(
+        self, task: model.TaskRecord, kind: model.EventKind, *, text: str = "", step: int = 0
+    ) -> model.Event:
         """Add a token or partial event of the current run."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE tasks SET last_seq = last_seq + 1"
                 + (", output = output || %s" if kind is model.EventKind.TOKEN else ", output = %s")
                 + " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
-                " RETURNING last_seq", (text, task.id, task.attempts, task.worker_id))
+                " RETURNING last_seq",
+                (text, task.id, task.attempts, task.worker_id),
+            )
             row = await cur.fetchone()
             if row is None:
                 raise model.LeaseLost(task.id)
@@ -228,22 +270,54 @@ class TaskStore:
                 "UPDATE tasks SET prompt_tokens = prompt_tokens + %s,"
                 " completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s"
                 " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
-                " RETURNING id", (rec.prompt_tokens, rec.completion_tokens, rec.cost_usd,
-                                  task.id, task.attempts, task.worker_id))
+                " RETURNING id",
+                (
+                    rec.prompt_tokens,
+                    rec.completion_tokens,
+                    rec.cost_usd,
+                    task.id,
+                    task.attempts,
+                    task.worker_id,
+                ),
+            )
             if await cur.fetchone() is None:
                 raise model.LeaseLost(task.id)
             await conn.execute(
                 "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
                 " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (task.id, task.attempts, rec.step, rec.kind, rec.name, task.worker_id,
-                 pg_json.Jsonb(rec.input), rec.output, rec.error, rec.prompt_tokens,
-                 rec.completion_tokens, rec.cost_usd, rec.latency_ms, rec.model_ms))
-        task.usage.add(prompt_tokens=rec.prompt_tokens, completion_tokens=rec.completion_tokens,
-                       cost_usd=rec.cost_usd)
+                (
+                    task.id,
+                    task.attempts,
+                    rec.step,
+                    rec.kind,
+                    rec.name,
+                    task.worker_id,
+                    pg_json.Jsonb(rec.input),
+                    rec.output,
+                    rec.error,
+                    rec.prompt_tokens,
+                    rec.completion_tokens,
+                    rec.cost_usd,
+                    rec.latency_ms,
+                    rec.model_ms,
+                ),
+            )
+        task.usage.add(
+            prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens,
+            cost_usd=rec.cost_usd,
+        )
 
-    async def finish(self, task: model.TaskRecord, status: model.Status, *, output: str,
-                     error: model.TaskError | None = None, latency_ms: int = 0) -> model.TaskRecord:
+    async def finish(
+        self,
+        task: model.TaskRecord,
+        status: model.Status,
+        *,
+        output: str,
+        error: model.TaskError | None = None,
+        latency_ms: int = 0,
+    ) -> model.TaskRecord:
         """End the current run with its final status and emit done or error; once only."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
@@ -252,9 +326,18 @@ class TaskStore:
                 " lease_owner = NULL, lease_until = NULL, last_seq = last_seq + 1"
                 " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
                 " RETURNING *",
-                (status.value, output, error.code if error else None,
-                 error.message if error else None, error.retriable if error else False,
-                 latency_ms, task.id, task.attempts, task.worker_id))
+                (
+                    status.value,
+                    output,
+                    error.code if error else None,
+                    error.message if error else None,
+                    error.retriable if error else False,
+                    latency_ms,
+                    task.id,
+                    task.attempts,
+                    task.worker_id,
+                ),
+            )
             row = await cur.fetchone()
             if row is None:
                 raise model.LeaseLost(task.id)
@@ -272,7 +355,9 @@ class TaskStore:
             cur = await conn.execute(
                 "UPDATE tasks SET state = 'QUEUED', lease_owner = NULL, lease_until = NULL"
                 " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
-                " RETURNING *", (task.id, task.attempts, task.worker_id))
+                " RETURNING *",
+                (task.id, task.attempts, task.worker_id),
+            )
             row = await cur.fetchone()
             if row is None:
                 return False
@@ -288,7 +373,8 @@ class TaskStore:
             cur = await conn.execute(
                 "UPDATE tasks SET lease_until = now() + %s WHERE lease_owner = %s"
                 " AND state = 'RUNNING' AND id = ANY(%s::uuid[]) RETURNING id, cancel_requested",
-                (self._lease, worker_id, task_ids))
+                (self._lease, worker_id, task_ids),
+            )
             return {str(r["id"]): r["cancel_requested"] for r in await cur.fetchall()}
 
     # -- cancel -------------------------------------------------------------------
@@ -298,12 +384,22 @@ class TaskStore:
         if task.status.final:
             return task
         async with self._pool.connection() as conn, conn.transaction():
-            await conn.execute("UPDATE tasks SET cancel_requested = true WHERE id = %s"
-                               " AND state IN ('QUEUED', 'RUNNING')", (task.id,))
-            ended = await rows.end(conn, self._topics, task.id, model.Status.CANCELED,
-                                   model.TaskError("CANCELLED",
-                                                   "the task was canceled before it ran")) if (
-                task.status is model.Status.QUEUED) else None
+            await conn.execute(
+                "UPDATE tasks SET cancel_requested = true WHERE id = %s"
+                " AND state IN ('QUEUED', 'RUNNING')",
+                (task.id,),
+            )
+            ended = (
+                await rows.end(
+                    conn,
+                    self._topics,
+                    task.id,
+                    model.Status.CANCELED,
+                    model.TaskError("CANCELLED", "the task was canceled before it ran"),
+                )
+                if (task.status is model.Status.QUEUED)
+                else None
+            )
         self._on_commit()
         self._changed(task.id)
         return ended or await self.get(tenant, task_id)
@@ -312,8 +408,9 @@ class TaskStore:
     async def get(self, tenant: str, task_id: str) -> model.TaskRecord:
         """The tenant's task; another tenant's task is reported as not found."""
         async with self._pool.connection() as conn:
-            cur = await conn.execute("SELECT * FROM tasks WHERE id = %s AND tenant = %s",
-                                     (_parse_id(task_id), tenant))
+            cur = await conn.execute(
+                "SELECT * FROM tasks WHERE id = %s AND tenant = %s", (_parse_id(task_id), tenant)
+            )
             row = await cur.fetchone()
         if row is None:
             raise errors.NotFound(f"task '{task_id}' not found")
@@ -324,12 +421,19 @@ class TaskStore:
         async with self._pool.connection() as conn:
             cur = await conn.execute(
                 "SELECT seq, kind, text, step FROM task_events WHERE task_id = %s AND seq > %s"
-                " ORDER BY seq", (task_id, after))
+                " ORDER BY seq",
+                (task_id, after),
+            )
             found = await cur.fetchall()
-        return [model.Event(seq=r["seq"], kind=model.EventKind(r["kind"]), text=r["text"],
-                            step=r["step"]) for r in found]
+        return [
+            model.Event(
+                seq=r["seq"], kind=model.EventKind(r["kind"]), text=r["text"], step=r["step"]
+            )
+            for r in found
+        ]
 
-    def follow(self, task: model.TaskRecord, *, after: int = 0,
-               poll_s: float = 0.25) -> AsyncIterator[model.Event]:
+    def follow(
+        self, task: model.TaskRecord, *, after: int = 0, poll_s: float = 0.25
+    ) -> AsyncIterator[model.Event]:
         """Replay the task's stored events, then follow new ones until the final event."""
         return self._followers.follow(task.id, after=after, poll_s=poll_s)

@@ -20,10 +20,12 @@ from aion.core import authz, channels, tls
 CA = tls.LocalCa()
 AGENT_SERVICE = "aion.agent.v1.AgentService"
 EXECUTOR_SERVICE = "aion.executor.v1.Executor"
-EXECUTOR_ALLOW = authz.methods(EXECUTOR_SERVICE, {
-    "Generate": {"agent"}, "Stats": {"agent"}, "Embed": {"knowledge", "agent"}})
-OPERATOR_METHODS = frozenset({f"/{AGENT_SERVICE}/RegisterAgent",
-                              f"/{AGENT_SERVICE}/DeregisterAgent"})
+EXECUTOR_ALLOW = authz.methods(
+    EXECUTOR_SERVICE, {"Generate": {"agent"}, "Stats": {"agent"}, "Embed": {"knowledge", "agent"}}
+)
+OPERATOR_METHODS = frozenset(
+    {f"/{AGENT_SERVICE}/RegisterAgent", f"/{AGENT_SERVICE}/DeregisterAgent"}
+)
 
 
 class _AsCallers:
@@ -55,8 +57,12 @@ class _AsCallers:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         await self.close()
 
 
@@ -65,8 +71,9 @@ def channel(address: str, *, ca: tls.LocalCa = CA) -> Any:
     return _AsCallers(address, ca)
 
 
-def process_env(directory: Path, identity: str = "agent", *,
-                ca: tls.LocalCa = CA) -> dict[str, str]:
+def process_env(
+    directory: Path, identity: str = "agent", *, ca: tls.LocalCa = CA
+) -> dict[str, str]:
     """The ``AION_TLS_*`` variables of a service process of ``identity`` (files written
     under ``directory``)."""
     return ca.env(directory, identity)

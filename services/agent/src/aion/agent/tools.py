@@ -61,7 +61,8 @@ class SearchArgs(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
     query: str = pydantic.Field(min_length=1, description="what to look for")
     knowledge_base: str | None = pydantic.Field(
-        default=None, description="one of the agent's knowledge bases; all of them if unset")
+        default=None, description="one of the agent's knowledge bases; all of them if unset"
+    )
     top_k: int = pydantic.Field(default=4, ge=1, le=20)
 
 
@@ -81,8 +82,9 @@ class Call(pydantic.BaseModel):
 
 
 def _short(exc: pydantic.ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}"
-                     for e in exc.errors()[:3])
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'reply'}: {e['msg']}" for e in exc.errors()[:3]
+    )
 
 
 def parse_call(reply: str) -> Call | None:
@@ -98,10 +100,12 @@ def parse_call(reply: str) -> Call | None:
         raise errors.InvalidArgument(
             f"the model's reply is not valid tool JSON ({exc.msg} at character {exc.pos}); "
             'a tool call is one object: {"tool": NAME, "arguments": {...}}',
-            field="reply") from exc
+            field="reply",
+        ) from exc
     except pydantic.ValidationError as exc:
-        raise errors.InvalidArgument(f"the model's reply is not a valid tool call: {_short(exc)}",
-                                     field="reply") from exc
+        raise errors.InvalidArgument(
+            f"the model's reply is not a valid tool call: {_short(exc)}", field="reply"
+        ) from exc
 
 
 def arguments(tool: Tool, raw: dict[str, Any]) -> pydantic.BaseModel | dict[str, Any]:
@@ -113,15 +117,20 @@ def arguments(tool: Tool, raw: dict[str, Any]) -> pydantic.BaseModel | dict[str,
     except pydantic.ValidationError as exc:
         raise errors.InvalidArgument(
             f"the arguments of tool '{tool.name}' do not match its schema: {_short(exc)}",
-            field=f"tools.{tool.name}.arguments") from exc
+            field=f"tools.{tool.name}.arguments",
+        ) from exc
 
 
 def prompt(tools: dict[str, Tool]) -> str:
     """The instructions that tell the model which tools it has and how to call them."""
-    lines = ["You can call tools. To call one, reply with only one JSON object: "
-             '{"tool": "<name>", "arguments": {...}}. When you have the answer, reply with '
-             "the answer in plain text instead. Tools:"]
+    lines = [
+        "You can call tools. To call one, reply with only one JSON object: "
+        '{"tool": "<name>", "arguments": {...}}. When you have the answer, reply with '
+        "the answer in plain text instead. Tools:"
+    ]
     for tool in tools.values():
-        lines.append(f"- {tool.name}: {tool.description} Arguments (JSON schema): "
-                     f"{json.dumps(tool.schema(), separators=(',', ':'))}")
+        lines.append(
+            f"- {tool.name}: {tool.description} Arguments (JSON schema): "
+            f"{json.dumps(tool.schema(), separators=(',', ':'))}"
+        )
     return "\n".join(lines)

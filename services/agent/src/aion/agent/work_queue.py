@@ -24,14 +24,20 @@ from aion.api.events.v1 import events_pb2
 from aion.core import kafka as core_kafka
 
 
-def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
-             bootstrap: str,
-             security: core_kafka.KafkaSettings | None = None) -> kafka.IdempotentConsumer:
+def consumer(
+    *,
+    run: runner.Runner,
+    pool: db.Pool,
+    topics: events.Topics,
+    bootstrap: str,
+    security: core_kafka.KafkaSettings | None = None,
+) -> kafka.IdempotentConsumer:
     """The work topic's consumer, feeding the runner's fair dispatcher (``Runner.dispatch``
     of ``topics.work``, which the ``Worker`` runs beside it)."""
 
-    async def handle(env: events_pb2.Envelope,
-                     conn: psycopg.AsyncConnection[Any]) -> kafka.Then | None:
+    async def handle(
+        env: events_pb2.Envelope, conn: psycopg.AsyncConnection[Any]
+    ) -> kafka.Then | None:
         if env.type != events.TASK_QUEUED:
             raise kafka.Poison(f"unexpected event type '{env.type}' on the work topic")
         queued = events_pb2.TaskQueued()
@@ -54,6 +60,12 @@ def consumer(*, run: runner.Runner, pool: db.Pool, topics: events.Topics,
         return then
 
     return kafka.IdempotentConsumer(
-        name="worker", topic=topics.work, group=topics.group("agent-workers"),
-        bootstrap=bootstrap, pool=pool, handle=handle,
-        dead_letter=topics.dead_letter(topics.work), security=security)
+        name="worker",
+        topic=topics.work,
+        group=topics.group("agent-workers"),
+        bootstrap=bootstrap,
+        pool=pool,
+        handle=handle,
+        dead_letter=topics.dead_letter(topics.work),
+        security=security,
+    )

@@ -39,9 +39,16 @@ log = logging.getLogger(__name__)
 class Worker:
     """This replica's background tasks, started together and drained in order."""
 
-    def __init__(self, *, run: runner.Runner, recovery: recovery.Recovery,
-                 publisher: outbox.Publisher, consumer: kafka.IdempotentConsumer,
-                 queue: str, grace_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        run: runner.Runner,
+        recovery: recovery.Recovery,
+        publisher: outbox.Publisher,
+        consumer: kafka.IdempotentConsumer,
+        queue: str,
+        grace_s: float,
+    ) -> None:
         self._runner = run
         self._recovery = recovery
         self._publisher = publisher
@@ -96,8 +103,12 @@ class Worker:
         self._start(self._group)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         assert self._group is not None
         try:
             if exc_type is None:

@@ -11,8 +11,9 @@ _FINISH = {
 }
 
 
-def generate_request_from_pb(msg: executor_pb2.GenerateRequest, *,
-                             limits: validation.Limits) -> validation.GenerateRequest:
+def generate_request_from_pb(
+    msg: executor_pb2.GenerateRequest, *, limits: validation.Limits
+) -> validation.GenerateRequest:
     """Validate and convert a GenerateRequest; errors name the offending field."""
     return validation.generate(
         model=msg.model,
@@ -27,8 +28,9 @@ def generate_request_from_pb(msg: executor_pb2.GenerateRequest, *,
     )
 
 
-def embed_request_from_pb(msg: executor_pb2.EmbedRequest, *,
-                          limits: validation.Limits) -> validation.EmbedRequest:
+def embed_request_from_pb(
+    msg: executor_pb2.EmbedRequest, *, limits: validation.Limits
+) -> validation.EmbedRequest:
     """Validate and convert an EmbedRequest."""
     return validation.embed(model=msg.model, texts=list(msg.texts), limits=limits)
 
@@ -37,8 +39,10 @@ def embedded_to_pb(result: backend.Embedded, *, model: str) -> executor_pb2.Embe
     """The EmbedResponse for a request's vectors."""
     return executor_pb2.EmbedResponse(
         embeddings=[executor_pb2.Embedding(values=row.tolist()) for row in result.vectors],
-        model=model, dimensions=int(result.vectors.shape[1]),
-        prompt_tokens=result.prompt_tokens)
+        model=model,
+        dimensions=int(result.vectors.shape[1]),
+        prompt_tokens=result.prompt_tokens,
+    )
 
 
 def chunk_to_pb(chunk: backend.Chunk) -> executor_pb2.GenerateChunk:
@@ -52,8 +56,9 @@ def chunk_to_pb(chunk: backend.Chunk) -> executor_pb2.GenerateChunk:
     return out
 
 
-def stats_to_pb(load: stats.Load, *, model: str, device: str, task: str,
-                executor: str) -> executor_pb2.ExecutorStats:
+def stats_to_pb(
+    load: stats.Load, *, model: str, device: str, task: str, executor: str
+) -> executor_pb2.ExecutorStats:
     """The ExecutorStats message for a load snapshot."""
     return executor_pb2.ExecutorStats(
         model=model,

@@ -67,8 +67,10 @@ class Inference(Protocol):
         """The current load."""
         ...
 
-    def generate(self, request: validation.GenerateRequest,
-                 ) -> AsyncGenerator[backend.Chunk, None]:
+    def generate(
+        self,
+        request: validation.GenerateRequest,
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Stream a completion (generation services only)."""
         ...
 
@@ -82,8 +84,9 @@ class _Service:
 
     task: ModelTask
 
-    def __init__(self, model: backend.Loadable, *, model_name: str,
-                 limits: validation.Limits) -> None:
+    def __init__(
+        self, model: backend.Loadable, *, model_name: str, limits: validation.Limits
+    ) -> None:
         self._model = model
         self.model_name = model_name
         self.limits = limits
@@ -96,13 +99,22 @@ class _Service:
     async def load(self) -> None:
         """Load the model in a thread, logging its size, where it runs and how long it took."""
         model = self._model
-        log.info("loading model", extra={"path": str(model.path), "size_mb": _size_mb(model.path),
-                                         "device": model.device})
+        log.info(
+            "loading model",
+            extra={
+                "path": str(model.path),
+                "size_mb": _size_mb(model.path),
+                "device": model.device,
+            },
+        )
         started = time.perf_counter()
         await asyncio.to_thread(model.load)
         seconds = time.perf_counter() - started
-        log.info("model loaded in %.2f s", seconds, extra={
-            "path": str(model.path), "seconds": round(seconds, 2), "device": model.device})
+        log.info(
+            "model loaded in %.2f s",
+            seconds,
+            extra={"path": str(model.path), "seconds": round(seconds, 2), "device": model.device},
+        )
 
     def close(self) -> None:
         """Free the model; safe to call twice."""
@@ -114,8 +126,14 @@ class GenerationService(_Service):
 
     task: ModelTask = "generate"
 
-    def __init__(self, model: backend.GenerationBackend, *, model_name: str,
-                 limits: validation.Limits, max_queue: int) -> None:
+    def __init__(
+        self,
+        model: backend.GenerationBackend,
+        *,
+        model_name: str,
+        limits: validation.Limits,
+        max_queue: int,
+    ) -> None:
         super().__init__(model, model_name=model_name, limits=limits)
         self._generator = model
         self._scheduler = scheduler.Scheduler(model, max_queue=max_queue)
@@ -133,8 +151,10 @@ class GenerationService(_Service):
         """None: the backend decodes in its own thread."""
         return {}
 
-    async def generate(self, request: validation.GenerateRequest,
-                       ) -> AsyncGenerator[backend.Chunk, None]:
+    async def generate(
+        self,
+        request: validation.GenerateRequest,
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Stream a completion; errors before the first chunk say what was wrong."""
         validation.check_model(request.model, served=self.model_name)
         model, sched = self._generator, self._scheduler
@@ -153,22 +173,28 @@ class GenerationService(_Service):
                 raise errors.InvalidArgument(
                     f"the prompt is {prompt.n_tokens} tokens but the context of "
                     f"{self.model_name} holds {model.context_size}; shorten the {field}",
-                    field=field)
+                    field=field,
+                )
             async with contextlib.aclosing(sched.admitted(prompt, request.params)) as chunks:
                 async for chunk in chunks:
                     if chunk.usage is not None:
-                        log.info("generated", extra={
-                            "prompt_tokens": chunk.usage.prompt_tokens,
-                            "completion_tokens": chunk.usage.completion_tokens,
-                            "finish_reason": chunk.finish.value if chunk.finish else ""})
+                        log.info(
+                            "generated",
+                            extra={
+                                "prompt_tokens": chunk.usage.prompt_tokens,
+                                "completion_tokens": chunk.usage.completion_tokens,
+                                "finish_reason": chunk.finish.value if chunk.finish else "",
+                            },
+                        )
                     yield chunk
 
     async def embed(self, request: validation.EmbedRequest) -> backend.Embedded:
         """Refused: this executor generates."""
         validation.check_model(request.model, served=self.model_name)
         raise errors.FailedPrecondition(
-            f"this executor serves model {self.model_name!r} for task \"generate\"; "
-            "embeddings need an executor whose model task is \"embed\"")
+            f'this executor serves model {self.model_name!r} for task "generate"; '
+            'embeddings need an executor whose model task is "embed"'
+        )
 
 
 class EmbeddingService(_Service):
@@ -176,13 +202,21 @@ class EmbeddingService(_Service):
 
     task: ModelTask = "embed"
 
-    def __init__(self, model: backend.EmbeddingBackend, *, model_name: str,
-                 limits: validation.Limits, max_queue: int, max_batch: int,
-                 max_wait_s: float) -> None:
+    def __init__(
+        self,
+        model: backend.EmbeddingBackend,
+        *,
+        model_name: str,
+        limits: validation.Limits,
+        max_queue: int,
+        max_batch: int,
+        max_wait_s: float,
+    ) -> None:
         super().__init__(model, model_name=model_name, limits=limits)
         self._embedder = model
-        self._batcher = batcher.EmbedBatcher(model, max_batch=max_batch, max_wait_s=max_wait_s,
-                                             max_queue=max_queue)
+        self._batcher = batcher.EmbedBatcher(
+            model, max_batch=max_batch, max_wait_s=max_wait_s, max_queue=max_queue
+        )
 
     @property
     def ready(self) -> bool:
@@ -197,13 +231,16 @@ class EmbeddingService(_Service):
         """The batcher, which forms and embeds batches until cancelled."""
         return {"embed batcher": self._batcher.run}
 
-    async def generate(self, request: validation.GenerateRequest,
-                       ) -> AsyncGenerator[backend.Chunk, None]:
+    async def generate(
+        self,
+        request: validation.GenerateRequest,
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Refused: this executor embeds."""
         validation.check_model(request.model, served=self.model_name)
         raise errors.FailedPrecondition(
-            f"this executor serves model {self.model_name!r} for task \"embed\"; "
-            "generation needs an executor whose model task is \"generate\"")
+            f'this executor serves model {self.model_name!r} for task "embed"; '
+            'generation needs an executor whose model task is "generate"'
+        )
         yield  # an async generator, like GenerationService.generate
 
     async def embed(self, request: validation.EmbedRequest) -> backend.Embedded:

@@ -45,20 +45,36 @@ _RETRY_S = 2.0
 
 def envelope(load: stats.Load, *, executor: str, model: str) -> events_pb2.Envelope:
     """The envelope of one load report."""
-    return events.envelope(type_=EVENT_TYPE, source=SOURCE, subject=executor,
-                           data=events_pb2.ExecutorLoad(
-                               executor=executor, model=model, queue_depth=load.queue_depth,
-                               in_flight=load.in_flight, tokens_per_s=load.tokens_per_s,
-                               p95_latency_ms=(load.p95_latency_s or 0.0) * 1000,
-                               model_ready=load.model_ready))
+    return events.envelope(
+        type_=EVENT_TYPE,
+        source=SOURCE,
+        subject=executor,
+        data=events_pb2.ExecutorLoad(
+            executor=executor,
+            model=model,
+            queue_depth=load.queue_depth,
+            in_flight=load.in_flight,
+            tokens_per_s=load.tokens_per_s,
+            p95_latency_ms=(load.p95_latency_s or 0.0) * 1000,
+            model_ready=load.model_ready,
+        ),
+    )
 
 
 class LoadReporter:
     """Publishes the load every ``interval_s``; an async context manager, ``run`` in a task."""
 
-    def __init__(self, source: Callable[[], stats.Load], *, bootstrap: str, topic: str,
-                 interval_s: float, executor: str, model: str,
-                 security: core_kafka.KafkaSettings | None = None) -> None:
+    def __init__(
+        self,
+        source: Callable[[], stats.Load],
+        *,
+        bootstrap: str,
+        topic: str,
+        interval_s: float,
+        executor: str,
+        model: str,
+        security: core_kafka.KafkaSettings | None = None,
+    ) -> None:
         self._source = source
         self._security = security
         self._bootstrap = bootstrap
@@ -73,8 +89,14 @@ class LoadReporter:
 
     async def __aenter__(self) -> Self:
         self._producer = core_kafka.producer(
-            self._bootstrap, self._security, client_id=f"aion-executor-{self._executor}",
-            enable_idempotence=False, acks=1, linger_ms=0, request_timeout_ms=10000)
+            self._bootstrap,
+            self._security,
+            client_id=f"aion-executor-{self._executor}",
+            enable_idempotence=False,
+            acks=1,
+            linger_ms=0,
+            request_timeout_ms=10000,
+        )
         return self
 
     async def run(self) -> None:
@@ -89,8 +111,9 @@ class LoadReporter:
                 failing = False
             except kafka_errors.KafkaError as exc:
                 if not failing:
-                    log.warning("cannot publish load reports: %s", exc,
-                                extra={"topic": self._topic})
+                    log.warning(
+                        "cannot publish load reports: %s", exc, extra={"topic": self._topic}
+                    )
                 failing = True
             await asyncio.sleep(self._interval_s)
 
@@ -106,17 +129,23 @@ class LoadReporter:
         while True:
             self.connect_attempts += 1
             try:
-                await core_kafka.ensure_topics(self._bootstrap, {self._topic: 1},
-                                               self._security, request_timeout_ms=10000)
+                await core_kafka.ensure_topics(
+                    self._bootstrap, {self._topic: 1}, self._security, request_timeout_ms=10000
+                )
                 await self._producer.start()
                 self._started = True
-                log.info("publishing load reports", extra={
-                    "topic": self._topic, "interval_s": self._interval_s})
+                log.info(
+                    "publishing load reports",
+                    extra={"topic": self._topic, "interval_s": self._interval_s},
+                )
                 return
             except (kafka_errors.KafkaError, OSError) as exc:
                 if not failing:
-                    log.warning("Kafka is unreachable for load reports (retrying): %s", exc,
-                                extra={"bootstrap": self._bootstrap})
+                    log.warning(
+                        "Kafka is unreachable for load reports (retrying): %s",
+                        exc,
+                        extra={"bootstrap": self._bootstrap},
+                    )
                 failing = True
                 await asyncio.sleep(_RETRY_S)
 
@@ -136,6 +165,10 @@ class LoadReporter:
                 self._producer = None
         await producer.stop()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         await self.close()

@@ -29,40 +29,77 @@ log = logging.getLogger(__name__)
 
 def build(cfg: executor_settings.ExecutorSettings) -> inference.Service:
     """The service of the configured task over its model (not loaded yet)."""
-    limits = validation.Limits(default_max_tokens=cfg.default_max_tokens,
-                               max_tokens_limit=cfg.max_tokens_limit,
-                               max_texts=cfg.embed_max_texts,
-                               max_prompt_chars=cfg.max_prompt_chars,
-                               max_body_bytes=cfg.max_body_bytes)
+    limits = validation.Limits(
+        default_max_tokens=cfg.default_max_tokens,
+        max_tokens_limit=cfg.max_tokens_limit,
+        max_texts=cfg.embed_max_texts,
+        max_prompt_chars=cfg.max_prompt_chars,
+        max_body_bytes=cfg.max_body_bytes,
+    )
     if cfg.model_task == "generate":
         return inference.GenerationService(
-            llama_backend.LlamaBackend(cfg.model_file(), n_ctx=cfg.n_ctx,
-                                       n_threads=cfg.n_threads, max_streams=cfg.max_streams,
-                                       n_batch=cfg.n_batch, device=cfg.device),
-            model_name=cfg.served_name(), limits=limits, max_queue=cfg.max_queue)
+            llama_backend.LlamaBackend(
+                cfg.model_file(),
+                n_ctx=cfg.n_ctx,
+                n_threads=cfg.n_threads,
+                max_streams=cfg.max_streams,
+                n_batch=cfg.n_batch,
+                device=cfg.device,
+            ),
+            model_name=cfg.served_name(),
+            limits=limits,
+            max_queue=cfg.max_queue,
+        )
     return inference.EmbeddingService(
-        st_backend.SentenceTransformerBackend(cfg.model_file(), n_threads=cfg.n_threads,
-                                              device=cfg.device),
-        model_name=cfg.served_name(), limits=limits, max_queue=cfg.max_queue,
-        max_batch=cfg.embed_max_batch, max_wait_s=cfg.embed_max_wait_ms / 1000)
+        st_backend.SentenceTransformerBackend(
+            cfg.model_file(), n_threads=cfg.n_threads, device=cfg.device
+        ),
+        model_name=cfg.served_name(),
+        limits=limits,
+        max_queue=cfg.max_queue,
+        max_batch=cfg.embed_max_batch,
+        max_wait_s=cfg.embed_max_wait_ms / 1000,
+    )
 
 
 async def run(cfg: executor_settings.ExecutorSettings, material: tls.Tls) -> None:
     """Serve until SIGTERM or SIGINT, then drain; a model that fails to load raises."""
     service = build(cfg)
     stats.export(service.snapshot)
-    grpc = serving.grpc_server(service, executor_id=cfg.instance_id, host=cfg.host,
-                               port=cfg.port, grace_s=cfg.grace_s, tls=material,
-                               health_port=cfg.health_port, drain_delay_s=cfg.drain_delay_s)
-    http = None if cfg.http_port is None else serving.http_server(
-        service, token=cfg.http_token.get_secret_value() if cfg.http_token else None,
-        host=cfg.host, port=cfg.http_port)
-    reporter = None if not cfg.kafka_bootstrap else load_report.LoadReporter(
-        service.snapshot, bootstrap=cfg.kafka_bootstrap, topic=cfg.load_topic,
-        interval_s=cfg.load_interval_s, executor=cfg.instance_id, model=service.model_name,
-        security=cfg)
-    with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port), \
-            contextlib.closing(service):
+    grpc = serving.grpc_server(
+        service,
+        executor_id=cfg.instance_id,
+        host=cfg.host,
+        port=cfg.port,
+        grace_s=cfg.grace_s,
+        tls=material,
+        health_port=cfg.health_port,
+        drain_delay_s=cfg.drain_delay_s,
+    )
+    http = (
+        None
+        if cfg.http_port is None
+        else serving.http_server(
+            service,
+            token=cfg.http_token.get_secret_value() if cfg.http_token else None,
+            host=cfg.host,
+            port=cfg.http_port,
+        )
+    )
+    reporter = (
+        None
+        if not cfg.kafka_bootstrap
+        else load_report.LoadReporter(
+            service.snapshot,
+            bootstrap=cfg.kafka_bootstrap,
+            topic=cfg.load_topic,
+            interval_s=cfg.load_interval_s,
+            executor=cfg.instance_id,
+            model=service.model_name,
+            security=cfg,
+        )
+    )
+    with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port), contextlib.closing(service):
         async with serving.serve(service, grpc=grpc, http=http, reporter=reporter) as running:
             await running.load_model()
             await lifecycle.wait_for_signal()

@@ -16,9 +16,14 @@ SERVICE = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name
 # Who may call each RPC (their certificates' identities): only the agent service
 # generates; the knowledge service embeds documents and queries, the agent service
 # may embed too.
-ALLOW = authz.methods(SERVICE, {
-    "Generate": {"agent"}, "Stats": {"agent"}, "Embed": {"knowledge", "agent"},
-})
+ALLOW = authz.methods(
+    SERVICE,
+    {
+        "Generate": {"agent"},
+        "Stats": {"agent"},
+        "Embed": {"knowledge", "agent"},
+    },
+)
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
@@ -28,22 +33,30 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self._service = service
         self._executor_id = executor_id
 
-    async def Generate(self, request: executor_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext[Any, Any],
-                       ) -> AsyncIterator[executor_pb2.GenerateChunk]:
+    async def Generate(
+        self,
+        request: executor_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[executor_pb2.GenerateChunk]:
         req = convert.generate_request_from_pb(request, limits=self._service.limits)
         async with contextlib.aclosing(self._service.generate(req)) as chunks:
             async for chunk in chunks:
                 yield convert.chunk_to_pb(chunk)
 
-    async def Embed(self, request: executor_pb2.EmbedRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.EmbedResponse:
+    async def Embed(
+        self, request: executor_pb2.EmbedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> executor_pb2.EmbedResponse:
         req = convert.embed_request_from_pb(request, limits=self._service.limits)
         result = await self._service.embed(req)
         return convert.embedded_to_pb(result, model=self._service.model_name)
 
-    async def Stats(self, request: executor_pb2.StatsRequest,
-                    context: grpc.aio.ServicerContext[Any, Any]) -> executor_pb2.ExecutorStats:
-        return convert.stats_to_pb(self._service.snapshot(), model=self._service.model_name,
-                                   device=self._service.device, task=self._service.task,
-                                   executor=self._executor_id)
+    async def Stats(
+        self, request: executor_pb2.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> executor_pb2.ExecutorStats:
+        return convert.stats_to_pb(
+            self._service.snapshot(),
+            model=self._service.model_name,
+            device=self._service.device,
+            task=self._service.task,
+            executor=self._executor_id,
+        )

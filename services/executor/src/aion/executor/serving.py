@@ -39,40 +39,68 @@ HTTP = "http"
 LOAD_REPORTS = "load reports"
 
 
-def grpc_server(service: inference.Inference, *, executor_id: str, host: str, port: int,
-                grace_s: float, tls: tls.Tls, health_port: int | None, ready: bool = False,
-                drain_delay_s: float = 0.0) -> server.GrpcServer:
+def grpc_server(
+    service: inference.Inference,
+    *,
+    executor_id: str,
+    host: str,
+    port: int,
+    grace_s: float,
+    tls: tls.Tls,
+    health_port: int | None,
+    ready: bool = False,
+    drain_delay_s: float = 0.0,
+) -> server.GrpcServer:
     """The gRPC server with the Executor service over ``service``; not started.
 
     It starts NOT_SERVING (``ready=False``) until ``Serving.load_model`` is done.
     """
-    grpc = server.GrpcServer(name="executor", host=host, port=port, grace_s=grace_s,
-                             drain_delay_s=drain_delay_s, ready=ready, tls=tls,
-                             allow=servicer.ALLOW, health_port=health_port)
-    grpc.add(executor_pb2_grpc.add_ExecutorServicer_to_server,
-             servicer.ExecutorServicer(service, executor_id=executor_id), servicer.SERVICE)
+    grpc = server.GrpcServer(
+        name="executor",
+        host=host,
+        port=port,
+        grace_s=grace_s,
+        drain_delay_s=drain_delay_s,
+        ready=ready,
+        tls=tls,
+        allow=servicer.ALLOW,
+        health_port=health_port,
+    )
+    grpc.add(
+        executor_pb2_grpc.add_ExecutorServicer_to_server,
+        servicer.ExecutorServicer(service, executor_id=executor_id),
+        servicer.SERVICE,
+    )
     return grpc
 
 
-def http_server(service: inference.Inference, *, token: str | None, host: str,
-                port: int) -> core_http_server.HttpServer:
+def http_server(
+    service: inference.Inference, *, token: str | None, host: str, port: int
+) -> core_http_server.HttpServer:
     """The OpenAI-compatible HTTP server over ``service``; not started.
 
     Without a token it refuses every request but ``/healthz`` (fail closed).
     """
     if token is None:
-        log.warning("AION_EXECUTOR_HTTP_TOKEN is not set: the HTTP API refuses every "
-                    "request but /healthz")
-    return core_http_server.HttpServer(api.OpenAIApi(service, token=token).app,
-                                       name="executor http", host=host, port=port)
+        log.warning(
+            "AION_EXECUTOR_HTTP_TOKEN is not set: the HTTP API refuses every request but /healthz"
+        )
+    return core_http_server.HttpServer(
+        api.OpenAIApi(service, token=token).app, name="executor http", host=host, port=port
+    )
 
 
 class Serving:
     """A running executor: its servers and its named background tasks."""
 
-    def __init__(self, service: inference.Service, *, grpc: server.GrpcServer,
-                 http: core_http_server.HttpServer | None,
-                 tasks: dict[str, asyncio.Task[Any]]) -> None:
+    def __init__(
+        self,
+        service: inference.Service,
+        *,
+        grpc: server.GrpcServer,
+        http: core_http_server.HttpServer | None,
+        tasks: dict[str, asyncio.Task[Any]],
+    ) -> None:
         self.service = service
         self.grpc = grpc
         self.http = http
@@ -98,10 +126,14 @@ class Serving:
 
 
 @contextlib.asynccontextmanager
-async def serve(service: inference.Service, *, grpc: server.GrpcServer,
-                http: core_http_server.HttpServer | None = None,
-                reporter: load_report.LoadReporter | None = None,
-                loops: bool = True) -> AsyncIterator[Serving]:
+async def serve(
+    service: inference.Service,
+    *,
+    grpc: server.GrpcServer,
+    http: core_http_server.HttpServer | None = None,
+    reporter: load_report.LoadReporter | None = None,
+    loops: bool = True,
+) -> AsyncIterator[Serving]:
     """Start the servers and the background tasks; drain them on the way out.
 
     ``loops=False`` leaves the service's loops unstarted (a test that needs a
@@ -121,9 +153,12 @@ async def serve(service: inference.Service, *, grpc: server.GrpcServer,
                 work.update({name: loop() for name, loop in service.loops().items()})
             if reporter is not None:
                 work[LOAD_REPORTS] = reporter.run()
-            running = Serving(service, grpc=grpc, http=http, tasks={
-                name: group.create_task(coro, name=name)
-                for name, coro in work.items()})
+            running = Serving(
+                service,
+                grpc=grpc,
+                http=http,
+                tasks={name: group.create_task(coro, name=name) for name, coro in work.items()},
+            )
             try:
                 yield running
             finally:

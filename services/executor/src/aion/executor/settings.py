@@ -38,90 +38,132 @@ def bundled_model_path(task: Task = "generate") -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             f"the {package} package is not installed; install {package.replace('_', '-')} or "
-            "set AION_EXECUTOR_MODEL_PATH")
+            "set AION_EXECUTOR_MODEL_PATH"
+        )
     for location in spec.submodule_search_locations:
         candidate = Path(location) / name
         if candidate.exists():
             return candidate
     raise FileNotFoundError(
         f"{name} is missing from the {package} package; reinstall it or set "
-        "AION_EXECUTOR_MODEL_PATH")
+        "AION_EXECUTOR_MODEL_PATH"
+    )
 
 
 class ExecutorSettings(settings.ServiceSettings, kafka.KafkaSettings):
     """Where the executor listens, which model it serves, and how much work it admits."""
 
     model_config = pydantic_settings.SettingsConfigDict(
-        env_prefix="AION_EXECUTOR_", extra="ignore", frozen=True, protected_namespaces=())
+        env_prefix="AION_EXECUTOR_", extra="ignore", frozen=True, protected_namespaces=()
+    )
 
     port: int = pydantic.Field(default=50055, ge=0, le=65535)
     health_port: int = pydantic.Field(
-        default=51055, ge=0, le=65535,
-        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)")
+        default=51055,
+        ge=0,
+        le=65535,
+        description="plaintext port answering grpc.health.v1.Health only (kubelet probes)",
+    )
     http_token: pydantic.SecretStr | None = pydantic.Field(
-        default=None, description="bearer token the HTTP API requires (Authorization: Bearer); "
-                                  "unset refuses every request but /healthz")
+        default=None,
+        description="bearer token the HTTP API requires (Authorization: Bearer); "
+        "unset refuses every request but /healthz",
+    )
     http_port: int | None = pydantic.Field(
-        default=0, ge=0, le=65535,
-        description="OpenAI-compatible HTTP port; 0 picks a free one, unset disables it")
+        default=0,
+        ge=0,
+        le=65535,
+        description="OpenAI-compatible HTTP port; 0 picks a free one, unset disables it",
+    )
     model_task: Task = pydantic.Field(
-        default="generate", description="generate (chat/completions) or embed (embeddings)")
+        default="generate", description="generate (chat/completions) or embed (embeddings)"
+    )
     model_path: pydantic.FilePath | pydantic.DirectoryPath | None = pydantic.Field(
         default=None,
         description="a GGUF file (generate) or a sentence-transformers folder (embed); "
-                    "unset serves the bundled model of the task")
+        "unset serves the bundled model of the task",
+    )
     model_source: str | None = pydantic.Field(
-        default=None, description="the Agent's model.source (the operator sets it): a local "
-                                  "path, used when model_path is unset")
+        default=None,
+        description="the Agent's model.source (the operator sets it): a local "
+        "path, used when model_path is unset",
+    )
     model_name: str | None = pydantic.Field(
-        default=None, min_length=1,
-        description="the name clients use; unset names the bundled model of the task")
+        default=None,
+        min_length=1,
+        description="the name clients use; unset names the bundled model of the task",
+    )
     device: Device = pydantic.Field(
-        default="auto", description="cuda when present (auto), or forced; cpu otherwise")
+        default="auto", description="cuda when present (auto), or forced; cpu otherwise"
+    )
     instance_id: str = pydantic.Field(
-        default_factory=socket.gethostname, min_length=1,
-        description="who reports load (the pod name in a cluster)")
+        default_factory=socket.gethostname,
+        min_length=1,
+        description="who reports load (the pod name in a cluster)",
+    )
     n_ctx: int = pydantic.Field(
-        default=2048, ge=64, description="context window of each generation stream, in tokens")
+        default=2048, ge=64, description="context window of each generation stream, in tokens"
+    )
     n_threads: int = pydantic.Field(
-        default_factory=available_cpus, ge=1,
-        description="CPU threads for the model; on a shared host fewer threads can be faster")
+        default_factory=available_cpus,
+        ge=1,
+        description="CPU threads for the model; on a shared host fewer threads can be faster",
+    )
     max_streams: int = pydantic.Field(
-        default=8, ge=1, le=256,
-        description="generation streams decoded together at most (each holds n_ctx of KV cache)")
+        default=8,
+        ge=1,
+        le=256,
+        description="generation streams decoded together at most (each holds n_ctx of KV cache)",
+    )
     n_batch: int = pydantic.Field(
-        default=512, ge=32, description="tokens one llama.cpp decode step takes at most")
+        default=512, ge=32, description="tokens one llama.cpp decode step takes at most"
+    )
     max_queue: int = pydantic.Field(
-        default=64, ge=1, description="requests admitted at once (waiting + running)")
+        default=64, ge=1, description="requests admitted at once (waiting + running)"
+    )
     default_max_tokens: int = pydantic.Field(
-        default=256, ge=1, description="completion tokens when a request names none")
+        default=256, ge=1, description="completion tokens when a request names none"
+    )
     max_tokens_limit: int = pydantic.Field(
-        default=2048, ge=1, description="the most completion tokens a request may ask for")
+        default=2048, ge=1, description="the most completion tokens a request may ask for"
+    )
     embed_max_batch: int = pydantic.Field(
-        default=64, ge=1, description="texts one embedding batch holds at most")
+        default=64, ge=1, description="texts one embedding batch holds at most"
+    )
     embed_max_wait_ms: float = pydantic.Field(
-        default=5.0, ge=0, description="how long a batch waits for more texts once it has one")
+        default=5.0, ge=0, description="how long a batch waits for more texts once it has one"
+    )
     embed_max_texts: int = pydantic.Field(
-        default=256, ge=1, description="texts one Embed request may carry")
+        default=256, ge=1, description="texts one Embed request may carry"
+    )
     max_prompt_chars: int = pydantic.Field(
-        default=256 * 1024, ge=1, description="characters of a prompt (all messages together, "
-                                              "or one text to embed), refused before tokenising")
+        default=256 * 1024,
+        ge=1,
+        description="characters of a prompt (all messages together, "
+        "or one text to embed), refused before tokenising",
+    )
     max_body_bytes: int = pydantic.Field(
-        default=4 * 1024 * 1024, ge=1024, description="bytes of an HTTP request body; more "
-                                                      "is refused with 413")
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="bytes of an HTTP request body; more is refused with 413",
+    )
     kafka_bootstrap: str | None = pydantic.Field(
-        default=None, description="Kafka brokers for load reports; unset disables them")
+        default=None, description="Kafka brokers for load reports; unset disables them"
+    )
     load_topic: str = pydantic.Field(
-        default="aion.executor.load", min_length=1, description="the load reports' topic")
+        default="aion.executor.load", min_length=1, description="the load reports' topic"
+    )
     load_interval_s: float = pydantic.Field(
-        default=5.0, gt=0, description="how often the load is published")
+        default=5.0, gt=0, description="how often the load is published"
+    )
 
     @pydantic.model_validator(mode="after")
     def _consistent(self) -> ExecutorSettings:
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError(
                 f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens_limit "
-                f"({self.max_tokens_limit})")
+                f"({self.max_tokens_limit})"
+            )
         chosen = self._chosen_path()
         if chosen is not None:
             what = "model_path" if self.model_path is not None else "model_source"
@@ -131,7 +173,8 @@ class ExecutorSettings(settings.ServiceSettings, kafka.KafkaSettings):
                 raise ValueError(f"{what} {chosen} is a folder; generation loads a GGUF file")
             if self.model_task == "embed" and not chosen.is_dir():
                 raise ValueError(
-                    f"{what} {chosen} is a file; embeddings load a sentence-transformers folder")
+                    f"{what} {chosen} is a file; embeddings load a sentence-transformers folder"
+                )
         return self
 
     def _chosen_path(self) -> Path | None:

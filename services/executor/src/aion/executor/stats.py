@@ -17,32 +17,40 @@ import prometheus_client
 from aion.core import errors
 
 QUEUE_DEPTH = prometheus_client.Gauge(
-    "aion_executor_queue_depth", "Requests admitted and waiting for the model.")
-IN_FLIGHT = prometheus_client.Gauge(
-    "aion_executor_in_flight", "Requests generating now.")
+    "aion_executor_queue_depth", "Requests admitted and waiting for the model."
+)
+IN_FLIGHT = prometheus_client.Gauge("aion_executor_in_flight", "Requests generating now.")
 MAX_QUEUE = prometheus_client.Gauge(
-    "aion_executor_max_queue", "Requests admitted at most (waiting + generating).")
+    "aion_executor_max_queue", "Requests admitted at most (waiting + generating)."
+)
 TOKENS_PER_SECOND = prometheus_client.Gauge(
     "aion_executor_tokens_per_second",
     "Tokens per second over the recent window: completion tokens (generate) or input tokens "
-    "(embed).")
+    "(embed).",
+)
 P95_LATENCY = prometheus_client.Gauge(
     "aion_executor_p95_latency_seconds",
-    "95th percentile of request latency (admission to last token) over the recent window.")
+    "95th percentile of request latency (admission to last token) over the recent window.",
+)
 MODEL_READY = prometheus_client.Gauge(
-    "aion_executor_model_ready", "1 once the model is loaded, else 0.")
+    "aion_executor_model_ready", "1 once the model is loaded, else 0."
+)
 MAX_BATCH = prometheus_client.Gauge(
-    "aion_executor_max_batch", "Generation streams decoded together, or texts per embedding "
-    "batch, at most.")
+    "aion_executor_max_batch",
+    "Generation streams decoded together, or texts per embedding batch, at most.",
+)
 TOKENS = prometheus_client.Counter(
-    "aion_executor_completion_tokens", "Completion tokens generated.")
-EMBEDDED_TEXTS = prometheus_client.Counter(
-    "aion_executor_embedded_texts", "Texts embedded.")
+    "aion_executor_completion_tokens", "Completion tokens generated."
+)
+EMBEDDED_TEXTS = prometheus_client.Counter("aion_executor_embedded_texts", "Texts embedded.")
 BATCH_SIZE = prometheus_client.Histogram(
-    "aion_executor_batch_size", "Texts per embedding batch, or streams per decoding step.",
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    "aion_executor_batch_size",
+    "Texts per embedding batch, or streams per decoding step.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 REJECTED = prometheus_client.Counter(
-    "aion_executor_rejected", "Requests refused because the queue was full.")
+    "aion_executor_rejected", "Requests refused because the queue was full."
+)
 RATE_WINDOW_S = 30.0
 LATENCY_WINDOW_S = 300.0
 MAX_RETRY_S = 30.0
@@ -95,7 +103,8 @@ class LatencyWindow:
     def __init__(self, *, window_s: float, max_samples: int = 2048) -> None:
         self._window_s = window_s
         self._samples: collections.deque[tuple[float, float]] = collections.deque(
-            maxlen=max_samples)
+            maxlen=max_samples
+        )
 
     def add(self, seconds: float, *, now: float) -> None:
         """Record one duration that ended at ``now``."""
@@ -122,26 +131,33 @@ class Meter:
         self.tokens = RateWindow(window_s=RATE_WINDOW_S, now=clock())
         self.latency = LatencyWindow(window_s=LATENCY_WINDOW_S)
 
-    def load(self, *, model_ready: bool, queue_depth: int, in_flight: int, max_queue: int,
-             max_batch: int) -> Load:
+    def load(
+        self, *, model_ready: bool, queue_depth: int, in_flight: int, max_queue: int, max_batch: int
+    ) -> Load:
         """The current load, with the windows' figures."""
         now = self._clock()
-        return Load(model_ready=model_ready, queue_depth=queue_depth, in_flight=in_flight,
-                    max_queue=max_queue, tokens_per_s=self.tokens.rate(now=now),
-                    p95_latency_s=self.latency.percentile(0.95, now=now), max_batch=max_batch)
+        return Load(
+            model_ready=model_ready,
+            queue_depth=queue_depth,
+            in_flight=in_flight,
+            max_queue=max_queue,
+            tokens_per_s=self.tokens.rate(now=now),
+            p95_latency_s=self.latency.percentile(0.95, now=now),
+            max_batch=max_batch,
+        )
 
     def retry_after_s(self) -> float:
         """How long a refused caller should wait."""
         p95 = self.latency.percentile(0.95, now=self._clock())
-        return self._min_retry_s if p95 is None else min(max(p95, self._min_retry_s),
-                                                         MAX_RETRY_S)
+        return self._min_retry_s if p95 is None else min(max(p95, self._min_retry_s), MAX_RETRY_S)
 
     def queue_full(self, max_queue: int) -> errors.ResourceExhausted:
         """The refusal of one request more than ``max_queue`` (counted in REJECTED)."""
         REJECTED.inc()
         return errors.ResourceExhausted(
             f"executor queue is full ({max_queue} requests); retry later",
-            retry_after_s=round(self.retry_after_s(), 3))
+            retry_after_s=round(self.retry_after_s(), 3),
+        )
 
 
 def export(source: Callable[[], Load]) -> None:

@@ -50,24 +50,44 @@ class Executor:
 
 
 @contextlib.asynccontextmanager
-async def serve(service: inference.Service, *, ready: bool = True, loops: bool = True,
-                grpc_options: list[tuple[str, Any]] | None = None,
-                ca: tls.LocalCa | None = None, http_token: str = "test-executor-token",
-                ) -> AsyncIterator[Executor]:
+async def serve(
+    service: inference.Service,
+    *,
+    ready: bool = True,
+    loops: bool = True,
+    grpc_options: list[tuple[str, Any]] | None = None,
+    ca: tls.LocalCa | None = None,
+    http_token: str = "test-executor-token",
+) -> AsyncIterator[Executor]:
     """Serve ``service`` over gRPC and HTTP on free ports, with its loops unless ``loops``
     is False; ``ca`` (a fresh one when None) issues its certificate and the stubs'
     (``agent``). ``ready=False`` starts NOT_SERVING, as the process does until
     ``Executor.serving.load_model()``."""
     ca = ca if ca is not None else tls.LocalCa()
-    grpc_server = serving.grpc_server(service, executor_id="in-process", host="127.0.0.1",
-                                      port=0, grace_s=1.0, tls=ca.tls("executor"),
-                                      health_port=0, ready=ready)
+    grpc_server = serving.grpc_server(
+        service,
+        executor_id="in-process",
+        host="127.0.0.1",
+        port=0,
+        grace_s=1.0,
+        tls=ca.tls("executor"),
+        health_port=0,
+        ready=ready,
+    )
     http = serving.http_server(service, token=http_token, host="127.0.0.1", port=0)
-    async with serving.serve(service, grpc=grpc_server, http=http, loops=loops) as running, \
-            grpc.aio.secure_channel(
-                grpc_server.address, ca.tls("agent").channel_credentials(),
-                options=[*ca.tls("agent").channel_options("executor"), *(grpc_options or [])],
-            ) as channel:
-        yield Executor(serving=running, stub=executor_pb2_grpc.ExecutorStub(channel),
-                       health=health_pb2_grpc.HealthStub(channel), http_url=http.url,
-                       http_token=http_token, ca=ca)
+    async with (
+        serving.serve(service, grpc=grpc_server, http=http, loops=loops) as running,
+        grpc.aio.secure_channel(
+            grpc_server.address,
+            ca.tls("agent").channel_credentials(),
+            options=[*ca.tls("agent").channel_options("executor"), *(grpc_options or [])],
+        ) as channel,
+    ):
+        yield Executor(
+            serving=running,
+            stub=executor_pb2_grpc.ExecutorStub(channel),
+            health=health_pb2_grpc.HealthStub(channel),
+            http_url=http.url,
+            http_token=http_token,
+            ca=ca,
+        )

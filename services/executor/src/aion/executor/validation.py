@@ -48,16 +48,26 @@ class EmbedRequest:
     texts: tuple[str, ...]
 
 
-def generate(*, model: str, messages: Sequence[tuple[str, str]], prompt: str | None,
-             max_tokens: int | None, temperature: float | None, top_p: float | None,
-             stop: Sequence[str], seed: int | None, limits: Limits) -> GenerateRequest:
+def generate(
+    *,
+    model: str,
+    messages: Sequence[tuple[str, str]],
+    prompt: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    stop: Sequence[str],
+    seed: int | None,
+    limits: Limits,
+) -> GenerateRequest:
     """Validate a generation request."""
     chars = len(prompt) if prompt is not None else sum(len(c) for _, c in messages)
     if chars > limits.max_prompt_chars:
         field = "prompt" if prompt is not None else "messages"
         raise errors.InvalidArgument(
             f"the {field} hold {chars} characters; the limit is {limits.max_prompt_chars}",
-            field=field)
+            field=field,
+        )
     return GenerateRequest(
         model=model,
         messages=_messages(messages, prompt),
@@ -78,15 +88,17 @@ def embed(*, model: str, texts: Sequence[str], limits: Limits) -> EmbedRequest:
         raise errors.InvalidArgument("texts must hold at least one text", field="texts")
     if len(texts) > limits.max_texts:
         raise errors.InvalidArgument(
-            f"texts holds {len(texts)} texts; at most {limits.max_texts} are allowed per "
-            "request", field="texts")
+            f"texts holds {len(texts)} texts; at most {limits.max_texts} are allowed per request",
+            field="texts",
+        )
     for i, text in enumerate(texts):
         if not text.strip():
             raise errors.InvalidArgument(f"texts[{i}] is empty", field=f"texts[{i}]")
         if len(text) > limits.max_prompt_chars:
             raise errors.InvalidArgument(
                 f"texts[{i}] is {len(text)} characters; the limit is {limits.max_prompt_chars}",
-                field=f"texts[{i}]")
+                field=f"texts[{i}]",
+            )
     return EmbedRequest(model=model, texts=tuple(texts))
 
 
@@ -95,11 +107,14 @@ def check_model(name: str, *, served: str) -> None:
     if name and name != served:
         raise errors.InvalidArgument(
             f"model {name!r} is not served here; this executor serves {served!r} "
-            "(or leave model empty)", field="model")
+            "(or leave model empty)",
+            field="model",
+        )
 
 
-def _messages(messages: Sequence[tuple[str, str]],
-              prompt: str | None) -> tuple[backend.ChatMessage, ...]:
+def _messages(
+    messages: Sequence[tuple[str, str]], prompt: str | None
+) -> tuple[backend.ChatMessage, ...]:
     if prompt is not None:
         if messages:
             raise errors.InvalidArgument("set messages or prompt, not both", field="prompt")
@@ -110,10 +125,12 @@ def _messages(messages: Sequence[tuple[str, str]],
         if role not in backend.ROLES:
             raise errors.InvalidArgument(
                 f"messages[{i}].role is {role!r}; use one of {', '.join(backend.ROLES)}",
-                field=f"messages[{i}].role")
+                field=f"messages[{i}].role",
+            )
         if not content.strip():
             raise errors.InvalidArgument(
-                f"messages[{i}].content is empty", field=f"messages[{i}].content")
+                f"messages[{i}].content is empty", field=f"messages[{i}].content"
+            )
     return tuple(backend.ChatMessage(role, content) for role, content in messages)
 
 
@@ -129,7 +146,8 @@ def _max_tokens(value: int | None, limits: Limits) -> int:
     if not 1 <= value <= limits.max_tokens_limit:
         raise errors.InvalidArgument(
             f"max_tokens is {value}; it must be between 1 and {limits.max_tokens_limit}",
-            field="max_tokens")
+            field="max_tokens",
+        )
     return value
 
 
@@ -139,7 +157,8 @@ def _temperature(value: float | None) -> float:
     if not math.isfinite(value) or value < 0:
         raise errors.InvalidArgument(
             f"temperature is {value}; it must be >= 0 (0 picks the likeliest token)",
-            field="temperature")
+            field="temperature",
+        )
     return value
 
 
@@ -155,7 +174,8 @@ def _stop(stop: Sequence[str]) -> tuple[str, ...]:
     if len(stop) > MAX_STOP_SEQUENCES:
         raise errors.InvalidArgument(
             f"stop holds {len(stop)} sequences; at most {MAX_STOP_SEQUENCES} are allowed",
-            field="stop")
+            field="stop",
+        )
     for i, s in enumerate(stop):
         if not s:
             raise errors.InvalidArgument(f"stop[{i}] is empty", field=f"stop[{i}]")
@@ -167,5 +187,6 @@ def _seed(value: int | None) -> int | None:
         return None
     if not 0 <= value <= backend.MAX_SEED:
         raise errors.InvalidArgument(
-            f"seed is {value}; it must be between 0 and {backend.MAX_SEED}", field="seed")
+            f"seed is {value}; it must be between 0 and {backend.MAX_SEED}", field="seed"
+        )
     return value

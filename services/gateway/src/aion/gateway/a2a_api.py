@@ -53,12 +53,14 @@ _STATE = {
     common_pb2.TASK_STATUS_TIMEOUT: a2a.TASK_STATE_FAILED,
     common_pb2.TASK_STATUS_CANCELED: a2a.TASK_STATE_CANCELED,
 }
-_ENDED = frozenset({common_pb2.TASK_STATUS_OK, common_pb2.TASK_STATUS_ERROR,
-                    common_pb2.TASK_STATUS_TIMEOUT})
+_ENDED = frozenset(
+    {common_pb2.TASK_STATUS_OK, common_pb2.TASK_STATUS_ERROR, common_pb2.TASK_STATUS_TIMEOUT}
+)
 OUTPUT = "output"  # the artifact that carries the agent's answer
 # The SDK's routes aion serves: JSON-RPC, and HTTP+JSON's message and task routes.
 _OFFERED = re.compile(
-    r"^/a2a/\{agent\}(/message:(send|stream)|/tasks/\{id\}(:cancel|:subscribe)?)?$")
+    r"^/a2a/\{agent\}(/message:(send|stream)|/tasks/\{id\}(:cancel|:subscribe)?)?$"
+)
 
 
 def _metadata(result: common_pb2.TaskResult) -> struct_pb2.Struct:
@@ -71,14 +73,23 @@ def task_of(result: common_pb2.TaskResult, *, context_id: str = "") -> a2a.Task:
     """The A2A task an aion result stands for."""
     status = a2a.TaskStatus(state=_STATE.get(result.status, a2a.TASK_STATE_UNSPECIFIED))
     if result.HasField("error") and result.error.message:
-        status.message.CopyFrom(a2a.Message(
-            message_id=f"{result.task_id}-error", role=a2a.ROLE_AGENT,
-            parts=[a2a.Part(text=f"{result.error.code}: {result.error.message}")]))
-    task = a2a.Task(id=result.task_id, context_id=context_id or result.task_id, status=status,
-                    metadata=_metadata(result))
+        status.message.CopyFrom(
+            a2a.Message(
+                message_id=f"{result.task_id}-error",
+                role=a2a.ROLE_AGENT,
+                parts=[a2a.Part(text=f"{result.error.code}: {result.error.message}")],
+            )
+        )
+    task = a2a.Task(
+        id=result.task_id,
+        context_id=context_id or result.task_id,
+        status=status,
+        metadata=_metadata(result),
+    )
     if result.output:
-        task.artifacts.append(a2a.Artifact(artifact_id=OUTPUT, name=OUTPUT,
-                                           parts=[a2a.Part(text=result.output)]))
+        task.artifacts.append(
+            a2a.Artifact(artifact_id=OUTPUT, name=OUTPUT, parts=[a2a.Part(text=result.output)])
+        )
     return task
 
 
@@ -89,8 +100,12 @@ def _raise(err: errors.AionError, *, about_task: bool = False) -> NoReturn:
         raise a2a_errors.InvalidParamsError(err.message) from err
     if isinstance(err, errors.FailedPrecondition) and about_task:
         raise a2a_errors.TaskNotCancelableError(err.message) from err
-    if isinstance(err, errors.Unavailable | errors.DeadlineExceeded | errors.Internal
-                  | errors.Cancelled) or type(err) is errors.AionError:
+    if (
+        isinstance(
+            err, errors.Unavailable | errors.DeadlineExceeded | errors.Internal | errors.Cancelled
+        )
+        or type(err) is errors.AionError
+    ):
         raise a2a_errors.InternalError(err.message) from err
     raise a2a_errors.InvalidRequestError(err.message) from err
 
@@ -122,50 +137,71 @@ class Handler(request_handler.RequestHandler):
     def _call(self, context: a2a_context.ServerCallContext) -> http_calls.Call:
         return http_calls.Call(context.state.get("headers", {}), timeout_s=self._timeout_s)
 
-    def _spec(self, params: a2a.SendMessageRequest,
-              context: a2a_context.ServerCallContext) -> tasks_pb2.TaskSpec:
+    def _spec(
+        self, params: a2a.SendMessageRequest, context: a2a_context.ServerCallContext
+    ) -> tasks_pb2.TaskSpec:
         message = params.message
         if message.task_id:
             raise a2a_errors.InvalidParamsError(
-                "an aion task takes one message: send a new message without taskId")
+                "an aion task takes one message: send a new message without taskId"
+            )
         text = "\n".join(part.text for part in message.parts if part.text)
         if not text.strip():
             raise a2a_errors.ContentTypeNotSupportedError(
-                "the message has no text part; aion agents take text")
-        return tasks_pb2.TaskSpec(agent=str(context.state.get("agent", "")), input=text,
-                                  idempotency_key=message.message_id)
+                "the message has no text part; aion agents take text"
+            )
+        return tasks_pb2.TaskSpec(
+            agent=str(context.state.get("agent", "")),
+            input=text,
+            idempotency_key=message.message_id,
+        )
 
-    async def on_message_send(self, params: a2a.SendMessageRequest,
-                              context: a2a_context.ServerCallContext) -> a2a.Task:
+    async def on_message_send(
+        self, params: a2a.SendMessageRequest, context: a2a_context.ServerCallContext
+    ) -> a2a.Task:
         """``SendMessage``: the task, once it ends (or QUEUED with returnImmediately)."""
         spec = self._spec(params, context)
         with _mapped():
-            sent = await self._tasks.Submit(tasks_pb2.SubmitRequest(
-                task=spec, asynchronous=params.configuration.return_immediately),
-                self._call(context).context())
+            sent = await self._tasks.Submit(
+                tasks_pb2.SubmitRequest(
+                    task=spec, asynchronous=params.configuration.return_immediately
+                ),
+                self._call(context).context(),
+            )
         return task_of(sent.result, context_id=params.message.context_id)
 
-    async def on_message_send_stream(self, params: a2a.SendMessageRequest,
-                                     context: a2a_context.ServerCallContext,
-                                     ) -> AsyncGenerator[Any]:
+    async def on_message_send_stream(
+        self,
+        params: a2a.SendMessageRequest,
+        context: a2a_context.ServerCallContext,
+    ) -> AsyncGenerator[Any]:
         """``SendStreamingMessage``: the task, its output in chunks, its final status."""
         spec = self._spec(params, context)
-        events = self._tasks.Stream(tasks_pb2.StreamRequest(task=spec),
-                                    self._call(context).context())
+        events = self._tasks.Stream(
+            tasks_pb2.StreamRequest(task=spec), self._call(context).context()
+        )
         async for event in self._events(events, context_id=params.message.context_id):
             yield event
 
-    async def on_subscribe_to_task(self, params: a2a.SubscribeToTaskRequest,
-                                   context: a2a_context.ServerCallContext,
-                                   ) -> AsyncGenerator[Any]:
+    async def on_subscribe_to_task(
+        self,
+        params: a2a.SubscribeToTaskRequest,
+        context: a2a_context.ServerCallContext,
+    ) -> AsyncGenerator[Any]:
         """``SubscribeToTask``: a task's events from its start, to its end."""
-        events = self._tasks.Stream(tasks_pb2.StreamRequest(task_id=params.id),
-                                    self._call(context).context())
+        events = self._tasks.Stream(
+            tasks_pb2.StreamRequest(task_id=params.id), self._call(context).context()
+        )
         async for event in self._events(events, context_id="", about_task=True):
             yield event
 
-    async def _events(self, events: AsyncIterator[tasks_pb2.TaskEvent], *, context_id: str,
-                      about_task: bool = False) -> AsyncIterator[Any]:
+    async def _events(
+        self,
+        events: AsyncIterator[tasks_pb2.TaskEvent],
+        *,
+        context_id: str,
+        about_task: bool = False,
+    ) -> AsyncIterator[Any]:
         chunks = 0
         try:
             with _mapped(about_task=about_task):
@@ -173,76 +209,99 @@ class Handler(request_handler.RequestHandler):
                     ctx = context_id or event.task_id
                     kind = event.WhichOneof("event")
                     if kind == "started":
-                        yield a2a.Task(id=event.task_id, context_id=ctx,
-                                       status=a2a.TaskStatus(state=a2a.TASK_STATE_WORKING))
+                        yield a2a.Task(
+                            id=event.task_id,
+                            context_id=ctx,
+                            status=a2a.TaskStatus(state=a2a.TASK_STATE_WORKING),
+                        )
                     elif kind == "token" and event.token.text:
                         chunks += 1
                         yield a2a.TaskArtifactUpdateEvent(
-                            task_id=event.task_id, context_id=ctx, append=chunks > 1,
-                            artifact=a2a.Artifact(artifact_id=OUTPUT, name=OUTPUT,
-                                                  parts=[a2a.Part(text=event.token.text)]))
+                            task_id=event.task_id,
+                            context_id=ctx,
+                            append=chunks > 1,
+                            artifact=a2a.Artifact(
+                                artifact_id=OUTPUT,
+                                name=OUTPUT,
+                                parts=[a2a.Part(text=event.token.text)],
+                            ),
+                        )
                     elif kind in ("done", "error"):
                         result = event.done.result if kind == "done" else event.error.result
                         final = task_of(result, context_id=ctx)
-                        yield a2a.TaskStatusUpdateEvent(task_id=event.task_id, context_id=ctx,
-                                                        status=final.status,
-                                                        metadata=final.metadata)
+                        yield a2a.TaskStatusUpdateEvent(
+                            task_id=event.task_id,
+                            context_id=ctx,
+                            status=final.status,
+                            metadata=final.metadata,
+                        )
         finally:
             if isinstance(events, AsyncGenerator):
                 await events.aclose()
 
-    async def on_get_task(self, params: a2a.GetTaskRequest,
-                          context: a2a_context.ServerCallContext) -> a2a.Task | None:
+    async def on_get_task(
+        self, params: a2a.GetTaskRequest, context: a2a_context.ServerCallContext
+    ) -> a2a.Task | None:
         """``GetTask``."""
         with _mapped(about_task=True):
-            result = await self._tasks.Get(tasks_pb2.GetTaskRequest(task_id=params.id),
-                                           self._call(context).context())
+            result = await self._tasks.Get(
+                tasks_pb2.GetTaskRequest(task_id=params.id), self._call(context).context()
+            )
         return task_of(result)
 
-    async def on_cancel_task(self, params: a2a.CancelTaskRequest,
-                             context: a2a_context.ServerCallContext) -> a2a.Task | None:
+    async def on_cancel_task(
+        self, params: a2a.CancelTaskRequest, context: a2a_context.ServerCallContext
+    ) -> a2a.Task | None:
         """``CancelTask``; a task that ended otherwise is not cancelable."""
         with _mapped(about_task=True):
-            result = await self._tasks.Cancel(tasks_pb2.CancelTaskRequest(task_id=params.id),
-                                              self._call(context).context())
+            result = await self._tasks.Cancel(
+                tasks_pb2.CancelTaskRequest(task_id=params.id), self._call(context).context()
+            )
         if result.status in _ENDED:
             raise a2a_errors.TaskNotCancelableError(
-                f"task '{result.task_id}' has ended {results.status_name(result.status)}")
+                f"task '{result.task_id}' has ended {results.status_name(result.status)}"
+            )
         return task_of(result)
 
-    async def on_list_tasks(self, params: a2a.ListTasksRequest,
-                            context: a2a_context.ServerCallContext) -> a2a.ListTasksResponse:
+    async def on_list_tasks(
+        self, params: a2a.ListTasksRequest, context: a2a_context.ServerCallContext
+    ) -> a2a.ListTasksResponse:
         """Not offered: aion has no task listing yet."""
         raise a2a_errors.UnsupportedOperationError("aion does not list tasks")
 
     async def on_create_task_push_notification_config(
-            self, params: a2a.TaskPushNotificationConfig,
-            context: a2a_context.ServerCallContext) -> a2a.TaskPushNotificationConfig:
+        self, params: a2a.TaskPushNotificationConfig, context: a2a_context.ServerCallContext
+    ) -> a2a.TaskPushNotificationConfig:
         """Not offered."""
         raise a2a_errors.PushNotificationNotSupportedError()
 
     async def on_get_task_push_notification_config(
-            self, params: a2a.GetTaskPushNotificationConfigRequest,
-            context: a2a_context.ServerCallContext) -> a2a.TaskPushNotificationConfig:
+        self,
+        params: a2a.GetTaskPushNotificationConfigRequest,
+        context: a2a_context.ServerCallContext,
+    ) -> a2a.TaskPushNotificationConfig:
         """Not offered."""
         raise a2a_errors.PushNotificationNotSupportedError()
 
     async def on_list_task_push_notification_configs(
-            self, params: a2a.ListTaskPushNotificationConfigsRequest,
-            context: a2a_context.ServerCallContext,
+        self,
+        params: a2a.ListTaskPushNotificationConfigsRequest,
+        context: a2a_context.ServerCallContext,
     ) -> a2a.ListTaskPushNotificationConfigsResponse:
         """Not offered."""
         raise a2a_errors.PushNotificationNotSupportedError()
 
     async def on_delete_task_push_notification_config(
-            self, params: a2a.DeleteTaskPushNotificationConfigRequest,
-            context: a2a_context.ServerCallContext) -> None:
+        self,
+        params: a2a.DeleteTaskPushNotificationConfigRequest,
+        context: a2a_context.ServerCallContext,
+    ) -> None:
         """Not offered."""
         raise a2a_errors.PushNotificationNotSupportedError()
 
     async def on_get_extended_agent_card(
-            self, params: a2a.GetExtendedAgentCardRequest,
-            context: a2a_context.ServerCallContext) -> a2a.AgentCard:
+        self, params: a2a.GetExtendedAgentCardRequest, context: a2a_context.ServerCallContext
+    ) -> a2a.AgentCard:
         """Not offered: the card at the well-known path is already the caller's."""
         raise a2a_errors.ExtendedAgentCardNotConfiguredError()
 
@@ -251,60 +310,89 @@ def card(agent: agents_pb2.Agent, *, url: str) -> a2a.AgentCard:
     """The A2A agent card of ``agent``, served at ``url``."""
     description = agent.description or f"The aion agent '{agent.name}'."
     return a2a.AgentCard(
-        name=agent.name, description=description, version=PROTOCOL_VERSION,
-        supported_interfaces=[a2a.AgentInterface(url=url, protocol_binding=binding,
-                                                 protocol_version=PROTOCOL_VERSION)
-                              for binding in ("JSONRPC", "HTTP+JSON")],
+        name=agent.name,
+        description=description,
+        version=PROTOCOL_VERSION,
+        supported_interfaces=[
+            a2a.AgentInterface(url=url, protocol_binding=binding, protocol_version=PROTOCOL_VERSION)
+            for binding in ("JSONRPC", "HTTP+JSON")
+        ],
         provider=a2a.AgentProvider(organization="aion", url=url),
         capabilities=a2a.AgentCapabilities(streaming=True),
-        security_schemes={"bearer": a2a.SecurityScheme(
-            http_auth_security_scheme=a2a.HTTPAuthSecurityScheme(scheme="bearer"))},
+        security_schemes={
+            "bearer": a2a.SecurityScheme(
+                http_auth_security_scheme=a2a.HTTPAuthSecurityScheme(scheme="bearer")
+            )
+        },
         security_requirements=[a2a.SecurityRequirement(schemes={"bearer": a2a.StringList()})],
-        default_input_modes=["text/plain"], default_output_modes=["text/plain"],
-        skills=[a2a.AgentSkill(id=agent.name, name=agent.name, description=description,
-                               tags=["aion"], input_modes=["text/plain"],
-                               output_modes=["text/plain"])])
+        default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[
+            a2a.AgentSkill(
+                id=agent.name,
+                name=agent.name,
+                description=description,
+                tags=["aion"],
+                input_modes=["text/plain"],
+                output_modes=["text/plain"],
+            )
+        ],
+    )
 
 
 class A2AApi:
     """The routes: each agent's card and JSON-RPC endpoint."""
 
-    def __init__(self, *, tasks: servicers.TasksServicer, agents: servicers.AgentsServicer,
-                 timeout_s: float, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        tasks: servicers.TasksServicer,
+        agents: servicers.AgentsServicer,
+        timeout_s: float,
+        max_body_bytes: int,
+    ) -> None:
         self._agents = agents
         self._timeout_s = timeout_s
         self._max_body = max_body_bytes
         handler = Handler(tasks=tasks, timeout_s=timeout_s)
         served = [
-            *jsonrpc_routes.create_jsonrpc_routes(handler, "/a2a/{agent}",
-                                                  context_builder=_Context()),
+            *jsonrpc_routes.create_jsonrpc_routes(
+                handler, "/a2a/{agent}", context_builder=_Context()
+            ),
             # (The SDK also mounts the REST routes under "/{tenant}"; aion's tenant comes
             # from the credentials, so only the plain routes are taken.)
-            *rest_routes.create_rest_routes(handler, context_builder=_Context(),
-                                            path_prefix="/a2a/{agent}"),
+            *rest_routes.create_rest_routes(
+                handler, context_builder=_Context(), path_prefix="/a2a/{agent}"
+            ),
         ]
         self.routes: list[routing.BaseRoute] = [
-            routing.Route("/a2a/{agent}/.well-known/agent-card.json",
-                          http_app.guarded(self.agent_card, not_found="agent"), methods=["GET"]),
-            *(routing.Route(route.path, http_app.guarded(self._checked(route.endpoint),
-                                                         not_found="agent"),
-                            methods=sorted((route.methods or set()) - {"HEAD"}))
-              for route in served
-              if isinstance(route, routing.Route) and _OFFERED.match(route.path)),
+            routing.Route(
+                "/a2a/{agent}/.well-known/agent-card.json",
+                http_app.guarded(self.agent_card, not_found="agent"),
+                methods=["GET"],
+            ),
+            *(
+                routing.Route(
+                    route.path,
+                    http_app.guarded(self._checked(route.endpoint), not_found="agent"),
+                    methods=sorted((route.methods or set()) - {"HEAD"}),
+                )
+                for route in served
+                if isinstance(route, routing.Route) and _OFFERED.match(route.path)
+            ),
         ]
 
     async def _agent(self, request: requests.Request) -> agents_pb2.Agent:
-        call = http_calls.Call(request.headers, timeout_s=self._timeout_s,
-                               client=request.client)
+        call = http_calls.Call(request.headers, timeout_s=self._timeout_s, client=request.client)
         return await self._agents.Get(
-            agents_pb2.GetAgentRequest(name=request.path_params["agent"]), call.context())
+            agents_pb2.GetAgentRequest(name=request.path_params["agent"]), call.context()
+        )
 
     async def agent_card(self, request: requests.Request) -> responses.Response:
         """The card of the caller's agent."""
         agent = await self._agent(request)
         url = str(request.base_url).rstrip("/") + f"/a2a/{agent.name}"
-        return responses.JSONResponse(
-            response_helpers.agent_card_to_dict(card(agent, url=url)))
+        return responses.JSONResponse(response_helpers.agent_card_to_dict(card(agent, url=url)))
 
     def _checked(self, endpoint: Any) -> http_app.Handler:
         async def checked(request: requests.Request) -> responses.Response:
@@ -312,5 +400,5 @@ class A2AApi:
             await http_app.read_body(request, max_bytes=self._max_body)
             response: responses.Response = await endpoint(request)
             return response
-        return checked
 
+        return checked

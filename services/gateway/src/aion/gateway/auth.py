@@ -50,7 +50,8 @@ class Principal:
         if not any(_RANK.get(r, -1) >= _RANK[role] for r in self.roles):
             raise errors.PermissionDenied(
                 f"this call needs the '{role}' role; {self.subject} has "
-                f"{sorted(self.roles) or 'no role'}")
+                f"{sorted(self.roles) or 'no role'}"
+            )
 
 
 class _JwksFile:
@@ -81,8 +82,9 @@ class _JwksFile:
 class Authenticator:
     """Turns call metadata into a Principal."""
 
-    def __init__(self, cfg: gateway_settings.GatewaySettings,
-                 store: keys.KeyStore | None = None) -> None:
+    def __init__(
+        self, cfg: gateway_settings.GatewaySettings, store: keys.KeyStore | None = None
+    ) -> None:
         self._cfg = cfg
         self._store = store
         self._cache = keys.VerifiedCache(cfg.key_cache_s)
@@ -93,13 +95,22 @@ class Authenticator:
                 raise ValueError(f"AION_GATEWAY_API_KEYS has the same key twice ({key_id})")
             self._configured[key_id] = (entry.hash, entry)
         self._jwks_file = _JwksFile(cfg.jwks_file) if cfg.jwks_file else None
-        self._jwks_url = (jwt.PyJWKClient(cfg.jwks_url, cache_keys=True,
-                                          lifespan=cfg.jwks_cache_s, timeout=5,
-                                          cooldown_duration=cfg.jwks_refresh_cooldown_s)
-                          if cfg.jwks_url else None)
+        self._jwks_url = (
+            jwt.PyJWKClient(
+                cfg.jwks_url,
+                cache_keys=True,
+                lifespan=cfg.jwks_cache_s,
+                timeout=5,
+                cooldown_duration=cfg.jwks_refresh_cooldown_s,
+            )
+            if cfg.jwks_url
+            else None
+        )
         if cfg.allow_anonymous:
-            log.warning("anonymous calls are allowed as 'user' of tenant %r; do not run this "
-                        "in production", cfg.anonymous_tenant)
+            log.warning(
+                "anonymous calls are allowed as 'user' of tenant %r; do not run this in production",
+                cfg.anonymous_tenant,
+            )
 
     def forget(self, key_id: str) -> None:
         """A key was revoked: stop trusting its cached verification here."""
@@ -120,7 +131,8 @@ class Authenticator:
             return Principal(self._cfg.anonymous_tenant, "anonymous", frozenset({"user"}))
         raise errors.Unauthenticated(
             "no credentials: send an API key in 'x-api-key' or a JWT in "
-            "'authorization: Bearer' (aionctl: --api-key or --token)")
+            "'authorization: Bearer' (aionctl: --api-key or --token)"
+        )
 
     async def _api_key(self, presented: str) -> Principal:
         record = self._cache.get(presented)
@@ -129,16 +141,21 @@ class Authenticator:
             if record is None:
                 raise errors.Unauthenticated("unknown API key (or a revoked one)")
             self._cache.put(presented, record)
-        return Principal(record.tenant, record.name or f"api-key:{record.id}",
-                         frozenset(record.roles), key_id=record.id)
+        return Principal(
+            record.tenant,
+            record.name or f"api-key:{record.id}",
+            frozenset(record.roles),
+            key_id=record.id,
+        )
 
     async def _verify_key(self, presented: str) -> keys.KeyRecord | None:
         configured = self._configured.get(keys.lookup_id(presented))
         if configured is not None:
             hashed, entry = configured
             if await asyncio.to_thread(keys.verify, presented, hashed):
-                return keys.KeyRecord(keys.hash_id(hashed), entry.tenant, entry.name,
-                                      tuple(entry.roles))
+                return keys.KeyRecord(
+                    keys.hash_id(hashed), entry.tenant, entry.name, tuple(entry.roles)
+                )
             return None
         if self._store is None:
             return None
@@ -165,27 +182,35 @@ class Authenticator:
             algorithms = [alg]
         else:
             accepted = ([*_ASYMMETRIC] if (self._jwks_file or self._jwks_url) else []) + (
-                ["HS256"] if cfg.jwt_secret is not None else [])
+                ["HS256"] if cfg.jwt_secret is not None else []
+            )
             if not accepted:
                 raise errors.Unauthenticated("this gateway does not accept JWTs; use an API key")
             raise errors.Unauthenticated(
-                f"invalid token: algorithm {alg!r} is not accepted (accepted: {accepted})")
+                f"invalid token: algorithm {alg!r} is not accepted (accepted: {accepted})"
+            )
         try:
             claims = jwt.decode(
-                token, key, algorithms=algorithms, audience=cfg.jwt_audience,
+                token,
+                key,
+                algorithms=algorithms,
+                audience=cfg.jwt_audience,
                 issuer=cfg.jwt_issuer,
-                options={"require": ["exp", "sub", "aud", "iss"], "verify_aud": True})
+                options={"require": ["exp", "sub", "aud", "iss"], "verify_aud": True},
+            )
         except jwt.PyJWTError as exc:
             raise errors.Unauthenticated(f"invalid token: {exc}") from None
         tenant = claims.get(cfg.jwt_tenant_claim)
         if not isinstance(tenant, str) or not tenant:
             raise errors.Unauthenticated(
-                f"the token has no '{cfg.jwt_tenant_claim}' claim naming the tenant")
+                f"the token has no '{cfg.jwt_tenant_claim}' claim naming the tenant"
+            )
         roles = claims.get(cfg.jwt_roles_claim, [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise errors.Unauthenticated(
                 f"the token's '{cfg.jwt_roles_claim}' claim must be a list of role names "
-                f"(viewer, user, admin), not {type(roles).__name__}")
+                f"(viewer, user, admin), not {type(roles).__name__}"
+            )
         return Principal(tenant, str(claims["sub"]), frozenset(roles))
 
     async def _signing_key(self, kid: str) -> jwt.PyJWK:

@@ -22,10 +22,22 @@ async def migrate(dsn: str) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def pool(dsn: str, *, min_size: int = 1, max_size: int = 10, open_timeout: float = 30.0,
-               timeout: float = 5.0) -> AsyncIterator[Pool]:
+async def pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    open_timeout: float = 30.0,
+    timeout: float = 5.0,
+) -> AsyncIterator[Pool]:
     """An open, checked pool (see ``aion.core.db.pool``)."""
-    async with db.pool(dsn, name="gateway", autocommit=True, min_size=min_size,
-                       max_size=max_size, open_timeout=open_timeout,
-                       timeout=timeout) as p:
+    async with db.pool(
+        dsn,
+        name="gateway",
+        autocommit=True,
+        min_size=min_size,
+        max_size=max_size,
+        open_timeout=open_timeout,
+        timeout=timeout,
+    ) as p:
         yield p

@@ -18,15 +18,21 @@ from aion.gateway import settings as gateway_settings
 def policy(cfg: gateway_settings.GatewaySettings) -> ratelimit.Policy:
     """The configured limits."""
     return ratelimit.Policy(
-        tenant_rate=cfg.rate_per_s, tenant_burst=cfg.rate_burst, key_rate=cfg.key_rate_per_s,
-        key_burst=cfg.key_rate_burst, tenant_streams=cfg.max_streams,
-        key_streams=cfg.key_max_streams, tokens_per_minute=cfg.tokens_per_minute,
-        auth_failures_per_min=cfg.auth_failures_per_min)
+        tenant_rate=cfg.rate_per_s,
+        tenant_burst=cfg.rate_burst,
+        key_rate=cfg.key_rate_per_s,
+        key_burst=cfg.key_rate_burst,
+        tenant_streams=cfg.max_streams,
+        key_streams=cfg.key_max_streams,
+        tokens_per_minute=cfg.tokens_per_minute,
+        auth_failures_per_min=cfg.auth_failures_per_min,
+    )
 
 
 @contextlib.asynccontextmanager
-async def guard(cfg: gateway_settings.GatewaySettings) -> AsyncIterator[
-        tuple[servicers.Guard, keys.KeyStore | None]]:
+async def guard(
+    cfg: gateway_settings.GatewaySettings,
+) -> AsyncIterator[tuple[servicers.Guard, keys.KeyStore | None]]:
     """The Guard of every public call, and the key store (None without a database)."""
     async with contextlib.AsyncExitStack() as stack:
         store: keys.KeyStore | None = None
@@ -40,7 +46,11 @@ async def guard(cfg: gateway_settings.GatewaySettings) -> AsyncIterator[
             authenticator = auth.Authenticator(cfg, store)
         except ValueError as exc:
             raise core_settings.SettingsError(f"gateway settings: {exc}") from exc
-        yield servicers.Guard(
-            authenticator=authenticator,
-            limiter=ratelimit.RateLimiter(buckets, policy(cfg)),
-            max_idempotency_key_chars=cfg.max_idempotency_key_chars), store
+        yield (
+            servicers.Guard(
+                authenticator=authenticator,
+                limiter=ratelimit.RateLimiter(buckets, policy(cfg)),
+                max_idempotency_key_chars=cfg.max_idempotency_key_chars,
+            ),
+            store,
+        )

@@ -37,32 +37,41 @@ _STATUS: dict[type[errors.AionError], tuple[int, str]] = {
     errors.Unavailable: (503, "service_unavailable"),
     errors.DeadlineExceeded: (504, "timeout"),
 }
-_HTTP_TYPES = {404: "not_found_error", 405: "invalid_request_error",
-               413: "invalid_request_error"}
+_HTTP_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
 
 
 def error_body(err: errors.AionError) -> dict[str, Any]:
     """The OpenAI-shaped error object for ``err``."""
     _, kind = _STATUS.get(type(err), (500, "server_error"))
-    return {"error": {"message": err.message, "type": kind, "param": err.field,
-                      "code": errors.code_name(err.code).lower()}}
+    return {
+        "error": {
+            "message": err.message,
+            "type": kind,
+            "param": err.field,
+            "code": errors.code_name(err.code).lower(),
+        }
+    }
 
 
-def error_response(err: errors.AionError, *,
-                   extra: Mapping[str, Any] | None = None) -> responses.JSONResponse:
+def error_response(
+    err: errors.AionError, *, extra: Mapping[str, Any] | None = None
+) -> responses.JSONResponse:
     """The HTTP response for ``err`` (``extra`` adds top-level members, such as ``aion``)."""
     status, _ = _STATUS.get(type(err), (500, "server_error"))
     headers = {}
     if err.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
-    return responses.JSONResponse({**error_body(err), **(extra or {})}, status_code=status,
-                                  headers=headers)
+    return responses.JSONResponse(
+        {**error_body(err), **(extra or {})}, status_code=status, headers=headers
+    )
 
 
-def guarded(handler: Handler, *, params: Mapping[str, str] | None = None,
-            not_found: str | None = None) -> Handler:
+def guarded(
+    handler: Handler, *, params: Mapping[str, str] | None = None, not_found: str | None = None
+) -> Handler:
     """``handler`` with aion errors answered as JSON; ``params`` renames the servicers'
     field names to the HTTP body's, ``not_found`` names the param a NotFound is about."""
+
     async def wrapped(request: requests.Request) -> responses.Response:
         try:
             return await handler(request)
@@ -77,6 +86,7 @@ def guarded(handler: Handler, *, params: Mapping[str, str] | None = None,
         except Exception:
             log.exception("unexpected error in %s %s", request.method, request.url.path)
             return error_response(errors.Internal("internal error; the gateway's log has it"))
+
     return wrapped
 
 
@@ -94,8 +104,13 @@ async def read_body(request: requests.Request, *, max_bytes: int) -> bytes:
     return request._body
 
 
-async def parse_body(request: requests.Request, model: type[B], *, max_bytes: int,
-                     field_of: Callable[[pydantic.ValidationError], tuple[str, str]]) -> B:
+async def parse_body(
+    request: requests.Request,
+    model: type[B],
+    *,
+    max_bytes: int,
+    field_of: Callable[[pydantic.ValidationError], tuple[str, str]],
+) -> B:
     """The JSON body as ``model``, or InvalidArgument naming what to fix."""
     raw = await read_body(request, max_bytes=max_bytes)
     try:
@@ -115,13 +130,21 @@ async def parse_body(request: requests.Request, model: type[B], *, max_bytes: in
 async def _http_error(request: requests.Request, exc: Exception) -> responses.Response:
     assert isinstance(exc, exceptions.HTTPException)
     return responses.JSONResponse(
-        {"error": {"message": exc.detail or "", "type": _HTTP_TYPES.get(exc.status_code,
-                                                                          "invalid_request_error"),
-                   "param": None, "code": None}},
-        status_code=exc.status_code, headers=exc.headers)
+        {
+            "error": {
+                "message": exc.detail or "",
+                "type": _HTTP_TYPES.get(exc.status_code, "invalid_request_error"),
+                "param": None,
+                "code": None,
+            }
+        },
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 def build(routes: list[routing.BaseRoute]) -> applications.Starlette:
     """The app serving ``routes``, with JSON errors for unknown paths and methods."""
-    return applications.Starlette(routes=routes,
-                                  exception_handlers={exceptions.HTTPException: _http_error})
+    return applications.Starlette(
+        routes=routes, exception_handlers={exceptions.HTTPException: _http_error}
+    )

@@ -44,8 +44,7 @@ def metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
 class Call:
     """The part of a gRPC servicer context the gateway's servicers read."""
 
-    def __init__(self, headers: Mapping[str, str], *, timeout_s: float,
-                 client: Any = None) -> None:
+    def __init__(self, headers: Mapping[str, str], *, timeout_s: float, client: Any = None) -> None:
         self._metadata = metadata(headers)
         # Starlette's request.client (host, port), for the failed-authentication limit.
         self._peer = f"http:{client.host}" if client is not None else "http:unknown"

@@ -67,8 +67,7 @@ def _unb64(text: str) -> bytes:
 
 
 def _derive(key: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024,
-                          dklen=32)
+    return hashlib.scrypt(key.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024, dklen=32)
 
 
 def hash_key(key: str) -> str:
@@ -82,8 +81,10 @@ def hash_id(hashed: str) -> str:
     """The lookup id a hash was made for; ValueError when it is not one of ours."""
     parts = hashed.split("$")
     if len(parts) != 7 or parts[0] != "scrypt":
-        raise ValueError("not an API key hash: expected 'scrypt$<id>$<n>$<r>$<p>$<salt>$<digest>'"
-                         " (make one with `python -m aion.gateway.keys hash`)")
+        raise ValueError(
+            "not an API key hash: expected 'scrypt$<id>$<n>$<r>$<p>$<salt>$<digest>'"
+            " (make one with `python -m aion.gateway.keys hash`)"
+        )
     return parts[1]
 
 
@@ -106,12 +107,14 @@ def new_key() -> tuple[str, str]:
 def check_roles(roles: Sequence[str]) -> tuple[str, ...]:
     """``roles``, known and at least one, or InvalidArgument."""
     if not roles:
-        raise errors.InvalidArgument("a key needs at least one role (viewer, user or admin)",
-                                     field="roles")
+        raise errors.InvalidArgument(
+            "a key needs at least one role (viewer, user or admin)", field="roles"
+        )
     unknown = sorted(set(roles) - set(ROLES))
     if unknown:
-        raise errors.InvalidArgument(f"unknown roles {unknown}: use viewer, user or admin",
-                                     field="roles")
+        raise errors.InvalidArgument(
+            f"unknown roles {unknown}: use viewer, user or admin", field="roles"
+        )
     return tuple(sorted(set(roles), key=ROLES.index))
 
 
@@ -130,7 +133,9 @@ class KeyStore:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT id, tenant, name, roles, hash FROM gateway_api_keys "
-                    "WHERE id = %s AND revoked_at IS NULL", (key_id,))
+                    "WHERE id = %s AND revoked_at IS NULL",
+                    (key_id,),
+                )
                 row = await cur.fetchone()
         if row is None or not await asyncio.to_thread(verify, presented, row["hash"]):
             return None
@@ -139,11 +144,13 @@ class KeyStore:
                 await conn.execute(
                     "UPDATE gateway_api_keys SET last_used_at = now() WHERE id = %s AND "
                     "(last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
-                    (key_id,))
+                    (key_id,),
+                )
         return KeyRecord(row["id"], row["tenant"], row["name"], tuple(row["roles"]))
 
-    async def create(self, *, tenant: str, name: str,
-                     roles: Sequence[str]) -> tuple[KeyRecord, str]:
+    async def create(
+        self, *, tenant: str, name: str, roles: Sequence[str]
+    ) -> tuple[KeyRecord, str]:
         """A new key of ``tenant``: its record and the whole key (shown once)."""
         if len(name) > 128:
             raise errors.InvalidArgument("a key's name is at most 128 characters", field="name")
@@ -155,7 +162,8 @@ class KeyStore:
                 cur = await conn.execute(
                     "INSERT INTO gateway_api_keys (id, tenant, name, roles, hash) "
                     "VALUES (%s, %s, %s, %s, %s) RETURNING *",
-                    (key_id, tenant, name, list(checked), hashed))
+                    (key_id, tenant, name, list(checked), hashed),
+                )
                 row = await cur.fetchone()
         assert row is not None
         return _record(row), key
@@ -167,7 +175,8 @@ class KeyStore:
                 cur = await conn.execute(
                     "SELECT * FROM gateway_api_keys WHERE tenant = %s AND "
                     "(%s OR revoked_at IS NULL) ORDER BY created_at, id",
-                    (tenant, include_revoked))
+                    (tenant, include_revoked),
+                )
                 return [_record(row) for row in await cur.fetchall()]
 
     async def revoke(self, *, tenant: str, key_id: str) -> KeyRecord:
@@ -176,7 +185,9 @@ class KeyStore:
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "UPDATE gateway_api_keys SET revoked_at = coalesce(revoked_at, now()) "
-                    "WHERE id = %s AND tenant = %s RETURNING *", (key_id, tenant))
+                    "WHERE id = %s AND tenant = %s RETURNING *",
+                    (key_id, tenant),
+                )
                 row = await cur.fetchone()
         if row is None:
             raise errors.NotFound(f"no API key '{key_id}' in this tenant", field="id")
@@ -187,11 +198,14 @@ def _record(row: dict[str, object]) -> KeyRecord:
     roles = row["roles"]
     assert isinstance(roles, list)
     return KeyRecord(
-        id=str(row["id"]), tenant=str(row["tenant"]), name=str(row["name"]),
+        id=str(row["id"]),
+        tenant=str(row["tenant"]),
+        name=str(row["name"]),
         roles=tuple(str(r) for r in roles),
         created_at=row["created_at"],  # type: ignore[arg-type]
         last_used_at=row["last_used_at"],  # type: ignore[arg-type]
-        revoked_at=row["revoked_at"])  # type: ignore[arg-type]
+        revoked_at=row["revoked_at"],  # type: ignore[arg-type]
+    )
 
 
 class VerifiedCache:
@@ -232,8 +246,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     """``python -m aion.gateway.keys hash [KEY]``."""
     parser = argparse.ArgumentParser(prog="python -m aion.gateway.keys")
     sub = parser.add_subparsers(dest="command", required=True)
-    cmd = sub.add_parser("hash", help="print the hash of KEY (of a new key when none is "
-                                      "given: the key goes to stderr) for AION_GATEWAY_API_KEYS")
+    cmd = sub.add_parser(
+        "hash",
+        help="print the hash of KEY (of a new key when none is "
+        "given: the key goes to stderr) for AION_GATEWAY_API_KEYS",
+    )
     cmd.add_argument("key", nargs="?", help="the key; '-' reads it from stdin")
     args = parser.parse_args(argv)
     key = args.key

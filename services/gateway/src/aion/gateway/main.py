@@ -48,44 +48,77 @@ from aion.gateway import settings as gateway_settings
 async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
     """Serve until SIGTERM or SIGINT, then drain; internal calls go over mTLS as ``material``."""
     async with contextlib.AsyncExitStack() as stack:
+
         async def connect(target: str, peer: str) -> grpc.aio.Channel:
             return await stack.enter_async_context(
-                channels.connect(target, tls=material, peer=peer))
+                channels.connect(target, tls=material, peer=peer)
+            )
 
         upstreams = servicers.Upstreams.over(
             router=await connect(cfg.router_target, "router"),
             agent=await connect(cfg.agent_target, "agent"),
-            knowledge=await connect(cfg.knowledge_target, "knowledge"))
+            knowledge=await connect(cfg.knowledge_target, "knowledge"),
+        )
         guard, store = await stack.enter_async_context(edge.guard(cfg))
         tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
         agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
-        grpc_server = server.GrpcServer(name="gateway", host=cfg.host, port=cfg.port,
-                                        grace_s=cfg.grace_s, drain_delay_s=cfg.drain_delay_s)
-        grpc_server.add(tasks_pb2_grpc.add_TasksServicer_to_server, tasks,
-                        tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name)
-        grpc_server.add(agents_pb2_grpc.add_AgentsServicer_to_server, agents,
-                        agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name)
-        grpc_server.add(keys_pb2_grpc.add_KeysServicer_to_server,
-                        servicers.KeysServicer(guard=guard, store=store),
-                        keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name)
+        grpc_server = server.GrpcServer(
+            name="gateway",
+            host=cfg.host,
+            port=cfg.port,
+            grace_s=cfg.grace_s,
+            drain_delay_s=cfg.drain_delay_s,
+        )
+        grpc_server.add(
+            tasks_pb2_grpc.add_TasksServicer_to_server,
+            tasks,
+            tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name,
+        )
+        grpc_server.add(
+            agents_pb2_grpc.add_AgentsServicer_to_server,
+            agents,
+            agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name,
+        )
+        grpc_server.add(
+            keys_pb2_grpc.add_KeysServicer_to_server,
+            servicers.KeysServicer(guard=guard, store=store),
+            keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
+        )
         knowledge = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
-        grpc_server.add(knowledge_pb2_grpc.add_KnowledgeServicer_to_server, knowledge,
-                        knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name)
+        grpc_server.add(
+            knowledge_pb2_grpc.add_KnowledgeServicer_to_server,
+            knowledge,
+            knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name,
+        )
         if cfg.http_port is None:
             await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
             return
-        api = openai_api.OpenAIApi(tasks=tasks, agents=agents, timeout_s=cfg.http_timeout_s,
-                                   max_body_bytes=cfg.http_max_body_bytes)
-        a2a = a2a_api.A2AApi(tasks=tasks, agents=agents, timeout_s=cfg.http_timeout_s,
-                             max_body_bytes=cfg.http_max_body_bytes)
-        mcp = mcp_server.McpApi(guard=guard, tasks=tasks, agents=agents, knowledge=knowledge,
-                                timeout_s=cfg.http_timeout_s)
+        api = openai_api.OpenAIApi(
+            tasks=tasks,
+            agents=agents,
+            timeout_s=cfg.http_timeout_s,
+            max_body_bytes=cfg.http_max_body_bytes,
+        )
+        a2a = a2a_api.A2AApi(
+            tasks=tasks,
+            agents=agents,
+            timeout_s=cfg.http_timeout_s,
+            max_body_bytes=cfg.http_max_body_bytes,
+        )
+        mcp = mcp_server.McpApi(
+            guard=guard,
+            tasks=tasks,
+            agents=agents,
+            knowledge=knowledge,
+            timeout_s=cfg.http_timeout_s,
+        )
         await stack.enter_async_context(mcp.running())
         stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
         # Bound (listening) before gRPC reports SERVING, so a ready gateway takes HTTP too.
         app = http_app.build([*api.routes, *a2a.routes, *mcp.routes, openapi.route()])
-        http = await stack.enter_async_context(http_server.HttpServer(
-            app, name="gateway http", host=cfg.host, port=cfg.http_port))
+        http = await stack.enter_async_context(
+            http_server.HttpServer(app, name="gateway http", host=cfg.host, port=cfg.http_port)
+        )
         await stack.enter_async_context(grpc_server)
         async with asyncio.TaskGroup() as group:
             group.create_task(http.serve(), name="gateway http")

@@ -43,70 +43,119 @@ T = TypeVar("T")
 class McpApi:
     """The MCP server and its route; ``running()`` must be entered while it serves."""
 
-    def __init__(self, *, guard: servicers.Guard, tasks: servicers.TasksServicer,
-                 agents: servicers.AgentsServicer, knowledge: servicers.KnowledgeServicer,
-                 timeout_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        guard: servicers.Guard,
+        tasks: servicers.TasksServicer,
+        agents: servicers.AgentsServicer,
+        knowledge: servicers.KnowledgeServicer,
+        timeout_s: float,
+    ) -> None:
         self._guard = guard
         self._tasks = tasks
         self._agents = agents
         self._knowledge = knowledge
         self._timeout_s = timeout_s
         self.server: MCPServer[Any] = MCPServer(
-            "aion", instructions="Search the tenant's knowledge bases and run its agents.")
-        self.server.add_tool(self.knowledge_search, name="knowledge_search",
-                             description="Searches one of your knowledge bases; returns "
-                                         "passages with their document and chunk.")
-        self.server.add_tool(self.list_agents, name="list_agents",
-                             description="Lists the agents you can run.")
-        self.server.add_tool(self.run_agent, name="run_agent",
-                             description="Runs one of your agents on an input and returns "
-                                         "its answer.")
+            "aion", instructions="Search the tenant's knowledge bases and run its agents."
+        )
+        self.server.add_tool(
+            self.knowledge_search,
+            name="knowledge_search",
+            description="Searches one of your knowledge bases; returns "
+            "passages with their document and chunk.",
+        )
+        self.server.add_tool(
+            self.list_agents, name="list_agents", description="Lists the agents you can run."
+        )
+        self.server.add_tool(
+            self.run_agent,
+            name="run_agent",
+            description="Runs one of your agents on an input and returns its answer.",
+        )
         app = self.server.streamable_http_app(
-            streamable_http_path="/mcp", stateless_http=True, json_response=True,
+            streamable_http_path="/mcp",
+            stateless_http=True,
+            json_response=True,
             transport_security=mcp_security.TransportSecuritySettings(
-                enable_dns_rebinding_protection=False))
+                enable_dns_rebinding_protection=False
+            ),
+        )
         self.routes: list[routing.BaseRoute] = [
-            routing.Route(route.path, endpoint=_Authenticated(route.app, self._check),
-                          methods=route.methods)
-            for route in app.routes if isinstance(route, routing.Route)]
+            routing.Route(
+                route.path, endpoint=_Authenticated(route.app, self._check), methods=route.methods
+            )
+            for route in app.routes
+            if isinstance(route, routing.Route)
+        ]
 
     def running(self) -> contextlib.AbstractAsyncContextManager[None]:
         """The MCP session manager, for the time the server serves."""
         return self.server.session_manager.run()
 
     async def _check(self, request: requests.Request) -> None:
-        await self._guard.caller(http_calls.Call(request.headers, timeout_s=1,
-                                                   client=request.client).context(), "viewer")
+        await self._guard.caller(
+            http_calls.Call(request.headers, timeout_s=1, client=request.client).context(), "viewer"
+        )
 
     def _call(self, ctx: Context[Any, Any]) -> http_calls.Call:
         return http_calls.Call(ctx.headers or {}, timeout_s=self._timeout_s)
 
-    async def knowledge_search(self, knowledge_base: str, query: str, ctx: Context[Any, Any],
-                               top_k: int = 4) -> str:
+    async def knowledge_search(
+        self, knowledge_base: str, query: str, ctx: Context[Any, Any], top_k: int = 4
+    ) -> str:
         """Passages of ``knowledge_base`` that match ``query``."""
-        found = await _tool(self._knowledge.Search(knowledge_pb2.SearchRequest(
-            knowledge_base=knowledge_base, query=query, top_k=top_k),
-            self._call(ctx).context()))
-        return json.dumps([{"document_id": hit.document_id, "chunk": hit.chunk_index,
-                            "score": hit.score, "text": hit.text} for hit in found.hits])
+        found = await _tool(
+            self._knowledge.Search(
+                knowledge_pb2.SearchRequest(
+                    knowledge_base=knowledge_base, query=query, top_k=top_k
+                ),
+                self._call(ctx).context(),
+            )
+        )
+        return json.dumps(
+            [
+                {
+                    "document_id": hit.document_id,
+                    "chunk": hit.chunk_index,
+                    "score": hit.score,
+                    "text": hit.text,
+                }
+                for hit in found.hits
+            ]
+        )
 
     async def list_agents(self, ctx: Context[Any, Any]) -> str:
         """The caller's agents."""
-        listed = await _tool(self._agents.List(agents_pb2.ListAgentsRequest(),
-                                               self._call(ctx).context()))
-        return json.dumps([{"name": a.name, "description": a.description, "ready": a.ready}
-                           for a in listed.agents])
+        listed = await _tool(
+            self._agents.List(agents_pb2.ListAgentsRequest(), self._call(ctx).context())
+        )
+        return json.dumps(
+            [
+                {"name": a.name, "description": a.description, "ready": a.ready}
+                for a in listed.agents
+            ]
+        )
 
     async def run_agent(self, agent: str, input: str, ctx: Context[Any, Any]) -> str:
         """Run ``agent`` on ``input``; its answer, or the task's error."""
         meta = ctx.request_context.meta or {}
         key = str(meta.get(IDEMPOTENCY_META, ""))
-        sent = await _tool(self._tasks.Submit(tasks_pb2.SubmitRequest(task=tasks_pb2.TaskSpec(
-            agent=agent, input=input, idempotency_key=key)), self._call(ctx).context()))
+        sent = await _tool(
+            self._tasks.Submit(
+                tasks_pb2.SubmitRequest(
+                    task=tasks_pb2.TaskSpec(agent=agent, input=input, idempotency_key=key)
+                ),
+                self._call(ctx).context(),
+            )
+        )
         result = sent.result
         if result.status != common_pb2.TASK_STATUS_OK:
-            raise ToolError(f"task {result.task_id} ended {results.status_name(result.status)}"
-                            f": {result.error.code}: {result.error.message}")
+            raise ToolError(
+                f"task {result.task_id} ended {results.status_name(result.status)}"
+                f": {result.error.code}: {result.error.message}"
+            )
         return result.output
 
 
@@ -121,17 +170,16 @@ class _Authenticated:
     """An ASGI app that answers 401/403/429 before ``app`` sees a request without a valid
     credential."""
 
-    def __init__(self, app: types.ASGIApp,
-                 check: Callable[[requests.Request], Awaitable[None]]) -> None:
+    def __init__(
+        self, app: types.ASGIApp, check: Callable[[requests.Request], Awaitable[None]]
+    ) -> None:
         self._app = app
         self._check = check
 
-    async def __call__(self, scope: types.Scope, receive: types.Receive,
-                       send: types.Send) -> None:
+    async def __call__(self, scope: types.Scope, receive: types.Receive, send: types.Send) -> None:
         try:
             await self._check(requests.Request(scope))
         except errors.AionError as err:
             await http_app.error_response(err)(scope, receive, send)
             return
         await self._app(scope, receive, send)
-

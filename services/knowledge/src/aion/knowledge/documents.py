@@ -23,7 +23,12 @@ from aion.knowledge import db
 Conn = psycopg.AsyncConnection[rows.DictRow]
 
 PENDING, INDEXING, READY, FAILED, SUPERSEDED = (
-    "PENDING", "INDEXING", "READY", "FAILED", "SUPERSEDED")
+    "PENDING",
+    "INDEXING",
+    "READY",
+    "FAILED",
+    "SUPERSEDED",
+)
 OPEN = (PENDING, INDEXING)
 
 
@@ -66,9 +71,19 @@ _VERSION_OF_DOCUMENT = """
 """
 
 
-async def record_upload(pool: db.Pool, *, tenant: str, knowledge_base: str, document_id: str,
-                        title: str, metadata: Mapping[str, str], content_type: str,
-                        size_bytes: int, sha256: str, object_key: str) -> tuple[Version, bool]:
+async def record_upload(
+    pool: db.Pool,
+    *,
+    tenant: str,
+    knowledge_base: str,
+    document_id: str,
+    title: str,
+    metadata: Mapping[str, str],
+    content_type: str,
+    size_bytes: int,
+    sha256: str,
+    object_key: str,
+) -> tuple[Version, bool]:
     """The version for these bytes: the latest one when it has the same bytes, title and
     metadata (and did not fail), else a new PENDING one; and whether it is new."""
     with db.reachable():
@@ -76,38 +91,64 @@ async def record_upload(pool: db.Pool, *, tenant: str, knowledge_base: str, docu
             await conn.execute(
                 "INSERT INTO kb_documents (tenant, knowledge_base, document_id) "
                 "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                (tenant, knowledge_base, document_id))
-            doc = await (await conn.execute(
-                "SELECT latest_version, ready_version FROM kb_documents WHERE tenant = %s "
-                "AND knowledge_base = %s AND document_id = %s FOR UPDATE",
-                (tenant, knowledge_base, document_id))).fetchone()
+                (tenant, knowledge_base, document_id),
+            )
+            doc = await (
+                await conn.execute(
+                    "SELECT latest_version, ready_version FROM kb_documents WHERE tenant = %s "
+                    "AND knowledge_base = %s AND document_id = %s FOR UPDATE",
+                    (tenant, knowledge_base, document_id),
+                )
+            ).fetchone()
             assert doc is not None
-            latest = await (await conn.execute(
-                "SELECT * FROM kb_versions WHERE tenant = %s AND knowledge_base = %s "
-                "AND document_id = %s AND version = %s",
-                (tenant, knowledge_base, document_id, doc["latest_version"]))).fetchone()
-            if (latest is not None and latest["content_sha256"] == sha256
-                    and latest["state"] != FAILED and latest["title"] == title
-                    and latest["metadata"] == dict(metadata)):
+            latest = await (
+                await conn.execute(
+                    "SELECT * FROM kb_versions WHERE tenant = %s AND knowledge_base = %s "
+                    "AND document_id = %s AND version = %s",
+                    (tenant, knowledge_base, document_id, doc["latest_version"]),
+                )
+            ).fetchone()
+            if (
+                latest is not None
+                and latest["content_sha256"] == sha256
+                and latest["state"] != FAILED
+                and latest["title"] == title
+                and latest["metadata"] == dict(metadata)
+            ):
                 return Version.of({**latest, "ready_version": doc["ready_version"]}), False
             number = int(doc["latest_version"]) + 1
-            row = await (await conn.execute(
-                "INSERT INTO kb_versions (tenant, knowledge_base, document_id, version, title, "
-                "metadata, content_type, size_bytes, content_sha256, object_key) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
-                (tenant, knowledge_base, document_id, number, title, Jsonb(dict(metadata)),
-                 content_type, size_bytes, sha256, object_key))).fetchone()
+            row = await (
+                await conn.execute(
+                    "INSERT INTO kb_versions (tenant, knowledge_base, document_id, version, title, "
+                    "metadata, content_type, size_bytes, content_sha256, object_key) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING *",
+                    (
+                        tenant,
+                        knowledge_base,
+                        document_id,
+                        number,
+                        title,
+                        Jsonb(dict(metadata)),
+                        content_type,
+                        size_bytes,
+                        sha256,
+                        object_key,
+                    ),
+                )
+            ).fetchone()
             assert row is not None
             # Older versions nobody started on will never be wanted now.
             await conn.execute(
                 "UPDATE kb_versions SET state = 'SUPERSEDED', updated_at = now() "
                 "WHERE tenant = %s AND knowledge_base = %s AND document_id = %s "
                 "AND state = 'PENDING' AND version < %s",
-                (tenant, knowledge_base, document_id, number))
+                (tenant, knowledge_base, document_id, number),
+            )
             await conn.execute(
                 "UPDATE kb_documents SET latest_version = %s, updated_at = now() "
                 "WHERE tenant = %s AND knowledge_base = %s AND document_id = %s",
-                (number, tenant, knowledge_base, document_id))
+                (number, tenant, knowledge_base, document_id),
+            )
             return Version.of({**row, "ready_version": doc["ready_version"]}), True
 
 
@@ -115,10 +156,13 @@ async def by_id(pool: db.Pool, version_id: int) -> Version | None:
     """The version with this id (with its document's ready version), if it still exists."""
     with db.reachable():
         async with pool.connection() as conn:
-            row = await (await conn.execute(
-                "SELECT v.*, d.ready_version FROM kb_versions v JOIN kb_documents d "
-                "USING (tenant, knowledge_base, document_id) WHERE v.id = %s",
-                (version_id,))).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT v.*, d.ready_version FROM kb_versions v JOIN kb_documents d "
+                    "USING (tenant, knowledge_base, document_id) WHERE v.id = %s",
+                    (version_id,),
+                )
+            ).fetchone()
     return Version.of(row) if row else None
 
 
@@ -126,25 +170,33 @@ async def references(pool: db.Pool, object_key: str) -> bool:
     """Whether any version records the original under ``object_key``."""
     with db.reachable():
         async with pool.connection() as conn:
-            row = await (await conn.execute(
-                "SELECT 1 FROM kb_versions WHERE object_key = %s LIMIT 1",
-                (object_key,))).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT 1 FROM kb_versions WHERE object_key = %s LIMIT 1", (object_key,)
+                )
+            ).fetchone()
     return row is not None
 
 
-async def latest(pool: db.Pool, tenant: str, knowledge_base: str,
-                 document_id: str) -> Version | None:
+async def latest(
+    pool: db.Pool, tenant: str, knowledge_base: str, document_id: str
+) -> Version | None:
     """The document's latest version, if the document exists."""
     with db.reachable():
         async with pool.connection() as conn:
-            row = await (await conn.execute(
-                _VERSION_OF_DOCUMENT + " WHERE d.tenant = %s AND d.knowledge_base = %s "
-                "AND d.document_id = %s", (tenant, knowledge_base, document_id))).fetchone()
+            row = await (
+                await conn.execute(
+                    _VERSION_OF_DOCUMENT + " WHERE d.tenant = %s AND d.knowledge_base = %s "
+                    "AND d.document_id = %s",
+                    (tenant, knowledge_base, document_id),
+                )
+            ).fetchone()
     return Version.of(row) if row else None
 
 
-async def listing(pool: db.Pool, tenant: str, knowledge_base: str, *, limit: int,
-                  after: tuple[str, str] | None) -> list[Version]:
+async def listing(
+    pool: db.Pool, tenant: str, knowledge_base: str, *, limit: int, after: tuple[str, str] | None
+) -> list[Version]:
     """Latest versions of the tenant's documents (of one knowledge base when it is given),
     ordered by knowledge base and document id, those after ``after`` only."""
     where = ["d.tenant = %s"]
@@ -157,10 +209,15 @@ async def listing(pool: db.Pool, tenant: str, knowledge_base: str, *, limit: int
         args.extend(after)
     with db.reachable():
         async with pool.connection() as conn:
-            found = await (await conn.execute(
-                _VERSION_OF_DOCUMENT + " WHERE " + " AND ".join(where)
-                + " ORDER BY d.knowledge_base, d.document_id LIMIT %s",
-                (*args, limit))).fetchall()
+            found = await (
+                await conn.execute(
+                    _VERSION_OF_DOCUMENT
+                    + " WHERE "
+                    + " AND ".join(where)
+                    + " ORDER BY d.knowledge_base, d.document_id LIMIT %s",
+                    (*args, limit),
+                )
+            ).fetchall()
     return [Version.of(r) for r in found]
 
 
@@ -173,18 +230,22 @@ class Claim:
     reason: str = ""
 
 
-async def claim(pool: db.Pool, version_id: int, *, worker: str, lease_s: float,
-                max_attempts: int) -> Claim:
+async def claim(
+    pool: db.Pool, version_id: int, *, worker: str, lease_s: float, max_attempts: int
+) -> Claim:
     """Take the version for ``worker`` under a lease: when it is PENDING, or INDEXING
     under a lapsed lease with claims left. A lapsed version with none left ends FAILED
     ("exhausted"); one whose document has a newer version ends SUPERSEDED."""
     with db.reachable():
         async with pool.connection() as conn, conn.transaction():
-            row = await (await conn.execute(
-                "SELECT v.*, d.latest_version, d.ready_version, v.lease_until < now() "
-                "AS lapsed FROM kb_versions v JOIN kb_documents d "
-                "USING (tenant, knowledge_base, document_id) WHERE v.id = %s FOR UPDATE OF v",
-                (version_id,))).fetchone()
+            row = await (
+                await conn.execute(
+                    "SELECT v.*, d.latest_version, d.ready_version, v.lease_until < now() "
+                    "AS lapsed FROM kb_versions v JOIN kb_documents d "
+                    "USING (tenant, knowledge_base, document_id) WHERE v.id = %s FOR UPDATE OF v",
+                    (version_id,),
+                )
+            ).fetchone()
             if row is None:
                 return Claim(None, "gone")
             if row["state"] not in OPEN:
@@ -195,15 +256,20 @@ async def claim(pool: db.Pool, version_id: int, *, worker: str, lease_s: float,
                 await _set(conn, version_id, SUPERSEDED, "")
                 return Claim(Version.of(row), "superseded")
             if row["attempts"] >= max_attempts:
-                error = (f"indexing was interrupted {row['attempts']} times (its worker was "
-                         f"lost); gave up. Last error: {row['error'] or 'none'}")
+                error = (
+                    f"indexing was interrupted {row['attempts']} times (its worker was "
+                    f"lost); gave up. Last error: {row['error'] or 'none'}"
+                )
                 await _set(conn, version_id, FAILED, error)
                 return Claim(Version.of({**row, "state": FAILED, "error": error}), "exhausted")
-            claimed = await (await conn.execute(
-                "UPDATE kb_versions SET state = 'INDEXING', worker = %s, attempts = attempts + 1, "
-                "lease_until = now() + make_interval(secs => %s), chunks_done = 0, "
-                "updated_at = now() WHERE id = %s RETURNING *",
-                (worker, lease_s, version_id))).fetchone()
+            claimed = await (
+                await conn.execute(
+                    "UPDATE kb_versions SET state = 'INDEXING', worker = %s, "
+                    "attempts = attempts + 1, lease_until = now() + make_interval(secs => %s), "
+                    "chunks_done = 0, updated_at = now() WHERE id = %s RETURNING *",
+                    (worker, lease_s, version_id),
+                )
+            ).fetchone()
             assert claimed is not None
             return Claim(Version.of({**claimed, "ready_version": row["ready_version"]}))
 
@@ -211,11 +277,20 @@ async def claim(pool: db.Pool, version_id: int, *, worker: str, lease_s: float,
 async def _set(conn: Conn, version_id: int, state: str, error: str) -> None:
     await conn.execute(
         "UPDATE kb_versions SET state = %s, error = %s, worker = NULL, lease_until = NULL, "
-        "updated_at = now() WHERE id = %s", (state, error, version_id))
+        "updated_at = now() WHERE id = %s",
+        (state, error, version_id),
+    )
 
 
-async def heartbeat(pool: db.Pool, version_id: int, *, worker: str, lease_s: float,
-                    chunks: int | None = None, chunks_done: int | None = None) -> bool:
+async def heartbeat(
+    pool: db.Pool,
+    version_id: int,
+    *,
+    worker: str,
+    lease_s: float,
+    chunks: int | None = None,
+    chunks_done: int | None = None,
+) -> bool:
     """Extend the lease (and record progress); False when the version is no longer this
     worker's (deleted, superseded, or claimed by another after the lease lapsed)."""
     with db.reachable():
@@ -224,7 +299,8 @@ async def heartbeat(pool: db.Pool, version_id: int, *, worker: str, lease_s: flo
                 "UPDATE kb_versions SET lease_until = now() + make_interval(secs => %s), "
                 "chunks = COALESCE(%s, chunks), chunks_done = COALESCE(%s, chunks_done), "
                 "updated_at = now() WHERE id = %s AND worker = %s AND state = 'INDEXING'",
-                (lease_s, chunks, chunks_done, version_id, worker))
+                (lease_s, chunks, chunks_done, version_id, worker),
+            )
             return cur.rowcount == 1
 
 
@@ -236,7 +312,8 @@ async def note_error(pool: db.Pool, version_id: int, *, worker: str, error: str)
             await conn.execute(
                 "UPDATE kb_versions SET error = %s, lease_until = now(), updated_at = now() "
                 "WHERE id = %s AND worker = %s AND state = 'INDEXING'",
-                (error, version_id, worker))
+                (error, version_id, worker),
+            )
 
 
 async def fail(pool: db.Pool, version_id: int, *, worker: str, error: str) -> bool:
@@ -247,21 +324,26 @@ async def fail(pool: db.Pool, version_id: int, *, worker: str, error: str) -> bo
                 "UPDATE kb_versions SET state = 'FAILED', error = %s, worker = NULL, "
                 "lease_until = NULL, updated_at = now() "
                 "WHERE id = %s AND worker = %s AND state = 'INDEXING'",
-                (error, version_id, worker))
+                (error, version_id, worker),
+            )
             return cur.rowcount == 1
 
 
 async def lock_document(conn: Conn, version: Version) -> Mapping[str, Any] | None:
     """Lock the version's document row and return the version's current row with the
     document's ready version, or None when the document or version is gone."""
-    doc = await (await conn.execute(
-        "SELECT ready_version FROM kb_documents WHERE tenant = %s AND knowledge_base = %s "
-        "AND document_id = %s FOR UPDATE",
-        (version.tenant, version.knowledge_base, version.document_id))).fetchone()
+    doc = await (
+        await conn.execute(
+            "SELECT ready_version FROM kb_documents WHERE tenant = %s AND knowledge_base = %s "
+            "AND document_id = %s FOR UPDATE",
+            (version.tenant, version.knowledge_base, version.document_id),
+        )
+    ).fetchone()
     if doc is None:
         return None
-    row = await (await conn.execute("SELECT * FROM kb_versions WHERE id = %s",
-                                    (version.id,))).fetchone()
+    row = await (
+        await conn.execute("SELECT * FROM kb_versions WHERE id = %s", (version.id,))
+    ).fetchone()
     return None if row is None else {**row, "ready_version": doc["ready_version"]}
 
 
@@ -271,22 +353,28 @@ async def make_ready(conn: Conn, version: Version, *, chunks: int) -> list[str]:
     await conn.execute(
         "UPDATE kb_versions SET state = 'READY', error = '', chunks = %s, chunks_done = %s, "
         "worker = NULL, lease_until = NULL, updated_at = now() WHERE id = %s",
-        (chunks, chunks, version.id))
+        (chunks, chunks, version.id),
+    )
     await conn.execute(
         "UPDATE kb_versions SET state = 'SUPERSEDED', updated_at = now() "
         "WHERE tenant = %s AND knowledge_base = %s AND document_id = %s AND version < %s "
         "AND state IN ('READY', 'PENDING')",
-        (version.tenant, version.knowledge_base, version.document_id, version.version))
+        (version.tenant, version.knowledge_base, version.document_id, version.version),
+    )
     await conn.execute(
         "UPDATE kb_documents SET ready_version = %s, updated_at = now() WHERE tenant = %s "
         "AND knowledge_base = %s AND document_id = %s",
-        (version.version, version.tenant, version.knowledge_base, version.document_id))
-    unused = await (await conn.execute(
-        "SELECT DISTINCT object_key FROM kb_versions WHERE tenant = %s AND knowledge_base = %s "
-        "AND document_id = %s AND state IN ('SUPERSEDED', 'FAILED') AND object_key NOT IN ("
-        "SELECT object_key FROM kb_versions WHERE tenant = %s AND knowledge_base = %s "
-        "AND document_id = %s AND state IN ('PENDING', 'INDEXING', 'READY'))",
-        (version.tenant, version.knowledge_base, version.document_id) * 2)).fetchall()
+        (version.version, version.tenant, version.knowledge_base, version.document_id),
+    )
+    unused = await (
+        await conn.execute(
+            "SELECT DISTINCT object_key FROM kb_versions WHERE tenant = %s AND knowledge_base = %s "
+            "AND document_id = %s AND state IN ('SUPERSEDED', 'FAILED') AND object_key NOT IN ("
+            "SELECT object_key FROM kb_versions WHERE tenant = %s AND knowledge_base = %s "
+            "AND document_id = %s AND state IN ('PENDING', 'INDEXING', 'READY'))",
+            (version.tenant, version.knowledge_base, version.document_id) * 2,
+        )
+    ).fetchall()
     return [str(r["object_key"]) for r in unused]
 
 
@@ -301,7 +389,9 @@ async def delete(pool: db.Pool, tenant: str, knowledge_base: str, document_id: s
         async with pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "DELETE FROM kb_documents WHERE tenant = %s AND knowledge_base = %s "
-                "AND document_id = %s", (tenant, knowledge_base, document_id))
+                "AND document_id = %s",
+                (tenant, knowledge_base, document_id),
+            )
             return cur.rowcount == 1
 
 
@@ -313,24 +403,30 @@ class Due:
     key: str
 
 
-async def due(pool: db.Pool, *, requeue_after_s: float, lease_s: float,
-              limit: int = 100) -> list[Due]:
+async def due(
+    pool: db.Pool, *, requeue_after_s: float, lease_s: float, limit: int = 100
+) -> list[Due]:
     """Versions to queue again, marked as queued now: PENDING ones queued longer than
     ``requeue_after_s`` ago (their event was lost or is stuck), and INDEXING ones whose
     lease lapsed (their worker was lost), at most once per lease."""
     with db.reachable():
         async with pool.connection() as conn, conn.transaction():
-            found = await (await conn.execute(
-                "UPDATE kb_versions SET queued_at = now() WHERE id IN ("
-                " SELECT id FROM kb_versions WHERE"
-                " (state = 'PENDING' AND queued_at < now() - make_interval(secs => %s))"
-                " OR (state = 'INDEXING' AND lease_until < now()"
-                "     AND queued_at < now() - make_interval(secs => %s))"
-                " ORDER BY queued_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-                " RETURNING id, tenant, knowledge_base, document_id",
-                (requeue_after_s, lease_s, limit))).fetchall()
-    return [Due(int(r["id"]), event_key(r["tenant"], r["knowledge_base"], r["document_id"]))
-            for r in found]
+            found = await (
+                await conn.execute(
+                    "UPDATE kb_versions SET queued_at = now() WHERE id IN ("
+                    " SELECT id FROM kb_versions WHERE"
+                    " (state = 'PENDING' AND queued_at < now() - make_interval(secs => %s))"
+                    " OR (state = 'INDEXING' AND lease_until < now()"
+                    "     AND queued_at < now() - make_interval(secs => %s))"
+                    " ORDER BY queued_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+                    " RETURNING id, tenant, knowledge_base, document_id",
+                    (requeue_after_s, lease_s, limit),
+                )
+            ).fetchall()
+    return [
+        Due(int(r["id"]), event_key(r["tenant"], r["knowledge_base"], r["document_id"]))
+        for r in found
+    ]
 
 
 def event_key(tenant: str, knowledge_base: str, document_id: str) -> str:
@@ -338,19 +434,27 @@ def event_key(tenant: str, knowledge_base: str, document_id: str) -> str:
     return json.dumps([tenant, knowledge_base, document_id])
 
 
-async def details(pool: db.Pool, tenant: str,
-                  cited: Sequence[tuple[str, str, int]]) -> dict[tuple[str, str, int],
-                                                                 tuple[str, dict[str, str]]]:
+async def details(
+    pool: db.Pool, tenant: str, cited: Sequence[tuple[str, str, int]]
+) -> dict[tuple[str, str, int], tuple[str, dict[str, str]]]:
     """Title and metadata of each (knowledge base, document, version) of the tenant."""
     if not cited:
         return {}
     kbs, docs, versions = (list(x) for x in zip(*cited, strict=True))
     with db.reachable():
         async with pool.connection() as conn:
-            found = await (await conn.execute(
-                "SELECT knowledge_base, document_id, version, title, metadata FROM kb_versions "
-                "WHERE tenant = %s AND (knowledge_base, document_id, version) IN ("
-                "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[]))",
-                (tenant, kbs, docs, versions))).fetchall()
-    return {(r["knowledge_base"], r["document_id"], r["version"]):
-            (r["title"], {str(k): str(v) for k, v in r["metadata"].items()}) for r in found}
+            found = await (
+                await conn.execute(
+                    "SELECT knowledge_base, document_id, version, title, metadata FROM kb_versions "
+                    "WHERE tenant = %s AND (knowledge_base, document_id, version) IN ("
+                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::int[]))",
+                    (tenant, kbs, docs, versions),
+                )
+            ).fetchall()
+    return {
+        (r["knowledge_base"], r["document_id"], r["version"]): (
+            r["title"],
+            {str(k): str(v) for k, v in r["metadata"].items()},
+        )
+        for r in found
+    }

@@ -21,15 +21,26 @@ from aion.core import errors
 
 log = logging.getLogger(__name__)
 
-_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
-            grpc.StatusCode.DEADLINE_EXCEEDED)
+_RETRIED = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+)
 
 
 class Embedder:
     """Turns texts into unit vectors through one executor channel."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, model: str, dimensions: int,
-                 batch: int = 64, concurrency: int = 4, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        model: str,
+        dimensions: int,
+        batch: int = 64,
+        concurrency: int = 4,
+        timeout_s: float = 60.0,
+    ) -> None:
         self._stub = executor_pb2_grpc.ExecutorStub(channel)
         self._model = model
         self.dimensions = dimensions
@@ -37,10 +48,11 @@ class Embedder:
         self._limit = asyncio.Semaphore(concurrency)
         self._timeout_s = timeout_s
 
-    async def embed(self, texts: Sequence[str], *,
-                    timeout_s: float | None = None) -> list[list[float]]:
+    async def embed(
+        self, texts: Sequence[str], *, timeout_s: float | None = None
+    ) -> list[list[float]]:
         """One vector per text, in order; retried for ``timeout_s`` (the default when None)."""
-        batches = [texts[i:i + self._batch] for i in range(0, len(texts), self._batch)]
+        batches = [texts[i : i + self._batch] for i in range(0, len(texts), self._batch)]
         limit = timeout_s if timeout_s is not None else self._timeout_s
         done = await asyncio.gather(*(self._bounded(b, limit) for b in batches))
         return [v for vectors in done for v in vectors]
@@ -61,7 +73,8 @@ class Embedder:
             try:
                 resp = await self._stub.Embed(
                     executor_pb2.EmbedRequest(texts=list(texts), model=self._model),
-                    timeout=max(left, 0.1))
+                    timeout=max(left, 0.1),
+                )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRIED:
                     with errors.remote("executor"):
@@ -69,9 +82,13 @@ class Embedder:
                 if time.monotonic() + delay >= deadline:
                     raise errors.Unavailable(
                         f"the embedding executor did not answer within {timeout_s:g}s: "
-                        f"{errors.code_name(exc.code())} {exc.details()}") from exc
-                log.info("embedding executor busy or away (%s); retrying in %.1fs",
-                         errors.code_name(exc.code()), delay)
+                        f"{errors.code_name(exc.code())} {exc.details()}"
+                    ) from exc
+                log.info(
+                    "embedding executor busy or away (%s); retrying in %.1fs",
+                    errors.code_name(exc.code()),
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -79,5 +96,6 @@ class Embedder:
                 raise errors.FailedPrecondition(
                     f"the embedding model {resp.model!r} gives {resp.dimensions} dimensions; "
                     f"the knowledge base is set up for {self.dimensions} "
-                    "(AION_KNOWLEDGE_EMBEDDING_DIMENSIONS)")
+                    "(AION_KNOWLEDGE_EMBEDDING_DIMENSIONS)"
+                )
             return [list(e.values) for e in resp.embeddings]

@@ -17,9 +17,15 @@ log = logging.getLogger(__name__)
 
 TYPES = ("text/plain", "text/markdown", "text/html", "application/pdf")
 # File suffixes the CLI and SDK map to a content type.
-SUFFIXES = {".txt": "text/plain", ".text": "text/plain", ".md": "text/markdown",
-            ".markdown": "text/markdown", ".html": "text/html", ".htm": "text/html",
-            ".pdf": "application/pdf"}
+SUFFIXES = {
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+}
 
 
 class ExtractionError(Exception):
@@ -34,7 +40,8 @@ def content_type(value: str) -> str:
     if kind not in TYPES:
         raise errors.InvalidArgument(
             f"content_type {value!r} is not supported; use one of {', '.join(TYPES)}",
-            field="content_type")
+            field="content_type",
+        )
     return kind
 
 
@@ -71,7 +78,14 @@ def _pdf(content: bytes) -> str:
         pages = [page.extract_text() or "" for page in reader.pages]
     except ExtractionError:
         raise
-    except (pdf_errors.PyPdfError, ValueError, KeyError, TypeError, AttributeError,
-            IndexError, RecursionError) as exc:
+    except (
+        pdf_errors.PyPdfError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        RecursionError,
+    ) as exc:
         raise ExtractionError(f"the PDF cannot be read: {type(exc).__name__}: {exc}") from None
     return "\n\n".join(p.strip() for p in pages if p.strip())

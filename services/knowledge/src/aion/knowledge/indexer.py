@@ -50,9 +50,16 @@ class _Lost(Exception):
 class Indexer:
     """Indexes versions for one replica."""
 
-    def __init__(self, *, pool: db.Pool, store: objects.ObjectStore,
-                 index: qdrant_index.QdrantIndex, embed: embedder.Embedder,
-                 chunker: chunking.Chunker, cfg: knowledge_settings.KnowledgeSettings) -> None:
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        store: objects.ObjectStore,
+        index: qdrant_index.QdrantIndex,
+        embed: embedder.Embedder,
+        chunker: chunking.Chunker,
+        cfg: knowledge_settings.KnowledgeSettings,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._index = index
@@ -63,8 +70,13 @@ class Indexer:
     async def handle(self, version_id: int) -> None:
         """Index the version if it is this worker's to index."""
         cfg = self._cfg
-        claim = await documents.claim(self._pool, version_id, worker=cfg.worker_id,
-                                      lease_s=cfg.lease_s, max_attempts=cfg.max_attempts)
+        claim = await documents.claim(
+            self._pool,
+            version_id,
+            worker=cfg.worker_id,
+            lease_s=cfg.lease_s,
+            max_attempts=cfg.max_attempts,
+        )
         v = claim.version
         if v is None:
             return
@@ -98,26 +110,39 @@ class Indexer:
             else:
                 await self._fail(v, exc.message)
         except Exception as exc:
-            message = exc.message if isinstance(exc, errors.AionError) else (
-                f"{type(exc).__name__}: {exc}")
-            log.warning("indexing version %d of %s failed, to be retried: %s", v.version,
-                        v.document_id, message)
+            message = (
+                exc.message
+                if isinstance(exc, errors.AionError)
+                else (f"{type(exc).__name__}: {exc}")
+            )
+            log.warning(
+                "indexing version %d of %s failed, to be retried: %s",
+                v.version,
+                v.document_id,
+                message,
+            )
             with contextlib.suppress(errors.Unavailable):
-                await documents.note_error(self._pool, v.id, worker=self._cfg.worker_id,
-                                           error=message)
+                await documents.note_error(
+                    self._pool, v.id, worker=self._cfg.worker_id, error=message
+                )
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await beat
 
-    async def _heartbeat(self, v: documents.Version, progress: dict[str, int],
-                         work: asyncio.Future[None]) -> bool:
+    async def _heartbeat(
+        self, v: documents.Version, progress: dict[str, int], work: asyncio.Future[None]
+    ) -> bool:
         while True:
             await asyncio.sleep(self._cfg.heartbeat_s)
             try:
                 held = await documents.heartbeat(
-                    self._pool, v.id, worker=self._cfg.worker_id, lease_s=self._cfg.lease_s,
-                    chunks_done=progress["done"])
+                    self._pool,
+                    v.id,
+                    worker=self._cfg.worker_id,
+                    lease_s=self._cfg.lease_s,
+                    chunks_done=progress["done"],
+                )
             except errors.Unavailable:
                 continue  # the lease may lapse; the final check tells
             if not held:
@@ -133,13 +158,14 @@ class Indexer:
             raise extract.ExtractionError("the document's text has no words to index")
         if len(pieces) > cfg.max_chunks:
             raise extract.ExtractionError(
-                f"the document makes {len(pieces)} chunks; the limit is {cfg.max_chunks}")
+                f"the document makes {len(pieces)} chunks; the limit is {cfg.max_chunks}"
+            )
         # What an earlier, interrupted claim of this version stored.
         await self._index.drop_version(v.tenant, v.knowledge_base, v.document_id, v.version)
         progress["chunks"] = len(pieces)
         await self._progress(v, chunks=len(pieces), done=0)
         window = cfg.embed_batch * cfg.embed_concurrency
-        windows = [pieces[i:i + window] for i in range(0, len(pieces), window)]
+        windows = [pieces[i : i + window] for i in range(0, len(pieces), window)]
         first = 0
         pending = asyncio.ensure_future(self._embed.embed([p.text for p in windows[0]]))
         try:
@@ -147,13 +173,25 @@ class Indexer:
                 vectors = await pending
                 if n + 1 < len(windows):
                     pending = asyncio.ensure_future(
-                        self._embed.embed([p.text for p in windows[n + 1]]))
-                await self._index.put([
-                    qdrant_index.Chunk(
-                        tenant=v.tenant, knowledge_base=v.knowledge_base,
-                        document_id=v.document_id, version=v.version, index=first + i,
-                        text=p.text, start=p.start, end=p.end, dense=vec, metadata=v.metadata)
-                    for i, (p, vec) in enumerate(zip(group, vectors, strict=True))])
+                        self._embed.embed([p.text for p in windows[n + 1]])
+                    )
+                await self._index.put(
+                    [
+                        qdrant_index.Chunk(
+                            tenant=v.tenant,
+                            knowledge_base=v.knowledge_base,
+                            document_id=v.document_id,
+                            version=v.version,
+                            index=first + i,
+                            text=p.text,
+                            start=p.start,
+                            end=p.end,
+                            dense=vec,
+                            metadata=v.metadata,
+                        )
+                        for i, (p, vec) in enumerate(zip(group, vectors, strict=True))
+                    ]
+                )
                 first += len(group)
                 progress["done"] = first
                 if n + 1 < len(windows):
@@ -166,9 +204,14 @@ class Indexer:
         await self._finish(v, len(pieces))
 
     async def _progress(self, v: documents.Version, *, chunks: int, done: int) -> None:
-        if not await documents.heartbeat(self._pool, v.id, worker=self._cfg.worker_id,
-                                         lease_s=self._cfg.lease_s, chunks=chunks,
-                                         chunks_done=done):
+        if not await documents.heartbeat(
+            self._pool,
+            v.id,
+            worker=self._cfg.worker_id,
+            lease_s=self._cfg.lease_s,
+            chunks=chunks,
+            chunks_done=done,
+        ):
             raise _Lost
 
     async def _finish(self, v: documents.Version, chunks: int) -> None:
@@ -176,20 +219,28 @@ class Indexer:
         with db.reachable():
             async with self._pool.connection() as conn, conn.transaction():
                 row = await documents.lock_document(conn, v)
-                if (row is None or row["state"] != documents.INDEXING
-                        or row["worker"] != self._cfg.worker_id):
+                if (
+                    row is None
+                    or row["state"] != documents.INDEXING
+                    or row["worker"] != self._cfg.worker_id
+                ):
                     raise _Lost
                 if row["ready_version"] > v.version:
                     await documents.supersede(conn, v.id)
-                    await self._index.drop_version(v.tenant, v.knowledge_base,
-                                                   v.document_id, v.version)
+                    await self._index.drop_version(
+                        v.tenant, v.knowledge_base, v.document_id, v.version
+                    )
                     return
                 # In Qdrant first: if the commit then fails, the next claim redoes both.
-                await self._index.activate(v.tenant, v.knowledge_base, v.document_id,
-                                           v.version)
+                await self._index.activate(v.tenant, v.knowledge_base, v.document_id, v.version)
                 unused = await documents.make_ready(conn, v, chunks=chunks)
-        log.info("indexed version %d of %s/%s: %d chunks", v.version, v.knowledge_base,
-                 v.document_id, chunks)
+        log.info(
+            "indexed version %d of %s/%s: %d chunks",
+            v.version,
+            v.knowledge_base,
+            v.document_id,
+            chunks,
+        )
         try:
             await self._store.remove(unused)
         except errors.AionError as exc:
@@ -202,31 +253,40 @@ class Indexer:
             return  # claimed again after our lease lapsed: its worker owns the chunks
         if current is not None and current.state == documents.READY:
             return
-        log.info("version %d of %s was deleted or replaced while indexing; removing its "
-                 "chunks", v.version, v.document_id)
+        log.info(
+            "version %d of %s was deleted or replaced while indexing; removing its chunks",
+            v.version,
+            v.document_id,
+        )
         await self._index.drop_version(v.tenant, v.knowledge_base, v.document_id, v.version)
 
     async def _fail(self, v: documents.Version, error: str) -> None:
-        log.info("version %d of %s/%s FAILED: %s", v.version, v.knowledge_base, v.document_id,
-                 error)
+        log.info(
+            "version %d of %s/%s FAILED: %s", v.version, v.knowledge_base, v.document_id, error
+        )
         if await documents.fail(self._pool, v.id, worker=self._cfg.worker_id, error=error):
-            await self._index.drop_version(v.tenant, v.knowledge_base, v.document_id,
-                                           v.version)
+            await self._index.drop_version(v.tenant, v.knowledge_base, v.document_id, v.version)
 
 
 class Reaper:
     """Queues again the versions whose event or worker was lost."""
 
-    def __init__(self, *, pool: db.Pool, publish: Callable[[str, int], Awaitable[None]],
-                 cfg: knowledge_settings.KnowledgeSettings) -> None:
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        publish: Callable[[str, int], Awaitable[None]],
+        cfg: knowledge_settings.KnowledgeSettings,
+    ) -> None:
         self._pool = pool
         self._publish = publish
         self._cfg = cfg
 
     async def once(self) -> int:
         """One pass; how many versions were queued again."""
-        due = await documents.due(self._pool, requeue_after_s=self._cfg.requeue_after_s,
-                                  lease_s=self._cfg.lease_s)
+        due = await documents.due(
+            self._pool, requeue_after_s=self._cfg.requeue_after_s, lease_s=self._cfg.lease_s
+        )
         for item in due:
             await self._publish(item.key, item.id)
         if due:

@@ -26,16 +26,26 @@ log = logging.getLogger(__name__)
 SERVICE = knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
 # Who may call each RPC (their certificates' identities): the gateway for its
 # public Knowledge API, the agent service for retrieval.
-ALLOW = authz.methods(SERVICE, {
-    "Ingest": {"gateway"}, "Delete": {"gateway"}, "GetDocument": {"gateway"},
-    "ListDocuments": {"gateway"}, "Search": {"gateway", "agent"},
-})
+ALLOW = authz.methods(
+    SERVICE,
+    {
+        "Ingest": {"gateway"},
+        "Delete": {"gateway"},
+        "GetDocument": {"gateway"},
+        "ListDocuments": {"gateway"},
+        "Search": {"gateway", "agent"},
+    },
+)
 
 
-async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
-              until: Awaitable[object] | None = None,
-              on_ready: Callable[[str], None] | None = None,
-              on_index: Callable[[qdrant_index.QdrantIndex], None] | None = None) -> None:
+async def run(
+    cfg: knowledge_settings.KnowledgeSettings,
+    material: tls.Tls,
+    *,
+    until: Awaitable[object] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    on_index: Callable[[qdrant_index.QdrantIndex], None] | None = None,
+) -> None:
     """Serve until SIGTERM or SIGINT (or ``until`` completes), indexing in the background;
     then drain. ``on_ready`` gets the gRPC address once it serves; ``on_index`` (tests)
     the open Qdrant index."""
@@ -43,45 +53,76 @@ async def run(cfg: knowledge_settings.KnowledgeSettings, material: tls.Tls, *,
     await db.migrate(dsn)
     await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions, cfg)
     store = objects.ObjectStore.connect(
-        cfg.minio_endpoint, access_key=cfg.minio_access_key,
-        secret_key=cfg.minio_secret_key.get_secret_value(), bucket=cfg.minio_bucket,
-        secure=cfg.minio_secure)
+        cfg.minio_endpoint,
+        access_key=cfg.minio_access_key,
+        secret_key=cfg.minio_secret_key.get_secret_value(),
+        bucket=cfg.minio_bucket,
+        secure=cfg.minio_secure,
+    )
     await store.ensure_bucket()
-    chunker = chunking.Chunker(cfg.tokenizer_path, size=cfg.chunk_tokens,
-                               overlap=cfg.chunk_overlap_tokens)
+    chunker = chunking.Chunker(
+        cfg.tokenizer_path, size=cfg.chunk_tokens, overlap=cfg.chunk_overlap_tokens
+    )
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(dsn, max_size=cfg.pool_max_size))
         index = await stack.enter_async_context(qdrant_index.QdrantIndex.from_settings(cfg))
         if on_index is not None:
             on_index(index)
-        channel = await stack.enter_async_context(channels.connect(
-            cfg.executor_target, tls=material, peer="executor"))
-        embed = embedder.Embedder(channel, model=cfg.embedding_model,
-                                  dimensions=cfg.embedding_dimensions, batch=cfg.embed_batch,
-                                  concurrency=cfg.embed_concurrency,
-                                  timeout_s=cfg.embed_timeout_s)
+        channel = await stack.enter_async_context(
+            channels.connect(cfg.executor_target, tls=material, peer="executor")
+        )
+        embed = embedder.Embedder(
+            channel,
+            model=cfg.embedding_model,
+            dimensions=cfg.embedding_dimensions,
+            batch=cfg.embed_batch,
+            concurrency=cfg.embed_concurrency,
+            timeout_s=cfg.embed_timeout_s,
+        )
         publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic, cfg)
         await publisher.start()
         stack.push_async_callback(publisher.stop)
-        work = indexer.Indexer(pool=pool, store=store, index=index, embed=embed,
-                               chunker=chunker, cfg=cfg)
+        work = indexer.Indexer(
+            pool=pool, store=store, index=index, embed=embed, chunker=chunker, cfg=cfg
+        )
         reaper = indexer.Reaper(pool=pool, publish=publisher.publish, cfg=cfg)
         background = [asyncio.ensure_future(reaper.run())] + [
-            asyncio.ensure_future(queue.Worker(
-                name=f"{cfg.worker_id}-{i}", bootstrap=cfg.kafka_bootstrap, topic=cfg.topic,
-                group=cfg.group, handle=work.handle, security=cfg).run())
-            for i in range(cfg.workers)]
+            asyncio.ensure_future(
+                queue.Worker(
+                    name=f"{cfg.worker_id}-{i}",
+                    bootstrap=cfg.kafka_bootstrap,
+                    topic=cfg.topic,
+                    group=cfg.group,
+                    handle=work.handle,
+                    security=cfg,
+                ).run()
+            )
+            for i in range(cfg.workers)
+        ]
         try:
-            grpc_server = server.GrpcServer(name="knowledge", host=cfg.host, port=cfg.port,
-                                            grace_s=cfg.grace_s,
-                                            drain_delay_s=cfg.drain_delay_s,
-                                            tls=material, allow=ALLOW,
-                                            health_port=cfg.health_port)
+            grpc_server = server.GrpcServer(
+                name="knowledge",
+                host=cfg.host,
+                port=cfg.port,
+                grace_s=cfg.grace_s,
+                drain_delay_s=cfg.drain_delay_s,
+                tls=material,
+                allow=ALLOW,
+                health_port=cfg.health_port,
+            )
             grpc_server.add(
                 knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
-                servicer.KnowledgeServicer(pool=pool, store=store, index=index, embed=embed,
-                                           chunker=chunker, publish=publisher.publish, cfg=cfg),
-                SERVICE)
+                servicer.KnowledgeServicer(
+                    pool=pool,
+                    store=store,
+                    index=index,
+                    embed=embed,
+                    chunker=chunker,
+                    publish=publisher.publish,
+                    cfg=cfg,
+                ),
+                SERVICE,
+            )
             with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
                 async with grpc_server:
                     log.info("knowledge service ready", extra={"worker": cfg.worker_id})
@@ -99,6 +140,5 @@ def main() -> None:
     """Entry point."""
     cfg = settings.load(knowledge_settings.KnowledgeSettings)
     material = tls.load()
-    telemetry.setup(service="knowledge", log_level=cfg.log_level,
-                    otlp_endpoint=cfg.otlp_endpoint)
+    telemetry.setup(service="knowledge", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     asyncio.run(run(cfg, material))

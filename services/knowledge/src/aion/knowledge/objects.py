@@ -58,19 +58,25 @@ class ObjectStore:
         self.bucket = bucket
 
     @classmethod
-    def connect(cls, endpoint: str, *, access_key: str, secret_key: str, bucket: str,
-                secure: bool) -> ObjectStore:
+    def connect(
+        cls, endpoint: str, *, access_key: str, secret_key: str, bucket: str, secure: bool
+    ) -> ObjectStore:
         """A store over a new client (no I/O yet)."""
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5.0, read=30.0), maxsize=16,
-            retries=urllib3.Retry(total=3, backoff_factor=0.2,
-                                  status_forcelist=[500, 502, 503, 504]))
-        client = minio.Minio(endpoint, access_key=access_key, secret_key=secret_key,
-                             secure=secure, http_client=http)
+            timeout=urllib3.Timeout(connect=5.0, read=30.0),
+            maxsize=16,
+            retries=urllib3.Retry(
+                total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]
+            ),
+        )
+        client = minio.Minio(
+            endpoint, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http
+        )
         return cls(client, bucket)
 
     async def ensure_bucket(self) -> None:
         """Create the bucket when it is missing (another replica may race: that is fine)."""
+
         def create() -> None:
             if not self._client.bucket_exists(self.bucket):
                 try:
@@ -78,18 +84,25 @@ class ObjectStore:
                 except minio_error.S3Error as exc:
                     if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                         raise
+
         with _reachable("creating the bucket"):
             await asyncio.to_thread(create)
 
     async def put(self, object_key: str, content: bytes, content_type: str) -> None:
         """Store ``content`` under ``object_key``."""
         with _reachable("storing a document"):
-            await asyncio.to_thread(self._client.put_object, self.bucket, object_key,
-                                    io.BytesIO(content), len(content),
-                                    content_type=content_type)
+            await asyncio.to_thread(
+                self._client.put_object,
+                self.bucket,
+                object_key,
+                io.BytesIO(content),
+                len(content),
+                content_type=content_type,
+            )
 
     async def exists(self, object_key: str) -> bool:
         """Whether ``object_key`` holds an object."""
+
         def stat() -> bool:
             try:
                 self._client.stat_object(self.bucket, object_key)
@@ -98,11 +111,13 @@ class ObjectStore:
                     return False
                 raise
             return True
+
         with _reachable("looking up a document"):
             return await asyncio.to_thread(stat)
 
     async def get(self, object_key: str) -> bytes:
         """The bytes under ``object_key`` (NotFound when missing)."""
+
         def read() -> bytes:
             resp = self._client.get_object(self.bucket, object_key)
             try:
@@ -110,14 +125,19 @@ class ObjectStore:
             finally:
                 resp.close()
                 resp.release_conn()
+
         with _reachable("reading a document"):
             return await asyncio.to_thread(read)
 
     async def keys(self, under: str) -> list[str]:
         """Every key under the prefix ``under``."""
+
         def listing() -> list[str]:
-            return [str(o.object_name) for o in self._client.list_objects(
-                self.bucket, prefix=under, recursive=True)]
+            return [
+                str(o.object_name)
+                for o in self._client.list_objects(self.bucket, prefix=under, recursive=True)
+            ]
+
         with _reachable("listing documents"):
             return await asyncio.to_thread(listing)
 
@@ -127,10 +147,14 @@ class ObjectStore:
             return
 
         def remove_all() -> None:
-            failures = list(self._client.remove_objects(
-                self.bucket, [deleteobjects.DeleteObject(k) for k in object_keys]))
+            failures = list(
+                self._client.remove_objects(
+                    self.bucket, [deleteobjects.DeleteObject(k) for k in object_keys]
+                )
+            )
             if failures:
                 raise errors.Unavailable(f"MinIO kept {len(failures)} objects: {failures[0]}")
+
         with _reachable("removing documents"):
             await asyncio.to_thread(remove_all)
 

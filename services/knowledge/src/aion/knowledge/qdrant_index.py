@@ -87,8 +87,9 @@ class Hit:
     score: float
 
 
-def point_id(tenant: str, knowledge_base: str, document_id: str, version: int,
-             chunk_index: int) -> str:
+def point_id(
+    tenant: str, knowledge_base: str, document_id: str, version: int, chunk_index: int
+) -> str:
     """The chunk's point id: a UUID derived from what names the chunk, so rewrites overwrite."""
     name = json.dumps([tenant, knowledge_base, document_id, version, chunk_index])
     return str(uuid.uuid5(_POINT_IDS, name))
@@ -99,8 +100,11 @@ def _match(key: str, value: str | int | bool) -> models.FieldCondition:
 
 
 def _document(tenant: str, knowledge_base: str, document_id: str) -> list[models.Condition]:
-    return [_match("tenant", tenant), _match("knowledge_base", knowledge_base),
-            _match("document_id", document_id)]
+    return [
+        _match("tenant", tenant),
+        _match("knowledge_base", knowledge_base),
+        _match("document_id", document_id),
+    ]
 
 
 def metadata_terms(metadata: Mapping[str, str]) -> list[str]:
@@ -118,7 +122,8 @@ def _unavailable_when_down(what: str) -> Iterator[None]:
     except qdrant_errors.UnexpectedResponse as exc:
         if exc.status_code is not None and exc.status_code >= 500:
             raise errors.Unavailable(
-                f"Qdrant failed while {what}: {exc.status_code} {exc.reason_phrase}") from exc
+                f"Qdrant failed while {what}: {exc.status_code} {exc.reason_phrase}"
+            ) from exc
         raise
 
 
@@ -129,14 +134,16 @@ class QdrantIndex:
     existing one has both vectors as expected; leaving closes the client.
     """
 
-    def __init__(self, client: QdrantClient, *, collection: str, server: bool,
-                 dimensions: int) -> None:
+    def __init__(
+        self, client: QdrantClient, *, collection: str, server: bool, dimensions: int
+    ) -> None:
         self._client = client
         self._collection = collection
         self._server = server
         self._dimensions = dimensions
         self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4 if server else 1, thread_name_prefix="qdrant")
+            max_workers=4 if server else 1, thread_name_prefix="qdrant"
+        )
         self._closed = False
 
     @classmethod
@@ -146,12 +153,15 @@ class QdrantIndex:
         if cfg.qdrant_url:
             key = cfg.qdrant_api_key.get_secret_value() if cfg.qdrant_api_key else None
             client = QdrantClient(url=cfg.qdrant_url, api_key=key, timeout=30)
-            return cls(client, collection=collection, server=True,
-                       dimensions=cfg.embedding_dimensions)
-        client = (QdrantClient(path=cfg.qdrant_path) if cfg.qdrant_path
-                  else QdrantClient(location=":memory:"))
-        return cls(client, collection=collection, server=False,
-                   dimensions=cfg.embedding_dimensions)
+            return cls(
+                client, collection=collection, server=True, dimensions=cfg.embedding_dimensions
+            )
+        client = (
+            QdrantClient(path=cfg.qdrant_path)
+            if cfg.qdrant_path
+            else QdrantClient(location=":memory:")
+        )
+        return cls(client, collection=collection, server=False, dimensions=cfg.embedding_dimensions)
 
     async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -166,8 +176,12 @@ class QdrantIndex:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -182,10 +196,15 @@ class QdrantIndex:
             try:
                 self._client.create_collection(
                     self._collection,
-                    vectors_config={DENSE: models.VectorParams(
-                        size=self._dimensions, distance=models.Distance.COSINE)},
-                    sparse_vectors_config={TEXT: models.SparseVectorParams(
-                        modifier=models.Modifier.IDF)})
+                    vectors_config={
+                        DENSE: models.VectorParams(
+                            size=self._dimensions, distance=models.Distance.COSINE
+                        )
+                    },
+                    sparse_vectors_config={
+                        TEXT: models.SparseVectorParams(modifier=models.Modifier.IDF)
+                    },
+                )
             except qdrant_errors.UnexpectedResponse as exc:
                 if exc.status_code != 409:  # another replica created it first
                     raise
@@ -197,12 +216,14 @@ class QdrantIndex:
             raise errors.FailedPrecondition(
                 f"Qdrant collection {self._collection!r} exists without the sparse vector "
                 f"{TEXT!r} with modifier IDF; delete it or choose another "
-                "AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX")
+                "AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX"
+            )
         if dense is None or dense.size != self._dimensions:
             raise errors.FailedPrecondition(
                 f"Qdrant collection {self._collection!r} has no dense vector {DENSE!r} of "
                 f"{self._dimensions} dimensions (AION_KNOWLEDGE_EMBEDDING_DIMENSIONS); delete "
-                "it or choose another AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX")
+                "it or choose another AION_KNOWLEDGE_QDRANT_COLLECTION_PREFIX"
+            )
         if self._server:
             # Only the missing ones: a server may refuse an index that exists already.
             # Local mode scans everything and warns that payload indexes do nothing there.
@@ -213,8 +234,9 @@ class QdrantIndex:
     @staticmethod
     def _payload_indexes() -> dict[str, models.PayloadSchemaType | models.KeywordIndexParams]:
         return {
-            "tenant": models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD,
-                                                is_tenant=True),
+            "tenant": models.KeywordIndexParams(
+                type=models.KeywordIndexType.KEYWORD, is_tenant=True
+            ),
             "knowledge_base": models.PayloadSchemaType.KEYWORD,
             "document_id": models.PayloadSchemaType.KEYWORD,
             "version": models.PayloadSchemaType.INTEGER,
@@ -229,8 +251,9 @@ class QdrantIndex:
         if text.indices:  # a chunk without words gets no sparse vector: no word finds it
             vectors[TEXT] = text
         return models.PointStruct(
-            id=point_id(chunk.tenant, chunk.knowledge_base, chunk.document_id, chunk.version,
-                        chunk.index),
+            id=point_id(
+                chunk.tenant, chunk.knowledge_base, chunk.document_id, chunk.version, chunk.index
+            ),
             vector=vectors,
             payload={
                 "tenant": chunk.tenant,
@@ -243,38 +266,63 @@ class QdrantIndex:
                 "text": chunk.text,
                 "active": False,
                 "metadata_terms": metadata_terms(chunk.metadata),
-            })
+            },
+        )
 
     async def put(self, chunks: Sequence[Chunk]) -> None:
         """Store chunks, inactive (invisible to searches) until their version is activated."""
         points = [self._point(c) for c in chunks]
         with _unavailable_when_down("storing chunks"):
             for start in range(0, len(points), UPSERT_BATCH):
-                await self._run(self._client.upsert, self._collection,
-                                points=points[start:start + UPSERT_BATCH])
+                await self._run(
+                    self._client.upsert,
+                    self._collection,
+                    points=points[start : start + UPSERT_BATCH],
+                )
 
-    async def activate(self, tenant: str, knowledge_base: str, document_id: str,
-                       version: int) -> None:
+    async def activate(
+        self, tenant: str, knowledge_base: str, document_id: str, version: int
+    ) -> None:
         """Make the version's chunks searchable and remove every other version's."""
         doc = _document(tenant, knowledge_base, document_id)
         with _unavailable_when_down("activating a version"):
-            await self._run(self._client.set_payload, self._collection, {"active": True},
-                            points=models.Filter(must=[*doc, _match("version", version)]))
-            await self._run(self._client.delete, self._collection,
-                            points_selector=models.Filter(
-                                must=doc, must_not=[_match("version", version)]))
+            await self._run(
+                self._client.set_payload,
+                self._collection,
+                {"active": True},
+                points=models.Filter(must=[*doc, _match("version", version)]),
+            )
+            await self._run(
+                self._client.delete,
+                self._collection,
+                points_selector=models.Filter(must=doc, must_not=[_match("version", version)]),
+            )
 
-    async def drop_version(self, tenant: str, knowledge_base: str, document_id: str,
-                           version: int) -> None:
+    async def drop_version(
+        self, tenant: str, knowledge_base: str, document_id: str, version: int
+    ) -> None:
         """Remove one version's chunks (a failed or superseded one, or a retry's leftovers)."""
         with _unavailable_when_down("removing a version"):
-            await self._run(self._client.delete, self._collection,
-                            points_selector=models.Filter(must=[
-                                *_document(tenant, knowledge_base, document_id),
-                                _match("version", version)]))
+            await self._run(
+                self._client.delete,
+                self._collection,
+                points_selector=models.Filter(
+                    must=[
+                        *_document(tenant, knowledge_base, document_id),
+                        _match("version", version),
+                    ]
+                ),
+            )
 
-    async def count(self, tenant: str, knowledge_base: str, document_id: str, *,
-                    version: int | None = None, active: bool | None = None) -> int:
+    async def count(
+        self,
+        tenant: str,
+        knowledge_base: str,
+        document_id: str,
+        *,
+        version: int | None = None,
+        active: bool | None = None,
+    ) -> int:
         """Chunks stored for the document (of one version, active or not, when given)."""
         must = _document(tenant, knowledge_base, document_id)
         if version is not None:
@@ -282,8 +330,12 @@ class QdrantIndex:
         if active is not None:
             must.append(_match("active", active))
         with _unavailable_when_down("counting chunks"):
-            found = await self._run(self._client.count, self._collection,
-                                    count_filter=models.Filter(must=must), exact=True)
+            found = await self._run(
+                self._client.count,
+                self._collection,
+                count_filter=models.Filter(must=must),
+                exact=True,
+            )
         return int(found.count)
 
     async def delete_document(self, tenant: str, knowledge_base: str, document_id: str) -> int:
@@ -294,18 +346,29 @@ class QdrantIndex:
             await self._run(self._client.delete, self._collection, points_selector=selector)
         return active
 
-    async def search(self, tenant: str, knowledge_base: str, *, mode: Mode,
-                     dense: Sequence[float] | None, text: str, top_k: int,
-                     filters: Mapping[str, str], min_similarity: float | None = None,
-                     ) -> list[Hit]:
+    async def search(
+        self,
+        tenant: str,
+        knowledge_base: str,
+        *,
+        mode: Mode,
+        dense: Sequence[float] | None,
+        text: str,
+        top_k: int,
+        filters: Mapping[str, str],
+        min_similarity: float | None = None,
+    ) -> list[Hit]:
         """The best ``top_k`` active chunks of the knowledge base whose metadata has all of
         ``filters``: by embedding (those at least ``min_similarity`` similar), by BM25, or
         both fused by reciprocal rank."""
         scope: list[models.Condition] = [
-            _match("tenant", tenant), _match("knowledge_base", knowledge_base),
-            _match("active", True)]
-        where = models.Filter(must=[*scope, *(_match("metadata_terms", t)
-                                              for t in metadata_terms(filters))])
+            _match("tenant", tenant),
+            _match("knowledge_base", knowledge_base),
+            _match("active", True),
+        ]
+        where = models.Filter(
+            must=[*scope, *(_match("metadata_terms", t) for t in metadata_terms(filters))]
+        )
         # Rarity is measured within the knowledge base, never across tenants.
         idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=scope)))
         words = sparse.query_vector(text)
@@ -315,24 +378,42 @@ class QdrantIndex:
                 return []
             kwargs = {"query": words, "using": TEXT, "search_params": idf}
         elif mode == "dense" or not words.indices:
-            kwargs = {"query": list(dense or ()), "using": DENSE,
-                      "score_threshold": min_similarity}
+            kwargs = {"query": list(dense or ()), "using": DENSE, "score_threshold": min_similarity}
         else:
             depth = max(top_k * 4, 20)
-            kwargs = {"prefetch": [
-                models.Prefetch(query=list(dense or ()), using=DENSE, filter=where, limit=depth,
-                                score_threshold=min_similarity),
-                models.Prefetch(query=words, using=TEXT, filter=where, limit=depth, params=idf),
-            ], "query": models.FusionQuery(fusion=models.Fusion.RRF)}
+            kwargs = {
+                "prefetch": [
+                    models.Prefetch(
+                        query=list(dense or ()),
+                        using=DENSE,
+                        filter=where,
+                        limit=depth,
+                        score_threshold=min_similarity,
+                    ),
+                    models.Prefetch(query=words, using=TEXT, filter=where, limit=depth, params=idf),
+                ],
+                "query": models.FusionQuery(fusion=models.Fusion.RRF),
+            }
         with _unavailable_when_down("searching"):
-            found = await self._run(self._client.query_points, self._collection,
-                                    query_filter=where, limit=top_k, with_payload=True,
-                                    **kwargs)
+            found = await self._run(
+                self._client.query_points,
+                self._collection,
+                query_filter=where,
+                limit=top_k,
+                with_payload=True,
+                **kwargs,
+            )
         return [_hit(p.payload or {}, p.score) for p in found.points]
 
 
 def _hit(payload: Mapping[str, Any], score: float) -> Hit:
-    return Hit(knowledge_base=str(payload["knowledge_base"]),
-               document_id=str(payload["document_id"]), version=int(payload["version"]),
-               index=int(payload["chunk_index"]), text=str(payload["text"]),
-               start=int(payload["char_start"]), end=int(payload["char_end"]), score=score)
+    return Hit(
+        knowledge_base=str(payload["knowledge_base"]),
+        document_id=str(payload["document_id"]),
+        version=int(payload["version"]),
+        index=int(payload["chunk_index"]),
+        text=str(payload["text"]),
+        start=int(payload["char_start"]),
+        end=int(payload["char_end"]),
+        score=score,
+    )

@@ -29,18 +29,24 @@ KafkaError = kafka_errors.KafkaError
 Handler = Callable[[int], Awaitable[None]]
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int,
-                       security: core_kafka.KafkaSettings | None = None) -> None:
+async def ensure_topic(
+    bootstrap: str, topic: str, partitions: int, security: core_kafka.KafkaSettings | None = None
+) -> None:
     """Create the topic when it does not exist yet."""
-    client = kafka_admin.AIOKafkaAdminClient(bootstrap_servers=bootstrap,
-                                             request_timeout_ms=15000,
-                                             **core_kafka.client_options(security))
+    client = kafka_admin.AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=15000, **core_kafka.client_options(security)
+    )
     await client.start()
     try:
         if topic not in set(await client.list_topics()):
             with contextlib.suppress(kafka_errors.TopicAlreadyExistsError):
-                await client.create_topics([kafka_admin.NewTopic(
-                    name=topic, num_partitions=partitions, replication_factor=1)])
+                await client.create_topics(
+                    [
+                        kafka_admin.NewTopic(
+                            name=topic, num_partitions=partitions, replication_factor=1
+                        )
+                    ]
+                )
     finally:
         await client.close()
 
@@ -62,13 +68,19 @@ def decode(value: bytes) -> int:
 class Publisher:
     """An idempotent producer of document events."""
 
-    def __init__(self, bootstrap: str, topic: str,
-                 security: core_kafka.KafkaSettings | None = None) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, security: core_kafka.KafkaSettings | None = None
+    ) -> None:
         self._topic = topic
         self._producer = aiokafka.AIOKafkaProducer(
-            bootstrap_servers=bootstrap, enable_idempotence=True, acks="all", linger_ms=2,
-            request_timeout_ms=15000, client_id="aion-knowledge",
-            **core_kafka.client_options(security))
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=2,
+            request_timeout_ms=15000,
+            client_id="aion-knowledge",
+            **core_kafka.client_options(security),
+        )
 
     async def start(self) -> None:
         """Connect."""
@@ -82,15 +94,25 @@ class Publisher:
         """Send one event and wait for the broker's acknowledgement, at most ``timeout_s``
         (TimeoutError then: a broker that is away must not hold up an upload, whose
         version the reaper queues again)."""
-        await asyncio.wait_for(self._producer.send_and_wait(
-            self._topic, value=encode(version_id), key=key.encode()), timeout_s)
+        await asyncio.wait_for(
+            self._producer.send_and_wait(self._topic, value=encode(version_id), key=key.encode()),
+            timeout_s,
+        )
 
 
 class Worker:
     """One consumer of the group, handling one event at a time, reconnecting when Kafka goes."""
 
-    def __init__(self, *, name: str, bootstrap: str, topic: str, group: str,
-                 handle: Handler, security: core_kafka.KafkaSettings | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        handle: Handler,
+        security: core_kafka.KafkaSettings | None = None,
+    ) -> None:
         self.name = name
         self._security = security
         self._bootstrap = bootstrap
@@ -104,10 +126,15 @@ class Worker:
         while True:
             try:
                 self._consumer = aiokafka.AIOKafkaConsumer(
-                    self._topic, bootstrap_servers=self._bootstrap, group_id=self._group,
-                    enable_auto_commit=False, auto_offset_reset="earliest",
-                    client_id=f"aion-knowledge-{self.name}", max_poll_interval_ms=600_000,
-                    **core_kafka.client_options(self._security))
+                    self._topic,
+                    bootstrap_servers=self._bootstrap,
+                    group_id=self._group,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    client_id=f"aion-knowledge-{self.name}",
+                    max_poll_interval_ms=600_000,
+                    **core_kafka.client_options(self._security),
+                )
                 await self._consumer.start()
                 await self._consume()
             except asyncio.CancelledError:
@@ -132,8 +159,9 @@ class Worker:
             try:
                 version_id = decode(record.value)
             except (ValueError, TypeError) as exc:
-                log.error("indexer %s: skipping a record that is no document event: %s",
-                          self.name, exc)
+                log.error(
+                    "indexer %s: skipping a record that is no document event: %s", self.name, exc
+                )
             else:
                 try:
                     await self._handle(version_id)

@@ -49,7 +49,9 @@ def knowledge_base_name(value: str) -> str:
     if not _KB.match(value):
         raise errors.InvalidArgument(
             f"knowledge_base {value!r} must be 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit", field="knowledge_base")
+            "starting with a letter or digit",
+            field="knowledge_base",
+        )
     return value
 
 
@@ -60,17 +62,25 @@ def document_name(value: str) -> str:
         raise errors.InvalidArgument(
             f"document_id {value!r} must be 1-256 letters, digits, '.', '_', '-' or '/', "
             "starting with a letter or digit, without empty, '.' or '..' path parts",
-            field="document_id")
+            field="document_id",
+        )
     return value
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     """Ingest, search, status and delete, scoped by tenant and knowledge base."""
 
-    def __init__(self, *, pool: db.Pool, store: objects.ObjectStore,
-                 index: qdrant_index.QdrantIndex, embed: embedder.Embedder,
-                 chunker: chunking.Chunker,
-                 publish: Any, cfg: knowledge_settings.KnowledgeSettings) -> None:
+    def __init__(
+        self,
+        *,
+        pool: db.Pool,
+        store: objects.ObjectStore,
+        index: qdrant_index.QdrantIndex,
+        embed: embedder.Embedder,
+        chunker: chunking.Chunker,
+        publish: Any,
+        cfg: knowledge_settings.KnowledgeSettings,
+    ) -> None:
         self._pool = pool
         self._store = store
         self._index = index
@@ -84,24 +94,30 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         if len(metadata) > cfg.max_metadata_pairs:
             raise errors.InvalidArgument(
                 f"{field} has {len(metadata)} pairs; the limit is {cfg.max_metadata_pairs}",
-                field=field)
+                field=field,
+            )
         for key, value in metadata.items():
             if "\x00" in key or "\x00" in value:  # Postgres (text, jsonb) holds no NUL
                 raise errors.InvalidArgument(
                     f"{field} key {key[:40]!r} or its value holds a NUL character (\\0)",
-                    field=field)
+                    field=field,
+                )
             if not key or len(key) > cfg.max_metadata_key_chars:
                 raise errors.InvalidArgument(
-                    f"{field} key {key[:40]!r} must be 1-{cfg.max_metadata_key_chars} "
-                    "characters", field=field)
+                    f"{field} key {key[:40]!r} must be 1-{cfg.max_metadata_key_chars} characters",
+                    field=field,
+                )
             if len(value.encode()) > cfg.max_metadata_value_bytes:
                 raise errors.InvalidArgument(
                     f"{field} value of {key!r} is {len(value.encode())} bytes; the limit is "
-                    f"{cfg.max_metadata_value_bytes}", field=field)
+                    f"{cfg.max_metadata_value_bytes}",
+                    field=field,
+                )
         return metadata
 
-    async def Ingest(self, request: knowledge_pb2.IngestRequest,
-                     context: _Ctx) -> public_pb2.IngestResponse:
+    async def Ingest(
+        self, request: knowledge_pb2.IngestRequest, context: _Ctx
+    ) -> public_pb2.IngestResponse:
         req = request.request
         tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
@@ -111,11 +127,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             raise errors.InvalidArgument("content is empty", field="content")
         if len(req.content) > self._cfg.max_document_bytes:
             raise errors.InvalidArgument(
-                f"content is {len(req.content)} bytes; the limit is "
-                f"{self._cfg.max_document_bytes}", field="content")
+                f"content is {len(req.content)} bytes; the limit is {self._cfg.max_document_bytes}",
+                field="content",
+            )
         if len(req.title) > _MAX_TITLE:
-            raise errors.InvalidArgument(f"title is over {_MAX_TITLE} characters",
-                                         field="title")
+            raise errors.InvalidArgument(f"title is over {_MAX_TITLE} characters", field="title")
         if "\x00" in req.title:
             raise errors.InvalidArgument("title holds a NUL character (\\0)", field="title")
         metadata = self._metadata(dict(req.metadata), field="metadata")
@@ -127,9 +143,17 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         await self._store.put(key, req.content, kind)
         try:
             version, created = await documents.record_upload(
-                self._pool, tenant=tenant, knowledge_base=kb, document_id=doc, title=req.title,
-                metadata=metadata, content_type=kind, size_bytes=len(req.content), sha256=sha,
-                object_key=key)
+                self._pool,
+                tenant=tenant,
+                knowledge_base=kb,
+                document_id=doc,
+                title=req.title,
+                metadata=metadata,
+                content_type=kind,
+                size_bytes=len(req.content),
+                sha256=sha,
+                object_key=key,
+            )
         except Exception:
             if not existed:
                 await self._forget_original(key)
@@ -138,8 +162,12 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             try:
                 await self._publish(documents.event_key(tenant, kb, doc), version.id)
             except Exception as exc:  # recorded PENDING: the reaper queues it again
-                log.warning("could not publish version %d of %s; the reaper will: %s",
-                            version.version, doc, exc)
+                log.warning(
+                    "could not publish version %d of %s; the reaper will: %s",
+                    version.version,
+                    doc,
+                    exc,
+                )
         if req.wait:
             version = await self._wait(version, context)
         return convert.ingest_response(version, unchanged=not created)
@@ -167,8 +195,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             version = found
         return version
 
-    async def Search(self, request: knowledge_pb2.SearchRequest,
-                     context: _Ctx) -> public_pb2.SearchResponse:
+    async def Search(
+        self, request: knowledge_pb2.SearchRequest, context: _Ctx
+    ) -> public_pb2.SearchResponse:
         req = request.request
         tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
@@ -176,11 +205,13 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             raise errors.InvalidArgument("query is empty", field="query")
         if len(req.query) > self._cfg.max_query_chars:
             raise errors.InvalidArgument(
-                f"query is {len(req.query)} characters; the limit is "
-                f"{self._cfg.max_query_chars}", field="query")
+                f"query is {len(req.query)} characters; the limit is {self._cfg.max_query_chars}",
+                field="query",
+            )
         if req.top_k < 0 or req.top_k > self._cfg.max_top_k:
             raise errors.InvalidArgument(
-                f"top_k must be between 1 and {self._cfg.max_top_k} (0 means 5)", field="top_k")
+                f"top_k must be between 1 and {self._cfg.max_top_k} (0 means 5)", field="top_k"
+            )
         mode = convert.mode_from_pb(req.mode)
         filters = self._metadata(dict(req.filters), field="filters")
         dense = None
@@ -188,20 +219,33 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             left = context.time_remaining()
             query = self._chunker.truncate(req.query, self._cfg.chunk_tokens)
             dense = await self._embed.embed_query(
-                query, timeout_s=min(10.0, left - 0.2 if left is not None else 10.0))
-        hits = await self._index.search(tenant, kb, mode=mode, dense=dense, text=req.query,
-                                        top_k=req.top_k or 5, filters=filters,
-                                        min_similarity=self._cfg.dense_min_similarity)
+                query, timeout_s=min(10.0, left - 0.2 if left is not None else 10.0)
+            )
+        hits = await self._index.search(
+            tenant,
+            kb,
+            mode=mode,
+            dense=dense,
+            text=req.query,
+            top_k=req.top_k or 5,
+            filters=filters,
+            min_similarity=self._cfg.dense_min_similarity,
+        )
         info = await documents.details(
-            self._pool, tenant, sorted({(h.knowledge_base, h.document_id, h.version)
-                                        for h in hits}))
-        return public_pb2.SearchResponse(hits=[
-            convert.hit_to_pb(h, *info.get((h.knowledge_base, h.document_id, h.version),
-                                           ("", {})))
-            for h in hits])
+            self._pool, tenant, sorted({(h.knowledge_base, h.document_id, h.version) for h in hits})
+        )
+        return public_pb2.SearchResponse(
+            hits=[
+                convert.hit_to_pb(
+                    h, *info.get((h.knowledge_base, h.document_id, h.version), ("", {}))
+                )
+                for h in hits
+            ]
+        )
 
-    async def Delete(self, request: knowledge_pb2.DeleteRequest,
-                     context: _Ctx) -> public_pb2.DeleteDocumentResponse:
+    async def Delete(
+        self, request: knowledge_pb2.DeleteRequest, context: _Ctx
+    ) -> public_pb2.DeleteDocumentResponse:
         req = request.request
         tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
@@ -214,8 +258,9 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             raise errors.NotFound(f"document '{doc}' not found in knowledge base '{kb}'")
         return public_pb2.DeleteDocumentResponse(deleted=True, chunks_removed=removed)
 
-    async def GetDocument(self, request: knowledge_pb2.GetDocumentRequest,
-                          context: _Ctx) -> public_pb2.Document:
+    async def GetDocument(
+        self, request: knowledge_pb2.GetDocumentRequest, context: _Ctx
+    ) -> public_pb2.Document:
         req = request.request
         tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base)
@@ -225,14 +270,16 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             raise errors.NotFound(f"document '{doc}' not found in knowledge base '{kb}'")
         return convert.document_to_pb(found)
 
-    async def ListDocuments(self, request: knowledge_pb2.ListDocumentsRequest,
-                            context: _Ctx) -> public_pb2.ListDocumentsResponse:
+    async def ListDocuments(
+        self, request: knowledge_pb2.ListDocumentsRequest, context: _Ctx
+    ) -> public_pb2.ListDocumentsResponse:
         req = request.request
         tenant = convert.tenant_from_pb(request)
         kb = knowledge_base_name(req.knowledge_base) if req.knowledge_base else ""
         if req.page_size < 0 or req.page_size > 500:
-            raise errors.InvalidArgument("page_size must be between 1 and 500 (0 means 100)",
-                                         field="page_size")
+            raise errors.InvalidArgument(
+                "page_size must be between 1 and 500 (0 means 100)", field="page_size"
+            )
         size = req.page_size or 100
         after = _after(req.page_token) if req.page_token else None
         found = await documents.listing(self._pool, tenant, kb, limit=size + 1, after=after)
@@ -241,9 +288,11 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
             found = found[:size]
             last = found[-1]
             token = base64.urlsafe_b64encode(
-                json.dumps([last.knowledge_base, last.document_id]).encode()).decode()
+                json.dumps([last.knowledge_base, last.document_id]).encode()
+            ).decode()
         return public_pb2.ListDocumentsResponse(
-            documents=[convert.document_to_pb(v) for v in found], next_page_token=token)
+            documents=[convert.document_to_pb(v) for v in found], next_page_token=token
+        )
 
 
 def _after(token: str) -> tuple[str, str]:
@@ -251,5 +300,6 @@ def _after(token: str) -> tuple[str, str]:
         kb, doc = json.loads(base64.urlsafe_b64decode(token.encode()))
         return str(kb), str(doc)
     except (ValueError, TypeError, binascii.Error):
-        raise errors.InvalidArgument("page_token is not one this service gave",
-                                     field="page_token") from None
+        raise errors.InvalidArgument(
+            "page_token is not one this service gave", field="page_token"
+        ) from None

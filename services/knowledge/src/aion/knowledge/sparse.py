@@ -55,8 +55,8 @@ def document_vector(text: str) -> models.SparseVector:
     norm = K1 * (1 - B + B * len(tokens) / AVG_WORDS)
     indices = sorted(counts)
     return models.SparseVector(
-        indices=indices,
-        values=[counts[i] * (K1 + 1) / (counts[i] + norm) for i in indices])
+        indices=indices, values=[counts[i] * (K1 + 1) / (counts[i] + norm) for i in indices]
+    )
 
 
 def query_vector(text: str) -> models.SparseVector:

@@ -19,8 +19,11 @@ from aion.knowledge import settings as knowledge_settings
 # The certificates every service and client of one test process use.
 CA = tls.LocalCa()
 
-TERMINAL = (public.DOCUMENT_STATE_READY, public.DOCUMENT_STATE_FAILED,
-            public.DOCUMENT_STATE_SUPERSEDED)
+TERMINAL = (
+    public.DOCUMENT_STATE_READY,
+    public.DOCUMENT_STATE_FAILED,
+    public.DOCUMENT_STATE_SUPERSEDED,
+)
 
 
 def make_pdf(*pages: str) -> bytes:
@@ -32,15 +35,21 @@ def make_pdf(*pages: str) -> bytes:
     for text in pages:
         escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
         stream = zlib.compress(f"BT /F1 12 Tf 72 720 Td ({escaped}) Tj ET".encode("latin-1"))
-        objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream)
-                       + stream + b"\nendstream")
+        objects.append(
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream)
+            + stream
+            + b"\nendstream"
+        )
         content = len(objects)
-        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-                       b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>"
-                       % (font, content))
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>" % (font, content)
+        )
         kids.append(len(objects))
     objects[1] = b"<< /Type /Pages /Kids [%s] /Count %d >>" % (
-        b" ".join(b"%d 0 R" % k for k in kids), len(kids))
+        b" ".join(b"%d 0 R" % k for k in kids),
+        len(kids),
+    )
     out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -50,12 +59,18 @@ def make_pdf(*pages: str) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
     out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1, xref)
+        len(objects) + 1,
+        xref,
+    )
     return bytes(out)
 
 
-def channel(address: str, *, identity: str = "gateway", ca: tls.LocalCa = CA,
-            ) -> grpc.aio.Channel:
+def channel(
+    address: str,
+    *,
+    identity: str = "gateway",
+    ca: tls.LocalCa = CA,
+) -> grpc.aio.Channel:
     """A channel to the knowledge service at ``address``, calling as ``identity``."""
     return channels.connect(address, tls=ca.tls(identity), peer="knowledge")
 
@@ -64,8 +79,7 @@ class Service:
     """The knowledge service's real composition, run in this process, with certificates of
     ``ca`` (its own ``knowledge`` one; its stub calls as the ``gateway``)."""
 
-    def __init__(self, cfg: knowledge_settings.KnowledgeSettings, *,
-                 ca: tls.LocalCa = CA) -> None:
+    def __init__(self, cfg: knowledge_settings.KnowledgeSettings, *, ca: tls.LocalCa = CA) -> None:
         self.cfg = cfg
         self.ca = ca
         self.address = ""
@@ -85,11 +99,18 @@ class Service:
         def on_index(index: qdrant_index.QdrantIndex) -> None:
             self.index = index
 
-        self._task = asyncio.create_task(main.run(self.cfg, self.ca.tls("knowledge"),
-                                                  until=self._stop.wait(),
-                                                  on_ready=on_ready, on_index=on_index))
-        done, _ = await asyncio.wait([self._task, ready], timeout=60,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        self._task = asyncio.create_task(
+            main.run(
+                self.cfg,
+                self.ca.tls("knowledge"),
+                until=self._stop.wait(),
+                on_ready=on_ready,
+                on_index=on_index,
+            )
+        )
+        done, _ = await asyncio.wait(
+            [self._task, ready], timeout=60, return_when=asyncio.FIRST_COMPLETED
+        )
         if self._task in done:
             self._task.result()  # raises why it stopped
         assert ready in done, "the knowledge service did not become ready in 60s"
@@ -104,34 +125,78 @@ class Service:
         if self._task is not None:
             await asyncio.wait_for(self._task, 30)
 
-    async def ingest(self, tenant: str, kb: str, doc: str, content: bytes, *,
-                     content_type: str = "text/plain", wait: bool = True, title: str = "",
-                     **metadata: str) -> public.IngestResponse:
+    async def ingest(
+        self,
+        tenant: str,
+        kb: str,
+        doc: str,
+        content: bytes,
+        *,
+        content_type: str = "text/plain",
+        wait: bool = True,
+        title: str = "",
+        **metadata: str,
+    ) -> public.IngestResponse:
         """Ingest, by default waiting until the version is indexed."""
-        return await self.stub.Ingest(knowledge_pb2.IngestRequest(
-            tenant=tenant, request=public.IngestRequest(
-                knowledge_base=kb, document_id=doc, content=content, content_type=content_type,
-                metadata=metadata, title=title, wait=wait)), timeout=120)
+        return await self.stub.Ingest(
+            knowledge_pb2.IngestRequest(
+                tenant=tenant,
+                request=public.IngestRequest(
+                    knowledge_base=kb,
+                    document_id=doc,
+                    content=content,
+                    content_type=content_type,
+                    metadata=metadata,
+                    title=title,
+                    wait=wait,
+                ),
+            ),
+            timeout=120,
+        )
 
-    async def search(self, tenant: str, kb: str, query: str, *,
-                     mode: public.SearchMode.ValueType = public.SEARCH_MODE_UNSPECIFIED,
-                     top_k: int = 5,
-                     **filters: str) -> list[public.SearchHit]:
+    async def search(
+        self,
+        tenant: str,
+        kb: str,
+        query: str,
+        *,
+        mode: public.SearchMode.ValueType = public.SEARCH_MODE_UNSPECIFIED,
+        top_k: int = 5,
+        **filters: str,
+    ) -> list[public.SearchHit]:
         """Search's hits."""
-        return list((await self.stub.Search(knowledge_pb2.SearchRequest(
-            tenant=tenant, request=public.SearchRequest(
-                knowledge_base=kb, query=query, top_k=top_k, filters=filters, mode=mode)),
-            timeout=30)).hits)
+        return list(
+            (
+                await self.stub.Search(
+                    knowledge_pb2.SearchRequest(
+                        tenant=tenant,
+                        request=public.SearchRequest(
+                            knowledge_base=kb, query=query, top_k=top_k, filters=filters, mode=mode
+                        ),
+                    ),
+                    timeout=30,
+                )
+            ).hits
+        )
 
     async def document(self, tenant: str, kb: str, doc: str) -> public.Document:
         """GetDocument."""
-        return await self.stub.GetDocument(knowledge_pb2.GetDocumentRequest(
-            tenant=tenant, request=public.GetDocumentRequest(knowledge_base=kb,
-                                                            document_id=doc)), timeout=10)
+        return await self.stub.GetDocument(
+            knowledge_pb2.GetDocumentRequest(
+                tenant=tenant, request=public.GetDocumentRequest(knowledge_base=kb, document_id=doc)
+            ),
+            timeout=10,
+        )
 
-    async def until(self, tenant: str, kb: str, doc: str,
-                    done: Callable[[public.Document], bool], *,
-                    timeout: float = 90) -> public.Document:
+    async def until(
+        self,
+        tenant: str,
+        kb: str,
+        doc: str,
+        done: Callable[[public.Document], bool],
+        *,
+        timeout: float = 90,
+    ) -> public.Document:
         """Poll GetDocument until ``done`` holds (or fail after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -19,17 +19,29 @@ def timestamp(now: datetime.datetime) -> str:
     return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, *, status: Status,
-                  reason: str, message: str, observed_generation: int | None,
-                  now: datetime.datetime) -> list[dict[str, Any]]:
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    kind: str,
+    *,
+    status: Status,
+    reason: str,
+    message: str,
+    observed_generation: int | None,
+    now: datetime.datetime,
+) -> list[dict[str, Any]]:
     """``conditions`` with the one of type ``kind`` added or updated; the others unchanged."""
     previous = find(conditions, kind)
     if previous is None or previous.get("status") != status:
         since = timestamp(now)
     else:
         since = previous.get("lastTransitionTime") or timestamp(now)
-    condition: dict[str, Any] = {"type": kind, "status": status, "reason": reason,
-                                 "message": message, "lastTransitionTime": since}
+    condition: dict[str, Any] = {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
     if observed_generation is not None:
         condition["observedGeneration"] = observed_generation
     merged = [dict(c) for c in conditions if c.get("type") != kind]

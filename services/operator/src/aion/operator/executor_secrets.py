@@ -39,8 +39,11 @@ CERT_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
 # How long a namespace's Secrets are trusted between reads (one may be deleted by hand).
 RECHECK_S = 300.0
-LABELS = {"app.kubernetes.io/part-of": "aion", "app.kubernetes.io/component": "executor",
-          "app.kubernetes.io/managed-by": "aion-operator"}
+LABELS = {
+    "app.kubernetes.io/part-of": "aion",
+    "app.kubernetes.io/component": "executor",
+    "app.kubernetes.io/managed-by": "aion-operator",
+}
 NOT_FOUND, CONFLICT = 404, 409
 
 Manifest = dict[str, Any]
@@ -51,8 +54,10 @@ def load_ca(cert_file: str, key_file: str) -> pki.KeyPair | None:
     if not cert_file and not key_file:
         return None
     if not (cert_file and key_file):
-        raise ValueError("set both AION_OPERATOR_CA_CERT_FILE and AION_OPERATOR_CA_KEY_FILE "
-                         "(the install CA's certificate and key), or neither")
+        raise ValueError(
+            "set both AION_OPERATOR_CA_CERT_FILE and AION_OPERATOR_CA_KEY_FILE "
+            "(the install CA's certificate and key), or neither"
+        )
     ca = pki.KeyPair.read(Path(cert_file), Path(key_file))
     x509.load_pem_x509_certificate(ca.cert_pem)  # a clear error now, not at the first Agent
     return ca
@@ -81,26 +86,47 @@ def tls_secret(ca: pki.KeyPair, namespace: str, *, days: int = CERT_DAYS) -> Man
     """A fresh ``aion-executor-tls`` for ``namespace``, issued with ``ca``."""
     pair = pki.issue(ca, IDENTITY, days=days)
     expires = not_after(pair.cert_pem)
-    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": conventions.TLS_SECRET, "namespace": namespace,
-                         "labels": dict(LABELS),
-                         "annotations": {conventions.NOT_AFTER: expires.isoformat()}},
-            "data": {"ca.crt": _b64(ca.cert_pem), "tls.crt": _b64(pair.cert_pem),
-                     "tls.key": _b64(pair.key_pem)}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/tls",
+        "metadata": {
+            "name": conventions.TLS_SECRET,
+            "namespace": namespace,
+            "labels": dict(LABELS),
+            "annotations": {conventions.NOT_AFTER: expires.isoformat()},
+        },
+        "data": {
+            "ca.crt": _b64(ca.cert_pem),
+            "tls.crt": _b64(pair.cert_pem),
+            "tls.key": _b64(pair.key_pem),
+        },
+    }
 
 
 def http_secret(namespace: str, *, token: str | None = None) -> Manifest:
     """``aion-executor-http`` for ``namespace``, with a new random token unless given."""
     value = token if token is not None else secrets.token_urlsafe(32)
-    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": conventions.HTTP_SECRET, "namespace": namespace,
-                         "labels": dict(LABELS)},
-            "data": {conventions.TOKEN_KEY: _b64(value.encode())}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": conventions.HTTP_SECRET,
+            "namespace": namespace,
+            "labels": dict(LABELS),
+        },
+        "data": {conventions.TOKEN_KEY: _b64(value.encode())},
+    }
 
 
-def needs_renewal(secret: Mapping[str, Any] | None, ca: pki.KeyPair, *,
-                  now: datetime.datetime, renew_before: datetime.timedelta = RENEW_BEFORE,
-                  ) -> bool:
+def needs_renewal(
+    secret: Mapping[str, Any] | None,
+    ca: pki.KeyPair,
+    *,
+    now: datetime.datetime,
+    renew_before: datetime.timedelta = RENEW_BEFORE,
+) -> bool:
     """Whether ``aion-executor-tls`` as read must be issued (again).
 
     Missing, incomplete, unreadable, from another CA, or within ``renew_before``
@@ -129,9 +155,15 @@ class Keeper:
     Without a CA it keeps only the HTTP token, and executors get no certificate.
     """
 
-    def __init__(self, client: lightkube.AsyncClient, ca: pki.KeyPair | None, *,
-                 renew_before: datetime.timedelta = RENEW_BEFORE,
-                 recheck_s: float = RECHECK_S, days: int = CERT_DAYS) -> None:
+    def __init__(
+        self,
+        client: lightkube.AsyncClient,
+        ca: pki.KeyPair | None,
+        *,
+        renew_before: datetime.timedelta = RENEW_BEFORE,
+        recheck_s: float = RECHECK_S,
+        days: int = CERT_DAYS,
+    ) -> None:
         self._client = client
         self.ca = ca
         self._renew_before = renew_before
@@ -153,14 +185,19 @@ class Keeper:
         """Create or renew the namespace's Secrets as needed; the certificate's ``version``."""
         now = datetime.datetime.now(datetime.UTC)
         seen = self._seen.get(namespace)
-        if seen is not None and time.monotonic() - seen.at < self._recheck_s and (
-                seen.expires is None or seen.expires - now > self._renew_before):
+        if (
+            seen is not None
+            and time.monotonic() - seen.at < self._recheck_s
+            and (seen.expires is None or seen.expires - now > self._renew_before)
+        ):
             return self.version(namespace)
         cert = await self._ensure_tls(namespace, now=now) if self.ca is not None else None
         await self._ensure_http(namespace)
         self._seen[namespace] = _Seen(
-            at=time.monotonic(), expires=None if cert is None else not_after(cert),
-            serial=None if cert is None else serial(cert))
+            at=time.monotonic(),
+            expires=None if cert is None else not_after(cert),
+            serial=None if cert is None else serial(cert),
+        )
         return self.version(namespace)
 
     async def _get(self, name: str, namespace: str) -> Manifest | None:
@@ -184,14 +221,16 @@ class Keeper:
         try:
             if current is None:
                 await self._client.create(codecs.from_dict(fresh))
-                log.info("created Secret %s/%s (executor certificate)", namespace,
-                         conventions.TLS_SECRET)
+                log.info(
+                    "created Secret %s/%s (executor certificate)", namespace, conventions.TLS_SECRET
+                )
             else:
                 # Optimistic: another replica renewing at the same moment gets a conflict.
                 fresh["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
                 await self._client.replace(codecs.from_dict(fresh))
-                log.info("renewed Secret %s/%s (executor certificate)", namespace,
-                         conventions.TLS_SECRET)
+                log.info(
+                    "renewed Secret %s/%s (executor certificate)", namespace, conventions.TLS_SECRET
+                )
         except lightkube.ApiError as exc:
             if exc.status.code != CONFLICT:
                 raise
@@ -207,8 +246,9 @@ class Keeper:
             return
         try:
             await self._client.create(codecs.from_dict(http_secret(namespace)))
-            log.info("created Secret %s/%s (executor HTTP token)", namespace,
-                     conventions.HTTP_SECRET)
+            log.info(
+                "created Secret %s/%s (executor HTTP token)", namespace, conventions.HTTP_SECRET
+            )
         except lightkube.ApiError as exc:
             if exc.status.code != CONFLICT:  # another replica created it first
                 raise
@@ -219,13 +259,20 @@ class Keeper:
         if deployment is None or version is None:
             return False
         meta = deployment["metadata"]
-        annotations = ((deployment.get("spec") or {}).get("template", {}).get("metadata")
-                       or {}).get("annotations") or {}
+        annotations = (
+            (deployment.get("spec") or {}).get("template", {}).get("metadata") or {}
+        ).get("annotations") or {}
         if annotations.get(conventions.TLS_ANNOTATION) in (None, version):
             return False
-        patch = {"spec": {"template": {"metadata": {
-            "annotations": {conventions.TLS_ANNOTATION: version}}}}}
+        patch = {
+            "spec": {
+                "template": {"metadata": {"annotations": {conventions.TLS_ANNOTATION: version}}}
+            }
+        }
         await self._client.patch(apps_v1.Deployment, meta["name"], patch, namespace=namespace)
-        log.info("rolling Deployment %s/%s onto the renewed executor certificate",
-                 namespace, meta["name"])
+        log.info(
+            "rolling Deployment %s/%s onto the renewed executor certificate",
+            namespace,
+            meta["name"],
+        )
         return True

@@ -26,14 +26,16 @@ log = logging.getLogger(__name__)
 NOT_FOUND = 404
 
 Agent = generic_resource.create_namespaced_resource(
-    conventions.GROUP, conventions.VERSION, conventions.AGENT_KIND, conventions.AGENT_PLURAL)
+    conventions.GROUP, conventions.VERSION, conventions.AGENT_KIND, conventions.AGENT_PLURAL
+)
 GpuPool = generic_resource.create_global_resource(
-    conventions.GROUP, conventions.VERSION, conventions.GPU_POOL_KIND,
-    conventions.GPU_POOL_PLURAL)
+    conventions.GROUP, conventions.VERSION, conventions.GPU_POOL_KIND, conventions.GPU_POOL_PLURAL
+)
 
 
 BOUND: dict[str, str | operators.BinaryOperator | operators.SequenceOperator] = {
-    "spec.nodeName": operators.not_equal("")}
+    "spec.nodeName": operators.not_equal("")
+}
 RELIST_DELAY_S = 1.0
 
 
@@ -62,7 +64,8 @@ class Informer:
                 self.objects = fresh
                 self.synced.set()
                 async for op, obj in self._client.watch(
-                        self._kind, resource_version=listing.resourceVersion, **self._filters):
+                    self._kind, resource_version=listing.resourceVersion, **self._filters
+                ):
                     if op == "DELETED":
                         self.objects.pop(obj.metadata.uid, None)
                     else:
@@ -113,8 +116,10 @@ class Kube:
             pods = list(self._pods.objects.values())
         else:
             nodes = [n.to_dict() async for n in self._client.list(core_v1.Node)]
-            pods = [p.to_dict() async for p in self._client.list(
-                core_v1.Pod, namespace="*", fields=BOUND)]
+            pods = [
+                p.to_dict()
+                async for p in self._client.list(core_v1.Pod, namespace="*", fields=BOUND)
+            ]
         gpu_pools = [_plain(g) async for g in self._client.list(GpuPool)]
         return pools.Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(gpu_pools))
 
@@ -133,7 +138,6 @@ class Kube:
             raise
         return found.to_dict()
 
-
     async def namespace_labels(self, name: str) -> dict[str, str]:
         """The labels of the Namespace ``name`` (where the platform maps it to a tenant)."""
         found = await self._client.get(core_v1.Namespace, name)
@@ -141,13 +145,18 @@ class Kube:
 
     async def pods(self, *, selector: Mapping[str, str], namespace: str) -> list[dict[str, Any]]:
         """The pods in ``namespace`` that carry every label of ``selector``."""
-        return [p.to_dict() async for p in self._client.list(
-            core_v1.Pod, namespace=namespace, labels=dict(selector))]
+        return [
+            p.to_dict()
+            async for p in self._client.list(
+                core_v1.Pod, namespace=namespace, labels=dict(selector)
+            )
+        ]
 
     async def autoscaled(self, deployment: str, *, namespace: str) -> bool:
         """Whether an HPA in ``namespace`` scales the Deployment named ``deployment``."""
-        async for hpa in self._client.list(autoscaling_v2.HorizontalPodAutoscaler,
-                                           namespace=namespace):
+        async for hpa in self._client.list(
+            autoscaling_v2.HorizontalPodAutoscaler, namespace=namespace
+        ):
             target = hpa.spec.scaleTargetRef if hpa.spec else None
             if target is not None and target.kind == "Deployment" and target.name == deployment:
                 return True

@@ -72,16 +72,26 @@ def _record(lease: coordination_v1.Lease) -> Record:
     spec = lease.spec
     if spec is None:
         return Record(holder="", renewed=None, duration_s=0.0, transitions=0)
-    return Record(holder=spec.holderIdentity or "", renewed=spec.renewTime,
-                  duration_s=float(spec.leaseDurationSeconds or 0),
-                  transitions=spec.leaseTransitions or 0)
+    return Record(
+        holder=spec.holderIdentity or "",
+        renewed=spec.renewTime,
+        duration_s=float(spec.leaseDurationSeconds or 0),
+        transitions=spec.leaseTransitions or 0,
+    )
 
 
 class Elector:
     """Takes, keeps and gives back one Lease for one replica (``identity``)."""
 
-    def __init__(self, client: lightkube.AsyncClient, *, name: str, namespace: str,
-                 identity: str, duration_s: float) -> None:
+    def __init__(
+        self,
+        client: lightkube.AsyncClient,
+        *,
+        name: str,
+        namespace: str,
+        identity: str,
+        duration_s: float,
+    ) -> None:
         self._client = client
         self._name = name
         self._namespace = namespace
@@ -98,8 +108,9 @@ class Elector:
 
     async def _read(self) -> coordination_v1.Lease | None:
         try:
-            return await self._client.get(coordination_v1.Lease, self._name,
-                                          namespace=self._namespace)
+            return await self._client.get(
+                coordination_v1.Lease, self._name, namespace=self._namespace
+            )
         except lightkube.ApiError as exc:
             if exc.status.code == NOT_FOUND:
                 return None
@@ -118,11 +129,18 @@ class Elector:
         transitions = record.transitions if record else 0
         if taking and record is not None and record.holder != self.identity:
             transitions += 1
-        acquired = now if taking else (
-            self._lease.spec.acquireTime if self._lease and self._lease.spec else now)
+        acquired = (
+            now
+            if taking
+            else (self._lease.spec.acquireTime if self._lease and self._lease.spec else now)
+        )
         return lease_models.LeaseSpec(
-            holderIdentity=self.identity, leaseDurationSeconds=max(1, round(self._duration_s)),
-            acquireTime=acquired, renewTime=now, leaseTransitions=transitions)
+            holderIdentity=self.identity,
+            leaseDurationSeconds=max(1, round(self._duration_s)),
+            acquireTime=acquired,
+            renewTime=now,
+            leaseTransitions=transitions,
+        )
 
     async def try_once(self) -> bool:
         """One read and, when allowed, one write; True when this replica holds the Lease."""
@@ -134,9 +152,12 @@ class Elector:
         spec = self._spec(record, taking=action == "take")
         try:
             if lease is None:
-                self._lease = await self._client.create(coordination_v1.Lease(
-                    metadata=meta_v1.ObjectMeta(name=self._name, namespace=self._namespace),
-                    spec=spec))
+                self._lease = await self._client.create(
+                    coordination_v1.Lease(
+                        metadata=meta_v1.ObjectMeta(name=self._name, namespace=self._namespace),
+                        spec=spec,
+                    )
+                )
             else:
                 lease.spec = spec
                 self._lease = await self._client.replace(lease)
@@ -150,8 +171,7 @@ class Elector:
 
     async def acquire(self) -> None:
         """Return once this replica holds the Lease; retry every ``retry_s``."""
-        log.info("waiting for the Lease %s/%s as %s", self._namespace, self._name,
-                 self.identity)
+        log.info("waiting for the Lease %s/%s as %s", self._namespace, self._name, self.identity)
         while True:
             try:
                 if await self.try_once():
@@ -169,14 +189,16 @@ class Elector:
                 if await self.try_once():
                     renewed = time.monotonic()
                     continue
-                log.error("the Lease %s/%s was taken by another replica",
-                          self._namespace, self._name)
+                log.error(
+                    "the Lease %s/%s was taken by another replica", self._namespace, self._name
+                )
                 return
             except (lightkube.ApiError, OSError) as exc:
                 log.warning("cannot renew the Lease: %s", exc)
             if time.monotonic() - renewed >= self._duration_s - self.retry_s:
-                log.error("could not renew the Lease %s/%s in time; stopping",
-                          self._namespace, self._name)
+                log.error(
+                    "could not renew the Lease %s/%s in time; stopping", self._namespace, self._name
+                )
                 return
 
     async def release(self) -> None:
@@ -243,8 +265,12 @@ def _settle(lost: asyncio.Future[None], holding: asyncio.Task[None]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def leadership(elector: Elector, *, host: str, liveness_port: int,
-                     ) -> AsyncIterator[Term]:
+async def leadership(
+    elector: Elector,
+    *,
+    host: str,
+    liveness_port: int,
+) -> AsyncIterator[Term]:
     """Hold the Lease for the body of the ``async with``: standby until it is taken
     (serving ``/healthz`` on ``host:liveness_port`` meanwhile, and stopping at SIGTERM or
     SIGINT), then renew it while the body runs. The body stops when ``Term.lost``

@@ -23,9 +23,11 @@ def kopf_settings() -> kopf.OperatorSettings:
     config = kopf.OperatorSettings()
     config.persistence.finalizer = conventions.FINALIZER
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=conventions.ANNOTATIONS_PREFIX)
+        prefix=conventions.ANNOTATIONS_PREFIX
+    )
     config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=conventions.ANNOTATIONS_PREFIX)
+        prefix=conventions.ANNOTATIONS_PREFIX
+    )
     # Watches end and restart every few minutes, so a silently dropped connection
     # cannot leave the operator blind (kopf's defaults wait forever).
     config.watching.server_timeout = 300
@@ -34,15 +36,25 @@ def kopf_settings() -> kopf.OperatorSettings:
     return config
 
 
-async def _kopf(registry: kopf.OperatorRegistry, cfg: operator_settings.AionOperatorSettings,
-                client: kube.Kube, *, stop_flag: asyncio.Future[None] | None = None) -> None:
+async def _kopf(
+    registry: kopf.OperatorRegistry,
+    cfg: operator_settings.AionOperatorSettings,
+    client: kube.Kube,
+    *,
+    stop_flag: asyncio.Future[None] | None = None,
+) -> None:
     # Placement reads nodes and bound pods from memory while this replica reconciles.
     client.start_informers()
     try:
         await kopf.operator(
-            registry=registry, settings=kopf_settings(), standalone=True,
-            clusterwide=cfg.clusterwide, namespaces=cfg.namespaces, stop_flag=stop_flag,
-            liveness_endpoint=f"http://{cfg.host}:{cfg.liveness_port}/healthz")
+            registry=registry,
+            settings=kopf_settings(),
+            standalone=True,
+            clusterwide=cfg.clusterwide,
+            namespaces=cfg.namespaces,
+            stop_flag=stop_flag,
+            liveness_endpoint=f"http://{cfg.host}:{cfg.liveness_port}/healthz",
+        )
     finally:
         await client.stop_informers()
 
@@ -54,8 +66,11 @@ async def run(cfg: operator_settings.AionOperatorSettings, material: tls.Tls | N
     kopf as soon as it cannot renew, and gives the Lease back when it stops.
     """
     registry = kopf.OperatorRegistry()
-    registrar = (registration.Registrar(cfg.agent_target, tls=material)
-                 if cfg.agent_target and material is not None else None)
+    registrar = (
+        registration.Registrar(cfg.agent_target, tls=material)
+        if cfg.agent_target and material is not None
+        else None
+    )
     if registrar is None:
         log.warning("AION_OPERATOR_AGENT_TARGET is empty: Ready Agents are registered nowhere")
     async with kube.connect() as client, contextlib.AsyncExitStack() as stack:
@@ -67,11 +82,15 @@ async def run(cfg: operator_settings.AionOperatorSettings, material: tls.Tls | N
                 await _kopf(registry, cfg, client)
                 return 0
             elector = lease.Elector(
-                client.client, name=cfg.lease_name, namespace=cfg.platform_namespace,
+                client.client,
+                name=cfg.lease_name,
+                namespace=cfg.platform_namespace,
                 identity=cfg.identity or f"{socket.gethostname()}-{os.getpid()}",
-                duration_s=cfg.lease_duration_s)
-            async with lease.leadership(elector, host=cfg.host,
-                                        liveness_port=cfg.liveness_port) as term:
+                duration_s=cfg.lease_duration_s,
+            )
+            async with lease.leadership(
+                elector, host=cfg.host, liveness_port=cfg.liveness_port
+            ) as term:
                 if term.acquired:
                     await _kopf(registry, cfg, client, stop_flag=term.lost)
             return 1 if term.lost_lease else 0
@@ -80,7 +99,8 @@ async def run(cfg: operator_settings.AionOperatorSettings, material: tls.Tls | N
 def main() -> None:
     """Entry point."""
     cfg = operator_settings.with_pod_namespace(
-        settings.load(operator_settings.AionOperatorSettings))
+        settings.load(operator_settings.AionOperatorSettings)
+    )
     telemetry.setup(service="operator", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     for noisy in ("httpx", "httpx2"):  # one line per API request at INFO
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

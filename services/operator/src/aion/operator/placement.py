@@ -127,25 +127,38 @@ def _judge_gpu(pool: pools_mod.Pool, spec: agentspec.AgentSpec) -> _Verdict:
         known = [n.gpu_memory_mib for n in nodes if n.gpu_memory_mib is not None]
         nodes = [n for n in nodes if n.gpu_memory_mib is not None and n.gpu_memory_mib >= least]
         if not nodes:
-            problem = (f"its GPUs have {_mib(max(known))}, less than {gpu.min_memory_gib} GiB"
-                       if known else "its GPU memory is unknown (no nvidia.com/gpu.memory label)")
+            problem = (
+                f"its GPUs have {_mib(max(known))}, less than {gpu.min_memory_gib} GiB"
+                if known
+                else "its GPU memory is unknown (no nvidia.com/gpu.memory label)"
+            )
             return _Verdict(pool, problem=problem, kind="memory")
     largest = max(n.gpus for n in nodes)
     nodes = [n for n in nodes if n.gpus >= gpu.count]
     if not nodes:
-        return _Verdict(pool, kind="size", problem=(
-            f"its largest node has {_plural(largest, 'GPU')}, {gpu.count} needed"))
+        return _Verdict(
+            pool,
+            kind="size",
+            problem=(f"its largest node has {_plural(largest, 'GPU')}, {gpu.count} needed"),
+        )
     if cap is not None and pool.price is None:
-        return _Verdict(pool, kind="price", problem=(
-            f"is unpriced (no GpuPool price) and the Agent caps the price at {usd(cap)}/GPU-h"))
+        return _Verdict(
+            pool,
+            kind="price",
+            problem=(
+                f"is unpriced (no GpuPool price) and the Agent caps the price at {usd(cap)}/GPU-h"
+            ),
+        )
     if cap is not None and pool.price is not None and pool.price > cap:
-        return _Verdict(pool, kind="price", problem=(
-            f"{usd(pool.price)}/GPU-h is over the {usd(cap)}/GPU-h cap"))
+        return _Verdict(
+            pool,
+            kind="price",
+            problem=(f"{usd(pool.price)}/GPU-h is over the {usd(cap)}/GPU-h cap"),
+        )
     return _Verdict(pool, fits=tuple(nodes))
 
 
-def _judge(pool: pools_mod.Pool, spec: agentspec.AgentSpec,
-           exclude: Collection[str]) -> _Verdict:
+def _judge(pool: pools_mod.Pool, spec: agentspec.AgentSpec, exclude: Collection[str]) -> _Verdict:
     allowed = spec.placement.allowed_pools
     if allowed and pool.name not in allowed:
         return _Verdict(pool, problem="not in allowedPools", kind="allowed")
@@ -155,11 +168,15 @@ def _judge(pool: pools_mod.Pool, spec: agentspec.AgentSpec,
         verdict = _judge_gpu(pool, spec)
     else:
         cpu = tuple(n for n in pool.nodes if not n.has_gpus)
-        verdict = (_Verdict(pool, fits=cpu) if cpu else _Verdict(
-            pool, kind="cpu", problem="all its nodes have GPUs"))
+        verdict = (
+            _Verdict(pool, fits=cpu)
+            if cpu
+            else _Verdict(pool, kind="cpu", problem="all its nodes have GPUs")
+        )
     if verdict.problem is None and pool.name in exclude:
-        return _Verdict(pool, fits=verdict.fits, kind="excluded",
-                        problem="the operator fell back from it")
+        return _Verdict(
+            pool, fits=verdict.fits, kind="excluded", problem="the operator fell back from it"
+        )
     return verdict
 
 
@@ -198,94 +215,139 @@ def _names(names: Sequence[str]) -> str:
     return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
-def _placed(chosen: _Verdict, ahead: Sequence[_Verdict],
-            spec: agentspec.AgentSpec) -> Placement:
+def _placed(chosen: _Verdict, ahead: Sequence[_Verdict], spec: agentspec.AgentSpec) -> Placement:
     pool, gpus = chosen.pool, spec.gpu.count
     preferred = " preferred" if pool.name in spec.placement.preferred_pools else ""
     if gpus == 0:
-        head = (f"{preferred.strip() or 'eligible'} pool for a CPU-only agent: {pool.name} "
-                f"({_plural(len(chosen.ready), 'Ready node')} without GPUs)")
+        head = (
+            f"{preferred.strip() or 'eligible'} pool for a CPU-only agent: {pool.name} "
+            f"({_plural(len(chosen.ready), 'Ready node')} without GPUs)"
+        )
     else:
-        which = ("first preferred" if preferred else
-                 "cheapest eligible" if pool.price is not None else "eligible (unpriced)")
-        head = (f"{which} pool with free capacity: {pool.name} ({_price(pool)}, "
-                f"{_free(chosen)})")
-    skipped = [f"{v.pool.name} skipped: {v.problem or _shortfall(v, gpus)}"
-               for v in ahead if v.kind not in _UNREMARKABLE]
+        which = (
+            "first preferred"
+            if preferred
+            else "cheapest eligible"
+            if pool.price is not None
+            else "eligible (unpriced)"
+        )
+        head = f"{which} pool with free capacity: {pool.name} ({_price(pool)}, {_free(chosen)})"
+    skipped = [
+        f"{v.pool.name} skipped: {v.problem or _shortfall(v, gpus)}"
+        for v in ahead
+        if v.kind not in _UNREMARKABLE
+    ]
     message = "; ".join([head, _listed(skipped)]) if skipped else head
     return Placement(pool=pool, reason=conventions.PLACED_ON_POOL, message=message)
 
 
-def _no_capacity(eligible: Sequence[_Verdict], others: Sequence[_Verdict],
-                 spec: agentspec.AgentSpec) -> Placement:
+def _no_capacity(
+    eligible: Sequence[_Verdict], others: Sequence[_Verdict], spec: agentspec.AgentSpec
+) -> Placement:
     gpus = spec.gpu.count
     room = "a Ready node without GPUs" if gpus == 0 else f"{_plural(gpus, 'free GPU')} on one node"
-    entries = [f"{v.pool.name} ({_price(v.pool)}): {_shortfall(v, gpus)}" if gpus else
-               f"{v.pool.name}: {_shortfall(v, gpus)}" for v in eligible]
-    entries += [f"{v.pool.name} {'excluded' if v.kind == 'excluded' else 'not eligible'}: "
-                f"{v.problem}" for v in others if v.kind != "allowed"]
-    head = (f"no eligible pool has {room} for {_need(spec)}" if eligible else
-            f"the operator fell back from every pool that fits {_need(spec)}")
-    return Placement(pool=None, reason=conventions.NO_CAPACITY,
-                     eligible=tuple(v.pool.name for v in eligible),
-                     message=f"{head}: {_listed(entries)}")
+    entries = [
+        f"{v.pool.name} ({_price(v.pool)}): {_shortfall(v, gpus)}"
+        if gpus
+        else f"{v.pool.name}: {_shortfall(v, gpus)}"
+        for v in eligible
+    ]
+    entries += [
+        f"{v.pool.name} {'excluded' if v.kind == 'excluded' else 'not eligible'}: {v.problem}"
+        for v in others
+        if v.kind != "allowed"
+    ]
+    head = (
+        f"no eligible pool has {room} for {_need(spec)}"
+        if eligible
+        else f"the operator fell back from every pool that fits {_need(spec)}"
+    )
+    return Placement(
+        pool=None,
+        reason=conventions.NO_CAPACITY,
+        eligible=tuple(v.pool.name for v in eligible),
+        message=f"{head}: {_listed(entries)}",
+    )
 
 
 def _headline(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> str | None:
     names = [v.pool.name for v in verdicts]
     allowed = spec.placement.allowed_pools
     if allowed and not set(allowed) & set(names):
-        return (f"none of the allowed pools ({_names(allowed)}) exists; "
-                f"the pools are: {_names(sorted(names))}")
+        return (
+            f"none of the allowed pools ({_names(allowed)}) exists; "
+            f"the pools are: {_names(sorted(names))}"
+        )
     open_pools = [v.pool for v in verdicts if v.kind != "allowed"]
     if spec.gpu.count == 0:
         if all(v.kind in ("allowed", "cpu") for v in verdicts):
-            return ("no pool has nodes without GPUs, which a CPU-only agent (gpu.count 0) "
-                    "needs: it gets no GPU toleration")
+            return (
+                "no pool has nodes without GPUs, which a CPU-only agent (gpu.count 0) "
+                "needs: it gets no GPU toleration"
+            )
         return None
     if spec.gpu.products and not set(spec.gpu.products) & {
-            p for pool in open_pools for p in pool.products}:
+        p for pool in open_pools for p in pool.products
+    }:
         found = sorted(f"{p} ({pool.name})" for pool in open_pools for p in pool.products)
-        return (f"no pool has GPU product {' or '.join(spec.gpu.products)}; "
-                + (f"the pools have: {_names(found)}" if found else "no pool has GPUs"))
+        return f"no pool has GPU product {' or '.join(spec.gpu.products)}; " + (
+            f"the pools have: {_names(found)}" if found else "no pool has GPUs"
+        )
     largest = max((n.gpus for pool in open_pools for n in pool.nodes), default=0)
     if spec.gpu.count > largest:
         biggest = sorted(pool.name for pool in open_pools if pool.max_node_gpus == largest)
-        return (f"no node in any pool has {spec.gpu.count} GPUs; the largest has "
-                f"{_plural(largest, 'GPU')} ({_names(biggest)})")
+        return (
+            f"no node in any pool has {spec.gpu.count} GPUs; the largest has "
+            f"{_plural(largest, 'GPU')} ({_names(biggest)})"
+        )
     return None
 
 
 def _no_eligible(verdicts: Sequence[_Verdict], spec: agentspec.AgentSpec) -> Placement:
     if not verdicts:
-        message = ("no node pools found: no node carries a pool label ("
-                   + ", ".join(conventions.POOL_LABELS) + ")")
+        message = (
+            "no node pools found: no node carries a pool label ("
+            + ", ".join(conventions.POOL_LABELS)
+            + ")"
+        )
     else:
         entries = [f"{v.pool.name}: {v.problem}" for v in verdicts if v.kind != "allowed"]
         message = _headline(verdicts, spec) or (
-            f"no eligible pool for {_need(spec)}: {_listed(entries)}")
+            f"no eligible pool for {_need(spec)}: {_listed(entries)}"
+        )
     return Placement(pool=None, reason=conventions.NO_ELIGIBLE_POOL, message=message)
 
 
-def choose(spec: agentspec.AgentSpec, pools: Sequence[pools_mod.Pool], *,
-           exclude: Collection[str] = (), stay: str | None = None) -> Placement:
+def choose(
+    spec: agentspec.AgentSpec,
+    pools: Sequence[pools_mod.Pool],
+    *,
+    exclude: Collection[str] = (),
+    stay: str | None = None,
+) -> Placement:
     """The pool an Agent with ``spec`` goes to, or why none; see the module's docstring.
 
     ``stay`` names the pool the Agent runs on: while it is still eligible and has
     room (the Agent's own pods counted as free), the Agent stays, so a spec change
     or an operator restart does not move running executors for a cheaper pool.
     """
-    verdicts = sorted((_judge(pool, spec, exclude) for pool in pools),
-                      key=lambda v: _key(v, spec))
+    verdicts = sorted((_judge(pool, spec, exclude) for pool in pools), key=lambda v: _key(v, spec))
     eligible = [v for v in verdicts if v.problem is None]
     gpus = spec.gpu.count
     names = tuple(v.pool.name for v in eligible)
     current = next((v for v in eligible if v.pool.name == stay and v.room(gpus)), None)
     if current is not None:
-        where = (f"{_plural(len(current.ready), 'Ready node')} without GPUs" if gpus == 0
-                 else f"{_price(current.pool)}, {_free(current)}")
-        return Placement(pool=current.pool, reason=conventions.PLACED_ON_POOL, eligible=names,
-                         message=f"stays on pool {current.pool.name}, where it runs ({where})")
+        where = (
+            f"{_plural(len(current.ready), 'Ready node')} without GPUs"
+            if gpus == 0
+            else f"{_price(current.pool)}, {_free(current)}"
+        )
+        return Placement(
+            pool=current.pool,
+            reason=conventions.PLACED_ON_POOL,
+            eligible=names,
+            message=f"stays on pool {current.pool.name}, where it runs ({where})",
+        )
     for index, verdict in enumerate(verdicts):
         if verdict.problem is None and verdict.room(gpus):
             placed = _placed(verdict, verdicts[:index], spec)

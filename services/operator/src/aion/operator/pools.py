@@ -41,10 +41,14 @@ from aion.operator import conditions, conventions
 TERMINATED = frozenset({"Succeeded", "Failed"})
 
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|[KMGTPE]i|[numkMGTPE])?$")
-_SUFFIX = {"n": decimal.Decimal("1e-9"), "u": decimal.Decimal("1e-6"),
-           "m": decimal.Decimal("1e-3"), "": decimal.Decimal(1),
-           **{s: decimal.Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
-           **{f"{s}i": decimal.Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")}}
+_SUFFIX = {
+    "n": decimal.Decimal("1e-9"),
+    "u": decimal.Decimal("1e-6"),
+    "m": decimal.Decimal("1e-3"),
+    "": decimal.Decimal(1),
+    **{s: decimal.Decimal(1000) ** (i + 1) for i, s in enumerate("kMGTPE")},
+    **{f"{s}i": decimal.Decimal(1024) ** (i + 1) for i, s in enumerate("KMGTPE")},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,14 +255,22 @@ def _node(obj: Mapping[str, Any], used: Mapping[str, int]) -> Node:
     allocatable = (obj.get("status") or {}).get("allocatable") or {}
     gpus = count(allocatable.get(conventions.GPU_RESOURCE, 0))
     name = str(meta.get("name", ""))
-    return Node(name=name, ready=is_ready(obj),
-                product=labels.get(conventions.GPU_PRODUCT_LABEL) or None,
-                gpu_memory_mib=_memory(labels), gpus=gpus,
-                free_gpus=max(gpus - used.get(name, 0), 0))
+    return Node(
+        name=name,
+        ready=is_ready(obj),
+        product=labels.get(conventions.GPU_PRODUCT_LABEL) or None,
+        gpu_memory_mib=_memory(labels),
+        gpus=gpus,
+        free_gpus=max(gpus - used.get(name, 0), 0),
+    )
 
 
-def discover(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], *,
-             configs: Mapping[str, PoolConfig] | None = None) -> tuple[Pool, ...]:
+def discover(
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    *,
+    configs: Mapping[str, PoolConfig] | None = None,
+) -> tuple[Pool, ...]:
     """The pools of a cluster's nodes, sorted by name, with free GPUs from its pods.
 
     ``configs`` holds the terms of each configured pool (see ``configs``); GpuPools
@@ -275,16 +287,22 @@ def discover(nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any
         found.setdefault(name, (label, []))[1].append(_node(obj, used))
     terms = configs or {}
     return tuple(
-        Pool(name=name, label=label, nodes=tuple(sorted(members, key=lambda n: n.name)),
-             config=terms.get(name, UNCONFIGURED))
-        for name, (label, members) in sorted(found.items()))
+        Pool(
+            name=name,
+            label=label,
+            nodes=tuple(sorted(members, key=lambda n: n.name)),
+            config=terms.get(name, UNCONFIGURED),
+        )
+        for name, (label, members) in sorted(found.items())
+    )
 
 
 class GpuPoolSpec(pydantic.BaseModel):
     """The spec of a ``gpupools.aion.dev`` object, as its CRD declares it."""
 
     model_config = pydantic.ConfigDict(
-        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel)
+        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel
+    )
 
     price_usd_per_gpu_hour: float | None = pydantic.Field(default=None, ge=0)
     priority: int = pydantic.Field(default=0, ge=-1000, le=1000, strict=True)
@@ -312,12 +330,15 @@ def configs(objects: Iterable[Mapping[str, Any]]) -> Configs:
         try:
             spec = GpuPoolSpec.model_validate(obj.get("spec") or {})
         except pydantic.ValidationError as exc:
-            text = "; ".join(f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors(include_url=False))
+            text = "; ".join(
+                f"spec.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
             problems.append(f"GpuPool {name} ignored: {text}")
             continue
-        by_pool[name] = PoolConfig(price=spec.price_usd_per_gpu_hour, priority=spec.priority,
-                                   disabled=spec.disabled)
+        by_pool[name] = PoolConfig(
+            price=spec.price_usd_per_gpu_hour, priority=spec.priority, disabled=spec.disabled
+        )
     return Configs(by_pool=by_pool, problems=tuple(problems))
 
 
@@ -327,6 +348,11 @@ def status(pool: Pool, *, now: datetime.datetime) -> dict[str, Any]:
     ``product`` and ``gpuMemoryMiB`` are None for a pool without GPUs, which a merge
     patch turns into removing them.
     """
-    return {"product": pool.product, "nodes": pool.node_count, "gpus": pool.gpus,
-            "freeGpus": pool.free_gpus, "gpuMemoryMiB": pool.gpu_memory_mib,
-            "observedAt": conditions.timestamp(now)}
+    return {
+        "product": pool.product,
+        "nodes": pool.node_count,
+        "gpus": pool.gpus,
+        "freeGpus": pool.free_gpus,
+        "gpuMemoryMiB": pool.gpu_memory_mib,
+        "observedAt": conditions.timestamp(now),
+    }

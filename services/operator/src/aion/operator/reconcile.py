@@ -34,8 +34,9 @@ from aion.operator import (
 from aion.operator import settings as operator_settings
 
 
-def parse(body: Mapping[str, Any], patch: kopf.Patch, *,
-          now: datetime.datetime) -> agentspec.AgentSpec:
+def parse(
+    body: Mapping[str, Any], patch: kopf.Patch, *, now: datetime.datetime
+) -> agentspec.AgentSpec:
     """The Agent's spec; an invalid one patches the status and raises ``PermanentError``."""
     try:
         return agentspec.parse(body.get("spec"))
@@ -44,13 +45,15 @@ def parse(body: Mapping[str, Any], patch: kopf.Patch, *,
         raise kopf.PermanentError(exc.message) from exc
 
 
-async def tenant(body: Mapping[str, Any], *, client: kube.Kube,
-                 cfg: operator_settings.AionOperatorSettings) -> str:
+async def tenant(
+    body: Mapping[str, Any], *, client: kube.Kube, cfg: operator_settings.AionOperatorSettings
+) -> str:
     """The tenant the platform maps the Agent's namespace to (see ``registration``)."""
     namespace = body["metadata"]["namespace"]
     labels = {} if namespace in cfg.tenants else await client.namespace_labels(namespace)
-    return registration.tenant_of(namespace, labels=labels, tenants=cfg.tenants,
-                                  label=cfg.tenant_label)
+    return registration.tenant_of(
+        namespace, labels=labels, tenants=cfg.tenants, label=cfg.tenant_label
+    )
 
 
 async def _apply(client: kube.Kube, outcome: status.Outcome) -> None:
@@ -70,9 +73,16 @@ class Executors:
     platform_namespace: str
 
 
-async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
-                    cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
-                    resumed: bool = False, executors: Executors | None = None) -> status.Outcome:
+async def reconcile(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    *,
+    client: kube.Kube,
+    cfg: operator_settings.AionOperatorSettings,
+    logger: kopf.Logger,
+    resumed: bool = False,
+    executors: Executors | None = None,
+) -> status.Outcome:
     """Handle one Agent: place it, apply its executor, patch its status, post an Event.
 
     A new spec forgets the pools fallen back from; a resume (operator restart)
@@ -90,15 +100,24 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
         logger.warning("%s", problem)
     previous = body.get("status") or {}
     exclude = list(previous.get("avoidPools") or []) if resumed else []
-    autoscaled = await client.autoscaled(render.executor_name(meta["name"]),
-                                         namespace=meta["namespace"])
+    autoscaled = await client.autoscaled(
+        render.executor_name(meta["name"]), namespace=meta["namespace"]
+    )
     tls_version = None
     if executors is not None:
         tls_version = await executors.secrets.ensure(meta["namespace"])
-    outcome = status.place(body, spec, found=found, cfg=cfg, now=now, exclude=exclude,
-                      stay=previous.get("nodePool"), autoscaled=autoscaled,
-                      tls_version=tls_version,
-                      platform_namespace=executors.platform_namespace if executors else None)
+    outcome = status.place(
+        body,
+        spec,
+        found=found,
+        cfg=cfg,
+        now=now,
+        exclude=exclude,
+        stay=previous.get("nodePool"),
+        autoscaled=autoscaled,
+        tls_version=tls_version,
+        platform_namespace=executors.platform_namespace if executors else None,
+    )
     await _apply(client, outcome)
     patch.status.update(outcome.status)
     chosen = outcome.placement
@@ -112,10 +131,16 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
     return outcome
 
 
-async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
-                 cfg: operator_settings.AionOperatorSettings, logger: kopf.Logger,
-                 registrar: registration.Registrar | None,
-                 executors: Executors | None = None) -> None:
+async def follow(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    *,
+    client: kube.Kube,
+    cfg: operator_settings.AionOperatorSettings,
+    logger: kopf.Logger,
+    registrar: registration.Registrar | None,
+    executors: Executors | None = None,
+) -> None:
     """One look at a placed Agent's executor: fall back, update readiness, register.
 
     Pods unschedulable for ``unschedulable_after_s`` move the Agent (``fall_back``);
@@ -138,15 +163,25 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
         spec = agentspec.parse(body.get("spec"))
         found = status.discover(body, await client.snapshot())
         autoscaled = await client.autoscaled(render.executor_name(name), namespace=namespace)
-        moved = status.fall_back(body, spec, waiting, found=found, cfg=cfg, now=now,
-                          autoscaled=autoscaled, tls_version=tls_version,
-                          platform_namespace=executors.platform_namespace if executors else None)
+        moved = status.fall_back(
+            body,
+            spec,
+            waiting,
+            found=found,
+            cfg=cfg,
+            now=now,
+            autoscaled=autoscaled,
+            tls_version=tls_version,
+            platform_namespace=executors.platform_namespace if executors else None,
+        )
         if moved is not None:
             await _apply(client, moved)
             patch.status.update(moved.status)
-            kopf.warn(body, reason=conventions.FELL_BACK if moved.placement.pool
-                      else conventions.NO_CAPACITY,
-                      message=moved.placement.message)
+            kopf.warn(
+                body,
+                reason=conventions.FELL_BACK if moved.placement.pool else conventions.NO_CAPACITY,
+                message=moved.placement.message,
+            )
             logger.warning("%s", moved.placement.message)
         return
     deployment = await client.deployment(render.executor_name(name), namespace=namespace)
@@ -163,42 +198,69 @@ async def follow(body: kopf.Body, patch: kopf.Patch, *, client: kube.Kube,
     tenant_name = await tenant(body, client=client, cfg=cfg)
     refusal = registration.mismatch(body, tenant_name, label=cfg.tenant_label)
     if refusal is not None:
-        _refuse(body, merged, patch, logger, reason=conventions.TENANT_MISMATCH,
-                message=f"not registered: {refusal}", now=now)
+        _refuse(
+            body,
+            merged,
+            patch,
+            logger,
+            reason=conventions.TENANT_MISMATCH,
+            message=f"not registered: {refusal}",
+            now=now,
+        )
         return
     try:
-        await registrar.register(registration.request(body, spec, tenant_name=tenant_name,
-                                                      pool=pool))
+        await registrar.register(
+            registration.request(body, spec, tenant_name=tenant_name, pool=pool)
+        )
     except errors.AlreadyExists as exc:  # another namespace's agent of the same name
-        _refuse(body, merged, patch, logger, reason=conventions.ALREADY_REGISTERED,
-                message=f"not registered: {exc.message}", now=now)
+        _refuse(
+            body,
+            merged,
+            patch,
+            logger,
+            reason=conventions.ALREADY_REGISTERED,
+            message=f"not registered: {exc.message}",
+            now=now,
+        )
         return
     except errors.AionError as exc:
         message = f"cannot register with the agent service at {registrar.target}: {exc.message}"
         logger.warning("%s", message)
-        patch.status.update(status.registered_status(merged, ok=False, message=message,
-                                                     now=now))
+        patch.status.update(status.registered_status(merged, ok=False, message=message, now=now))
         return
     message = f"registered with the agent service for tenant {tenant_name}, on pool {pool}"
-    patch.status.update(status.registered_status(merged, ok=True, message=message,
-                                                 now=now))
+    patch.status.update(status.registered_status(merged, ok=True, message=message, now=now))
     kopf.info(body, reason=conventions.REGISTERED, message=message)
 
 
-def _refuse(body: kopf.Body, merged: Mapping[str, Any], patch: kopf.Patch,
-            logger: kopf.Logger, *, reason: str, message: str, now: datetime.datetime) -> None:
+def _refuse(
+    body: kopf.Body,
+    merged: Mapping[str, Any],
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    *,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+) -> None:
     """Registered=False for a refusal the Agent's owner must fix, with one Warning Event."""
     if status.refused_again(merged, reason=reason, message=message):
         return
     logger.warning("%s", message)
-    patch.status.update(status.registered_status(merged, ok=False, reason=reason, message=message,
-                                          now=now))
+    patch.status.update(
+        status.registered_status(merged, ok=False, reason=reason, message=message, now=now)
+    )
     kopf.warn(body, reason=reason, message=message)
 
 
-async def deregister(body: kopf.Body, *, client: kube.Kube,
-                     cfg: operator_settings.AionOperatorSettings,
-                     logger: kopf.Logger, registrar: registration.Registrar | None) -> None:
+async def deregister(
+    body: kopf.Body,
+    *,
+    client: kube.Kube,
+    cfg: operator_settings.AionOperatorSettings,
+    logger: kopf.Logger,
+    registrar: registration.Registrar | None,
+) -> None:
     """Deregister a deleted Agent; ``kopf.TemporaryError`` keeps the finalizer while down.
 
     Only what this Agent registered goes: the agent service refuses to deregister
@@ -209,17 +271,21 @@ async def deregister(body: kopf.Body, *, client: kube.Kube,
     name = body["metadata"]["name"]
     tenant_name = await tenant(body, client=client, cfg=cfg)
     try:
-        removed = await registrar.deregister(tenant_name=tenant_name, name=name,
-                                             owner=registration.owner(body))
+        removed = await registrar.deregister(
+            tenant_name=tenant_name, name=name, owner=registration.owner(body)
+        )
     except errors.FailedPrecondition as exc:
-        logger.info("Agent %s was not registered by this Agent; left alone: %s",
-                    name, exc.message)
+        logger.info("Agent %s was not registered by this Agent; left alone: %s", name, exc.message)
         return
     except errors.AionError as exc:
         raise kopf.TemporaryError(
             f"cannot deregister from the agent service at {registrar.target} "
-            f"({exc.message}); retrying", delay=cfg.retry_s) from exc
-    logger.info("deregistered Agent %s of tenant %s (%s)", name, tenant_name,
-                "was registered" if removed else "was not registered")
-
-
+            f"({exc.message}); retrying",
+            delay=cfg.retry_s,
+        ) from exc
+    logger.info(
+        "deregistered Agent %s of tenant %s (%s)",
+        name,
+        tenant_name,
+        "was registered" if removed else "was not registered",
+    )

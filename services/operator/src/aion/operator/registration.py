@@ -30,9 +30,9 @@ from aion.operator import conventions, render
 CALL_TIMEOUT_S = 5.0
 
 
-
-def tenant_of(namespace: str, *, labels: Mapping[str, str], tenants: Mapping[str, str],
-              label: str) -> str:
+def tenant_of(
+    namespace: str, *, labels: Mapping[str, str], tenants: Mapping[str, str], label: str
+) -> str:
     """The tenant the platform maps ``namespace`` (whose labels are ``labels``) to."""
     return tenants.get(namespace) or labels.get(label) or namespace
 
@@ -44,10 +44,12 @@ def mismatch(body: Mapping[str, Any], tenant: str, *, label: str) -> str | None:
     claimed = (meta.get("labels") or {}).get(label)
     if not claimed or claimed == tenant:
         return None
-    return (f"the Agent's label {label}={claimed} claims tenant {claimed}, but namespace "
-            f"{meta['namespace']} belongs to tenant {tenant}; remove the label (or set it "
-            f"to {tenant}), or ask a cluster admin to map the namespace to {claimed} "
-            f"(Namespace label {label}, or the chart's operator.tenants)")
+    return (
+        f"the Agent's label {label}={claimed} claims tenant {claimed}, but namespace "
+        f"{meta['namespace']} belongs to tenant {tenant}; remove the label (or set it "
+        f"to {tenant}), or ask a cluster admin to map the namespace to {claimed} "
+        f"(Namespace label {label}, or the chart's operator.tenants)"
+    )
 
 
 def owner(body: Mapping[str, Any]) -> str:
@@ -61,26 +63,39 @@ def executor_target(name: str, namespace: str) -> str:
     return f"{render.executor_name(name)}.{namespace}.svc:{render.EXECUTOR_PORT}"
 
 
-def request(body: Mapping[str, Any], spec: agentspec.AgentSpec, *, tenant_name: str,
-            pool: str) -> agent_pb2.RegisterAgentRequest:
+def request(
+    body: Mapping[str, Any], spec: agentspec.AgentSpec, *, tenant_name: str, pool: str
+) -> agent_pb2.RegisterAgentRequest:
     """What the agent service is told about a Ready Agent."""
     meta = body["metadata"]
     privacy = privacy_mod.to_pb(spec.routing.privacy)
     # spec.description, else the older aion.dev/description annotation.
     description = spec.description or str(
-        (meta.get("annotations") or {}).get(conventions.DESCRIPTION_ANNOTATION, ""))
+        (meta.get("annotations") or {}).get(conventions.DESCRIPTION_ANNOTATION, "")
+    )
     agent = agents_pb2.Agent(
-        name=meta["name"], description=description,
-        model=spec.model.name, model_task=spec.model.task, privacy=privacy,
-        knowledge_bases=list(spec.knowledge_bases), ready=True, node_pool=pool,
+        name=meta["name"],
+        description=description,
+        model=spec.model.name,
+        model_task=spec.model.task,
+        privacy=privacy,
+        knowledge_bases=list(spec.knowledge_bases),
+        ready=True,
+        node_pool=pool,
         max_tokens=spec.max_tokens or 0,
         # Recorded for the router (the routing issue consumes them); unset stays unset.
         budget_usd_per_task=spec.routing.budget_usd_per_task,
-        p95_target_ms=spec.routing.p95_target_ms)
+        p95_target_ms=spec.routing.p95_target_ms,
+    )
     return agent_pb2.RegisterAgentRequest(
-        tenant=tenant_name, agent=agent, instructions=spec.instructions,
+        tenant=tenant_name,
+        agent=agent,
+        instructions=spec.instructions,
         executor_endpoints=[executor_target(meta["name"], meta["namespace"])],
-        privacy=privacy, tools=list(spec.tools), owner=owner(body))
+        privacy=privacy,
+        tools=list(spec.tools),
+        owner=owner(body),
+    )
 
 
 class Registrar:
@@ -102,10 +117,10 @@ class Registrar:
         with errors.remote("agent"):
             reply = await self._stub.DeregisterAgent(
                 agent_pb2.DeregisterAgentRequest(tenant=tenant_name, name=name, owner=owner),
-                timeout=CALL_TIMEOUT_S)
+                timeout=CALL_TIMEOUT_S,
+            )
         return bool(reply.deregistered)
 
     async def close(self) -> None:
         """Close the channel."""
         await self._channel.close()
-

@@ -48,8 +48,14 @@ class Owner:
 
     def reference(self) -> Manifest:
         """The ownerReferences entry naming this Agent as the controller."""
-        return {"apiVersion": conventions.API_VERSION, "kind": conventions.AGENT_KIND,
-                "name": self.name, "uid": self.uid, "controller": True, "blockOwnerDeletion": True}
+        return {
+            "apiVersion": conventions.API_VERSION,
+            "kind": conventions.AGENT_KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 def _bounded(text: str) -> str:
@@ -68,35 +74,56 @@ def executor_name(agent_name: str) -> str:
 
 def selector(agent_name: str) -> dict[str, str]:
     """The labels that select an Agent's executor pods (immutable once applied)."""
-    return {"app.kubernetes.io/name": "aion-executor",
-            "app.kubernetes.io/instance": _bounded(agent_name)}
+    return {
+        "app.kubernetes.io/name": "aion-executor",
+        "app.kubernetes.io/instance": _bounded(agent_name),
+    }
 
 
 def labels(agent_name: str) -> dict[str, str]:
     """The labels on everything rendered for an Agent."""
-    return {**selector(agent_name),
-            "app.kubernetes.io/component": "executor",
-            "app.kubernetes.io/part-of": "aion",
-            "app.kubernetes.io/managed-by": "aion-operator",
-            conventions.AGENT_LABEL: _bounded(agent_name)}
+    return {
+        **selector(agent_name),
+        "app.kubernetes.io/component": "executor",
+        "app.kubernetes.io/part-of": "aion",
+        "app.kubernetes.io/managed-by": "aion-operator",
+        conventions.AGENT_LABEL: _bounded(agent_name),
+    }
 
 
 def _metadata(agent_name: str, namespace: str, owner: Owner) -> Manifest:
-    return {"name": executor_name(agent_name), "namespace": namespace,
-            "labels": labels(agent_name), "ownerReferences": [owner.reference()]}
+    return {
+        "name": executor_name(agent_name),
+        "namespace": namespace,
+        "labels": labels(agent_name),
+        "ownerReferences": [owner.reference()],
+    }
 
 
 def _node_affinity(spec: agentspec.AgentSpec, *, pool_label: str, pool: str) -> Manifest:
     match = [{"key": pool_label, "operator": "In", "values": [pool]}]
     if spec.gpu.count > 0 and spec.gpu.products:
-        match.append({"key": conventions.GPU_PRODUCT_LABEL, "operator": "In",
-                      "values": list(spec.gpu.products)})
+        match.append(
+            {
+                "key": conventions.GPU_PRODUCT_LABEL,
+                "operator": "In",
+                "values": list(spec.gpu.products),
+            }
+        )
     if spec.gpu.count > 0 and spec.gpu.min_memory_gib is not None:
         # Gt is strict: more than one MiB under the minimum is at least the minimum.
-        match.append({"key": conventions.GPU_MEMORY_LABEL, "operator": "Gt",
-                      "values": [str(spec.gpu.min_memory_gib * 1024 - 1)]})
-    return {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": match}]}}
+        match.append(
+            {
+                "key": conventions.GPU_MEMORY_LABEL,
+                "operator": "Gt",
+                "values": [str(spec.gpu.min_memory_gib * 1024 - 1)],
+            }
+        )
+    return {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": match}]
+        }
+    }
 
 
 def _env(spec: agentspec.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> list[Manifest]:
@@ -117,15 +144,21 @@ def _env(spec: agentspec.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> l
     if spec.model.source is not None:
         values["AION_EXECUTOR_MODEL_SOURCE"] = spec.model.source
     if tls:
-        values |= {"AION_TLS_CA_FILE": f"{TLS_DIR}/ca.crt",
-                   "AION_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt",
-                   "AION_TLS_KEY_FILE": f"{TLS_DIR}/tls.key"}
+        values |= {
+            "AION_TLS_CA_FILE": f"{TLS_DIR}/ca.crt",
+            "AION_TLS_CERT_FILE": f"{TLS_DIR}/tls.crt",
+            "AION_TLS_KEY_FILE": f"{TLS_DIR}/tls.key",
+        }
     # The root filesystem is read-only: whatever a library caches goes to /tmp.
     values["HOME"] = "/tmp"
     values.update(extra)
     # The HTTP API's bearer token, which the operator keeps in the namespace.
-    token = {"name": "AION_EXECUTOR_HTTP_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": conventions.HTTP_SECRET, "key": conventions.TOKEN_KEY}}}
+    token = {
+        "name": "AION_EXECUTOR_HTTP_TOKEN",
+        "valueFrom": {
+            "secretKeyRef": {"name": conventions.HTTP_SECRET, "key": conventions.TOKEN_KEY}
+        },
+    }
     return [*({"name": k, "value": v} for k, v in values.items()), token]
 
 
@@ -152,63 +185,96 @@ def kafka_env(kafka: operator_settings.ExecutorKafka) -> list[Manifest]:
     ``aion.kafkaEnv`` renders it for the agent: the principal from its Secret, the CA
     and client certificate as files of the mounted TLS Secret."""
     prefix = "AION_EXECUTOR_KAFKA_"
-    env: list[Manifest] = [{"name": prefix + "SECURITY_PROTOCOL",
-                            "value": kafka.security_protocol}]
+    env: list[Manifest] = [{"name": prefix + "SECURITY_PROTOCOL", "value": kafka.security_protocol}]
     if kafka.security_protocol.startswith("SASL_"):
         sasl = kafka.sasl
-        env += [{"name": prefix + "SASL_MECHANISM", "value": sasl.mechanism},
-                _secret_ref(prefix + "SASL_USERNAME", sasl.existing_secret, sasl.username_key),
-                _secret_ref(prefix + "SASL_PASSWORD", sasl.existing_secret, sasl.password_key)]
+        env += [
+            {"name": prefix + "SASL_MECHANISM", "value": sasl.mechanism},
+            _secret_ref(prefix + "SASL_USERNAME", sasl.existing_secret, sasl.username_key),
+            _secret_ref(prefix + "SASL_PASSWORD", sasl.existing_secret, sasl.password_key),
+        ]
     if _kafka_tls(kafka):
         tls = kafka.tls
         env.append({"name": prefix + "SSL_CAFILE", "value": f"{KAFKA_TLS_DIR}/{tls.ca_key}"})
         if tls.client_certificate:
-            env += [{"name": prefix + "SSL_CERTFILE", "value": f"{KAFKA_TLS_DIR}/{tls.cert_key}"},
-                    {"name": prefix + "SSL_KEYFILE", "value": f"{KAFKA_TLS_DIR}/{tls.key_key}"}]
+            env += [
+                {"name": prefix + "SSL_CERTFILE", "value": f"{KAFKA_TLS_DIR}/{tls.cert_key}"},
+                {"name": prefix + "SSL_KEYFILE", "value": f"{KAFKA_TLS_DIR}/{tls.key_key}"},
+            ]
     return env
 
 
 def _grpc_probe(*, period_s: int, failures: int) -> Manifest:
-    return {"grpc": {"port": HEALTH_PORT}, "periodSeconds": period_s,
-            "timeoutSeconds": 5, "failureThreshold": failures}
+    return {
+        "grpc": {"port": HEALTH_PORT},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
 
 
-def _container(spec: agentspec.AgentSpec, *, image: str, env: Mapping[str, str],
-               tls: bool, kafka: operator_settings.ExecutorKafka | None) -> Manifest:
+def _container(
+    spec: agentspec.AgentSpec,
+    *,
+    image: str,
+    env: Mapping[str, str],
+    tls: bool,
+    kafka: operator_settings.ExecutorKafka | None,
+) -> Manifest:
     limits: dict[str, str] = {"memory": spec.resources.memory}
     if spec.gpu.count > 0:
         limits[conventions.GPU_RESOURCE] = str(spec.gpu.count)
     return {
         "name": "executor",
         "image": image,
-        "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT, "protocol": "TCP"},
-                  {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
-                  {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "grpc", "containerPort": EXECUTOR_PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+        ],
         "env": [*_env(spec, extra=env, tls=tls), *(kafka_env(kafka) if kafka else [])],
-        "resources": {"requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
-                      "limits": limits},
+        "resources": {
+            "requests": {"cpu": spec.resources.cpu, "memory": spec.resources.memory},
+            "limits": limits,
+        },
         # Loading a model takes a while: the startup probe allows 15 minutes for it.
         "startupProbe": _grpc_probe(period_s=10, failures=90),
         "readinessProbe": _grpc_probe(period_s=5, failures=2),
         "livenessProbe": _grpc_probe(period_s=20, failures=3),
         # A failed model load's last log lines reach the Agent's ModelReady condition.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                         *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}]
-                           if tls else []),
-                         *([{"name": "kafka-tls", "mountPath": KAFKA_TLS_DIR, "readOnly": True}]
-                           if kafka and _kafka_tls(kafka) else [])],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            *([{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}] if tls else []),
+            *(
+                [{"name": "kafka-tls", "mountPath": KAFKA_TLS_DIR, "readOnly": True}]
+                if kafka and _kafka_tls(kafka)
+                else []
+            ),
+        ],
     }
 
 
-def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSpec, *,
-                        pool_label: str, pool: str, image: str, owner: Owner,
-                        env: Mapping[str, str] | None = None,
-                        autoscaled: bool = False, tls_version: str | None = None,
-                        kafka: operator_settings.ExecutorKafka | None = None) -> Manifest:
+def executor_deployment(
+    agent_name: str,
+    namespace: str,
+    spec: agentspec.AgentSpec,
+    *,
+    pool_label: str,
+    pool: str,
+    image: str,
+    owner: Owner,
+    env: Mapping[str, str] | None = None,
+    autoscaled: bool = False,
+    tls_version: str | None = None,
+    kafka: operator_settings.ExecutorKafka | None = None,
+) -> Manifest:
     """The Deployment that serves ``spec.model`` for one Agent on the node pool ``pool``.
 
     ``env`` adds platform settings (trace endpoint, Kafka) to the executor's own.
@@ -224,11 +290,16 @@ def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSp
     tls = tls_version is not None
     volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {}}]
     if tls:
-        volumes.append({"name": "tls", "secret": {"secretName": conventions.TLS_SECRET,
-                                                  "defaultMode": 0o440}})
+        volumes.append(
+            {"name": "tls", "secret": {"secretName": conventions.TLS_SECRET, "defaultMode": 0o440}}
+        )
     if kafka is not None and _kafka_tls(kafka):
-        volumes.append({"name": "kafka-tls", "secret": {
-            "secretName": kafka.tls.existing_secret, "defaultMode": 0o440}})
+        volumes.append(
+            {
+                "name": "kafka-tls",
+                "secret": {"secretName": kafka.tls.existing_secret, "defaultMode": 0o440},
+            }
+        )
     pod: Manifest = {
         "affinity": {"nodeAffinity": _node_affinity(spec, pool_label=pool_label, pool=pool)},
         "containers": [_container(spec, image=image, env=env or {}, tls=tls, kafka=kafka)],
@@ -237,12 +308,18 @@ def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSp
         "enableServiceLinks": False,
         # Executors never call the Kubernetes API.
         "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     if gpus:
-        pod["tolerations"] = [{"key": conventions.GPU_RESOURCE, "operator": "Exists",
-                               "effect": "NoSchedule"}]
+        pod["tolerations"] = [
+            {"key": conventions.GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+        ]
     deployment: Manifest = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -250,17 +327,23 @@ def executor_deployment(agent_name: str, namespace: str, spec: agentspec.AgentSp
         "spec": {
             "selector": {"matchLabels": selector(agent_name)},
             # A GPU pool seldom has a spare GPU for a surge pod: replace pods one by one.
-            "strategy": {"type": "RollingUpdate",
-                         "rollingUpdate": {"maxSurge": 0 if gpus else 1,
-                                           "maxUnavailable": 1 if gpus else 0}},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 0 if gpus else 1, "maxUnavailable": 1 if gpus else 0},
+            },
             "template": {
                 "metadata": {
                     "labels": labels(agent_name),
-                    "annotations": {"prometheus.io/scrape": "true",
-                                    "prometheus.io/port": str(METRICS_PORT),
-                                    "prometheus.io/path": "/metrics",
-                                    **({conventions.TLS_ANNOTATION: tls_version}
-                                       if tls_version is not None else {})},
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                        **(
+                            {conventions.TLS_ANNOTATION: tls_version}
+                            if tls_version is not None
+                            else {}
+                        ),
+                    },
                 },
                 "spec": pod,
             },
@@ -280,28 +363,44 @@ def executor_service(agent_name: str, namespace: str, *, owner: Owner) -> Manife
         "spec": {
             "clusterIP": "None",
             "selector": selector(agent_name),
-            "ports": [{"name": "grpc", "port": EXECUTOR_PORT, "targetPort": "grpc",
-                       "protocol": "TCP", "appProtocol": "grpc"},
-                      {"name": "http", "port": HTTP_PORT, "targetPort": "http",
-                       "protocol": "TCP", "appProtocol": "http"}],
+            "ports": [
+                {
+                    "name": "grpc",
+                    "port": EXECUTOR_PORT,
+                    "targetPort": "grpc",
+                    "protocol": "TCP",
+                    "appProtocol": "grpc",
+                },
+                {
+                    "name": "http",
+                    "port": HTTP_PORT,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                },
+            ],
         },
     }
 
 
-def executor_network_policy(agent_name: str, namespace: str, *, owner: Owner,
-                            platform_namespace: str) -> Manifest:
+def executor_network_policy(
+    agent_name: str, namespace: str, *, owner: Owner, platform_namespace: str
+) -> Manifest:
     """Who may reach an Agent's executor pods, as defence in depth behind mTLS and the token.
 
     gRPC and HTTP: only the platform's agent and knowledge pods (chart labels) in
     ``platform_namespace``, where the operator runs. The health port (the kubelet's
     probes; it answers only health checks) and the metrics port: from anywhere.
     """
-    callers = {"namespaceSelector": {"matchLabels": {
-                   "kubernetes.io/metadata.name": platform_namespace}},
-               "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "aion"},
-                               "matchExpressions": [{
-                                   "key": "app.kubernetes.io/component", "operator": "In",
-                                   "values": list(CALLERS)}]}}
+    callers = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": platform_namespace}},
+        "podSelector": {
+            "matchLabels": {"app.kubernetes.io/part-of": "aion"},
+            "matchExpressions": [
+                {"key": "app.kubernetes.io/component", "operator": "In", "values": list(CALLERS)}
+            ],
+        },
+    }
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -310,11 +409,19 @@ def executor_network_policy(agent_name: str, namespace: str, *, owner: Owner,
             "podSelector": {"matchLabels": selector(agent_name)},
             "policyTypes": ["Ingress"],
             "ingress": [
-                {"from": [callers],
-                 "ports": [{"port": EXECUTOR_PORT, "protocol": "TCP"},
-                           {"port": HTTP_PORT, "protocol": "TCP"}]},
-                {"ports": [{"port": HEALTH_PORT, "protocol": "TCP"},
-                           {"port": METRICS_PORT, "protocol": "TCP"}]},
+                {
+                    "from": [callers],
+                    "ports": [
+                        {"port": EXECUTOR_PORT, "protocol": "TCP"},
+                        {"port": HTTP_PORT, "protocol": "TCP"},
+                    ],
+                },
+                {
+                    "ports": [
+                        {"port": HEALTH_PORT, "protocol": "TCP"},
+                        {"port": METRICS_PORT, "protocol": "TCP"},
+                    ]
+                },
             ],
         },
     }

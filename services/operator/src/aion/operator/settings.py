@@ -13,14 +13,14 @@ from aion.core import kafka_security as kafka
 from aion.core import settings
 
 # Where Kubernetes mounts the pod's own namespace (the fallback of lease_namespace).
-SERVICE_ACCOUNT_NAMESPACE = pathlib.Path(
-    "/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+SERVICE_ACCOUNT_NAMESPACE = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 class _Chart(pydantic.BaseModel):
     # The chart's own spelling (camelCase), so it passes its values with toJson.
     model_config = pydantic.ConfigDict(
-        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel)
+        extra="forbid", frozen=True, alias_generator=alias_generators.to_camel
+    )
 
 
 class KafkaSasl(_Chart):
@@ -58,8 +58,10 @@ class ExecutorKafka(_Chart):
     @pydantic.model_validator(mode="after")
     def _complete(self) -> ExecutorKafka:
         if self.security_protocol.startswith("SASL_") and not self.sasl.existing_secret:
-            raise ValueError(f"securityProtocol {self.security_protocol} needs "
-                             "sasl.existingSecret (the Secret with the executors' principal)")
+            raise ValueError(
+                f"securityProtocol {self.security_protocol} needs "
+                "sasl.existingSecret (the Secret with the executors' principal)"
+            )
         return self
 
 
@@ -70,72 +72,95 @@ class AionOperatorSettings(settings.ServiceSettings):
     """
 
     model_config = pydantic_settings.SettingsConfigDict(
-        env_prefix="AION_OPERATOR_", extra="ignore", frozen=True)
+        env_prefix="AION_OPERATOR_", extra="ignore", frozen=True
+    )
 
     executor_image: str = pydantic.Field(
-        min_length=1, description="image of the executor Deployments the operator renders")
+        min_length=1, description="image of the executor Deployments the operator renders"
+    )
     namespaces: Annotated[tuple[str, ...], pydantic_settings.NoDecode] = pydantic.Field(
-        default=(), description="comma-separated namespaces to watch; empty watches all")
+        default=(), description="comma-separated namespaces to watch; empty watches all"
+    )
     agent_target: str = pydantic.Field(
         default="",
         description="gRPC target (host:port) of the agent service that Ready Agents are "
-                    "registered with; empty registers nowhere")
+        "registered with; empty registers nowhere",
+    )
     kafka_bootstrap: str = pydantic.Field(
         default="",
-        description="Kafka brokers the executors publish their load to; empty: no load reports")
+        description="Kafka brokers the executors publish their load to; empty: no load reports",
+    )
     executor_kafka: ExecutorKafka = pydantic.Field(
         default_factory=ExecutorKafka,
         description="JSON of the executors' Kafka security (the chart's agent.kafka "
-                    "securityProtocol, sasl and tls): TLS and SASL, from Secrets in each "
-                    "Agent namespace")
+        "securityProtocol, sasl and tls): TLS and SASL, from Secrets in each "
+        "Agent namespace",
+    )
     tenant_label: str = pydantic.Field(
-        default="aion.dev/tenant", min_length=1,
+        default="aion.dev/tenant",
+        min_length=1,
         description="label naming a tenant: on a Namespace (which only cluster admins can "
-                    "label) it maps the namespace's Agents to that tenant; on an Agent it is "
-                    "a claim, refused (condition Registered, reason TenantMismatch) when it "
-                    "names another tenant than the namespace maps to")
+        "label) it maps the namespace's Agents to that tenant; on an Agent it is "
+        "a claim, refused (condition Registered, reason TenantMismatch) when it "
+        "names another tenant than the namespace maps to",
+    )
     tenants: dict[str, str] = pydantic.Field(
         default_factory=dict,
         description="JSON map of namespace to tenant set by the platform team; it wins "
-                    "over the Namespace label, and a namespace in neither is its own tenant")
+        "over the Namespace label, and a namespace in neither is its own tenant",
+    )
     unschedulable_after_s: float = pydantic.Field(
-        default=120.0, gt=0,
+        default=120.0,
+        gt=0,
         description="seconds an executor pod may stay Unschedulable before the Agent "
-                    "moves to the next eligible pool")
+        "moves to the next eligible pool",
+    )
     leader_election: bool = pydantic.Field(
-        default=True,
-        description="hold a Lease so that of several operator replicas one is active")
+        default=True, description="hold a Lease so that of several operator replicas one is active"
+    )
     lease_name: str = pydantic.Field(default="aion-operator", min_length=1)
     lease_namespace: str = pydantic.Field(
         default="",
-        validation_alias=pydantic.AliasChoices("AION_OPERATOR_LEASE_NAMESPACE",
-                                               "POD_NAMESPACE"),
+        validation_alias=pydantic.AliasChoices("AION_OPERATOR_LEASE_NAMESPACE", "POD_NAMESPACE"),
         description="the operator's own namespace: where its Lease lives and where the "
-                    "platform pods that call executors run; empty: the service account's "
-                    "(``with_pod_namespace``), else default")
+        "platform pods that call executors run; empty: the service account's "
+        "(``with_pod_namespace``), else default",
+    )
     lease_duration_s: float = pydantic.Field(
-        default=15.0, gt=0,
-        description="seconds a Lease holds without renewal before another replica takes it")
+        default=15.0,
+        gt=0,
+        description="seconds a Lease holds without renewal before another replica takes it",
+    )
     identity: str = pydantic.Field(
-        default="", description="this replica's name in the Lease; empty uses host name and pid")
+        default="", description="this replica's name in the Lease; empty uses host name and pid"
+    )
     retry_s: float = pydantic.Field(
-        default=15.0, gt=0,
-        description="seconds between placement attempts while every eligible pool is full")
+        default=15.0,
+        gt=0,
+        description="seconds between placement attempts while every eligible pool is full",
+    )
     readiness_interval_s: float = pydantic.Field(
-        default=5.0, gt=0,
-        description="seconds between reads of each Agent's Deployment for its ready replicas")
+        default=5.0,
+        gt=0,
+        description="seconds between reads of each Agent's Deployment for its ready replicas",
+    )
     pool_status_interval_s: float = pydantic.Field(
-        default=15.0, gt=0,
-        description="seconds between updates of each GpuPool's status (GPUs, free GPUs)")
+        default=15.0,
+        gt=0,
+        description="seconds between updates of each GpuPool's status (GPUs, free GPUs)",
+    )
     liveness_port: int = pydantic.Field(
-        default=8080, ge=1, le=65535, description="HTTP port of kopf's /healthz endpoint")
+        default=8080, ge=1, le=65535, description="HTTP port of kopf's /healthz endpoint"
+    )
     ca_cert_file: str = pydantic.Field(
         default="",
         description="PEM certificate of the install's CA; with ca_key_file the operator "
-                    "issues the executors' certificates (Secret aion-executor-tls in each "
-                    "Agent namespace); both empty: executors get none")
+        "issues the executors' certificates (Secret aion-executor-tls in each "
+        "Agent namespace); both empty: executors get none",
+    )
     ca_key_file: str = pydantic.Field(
-        default="", description="PEM private key of the install's CA (see ca_cert_file)")
+        default="", description="PEM private key of the install's CA (see ca_cert_file)"
+    )
 
     @pydantic.field_validator("namespaces", mode="before")
     @classmethod
@@ -155,8 +180,10 @@ class AionOperatorSettings(settings.ServiceSettings):
     @pydantic.model_validator(mode="after")
     def _renewable(self) -> AionOperatorSettings:
         if self.leader_election and self.lease_duration_s < 3:
-            raise ValueError("lease_duration_s must be at least 3 seconds, so renewals "
-                             "(every third of it) can land in time")
+            raise ValueError(
+                "lease_duration_s must be at least 3 seconds, so renewals "
+                "(every third of it) can land in time"
+            )
         return self
 
     @property
@@ -170,8 +197,9 @@ class AionOperatorSettings(settings.ServiceSettings):
         return self.lease_namespace or "default"
 
 
-def with_pod_namespace(cfg: AionOperatorSettings, *,
-                       path: pathlib.Path = SERVICE_ACCOUNT_NAMESPACE) -> AionOperatorSettings:
+def with_pod_namespace(
+    cfg: AionOperatorSettings, *, path: pathlib.Path = SERVICE_ACCOUNT_NAMESPACE
+) -> AionOperatorSettings:
     """``cfg`` with ``lease_namespace`` set from the pod's service account when the
     environment left it empty (a pod always has the file; a laptop does not)."""
     if cfg.lease_namespace:

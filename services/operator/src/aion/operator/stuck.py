@@ -23,9 +23,17 @@ from typing import Any
 
 UNSCHEDULABLE = "Unschedulable"
 # Container waiting reasons that do not clear by themselves.
-FAILING = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                     "CreateContainerConfigError", "CreateContainerError",
-                     "RunContainerError", "CrashLoopBackOff"})
+FAILING = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +52,7 @@ def _since(text: str | None, now: datetime.datetime) -> float:
     return max(0.0, (now - when).total_seconds())
 
 
-def unschedulable(pods: Iterable[Mapping[str, Any]], *,
-                  now: datetime.datetime) -> Stuck | None:
+def unschedulable(pods: Iterable[Mapping[str, Any]], *, now: datetime.datetime) -> Stuck | None:
     """The pod of ``pods`` that has been unschedulable longest, or None when none is."""
     found: list[Stuck] = []
     for pod in pods:
@@ -54,11 +61,18 @@ def unschedulable(pods: Iterable[Mapping[str, Any]], *,
         if meta.get("deletionTimestamp") or (pod.get("spec") or {}).get("nodeName"):
             continue
         for cond in status.get("conditions") or []:
-            if (cond.get("type") == "PodScheduled" and cond.get("status") == "False"
-                    and cond.get("reason") == UNSCHEDULABLE):
-                found.append(Stuck(pod=str(meta.get("name", "")),
-                                   seconds=_since(cond.get("lastTransitionTime"), now),
-                                   message=str(cond.get("message") or "").strip()))
+            if (
+                cond.get("type") == "PodScheduled"
+                and cond.get("status") == "False"
+                and cond.get("reason") == UNSCHEDULABLE
+            ):
+                found.append(
+                    Stuck(
+                        pod=str(meta.get("name", "")),
+                        seconds=_since(cond.get("lastTransitionTime"), now),
+                        message=str(cond.get("message") or "").strip(),
+                    )
+                )
     return max(found, key=lambda s: s.seconds, default=None)
 
 
@@ -85,10 +99,14 @@ def failing(pods: Iterable[Mapping[str, Any]]) -> Failing | None:
             words = [str(waiting.get("message") or "").strip()]
             last = (container.get("lastState") or {}).get("terminated") or {}
             if last:
-                words.append(f"last run exited {last.get('exitCode')}"
-                             f" ({last.get('reason') or 'Error'})")
+                words.append(
+                    f"last run exited {last.get('exitCode')} ({last.get('reason') or 'Error'})"
+                )
                 tail = str(last.get("message") or "").strip().splitlines()[-3:]
                 words.extend(line.strip() for line in tail if line.strip())
-            return Failing(pod=str(meta.get("name", "")), reason=reason,
-                           message="; ".join(w for w in words if w)[:1000])
+            return Failing(
+                pod=str(meta.get("name", "")),
+                reason=reason,
+                message="; ".join(w for w in words if w)[:1000],
+            )
     return None

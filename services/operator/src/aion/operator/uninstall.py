@@ -27,13 +27,16 @@ from aion.operator import conventions, kube
 log = logging.getLogger(__name__)
 
 
-def delete_agents(client: lightkube.Client, *, namespace: str, selector: str,
-                  timeout_s: float) -> list[str]:
+def delete_agents(
+    client: lightkube.Client, *, namespace: str, selector: str, timeout_s: float
+) -> list[str]:
     """Deletes the Agents ``selector`` matches in ``namespace`` and waits until they are
     gone; returns their names. Raises TimeoutError naming those still there."""
-    names = [a.metadata.name for a in client.list(kube.Agent, namespace=namespace,
-                                                    labels=_labels(selector))
-             if a.metadata is not None and a.metadata.name]
+    names = [
+        a.metadata.name
+        for a in client.list(kube.Agent, namespace=namespace, labels=_labels(selector))
+        if a.metadata is not None and a.metadata.name
+    ]
     for name in names:
         try:
             client.delete(kube.Agent, name, namespace=namespace)
@@ -43,16 +46,19 @@ def delete_agents(client: lightkube.Client, *, namespace: str, selector: str,
         log.info("deleting Agent %s/%s", namespace, name)
     deadline = time.monotonic() + timeout_s
     while True:
-        left = [a.metadata.name for a in client.list(kube.Agent, namespace=namespace,
-                                                       labels=_labels(selector))
-                if a.metadata is not None and a.metadata.name in names]
+        left = [
+            a.metadata.name
+            for a in client.list(kube.Agent, namespace=namespace, labels=_labels(selector))
+            if a.metadata is not None and a.metadata.name in names
+        ]
         if not left:
             return names
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"Agents {', '.join(str(n) for n in left)} in {namespace} still there after "
                 f"{timeout_s:.0f} s; `kubectl describe agent` shows why (the operator "
-                "deregisters each from the agent service before it lets it go)")
+                "deregisters each from the agent service before it lets it go)"
+            )
         time.sleep(1)
 
 
@@ -68,18 +74,23 @@ def _labels(selector: str) -> Labels:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit status 1 (with the reason) when the Agents do not go in time."""
-    parser = argparse.ArgumentParser(prog="python -m aion.operator.uninstall",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m aion.operator.uninstall",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--selector", required=True, help="labels, as key=value,...")
     parser.add_argument("--timeout-s", type=float, default=240.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        names = delete_agents(lightkube.Client(field_manager=conventions.FIELD_MANAGER),
-                              namespace=args.namespace, selector=args.selector,
-                              timeout_s=args.timeout_s)
+        names = delete_agents(
+            lightkube.Client(field_manager=conventions.FIELD_MANAGER),
+            namespace=args.namespace,
+            selector=args.selector,
+            timeout_s=args.timeout_s,
+        )
     except (TimeoutError, ApiError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -39,8 +39,9 @@ def request_from_pb(msg: router_pb2.DecideRequest) -> decide.Request:
 def routing_to_pb(d: decide.Routing) -> router_pb2.Decision:
     """The Decision message for a routing."""
     return router_pb2.Decision(
-        engine=common_pb2.Engine(route=privacy.route_to_pb(d.route), chosen_by=d.chosen_by,
-                                 reason=d.reason),
+        engine=common_pb2.Engine(
+            route=privacy.route_to_pb(d.route), chosen_by=d.chosen_by, reason=d.reason
+        ),
         provider=d.provider,
         estimated_cost_usd=d.estimated_cost_usd,
     )

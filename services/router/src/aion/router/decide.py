@@ -57,7 +57,9 @@ def effective_privacy(req: Request, tenant_max: privacy.Privacy) -> privacy.Priv
         raise errors.InvalidArgument(
             f"task.options.privacy {req.requested.value} is looser than agent "
             f"'{req.agent}' allows ({req.declared.value}): a task may only narrow its "
-            "agent's privacy", field="task.options.privacy")
+            "agent's privacy",
+            field="task.options.privacy",
+        )
     return privacy.narrow(req.declared, req.requested, tenant_max)
 
 
@@ -74,23 +76,38 @@ def decide(req: Request, pol: policy_mod.Policy) -> Routing:
     tenant_max = pol.tenant(req.tenant).max_privacy
     level = effective_privacy(req, tenant_max)
     if level is privacy.Privacy.LOCAL_ONLY:
-        return Routing(privacy.Route.LOCAL, "policy:privacy",
-                       f"{_why_local(req)}: data stays in the cluster")
+        return Routing(
+            privacy.Route.LOCAL, "policy:privacy", f"{_why_local(req)}: data stays in the cluster"
+        )
     provider = pol.provider
     if provider is None:
-        return Routing(privacy.Route.LOCAL, "policy:no-provider",
-                       f"privacy {level.value} allows an external API, but none is "
-                       "configured: running on the local pool")
+        return Routing(
+            privacy.Route.LOCAL,
+            "policy:no-provider",
+            f"privacy {level.value} allows an external API, but none is "
+            "configured: running on the local pool",
+        )
     api_cost = _estimate_tokens(req.input_chars) / 1000 * provider.usd_per_1k_tokens
     if req.budget_usd is not None and api_cost > req.budget_usd:
-        return Routing(privacy.Route.LOCAL, "budget",
-                       f"the {provider.name} API would cost about ${api_cost:.4f}, over the "
-                       f"task budget of ${req.budget_usd:.4f}: running on the local pool")
+        return Routing(
+            privacy.Route.LOCAL,
+            "budget",
+            f"the {provider.name} API would cost about ${api_cost:.4f}, over the "
+            f"task budget of ${req.budget_usd:.4f}: running on the local pool",
+        )
     if level is privacy.Privacy.HYBRID:
-        return Routing(privacy.Route.HYBRID, "policy:privacy",
-                       f"hybrid: local pool first, {provider.name} on overflow or failure",
-                       provider=provider.name, estimated_cost_usd=api_cost)
-    return Routing(privacy.Route.API, "policy:privacy",
-                   f"agent '{req.agent}' allows external APIs and {provider.name} fits the "
-                   f"budget (about ${api_cost:.4f})",
-                   provider=provider.name, estimated_cost_usd=api_cost)
+        return Routing(
+            privacy.Route.HYBRID,
+            "policy:privacy",
+            f"hybrid: local pool first, {provider.name} on overflow or failure",
+            provider=provider.name,
+            estimated_cost_usd=api_cost,
+        )
+    return Routing(
+        privacy.Route.API,
+        "policy:privacy",
+        f"agent '{req.agent}' allows external APIs and {provider.name} fits the "
+        f"budget (about ${api_cost:.4f})",
+        provider=provider.name,
+        estimated_cost_usd=api_cost,
+    )

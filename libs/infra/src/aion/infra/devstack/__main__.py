@@ -42,8 +42,10 @@ class Progress:
             except ValueError:
                 continue
             if "model" in message:
-                print(f"\r\033[K  executor: {message}" if self._tty
-                      else f"  executor: {message}", flush=True)
+                print(
+                    f"\r\033[K  executor: {message}" if self._tty else f"  executor: {message}",
+                    flush=True,
+                )
 
     def __call__(self, name: str, status: str, elapsed: float) -> None:
         """Called by LocalSuite.wait_ready while ``name`` is not SERVING yet."""
@@ -62,21 +64,32 @@ OPERATOR_LIVENESS_PORT = 8086
 OPERATOR_METRICS_PORT = 9106
 
 
-def start_operator(kubeconfig: Path, *, agent_target: str, log: Path,
-                   tls_env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_operator(
+    kubeconfig: Path, *, agent_target: str, log: Path, tls_env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     """``python -m aion.operator`` on ``kubeconfig``'s cluster, registering with the suite
     (over mTLS, as the ``operator`` identity of ``tls_env``)."""
-    env = {**os.environ, **tls_env, "KUBECONFIG": str(kubeconfig),
-           "AION_OPERATOR_EXECUTOR_IMAGE": os.environ.get("AION_OPERATOR_EXECUTOR_IMAGE",
-                                                           "aion-executor:dev"),
-           "AION_OPERATOR_AGENT_TARGET": agent_target,
-           "AION_OPERATOR_LIVENESS_PORT": str(OPERATOR_LIVENESS_PORT),
-           "AION_OPERATOR_METRICS_PORT": str(OPERATOR_METRICS_PORT),
-           "AION_OPERATOR_LEASE_NAMESPACE": "default"}
+    env = {
+        **os.environ,
+        **tls_env,
+        "KUBECONFIG": str(kubeconfig),
+        "AION_OPERATOR_EXECUTOR_IMAGE": os.environ.get(
+            "AION_OPERATOR_EXECUTOR_IMAGE", "aion-executor:dev"
+        ),
+        "AION_OPERATOR_AGENT_TARGET": agent_target,
+        "AION_OPERATOR_LIVENESS_PORT": str(OPERATOR_LIVENESS_PORT),
+        "AION_OPERATOR_METRICS_PORT": str(OPERATOR_METRICS_PORT),
+        "AION_OPERATOR_LEASE_NAMESPACE": "default",
+    }
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "aion.operator"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "aion.operator"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def operator_healthy(timeout_s: float = 30.0) -> bool:
@@ -85,7 +98,8 @@ def operator_healthy(timeout_s: float = 30.0) -> bool:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{OPERATOR_LIVENESS_PORT}/healthz", timeout=1) as resp:
+                f"http://127.0.0.1:{OPERATOR_LIVENESS_PORT}/healthz", timeout=1
+            ) as resp:
                 if resp.status == 200:
                     return True
         except OSError:
@@ -96,16 +110,25 @@ def operator_healthy(timeout_s: float = 30.0) -> bool:
 
 def main() -> int:
     """Run until SIGINT or SIGTERM; exit non-zero if the suite cannot start."""
-    parser = argparse.ArgumentParser(prog="python -m aion.infra.devstack",
-                                     description="Run the aion suite locally.")
+    parser = argparse.ArgumentParser(
+        prog="python -m aion.infra.devstack", description="Run the aion suite locally."
+    )
     parser.add_argument("--agents", type=Path, default=Path("deploy/examples/demo-agent.yaml"))
     parser.add_argument("--log-dir", type=Path, default=Path(".aion/dev/logs"))
-    parser.add_argument("--kubeconfig", type=Path, default=None,
-                        help="also run the operator against this cluster (make cluster-up's)")
+    parser.add_argument(
+        "--kubeconfig",
+        type=Path,
+        default=None,
+        help="also run the operator against this cluster (make cluster-up's)",
+    )
     args = parser.parse_args()
-    local = suite.LocalSuite(log_dir=args.log_dir, agents_file=args.agents.resolve(),
-                             ports=suite.DEV_PORTS, metrics_ports=suite.DEV_METRICS_PORTS,
-                             health_ports=suite.DEV_HEALTH_PORTS)
+    local = suite.LocalSuite(
+        log_dir=args.log_dir,
+        agents_file=args.agents.resolve(),
+        ports=suite.DEV_PORTS,
+        metrics_ports=suite.DEV_METRICS_PORTS,
+        health_ports=suite.DEV_HEALTH_PORTS,
+    )
     stop = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -128,39 +151,64 @@ def main() -> int:
     operator = None
     if args.kubeconfig is not None:
         operator_log = args.log_dir / "operator.log"
-        operator = start_operator(args.kubeconfig, agent_target=local.services["agent"].target,
-                                  log=operator_log, tls_env=local.tls_env("operator"))
+        operator = start_operator(
+            args.kubeconfig,
+            agent_target=local.services["agent"].target,
+            log=operator_log,
+            tls_env=local.tls_env("operator"),
+        )
         if not operator_healthy():
-            print(f"error: the operator did not start; its log ({operator_log}):\n"
-                  + operator_log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            print(
+                f"error: the operator did not start; its log ({operator_log}):\n"
+                + operator_log.read_text(errors="replace")[-3000:],
+                file=sys.stderr,
+            )
             operator.terminate()
             local.stop()
             return 1
-    print(("\r\033[K" if sys.stdout.isatty() else "")
-          + f"aion is up in {time.monotonic() - started:.1f}s:")
+    print(
+        ("\r\033[K" if sys.stdout.isatty() else "")
+        + f"aion is up in {time.monotonic() - started:.1f}s:"
+    )
     for svc in local.services.values():
-        print(f"  {svc.name:<10} grpc {svc.target:<17} metrics "
-              f"http://127.0.0.1:{svc.metrics_port}/metrics  log {svc.log_path}")
-    print(f"  {'http':<10} {local.gateway_http}/v1 (OpenAI), /a2a/<agent>, /mcp, "
-          "/openapi.json on the gateway")
+        print(
+            f"  {svc.name:<10} grpc {svc.target:<17} metrics "
+            f"http://127.0.0.1:{svc.metrics_port}/metrics  log {svc.log_path}"
+        )
+    print(
+        f"  {'http':<10} {local.gateway_http}/v1 (OpenAI), /a2a/<agent>, /mcp, "
+        "/openapi.json on the gateway"
+    )
     print(f"  {'mtls':<10} internal calls use the CA and certificates in {local.tls_dir}/")
     if operator is not None:
-        print(f"  {'operator':<10} cluster {args.kubeconfig}  liveness "
-              f"http://127.0.0.1:{OPERATOR_LIVENESS_PORT}/healthz  log "
-              f"{args.log_dir / 'operator.log'}")
-        print("\nthe operator reconciles the cluster's Agents: kubectl apply -f "
-              "deploy/examples/agent.yaml; kubectl get agents")
-    print('\ntry:  uv run aionctl stream --agent demo "What is Kubernetes?"\n'
-          "Ctrl-C stops everything.", flush=True)
+        print(
+            f"  {'operator':<10} cluster {args.kubeconfig}  liveness "
+            f"http://127.0.0.1:{OPERATOR_LIVENESS_PORT}/healthz  log "
+            f"{args.log_dir / 'operator.log'}"
+        )
+        print(
+            "\nthe operator reconciles the cluster's Agents: kubectl apply -f "
+            "deploy/examples/agent.yaml; kubectl get agents"
+        )
+    print(
+        '\ntry:  uv run aionctl stream --agent demo "What is Kubernetes?"\n'
+        "Ctrl-C stops everything.",
+        flush=True,
+    )
     while not stop:
         for svc in local.services.values():
             if svc.process is not None and svc.process.poll() is not None:
-                print(f"error: {svc.name} exited ({svc.process.returncode}):\n"
-                      f"{svc.log_tail()}", file=sys.stderr)
+                print(
+                    f"error: {svc.name} exited ({svc.process.returncode}):\n{svc.log_tail()}",
+                    file=sys.stderr,
+                )
                 stop = True
         if operator is not None and operator.poll() is not None:
-            print(f"error: the operator exited ({operator.returncode}); see "
-                  f"{args.log_dir / 'operator.log'}", file=sys.stderr)
+            print(
+                f"error: the operator exited ({operator.returncode}); see "
+                f"{args.log_dir / 'operator.log'}",
+                file=sys.stderr,
+            )
             stop = True
         time.sleep(0.5)
     print("\nstopping...", flush=True)
@@ -172,8 +220,9 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             operator.kill()
     codes = local.stop()
-    print(f"stopped in {time.monotonic() - t0:.1f}s "
-          + " ".join(f"{n}={c}" for n, c in codes.items()))
+    print(
+        f"stopped in {time.monotonic() - t0:.1f}s " + " ".join(f"{n}={c}" for n, c in codes.items())
+    )
     return 0
 
 

@@ -45,18 +45,41 @@ from aion.infra import kafka, minio, postgres
 
 # Start order: what others depend on comes first.
 SERVICES = ("executor", "embedder", "knowledge", "router", "agent", "gateway")
-DEV_PORTS = {"gateway": 50051, "router": 50052, "agent": 50053, "knowledge": 50054,
-             "executor": 50055, "embedder": 50056}
-DEV_HEALTH_PORTS = {"router": 51052, "agent": 51053, "knowledge": 51054, "executor": 51055,
-                    "embedder": 51056}
+DEV_PORTS = {
+    "gateway": 50051,
+    "router": 50052,
+    "agent": 50053,
+    "knowledge": 50054,
+    "executor": 50055,
+    "embedder": 50056,
+}
+DEV_HEALTH_PORTS = {
+    "router": 51052,
+    "agent": 51053,
+    "knowledge": 51054,
+    "executor": 51055,
+    "embedder": 51056,
+}
 DEV_GATEWAY_HTTP_PORT = 8080
-DEV_METRICS_PORTS = {"gateway": 9101, "router": 9102, "agent": 9103, "knowledge": 9104,
-                     "executor": 9105, "embedder": 9106}
+DEV_METRICS_PORTS = {
+    "gateway": 9101,
+    "router": 9102,
+    "agent": 9103,
+    "knowledge": 9104,
+    "executor": 9105,
+    "embedder": 9106,
+}
 # The module a service runs, where it is not its own name.
 MODULES = {"embedder": "executor"}
 # The identity each service's certificate names (aion.core.pki).
-IDENTITIES = {"gateway": "gateway", "router": "router", "agent": "agent",
-              "knowledge": "knowledge", "executor": "executor", "embedder": "executor"}
+IDENTITIES = {
+    "gateway": "gateway",
+    "router": "router",
+    "agent": "agent",
+    "knowledge": "knowledge",
+    "executor": "executor",
+    "embedder": "executor",
+}
 # Every identity a certificate is made for (the operator's for `make dev --kubeconfig`).
 CERTIFIED = ("gateway", "router", "agent", "knowledge", "executor", "operator")
 # The bearer token of the suite's executors' HTTP API (a local suite's, not a secret).
@@ -153,23 +176,39 @@ def health_status(target: str, *, timeout: float = 1.0) -> str:
 class LocalSuite:
     """The five services as child processes of this one."""
 
-    def __init__(self, *, log_dir: Path, agents_file: Path | None = None,
-                 ports: Mapping[str, int] | None = None,
-                 metrics_ports: Mapping[str, int] | None = None, extra_env: Mapping[str, str] = (
-                     types.MappingProxyType({})),
-                 python: str = sys.executable, allow_anonymous: bool = True,
-                 health_ports: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        agents_file: Path | None = None,
+        ports: Mapping[str, int] | None = None,
+        metrics_ports: Mapping[str, int] | None = None,
+        extra_env: Mapping[str, str] = (types.MappingProxyType({})),
+        python: str = sys.executable,
+        allow_anonymous: bool = True,
+        health_ports: Mapping[str, int] | None = None,
+    ) -> None:
         self._log_dir = log_dir
         self._python = python
         grpc_ports = dict(ports) if ports is not None else {n: free_port() for n in SERVICES}
-        http_ports = (dict(metrics_ports) if metrics_ports is not None
-                      else {n: free_port() for n in SERVICES})
-        probe_ports = (dict(health_ports) if health_ports is not None
-                       else {n: free_port() for n in SERVICES if n != "gateway"})
+        http_ports = (
+            dict(metrics_ports) if metrics_ports is not None else {n: free_port() for n in SERVICES}
+        )
+        probe_ports = (
+            dict(health_ports)
+            if health_ports is not None
+            else {n: free_port() for n in SERVICES if n != "gateway"}
+        )
         self.services = {
-            name: ServiceProcess(name, grpc_ports[name], http_ports[name],
-                                 log_dir / f"{name}.log", health_port=probe_ports.get(name))
-            for name in SERVICES}
+            name: ServiceProcess(
+                name,
+                grpc_ports[name],
+                http_ports[name],
+                log_dir / f"{name}.log",
+                health_port=probe_ports.get(name),
+            )
+            for name in SERVICES
+        }
         # The run's CA and a certificate per identity (tests call the internal services
         # with these files).
         self.tls_dir = log_dir / "tls"
@@ -177,8 +216,9 @@ class LocalSuite:
         self.gateway_http_port = DEV_GATEWAY_HTTP_PORT if ports is not None else free_port()
         self._env = self._environment(agents_file, allow_anonymous, extra_env)
 
-    def _environment(self, agents_file: Path | None, allow_anonymous: bool,
-                     extra: Mapping[str, str]) -> dict[str, str]:
+    def _environment(
+        self, agents_file: Path | None, allow_anonymous: bool, extra: Mapping[str, str]
+    ) -> dict[str, str]:
         # ``extra`` first too: the settings derived below (the knowledge service's
         # database and topics follow the agent service's) must follow its overrides.
         env = {**os.environ, **extra}
@@ -191,11 +231,15 @@ class LocalSuite:
             if svc.health_port is not None:
                 env[prefix + "HEALTH_PORT"] = str(svc.health_port)
         s = self.services
-        s["embedder"].env.update({
-            "AION_EXECUTOR_PORT": str(s["embedder"].port),
-            "AION_EXECUTOR_METRICS_PORT": str(s["embedder"].metrics_port),
-            "AION_EXECUTOR_MODEL_TASK": "embed", "AION_EXECUTOR_HTTP_PORT": "0",
-            "AION_EXECUTOR_INSTANCE_ID": "embedder"})
+        s["embedder"].env.update(
+            {
+                "AION_EXECUTOR_PORT": str(s["embedder"].port),
+                "AION_EXECUTOR_METRICS_PORT": str(s["embedder"].metrics_port),
+                "AION_EXECUTOR_MODEL_TASK": "embed",
+                "AION_EXECUTOR_HTTP_PORT": "0",
+                "AION_EXECUTOR_INSTANCE_ID": "embedder",
+            }
+        )
         if s["embedder"].health_port is not None:
             s["embedder"].env["AION_EXECUTOR_HEALTH_PORT"] = str(s["embedder"].health_port)
         env.setdefault("AION_EXECUTOR_HTTP_TOKEN", DEV_EXECUTOR_HTTP_TOKEN)
@@ -209,12 +253,18 @@ class LocalSuite:
         # The agent service's task store and event backbone; extra_env may point
         # them elsewhere (the e2e tests give each suite its database and topics).
         # By default, where `make infra-up` (python -m aion.infra up infra) serves them.
-        env.setdefault("AION_AGENT_POSTGRES_DSN", env.get(
-            "AION_POSTGRES_DSN",
-            f"postgresql://{postgres.SUPERUSER}:{postgres.DEFAULT_PASSWORD}"
-            f"@{postgres.HOST}:{postgres.DEFAULT_PORT}/{postgres.DATABASE}"))
-        env.setdefault("AION_AGENT_KAFKA_BOOTSTRAP",
-                       env.get("AION_KAFKA_BOOTSTRAP", f"{kafka.HOST}:{kafka.DEFAULT_PORT}"))
+        env.setdefault(
+            "AION_AGENT_POSTGRES_DSN",
+            env.get(
+                "AION_POSTGRES_DSN",
+                f"postgresql://{postgres.SUPERUSER}:{postgres.DEFAULT_PASSWORD}"
+                f"@{postgres.HOST}:{postgres.DEFAULT_PORT}/{postgres.DATABASE}",
+            ),
+        )
+        env.setdefault(
+            "AION_AGENT_KAFKA_BOOTSTRAP",
+            env.get("AION_KAFKA_BOOTSTRAP", f"{kafka.HOST}:{kafka.DEFAULT_PORT}"),
+        )
         if agents_file is not None:
             env["AION_AGENT_AGENTS_FILE"] = str(agents_file)
         # The knowledge service: the same database and brokers as the agent service (its
@@ -222,12 +272,18 @@ class LocalSuite:
         env.setdefault("AION_KNOWLEDGE_POSTGRES_DSN", env["AION_AGENT_POSTGRES_DSN"])
         env.setdefault("AION_KNOWLEDGE_KAFKA_BOOTSTRAP", env["AION_AGENT_KAFKA_BOOTSTRAP"])
         env.setdefault("AION_KNOWLEDGE_TOPIC_PREFIX", env.get("AION_AGENT_TOPIC_PREFIX", "aion."))
-        env.setdefault("AION_KNOWLEDGE_MINIO_ENDPOINT",
-                       env.get("AION_MINIO_ENDPOINT", f"{minio.HOST}:{minio.DEFAULT_PORT}"))
-        env.setdefault("AION_KNOWLEDGE_MINIO_ACCESS_KEY",
-                       env.get("AION_MINIO_ACCESS_KEY", minio.DEFAULT_ACCESS_KEY))
-        env.setdefault("AION_KNOWLEDGE_MINIO_SECRET_KEY",
-                       env.get("AION_MINIO_SECRET_KEY", minio.DEFAULT_SECRET_KEY))
+        env.setdefault(
+            "AION_KNOWLEDGE_MINIO_ENDPOINT",
+            env.get("AION_MINIO_ENDPOINT", f"{minio.HOST}:{minio.DEFAULT_PORT}"),
+        )
+        env.setdefault(
+            "AION_KNOWLEDGE_MINIO_ACCESS_KEY",
+            env.get("AION_MINIO_ACCESS_KEY", minio.DEFAULT_ACCESS_KEY),
+        )
+        env.setdefault(
+            "AION_KNOWLEDGE_MINIO_SECRET_KEY",
+            env.get("AION_MINIO_SECRET_KEY", minio.DEFAULT_SECRET_KEY),
+        )
         env.setdefault("AION_KNOWLEDGE_QDRANT_PATH", str(self._log_dir / "qdrant"))
         env["AION_KNOWLEDGE_EXECUTOR_TARGET"] = s["embedder"].target
         env.setdefault("HF_HUB_OFFLINE", "1")
@@ -247,15 +303,20 @@ class LocalSuite:
 
     def tls_env(self, identity: str) -> dict[str, str]:
         """The ``AION_TLS_*`` variables of a process of ``identity`` (files under ``tls_dir``)."""
-        return {"AION_TLS_CA_FILE": str(self.tls_dir / "ca.crt"),
-                "AION_TLS_CERT_FILE": str(self.tls_dir / f"{identity}.crt"),
-                "AION_TLS_KEY_FILE": str(self.tls_dir / f"{identity}.key")}
+        return {
+            "AION_TLS_CA_FILE": str(self.tls_dir / "ca.crt"),
+            "AION_TLS_CERT_FILE": str(self.tls_dir / f"{identity}.crt"),
+            "AION_TLS_KEY_FILE": str(self.tls_dir / f"{identity}.key"),
+        }
 
     def make_certificates(self) -> None:
         """A fresh CA under ``tls_dir`` and a certificate per identity (``start`` does it)."""
         made = subprocess.run(
             [self._python, "-m", "aion.core.mkcerts", str(self.tls_dir), *CERTIFIED],
-            capture_output=True, text=True, check=False)
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if made.returncode != 0:
             raise SuiteError(f"cannot make the suite's certificates: {made.stderr.strip()}")
 
@@ -268,25 +329,33 @@ class LocalSuite:
                 svc.process = subprocess.Popen(
                     [self._python, "-m", f"aion.{svc.module}"],
                     env={**self._env, **self.tls_env(svc.identity), **svc.env},
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    start_new_session=True)
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
 
-    def wait_ready(self, *, timeout: float = 180.0,
-                   on_wait: Callable[[str, str, float], None] | None = None) -> None:
+    def wait_ready(
+        self, *, timeout: float = 180.0, on_wait: Callable[[str, str, float], None] | None = None
+    ) -> None:
         """Block until every service reports SERVING; raise SuiteError with its log if not."""
         deadline = time.monotonic() + timeout
         started = time.monotonic()
         for svc in self.services.values():
             while True:
                 if svc.process is not None and svc.process.poll() is not None:
-                    raise SuiteError(f"{svc.name} exited with {svc.process.returncode}; "
-                                     f"its log ({svc.log_path}):\n{svc.log_tail()}")
+                    raise SuiteError(
+                        f"{svc.name} exited with {svc.process.returncode}; "
+                        f"its log ({svc.log_path}):\n{svc.log_tail()}"
+                    )
                 status = health_status(svc.health_target)
                 if status == "SERVING":
                     break
                 if time.monotonic() > deadline:
-                    raise SuiteError(f"{svc.name} not SERVING after {timeout:g}s ({status}); "
-                                     f"its log ({svc.log_path}):\n{svc.log_tail()}")
+                    raise SuiteError(
+                        f"{svc.name} not SERVING after {timeout:g}s ({status}); "
+                        f"its log ({svc.log_path}):\n{svc.log_tail()}"
+                    )
                 if on_wait is not None:
                     on_wait(svc.name, status, time.monotonic() - started)
                 time.sleep(0.2)
@@ -315,6 +384,10 @@ class LocalSuite:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: types.TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         self.stop()

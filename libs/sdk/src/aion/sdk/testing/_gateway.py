@@ -87,14 +87,25 @@ class FakeGateway:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: types.TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         await self.stop()
 
     # Scripting.
 
-    def fail(self, method: str, code: grpc.StatusCode, message: str, *,
-             field: str | None = None, retry_after_s: float | None = None) -> None:
+    def fail(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field: str | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         """Answer the next call of ``method`` with this status instead (queued: call it
         twice to fail two calls). ``field`` adds a BadRequest detail naming it,
         ``retry_after_s`` a RetryInfo delay."""
@@ -118,23 +129,32 @@ class FakeGateway:
 
     async def _enter(self, method: str, request: Any, context: _Context) -> None:
         metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
-        self.calls.append(_messages.Call(method, request, metadata,
-                                         context.time_remaining(), time.monotonic()))
+        self.calls.append(
+            _messages.Call(method, request, metadata, context.time_remaining(), time.monotonic())
+        )
         if self._failures[method]:
             await context.abort_with_status(self._failures[method].pop(0).status())
 
     async def _check_task(self, spec: tasks_pb2.TaskSpec, context: _Context) -> None:
         if spec.agent not in self.agents:
-            await context.abort_with_status(_messages.Failure(
-                grpc.StatusCode.NOT_FOUND, f"agent '{spec.agent}' not found").status())
+            await context.abort_with_status(
+                _messages.Failure(
+                    grpc.StatusCode.NOT_FOUND, f"agent '{spec.agent}' not found"
+                ).status()
+            )
         if spec.options.HasField("max_tokens") and spec.options.max_tokens <= 0:
-            await context.abort_with_status(_messages.Failure(
-                grpc.StatusCode.INVALID_ARGUMENT, "max_tokens must be positive",
-                field="max_tokens").status())
+            await context.abort_with_status(
+                _messages.Failure(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "max_tokens must be positive",
+                    field="max_tokens",
+                ).status()
+            )
 
     async def _not_found(self, what: str, context: _Context) -> None:
-        await context.abort_with_status(_messages.Failure(
-            grpc.StatusCode.NOT_FOUND, f"{what} not found").status())
+        await context.abort_with_status(
+            _messages.Failure(grpc.StatusCode.NOT_FOUND, f"{what} not found").status()
+        )
 
 
 class _Tasks(tasks_pb2_grpc.TasksServicer):
@@ -143,20 +163,22 @@ class _Tasks(tasks_pb2_grpc.TasksServicer):
     def __init__(self, fake: FakeGateway) -> None:
         self._fake = fake
 
-    async def Submit(self, request: tasks_pb2.SubmitRequest,
-                     context: _Context) -> tasks_pb2.SubmitResponse:
+    async def Submit(
+        self, request: tasks_pb2.SubmitRequest, context: _Context
+    ) -> tasks_pb2.SubmitResponse:
         await self._fake._enter("Submit", request, context)
         await self._fake._check_task(request.task, context)
         if request.asynchronous:
             task_id = self._fake.queued_task_id
-            queued = common_pb2.TaskResult(task_id=task_id, agent=request.task.agent,
-                                           status=common_pb2.TASK_STATUS_QUEUED)
+            queued = common_pb2.TaskResult(
+                task_id=task_id, agent=request.task.agent, status=common_pb2.TASK_STATUS_QUEUED
+            )
             return tasks_pb2.SubmitResponse(task_id=task_id, result=queued)
-        return tasks_pb2.SubmitResponse(task_id=self._fake.result.task_id,
-                                        result=self._fake.result)
+        return tasks_pb2.SubmitResponse(task_id=self._fake.result.task_id, result=self._fake.result)
 
-    async def Stream(self, request: tasks_pb2.StreamRequest,
-                     context: _Context) -> AsyncIterator[tasks_pb2.TaskEvent]:
+    async def Stream(
+        self, request: tasks_pb2.StreamRequest, context: _Context
+    ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         await self._fake._enter("Stream", request, context)
         if request.HasField("task"):
             await self._fake._check_task(request.task, context)
@@ -166,19 +188,24 @@ class _Tasks(tasks_pb2_grpc.TasksServicer):
                 await context.abort_with_status(failure[1].status())
             yield event
 
-    async def Get(self, request: tasks_pb2.GetTaskRequest,
-                  context: _Context) -> common_pb2.TaskResult:
+    async def Get(
+        self, request: tasks_pb2.GetTaskRequest, context: _Context
+    ) -> common_pb2.TaskResult:
         await self._fake._enter("Get", request, context)
         if request.task_id != self._fake.result.task_id:
             await self._fake._not_found(f"task '{request.task_id}'", context)
         return self._fake.result
 
-    async def Cancel(self, request: tasks_pb2.CancelTaskRequest,
-                     context: _Context) -> common_pb2.TaskResult:
+    async def Cancel(
+        self, request: tasks_pb2.CancelTaskRequest, context: _Context
+    ) -> common_pb2.TaskResult:
         await self._fake._enter("Cancel", request, context)
         return _messages.task_result(
-            request.task_id, status=common_pb2.TASK_STATUS_CANCELED, output="",
-            error=common_pb2.TaskError(code="CANCELLED", message="canceled by caller"))
+            request.task_id,
+            status=common_pb2.TASK_STATUS_CANCELED,
+            output="",
+            error=common_pb2.TaskError(code="CANCELLED", message="canceled by caller"),
+        )
 
 
 class _Agents(agents_pb2_grpc.AgentsServicer):
@@ -188,19 +215,20 @@ class _Agents(agents_pb2_grpc.AgentsServicer):
     def __init__(self, fake: FakeGateway) -> None:
         self._fake = fake
 
-    async def List(self, request: agents_pb2.ListAgentsRequest,
-                   context: _Context) -> agents_pb2.ListAgentsResponse:
+    async def List(
+        self, request: agents_pb2.ListAgentsRequest, context: _Context
+    ) -> agents_pb2.ListAgentsResponse:
         await self._fake._enter("ListAgents", request, context)
         return agents_pb2.ListAgentsResponse(agents=list(self._fake.agents.values()))
 
-    async def Get(self, request: agents_pb2.GetAgentRequest,
-                  context: _Context) -> agents_pb2.Agent:
+    async def Get(self, request: agents_pb2.GetAgentRequest, context: _Context) -> agents_pb2.Agent:
         await self._fake._enter("GetAgent", request, context)
         if request.name not in self._fake.agents:
             await self._fake._not_found(f"agent '{request.name}'", context)
         return self._fake.agents[request.name]
 
-    async def Apply(self, request: agents_pb2.ApplyAgentsRequest,
-                    context: _Context) -> agents_pb2.ApplyAgentsResponse:
+    async def Apply(
+        self, request: agents_pb2.ApplyAgentsRequest, context: _Context
+    ) -> agents_pb2.ApplyAgentsResponse:
         await self._fake._enter("ApplyAgents", request, context)
         return agents_pb2.ApplyAgentsResponse()

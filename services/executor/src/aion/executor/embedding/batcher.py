@@ -44,8 +44,15 @@ class _Outcome:
 class EmbedBatcher:
     """Admits embedding requests and batches them onto an ``EmbeddingBackend``."""
 
-    def __init__(self, model: backend.EmbeddingBackend, *, max_batch: int, max_wait_s: float,
-                 max_queue: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        model: backend.EmbeddingBackend,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._model = model
         self._max_batch = max_batch
         self._max_wait_s = max_wait_s
@@ -57,14 +64,18 @@ class EmbedBatcher:
         self._running = 0
         self._meter = stats.Meter(clock=clock, min_retry_s=_MIN_RETRY_S)
         self._worker = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="embed")
+            max_workers=1, thread_name_prefix="embed"
+        )
 
     def snapshot(self) -> stats.Load:
         """The current load."""
-        return self._meter.load(model_ready=self._model.ready,
-                                queue_depth=self._admitted - self._running,
-                                in_flight=self._running, max_queue=self._max_queue,
-                                max_batch=self._max_batch)
+        return self._meter.load(
+            model_ready=self._model.ready,
+            queue_depth=self._admitted - self._running,
+            in_flight=self._running,
+            max_queue=self._max_queue,
+            max_batch=self._max_batch,
+        )
 
     def retry_after_s(self) -> float:
         """How long a refused caller should wait: about one request's latency here now."""
@@ -74,8 +85,7 @@ class EmbedBatcher:
         """Embed ``texts`` in the next batch; raise ``errors.ResourceExhausted`` when full."""
         if self._admitted >= self._max_queue:
             raise self._meter.queue_full(self._max_queue)
-        request = _Request(tuple(texts), asyncio.get_running_loop().create_future(),
-                           self._clock())
+        request = _Request(tuple(texts), asyncio.get_running_loop().create_future(), self._clock())
         self._admitted += 1
         self._waiting.append(request)
         self._arrived.set()
@@ -130,7 +140,8 @@ class EmbedBatcher:
         self._running += len(batch)
         try:
             outcome = await asyncio.get_running_loop().run_in_executor(
-                self._worker, self._embed_blocking, [r.texts for r in batch])
+                self._worker, self._embed_blocking, [r.texts for r in batch]
+            )
         except Exception as exc:
             if isinstance(exc, errors.AionError):
                 error = exc
@@ -165,7 +176,7 @@ class EmbedBatcher:
         accepted: list[tuple[int, int]] = []  # (request, its tokens)
         offset = 0
         for i, texts in enumerate(requests):
-            mine = counts[offset:offset + len(texts)]
+            mine = counts[offset : offset + len(texts)]
             offset += len(texts)
             too_long = next((j for j, n in enumerate(mine) if n > limit), None)
             if too_long is None:
@@ -173,13 +184,15 @@ class EmbedBatcher:
             else:
                 results[i] = errors.InvalidArgument(
                     f"texts[{too_long}] is {mine[too_long]} tokens; the model takes at most "
-                    f"{limit}; split it into shorter texts", field=f"texts[{too_long}]")
+                    f"{limit}; split it into shorter texts",
+                    field=f"texts[{too_long}]",
+                )
         if not accepted:
             return _Outcome(results, 0)
         vectors = self._model.embed([t for i, _ in accepted for t in requests[i]])
         row = 0
         for i, tokens in accepted:
             n = len(requests[i])
-            results[i] = backend.Embedded(vectors[row:row + n], tokens)
+            results[i] = backend.Embedded(vectors[row : row + n], tokens)
             row += n
         return _Outcome(results, sum(tokens for _, tokens in accepted))

@@ -65,11 +65,14 @@ class SentenceTransformerBackend:
         """Import torch, load the folder and warm the model up (blocking)."""
         if self._model is not None:
             return
-        if not (self._path / "modules.json").is_file() and not (
-                self._path / "config.json").is_file():
+        if (
+            not (self._path / "modules.json").is_file()
+            and not (self._path / "config.json").is_file()
+        ):
             raise backend.ModelLoadError(
                 f"cannot load model {self._path}: not a sentence-transformers folder "
-                "(no modules.json or config.json)")
+                "(no modules.json or config.json)"
+            )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         log.info("loading model: importing torch", extra={"path": str(self._path)})
@@ -84,11 +87,12 @@ class SentenceTransformerBackend:
         self._device = "cuda" if cuda and self._wanted != "cpu" else "cpu"
         if self._device == "cpu":
             torch.set_num_threads(self._n_threads)
-        log.info("loading model: reading weights",
-                 extra={"path": str(self._path), "device": self._device})
+        log.info(
+            "loading model: reading weights",
+            extra={"path": str(self._path), "device": self._device},
+        )
         try:
-            model = SentenceTransformer(str(self._path), device=self._device,
-                                        local_files_only=True)
+            model = SentenceTransformer(str(self._path), device=self._device, local_files_only=True)
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise backend.ModelLoadError(f"cannot load model {self._path}: {exc}") from exc
         log.info("loading model: warming up", extra={"path": str(self._path)})
@@ -100,17 +104,22 @@ class SentenceTransformerBackend:
         """How many tokens each text takes, special tokens included."""
         self._loaded()
         with self._lock:  # a tokenizer is not safe to share between threads
-            ids = self._tokenizer(list(texts), add_special_tokens=True, truncation=False,
-                                  return_attention_mask=False)["input_ids"]
+            ids = self._tokenizer(
+                list(texts), add_special_tokens=True, truncation=False, return_attention_mask=False
+            )["input_ids"]
         return [len(i) for i in ids]
 
     def embed(self, texts: Sequence[str]) -> backend.Vectors:
         """Unit-length float32 vectors, one row per text."""
         model = self._loaded()
         with self._lock:
-            vectors = model.encode(list(texts), batch_size=max(len(texts), 1),
-                                   convert_to_numpy=True, normalize_embeddings=True,
-                                   show_progress_bar=False)
+            vectors = model.encode(
+                list(texts),
+                batch_size=max(len(texts), 1),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return np.asarray(vectors, dtype=np.float32)
 
     def close(self) -> None:

@@ -138,8 +138,9 @@ class DecodeLoop:
 
     def _join(self, job: Job) -> None:
         job.seq = self._free.pop()
-        seed = job.params.seed if job.params.seed is not None else random.randint(
-            0, backend.MAX_SEED)
+        seed = (
+            job.params.seed if job.params.seed is not None else random.randint(0, backend.MAX_SEED)
+        )
         job.sampler = gguf_model.Sampler(job.params, seed=seed)
         job.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         job.scanner = stop_sequences.StopScanner(job.params.stop)
@@ -215,8 +216,11 @@ class DecodeLoop:
             text += job.scanner.feed(job.decoder.decode(b"", final=True)) + job.scanner.flush()
         if job.scanner.stopped:
             finish = backend.FinishReason.STOP
-        job.emit(backend.Chunk(text, job.pending, finish=finish,
-                               usage=backend.Usage(len(job.prompt), job.produced)))
+        job.emit(
+            backend.Chunk(
+                text, job.pending, finish=finish, usage=backend.Usage(len(job.prompt), job.produced)
+            )
+        )
         with self._lock:
             self._leave(job)
 
@@ -226,9 +230,12 @@ class DecodeLoop:
             # No room in the KV cache for the prompts: refuse those, keep the others going.
             log.warning("llama_decode found no KV slot", extra={"joining": len(joining)})
             for job in joining:
-                job.emit(errors.ResourceExhausted(
-                    "no room in the model's KV cache for this prompt now; retry later",
-                    retry_after_s=1))
+                job.emit(
+                    errors.ResourceExhausted(
+                        "no room in the model's KV cache for this prompt now; retry later",
+                        retry_after_s=1,
+                    )
+                )
                 with self._lock:
                     self._leave(job)
             return

@@ -53,9 +53,11 @@ def _holding_the_gil(name: str, argtypes: list[Any], restype: Any) -> Any:
 
 
 _sampler_sample = _holding_the_gil(
-    "llama_sampler_sample", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32], ctypes.c_int32)
+    "llama_sampler_sample", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32], ctypes.c_int32
+)
 _vocab_is_eog = _holding_the_gil(
-    "llama_vocab_is_eog", [ctypes.c_void_p, ctypes.c_int32], ctypes.c_bool)
+    "llama_vocab_is_eog", [ctypes.c_void_p, ctypes.c_int32], ctypes.c_bool
+)
 
 
 def _init_backend() -> None:
@@ -74,8 +76,17 @@ def gpu_offload_supported() -> bool:
 class GgufModel:
     """A loaded GGUF model with a multi-sequence context; a context manager."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_seq: int, n_batch: int, n_threads: int,
-                 gpu: bool, progress: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_seq: int,
+        n_batch: int,
+        n_threads: int,
+        gpu: bool,
+        progress: Callable[[float], None] | None = None,
+    ) -> None:
         self.path = path
         self.n_ctx = n_ctx
         self.n_seq = n_seq
@@ -114,7 +125,8 @@ class GgufModel:
             if not ctx:
                 raise backend.ModelLoadError(
                     f"cannot create a context of {self.n_seq} x {self.n_ctx} tokens for "
-                    f"{self.path}; lower AION_EXECUTOR_MAX_STREAMS or AION_EXECUTOR_N_CTX")
+                    f"{self.path}; lower AION_EXECUTOR_MAX_STREAMS or AION_EXECUTOR_N_CTX"
+                )
         except BaseException:
             llama_cpp.llama_model_free(model)
             raise
@@ -133,7 +145,8 @@ class GgufModel:
         if magic != b"GGUF":
             raise backend.ModelLoadError(
                 f"cannot load model {self.path}: not a GGUF file (it starts with {magic!r}); "
-                "llama.cpp loads .gguf models")
+                "llama.cpp loads .gguf models"
+            )
 
     def _progress_callback(self) -> Any:
         report = self._progress
@@ -171,20 +184,23 @@ class GgufModel:
         return llama_chat_format.Jinja2ChatFormatter(
             template=template.decode("utf-8"),
             eos_token=_special_text(vocab, llama_cpp.llama_vocab_eos(vocab)),
-            bos_token=_special_text(vocab, llama_cpp.llama_vocab_bos(vocab)))
+            bos_token=_special_text(vocab, llama_cpp.llama_vocab_bos(vocab)),
+        )
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         """The tokens of ``text``."""
         data = text.encode("utf-8")
         size = len(data) + 16
         buf = (llama_cpp.llama_token * size)()
-        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_special,
-                                     parse_special)
+        n = llama_cpp.llama_tokenize(
+            self.vocab, data, len(data), buf, size, add_special, parse_special
+        )
         if n < 0:
             size = -n
             buf = (llama_cpp.llama_token * size)()
-            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, size, add_special,
-                                         parse_special)
+            n = llama_cpp.llama_tokenize(
+                self.vocab, data, len(data), buf, size, add_special, parse_special
+            )
         return list(buf[:n])
 
     def encode_chat(self, messages: Sequence[backend.ChatMessage]) -> list[int]:
@@ -192,16 +208,18 @@ class GgufModel:
         if self._formatter is None:
             raise errors.InvalidArgument(
                 f"model {self.path.name} has no chat template; send a raw prompt instead",
-                field="messages")
+                field="messages",
+            )
         try:
             rendered = self._formatter(messages=[_template_message(m) for m in messages])
         except Exception as exc:
             # Templates may refuse conversations (roles out of order, for one).
             raise errors.InvalidArgument(
-                f"the model's chat template rejects these messages: {exc}",
-                field="messages") from exc
-        return self.tokenize(rendered.prompt, add_special=not rendered.added_special,
-                             parse_special=True)
+                f"the model's chat template rejects these messages: {exc}", field="messages"
+            ) from exc
+        return self.tokenize(
+            rendered.prompt, add_special=not rendered.added_special, parse_special=True
+        )
 
     @functools.lru_cache(maxsize=65536)  # noqa: B019 - one model per process, kept for life
     def piece(self, token: int) -> bytes:
@@ -229,8 +247,12 @@ class GgufModel:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: types.TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         self.close()
 
 
@@ -238,16 +260,17 @@ class Sampler:
     """One sequence's sampler chain: greedy at temperature 0, else temperature, top-p, seed."""
 
     def __init__(self, params: backend.SamplingParams, *, seed: int) -> None:
-        chain = llama_cpp.llama_sampler_chain_init(
-            llama_cpp.llama_sampler_chain_default_params())
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         if params.temperature <= 0:
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
         else:
             llama_cpp.llama_sampler_chain_add(
-                chain, llama_cpp.llama_sampler_init_temp(params.temperature))
+                chain, llama_cpp.llama_sampler_init_temp(params.temperature)
+            )
             if params.top_p < 1:
                 llama_cpp.llama_sampler_chain_add(
-                    chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+                    chain, llama_cpp.llama_sampler_init_top_p(params.top_p, 1)
+                )
             llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_dist(seed))
         self._chain: Any = chain
 
@@ -302,7 +325,7 @@ def _special_text(vocab: Any, token: int) -> str:
         return ""
     buf = ctypes.create_string_buffer(64)
     n = llama_cpp.llama_token_to_piece(vocab, token, buf, 64, 0, True)
-    return buf.raw[:max(n, 0)].decode("utf-8", errors="replace")
+    return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
 
 
 def _template_message(m: backend.ChatMessage) -> llama_types.ChatCompletionRequestMessage:
@@ -310,5 +333,6 @@ def _template_message(m: backend.ChatMessage) -> llama_types.ChatCompletionReque
         return llama_types.ChatCompletionRequestSystemMessage(role="system", content=m.content)
     if m.role == "assistant":
         return llama_types.ChatCompletionRequestAssistantMessage(
-            role="assistant", content=m.content)
+            role="assistant", content=m.content
+        )
     return llama_types.ChatCompletionRequestUserMessage(role="user", content=m.content)

@@ -26,16 +26,32 @@ log = logging.getLogger(__name__)
 class LlamaBackend:
     """A ``backend.GenerationBackend`` over llama.cpp; a context manager."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_threads: int, max_streams: int = 1,
-                 n_batch: int = 512, device: str = "auto") -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        max_streams: int = 1,
+        n_batch: int = 512,
+        device: str = "auto",
+    ) -> None:
         gpu = gguf_model.gpu_offload_supported()
         if device == "cuda" and not gpu:
-            log.warning("device cuda was asked for, but this llama.cpp build has no GPU "
-                        "support; running on the CPU")
+            log.warning(
+                "device cuda was asked for, but this llama.cpp build has no GPU "
+                "support; running on the CPU"
+            )
         self._gpu = gpu and device != "cpu"
         self._model = gguf_model.GgufModel(
-            path, n_ctx=n_ctx, n_seq=max_streams, n_batch=max(n_batch, 32),
-            n_threads=n_threads, gpu=self._gpu, progress=self._log_progress)
+            path,
+            n_ctx=n_ctx,
+            n_seq=max_streams,
+            n_batch=max(n_batch, 32),
+            n_threads=n_threads,
+            gpu=self._gpu,
+            progress=self._log_progress,
+        )
         self._loop = decode_loop.DecodeLoop(self._model)
         self._reported = -1
         self._closed = False
@@ -76,8 +92,11 @@ class LlamaBackend:
         quarter = int(fraction * 4)
         if quarter > self._reported:
             self._reported = quarter
-            log.info("loading model: %d%%", quarter * 25,
-                     extra={"path": str(self._model.path), "progress": quarter * 25})
+            log.info(
+                "loading model: %d%%",
+                quarter * 25,
+                extra={"path": str(self._model.path), "progress": quarter * 25},
+            )
 
     def encode_chat(self, messages: Sequence[backend.ChatMessage]) -> backend.Prompt:
         """Render ``messages`` with the model's chat template and tokenize the result."""
@@ -87,11 +106,13 @@ class LlamaBackend:
     def encode_text(self, text: str) -> backend.Prompt:
         """Tokenize raw text (with the model's start token, if it uses one)."""
         self._loaded()
-        return backend.Prompt(tuple(
-            self._model.tokenize(text, add_special=True, parse_special=False)))
+        return backend.Prompt(
+            tuple(self._model.tokenize(text, add_special=True, parse_special=False))
+        )
 
-    async def stream(self, prompt: backend.Prompt,
-                     params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
+    async def stream(
+        self, prompt: backend.Prompt, params: backend.SamplingParams
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Join the running batch and yield this stream's chunks; closing leaves the batch."""
         self._loaded()
         loop = asyncio.get_running_loop()
@@ -127,8 +148,12 @@ class LlamaBackend:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: types.TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
         self.close()
 
     def _loaded(self) -> None:

@@ -23,8 +23,13 @@ _MIN_RETRY_S = 1.0
 class Scheduler:
     """Admits, queues and runs generations on a backend, and keeps the load figures."""
 
-    def __init__(self, model: backend.GenerationBackend, *, max_queue: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        model: backend.GenerationBackend,
+        *,
+        max_queue: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._model = model
         self._max_queue = max_queue
         self._clock = clock
@@ -35,10 +40,13 @@ class Scheduler:
 
     def snapshot(self) -> stats.Load:
         """The current load."""
-        return self._meter.load(model_ready=self._model.ready,
-                                queue_depth=self._admitted - self._running,
-                                in_flight=self._running, max_queue=self._max_queue,
-                                max_batch=self._model.max_streams)
+        return self._meter.load(
+            model_ready=self._model.ready,
+            queue_depth=self._admitted - self._running,
+            in_flight=self._running,
+            max_queue=self._max_queue,
+            max_batch=self._model.max_streams,
+        )
 
     def retry_after_s(self) -> float:
         """How long a refused caller should wait: about one request's latency here now."""
@@ -56,8 +64,9 @@ class Scheduler:
         finally:
             self._admitted -= 1
 
-    async def generate(self, prompt: backend.Prompt,
-                       params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
+    async def generate(
+        self, prompt: backend.Prompt, params: backend.SamplingParams
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Admit the request (or raise ``errors.ResourceExhausted``), wait for a slot, stream.
 
         Closing the iterator, or cancelling its consumer, stops the generation
@@ -68,8 +77,9 @@ class Scheduler:
                 async for chunk in chunks:
                     yield chunk
 
-    async def admitted(self, prompt: backend.Prompt,
-                       params: backend.SamplingParams) -> AsyncGenerator[backend.Chunk, None]:
+    async def admitted(
+        self, prompt: backend.Prompt, params: backend.SamplingParams
+    ) -> AsyncGenerator[backend.Chunk, None]:
         """Wait for a slot and stream, for a request that holds its place (``admit``)."""
         started = self._clock()
         async with self._slots:

@@ -33,8 +33,8 @@ class StopScanner:
             self._held = ""
             return buffer[:cut]
         keep = self._partial_stop_length(buffer)
-        self._held = buffer[len(buffer) - keep:]
-        return buffer[:len(buffer) - keep]
+        self._held = buffer[len(buffer) - keep :]
+        return buffer[: len(buffer) - keep]
 
     def flush(self) -> str:
         """The text still held back, at the end of the stream (no stop sequence completed)."""

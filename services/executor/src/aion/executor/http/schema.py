@@ -66,8 +66,9 @@ class _Sampling(_Body):
     def check_n(self) -> None:
         """One choice per request."""
         if self.n != 1:
-            raise errors.InvalidArgument(f"n is {self.n}; this executor returns one choice",
-                                         field="n")
+            raise errors.InvalidArgument(
+                f"n is {self.n}; this executor returns one choice", field="n"
+            )
 
 
 class ChatCompletionRequest(_Sampling):
@@ -78,8 +79,11 @@ class ChatCompletionRequest(_Sampling):
 
     def limit(self) -> int | None:
         """``max_completion_tokens``, or the older ``max_tokens``."""
-        return self.max_completion_tokens if self.max_completion_tokens is not None \
+        return (
+            self.max_completion_tokens
+            if self.max_completion_tokens is not None
             else self.max_tokens
+        )
 
 
 class CompletionRequest(_Sampling):
@@ -93,7 +97,8 @@ class CompletionRequest(_Sampling):
             return self.prompt
         if len(self.prompt) != 1:
             raise errors.InvalidArgument(
-                f"prompt holds {len(self.prompt)} prompts; send one per request", field="prompt")
+                f"prompt holds {len(self.prompt)} prompts; send one per request", field="prompt"
+            )
         return self.prompt[0]
 
 
