@@ -31,7 +31,8 @@ dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, run the five services
 
 test: setup lint typecheck layers protos-check infra-build images pytest ## everything CI checks
 
-lint: ## ruff
+lint: ## ruff: the formatter (check only; `uv run ruff format .` applies it) and the linter
+	$(UV) run --no-sync ruff format --check .
 	$(UV) run --no-sync ruff check .
 
 typecheck: ## mypy --strict
