@@ -8,8 +8,9 @@ that answers grpc.health.v1.Health and refuses everything else with
 UNAUTHENTICATED. Without ``tls`` (the gateway's public port) it serves
 plaintext with reflection, as before.
 
-Open it with ``async with GrpcServer(...)``; register servicers with ``add``
-before entering. Health starts SERVING unless ``ready=False`` (the executor
+Open it with ``async with GrpcServer(...)`` (``GrpcServer.serving(name, cfg, ...)``
+takes the address and shutdown timings from a service's settings); register
+servicers with ``add`` before entering. Health starts SERVING unless ``ready=False`` (the executor
 flips it once its model is loaded). ``shutdown`` flips every service to
 NOT_SERVING first, keeps serving ``drain_delay_s`` so load balancers notice,
 then stops accepting and lets in-flight calls finish within ``grace_s``.
@@ -27,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from aion.core import authz, interceptors
+from aion.core import authz, interceptors, settings
 from aion.core import tls as tls_mod
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,30 @@ class GrpcServer:
         self._services: list[str] = []
         self._port: int | None = None
         self._stopped = False
+
+    @classmethod
+    def serving(
+        cls,
+        name: str,
+        cfg: settings.ServiceSettings,
+        *,
+        tls: tls_mod.Tls | None = None,
+        allow: authz.Allow | None = None,
+        health_port: int | None = None,
+        extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> GrpcServer:
+        """A server on ``cfg``'s host and port that drains as ``cfg`` says."""
+        return cls(
+            name=name,
+            host=cfg.host,
+            port=cfg.port,
+            grace_s=cfg.grace_s,
+            drain_delay_s=cfg.drain_delay_s,
+            tls=tls,
+            allow=allow,
+            health_port=health_port,
+            extra_interceptors=extra_interceptors,
+        )
 
     def add(
         self, register: Callable[[Any, grpc.aio.Server], None], servicer: Any, service_name: str

@@ -11,6 +11,7 @@ from aion.agent import (
     agent_loop,
     backends,
     db,
+    events,
     outbox,
     peers,
     provider,
@@ -63,24 +64,8 @@ async def run(
     hand running tasks back. ``on_ready`` gets the gRPC address once it serves."""
     topics = await startup.prepare(cfg)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(
-            db.pool(
-                cfg.postgres_dsn.get_secret_value(),
-                min_size=cfg.pool_min_size,
-                max_size=cfg.pool_max_size,
-                timeout=cfg.pool_timeout_s,
-            )
-        )
-        agents = registry.PostgresRegistry(
-            pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ()
-        )
-        if cfg.agents_file is not None:
-            await registry.register_file(
-                agents,
-                cfg.agents_file,
-                tenant=cfg.agents_tenant,
-                executor_target=cfg.executor_target,
-            )
+        pool = await stack.enter_async_context(_pool(cfg))
+        agents = await _registry(cfg, pool)
         publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
         tasks = store.TaskStore(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
@@ -103,16 +88,13 @@ async def run(
         task_runner = runner.Runner(
             tasks=tasks, agents=agents, loop=loop, worker_id=cfg.worker_id, limits=_limits(cfg)
         )
-        grpc_server = server.GrpcServer(
-            name="agent",
-            host=cfg.host,
-            port=cfg.port,
-            grace_s=cfg.grace_s,
-            drain_delay_s=cfg.drain_delay_s,
-            extra_interceptors=[db.UnavailableInterceptor()],
+        grpc_server = server.GrpcServer.serving(
+            "agent",
+            cfg,
             tls=material,
             allow=ALLOW,
             health_port=cfg.health_port,
+            extra_interceptors=[db.UnavailableInterceptor()],
         )
         grpc_server.add(
             agent_pb2_grpc.add_AgentServiceServicer_to_server,
@@ -125,15 +107,7 @@ async def run(
             run=task_runner,
             publisher=publisher,
             grace_s=cfg.grace_s,
-            recovery=recovery.Recovery(
-                pool=pool,
-                topics=topics,
-                interval_s=cfg.reaper_interval_s,
-                task_retention_s=cfg.task_retention_s,
-                processed_event_retention_s=cfg.processed_event_retention_s,
-                retention_interval_s=cfg.retention_interval_s,
-                on_commit=publisher.wake,
-            ),
+            recovery=_recovery(cfg, pool, topics, publisher),
             consumer=work_queue.consumer(
                 run=task_runner,
                 pool=pool,
@@ -151,6 +125,44 @@ async def run(
                 await (until if until is not None else lifecycle.wait_for_signal())
                 # Streams drain with the server while running tasks get the same grace.
                 await background.shutdown(grpc_server.shutdown())
+
+
+def _pool(cfg: agent_settings.AgentSettings) -> contextlib.AbstractAsyncContextManager[db.Pool]:
+    return db.pool(
+        cfg.postgres_dsn.get_secret_value(),
+        min_size=cfg.pool_min_size,
+        max_size=cfg.pool_max_size,
+        timeout=cfg.pool_timeout_s,
+    )
+
+
+async def _registry(cfg: agent_settings.AgentSettings, pool: db.Pool) -> registry.PostgresRegistry:
+    """The agent registry, with the agents of ``cfg.agents_file`` registered (dev)."""
+    agents = registry.PostgresRegistry(
+        pool, default_endpoints=(cfg.executor_target,) if cfg.executor_target else ()
+    )
+    if cfg.agents_file is not None:
+        await registry.register_file(
+            agents, cfg.agents_file, tenant=cfg.agents_tenant, executor_target=cfg.executor_target
+        )
+    return agents
+
+
+def _recovery(
+    cfg: agent_settings.AgentSettings,
+    pool: db.Pool,
+    topics: events.Topics,
+    publisher: outbox.Publisher,
+) -> recovery.Recovery:
+    return recovery.Recovery(
+        pool=pool,
+        topics=topics,
+        interval_s=cfg.reaper_interval_s,
+        task_retention_s=cfg.task_retention_s,
+        processed_event_retention_s=cfg.processed_event_retention_s,
+        retention_interval_s=cfg.retention_interval_s,
+        on_commit=publisher.wake,
+    )
 
 
 def _provider(cfg: agent_settings.AgentSettings, base_url: str) -> provider.Provider:

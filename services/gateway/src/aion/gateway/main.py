@@ -62,13 +62,9 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         guard, store = await stack.enter_async_context(edge.guard(cfg))
         tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
         agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
-        grpc_server = server.GrpcServer(
-            name="gateway",
-            host=cfg.host,
-            port=cfg.port,
-            grace_s=cfg.grace_s,
-            drain_delay_s=cfg.drain_delay_s,
-        )
+        # The public port: plaintext here (TLS ends at the ingress), callers authenticated
+        # by API key or JWT in ``guard``.
+        grpc_server = server.GrpcServer.serving("gateway", cfg)
         grpc_server.add(
             tasks_pb2_grpc.add_TasksServicer_to_server,
             tasks,

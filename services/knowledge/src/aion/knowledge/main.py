@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.core import authz, channels, lifecycle, metrics, server, settings, telemetry, tls
@@ -52,13 +54,7 @@ async def run(
     dsn = cfg.postgres_dsn.get_secret_value()
     await db.migrate(dsn)
     await queue.ensure_topic(cfg.kafka_bootstrap, cfg.topic, cfg.topic_partitions, cfg)
-    store = objects.ObjectStore.connect(
-        cfg.minio_endpoint,
-        access_key=cfg.minio_access_key,
-        secret_key=cfg.minio_secret_key.get_secret_value(),
-        bucket=cfg.minio_bucket,
-        secure=cfg.minio_secure,
-    )
+    store = _object_store(cfg)
     await store.ensure_bucket()
     chunker = chunking.Chunker(
         cfg.tokenizer_path, size=cfg.chunk_tokens, overlap=cfg.chunk_overlap_tokens
@@ -71,14 +67,7 @@ async def run(
         channel = await stack.enter_async_context(
             channels.connect(cfg.executor_target, tls=material, peer="executor")
         )
-        embed = embedder.Embedder(
-            channel,
-            model=cfg.embedding_model,
-            dimensions=cfg.embedding_dimensions,
-            batch=cfg.embed_batch,
-            concurrency=cfg.embed_concurrency,
-            timeout_s=cfg.embed_timeout_s,
-        )
+        embed = _embedder(channel, cfg)
         publisher = queue.Publisher(cfg.kafka_bootstrap, cfg.topic, cfg)
         await publisher.start()
         stack.push_async_callback(publisher.stop)
@@ -86,54 +75,82 @@ async def run(
             pool=pool, store=store, index=index, embed=embed, chunker=chunker, cfg=cfg
         )
         reaper = indexer.Reaper(pool=pool, publish=publisher.publish, cfg=cfg)
-        background = [asyncio.ensure_future(reaper.run())] + [
-            asyncio.ensure_future(
-                queue.Worker(
-                    name=f"{cfg.worker_id}-{i}",
-                    bootstrap=cfg.kafka_bootstrap,
-                    topic=cfg.topic,
-                    group=cfg.group,
-                    handle=work.handle,
-                    security=cfg,
-                ).run()
-            )
-            for i in range(cfg.workers)
-        ]
-        try:
-            grpc_server = server.GrpcServer(
-                name="knowledge",
-                host=cfg.host,
-                port=cfg.port,
-                grace_s=cfg.grace_s,
-                drain_delay_s=cfg.drain_delay_s,
-                tls=material,
-                allow=ALLOW,
-                health_port=cfg.health_port,
-            )
-            grpc_server.add(
-                knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
-                servicer.KnowledgeServicer(
-                    pool=pool,
-                    store=store,
-                    index=index,
-                    embed=embed,
-                    chunker=chunker,
-                    publish=publisher.publish,
-                    cfg=cfg,
-                ),
-                SERVICE,
-            )
-            with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
-                async with grpc_server:
-                    log.info("knowledge service ready", extra={"worker": cfg.worker_id})
-                    if on_ready is not None:
-                        on_ready(grpc_server.address)
-                    await (until if until is not None else lifecycle.wait_for_signal())
-                    await grpc_server.shutdown()
-        finally:
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+        # Indexing stops after the server has drained, before the publisher and the pool.
+        await stack.enter_async_context(_indexing(cfg, work, reaper))
+        grpc_server = server.GrpcServer.serving(
+            "knowledge", cfg, tls=material, allow=ALLOW, health_port=cfg.health_port
+        )
+        grpc_server.add(
+            knowledge_pb2_grpc.add_KnowledgeServiceServicer_to_server,
+            servicer.KnowledgeServicer(
+                pool=pool,
+                store=store,
+                index=index,
+                embed=embed,
+                chunker=chunker,
+                publish=publisher.publish,
+                cfg=cfg,
+            ),
+            SERVICE,
+        )
+        with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
+            async with grpc_server:
+                log.info("knowledge service ready", extra={"worker": cfg.worker_id})
+                if on_ready is not None:
+                    on_ready(grpc_server.address)
+                await (until if until is not None else lifecycle.wait_for_signal())
+                await grpc_server.shutdown()
+
+
+def _object_store(cfg: knowledge_settings.KnowledgeSettings) -> objects.ObjectStore:
+    return objects.ObjectStore.connect(
+        cfg.minio_endpoint,
+        access_key=cfg.minio_access_key,
+        secret_key=cfg.minio_secret_key.get_secret_value(),
+        bucket=cfg.minio_bucket,
+        secure=cfg.minio_secure,
+    )
+
+
+def _embedder(
+    channel: grpc.aio.Channel, cfg: knowledge_settings.KnowledgeSettings
+) -> embedder.Embedder:
+    return embedder.Embedder(
+        channel,
+        model=cfg.embedding_model,
+        dimensions=cfg.embedding_dimensions,
+        batch=cfg.embed_batch,
+        concurrency=cfg.embed_concurrency,
+        timeout_s=cfg.embed_timeout_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _indexing(
+    cfg: knowledge_settings.KnowledgeSettings, work: indexer.Indexer, reaper: indexer.Reaper
+) -> AsyncIterator[None]:
+    """The background of indexing, as named tasks: the reaper, which re-queues versions
+    whose worker was lost, and ``cfg.workers`` consumers of the ingest topic. Cancelled
+    and awaited on exit."""
+    consumers = {
+        f"knowledge-worker-{i}": queue.Worker(
+            name=f"{cfg.worker_id}-{i}",
+            bootstrap=cfg.kafka_bootstrap,
+            topic=cfg.topic,
+            group=cfg.group,
+            handle=work.handle,
+            security=cfg,
+        ).run()
+        for i in range(cfg.workers)
+    }
+    coros = {"knowledge-reaper": reaper.run(), **consumers}
+    tasks = [asyncio.create_task(coro, name=name) for name, coro in coros.items()]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def main() -> None:

@@ -17,15 +17,8 @@ ALLOW = authz.methods(SERVICE, {"Decide": {"gateway"}})
 async def run(cfg: router_settings.RouterSettings, material: tls.Tls) -> None:
     """Serve until SIGTERM or SIGINT, then drain."""
     policies = policy.PolicySource(cfg.policy_file)
-    grpc_server = server.GrpcServer(
-        name="router",
-        host=cfg.host,
-        port=cfg.port,
-        grace_s=cfg.grace_s,
-        drain_delay_s=cfg.drain_delay_s,
-        tls=material,
-        allow=ALLOW,
-        health_port=cfg.health_port,
+    grpc_server = server.GrpcServer.serving(
+        "router", cfg, tls=material, allow=ALLOW, health_port=cfg.health_port
     )
     grpc_server.add(
         router_pb2_grpc.add_RouterServicer_to_server, servicer.RouterServicer(policies), SERVICE
