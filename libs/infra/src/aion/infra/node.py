@@ -425,6 +425,11 @@ class RealNodes:
             # Image GC off: imported images (pause, probe) cannot be pulled again.
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
+            # Imported images count as preloaded only until the kubelet pulls the same
+            # image id under another name (the registry test pushes the probe): its pull
+            # records (KEP-2535) then make it re-verify IfNotPresent pods of the imported
+            # name by pulling it, which cannot work. There are no pull secrets here.
+            "imagePullCredentialsVerificationPolicy": "NeverVerify",
             # Absolute floors: the nodes share one disk with everything else on
             # this machine, and under disk pressure the kubelet taints its node.
             "evictionHard": {
