@@ -132,16 +132,18 @@ async def test_an_upload_whose_version_cannot_be_recorded_leaves_no_original(
         "CREATE TRIGGER lim_refuse BEFORE INSERT ON kb_versions FOR EACH ROW "
         f"WHEN (NEW.tenant IN ('{kept}', '{lost}')) EXECUTE FUNCTION lim_refuse()"
     )
-    with psycopg.connect(knowledge_dsn, autocommit=True) as conn:
-        conn.execute(fail)
+    # Asynchronously: the trigger waits for the lock on kb_versions, which the service,
+    # on this event loop, holds while it indexes the first version.
+    async with await psycopg.AsyncConnection.connect(knowledge_dsn, autocommit=True) as conn:
+        await conn.execute(fail)
     try:
         for tenant, fields in ((lost, {}), (kept, {"title": "a new version, same bytes"})):
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await service.stub.Ingest(_ingest(tenant, **fields), timeout=60)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
     finally:
-        with psycopg.connect(knowledge_dsn, autocommit=True) as conn:
-            conn.execute("DROP TRIGGER lim_refuse ON kb_versions")
+        async with await psycopg.AsyncConnection.connect(knowledge_dsn, autocommit=True) as conn:
+            await conn.execute("DROP TRIGGER lim_refuse ON kb_versions")
 
     def originals(tenant: str) -> list[str]:
         return [
