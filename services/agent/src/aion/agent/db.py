@@ -4,8 +4,7 @@ outage mapping are ``aion.core.db``'s."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
+import functools
 
 from aion.core import db
 
@@ -20,23 +19,5 @@ async def migrate(dsn: str) -> list[str]:
     return await db.migrate(dsn, "aion.agent")
 
 
-@contextlib.asynccontextmanager
-async def pool(
-    dsn: str,
-    *,
-    min_size: int = 1,
-    max_size: int = 10,
-    open_timeout: float = 30.0,
-    timeout: float = 5.0,
-) -> AsyncIterator[Pool]:
-    """An open, checked pool (see ``aion.core.db.pool``)."""
-    async with db.pool(
-        dsn,
-        name="agent",
-        autocommit=False,
-        min_size=min_size,
-        max_size=max_size,
-        open_timeout=open_timeout,
-        timeout=timeout,
-    ) as p:
-        yield p
+# An open, checked pool (``aion.core.db.pool``) named after this service.
+pool = functools.partial(db.pool, name="agent", autocommit=False)
