@@ -40,6 +40,7 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
             seed=opts.get("seed"),
             timeout_s=float(opts.get("timeout_s", 300.0)),
             asynchronous=r["asynchronous"],
+            budget_usd=opts.get("budget_usd"),
         ),
         decision=model.Decision(
             route=_route(d.get("route", "local")),

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from aion.agent import agent_loop, model, registry, store
+from aion.agent import agent_loop, budget, model, registry, store
 from aion.core import errors
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,11 @@ class Runner:
             raise errors.InvalidArgument(
                 f"temperature must be between 0 and 2, got {spec.temperature}",
                 field="task.options.temperature",
+            )
+        if spec.budget_usd is not None and not spec.budget_usd >= 0:  # NaN too
+            raise errors.InvalidArgument(
+                f"budget_usd must be at least 0, got {spec.budget_usd}",
+                field="task.options.budget_usd",
             )
 
     # -- starting -------------------------------------------------------------------
@@ -278,6 +283,7 @@ class Runner:
             timeout_s=max(0.05, task.remaining_s),
             task_id=task.id,
             attempt=task.attempts,
+            spend=budget.for_task(task, agent),
         )
         status: model.Status | None = None
         error: model.TaskError | None = None

@@ -90,6 +90,7 @@ class TaskStore:
             "temperature": spec.temperature,
             "seed": spec.seed,
             "timeout_s": spec.timeout_s,
+            "budget_usd": spec.budget_usd,
         }
         params = {
             "id": uuid.uuid4(),
