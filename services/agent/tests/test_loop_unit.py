@@ -398,3 +398,27 @@ def test_the_budget_is_the_tasks_else_its_agents() -> None:
     assert (own.limit_usd, own.spent_usd) == (1.0, 0.25)
     assert budget.for_task(task(None), agent(budget_usd_per_task=2.0)).limit_usd == 2.0
     assert budget.for_task(task(None), agent()).limit_usd is None
+
+
+async def test_an_agent_called_as_a_tool_draws_on_its_callers_budget() -> None:
+    def reply(call: model.ModelCall) -> list[str]:
+        if any(c == "the main task" for _, c in call.messages):
+            return calls_then_answers("agent_other", {"input": "sub task"})(call)
+        return _long(call)
+
+    api = FakeBackend("api-model", reply, price=0.001)
+    spend = budget.Spend(tenant="t", limit_usd=0.2)
+    req = dataclasses.replace(request("the main task", route=privacy.Route.API), spend=spend)
+    sink = RecordingSink()
+    with pytest.raises(budget.Exhausted):
+        await loop_with(
+            local=FakeBackend("local-model", echo),
+            api=api,
+            agents=FakeAgents(agent(name="other", privacy=privacy.Privacy.ALLOW_API)),
+        ).run(agent(tools=("agent:other",), privacy=privacy.Privacy.ALLOW_API), req, sink)
+    asked, tool = sink.steps  # the caller's model step, then its failed tool step
+    assert (tool.kind, tool.name) == ("tool", "agent_other")
+    assert "budget" in (tool.error or "")
+    # The callee stopped when the caller's spend and its own reached the one budget.
+    assert 0.2 <= spend.spent_usd < 0.2 + 0.001
+    assert spend.spent_usd > asked.cost_usd
