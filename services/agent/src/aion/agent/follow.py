@@ -42,6 +42,7 @@ class Followers:
         self._followers: dict[str, int] = {}  # task id -> streams following it here
         self._live: dict[str, list[model.Event]] = {}  # task id -> its run's events here
         self._rewinds: dict[str, tuple[int, int]] = {}  # task id -> (rewinds, to seq)
+        self._ended: dict[str, model.TaskRecord] = {}  # task id -> as a run here ended it
 
     def changed(self, task_id: str) -> None:
         """A change of the task committed (here or on another replica): wake its followers."""
@@ -59,14 +60,32 @@ class Followers:
         self._live.setdefault(task_id, []).append(event)
         self.changed(task_id)
 
-    def end(self, task_id: str, *, stored: int | None = None) -> None:
-        """The run here stopped handing out events. With ``stored`` (the last event it
-        stored), it stopped short of storing them all: rewind its followers to there."""
+    def end(
+        self,
+        task_id: str,
+        *,
+        stored: int | None = None,
+        ended: model.TaskRecord | None = None,
+    ) -> None:
+        """The run here stopped handing out events. With ``ended`` (the task as its final
+        event left it, stored), its followers here get that event and the record without
+        reading them back. With ``stored`` (the last event it stored), it stopped short of
+        storing them all: its followers are rewound to there."""
         live = self._live.pop(task_id, [])
-        if stored is not None and live and live[-1].seq > stored:
+        if ended is not None and task_id in self._followers:
+            kind = (
+                model.EventKind.DONE if ended.status is model.Status.OK else model.EventKind.ERROR
+            )
+            self._live[task_id] = [*live, model.Event(seq=ended.seq, kind=kind)]
+            self._ended[task_id] = ended  # until its last follower here leaves
+        elif stored is not None and live and live[-1].seq > stored:
             times, _ = self._rewinds.get(task_id, (0, 0))
             self._rewinds[task_id] = (times + 1, stored)
         self.changed(task_id)
+
+    def ended(self, task_id: str) -> model.TaskRecord | None:
+        """The task as a run here ended it, while it is followed here; else None."""
+        return self._ended.get(task_id)
 
     def _from_live(self, task_id: str, sent: int) -> list[model.Event] | None:
         """The live events after ``sent``; None unless they follow on from it."""
@@ -106,6 +125,8 @@ class Followers:
             else:  # nobody here follows it now (its writes may come from another replica)
                 self._signals.pop(task_id, None)
                 self._rewinds.pop(task_id, None)
+                if self._ended.pop(task_id, None) is not None:
+                    self._live.pop(task_id, None)
 
 
 async def listen(conninfo: str, followers: Followers, *, retry_s: float = 1.0) -> None:

@@ -54,6 +54,7 @@ class RunLog:
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._closed = False  # the followers were told the run ended
 
     async def add(self, kind: model.EventKind, *, text: str = "", step: int = 0) -> None:
         """A token (appended to the output) or a partial (replacing it)."""
@@ -126,7 +127,10 @@ class RunLog:
                 logged=self._pending,
             )
             self._pending = []
-            self._stored = self._seq + 1
+            self._stored = ended.seq
+            # Before anything else runs: the followers here take the end from memory.
+            self._followers.end(self._task.id, ended=ended)
+            self._closed = True
         return ended
 
     async def close(self) -> None:
@@ -134,4 +138,6 @@ class RunLog:
         never stored are rewound to the last stored one."""
         self._stop_timer()
         async with self._lock:  # a flush in flight lands (or fails) first
-            self._followers.end(self._task.id, stored=self._stored)
+            if not self._closed:
+                self._followers.end(self._task.id, stored=self._stored)
+                self._closed = True

@@ -142,12 +142,9 @@ class Runner:
             max_attempts=self._limits.max_attempts,
             tenant_cap=self._limits.max_running_per_tenant,
         )
-        if created and worker_id is not None:
-            claimed = await self._tasks.claim(task.id, worker_id=worker_id)
-            if claimed is not None:
-                self._launch(claimed, agent)
-                self._started[claimed.id] = claimed
-                return claimed
+        if created and worker_id is not None:  # claimed as it was created
+            self._launch(task, agent)
+            self._started[task.id] = task
         return task
 
     async def wait_for_room(self) -> None:

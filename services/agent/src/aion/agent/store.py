@@ -106,9 +106,10 @@ class TaskStore:
         max_attempts: int,
         tenant_cap: int | None = None,
     ) -> tuple[model.TaskRecord, bool]:
-        """A new QUEUED task (reserved by ``worker_id`` when given, else published to the
-        work topic), or the existing one for the same idempotency key (then False).
-        With ``tenant_cap``, a reserved task is refused (ResourceExhausted, nothing
+        """A new task, or the existing one for the same idempotency key (then False).
+        With ``worker_id`` it is claimed by that worker in the same transaction (RUNNING,
+        its STARTED event written); else it is QUEUED and published to the work topic.
+        With ``tenant_cap``, a claimed task is refused (ResourceExhausted, nothing
         written) when the tenant already runs that many tasks."""
         options = {
             "max_tokens": spec.max_tokens,
@@ -170,7 +171,11 @@ class TaskStore:
             await rows.state_changed(conn, self._topics, task)
             if worker_id is None:
                 await rows.queued(conn, self._topics, task)
-        self._on_commit()
+            else:
+                claimed = await self._claim(conn, task.id, worker_id)
+                assert claimed is not None, "a task reserved in this transaction is claimable"
+                task = claimed
+        self.committed(task.id)
         return task, True
 
     async def mark_ready(self, task_id: str, queue: str, *, conn: Conn) -> bool:
@@ -228,20 +233,6 @@ class TaskStore:
         else:
             self._on_commit()  # queued tasks found late or canceled were ended
         return task
-
-    async def claim(
-        self, task_id: str, *, worker_id: str, conn: Conn | None = None
-    ) -> model.TaskRecord | None:
-        """QUEUED -> RUNNING for ``worker_id``; None when the task is not there to take
-        (another worker has it, it ended, or it was reserved by someone else). A
-        queued task past its deadline or asked to cancel is ended instead. With
-        ``conn``, runs in that connection's transaction (the caller commits)."""
-        if conn is not None:
-            return await self._claim(conn, task_id, worker_id)
-        async with self._pool.connection() as own, own.transaction():
-            claimed = await self._claim(own, task_id, worker_id)
-        self.committed(task_id)
-        return claimed
 
     def committed(self, task_id: str) -> None:
         """Tell this process's publisher and followers that a change of the task committed."""
@@ -447,6 +438,11 @@ class TaskStore:
         """Replay the task's stored events, then follow new ones until the final event
         (``follow``: live from a run here, woken by notifications from any replica)."""
         return self._followers.follow(task.id, after=after, poll_s=poll_s)
+
+    async def ended(self, task: model.TaskRecord) -> model.TaskRecord:
+        """The task as it is now that a follower saw its final event: as the run here
+        ended it when it ran here, else read."""
+        return self._followers.ended(task.id) or await self.get(task.spec.tenant, task.id)
 
     @property
     def followers(self) -> Followers:
