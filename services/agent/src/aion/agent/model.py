@@ -174,6 +174,7 @@ class TaskRecord:
     error: TaskError | None = None
     created_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
+    seq: int = 0  # the number of its last stored event, when read
 
     @property
     def remaining_s(self) -> float:
