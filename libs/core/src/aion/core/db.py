@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
 from typing import Any
@@ -64,6 +66,30 @@ async def migrate(dsn: str, package: str) -> list[str]:
     return applied
 
 
+class _Recent:
+    """The pool's check, skipped for a connection given back less than ``within_s`` ago.
+
+    A check is a round trip on every checkout, as long as a short transaction's own; a
+    connection that worked a moment ago is as good as checked. Were Postgres restarted in
+    that moment, the next query on it fails (UNAVAILABLE, retriable) and the pool drops it.
+    """
+
+    def __init__(self, within_s: float = 1.0) -> None:
+        self._within_s = within_s
+        self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """The pool got ``conn`` back, idle and working."""
+        self._returned[conn] = time.monotonic()
+
+    async def check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Raise unless ``conn`` works: checked by a round trip unless just given back."""
+        returned = self._returned.pop(conn, None)
+        if returned is not None and time.monotonic() - returned < self._within_s:
+            return
+        await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+
+
 @contextlib.asynccontextmanager
 async def pool(
     dsn: str,
@@ -76,8 +102,10 @@ async def pool(
     timeout: float = 5.0,
 ) -> AsyncIterator[Pool]:
     """An open pool whose connections are checked before use, so a restarted Postgres costs
-    one failed check instead of a failed query. A caller waits at most ``timeout`` for a
-    connection (then ``PoolTimeout``, which :func:`reachable` makes UNAVAILABLE)."""
+    one failed check instead of a failed query (except a connection given back within the
+    last second, see ``_Recent``). A caller waits at most ``timeout`` for a connection
+    (then ``PoolTimeout``, which :func:`reachable` makes UNAVAILABLE)."""
+    recent = _Recent()
     p: Pool = psycopg_pool.AsyncConnectionPool(
         dsn,
         min_size=min_size,
@@ -87,7 +115,8 @@ async def pool(
         timeout=timeout,
         connection_class=psycopg.AsyncConnection[rows.DictRow],
         kwargs={"row_factory": rows.dict_row, "autocommit": autocommit},
-        check=psycopg_pool.AsyncConnectionPool.check_connection,
+        check=recent.check,
+        reset=recent.reset,
         reconnect_timeout=3600.0,
     )
     try:
