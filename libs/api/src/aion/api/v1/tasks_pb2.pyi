@@ -197,7 +197,10 @@ Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
 
 @_typing.final
 class TaskStarted(_message.Message):
-    """The task has started running with this decision."""
+    """The task has started running with this decision. A task whose worker was lost runs
+    again on another: a later `started` event begins the new attempt, and the tokens
+    after it are that attempt's (a client showing the output starts it over).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
