@@ -52,7 +52,8 @@ class RunLog:
         self._written = len(task.output)  # the output's length when last stored
         self._rewrite = False  # the output was replaced (a partial): store it next time
         self._lock = asyncio.Lock()
-        self._timer: asyncio.Task[None] | None = None
+        self._timer: asyncio.Task[None] | None = None  # while it waits to flush
+        self._flushing: set[asyncio.Task[None]] = set()  # timers, held until they end
         self._failed: BaseException | None = None
         self._closed = False  # the followers were told the run ended
 
@@ -72,6 +73,8 @@ class RunLog:
             await self.flush()
         elif self._timer is None:
             self._timer = asyncio.create_task(self._flush_later())
+            self._flushing.add(self._timer)
+            self._timer.add_done_callback(self._flushing.discard)
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self._flush_s)

@@ -1,0 +1,144 @@
+"""A run's log batches its writes: by size, by time, at step ends and at the end.
+
+The store is a fake that records each write; the followers are the real ones, so the
+events they hand out are checked against what was stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+import pytest
+
+from aion.agent import follow, model, run_log
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.writes: list[tuple[list[int], str | None, int | None]] = []
+        self.finished: list[tuple[list[int], str]] = []
+        self.fail: BaseException | None = None
+        self.followers = follow.Followers(self._read)
+
+    async def _read(self, task_id: str, after: int) -> list[model.Event]:
+        return []
+
+    async def write(
+        self,
+        task: model.TaskRecord,
+        logged: list[model.Event],
+        *,
+        output: str | None = None,
+        step: model.StepRecord | None = None,
+    ) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.writes.append(([e.seq for e in logged], output, step.step if step else None))
+
+    async def finish(
+        self,
+        task: model.TaskRecord,
+        status: model.Status,
+        *,
+        output: str,
+        error: model.TaskError | None,
+        latency_ms: int,
+        logged: list[model.Event],
+    ) -> model.TaskRecord:
+        self.finished.append(([e.seq for e in logged], output))
+        seq = (logged[-1].seq if logged else task.seq) + 1
+        return model.TaskRecord(
+            id=task.id,
+            spec=task.spec,
+            decision=task.decision,
+            model_name=task.model_name,
+            status=status,
+            output=output,
+            seq=seq,
+        )
+
+
+def _task() -> model.TaskRecord:
+    return model.TaskRecord(
+        id="t1",
+        spec=model.TaskSpec(tenant="acme", agent="echo", input="hi"),
+        decision=model.Decision(),
+        model_name="m",
+        status=model.Status.RUNNING,
+        attempts=1,
+        worker_id="w",
+        seq=1,  # its STARTED event
+    )
+
+
+def _log(store: FakeStore, **kwargs: Any) -> run_log.RunLog:
+    return run_log.RunLog(cast(Any, store), _task(), **kwargs)
+
+
+async def test_tokens_are_stored_in_batches_of_max_events_and_the_rest_at_the_end() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=60, max_events=64)
+    for i in range(150):
+        await events.add(model.EventKind.TOKEN, text=f"w{i} ")
+    assert [seqs[0] for seqs, _, _ in store.writes] == [2, 66]
+    assert [len(seqs) for seqs, _, _ in store.writes] == [64, 64]
+    ended = await events.finish(model.Status.OK, error=None, latency_ms=1)
+    assert store.finished[0][0] == list(range(130, 152))  # the last 22, with the end
+    assert store.finished[0][1] == "".join(f"w{i} " for i in range(150))
+    assert ended.seq == 152
+    await events.close()
+
+
+async def test_a_lone_token_is_stored_after_flush_s() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=0.05, max_events=64)
+    await events.add(model.EventKind.TOKEN, text="a")
+    await events.add(model.EventKind.TOKEN, text="b")
+    assert store.writes == []
+    await asyncio.sleep(0.2)
+    assert store.writes == [([2, 3], "ab", None)]
+
+
+async def test_a_step_end_stores_what_waits_with_the_step_and_the_whole_output() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=60)
+    await events.add(model.EventKind.TOKEN, text="x")
+    await events.step(model.StepRecord(step=1, kind="model"))
+    assert store.writes == [([2], "x", 1)]
+
+
+async def test_the_output_is_rewritten_only_when_it_has_doubled() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=60, max_events=1)  # a write per token
+    for _ in range(16):
+        await events.add(model.EventKind.TOKEN, text="ab")
+    written = [len(out) for _, out, _ in store.writes if out is not None]
+    assert written == [2, 4, 8, 16, 32]  # log2 rewrites, not one per token
+    assert len(store.writes) == 16
+
+
+async def test_followers_get_each_event_before_it_is_stored() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=60)
+    stream = store.followers.follow("t1", after=1, poll_s=60)
+    await events.add(model.EventKind.TOKEN, text="a")
+    got = await asyncio.wait_for(anext(stream), 5)
+    assert (got.seq, got.text) == (2, "a")
+    assert store.writes == []
+    await events.finish(model.Status.OK, error=None, latency_ms=1)
+    final = await asyncio.wait_for(anext(stream), 5)
+    assert (final.seq, final.kind) == (3, model.EventKind.DONE)
+    assert store.followers.ended("t1") is not None  # the record, without a read
+    await events.close()
+    await cast(Any, stream).aclose()
+
+
+async def test_a_failed_timed_write_stops_the_run_at_its_next_event() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=0.01)
+    store.fail = model.LeaseLost("t1")
+    await events.add(model.EventKind.TOKEN, text="a")
+    await asyncio.sleep(0.1)
+    with pytest.raises(model.LeaseLost):
+        await events.add(model.EventKind.TOKEN, text="b")
