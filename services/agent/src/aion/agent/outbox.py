@@ -8,18 +8,21 @@ pipelined: it reads and sends the next batch while the batches before it are
 still being acknowledged (up to ``depth`` batches in flight), and deletes a
 batch only once every row of it was acked, oldest batch first. One publisher
 at a time works: it holds a session-level advisory lock on one pooled
-connection for as long as it publishes (until the outbox is empty), so rows of
+connection for as long as it publishes (until the outbox is empty; the lock
+also excludes a publisher that takes the same key per transaction), so rows of
 one task reach their partition in the order they were written.
 
 Each read after the first takes the rows after the last one in flight, and
-counts in the same statement the rows at or below it: more than are in flight
-means a transaction committed a lower id late. That batch is then not sent;
-the publisher lets what is in flight settle and reads again from the lowest
-id, so a row is never sent before an earlier-committed row of its task. A
-crash (or a failed send) between the send and the delete sends those rows
-again, from the oldest one not deleted: consumers skip them by envelope id.
-When ``run`` is cancelled, the batches in flight stay with the publisher and
-``drain`` first awaits their acks and deletes their rows.
+counts in the same statement the rows at or below it: a count other than the
+rows in flight means a transaction committed a lower id late. That batch is
+then not sent; the publisher lets what is in flight settle and reads again
+from the lowest id, so a row is never sent before an earlier-committed row of
+its task. A crash (or a failed send) between the send and the delete sends
+those rows again, from the oldest one not deleted: consumers skip them by
+envelope id (after a failed send, rows sent after it that did reach the broker
+come before the copies, as within one batch). When ``run`` is cancelled, the
+batches in flight stay with the publisher (its connection, and so its lock,
+is closed) and ``drain`` first awaits their acks and deletes their rows.
 
 The publisher exports its backlog (sampled every ``sample_s``), the lag of
 each row from commit to Kafka ack, and its publish counts (``metrics``).
