@@ -2,11 +2,27 @@
 
 ``add`` inserts an event into ``outbox`` on the caller's connection, inside
 the caller's transaction: if the change rolls back, so does its event.
-``Publisher`` moves rows to Kafka in id order with an idempotent producer
-and deletes them in the same transaction that read them. A transaction-level
-advisory lock lets one publisher at a time work, so rows of one task reach
-their partition in the order they were written. A crash between the send and
-the delete sends those rows again: consumers skip them by envelope id.
+
+``Publisher`` moves rows to Kafka in id order with an idempotent producer,
+pipelined: it reads and sends the next batch while the batches before it are
+still being acknowledged (up to ``depth`` batches in flight), and deletes a
+batch only once every row of it was acked, oldest batch first. One publisher
+at a time works: it holds a session-level advisory lock on one pooled
+connection for as long as it publishes (until the outbox is empty; the lock
+also excludes a publisher that takes the same key per transaction), so rows of
+one task reach their partition in the order they were written.
+
+Each read after the first takes the rows after the last one in flight, and
+counts in the same statement the rows at or below it: a count other than the
+rows in flight means a transaction committed a lower id late. That batch is
+then not sent; the publisher lets what is in flight settle and reads again
+from the lowest id, so a row is never sent before an earlier-committed row of
+its task. A crash (or a failed send) between the send and the delete sends
+those rows again, from the oldest one not deleted: consumers skip them by
+envelope id (after a failed send, rows sent after it that did reach the broker
+come before the copies, as within one batch). When ``run`` is cancelled, the
+batches in flight stay with the publisher (its connection, and so its lock,
+is closed) and ``drain`` first awaits their acks and deletes their rows.
 
 The publisher exports its backlog (sampled every ``sample_s``), the lag of
 each row from commit to Kafka ack, and its publish counts (``metrics``).
@@ -15,8 +31,9 @@ each row from commit to Kafka ack, and its publish counts (``metrics``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import datetime
+import dataclasses
 import json
 import logging
 import time
@@ -24,6 +41,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
+from psycopg import rows as pg_rows
 from psycopg.types import json as pg_json
 
 from aion.agent import db, events, kafka, metrics
@@ -32,8 +50,17 @@ from aion.core import kafka as core_kafka
 
 log = logging.getLogger(__name__)
 
-# pg_try_advisory_xact_lock key: "aion" "outbox" as two int32s.
+# The advisory lock's key: "aion" "outbox" as two int32s.
 LOCK = (0x61696F6E, 0x6F757462)
+
+# The next rows after ``after``, and how many rows are at or below it (in one snapshot).
+# The headers come as JSON text, decoded for the whole batch at once.
+_READ = (
+    "SELECT id, topic, key, payload, headers::text,"
+    " extract(epoch FROM created_at)::float8,"
+    " (SELECT count(*) FROM outbox WHERE id <= %(after)s)"
+    " FROM outbox WHERE id > %(after)s ORDER BY id LIMIT %(n)s"
+)
 
 
 async def add(conn: psycopg.AsyncConnection[Any], *, topic: str, env: events_pb2.Envelope) -> None:
@@ -50,6 +77,22 @@ async def add(conn: psycopg.AsyncConnection[Any], *, topic: str, env: events_pb2
     )
 
 
+@dataclasses.dataclass(slots=True)
+class _Batch:
+    """Rows sent and not yet deleted: their ids (ascending), commit times (epoch seconds)
+    and the producer's futures of their acks."""
+
+    ids: list[int]
+    created: list[float]
+    acks: list[asyncio.Future[Any]]
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    """An ack nobody awaits any more (abandoned after a failure) logs no stray error."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 class Publisher:
     """Moves outbox rows to Kafka until cancelled."""
 
@@ -59,6 +102,7 @@ class Publisher:
         pool: db.Pool,
         bootstrap: str,
         batch: int = 1000,
+        depth: int = 4,
         poll_s: float = 0.2,
         sample_s: float = 5.0,
         make_producer: Callable[[str, core_kafka.KafkaSettings | None], Any] = (kafka.producer),
@@ -67,13 +111,17 @@ class Publisher:
         self._pool = pool
         self._bootstrap = bootstrap
         self._batch = batch
+        self._depth = max(1, depth)
         self._poll_s = poll_s
         self._sample_s = sample_s
         self._sampled = -sample_s
+        self._sampling = False
         self._make_producer = make_producer
         self._security = security
         self._producer: Any = None
         self._wake = asyncio.Event()
+        # Sent and not deleted, oldest first; kept when a publish is cancelled.
+        self._inflight: collections.deque[_Batch] = collections.deque()
         self.published = 0
 
     def wake(self) -> None:
@@ -83,13 +131,14 @@ class Publisher:
     async def run(self) -> None:
         """Publish until cancelled; a broker or database outage is waited out."""
         backoff = 0.2
+        self._sampling = True
         try:
             while True:
+                self._wake.clear()
                 try:
-                    sent = await self.publish_once()
+                    await self.publish()
                     backoff = 0.2
-                    if time.monotonic() - self._sampled >= self._sample_s:
-                        await self.sample()
+                    await self._sample_if_due()
                 except (kafka.KafkaError, OSError, psycopg.Error) as exc:
                     metrics.OUTBOX_PUBLISH_FAILURES.labels(type(exc).__name__).inc()
                     log.warning(
@@ -102,12 +151,10 @@ class Publisher:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
-                if sent >= self._batch:
-                    continue
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_s)
         finally:
+            self._sampling = False
             await self._drop_producer()
 
     async def _ensure_producer(self) -> Any:
@@ -127,6 +174,10 @@ class Publisher:
         for topic in topics:
             await producer.partitions_for(topic)
 
+    async def _sample_if_due(self) -> None:
+        if self._sampling and time.monotonic() - self._sampled >= self._sample_s:
+            await self.sample()
+
     async def sample(self) -> int:
         """Measure the backlog (rows and the oldest one's age) for the metrics; returns
         the rows waiting."""
@@ -144,15 +195,16 @@ class Publisher:
 
     async def drain(self, timeout_s: float) -> int:
         """Publish what is committed, for at most ``timeout_s`` (shutdown calls this after
-        ``run`` has stopped). Returns the rows left in the outbox, which the next replica
-        publishes; a broker or database still out is retried until the time is up."""
+        ``run`` has stopped): the batches ``run`` left in flight are awaited and deleted
+        first. Returns the rows left in the outbox, which the next replica publishes; a
+        broker or database still out is retried until the time is up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
                 while True:
                     try:
-                        if await self.publish_once() == 0:
+                        if await self.publish() == 0:
                             break  # empty, or another replica holds the lock and publishes
                     except (kafka.KafkaError, OSError, psycopg.Error) as exc:
                         metrics.OUTBOX_PUBLISH_FAILURES.labels(type(exc).__name__).inc()
@@ -179,44 +231,107 @@ class Publisher:
         p, self._producer = self._producer, None
         if p is not None:
             try:
-                await p.stop()
+                await p.stop()  # flushes: what is in flight is acked or fails
             except Exception as exc:
                 log.debug("stopping the producer failed: %s", exc)
 
-    async def publish_once(self) -> int:
-        """Publish up to one batch; returns how many rows went out."""
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS mine", LOCK)
-            row = await cur.fetchone()
+    async def publish(self) -> int:
+        """Publish until the outbox is empty, pipelined; returns how many rows were acked
+        and deleted (0 also when another publisher holds the lock)."""
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s) AS mine", LOCK)
+                row = await cur.fetchone()
             if row is None or not row["mine"]:
                 return 0  # another replica publishes now
-            cur = await conn.execute(
-                "SELECT id, topic, key, payload, headers, created_at FROM outbox"
-                " ORDER BY id LIMIT %s",
-                (self._batch,),
-            )
+            try:
+                published = await self._pipeline(conn)
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_unlock(%s, %s)", LOCK)
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    self._abandon()  # sent again from the oldest row not deleted
+                # The lock ends with the session; the pool discards a closed connection.
+                await conn.close()
+                raise
+        return published
+
+    async def _pipeline(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Keep up to ``depth`` batches in flight, deleting the oldest once it is acked,
+        until a read finds nothing new and nothing is in flight."""
+        published = 0
+        while True:
+            if len(self._inflight) < self._depth:
+                rows = await self._read(conn)
+                if rows is None:  # a lower id committed late: settle, then read it first
+                    while self._inflight:
+                        published += await self._retire(conn)
+                    continue
+                if rows:
+                    await self._send(rows)
+                    if len(rows) == self._batch:
+                        continue  # more are waiting: fill the pipeline
+            if not self._inflight:
+                return published
+            published += await self._retire(conn)
+            await self._sample_if_due()
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]] | None:
+        """The next batch after the rows in flight; None when a row at or below the last
+        one in flight is not in flight (it committed after a later id was read)."""
+        after = self._inflight[-1].ids[-1] if self._inflight else 0
+        async with conn.transaction():
+            cur = conn.cursor(binary=True, row_factory=pg_rows.tuple_row)
+            await cur.execute(_READ, {"after": after, "n": self._batch})
             rows = await cur.fetchall()
-            if not rows:
-                return 0
-            producer = await self._ensure_producer()
-            futures = []
-            for r in rows:
-                headers = (
-                    r["headers"] if isinstance(r["headers"], dict) else json.loads(r["headers"])
-                )
-                futures.append(
+        if rows and rows[0][6] != sum(len(b.ids) for b in self._inflight):
+            return None
+        return rows
+
+    async def _send(self, rows: list[tuple[Any, ...]]) -> None:
+        """Hand ``rows`` to the producer in order; the ones handed over are in flight."""
+        producer = await self._ensure_producer()
+        # Rows written together share their headers (the trace, the type): each distinct
+        # set is decoded once.
+        headers: dict[str, list[tuple[str, bytes]]] = {}
+        for text in {r[4] for r in rows}:
+            headers[text] = events.to_kafka_headers(json.loads(text))
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for _, topic, key, payload, text, _, _ in rows:
+                acks.append(
                     await producer.send(
-                        r["topic"],
-                        value=bytes(r["payload"]),
-                        key=r["key"].encode(),
-                        headers=events.to_kafka_headers(headers),
+                        topic, value=payload, key=key.encode(), headers=headers[text]
                     )
                 )
-            await asyncio.gather(*futures)
-            acked = datetime.datetime.now(datetime.UTC)
-            await conn.execute("DELETE FROM outbox WHERE id = ANY(%s)", ([r["id"] for r in rows],))
-        self.published += len(rows)
-        metrics.OUTBOX_PUBLISHED.inc(len(rows))
-        for r in rows:
-            metrics.OUTBOX_LAG.observe(max(0.0, (acked - r["created_at"]).total_seconds()))
-        return len(rows)
+        finally:
+            if acks:
+                sent = rows[: len(acks)]
+                self._inflight.append(_Batch([r[0] for r in sent], [r[5] for r in sent], acks))
+
+    async def _retire(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        """Await the oldest batch's acks (a cancelled wait leaves it in flight, its sends
+        untouched), then delete its rows."""
+        oldest = self._inflight[0]
+        for ack in oldest.acks:
+            if not ack.done():
+                await asyncio.wait((ack,))
+            ack.result()  # the send's error, if it failed
+        acked = time.time()
+        async with conn.transaction():
+            await conn.execute(  # the ids as one array literal: cheaper than a list's dump
+                "DELETE FROM outbox WHERE id = ANY(%s::int8[])",
+                ("{" + ",".join(map(str, oldest.ids)) + "}",),
+            )
+        self._inflight.popleft()
+        self.published += len(oldest.ids)
+        metrics.OUTBOX_PUBLISHED.inc(len(oldest.ids))
+        for created in oldest.created:
+            metrics.OUTBOX_LAG.observe(max(0.0, acked - created))
+        return len(oldest.ids)
+
+    def _abandon(self) -> None:
+        """Forget the batches in flight after a failure: their rows stay in the outbox."""
+        while self._inflight:
+            for ack in self._inflight.popleft().acks:
+                ack.add_done_callback(_retrieved)
