@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, Self
 
 from aion.agent import kafka, outbox, recovery, runner
+from aion.agent import load_feed as load_feed_mod
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class Worker:
         consumer: kafka.IdempotentConsumer,
         queue: str,
         grace_s: float,
+        load_feed: load_feed_mod.LoadFeed | None = None,
     ) -> None:
+        self._load_feed = load_feed
         self._runner = run
         self._recovery = recovery
         self._publisher = publisher
@@ -68,6 +71,8 @@ class Worker:
             "work-queue": self._consumer.run(),
             "dispatcher": self._runner.dispatch(self._queue),
         }
+        if self._load_feed is not None:
+            background["executor-load"] = self._load_feed.run()
         for name, coro in background.items():
             self.tasks[name] = group.create_task(coro, name=f"agent.{name}")
 
