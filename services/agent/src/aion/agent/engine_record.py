@@ -1,10 +1,10 @@
 """Rewrites a task's engine when the route choice changed who served it.
 
-The task row keeps the router's decision (``decision``) and the model it
-meant (``model``) from the start. When ``placement`` spills a call to the
-external API (or the pool failed and the API served), this rewrites
-``chosen_by``, ``reason`` and ``model``, so the task's result says who served
-it and why; the route (``hybrid``) stays the router's.
+The task row keeps the router's decision (``decision``) and the agent's model
+(``model``) from the start. When the external API serves a call, this rewrites
+``model`` (the provider's), and, when ``placement`` spilled the call to it or
+the pool failed before answering, ``chosen_by`` and ``reason``, so the task's
+result says who served it and why; the route stays the router's.
 """
 
 from __future__ import annotations
@@ -20,10 +20,14 @@ class EngineRecorder:
     def __init__(self, pool: db.Pool) -> None:
         self._pool = pool
 
-    async def __call__(self, task_id: str, *, chosen_by: str, reason: str, model: str) -> None:
-        """Record that ``model`` served ``task_id``, chosen by ``chosen_by`` for ``reason``."""
+    async def __call__(
+        self, task_id: str, *, chosen_by: str | None, reason: str | None, model: str
+    ) -> None:
+        """Record that ``model`` served ``task_id``, and (when given) that ``chosen_by``
+        chose it for ``reason``."""
+        why = {k: v for k, v in (("chosen_by", chosen_by), ("reason", reason)) if v is not None}
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE tasks SET decision = decision || %s, model = %s WHERE id = %s",
-                (pg_json.Jsonb({"chosen_by": chosen_by, "reason": reason}), model, task_id),
+                (pg_json.Jsonb(why), model, task_id),
             )

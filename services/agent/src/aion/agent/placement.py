@@ -15,9 +15,9 @@ per model call:
   the provider, as before.
 
 The SLA is the task's ``sla_ms`` when it has one, else the Agent's
-``p95TargetMs``. When the provider serves a task the router meant for the pool
-first, ``Recorder`` rewrites the task's engine (chosen_by, reason, model) so
-its result names who served it and why.
+``p95TargetMs``. When the provider serves a call, ``Recorder`` rewrites the
+task's engine so its result names the model that served it, and, when the
+router meant the pool first, why (chosen_by, reason).
 """
 
 from __future__ import annotations
@@ -37,8 +37,11 @@ _POLL_S = 0.05  # how often a call waiting for room looks again
 class Recorder(Protocol):
     """Rewrites a task's engine once the provider served it."""
 
-    def __call__(self, task_id: str, *, chosen_by: str, reason: str, model: str) -> Awaitable[None]:
-        """Record that ``model`` served ``task_id``, chosen by ``chosen_by`` for ``reason``."""
+    def __call__(
+        self, task_id: str, *, chosen_by: str | None, reason: str | None, model: str
+    ) -> Awaitable[None]:
+        """Record that ``model`` served ``task_id`` (chosen by ``chosen_by`` for ``reason``,
+        when given; else the router's stand)."""
         ...
 
 
@@ -159,8 +162,12 @@ class Placement:
     async def served(
         self, task_id: str, plan: agent_loop.Plan, *, by: str, model_name: str
     ) -> None:
-        """Record who served a call when it was not the route's own first choice."""
-        if (by == plan.order[0] and not plan.chosen_by) or by != "api" or not task_id:
+        """Record who served a call, when the API did: its model, and why when that was
+        not the router's own choice (a spill, or the pool's failure)."""
+        if by != "api" or not task_id:
+            return
+        if plan.order[0] == "api" and not plan.chosen_by:  # the router chose the API
+            await self._record(task_id, chosen_by=None, reason=None, model=model_name)
             return
         chosen_by = plan.chosen_by or "fallback"
         reason = plan.reason or "the executor pool failed before its first token; the API served"
