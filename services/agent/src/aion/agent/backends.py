@@ -62,6 +62,10 @@ class ApiBackend:
         """The provider's model."""
         return self._api.model
 
+    def observed(self, latency_ms: float) -> None:
+        """Count a served call's latency in the recent p95."""
+        self._latencies.append(latency_ms)
+
     def p95_ms(self) -> float | None:
         """The p95 latency of its recent calls; None before it has served two."""
         if len(self._latencies) < 2:
@@ -102,7 +106,7 @@ class ApiBackend:
         finally:
             if ok:
                 self.breaker.success()
-                self._latencies.append((time.perf_counter() - started) * 1000)
+                self.observed((time.perf_counter() - started) * 1000)
             else:
                 self.breaker.release()
 
