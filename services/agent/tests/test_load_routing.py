@@ -1,10 +1,7 @@
 """Executor choice on live load, spill to the provider, backpressure and breakers, for real.
 
-* Executor pods: real gRPC servers (``Pod``) that count the streams they serve and
-  can hold a stream open until released, so a test loads a pod as other clients do.
-* Load reports: published to Kafka every 0.2 s, as the executor's ``LoadReporter``
-  publishes them (an ``aion.executor.load`` envelope around ``ExecutorLoad``), from
-  each pod's real count of streams; each pod names itself by its ``host:port``.
+* Executor pods and their load reports: ``load_testing`` (real gRPC servers that
+  count their streams; their load published to Kafka as the executor publishes it).
 * The provider: a real executor's OpenAI-compatible HTTP endpoint (SmolLM2 on the
   CPU), reached through a TCP ``Relay`` the test can switch off to make it fail.
 * The agent service: its real composition (conftest), on the real Postgres and Kafka.
@@ -20,18 +17,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
-import grpc
 import pydantic
 import pytest
 
+from aion.agent import load_testing
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from aion.api.events.v1 import events_pb2
-from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import channels, errors, events, server
-from aion.core import kafka as core_kafka
 from aion.executor import inference, validation
 from aion.executor import settings as executor_settings
 from aion.executor import testing as executor_testing
@@ -43,133 +36,6 @@ Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "load"
 PROVIDER_MODEL = "smollm2-135m-instruct"
 THRESHOLD = 2  # queued calls per pod at which it is full
-
-
-class Pod(executor_pb2_grpc.ExecutorServicer):
-    """An executor pod serving ``max_streams`` streams at once (the rest queue); its
-    words back, or, for an input starting "hold", its words once ``release`` is set."""
-
-    def __init__(self, *, max_streams: int = 1) -> None:
-        self.max_streams = max_streams
-        self.active = 0
-        self.tasks = 0  # calls from the agent service (they carry a task id)
-        self.release = asyncio.Event()
-        self.p95_ms = 100.0
-        self.address = ""
-
-    async def Generate(
-        self, request: executor_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Any:
-        if dict(context.invocation_metadata() or ()).get("x-aion-task-id"):
-            self.tasks += 1
-        self.active += 1
-        try:
-            text = next(m.content for m in request.messages if m.role == "user")
-            if text.startswith("hold"):
-                await self.release.wait()
-            for word in text.split():
-                yield executor_pb2.GenerateChunk(text=word + " ")
-            yield executor_pb2.GenerateChunk(
-                finish_reason=executor_pb2.FINISH_REASON_STOP,
-                usage=executor_pb2.GenerateUsage(prompt_tokens=3, completion_tokens=2),
-            )
-        finally:
-            self.active -= 1
-
-    async def Embed(
-        self, request: executor_pb2.EmbedRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> executor_pb2.EmbedResponse:
-        raise errors.FailedPrecondition("this pod does not embed")
-
-    async def Stats(
-        self, request: executor_pb2.StatsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> executor_pb2.ExecutorStats:
-        return executor_pb2.ExecutorStats(model="m", model_ready=True)
-
-    def report(self) -> events_pb2.Envelope:
-        """Its load report, as an executor publishes it."""
-        return events.envelope(
-            type_="aion.executor.load",
-            source="executor",
-            subject=self.address,
-            data=events_pb2.ExecutorLoad(
-                executor=self.address,
-                model="m",
-                queue_depth=max(0, self.active - self.max_streams),
-                in_flight=min(self.active, self.max_streams),
-                tokens_per_s=10.0,
-                p95_latency_ms=self.p95_ms,
-                model_ready=True,
-            ),
-        )
-
-
-@contextlib.asynccontextmanager
-async def _pods(n: int, bootstrap: str, topic: str) -> AsyncIterator[list[Pod]]:
-    """``n`` pods serving, and their load reports going to ``topic`` every 0.2 s."""
-    async with contextlib.AsyncExitStack() as stack:
-        pods = []
-        for _ in range(n):
-            pod = Pod()
-            srv = server.GrpcServer(
-                name="executor",
-                host="127.0.0.1",
-                port=0,
-                grace_s=0.1,
-                tls=agent_testing.CA.tls("executor"),
-                allow=agent_testing.EXECUTOR_ALLOW,
-                health_port=0,
-            )
-            srv.add(
-                executor_pb2_grpc.add_ExecutorServicer_to_server,
-                pod,
-                agent_testing.EXECUTOR_SERVICE,
-            )
-            await stack.enter_async_context(srv)
-            pod.address = srv.address
-            stack.callback(pod.release.set)  # no held stream outlives the test
-            pods.append(pod)
-        await core_kafka.ensure_topics(bootstrap, {topic: 1})
-        producer = core_kafka.producer(bootstrap, enable_idempotence=False, acks=1, linger_ms=0)
-        await producer.start()
-        stack.push_async_callback(producer.stop)
-
-        async def publish() -> None:
-            while True:
-                for pod in pods:
-                    await core_kafka.send(producer, topic, pod.report())
-                await asyncio.sleep(0.2)
-
-        publishing = asyncio.create_task(publish())
-        try:
-            yield pods
-        finally:
-            publishing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publishing
-
-
-@contextlib.asynccontextmanager
-async def _hold(pod: Pod, n: int) -> AsyncIterator[list[asyncio.Task[Any]]]:
-    """``n`` streams held open on ``pod`` by another client, until the pod's release."""
-    async with channels.connect(
-        pod.address, tls=agent_testing.CA.tls("agent"), peer="executor"
-    ) as chan:
-        stub = executor_pb2_grpc.ExecutorStub(chan)
-        req = executor_pb2.GenerateRequest(
-            model="m", messages=[executor_pb2.ChatMessage(role="user", content="hold on")]
-        )
-
-        async def call() -> list[Any]:
-            return [c async for c in stub.Generate(req, timeout=60)]
-
-        calls = [asyncio.create_task(call()) for _ in range(n)]
-        try:
-            yield calls
-        finally:
-            pod.release.set()
-            await asyncio.gather(*calls, return_exceptions=True)
-            pod.release.clear()
 
 
 async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -255,7 +121,7 @@ async def _service(new_service: Callable[..., Any], **overrides: Any) -> AsyncIt
 
 
 async def _register(
-    stub: Stub, name: str, pods: list[Pod], privacy: common_pb2.Privacy.ValueType
+    stub: Stub, name: str, pods: list[load_testing.Pod], privacy: common_pb2.Privacy.ValueType
 ) -> None:
     await stub.RegisterAgent(
         agent_pb2.RegisterAgentRequest(
@@ -299,12 +165,12 @@ async def test_the_busier_executor_gets_fewer_tasks(
 ) -> None:
     topic = _topic()
     async with (
-        _pods(2, kafka.bootstrap, topic) as pods,
+        load_testing.pods(2, kafka.bootstrap, topic) as pods,
         _service(new_service, executor_load_topic=topic) as stub,
     ):
         await _register(stub, "pair", pods, common_pb2.PRIVACY_LOCAL_ONLY)
         busy, idle = pods
-        async with _hold(busy, 2):
+        async with load_testing.hold(busy, 2):
             await _until(lambda: busy.active == 2)
             await asyncio.sleep(1.0)  # a few reports of it
             results = [
@@ -327,7 +193,7 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
 ) -> None:
     topic = _topic()
     async with (
-        _pods(2, kafka.bootstrap, topic) as pods,
+        load_testing.pods(2, kafka.bootstrap, topic) as pods,
         _service(
             new_service,
             executor_load_topic=topic,
@@ -345,7 +211,10 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             "m",
             "policy",
         )
-        async with _hold(pods[0], 1 + THRESHOLD), _hold(pods[1], 1 + THRESHOLD):
+        async with (
+            load_testing.hold(pods[0], 1 + THRESHOLD),
+            load_testing.hold(pods[1], 1 + THRESHOLD),
+        ):
             await _until(lambda: all(p.active == 1 + THRESHOLD for p in pods))
             await asyncio.sleep(1.0)
             served = [p.tasks for p in pods]
@@ -390,7 +259,7 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
     topic = _topic()
     async with (
         Relay(*_host_port(real_provider.http_url)) as relay,
-        _pods(1, kafka.bootstrap, topic) as pods,
+        load_testing.pods(1, kafka.bootstrap, topic) as pods,
         _service(
             new_service,
             executor_load_topic=topic,
