@@ -21,7 +21,7 @@ import grpc
 from aion.agent import testing
 from aion.api.events.v1 import events_pb2
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
-from aion.core import channels, errors, events, server
+from aion.core import channels, errors, events
 from aion.core import kafka as core_kafka
 
 REPORT_INTERVAL_S = 0.2
@@ -95,20 +95,7 @@ async def pods(
         pods = []
         for _ in range(n):
             pod = Pod()
-            srv = server.GrpcServer(
-                name="executor",
-                host="127.0.0.1",
-                port=0,
-                grace_s=0.1,
-                tls=testing.CA.tls("executor"),
-                allow=testing.EXECUTOR_ALLOW,
-                health_port=0,
-            )
-            srv.add(
-                executor_pb2_grpc.add_ExecutorServicer_to_server,
-                pod,
-                testing.EXECUTOR_SERVICE,
-            )
+            srv = testing.executor_server(pod)
             await stack.enter_async_context(srv)
             pod.address = srv.address
             stack.callback(pod.release.set)  # no held stream outlives the test
