@@ -121,13 +121,17 @@ async def _service(new_service: Callable[..., Any], **overrides: Any) -> AsyncIt
 
 
 async def _register(
-    stub: Stub, name: str, pods: list[load_testing.Pod], privacy: common_pb2.Privacy.ValueType
+    stub: Stub,
+    name: str,
+    pods: list[load_testing.Pod],
+    privacy: common_pb2.Privacy.ValueType,
+    **spec: Any,
 ) -> None:
     await stub.RegisterAgent(
         agent_pb2.RegisterAgentRequest(
             tenant=TENANT,
             privacy=privacy,
-            agent=agents_pb2.Agent(name=name, model="m"),
+            agent=agents_pb2.Agent(name=name, model="m", **spec),
             executor_endpoints=["ipv4:" + ",".join(p.address for p in pods)],
         )
     )
@@ -289,3 +293,39 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
         assert probe.status == common_pb2.TASK_STATUS_OK, probe.error
         after = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
         assert after.status == common_pb2.TASK_STATUS_OK, after.error
+
+
+async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
+    new_service: Callable[..., Any], kafka: Any, real_provider: executor_testing.Executor
+) -> None:
+    topic = _topic()
+    async with (
+        load_testing.pods(2, kafka.bootstrap, topic) as pods,
+        _service(
+            new_service,
+            executor_load_topic=topic,
+            provider_base_url=f"{real_provider.http_url}/v1",
+            provider_api_key=pydantic.SecretStr(real_provider.http_token),
+            provider_model=PROVIDER_MODEL,
+        ) as stub,
+    ):
+        await _register(stub, "quick", pods, common_pb2.PRIVACY_HYBRID, p95_target_ms=5000)
+        await _register(stub, "cloud", pods, common_pb2.PRIVACY_ALLOW_API)
+        for p in pods:
+            p.p95_ms = 30_000.0  # the pool is slow, by its reports
+        await asyncio.sleep(0.6)
+        # The provider has no record yet: nothing says it would do better.
+        first = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID)
+        assert (first.engine.chosen_by, first.engine.model) == ("policy", "m")
+        for _ in range(2):  # the provider serves other tasks: its p95 is known
+            served = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
+            assert served.status == common_pb2.TASK_STATUS_OK, served.error
+        moved = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID)
+        assert moved.status == common_pb2.TASK_STATUS_OK, moved.error
+        assert (moved.engine.chosen_by, moved.engine.model) == ("sla", PROVIDER_MODEL)
+        assert "recent p95 30000 ms cannot meet the SLA of 5000 ms" in moved.engine.reason
+        for p in pods:
+            p.p95_ms = 100.0  # the pool meets it again
+        await asyncio.sleep(0.6)
+        back = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID)
+        assert (back.engine.chosen_by, back.engine.model) == ("policy", "m")

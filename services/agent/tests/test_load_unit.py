@@ -6,6 +6,7 @@ Kafka and a real provider; these pin the rules down on a fake clock.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -215,3 +216,21 @@ async def test_a_saturated_pool_spills_unless_the_provider_breaker_is_open(
     with pytest.raises(errors.ResourceExhausted, match="saturated") as info:
         await chooser.plan(AGENT, privacy.Route.HYBRID, sla_ms=None, deadline=0.0)
     assert info.value.retry_after_s == 60.0
+
+
+async def test_a_call_the_budget_cannot_cover_does_not_spill(clients: peers.Peers) -> None:
+    for ip in ("10.0.0.1", "10.0.0.2"):
+        clients.board.record(load.Report(executor=ip, queue_depth=5, p95_latency_ms=100.0))
+    async with provider.Provider(
+        base_url="http://127.0.0.1:9", api_key="", model="cloud", cost_per_1k_tokens=1.0
+    ) as priced:
+        chooser = _placement(clients, backends.ApiBackend(priced))
+        cheap = dataclasses.replace(AGENT, budget_usd_per_task=0.5)
+        plan = await chooser.plan(
+            cheap, privacy.Route.HYBRID, sla_ms=None, deadline=1e12, tokens=(100, 300)
+        )
+        assert plan.chosen_by == "load"  # $0.40 fits $0.50
+        with pytest.raises(errors.ResourceExhausted, match="saturated"):
+            await chooser.plan(
+                cheap, privacy.Route.HYBRID, sla_ms=None, deadline=0.0, tokens=(400, 300)
+            )  # $0.70 does not: it waits like a local-only task (here past its deadline)

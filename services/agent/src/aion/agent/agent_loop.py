@@ -61,9 +61,16 @@ class Placement(Protocol):
     """Chooses each model call's backend within the router's route, on live load."""
 
     async def plan(
-        self, agent: model.AgentRecord, route: privacy.Route, *, sla_ms: int | None, deadline: float
+        self,
+        agent: model.AgentRecord,
+        route: privacy.Route,
+        *,
+        sla_ms: int | None,
+        deadline: float,
+        tokens: tuple[int, int],
     ) -> Plan:
-        """The plan of the next call; may wait for room, or raise RESOURCE_EXHAUSTED."""
+        """The plan of the next call (``tokens``: its prompt and completion estimate);
+        may wait for room, or raise RESOURCE_EXHAUSTED."""
         ...
 
     async def served(self, task_id: str, plan: Plan, *, by: str, model_name: str) -> None:
@@ -276,15 +283,20 @@ class AgentLoop:
         return "\n\n".join(passages[: self._top_k])
 
     # -- model calls ----------------------------------------------------------------
-    async def _plan(self, agent: model.AgentRecord, req: Request) -> Plan:
+    async def _plan(self, agent: model.AgentRecord, req: Request, call: model.ModelCall) -> Plan:
         """The plan of a model call: the placement's (live load, SLA), else hybrid is
         local first, then the API."""
         if req.route is privacy.Route.API and self._api is None:
             self._backends(("api",))  # says what to fix
         if self._placement is not None:
             sla = req.sla_ms if req.sla_ms is not None else agent.p95_target_ms
+            prompt = sum(len(text) for _, text in call.messages) // 4  # ~4 chars a token
             return await self._placement.plan(
-                agent, req.route, sla_ms=sla, deadline=req.started + req.timeout_s
+                agent,
+                req.route,
+                sla_ms=sla,
+                deadline=req.started + req.timeout_s,
+                tokens=(prompt, call.max_tokens),
             )
         if req.route is privacy.Route.API:
             return Plan(("api",))
@@ -325,7 +337,7 @@ class AgentLoop:
             attempt=req.attempt,
         )
         # -- route choice (issue #15; see placement.py) --
-        plan = await self._plan(agent, req)
+        plan = await self._plan(agent, req, call)
         backends = self._backends(plan.order)
         for i, (by, backend) in enumerate(backends):
             try:

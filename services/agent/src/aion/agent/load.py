@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 from aion.agent import breaker as breaker_mod
 
+_KEEP = 512  # executors known at once before the silent ones are forgotten
+
 
 @dataclasses.dataclass(frozen=True)
 class Report:
@@ -91,8 +93,13 @@ class LoadBoard:
         self._own: collections.Counter[str] = collections.Counter()
 
     def record(self, report: Report) -> None:
-        """Keep ``report`` as its executor's latest."""
-        self._reports[report.executor] = (self._clock(), report, dict(self._own))
+        """Keep ``report`` as its executor's latest (and forget executors long silent)."""
+        now = self._clock()
+        self._reports[report.executor] = (now, report, dict(self._own))
+        if len(self._reports) > _KEEP:
+            for executor, (at, _, _) in list(self._reports.items()):
+                if now - at > self._stale_s:
+                    del self._reports[executor]
 
     @contextlib.contextmanager
     def calling(self, address: str) -> Iterator[None]:

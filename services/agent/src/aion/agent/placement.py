@@ -12,7 +12,8 @@ per model call:
   load``) or its recent p95 cannot meet the SLA where the provider's can
   (``chosen_by: sla``): then it spills to the provider, if its breaker lets
   calls through. The pool failing before its first token still falls back to
-  the provider, as before.
+  the provider, as before. A call whose price at the provider (estimated from
+  its prompt and max tokens) exceeds the Agent's budget per task does not spill.
 
 The SLA is the task's ``sla_ms`` when it has one, else the Agent's
 ``p95TargetMs``. When the provider serves a call, ``Recorder`` rewrites the
@@ -117,12 +118,18 @@ class Placement:
         *,
         sla_ms: int | None,
         deadline: float,
+        tokens: tuple[int, int] = (0, 0),
     ) -> agent_loop.Plan:
-        """Where the next model call of a task on ``route`` goes (see the module)."""
+        """Where the next model call of a task on ``route`` goes (see the module);
+        ``tokens`` is the call's (prompt, completion) estimate, which the API's price of
+        must fit the Agent's budget per task for the call to spill."""
         if route is privacy.Route.API:
             return agent_loop.Plan(("api",))
         api_up = (
-            route is privacy.Route.HYBRID and self._api is not None and self._api.breaker.allows()
+            route is privacy.Route.HYBRID
+            and self._api is not None
+            and self._api.breaker.allows()
+            and self._affordable(agent, tokens)
         )
         pool = await self.pool(agent)
         if api_up and pool.saturated:
@@ -139,6 +146,12 @@ class Placement:
         if pool.saturated:
             await self._wait_for_room(agent, pool, deadline)
         return agent_loop.Plan(("local", *fallback))
+
+    def _affordable(self, agent: model.AgentRecord, tokens: tuple[int, int]) -> bool:
+        """Whether the API's price of the call fits the Agent's budget per task."""
+        if agent.budget_usd_per_task is None or self._api is None:
+            return True
+        return self._api.cost_usd(*tokens) <= agent.budget_usd_per_task
 
     def _spill(self, chosen_by: str, reason: str) -> agent_loop.Plan:
         return agent_loop.Plan(("api", "local"), chosen_by=chosen_by, reason=reason)
