@@ -142,7 +142,15 @@ class Placement:
                     f"the pool's recent p95 {local:.0f} ms cannot meet the SLA of {sla_ms} ms; "
                     f"the API's {remote:.0f} ms can",
                 )
-        fallback = ("api",) if route is privacy.Route.HYBRID and self._api is not None else ()
+        # The API as the pool's fallback, unless its breaker would refuse the call anyway
+        # (the pool's own error then says what went wrong).
+        fallback = (
+            ("api",)
+            if route is privacy.Route.HYBRID
+            and self._api is not None
+            and self._api.breaker.allows()
+            else ()
+        )
         if pool.saturated:
             await self._wait_for_room(agent, pool, deadline)
         return agent_loop.Plan(("local", *fallback))
@@ -163,10 +171,11 @@ class Placement:
             left = deadline - self._clock()
             wait = pool.wait_s()
             if wait > left:
+                away = f"about {wait:.1f}s away" if wait < float("inf") else "not in sight"
                 raise errors.ResourceExhausted(
                     f"the agent '{agent.name}' is saturated ({pool.describe()}) and may not "
-                    f"use the API; room is about {wait:.1f}s away, past the task's deadline "
-                    f"in {max(0.0, left):.1f}s: retry later or give the task more time",
+                    f"use the API now; room is {away}, past the task's deadline in "
+                    f"{max(0.0, left):.1f}s: retry later or give the task more time",
                     retry_after_s=min(wait, 60.0),
                 )
             await asyncio.sleep(_POLL_S)
