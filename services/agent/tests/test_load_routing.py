@@ -160,6 +160,17 @@ async def _run(
     return last.done.result if last.WhichOneof("event") == "done" else last.error.result
 
 
+def _provided(topic: str, url: str, provider: executor_testing.Executor) -> dict[str, Any]:
+    """Settings of a service reading ``topic``'s load reports, with ``provider`` (the real
+    executor's HTTP API) at ``url`` (its own, or a relay's to it)."""
+    return {
+        "executor_load_topic": topic,
+        "provider_base_url": url,
+        "provider_api_key": pydantic.SecretStr(provider.http_token),
+        "provider_model": PROVIDER_MODEL,
+    }
+
+
 def _topic() -> str:
     return f"load-{uuid.uuid4().hex[:8]}"
 
@@ -199,11 +210,7 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
     async with (
         load_testing.pods(2, kafka.bootstrap, topic) as pods,
         _service(
-            new_service,
-            executor_load_topic=topic,
-            provider_base_url=f"{real_provider.http_url}/v1",
-            provider_api_key=pydantic.SecretStr(real_provider.http_token),
-            provider_model=PROVIDER_MODEL,
+            new_service, **_provided(topic, f"{real_provider.http_url}/v1", real_provider)
         ) as stub,
     ):
         await _register(stub, "mixed", pods, common_pb2.PRIVACY_HYBRID)
@@ -264,13 +271,7 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
     async with (
         Relay(*_host_port(real_provider.http_url)) as relay,
         load_testing.pods(1, kafka.bootstrap, topic) as pods,
-        _service(
-            new_service,
-            executor_load_topic=topic,
-            provider_base_url=relay.url,
-            provider_api_key=pydantic.SecretStr(real_provider.http_token),
-            provider_model=PROVIDER_MODEL,
-        ) as stub,
+        _service(new_service, **_provided(topic, relay.url, real_provider)) as stub,
     ):
         await _register(stub, "cloud", pods, common_pb2.PRIVACY_ALLOW_API)
         ok = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
@@ -302,11 +303,7 @@ async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
     async with (
         load_testing.pods(2, kafka.bootstrap, topic) as pods,
         _service(
-            new_service,
-            executor_load_topic=topic,
-            provider_base_url=f"{real_provider.http_url}/v1",
-            provider_api_key=pydantic.SecretStr(real_provider.http_token),
-            provider_model=PROVIDER_MODEL,
+            new_service, **_provided(topic, f"{real_provider.http_url}/v1", real_provider)
         ) as stub,
     ):
         await _register(stub, "quick", pods, common_pb2.PRIVACY_HYBRID, p95_target_ms=5000)
