@@ -16,7 +16,12 @@ topics. Prints one JSON object.
 
 Knobs (environment): BENCH_AGENT_TASKS (60), BENCH_AGENT_CONCURRENCY (4),
 BENCH_AGENT_MAX_TOKENS (8), BENCH_AGENT_EXECUTOR_THREADS (1),
-BENCH_AGENT_EVENTS (20000).
+BENCH_AGENT_EVENTS (20000), BENCH_AGENT_STREAM_TOKENS (96), BENCH_AGENT_STREAM_ROUNDS (2).
+
+Part one also runs 8 concurrent streams of STREAM_TOKENS tokens through the gateway
+and the same 8 straight to the executor's ``Generate`` (the agent's messages, its
+certificate), in alternating rounds of the same run: ``stream_ratio_8`` is the
+gateway's tokens/s over the executor's.
 """
 
 from __future__ import annotations
@@ -33,13 +38,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psycopg
 from aiokafka import admin as kafka_admin  # type: ignore[import-untyped]
 from psycopg import sql
 
 from aion.agent import db, events, kafka, outbox
 from aion.api.events.v1 import events_pb2
+from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.v1 import common_pb2
+from aion.core import pki
+from aion.core import tls as core_tls
 from aion.infra import devstack
 from aion.infra.paths import Layout
 from aion.infra.registry import make
@@ -61,6 +70,9 @@ CONCURRENCY = _knob("CONCURRENCY", 4)
 MAX_TOKENS = _knob("MAX_TOKENS", 8)
 EXECUTOR_THREADS = _knob("EXECUTOR_THREADS", 1)
 EVENTS = _knob("EVENTS", 20_000)
+STREAMS = 8  # the issue's figure names it: stream_ratio_8
+STREAM_TOKENS = _knob("STREAM_TOKENS", 96)
+STREAM_ROUNDS = _knob("STREAM_ROUNDS", 2)
 WARMUP_TASKS = 3
 
 
@@ -144,6 +156,8 @@ async def tasks_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
         await asyncio.to_thread(suite.wait_ready, timeout=300)
         _log(f"{TASKS} tasks, {CONCURRENCY} clients, max_tokens {MAX_TOKENS}")
         done, failed, elapsed = await _submit_all(suite.gateway)
+        _log(f"{STREAMS} streams of {STREAM_TOKENS} tokens, gateway and executor in turn")
+        streams = await streams_bench(suite)
     finally:
         await asyncio.to_thread(suite.stop)
     if not done:
@@ -169,6 +183,79 @@ async def tasks_bench(dsn: str, bootstrap: str, prefix: str) -> dict[str, Any]:
         "concurrency": CONCURRENCY,
         "max_tokens": MAX_TOKENS,
         "executor_threads": EXECUTOR_THREADS,
+        **streams,
+    }
+
+
+# -- streams: through the gateway against straight from the executor ------------------------
+STREAM_PROMPT = "Write a long story about a dragon who learns to bake bread."
+DEMO_SYSTEM = "You are a helpful, concise assistant."  # demo-agent.yaml's instructions
+
+
+async def _gateway_streams(gateway: str) -> tuple[int, float]:
+    """STREAMS concurrent task streams through the gateway: (tokens, seconds)."""
+    async with AsyncClient(gateway, task_timeout=300) as client:
+
+        async def one(i: int) -> int:
+            tokens = 0
+            async for event in client.stream(
+                "demo", STREAM_PROMPT, max_tokens=STREAM_TOKENS, temperature=0, seed=i
+            ):
+                tokens += event.WhichOneof("event") == "token"
+            return tokens
+
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(i) for i in range(STREAMS)))
+        return sum(counts), time.perf_counter() - started
+
+
+async def _direct_streams(suite: devstack.LocalSuite) -> tuple[int, float]:
+    """The same streams straight to the executor's Generate (as the agent service calls
+    it, with its certificate): (tokens, seconds)."""
+    tls_dir = suite.tls_dir
+    material = core_tls.Tls.of(
+        (tls_dir / "ca.crt").read_bytes(),
+        pki.KeyPair((tls_dir / "agent.crt").read_bytes(), (tls_dir / "agent.key").read_bytes()),
+    )
+    async with grpc.aio.secure_channel(
+        suite.services["executor"].target,
+        material.channel_credentials(),
+        options=material.channel_options("executor"),
+    ) as channel:
+        stub = executor_pb2_grpc.ExecutorStub(channel)
+
+        async def one(i: int) -> int:
+            request = executor_pb2.GenerateRequest(
+                model="smollm2-135m-instruct",
+                max_tokens=STREAM_TOKENS,
+                temperature=0,
+                seed=i,
+                messages=[
+                    executor_pb2.ChatMessage(role="system", content=DEMO_SYSTEM),
+                    executor_pb2.ChatMessage(role="user", content=STREAM_PROMPT),
+                ],
+            )
+            return sum([bool(c.text) async for c in stub.Generate(request, timeout=300)])
+
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(i) for i in range(STREAMS)))
+        return sum(counts), time.perf_counter() - started
+
+
+async def streams_bench(suite: devstack.LocalSuite) -> dict[str, Any]:
+    """Tokens/s of STREAMS concurrent streams through the gateway against the same streams
+    straight from the executor, alternating rounds in this one run."""
+    rounds: list[tuple[tuple[int, float], tuple[int, float]]] = []
+    for _ in range(STREAM_ROUNDS):
+        rounds.append((await _direct_streams(suite), await _gateway_streams(suite.gateway)))
+    straight = sum(d[0] for d, _ in rounds) / sum(d[1] for d, _ in rounds)
+    via_gateway = sum(g[0] for _, g in rounds) / sum(g[1] for _, g in rounds)
+    return {
+        f"stream_tokens_per_s_{STREAMS}": round(via_gateway, 1),
+        f"direct_tokens_per_s_{STREAMS}": round(straight, 1),
+        f"stream_ratio_{STREAMS}": round(via_gateway / straight, 3),
+        "stream_tokens": STREAM_TOKENS,
+        "stream_rounds": STREAM_ROUNDS,
     }
 
 

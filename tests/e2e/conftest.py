@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import psycopg
@@ -112,14 +112,15 @@ def suite(
 @pytest.fixture
 def fresh_suite(
     postgres: Postgres, kafka: Kafka, minio: MinIO
-) -> Iterator[Callable[[Path], devstack.LocalSuite]]:
-    """Start a suite of one's own (for tests that stop services); the test stops it, and
-    its database is dropped after the test (stopping it first if the test did not)."""
+) -> Iterator[Callable[..., devstack.LocalSuite]]:
+    """Start a suite of one's own (for tests that stop services, or that need settings of
+    their own, given as ``env``); the test stops it, and its database is dropped after the
+    test (stopping it first if the test did not)."""
     backbone = Backbone(postgres, kafka, minio)
     started: list[devstack.LocalSuite] = []
 
-    def start(log_dir: Path) -> devstack.LocalSuite:
-        started.append(start_suite(log_dir, backbone.env()))
+    def start(log_dir: Path, env: Mapping[str, str] | None = None) -> devstack.LocalSuite:
+        started.append(start_suite(log_dir, {**backbone.env(), **(env or {})}))
         return started[-1]
 
     try:

@@ -6,7 +6,6 @@ Kafka and a real provider; these pin the rules down on a fake clock.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 
 import pytest
@@ -225,12 +224,21 @@ async def test_a_call_the_budget_cannot_cover_does_not_spill(clients: peers.Peer
         base_url="http://127.0.0.1:9", api_key="", model="cloud", cost_per_1k_tokens=1.0
     ) as priced:
         chooser = _placement(clients, backends.ApiBackend(priced))
-        cheap = dataclasses.replace(AGENT, budget_usd_per_task=0.5)
         plan = await chooser.plan(
-            cheap, privacy.Route.HYBRID, sla_ms=None, deadline=1e12, tokens=(100, 300)
+            AGENT,
+            privacy.Route.HYBRID,
+            sla_ms=None,
+            deadline=1e12,
+            tokens=(100, 300),
+            budget_left_usd=0.5,
         )
         assert plan.chosen_by == "load"  # $0.40 fits $0.50
         with pytest.raises(errors.ResourceExhausted, match="saturated"):
             await chooser.plan(
-                cheap, privacy.Route.HYBRID, sla_ms=None, deadline=0.0, tokens=(400, 300)
+                AGENT,
+                privacy.Route.HYBRID,
+                sla_ms=None,
+                deadline=0.0,
+                tokens=(400, 300),
+                budget_left_usd=0.5,
             )  # $0.70 does not: it waits like a local-only task (here past its deadline)

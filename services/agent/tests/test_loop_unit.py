@@ -10,9 +10,10 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 
+import prometheus_client
 import pytest
 
-from aion.agent import agent_loop, model
+from aion.agent import agent_loop, budget, model
 from aion.core import errors, privacy
 
 Reply = Callable[[model.ModelCall], list[str]]
@@ -327,3 +328,97 @@ async def test_a_run_that_never_answers_stops_at_the_step_limit() -> None:
             sink,
         )
     assert [r.kind for r in sink.steps] == ["model", "tool", "model", "tool"]
+
+
+# -- budgets ----------------------------------------------------------------------------
+def _spent(tenant: str) -> float:
+    return (
+        prometheus_client.REGISTRY.get_sample_value(
+            "aion_tenant_spend_usd_total", {"tenant": tenant}
+        )
+        or 0.0
+    )
+
+
+def _long(call: model.ModelCall) -> list[str]:
+    return ["word "] * 200
+
+
+async def test_a_budget_stops_a_priced_generation_and_keeps_its_output() -> None:
+    api = FakeBackend("api-model", _long, price=0.001)  # $0.001 a token
+    sink = RecordingSink()
+    spend = budget.Spend(tenant="budgeted", limit_usd=0.05)
+    before = _spent("budgeted")
+    req = dataclasses.replace(request(route=privacy.Route.API), spend=spend)
+    with pytest.raises(budget.Exhausted, match=r"spent \$0\.05\d* of its \$0\.050000 budget"):
+        await loop_with(local=FakeBackend("local-model", echo), api=api).run(
+            agent(privacy=privacy.Privacy.ALLOW_API), req, sink
+        )
+    [rec] = sink.steps
+    # The prompt guessed at 4 characters a token, a token a chunk: stopped at the chunk
+    # whose price reached the budget, so at most one token over.
+    assert 0.05 <= rec.cost_usd < 0.05 + 0.001
+    assert rec.cost_usd == pytest.approx((rec.prompt_tokens + rec.completion_tokens) * 0.001)
+    assert len(sink.tokens) == rec.completion_tokens < 200
+    assert rec.output == "".join(sink.tokens)
+    assert spend.spent_usd == pytest.approx(rec.cost_usd)
+    assert _spent("budgeted") - before == pytest.approx(rec.cost_usd)
+    assert not budget.Exhausted("x").retriable
+    assert budget.Exhausted.code.name == "RESOURCE_EXHAUSTED"
+
+
+async def test_a_budget_does_not_stop_the_free_local_pool() -> None:
+    sink = RecordingSink()
+    req = dataclasses.replace(request(), spend=budget.Spend(tenant="t", limit_usd=0.0))
+    answer = await loop_with(local=FakeBackend("local-model", _long)).run(agent(), req, sink)
+    assert answer == "word " * 200
+    assert sink.steps[0].cost_usd == 0.0
+
+
+async def test_a_call_under_its_budget_is_charged_its_reported_usage() -> None:
+    api = FakeBackend("api-model", echo, price=0.5)
+    spend = budget.Spend(tenant="t", limit_usd=100.0, spent_usd=1.0)  # an earlier attempt's
+    req = dataclasses.replace(request(route=privacy.Route.API), spend=spend)
+    sink = RecordingSink()
+    await loop_with(local=FakeBackend("local-model", echo), api=api).run(
+        agent(privacy=privacy.Privacy.ALLOW_API), req, sink
+    )
+    assert sink.steps[0].cost_usd == 2.0  # 2 + 2 tokens, as the backend reported
+    assert spend.spent_usd == 3.0
+
+
+def test_the_budget_is_the_tasks_else_its_agents() -> None:
+    def task(budget_usd: float | None) -> model.TaskRecord:
+        spec = model.TaskSpec(tenant="t", agent="helper", input="x", budget_usd=budget_usd)
+        rec = model.TaskRecord(id="1", spec=spec, decision=model.Decision(), model_name="m")
+        rec.usage.cost_usd = 0.25
+        return rec
+
+    own = budget.for_task(task(1.0), agent(budget_usd_per_task=2.0))
+    assert (own.limit_usd, own.spent_usd) == (1.0, 0.25)
+    assert budget.for_task(task(None), agent(budget_usd_per_task=2.0)).limit_usd == 2.0
+    assert budget.for_task(task(None), agent()).limit_usd is None
+
+
+async def test_an_agent_called_as_a_tool_draws_on_its_callers_budget() -> None:
+    def reply(call: model.ModelCall) -> list[str]:
+        if any(c == "the main task" for _, c in call.messages):
+            return calls_then_answers("agent_other", {"input": "sub task"})(call)
+        return _long(call)
+
+    api = FakeBackend("api-model", reply, price=0.001)
+    spend = budget.Spend(tenant="t", limit_usd=0.2)
+    req = dataclasses.replace(request("the main task", route=privacy.Route.API), spend=spend)
+    sink = RecordingSink()
+    with pytest.raises(budget.Exhausted):
+        await loop_with(
+            local=FakeBackend("local-model", echo),
+            api=api,
+            agents=FakeAgents(agent(name="other", privacy=privacy.Privacy.ALLOW_API)),
+        ).run(agent(tools=("agent:other",), privacy=privacy.Privacy.ALLOW_API), req, sink)
+    asked, tool = sink.steps  # the caller's model step, then its failed tool step
+    assert (tool.kind, tool.name) == ("tool", "agent_other")
+    assert "budget" in (tool.error or "")
+    # The callee stopped when the caller's spend and its own reached the one budget.
+    assert 0.2 <= spend.spent_usd < 0.2 + 0.001
+    assert spend.spent_usd > asked.cost_usd

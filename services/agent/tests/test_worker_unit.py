@@ -27,11 +27,17 @@ class Journal:
         return run
 
 
+class FakeTasks:
+    def __init__(self, journal: Journal) -> None:
+        self.listen = journal.forever("listener")
+
+
 class FakeRunner:
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
         self.heartbeats = journal.forever("heartbeats")
         self.dispatching = journal.forever("dispatcher")
+        self.tasks = FakeTasks(journal)
 
     def dispatch(self, queue: str) -> Any:
         assert queue == "work"
@@ -92,6 +98,7 @@ async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
             "retention",
             "work-queue",
             "dispatcher",
+            "listener",
         }
         await asyncio.sleep(0)
         await background.shutdown(stop_server())
@@ -102,7 +109,13 @@ async def test_the_worker_names_its_tasks_and_drains_them_in_order() -> None:
     assert sorted(drain[:2]) == ["dispatcher stopped", "work-queue stopped"]
     assert set(drain[2:4]) == {"server stopped", "runs given their grace"}
     assert drain[4:7] == ["runs released", "outbox stopped", "outbox drained"]
-    assert sorted(drain[7:]) == ["heartbeats stopped", "recovery stopped", "retention stopped"]
+    # Followers hear of stored events until the end.
+    assert sorted(drain[7:]) == [
+        "heartbeats stopped",
+        "listener stopped",
+        "recovery stopped",
+        "retention stopped",
+    ]
     assert all(t.done() for t in background.tasks.values())
 
 
@@ -134,4 +147,5 @@ async def test_a_failing_body_stops_every_task_without_a_drain() -> None:
         "retention stopped",
         "work-queue stopped",
         "dispatcher stopped",
+        "listener stopped",
     } <= set(journal.entries)

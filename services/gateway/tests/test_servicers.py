@@ -93,10 +93,14 @@ DONE = tasks_pb2.TaskEvent(
 class Edge:
     """The four public servicers over recording fakes."""
 
-    def __init__(self, *, agent_privacy: common_pb2.Privacy.ValueType) -> None:
+    def __init__(
+        self, *, agent_privacy: common_pb2.Privacy.ValueType, agent_budget: float | None = None
+    ) -> None:
         self.router = FakeStub(Decide=router_pb2.Decision(engine=DECISION))
         self.agent = FakeStub(
-            GetAgent=agents_pb2.Agent(name="demo", privacy=agent_privacy),
+            GetAgent=agents_pb2.Agent(
+                name="demo", privacy=agent_privacy, budget_usd_per_task=agent_budget
+            ),
             Submit=tasks_pb2.SubmitResponse(task_id="t1"),
             Run=[DONE],
             Follow=[DONE],
@@ -301,6 +305,22 @@ async def test_the_agents_and_the_tasks_privacy_reach_the_router_untouched(
     )
     (run,) = edge.agent.requests("Submit")
     assert run.decision.engine == DECISION
+
+
+@pytest.mark.parametrize(
+    ("task_budget", "agent_budget", "decided"),
+    [(0.5, 2.0, 0.5), (None, 2.0, 2.0), (None, None, None)],
+)
+async def test_the_router_checks_the_tasks_budget_else_its_agents(
+    task_budget: float | None, agent_budget: float | None, decided: float | None
+) -> None:
+    edge = Edge(agent_privacy=common_pb2.PRIVACY_ALLOW_API, agent_budget=agent_budget)
+    task = tasks_pb2.TaskSpec(
+        agent="demo", input="hello", options=tasks_pb2.TaskOptions(budget_usd=task_budget)
+    )
+    await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=task), Context(KEYS["user"]))  # type: ignore[arg-type]
+    (decide,) = edge.router.requests("Decide")
+    assert (decide.budget_usd if decide.HasField("budget_usd") else None) == decided
 
 
 async def test_an_unknown_privacy_is_invalid_argument_before_any_internal_call() -> None:

@@ -3,7 +3,8 @@
 Each model call is one step; when the agent has tools and the model replies
 with a tool call, the tool runs as the next step and its result goes back to
 the model, up to the agent's step limit. Tokens stream to the sink as they
-come; every step is recorded with its tokens and cost.
+come; every step is recorded with its tokens and cost, and a priced model call stops
+when the task's spend reaches its budget (``budget``).
 
 The loop's seams are Protocols: ``ModelBackend`` (where a model call goes:
 ``backends.ExecutorBackend`` or ``backends.ApiBackend``), ``Knowledge`` (retrieval)
@@ -17,10 +18,10 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from aion.agent import a2a_tools, mcp_tools, model, registry, tools
+from aion.agent import a2a_tools, budget, mcp_tools, model, registry, tools
 from aion.core import errors, privacy
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,11 @@ class Placement(Protocol):
         sla_ms: int | None,
         deadline: float,
         tokens: tuple[int, int],
+        budget_left_usd: float | None,
     ) -> Plan:
-        """The plan of the next call (``tokens``: its prompt and completion estimate);
-        may wait for room, or raise RESOURCE_EXHAUSTED."""
+        """The plan of the next call (``tokens``: its prompt and completion estimate;
+        ``budget_left_usd``: what the task may still spend, None without a budget); may
+        wait for room, or raise RESOURCE_EXHAUSTED."""
         ...
 
     async def served(self, task_id: str, plan: Plan, *, by: str, model_name: str) -> None:
@@ -140,6 +143,8 @@ class Request:
     timeout_s: float
     task_id: str = ""
     attempt: int = 0
+    # The task's spend and budget, shared with the agents it calls (None: no budget).
+    spend: budget.Spend | None = None
     # The task's own SLA (else its Agent's p95 target applies) and when its run began
     # (time.monotonic), from which its deadline is ``started + timeout_s``.
     sla_ms: int | None = None
@@ -155,23 +160,39 @@ class _Reply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     model_s: float = 0.0
+    pieces: int = 0  # chunks of text so far: about a token each
 
-    async def take(self, chunks: AsyncIterator[model.Chunk], sink: Sink) -> None:
-        """Stream ``chunks`` into the sink, adding them up; a failing sink ends the call."""
+    async def take(
+        self,
+        chunks: AsyncIterator[model.Chunk],
+        sink: Sink,
+        *,
+        enough: Callable[[_Reply], bool] = lambda _: False,
+    ) -> bool:
+        """Stream ``chunks`` into the sink, adding them up; a failing sink ends the call.
+        True when ``enough`` stopped it before its end (the call is closed)."""
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             while True:
                 asked = time.perf_counter()
                 try:
                     chunk = await anext(chunks)
                 except StopAsyncIteration:
-                    return
+                    return False
                 finally:
                     self.model_s += time.perf_counter() - asked
                 if chunk.text:
                     self.text += chunk.text
+                    self.pieces += 1
                     await sink.token(chunk.text)
                 self.prompt_tokens += chunk.prompt_tokens
                 self.completion_tokens += chunk.completion_tokens
+                if not chunk.final and enough(self):
+                    return True
+
+    def estimate(self, prompt_guess: int) -> tuple[int, int]:
+        """(prompt, completion) tokens so far: as reported, else (the usage comes last)
+        the prompt guessed and a token a chunk."""
+        return self.prompt_tokens or prompt_guess, max(self.completion_tokens, self.pieces)
 
 
 class AgentLoop:
@@ -205,6 +226,8 @@ class AgentLoop:
         would send a local-only agent's data out (a forged one, or a caller's route
         handed down to an agent it calls as a tool) runs it locally instead.
         """
+        if req.spend is None:
+            req = dataclasses.replace(req, spend=budget.Spend(tenant=req.tenant))
         route = privacy.allowed_route(agent.privacy, req.route)
         if route != req.route:
             log.warning(
@@ -283,20 +306,28 @@ class AgentLoop:
         return "\n\n".join(passages[: self._top_k])
 
     # -- model calls ----------------------------------------------------------------
-    async def _plan(self, agent: model.AgentRecord, req: Request, call: model.ModelCall) -> Plan:
+    async def _plan(
+        self,
+        agent: model.AgentRecord,
+        req: Request,
+        *,
+        tokens: tuple[int, int],
+        spend: budget.Spend,
+    ) -> Plan:
         """The plan of a model call: the placement's (live load, SLA), else hybrid is
         local first, then the API."""
         if req.route is privacy.Route.API and self._api is None:
             self._backends(("api",))  # says what to fix
         if self._placement is not None:
             sla = req.sla_ms if req.sla_ms is not None else agent.p95_target_ms
-            prompt = sum(len(text) for _, text in call.messages) // 4  # ~4 chars a token
+            left = None if spend.limit_usd is None else spend.limit_usd - spend.spent_usd
             return await self._placement.plan(
                 agent,
                 req.route,
                 sla_ms=sla,
                 deadline=req.started + req.timeout_s,
-                tokens=(prompt, call.max_tokens),
+                tokens=tokens,
+                budget_left_usd=left,
             )
         if req.route is privacy.Route.API:
             return Plan(("api",))
@@ -336,12 +367,19 @@ class AgentLoop:
             task_id=req.task_id,
             attempt=req.attempt,
         )
+        # Spend: each chunk of a priced call is checked against the task's budget.
+        spend = req.spend or budget.Spend(tenant=req.tenant)
+        guess = budget.prompt_tokens(messages)
+
+        def enough(so_far: _Reply) -> bool:
+            return spend.reached(backend.cost_usd(*so_far.estimate(guess)))
+
         # -- route choice (issue #15; see placement.py) --
-        plan = await self._plan(agent, req, call)
+        plan = await self._plan(agent, req, tokens=(guess, call.max_tokens), spend=spend)
         backends = self._backends(plan.order)
         for i, (by, backend) in enumerate(backends):
             try:
-                await got.take(backend.generate(call), sink)
+                stopped = await got.take(backend.generate(call), sink, enough=enough)
                 served_by = by
                 break
             except errors.AionError:
@@ -353,6 +391,12 @@ class AgentLoop:
                 req.task_id, plan, by=served_by, model_name=backend.model_name(call)
             )
         # -- end of route choice --
+        # A call stopped at the budget never got its usage: it is estimated.
+        prompt, completion = (
+            got.estimate(guess) if stopped else (got.prompt_tokens, got.completion_tokens)
+        )
+        cost = backend.cost_usd(prompt, completion)
+        spend.charge(cost)
         await sink.step(
             model.StepRecord(
                 step=step,
@@ -360,13 +404,15 @@ class AgentLoop:
                 name=backend.model_name(call),
                 input={"messages": len(messages)},
                 output=got.text,
-                prompt_tokens=got.prompt_tokens,
-                completion_tokens=got.completion_tokens,
-                cost_usd=backend.cost_usd(got.prompt_tokens, got.completion_tokens),
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost_usd=cost,
                 latency_ms=int((time.perf_counter() - started) * 1000),
                 model_ms=int(got.model_s * 1000),
             )
         )
+        if stopped:
+            raise spend.exhausted(step, completion)
         return got.text
 
     # -- tools ------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def spec_from_pb(
         temperature=opts.temperature if opts.HasField("temperature") else None,
         seed=opts.seed if opts.HasField("seed") else None,
         timeout_s=timeout_s,
+        budget_usd=opts.budget_usd if opts.HasField("budget_usd") else None,
         asynchronous=asynchronous,
     )
 
@@ -67,8 +68,8 @@ def spec_from_pb(
 def decision_from_pb(msg: router_pb2.Decision) -> model.Decision:
     """The router's decision; an absent one (or an unknown route) means local.
 
-    ``estimated_cost_usd`` is not read: it is the seam the routing issue (#15) uses
-    for per-task budgets, which the router's ``decide`` enforces, not the agent.
+    ``estimated_cost_usd`` is not read: the router compares it with the budget before
+    routing; while the task runs, the agent counts its real spend (``budget``).
     """
     if not msg.HasField("engine"):
         return model.Decision(

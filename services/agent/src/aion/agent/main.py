@@ -119,7 +119,11 @@ async def run(
         grpc_server.add(
             agent_pb2_grpc.add_AgentServiceServicer_to_server,
             servicer.AgentServicer(
-                run=task_runner, tasks=tasks, agents=agents, default_timeout_s=cfg.default_timeout_s
+                run=task_runner,
+                tasks=tasks,
+                agents=agents,
+                default_timeout_s=cfg.default_timeout_s,
+                follow_poll_s=cfg.follow_poll_s,
             ),
             SERVICE,
         )

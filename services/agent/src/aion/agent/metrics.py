@@ -2,7 +2,8 @@
 
 The outbox's health is its backlog (rows not yet on Kafka), their age, and
 the lag of each published row (its write to its Kafka ack); lease reclaims count the
-runs whose worker was lost, by what became of the task.
+runs whose worker was lost, by what became of the task; tenants' spend is counted as
+their tasks' priced model calls are recorded.
 """
 
 from __future__ import annotations
@@ -37,4 +38,10 @@ LEASE_RECLAIMS = prometheus_client.Counter(
 )
 DEAD_LETTERS = prometheus_client.Counter(
     "aion_agent_dead_letters_total", "Records a consumer sent to a dead-letter topic.", ["consumer"]
+)
+TENANT_SPEND = prometheus_client.Counter(
+    "aion_tenant_spend_usd_total",
+    "What tenants' tasks spent on priced model calls (the external API), in US dollars, "
+    "as each model call is recorded (one stopped at its task's budget included).",
+    ["tenant"],
 )

@@ -57,7 +57,8 @@ class AgentRecord:
     tools: tuple[str, ...] = ()
     max_steps: int = 4
     owner: str = API_OWNER
-    # The Agent's spec.routing targets; None when it names none. Recorded for the router.
+    # The Agent's spec.routing targets; None when it names none. The budget is each
+    # task's that names none of its own (``budget.for_task``).
     budget_usd_per_task: float | None = None
     p95_target_ms: int | None = None
 
@@ -80,15 +81,17 @@ class TaskSpec:
     seed: int | None = None
     timeout_s: float = 300.0
     asynchronous: bool = False
+    # Most the task may spend, in USD (None: its agent's budget, if any).
+    budget_usd: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """The router's decision, as the agent service uses it.
 
-    The router also estimates the cost of the task (``estimated_cost_usd``); the agent
-    does not act on it yet: budgets are the routing issue's (#15) to enforce, in the
-    router's ``decide``, so it is left on the wire and not carried here.
+    The router also estimates the cost of the task (``estimated_cost_usd``), to refuse
+    the API route to a task whose budget it would not cover; the agent enforces the
+    budget on the spend itself (``budget``), so the estimate is left on the wire.
     """
 
     route: privacy_mod.Route = privacy_mod.Route.LOCAL
@@ -171,6 +174,7 @@ class TaskRecord:
     error: TaskError | None = None
     created_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
+    seq: int = 0  # the number of its last stored event, when read
 
     @property
     def remaining_s(self) -> float:

@@ -13,7 +13,8 @@ per model call:
   (``chosen_by: sla``): then it spills to the provider, if its breaker lets
   calls through. The pool failing before its first token still falls back to
   the provider, as before. A call whose price at the provider (estimated from
-  its prompt and max tokens) exceeds the Agent's budget per task does not spill.
+  its prompt and max tokens) exceeds what the task may still spend (its budget,
+  else its Agent's, less its spend: ``budget``) does not spill.
 
 The SLA is the task's ``sla_ms`` when it has one, else the Agent's
 ``p95TargetMs``. When the provider serves a call, ``Recorder`` rewrites the
@@ -119,17 +120,19 @@ class Placement:
         sla_ms: int | None,
         deadline: float,
         tokens: tuple[int, int] = (0, 0),
+        budget_left_usd: float | None = None,
     ) -> agent_loop.Plan:
-        """Where the next model call of a task on ``route`` goes (see the module);
-        ``tokens`` is the call's (prompt, completion) estimate, which the API's price of
-        must fit the Agent's budget per task for the call to spill."""
+        """Where the next model call of a task on ``route`` goes (see the module); a
+        call spills only when the API's price of ``tokens`` (its prompt and completion
+        estimate) fits ``budget_left_usd``, what the task may still spend (None: no
+        budget)."""
         if route is privacy.Route.API:
             return agent_loop.Plan(("api",))
         api_up = (
             route is privacy.Route.HYBRID
             and self._api is not None
             and self._api.breaker.allows()
-            and self._affordable(agent, tokens)
+            and self._affordable(tokens, budget_left_usd)
         )
         pool = await self.pool(agent)
         if api_up and pool.saturated:
@@ -155,11 +158,11 @@ class Placement:
             await self._wait_for_room(agent, pool, deadline)
         return agent_loop.Plan(("local", *fallback))
 
-    def _affordable(self, agent: model.AgentRecord, tokens: tuple[int, int]) -> bool:
-        """Whether the API's price of the call fits the Agent's budget per task."""
-        if agent.budget_usd_per_task is None or self._api is None:
+    def _affordable(self, tokens: tuple[int, int], left_usd: float | None) -> bool:
+        """Whether the API's price of the call fits what the task may still spend."""
+        if left_usd is None or self._api is None:
             return True
-        return self._api.cost_usd(*tokens) <= agent.budget_usd_per_task
+        return self._api.cost_usd(*tokens) <= left_usd
 
     def _spill(self, chosen_by: str, reason: str) -> agent_loop.Plan:
         return agent_loop.Plan(("api", "local"), chosen_by=chosen_by, reason=reason)

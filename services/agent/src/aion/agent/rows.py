@@ -40,6 +40,7 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
             seed=opts.get("seed"),
             timeout_s=float(opts.get("timeout_s", 300.0)),
             asynchronous=r["asynchronous"],
+            budget_usd=opts.get("budget_usd"),
         ),
         decision=model.Decision(
             route=_route(d.get("route", "local")),
@@ -67,7 +68,12 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
         ),
         created_at=r["created_at"],
         finished_at=r["finished_at"],
+        seq=r["last_seq"],
     )
+
+
+# Postgres NOTIFY channel announcing that a task's events committed (payload: its id).
+CHANNEL = "aion_task_events"
 
 
 async def add_event(
@@ -80,10 +86,30 @@ async def add_event(
     step: int = 0,
 ) -> None:
     """Log one event of the task's current attempt."""
+    await add_events(conn, task, [model.Event(seq=seq, kind=kind, text=text, step=step)])
+
+
+async def add_events(conn: Conn, task: model.TaskRecord, logged: list[model.Event]) -> None:
+    """Log events of the task's current attempt in one statement, and NOTIFY ``CHANNEL``
+    with the task's id (delivered when the transaction commits: followers on any
+    replica wake then)."""
+    if not logged:
+        return
     await conn.execute(
-        "INSERT INTO task_events (task_id, seq, attempt, kind, text, step) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        (task.id, seq, task.attempts, kind.value, text, step),
+        "WITH added AS (INSERT INTO task_events (task_id, seq, attempt, kind, text, step)"
+        " SELECT %(id)s::uuid, e.seq, %(attempt)s, e.kind, e.text, e.step"
+        " FROM unnest(%(seq)s::integer[], %(kind)s::text[], %(text)s::text[],"
+        " %(step)s::integer[]) AS e(seq, kind, text, step) RETURNING 1)"
+        " SELECT pg_notify(%(channel)s, %(id)s::text) FROM (SELECT 1 FROM added LIMIT 1) AS one",
+        {
+            "id": task.id,
+            "attempt": task.attempts,
+            "seq": [e.seq for e in logged],
+            "kind": [e.kind.value for e in logged],
+            "text": [e.text for e in logged],
+            "step": [e.step for e in logged],
+            "channel": CHANNEL,
+        },
     )
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from aion.agent import agent_loop, model, registry, store
+from aion.agent import agent_loop, budget, model, registry, run_log, store
 from aion.core import errors
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,19 @@ class Limits:
 
 
 class _Sink:
-    """A run's sink: tokens and steps go to the store, fenced by the run's lease."""
+    """A run's sink: tokens, partials and steps go to its ``RunLog``."""
 
-    def __init__(self, tasks: store.TaskStore, task: model.TaskRecord) -> None:
-        self._tasks = tasks
-        self._task = task
+    def __init__(self, events: run_log.RunLog) -> None:
+        self._log = events
 
     async def token(self, text: str) -> None:
-        await self._tasks.append(self._task, model.EventKind.TOKEN, text=text)
+        await self._log.add(model.EventKind.TOKEN, text=text)
 
     async def partial(self, text: str, step: int) -> None:
-        await self._tasks.append(self._task, model.EventKind.PARTIAL, text=text, step=step)
+        await self._log.add(model.EventKind.PARTIAL, text=text, step=step)
 
     async def step(self, rec: model.StepRecord) -> None:
-        await self._tasks.record_step(self._task, rec)
+        await self._log.step(rec)
 
 
 class Runner:
@@ -119,6 +118,11 @@ class Runner:
                 f"temperature must be between 0 and 2, got {spec.temperature}",
                 field="task.options.temperature",
             )
+        if spec.budget_usd is not None and not spec.budget_usd >= 0:  # NaN too
+            raise errors.InvalidArgument(
+                f"budget_usd must be at least 0, got {spec.budget_usd}",
+                field="task.options.budget_usd",
+            )
 
     # -- starting -------------------------------------------------------------------
     async def start(self, spec: model.TaskSpec, decision: model.Decision) -> model.TaskRecord:
@@ -143,12 +147,9 @@ class Runner:
             max_attempts=self._limits.max_attempts,
             tenant_cap=self._limits.max_running_per_tenant,
         )
-        if created and worker_id is not None:
-            claimed = await self._tasks.claim(task.id, worker_id=worker_id)
-            if claimed is not None:
-                self._launch(claimed, agent)
-                self._started[claimed.id] = claimed
-                return claimed
+        if created and worker_id is not None:  # claimed as it was created
+            self._launch(task, agent)
+            self._started[task.id] = task
         return task
 
     async def wait_for_room(self) -> None:
@@ -278,13 +279,15 @@ class Runner:
             timeout_s=max(0.05, task.remaining_s),
             task_id=task.id,
             attempt=task.attempts,
+            spend=budget.for_task(task, agent),
         )
         status: model.Status | None = None
         error: model.TaskError | None = None
         why: str | None = None
+        events = run_log.RunLog(self._tasks, task)
         try:
             async with asyncio.timeout(task.remaining_s):
-                output = await self._agent_loop.run(agent, req, _Sink(self._tasks, task))
+                output = await self._agent_loop.run(agent, req, _Sink(events))
             status = model.Status.OK
         except TimeoutError:
             status = model.Status.TIMEOUT
@@ -318,29 +321,32 @@ class Runner:
                 self._room.notify_all()
             self._ready.set()
         latency = int((time.perf_counter() - started) * 1000)
-        await self._end(task, status, error, output=output, latency_ms=latency, why=why)
+        if status is model.Status.OK:
+            events.output = output
+        try:
+            await self._end(task, events, status, error, latency_ms=latency, why=why)
+        finally:
+            await events.close()
 
     async def _end(
         self,
         task: model.TaskRecord,
+        events: run_log.RunLog,
         status: model.Status | None,
         error: model.TaskError | None,
         *,
-        output: str,
         latency_ms: int,
         why: str | None,
     ) -> None:
         try:
             if status is None:
                 if why == "shutdown":
+                    with contextlib.suppress(model.LeaseLost, psycopg.Error):
+                        await events.flush()  # what was handed out, before the next attempt
                     await self._tasks.release(task)
                     log.info("task %s given back to the queue at shutdown", task.id)
                 return
-            if status is not model.Status.OK:
-                output = (await self._tasks.get(task.spec.tenant, task.id)).output
-            ended = await self._tasks.finish(
-                task, status, output=output, error=error, latency_ms=latency_ms
-            )
+            ended = await events.finish(status, error=error, latency_ms=latency_ms)
         except model.LeaseLost:
             log.warning("task %s: not ended here, another worker owns it", task.id)
             return

@@ -26,11 +26,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         tasks: store.TaskStore,
         agents: registry.AgentRegistry,
         default_timeout_s: float,
+        follow_poll_s: float = 2.0,
     ) -> None:
         self._runner = run
         self._tasks = tasks
         self._agents = agents
         self._default_timeout = default_timeout_s
+        self._poll_s = follow_poll_s
 
     def _timeout(self, context: _Ctx, *, asynchronous: bool) -> float:
         remaining = None if asynchronous else context.time_remaining()
@@ -52,9 +54,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         return await self._runner.start(spec, convert.decision_from_pb(request.decision))
 
     async def _events(self, task: model.TaskRecord) -> AsyncIterator[tasks_pb2.TaskEvent]:
-        async for event in self._tasks.follow(task):
+        async for event in self._tasks.follow(task, poll_s=self._poll_s):
             if event.kind in model.FINAL_KINDS:
-                task = await self._tasks.get(task.spec.tenant, task.id)
+                task = await self._tasks.ended(task)
             yield convert.event_to_pb(task, event)
 
     async def Run(
@@ -73,11 +75,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         task = await self._start(request, context, asynchronous=request.asynchronous)
         if not request.asynchronous:
             try:
-                async for _ in self._tasks.follow(task):
-                    pass
+                async for event in self._tasks.follow(task, poll_s=self._poll_s):
+                    if event.kind in model.FINAL_KINDS:
+                        task = await self._tasks.ended(task)
             finally:  # the caller left before the end (the call was cancelled): stop it
                 self._runner.caller_left(task)
-            task = await self._tasks.get(task.spec.tenant, task.id)
         return tasks_pb2.SubmitResponse(task_id=task.id, result=convert.result_to_pb(task))
 
     async def Follow(

@@ -77,6 +77,13 @@ class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
         description="how often a replica with room looks for queued "
         "tasks that no record woke it for",
     )
+    follow_poll_s: float = pydantic.Field(
+        default=2.0,
+        gt=0,
+        description="how often a stream following a task run on another "
+        "replica reads its events when no notification woke it (a safety net: "
+        "Postgres LISTEN/NOTIFY wakes it as events are stored)",
+    )
     task_retention_s: float = pydantic.Field(
         default=7 * 86400.0,
         gt=0,

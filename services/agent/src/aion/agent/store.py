@@ -21,6 +21,7 @@ from aion.agent import db, events, follow, model, recovery, rows
 from aion.core import errors
 
 Conn = rows.Conn
+Followers = follow.Followers
 
 
 # A task that holds a running slot of its tenant: running, or reserved for a synchronous run.
@@ -41,6 +42,30 @@ async def _running(conn: Conn, tenant: str) -> int:
     )
     row = await cur.fetchone()
     return int(row["n"]) if row else 0
+
+
+async def _add_step(conn: Conn, task: model.TaskRecord, rec: model.StepRecord) -> None:
+    await conn.execute(
+        "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
+        " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            task.id,
+            task.attempts,
+            rec.step,
+            rec.kind,
+            rec.name,
+            task.worker_id,
+            pg_json.Jsonb(rec.input),
+            rec.output,
+            rec.error,
+            rec.prompt_tokens,
+            rec.completion_tokens,
+            rec.cost_usd,
+            rec.latency_ms,
+            rec.model_ms,
+        ),
+    )
 
 
 def _parse_id(task_id: str) -> uuid.UUID:
@@ -81,15 +106,17 @@ class TaskStore:
         max_attempts: int,
         tenant_cap: int | None = None,
     ) -> tuple[model.TaskRecord, bool]:
-        """A new QUEUED task (reserved by ``worker_id`` when given, else published to the
-        work topic), or the existing one for the same idempotency key (then False).
-        With ``tenant_cap``, a reserved task is refused (ResourceExhausted, nothing
+        """A new task, or the existing one for the same idempotency key (then False).
+        With ``worker_id`` it is claimed by that worker in the same transaction (RUNNING,
+        its STARTED event written); else it is QUEUED and published to the work topic.
+        With ``tenant_cap``, a claimed task is refused (ResourceExhausted, nothing
         written) when the tenant already runs that many tasks."""
         options = {
             "max_tokens": spec.max_tokens,
             "temperature": spec.temperature,
             "seed": spec.seed,
             "timeout_s": spec.timeout_s,
+            "budget_usd": spec.budget_usd,
         }
         params = {
             "id": uuid.uuid4(),
@@ -145,7 +172,11 @@ class TaskStore:
             await rows.state_changed(conn, self._topics, task)
             if worker_id is None:
                 await rows.queued(conn, self._topics, task)
-        self._on_commit()
+            else:
+                claimed = await self._claim(conn, task.id, worker_id)
+                assert claimed is not None, "a task reserved in this transaction is claimable"
+                task = claimed
+        self.committed(task.id)
         return task, True
 
     async def mark_ready(self, task_id: str, queue: str, *, conn: Conn) -> bool:
@@ -204,20 +235,6 @@ class TaskStore:
             self._on_commit()  # queued tasks found late or canceled were ended
         return task
 
-    async def claim(
-        self, task_id: str, *, worker_id: str, conn: Conn | None = None
-    ) -> model.TaskRecord | None:
-        """QUEUED -> RUNNING for ``worker_id``; None when the task is not there to take
-        (another worker has it, it ended, or it was reserved by someone else). A
-        queued task past its deadline or asked to cancel is ended instead. With
-        ``conn``, runs in that connection's transaction (the caller commits)."""
-        if conn is not None:
-            return await self._claim(conn, task_id, worker_id)
-        async with self._pool.connection() as own, own.transaction():
-            claimed = await self._claim(own, task_id, worker_id)
-        self.committed(task_id)
-        return claimed
-
     def committed(self, task_id: str) -> None:
         """Tell this process's publisher and followers that a change of the task committed."""
         self._on_commit()
@@ -244,70 +261,48 @@ class TaskStore:
         return task
 
     # -- a run's writes, fenced by attempt and worker_id --------------------------
-    async def append(
-        self, task: model.TaskRecord, kind: model.EventKind, *, text: str = "", step: int = 0
-    ) -> model.Event:
-        """Add a token or partial event of the current run."""
+    async def write(
+        self,
+        task: model.TaskRecord,
+        logged: list[model.Event],
+        *,
+        output: str | None = None,
+        step: model.StepRecord | None = None,
+    ) -> None:
+        """Store events the run numbered (``run_log``), its output when given, and one
+        step of its loop with the step's usage, in one transaction."""
+        usage = step or model.StepRecord(step=0, kind="")
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "UPDATE tasks SET last_seq = last_seq + 1"
-                + (", output = output || %s" if kind is model.EventKind.TOKEN else ", output = %s")
-                + " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
-                " RETURNING last_seq",
-                (text, task.id, task.attempts, task.worker_id),
-            )
-            row = await cur.fetchone()
-            if row is None:
-                raise model.LeaseLost(task.id)
-            await rows.add_event(conn, task, row["last_seq"], kind, text=text, step=step)
-        self._changed(task.id)
-        return model.Event(seq=row["last_seq"], kind=kind, text=text, step=step)
-
-    async def record_step(self, task: model.TaskRecord, rec: model.StepRecord) -> None:
-        """Store one step of the loop and add its tokens and cost to the task's usage."""
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "UPDATE tasks SET prompt_tokens = prompt_tokens + %s,"
-                " completion_tokens = completion_tokens + %s, cost_usd = cost_usd + %s"
-                " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
-                " RETURNING id",
-                (
-                    rec.prompt_tokens,
-                    rec.completion_tokens,
-                    rec.cost_usd,
-                    task.id,
-                    task.attempts,
-                    task.worker_id,
-                ),
+                "UPDATE tasks SET last_seq = greatest(last_seq, %(seq)s),"
+                " output = coalesce(%(output)s, output),"
+                " prompt_tokens = prompt_tokens + %(prompt)s,"
+                " completion_tokens = completion_tokens + %(completion)s,"
+                " cost_usd = cost_usd + %(cost)s"
+                " WHERE id = %(id)s AND attempts = %(attempt)s AND lease_owner = %(worker)s"
+                " AND state = 'RUNNING' RETURNING id",
+                {
+                    "seq": logged[-1].seq if logged else 0,
+                    "output": output,
+                    "prompt": usage.prompt_tokens,
+                    "completion": usage.completion_tokens,
+                    "cost": usage.cost_usd,
+                    "id": task.id,
+                    "attempt": task.attempts,
+                    "worker": task.worker_id,
+                },
             )
             if await cur.fetchone() is None:
                 raise model.LeaseLost(task.id)
-            await conn.execute(
-                "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
-                " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    task.id,
-                    task.attempts,
-                    rec.step,
-                    rec.kind,
-                    rec.name,
-                    task.worker_id,
-                    pg_json.Jsonb(rec.input),
-                    rec.output,
-                    rec.error,
-                    rec.prompt_tokens,
-                    rec.completion_tokens,
-                    rec.cost_usd,
-                    rec.latency_ms,
-                    rec.model_ms,
-                ),
+            await rows.add_events(conn, task, logged)
+            if step is not None:
+                await _add_step(conn, task, step)
+        if step is not None:
+            task.usage.add(
+                prompt_tokens=step.prompt_tokens,
+                completion_tokens=step.completion_tokens,
+                cost_usd=step.cost_usd,
             )
-        task.usage.add(
-            prompt_tokens=rec.prompt_tokens,
-            completion_tokens=rec.completion_tokens,
-            cost_usd=rec.cost_usd,
-        )
 
     async def finish(
         self,
@@ -317,13 +312,17 @@ class TaskStore:
         output: str,
         error: model.TaskError | None = None,
         latency_ms: int = 0,
+        logged: list[model.Event] | None = None,
     ) -> model.TaskRecord:
-        """End the current run with its final status and emit done or error; once only."""
+        """End the current run with its final status and emit done or error; once only.
+        ``logged``: the run's events not stored yet, stored first in the same transaction."""
+        logged = logged or []
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE tasks SET state = %s, output = %s, error_code = %s, error_message = %s,"
                 " error_retriable = %s, latency_ms = %s, finished_at = now(),"
-                " lease_owner = NULL, lease_until = NULL, last_seq = last_seq + 1"
+                " lease_owner = NULL, lease_until = NULL,"
+                " last_seq = greatest(last_seq, %s) + 1"
                 " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
                 " RETURNING *",
                 (
@@ -333,6 +332,7 @@ class TaskStore:
                     error.message if error else None,
                     error.retriable if error else False,
                     latency_ms,
+                    logged[-1].seq if logged else 0,
                     task.id,
                     task.attempts,
                     task.worker_id,
@@ -343,7 +343,8 @@ class TaskStore:
                 raise model.LeaseLost(task.id)
             ended = rows.record(row)
             kind = model.EventKind.DONE if status is model.Status.OK else model.EventKind.ERROR
-            await rows.add_event(conn, ended, row["last_seq"], kind)
+            final = model.Event(seq=row["last_seq"], kind=kind)
+            await rows.add_events(conn, ended, [*logged, final])
             await rows.state_changed(conn, self._topics, ended)
         self._on_commit()
         self._changed(task.id)
@@ -433,7 +434,24 @@ class TaskStore:
         ]
 
     def follow(
-        self, task: model.TaskRecord, *, after: int = 0, poll_s: float = 0.25
+        self, task: model.TaskRecord, *, after: int = 0, poll_s: float = 2.0
     ) -> AsyncIterator[model.Event]:
-        """Replay the task's stored events, then follow new ones until the final event."""
+        """Replay the task's stored events, then follow new ones until the final event
+        (``follow``: live from a run here, woken by notifications from any replica)."""
         return self._followers.follow(task.id, after=after, poll_s=poll_s)
+
+    async def ended(self, task: model.TaskRecord) -> model.TaskRecord:
+        """The task as it is now that a follower saw its final event: as the run here
+        ended it when it ran here, else read."""
+        return self._followers.ended(task.id) or await self.get(task.spec.tenant, task.id)
+
+    @property
+    def followers(self) -> Followers:
+        """The streams following tasks in this process (a run here hands them events)."""
+        return self._followers
+
+    async def listen(self) -> None:
+        """Wake this process's followers when any replica stores events, until cancelled."""
+        conninfo = self._pool.conninfo
+        assert isinstance(conninfo, str), "the pool is opened with a DSN (db.pool)"
+        await follow.listen(conninfo, self._followers)

@@ -8,7 +8,9 @@
 - ``retention``: old tasks and processed-event records deleted (``Recovery.retain``);
 - ``work-queue``: the work topic's consumer (``work_queue.consumer``), which marks
   queued tasks ready;
-- ``dispatcher``: claims ready tasks while this replica has room (``Runner.dispatch``).
+- ``dispatcher``: claims ready tasks while this replica has room (``Runner.dispatch``);
+- ``listener``: Postgres notifications of stored task events, which wake this
+  replica's followers of tasks run elsewhere (``TaskStore.listen``).
 
 ``async with Worker(...)`` starts them in a task group (one that fails stops the
 replica). ``shutdown`` drains them in the one order that loses nothing, once:
@@ -70,6 +72,7 @@ class Worker:
             "retention": self._recovery.retain(),
             "work-queue": self._consumer.run(),
             "dispatcher": self._runner.dispatch(self._queue),
+            "listener": self._runner.tasks.listen(),
         }
         if self._load_feed is not None:
             background["executor-load"] = self._load_feed.run()

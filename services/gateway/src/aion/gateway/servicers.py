@@ -145,8 +145,12 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             requested_privacy=opts.privacy,
             input_chars=len(task.input),
         )
+        # The task's budget, else its agent's: the router checks it before routing, and
+        # the agent service enforces the same one (task's, else agent's) while it runs.
         if opts.HasField("budget_usd"):
             decide.budget_usd = opts.budget_usd
+        elif agent.HasField("budget_usd_per_task"):
+            decide.budget_usd = agent.budget_usd_per_task
         if opts.HasField("sla_ms"):
             decide.sla_ms = opts.sla_ms  # carried for #15; the router does not read it yet
         with errors.remote("router"):

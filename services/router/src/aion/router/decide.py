@@ -20,8 +20,11 @@ class Request:
     """What the router knows about a task.
 
     ``declared`` is the agent's privacy, ``requested`` the task's own (``None``: not
-    asked). ``sla_ms`` is carried but not read: nothing here measures latency yet; the
-    streaming and routing issue (#15) compares it with the executors' load reports.
+    asked). ``budget_usd`` is the task's budget, else its agent's (the gateway picks): an
+    API call estimated over it is not chosen; the agent service enforces it on the real
+    spend while the task runs. ``sla_ms`` is carried but not read: nothing here measures
+    latency yet; the streaming and routing issue (#15) compares it with the executors'
+    load reports.
     """
 
     tenant: str

@@ -49,8 +49,9 @@ class Agent(_message.Message):
     """Default maximum of generated tokens per model call."""
     budget_usd_per_task: _builtins.float
     """The Agent's routing targets (spec.routing): what one task may cost in USD, and the
-    95th-percentile latency aimed for. Unset: none. Recorded and shown; the router's
-    choice of route does not read them yet.
+    95th-percentile latency aimed for. Unset: none. The budget is that of each task
+    naming none of its own (TaskOptions.budget_usd says how it is enforced); the
+    latency target is recorded and shown, and the router does not read it yet.
     """
     p95_target_ms: _builtins.int
     @_builtins.property

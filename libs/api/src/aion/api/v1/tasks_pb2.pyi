@@ -32,7 +32,13 @@ class TaskOptions(_message.Message):
     max_tokens: _builtins.int
     temperature: _builtins.float
     budget_usd: _builtins.float
-    """Most the task may spend, in US dollars."""
+    """Most the task may spend, in US dollars (unset: its Agent's budget_usd_per_task, if
+    any). The router does not choose the external API when its estimate of the task's
+    cost is over it; while the task runs, a priced model call stops when the spend
+    reaches it, and the task ends ERROR with error.code RESOURCE_EXHAUSTED (not
+    retriable), its output so far kept and usage.cost_usd what it spent (at most one
+    token's price over). The local pool's model calls cost nothing and never stop.
+    """
     sla_ms: _builtins.int
     """Latency target, in milliseconds. Passed to the router, which does not act on it
     yet: it has no latency measurement to compare it with until the streaming and

@@ -1,0 +1,143 @@
+"""A run's events: numbered here, handed to followers at once, stored in batches.
+
+A run holds its task's lease, so nobody else numbers the task's events while it
+runs: ``RunLog`` numbers them in memory, hands each to this process's followers the
+moment it is made (``follow.Followers.publish``: no database round trip between the
+executor's token and the caller), and stores them in one transaction per batch
+(``TaskStore.write``): ``flush_s`` after the first unstored event, at once when
+``max_events`` wait, at every step end (with the step's record) and at the end (with
+the final event, ``finish``).
+
+The task's ``output`` column is rewritten only when the output has doubled since it
+was last written, at step ends and at the end, so a long generation costs linear
+time to store (the events hold every token in between). A run that dies loses at
+most its last unstored batch, which recovery runs again; its followers here are
+rewound to what was stored (``close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import psycopg
+
+from aion.agent import follow, model, store
+
+log = logging.getLogger(__name__)
+
+FLUSH_S = 0.05
+MAX_EVENTS = 64
+
+
+class RunLog:
+    """The events of one run of a task, as the run makes them."""
+
+    def __init__(
+        self,
+        tasks: store.TaskStore,
+        task: model.TaskRecord,
+        *,
+        flush_s: float = FLUSH_S,
+        max_events: int = MAX_EVENTS,
+    ) -> None:
+        self._tasks = tasks
+        self._task = task
+        self._followers: follow.Followers = tasks.followers
+        self._flush_s = flush_s
+        self._max_events = max_events
+        self._seq = self._stored = task.seq
+        self._pending: list[model.Event] = []
+        self.output = task.output
+        self._written = len(task.output)  # the output's length when last stored
+        self._rewrite = False  # the output was replaced (a partial): store it next time
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+        self._closed = False  # the followers were told the run ended
+
+    async def add(self, kind: model.EventKind, *, text: str = "", step: int = 0) -> None:
+        """A token (appended to the output) or a partial (replacing it)."""
+        if self._failed is not None:
+            raise self._failed
+        self._seq += 1
+        event = model.Event(seq=self._seq, kind=kind, text=text, step=step)
+        if kind is model.EventKind.TOKEN:
+            self.output += text
+        else:
+            self.output, self._rewrite = text, True
+        self._pending.append(event)
+        self._followers.publish(self._task.id, event)
+        if len(self._pending) >= self._max_events:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._flush_s)
+        self._timer = None
+        try:
+            await self.flush()
+        except (model.LeaseLost, psycopg.Error) as exc:
+            self._failed = exc  # the run's next event raises it
+
+    async def flush(self, rec: model.StepRecord | None = None) -> None:
+        """Store what waits (and ``rec``, a step's record, with the whole output)."""
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            rewrite = rec is not None or self._rewrite or len(self.output) >= 2 * self._written
+            if not batch and rec is None:
+                return
+            output = self.output if rewrite else None
+            try:
+                await self._tasks.write(self._task, batch, output=output, step=rec)
+            except BaseException:
+                self._pending[:0] = batch
+                raise
+            if batch:
+                self._stored = batch[-1].seq
+            if output is not None:
+                self._written, self._rewrite = len(output), False
+
+    async def step(self, rec: model.StepRecord) -> None:
+        """A step of the loop ended: store it with everything before it."""
+        await self.flush(rec)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()  # still waiting: it clears itself before it flushes
+            self._timer = None
+
+    async def finish(
+        self,
+        status: model.Status,
+        *,
+        error: model.TaskError | None,
+        latency_ms: int,
+    ) -> model.TaskRecord:
+        """End the run with its final status, storing what waits in the same transaction."""
+        self._stop_timer()
+        async with self._lock:
+            ended = await self._tasks.finish(
+                self._task,
+                status,
+                output=self.output,
+                error=error,
+                latency_ms=latency_ms,
+                logged=self._pending,
+            )
+            self._pending = []
+            self._stored = ended.seq
+            # Before anything else runs: the followers here take the end from memory.
+            self._followers.end(self._task.id, ended=ended)
+            self._closed = True
+        return ended
+
+    async def close(self) -> None:
+        """The run stopped: nothing more is handed out. Followers here that got events
+        never stored are rewound to the last stored one."""
+        self._stop_timer()
+        async with self._lock:  # a flush in flight lands (or fails) first
+            if not self._closed:
+                self._followers.end(self._task.id, stored=self._stored)
+                self._closed = True
