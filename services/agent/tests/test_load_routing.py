@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeAlias
 
+import prometheus_client
 import pydantic
 import pytest
 
@@ -171,6 +172,11 @@ def _provided(topic: str, url: str, provider: executor_testing.Executor) -> dict
     }
 
 
+def _sample(name: str, **labels: str) -> float:
+    """A metric of the agent service (it runs in this process), 0 before its first count."""
+    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def _topic() -> str:
     return f"load-{uuid.uuid4().hex[:8]}"
 
@@ -229,6 +235,7 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             await _until(lambda: all(p.active == 1 + THRESHOLD for p in pods))
             await asyncio.sleep(1.0)
             served = [p.tasks for p in pods]
+            spills = _sample("aion_agent_spills_total", chosen_by="load")
             spilled = await _run(stub, "mixed", "say hi", common_pb2.ROUTE_HYBRID)
             assert spilled.status == common_pb2.TASK_STATUS_OK, spilled.error
             assert spilled.engine.chosen_by == "load"
@@ -237,6 +244,7 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             assert all(f"{p.address} queue {THRESHOLD}" in spilled.engine.reason for p in pods)
             assert spilled.engine.route == common_pb2.ROUTE_HYBRID
             assert [p.tasks for p in pods] == served  # no pod got it
+            assert _sample("aion_agent_spills_total", chosen_by="load") == spills + 1
 
             # Local-only, where room is further away than its deadline: refused at once.
             for p in pods:
@@ -277,6 +285,7 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
         ok = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
         assert (ok.status, ok.engine.model) == (common_pb2.TASK_STATUS_OK, PROVIDER_MODEL)
 
+        opens = _sample("aion_agent_breaker_opens_total", target="api")
         relay.on = False
         failing_since = time.monotonic()
         failures = [await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API) for _ in range(3)]
@@ -287,6 +296,7 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
         assert refused.error.code == "UNAVAILABLE"
         assert "left alone" in refused.error.message, refused.error.message
         assert opened_after < 5.0
+        assert _sample("aion_agent_breaker_opens_total", target="api") == opens + 1
 
         relay.on = True
         await asyncio.sleep(1.1)  # breaker_open_s: the next call is the probe

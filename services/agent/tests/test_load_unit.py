@@ -242,3 +242,18 @@ async def test_a_call_the_budget_cannot_cover_does_not_spill(clients: peers.Peer
                 tokens=(400, 300),
                 budget_left_usd=0.5,
             )  # $0.70 does not: it waits like a local-only task (here past its deadline)
+
+
+def test_a_breaker_says_when_it_opens_once_per_opening() -> None:
+    clock = Clock()
+    opened: list[float] = []
+    b = breaker.Breaker(failures=2, open_s=1.0, clock=clock, on_open=lambda: opened.append(1))
+    b.failure()
+    assert opened == []
+    b.failure()
+    b.failure()  # still open: not a new opening
+    assert opened == [1]
+    clock.now += 1.0
+    b.attempt()
+    b.failure()  # the probe failed: open again
+    assert opened == [1, 1]

@@ -28,8 +28,14 @@ class Breaker:
     """The breaker of one target."""
 
     def __init__(
-        self, *, failures: int, open_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        failures: int,
+        open_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
+        self._on_open = on_open
         self._threshold = failures
         self._open_s = open_s
         self._clock = clock
@@ -77,6 +83,8 @@ class Breaker:
         """A call failed: a failed probe, or the ``failures``-th in a row, opens the breaker."""
         self._failed += 1
         if self._probing or self._failed >= self._threshold:
+            if self._on_open is not None and self.state is not State.OPEN:
+                self._on_open()
             self._opened_at = self._clock()
         self._probing = False
 
@@ -89,8 +97,14 @@ class Breakers:
     """A breaker per target, made on first use with the same settings."""
 
     def __init__(
-        self, *, failures: int, open_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        failures: int,
+        open_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[], None] | None = None,
     ) -> None:
+        self._on_open = on_open
         self._failures = failures
         self._open_s = open_s
         self._clock = clock
@@ -99,7 +113,12 @@ class Breakers:
     def __getitem__(self, target: str) -> Breaker:
         found = self._by_target.get(target)
         if found is None:
-            found = Breaker(failures=self._failures, open_s=self._open_s, clock=self._clock)
+            found = Breaker(
+                failures=self._failures,
+                open_s=self._open_s,
+                clock=self._clock,
+                on_open=self._on_open,
+            )
             self._by_target[target] = found
         return found
 

@@ -29,6 +29,7 @@ from aion.agent import (
     work_queue,
     worker,
 )
+from aion.agent import metrics as agent_metrics
 from aion.agent import settings as agent_settings
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.core import authz, lifecycle, metrics, server, settings, telemetry, tls
@@ -76,7 +77,11 @@ async def run(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
         )
         board = load.LoadBoard(stale_s=cfg.load_stale_s)
-        breakers = breaker.Breakers(failures=cfg.breaker_failures, open_s=cfg.breaker_open_s)
+        breakers = breaker.Breakers(
+            failures=cfg.breaker_failures,
+            open_s=cfg.breaker_open_s,
+            on_open=agent_metrics.BREAKER_OPENS.labels(target="executor").inc,
+        )
         clients = await stack.enter_async_context(
             peers.Peers(
                 tls=material,
@@ -90,7 +95,11 @@ async def run(
         if cfg.provider_base_url:
             api = backends.ApiBackend(
                 await stack.enter_async_context(_provider(cfg, cfg.provider_base_url)),
-                guard=breaker.Breaker(failures=cfg.breaker_failures, open_s=cfg.breaker_open_s),
+                guard=breaker.Breaker(
+                    failures=cfg.breaker_failures,
+                    open_s=cfg.breaker_open_s,
+                    on_open=agent_metrics.BREAKER_OPENS.labels(target="api").inc,
+                ),
             )
         loop = agent_loop.AgentLoop(
             local=backends.ExecutorBackend(clients),

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from aion.agent import agent_loop, backends, load, model, peers
+from aion.agent import agent_loop, backends, load, metrics, model, peers
 from aion.core import errors, privacy
 
 _POLL_S = 0.05  # how often a call waiting for room looks again
@@ -174,6 +174,7 @@ class Placement:
             left = deadline - self._clock()
             wait = pool.wait_s()
             if wait > left:
+                metrics.SATURATED_REFUSALS.inc()
                 away = f"about {wait:.1f}s away" if wait < float("inf") else "not in sight"
                 raise errors.ResourceExhausted(
                     f"the agent '{agent.name}' is saturated ({pool.describe()}) and may not "
@@ -195,5 +196,6 @@ class Placement:
             await self._record(task_id, chosen_by=None, reason=None, model=model_name)
             return
         chosen_by = plan.chosen_by or "fallback"
+        metrics.SPILLS.labels(chosen_by=chosen_by).inc()
         reason = plan.reason or "the executor pool failed before its first token; the API served"
         await self._record(task_id, chosen_by=chosen_by, reason=reason, model=model_name)
