@@ -107,15 +107,15 @@ def _host_port(url: str) -> tuple[str, int]:
 
 @contextlib.asynccontextmanager
 async def _service(new_service: Callable[..., Any], **overrides: Any) -> AsyncIterator[Stub]:
+    settings = {
+        "spill_queue_threshold": THRESHOLD,
+        "load_stale_s": 2.0,
+        "breaker_failures": 3,
+        "breaker_open_s": 1.0,
+        "max_running_per_tenant": 16,
+    }
     async with (
-        new_service(
-            spill_queue_threshold=THRESHOLD,
-            load_stale_s=2.0,
-            breaker_failures=3,
-            breaker_open_s=1.0,
-            max_running_per_tenant=16,
-            **overrides,
-        ) as svc,
+        new_service(**{**settings, **overrides}) as svc,
         agent_testing.channel(svc.address) as chan,
     ):
         yield agent_pb2_grpc.AgentServiceStub(chan)
@@ -336,3 +336,33 @@ async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
         await asyncio.sleep(0.6)
         back = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID)
         assert (back.engine.chosen_by, back.engine.model) == ("policy", "m")
+
+
+async def test_a_failing_replica_is_avoided_for_a_while_then_probed(
+    new_service: Callable[..., Any], kafka: Any
+) -> None:
+    topic = _topic()
+    async with (
+        load_testing.pods(2, kafka.bootstrap, topic) as pods,
+        _service(new_service, executor_load_topic=topic, breaker_open_s=4.0) as stub,
+    ):
+        await _register(stub, "shaky", pods, common_pb2.PRIVACY_LOCAL_ONLY)
+        broken, healthy = pods
+        broken.failing = True
+        opens = _sample("aion_agent_breaker_opens_total", target="executor")
+        results = [await _run(stub, "shaky", f"task {i}", common_pb2.ROUTE_LOCAL) for i in range(6)]
+        # Every task ends OK on the healthy pod; the broken one is tried until its
+        # breaker opens (3 failed calls in a row; gRPC retries each a few times)...
+        assert [r.status for r in results] == [common_pb2.TASK_STATUS_OK] * 6
+        assert healthy.tasks == 6
+        assert _sample("aion_agent_breaker_opens_total", target="executor") == opens + 1
+        # ... then left alone while it is open.
+        refused = broken.refused
+        for i in range(6):
+            await _run(stub, "shaky", f"more {i}", common_pb2.ROUTE_LOCAL)
+        assert (broken.refused, healthy.tasks) == (refused, 12)
+        broken.failing = False
+        await asyncio.sleep(4.1)  # breaker_open_s: the next call to it is a probe
+        for i in range(6):
+            await _run(stub, "shaky", f"again {i}", common_pb2.ROUTE_LOCAL)
+        assert broken.tasks >= 2  # the probe succeeded: it is back in the rotation

@@ -29,7 +29,8 @@ REPORT_INTERVAL_S = 0.2
 
 class Pod(executor_pb2_grpc.ExecutorServicer):
     """An executor pod serving ``max_streams`` streams at once (the rest queue); its
-    words back, or, for an input starting "hold", its words once ``release`` is set."""
+    words back, or, for an input starting "hold", its words once ``release`` is set.
+    While ``failing``, it refuses every call UNAVAILABLE (a pod whose model broke)."""
 
     def __init__(self, *, max_streams: int = 1) -> None:
         self.max_streams = max_streams
@@ -38,10 +39,15 @@ class Pod(executor_pb2_grpc.ExecutorServicer):
         self.release = asyncio.Event()
         self.p95_ms = 100.0
         self.address = ""
+        self.failing = False
+        self.refused = 0  # calls refused while failing
 
     async def Generate(
         self, request: executor_pb2.GenerateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Any:
+        if self.failing:
+            self.refused += 1
+            raise errors.Unavailable("this pod is failing")
         if dict(context.invocation_metadata() or ()).get("x-aion-task-id"):
             self.tasks += 1
         self.active += 1
