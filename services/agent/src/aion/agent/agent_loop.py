@@ -81,6 +81,13 @@ class Placement(Protocol):
         ...
 
 
+def _no_provider() -> errors.FailedPrecondition:
+    return errors.FailedPrecondition(
+        "the router chose an external API, but this agent service has no provider; set "
+        "AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to local-only"
+    )
+
+
 # -- end of route choice ---------------------------------------------------------------
 
 
@@ -145,7 +152,8 @@ class Request:
     attempt: int = 0
     # The task's spend and budget, shared with the agents it calls (None: no budget).
     spend: budget.Spend | None = None
-    # The task's own SLA (else its Agent's p95 target applies) and when its run began
+    # The task's own SLA (None: its Agent's p95 target applies; the runner does not pass
+    # a task's sla_ms yet, as tasks do not store it) and when its run began
     # (time.monotonic), from which its deadline is ``started + timeout_s``.
     sla_ms: int | None = None
     started: float = dataclasses.field(default_factory=time.monotonic)
@@ -317,7 +325,7 @@ class AgentLoop:
         """The plan of a model call: the placement's (live load, SLA), else hybrid is
         local first, then the API."""
         if req.route is privacy.Route.API and self._api is None:
-            self._backends(("api",))  # says what to fix
+            raise _no_provider()
         if self._placement is not None:
             sla = req.sla_ms if req.sla_ms is not None else agent.p95_target_ms
             left = None if spend.limit_usd is None else spend.limit_usd - spend.spent_usd
@@ -334,17 +342,12 @@ class AgentLoop:
         return Plan(("local", "api") if req.route is privacy.Route.HYBRID else ("local",))
 
     def _backends(self, order: tuple[str, ...]) -> list[tuple[str, ModelBackend]]:
-        """The backends of a plan, in order; an absent API is left out of a fallback."""
-        if order == ("api",):
-            if self._api is None:
-                raise errors.FailedPrecondition(
-                    "the router chose an external API, but this agent service has no "
-                    "provider; set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to "
-                    "local-only"
-                )
-            return [("api", self._api)]
+        """The backends of a plan, in order, named; an absent API is left out."""
         found = {"local": self._local, "api": self._api}
-        return [(name, b) for name in order if (b := found[name]) is not None]
+        named = [(name, b) for name in order if (b := found[name]) is not None]
+        if not named:
+            raise _no_provider()
+        return named
 
     async def _model_step(
         self,
