@@ -13,7 +13,7 @@ export RUFF_CACHE_DIR ?= $(HOME)/.cache/aion/ruff
 
 .PHONY: help setup dev test lint typecheck layers protos protos-check pytest unit e2e clean \
 	infra-build infra-up infra-down infra-status cluster-up cluster-down cluster-env \
-	bench-operator bench-agent bench-executor bench-install
+	bench-operator bench-agent bench-router bench-executor bench-install
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready v
 
 bench-agent: setup infra-up ## tasks/s and added latency through gateway->agent->executor, outbox vs raw produce; BENCH_AGENT_* knobs (one JSON object)
 	@$(UV) run --no-sync python tests/bench/bench_agent.py
+
+bench-router: setup infra-up ## routing decisions/s and p99 (router Decide + load-aware choice), seconds from a saturated pool to the first spilled task; BENCH_ROUTER_* knobs (one JSON object)
+	@$(UV) run --no-sync python tests/bench/bench_router.py
 
 bench-install: setup infra-build infra-up ## make images (cold, then warm), helm install to Ready, an applied CPU Agent to its first token; image sizes (one JSON object)
 	@$(UV) run --no-sync python tests/bench/bench_install.py

@@ -103,16 +103,7 @@ def agent_dsn(postgres: Postgres) -> Iterator[str]:
 async def executor() -> AsyncIterator[ScriptedExecutor]:
     """The scripted executor, serving on a free port."""
     scripted = ScriptedExecutor()
-    srv = server.GrpcServer(
-        name="executor",
-        host="127.0.0.1",
-        port=0,
-        grace_s=1,
-        tls=testing.CA.tls("executor"),
-        allow=testing.EXECUTOR_ALLOW,
-        health_port=0,
-    )
-    srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, scripted, testing.EXECUTOR_SERVICE)
+    srv = testing.executor_server(scripted, grace_s=1)
     async with srv:
         scripted.address = srv.address
         yield scripted
@@ -126,18 +117,7 @@ async def executor_pods() -> AsyncIterator[list[tuple[ScriptedExecutor, server.G
         pods = []
         for _ in range(2):
             scripted = ScriptedExecutor()
-            srv = server.GrpcServer(
-                name="executor",
-                host="127.0.0.1",
-                port=0,
-                grace_s=0.1,
-                tls=testing.CA.tls("executor"),
-                allow=testing.EXECUTOR_ALLOW,
-                health_port=0,
-            )
-            srv.add(
-                executor_pb2_grpc.add_ExecutorServicer_to_server, scripted, testing.EXECUTOR_SERVICE
-            )
+            srv = testing.executor_server(scripted)
             await stack.enter_async_context(srv)
             scripted.address = srv.address
             pods.append((scripted, srv))

@@ -93,7 +93,9 @@ async def test_concurrent_tasks_spread_too(stub: Stub, pods: list[Pod]) -> None:
     await _register(stub, "busy", f"ipv4:127.0.0.1:{pods[0].port},127.0.0.1:{pods[1].port}")
     results = await asyncio.gather(*(_run(stub, "busy", f"task {i}") for i in range(12)))
     assert all(r.status == common_pb2.TASK_STATUS_OK for r in results)
-    assert sorted(pod.calls for pod in pods) == [6, 6]
+    # Least-loaded, not strictly in turn: a pod whose call ended sooner gets the next.
+    assert sum(pod.calls for pod in pods) == 12
+    assert all(4 <= pod.calls <= 8 for pod in pods), [pod.calls for pod in pods]
 
 
 async def test_a_pod_that_is_gone_is_skipped_and_its_tasks_end_ok(

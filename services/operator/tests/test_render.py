@@ -200,6 +200,10 @@ def test_executor_mounts_its_certificate_and_reads_its_token_from_secrets() -> N
     assert env["AION_EXECUTOR_HTTP_TOKEN"]["valueFrom"] == {
         "secretKeyRef": {"name": "aion-executor-http", "key": "token"}
     }
+    # Load reports name the pod by the IP the agent service dials (agent's load.py).
+    assert env["AION_EXECUTOR_INSTANCE_ID"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "status.podIP"}
+    }
     assert {"name": "tls", "mountPath": "/etc/aion/tls", "readOnly": True} in container[
         "volumeMounts"
     ]
@@ -285,7 +289,11 @@ def test_executors_publish_to_kafka_with_the_platforms_sasl_and_tls_from_secrets
     assert env["AION_EXECUTOR_KAFKA_SSL_CERTFILE"] == f"{render.KAFKA_TLS_DIR}/tls.crt"
     assert env["AION_EXECUTOR_KAFKA_SSL_KEYFILE"] == f"{render.KAFKA_TLS_DIR}/tls.key"
     # Credentials are Secret references, never values in the Deployment.
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert refs["AION_EXECUTOR_KAFKA_SASL_USERNAME"] == {"name": "kafka-user", "key": "username"}
     assert refs["AION_EXECUTOR_KAFKA_SASL_PASSWORD"] == {"name": "kafka-user", "key": "password"}
     assert {"name": "kafka-tls", "mountPath": render.KAFKA_TLS_DIR, "readOnly": True} in (

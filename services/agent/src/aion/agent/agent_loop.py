@@ -46,6 +46,51 @@ class ModelBackend(Protocol):
         ...
 
 
+# -- route choice (issue #15: live load, spill, SLA; implemented by placement.py) --------
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Where one model call goes: the backends to try in order (``local``, ``api``),
+    each only when the one before failed before answering; ``chosen_by`` and ``reason``
+    say why when the plan departs from the router's route (empty when it does not)."""
+
+    order: tuple[str, ...]
+    chosen_by: str = ""
+    reason: str = ""
+
+
+class Placement(Protocol):
+    """Chooses each model call's backend within the router's route, on live load."""
+
+    async def plan(
+        self,
+        agent: model.AgentRecord,
+        route: privacy.Route,
+        *,
+        sla_ms: int | None,
+        deadline: float,
+        tokens: tuple[int, int],
+        budget_left_usd: float | None,
+    ) -> Plan:
+        """The plan of the next call (``tokens``: its prompt and completion estimate;
+        ``budget_left_usd``: what the task may still spend, None without a budget); may
+        wait for room, or raise RESOURCE_EXHAUSTED."""
+        ...
+
+    async def served(self, task_id: str, plan: Plan, *, by: str, model_name: str) -> None:
+        """Hear which backend (``local``, ``api``) served a call of ``plan``."""
+        ...
+
+
+def _no_provider() -> errors.FailedPrecondition:
+    return errors.FailedPrecondition(
+        "the router chose an external API, but this agent service has no provider; set "
+        "AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to local-only"
+    )
+
+
+# -- end of route choice ---------------------------------------------------------------
+
+
 class Knowledge(Protocol):
     """Retrieval from the tenant's knowledge bases."""
 
@@ -107,6 +152,11 @@ class Request:
     attempt: int = 0
     # The task's spend and budget, shared with the agents it calls (None: no budget).
     spend: budget.Spend | None = None
+    # The task's own SLA (None: its Agent's p95 target applies; the runner does not pass
+    # a task's sla_ms yet, as tasks do not store it) and when its run began
+    # (time.monotonic), from which its deadline is ``started + timeout_s``.
+    sla_ms: int | None = None
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 @dataclasses.dataclass
@@ -165,7 +215,9 @@ class AgentLoop:
         agents: registry.AgentRegistry,
         retrieval_top_k: int,
         mcp_timeout_s: float = MCP_TIMEOUT_S,
+        placement: Placement | None = None,
     ) -> None:
+        self._placement = placement
         self._local = local
         self._api = api
         self._knowledge = knowledge
@@ -262,19 +314,40 @@ class AgentLoop:
         return "\n\n".join(passages[: self._top_k])
 
     # -- model calls ----------------------------------------------------------------
-    def _backends(self, route: privacy.Route) -> list[ModelBackend]:
-        """The backends a route tries, in order: hybrid is local first, then the API."""
-        if route is privacy.Route.API:
-            if self._api is None:
-                raise errors.FailedPrecondition(
-                    "the router chose an external API, but this agent service has no "
-                    "provider; set AION_AGENT_PROVIDER_BASE_URL or the agent's privacy to "
-                    "local-only"
-                )
-            return [self._api]
-        if route is privacy.Route.HYBRID and self._api is not None:
-            return [self._local, self._api]
-        return [self._local]
+    async def _plan(
+        self,
+        agent: model.AgentRecord,
+        req: Request,
+        *,
+        tokens: tuple[int, int],
+        spend: budget.Spend,
+    ) -> Plan:
+        """The plan of a model call: the placement's (live load, SLA), else hybrid is
+        local first, then the API."""
+        if req.route is privacy.Route.API and self._api is None:
+            raise _no_provider()
+        if self._placement is not None:
+            sla = req.sla_ms if req.sla_ms is not None else agent.p95_target_ms
+            left = None if spend.limit_usd is None else spend.limit_usd - spend.spent_usd
+            return await self._placement.plan(
+                agent,
+                req.route,
+                sla_ms=sla,
+                deadline=req.started + req.timeout_s,
+                tokens=tokens,
+                budget_left_usd=left,
+            )
+        if req.route is privacy.Route.API:
+            return Plan(("api",))
+        return Plan(("local", "api") if req.route is privacy.Route.HYBRID else ("local",))
+
+    def _backends(self, order: tuple[str, ...]) -> list[tuple[str, ModelBackend]]:
+        """The backends of a plan, in order, named; an absent API is left out."""
+        found = {"local": self._local, "api": self._api}
+        named = [(name, b) for name in order if (b := found[name]) is not None]
+        if not named:
+            raise _no_provider()
+        return named
 
     async def _model_step(
         self,
@@ -304,15 +377,23 @@ class AgentLoop:
         def enough(so_far: _Reply) -> bool:
             return spend.reached(backend.cost_usd(*so_far.estimate(guess)))
 
-        backends = self._backends(req.route)
-        for i, backend in enumerate(backends):
+        # -- route choice (issue #15; see placement.py) --
+        plan = await self._plan(agent, req, tokens=(guess, call.max_tokens), spend=spend)
+        backends = self._backends(plan.order)
+        for i, (by, backend) in enumerate(backends):
             try:
                 stopped = await got.take(backend.generate(call), sink, enough=enough)
+                served_by = by
                 break
             except errors.AionError:
                 # The next backend only when this one failed before answering.
                 if i == len(backends) - 1 or got.text:
                     raise
+        if self._placement is not None:
+            await self._placement.served(
+                req.task_id, plan, by=served_by, model_name=backend.model_name(call)
+            )
+        # -- end of route choice --
         # A call stopped at the budget never got its usage: it is estimated.
         prompt, completion = (
             got.estimate(guess) if stopped else (got.prompt_tokens, got.completion_tokens)

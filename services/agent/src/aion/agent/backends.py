@@ -8,9 +8,16 @@ knowledge service. Protobuf stays in ``convert``; the loop sees ``model`` types 
 
 from __future__ import annotations
 
+import collections
+import statistics
+import time
 from collections.abc import AsyncIterator
 
-from aion.agent import convert, model, peers, provider
+from aion.agent import breaker, convert, model, peers, provider
+from aion.core import errors
+
+# How many of the provider's recent calls its p95 is taken over.
+LATENCY_WINDOW = 50
 
 
 class ExecutorBackend:
@@ -40,10 +47,30 @@ class ExecutorBackend:
 
 
 class ApiBackend:
-    """Model calls on an external API, with its own model and price."""
+    """Model calls on an external API, with its own model and price, behind a circuit
+    breaker: after repeated failures calls fail at once (UNAVAILABLE, with when to
+    retry) until a half-open probe succeeds. Its recent p95 latency is kept for the
+    SLA part of the route choice."""
 
-    def __init__(self, api: provider.Provider) -> None:
+    def __init__(self, api: provider.Provider, *, guard: breaker.Breaker | None = None) -> None:
         self._api = api
+        self.breaker = guard or breaker.Breaker(failures=3, open_s=5.0)
+        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+
+    @property
+    def name(self) -> str:
+        """The provider's model."""
+        return self._api.model
+
+    def observed(self, latency_ms: float) -> None:
+        """Count a served call's latency in the recent p95."""
+        self._latencies.append(latency_ms)
+
+    def p95_ms(self) -> float | None:
+        """The p95 latency of its recent calls; None before it has served two."""
+        if len(self._latencies) < 2:
+            return None
+        return statistics.quantiles(self._latencies, n=20, method="inclusive")[18]
 
     def model_name(self, call: model.ModelCall) -> str:
         """The provider's model, whatever the agent names."""
@@ -54,15 +81,34 @@ class ApiBackend:
         return (prompt_tokens + completion_tokens) / 1000 * self._api.cost_per_1k_tokens
 
     async def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
-        """Stream the reply from the provider."""
-        async for chunk in self._api.generate(
-            call.messages,
-            max_tokens=call.max_tokens,
-            temperature=call.temperature,
-            seed=call.seed,
-            timeout=call.timeout_s,
-        ):
-            yield chunk
+        """Stream the reply from the provider; UNAVAILABLE at once while its breaker is open."""
+        if not self.breaker.attempt():
+            raise errors.Unavailable(
+                f"the model API ({self._api.model}) failed repeatedly and is left alone for "
+                f"{self.breaker.retry_after_s():.1f}s more; retry then",
+                retry_after_s=self.breaker.retry_after_s(),
+            )
+        started = time.perf_counter()
+        ok = False
+        try:
+            async for chunk in self._api.generate(
+                call.messages,
+                max_tokens=call.max_tokens,
+                temperature=call.temperature,
+                seed=call.seed,
+                timeout=call.timeout_s,
+            ):
+                yield chunk
+            ok = True
+        except errors.Unavailable:
+            self.breaker.failure()
+            raise
+        finally:
+            if ok:
+                self.breaker.success()
+                self.observed((time.perf_counter() - started) * 1000)
+            else:
+                self.breaker.release()
 
 
 class KnowledgeService:

@@ -10,10 +10,15 @@ from collections.abc import Awaitable, Callable
 from aion.agent import (
     agent_loop,
     backends,
+    breaker,
     db,
+    engine_record,
     events,
+    load,
+    load_feed,
     outbox,
     peers,
+    placement,
     provider,
     recovery,
     registry,
@@ -24,6 +29,7 @@ from aion.agent import (
     work_queue,
     worker,
 )
+from aion.agent import metrics as agent_metrics
 from aion.agent import settings as agent_settings
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.core import authz, lifecycle, metrics, server, settings, telemetry, tls
@@ -70,13 +76,30 @@ async def run(
         tasks = store.TaskStore(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
         )
+        board = load.LoadBoard(stale_s=cfg.load_stale_s)
+        breakers = breaker.Breakers(
+            failures=cfg.breaker_failures,
+            open_s=cfg.breaker_open_s,
+            on_open=agent_metrics.BREAKER_OPENS.labels(target="executor").inc,
+        )
         clients = await stack.enter_async_context(
-            peers.Peers(tls=material, knowledge_target=cfg.knowledge_target)
+            peers.Peers(
+                tls=material,
+                knowledge_target=cfg.knowledge_target,
+                chooser=load.LeastLoaded(board, breakers),
+                board=board,
+                breakers=breakers,
+            )
         )
         api = None
         if cfg.provider_base_url:
             api = backends.ApiBackend(
-                await stack.enter_async_context(_provider(cfg, cfg.provider_base_url))
+                await stack.enter_async_context(_provider(cfg, cfg.provider_base_url)),
+                guard=breaker.Breaker(
+                    failures=cfg.breaker_failures,
+                    open_s=cfg.breaker_open_s,
+                    on_open=agent_metrics.BREAKER_OPENS.labels(target="api").inc,
+                ),
             )
         loop = agent_loop.AgentLoop(
             local=backends.ExecutorBackend(clients),
@@ -84,6 +107,12 @@ async def run(
             knowledge=backends.KnowledgeService(clients),
             agents=agents,
             retrieval_top_k=cfg.retrieval_top_k,
+            placement=placement.Placement(
+                clients=clients,
+                api=api,
+                queue_threshold=cfg.spill_queue_threshold,
+                record=engine_record.EngineRecorder(pool),
+            ),
         )
         task_runner = runner.Runner(
             tasks=tasks, agents=agents, loop=loop, worker_id=cfg.worker_id, limits=_limits(cfg)
@@ -120,6 +149,9 @@ async def run(
                 security=cfg,
             ),
             queue=topics.work,
+            load_feed=load_feed.LoadFeed(
+                board, bootstrap=cfg.kafka_bootstrap, topic=cfg.executor_load_topic, security=cfg
+            ),
         )
         with metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port):
             async with background, grpc_server:

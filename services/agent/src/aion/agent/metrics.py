@@ -3,7 +3,9 @@
 The outbox's health is its backlog (rows not yet on Kafka), their age, and
 the lag of each published row (its write to its Kafka ack); lease reclaims count the
 runs whose worker was lost, by what became of the task; tenants' spend is counted as
-their tasks' priced model calls are recorded.
+their tasks' priced model calls are recorded; the route choice counts the calls the
+API served in the pool's stead, the calls refused for a saturated pool, and the
+circuit breakers that opened.
 """
 
 from __future__ import annotations
@@ -44,4 +46,22 @@ TENANT_SPEND = prometheus_client.Counter(
     "What tenants' tasks spent on priced model calls (the external API), in US dollars, "
     "as each model call is recorded (one stopped at its task's budget included).",
     ["tenant"],
+)
+SPILLS = prometheus_client.Counter(
+    "aion_agent_spills_total",
+    "Model calls of hybrid tasks the external API served in the executor pool's stead, "
+    "by why: load (every replica full), sla (the pool's p95 misses it), fallback (the "
+    "pool failed before answering).",
+    ["chosen_by"],
+)
+SATURATED_REFUSALS = prometheus_client.Counter(
+    "aion_agent_saturated_refusals_total",
+    "Model calls refused RESOURCE_EXHAUSTED: the executor pool was full and room was "
+    "further away than the task's deadline.",
+)
+BREAKER_OPENS = prometheus_client.Counter(
+    "aion_agent_breaker_opens_total",
+    "Circuit breakers that opened (repeated failures, or a failed probe), by target: "
+    "executor (a replica) or api (the provider).",
+    ["target"],
 )

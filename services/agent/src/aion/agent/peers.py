@@ -6,7 +6,9 @@ it reaches is an ``executor`` (or the ``knowledge`` service), whatever its addre
 Each executor pod gets a channel of its own, and ``endpoints.Endpoints`` picks
 the pod of each call, so an Agent's tasks spread over all its pods. A call
 that a pod refuses before its first token (unreachable, or its queue full) is
-tried on the Agent's next pod.
+tried on the Agent's next pod. Each pod has a circuit breaker (``breaker``): one
+that keeps refusing is left alone for a while, then probed; and ``load`` counts
+the calls in flight on each pod, which the load-aware chooser reads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from typing import Self
 
 import grpc
 
+from aion.agent import breaker as breaker_mod
 from aion.agent import endpoints as endpoints_mod
+from aion.agent import load as load_mod
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
@@ -41,8 +45,12 @@ class Peers:
         chooser: endpoints_mod.Chooser | None = None,
         resolver: endpoints_mod.Resolver = endpoints_mod.resolve,
         refresh_s: float = 5.0,
+        board: load_mod.LoadBoard | None = None,
+        breakers: breaker_mod.Breakers | None = None,
     ) -> None:
         self._tls = tls
+        self.board = board or load_mod.LoadBoard(stale_s=15.0)
+        self.breakers = breakers or breaker_mod.Breakers(failures=3, open_s=5.0)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self.endpoints = endpoints_mod.Endpoints(
@@ -74,9 +82,10 @@ class Peers:
         }
 
     async def _choose(self, endpoints: tuple[str, ...], tried: set[str]) -> str | None:
-        # Pods whose connection is failing are the last choice, not excluded.
+        # Pods whose connection is failing, or whose breaker is open, are the last
+        # choice, not excluded.
         return await self.endpoints.choose(
-            endpoints, avoid=tried | self._failing()
+            endpoints, avoid=tried | self._failing() | self.breakers.blocked()
         ) or await self.endpoints.choose(endpoints, avoid=tried)
 
     async def generate(
@@ -105,22 +114,33 @@ class Peers:
             if address is None:
                 raise last
             stub = executor_pb2_grpc.ExecutorStub(self._channel(address))
+            guard = self.breakers[address]
+            guard.attempt()
             started = False
             try:
-                with errors.remote("executor"):
+                with self.board.calling(address), errors.remote("executor"):
                     async for chunk in stub.Generate(
                         request, timeout=deadline - loop.time(), metadata=metadata
                     ):
                         started = True
                         yield chunk
+                guard.success()
                 return
             except (errors.Unavailable, errors.ResourceExhausted) as exc:
+                # A full queue is load, not a fault: only UNAVAILABLE counts against it.
+                if isinstance(exc, errors.Unavailable):
+                    guard.failure()
+                else:
+                    guard.release()
                 if started or deadline - loop.time() <= 0:
                     raise
                 last = exc
                 tried.add(address)
                 if isinstance(exc, errors.Unavailable):
                     self.endpoints.forget(endpoints)
+            except BaseException:
+                guard.release()  # cancelled, or failed mid-stream for its own reasons
+                raise
 
     async def search(
         self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float

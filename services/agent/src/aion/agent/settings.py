@@ -117,6 +117,38 @@ class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
     provider_api_key: pydantic.SecretStr | None = None
     provider_model: str = "gpt-4o-mini"
     provider_cost_per_1k_tokens: float = pydantic.Field(default=0.0, ge=0)
+    executor_load_topic: str = pydantic.Field(
+        default="aion.executor.load",
+        min_length=1,
+        validation_alias=pydantic.AliasChoices(
+            "AION_AGENT_EXECUTOR_LOAD_TOPIC", "AION_EXECUTOR_LOAD_TOPIC"
+        ),
+        description="the executors' load reports (AION_EXECUTOR_LOAD_TOPIC), read to "
+        "send each call to the replica with the most room",
+    )
+    load_stale_s: float = pydantic.Field(
+        default=15.0,
+        gt=0,
+        description="a load report older than this is ignored (at least twice the "
+        "executors' load_interval_s)",
+    )
+    spill_queue_threshold: int = pydantic.Field(
+        default=4,
+        ge=1,
+        description="queued calls per executor replica at which it counts as full; with "
+        "every replica full, hybrid tasks spill to the API and local-only ones wait",
+    )
+    breaker_failures: int = pydantic.Field(
+        default=3,
+        ge=1,
+        description="failed calls in a row that open the circuit breaker of an executor "
+        "replica or of the API",
+    )
+    breaker_open_s: float = pydantic.Field(
+        default=5.0,
+        gt=0,
+        description="how long an open breaker refuses calls before it lets a probe through",
+    )
     max_input_chars: int = pydantic.Field(default=32_768, gt=0)
     default_timeout_s: float = pydantic.Field(default=300.0, gt=0)
     max_tokens_limit: int = pydantic.Field(default=2048, gt=0)

@@ -14,7 +14,8 @@ from typing import Any, Self
 
 import grpc
 
-from aion.core import authz, channels, tls
+from aion.api.executor.v1 import executor_pb2_grpc
+from aion.core import authz, channels, server, tls
 
 # The certificates every service and client of one test process use.
 CA = tls.LocalCa()
@@ -23,6 +24,26 @@ EXECUTOR_SERVICE = "aion.executor.v1.Executor"
 EXECUTOR_ALLOW = authz.methods(
     EXECUTOR_SERVICE, {"Generate": {"agent"}, "Stats": {"agent"}, "Embed": {"knowledge", "agent"}}
 )
+
+
+def executor_server(
+    servicer: executor_pb2_grpc.ExecutorServicer, *, grace_s: float = 0.1
+) -> server.GrpcServer:
+    """A gRPC server for a scripted executor on a free port, admitting what the real
+    executor admits (enter it to serve)."""
+    srv = server.GrpcServer(
+        name="executor",
+        host="127.0.0.1",
+        port=0,
+        grace_s=grace_s,
+        tls=CA.tls("executor"),
+        allow=EXECUTOR_ALLOW,
+        health_port=0,
+    )
+    srv.add(executor_pb2_grpc.add_ExecutorServicer_to_server, servicer, EXECUTOR_SERVICE)
+    return srv
+
+
 OPERATOR_METHODS = frozenset(
     {f"/{AGENT_SERVICE}/RegisterAgent", f"/{AGENT_SERVICE}/DeregisterAgent"}
 )

@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, Self
 
 from aion.agent import kafka, outbox, recovery, runner
+from aion.agent import load_feed as load_feed_mod
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,9 @@ class Worker:
         consumer: kafka.IdempotentConsumer,
         queue: str,
         grace_s: float,
+        load_feed: load_feed_mod.LoadFeed | None = None,
     ) -> None:
+        self._load_feed = load_feed
         self._runner = run
         self._recovery = recovery
         self._publisher = publisher
@@ -71,6 +74,8 @@ class Worker:
             "dispatcher": self._runner.dispatch(self._queue),
             "listener": self._runner.tasks.listen(),
         }
+        if self._load_feed is not None:
+            background["executor-load"] = self._load_feed.run()
         for name, coro in background.items():
             self.tasks[name] = group.create_task(coro, name=f"agent.{name}")
 

@@ -99,7 +99,8 @@ class ExecutorSettings(settings.ServiceSettings, kafka.KafkaSettings):
     instance_id: str = pydantic.Field(
         default_factory=socket.gethostname,
         min_length=1,
-        description="who reports load (the pod name in a cluster)",
+        description="who reports load: the operator sets the pod IP, which the agent "
+        "service matches to the address it calls (an id may also be a whole host:port)",
     )
     n_ctx: int = pydantic.Field(
         default=2048, ge=64, description="context window of each generation stream, in tokens"

@@ -159,7 +159,13 @@ def _env(spec: agentspec.AgentSpec, *, extra: Mapping[str, str], tls: bool) -> l
             "secretKeyRef": {"name": conventions.HTTP_SECRET, "key": conventions.TOKEN_KEY}
         },
     }
-    return [*({"name": k, "value": v} for k, v in values.items()), token]
+    # The executor names itself in its load reports by its pod IP: the agent service
+    # dials pod IPs (the headless Service), so it matches reports to the pods it calls.
+    instance = {
+        "name": "AION_EXECUTOR_INSTANCE_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+    }
+    return [*({"name": k, "value": v} for k, v in values.items()), token, instance]
 
 
 def executor_env(cfg: operator_settings.AionOperatorSettings) -> dict[str, str]:
