@@ -9,6 +9,9 @@ import functools
 from aion.core import db
 
 Pool = db.Pool
+
+# The NOTIFY channel that announces stored task events (payload: the task's id).
+TASK_EVENTS_CHANNEL = "aion_task_events"
 reachable = db.reachable
 unavailable = db.unavailable
 UnavailableInterceptor = db.UnavailableInterceptor

@@ -6,7 +6,7 @@ Three ways an event reaches a follower, fastest first:
   is made (``publish``), before it is stored (the run stores events in batches,
   ``run_log``);
 - **notified**: events stored by any replica wake the followers of their task here:
-  every event insert NOTIFYs ``rows.CHANNEL`` and ``listen`` turns each notification
+  every event insert NOTIFYs ``db.TASK_EVENTS_CHANNEL`` and ``listen`` turns each notification
   into a ``changed``;
 - **polled**: as a safety net (a notification lost while the listener reconnects), a
   follower that heard nothing for ``poll_s`` reads again.
@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import psycopg
 
-from aion.agent import model, rows
+from aion.agent import db, model
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ async def listen(conninfo: str, followers: Followers, *, retry_s: float = 1.0) -
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {rows.CHANNEL}")
+                await conn.execute(f"LISTEN {db.TASK_EVENTS_CHANNEL}")
                 if failing:
                     log.info("listening for task events again")
                 failing = False

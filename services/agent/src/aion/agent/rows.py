@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from aion.agent import convert, events, model, outbox
+from aion.agent import convert, db, events, model, outbox
 from aion.core import privacy
 
 Conn = psycopg.AsyncConnection[Any]
@@ -72,10 +72,6 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
     )
 
 
-# Postgres NOTIFY channel announcing that a task's events committed (payload: its id).
-CHANNEL = "aion_task_events"
-
-
 async def add_event(
     conn: Conn,
     task: model.TaskRecord,
@@ -90,9 +86,9 @@ async def add_event(
 
 
 async def add_events(conn: Conn, task: model.TaskRecord, logged: list[model.Event]) -> None:
-    """Log events of the task's current attempt in one statement, and NOTIFY ``CHANNEL``
-    with the task's id (delivered when the transaction commits: followers on any
-    replica wake then)."""
+    """Log events of the task's current attempt in one statement, and NOTIFY
+    ``db.TASK_EVENTS_CHANNEL`` with the task's id (delivered when the transaction
+    commits: followers on any replica wake then)."""
     if not logged:
         return
     await conn.execute(
@@ -108,7 +104,7 @@ async def add_events(conn: Conn, task: model.TaskRecord, logged: list[model.Even
             "kind": [e.kind.value for e in logged],
             "text": [e.text for e in logged],
             "step": [e.step for e in logged],
-            "channel": CHANNEL,
+            "channel": db.TASK_EVENTS_CHANNEL,
         },
     )
 
