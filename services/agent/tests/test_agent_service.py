@@ -117,6 +117,7 @@ async def test_max_tokens_is_passed_to_the_executor(stub: Stub, service: Any) ->
         ({"text": "x" * 101}, "task.input"),
         ({"text": "hi", "max_tokens": -1}, "task.options.max_tokens"),
         ({"text": "hi", "temperature": 3.0}, "task.options.temperature"),
+        ({"text": "hi", "sla_ms": 0}, "task.options.sla_ms"),
     ],
 )
 async def test_bad_input_is_refused_naming_the_field(

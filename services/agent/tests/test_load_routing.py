@@ -145,6 +145,7 @@ async def _run(
     route: common_pb2.Route.ValueType,
     *,
     timeout: float = 30,
+    sla_ms: int | None = None,
 ) -> common_pb2.TaskResult:
     decision = router_pb2.Decision(
         engine=common_pb2.Engine(route=route, chosen_by="policy", reason="the router's")
@@ -153,7 +154,7 @@ async def _run(
         tenant=TENANT,
         decision=decision,
         task=tasks_pb2.TaskSpec(
-            agent=agent, input=text, options=tasks_pb2.TaskOptions(max_tokens=4)
+            agent=agent, input=text, options=tasks_pb2.TaskOptions(max_tokens=4, sla_ms=sla_ms)
         ),
     )
     got = [e async for e in stub.Run(req, timeout=timeout)]
@@ -331,6 +332,11 @@ async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
         assert moved.status == common_pb2.TASK_STATUS_OK, moved.error
         assert (moved.engine.chosen_by, moved.engine.model) == ("sla", PROVIDER_MODEL)
         assert "recent p95 30000 ms cannot meet the SLA of 5000 ms" in moved.engine.reason
+        # A task's own SLA wins over its Agent's: a looser one the pool meets stays local.
+        relaxed = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID, sla_ms=60_000)
+        assert (relaxed.engine.chosen_by, relaxed.engine.model) == ("policy", "m")
+        strict = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID, sla_ms=20_000)
+        assert "cannot meet the SLA of 20000 ms" in strict.engine.reason
         for p in pods:
             p.p95_ms = 100.0  # the pool meets it again
         await asyncio.sleep(0.6)

@@ -152,8 +152,7 @@ class Request:
     attempt: int = 0
     # The task's spend and budget, shared with the agents it calls (None: no budget).
     spend: budget.Spend | None = None
-    # The task's own SLA (None: its Agent's p95 target applies; the runner does not pass
-    # a task's sla_ms yet, as tasks do not store it) and when its run began
+    # The task's own SLA (None: its Agent's p95 target applies) and when its run began
     # (time.monotonic), from which its deadline is ``started + timeout_s``.
     sla_ms: int | None = None
     started: float = dataclasses.field(default_factory=time.monotonic)

@@ -61,6 +61,7 @@ def spec_from_pb(
         seed=opts.seed if opts.HasField("seed") else None,
         timeout_s=timeout_s,
         budget_usd=opts.budget_usd if opts.HasField("budget_usd") else None,
+        sla_ms=opts.sla_ms if opts.HasField("sla_ms") else None,
         asynchronous=asynchronous,
     )
 

@@ -83,6 +83,8 @@ class TaskSpec:
     asynchronous: bool = False
     # Most the task may spend, in USD (None: its agent's budget, if any).
     budget_usd: float | None = None
+    # The p95 latency the task asks of its route, in ms (None: its agent's p95 target).
+    sla_ms: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

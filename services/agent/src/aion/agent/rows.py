@@ -41,6 +41,7 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
             timeout_s=float(opts.get("timeout_s", 300.0)),
             asynchronous=r["asynchronous"],
             budget_usd=opts.get("budget_usd"),
+            sla_ms=opts.get("sla_ms"),
         ),
         decision=model.Decision(
             route=_route(d.get("route", "local")),

@@ -118,6 +118,11 @@ class Runner:
                 f"temperature must be between 0 and 2, got {spec.temperature}",
                 field="task.options.temperature",
             )
+        if spec.sla_ms is not None and spec.sla_ms <= 0:
+            raise errors.InvalidArgument(
+                f"sla_ms must be a positive number of milliseconds, got {spec.sla_ms}",
+                field="task.options.sla_ms",
+            )
         if spec.budget_usd is not None and not spec.budget_usd >= 0:  # NaN too
             raise errors.InvalidArgument(
                 f"budget_usd must be at least 0, got {spec.budget_usd}",
@@ -280,6 +285,7 @@ class Runner:
             task_id=task.id,
             attempt=task.attempts,
             spend=budget.for_task(task, agent),
+            sla_ms=task.spec.sla_ms,
         )
         status: model.Status | None = None
         error: model.TaskError | None = None

@@ -117,6 +117,7 @@ class TaskStore:
             "seed": spec.seed,
             "timeout_s": spec.timeout_s,
             "budget_usd": spec.budget_usd,
+            "sla_ms": spec.sla_ms,
         }
         params = {
             "id": uuid.uuid4(),

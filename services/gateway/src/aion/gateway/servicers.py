@@ -152,7 +152,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
         elif agent.HasField("budget_usd_per_task"):
             decide.budget_usd = agent.budget_usd_per_task
         if opts.HasField("sla_ms"):
-            decide.sla_ms = opts.sla_ms  # carried for #15; the router does not read it yet
+            decide.sla_ms = opts.sla_ms  # the agent's placement applies it (live p95s)
         with errors.remote("router"):
             decision = await self._upstreams.router.Decide(decide, timeout=_timeout(context))
         log.info(

@@ -22,9 +22,9 @@ class Request:
     ``declared`` is the agent's privacy, ``requested`` the task's own (``None``: not
     asked). ``budget_usd`` is the task's budget, else its agent's (the gateway picks): an
     API call estimated over it is not chosen; the agent service enforces it on the real
-    spend while the task runs. ``sla_ms`` is carried but not read: nothing here measures
-    latency yet; the streaming and routing issue (#15) compares it with the executors'
-    load reports.
+    spend while the task runs. ``sla_ms`` is carried but not read here: the router sees
+    no live latency; the agent service's placement compares it (else the Agent's
+    p95 target) with the pool's and the API's recent p95 for each model call.
     """
 
     tenant: str

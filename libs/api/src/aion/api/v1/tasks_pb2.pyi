@@ -40,9 +40,10 @@ class TaskOptions(_message.Message):
     token's price over). The local pool's model calls cost nothing and never stop.
     """
     sla_ms: _builtins.int
-    """Latency target, in milliseconds. Passed to the router, which does not act on it
-    yet: it has no latency measurement to compare it with until the streaming and
-    routing work (#15) brings the executors' load reports to it.
+    """Latency target (p95), in milliseconds; unset: the Agent's p95TargetMs. A hybrid
+    task goes to the external API when the local pool's recent p95 (from the
+    executors' load reports) misses it and the API's recent p95 meets it; the
+    result's engine says so (chosen_by "sla", with both figures). Must be positive.
     """
     privacy: _common_pb2.Privacy.ValueType
     """A stricter privacy than the agent's, for this task (unset: the agent's). Asking for
