@@ -77,43 +77,7 @@ async def run(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
         )
         board = load.LoadBoard(stale_s=cfg.load_stale_s)
-        breakers = breaker.Breakers(
-            failures=cfg.breaker_failures,
-            open_s=cfg.breaker_open_s,
-            on_open=agent_metrics.BREAKER_OPENS.labels(target="executor").inc,
-        )
-        clients = await stack.enter_async_context(
-            peers.Peers(
-                tls=material,
-                knowledge_target=cfg.knowledge_target,
-                chooser=load.LeastLoaded(board, breakers),
-                board=board,
-                breakers=breakers,
-            )
-        )
-        api = None
-        if cfg.provider_base_url:
-            api = backends.ApiBackend(
-                await stack.enter_async_context(_provider(cfg, cfg.provider_base_url)),
-                guard=breaker.Breaker(
-                    failures=cfg.breaker_failures,
-                    open_s=cfg.breaker_open_s,
-                    on_open=agent_metrics.BREAKER_OPENS.labels(target="api").inc,
-                ),
-            )
-        loop = agent_loop.AgentLoop(
-            local=backends.ExecutorBackend(clients),
-            api=api,
-            knowledge=backends.KnowledgeService(clients),
-            agents=agents,
-            retrieval_top_k=cfg.retrieval_top_k,
-            placement=placement.Placement(
-                clients=clients,
-                api=api,
-                queue_threshold=cfg.spill_queue_threshold,
-                record=engine_record.EngineRecorder(pool),
-            ),
-        )
+        loop = await _agent_loop(cfg, material, stack, pool, agents, board)
         task_runner = runner.Runner(
             tasks=tasks, agents=agents, loop=loop, worker_id=cfg.worker_id, limits=_limits(cfg)
         )
@@ -161,6 +125,57 @@ async def run(
                 await (until if until is not None else lifecycle.wait_for_signal())
                 # Streams drain with the server while running tasks get the same grace.
                 await background.shutdown(grpc_server.shutdown())
+
+
+async def _agent_loop(
+    cfg: agent_settings.AgentSettings,
+    material: tls.Tls,
+    stack: contextlib.AsyncExitStack,
+    pool: db.Pool,
+    agents: registry.PostgresRegistry,
+    board: load.LoadBoard,
+) -> agent_loop.AgentLoop:
+    """The agent loop and where its model calls go: the executor replicas (chosen on
+    ``board``'s live load, each behind a breaker) and the external API (if any, behind
+    its own), with the placement that spills between them."""
+
+    pods = breaker.Breakers(
+        failures=cfg.breaker_failures,
+        open_s=cfg.breaker_open_s,
+        on_open=agent_metrics.BREAKER_OPENS.labels(target="executor").inc,
+    )
+    clients = await stack.enter_async_context(
+        peers.Peers(
+            tls=material,
+            knowledge_target=cfg.knowledge_target,
+            chooser=load.LeastLoaded(board, pods),
+            board=board,
+            breakers=pods,
+        )
+    )
+    api = None
+    if cfg.provider_base_url:
+        api = backends.ApiBackend(
+            await stack.enter_async_context(_provider(cfg, cfg.provider_base_url)),
+            guard=breaker.Breaker(
+                failures=cfg.breaker_failures,
+                open_s=cfg.breaker_open_s,
+                on_open=agent_metrics.BREAKER_OPENS.labels(target="api").inc,
+            ),
+        )
+    return agent_loop.AgentLoop(
+        local=backends.ExecutorBackend(clients),
+        api=api,
+        knowledge=backends.KnowledgeService(clients),
+        agents=agents,
+        retrieval_top_k=cfg.retrieval_top_k,
+        placement=placement.Placement(
+            clients=clients,
+            api=api,
+            queue_threshold=cfg.spill_queue_threshold,
+            record=engine_record.EngineRecorder(pool),
+        ),
+    )
 
 
 def _pool(cfg: agent_settings.AgentSettings) -> contextlib.AbstractAsyncContextManager[db.Pool]:
