@@ -8,12 +8,26 @@ stack afterwards closes the clients, so they outlive the in-flight calls.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
 from aion.core import metrics, server
 
 log = logging.getLogger(__name__)
+
+
+def freeze_heap() -> None:
+    """Take every object alive now (the imported modules, the settings, the telemetry)
+    out of the garbage collector's scans, once, in a service's entry point.
+
+    They live as long as the process, yet each full collection walked them all: on
+    the local suite that paused the router's, the agent's and the knowledge service's
+    event loops for 85 to 310 ms, and the executor's for up to 400 ms, mid-request.
+    (Not in ``run``: a test that runs a service in its own process would keep its
+    garbage forever.)"""
+    gc.collect()
+    gc.freeze()
 
 
 async def wait_for_signal(*signals: signal.Signals) -> signal.Signals:

@@ -245,4 +245,5 @@ def main() -> None:
     cfg = settings.load(agent_settings.AgentSettings)
     material = tls.load()
     telemetry.setup(service="agent", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    lifecycle.freeze_heap()
     asyncio.run(run(cfg, material))

@@ -110,6 +110,7 @@ def main() -> None:
     cfg = settings.load(executor_settings.ExecutorSettings)
     material = tls.load()
     telemetry.setup(service="executor", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    lifecycle.freeze_heap()
     try:
         asyncio.run(run(cfg, material))
     except* (backend.ModelLoadError, FileNotFoundError) as group:

@@ -128,4 +128,5 @@ def main() -> None:
     cfg = settings.load(gateway_settings.GatewaySettings)
     material = tls.load()
     telemetry.setup(service="gateway", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    lifecycle.freeze_heap()
     asyncio.run(run(cfg, material))

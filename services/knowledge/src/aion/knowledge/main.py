@@ -158,4 +158,5 @@ def main() -> None:
     cfg = settings.load(knowledge_settings.KnowledgeSettings)
     material = tls.load()
     telemetry.setup(service="knowledge", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    lifecycle.freeze_heap()
     asyncio.run(run(cfg, material))

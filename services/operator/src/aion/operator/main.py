@@ -11,7 +11,7 @@ import sys
 
 import kopf
 
-from aion.core import metrics, settings, telemetry, tls
+from aion.core import lifecycle, metrics, settings, telemetry, tls
 from aion.operator import conventions, handlers, kube, lease, registration
 from aion.operator import settings as operator_settings
 
@@ -102,6 +102,7 @@ def main() -> None:
         settings.load(operator_settings.AionOperatorSettings)
     )
     telemetry.setup(service="operator", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    lifecycle.freeze_heap()
     for noisy in ("httpx", "httpx2"):  # one line per API request at INFO
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     # The agent service is called over mTLS only: without its target there is no call.

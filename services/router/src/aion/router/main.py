@@ -31,4 +31,5 @@ def main() -> None:
     cfg = settings.load(router_settings.RouterSettings)
     material = tls.load()
     telemetry.setup(service="router", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
+    lifecycle.freeze_heap()
     asyncio.run(run(cfg, material))
