@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
-import os
 import statistics
 import sys
 import tempfile
@@ -49,7 +47,7 @@ from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.v1 import common_pb2
 from aion.core import pki
 from aion.core import tls as core_tls
-from aion.infra import devstack
+from aion.infra import bench, devstack
 from aion.infra.paths import Layout
 from aion.infra.registry import make
 from aion.sdk import AsyncClient
@@ -59,10 +57,7 @@ DEMO_AGENT = REPO / "deploy" / "examples" / "demo-agent.yaml"
 
 
 def _knob(name: str, default: int) -> int:
-    value = int(os.environ.get(f"BENCH_AGENT_{name}", default))
-    if value <= 0:
-        raise SystemExit(f"BENCH_AGENT_{name} must be positive, got {value}")
-    return value
+    return bench.knob("AGENT", name, default)
 
 
 TASKS = _knob("TASKS", 60)
@@ -76,10 +71,7 @@ STREAM_ROUNDS = _knob("STREAM_ROUNDS", 2)
 WARMUP_TASKS = 3
 
 
-def _pct(values: list[float], q: float) -> float:
-    """The nearest-rank percentile ``q`` (0..100) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+_pct = bench.percentile
 
 
 def _log(msg: str) -> None:

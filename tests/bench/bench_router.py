@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
-import os
 import sys
 import time
 import uuid
@@ -54,16 +52,14 @@ from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.router.v1 import router_pb2, router_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import http_server, privacy, server
+from aion.infra import bench
 from aion.infra.paths import Layout
 from aion.infra.registry import make
 from aion.router import policy, servicer
 
 
 def _knob(name: str, default: int) -> int:
-    value = int(os.environ.get(f"BENCH_ROUTER_{name}", default))
-    if value <= 0:
-        raise SystemExit(f"BENCH_ROUTER_{name} must be positive, got {value}")
-    return value
+    return bench.knob("ROUTER", name, default)
 
 
 DECISIONS = _knob("DECISIONS", 3000)
@@ -73,10 +69,7 @@ REPORT_INTERVAL_MS = _knob("REPORT_INTERVAL_MS", 1000)
 THRESHOLD = 2
 
 
-def _pct(values: list[float], q: float) -> float:
-    """The nearest-rank percentile ``q`` (0..100) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+_pct = bench.percentile
 
 
 def _log(msg: str) -> None:

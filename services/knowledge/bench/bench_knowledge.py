@@ -52,6 +52,7 @@ from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
 from aion.api.knowledge.v1 import knowledge_pb2
 from aion.api.v1 import knowledge_pb2 as public
 from aion.core import channels
+from aion.infra import bench
 from aion.infra.devstack import suite as suite_testing
 from aion.infra.paths import Layout
 from aion.infra.registry import make
@@ -60,10 +61,7 @@ from aion.knowledge import settings as knowledge_settings
 
 
 def _knob(name: str, default: int) -> int:
-    value = int(os.environ.get(f"BENCH_KNOWLEDGE_{name}", default))
-    if value <= 0:
-        raise SystemExit(f"BENCH_KNOWLEDGE_{name} must be positive, got {value}")
-    return value
+    return bench.knob("KNOWLEDGE", name, default)
 
 
 DOCS = _knob("DOCS", 30)
@@ -77,9 +75,7 @@ def _log(msg: str) -> None:
     print(f"bench-knowledge: {msg}", file=sys.stderr, flush=True)
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+_pct = bench.percentile
 
 
 def _corpus() -> list[tuple[str, str]]:
