@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -63,11 +63,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.RunRequest, context: _Ctx
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
         task = await self._start(request, context, asynchronous=False)
-        try:
-            async for msg in self._events(task):
-                yield msg
-        finally:  # the caller left before the end (the stream was cancelled): stop it
+
+        # The caller leaving before the end (the stream cancelled) stops the task. On the
+        # RPC's end, not in a ``finally`` here: cancelled while sending, gRPC leaves this
+        # generator suspended at its ``yield``, and a ``finally`` would wait for the
+        # garbage collector to close it.
+        def ended(_: _Ctx) -> None:
             self._runner.caller_left(task)
+
+        context.add_done_callback(cast(Any, ended))  # the stubs type it as a class
+        async for msg in self._events(task):
+            yield msg
 
     async def Submit(
         self, request: agent_pb2.RunRequest, context: _Ctx
