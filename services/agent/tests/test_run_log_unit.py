@@ -7,6 +7,7 @@ events they hand out are checked against what was stored.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
@@ -19,6 +20,7 @@ class FakeStore:
         self.writes: list[tuple[list[int], str | None, int | None]] = []
         self.finished: list[tuple[list[int], str]] = []
         self.fail: BaseException | None = None
+        self.attempts = 0
         self.followers = follow.Followers(self._read)
 
     async def _read(self, task_id: str, after: int) -> list[model.Event]:
@@ -32,6 +34,7 @@ class FakeStore:
         output: str | None = None,
         step: model.StepRecord | None = None,
     ) -> None:
+        self.attempts += 1
         if self.fail is not None:
             raise self.fail
         self.writes.append(([e.seq for e in logged], output, step.step if step else None))
@@ -72,6 +75,14 @@ def _task() -> model.TaskRecord:
     )
 
 
+async def _until(check: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait for ``check`` to hold, failing after ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
 def _log(store: FakeStore, **kwargs: Any) -> run_log.RunLog:
     return run_log.RunLog(cast(Any, store), _task(), **kwargs)
 
@@ -96,7 +107,7 @@ async def test_a_lone_token_is_stored_after_flush_s() -> None:
     await events.add(model.EventKind.TOKEN, text="a")
     await events.add(model.EventKind.TOKEN, text="b")
     assert store.writes == []
-    await asyncio.sleep(0.2)
+    await _until(lambda: store.writes)  # the timer's write, flush_s later
     assert store.writes == [([2, 3], "ab", None)]
 
 
@@ -139,6 +150,7 @@ async def test_a_failed_timed_write_stops_the_run_at_its_next_event() -> None:
     events = _log(store, flush_s=0.01)
     store.fail = model.LeaseLost("t1")
     await events.add(model.EventKind.TOKEN, text="a")
-    await asyncio.sleep(0.1)
+    await _until(lambda: store.attempts)  # the timer tried its write, and failed
+    await asyncio.sleep(0)  # and recorded why
     with pytest.raises(model.LeaseLost):
         await events.add(model.EventKind.TOKEN, text="b")
