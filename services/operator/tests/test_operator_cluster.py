@@ -230,22 +230,35 @@ def _agent_target(service: Process) -> str:
 def operator(
     cluster: Cluster, crds: None, agent_service: Process, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Process]:
-    """``python -m aion.operator`` on the ``op-*`` namespaces, healthy."""
+    """``python -m aion.operator`` on the ``op-*`` namespaces, watching them.
+
+    Healthy is not enough: the standby answers liveness before kopf starts, and kopf
+    misses a namespace created between its first listing of namespaces and the start
+    of its namespace watch (it ignores that watch's own initial listing). So an Agent
+    in a namespace made before the operator started, which kopf's first listing
+    always finds, must get its status first; kopf's namespace watch is running by then.
+    """
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = _operator(
-        cluster,
-        log,
-        namespaces="op-*",
-        agent_target=_agent_target(agent_service),
-        lease=f"optest-{uuid.uuid4().hex[:6]}",
-    ).start()
-    try:
-        healthy = _eventually(lambda: _healthy(_liveness(op)), bool)
-        assert healthy, op.tail()
-        assert op.alive(), op.tail()
-        yield op
-    finally:
-        code = op.stop()
+    with _own_namespace(cluster, "op") as canary:
+        op = _operator(
+            cluster,
+            log,
+            namespaces="op-*",
+            agent_target=_agent_target(agent_service),
+            lease=f"optest-{uuid.uuid4().hex[:6]}",
+        ).start()
+        try:
+            healthy = _eventually(lambda: _healthy(_liveness(op)), bool)
+            assert healthy, op.tail()
+            _apply_agent(cluster, canary, "canary", {"count": 1, "products": ["NVIDIA-B200"]})
+            _wait_agent(
+                cluster, canary, "canary", op, lambda a: bool((a.get("status") or {}).get("phase"))
+            )
+            assert op.alive(), op.tail()
+            yield op
+        finally:
+            _delete_agents(cluster, canary)
+            code = op.stop()
     assert code == 0, op.tail()
 
 
@@ -257,6 +270,9 @@ def _namespace(cluster: Cluster, prefix: str) -> Iterator[str]:
     # Agents in it would wait for a finalizer nobody removes once the operator stops.
     _delete_agents(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+_own_namespace = contextlib.contextmanager(_namespace)
 
 
 @pytest.fixture
@@ -957,7 +973,6 @@ def test_registration_and_deregistration_wait_for_the_agent_service(
 # -- tenancy from the platform: namespaces map to tenants, owners are kept ---------------
 
 TENANT_LABEL = "aion.dev/tenant"
-_own_namespace = contextlib.contextmanager(_namespace)
 
 
 def _labelled_agent(
