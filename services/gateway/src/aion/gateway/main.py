@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 
 import grpc
+from starlette import routing
 
 from aion.api.v1 import (
     agents_pb2,
@@ -45,6 +46,40 @@ from aion.gateway import (
 from aion.gateway import settings as gateway_settings
 
 
+def _public(
+    grpc_server: server.GrpcServer,
+    *,
+    tasks: servicers.TasksServicer,
+    agents: servicers.AgentsServicer,
+    keys: servicers.KeysServicer,
+    knowledge: servicers.KnowledgeServicer,
+) -> None:
+    """The public gRPC services on ``grpc_server``."""
+    for register, servicer, module, name in (
+        (tasks_pb2_grpc.add_TasksServicer_to_server, tasks, tasks_pb2, "Tasks"),
+        (agents_pb2_grpc.add_AgentsServicer_to_server, agents, agents_pb2, "Agents"),
+        (keys_pb2_grpc.add_KeysServicer_to_server, keys, keys_pb2, "Keys"),
+        (knowledge_pb2_grpc.add_KnowledgeServicer_to_server, knowledge, knowledge_pb2, "Knowledge"),
+    ):
+        grpc_server.add(register, servicer, module.DESCRIPTOR.services_by_name[name].full_name)
+
+
+def _http_routes(
+    cfg: gateway_settings.GatewaySettings,
+    mcp: mcp_server.McpApi,
+    *,
+    tasks: servicers.TasksServicer,
+    agents: servicers.AgentsServicer,
+) -> list[routing.BaseRoute]:
+    """The HTTP front door's routes: OpenAI-compatible, A2A, MCP and the OpenAPI document."""
+    timeout_s, max_body = cfg.http_timeout_s, cfg.http_max_body_bytes
+    api = openai_api.OpenAIApi(
+        tasks=tasks, agents=agents, timeout_s=timeout_s, max_body_bytes=max_body
+    )
+    a2a = a2a_api.A2AApi(tasks=tasks, agents=agents, timeout_s=timeout_s, max_body_bytes=max_body)
+    return [*api.routes, *a2a.routes, *mcp.routes, openapi.route()]
+
+
 async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
     """Serve until SIGTERM or SIGINT, then drain; internal calls go over mTLS as ``material``."""
     async with contextlib.AsyncExitStack() as stack:
@@ -62,45 +97,15 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         guard, store = await stack.enter_async_context(edge.guard(cfg))
         tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
         agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
+        knowledge = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         # The public port: plaintext here (TLS ends at the ingress), callers authenticated
         # by API key or JWT in ``guard``.
         grpc_server = server.GrpcServer.serving("gateway", cfg)
-        grpc_server.add(
-            tasks_pb2_grpc.add_TasksServicer_to_server,
-            tasks,
-            tasks_pb2.DESCRIPTOR.services_by_name["Tasks"].full_name,
-        )
-        grpc_server.add(
-            agents_pb2_grpc.add_AgentsServicer_to_server,
-            agents,
-            agents_pb2.DESCRIPTOR.services_by_name["Agents"].full_name,
-        )
-        grpc_server.add(
-            keys_pb2_grpc.add_KeysServicer_to_server,
-            servicers.KeysServicer(guard=guard, store=store),
-            keys_pb2.DESCRIPTOR.services_by_name["Keys"].full_name,
-        )
-        knowledge = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
-        grpc_server.add(
-            knowledge_pb2_grpc.add_KnowledgeServicer_to_server,
-            knowledge,
-            knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].full_name,
-        )
+        keys = servicers.KeysServicer(guard=guard, store=store)
+        _public(grpc_server, tasks=tasks, agents=agents, keys=keys, knowledge=knowledge)
         if cfg.http_port is None:
             await lifecycle.serve(grpc_server, host=cfg.host, metrics_port=cfg.metrics_port)
             return
-        api = openai_api.OpenAIApi(
-            tasks=tasks,
-            agents=agents,
-            timeout_s=cfg.http_timeout_s,
-            max_body_bytes=cfg.http_max_body_bytes,
-        )
-        a2a = a2a_api.A2AApi(
-            tasks=tasks,
-            agents=agents,
-            timeout_s=cfg.http_timeout_s,
-            max_body_bytes=cfg.http_max_body_bytes,
-        )
         mcp = mcp_server.McpApi(
             guard=guard,
             tasks=tasks,
@@ -111,7 +116,7 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         await stack.enter_async_context(mcp.running())
         stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
         # Bound (listening) before gRPC reports SERVING, so a ready gateway takes HTTP too.
-        app = http_app.build([*api.routes, *a2a.routes, *mcp.routes, openapi.route()])
+        app = http_app.build(_http_routes(cfg, mcp, tasks=tasks, agents=agents))
         http = await stack.enter_async_context(
             http_server.HttpServer(app, name="gateway http", host=cfg.host, port=cfg.http_port)
         )
