@@ -2,7 +2,7 @@
 
 Part one times whole routing decisions, as a task meets them: the router's
 ``Decide`` over real gRPC (in process, plaintext), then the agent service's
-route choice on live load (``placement.Placement.plan``) and its choice of
+route choice on live load (``placement.LoadPlanner.plan``) and its choice of
 executor replica (``LeastLoaded`` over ``BENCH_ROUTER_REPLICAS`` replicas with
 fresh load reports). ``BENCH_ROUTER_CONCURRENCY`` callers make
 ``BENCH_ROUTER_DECISIONS`` decisions; ``decisions_per_s`` is their rate and
@@ -116,7 +116,7 @@ async def decisions_bench() -> dict[str, Any]:
             clients.board.record(
                 load.Report(executor=address.split(":")[0], in_flight=i % 3, p95_latency_ms=400)
             )
-        choice = placement.Placement(
+        choice = placement.LoadPlanner(
             clients=clients,
             api=backends.ApiBackend(api),
             queue_threshold=THRESHOLD,

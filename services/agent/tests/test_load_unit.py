@@ -169,8 +169,8 @@ async def _nothing(task_id: str, **kw: object) -> None:
     return None
 
 
-def _placement(clients: peers.Peers, api: backends.ApiBackend | None) -> placement.Placement:
-    return placement.Placement(clients=clients, api=api, queue_threshold=4, record=_nothing)
+def _placement(clients: peers.Peers, api: backends.ApiBackend | None) -> placement.LoadPlanner:
+    return placement.LoadPlanner(clients=clients, api=api, queue_threshold=4, record=_nothing)
 
 
 async def test_the_sla_sends_a_hybrid_call_where_it_can_be_met(

@@ -58,7 +58,7 @@ class Plan:
     reason: str = ""
 
 
-class Placement(Protocol):
+class Planner(Protocol):
     """Chooses each model call's backend within the router's route, on live load."""
 
     async def plan(
@@ -214,9 +214,9 @@ class AgentLoop:
         agents: registry.AgentRegistry,
         retrieval_top_k: int,
         mcp_timeout_s: float = MCP_TIMEOUT_S,
-        placement: Placement | None = None,
+        planner: Planner | None = None,
     ) -> None:
-        self._placement = placement
+        self._planner = planner
         self._local = local
         self._api = api
         self._knowledge = knowledge
@@ -321,14 +321,14 @@ class AgentLoop:
         tokens: tuple[int, int],
         spend: budget.Spend,
     ) -> Plan:
-        """The plan of a model call: the placement's (live load, SLA), else hybrid is
+        """The plan of a model call: the planner's (live load, SLA), else hybrid is
         local first, then the API."""
         if req.route is privacy.Route.API and self._api is None:
             raise _no_provider()
-        if self._placement is not None:
+        if self._planner is not None:
             sla = req.sla_ms if req.sla_ms is not None else agent.p95_target_ms
             left = None if spend.limit_usd is None else spend.limit_usd - spend.spent_usd
-            return await self._placement.plan(
+            return await self._planner.plan(
                 agent,
                 req.route,
                 sla_ms=sla,
@@ -388,8 +388,8 @@ class AgentLoop:
                 # The next backend only when this one failed before answering.
                 if i == len(backends) - 1 or got.text:
                     raise
-        if self._placement is not None:
-            await self._placement.served(
+        if self._planner is not None:
+            await self._planner.served(
                 req.task_id, plan, by=served_by, model_name=backend.model_name(call)
             )
         # -- end of route choice --

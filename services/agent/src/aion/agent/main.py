@@ -137,7 +137,7 @@ async def _agent_loop(
 ) -> agent_loop.AgentLoop:
     """The agent loop and where its model calls go: the executor replicas (chosen on
     ``board``'s live load, each behind a breaker) and the external API (if any, behind
-    its own), with the placement that spills between them."""
+    its own), with the planner that spills between them."""
 
     pods = breaker.Breakers(
         failures=cfg.breaker_failures,
@@ -169,7 +169,7 @@ async def _agent_loop(
         knowledge=backends.KnowledgeService(clients),
         agents=agents,
         retrieval_top_k=cfg.retrieval_top_k,
-        placement=placement.Placement(
+        planner=placement.LoadPlanner(
             clients=clients,
             api=api,
             queue_threshold=cfg.spill_queue_threshold,

@@ -88,8 +88,8 @@ class Pool:
         )
 
 
-class Placement:
-    """The route choice of ``agent_loop.AgentLoop`` on live load (its ``Placement`` seam)."""
+class LoadPlanner:
+    """The route choice of ``agent_loop.AgentLoop`` on live load (its ``Planner`` seam)."""
 
     def __init__(
         self,
