@@ -95,7 +95,7 @@ async def decisions_bench() -> dict[str, Any]:
         return addresses
 
     board = load.LoadBoard(stale_s=3600.0)
-    breakers = breaker.Breakers(failures=3, open_s=5.0)
+    breakers = breaker.Breakers()
     async with (
         router,
         grpc.aio.insecure_channel(router.address) as chan,

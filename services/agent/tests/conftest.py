@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -20,7 +21,7 @@ import grpc
 import pydantic
 import pytest
 
-from aion.agent import main, testing
+from aion.agent import load, main, testing
 from aion.agent import settings as agent_settings
 from aion.api.agent.v1 import agent_pb2_grpc
 from aion.api.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -150,12 +151,21 @@ def settings(
 
 
 class Service:
-    """The agent service's real composition, run in this process."""
+    """The agent service's real composition, run in this process: its circuit breakers
+    on ``breaker_clock``; ``board``, once it runs, its executors' load board."""
 
-    def __init__(self, cfg: agent_settings.AgentSettings, executor: ScriptedExecutor) -> None:
+    def __init__(
+        self,
+        cfg: agent_settings.AgentSettings,
+        executor: ScriptedExecutor,
+        *,
+        breaker_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = cfg
         self.executor = executor
         self.address = ""
+        self.board: load.LoadBoard | None = None
+        self._breaker_clock = breaker_clock
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -166,8 +176,18 @@ class Service:
             self.address = address
             ready.set_result(address)
 
+        def on_board(board: load.LoadBoard) -> None:
+            self.board = board
+
         self._task = asyncio.create_task(
-            main.run(self.cfg, testing.CA.tls("agent"), until=self._stop.wait(), on_ready=on_ready)
+            main.run(
+                self.cfg,
+                testing.CA.tls("agent"),
+                until=self._stop.wait(),
+                on_ready=on_ready,
+                on_board=on_board,
+                breaker_clock=self._breaker_clock,
+            )
         )
         done, _ = await asyncio.wait(
             [self._task, ready], timeout=60, return_when=asyncio.FIRST_COMPLETED
@@ -186,12 +206,12 @@ class Service:
 @pytest.fixture(scope="session")
 def new_service(agent_dsn: str, kafka: Any, executor: ScriptedExecutor) -> Callable[..., Service]:
     """Makes an agent service with its own topics and these settings overrides (enter it
-    with ``async with``)."""
+    with ``async with``), its breakers on ``breaker_clock``."""
 
-    def make(**overrides: Any) -> Service:
+    def make(*, breaker_clock: Callable[[], float] = time.monotonic, **overrides: Any) -> Service:
         overrides.setdefault("executor_target", executor.address)
         cfg = settings(agent_dsn, kafka.bootstrap, f"t{uuid.uuid4().hex[:8]}.", **overrides)
-        return Service(cfg, executor)
+        return Service(cfg, executor, breaker_clock=breaker_clock)
 
     return make
 

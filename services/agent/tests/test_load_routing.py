@@ -4,13 +4,16 @@
   count their streams; their load published to Kafka as the executor publishes it).
 * The provider: a real executor's OpenAI-compatible HTTP endpoint (SmolLM2 on the
   CPU), reached through a TCP ``Relay`` the test can switch off to make it fail.
-* The agent service: its real composition (conftest), on the real Postgres and Kafka.
+* The agent service: its real composition (conftest), on the real Postgres and Kafka,
+  its circuit breakers on a clock the test moves. The test waits, with a deadline, for
+  its load board to hold the reports a step needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 import uuid
@@ -21,7 +24,7 @@ import prometheus_client
 import pydantic
 import pytest
 
-from aion.agent import load_testing
+from aion.agent import load, load_testing
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.router.v1 import router_pb2
@@ -37,6 +40,7 @@ Stub: TypeAlias = "agent_pb2_grpc.AgentServiceAsyncStub"
 TENANT = "load"
 PROVIDER_MODEL = "smollm2-135m-instruct"
 THRESHOLD = 2  # queued calls per pod at which it is full
+BREAKER_OPEN_S = 1.0  # on the breakers' clock, which stands still until a test moves it
 
 
 async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -105,20 +109,67 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@dataclasses.dataclass
+class Deployed:
+    """Executor pods reporting their load, and an agent service reading their reports."""
+
+    stub: Stub
+    pods: list[load_testing.Pod]
+    board: load.LoadBoard  # the service's own
+    clock: agent_testing.Clock  # its circuit breakers' (the test moves it)
+
+    async def reported(
+        self, check: Callable[[load.Load], bool], pods: list[load_testing.Pod] | None = None
+    ) -> None:
+        """Until the service's board holds a report of each of ``pods`` (all by default)
+        whose load passes ``check``."""
+
+        def held() -> bool:
+            loads = [self.board.load(p.address) for p in pods or self.pods]
+            return all(x.report is not None and check(x) for x in loads)
+
+        await _until(held)
+
+
+def _p95_is(ms: float) -> Callable[[load.Load], bool]:
+    return lambda x: x.report is not None and x.report.p95_latency_ms == ms
+
+
 @contextlib.asynccontextmanager
-async def _service(new_service: Callable[..., Any], **overrides: Any) -> AsyncIterator[Stub]:
-    settings = {
+async def _deployed(
+    new_service: Callable[..., Any],
+    kafka: Any,
+    pods: int,
+    *,
+    provider: executor_testing.Executor | None = None,
+    provider_url: str = "",
+) -> AsyncIterator[Deployed]:
+    """``pods`` executor pods, their load reports on a topic of their own, and an agent
+    service reading them, with ``provider`` (the real executor's HTTP API) at
+    ``provider_url`` (a relay's to it; by default its own) when given."""
+    topic = f"load-{uuid.uuid4().hex[:8]}"
+    settings: dict[str, Any] = {
+        "executor_load_topic": topic,
         "spill_queue_threshold": THRESHOLD,
         "load_stale_s": 2.0,
         "breaker_failures": 3,
-        "breaker_open_s": 1.0,
+        "breaker_open_s": BREAKER_OPEN_S,
         "max_running_per_tenant": 16,
     }
+    if provider is not None:
+        settings |= {
+            "provider_base_url": provider_url or f"{provider.http_url}/v1",
+            "provider_api_key": pydantic.SecretStr(provider.http_token),
+            "provider_model": PROVIDER_MODEL,
+        }
+    clock = agent_testing.Clock()
     async with (
-        new_service(**{**settings, **overrides}) as svc,
+        load_testing.pods(pods, kafka.bootstrap, topic) as running,
+        new_service(breaker_clock=clock, **settings) as svc,
         agent_testing.channel(svc.address) as chan,
     ):
-        yield agent_pb2_grpc.AgentServiceStub(chan)
+        assert svc.board is not None
+        yield Deployed(agent_pb2_grpc.AgentServiceStub(chan), running, svc.board, clock)
 
 
 async def _register(
@@ -162,50 +213,30 @@ async def _run(
     return last.done.result if last.WhichOneof("event") == "done" else last.error.result
 
 
-def _provided(topic: str, url: str, provider: executor_testing.Executor) -> dict[str, Any]:
-    """Settings of a service reading ``topic``'s load reports, with ``provider`` (the real
-    executor's HTTP API) at ``url`` (its own, or a relay's to it)."""
-    return {
-        "executor_load_topic": topic,
-        "provider_base_url": url,
-        "provider_api_key": pydantic.SecretStr(provider.http_token),
-        "provider_model": PROVIDER_MODEL,
-    }
-
-
 def _sample(name: str, **labels: str) -> float:
     """A metric of the agent service (it runs in this process), 0 before its first count."""
     return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _topic() -> str:
-    return f"load-{uuid.uuid4().hex[:8]}"
-
-
 async def test_the_busier_executor_gets_fewer_tasks(
     new_service: Callable[..., Any], kafka: Any
 ) -> None:
-    topic = _topic()
-    async with (
-        load_testing.pods(2, kafka.bootstrap, topic) as pods,
-        _service(new_service, executor_load_topic=topic) as stub,
-    ):
-        await _register(stub, "pair", pods, common_pb2.PRIVACY_LOCAL_ONLY)
-        busy, idle = pods
+    async with _deployed(new_service, kafka, 2) as d:
+        await _register(d.stub, "pair", d.pods, common_pb2.PRIVACY_LOCAL_ONLY)
+        busy, idle = d.pods
         async with load_testing.hold(busy, 2):
-            await _until(lambda: busy.active == 2)
-            await asyncio.sleep(1.0)  # a few reports of it
+            await d.reported(lambda x: x.total == 2, [busy])  # one running, one queued
             results = [
-                await _run(stub, "pair", f"task {i}", common_pb2.ROUTE_LOCAL) for i in range(8)
+                await _run(d.stub, "pair", f"task {i}", common_pb2.ROUTE_LOCAL) for i in range(8)
             ]
         assert [r.status for r in results] == [common_pb2.TASK_STATUS_OK] * 8
         assert busy.tasks < idle.tasks, (busy.tasks, idle.tasks)
         assert busy.tasks <= 1, (busy.tasks, idle.tasks)
         # Without load, both get tasks again.
-        await asyncio.sleep(1.0)
+        await d.reported(lambda x: x.total == 0, [busy])
         before = busy.tasks, idle.tasks
         for i in range(6):
-            await _run(stub, "pair", f"again {i}", common_pb2.ROUTE_LOCAL)
+            await _run(d.stub, "pair", f"again {i}", common_pb2.ROUTE_LOCAL)
         assert busy.tasks - before[0] >= 2
         assert idle.tasks - before[1] >= 2
 
@@ -213,13 +244,8 @@ async def test_the_busier_executor_gets_fewer_tasks(
 async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
     new_service: Callable[..., Any], kafka: Any, real_provider: executor_testing.Executor
 ) -> None:
-    topic = _topic()
-    async with (
-        load_testing.pods(2, kafka.bootstrap, topic) as pods,
-        _service(
-            new_service, **_provided(topic, f"{real_provider.http_url}/v1", real_provider)
-        ) as stub,
-    ):
+    async with _deployed(new_service, kafka, 2, provider=real_provider) as d:
+        stub, pods = d.stub, d.pods
         await _register(stub, "mixed", pods, common_pb2.PRIVACY_HYBRID)
         await _register(stub, "private", pods, common_pb2.PRIVACY_LOCAL_ONLY)
         # Not saturated: hybrid runs locally, as the router said.
@@ -233,8 +259,7 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             load_testing.hold(pods[0], 1 + THRESHOLD),
             load_testing.hold(pods[1], 1 + THRESHOLD),
         ):
-            await _until(lambda: all(p.active == 1 + THRESHOLD for p in pods))
-            await asyncio.sleep(1.0)
+            await d.reported(lambda x: x.queue_depth == THRESHOLD)
             served = [p.tasks for p in pods]
             spills = _sample("aion_agent_spills_total", chosen_by="load")
             spilled = await _run(stub, "mixed", "say hi", common_pb2.ROUTE_HYBRID)
@@ -250,7 +275,7 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             # Local-only, where room is further away than its deadline: refused at once.
             for p in pods:
                 p.p95_ms = 60_000.0
-            await asyncio.sleep(0.6)
+            await d.reported(_p95_is(60_000.0))
             refused = await _run(stub, "private", "secret stuff", common_pb2.ROUTE_LOCAL, timeout=5)
             assert refused.status == common_pb2.TASK_STATUS_ERROR
             assert refused.error.code == "RESOURCE_EXHAUSTED", refused.error
@@ -261,11 +286,12 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             # Local-only, with room within its deadline: it waits for it.
             for p in pods:
                 p.p95_ms = 100.0
-            await asyncio.sleep(0.6)
+            await d.reported(_p95_is(100.0))
+            waiters = _sample("aion_agent_calls_waiting_for_room")
             waiting = asyncio.create_task(
                 _run(stub, "private", "secret stuff", common_pb2.ROUTE_LOCAL, timeout=30)
             )
-            await asyncio.sleep(1.0)
+            await _until(lambda: _sample("aion_agent_calls_waiting_for_room") == waiters + 1)
             assert not waiting.done()
             assert [p.tasks for p in pods] == served
         waited = await waiting
@@ -276,13 +302,12 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
 async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
     new_service: Callable[..., Any], kafka: Any, real_provider: executor_testing.Executor
 ) -> None:
-    topic = _topic()
     async with (
         Relay(*_host_port(real_provider.http_url)) as relay,
-        load_testing.pods(1, kafka.bootstrap, topic) as pods,
-        _service(new_service, **_provided(topic, relay.url, real_provider)) as stub,
+        _deployed(new_service, kafka, 1, provider=real_provider, provider_url=relay.url) as d,
     ):
-        await _register(stub, "cloud", pods, common_pb2.PRIVACY_ALLOW_API)
+        stub = d.stub
+        await _register(stub, "cloud", d.pods, common_pb2.PRIVACY_ALLOW_API)
         ok = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
         assert (ok.status, ok.engine.model) == (common_pb2.TASK_STATUS_OK, PROVIDER_MODEL)
 
@@ -300,7 +325,7 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
         assert _sample("aion_agent_breaker_opens_total", target="api") == opens + 1
 
         relay.on = True
-        await asyncio.sleep(1.1)  # breaker_open_s: the next call is the probe
+        d.clock.now += BREAKER_OPEN_S  # its open period ends: the next call is the probe
         probe = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
         assert probe.status == common_pb2.TASK_STATUS_OK, probe.error
         after = await _run(stub, "cloud", "say hi", common_pb2.ROUTE_API)
@@ -310,18 +335,13 @@ async def test_a_failing_provider_opens_its_breaker_and_closes_after_recovery(
 async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
     new_service: Callable[..., Any], kafka: Any, real_provider: executor_testing.Executor
 ) -> None:
-    topic = _topic()
-    async with (
-        load_testing.pods(2, kafka.bootstrap, topic) as pods,
-        _service(
-            new_service, **_provided(topic, f"{real_provider.http_url}/v1", real_provider)
-        ) as stub,
-    ):
-        await _register(stub, "quick", pods, common_pb2.PRIVACY_HYBRID, p95_target_ms=5000)
-        await _register(stub, "cloud", pods, common_pb2.PRIVACY_ALLOW_API)
-        for p in pods:
+    async with _deployed(new_service, kafka, 2, provider=real_provider) as d:
+        stub = d.stub
+        await _register(stub, "quick", d.pods, common_pb2.PRIVACY_HYBRID, p95_target_ms=5000)
+        await _register(stub, "cloud", d.pods, common_pb2.PRIVACY_ALLOW_API)
+        for p in d.pods:
             p.p95_ms = 30_000.0  # the pool is slow, by its reports
-        await asyncio.sleep(0.6)
+        await d.reported(_p95_is(30_000.0))
         # The provider has no record yet: nothing says it would do better.
         first = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID)
         assert (first.engine.chosen_by, first.engine.model) == ("policy", "m")
@@ -337,9 +357,9 @@ async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
         assert (relaxed.engine.chosen_by, relaxed.engine.model) == ("policy", "m")
         strict = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID, sla_ms=20_000)
         assert "cannot meet the SLA of 20000 ms" in strict.engine.reason
-        for p in pods:
+        for p in d.pods:
             p.p95_ms = 100.0  # the pool meets it again
-        await asyncio.sleep(0.6)
+        await d.reported(_p95_is(100.0))
         back = await _run(stub, "quick", "say hi", common_pb2.ROUTE_HYBRID)
         assert (back.engine.chosen_by, back.engine.model) == ("policy", "m")
 
@@ -347,28 +367,26 @@ async def test_a_hybrid_task_goes_where_its_sla_can_be_met(
 async def test_a_failing_replica_is_avoided_for_a_while_then_probed(
     new_service: Callable[..., Any], kafka: Any
 ) -> None:
-    topic = _topic()
-    async with (
-        load_testing.pods(2, kafka.bootstrap, topic) as pods,
-        _service(new_service, executor_load_topic=topic, breaker_open_s=4.0) as stub,
-    ):
-        await _register(stub, "shaky", pods, common_pb2.PRIVACY_LOCAL_ONLY)
-        broken, healthy = pods
+    async with _deployed(new_service, kafka, 2) as d:
+        await _register(d.stub, "shaky", d.pods, common_pb2.PRIVACY_LOCAL_ONLY)
+        broken, healthy = d.pods
         broken.failing = True
         opens = _sample("aion_agent_breaker_opens_total", target="executor")
-        results = [await _run(stub, "shaky", f"task {i}", common_pb2.ROUTE_LOCAL) for i in range(6)]
+        results = [
+            await _run(d.stub, "shaky", f"task {i}", common_pb2.ROUTE_LOCAL) for i in range(6)
+        ]
         # Every task ends OK on the healthy pod; the broken one is tried until its
         # breaker opens (3 failed calls in a row; gRPC retries each a few times)...
         assert [r.status for r in results] == [common_pb2.TASK_STATUS_OK] * 6
         assert healthy.tasks == 6
         assert _sample("aion_agent_breaker_opens_total", target="executor") == opens + 1
-        # ... then left alone while it is open.
+        # ... then left alone while it is open (the breakers' clock stands still).
         refused = broken.refused
         for i in range(6):
-            await _run(stub, "shaky", f"more {i}", common_pb2.ROUTE_LOCAL)
+            await _run(d.stub, "shaky", f"more {i}", common_pb2.ROUTE_LOCAL)
         assert (broken.refused, healthy.tasks) == (refused, 12)
         broken.failing = False
-        await asyncio.sleep(4.1)  # breaker_open_s: the next call to it is a probe
+        d.clock.now += BREAKER_OPEN_S  # its open period ends: the next call to it is a probe
         for i in range(6):
-            await _run(stub, "shaky", f"again {i}", common_pb2.ROUTE_LOCAL)
+            await _run(d.stub, "shaky", f"again {i}", common_pb2.ROUTE_LOCAL)
         assert broken.tasks >= 2  # the probe succeeded: it is back in the rotation

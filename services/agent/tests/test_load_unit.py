@@ -15,23 +15,13 @@ from aion.agent import testing as agent_testing
 from aion.core import errors, privacy
 
 
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _state(b: breaker.Breaker) -> breaker.State:
     return b.state  # read anew each time (mypy would narrow a property read twice)
 
 
 def test_a_breaker_opens_after_repeated_failures_probes_once_and_closes_on_success() -> None:
-    clock = Clock()
-    b = breaker.Breaker(failures=3, open_s=5.0, clock=clock)
+    clock = agent_testing.Clock()
+    b = breaker.Breaker(breaker.Rule(failures=3, open_s=5.0, clock=clock))
     for _ in range(2):
         assert b.attempt()
         b.failure()
@@ -55,8 +45,8 @@ def test_a_breaker_opens_after_repeated_failures_probes_once_and_closes_on_succe
 
 
 def test_a_probe_that_ends_neither_way_frees_the_probe() -> None:
-    clock = Clock()
-    b = breaker.Breaker(failures=1, open_s=1.0, clock=clock)
+    clock = agent_testing.Clock()
+    b = breaker.Breaker(breaker.Rule(failures=1, open_s=1.0, clock=clock))
     b.attempt()
     b.failure()
     clock.now += 1.0
@@ -66,8 +56,8 @@ def test_a_probe_that_ends_neither_way_frees_the_probe() -> None:
 
 
 def test_breakers_name_the_targets_they_block() -> None:
-    clock = Clock()
-    bs = breaker.Breakers(failures=1, open_s=1.0, clock=clock)
+    clock = agent_testing.Clock()
+    bs = breaker.Breakers(breaker.Rule(failures=1, open_s=1.0, clock=clock))
     bs["a:1"].failure()
     bs["b:1"].success()
     assert bs.blocked() == {"a:1"}
@@ -76,7 +66,7 @@ def test_breakers_name_the_targets_they_block() -> None:
 
 
 def test_reports_match_addresses_by_ip_or_host_port_and_age_out() -> None:
-    clock = Clock()
+    clock = agent_testing.Clock()
     board = load.LoadBoard(stale_s=10.0, clock=clock)
     board.record(load.Report(executor="10.0.0.7", in_flight=2, queue_depth=3))
     board.record(load.Report(executor="127.0.0.1:5001", in_flight=1))
@@ -88,7 +78,7 @@ def test_reports_match_addresses_by_ip_or_host_port_and_age_out() -> None:
 
 
 def test_an_address_load_counts_own_calls_once() -> None:
-    board = load.LoadBoard(stale_s=10.0, clock=Clock())
+    board = load.LoadBoard(stale_s=10.0, clock=agent_testing.Clock())
     with board.calling("10.0.0.7:1"), board.calling("10.0.0.7:1"):
         # The report was taken with our two calls running: two more are others'.
         board.record(load.Report(executor="10.0.0.7", in_flight=4))
@@ -99,9 +89,9 @@ def test_an_address_load_counts_own_calls_once() -> None:
 
 
 def test_the_chooser_takes_the_least_loaded_ready_address_whose_breaker_allows() -> None:
-    clock = Clock()
+    clock = agent_testing.Clock()
     board = load.LoadBoard(stale_s=10.0, clock=clock)
-    bs = breaker.Breakers(failures=1, open_s=5.0, clock=clock)
+    bs = breaker.Breakers(breaker.Rule(failures=1, open_s=5.0, clock=clock))
     chooser = load.LeastLoaded(board, bs)
     targets = ("t",)
     addresses = ["a:1", "b:1", "c:1"]
@@ -245,9 +235,11 @@ async def test_a_call_the_budget_cannot_cover_does_not_spill(clients: peers.Peer
 
 
 def test_a_breaker_says_when_it_opens_once_per_opening() -> None:
-    clock = Clock()
+    clock = agent_testing.Clock()
     opened: list[float] = []
-    b = breaker.Breaker(failures=2, open_s=1.0, clock=clock, on_open=lambda: opened.append(1))
+    b = breaker.Breaker(
+        breaker.Rule(failures=2, open_s=1.0, clock=clock, on_open=lambda: opened.append(1))
+    )
     b.failure()
     assert opened == []
     b.failure()

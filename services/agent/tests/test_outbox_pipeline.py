@@ -119,6 +119,14 @@ def expected(n: int, start: int = 0) -> dict[str, list[int]]:
     return dict(out)
 
 
+async def assert_sent_once_in_order(bootstrap: str, topic: str, n: int) -> None:
+    """``topic`` holds the ``n`` rows ``write_many`` wrote, each once (no envelope twice)
+    and each key's in the order written."""
+    got = await read_all(bootstrap, topic)
+    assert len(got) == len({e.id for e in got}) == n
+    assert sequences(got) == expected(n)
+
+
 class Producer:
     """The real idempotent producer (a new one each time the publisher makes one),
     counting sends; the ``hold``-th send waits for ``release`` (``held`` is set when it
@@ -182,9 +190,7 @@ async def test_batches_in_flight_keep_each_keys_order_and_leave_nothing(
     assert waiting_at == {51: 600, 101: 600, 151: 600}
     assert await rows_left(pool) == 0
     assert pub.published == 600
-    got = await read_all(kafka.bootstrap, topic)
-    assert len(got) == 600
-    assert sequences(got) == expected(600)
+    await assert_sent_once_in_order(kafka.bootstrap, topic, 600)
 
 
 async def test_a_lower_id_committed_late_goes_before_its_keys_later_rows(
@@ -230,9 +236,7 @@ async def test_a_second_publisher_does_not_publish_while_the_first_does(
     finally:
         await one.close()
         await two.close()
-    got = await read_all(kafka.bootstrap, topic)
-    assert len(got) == 200
-    assert sequences(got) == expected(200)
+    await assert_sent_once_in_order(kafka.bootstrap, topic, 200)
 
 
 async def test_two_running_publishers_send_each_row_once_in_order(
@@ -253,9 +257,8 @@ async def test_two_running_publishers_send_each_row_once_in_order(
             await asyncio.sleep(0.05)
         for task in running:
             task.cancel()
-    got = await read_all(kafka.bootstrap, topic)
-    assert len(got) == 1000  # no row twice: never two publishers at once
-    assert sequences(got) == expected(1000)
+    # No row twice: never two publishers at once.
+    await assert_sent_once_in_order(kafka.bootstrap, topic, 1000)
     assert sum(p.published for p in pubs) == 1000
 
 
@@ -274,10 +277,8 @@ async def test_a_cancelled_run_leaves_its_batches_in_flight_to_drain(
     assert await rows_left(pool) > 0
     assert await pub.drain(30) == 0
     assert await rows_left(pool) == 0
-    got = await read_all(kafka.bootstrap, topic)
     # The batches in flight were awaited and deleted, not sent again.
-    assert len(got) == len({e.id for e in got}) == 300
-    assert sequences(got) == expected(300)
+    await assert_sent_once_in_order(kafka.bootstrap, topic, 300)
 
 
 async def test_after_a_crash_the_rows_not_deleted_are_sent_again(

@@ -54,7 +54,7 @@ class ApiBackend:
 
     def __init__(self, api: provider.Provider, *, guard: breaker.Breaker | None = None) -> None:
         self._api = api
-        self.breaker = guard or breaker.Breaker(failures=3, open_s=5.0)
+        self.breaker = guard or breaker.Breaker()
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
 
     @property

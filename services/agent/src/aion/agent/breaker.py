@@ -6,11 +6,13 @@ One ``Breaker`` per target (an executor address, an external provider). It is
 through, and its outcome closes the breaker or opens it again for another
 ``open_s``. The breaker only counts; callers say what is a failure (a refusal
 before the first token, a connection error), since a full queue is load, not
-a fault.
+a fault. A ``Rule`` holds those settings (and the clock), shared by every
+breaker made from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import time
 from collections.abc import Callable
@@ -24,21 +26,28 @@ class State(enum.Enum):
     HALF_OPEN = "half-open"
 
 
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """When a breaker opens (``failures`` failed calls in a row), for how long
+    (``open_s``), on which clock, and what it calls each time it opens (``on_open``)."""
+
+    failures: int
+    open_s: float
+    clock: Callable[[], float] = time.monotonic
+    on_open: Callable[[], None] | None = None
+
+
+DEFAULT = Rule(failures=3, open_s=5.0)  # the settings' defaults
+
+
 class Breaker:
     """The breaker of one target."""
 
-    def __init__(
-        self,
-        *,
-        failures: int,
-        open_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        on_open: Callable[[], None] | None = None,
-    ) -> None:
-        self._on_open = on_open
-        self._threshold = failures
-        self._open_s = open_s
-        self._clock = clock
+    def __init__(self, rule: Rule = DEFAULT) -> None:
+        self._on_open = rule.on_open
+        self._threshold = rule.failures
+        self._open_s = rule.open_s
+        self._clock = rule.clock
         self._failed = 0
         self._opened_at: float | None = None
         self._probing = False
@@ -94,32 +103,16 @@ class Breaker:
 
 
 class Breakers:
-    """A breaker per target, made on first use with the same settings."""
+    """A breaker per target, each made from ``rule`` on first use."""
 
-    def __init__(
-        self,
-        *,
-        failures: int,
-        open_s: float,
-        clock: Callable[[], float] = time.monotonic,
-        on_open: Callable[[], None] | None = None,
-    ) -> None:
-        self._on_open = on_open
-        self._failures = failures
-        self._open_s = open_s
-        self._clock = clock
+    def __init__(self, rule: Rule = DEFAULT) -> None:
+        self._rule = rule
         self._by_target: dict[str, Breaker] = {}
 
     def __getitem__(self, target: str) -> Breaker:
         found = self._by_target.get(target)
         if found is None:
-            found = Breaker(
-                failures=self._failures,
-                open_s=self._open_s,
-                clock=self._clock,
-                on_open=self._on_open,
-            )
-            self._by_target[target] = found
+            found = self._by_target[target] = Breaker(self._rule)
         return found
 
     def blocked(self) -> set[str]:

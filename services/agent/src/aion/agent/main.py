@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aion.agent import (
@@ -65,9 +67,13 @@ async def run(
     *,
     until: Awaitable[object] | None = None,
     on_ready: Callable[[str], None] | None = None,
+    on_board: Callable[[load.LoadBoard], None] | None = None,
+    breaker_clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or ``until`` completes); then drain the server and
-    hand running tasks back. ``on_ready`` gets the gRPC address once it serves."""
+    hand running tasks back. ``on_ready`` gets the gRPC address once it serves;
+    ``on_board`` (tests) the executors' load board; the circuit breakers run on
+    ``breaker_clock`` (tests move it)."""
     topics = await startup.prepare(cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(_pool(cfg))
@@ -77,7 +83,12 @@ async def run(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
         )
         board = load.LoadBoard(stale_s=cfg.load_stale_s)
-        loop = await _agent_loop(cfg, material, stack, pool, agents, board)
+        if on_board is not None:
+            on_board(board)
+        rule = breaker.Rule(
+            failures=cfg.breaker_failures, open_s=cfg.breaker_open_s, clock=breaker_clock
+        )
+        loop = await _agent_loop(cfg, material, stack, pool, agents, board, rule)
         task_runner = runner.Runner(
             tasks=tasks, agents=agents, loop=loop, worker_id=cfg.worker_id, limits=_limits(cfg)
         )
@@ -134,16 +145,16 @@ async def _agent_loop(
     pool: db.Pool,
     agents: registry.PostgresRegistry,
     board: load.LoadBoard,
+    rule: breaker.Rule,
 ) -> agent_loop.AgentLoop:
     """The agent loop and where its model calls go: the executor replicas (chosen on
-    ``board``'s live load, each behind a breaker) and the external API (if any, behind
-    its own), with the planner that spills between them."""
+    ``board``'s live load, each behind a breaker of ``rule``) and the external API (if
+    any, behind its own), with the planner that spills between them."""
 
-    pods = breaker.Breakers(
-        failures=cfg.breaker_failures,
-        open_s=cfg.breaker_open_s,
-        on_open=agent_metrics.BREAKER_OPENS.labels(target="executor").inc,
-    )
+    def opens(target: str) -> breaker.Rule:
+        return dataclasses.replace(rule, on_open=agent_metrics.BREAKER_OPENS.labels(target).inc)
+
+    pods = breaker.Breakers(opens("executor"))
     clients = await stack.enter_async_context(
         peers.Peers(
             tls=material,
@@ -157,11 +168,7 @@ async def _agent_loop(
     if cfg.provider_base_url:
         api = backends.ApiBackend(
             await stack.enter_async_context(_provider(cfg, cfg.provider_base_url)),
-            guard=breaker.Breaker(
-                failures=cfg.breaker_failures,
-                open_s=cfg.breaker_open_s,
-                on_open=agent_metrics.BREAKER_OPENS.labels(target="api").inc,
-            ),
+            guard=breaker.Breaker(opens("api")),
         )
     return agent_loop.AgentLoop(
         local=backends.ExecutorBackend(clients),

@@ -4,8 +4,8 @@ The outbox's health is its backlog (rows not yet on Kafka), their age, and
 the lag of each published row (its write to its Kafka ack); lease reclaims count the
 runs whose worker was lost, by what became of the task; tenants' spend is counted as
 their tasks' priced model calls are recorded; the route choice counts the calls the
-API served in the pool's stead, the calls refused for a saturated pool, and the
-circuit breakers that opened.
+API served in the pool's stead, the calls waiting for room in a saturated pool and
+those refused for one, and the circuit breakers that opened.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ SPILLS = prometheus_client.Counter(
     "by why: load (every replica full), sla (the pool's p95 misses it), fallback (the "
     "pool failed before answering).",
     ["chosen_by"],
+)
+WAITING_FOR_ROOM = prometheus_client.Gauge(
+    "aion_agent_calls_waiting_for_room",
+    "Model calls waiting for room in a saturated executor pool (backpressure).",
 )
 SATURATED_REFUSALS = prometheus_client.Counter(
     "aion_agent_saturated_refusals_total",

@@ -50,7 +50,7 @@ class Peers:
     ) -> None:
         self._tls = tls
         self.board = board or load_mod.LoadBoard(stale_s=15.0)
-        self.breakers = breakers or breaker_mod.Breakers(failures=3, open_s=5.0)
+        self.breakers = breakers or breaker_mod.Breakers()
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self.endpoints = endpoints_mod.Endpoints(

@@ -170,20 +170,21 @@ class LoadPlanner:
     async def _wait_for_room(self, agent: model.AgentRecord, pool: Pool, deadline: float) -> None:
         """Wait until a replica has room; RESOURCE_EXHAUSTED when that would outlast
         ``deadline`` (the task's, on ``clock``)."""
-        while pool.saturated:
-            left = deadline - self._clock()
-            wait = pool.wait_s()
-            if wait > left:
-                metrics.SATURATED_REFUSALS.inc()
-                away = f"about {wait:.1f}s away" if wait < float("inf") else "not in sight"
-                raise errors.ResourceExhausted(
-                    f"the agent '{agent.name}' is saturated ({pool.describe()}) and may not "
-                    f"use the API now; room is {away}, past the task's deadline in "
-                    f"{max(0.0, left):.1f}s: retry later or give the task more time",
-                    retry_after_s=min(wait, 60.0),
-                )
-            await asyncio.sleep(_POLL_S)
-            pool = await self.pool(agent)
+        with metrics.WAITING_FOR_ROOM.track_inprogress():
+            while pool.saturated:
+                left = deadline - self._clock()
+                wait = pool.wait_s()
+                if wait > left:
+                    metrics.SATURATED_REFUSALS.inc()
+                    away = f"about {wait:.1f}s away" if wait < float("inf") else "not in sight"
+                    raise errors.ResourceExhausted(
+                        f"the agent '{agent.name}' is saturated ({pool.describe()}) and may "
+                        f"not use the API now; room is {away}, past the task's deadline in "
+                        f"{max(0.0, left):.1f}s: retry later or give the task more time",
+                        retry_after_s=min(wait, 60.0),
+                    )
+                await asyncio.sleep(_POLL_S)
+                pool = await self.pool(agent)
 
     async def served(
         self, task_id: str, plan: agent_loop.Plan, *, by: str, model_name: str

@@ -4,6 +4,7 @@
 whose calls go as the ``gateway`` identity, except RegisterAgent and
 DeregisterAgent, which go as the ``operator`` (the only callers each RPC
 admits). ``EXECUTOR_ALLOW`` is the real executor's table, for scripted executors.
+``Clock`` is a clock the test moves (for the breakers, the load board).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ EXECUTOR_SERVICE = "aion.executor.v1.Executor"
 EXECUTOR_ALLOW = authz.methods(
     EXECUTOR_SERVICE, {"Generate": {"agent"}, "Stats": {"agent"}, "Embed": {"knowledge", "agent"}}
 )
+
+
+class Clock:
+    """A clock that stands still until the test moves ``now``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def executor_server(
