@@ -1,4 +1,5 @@
-"""A task through gateway -> router -> agent -> executor (real model), and bad input."""
+"""A task through gateway -> router -> agent -> executor (real model), and bad input; an
+agent with a knowledge base (the real knowledge service) whose answer cites its document."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
-from aion.api.v1 import common_pb2, tasks_pb2, tasks_pb2_grpc
+from aion.api.v1 import common_pb2, knowledge_pb2, tasks_pb2, tasks_pb2_grpc
 from aion.infra import devstack
 from aion.sdk import AsyncClient, Client, errors
 
@@ -142,6 +144,75 @@ def test_knowledge_round_trip_through_the_gateway(suite: devstack.LocalSuite) ->
         assert client.search("docs", "scarce GPUs") == []
         with pytest.raises(errors.NotFound):
             client.delete_document("docs", "k8s")
+
+
+LIBRARIAN = """
+apiVersion: aion.dev/v1alpha1
+kind: Agent
+metadata:
+  name: librarian
+spec:
+  model:
+    name: smollm2-135m-instruct
+    task: generate
+  instructions: Answer from the context, in one short sentence.
+  knowledgeBases: [handbook]
+  routing:
+    privacy: local-only
+"""
+VACATION = "# Vacation\n\nEmployees get 30 days of paid vacation a year."
+
+
+async def test_an_agents_answer_cites_the_document_it_drew_on(
+    suite: devstack.LocalSuite,
+) -> None:
+    question = "How many days of paid vacation do employees get?"
+    async with AsyncClient(suite.gateway) as client:
+        doc = await client.ingest(
+            "handbook",
+            "vacation.md",
+            title="Vacation policy",
+            content=VACATION,
+            content_type="text/markdown",
+        )
+        assert doc.state == knowledge_pb2.DOCUMENT_STATE_READY, doc.error
+        [hit] = await client.search("handbook", question)  # hybrid, with its citation
+        [agent] = await client.apply_agents(LIBRARIAN, timeout=30)
+        assert list(agent.knowledge_bases) == ["handbook"]
+        events = [e async for e in client.stream("librarian", question, max_tokens=16)]
+        assert events[-1].WhichOneof("event") == "done", events[-1]
+        result = events[-1].done.result
+        assert result.status == common_pb2.TASK_STATUS_OK, result.error
+        # The retrieval put the document's one passage into the context: the answer cites it.
+        [cited] = result.citations
+        assert (cited.knowledge_base, cited.document_id, cited.version, cited.title) == (
+            "handbook",
+            "vacation.md",
+            doc.version,
+            "Vacation policy",
+        )
+        assert (cited.chunk_index, cited.char_start, cited.char_end) == (
+            hit.chunk_index,
+            hit.char_start,
+            hit.char_end,
+        )
+        assert "30 days" in hit.text
+        # Stored with the task: Get after the fact lists the same.
+        stored = await client.get(result.task_id, timeout=10)
+        assert list(stored.citations) == list(result.citations)
+    # The OpenAI-compatible surface carries them in its canonical result (``aion``).
+    async with httpx.AsyncClient(base_url=suite.gateway_http, timeout=120) as http:
+        answer = await http.post(
+            "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {os.environ['AION_API_KEY']}"},
+            json={
+                "model": "librarian",
+                "max_tokens": 8,
+                "messages": [{"role": "user", "content": question}],
+            },
+        )
+    assert answer.status_code == 200, answer.text
+    assert [c["document_id"] for c in answer.json()["aion"]["citations"]] == ["vacation.md"]
 
 
 def _aionctl(suite: devstack.LocalSuite, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ import socket
 import click.testing
 import grpc
 
+from aion.api.v1 import common_pb2
 from aion.sdk import cli, testing
 
 
@@ -54,6 +55,7 @@ async def test_stream_json_prints_the_canonical_result(gateway: testing.FakeGate
         "error": None,
         "created_at": "2023-11-14T22:13:20Z",
         "finished_at": "2023-11-14T22:13:21Z",
+        "citations": [],
     }
 
 
@@ -128,6 +130,40 @@ async def test_get_and_cancel(gateway: testing.FakeGateway) -> None:
     assert shown.stdout.rstrip().endswith("Hello")
     canceled = await _run(gateway, "cancel", "t-1", "--json")
     assert json.loads(canceled.stdout)["status"] == "CANCELED"
+
+
+async def test_get_shows_the_citations_and_the_summary_counts_them(
+    gateway: testing.FakeGateway,
+) -> None:
+    gateway.result = testing.task_result(
+        citations=(
+            common_pb2.Citation(
+                knowledge_base="handbook",
+                document_id="vacation.md",
+                version=2,
+                chunk_index=0,
+                char_start=0,
+                char_end=52,
+                title="Vacation policy",
+                score=0.03,
+            ),
+            common_pb2.Citation(knowledge_base="handbook", document_id="faq.txt", version=1),
+        )
+    )
+    shown = await _run(gateway, "get", "t-1")
+    assert shown.exit_code == 0, shown.output
+    cited = [line for line in shown.stdout.splitlines() if line.startswith("cited")]
+    assert cited == [
+        "cited        handbook/vacation.md v2 chunk 0 [0:52] 'Vacation policy'",
+        "cited        handbook/faq.txt v1 chunk 0 [0:0]",
+    ]
+    submitted = await _run(gateway, "submit", "--agent", "demo", "hi")
+    assert submitted.stderr.strip() == "OK · local · 5 tokens · 42 ms · 2 citations · task t-1"
+    as_json = await _run(gateway, "get", "t-1", "--json")
+    assert [c["document_id"] for c in json.loads(as_json.stdout)["citations"]] == [
+        "vacation.md",
+        "faq.txt",
+    ]
 
 
 async def test_agents_table_and_health(gateway: testing.FakeGateway) -> None:

@@ -131,7 +131,9 @@ def test_result_to_dict_of_a_queued_task() -> None:
         "error",
         "created_at",
         "finished_at",
+        "citations",
     }
+    assert data["citations"] == []
     assert set(data["usage"]) == {
         "latency_ms",
         "prompt_tokens",

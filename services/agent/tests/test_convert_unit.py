@@ -11,6 +11,7 @@ from aion.api.agent.v1 import agent_pb2
 from aion.api.executor.v1 import executor_pb2
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
+from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
 from aion.core import errors, privacy
 
 
@@ -89,6 +90,7 @@ def task(status: model.Status) -> model.TaskRecord:
         error=model.TaskError("CANCELLED", "asked") if status is model.Status.CANCELED else None,
         created_at=now,
         finished_at=now,
+        citations=(model.Citation("kb", "secret.md", 2, 5, 10, 90, "Secret", 0.25),),
     )
 
 
@@ -102,6 +104,7 @@ def test_a_state_change_never_carries_the_output() -> None:
     assert ended.result.engine.route == common_pb2.ROUTE_API
     assert ended.result.usage.tokens == 7
     assert ended.result.output == ""
+    assert list(ended.result.citations) == []  # the tenant's documents stay off the topic
     assert convert.result_to_pb(task(model.Status.OK)).output == "the secret output"
     assert convert.queued(task(model.Status.QUEUED)).attempt == 2
 
@@ -109,6 +112,22 @@ def test_a_state_change_never_carries_the_output() -> None:
 def test_events_and_generation_chunks() -> None:
     done = convert.event_to_pb(task(model.Status.OK), model.Event(seq=5, kind=model.EventKind.DONE))
     assert (done.seq, done.done.result.status) == (5, common_pb2.TASK_STATUS_OK)
+    assert list(done.done.result.citations) == [
+        common_pb2.Citation(
+            knowledge_base="kb",
+            document_id="secret.md",
+            version=2,
+            chunk_index=5,
+            char_start=10,
+            char_end=90,
+            title="Secret",
+            score=0.25,
+        )
+    ]
+    error = convert.event_to_pb(
+        task(model.Status.CANCELED), model.Event(seq=6, kind=model.EventKind.ERROR)
+    )
+    assert [c.document_id for c in error.error.result.citations] == ["secret.md"]
     partial = convert.event_to_pb(
         task(model.Status.RUNNING),
         model.Event(seq=2, kind=model.EventKind.PARTIAL, text="so far", step=1),
@@ -125,3 +144,23 @@ def test_events_and_generation_chunks() -> None:
     )
     assert [(m.role, m.content) for m in request.messages] == [("system", "s"), ("user", "u")]
     assert (request.max_tokens, request.seed, request.HasField("temperature")) == (8, 1, False)
+
+
+def test_search_hits_become_passages_with_their_citations() -> None:
+    hit = public_knowledge_pb2.SearchHit(
+        knowledge_base="handbook",
+        document_id="vacation.md",
+        version=3,
+        chunk_index=1,
+        char_start=800,
+        char_end=1500,
+        title="Vacation",
+        score=0.03,
+        text="30 days",
+        metadata={"team": "hr"},
+    )
+    assert convert.passages([hit]) == [
+        model.Passage(
+            "30 days", model.Citation("handbook", "vacation.md", 3, 1, 800, 1500, "Vacation", 0.03)
+        )
+    ]

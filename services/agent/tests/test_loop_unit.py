@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
 import prometheus_client
 import pytest
 
-from aion.agent import agent_loop, budget, model
+from aion.agent import agent_loop, budget, convert, follow, model, run_log, runner
 from aion.core import errors, privacy
 
 Reply = Callable[[model.ModelCall], list[str]]
@@ -49,17 +50,35 @@ class FakeBackend:
         )
 
 
+def cite(kb: str, i: int) -> model.Citation:
+    """The citation of FakeKnowledge's passage ``i`` of ``kb``."""
+    return model.Citation(
+        knowledge_base=kb,
+        document_id=f"{kb}.md",
+        version=1,
+        chunk_index=i,
+        char_start=100 * i,
+        char_end=100 * i + 14,
+        title=f"The {kb}",
+        score=1 / (i + 1),
+    )
+
+
 class FakeKnowledge:
-    """Two passages per knowledge base; records every search."""
+    """Two passages per knowledge base (chunks 0 and 1 of one document); records every
+    search."""
 
     def __init__(self) -> None:
         self.searches: list[tuple[str, str, str]] = []
 
     async def search(
         self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
-    ) -> list[str]:
+    ) -> list[model.Passage]:
         self.searches.append((tenant, knowledge_base, query))
-        return [f"{knowledge_base} passage {i}" for i in range(2)][:top_k]
+        return [
+            model.Passage(f"{knowledge_base} passage {i}", cite(knowledge_base, i))
+            for i in range(2)
+        ][:top_k]
 
 
 @dataclasses.dataclass
@@ -69,9 +88,13 @@ class RecordingSink:
     tokens: list[str] = dataclasses.field(default_factory=list)
     partials: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     steps: list[model.StepRecord] = dataclasses.field(default_factory=list)
+    cited: list[list[model.Citation]] = dataclasses.field(default_factory=list)
 
     async def token(self, text: str) -> None:
         self.tokens.append(text)
+
+    async def cite(self, citations: Sequence[model.Citation]) -> None:
+        self.cited.append(list(citations))
 
     async def partial(self, text: str, step: int) -> None:
         self.partials.append((text, step))
@@ -249,6 +272,20 @@ async def test_retrieved_passages_go_into_the_system_prompt() -> None:
     assert "faq passage 1" not in system  # top_k passages in all
 
 
+async def test_the_passages_put_into_the_context_are_cited_as_they_go_in() -> None:
+    sink = RecordingSink()
+    await loop_with(local=FakeBackend("local-model", echo), top_k=3).run(
+        agent(knowledge_bases=("docs", "faq")), request("what is aion"), sink
+    )
+    # the three that went into the system prompt, in its order; not the one left out
+    assert sink.cited == [[cite("docs", 0), cite("docs", 1), cite("faq", 0)]]
+    nothing = RecordingSink()
+    await loop_with(local=FakeBackend("local-model", echo), top_k=0).run(
+        agent(knowledge_bases=("docs",)), request(), nothing
+    )
+    assert nothing.cited == []  # no retrieval, no citations
+
+
 def calls_then_answers(tool: str, arguments: dict[str, object]) -> Reply:
     """A model that calls ``tool`` first, then answers with the tool's result."""
 
@@ -281,6 +318,7 @@ async def test_a_tool_call_runs_the_tool_and_feeds_its_result_back() -> None:
     ]
     assert sink.steps[1].input == {"query": "pricing", "top_k": 1}
     assert sink.steps[1].output == "docs passage 0"
+    assert sink.cited == [[cite("docs", 0)]]  # what the tool returned, no more
     assert "knowledge_search" in local.calls[0].messages[0][1]  # the tools prompt
 
 
@@ -422,3 +460,104 @@ async def test_an_agent_called_as_a_tool_draws_on_its_callers_budget() -> None:
     # The callee stopped when the caller's spend and its own reached the one budget.
     assert 0.2 <= spend.spent_usd < 0.2 + 0.001
     assert spend.spent_usd > asked.cost_usd
+
+
+class FakeTaskStore:
+    """Where a run's log writes (the run's side of ``store.TaskStore``): keeps what its
+    end stores."""
+
+    def __init__(self) -> None:
+        self.followers = follow.Followers(self._read)
+
+    async def _read(self, task_id: str, after: int) -> list[model.Event]:
+        return []
+
+    async def write(self, task: model.TaskRecord, logged: list[model.Event], **kw: Any) -> None:
+        return None
+
+    async def finish(
+        self,
+        task: model.TaskRecord,
+        status: model.Status,
+        *,
+        output: str,
+        error: model.TaskError | None,
+        latency_ms: int,
+        logged: list[model.Event],
+        citations: Sequence[model.Citation] = (),
+    ) -> model.TaskRecord:
+        return dataclasses.replace(
+            task, status=status, output=output, error=error, citations=tuple(citations)
+        )
+
+
+def running_task() -> model.TaskRecord:
+    return model.TaskRecord(
+        id="task-1",
+        spec=model.TaskSpec(tenant="t", agent="helper", input="hello there"),
+        decision=model.Decision(),
+        model_name="local-model",
+        status=model.Status.RUNNING,
+        attempts=1,
+        worker_id="w",
+        seq=1,
+    )
+
+
+async def test_citations_reach_the_result_once_each_in_order_of_use() -> None:
+    """Retrieval, then a knowledge_search call that finds a passage again and a new one:
+    the task's result (through the runner's sink and its run log) cites each once."""
+    local = FakeBackend(
+        "local-model", calls_then_answers("knowledge_search", {"query": "more", "top_k": 3})
+    )
+    events = run_log.RunLog(cast(Any, FakeTaskStore()), running_task(), flush_s=60)
+    answer = await loop_with(local=local, top_k=1).run(
+        agent(knowledge_bases=("docs", "faq"), tools=("knowledge_search",)),
+        request(),
+        runner._Sink(events),
+    )
+    events.output = answer
+    ended = await events.finish(model.Status.OK, error=None, latency_ms=1)
+    await events.close()
+    # retrieval put docs 0 in; the tool returned docs 0 (again), docs 1 and faq 0
+    assert ended.citations == (cite("docs", 0), cite("docs", 1), cite("faq", 0))
+    result = convert.result_to_pb(ended)
+    assert [
+        (c.knowledge_base, c.document_id, c.version, c.chunk_index) for c in result.citations
+    ] == [
+        ("docs", "docs.md", 1, 0),
+        ("docs", "docs.md", 1, 1),
+        ("faq", "faq.md", 1, 0),
+    ]
+    first = result.citations[0]
+    assert (first.char_start, first.char_end, first.title, first.score) == (0, 14, "The docs", 1.0)
+
+
+async def test_a_run_that_fails_after_retrieval_still_cites_what_it_used() -> None:
+    events = run_log.RunLog(cast(Any, FakeTaskStore()), running_task(), flush_s=60)
+    local = FakeBackend("local-model", echo, fail=errors.Unavailable("no pod"))
+    with pytest.raises(errors.Unavailable):
+        await loop_with(local=local, top_k=1).run(
+            agent(knowledge_bases=("docs",)), request(), runner._Sink(events)
+        )
+    ended = await events.finish(model.Status.ERROR, error=None, latency_ms=1)
+    await events.close()
+    assert ended.citations == (cite("docs", 0),)
+
+
+async def test_an_agent_called_as_a_tool_hands_its_citations_to_its_caller() -> None:
+    local = FakeBackend(
+        "local-model",
+        lambda call: (
+            calls_then_answers("agent_other", {"input": "sub task"})(call)
+            if any(c == "the main task" for _, c in call.messages)
+            else echo(call)
+        ),
+    )
+    other = agent(name="other", knowledge_bases=("faq",))
+    sink = RecordingSink()
+    await loop_with(local=local, agents=FakeAgents(other), top_k=1).run(
+        agent(knowledge_bases=("docs",), tools=("agent:other",)), request("the main task"), sink
+    )
+    # the caller's retrieval, then the called agent's (its answer drew on it)
+    assert sink.cited == [[cite("docs", 0)], [cite("faq", 0)]]

@@ -7,7 +7,7 @@ events they hand out are checked against what was stored.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import pytest
@@ -48,6 +48,7 @@ class FakeStore:
         error: model.TaskError | None,
         latency_ms: int,
         logged: list[model.Event],
+        citations: Sequence[model.Citation] = (),
     ) -> model.TaskRecord:
         self.finished.append(([e.seq for e in logged], output))
         seq = (logged[-1].seq if logged else task.seq) + 1
@@ -59,6 +60,7 @@ class FakeStore:
             status=status,
             output=output,
             seq=seq,
+            citations=tuple(citations),
         )
 
 
@@ -154,3 +156,25 @@ async def test_a_failed_timed_write_stops_the_run_at_its_next_event() -> None:
     await asyncio.sleep(0)  # and recorded why
     with pytest.raises(model.LeaseLost):
         await events.add(model.EventKind.TOKEN, text="b")
+
+
+def _cite(document_id: str, chunk: int, *, version: int = 1, score: float = 0.5) -> model.Citation:
+    return model.Citation("docs", document_id, version, chunk, score=score)
+
+
+async def test_citations_are_kept_once_each_in_order_of_use_and_stored_with_the_end() -> None:
+    store = FakeStore()
+    events = _log(store, flush_s=60)
+    events.cite([_cite("a", 0), _cite("b", 3)])
+    # a passage used again (another search, another score) is kept where it came first
+    events.cite([_cite("b", 3, score=0.9), _cite("a", 1), _cite("a", 0)])
+    # another version of a document is another passage
+    events.cite([_cite("a", 0, version=2)])
+    ended = await events.finish(model.Status.ERROR, error=None, latency_ms=1)
+    assert ended.citations == (
+        _cite("a", 0),
+        _cite("b", 3),
+        _cite("a", 1),
+        _cite("a", 0, version=2),
+    )
+    await events.close()

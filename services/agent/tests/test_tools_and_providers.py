@@ -27,9 +27,11 @@ import pytest
 from aion.agent import provider
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import errors
+from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
+from aion.core import channels, errors
 from aion.infra.devstack import suite
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
@@ -278,6 +280,57 @@ async def test_knowledge_search_tool_returns_passages_of_the_agents_base(
     ]
     assert steps[1]["output"].startswith("GPUs are advertised")
     assert steps[1]["error"] is None
+
+
+async def _hits(knowledge: str, query: str, top_k: int) -> list[public_knowledge_pb2.SearchHit]:
+    """What the knowledge service finds for acme in "docs", asked as the agent service."""
+    async with channels.connect(
+        knowledge, tls=agent_testing.CA.tls("agent"), peer="knowledge"
+    ) as chan:
+        stub = knowledge_pb2_grpc.KnowledgeServiceStub(chan)
+        resp = await stub.Search(
+            knowledge_pb2.SearchRequest(
+                tenant=TENANT,
+                request=public_knowledge_pb2.SearchRequest(
+                    knowledge_base="docs", query=query, top_k=top_k
+                ),
+            ),
+            timeout=30,
+        )
+    return list(resp.hits)
+
+
+async def test_the_result_cites_the_passages_its_run_used_once_each(
+    stub: Stub, knowledge: str
+) -> None:
+    call = 'call:knowledge_search {"query": "which GPU device plugin?", "top_k": 1}'
+    task_id, result = await _run(stub, "librarian", call)
+    assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
+    # The retrieval's passages for the input (before the first model call; top_k 2), then
+    # the tool's, each passage once, in order of first use.
+    used = [
+        *await _hits(knowledge, call, 2),
+        *await _hits(knowledge, "which GPU device plugin?", 1),
+    ]
+    expected: list[tuple[str, str, int, int]] = []
+    for h in used:
+        if (key := (h.knowledge_base, h.document_id, h.version, h.chunk_index)) not in expected:
+            expected.append(key)
+    cited = [(c.knowledge_base, c.document_id, c.version, c.chunk_index) for c in result.citations]
+    assert cited == expected
+    assert ("docs", "d1", 1, 0) in cited
+    [gpu] = [c for c in result.citations if c.document_id == "d1"]
+    assert (gpu.char_start, gpu.char_end) == (0, len(DOCS[1]))
+    assert gpu.score > 0
+    # Stored with the task: Get (as Tasks.Get through the gateway) lists them the same.
+    stored = await stub.GetTask(agent_pb2.TaskRef(tenant=TENANT, task_id=task_id), timeout=10)
+    assert list(stored.citations) == list(result.citations)
+
+
+async def test_a_run_that_used_no_knowledge_cites_nothing(stub: Stub) -> None:
+    _, result = await _run(stub, "plain", "nothing to look up")
+    assert result.status == common_pb2.TASK_STATUS_OK, result.error.message
+    assert list(result.citations) == []
 
 
 async def test_knowledge_search_sees_only_its_tenants_documents(stub: Stub) -> None:

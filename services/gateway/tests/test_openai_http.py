@@ -244,8 +244,38 @@ def test_the_aion_object_is_the_sdks_canonical_result() -> None:
             latency_ms=1, prompt_tokens=2, completion_tokens=3, tokens=5, cost_usd=0.5
         ),
         error=common_pb2.TaskError(code="INTERNAL", message="m", retriable=False),
+        citations=[
+            common_pb2.Citation(
+                knowledge_base="kb",
+                document_id="d.md",
+                version=2,
+                chunk_index=1,
+                char_start=3,
+                char_end=9,
+                title="D",
+                score=0.5,
+            )
+        ],
     )
     result.created_at.GetCurrentTime()
     assert results.result_to_dict(result) == sdk_results.result_to_dict(result)
+    assert results.result_to_dict(result)["citations"] == [
+        {
+            "knowledge_base": "kb",
+            "document_id": "d.md",
+            "version": 2,
+            "chunk_index": 1,
+            "char_start": 3,
+            "char_end": 9,
+            "title": "D",
+            "score": 0.5,
+        }
+    ]
+    # the OpenAPI document lists every field of the aion object
+    schema = openapi.document()["components"]["schemas"]["TaskResult"]
+    assert set(schema["properties"]) == set(results.result_to_dict(result))
+    assert set(schema["properties"]["citations"]["items"]["properties"]) == set(
+        results.result_to_dict(result)["citations"][0]
+    )
     bare = common_pb2.TaskResult(task_id="t")
     assert results.result_to_dict(bare) == sdk_results.result_to_dict(bare)

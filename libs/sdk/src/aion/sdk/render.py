@@ -9,13 +9,16 @@ from aion.sdk import results
 
 
 def summary(result: common_pb2.TaskResult) -> str:
-    """One line: status, route, tokens, latency and the task id."""
+    """One line: status, route, tokens, latency, citations (when any) and the task id."""
     parts = [results.status_name(result.status)]
     route = results.route_name(result.engine.route)
     if route:
         parts.append(route)
     parts.append(f"{result.usage.tokens} tokens")
     parts.append(f"{result.usage.latency_ms} ms")
+    if result.citations:
+        cited = len(result.citations)
+        parts.append(f"{cited} citation{'s' if cited > 1 else ''}")
     if result.task_id:
         parts.append(f"task {result.task_id}")
     return " · ".join(parts)
@@ -32,7 +35,8 @@ def failure(result: common_pb2.TaskResult) -> str | None:
 
 
 def describe(result: common_pb2.TaskResult) -> str:
-    """A task as aligned ``key  value`` lines, then its output."""
+    """A task as aligned ``key  value`` lines (a ``cited`` line per citation), then its
+    output."""
     data = results.result_to_dict(result)
     engine, usage, error = data["engine"], data["usage"], data["error"]
     rows = [("task", data["task_id"]), ("agent", data["agent"]), ("status", data["status"])]
@@ -54,8 +58,20 @@ def describe(result: common_pb2.TaskResult) -> str:
     for key in ("created_at", "finished_at"):
         if data[key]:
             rows.append((key.replace("_", " "), data[key]))
+    rows.extend(("cited", cite(c)) for c in data["citations"])
     text = _rows(rows)
     return f"{text}\n\n{data['output']}" if data["output"] else text
+
+
+def cite(citation: dict[str, object]) -> str:
+    """A citation (``results.citation_to_dict``) on one line: where the passage is, and
+    the document's title when it has one."""
+    c = citation
+    where = (
+        f"{c['knowledge_base']}/{c['document_id']} v{c['version']} chunk {c['chunk_index']}"
+        f" [{c['char_start']}:{c['char_end']}]"
+    )
+    return f"{where} {c['title']!r}" if c["title"] else where
 
 
 def agents_table(agents: Sequence[agents_pb2.Agent]) -> str:

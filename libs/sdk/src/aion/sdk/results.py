@@ -6,7 +6,12 @@ The shape lives here alone::
      "output", "engine": {"route": "local"|"api"|"hybrid"|None, "chosen_by", "reason", "model"},
      "usage": {"latency_ms", "prompt_tokens", "completion_tokens", "tokens", "cost_usd"},
      "error": {"code", "message", "retriable"} | None,
-     "created_at", "finished_at"}          # RFC 3339, or None when unset
+     "created_at", "finished_at",          # RFC 3339, or None when unset
+     "citations": [{"knowledge_base", "document_id", "version", "chunk_index",
+                    "char_start", "char_end", "title", "score"}, ...]}
+
+``citations`` are the knowledge base passages the answer drew on (``TaskResult.citations``
+in ``aion/api/v1/common.proto``): each once, in the order the run first used them.
 """
 
 from __future__ import annotations
@@ -50,6 +55,20 @@ def _time(stamp: timestamp_pb2.Timestamp, *, is_set: bool) -> str | None:
     return stamp.ToJsonString() if is_set else None
 
 
+def citation_to_dict(citation: common_pb2.Citation) -> dict[str, Any]:
+    """A citation of the canonical result as JSON-ready plain data."""
+    return {
+        "knowledge_base": citation.knowledge_base,
+        "document_id": citation.document_id,
+        "version": citation.version,
+        "chunk_index": citation.chunk_index,
+        "char_start": citation.char_start,
+        "char_end": citation.char_end,
+        "title": citation.title,
+        "score": citation.score,
+    }
+
+
 def result_to_dict(result: common_pb2.TaskResult) -> dict[str, Any]:
     """The canonical result as JSON-ready plain data."""
     error = None
@@ -80,6 +99,7 @@ def result_to_dict(result: common_pb2.TaskResult) -> dict[str, Any]:
         "error": error,
         "created_at": _time(result.created_at, is_set=result.HasField("created_at")),
         "finished_at": _time(result.finished_at, is_set=result.HasField("finished_at")),
+        "citations": [citation_to_dict(c) for c in result.citations],
     }
 
 

@@ -9,6 +9,13 @@ when the task's spend reaches its budget (``budget``).
 The loop's seams are Protocols: ``ModelBackend`` (where a model call goes:
 ``backends.ExecutorBackend`` or ``backends.ApiBackend``), ``Knowledge`` (retrieval)
 and ``Sink`` (where a run's output goes), so it runs in a unit test with fakes.
+
+Citations: every passage the loop puts into the model's context (the automatic
+retrieval of an agent with knowledge bases, before its first model call, and each
+``knowledge_search`` tool call) has its citation handed to the sink (``Sink.cite``) as
+it goes in, so a task's result lists what its answer drew on, also when the run fails
+later. An agent called as a tool hands its citations to its caller's sink: its answer,
+which goes into the caller's context, drew on them, and both agents are the tenant's.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from aion.agent import a2a_tools, budget, mcp_tools, model, registry, tools
@@ -96,8 +103,9 @@ class Knowledge(Protocol):
 
     async def search(
         self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
-    ) -> list[str]:
-        """The passages of ``knowledge_base`` relevant to ``query``, best first."""
+    ) -> list[model.Passage]:
+        """The passages of ``knowledge_base`` relevant to ``query``, best first, each with
+        its citation."""
         ...
 
 
@@ -116,11 +124,18 @@ class Sink(Protocol):
         """A finished step, with what it cost."""
         ...
 
+    async def cite(self, citations: Sequence[model.Citation]) -> None:
+        """The citations of passages the run has just put into the model's context, in
+        that order; a passage cited again is kept once (``model.cited``)."""
+        ...
+
 
 @dataclasses.dataclass
 class _Quiet:
-    """The sink of an agent called as a tool: keeps nothing but the cost."""
+    """The sink of an agent called as a tool: keeps nothing but the cost, and hands its
+    citations to its caller's sink."""
 
+    caller: Sink
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -135,6 +150,9 @@ class _Quiet:
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
         self.cost_usd += rec.cost_usd
+
+    async def cite(self, citations: Sequence[model.Citation]) -> None:
+        await self.caller.cite(citations)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,7 +267,7 @@ class AgentLoop:
             )
             req = dataclasses.replace(req, route=route)
         system = agent.instructions or "You are a helpful assistant."
-        context = await self._context(agent, req)
+        context = await self._context(agent, req, sink)
         if context:
             system += "\n\nUse this context when it helps:\n" + context
         async with mcp_tools.Toolbox(
@@ -270,7 +288,7 @@ class AgentLoop:
                         error=f"MCP server {url} {why}",
                     )
                 )
-            available = {**toolbox.tools, **self._tools(agent, req, depth)}
+            available = {**toolbox.tools, **self._tools(agent, req, sink, depth)}
             if available:
                 system += "\n\n" + tools.prompt(available)
             messages: list[tuple[str, str]] = [("system", system), ("user", req.input)]
@@ -296,10 +314,10 @@ class AgentLoop:
             "raise its step limit or simplify the task"
         )
 
-    async def _context(self, agent: model.AgentRecord, req: Request) -> str:
+    async def _context(self, agent: model.AgentRecord, req: Request, sink: Sink) -> str:
         if not agent.knowledge_bases or not self._top_k:
             return ""
-        passages: list[str] = []
+        passages: list[model.Passage] = []
         for kb in agent.knowledge_bases:
             passages.extend(
                 await self._knowledge.search(
@@ -310,7 +328,7 @@ class AgentLoop:
                     timeout=10,
                 )
             )
-        return "\n\n".join(passages[: self._top_k])
+        return await _used(passages[: self._top_k], sink)
 
     # -- model calls ----------------------------------------------------------------
     async def _plan(
@@ -418,7 +436,9 @@ class AgentLoop:
         return got.text
 
     # -- tools ------------------------------------------------------------------------
-    def _tools(self, agent: model.AgentRecord, req: Request, depth: int) -> dict[str, tools.Tool]:
+    def _tools(
+        self, agent: model.AgentRecord, req: Request, sink: Sink, depth: int
+    ) -> dict[str, tools.Tool]:
         found: dict[str, tools.Tool] = {}
         for name in agent.tools:
             if name == tools.KNOWLEDGE_SEARCH:
@@ -426,7 +446,7 @@ class AgentLoop:
                     name=name,
                     arguments=tools.SearchArgs,
                     description="Searches the agent's knowledge bases for relevant passages.",
-                    call=functools.partial(self._search, agent, req),
+                    call=functools.partial(self._search, agent, req, sink),
                 )
             elif name.startswith(a2a_tools.PREFIX):
                 remote = a2a_tools.tool(
@@ -440,7 +460,7 @@ class AgentLoop:
                     name=tool_name,
                     arguments=tools.AgentArgs,
                     description=f"Asks the agent '{other}' and returns its answer.",
-                    call=functools.partial(self._ask, other, req, depth=depth),
+                    call=functools.partial(self._ask, other, req, sink, depth=depth),
                 )
         return found
 
@@ -485,7 +505,9 @@ class AgentLoop:
         )
         return outcome
 
-    async def _search(self, agent: model.AgentRecord, req: Request, args: Any) -> tools.Outcome:
+    async def _search(
+        self, agent: model.AgentRecord, req: Request, sink: Sink, args: Any
+    ) -> tools.Outcome:
         kbs = [args.knowledge_base] if args.knowledge_base else list(agent.knowledge_bases)
         unknown = [kb for kb in kbs if kb not in agent.knowledge_bases]
         if unknown or not kbs:
@@ -494,7 +516,7 @@ class AgentLoop:
                 f"not {unknown or 'nothing'}",
                 field="tools.knowledge_search.arguments",
             )
-        passages: list[str] = []
+        passages: list[model.Passage] = []
         for kb in kbs:
             passages.extend(
                 await self._knowledge.search(
@@ -505,11 +527,13 @@ class AgentLoop:
                     timeout=10,
                 )
             )
-        return tools.Outcome("\n\n".join(passages[: args.top_k]) or "(no passages found)")
+        return tools.Outcome(await _used(passages[: args.top_k], sink) or "(no passages found)")
 
-    async def _ask(self, name: str, req: Request, args: Any, *, depth: int) -> tools.Outcome:
+    async def _ask(
+        self, name: str, req: Request, sink: Sink, args: Any, *, depth: int
+    ) -> tools.Outcome:
         other = await self._agents.get(req.tenant, name)
-        quiet = _Quiet()
+        quiet = _Quiet(caller=sink)
         child = dataclasses.replace(req, input=args.input, max_tokens=None)
         answer = await self.run(other, child, quiet, depth=depth + 1)
         return tools.Outcome(
@@ -518,3 +542,10 @@ class AgentLoop:
             completion_tokens=quiet.completion_tokens,
             cost_usd=quiet.cost_usd,
         )
+
+
+async def _used(passages: Sequence[model.Passage], sink: Sink) -> str:
+    """The text ``passages`` put into the model's context; their citations go to the sink."""
+    if passages:
+        await sink.cite([p.citation for p in passages])
+    return "\n\n".join(p.text for p in passages)

@@ -119,8 +119,9 @@ class KnowledgeService:
 
     async def search(
         self, *, tenant: str, knowledge_base: str, query: str, top_k: int, timeout: float
-    ) -> list[str]:
-        """The passages of ``knowledge_base`` relevant to ``query``, best first."""
+    ) -> list[model.Passage]:
+        """The passages of ``knowledge_base`` relevant to ``query``, best first, each with
+        its citation."""
         hits = await self._peers.search(
             tenant=tenant, knowledge_base=knowledge_base, query=query, top_k=top_k, timeout=timeout
         )

@@ -123,6 +123,7 @@ def result_to_pb(task: model.TaskRecord) -> common_pb2.TaskResult:
         ),
         created_at=_ts(task.created_at),
         finished_at=_ts(task.finished_at),
+        citations=[citation_to_pb(c) for c in task.citations],
     )
     if task.error is not None:
         result.error.CopyFrom(
@@ -230,8 +231,9 @@ def state_changed(task: model.TaskRecord) -> events_pb2.TaskStateChanged:
     """A task's state change, for the task-events topic.
 
     The topic is shared by every tenant, so an event carries the tenant (on the
-    envelope), ids, state, engine and usage, never the output text: whoever needs the
-    output asks the agent service for it (Get, as the tenant), which checks the tenant.
+    envelope), ids, state, engine and usage, never the output text nor the citations
+    (the tenant's documents): whoever needs them asks the agent service (Get, as the
+    tenant), which checks the tenant.
     One shared topic keeps the consumers simple (one group reads every task) and Kafka
     ACLs need no per-tenant topics.
     """
@@ -241,6 +243,7 @@ def state_changed(task: model.TaskRecord) -> events_pb2.TaskStateChanged:
     if task.status.final:
         data.result.CopyFrom(result)
         data.result.ClearField("output")
+        data.result.ClearField("citations")
     return data
 
 
@@ -276,6 +279,35 @@ def chunk_from_pb(msg: executor_pb2.GenerateChunk) -> model.Chunk:
     )
 
 
-def passages(hits: Sequence[public_knowledge_pb2.SearchHit]) -> list[str]:
-    """The texts of the knowledge service's hits, in its order."""
-    return [h.text for h in hits]
+def passages(hits: Sequence[public_knowledge_pb2.SearchHit]) -> list[model.Passage]:
+    """The knowledge service's hits, in its order, each with its citation."""
+    return [
+        model.Passage(
+            text=h.text,
+            citation=model.Citation(
+                knowledge_base=h.knowledge_base,
+                document_id=h.document_id,
+                version=h.version,
+                chunk_index=h.chunk_index,
+                char_start=h.char_start,
+                char_end=h.char_end,
+                title=h.title,
+                score=h.score,
+            ),
+        )
+        for h in hits
+    ]
+
+
+def citation_to_pb(c: model.Citation) -> common_pb2.Citation:
+    """A citation of the canonical result."""
+    return common_pb2.Citation(
+        knowledge_base=c.knowledge_base,
+        document_id=c.document_id,
+        version=c.version,
+        chunk_index=c.chunk_index,
+        char_start=c.char_start,
+        char_end=c.char_end,
+        title=c.title,
+        score=c.score,
+    )

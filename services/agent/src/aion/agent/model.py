@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aion.core import privacy as privacy_mod
@@ -142,6 +143,47 @@ class Event:
 
 
 @dataclasses.dataclass(frozen=True)
+class Citation:
+    """Where a retrieved passage came from: characters ``[char_start, char_end)`` of the
+    text extracted from ``version`` of ``document_id`` in ``knowledge_base``, its chunk
+    ``chunk_index``; ``score`` is the search's."""
+
+    knowledge_base: str
+    document_id: str
+    version: int
+    chunk_index: int
+    char_start: int = 0
+    char_end: int = 0
+    title: str = ""
+    score: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        """The passage it names: two citations with the same key cite one passage."""
+        return (self.knowledge_base, self.document_id, self.version, self.chunk_index)
+
+
+@dataclasses.dataclass(frozen=True)
+class Passage:
+    """A passage of a knowledge base, as a search returned it, with its citation."""
+
+    text: str
+    citation: Citation
+
+
+def cited(known: Sequence[Citation], new: Iterable[Citation]) -> tuple[Citation, ...]:
+    """``known``, then the citations of ``new`` whose passage is not among them yet, in
+    order: each passage once, where it was first used (with its score then)."""
+    seen = {c.key for c in known}
+    found = list(known)
+    for c in new:
+        if c.key not in seen:
+            seen.add(c.key)
+            found.append(c)
+    return tuple(found)
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskError:
     """Why a task did not end OK."""
 
@@ -177,6 +219,8 @@ class TaskRecord:
     created_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
     seq: int = 0  # the number of its last stored event, when read
+    # The passages its run put into the model's context (``cited``), stored at its end.
+    citations: tuple[Citation, ...] = ()
 
     @property
     def remaining_s(self) -> float:

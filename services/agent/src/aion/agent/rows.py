@@ -7,6 +7,8 @@ Every function runs inside the caller's transaction.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -22,6 +24,18 @@ def _route(value: str) -> privacy.Route:
         return privacy.Route(value)
     except ValueError:  # not one this version knows: the nearest, as the loop would
         return privacy.Route.LOCAL
+
+
+def citations_to_json(citations: Sequence[model.Citation]) -> list[dict[str, Any]]:
+    """Citations as the ``citations`` column (jsonb) holds them."""
+    return [dataclasses.asdict(c) for c in citations]
+
+
+def _citations(stored: list[dict[str, Any]] | None) -> tuple[model.Citation, ...]:
+    fields = {f.name for f in dataclasses.fields(model.Citation)}
+    return tuple(
+        model.Citation(**{k: v for k, v in c.items() if k in fields}) for c in stored or ()
+    )
 
 
 def record(r: dict[str, Any]) -> model.TaskRecord:
@@ -70,6 +84,7 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
         created_at=r["created_at"],
         finished_at=r["finished_at"],
         seq=r["last_seq"],
+        citations=_citations(r["citations"]),
     )
 
 

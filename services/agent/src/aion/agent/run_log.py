@@ -8,6 +8,9 @@ executor's token and the caller), and stores them in one transaction per batch
 ``max_events`` wait, at every step end (with the step's record) and at the end (with
 the final event, ``finish``).
 
+The citations of the passages the run put into its model's context (``cite``) are
+kept here, each passage once, and stored with the end (``finish``).
+
 The task's ``output`` column is rewritten only when the output has doubled since it
 was last written, at step ends and at the end, so a long generation costs linear
 time to store (the events hold every token in between). A run that dies loses at
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
 import psycopg
 
@@ -49,6 +53,7 @@ class RunLog:
         self._seq = self._stored = task.seq
         self._pending: list[model.Event] = []
         self.output = task.output
+        self.citations: tuple[model.Citation, ...] = ()
         self._written = len(task.output)  # the output's length when last stored
         self._rewrite = False  # the output was replaced (a partial): store it next time
         self._lock = asyncio.Lock()
@@ -102,6 +107,10 @@ class RunLog:
             if output is not None:
                 self._written, self._rewrite = len(output), False
 
+    def cite(self, citations: Sequence[model.Citation]) -> None:
+        """Passages the run put into its model's context: each kept once, in order of use."""
+        self.citations = model.cited(self.citations, citations)
+
     async def step(self, rec: model.StepRecord) -> None:
         """A step of the loop ended: store it with everything before it."""
         await self.flush(rec)
@@ -128,6 +137,7 @@ class RunLog:
                 error=error,
                 latency_ms=latency_ms,
                 logged=self._pending,
+                citations=self.citations,
             )
             self._pending = []
             self._stored = ended.seq

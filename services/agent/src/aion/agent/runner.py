@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import psycopg
@@ -47,7 +47,7 @@ class Limits:
 
 
 class _Sink:
-    """A run's sink: tokens, partials and steps go to its ``RunLog``."""
+    """A run's sink: tokens, partials, steps and citations go to its ``RunLog``."""
 
     def __init__(self, events: run_log.RunLog) -> None:
         self._log = events
@@ -60,6 +60,9 @@ class _Sink:
 
     async def step(self, rec: model.StepRecord) -> None:
         await self._log.step(rec)
+
+    async def cite(self, citations: Sequence[model.Citation]) -> None:
+        self._log.cite(citations)
 
 
 class Runner:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from psycopg.types import json as pg_json
 
@@ -314,14 +314,16 @@ class TaskStore:
         error: model.TaskError | None = None,
         latency_ms: int = 0,
         logged: list[model.Event] | None = None,
+        citations: Sequence[model.Citation] = (),
     ) -> model.TaskRecord:
         """End the current run with its final status and emit done or error; once only.
-        ``logged``: the run's events not stored yet, stored first in the same transaction."""
+        ``logged``: the run's events not stored yet, stored first in the same transaction;
+        ``citations``: those of the passages the run used (``run_log.RunLog.cite``)."""
         logged = logged or []
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE tasks SET state = %s, output = %s, error_code = %s, error_message = %s,"
-                " error_retriable = %s, latency_ms = %s, finished_at = now(),"
+                " error_retriable = %s, latency_ms = %s, finished_at = now(), citations = %s,"
                 " lease_owner = NULL, lease_until = NULL,"
                 " last_seq = greatest(last_seq, %s) + 1"
                 " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
@@ -333,6 +335,7 @@ class TaskStore:
                     error.message if error else None,
                     error.retriable if error else False,
                     latency_ms,
+                    pg_json.Jsonb(rows.citations_to_json(citations)),
                     logged[-1].seq if logged else 0,
                     task.id,
                     task.attempts,

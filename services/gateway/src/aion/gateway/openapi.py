@@ -85,6 +85,23 @@ _TASK_RESULT = {
         "error": {"type": ["object", "null"]},
         "created_at": {"type": ["string", "null"]},
         "finished_at": {"type": ["string", "null"]},
+        "citations": {
+            "type": "array",
+            "description": "the knowledge base passages the answer drew on, in order of use",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "knowledge_base": {"type": "string"},
+                    "document_id": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "chunk_index": {"type": "integer"},
+                    "char_start": {"type": "integer"},
+                    "char_end": {"type": "integer"},
+                    "title": {"type": "string"},
+                    "score": {"type": "number"},
+                },
+            },
+        },
     },
 }
 

@@ -22,6 +22,20 @@ def status_name(status: common_pb2.TaskStatus.ValueType) -> str:
     return common_pb2.TaskStatus.Name(status).removeprefix("TASK_STATUS_")
 
 
+def citation_to_dict(citation: common_pb2.Citation) -> dict[str, Any]:
+    """A citation of the canonical result as JSON-ready plain data."""
+    return {
+        "knowledge_base": citation.knowledge_base,
+        "document_id": citation.document_id,
+        "version": citation.version,
+        "chunk_index": citation.chunk_index,
+        "char_start": citation.char_start,
+        "char_end": citation.char_end,
+        "title": citation.title,
+        "score": citation.score,
+    }
+
+
 def result_to_dict(result: common_pb2.TaskResult) -> dict[str, Any]:
     """The canonical result as JSON-ready plain data."""
     error = None
@@ -54,4 +68,5 @@ def result_to_dict(result: common_pb2.TaskResult) -> dict[str, Any]:
         "finished_at": (
             result.finished_at.ToJsonString() if result.HasField("finished_at") else None
         ),
+        "citations": [citation_to_dict(c) for c in result.citations],
     }

@@ -25,25 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ion/api/v1/common.proto\x12\x07\x61ion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x06\x45ngine\x12\x1d\n\x05route\x18\x01 \x01(\x0e\x32\x0e.aion.v1.Route\x12\x11\n\tchosen_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"o\n\x05Usage\x12\x12\n\nlatency_ms\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretriable\x18\x03 \x01(\x08\"\xa5\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.aion.v1.TaskStatus\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\x1f\n\x06\x65ngine\x18\x05 \x01(\x0b\x32\x0f.aion.v1.Engine\x12\x1d\n\x05usage\x18\x06 \x01(\x0b\x32\x0e.aion.v1.Usage\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.aion.v1.TaskError\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xb8\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x12\n\x0eTASK_STATUS_OK\x10\x03\x12\x15\n\x11TASK_STATUS_ERROR\x10\x04\x12\x17\n\x13TASK_STATUS_TIMEOUT\x10\x05\x12\x18\n\x14TASK_STATUS_CANCELED\x10\x06*P\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUTE_LOCAL\x10\x01\x12\r\n\tROUTE_API\x10\x02\x12\x10\n\x0cROUTE_HYBRID\x10\x03*e\n\x07Privacy\x12\x17\n\x13PRIVACY_UNSPECIFIED\x10\x00\x12\x16\n\x12PRIVACY_LOCAL_ONLY\x10\x01\x12\x15\n\x11PRIVACY_ALLOW_API\x10\x02\x12\x12\n\x0ePRIVACY_HYBRID\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ion/api/v1/common.proto\x12\x07\x61ion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"Y\n\x06\x45ngine\x12\x1d\n\x05route\x18\x01 \x01(\x0e\x32\x0e.aion.v1.Route\x12\x11\n\tchosen_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\"o\n\x05Usage\x12\x12\n\nlatency_ms\x18\x01 \x01(\x03\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x0e\n\x06tokens\x18\x04 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretriable\x18\x03 \x01(\x08\"\xa1\x01\n\x08\x43itation\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x05\x12\x12\n\nchar_start\x18\x05 \x01(\x05\x12\x10\n\x08\x63har_end\x18\x06 \x01(\x05\x12\r\n\x05title\x18\x07 \x01(\t\x12\r\n\x05score\x18\x08 \x01(\x01\"\xcb\x02\n\nTaskResult\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12#\n\x06status\x18\x03 \x01(\x0e\x32\x13.aion.v1.TaskStatus\x12\x0e\n\x06output\x18\x04 \x01(\t\x12\x1f\n\x06\x65ngine\x18\x05 \x01(\x0b\x32\x0f.aion.v1.Engine\x12\x1d\n\x05usage\x18\x06 \x01(\x0b\x32\x0e.aion.v1.Usage\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x12.aion.v1.TaskError\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\tcitations\x18\n \x03(\x0b\x32\x11.aion.v1.Citation*\xb8\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x12\n\x0eTASK_STATUS_OK\x10\x03\x12\x15\n\x11TASK_STATUS_ERROR\x10\x04\x12\x17\n\x13TASK_STATUS_TIMEOUT\x10\x05\x12\x18\n\x14TASK_STATUS_CANCELED\x10\x06*P\n\x05Route\x12\x15\n\x11ROUTE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROUTE_LOCAL\x10\x01\x12\r\n\tROUTE_API\x10\x02\x12\x10\n\x0cROUTE_HYBRID\x10\x03*e\n\x07Privacy\x12\x17\n\x13PRIVACY_UNSPECIFIED\x10\x00\x12\x16\n\x12PRIVACY_LOCAL_ONLY\x10\x01\x12\x15\n\x11PRIVACY_ALLOW_API\x10\x02\x12\x12\n\x0ePRIVACY_HYBRID\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aion.api.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKSTATUS']._serialized_start=634
-  _globals['_TASKSTATUS']._serialized_end=818
-  _globals['_ROUTE']._serialized_start=820
-  _globals['_ROUTE']._serialized_end=900
-  _globals['_PRIVACY']._serialized_start=902
-  _globals['_PRIVACY']._serialized_end=1003
+  _globals['_TASKSTATUS']._serialized_start=836
+  _globals['_TASKSTATUS']._serialized_end=1020
+  _globals['_ROUTE']._serialized_start=1022
+  _globals['_ROUTE']._serialized_end=1102
+  _globals['_PRIVACY']._serialized_start=1104
+  _globals['_PRIVACY']._serialized_end=1205
   _globals['_ENGINE']._serialized_start=70
   _globals['_ENGINE']._serialized_end=159
   _globals['_USAGE']._serialized_start=161
   _globals['_USAGE']._serialized_end=272
   _globals['_TASKERROR']._serialized_start=274
   _globals['_TASKERROR']._serialized_end=335
-  _globals['_TASKRESULT']._serialized_start=338
-  _globals['_TASKRESULT']._serialized_end=631
+  _globals['_CITATION']._serialized_start=338
+  _globals['_CITATION']._serialized_end=499
+  _globals['_TASKRESULT']._serialized_start=502
+  _globals['_TASKRESULT']._serialized_end=833
 # @@protoc_insertion_point(module_scope)

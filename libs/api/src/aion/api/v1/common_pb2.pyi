@@ -3,9 +3,11 @@
 isort:skip_file
 Types shared by the public API (aion.v1), the internal APIs and the events."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -185,6 +187,56 @@ class TaskError(_message.Message):
 Global___TaskError: _TypeAlias = TaskError  # noqa: Y015
 
 @_typing.final
+class Citation(_message.Message):
+    """A passage of a knowledge base that an agent put into its model's context: characters
+    [char_start, char_end) of the text extracted from version `version` of document
+    `document_id`, its chunk `chunk_index`. The fields are those of the knowledge service's
+    SearchHit that found it (aion.v1.SearchHit), less its text and metadata: fetch the
+    passage again with Knowledge.Search, or the document with Knowledge.GetDocument.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHUNK_INDEX_FIELD_NUMBER: _builtins.int
+    CHAR_START_FIELD_NUMBER: _builtins.int
+    CHAR_END_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    knowledge_base: _builtins.str
+    document_id: _builtins.str
+    version: _builtins.int
+    chunk_index: _builtins.int
+    char_start: _builtins.int
+    char_end: _builtins.int
+    title: _builtins.str
+    score: _builtins.float
+    """The search's score of the passage when it was retrieved: reciprocal rank (hybrid),
+    cosine similarity (dense) or BM25 (sparse).
+    """
+    def __init__(
+        self,
+        *,
+        knowledge_base: _builtins.str = ...,
+        document_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        chunk_index: _builtins.int = ...,
+        char_start: _builtins.int = ...,
+        char_end: _builtins.int = ...,
+        title: _builtins.str = ...,
+        score: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["char_end", b"char_end", "char_start", b"char_start", "chunk_index", b"chunk_index", "document_id", b"document_id", "knowledge_base", b"knowledge_base", "score", b"score", "title", b"title", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Citation: _TypeAlias = Citation  # noqa: Y015
+
+@_typing.final
 class TaskResult(_message.Message):
     """The canonical result: the same in gRPC, in events and in `aionctl --json`."""
 
@@ -199,6 +251,7 @@ class TaskResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    CITATIONS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     agent: _builtins.str
     status: Global___TaskStatus.ValueType
@@ -213,6 +266,20 @@ class TaskResult(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]:
+        """The knowledge the answer drew on: every passage the task's run put into its model's
+        context, once each (the same knowledge base, document, version and chunk), in the
+        order it first used them. Passages come from the agent's automatic retrieval before
+        its first model call (an Agent with knowledgeBases), from its knowledge_search tool
+        calls, and from the same in agents it called as tools (their answers drew on them).
+        Stored with the task when its run ends: Tasks.Get and the final Done or Error event
+        list them (a run that ended ERROR, TIMEOUT or CANCELED lists what it had used by
+        then; a task ended by recovery after its worker was lost lists none). Empty for a
+        task whose run used no knowledge, and in the TaskStateChanged events of the shared
+        task-events topic, which carry no tenant content.
+        """
+
     def __init__(
         self,
         *,
@@ -225,10 +292,11 @@ class TaskResult(_message.Message):
         error: Global___TaskError | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        citations: _abc.Iterable[Global___Citation] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "engine", b"engine", "error", b"error", "finished_at", b"finished_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "created_at", b"created_at", "engine", b"engine", "error", b"error", "finished_at", b"finished_at", "output", b"output", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "citations", b"citations", "created_at", b"created_at", "engine", b"engine", "error", b"error", "finished_at", b"finished_at", "output", b"output", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -248,7 +248,8 @@ Global___SearchRequest: _TypeAlias = SearchRequest  # noqa: Y015
 class SearchHit(_message.Message):
     """A chunk and where it came from: cite it as (document_id, version,
     chunk_index), its text being characters [char_start, char_end) of the
-    text extracted from that version.
+    text extracted from that version. An agent's task result cites the hits
+    its run used the same way (TaskResult.citations, aion.v1.Citation).
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -73,8 +73,10 @@ def task_result(
     status: common_pb2.TaskStatus.ValueType = common_pb2.TASK_STATUS_OK,
     output: str = "Hello",
     error: common_pb2.TaskError | None = None,
+    citations: tuple[common_pb2.Citation, ...] = (),
 ) -> common_pb2.TaskResult:
-    """A task result as the gateway would send it (the ``demo`` agent, routed locally)."""
+    """A task result as the gateway would send it (the ``demo`` agent, routed locally);
+    ``citations``: the knowledge its answer drew on (none by default)."""
     res = common_pb2.TaskResult(
         task_id=task_id,
         agent="demo",
@@ -90,6 +92,7 @@ def task_result(
             latency_ms=42, prompt_tokens=3, completion_tokens=2, tokens=5, cost_usd=0.0
         ),
         error=error,
+        citations=citations,
     )
     res.created_at.FromSeconds(1_700_000_000)
     res.finished_at.FromSeconds(1_700_000_001)
