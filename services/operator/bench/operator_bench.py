@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx2
 import lightkube
 import yaml
 from lightkube import codecs
@@ -69,6 +70,8 @@ SPEC = {
 }
 TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "900"))
 NOT_FOUND = 404
+TOO_MANY = 429
+UNAVAILABLE = 500
 DISPATCHED = "apiserver_flowcontrol_dispatched_requests_total{"
 
 
@@ -91,10 +94,23 @@ def _nodes(agents: int) -> list[dict[str, Any]]:
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str) -> None:
     deadline = time.monotonic() + TIMEOUT_S
-    while not await check():
+    while not await _checked(check):
         if time.monotonic() > deadline:
             raise SystemExit(f"bench-operator: {what} not done after {TIMEOUT_S:.0f}s")
         await asyncio.sleep(0.25)
+
+
+async def _checked(check: Callable[[], Awaitable[bool]]) -> bool:
+    # A shared, loaded API server answers 429 or 503, or slowly, now and then: ask again.
+    try:
+        return await check()
+    except httpx2.TransportError:
+        return False
+    except lightkube.ApiError as exc:
+        code = exc.status.code or 0
+        if code == TOO_MANY or code >= UNAVAILABLE:
+            return False
+        raise
 
 
 async def _namespace(client: lightkube.AsyncClient, prefix: str) -> str:
