@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import lightkube
 from lightkube import codecs, generic_resource, operators
 from lightkube.resources import apps_v1, autoscaling_v2, core_v1
 
-from aion.operator import conventions, pools
+from aion.operator import conventions, pools, render
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ BOUND: dict[str, str | operators.BinaryOperator | operators.SequenceOperator] = 
     "spec.nodeName": operators.not_equal("")
 }
 RELIST_DELAY_S = 1.0
+GLOB = frozenset("*?[]!")
 
 
 class Informer:
@@ -44,15 +45,42 @@ class Informer:
 
     What placement reads on every reconcile (every node, every bound pod) is read
     once and then follows the API's events, instead of being listed again for
-    each Agent. A broken or expired watch lists afresh.
+    each Agent. A broken or expired watch lists afresh. With ``group``, objects
+    are also kept by what it returns (``grouped``), so a lookup reads a few.
     """
 
-    def __init__(self, client: lightkube.AsyncClient, kind: Any, **filters: Any) -> None:
+    def __init__(
+        self,
+        client: lightkube.AsyncClient,
+        kind: Any,
+        *,
+        group: Callable[[Mapping[str, Any]], Hashable] | None = None,
+        **filters: Any,
+    ) -> None:
         self._client = client
         self._kind = kind
         self._filters = filters
-        self.objects: dict[str, dict[str, Any]] = {}
+        self._group = group
+        # By namespace and name: unique at any moment, and what lookups ask by.
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._grouped: dict[Hashable, dict[tuple[str, str], dict[str, Any]]] = {}
         self.synced = asyncio.Event()
+
+    def grouped(self, value: Hashable) -> list[dict[str, Any]]:
+        """The objects whose ``group`` is ``value``."""
+        return list(self._grouped.get(value, {}).values())
+
+    def _set(self, key: tuple[str, str], obj: dict[str, Any] | None) -> None:
+        old = self.objects.pop(key, None)
+        if old is not None and self._group is not None:
+            members = self._grouped.get(self._group(old), {})
+            members.pop(key, None)
+            if not members:
+                self._grouped.pop(self._group(old), None)
+        if obj is not None:
+            self.objects[key] = obj
+            if self._group is not None:
+                self._grouped.setdefault(self._group(obj), {})[key] = obj
 
     async def run(self) -> None:
         """List and watch until cancelled."""
@@ -60,19 +88,22 @@ class Informer:
         while True:
             try:
                 listing = self._client.list(self._kind, **self._filters)
-                fresh = {o.metadata.uid: o.to_dict() async for o in listing}
-                self.objects = fresh
+                fresh = [(_key(o), o.to_dict()) async for o in listing]
+                self.objects, self._grouped = {}, {}
+                for key, obj in fresh:
+                    self._set(key, obj)
                 self.synced.set()
                 async for op, obj in self._client.watch(
                     self._kind, resource_version=listing.resourceVersion, **self._filters
                 ):
-                    if op == "DELETED":
-                        self.objects.pop(obj.metadata.uid, None)
-                    else:
-                        self.objects[obj.metadata.uid] = obj.to_dict()
+                    self._set(_key(obj), None if op == "DELETED" else obj.to_dict())
             except (lightkube.ApiError, OSError, lightkube.LoadResourceError) as exc:
                 log.warning("watching %s: %s; listing again", name, exc)
             await asyncio.sleep(RELIST_DELAY_S)
+
+
+def _key(obj: Any) -> tuple[str, str]:
+    return obj.metadata.namespace or "", obj.metadata.name
 
 
 class Kube:
@@ -82,13 +113,33 @@ class Kube:
         self._client = client
         self._nodes: Informer | None = None
         self._pods: Informer | None = None
+        # Executor Deployments by namespace ("*": every namespace), executor pods of all.
+        self._deployments: dict[str, Informer] = {}
+        self._executor_pods: Informer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start_informers(self) -> None:
-        """Follow nodes and bound pods in memory from now on (``snapshot`` reads them)."""
+    def start_informers(self, namespaces: Sequence[str] = ()) -> None:
+        """Follow nodes, pods and the executor Deployments of ``namespaces`` in memory from now on.
+
+        ``snapshot`` reads the nodes and bound pods; ``pods`` and ``deployment``
+        the executors', which the readiness timer asks for every few seconds per
+        Agent. Pods are read in every namespace (the operator's ClusterRole);
+        Deployments only where it may (empty ``namespaces``: every one; else a
+        Role in each named namespace): with a pattern among ``namespaces``,
+        ``deployment`` asks the API each time.
+        """
         self._nodes = Informer(self._client, core_v1.Node)
         self._pods = Informer(self._client, core_v1.Pod, namespace="*", fields=BOUND)
-        self._tasks = [asyncio.create_task(i.run()) for i in (self._nodes, self._pods)]
+        followed = [] if any(GLOB & set(n) for n in namespaces) else list(namespaces) or ["*"]
+        self._deployments = {
+            n: Informer(self._client, apps_v1.Deployment, namespace=n, labels=render.EXECUTORS)
+            for n in followed
+        }
+        self._executor_pods = Informer(
+            self._client, core_v1.Pod, group=_instance, namespace="*", labels=render.EXECUTORS
+        )
+        informers = [self._nodes, self._pods, self._executor_pods, *self._deployments.values()]
+        self._tasks = [asyncio.create_task(i.run()) for i in informers]
 
     async def stop_informers(self) -> None:
         """Stop following (the counterpart of ``start_informers``)."""
@@ -98,6 +149,8 @@ class Kube:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        self._nodes = self._pods = None
+        self._deployments, self._executor_pods = {}, None
 
     @property
     def client(self) -> lightkube.AsyncClient:
@@ -129,7 +182,14 @@ class Kube:
         await self._client.apply(obj, field_manager=conventions.FIELD_MANAGER, force=True)
 
     async def deployment(self, name: str, *, namespace: str) -> dict[str, Any] | None:
-        """The Deployment ``name`` in ``namespace``, or None when there is none."""
+        """The executor Deployment ``name`` in ``namespace``, or None when there is none.
+
+        From memory where an informer follows the namespace, else from the API.
+        """
+        informer = self._deployments.get(namespace) or self._deployments.get("*")
+        if informer is not None:
+            await informer.synced.wait()
+            return informer.objects.get((namespace, name))
         try:
             found = await self._client.get(apps_v1.Deployment, name, namespace=namespace)
         except lightkube.ApiError as exc:
@@ -144,7 +204,14 @@ class Kube:
         return dict(found.metadata.labels or {}) if found.metadata else {}
 
     async def pods(self, *, selector: Mapping[str, str], namespace: str) -> list[dict[str, Any]]:
-        """The pods in ``namespace`` that carry every label of ``selector``."""
+        """The executor pods in ``namespace`` that carry every label of ``selector``.
+
+        From memory once the informers run, else from the API.
+        """
+        if self._executor_pods is not None:
+            await self._executor_pods.synced.wait()
+            members = self._executor_pods.grouped((namespace, selector.get(render.INSTANCE)))
+            return [pod for pod in members if _labelled(pod, selector)]
         return [
             p.to_dict()
             async for p in self._client.list(
@@ -161,6 +228,17 @@ class Kube:
             if target is not None and target.kind == "Deployment" and target.name == deployment:
                 return True
         return False
+
+
+def _instance(obj: Mapping[str, Any]) -> tuple[str, str | None]:
+    # An executor's pods are looked up by namespace and Agent (``render.selector``).
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", (meta.get("labels") or {}).get(render.INSTANCE)
+
+
+def _labelled(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
 
 
 def _plain(obj: Any) -> dict[str, Any]:

@@ -44,7 +44,7 @@ async def _kopf(
     stop_flag: asyncio.Future[None] | None = None,
 ) -> None:
     # Placement reads nodes and bound pods from memory while this replica reconciles.
-    client.start_informers()
+    client.start_informers(cfg.namespaces)
     try:
         await kopf.operator(
             registry=registry,

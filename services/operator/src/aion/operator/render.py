@@ -37,6 +37,10 @@ TERMINATION_GRACE_S = 75
 GRACE_S = 60
 DRAIN_DELAY_S = 3
 RUN_AS = 10001
+# On every executor's Deployment, Service and pods, whichever the Agent.
+EXECUTORS: Mapping[str, str] = {"app.kubernetes.io/name": "aion-executor"}
+# Which Agent an executor's objects serve (in ``selector``).
+INSTANCE = "app.kubernetes.io/instance"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +79,8 @@ def executor_name(agent_name: str) -> str:
 def selector(agent_name: str) -> dict[str, str]:
     """The labels that select an Agent's executor pods (immutable once applied)."""
     return {
-        "app.kubernetes.io/name": "aion-executor",
-        "app.kubernetes.io/instance": _bounded(agent_name),
+        **EXECUTORS,
+        INSTANCE: _bounded(agent_name),
     }
 
 

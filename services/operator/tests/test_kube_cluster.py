@@ -1,0 +1,124 @@
+"""``kube.Kube``'s reads of executors from its informers, against the real control plane.
+
+The readiness timer asks for each Agent's executor Deployment and pods every few
+seconds; once the informers run, the answers come from memory and must match
+what the API holds: the Agent's own objects, current, gone once deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import lightkube
+import pytest
+from lightkube import codecs
+from lightkube.resources import apps_v1, core_v1
+
+from aion.core import agentspec
+from aion.infra.cluster import Cluster
+from aion.operator import kube, render
+
+pytestmark = [pytest.mark.cluster]
+
+TIMEOUT_S = 60.0
+SPEC = agentspec.parse(
+    {
+        "model": {"name": "smollm2-135m-instruct"},
+        "gpu": {"count": 0},
+        "resources": {"cpu": "10m", "memory": "16Mi"},
+    }
+)
+T = TypeVar("T")
+
+
+async def _eventually(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        value = await fetch()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"kube-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture(params=["named", "every"])
+async def client(
+    cluster: Cluster, namespace: str, request: pytest.FixtureRequest
+) -> AsyncIterator[kube.Kube]:
+    """A ``Kube`` whose informers follow ``namespace`` by name, or every namespace."""
+    config = lightkube.KubeConfig.from_file(str(cluster.kubeconfig))
+    api = lightkube.AsyncClient(config=config, field_manager="test")
+    client = kube.Kube(api)
+    client.start_informers([namespace] if request.param == "named" else [])
+    try:
+        yield client
+    finally:
+        await client.stop_informers()
+        await api.close()
+
+
+def _executor(agent: str, namespace: str) -> list[Any]:
+    owner = render.Owner(name=agent, uid=str(uuid.uuid4()))
+    deployment = render.executor_deployment(
+        agent, namespace, SPEC, pool_label="none", pool="none", image="test", owner=owner
+    )
+    deployment["metadata"].pop("ownerReferences")  # no Agent owns it here
+    deployment["spec"]["replicas"] = 0  # its only pod is the one made here
+    template = deployment["spec"]["template"]
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{agent}-pod", "namespace": namespace, **template["metadata"]},
+        "spec": template["spec"],
+    }
+    return [codecs.from_dict(deployment), codecs.from_dict(pod)]
+
+
+async def test_executors_are_read_from_memory_as_the_api_holds_them(
+    client: kube.Kube, namespace: str
+) -> None:
+    api = client.client
+    for obj in [*_executor("one", namespace), *_executor("two", namespace)]:
+        await api.create(obj)
+    name = render.executor_name("one")
+
+    found = await _eventually(lambda: client.deployment(name, namespace=namespace), bool)
+    assert found is not None
+    assert found["metadata"]["name"] == name
+    pods = await _eventually(
+        lambda: client.pods(selector=render.selector("one"), namespace=namespace), bool
+    )
+    assert [p["metadata"]["name"] for p in pods] == ["one-pod"]  # not two's
+    assert await client.pods(selector=render.selector("one"), namespace="elsewhere") == []
+
+    await api.patch(
+        apps_v1.Deployment, name, {"metadata": {"labels": {"seen": "yes"}}}, namespace=namespace
+    )
+    changed = await _eventually(
+        lambda: client.deployment(name, namespace=namespace),
+        lambda d: d is not None and d["metadata"]["labels"].get("seen") == "yes",
+    )
+    assert changed is not None
+    assert changed["metadata"]["labels"]["seen"] == "yes"
+
+    await api.delete(apps_v1.Deployment, name, namespace=namespace)
+    await api.delete(core_v1.Pod, "one-pod", namespace=namespace, grace_period=0)
+    assert (
+        await _eventually(lambda: client.deployment(name, namespace=namespace), lambda d: d is None)
+        is None
+    )
+    left = await _eventually(
+        lambda: client.pods(selector=render.selector("one"), namespace=namespace), lambda p: not p
+    )
+    assert left == []
