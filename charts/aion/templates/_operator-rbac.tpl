@@ -33,7 +33,8 @@ when it watches every namespace, else in a Role per watched namespace
   verbs: [create]
 # Internal mTLS: the operator keeps the Secrets aion-executor-tls (the executors'
 # certificate, which it renews) and aion-executor-http (their HTTP bearer token), and
-# applies each Agent's executor NetworkPolicy (server-side apply: patch).
+# applies each Agent's executor NetworkPolicy (server-side apply: patch). get also
+# reads the Secrets an Agent's spec.toolCredentials names (its tool servers' keys).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, create, update]

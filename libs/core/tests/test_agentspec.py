@@ -160,3 +160,120 @@ def test_many_problems_are_cut_short() -> None:
     with pytest.raises(errors.InvalidArgument) as caught:
         agentspec.parse(data)
     assert caught.value.message.endswith("; and 15 more")
+
+
+def _credentialed(*entries: dict[str, Any], tools: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "model": {"name": "m"},
+        "tools": tools if tools is not None else ["mcp:http://tools/mcp#add", "a2a:http://peer"],
+        "toolCredentials": list(entries),
+    }
+
+
+def _credential(url: str = "http://tools/mcp", **changes: Any) -> dict[str, Any]:
+    return {"url": url, "secretRef": {"name": "tool-tokens", "key": "token"}, **changes}
+
+
+def test_tool_credentials_name_a_secret_key_for_a_server_of_the_tools() -> None:
+    s = agentspec.parse(
+        _credentialed(
+            _credential(),
+            _credential("http://peer", header="X-API-Key", secretRef={"name": "a.b", "key": "k"}),
+        )
+    )
+    first, second = s.tool_credentials
+    assert (first.url, first.secret_ref.name, first.secret_ref.key) == (
+        "http://tools/mcp",
+        "tool-tokens",
+        "token",
+    )
+    assert (first.header, first.scheme, first.prefix) == ("Authorization", None, "Bearer ")
+    assert (second.header, second.prefix) == ("X-API-Key", "")
+    assert agentspec.parse(_credentialed()).tool_credentials == ()
+
+
+@pytest.mark.parametrize(
+    ("changes", "prefix"),
+    [
+        ({"scheme": "Token"}, "Token "),
+        ({"scheme": ""}, ""),
+        ({"header": "authorization"}, "Bearer "),
+        ({"header": "X-API-Key", "scheme": "Key"}, "Key "),
+    ],
+)
+def test_the_scheme_is_bearer_for_authorization_unless_said(
+    changes: dict[str, str], prefix: str
+) -> None:
+    [c] = agentspec.parse(_credentialed(_credential(**changes))).tool_credentials
+    assert c.prefix == prefix
+
+
+def test_server_urls_of_tools() -> None:
+    assert agentspec.server_url("mcp:http://a/mcp#add") == "http://a/mcp"
+    assert agentspec.server_url("mcp:http://a/mcp") == "http://a/mcp"
+    assert agentspec.server_url("a2a:http://a/agent#x") == "http://a/agent#x"
+    assert agentspec.server_url("agent:other") is None
+    assert agentspec.server_url("knowledge_search") is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [
+        (
+            _credentialed(_credential("http://other/mcp")),
+            "spec",
+            "toolCredentials[0].url http://other/mcp is not a server of spec.tools",
+        ),
+        (
+            _credentialed(_credential(), tools=["agent:http://tools/mcp"]),
+            "spec",
+            "name it there as mcp:http://tools/mcp",
+        ),
+        (
+            _credentialed(_credential(), _credential()),
+            "spec",
+            "toolCredentials[1]: a second credential for http://tools/mcp",
+        ),
+        (
+            _credentialed(_credential(secretRef={"name": "Tokens_1", "key": "token"})),
+            "spec.toolCredentials[0].secretRef.name",
+            "not a Secret name",
+        ),
+        (
+            _credentialed(_credential(secretRef={"name": "t", "key": "a/b"})),
+            "spec.toolCredentials[0].secretRef.key",
+            "not a Secret key",
+        ),
+        (
+            _credentialed(_credential(secretRef={"name": "t"})),
+            "spec.toolCredentials[0].secretRef.key",
+            "Field required",
+        ),
+        (
+            _credentialed(_credential(header="Bad Header")),
+            "spec.toolCredentials[0].header",
+            "not an HTTP header name",
+        ),
+        (
+            _credentialed(_credential(header="Mcp-Session-Id")),
+            "spec.toolCredentials[0].header",
+            "set by the MCP and A2A clients themselves",
+        ),
+        (
+            _credentialed(_credential(scheme="Bear er")),
+            "spec.toolCredentials[0].scheme",
+            "not an HTTP authentication scheme",
+        ),
+        (
+            _credentialed(_credential(value="literal-token")),
+            "spec.toolCredentials[0].value",
+            "Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_bad_tool_credentials_name_the_field(spec: dict[str, Any], field: str, says: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        agentspec.parse(spec)
+    assert caught.value.field == field
+    assert says in caught.value.message
+    assert "literal-token" not in caught.value.message

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
+import httpx
 import pytest
 import uvicorn
 from a2a.helpers import proto_helpers
@@ -20,6 +21,7 @@ from a2a.types import a2a_pb2 as a2a
 from a2a.utils import errors as a2a_errors
 from starlette import applications
 
+from aion.agent import a2a_tools
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -34,6 +36,7 @@ class Echo(agent_executor.AgentExecutor):
 
     def __init__(self) -> None:
         self.heard: list[str] = []
+        self.seen: list[tuple[str, bytes | None]] = []  # (path, Authorization) per request
 
     async def execute(
         self, request: context.RequestContext, events: event_queue.EventQueue
@@ -69,7 +72,7 @@ async def echo_url() -> AsyncIterator[tuple[str, Echo]]:
     handler = default_request_handler_v2.DefaultRequestHandlerV2(
         agent_executor=echo, task_store=inmemory_task_store.InMemoryTaskStore(), agent_card=card
     )
-    app = applications.Starlette(
+    routes = applications.Starlette(
         routes=[
             *agent_card_routes.create_agent_card_routes(
                 card, card_url="/echo/.well-known/agent-card.json"
@@ -77,6 +80,12 @@ async def echo_url() -> AsyncIterator[tuple[str, Echo]]:
             *jsonrpc_routes.create_jsonrpc_routes(handler, "/echo"),
         ]
     )
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            echo.seen.append((scope["path"], dict(scope["headers"]).get(b"authorization")))
+        await routes(scope, receive, send)
+
     http = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="off")
     )
@@ -135,3 +144,46 @@ async def test_an_a2a_agent_that_is_gone_is_a_step_error_the_model_sees(
     assert result.status == common_pb2.TASK_STATUS_OK
     assert result.output.startswith("answer: the A2A agent at http://127.0.0.1:")
     assert service.executor.requests[-1].messages[-1].content.startswith("Tool a2a_gone failed:")
+
+
+async def test_a_credential_goes_with_each_request_to_the_agents_origin(
+    echo_url: tuple[str, Echo],
+) -> None:
+    url, echo = echo_url
+    before = len(echo.seen)
+    answer = await a2a_tools.ask(
+        url, "who is there?", timeout_s=10, headers={"Authorization": "Bearer tok"}
+    )
+    assert (answer.text, answer.error) == ("echo: who is there?", "")
+    seen = echo.seen[before:]
+    assert {path for path, _ in seen} == {"/echo/.well-known/agent-card.json", "/echo"}
+    assert {auth for _, auth in seen} == {b"Bearer tok"}
+    await a2a_tools.ask(url, "and now?", timeout_s=10)
+    assert echo.seen[-1][1] is None
+
+
+async def test_a_credential_never_leaves_the_agents_origin() -> None:
+    """A card (or redirect) naming another host, or another port, gets no credential."""
+    sent: dict[str, str | None] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent[str(request.url)] = request.headers.get("x-api-key")
+        return httpx.Response(200)
+
+    auth = a2a_tools.OriginHeaders("https://agents.example/echo", {"X-API-Key": "k"})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer), auth=auth) as http:
+        for target in (
+            "https://agents.example/echo/.well-known/agent-card.json",
+            "https://agents.example:443/other",
+            "https://elsewhere.example/echo",
+            "https://agents.example:8443/echo",
+            "http://agents.example/echo",
+        ):
+            await http.get(target)
+    assert sent == {
+        "https://agents.example/echo/.well-known/agent-card.json": "k",
+        "https://agents.example/other": "k",
+        "https://elsewhere.example/echo": None,
+        "https://agents.example:8443/echo": None,
+        "http://agents.example/echo": None,
+    }

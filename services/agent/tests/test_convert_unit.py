@@ -164,3 +164,60 @@ def test_search_hits_become_passages_with_their_citations() -> None:
             "30 days", model.Citation("handbook", "vacation.md", 3, 1, 800, 1500, "Vacation", 0.03)
         )
     ]
+
+
+TOKEN = "s3cr3t-token-value"
+
+
+def credentialed(**credential: str) -> agent_pb2.RegisterAgentRequest:
+    """A registration of an agent with one MCP and one A2A server, and one credential."""
+    values = {"url": "http://tools/mcp", "header": "Authorization", "value": f"Bearer {TOKEN}"}
+    return agent_pb2.RegisterAgentRequest(
+        tenant="t",
+        agent=agents_pb2.Agent(name="a", model="m"),
+        tools=["mcp:http://tools/mcp#add", "a2a:http://peer"],
+        tool_credentials=[agent_pb2.ToolCredential(**(values | credential))],
+    )
+
+
+def test_a_registrations_credentials_are_kept_and_never_shown() -> None:
+    agent = convert.agent_from_pb(credentialed())
+    assert agent.tool_credentials == (
+        model.ToolCredential("http://tools/mcp", "Authorization", f"Bearer {TOKEN}"),
+    )
+    assert agent.headers("http://tools/mcp") == {"Authorization": f"Bearer {TOKEN}"}
+    assert agent.headers("http://peer") == {}
+    assert TOKEN not in repr(agent)
+    assert TOKEN not in repr(agent.tool_credentials)
+    assert TOKEN.encode() not in convert.agent_to_pb(agent).SerializeToString()
+    a2a = convert.agent_from_pb(credentialed(url="http://peer", header="X-API-Key", value=TOKEN))
+    assert a2a.headers("http://peer") == {"X-API-Key": TOKEN}
+
+
+@pytest.mark.parametrize(
+    ("credential", "field", "says"),
+    [
+        ({"url": "http://elsewhere/mcp"}, "tool_credentials[0].url", "not a server"),
+        ({"header": "Bad Header"}, "tool_credentials[0].header", "not an HTTP header"),
+        ({"header": "Mcp-Session-Id"}, "tool_credentials[0].header", "not an HTTP header"),
+        ({"value": ""}, "tool_credentials[0].value", "not an HTTP header value"),
+        ({"value": f"Bearer {TOKEN}\r\nX-Evil: 1"}, "tool_credentials[0].value", "printable"),
+        ({"value": f"Bearer {TOKEN}\n"}, "tool_credentials[0].value", "printable"),
+        ({"value": "x" * 9000}, "tool_credentials[0].value", "over 8192"),
+    ],
+)
+def test_a_bad_credential_is_refused_without_quoting_its_value(
+    credential: dict[str, str], field: str, says: str
+) -> None:
+    with pytest.raises(errors.InvalidArgument) as caught:
+        convert.agent_from_pb(credentialed(**credential))
+    assert caught.value.field == field
+    assert says in caught.value.message
+    assert TOKEN not in caught.value.message
+
+
+def test_two_credentials_for_one_server_are_refused() -> None:
+    msg = credentialed()
+    msg.tool_credentials.append(msg.tool_credentials[0])
+    with pytest.raises(errors.InvalidArgument, match="a second credential"):
+        convert.agent_from_pb(msg)

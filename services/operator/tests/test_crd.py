@@ -77,6 +77,7 @@ def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
         "description",
         "maxTokens",
         "tools",
+        "toolCredentials",
         "knowledgeBases",
         "routing",
         "gpu",
@@ -105,14 +106,20 @@ def test_spec_fields_defaults_and_rules(version: dict[str, Any]) -> None:
     assert _rules(version, "spec", "placement")
 
 
-def _fields(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    """The model's fields by their CRD names, each with its nested model (or None)."""
-    found: dict[str, Any] = {}
+def _model(annotation: Any) -> type[pydantic.BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel):
+        return annotation
+    return None
+
+
+def _fields(model: type[pydantic.BaseModel]) -> dict[str, tuple[Any, bool]]:
+    """The model's fields by their CRD names: each one's nested model (or None), and
+    whether it is a tuple (the CRD's array, whose ``items`` hold the nested fields)."""
+    found: dict[str, tuple[Any, bool]] = {}
     for name, field in model.model_fields.items():
-        nested = field.annotation
-        found[field.alias or name] = (
-            nested if isinstance(nested, type) and issubclass(nested, pydantic.BaseModel) else None
-        )
+        array = typing.get_origin(field.annotation) is tuple
+        nested = _model(typing.get_args(field.annotation)[0] if array else field.annotation)
+        found[field.alias or name] = (nested, array)
     return found
 
 
@@ -123,9 +130,9 @@ def _same_fields(schema: dict[str, Any], model: type[pydantic.BaseModel], path: 
     diff += [f"{path}.{k}: only in aion.core.agentspec" for k in fields if k not in props]
     return diff + [
         d
-        for k, nested in fields.items()
+        for k, (nested, array) in fields.items()
         if nested is not None and k in props
-        for d in _same_fields(props[k], nested, f"{path}.{k}")
+        for d in _same_fields(props[k]["items"] if array else props[k], nested, f"{path}.{k}")
     ]
 
 
@@ -133,6 +140,44 @@ def test_crd_and_the_one_spec_model_declare_the_same_fields(version: dict[str, A
     """Every field, at every depth, is in both (the agent service parses with the model)."""
     schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert _same_fields(schema, agentspec.AgentSpec, "spec") == []
+    # Arrays of objects too: a field missing in an item is found.
+    item = schema["properties"]["toolCredentials"]["items"]
+    trimmed = {**item, "properties": {k: v for k, v in item["properties"].items() if k != "scheme"}}
+    changed = {
+        **schema,
+        "properties": {
+            **schema["properties"],
+            "toolCredentials": {**schema["properties"]["toolCredentials"], "items": trimmed},
+        },
+    }
+    assert _same_fields(changed, agentspec.AgentSpec, "spec") == [
+        "spec.toolCredentials.scheme: only in aion.core.agentspec"
+    ]
+
+
+def test_tool_credentials_match_the_model(version: dict[str, Any]) -> None:
+    """Patterns, the default header, the map key and the rule that a credential's URL
+    is a server of spec.tools (the model's check, in CEL)."""
+    tools = _props(version, "spec")["toolCredentials"]
+    assert (tools["x-kubernetes-list-type"], tools["x-kubernetes-list-map-keys"]) == (
+        "map",
+        ["url"],
+    )
+    item = tools["items"]
+    assert item["required"] == ["url", "secretRef"]
+    props = item["properties"]
+    ref = props["secretRef"]["properties"]
+    assert ref["name"]["pattern"] == agentspec.SECRET_NAME_PATTERN
+    assert ref["key"]["pattern"] == agentspec.SECRET_KEY_PATTERN
+    assert props["header"]["pattern"] == agentspec.HEADER_PATTERN
+    assert props["scheme"]["pattern"] == agentspec.SCHEME_PATTERN
+    assert props["header"]["default"] == agentspec.DEFAULT_HEADER
+    assert "default" not in props["scheme"]  # unset: Bearer for Authorization only
+    assert props["url"]["maxLength"] == 128
+    [rule] = _rules(version, "spec")
+    assert "self.toolCredentials.all(c" in rule
+    assert "'mcp:' + c.url" in rule
+    assert "'a2a:' + c.url" in rule
 
 
 def test_description_and_max_tokens_limits_match(version: dict[str, Any]) -> None:
@@ -168,6 +213,7 @@ def test_status_fields(version: dict[str, Any]) -> None:
         "conditions",
         "placementReason",
         "avoidPools",
+        "credentialsVersion",
     }
     condition = status["conditions"]["items"]["properties"]
     assert set(condition) >= {"type", "status", "reason", "message", "lastTransitionTime"}

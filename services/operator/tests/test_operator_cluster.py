@@ -149,6 +149,7 @@ def _operator(
         "AION_OPERATOR_RETRY_S": "2",
         "AION_OPERATOR_UNSCHEDULABLE_AFTER_S": "3",
         "AION_OPERATOR_POOL_STATUS_INTERVAL_S": "1",
+        "AION_OPERATOR_CREDENTIALS_INTERVAL_S": "1",
         "AION_OPERATOR_AGENT_TARGET": agent_target,
         "AION_OPERATOR_LEASE_NAME": lease,
         "AION_OPERATOR_LEASE_NAMESPACE": "default",
@@ -518,6 +519,78 @@ def test_a_kubectl_applied_agent_is_registered_with_its_tools(
     assert got == tools[:1], operator.tail()
 
 
+TOOLS_URL = "http://tools.example/mcp"
+
+
+def _credentials_row(postgres: Postgres, tenant: str, name: str) -> list[dict[str, str]] | None:
+    """The credentials of the agent service's record of the agent (Postgres), None
+    when it has no record."""
+    with psycopg.connect(postgres.dsn) as conn:
+        row = conn.execute(
+            "SELECT tool_credentials FROM agents WHERE tenant = %s AND name = %s", (tenant, name)
+        ).fetchone()
+    return None if row is None else list(row[0])
+
+
+def _token_secret(namespace: str, name: str, token: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"token": f"{token}\n"},  # as `echo token > file` would leave it
+    }
+
+
+def _keyed(secret: str = "tool-token") -> dict[str, Any]:
+    """The spec fields of an Agent whose MCP server's credential is in ``secret``."""
+    return {
+        "tools": [f"mcp:{TOOLS_URL}"],
+        "toolCredentials": [{"url": TOOLS_URL, "secretRef": {"name": secret, "key": "token"}}],
+    }
+
+
+def test_a_tool_credential_comes_from_its_secret_and_follows_its_changes(
+    cluster: Cluster, namespace: str, operator: Process, postgres: Postgres, agent_service: Process
+) -> None:
+    """A missing Secret is a condition and a Warning Event; once created, its value reaches
+    the agent service's registry (never GetAgent or the Agent's status), and a changed
+    Secret is registered again within the credentials interval (1 s here)."""
+    _apply_agent(cluster, namespace, "keyed", {"count": 1}, **_keyed())
+    agent = _wait_agent(
+        cluster, namespace, "keyed", operator, lambda a: _has(a, "Registered", "False")
+    )
+    refused = _condition(agent, "Registered")
+    assert refused["reason"] == "SecretNotFound", refused
+    assert f"Secret tool-token (spec.toolCredentials[0], for {TOOLS_URL})" in refused["message"]
+    assert f"not found in namespace {namespace}" in refused["message"]
+    events = _eventually(lambda: _events(cluster, namespace, "keyed", "SecretNotFound"), bool)
+    assert events
+    assert events[0]["type"] == "Warning"
+    assert _credentials_row(postgres, namespace, "keyed") is None
+
+    _apply(cluster, _token_secret(namespace, "tool-token", "first-token"))
+    agent = _wait_agent(cluster, namespace, "keyed", operator, lambda a: _has(a, "Registered"))
+    assert _credentials_row(postgres, namespace, "keyed") == [
+        {"url": TOOLS_URL, "header": "Authorization", "value": "Bearer first-token"}
+    ]
+    assert agent["status"]["credentialsVersion"]
+    record = _registered(agent_service, namespace, "keyed")
+    assert not isinstance(record, grpc.StatusCode), record
+    assert b"first-token" not in record.SerializeToString()
+    assert "first-token" not in json.dumps(agent)
+
+    _apply(cluster, _token_secret(namespace, "tool-token", "second-token"))
+    rotated = [{"url": TOOLS_URL, "header": "Authorization", "value": "Bearer second-token"}]
+    got = _eventually(
+        lambda: _credentials_row(postgres, namespace, "keyed"),
+        lambda found: found == rotated,
+        timeout=30,
+    )
+    assert got == rotated, operator.tail()
+    assert "second-token" not in operator.text()
+    assert "first-token" not in operator.text()
+
+
 def test_agent_accepting_any_gpu_goes_to_the_cheapest_pool(
     cluster: Cluster, namespace: str, operator: Process
 ) -> None:
@@ -586,6 +659,16 @@ def test_gpupools_show_their_gpus_free_gpus_and_price(cluster: Cluster, operator
         ({"model": {"name": "m"}, "gpu": {"count": -1}}, "spec.gpu.count"),
         ({"model": {"name": "m", "task": "classify"}}, "spec.model.task"),
         ({"gpu": {"count": 1}}, "spec.model"),
+        (
+            {
+                "model": {"name": "m"},
+                "tools": ["mcp:http://a/mcp"],
+                "toolCredentials": [
+                    {"url": "http://b/mcp", "secretRef": {"name": "s", "key": "k"}}
+                ],
+            },
+            "each toolCredentials url must be a server of tools",
+        ),
     ],
 )
 def test_bad_specs_are_refused_by_the_api_server(
@@ -1203,6 +1286,9 @@ def test_the_operator_runs_under_the_charts_rbac_confined_to_its_namespaces(
             assert not _allowed(cluster, user, "patch", "aion.dev", "agents", "kube-system")
             assert _allowed(cluster, user, "create", "apps", "deployments", watched)
             assert _allowed(cluster, user, "get", "", "namespaces", "")
+            # Secrets: its own executors' and those an Agent's toolCredentials name.
+            assert _allowed(cluster, user, "get", "", "secrets", watched)
+            assert not _allowed(cluster, user, "get", "", "secrets", "kube-system")
 
             kubeconfig = _token_kubeconfig(
                 cluster, tmp_path / "sa.kubeconfig", account=account, namespace=home
@@ -1229,11 +1315,22 @@ def test_the_operator_runs_under_the_charts_rbac_confined_to_its_namespaces(
                 "AION_OPERATOR_TENANTS": json.dumps({watched: tenant}),
             }
             op.start()
-            _apply_agent(cluster, watched, "confined", {"count": 0}, resources=SMALL)
+            _apply(cluster, _token_secret(watched, "confined-token", "rbac-token"))
+            _apply_agent(
+                cluster,
+                watched,
+                "confined",
+                {"count": 0},
+                resources=SMALL,
+                **_keyed("confined-token"),
+            )
             _ready_agent(cluster, watched, "confined", op)
             agent = _wait_agent(cluster, watched, "confined", op, lambda a: _has(a, "Registered"))
             assert f"tenant {tenant}," in _condition(agent, "Registered")["message"]
             assert _row(postgres, tenant, "confined") is not None
+            assert _credentials_row(postgres, tenant, "confined") == [
+                {"url": TOOLS_URL, "header": "Authorization", "value": "Bearer rbac-token"}
+            ]
             assert "forbidden" not in op.text().lower(), op.tail()
             _delete_agents(cluster, watched)
             assert _row(postgres, tenant, "confined") is None

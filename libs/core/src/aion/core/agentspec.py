@@ -41,6 +41,29 @@ MAX_DESCRIPTION = 4096
 # The largest spec.maxTokens the resource may say; each agent service caps it lower.
 MAX_TOKENS = 1_000_000
 _MAX_PROBLEMS = 5
+# spec.toolCredentials: a Secret's name is a DNS subdomain, its keys as Kubernetes allows;
+# the header is an HTTP field name (RFC 9110 token), the scheme a token or empty.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+HEADER_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+SCHEME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]*$"
+DEFAULT_HEADER = "Authorization"
+# Headers the MCP and A2A clients set themselves (or HTTP owns): never a credential's.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "accept",
+        "connection",
+        "transfer-encoding",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+    }
+)
+# The tools that name a server by URL, and so may get a credential.
+SERVER_TOOL_PREFIXES = ("mcp:", "a2a:")
 
 
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -187,6 +210,78 @@ class Replicas(_Spec):
         return self
 
 
+def server_url(tool: str) -> str | None:
+    """The server URL a ``spec.tools`` entry names (``mcp:<url>``, ``mcp:<url>#<tool>``,
+    ``a2a:<url>``); None for a tool that names none."""
+    for prefix in SERVER_TOOL_PREFIXES:
+        if tool.startswith(prefix):
+            url = tool.removeprefix(prefix)
+            return url.partition("#")[0] if prefix == "mcp:" else url
+    return None
+
+
+class SecretKeyRef(_Spec):
+    """One key of a Secret in the Agent's namespace."""
+
+    name: Annotated[
+        str,
+        pydantic.StringConstraints(min_length=1, max_length=253),
+        _matching(SECRET_NAME_PATTERN, what="a Secret name (a DNS subdomain)"),
+    ]
+    key: Annotated[
+        str,
+        pydantic.StringConstraints(min_length=1, max_length=253),
+        _matching(SECRET_KEY_PATTERN, what="a Secret key (letters, digits, '-', '_' or '.')"),
+    ]
+
+
+class ToolCredential(_Spec):
+    """The credential an MCP or A2A server of ``spec.tools`` gets: a Secret's key, sent
+    as an HTTP header on every request to that server.
+
+    The header is ``header`` (Authorization unless set); its value is the Secret's,
+    after ``scheme`` and a space when there is a scheme. Unset, the scheme is
+    ``Bearer`` for the Authorization header and none for any other (``X-API-Key``);
+    ``scheme: ""`` sends the value as it is.
+    """
+
+    url: str = pydantic.Field(min_length=1, max_length=128)
+    secret_ref: SecretKeyRef
+    header: Annotated[
+        str,
+        pydantic.StringConstraints(min_length=1, max_length=128),
+        _matching(HEADER_PATTERN, what="an HTTP header name"),
+    ] = DEFAULT_HEADER
+    scheme: (
+        Annotated[
+            str,
+            pydantic.StringConstraints(max_length=64),
+            _matching(SCHEME_PATTERN, what="an HTTP authentication scheme such as Bearer"),
+        ]
+        | None
+    ) = None
+
+    @pydantic.field_validator("header")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() in RESERVED_HEADERS:
+            raise pydantic_core.PydanticCustomError(
+                "header",
+                "'{value}' is set by the MCP and A2A clients themselves; name another "
+                "header (Authorization, X-API-Key, ...)",
+                {"value": value},
+            )
+        return value
+
+    @property
+    def prefix(self) -> str:
+        """What goes before the Secret's value in the header: ``"Bearer "``, or nothing."""
+        scheme = self.scheme
+        if scheme is None:
+            scheme = "Bearer" if self.header.lower() == DEFAULT_HEADER.lower() else ""
+        return f"{scheme} " if scheme else ""
+
+
 class AgentSpec(_Spec):
     """The spec of an ``agents.aion.dev`` resource."""
 
@@ -195,14 +290,38 @@ class AgentSpec(_Spec):
     description: str = pydantic.Field(default="", max_length=MAX_DESCRIPTION)
     # Tokens each model call may generate; None leaves it to the agent service.
     max_tokens: int | None = pydantic.Field(default=None, ge=1, le=MAX_TOKENS, strict=True)
-    # "knowledge_search", or "agent:<name>" to call another agent as a tool.
+    # "knowledge_search", "agent:<name>" (another agent), "mcp:<url>[#<tool>]" (an MCP
+    # server's tools) or "a2a:<url>" (an A2A agent).
     tools: Names = ()
+    # Secrets sent as a header to the MCP and A2A servers of ``tools``.
+    tool_credentials: tuple[ToolCredential, ...] = pydantic.Field(default=(), max_length=64)
     knowledge_bases: Names = ()
     routing: Routing = Routing()
     gpu: Gpu = Gpu()
     resources: Resources = Resources()
     placement: PlacementRules = PlacementRules()
     replicas: Replicas = Replicas()
+
+    @pydantic.model_validator(mode="after")
+    def _credentials_name_servers(self) -> AgentSpec:
+        servers = {url for url in map(server_url, self.tools) if url is not None}
+        seen: set[str] = set()
+        for i, credential in enumerate(self.tool_credentials):
+            if credential.url in seen:
+                raise pydantic_core.PydanticCustomError(
+                    "credentials",
+                    "toolCredentials[{i}]: a second credential for {url}; give each server one",
+                    {"i": i, "url": credential.url},
+                )
+            seen.add(credential.url)
+            if credential.url not in servers:
+                raise pydantic_core.PydanticCustomError(
+                    "credentials",
+                    "toolCredentials[{i}].url {url} is not a server of spec.tools; name it "
+                    "there as mcp:{url} (or mcp:{url}#<tool>, or a2a:{url})",
+                    {"i": i, "url": credential.url},
+                )
+        return self
 
 
 class Metadata(pydantic.BaseModel):

@@ -7,12 +7,17 @@ answer is the reply message's text, or the text of the task's artifacts (its
 status message when it has none). A card that cannot be read, a call that
 fails or takes longer than ``timeout_s``, a task that does not complete and
 bad arguments are the call's ``Outcome.error``, for the model to see.
+
+A server named in the Agent's ``spec.toolCredentials`` gets its credential as an
+HTTP header (``headers``) on each request to the origin of ``<url>`` (scheme, host,
+port), and on no request elsewhere, wherever its card points.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import httpx
@@ -26,8 +31,26 @@ from aion.agent import tools
 PREFIX = "a2a:"
 
 
-def tool(url: str, *, timeout_s: float) -> tools.Tool:
-    """The tool that asks the A2A agent at ``url``."""
+class OriginHeaders(httpx.Auth):
+    """Adds ``headers`` to the requests to ``url``'s origin, and to no other."""
+
+    def __init__(self, url: str, headers: Mapping[str, str]) -> None:
+        self._origin = _origin(httpx.URL(url))
+        self._headers = dict(headers)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if _origin(request.url) == self._origin:
+            request.headers.update(self._headers)
+        yield request
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default
+
+
+def tool(url: str, *, timeout_s: float, headers: Mapping[str, str] | None = None) -> tools.Tool:
+    """The tool that asks the A2A agent at ``url``, sending ``headers`` (its credential)."""
     name = "a2a_" + "".join(c if c.isalnum() else "_" for c in url.rstrip("/").rsplit("/", 1)[-1])
 
     async def call(arguments: Any) -> tools.Outcome:
@@ -39,7 +62,7 @@ def tool(url: str, *, timeout_s: float) -> tools.Tool:
             )
         try:
             async with asyncio.timeout(timeout_s):
-                return await ask(url, args.input, timeout_s=timeout_s)
+                return await ask(url, args.input, timeout_s=timeout_s, headers=headers)
         except TimeoutError:
             return tools.Outcome("", error=f"the A2A agent did not answer within {timeout_s:g}s")
         except Exception as exc:
@@ -56,9 +79,13 @@ def tool(url: str, *, timeout_s: float) -> tools.Tool:
     )
 
 
-async def ask(url: str, text: str, *, timeout_s: float) -> tools.Outcome:
-    """Send ``text`` to the A2A agent at ``url``; its answer."""
-    async with httpx.AsyncClient(timeout=timeout_s) as http:
+async def ask(
+    url: str, text: str, *, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> tools.Outcome:
+    """Send ``text`` to the A2A agent at ``url``; its answer. ``headers`` go to ``url``'s
+    origin only."""
+    auth = OriginHeaders(url, headers) if headers else None
+    async with httpx.AsyncClient(timeout=timeout_s, auth=auth) as http:
         client = await client_factory.create_client(
             url, client_config=a2a_client.ClientConfig(streaming=False, httpx_client=http)
         )

@@ -271,7 +271,7 @@ class AgentLoop:
         if context:
             system += "\n\nUse this context when it helps:\n" + context
         async with mcp_tools.Toolbox(
-            mcp_tools.servers(agent.tools),
+            mcp_tools.servers(agent.tools, headers=agent.headers),
             tenant=req.tenant,
             task_id=req.task_id,
             timeout_s=self._mcp_timeout_s,
@@ -449,8 +449,9 @@ class AgentLoop:
                     call=functools.partial(self._search, agent, req, sink),
                 )
             elif name.startswith(a2a_tools.PREFIX):
+                url = name.removeprefix(a2a_tools.PREFIX)
                 remote = a2a_tools.tool(
-                    name.removeprefix(a2a_tools.PREFIX), timeout_s=self._mcp_timeout_s
+                    url, timeout_s=self._mcp_timeout_s, headers=agent.headers(url)
                 )
                 found[remote.name] = remote
             elif name.startswith(tools.AGENT_PREFIX) and depth < MAX_DEPTH:

@@ -22,7 +22,11 @@ from aion.api.executor.v1 import executor_pb2
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.api.v1 import knowledge_pb2 as public_knowledge_pb2
-from aion.core import authz, errors, privacy
+from aion.core import agentspec, authz, errors, privacy
+
+# The longest credential value a registration may carry (a header of 8 KiB fits every
+# server's limits).
+MAX_CREDENTIAL_CHARS = 8192
 
 _STATUS_TO_PB = {
     model.Status.QUEUED: common_pb2.TASK_STATUS_QUEUED,
@@ -202,6 +206,47 @@ def routing_targets(agent: agents_pb2.Agent) -> tuple[float | None, int | None]:
     return budget, p95
 
 
+# A header value as HTTP carries it: visible ASCII, spaces and tabs inside.
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")
+
+
+def tool_credentials(msg: agent_pb2.RegisterAgentRequest) -> tuple[model.ToolCredential, ...]:
+    """A registration's credentials, each for a server its tools name, with a header the
+    clients do not set themselves and a value HTTP can carry; InvalidArgument (never
+    quoting a value) otherwise."""
+    servers = {u for u in map(agentspec.server_url, msg.tools) if u is not None}
+    found: list[model.ToolCredential] = []
+    for i, c in enumerate(msg.tool_credentials):
+        field = f"tool_credentials[{i}]"
+        if c.url not in servers:
+            raise errors.InvalidArgument(
+                f"{field}.url {c.url[:200]!r} is not a server of the agent's tools "
+                "(mcp:<url> or a2a:<url>)",
+                field=f"{field}.url",
+            )
+        if any(f.url == c.url for f in found):
+            raise errors.InvalidArgument(
+                f"{field}: a second credential for {c.url[:200]!r}", field=f"{field}.url"
+            )
+        if (
+            not re.fullmatch(agentspec.HEADER_PATTERN, c.header)
+            or len(c.header) > 128
+            or c.header.lower() in agentspec.RESERVED_HEADERS
+        ):
+            raise errors.InvalidArgument(
+                f"{field}.header {c.header[:130]!r} is not an HTTP header a credential may use",
+                field=f"{field}.header",
+            )
+        if not _HEADER_VALUE.fullmatch(c.value) or len(c.value) > MAX_CREDENTIAL_CHARS:
+            raise errors.InvalidArgument(
+                f"{field}.value is not an HTTP header value (empty, over "
+                f"{MAX_CREDENTIAL_CHARS} characters, or not printable ASCII)",
+                field=f"{field}.value",
+            )
+        found.append(model.ToolCredential(url=c.url, header=c.header, value=c.value))
+    return tuple(found)
+
+
 def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
     """The agent a registration describes."""
     a = msg.agent
@@ -223,6 +268,7 @@ def agent_from_pb(msg: agent_pb2.RegisterAgentRequest) -> model.AgentRecord:
         owner=owner(msg.owner),
         budget_usd_per_task=budget,
         p95_target_ms=p95,
+        tool_credentials=tool_credentials(msg),
     )
 
 

@@ -5,6 +5,12 @@ An Agent names them in ``spec.tools``:
     mcp:<url>            every tool the server lists
     mcp:<url>#<tool>     only that tool (one entry per allowed tool)
 
+A server named in the Agent's ``spec.toolCredentials`` gets its credential as an
+HTTP header on every request (``ServerRef.headers``, set on the HTTP client the
+``mcp`` client uses; the client follows redirects only within the server's origin,
+so the header goes to no other). The header never appears in a log, a failure or
+a step.
+
 At the start of a run ``Toolbox`` connects to each server (the ``mcp``
 package's client: ``server/discover`` on 2026-07-28 servers, the initialize
 handshake on older ones) and lists its tools. Each call is checked against
@@ -26,12 +32,14 @@ import json
 import logging
 import types
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Self, cast
 
+import httpx2
 import jsonschema  # type: ignore[import-untyped]
 import mcp
 import mcp_types
+from mcp.client import streamable_http
 
 from aion.agent import tools
 
@@ -40,18 +48,29 @@ log = logging.getLogger(__name__)
 TENANT_META = "dev.aion/tenant"
 IDEMPOTENCY_META = "dev.aion/idempotency-key"
 MAX_RESULT_CHARS = 16_000
+# The mcp package's own HTTP timeouts; each call is bounded by the toolbox's timeout_s.
+HTTP_TIMEOUT_S, HTTP_READ_TIMEOUT_S = 30.0, 300.0
 
 
 @dataclasses.dataclass(frozen=True)
 class ServerRef:
-    """One MCP server an agent may use, and which of its tools (None: all)."""
+    """One MCP server an agent may use, which of its tools (None: all), and the headers
+    sent on each request to it (its credential; left out of the repr)."""
 
     url: str
     allowed: frozenset[str] | None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
 
-def servers(entries: Iterable[str]) -> list[ServerRef]:
-    """The MCP servers that ``entries`` (an agent's tool names) name, in order."""
+def _no_headers(url: str) -> dict[str, str]:
+    return {}
+
+
+def servers(
+    entries: Iterable[str], *, headers: Callable[[str], Mapping[str, str]] = _no_headers
+) -> list[ServerRef]:
+    """The MCP servers that ``entries`` (an agent's tool names) name, in order, each with
+    the ``headers`` of its URL."""
     allowed: dict[str, set[str] | None] = {}
     for entry in entries:
         if not entry.startswith(tools.MCP_PREFIX):
@@ -67,7 +86,7 @@ def servers(entries: Iterable[str]) -> list[ServerRef]:
             if named is not None:
                 named.add(tool)
     return [
-        ServerRef(url, None if names is None else frozenset(names))
+        ServerRef(url, None if names is None else frozenset(names), headers=headers(url))
         for url, names in allowed.items()
     ]
 
@@ -83,6 +102,14 @@ def _why(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return str(exc) or type(exc).__name__
+
+
+def _refusal(ref: ServerRef, status: int) -> str:
+    if not ref.headers:
+        return "the server wants a credential; give it one in the Agent's spec.toolCredentials"
+    if status == 401:
+        return "the server did not accept the credential of the Agent's spec.toolCredentials"
+    return "the credential of the Agent's spec.toolCredentials may not list its tools"
 
 
 def _text(result: mcp_types.CallToolResult) -> str:
@@ -111,12 +138,11 @@ class Toolbox:
     async def __aenter__(self) -> Self:
         await self._stack.__aenter__()
         for ref in self._refs:
+            refused: list[int] = []  # the HTTP statuses 401 and 403 the server answered
             try:
                 check_url(ref.url)
                 async with asyncio.timeout(self._timeout_s):
-                    client = await self._stack.enter_async_context(
-                        mcp.Client(ref.url, read_timeout_seconds=self._timeout_s)
-                    )
+                    client = await self._connect(ref, refused)
                     listed = await self._list(client)
             except (Exception, TimeoutError) as exc:
                 why = (
@@ -124,11 +150,33 @@ class Toolbox:
                     if isinstance(exc, TimeoutError)
                     else _why(exc)
                 )
+                if refused:
+                    why += f" (HTTP {refused[-1]}: {_refusal(ref, refused[-1])})"
                 log.warning("MCP server left out", extra={"url": ref.url, "why": why})
                 self.failures.append((ref.url, f"cannot list its tools: {why}"))
                 continue
             self._offer(ref, client, listed)
         return self
+
+    async def _connect(self, ref: ServerRef, refused: list[int]) -> mcp.Client:
+        """A client of the server, on an HTTP client that sends ``ref.headers`` and notes
+        in ``refused`` each 401 or 403 (which the mcp client reports without its status)."""
+
+        async def note(response: httpx2.Response) -> None:
+            if response.status_code in (401, 403):
+                refused.append(response.status_code)
+
+        http = await self._stack.enter_async_context(
+            httpx2.AsyncClient(
+                headers=dict(ref.headers),
+                timeout=httpx2.Timeout(HTTP_TIMEOUT_S, read=HTTP_READ_TIMEOUT_S),
+                event_hooks={"response": [note]},
+            )
+        )
+        transport = streamable_http.streamable_http_client(ref.url, http_client=http)
+        return await self._stack.enter_async_context(
+            mcp.Client(transport, read_timeout_seconds=self._timeout_s)
+        )
 
     async def _list(self, client: mcp.Client) -> list[mcp_types.Tool]:
         listed: list[mcp_types.Tool] = []

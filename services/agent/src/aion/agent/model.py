@@ -36,6 +36,19 @@ class Status(enum.Enum):
 
 
 @dataclasses.dataclass(frozen=True)
+class ToolCredential:
+    """An HTTP header sent on every request to one MCP or A2A server of an agent's tools.
+
+    ``url`` is the server's as the tools name it; ``value`` is secret: left out of the
+    repr, never logged, never returned by GetAgent or ListAgents, never in a step.
+    """
+
+    url: str
+    header: str
+    value: str = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class AgentRecord:
     """A registered agent.
 
@@ -54,7 +67,8 @@ class AgentRecord:
     executor_endpoints: tuple[str, ...] = ()
     max_tokens: int = 256
     node_pool: str = ""
-    # Names of the tools the agent may call ("knowledge_search", "agent:<name>").
+    # Names of the tools the agent may call ("knowledge_search", "agent:<name>",
+    # "mcp:<url>[#<tool>]", "a2a:<url>").
     tools: tuple[str, ...] = ()
     max_steps: int = 4
     owner: str = API_OWNER
@@ -62,11 +76,17 @@ class AgentRecord:
     # task's that names none of its own (``budget.for_task``).
     budget_usd_per_task: float | None = None
     p95_target_ms: int | None = None
+    # Headers for the MCP and A2A servers of ``tools``: only the operator registers them.
+    tool_credentials: tuple[ToolCredential, ...] = dataclasses.field(default=(), repr=False)
 
     @property
     def ready(self) -> bool:
         """An agent is ready once it has somewhere to run."""
         return bool(self.executor_endpoints)
+
+    def headers(self, url: str) -> dict[str, str]:
+        """The headers to send to the tool server at ``url`` (none without a credential)."""
+        return {c.header: c.value for c in self.tool_credentials if c.url == url}
 
 
 @dataclasses.dataclass(frozen=True)

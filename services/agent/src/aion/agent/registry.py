@@ -104,8 +104,8 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
         cur = await conn.execute(
             "INSERT INTO agents (tenant, name, model, model_task, instructions, description,"
             " privacy, knowledge_bases, executor_endpoints, max_tokens, node_pool, tools,"
-            " max_steps, owner, budget_usd_per_task, p95_target_ms)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " max_steps, owner, budget_usd_per_task, p95_target_ms, tool_credentials)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (tenant, name) DO UPDATE SET model = EXCLUDED.model,"
             " model_task = EXCLUDED.model_task, instructions = EXCLUDED.instructions,"
             " description = EXCLUDED.description, privacy = EXCLUDED.privacy,"
@@ -114,7 +114,8 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
             " max_tokens = EXCLUDED.max_tokens, node_pool = EXCLUDED.node_pool,"
             " tools = EXCLUDED.tools, max_steps = EXCLUDED.max_steps,"
             " owner = EXCLUDED.owner, budget_usd_per_task = EXCLUDED.budget_usd_per_task,"
-            " p95_target_ms = EXCLUDED.p95_target_ms, updated_at = now()"
+            " p95_target_ms = EXCLUDED.p95_target_ms,"
+            " tool_credentials = EXCLUDED.tool_credentials, updated_at = now()"
             f" WHERE {_MAY_REPLACE} RETURNING owner",
             (
                 agent.tenant,
@@ -133,6 +134,7 @@ async def _upsert(conn: psycopg.AsyncConnection[Any], agent: model.AgentRecord) 
                 agent.owner,
                 agent.budget_usd_per_task,
                 agent.p95_target_ms,
+                pg_json.Jsonb([dataclasses.asdict(c) for c in agent.tool_credentials]),
             ),
         )
         if await cur.fetchone() is not None:
@@ -181,6 +183,10 @@ def _record(r: dict[str, Any]) -> model.AgentRecord:
         owner=r["owner"],
         budget_usd_per_task=r["budget_usd_per_task"],
         p95_target_ms=r["p95_target_ms"],
+        tool_credentials=tuple(
+            model.ToolCredential(url=c["url"], header=c["header"], value=c["value"])
+            for c in r["tool_credentials"]
+        ),
     )
 
 
@@ -281,7 +287,12 @@ def parse_manifest(
     """The Agent resources of a YAML manifest (one or more documents); InvalidArgument
     naming the problem when it is not one. It is refused before anything is built when it
     is over ``MAX_MANIFEST_BYTES`` or uses YAML anchors or aliases; ``max_tokens`` caps
-    each agent's ``spec.maxTokens`` (the service's own limit)."""
+    each agent's ``spec.maxTokens`` (the service's own limit).
+
+    An Agent with ``spec.toolCredentials`` is refused: its credentials live in Kubernetes
+    Secrets that only the operator reads, and a manifest can carry no credential of its
+    own (the spec has no field for a value), so a secret never travels through the
+    gateway, Agents.Apply or the agents file."""
     size = len(text.encode())
     if size > MAX_MANIFEST_BYTES:
         raise errors.InvalidArgument(
@@ -315,6 +326,15 @@ def parse_manifest(
     if not resources:
         raise errors.InvalidArgument("the manifest holds no Agent", field="manifest")
     for r in resources:
+        if r.spec.tool_credentials:
+            raise errors.InvalidArgument(
+                f"agent '{r.metadata.name}': spec.toolCredentials is read from Kubernetes "
+                "Secrets by the operator, and a manifest applied here has no Secrets to read "
+                "from; apply this Agent to the cluster (kubectl apply), or leave "
+                "spec.toolCredentials out (its MCP and A2A servers are then called without "
+                "credentials)",
+                field="manifest",
+            )
         if r.spec.max_tokens is not None and r.spec.max_tokens > max_tokens:
             raise errors.InvalidArgument(
                 f"agent '{r.metadata.name}': spec.maxTokens is {r.spec.max_tokens}; the limit "

@@ -9,6 +9,7 @@ From the top of the import graph down (``.importlinter`` keeps it so):
 - ``kube``: the lightkube client: informers for nodes and bound pods, server-side applies.
 - ``lease``: leader election on a Lease (``leadership``), so one of several replicas acts.
 - ``registration``: what the agent service is told about a Ready Agent, and the calls.
+- ``credentials``: the tool servers' credentials, read from the Secrets an Agent names.
 - ``executor_secrets``: the executors' certificate and HTTP token, kept in each namespace.
 - ``status``: what handling an Agent decides, as pure functions (kopf's ``causes``).
 - ``placement``: the pool an Agent goes to (cheapest eligible with room), and why.

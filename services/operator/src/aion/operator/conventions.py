@@ -69,3 +69,8 @@ FELL_BACK: Final = "FellBack"
 ALREADY_REGISTERED: Final = "AlreadyRegistered"
 TENANT_MISMATCH: Final = "TenantMismatch"
 AGENT_SERVICE_UNAVAILABLE: Final = "AgentServiceUnavailable"
+# Of Registered, for a Secret of spec.toolCredentials: missing (or its key), one of the
+# operator's own, or a value no HTTP header can carry.
+SECRET_NOT_FOUND: Final = "SecretNotFound"
+SECRET_NOT_ALLOWED: Final = "SecretNotAllowed"
+INVALID_SECRET: Final = "InvalidSecret"

@@ -15,6 +15,7 @@ import kopf
 
 from aion.operator import (
     conventions,
+    credentials,
     executor_secrets,
     kube,
     reconcile,
@@ -40,6 +41,7 @@ def register(
             client.client, executor_secrets.load_ca(cfg.ca_cert_file, cfg.ca_key_file)
         ),
         platform_namespace=cfg.platform_namespace,
+        recheck=credentials.Recheck(cfg.credentials_interval_s),
     )
 
     @kopf.on.login(registry=registry, id="login")
@@ -97,3 +99,5 @@ def register(
             await reconcile.deregister(
                 body, client=client, cfg=cfg, logger=logger, registrar=registrar
             )
+            if executors.recheck is not None:
+                executors.recheck.forget(body["metadata"]["uid"])

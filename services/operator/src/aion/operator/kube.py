@@ -198,6 +198,17 @@ class Kube:
             raise
         return found.to_dict()
 
+    async def secret(self, name: str, *, namespace: str) -> dict[str, Any] | None:
+        """The Secret ``name`` in ``namespace`` (its data base64, as the API returns it),
+        or None when there is none."""
+        try:
+            found = await self._client.get(core_v1.Secret, name, namespace=namespace)
+        except lightkube.ApiError as exc:
+            if exc.status.code == NOT_FOUND:
+                return None
+            raise
+        return found.to_dict()
+
     async def namespace_labels(self, name: str) -> dict[str, str]:
         """The labels of the Namespace ``name`` (where the platform maps it to a tenant)."""
         found = await self._client.get(core_v1.Namespace, name)

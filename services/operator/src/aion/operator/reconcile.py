@@ -7,7 +7,9 @@ Service (server-side, so a re-run after a crash changes nothing twice), patches
 the status and posts an Event saying the same. A timer then runs ``follow``:
 fall back from a pool where executor pods stay unschedulable, copy the
 Deployment's ready replicas into the status, register a Ready Agent with the
-agent service. ``deregister`` runs behind the finalizer of a deleted Agent.
+agent service, with the credentials of its tool servers read from its Secrets
+(``credentials``; read again every ``credentials_interval_s``, and registered again
+when one changed). ``deregister`` runs behind the finalizer of a deleted Agent.
 
 What to decide is ``status``'s (pure); this module reads, applies and patches.
 """
@@ -24,6 +26,7 @@ import kopf
 from aion.core import agentspec, errors
 from aion.operator import (
     conventions,
+    credentials,
     executor_secrets,
     kube,
     registration,
@@ -71,6 +74,8 @@ class Executors:
 
     secrets: executor_secrets.Keeper
     platform_namespace: str
+    # When registered Agents' credential Secrets are read again (None: at every look).
+    recheck: credentials.Recheck | None = None
 
 
 async def reconcile(
@@ -146,8 +151,11 @@ async def follow(
     Pods unschedulable for ``unschedulable_after_s`` move the Agent (``fall_back``);
     otherwise the Deployment's ready replicas go into the status, and a Ready
     Agent is registered with the agent service (retried at the next look while
-    the agent service is down). With ``executors``, the namespace's executor Secrets
-    are renewed when due, and a Deployment on an older certificate is rolled.
+    the agent service is down, or a Secret of its ``spec.toolCredentials`` cannot be
+    read). A registered Agent with ``spec.toolCredentials`` has its Secrets read again
+    when ``executors.recheck`` says so, and is registered again when they changed.
+    With ``executors``, the namespace's executor Secrets are renewed when due, and a
+    Deployment on an older certificate is rolled.
     """
     if not status.placed_now(body):
         return
@@ -191,9 +199,37 @@ async def follow(
     if update is not None:
         patch.status.update(update)
     merged = {**body, "status": {**(body.get("status") or {}), **(update or {})}}
-    if registrar is None or not status.needs_registration(merged):
+    if registrar is None:
         return
     spec = agentspec.parse(body.get("spec"))
+    due = status.needs_registration(merged)
+    recheck = executors.recheck if executors is not None else None
+    if not due and not (
+        spec.tool_credentials
+        and status.registered_now(merged)
+        and (recheck is None or recheck.due(meta["uid"]))
+    ):
+        return
+
+    async def read(secret: str) -> dict[str, Any] | None:
+        return await client.secret(secret, namespace=namespace)
+
+    try:
+        resolved = await credentials.resolve(spec, namespace, read)
+    except credentials.Unavailable as exc:
+        _refuse(
+            body,
+            merged,
+            patch,
+            logger,
+            reason=exc.reason,
+            message=f"not registered: {exc.message}",
+            now=now,
+        )
+        return
+    if not due and resolved.version == merged["status"].get("credentialsVersion"):
+        return  # registered, and its Secrets are unchanged
+
     pool = str(merged["status"]["nodePool"])
     tenant_name = await tenant(body, client=client, cfg=cfg)
     refusal = registration.mismatch(body, tenant_name, label=cfg.tenant_label)
@@ -210,7 +246,9 @@ async def follow(
         return
     try:
         await registrar.register(
-            registration.request(body, spec, tenant_name=tenant_name, pool=pool)
+            registration.request(
+                body, spec, tenant_name=tenant_name, pool=pool, credentials=resolved.credentials
+            )
         )
     except errors.AlreadyExists as exc:  # another namespace's agent of the same name
         _refuse(
@@ -229,7 +267,13 @@ async def follow(
         patch.status.update(status.registered_status(merged, ok=False, message=message, now=now))
         return
     message = f"registered with the agent service for tenant {tenant_name}, on pool {pool}"
-    patch.status.update(status.registered_status(merged, ok=True, message=message, now=now))
+    if resolved.credentials:
+        changed = "" if due else "the changed "
+        message += f", with {changed}credentials of {len(resolved.credentials)} tool server(s)"
+    patch.status.update(
+        status.registered_status(merged, ok=True, message=message, now=now)
+        | {"credentialsVersion": resolved.version}
+    )
     kopf.info(body, reason=conventions.REGISTERED, message=message)
 
 

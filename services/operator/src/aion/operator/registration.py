@@ -1,9 +1,10 @@
 """Registering Ready Agents with the agent service, and deregistering deleted ones.
 
 ``request`` is pure: what the agent service is told about an Agent (its model,
-instructions, description, maxTokens, tools, privacy, knowledge bases, pool, and the gRPC address of
-its executor Service, whose DNS name resolves to every ready executor pod; the
-agent service spreads calls over them). ``Registrar`` makes the calls on one channel; it raises
+instructions, description, maxTokens, tools, privacy, knowledge bases, pool, the gRPC address of
+its executor Service, whose DNS name resolves to every ready executor pod (the
+agent service spreads calls over them), and the credentials of its tool servers
+that ``credentials`` read from its Secrets). ``Registrar`` makes the calls on one channel; it raises
 ``errors.Unavailable`` while the agent service is down, and the handlers retry.
 
 The platform team, not the Agent, decides tenancy: an Agent's tenant is the one its
@@ -17,7 +18,7 @@ deregistration of the same agent from another namespace.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -64,9 +65,15 @@ def executor_target(name: str, namespace: str) -> str:
 
 
 def request(
-    body: Mapping[str, Any], spec: agentspec.AgentSpec, *, tenant_name: str, pool: str
+    body: Mapping[str, Any],
+    spec: agentspec.AgentSpec,
+    *,
+    tenant_name: str,
+    pool: str,
+    credentials: Sequence[agent_pb2.ToolCredential] = (),
 ) -> agent_pb2.RegisterAgentRequest:
-    """What the agent service is told about a Ready Agent."""
+    """What the agent service is told about a Ready Agent (``credentials``: its tool
+    servers', as ``credentials.resolve`` read them)."""
     meta = body["metadata"]
     privacy = privacy_mod.to_pb(spec.routing.privacy)
     # spec.description, else the older aion.dev/description annotation.
@@ -95,6 +102,7 @@ def request(
         privacy=privacy,
         tools=list(spec.tools),
         owner=owner(body),
+        tool_credentials=list(credentials),
     )
 
 

@@ -144,6 +144,12 @@ class AionOperatorSettings(settings.ServiceSettings):
         gt=0,
         description="seconds between reads of each Agent's Deployment for its ready replicas",
     )
+    credentials_interval_s: float = pydantic.Field(
+        default=30.0,
+        gt=0,
+        description="seconds between reads of a registered Agent's spec.toolCredentials "
+        "Secrets: a changed Secret is registered again within about this long",
+    )
     pool_status_interval_s: float = pydantic.Field(
         default=15.0,
         gt=0,

@@ -3,7 +3,8 @@
 What the reconcile of an Agent decides, without calling anything (kopf's
 ``causes``): where it goes (``place``, ``fall_back``), what its status says
 (``invalid_status``, ``readiness``, ``registered_status``), whether it must be
-registered (``needs_registration``), and a GpuPool's status (``pool_status``).
+registered (``needs_registration``, ``registered_now``), and a GpuPool's status
+(``pool_status``).
 Statuses are plain dicts, merged into kopf's patch by ``reconcile``; conditions
 are merged the Kubernetes way (``conditions``), their types and reasons named
 in ``conventions``.
@@ -362,6 +363,12 @@ def needs_registration(body: Mapping[str, Any]) -> bool:
         or registered.get("status") != "True"
         or (registered.get("observedGeneration") != body["metadata"].get("generation"))
     )
+
+
+def registered_now(body: Mapping[str, Any]) -> bool:
+    """Whether a Ready Agent's current spec is registered with the agent service."""
+    status = body.get("status") or {}
+    return status.get("phase") == "Ready" and placed_now(body) and not needs_registration(body)
 
 
 def registered_status(

@@ -28,7 +28,7 @@ from aion.api.v1 import common_pb2 as aion_dot_api_dot_v1_dot_common__pb2
 from aion.api.v1 import tasks_pb2 as aion_dot_api_dot_v1_dot_tasks__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61ion/api/agent/v1/agent.proto\x12\raion.agent.v1\x1a\x1f\x61ion/api/router/v1/router.proto\x1a\x18\x61ion/api/v1/agents.proto\x1a\x18\x61ion/api/v1/common.proto\x1a\x17\x61ion/api/v1/tasks.proto\"\x7f\n\nRunRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x11.aion.v1.TaskSpec\x12*\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x18.aion.router.v1.Decision\x12\x14\n\x0c\x61synchronous\x18\x04 \x01(\x08\"*\n\x07TaskRef\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"(\n\x08\x41gentRef\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"#\n\x11ListAgentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\xb8\x01\n\x14RegisterAgentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1d\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0e.aion.v1.Agent\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12\x1a\n\x12\x65xecutor_endpoints\x18\x04 \x03(\t\x12!\n\x07privacy\x18\x05 \x01(\x0e\x32\x10.aion.v1.Privacy\x12\r\n\x05tools\x18\x06 \x03(\t\x12\r\n\x05owner\x18\x07 \x01(\t\"E\n\x16\x44\x65registerAgentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"/\n\x17\x44\x65registerAgentResponse\x12\x14\n\x0c\x64\x65registered\x18\x01 \x01(\x08\"R\n\x12\x41pplyAgentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.aion.v1.ApplyAgentsRequest2\xa9\x05\n\x0c\x41gentService\x12\x36\n\x03Run\x12\x19.aion.agent.v1.RunRequest\x1a\x12.aion.v1.TaskEvent0\x01\x12<\n\x06Submit\x12\x19.aion.agent.v1.RunRequest\x1a\x17.aion.v1.SubmitResponse\x12\x36\n\x06\x46ollow\x12\x16.aion.agent.v1.TaskRef\x1a\x12.aion.v1.TaskEvent0\x01\x12\x36\n\x07GetTask\x12\x16.aion.agent.v1.TaskRef\x1a\x13.aion.v1.TaskResult\x12\x39\n\nCancelTask\x12\x16.aion.agent.v1.TaskRef\x1a\x13.aion.v1.TaskResult\x12K\n\nListAgents\x12 .aion.agent.v1.ListAgentsRequest\x1a\x1b.aion.v1.ListAgentsResponse\x12\x33\n\x08GetAgent\x12\x17.aion.agent.v1.AgentRef\x1a\x0e.aion.v1.Agent\x12\x44\n\rRegisterAgent\x12#.aion.agent.v1.RegisterAgentRequest\x1a\x0e.aion.v1.Agent\x12`\n\x0f\x44\x65registerAgent\x12%.aion.agent.v1.DeregisterAgentRequest\x1a&.aion.agent.v1.DeregisterAgentResponse\x12N\n\x0b\x41pplyAgents\x12!.aion.agent.v1.ApplyAgentsRequest\x1a\x1c.aion.v1.ApplyAgentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61ion/api/agent/v1/agent.proto\x12\raion.agent.v1\x1a\x1f\x61ion/api/router/v1/router.proto\x1a\x18\x61ion/api/v1/agents.proto\x1a\x18\x61ion/api/v1/common.proto\x1a\x17\x61ion/api/v1/tasks.proto\"\x7f\n\nRunRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x11.aion.v1.TaskSpec\x12*\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0b\x32\x18.aion.router.v1.Decision\x12\x14\n\x0c\x61synchronous\x18\x04 \x01(\x08\"*\n\x07TaskRef\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\"(\n\x08\x41gentRef\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"#\n\x11ListAgentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\xf1\x01\n\x14RegisterAgentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x1d\n\x05\x61gent\x18\x02 \x01(\x0b\x32\x0e.aion.v1.Agent\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12\x1a\n\x12\x65xecutor_endpoints\x18\x04 \x03(\t\x12!\n\x07privacy\x18\x05 \x01(\x0e\x32\x10.aion.v1.Privacy\x12\r\n\x05tools\x18\x06 \x03(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x37\n\x10tool_credentials\x18\x08 \x03(\x0b\x32\x1d.aion.agent.v1.ToolCredential\"<\n\x0eToolCredential\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06header\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"E\n\x16\x44\x65registerAgentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\"/\n\x17\x44\x65registerAgentResponse\x12\x14\n\x0c\x64\x65registered\x18\x01 \x01(\x08\"R\n\x12\x41pplyAgentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.aion.v1.ApplyAgentsRequest2\xa9\x05\n\x0c\x41gentService\x12\x36\n\x03Run\x12\x19.aion.agent.v1.RunRequest\x1a\x12.aion.v1.TaskEvent0\x01\x12<\n\x06Submit\x12\x19.aion.agent.v1.RunRequest\x1a\x17.aion.v1.SubmitResponse\x12\x36\n\x06\x46ollow\x12\x16.aion.agent.v1.TaskRef\x1a\x12.aion.v1.TaskEvent0\x01\x12\x36\n\x07GetTask\x12\x16.aion.agent.v1.TaskRef\x1a\x13.aion.v1.TaskResult\x12\x39\n\nCancelTask\x12\x16.aion.agent.v1.TaskRef\x1a\x13.aion.v1.TaskResult\x12K\n\nListAgents\x12 .aion.agent.v1.ListAgentsRequest\x1a\x1b.aion.v1.ListAgentsResponse\x12\x33\n\x08GetAgent\x12\x17.aion.agent.v1.AgentRef\x1a\x0e.aion.v1.Agent\x12\x44\n\rRegisterAgent\x12#.aion.agent.v1.RegisterAgentRequest\x1a\x0e.aion.v1.Agent\x12`\n\x0f\x44\x65registerAgent\x12%.aion.agent.v1.DeregisterAgentRequest\x1a&.aion.agent.v1.DeregisterAgentResponse\x12N\n\x0b\x41pplyAgents\x12!.aion.agent.v1.ApplyAgentsRequest\x1a\x1c.aion.v1.ApplyAgentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,13 +44,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTAGENTSREQUEST']._serialized_start=373
   _globals['_LISTAGENTSREQUEST']._serialized_end=408
   _globals['_REGISTERAGENTREQUEST']._serialized_start=411
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=595
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=597
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=666
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=668
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=715
-  _globals['_APPLYAGENTSREQUEST']._serialized_start=717
-  _globals['_APPLYAGENTSREQUEST']._serialized_end=799
-  _globals['_AGENTSERVICE']._serialized_start=802
-  _globals['_AGENTSERVICE']._serialized_end=1483
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=652
+  _globals['_TOOLCREDENTIAL']._serialized_start=654
+  _globals['_TOOLCREDENTIAL']._serialized_end=714
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=716
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=785
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=787
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=834
+  _globals['_APPLYAGENTSREQUEST']._serialized_start=836
+  _globals['_APPLYAGENTSREQUEST']._serialized_end=918
+  _globals['_AGENTSERVICE']._serialized_start=921
+  _globals['_AGENTSERVICE']._serialized_end=1602
 # @@protoc_insertion_point(module_scope)

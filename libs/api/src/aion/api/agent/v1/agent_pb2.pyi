@@ -126,6 +126,7 @@ class RegisterAgentRequest(_message.Message):
     PRIVACY_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    TOOL_CREDENTIALS_FIELD_NUMBER: _builtins.int
     tenant: _builtins.str
     instructions: _builtins.str
     privacy: _common_pb2.Privacy.ValueType
@@ -142,7 +143,16 @@ class RegisterAgentRequest(_message.Message):
 
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The Agent's spec.tools: "knowledge_search", or "agent:<name>"."""
+        """The Agent's spec.tools: "knowledge_search", "agent:<name>", "mcp:<url>",
+        "mcp:<url>#<tool>" or "a2a:<url>".
+        """
+
+    @_builtins.property
+    def tool_credentials(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCredential]:
+        """Credentials of MCP and A2A servers of tools, read by the operator from the Secrets
+        that spec.toolCredentials names. Stored with the agent and sent to those servers
+        only: never logged, never returned by GetAgent or ListAgents.
+        """
 
     def __init__(
         self,
@@ -154,14 +164,45 @@ class RegisterAgentRequest(_message.Message):
         privacy: _common_pb2.Privacy.ValueType = ...,
         tools: _abc.Iterable[_builtins.str] | None = ...,
         owner: _builtins.str = ...,
+        tool_credentials: _abc.Iterable[Global___ToolCredential] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_endpoints", b"executor_endpoints", "instructions", b"instructions", "owner", b"owner", "privacy", b"privacy", "tenant", b"tenant", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "executor_endpoints", b"executor_endpoints", "instructions", b"instructions", "owner", b"owner", "privacy", b"privacy", "tenant", b"tenant", "tool_credentials", b"tool_credentials", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterAgentRequest: _TypeAlias = RegisterAgentRequest  # noqa: Y015
+
+@_typing.final
+class ToolCredential(_message.Message):
+    """An HTTP header sent on every request to one tool server."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """The server's URL, as tools names it after "mcp:" (without "#<tool>") or "a2a:"."""
+    header: _builtins.str
+    """The header's name, such as "Authorization" or "X-API-Key"."""
+    value: _builtins.str
+    """The header's whole value, such as "Bearer <token>". Secret."""
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        header: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "url", b"url", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCredential: _TypeAlias = ToolCredential  # noqa: Y015
 
 @_typing.final
 class DeregisterAgentRequest(_message.Message):
