@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import os
 import types
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Self, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,6 +26,7 @@ from aion.api.v1 import (
 )
 from aion.sdk import options, retry
 
+_Item = TypeVar("_Item")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -216,21 +220,70 @@ class AsyncClient:
         content_type: str = "text/plain",
         metadata: Mapping[str, str] | None = None,
         wait: bool = True,
+        stream: bool | None = None,
         timeout: float | None = None,
     ) -> knowledge_pb2.IngestResponse:
         """Add a document to a knowledge base, replacing one with the same id (the same
         bytes again make no new version). With ``wait`` (the default) the answer comes once
-        it is indexed (READY or FAILED) or the deadline nears; else once it is queued."""
+        it is indexed (READY or FAILED) or the deadline nears; else once it is queued.
+
+        Content over ``options.STREAM_ABOVE_BYTES`` (1 MiB) goes by IngestStream, in pieces,
+        so the gateway's largest message does not bound it (the knowledge service's
+        document limit does); ``stream`` chooses one way or the other. A streamed upload
+        has the deadline of a task (``task_timeout``) unless ``timeout`` is given."""
+        data = content.encode() if isinstance(content, str) else content
+        if stream is None:
+            stream = len(data) > options.STREAM_ABOVE_BYTES
+        if stream:
+            header = options.ingest_header(
+                knowledge_base,
+                document_id,
+                title=title,
+                content_type=content_type,
+                metadata=metadata,
+                wait=wait,
+                size_bytes=len(data),
+            )
+            return await self._upload(header, lambda: io.BytesIO(data), timeout=timeout)
         request = options.ingest_request(
             knowledge_base,
             document_id,
-            content=content,
+            content=data,
             title=title,
             content_type=content_type,
             metadata=metadata,
             wait=wait,
         )
         return await self._call(self._knowledge.Ingest, request, timeout=timeout)
+
+    async def ingest_file(
+        self,
+        knowledge_base: str,
+        document_id: str,
+        path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> knowledge_pb2.IngestResponse:
+        """Add a file as a document, as ``ingest`` does, always by IngestStream: read and sent
+        in pieces, never whole. ``title`` defaults to the file's name, ``content_type`` to
+        its suffix's (.txt, .md, .html, .pdf...). A retried upload reads the file again."""
+        source = Path(path)
+        kind = content_type or options.content_type_of(source)
+        size = (await asyncio.to_thread(source.stat)).st_size
+        header = options.ingest_header(
+            knowledge_base,
+            document_id,
+            title=source.name if title is None else title,
+            content_type=kind,
+            metadata=metadata,
+            wait=wait,
+            size_bytes=size,
+        )
+        return await self._upload(header, lambda: source.open("rb"), timeout=timeout)
 
     async def search(
         self,
@@ -340,6 +393,30 @@ class AsyncClient:
                 delay = attempts.failed(exc)
             await asyncio.sleep(delay)
 
+    async def _upload(
+        self,
+        header: knowledge_pb2.IngestChunk,
+        open_source: Callable[[], BinaryIO],
+        *,
+        timeout: float | None,
+    ) -> knowledge_pb2.IngestResponse:
+        """IngestStream: ``header``, then the source's bytes in pieces; each attempt opens the
+        source anew (the same bytes again make no new version, so a retry is safe)."""
+        attempts = self._settings.attempts(timeout, task=True)
+        while True:
+            # The source is opened and read on threads: a file never blocks the event loop.
+            with await asyncio.to_thread(open_source) as source:
+                pieces = options.ingest_chunks(header, source.read)
+                try:
+                    return await self._knowledge.IngestStream(
+                        _on_threads(pieces),
+                        timeout=attempts.start(),
+                        metadata=self._settings.metadata,
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    delay = attempts.failed(exc)
+            await asyncio.sleep(delay)
+
     async def _stream(
         self, request: tasks_pb2.StreamRequest, *, timeout: float | None, idempotent: bool
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
@@ -359,3 +436,9 @@ class AsyncClient:
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
+
+
+async def _on_threads(items: Iterator[_Item]) -> AsyncIterator[_Item]:
+    """``items``, each drawn on a thread (a file's reads)."""
+    while (item := await asyncio.to_thread(next, items, None)) is not None:
+        yield item

@@ -64,7 +64,9 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
         # The public port: plaintext here (TLS ends at the ingress), callers authenticated
         # by API key or JWT in ``guard``.
-        grpc_server = server.GrpcServer.serving("gateway", cfg)
+        grpc_server = server.GrpcServer.serving(
+            "gateway", cfg, max_message_bytes=cfg.max_message_bytes
+        )
         grpc_server.add(
             tasks_pb2_grpc.add_TasksServicer_to_server,
             tasks,
