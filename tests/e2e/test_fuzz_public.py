@@ -455,8 +455,8 @@ streamed_documents = st.builds(
     as_stream,
     documents,
     st.sampled_from([1000, 4096, 65_536]),
-    st.booleans(),
-    st.sampled_from(SIZES),
+    st.sampled_from([True, True, False]),  # mostly whole streams, so that some are stored
+    st.sampled_from(["none", "exact", *SIZES]),
 )
 
 
@@ -745,6 +745,18 @@ def test_malformed_documents_are_refused_or_stored_whole(fuzz: FuzzSuite) -> Non
 
 def test_malformed_streamed_documents_are_refused_or_stored_whole(fuzz: FuzzSuite) -> None:
     upload = knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].methods_by_name["IngestStream"]
+    # Whole documents first, each in pieces of another size: these are stored, and the
+    # checks below find them whole.
+    text = " ".join(f"Streamed sentence {i} about object storage." for i in range(120))
+    for piece in (1000, 4096, 65_536):
+        whole = knowledge_pb2.IngestRequest(
+            knowledge_base="kb-fuzz",
+            document_id=f"streamed-{piece}.txt",
+            content=text.encode(),
+            content_type="text/plain",
+        )
+        fuzz.call(upload, whole, messages=list(as_stream(whole, piece, True, "exact")), timeout=60)
+    assert fuzz.fuzzed.codes["Knowledge.IngestStream"]["OK"] == 3, fuzz.fuzzed.samples
 
     @settings(HYPOTHESIS, max_examples=max(EXAMPLES // 4, 10))
     @given(messages=streamed_documents)

@@ -27,6 +27,8 @@ class Recorder(knowledge_pb2_grpc.KnowledgeServicer):
         self.streams: list[list[knowledge_pb2.IngestChunk]] = []
         self.deadlines: list[float | None] = []
         self.fail: list[grpc.StatusCode] = []
+        self.refuse_at_header = False
+        self.stall: asyncio.Event | None = None  # set once a stalled call has ended
 
     async def Ingest(
         self, request: knowledge_pb2.IngestRequest, context: Any
@@ -40,6 +42,13 @@ class Recorder(knowledge_pb2_grpc.KnowledgeServicer):
     async def IngestStream(
         self, request_iterator: AsyncIterator[knowledge_pb2.IngestChunk], context: Any
     ) -> knowledge_pb2.IngestResponse:
+        if self.stall is not None:  # never answers
+            stall = self.stall
+            context.add_done_callback(lambda _: stall.set())
+            await asyncio.Event().wait()
+        if self.refuse_at_header:  # while the client still writes
+            async for _ in request_iterator:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "size_bytes is over")
         messages = [m async for m in request_iterator]
         self.streams.append(messages)
         self.deadlines.append(context.time_remaining())
@@ -172,3 +181,34 @@ async def test_the_sync_client_streams_files_and_large_content_too(
     assert (page[0].header.content_type, page[0].header.wait) == ("text/html", False)
     assert b"".join(_pieces(page)) == path.read_bytes()
     assert b"".join(_pieces(big)) == b"y" * 70_000
+
+
+async def test_a_refusal_while_the_client_still_writes_arrives_as_sent(
+    knowledge: tuple[str, Recorder], tmp_path: Path
+) -> None:
+    # grpc.aio can turn it into INTERNAL (grpc/grpc#36066); the async client's uploads go
+    # over a blocking channel, which reports the status.
+    target, recorder = knowledge
+    recorder.refuse_at_header = True
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"z" * 4 * 1024 * 1024)
+    async with client.AsyncClient(target, retries=FAST) as api:
+        for _ in range(10):
+            with pytest.raises(errors.InvalidArgument, match="size_bytes is over"):
+                await api.ingest_file("kb", "big.txt", path)
+
+
+async def test_cancelling_an_upload_cancels_its_call(
+    knowledge: tuple[str, Recorder], tmp_path: Path
+) -> None:
+    target, recorder = knowledge
+    ended = recorder.stall = asyncio.Event()
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"notes")
+    async with client.AsyncClient(target, retries=FAST) as api:
+        upload = asyncio.create_task(api.ingest_file("kb", "notes.txt", path))
+        await asyncio.sleep(0.5)
+        upload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await upload
+        await asyncio.wait_for(ended.wait(), 10)

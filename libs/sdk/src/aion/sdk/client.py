@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import types
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Self, TypeVar
 
@@ -26,7 +27,6 @@ from aion.api.v1 import (
 )
 from aion.sdk import options, retry
 
-_Item = TypeVar("_Item")
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
@@ -73,6 +73,7 @@ class AsyncClient:
         self._knowledge = knowledge_pb2_grpc.KnowledgeStub(self._channel)
         self._keys = keys_pb2_grpc.KeysStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._upload_channel: grpc.Channel | None = None
         self._closed = False
 
     @property
@@ -96,6 +97,8 @@ class AsyncClient:
         if not self._closed:
             self._closed = True
             await self._channel.close()
+            if self._upload_channel is not None:
+                self._upload_channel.close()
 
     async def submit(
         self,
@@ -401,21 +404,40 @@ class AsyncClient:
         timeout: float | None,
     ) -> knowledge_pb2.IngestResponse:
         """IngestStream: ``header``, then the source's bytes in pieces; each attempt opens the
-        source anew (the same bytes again make no new version, so a retry is safe)."""
+        source anew (the same bytes again make no new version, so a retry is safe).
+
+        Uploads go over a blocking channel of their own, on grpc's threads (which also read
+        the source): when a server ends a client-streaming call while a grpc.aio client still
+        writes, grpc.aio can report the failed write (INTERNAL, "Internal error from Core")
+        in place of the server's status (grpc/grpc#36066); the blocking API reports it."""
+        stub = self._uploads()
         attempts = self._settings.attempts(timeout, task=True)
         while True:
-            # The source is opened and read on threads: a file never blocks the event loop.
-            with await asyncio.to_thread(open_source) as source:
-                pieces = options.ingest_chunks(header, source.read)
+            source = await asyncio.to_thread(open_source)
+            try:
+                call = stub.IngestStream.future(
+                    options.ingest_chunks(header, options.reader(source)),
+                    timeout=attempts.start(),
+                    metadata=self._settings.metadata,
+                )
                 try:
-                    return await self._knowledge.IngestStream(
-                        _on_threads(pieces),
-                        timeout=attempts.start(),
-                        metadata=self._settings.metadata,
-                    )
-                except grpc.aio.AioRpcError as exc:
+                    return await _settled(call)
+                except grpc.RpcError as exc:
                     delay = attempts.failed(exc)
+            finally:
+                source.close()
             await asyncio.sleep(delay)
+
+    def _uploads(self) -> knowledge_pb2_grpc.KnowledgeStub:
+        if self._upload_channel is None:
+            credentials = self._settings.credentials
+            target = self._settings.target
+            self._upload_channel = (
+                grpc.secure_channel(target, credentials, options=options.CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.insecure_channel(target, options=options.CHANNEL_OPTIONS)
+            )
+        return knowledge_pb2_grpc.KnowledgeStub(self._upload_channel)
 
     async def _stream(
         self, request: tasks_pb2.StreamRequest, *, timeout: float | None, idempotent: bool
@@ -438,7 +460,24 @@ class AsyncClient:
             await asyncio.sleep(delay)
 
 
-async def _on_threads(items: Iterator[_Item]) -> AsyncIterator[_Item]:
-    """``items``, each drawn on a thread (a file's reads)."""
-    while (item := await asyncio.to_thread(next, items, None)) is not None:
-        yield item
+async def _settled(call: grpc.Future[_Resp]) -> _Resp:
+    """The result of a blocking call's future, awaited on the event loop; cancelling the wait
+    cancels the call."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def on_done(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            loop.call_soon_threadsafe(settle)
+
+    call.add_done_callback(on_done)
+    try:
+        await done
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    return call.result()

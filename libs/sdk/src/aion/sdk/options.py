@@ -6,6 +6,7 @@ import dataclasses
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -225,6 +226,19 @@ def ingest_chunks(
         if not following:
             return
         piece = following
+
+
+def reader(source: BinaryIO) -> Callable[[int], bytes]:
+    """``source.read``, reading nothing once ``source`` is closed: the upload that reads it
+    has ended by then, though grpc's thread that sends its pieces may ask for one more."""
+
+    def read(size: int) -> bytes:
+        try:
+            return source.read(size)
+        except ValueError:  # closed
+            return b""
+
+    return read
 
 
 SEARCH_MODES = {

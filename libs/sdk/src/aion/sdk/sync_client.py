@@ -388,7 +388,7 @@ class Client:
             with open_source() as source:
                 try:
                     return self._knowledge.IngestStream(
-                        options.ingest_chunks(header, source.read),
+                        options.ingest_chunks(header, options.reader(source)),
                         timeout=attempts.start(),
                         metadata=self._settings.metadata,
                     )

@@ -360,10 +360,8 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
                 async for chunk in messages:
                     yield internal_knowledge_pb2.IngestChunk(chunk=chunk)
 
-            with errors.remote("knowledge"):
-                return await self._upstreams.knowledge.IngestStream(
-                    forwarded(), timeout=_timeout(context)
-                )
+            call = self._upstreams.knowledge.IngestStream(forwarded(), timeout=_timeout(context))
+            return await errors.remote_stream("knowledge", call)
 
     async def Search(
         self, request: knowledge_pb2.SearchRequest, context: _Ctx

@@ -189,6 +189,17 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     async def IngestStream(
         self, request_iterator: AsyncIterator[knowledge_pb2.IngestChunk], context: _Ctx
     ) -> public_pb2.IngestResponse:
+        try:
+            return await self._ingest_stream(request_iterator, context)
+        except errors.AionError as err:
+            # The refusal may end the call while the gateway still writes: sent ahead too,
+            # where its grpc.aio client finds it (errors.remote_stream).
+            await errors.send_ahead(context, err)
+            raise
+
+    async def _ingest_stream(
+        self, request_iterator: AsyncIterator[knowledge_pb2.IngestChunk], context: _Ctx
+    ) -> public_pb2.IngestResponse:
         """Ingest in pieces. The bytes are kept in memory, up to ``max_document_bytes``, until
         the message marked last: the original's key is their SHA-256, and nothing is stored
         for a stream that is refused or ends without that message."""
