@@ -82,7 +82,10 @@ class KnowledgeServiceServicer:
         the bytes in memory, up to max_document_bytes (the original's key is their
         SHA-256, known at the end), and stores nothing until the last piece: past
         the limit it answers INVALID_ARGUMENT at once, and a stream that ends
-        without `last` stores nothing. Called by the gateway only, as Ingest.
+        without `last` stores nothing. A refusal also comes ahead of the status, in
+        the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+        arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+        only, as Ingest.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,10 @@ class KnowledgeServiceStub:
     the bytes in memory, up to max_document_bytes (the original's key is their
     SHA-256, known at the end), and stores nothing until the last piece: past
     the limit it answers INVALID_ARGUMENT at once, and a stream that ends
-    without `last` stores nothing. Called by the gateway only, as Ingest.
+    without `last` stores nothing. A refusal also comes ahead of the status, in
+    the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+    arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+    only, as Ingest.
     """
     Search: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2_1.SearchResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]
@@ -56,7 +59,10 @@ class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     the bytes in memory, up to max_document_bytes (the original's key is their
     SHA-256, known at the end), and stores nothing until the last piece: past
     the limit it answers INVALID_ARGUMENT at once, and a stream that ends
-    without `last` stores nothing. Called by the gateway only, as Ingest.
+    without `last` stores nothing. A refusal also comes ahead of the status, in
+    the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+    arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+    only, as Ingest.
     """
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2_1.SearchResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]  # type: ignore[assignment]
@@ -82,7 +88,10 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         the bytes in memory, up to max_document_bytes (the original's key is their
         SHA-256, known at the end), and stores nothing until the last piece: past
         the limit it answers INVALID_ARGUMENT at once, and a stream that ends
-        without `last` stores nothing. Called by the gateway only, as Ingest.
+        without `last` stores nothing. A refusal also comes ahead of the status, in
+        the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+        arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+        only, as Ingest.
         """
 
     @_abc_1.abstractmethod
