@@ -4,8 +4,10 @@ The requests come from hypothesis strategies built from the message descriptors
 of ``aion.api.v1`` (``message_strategy``), so a field or an RPC added to the
 public API is fuzzed without touching this file. Besides the generated
 requests, Agents.Apply gets malformed manifests (alias bombs, deep nesting,
-huge scalars, wrong types) and Knowledge.Ingest malformed documents (binary,
-huge metadata, empty).
+huge scalars, wrong types) and Knowledge.Ingest and IngestStream malformed documents
+(binary, huge metadata, empty; streamed in pieces of several sizes, with or without
+their last message, with a true, wrong or no size). A client-streaming RPC gets each
+generated message as a stream of one.
 
 What must hold:
 - no answer is INTERNAL or UNKNOWN (bad input gets a status saying what to fix);
@@ -416,6 +418,47 @@ documents = st.builds(
     st.booleans(),
 )
 
+SIZES = ["none", "exact", "one less", "one more", "negative", "huge"]
+
+
+def as_stream(
+    request: knowledge_pb2.IngestRequest, piece: int, last: bool, size: str
+) -> list[knowledge_pb2.IngestChunk]:
+    """A document as IngestStream's messages: its header (with ``size`` said of it), then
+    its bytes in pieces of ``piece``, the final one marked last or not."""
+    data = request.content
+    declared = {
+        "none": 0,
+        "exact": len(data),
+        "one less": len(data) - 1,
+        "one more": len(data) + 1,
+        "negative": -1,
+        "huge": 2**62,
+    }[size]
+    header = knowledge_pb2.IngestHeader(
+        knowledge_base=request.knowledge_base,
+        document_id=request.document_id,
+        title=request.title,
+        content_type=request.content_type,
+        metadata=request.metadata,
+        wait=request.wait,
+        size_bytes=declared,
+    )
+    pieces = [
+        knowledge_pb2.IngestChunk(data=data[i : i + piece]) for i in range(0, len(data), piece)
+    ] or [knowledge_pb2.IngestChunk(data=b"")]
+    pieces[-1].last = last
+    return [knowledge_pb2.IngestChunk(header=header), *pieces]
+
+
+streamed_documents = st.builds(
+    as_stream,
+    documents,
+    st.sampled_from([1000, 4096, 65_536]),
+    st.sampled_from([True, True, False]),  # mostly whole streams, so that some are stored
+    st.sampled_from(["none", "exact", *SIZES]),
+)
+
 
 # -- the suite and the bookkeeping ----------------------------------------------------------
 @dataclasses.dataclass
@@ -481,14 +524,23 @@ class FuzzSuite:
         method: descriptor.MethodDescriptor,
         request: message.Message,
         timeout: float = CALL_TIMEOUT_S,
+        *,
+        messages: list[message.Message] | None = None,
     ) -> None:
-        """One call; its status is recorded."""
+        """One call; its status is recorded. A client-streaming method sends ``messages``,
+        else ``request`` alone."""
         path = f"/{method.containing_service.full_name}/{method.name}"
         out = message_factory.GetMessageClass(method.output_type)
         rpc = f"{method.containing_service.name}.{method.name}"
         code, details = grpc.StatusCode.OK, ""
         try:
-            if method.server_streaming:
+            if method.client_streaming:
+                self.channel.stream_unary(
+                    path,
+                    request_serializer=type(request).SerializeToString,
+                    response_deserializer=out.FromString,
+                )(iter(messages or [request]), timeout=timeout, metadata=METADATA)
+            elif method.server_streaming:
                 stream = self.channel.unary_stream(
                     path,
                     request_serializer=type(request).SerializeToString,
@@ -688,6 +740,31 @@ def test_malformed_documents_are_refused_or_stored_whole(fuzz: FuzzSuite) -> Non
 
     one()
     assert _faults_of(fuzz, "Knowledge.Ingest") == []
+    assert fuzz.dead() == {}
+
+
+def test_malformed_streamed_documents_are_refused_or_stored_whole(fuzz: FuzzSuite) -> None:
+    upload = knowledge_pb2.DESCRIPTOR.services_by_name["Knowledge"].methods_by_name["IngestStream"]
+    # Whole documents first, each in pieces of another size: these are stored, and the
+    # checks below find them whole.
+    text = " ".join(f"Streamed sentence {i} about object storage." for i in range(120))
+    for piece in (1000, 4096, 65_536):
+        whole = knowledge_pb2.IngestRequest(
+            knowledge_base="kb-fuzz",
+            document_id=f"streamed-{piece}.txt",
+            content=text.encode(),
+            content_type="text/plain",
+        )
+        fuzz.call(upload, whole, messages=list(as_stream(whole, piece, True, "exact")), timeout=60)
+    assert fuzz.fuzzed.codes["Knowledge.IngestStream"]["OK"] == 3, fuzz.fuzzed.samples
+
+    @settings(HYPOTHESIS, max_examples=max(EXAMPLES // 4, 10))
+    @given(messages=streamed_documents)
+    def one(messages: list[knowledge_pb2.IngestChunk]) -> None:
+        fuzz.call(upload, messages[0], messages=list(messages))
+
+    one()
+    assert _faults_of(fuzz, "Knowledge.IngestStream") == []
     assert fuzz.dead() == {}
 
 

@@ -461,6 +461,12 @@ async def _stream(ch: grpc.aio.Channel, md: Any) -> None:
         pass
 
 
+async def _ingest_stream(ch: grpc.aio.Channel, md: Any) -> None:
+    await knowledge_pb2_grpc.KnowledgeStub(ch).IngestStream(
+        iter([knowledge_pb2.IngestChunk()]), metadata=md, timeout=10
+    )
+
+
 RPCS: dict[str, tuple[str, Callable[[grpc.aio.Channel, Any], Awaitable[Any]]]] = {
     "Tasks.Submit": (
         "user",
@@ -507,6 +513,7 @@ RPCS: dict[str, tuple[str, Callable[[grpc.aio.Channel, Any], Awaitable[Any]]]] =
             knowledge_pb2.IngestRequest(), metadata=md, timeout=10
         ),
     ),
+    "Knowledge.IngestStream": ("admin", _ingest_stream),
     "Knowledge.Search": (
         "viewer",
         lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Search(

@@ -52,6 +52,7 @@ TABLE: dict[str, tuple[str, dict[str, tuple[str, frozenset[str]]]]] = {
         "aion.knowledge.v1.KnowledgeService",
         {
             "Ingest": ("unary", GATEWAY),
+            "IngestStream": ("client_stream", GATEWAY),
             "Delete": ("unary", GATEWAY),
             "GetDocument": ("unary", GATEWAY),
             "ListDocuments": ("unary", GATEWAY),
@@ -94,6 +95,9 @@ async def _status(
         if kind == "unary":
             unary: Any = channel.unary_unary(path)
             await unary(request, timeout=30)
+        elif kind == "client_stream":
+            upload: Any = channel.stream_unary(path)
+            await upload(iter([request]), timeout=30)
         else:
             stream: Any = channel.unary_stream(path)
             async for _ in stream(request, timeout=30):

@@ -7,6 +7,7 @@ suite runs the real path); authentication and rate limits are the real ones.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -42,13 +43,21 @@ class FakeStub:
             raise AttributeError(name)
 
         def method(request: Any, *, timeout: float | None = None) -> Any:
-            self.calls.append((name, request, timeout))
             answer = self._answers.get(name, common_pb2.TaskResult())
+            if isinstance(request, AsyncIterator):  # a client stream: recorded as a list
+                return self._gather(name, request, timeout, answer)
+            self.calls.append((name, request, timeout))
             if isinstance(answer, list):
                 return _stream(answer)
             return _value(answer)
 
         return method
+
+    async def _gather(
+        self, name: str, requests: AsyncIterator[Any], timeout: float | None, answer: Any
+    ) -> Any:
+        self.calls.append((name, [r async for r in requests], timeout))
+        return answer
 
     def requests(self, name: str) -> list[Any]:
         return [request for called, request, _ in self.calls if called == name]
@@ -94,7 +103,11 @@ class Edge:
     """The four public servicers over recording fakes."""
 
     def __init__(
-        self, *, agent_privacy: common_pb2.Privacy.ValueType, agent_budget: float | None = None
+        self,
+        *,
+        agent_privacy: common_pb2.Privacy.ValueType,
+        agent_budget: float | None = None,
+        policy: ratelimit.Policy | None = None,
     ) -> None:
         self.router = FakeStub(Decide=router_pb2.Decision(engine=DECISION))
         self.agent = FakeStub(
@@ -109,6 +122,7 @@ class Edge:
         )
         self.knowledge = FakeStub(
             Ingest=knowledge_pb2.IngestResponse(),
+            IngestStream=knowledge_pb2.IngestResponse(),
             Search=knowledge_pb2.SearchResponse(),
             Delete=knowledge_pb2.DeleteDocumentResponse(),
             GetDocument=knowledge_pb2.Document(),
@@ -127,7 +141,7 @@ class Edge:
         )
         guard = servicers.Guard(
             authenticator=auth.Authenticator(cfg),
-            limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(), ratelimit.Policy()),
+            limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(), policy or ratelimit.Policy()),
         )
         self.tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
         self.agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
@@ -152,6 +166,25 @@ async def _drain(events: AsyncIterator[Any]) -> list[Any]:
     return [event async for event in events]
 
 
+HEADER = knowledge_pb2.IngestChunk(
+    header=knowledge_pb2.IngestHeader(
+        knowledge_base="docs", document_id="big.txt", content_type="text/plain"
+    )
+)
+
+
+async def _upload(*chunks: knowledge_pb2.IngestChunk) -> AsyncIterator[knowledge_pb2.IngestChunk]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _pieces(*data: bytes) -> list[knowledge_pb2.IngestChunk]:
+    return [
+        knowledge_pb2.IngestChunk(data=piece, last=i == len(data) - 1)
+        for i, piece in enumerate(data)
+    ]
+
+
 RPCS: dict[str, tuple[settings.Role, Call]] = {
     "Tasks.Submit": ("user", lambda e, c: e.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), c)),  # type: ignore[arg-type]
     "Tasks.Stream(task)": (
@@ -173,6 +206,10 @@ RPCS: dict[str, tuple[settings.Role, Call]] = {
     "Knowledge.Ingest": (
         "admin",
         lambda e, c: e.knowledge_api.Ingest(knowledge_pb2.IngestRequest(knowledge_base="docs"), c),  # type: ignore[arg-type]
+    ),
+    "Knowledge.IngestStream": (
+        "admin",
+        lambda e, c: e.knowledge_api.IngestStream(_upload(HEADER, *_pieces(b"abc")), c),  # type: ignore[arg-type]
     ),
     "Knowledge.Search": (
         "viewer",
@@ -252,8 +289,56 @@ async def test_the_rpcs_role_passes_and_the_callers_tenant_reaches_every_interna
     made = edge.internal_calls()
     assert made
     for name, request, timeout in made:
-        assert request.tenant == TENANT, name
+        first = request[0] if isinstance(request, list) else request  # a client stream's
+        assert first.tenant == TENANT, name
         assert timeout == 12.5, name  # forwarded within the caller's own deadline
+
+
+async def test_an_upload_is_forwarded_piece_by_piece_with_the_tenant_on_its_header() -> None:
+    edge = _edge()
+    pieces = _pieces(b"one ", b"two ", b"")
+    await edge.knowledge_api.IngestStream(_upload(HEADER, *pieces), Context(KEYS["admin"]))  # type: ignore[arg-type]
+    ((name, forwarded, _),) = edge.internal_calls()
+    assert name == "IngestStream"
+    assert [m.tenant for m in forwarded] == [TENANT, "", "", ""]
+    assert [m.chunk for m in forwarded] == [HEADER, *pieces]
+
+
+async def test_an_open_upload_holds_a_place_among_the_tenants_streams() -> None:
+    edge = Edge(
+        agent_privacy=common_pb2.PRIVACY_ALLOW_API,
+        policy=ratelimit.Policy(tenant_streams=1, key_streams=1),
+    )
+    reading, more = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> AsyncIterator[knowledge_pb2.IngestChunk]:
+        reading.set()  # the gateway reads the header once it holds the place
+        yield HEADER
+        await more.wait()
+        yield _pieces(b"late")[0]
+
+    context: Any = Context(KEYS["admin"])
+    first = asyncio.create_task(edge.knowledge_api.IngestStream(slow(), context))
+    await reading.wait()
+    with pytest.raises(errors.ResourceExhausted, match="too many open streams"):
+        await edge.knowledge_api.IngestStream(_upload(HEADER, *_pieces(b"x")), context)
+    more.set()
+    await first
+    await edge.knowledge_api.IngestStream(_upload(HEADER, *_pieces(b"x")), context)
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[], _pieces(b"bytes before the header"), [*_pieces(b"x"), HEADER]],
+    ids=["empty", "no header", "header second"],
+)
+async def test_an_upload_without_its_header_first_is_refused_before_any_internal_call(
+    chunks: list[knowledge_pb2.IngestChunk],
+) -> None:
+    edge = _edge()
+    with pytest.raises(errors.InvalidArgument, match="first message must carry the header"):
+        await edge.knowledge_api.IngestStream(_upload(*chunks), Context(KEYS["admin"]))  # type: ignore[arg-type]
+    assert edge.internal_calls() == []
 
 
 async def test_keys_pass_the_admin_role_and_say_how_to_configure_a_store() -> None:
@@ -261,11 +346,13 @@ async def test_keys_pass_the_admin_role_and_say_how_to_configure_a_store() -> No
         await RPCS["Keys.List"][1](_edge(), Context(KEYS["admin"]))
 
 
-@pytest.mark.parametrize("rpc", ["Tasks.Stream(task)", "Tasks.Stream(task_id)"])
+@pytest.mark.parametrize(
+    "rpc", ["Tasks.Stream(task)", "Tasks.Stream(task_id)", "Knowledge.IngestStream"]
+)
 async def test_a_stream_without_a_deadline_is_refused_before_any_internal_call(rpc: str) -> None:
     edge = _edge()
     with pytest.raises(errors.InvalidArgument, match="Stream needs a deadline") as info:
-        await RPCS[rpc][1](edge, Context(KEYS["user"], deadline=None))
+        await RPCS[rpc][1](edge, Context(KEYS[RPCS[rpc][0]], deadline=None))
     assert info.value.field == "deadline"
     assert edge.internal_calls() == []
 

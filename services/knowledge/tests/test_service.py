@@ -3,6 +3,7 @@ the real all-MiniLM-L6-v2 executor and Qdrant's local mode behind it."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -373,3 +374,173 @@ async def test_ingest_without_wait_reports_progress_until_ready(service: testing
     assert final.state == READY
     assert final.chunks == final.chunks_done > 10
     assert READY in seen
+
+
+# --- IngestStream --------------------------------------------------------------------------
+
+
+def _header(tenant: str = "acme", **fields: Any) -> knowledge_pb2.IngestChunk:
+    values: dict[str, Any] = {
+        "knowledge_base": "streams",
+        "document_id": "bad.txt",
+        "content_type": "text/plain",
+    }
+    values.update(fields)
+    return knowledge_pb2.IngestChunk(
+        tenant=tenant, chunk=public.IngestChunk(header=public.IngestHeader(**values))
+    )
+
+
+def _data(data: bytes, *, last: bool = False, tenant: str = "") -> knowledge_pb2.IngestChunk:
+    return knowledge_pb2.IngestChunk(tenant=tenant, chunk=public.IngestChunk(data=data, last=last))
+
+
+def _stored(sql_rows: Rows, s3_client: minio.Minio, bucket: str, kb: str, doc: str) -> Any:
+    """What the stores hold of a document of acme: its version rows and its originals."""
+    return (
+        sql_rows(
+            "SELECT count(*) FROM kb_versions WHERE tenant = 'acme' AND knowledge_base = %s "
+            "AND document_id = %s",
+            kb,
+            doc,
+        )[0][0],
+        _keys(s3_client, bucket, "acme", kb, doc),
+    )
+
+
+async def test_a_streamed_document_is_stored_whole_and_cited(
+    service: testing.Service, sql_rows: Rows, s3_client: minio.Minio
+) -> None:
+    text = TXT.encode()
+    pieces = [text[i : i + 40] for i in range(0, len(text), 40)]
+    resp = await service.ingest_stream(
+        "acme", "streams", "notes.txt", pieces, title="Notes", team="infra"
+    )
+    assert (resp.state, resp.version, resp.unchanged) == (READY, 1, False), resp
+    assert resp.content_sha256 == hashlib.sha256(text).hexdigest()
+    doc = await service.document("acme", "streams", "notes.txt")
+    assert (doc.size_bytes, doc.title, dict(doc.metadata)) == (
+        len(text),
+        "Notes",
+        {"team": "infra"},
+    )
+    hit = (await service.search("acme", "streams", "which device plugin advertises GPUs?"))[0]
+    assert (hit.document_id, hit.version) == ("notes.txt", 1)
+    assert text.decode()[hit.char_start : hit.char_end] == hit.text
+    # The same bytes by Ingest, or in other pieces, make no new version.
+    again = await service.ingest("acme", "streams", "notes.txt", text, title="Notes", team="infra")
+    assert (again.version, again.unchanged) == (1, True)
+    split = await service.ingest_stream(
+        "acme", "streams", "notes.txt", [text, b""], title="Notes", team="infra"
+    )
+    assert (split.version, split.unchanged) == (1, True)
+    assert _stored(sql_rows, s3_client, service.cfg.minio_bucket, "streams", "notes.txt") == (
+        1,
+        [objects.key("acme", "streams", "notes.txt", resp.content_sha256)],
+    )
+
+
+LIMIT = 100_000  # the module's max_document_bytes
+BAD_STREAMS: dict[str, tuple[list[knowledge_pb2.IngestChunk], str, str]] = {
+    "empty": ([], "header", "first message must carry the header"),
+    "data first": ([_data(b"x", last=True)], "header", "first message must carry the header"),
+    "no tenant": ([_header(tenant=""), _data(b"x", last=True)], "tenant", "tenant is required"),
+    "tenant again": (
+        [_header(), _data(b"x", last=True, tenant="globex")],
+        "tenant",
+        "first message only",
+    ),
+    "two headers": ([_header(), _header(tenant=""), _data(b"x", last=True)], "header", "header"),
+    "bad id": (
+        [_header(document_id="../etc"), _data(b"x", last=True)],
+        "document_id",
+        "document_id",
+    ),
+    "bad type": (
+        [_header(content_type="application/msword"), _data(b"x", last=True)],
+        "content_type",
+        "content_type",
+    ),
+    "no last": ([_header(), _data(b"half a doc")], "last", "without a message marked last"),
+    "after last": (
+        [_header(), _data(b"x", last=True), _data(b"y")],
+        "last",
+        "followed the one marked last",
+    ),
+    "empty content": ([_header(), _data(b"", last=True)], "content", "content is empty"),
+    "over the limit": (
+        [_header(), *[_data(b"x" * 30_000) for _ in range(4)], _data(b"", last=True)],
+        "content",
+        f"over {LIMIT} bytes, the limit (120000 received so far)",
+    ),
+    "declared over the limit": (
+        [_header(size_bytes=LIMIT + 1), _data(b"x", last=True)],
+        "size_bytes",
+        f"the limit is {LIMIT} bytes",
+    ),
+    "fewer than declared": (
+        [_header(size_bytes=10), _data(b"x" * 9, last=True)],
+        "size_bytes",
+        "carried 9 bytes; its header said 10",
+    ),
+    "more than declared": (
+        [_header(size_bytes=10), _data(b"x" * 11, last=True)],
+        "size_bytes",
+        "more bytes than its header said (10",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_STREAMS))
+async def test_a_bad_stream_is_invalid_argument_naming_the_field_and_stores_nothing(
+    service: testing.Service, sql_rows: Rows, s3_client: minio.Minio, case: str
+) -> None:
+    messages, field, why = BAD_STREAMS[case]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.IngestStream(iter(messages), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert errors.from_rpc_error(info.value).field == field
+    assert why in str(info.value.details())
+    assert _stored(sql_rows, s3_client, service.cfg.minio_bucket, "streams", "bad.txt") == (0, [])
+
+
+async def test_a_stream_over_the_limit_is_refused_as_its_bytes_pass_it(
+    service: testing.Service, sql_rows: Rows, s3_client: minio.Minio
+) -> None:
+    never = asyncio.Event()
+
+    async def endless() -> AsyncIterator[knowledge_pb2.IngestChunk]:
+        yield _header()
+        for _ in range(4):
+            yield _data(b"x" * 30_000)
+        await never.wait()  # no last message, no end: only the limit can end the call
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.IngestStream(endless(), timeout=30)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"over {LIMIT} bytes, the limit" in str(info.value.details())
+    assert _stored(sql_rows, s3_client, service.cfg.minio_bucket, "streams", "bad.txt") == (0, [])
+
+
+async def test_a_stream_broken_off_midway_stores_nothing(
+    service: testing.Service, sql_rows: Rows, s3_client: minio.Minio
+) -> None:
+    sent, never = asyncio.Event(), asyncio.Event()
+
+    async def half() -> AsyncIterator[knowledge_pb2.IngestChunk]:
+        yield _header(document_id="half.txt")
+        yield _data(TXT.encode())
+        sent.set()
+        await never.wait()
+
+    call = service.stub.IngestStream(half(), timeout=30)
+    await sent.wait()
+    await asyncio.sleep(0.3)  # the pieces reach the service
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.5)  # whatever the service would do, it has done
+    assert _stored(sql_rows, s3_client, service.cfg.minio_bucket, "streams", "half.txt") == (0, [])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.document("acme", "streams", "half.txt")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

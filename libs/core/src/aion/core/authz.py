@@ -99,13 +99,23 @@ class AllowInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.lstrip("/").startswith(HEALTH_SERVICE + "/"):
             return handler
         allowed = self._allow.get(method)
+        # A client-streaming behaviour takes the request iterator where a unary one takes
+        # the request: the same guards wrap it, checking the caller before any read.
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_guard_unary(method, allowed, handler.unary_unary))
         if handler.unary_stream is not None:
             return handler._replace(
                 unary_stream=_guard_streaming(method, allowed, handler.unary_stream)
             )
-        # Client-streaming methods: none internal today; refuse rather than pass unchecked.
+        if handler.stream_unary is not None:
+            return handler._replace(
+                stream_unary=_guard_unary(method, allowed, handler.stream_unary)
+            )
+        if handler.stream_stream is not None:
+            return handler._replace(
+                stream_stream=_guard_streaming(method, allowed, handler.stream_stream)
+            )
+        # A handler of no kind above: refuse rather than pass unchecked.
         return grpc.stream_stream_rpc_method_handler(_refuse_stream)
 
 
@@ -113,7 +123,7 @@ async def _refuse_stream(
     requests: Any, context: grpc.aio.ServicerContext[Any, Any]
 ) -> AsyncIterator[Any]:
     await context.abort(
-        grpc.StatusCode.PERMISSION_DENIED, "client-streaming internal methods are not admitted"
+        grpc.StatusCode.PERMISSION_DENIED, "a method of an unknown kind is not admitted"
     )
     yield None  # pragma: no cover (abort raises)
 

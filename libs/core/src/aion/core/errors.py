@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 MAX_MESSAGE_CHARS = 1024
+_T = TypeVar("_T")
 
 
 def _cut(text: str) -> str:
@@ -175,11 +177,16 @@ def code_name(code: grpc.StatusCode) -> str:
 
 def from_rpc_error(exc: grpc.aio.AioRpcError) -> AionError:
     """The AionError a status received from another service stands for."""
-    cls = for_code(exc.code())
-    message = exc.details() or code_name(exc.code())
+    return _from_status(
+        exc.code(), exc.details() or code_name(exc.code()), rpc_status.from_call(exc)
+    )
+
+
+def _from_status(
+    code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+) -> AionError:
     field: str | None = None
     retry_after: float | None = None
-    status = rpc_status.from_call(exc)
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
@@ -191,7 +198,56 @@ def from_rpc_error(exc: grpc.aio.AioRpcError) -> AionError:
                 info = error_details_pb2.RetryInfo()
                 detail.Unpack(info)
                 retry_after = info.retry_delay.ToNanoseconds() / 1e9
-    return cls(message, field=field, retry_after_s=retry_after)
+    return for_code(code)(message, field=field, retry_after_s=retry_after)
+
+
+# A client-streaming call's error, sent ahead of its status in the initial metadata (see
+# ``send_ahead``).
+ERROR_METADATA = "aion-error-bin"
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+async def send_ahead(context: grpc.aio.ServicerContext[Any, Any], err: AionError) -> None:
+    """Send ``err`` in the initial metadata before the status that carries it, for the
+    clients of a client-streaming method. When the server ends such a call while a grpc.aio
+    client still writes, the client can report the failed write (INTERNAL, "Internal error
+    from Core") in place of the status (grpc/grpc#36066); the initial metadata arrives before
+    the status and is kept, so ``remote_stream`` reads the error back from it. Best effort:
+    nothing is sent when the metadata has gone already (or the caller has)."""
+    with contextlib.suppress(Exception):  # metadata sent already, or the call is over
+        await context.send_initial_metadata(
+            ((ERROR_METADATA, err.to_status().SerializeToString()),)
+        )
+
+
+async def remote_stream(service: str, call: grpc.aio.StreamUnaryCall[Any, _T]) -> _T:
+    """The response of a client-streaming call to ``service``; its failure as the matching
+    AionError (as ``remote``), the error its server sent ahead (``send_ahead``) first."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        err = await _sent_ahead(call) or from_rpc_error(exc)
+        if isinstance(err, Unavailable):
+            err = Unavailable(
+                f"{service} is unavailable: {err.message}", retry_after_s=err.retry_after_s
+            )
+        raise err from exc
+
+
+async def _sent_ahead(call: grpc.aio.StreamUnaryCall[Any, Any]) -> AionError | None:
+    try:
+        metadata = await call.initial_metadata()
+    except Exception:  # no metadata came
+        return None
+    for key, value in metadata or ():
+        if key == ERROR_METADATA and isinstance(value, bytes):
+            try:
+                status = status_pb2.Status.FromString(value)
+            except DecodeError:
+                return None
+            code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+            return _from_status(code, status.message or code_name(code), status)
+    return None
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ text, and every call is counted and timed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,6 +67,9 @@ def _wrap_unary(method: str, behavior: _Unary) -> _Unary:
         except grpc.aio.AbortError:
             call.code = _code_of(context)
             raise
+        except asyncio.CancelledError:  # the caller went away (or the server is stopping)
+            call.code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:
             await call.fail(context, exc)
         finally:
@@ -84,6 +88,9 @@ def _wrap_streaming(method: str, behavior: _Streaming) -> _Streaming:
                 yield item
         except grpc.aio.AbortError:
             call.code = _code_of(context)
+            raise
+        except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             await call.fail(context, exc)
@@ -110,9 +117,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        # RpcMethodHandler is a namedtuple: replace the behaviour we wrap.
+        # RpcMethodHandler is a namedtuple: replace the behaviour we wrap. A client-streaming
+        # behaviour takes the request iterator where a unary one takes the request.
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=_wrap_streaming(method, handler.unary_stream))
+        if handler.stream_unary is not None:
+            return handler._replace(stream_unary=_wrap_unary(method, handler.stream_unary))
+        if handler.stream_stream is not None:
+            return handler._replace(stream_stream=_wrap_streaming(method, handler.stream_stream))
         return handler

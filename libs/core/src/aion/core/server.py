@@ -33,10 +33,11 @@ from aion.core import tls as tls_mod
 
 log = logging.getLogger(__name__)
 
-_OPTIONS = [
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    ("grpc.so_reuseport", 0),
-]
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 0)]
 
 
 class GrpcServer:
@@ -56,6 +57,7 @@ class GrpcServer:
         allow: authz.Allow | None = None,
         health_port: int | None = None,
         reflection: bool | None = None,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> None:
         self.name = name
         self._host = host
@@ -68,9 +70,10 @@ class GrpcServer:
             raise ValueError(f"{name}: an mTLS server needs its table of allowed callers")
         guards = [authz.AllowInterceptor(allow)] if tls is not None and allow is not None else []
         self._reflection = (tls is None) if reflection is None else reflection
+        # The largest request message (a larger one is RESOURCE_EXHAUSTED before any handler).
         self._server = grpc.aio.server(
             interceptors=[interceptors.ErrorInterceptor(), *guards, *extra_interceptors],
-            options=_OPTIONS,
+            options=_options(max_message_bytes),
         )
         self._health = health.aio.HealthServicer()
         self._health_server: grpc.aio.Server | None = None
@@ -90,6 +93,7 @@ class GrpcServer:
         allow: authz.Allow | None = None,
         health_port: int | None = None,
         extra_interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
     ) -> GrpcServer:
         """A server on ``cfg``'s host and port that drains as ``cfg`` says."""
         return cls(
@@ -102,6 +106,7 @@ class GrpcServer:
             allow=allow,
             health_port=health_port,
             extra_interceptors=extra_interceptors,
+            max_message_bytes=max_message_bytes,
         )
 
     def add(
@@ -162,7 +167,7 @@ class GrpcServer:
         if self._port == 0:
             raise OSError(f"{self.name}: cannot listen on {self._address}")
         if self._health_address is not None:
-            self._health_server = grpc.aio.server(options=_OPTIONS)
+            self._health_server = grpc.aio.server(options=_options(MAX_MESSAGE_BYTES))
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_server)
             self._health_server.add_generic_rpc_handlers((_HealthOnly(),))
             self._health_port = self._health_server.add_insecure_port(self._health_address)

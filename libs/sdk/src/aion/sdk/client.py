@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import types
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Self, TypeVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import BinaryIO, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,6 +73,7 @@ class AsyncClient:
         self._knowledge = knowledge_pb2_grpc.KnowledgeStub(self._channel)
         self._keys = keys_pb2_grpc.KeysStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._upload_channel: grpc.Channel | None = None
         self._closed = False
 
     @property
@@ -92,6 +97,8 @@ class AsyncClient:
         if not self._closed:
             self._closed = True
             await self._channel.close()
+            if self._upload_channel is not None:
+                self._upload_channel.close()
 
     async def submit(
         self,
@@ -216,21 +223,70 @@ class AsyncClient:
         content_type: str = "text/plain",
         metadata: Mapping[str, str] | None = None,
         wait: bool = True,
+        stream: bool | None = None,
         timeout: float | None = None,
     ) -> knowledge_pb2.IngestResponse:
         """Add a document to a knowledge base, replacing one with the same id (the same
         bytes again make no new version). With ``wait`` (the default) the answer comes once
-        it is indexed (READY or FAILED) or the deadline nears; else once it is queued."""
+        it is indexed (READY or FAILED) or the deadline nears; else once it is queued.
+
+        Content over ``options.STREAM_ABOVE_BYTES`` (1 MiB) goes by IngestStream, in pieces,
+        so the gateway's largest message does not bound it (the knowledge service's
+        document limit does); ``stream`` chooses one way or the other. A streamed upload
+        has the deadline of a task (``task_timeout``) unless ``timeout`` is given."""
+        data = content.encode() if isinstance(content, str) else content
+        if stream is None:
+            stream = len(data) > options.STREAM_ABOVE_BYTES
+        if stream:
+            header = options.ingest_header(
+                knowledge_base,
+                document_id,
+                title=title,
+                content_type=content_type,
+                metadata=metadata,
+                wait=wait,
+                size_bytes=len(data),
+            )
+            return await self._upload(header, lambda: io.BytesIO(data), timeout=timeout)
         request = options.ingest_request(
             knowledge_base,
             document_id,
-            content=content,
+            content=data,
             title=title,
             content_type=content_type,
             metadata=metadata,
             wait=wait,
         )
         return await self._call(self._knowledge.Ingest, request, timeout=timeout)
+
+    async def ingest_file(
+        self,
+        knowledge_base: str,
+        document_id: str,
+        path: str | os.PathLike[str],
+        *,
+        title: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> knowledge_pb2.IngestResponse:
+        """Add a file as a document, as ``ingest`` does, always by IngestStream: read and sent
+        in pieces, never whole. ``title`` defaults to the file's name, ``content_type`` to
+        its suffix's (.txt, .md, .html, .pdf...). A retried upload reads the file again."""
+        source = Path(path)
+        kind = content_type or options.content_type_of(source)
+        size = (await asyncio.to_thread(source.stat)).st_size
+        header = options.ingest_header(
+            knowledge_base,
+            document_id,
+            title=source.name if title is None else title,
+            content_type=kind,
+            metadata=metadata,
+            wait=wait,
+            size_bytes=size,
+        )
+        return await self._upload(header, lambda: source.open("rb"), timeout=timeout)
 
     async def search(
         self,
@@ -340,6 +396,49 @@ class AsyncClient:
                 delay = attempts.failed(exc)
             await asyncio.sleep(delay)
 
+    async def _upload(
+        self,
+        header: knowledge_pb2.IngestChunk,
+        open_source: Callable[[], BinaryIO],
+        *,
+        timeout: float | None,
+    ) -> knowledge_pb2.IngestResponse:
+        """IngestStream: ``header``, then the source's bytes in pieces; each attempt opens the
+        source anew (the same bytes again make no new version, so a retry is safe).
+
+        Uploads go over a blocking channel of their own, on grpc's threads (which also read
+        the source): when a server ends a client-streaming call while a grpc.aio client still
+        writes, grpc.aio can report the failed write (INTERNAL, "Internal error from Core")
+        in place of the server's status (grpc/grpc#36066); the blocking API reports it."""
+        stub = self._uploads()
+        attempts = self._settings.attempts(timeout, task=True)
+        while True:
+            source = await asyncio.to_thread(open_source)
+            try:
+                call = stub.IngestStream.future(
+                    options.ingest_chunks(header, options.reader(source)),
+                    timeout=attempts.start(),
+                    metadata=self._settings.metadata,
+                )
+                try:
+                    return await _settled(call)
+                except grpc.RpcError as exc:
+                    delay = attempts.failed(exc)
+            finally:
+                source.close()
+            await asyncio.sleep(delay)
+
+    def _uploads(self) -> knowledge_pb2_grpc.KnowledgeStub:
+        if self._upload_channel is None:
+            credentials = self._settings.credentials
+            target = self._settings.target
+            self._upload_channel = (
+                grpc.secure_channel(target, credentials, options=options.CHANNEL_OPTIONS)
+                if credentials is not None
+                else grpc.insecure_channel(target, options=options.CHANNEL_OPTIONS)
+            )
+        return knowledge_pb2_grpc.KnowledgeStub(self._upload_channel)
+
     async def _stream(
         self, request: tasks_pb2.StreamRequest, *, timeout: float | None, idempotent: bool
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
@@ -359,3 +458,26 @@ class AsyncClient:
             finally:
                 call.cancel()
             await asyncio.sleep(delay)
+
+
+async def _settled(call: grpc.Future[_Resp]) -> _Resp:
+    """The result of a blocking call's future, awaited on the event loop; cancelling the wait
+    cancels the call."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def on_done(_: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone
+            loop.call_soon_threadsafe(settle)
+
+    call.add_done_callback(on_done)
+    try:
+        await done
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
+    return call.result()

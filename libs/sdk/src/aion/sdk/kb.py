@@ -8,8 +8,10 @@
 ``ingest`` takes files and directories (walked for .txt, .md, .markdown,
 .html, .htm and .pdf files). A file's document id is its path relative to
 the directory given (or its name, for a file given itself). Each file is
-uploaded, then the command follows indexing with a progress bar and ends
-with a summary; it exits 1 when a document failed.
+uploaded by Knowledge.IngestStream, in pieces (never read whole, and not
+bounded by the gateway's largest message), then the command follows
+indexing with a progress bar and ends with a summary; it exits 1 when a
+document failed.
 """
 
 from __future__ import annotations
@@ -27,17 +29,9 @@ import click
 from google.protobuf import json_format
 
 from aion.api.v1 import knowledge_pb2
-from aion.sdk import errors, sync_client
+from aion.sdk import errors, options, sync_client
 
-SUFFIXES = {
-    ".txt": "text/plain",
-    ".text": "text/plain",
-    ".md": "text/markdown",
-    ".markdown": "text/markdown",
-    ".html": "text/html",
-    ".htm": "text/html",
-    ".pdf": "application/pdf",
-}
+SUFFIXES = options.CONTENT_TYPES
 _TERMINAL = (
     knowledge_pb2.DOCUMENT_STATE_READY,
     knowledge_pb2.DOCUMENT_STATE_FAILED,
@@ -172,10 +166,10 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
         ) as bar:
             for item in bar:
                 try:
-                    resp = api.ingest(
+                    resp = api.ingest_file(
                         knowledge_base,
                         item.document_id,
-                        content=item.path.read_bytes(),
+                        item.path,
                         title=title or item.path.name,
                         content_type=item.content_type,
                         metadata=meta,
@@ -183,6 +177,9 @@ def register(main: click.Group, client: Callable[[click.Context], sync_client.Cl
                     )
                 except errors.AionError as exc:
                     failed[item.document_id] = exc.message
+                    continue
+                except OSError as exc:  # unreadable, or gone since it was listed
+                    failed[item.document_id] = f"cannot read {item.path}: {exc.strerror or exc}"
                     continue
                 accepted.append(item.document_id)
                 unchanged += resp.unchanged

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -23,6 +25,21 @@ CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+
+# Documents above this size go by Knowledge.IngestStream, in pieces of UPLOAD_CHUNK_BYTES
+# (far below any gateway's largest message); files always do.
+STREAM_ABOVE_BYTES = 1024 * 1024
+UPLOAD_CHUNK_BYTES = 32 * 1024
+# The document types the knowledge service reads, by file suffix.
+CONTENT_TYPES = {
+    ".txt": "text/plain",
+    ".text": "text/plain",
+    ".md": "text/markdown",
+    ".markdown": "text/markdown",
+    ".html": "text/html",
+    ".htm": "text/html",
+    ".pdf": "application/pdf",
+}
 
 _PRIVACY = {
     "local-only": common_pb2.PRIVACY_LOCAL_ONLY,
@@ -156,6 +173,72 @@ def ingest_request(
         metadata=dict(metadata or {}),
         wait=wait,
     )
+
+
+def content_type_of(path: Path) -> str:
+    """The content type of a document file, by its suffix (ValueError for another)."""
+    kind = CONTENT_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(
+            f"{path}: unsupported file type (use {', '.join(sorted(CONTENT_TYPES))}) "
+            "or name its content_type"
+        )
+    return kind
+
+
+def ingest_header(
+    knowledge_base: str,
+    document_id: str,
+    *,
+    title: str,
+    content_type: str,
+    metadata: Mapping[str, str] | None,
+    wait: bool,
+    size_bytes: int,
+) -> knowledge_pb2.IngestChunk:
+    """IngestStream's first message: the document without its bytes, and their size."""
+    return knowledge_pb2.IngestChunk(
+        header=knowledge_pb2.IngestHeader(
+            knowledge_base=knowledge_base,
+            document_id=document_id,
+            title=title,
+            content_type=content_type,
+            metadata=dict(metadata or {}),
+            wait=wait,
+            size_bytes=size_bytes,
+        )
+    )
+
+
+def ingest_chunks(
+    header: knowledge_pb2.IngestChunk,
+    read: Callable[[int], bytes],
+    *,
+    chunk_bytes: int = UPLOAD_CHUNK_BYTES,
+) -> Iterator[knowledge_pb2.IngestChunk]:
+    """IngestStream's messages: ``header``, then what ``read(chunk_bytes)`` returns until it
+    returns nothing, the final piece marked last (read one piece ahead)."""
+    yield header
+    piece = read(chunk_bytes)
+    while True:
+        following = read(chunk_bytes) if piece else b""
+        yield knowledge_pb2.IngestChunk(data=piece, last=not following)
+        if not following:
+            return
+        piece = following
+
+
+def reader(source: BinaryIO) -> Callable[[int], bytes]:
+    """``source.read``, reading nothing once ``source`` is closed: the upload that reads it
+    has ended by then, though grpc's thread that sends its pieces may ask for one more."""
+
+    def read(size: int) -> bytes:
+        try:
+            return source.read(size)
+        except ValueError:  # closed
+            return b""
+
+    return read
 
 
 SEARCH_MODES = {

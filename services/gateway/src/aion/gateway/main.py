@@ -100,7 +100,9 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         knowledge = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         # The public port: plaintext here (TLS ends at the ingress), callers authenticated
         # by API key or JWT in ``guard``.
-        grpc_server = server.GrpcServer.serving("gateway", cfg)
+        grpc_server = server.GrpcServer.serving(
+            "gateway", cfg, max_message_bytes=cfg.max_message_bytes
+        )
         keys = servicers.KeysServicer(guard=guard, store=store)
         _public(grpc_server, tasks=tasks, agents=agents, keys=keys, knowledge=knowledge)
         if cfg.http_port is None:

@@ -332,6 +332,37 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
             context,
         )
 
+    async def IngestStream(
+        self, request_iterator: AsyncIterator[knowledge_pb2.IngestChunk], context: _Ctx
+    ) -> knowledge_pb2.IngestResponse:
+        """Each piece forwarded as it arrives, never gathered here: the knowledge service
+        refuses a stream over its size limit as soon as its bytes pass it, and the refusal
+        ends this call. The caller's tenant rides on the first message."""
+        who = await self._guard.caller(context, "admin")
+        deadline = _timeout(context)
+        if deadline is None:
+            raise errors.InvalidArgument(
+                "IngestStream needs a deadline: set a timeout on the call (the SDK sets one)",
+                field="deadline",
+            )
+        async with self._guard.limiter.stream(who.tenant, who.key_id, deadline):
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise errors.InvalidArgument(
+                    "the first message must carry the header (knowledge_base, document_id, "
+                    "content_type...); the document's bytes follow in data messages",
+                    field="header",
+                )
+
+            async def forwarded() -> AsyncIterator[internal_knowledge_pb2.IngestChunk]:
+                yield internal_knowledge_pb2.IngestChunk(tenant=who.tenant, chunk=first)
+                async for chunk in messages:
+                    yield internal_knowledge_pb2.IngestChunk(chunk=chunk)
+
+            call = self._upstreams.knowledge.IngestStream(forwarded(), timeout=_timeout(context))
+            return await errors.remote_stream("knowledge", call)
+
     async def Search(
         self, request: knowledge_pb2.SearchRequest, context: _Ctx
     ) -> knowledge_pb2.SearchResponse:

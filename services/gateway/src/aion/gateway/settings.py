@@ -127,6 +127,13 @@ class GatewaySettings(settings.ServiceSettings):
         "before it is looked up again (the delay before a revocation reaches every replica)",
     )
     max_idempotency_key_chars: int = pydantic.Field(default=256, gt=0, le=1024)
+    max_message_bytes: int = pydantic.Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
+        description="the largest request message of the gRPC API (larger: RESOURCE_EXHAUSTED); "
+        "larger documents go by Knowledge.IngestStream, in pieces",
+    )
 
     http_port: int | None = pydantic.Field(
         default=None,

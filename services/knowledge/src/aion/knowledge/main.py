@@ -32,6 +32,7 @@ ALLOW = authz.methods(
     SERVICE,
     {
         "Ingest": {"gateway"},
+        "IngestStream": {"gateway"},
         "Delete": {"gateway"},
         "GetDocument": {"gateway"},
         "ListDocuments": {"gateway"},

@@ -88,17 +88,22 @@ class ObjectStore:
         with _reachable("creating the bucket"):
             await asyncio.to_thread(create)
 
-    async def put(self, object_key: str, content: bytes, content_type: str) -> None:
-        """Store ``content`` under ``object_key``."""
+    async def put(self, object_key: str, content: bytes | io.BytesIO, content_type: str) -> int:
+        """Store ``content`` (all of a BytesIO, from its start) under ``object_key``; its
+        size in bytes."""
+        data = content if isinstance(content, io.BytesIO) else io.BytesIO(content)
+        size = data.seek(0, io.SEEK_END)
+        data.seek(0)
         with _reachable("storing a document"):
             await asyncio.to_thread(
                 self._client.put_object,
                 self.bucket,
                 object_key,
-                io.BytesIO(content),
-                len(content),
+                data,
+                size,
                 content_type=content_type,
             )
+        return size
 
     async def exists(self, object_key: str) -> bool:
         """Whether ``object_key`` holds an object."""

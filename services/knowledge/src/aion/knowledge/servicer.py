@@ -2,6 +2,8 @@
 
 Ingest stores the original in MinIO, records the version in Postgres and
 publishes its event; the indexing workers do the rest (``indexer.py``).
+IngestStream does the same once its last piece has arrived, holding the pieces
+in memory until then (at most ``max_document_bytes``).
 Search embeds the query (unless sparse), asks Qdrant, and adds each hit's
 title and metadata from Postgres. Protobuf conversions, the tenant included, are in
 ``convert.py``.
@@ -12,11 +14,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import hashlib
+import io
 import json
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -67,6 +72,19 @@ def document_name(value: str) -> str:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class _Upload:
+    """A checked Ingest or IngestStream header: where the document goes, and how."""
+
+    tenant: str
+    knowledge_base: str
+    document_id: str
+    content_type: str
+    title: str
+    metadata: dict[str, str]
+    wait: bool
+
+
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
     """Ingest, search, status and delete, scoped by tenant and knowledge base."""
 
@@ -88,6 +106,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         self._chunker = chunker
         self._publish = publish
         self._cfg = cfg
+        self._commits: set[asyncio.Task[tuple[documents.Version, bool]]] = set()
 
     def _metadata(self, metadata: dict[str, str], *, field: str) -> dict[str, str]:
         cfg = self._cfg
@@ -115,14 +134,48 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 )
         return metadata
 
+    def _upload(
+        self,
+        tenant: str,
+        *,
+        knowledge_base: str,
+        document_id: str,
+        title: str,
+        content_type: str,
+        metadata: dict[str, str],
+        wait: bool,
+    ) -> _Upload:
+        """What an Ingest or IngestStream header asks for, checked (INVALID_ARGUMENT)."""
+        kb = knowledge_base_name(knowledge_base)
+        doc = document_name(document_id)
+        kind = extract.content_type(content_type)
+        if len(title) > _MAX_TITLE:
+            raise errors.InvalidArgument(f"title is over {_MAX_TITLE} characters", field="title")
+        if "\x00" in title:
+            raise errors.InvalidArgument("title holds a NUL character (\\0)", field="title")
+        return _Upload(
+            tenant=tenant,
+            knowledge_base=kb,
+            document_id=doc,
+            content_type=kind,
+            title=title,
+            metadata=self._metadata(metadata, field="metadata"),
+            wait=wait,
+        )
+
     async def Ingest(
         self, request: knowledge_pb2.IngestRequest, context: _Ctx
     ) -> public_pb2.IngestResponse:
         req = request.request
-        tenant = convert.tenant_from_pb(request)
-        kb = knowledge_base_name(req.knowledge_base)
-        doc = document_name(req.document_id)
-        kind = extract.content_type(req.content_type)
+        upload = self._upload(
+            convert.tenant_from_pb(request),
+            knowledge_base=req.knowledge_base,
+            document_id=req.document_id,
+            title=req.title,
+            content_type=req.content_type,
+            metadata=dict(req.metadata),
+            wait=req.wait,
+        )
         if not req.content:
             raise errors.InvalidArgument("content is empty", field="content")
         if len(req.content) > self._cfg.max_document_bytes:
@@ -130,27 +183,135 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 f"content is {len(req.content)} bytes; the limit is {self._cfg.max_document_bytes}",
                 field="content",
             )
-        if len(req.title) > _MAX_TITLE:
-            raise errors.InvalidArgument(f"title is over {_MAX_TITLE} characters", field="title")
-        if "\x00" in req.title:
-            raise errors.InvalidArgument("title holds a NUL character (\\0)", field="title")
-        metadata = self._metadata(dict(req.metadata), field="metadata")
-        sha = hashlib.sha256(req.content).hexdigest()
+        content = io.BytesIO(req.content)
+        return await self._ingest(upload, content, hashlib.sha256(req.content).hexdigest(), context)
+
+    async def IngestStream(
+        self, request_iterator: AsyncIterator[knowledge_pb2.IngestChunk], context: _Ctx
+    ) -> public_pb2.IngestResponse:
+        try:
+            return await self._ingest_stream(request_iterator, context)
+        except errors.AionError as err:
+            # The refusal may end the call while the gateway still writes: sent ahead too,
+            # where its grpc.aio client finds it (errors.remote_stream).
+            await errors.send_ahead(context, err)
+            raise
+
+    async def _ingest_stream(
+        self, request_iterator: AsyncIterator[knowledge_pb2.IngestChunk], context: _Ctx
+    ) -> public_pb2.IngestResponse:
+        """Ingest in pieces. The bytes are kept in memory, up to ``max_document_bytes``, until
+        the message marked last: the original's key is their SHA-256, and nothing is stored
+        for a stream that is refused or ends without that message."""
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None or first.chunk.WhichOneof("part") != "header":
+            raise errors.InvalidArgument(
+                "the first message must carry the header (knowledge_base, document_id, "
+                "content_type...); the document's bytes follow in data messages",
+                field="header",
+            )
+        head = first.chunk.header
+        upload = self._upload(
+            convert.tenant_from_pb(first),
+            knowledge_base=head.knowledge_base,
+            document_id=head.document_id,
+            title=head.title,
+            content_type=head.content_type,
+            metadata=dict(head.metadata),
+            wait=head.wait,
+        )
+        limit = self._cfg.max_document_bytes
+        if not 0 <= head.size_bytes <= limit:
+            raise errors.InvalidArgument(
+                f"size_bytes is {head.size_bytes}; the limit is {limit} bytes",
+                field="size_bytes",
+            )
+        content, digest, size = io.BytesIO(), hashlib.sha256(), 0
+        last = first.chunk.last
+        while not last:
+            message = await anext(messages, None)
+            if message is None:
+                # gRPC reads a caller that broke off as one that finished: only `last` tells.
+                raise errors.InvalidArgument(
+                    f"the stream ended after {size} bytes without a message marked last; "
+                    "nothing was stored",
+                    field="last",
+                )
+            if message.tenant:
+                raise errors.InvalidArgument(
+                    "tenant belongs on the first message only", field="tenant"
+                )
+            if message.chunk.WhichOneof("part") == "header":
+                raise errors.InvalidArgument(
+                    "only the first message carries a header; the others carry data",
+                    field="header",
+                )
+            data = message.chunk.data
+            size += len(data)
+            if size > limit:
+                raise errors.InvalidArgument(
+                    f"content is over {limit} bytes, the limit ({size} received so far)",
+                    field="content",
+                )
+            if head.size_bytes and size > head.size_bytes:
+                raise errors.InvalidArgument(
+                    f"the stream carries more bytes than its header said ({head.size_bytes}, "
+                    "size_bytes)",
+                    field="size_bytes",
+                )
+            content.write(data)
+            digest.update(data)
+            last = message.chunk.last
+        if await anext(messages, None) is not None:
+            raise errors.InvalidArgument("a message followed the one marked last", field="last")
+        if size == 0:
+            raise errors.InvalidArgument("content is empty", field="content")
+        if head.size_bytes and size != head.size_bytes:
+            raise errors.InvalidArgument(
+                f"the stream carried {size} bytes; its header said {head.size_bytes} (size_bytes)",
+                field="size_bytes",
+            )
+        return await self._ingest(upload, content, digest.hexdigest(), context)
+
+    async def _ingest(
+        self, upload: _Upload, content: io.BytesIO, sha: str, context: _Ctx
+    ) -> public_pb2.IngestResponse:
+        # Once every byte has arrived the upload is stored whole or not at all, even when the
+        # caller leaves meanwhile: the commit is shielded from the call's cancellation.
+        commit = asyncio.ensure_future(self._commit(upload, content, sha))
+        self._commits.add(commit)  # a strong reference until it is done
+        commit.add_done_callback(self._commits.discard)
+        try:
+            version, created = await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(_log_failure)
+            raise
+        if upload.wait:
+            version = await self._wait(version, context)
+        return convert.ingest_response(version, unchanged=not created)
+
+    async def _commit(
+        self, upload: _Upload, content: io.BytesIO, sha: str
+    ) -> tuple[documents.Version, bool]:
+        """Store the original, record the version and queue it; the version and whether it is
+        new (not when the latest version has the same bytes, title and metadata)."""
+        tenant, kb, doc = upload.tenant, upload.knowledge_base, upload.document_id
         key = objects.key(tenant, kb, doc, sha)
         # The original first: a version is never recorded without its bytes. Bytes this call
         # put there are taken back when no version could be recorded for them.
         existed = await self._store.exists(key)
-        await self._store.put(key, req.content, kind)
+        size = await self._store.put(key, content, upload.content_type)
         try:
             version, created = await documents.record_upload(
                 self._pool,
                 tenant=tenant,
                 knowledge_base=kb,
                 document_id=doc,
-                title=req.title,
-                metadata=metadata,
-                content_type=kind,
-                size_bytes=len(req.content),
+                title=upload.title,
+                metadata=upload.metadata,
+                content_type=upload.content_type,
+                size_bytes=size,
                 sha256=sha,
                 object_key=key,
             )
@@ -168,9 +329,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                     doc,
                     exc,
                 )
-        if req.wait:
-            version = await self._wait(version, context)
-        return convert.ingest_response(version, unchanged=not created)
+        return version, created
 
     async def _forget_original(self, key: str) -> None:
         """Remove the original under ``key`` unless a version records it (a failed commit may
@@ -293,6 +452,12 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         return public_pb2.ListDocumentsResponse(
             documents=[convert.document_to_pb(v) for v in found], next_page_token=token
         )
+
+
+def _log_failure(commit: asyncio.Future[Any]) -> None:
+    """An upload whose caller left failed to commit: nobody else hears of it."""
+    if not commit.cancelled() and commit.exception() is not None:
+        log.warning("an upload whose caller left could not be stored: %s", commit.exception())
 
 
 def _after(token: str) -> tuple[str, str]:

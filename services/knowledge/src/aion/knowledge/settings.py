@@ -112,7 +112,12 @@ class KnowledgeSettings(settings.ServiceSettings, kafka.KafkaSettings):
         default=20_000, gt=0, description="chunks one document may make"
     )
     # Limits.
-    max_document_bytes: int = pydantic.Field(default=8 * 1024 * 1024, gt=0)
+    max_document_bytes: int = pydantic.Field(
+        default=8 * 1024 * 1024,
+        gt=0,
+        description="the largest document, by Ingest or IngestStream; an IngestStream upload "
+        "is held in memory up to this size until its last piece arrives",
+    )
     max_metadata_pairs: int = pydantic.Field(default=32, ge=0)
     max_metadata_key_chars: int = pydantic.Field(default=128, gt=0)
     max_metadata_value_bytes: int = pydantic.Field(default=1024, gt=0)

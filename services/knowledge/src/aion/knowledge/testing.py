@@ -65,6 +65,14 @@ def make_pdf(*pages: str) -> bytes:
     return bytes(out)
 
 
+def stream_pieces(pieces: list[bytes]) -> list[knowledge_pb2.IngestChunk]:
+    """IngestStream's data messages for ``pieces``, the final one marked last."""
+    return [
+        knowledge_pb2.IngestChunk(chunk=public.IngestChunk(data=p, last=i == len(pieces) - 1))
+        for i, p in enumerate(pieces)
+    ]
+
+
 def channel(
     address: str,
     *,
@@ -153,6 +161,34 @@ class Service:
             ),
             timeout=120,
         )
+
+    async def ingest_stream(
+        self,
+        tenant: str,
+        kb: str,
+        doc: str,
+        pieces: list[bytes],
+        *,
+        content_type: str = "text/plain",
+        wait: bool = True,
+        title: str = "",
+        **metadata: str,
+    ) -> public.IngestResponse:
+        """IngestStream: the header, then ``pieces``, the final one marked last."""
+        header = knowledge_pb2.IngestChunk(
+            tenant=tenant,
+            chunk=public.IngestChunk(
+                header=public.IngestHeader(
+                    knowledge_base=kb,
+                    document_id=doc,
+                    content_type=content_type,
+                    metadata=metadata,
+                    title=title,
+                    wait=wait,
+                )
+            ),
+        )
+        return await self.stub.IngestStream(iter([header, *stream_pieces(pieces)]), timeout=120)
 
     async def search(
         self,

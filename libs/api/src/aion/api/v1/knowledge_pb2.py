@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ion/api/v1/knowledge.proto\x12\x07\x61ion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x01\n\rIngestRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x36\n\x08metadata\x18\x06 \x03(\x0b\x32$.aion.v1.IngestRequest.MetadataEntry\x12\x0c\n\x04wait\x18\x07 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x0eIngestResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.aion.v1.DocumentState\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\t\x12\x11\n\tunchanged\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xce\x01\n\rSearchRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x34\n\x07\x66ilters\x18\x04 \x03(\x0b\x32#.aion.v1.SearchRequest.FiltersEntry\x12!\n\x04mode\x18\x05 \x01(\x0e\x32\x13.aion.v1.SearchMode\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x02\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x32\n\x08metadata\x18\x05 \x03(\x0b\x32 .aion.v1.SearchHit.MetadataEntry\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12\x12\n\nchar_start\x18\x07 \x01(\x05\x12\x10\n\x08\x63har_end\x18\x08 \x01(\x05\x12\r\n\x05title\x18\t \x01(\t\x12\x16\n\x0eknowledge_base\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.aion.v1.SearchHit\"D\n\x15\x44\x65leteDocumentRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"A\n\x16\x44\x65leteDocumentResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x16\n\x0e\x63hunks_removed\x18\x02 \x01(\x05\"A\n\x12GetDocumentRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"\xcf\x03\n\x08\x44ocument\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.aion.v1.DocumentState\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x07 \x01(\x05\x12\x13\n\x0b\x63hunks_done\x18\x08 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x16\n\x0e\x63ontent_sha256\x18\x0b \x01(\t\x12\x31\n\x08metadata\x18\x0c \x03(\x0b\x32\x1f.aion.v1.Document.MetadataEntry\x12\x15\n\rready_version\x18\r \x01(\x05\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x14ListDocumentsRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x15ListDocumentsResponse\x12$\n\tdocuments\x18\x01 \x03(\x0b\x32\x11.aion.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xbc\x01\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44OCUMENT_STATE_PENDING\x10\x01\x12\x1b\n\x17\x44OCUMENT_STATE_INDEXING\x10\x02\x12\x18\n\x14\x44OCUMENT_STATE_READY\x10\x03\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x04\x12\x1d\n\x19\x44OCUMENT_STATE_SUPERSEDED\x10\x05*p\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x01\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x02\x12\x16\n\x12SEARCH_MODE_SPARSE\x10\x03\x32\xdb\x02\n\tKnowledge\x12\x39\n\x06Ingest\x12\x16.aion.v1.IngestRequest\x1a\x17.aion.v1.IngestResponse\x12\x39\n\x06Search\x12\x16.aion.v1.SearchRequest\x1a\x17.aion.v1.SearchResponse\x12I\n\x06\x44\x65lete\x12\x1e.aion.v1.DeleteDocumentRequest\x1a\x1f.aion.v1.DeleteDocumentResponse\x12=\n\x0bGetDocument\x12\x1b.aion.v1.GetDocumentRequest\x1a\x11.aion.v1.Document\x12N\n\rListDocuments\x12\x1d.aion.v1.ListDocumentsRequest\x1a\x1e.aion.v1.ListDocumentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ion/api/v1/knowledge.proto\x12\x07\x61ion.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x01\n\rIngestRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x36\n\x08metadata\x18\x06 \x03(\x0b\x32$.aion.v1.IngestRequest.MetadataEntry\x12\x0c\n\x04wait\x18\x07 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xea\x01\n\x0cIngestHeader\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x35\n\x08metadata\x18\x05 \x03(\x0b\x32#.aion.v1.IngestHeader.MetadataEntry\x12\x0c\n\x04wait\x18\x06 \x01(\x08\x12\x12\n\nsize_bytes\x18\x07 \x01(\x03\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\\\n\x0bIngestChunk\x12\'\n\x06header\x18\x01 \x01(\x0b\x32\x15.aion.v1.IngestHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12\x0c\n\x04last\x18\x03 \x01(\x08\x42\x06\n\x04part\"\xa7\x01\n\x0eIngestResponse\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\x05\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.aion.v1.DocumentState\x12\x16\n\x0e\x63ontent_sha256\x18\x05 \x01(\t\x12\x11\n\tunchanged\x18\x06 \x01(\x08\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xce\x01\n\rSearchRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x34\n\x07\x66ilters\x18\x04 \x03(\x0b\x32#.aion.v1.SearchRequest.FiltersEntry\x12!\n\x04mode\x18\x05 \x01(\x0e\x32\x13.aion.v1.SearchMode\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x02\n\tSearchHit\x12\x13\n\x0b\x64ocument_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x32\n\x08metadata\x18\x05 \x03(\x0b\x32 .aion.v1.SearchHit.MetadataEntry\x12\x0f\n\x07version\x18\x06 \x01(\x05\x12\x12\n\nchar_start\x18\x07 \x01(\x05\x12\x10\n\x08\x63har_end\x18\x08 \x01(\x05\x12\r\n\x05title\x18\t \x01(\t\x12\x16\n\x0eknowledge_base\x18\n \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"2\n\x0eSearchResponse\x12 \n\x04hits\x18\x01 \x03(\x0b\x32\x12.aion.v1.SearchHit\"D\n\x15\x44\x65leteDocumentRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"A\n\x16\x44\x65leteDocumentResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x16\n\x0e\x63hunks_removed\x18\x02 \x01(\x05\"A\n\x12GetDocumentRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\"\xcf\x03\n\x08\x44ocument\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x13\n\x0b\x64ocument_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x05\x12%\n\x05state\x18\x05 \x01(\x0e\x32\x16.aion.v1.DocumentState\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0e\n\x06\x63hunks\x18\x07 \x01(\x05\x12\x13\n\x0b\x63hunks_done\x18\x08 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\t \x01(\t\x12\x12\n\nsize_bytes\x18\n \x01(\x03\x12\x16\n\x0e\x63ontent_sha256\x18\x0b \x01(\t\x12\x31\n\x08metadata\x18\x0c \x03(\x0b\x32\x1f.aion.v1.Document.MetadataEntry\x12\x15\n\rready_version\x18\r \x01(\x05\x12.\n\ncreated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"U\n\x14ListDocumentsRequest\x12\x16\n\x0eknowledge_base\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"V\n\x15ListDocumentsResponse\x12$\n\tdocuments\x18\x01 \x03(\x0b\x32\x11.aion.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xbc\x01\n\rDocumentState\x12\x1e\n\x1a\x44OCUMENT_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44OCUMENT_STATE_PENDING\x10\x01\x12\x1b\n\x17\x44OCUMENT_STATE_INDEXING\x10\x02\x12\x18\n\x14\x44OCUMENT_STATE_READY\x10\x03\x12\x19\n\x15\x44OCUMENT_STATE_FAILED\x10\x04\x12\x1d\n\x19\x44OCUMENT_STATE_SUPERSEDED\x10\x05*p\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x01\x12\x15\n\x11SEARCH_MODE_DENSE\x10\x02\x12\x16\n\x12SEARCH_MODE_SPARSE\x10\x03\x32\x9c\x03\n\tKnowledge\x12\x39\n\x06Ingest\x12\x16.aion.v1.IngestRequest\x1a\x17.aion.v1.IngestResponse\x12?\n\x0cIngestStream\x12\x14.aion.v1.IngestChunk\x1a\x17.aion.v1.IngestResponse(\x01\x12\x39\n\x06Search\x12\x16.aion.v1.SearchRequest\x1a\x17.aion.v1.SearchResponse\x12I\n\x06\x44\x65lete\x12\x1e.aion.v1.DeleteDocumentRequest\x1a\x1f.aion.v1.DeleteDocumentResponse\x12=\n\x0bGetDocument\x12\x1b.aion.v1.GetDocumentRequest\x1a\x11.aion.v1.Document\x12N\n\rListDocuments\x12\x1d.aion.v1.ListDocumentsRequest\x1a\x1e.aion.v1.ListDocumentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,46 +34,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INGESTREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_INGESTREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_INGESTHEADER_METADATAENTRY']._loaded_options = None
+  _globals['_INGESTHEADER_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHREQUEST_FILTERSENTRY']._loaded_options = None
   _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHHIT_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_DOCUMENT_METADATAENTRY']._loaded_options = None
   _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DOCUMENTSTATE']._serialized_start=1866
-  _globals['_DOCUMENTSTATE']._serialized_end=2054
-  _globals['_SEARCHMODE']._serialized_start=2056
-  _globals['_SEARCHMODE']._serialized_end=2168
+  _globals['_DOCUMENTSTATE']._serialized_start=2197
+  _globals['_DOCUMENTSTATE']._serialized_end=2385
+  _globals['_SEARCHMODE']._serialized_start=2387
+  _globals['_SEARCHMODE']._serialized_end=2499
   _globals['_INGESTREQUEST']._serialized_start=74
   _globals['_INGESTREQUEST']._serialized_end=307
   _globals['_INGESTREQUEST_METADATAENTRY']._serialized_start=260
   _globals['_INGESTREQUEST_METADATAENTRY']._serialized_end=307
-  _globals['_INGESTRESPONSE']._serialized_start=310
-  _globals['_INGESTRESPONSE']._serialized_end=477
-  _globals['_SEARCHREQUEST']._serialized_start=480
-  _globals['_SEARCHREQUEST']._serialized_end=686
-  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_start=640
-  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_end=686
-  _globals['_SEARCHHIT']._serialized_start=689
-  _globals['_SEARCHHIT']._serialized_end=966
+  _globals['_INGESTHEADER']._serialized_start=310
+  _globals['_INGESTHEADER']._serialized_end=544
+  _globals['_INGESTHEADER_METADATAENTRY']._serialized_start=260
+  _globals['_INGESTHEADER_METADATAENTRY']._serialized_end=307
+  _globals['_INGESTCHUNK']._serialized_start=546
+  _globals['_INGESTCHUNK']._serialized_end=638
+  _globals['_INGESTRESPONSE']._serialized_start=641
+  _globals['_INGESTRESPONSE']._serialized_end=808
+  _globals['_SEARCHREQUEST']._serialized_start=811
+  _globals['_SEARCHREQUEST']._serialized_end=1017
+  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_start=971
+  _globals['_SEARCHREQUEST_FILTERSENTRY']._serialized_end=1017
+  _globals['_SEARCHHIT']._serialized_start=1020
+  _globals['_SEARCHHIT']._serialized_end=1297
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_start=260
   _globals['_SEARCHHIT_METADATAENTRY']._serialized_end=307
-  _globals['_SEARCHRESPONSE']._serialized_start=968
-  _globals['_SEARCHRESPONSE']._serialized_end=1018
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1020
-  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1088
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1090
-  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1155
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=1157
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=1222
-  _globals['_DOCUMENT']._serialized_start=1225
-  _globals['_DOCUMENT']._serialized_end=1688
+  _globals['_SEARCHRESPONSE']._serialized_start=1299
+  _globals['_SEARCHRESPONSE']._serialized_end=1349
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_start=1351
+  _globals['_DELETEDOCUMENTREQUEST']._serialized_end=1419
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_start=1421
+  _globals['_DELETEDOCUMENTRESPONSE']._serialized_end=1486
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=1488
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=1553
+  _globals['_DOCUMENT']._serialized_start=1556
+  _globals['_DOCUMENT']._serialized_end=2019
   _globals['_DOCUMENT_METADATAENTRY']._serialized_start=260
   _globals['_DOCUMENT_METADATAENTRY']._serialized_end=307
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1690
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1775
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1777
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1863
-  _globals['_KNOWLEDGE']._serialized_start=2171
-  _globals['_KNOWLEDGE']._serialized_end=2518
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=2021
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=2106
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=2108
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=2194
+  _globals['_KNOWLEDGE']._serialized_start=2502
+  _globals['_KNOWLEDGE']._serialized_end=2914
 # @@protoc_insertion_point(module_scope)

@@ -150,6 +150,109 @@ class IngestRequest(_message.Message):
 Global___IngestRequest: _TypeAlias = IngestRequest  # noqa: Y015
 
 @_typing.final
+class IngestHeader(_message.Message):
+    """What IngestStream's first message says about the document: IngestRequest's
+    fields but the content, which follows in data messages.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KNOWLEDGE_BASE_FIELD_NUMBER: _builtins.int
+    DOCUMENT_ID_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    knowledge_base: _builtins.str
+    document_id: _builtins.str
+    title: _builtins.str
+    content_type: _builtins.str
+    wait: _builtins.bool
+    size_bytes: _builtins.int
+    """The document's size in bytes, when the caller knows it (0: unknown): a size
+    over the limit is refused on the header, before the bytes, and the stream
+    must then carry exactly this many.
+    """
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        knowledge_base: _builtins.str = ...,
+        document_id: _builtins.str = ...,
+        title: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        wait: _builtins.bool = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "document_id", b"document_id", "knowledge_base", b"knowledge_base", "metadata", b"metadata", "size_bytes", b"size_bytes", "title", b"title", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestHeader: _TypeAlias = IngestHeader  # noqa: Y015
+
+@_typing.final
+class IngestChunk(_message.Message):
+    """One message of IngestStream: the header first, then the document's bytes in
+    pieces, in order (each piece at most the gateway's largest message; the SDK
+    sends 32 KiB).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    last: _builtins.bool
+    """Set on the final message (a data message, empty or not): the document is
+    whole. gRPC cannot tell a caller that finished from one that broke off, so
+    a stream that ends without it is refused and stores nothing.
+    """
+    @_builtins.property
+    def header(self) -> Global___IngestHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___IngestHeader | None = ...,
+        data: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "last", b"last", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___IngestChunk: _TypeAlias = IngestChunk  # noqa: Y015
+
+@_typing.final
 class IngestResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

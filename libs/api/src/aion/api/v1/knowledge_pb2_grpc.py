@@ -39,6 +39,11 @@ class KnowledgeStub:
                 request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.IngestStream = channel.stream_unary(
+                '/aion.v1.Knowledge/IngestStream',
+                request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestChunk.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/aion.v1.Knowledge/Search',
                 request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.SearchRequest.SerializeToString,
@@ -67,6 +72,20 @@ class KnowledgeServicer:
     def Ingest(self, request, context):
         """Stores a document's bytes and queues it for indexing (asynchronous unless
         wait is set). The same bytes again make no new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestStream(self, request_iterator, context):
+        """Ingest for documents of any size up to the knowledge service's limit
+        (AION_KNOWLEDGE_MAX_DOCUMENT_BYTES), however small the gateway's largest
+        message (AION_GATEWAY_MAX_MESSAGE_BYTES): a header, then the bytes in
+        pieces, the final message marked `last`. Nothing is stored until that
+        message has arrived: a stream that ends without it (the caller broke off)
+        stores nothing, and one over the limit is INVALID_ARGUMENT, naming it, as
+        soon as its bytes pass it. Same role (admin) and answer as Ingest; the call
+        needs a deadline and holds a place among the tenant's open streams.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +123,11 @@ def add_KnowledgeServicer_to_server(servicer, server):
             'Ingest': grpc.unary_unary_rpc_method_handler(
                     servicer.Ingest,
                     request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.SerializeToString,
+            ),
+            'IngestStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.IngestStream,
+                    request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestChunk.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
@@ -153,6 +177,33 @@ class Knowledge:
             target,
             '/aion.v1.Knowledge/Ingest',
             aion_dot_api_dot_v1_dot_knowledge__pb2.IngestRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/aion.v1.Knowledge/IngestStream',
+            aion_dot_api_dot_v1_dot_knowledge__pb2.IngestChunk.SerializeToString,
             aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
             options,
             channel_credentials,

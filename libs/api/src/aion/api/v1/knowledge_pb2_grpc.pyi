@@ -37,6 +37,16 @@ class KnowledgeStub:
     """Stores a document's bytes and queues it for indexing (asynchronous unless
     wait is set). The same bytes again make no new version.
     """
+    IngestStream: _grpc.StreamUnaryMultiCallable[_knowledge_pb2.IngestChunk, _knowledge_pb2.IngestResponse]
+    """Ingest for documents of any size up to the knowledge service's limit
+    (AION_KNOWLEDGE_MAX_DOCUMENT_BYTES), however small the gateway's largest
+    message (AION_GATEWAY_MAX_MESSAGE_BYTES): a header, then the bytes in
+    pieces, the final message marked `last`. Nothing is stored until that
+    message has arrived: a stream that ends without it (the caller broke off)
+    stores nothing, and one over the limit is INVALID_ARGUMENT, naming it, as
+    soon as its bytes pass it. Same role (admin) and answer as Ingest; the call
+    needs a deadline and holds a place among the tenant's open streams.
+    """
     Search: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2.SearchResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteDocumentRequest, _knowledge_pb2.DeleteDocumentResponse]
     """Removes a document from every store: its originals, its chunks, its records."""
@@ -50,6 +60,16 @@ class KnowledgeAsyncStub(KnowledgeStub):
     Ingest: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.IngestRequest, _knowledge_pb2.IngestResponse]  # type: ignore[assignment]
     """Stores a document's bytes and queues it for indexing (asynchronous unless
     wait is set). The same bytes again make no new version.
+    """
+    IngestStream: _aio.StreamUnaryMultiCallable[_knowledge_pb2.IngestChunk, _knowledge_pb2.IngestResponse]  # type: ignore[assignment]
+    """Ingest for documents of any size up to the knowledge service's limit
+    (AION_KNOWLEDGE_MAX_DOCUMENT_BYTES), however small the gateway's largest
+    message (AION_GATEWAY_MAX_MESSAGE_BYTES): a header, then the bytes in
+    pieces, the final message marked `last`. Nothing is stored until that
+    message has arrived: a stream that ends without it (the caller broke off)
+    stores nothing, and one over the limit is INVALID_ARGUMENT, naming it, as
+    soon as its bytes pass it. Same role (admin) and answer as Ingest; the call
+    needs a deadline and holds a place among the tenant's open streams.
     """
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2.SearchResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteDocumentRequest, _knowledge_pb2.DeleteDocumentResponse]  # type: ignore[assignment]
@@ -67,6 +87,22 @@ class KnowledgeServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_knowledge_pb2.IngestResponse, _abc.Awaitable[_knowledge_pb2.IngestResponse]]:
         """Stores a document's bytes and queues it for indexing (asynchronous unless
         wait is set). The same bytes again make no new version.
+        """
+
+    @_abc_1.abstractmethod
+    def IngestStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_knowledge_pb2.IngestChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.IngestResponse, _abc.Awaitable[_knowledge_pb2.IngestResponse]]:
+        """Ingest for documents of any size up to the knowledge service's limit
+        (AION_KNOWLEDGE_MAX_DOCUMENT_BYTES), however small the gateway's largest
+        message (AION_GATEWAY_MAX_MESSAGE_BYTES): a header, then the bytes in
+        pieces, the final message marked `last`. Nothing is stored until that
+        message has arrived: a stream that ends without it (the caller broke off)
+        stores nothing, and one over the limit is INVALID_ARGUMENT, naming it, as
+        soon as its bytes pass it. Same role (admin) and answer as Ingest; the call
+        needs a deadline and holds a place among the tenant's open streams.
         """
 
     @_abc_1.abstractmethod

@@ -41,6 +41,30 @@ class IngestRequest(_message.Message):
 Global___IngestRequest: _TypeAlias = IngestRequest  # noqa: Y015
 
 @_typing.final
+class IngestChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    tenant: _builtins.str
+    """On the first message only (the one with the header); empty on the others."""
+    @_builtins.property
+    def chunk(self) -> _knowledge_pb2.IngestChunk: ...
+    def __init__(
+        self,
+        *,
+        tenant: _builtins.str = ...,
+        chunk: _knowledge_pb2.IngestChunk | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngestChunk: _TypeAlias = IngestChunk  # noqa: Y015
+
+@_typing.final
 class SearchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -40,6 +40,11 @@ class KnowledgeServiceStub:
                 request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.IngestRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
                 _registered_method=True)
+        self.IngestStream = channel.stream_unary(
+                '/aion.knowledge.v1.KnowledgeService/IngestStream',
+                request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.IngestChunk.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/aion.knowledge.v1.KnowledgeService/Search',
                 request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.SearchRequest.SerializeToString,
@@ -67,6 +72,21 @@ class KnowledgeServiceServicer:
 
     def Ingest(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IngestStream(self, request_iterator, context):
+        """Ingest in pieces: the first message carries the tenant and the header, the
+        others the document's bytes, the final one marked `last`. The service keeps
+        the bytes in memory, up to max_document_bytes (the original's key is their
+        SHA-256, known at the end), and stores nothing until the last piece: past
+        the limit it answers INVALID_ARGUMENT at once, and a stream that ends
+        without `last` stores nothing. A refusal also comes ahead of the status, in
+        the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+        arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+        only, as Ingest.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -101,6 +121,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
             'Ingest': grpc.unary_unary_rpc_method_handler(
                     servicer.Ingest,
                     request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.IngestRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.SerializeToString,
+            ),
+            'IngestStream': grpc.stream_unary_rpc_method_handler(
+                    servicer.IngestStream,
+                    request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.IngestChunk.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
@@ -150,6 +175,33 @@ class KnowledgeService:
             target,
             '/aion.knowledge.v1.KnowledgeService/Ingest',
             aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.IngestRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/aion.knowledge.v1.KnowledgeService/IngestStream',
+            aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.IngestChunk.SerializeToString,
             aion_dot_api_dot_v1_dot_knowledge__pb2.IngestResponse.FromString,
             options,
             channel_credentials,

@@ -33,6 +33,17 @@ class KnowledgeServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> KnowledgeServiceAsyncStub: ...
     Ingest: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.IngestRequest, _knowledge_pb2_1.IngestResponse]
+    IngestStream: _grpc.StreamUnaryMultiCallable[_knowledge_pb2.IngestChunk, _knowledge_pb2_1.IngestResponse]
+    """Ingest in pieces: the first message carries the tenant and the header, the
+    others the document's bytes, the final one marked `last`. The service keeps
+    the bytes in memory, up to max_document_bytes (the original's key is their
+    SHA-256, known at the end), and stores nothing until the last piece: past
+    the limit it answers INVALID_ARGUMENT at once, and a stream that ends
+    without `last` stores nothing. A refusal also comes ahead of the status, in
+    the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+    arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+    only, as Ingest.
+    """
     Search: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2_1.SearchResponse]
     Delete: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]
     GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2_1.Document]
@@ -42,6 +53,17 @@ class KnowledgeServiceStub:
 class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Ingest: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.IngestRequest, _knowledge_pb2_1.IngestResponse]  # type: ignore[assignment]
+    IngestStream: _aio.StreamUnaryMultiCallable[_knowledge_pb2.IngestChunk, _knowledge_pb2_1.IngestResponse]  # type: ignore[assignment]
+    """Ingest in pieces: the first message carries the tenant and the header, the
+    others the document's bytes, the final one marked `last`. The service keeps
+    the bytes in memory, up to max_document_bytes (the original's key is their
+    SHA-256, known at the end), and stores nothing until the last piece: past
+    the limit it answers INVALID_ARGUMENT at once, and a stream that ends
+    without `last` stores nothing. A refusal also comes ahead of the status, in
+    the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+    arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+    only, as Ingest.
+    """
     Search: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.SearchRequest, _knowledge_pb2_1.SearchResponse]  # type: ignore[assignment]
     Delete: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]  # type: ignore[assignment]
     GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2_1.Document]  # type: ignore[assignment]
@@ -54,6 +76,23 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _knowledge_pb2.IngestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_knowledge_pb2_1.IngestResponse, _abc.Awaitable[_knowledge_pb2_1.IngestResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def IngestStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_knowledge_pb2.IngestChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2_1.IngestResponse, _abc.Awaitable[_knowledge_pb2_1.IngestResponse]]:
+        """Ingest in pieces: the first message carries the tenant and the header, the
+        others the document's bytes, the final one marked `last`. The service keeps
+        the bytes in memory, up to max_document_bytes (the original's key is their
+        SHA-256, known at the end), and stores nothing until the last piece: past
+        the limit it answers INVALID_ARGUMENT at once, and a stream that ends
+        without `last` stores nothing. A refusal also comes ahead of the status, in
+        the initial metadata (aion-error-bin: grpc.aio clients can lose a status that
+        arrives while they write; aion.core.errors.send_ahead). Called by the gateway
+        only, as Ingest.
+        """
 
     @_abc_1.abstractmethod
     def Search(
