@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aion.api.v1 import knowledge_pb2 as aion_dot_api_dot_v1_dot_knowledge__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%aion/api/knowledge/v1/knowledge.proto\x12\x11\x61ion.knowledge.v1\x1a\x1b\x61ion/api/v1/knowledge.proto\"H\n\rIngestRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.aion.v1.IngestRequest\"H\n\rSearchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.aion.v1.SearchRequest\"P\n\rDeleteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.aion.v1.DeleteDocumentRequest\"R\n\x12GetDocumentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.aion.v1.GetDocumentRequest\"V\n\x14ListDocumentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.aion.v1.ListDocumentsRequest2\x8c\x03\n\x10KnowledgeService\x12\x43\n\x06Ingest\x12 .aion.knowledge.v1.IngestRequest\x1a\x17.aion.v1.IngestResponse\x12\x43\n\x06Search\x12 .aion.knowledge.v1.SearchRequest\x1a\x17.aion.v1.SearchResponse\x12K\n\x06\x44\x65lete\x12 .aion.knowledge.v1.DeleteRequest\x1a\x1f.aion.v1.DeleteDocumentResponse\x12G\n\x0bGetDocument\x12%.aion.knowledge.v1.GetDocumentRequest\x1a\x11.aion.v1.Document\x12X\n\rListDocuments\x12\'.aion.knowledge.v1.ListDocumentsRequest\x1a\x1e.aion.v1.ListDocumentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%aion/api/knowledge/v1/knowledge.proto\x12\x11\x61ion.knowledge.v1\x1a\x1b\x61ion/api/v1/knowledge.proto\"H\n\rIngestRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.aion.v1.IngestRequest\"H\n\rSearchRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.aion.v1.SearchRequest\"P\n\rDeleteRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.aion.v1.DeleteDocumentRequest\"R\n\x12GetDocumentRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12,\n\x07request\x18\x02 \x01(\x0b\x32\x1b.aion.v1.GetDocumentRequest\"V\n\x14ListDocumentsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12.\n\x07request\x18\x02 \x01(\x0b\x32\x1d.aion.v1.ListDocumentsRequest\"F\n\x0c\x45mbedRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12&\n\x07request\x18\x02 \x01(\x0b\x32\x15.aion.v1.EmbedRequest2\xce\x03\n\x10KnowledgeService\x12\x43\n\x06Ingest\x12 .aion.knowledge.v1.IngestRequest\x1a\x17.aion.v1.IngestResponse\x12\x43\n\x06Search\x12 .aion.knowledge.v1.SearchRequest\x1a\x17.aion.v1.SearchResponse\x12K\n\x06\x44\x65lete\x12 .aion.knowledge.v1.DeleteRequest\x1a\x1f.aion.v1.DeleteDocumentResponse\x12G\n\x0bGetDocument\x12%.aion.knowledge.v1.GetDocumentRequest\x1a\x11.aion.v1.Document\x12X\n\rListDocuments\x12\'.aion.knowledge.v1.ListDocumentsRequest\x1a\x1e.aion.v1.ListDocumentsResponse\x12@\n\x05\x45mbed\x12\x1f.aion.knowledge.v1.EmbedRequest\x1a\x16.aion.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETDOCUMENTREQUEST']._serialized_end=401
   _globals['_LISTDOCUMENTSREQUEST']._serialized_start=403
   _globals['_LISTDOCUMENTSREQUEST']._serialized_end=489
-  _globals['_KNOWLEDGESERVICE']._serialized_start=492
-  _globals['_KNOWLEDGESERVICE']._serialized_end=888
+  _globals['_EMBEDREQUEST']._serialized_start=491
+  _globals['_EMBEDREQUEST']._serialized_end=561
+  _globals['_KNOWLEDGESERVICE']._serialized_start=564
+  _globals['_KNOWLEDGESERVICE']._serialized_end=1026
 # @@protoc_insertion_point(module_scope)
