@@ -542,6 +542,12 @@ RPCS: dict[str, tuple[str, Callable[[grpc.aio.Channel, Any], Awaitable[Any]]]] =
             knowledge_pb2.ListDocumentsRequest(), metadata=md, timeout=10
         ),
     ),
+    "Knowledge.Embed": (
+        "user",
+        lambda ch, md: knowledge_pb2_grpc.KnowledgeStub(ch).Embed(
+            knowledge_pb2.EmbedRequest(texts=["x"]), metadata=md, timeout=10
+        ),
+    ),
     "Keys.Create": (
         "admin",
         lambda ch, md: keys_pb2_grpc.KeysStub(ch).Create(

@@ -56,6 +56,7 @@ TABLE: dict[str, tuple[str, dict[str, tuple[str, frozenset[str]]]]] = {
             "Delete": ("unary", GATEWAY),
             "GetDocument": ("unary", GATEWAY),
             "ListDocuments": ("unary", GATEWAY),
+            "Embed": ("unary", GATEWAY),
             "Search": ("unary", frozenset({"gateway", "agent"})),
         },
     ),

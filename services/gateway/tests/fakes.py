@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -143,11 +145,46 @@ class FakeAgents(agent_pb2_grpc.AgentServiceServicer):
         yield tasks_pb2.TaskEvent(task_id=result.task_id, seq=4, done=tasks_pb2.Done(result=result))
 
 
+EMBEDDING_MODEL, DIMENSIONS = "all-minilm-l6-v2", 8
+
+
+def fake_vector(text: str) -> list[float]:
+    """A unit vector of ``DIMENSIONS`` that only ``text`` gets."""
+    digest = hashlib.sha256(text.encode()).digest()
+    raw = [b - 127.5 for b in digest[:DIMENSIONS]]
+    norm = math.sqrt(sum(v * v for v in raw))
+    return [v / norm for v in raw]
+
+
 class FakeKnowledge(internal_knowledge_pb2_grpc.KnowledgeServiceServicer):
-    """One passage in the knowledge base "docs" of tenant acme; it records the searches."""
+    """One passage in the knowledge base "docs" of tenant acme; it records the searches and
+    embeds as the knowledge service does (its checks, a vector per text, a token per word)."""
 
     def __init__(self) -> None:
         self.searches: list[internal_knowledge_pb2.SearchRequest] = []
+        self.embeds: list[internal_knowledge_pb2.EmbedRequest] = []
+
+    async def Embed(
+        self, request: internal_knowledge_pb2.EmbedRequest, context: Any
+    ) -> knowledge_pb2.EmbedResponse:
+        self.embeds.append(request)
+        req = request.request
+        if req.model and req.model.casefold() != EMBEDDING_MODEL:
+            raise errors.InvalidArgument(
+                f"model {req.model!r} is not served; the embedding model is {EMBEDDING_MODEL!r}",
+                field="model",
+            )
+        if not req.texts:
+            raise errors.InvalidArgument("texts must hold at least one text", field="texts")
+        for i, text in enumerate(req.texts):
+            if not text.strip():
+                raise errors.InvalidArgument(f"texts[{i}] is empty", field=f"texts[{i}]")
+        return knowledge_pb2.EmbedResponse(
+            embeddings=[knowledge_pb2.Embedding(values=fake_vector(t)) for t in req.texts],
+            model=EMBEDDING_MODEL,
+            dimensions=DIMENSIONS,
+            prompt_tokens=sum(len(t.split()) + 2 for t in req.texts),
+        )
 
     async def Search(
         self, request: internal_knowledge_pb2.SearchRequest, context: Any
@@ -203,7 +240,9 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gateway]:
+async def gateway(
+    *, rate: float = 100.0, burst: int = 100, tokens_per_minute: int = 200_000
+) -> AsyncIterator[Gateway]:
     """The HTTP surfaces (OpenAI, A2A, MCP, OpenAPI) of a gateway over the fakes, on a free
     port."""
     cfg = settings.GatewaySettings(
@@ -229,18 +268,29 @@ async def gateway(*, rate: float = 100.0, burst: int = 100) -> AsyncIterator[Gat
         guard = servicers.Guard(
             authenticator=auth.Authenticator(cfg),
             limiter=ratelimit.RateLimiter(
-                ratelimit.MemoryBuckets(), ratelimit.Policy(tenant_rate=rate, tenant_burst=burst)
+                ratelimit.MemoryBuckets(),
+                ratelimit.Policy(
+                    tenant_rate=rate, tenant_burst=burst, tokens_per_minute=tokens_per_minute
+                ),
             ),
         )
         tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
         agent_list = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
+        knowledge_api = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         api = openai_api.OpenAIApi(
-            tasks=tasks, agents=agent_list, timeout_s=30, max_body_bytes=cfg.http_max_body_bytes
+            tasks=tasks,
+            agents=agent_list,
+            knowledge=knowledge_api,
+            timeout_s=30,
+            max_body_bytes=cfg.http_max_body_bytes,
         )
         a2a = a2a_api.A2AApi(
-            tasks=tasks, agents=agent_list, timeout_s=30, max_body_bytes=cfg.http_max_body_bytes
+            guard=guard,
+            tasks=tasks,
+            agents=agent_list,
+            timeout_s=30,
+            max_body_bytes=cfg.http_max_body_bytes,
         )
-        knowledge_api = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         mcp = mcp_server.McpApi(
             guard=guard, tasks=tasks, agents=agent_list, knowledge=knowledge_api, timeout_s=30
         )

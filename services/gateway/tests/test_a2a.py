@@ -162,3 +162,23 @@ async def test_roles_and_unknown_agents_are_refused() -> None:
             async with _client(gw, agent="nope"):
                 pass
     assert not gw.agents.runs
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_one_a2a_request_is_one_call_against_the_rate_limit(
+    binding: str, streaming: bool
+) -> None:
+    sends = 3
+    # A burst of one call for the card the client reads first, and one for each message: the
+    # door's check (credentials, role, agent) and the Tasks call behind it count once.
+    async with (
+        _gateway(rate=0.001, burst=1 + sends) as gw,
+        _client(gw, streaming=streaming, binding=binding) as client,
+    ):
+        for i in range(sends):
+            events = [r async for r in client.send_message(_message(f"Hi {i}"))]
+            assert events
+        with pytest.raises(client_errors.A2AClientError, match="429 Too Many Requests"):
+            [r async for r in client.send_message(_message("one too many"))]
+    assert len(gw.agents.runs) == sends

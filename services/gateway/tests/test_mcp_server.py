@@ -92,3 +92,26 @@ async def test_arguments_that_break_the_schema_are_a_tool_error(arguments: dict[
         result = await client.call_tool("knowledge_search", arguments)
     assert result.is_error
     assert not gw.knowledge.searches
+
+
+async def _post(http: httpx.AsyncClient, gw: Gateway, message: dict[str, Any]) -> httpx.Response:
+    return await http.post(
+        f"{gw.url}/mcp",
+        json={"jsonrpc": "2.0", "id": 1, **message},
+        headers={"Authorization": f"Bearer {KEY}", "Accept": "application/json"},
+    )
+
+
+async def test_one_mcp_request_is_one_call_against_the_rate_limit() -> None:
+    calls = 3
+    run = {"method": "tools/call", "params": {"name": "run_agent", "arguments": {}}}
+    run["params"]["arguments"] = {"agent": "demo", "input": "Hi"}  # type: ignore[index]
+    async with _gateway(rate=0.001, burst=calls + 1) as gw, httpx.AsyncClient() as http:
+        listed = await _post(http, gw, {"method": "tools/list"})  # reaches no servicer: one call
+        ran = [await _post(http, gw, run) for _ in range(calls)]  # door and Tasks.Submit: one
+        refused = await _post(http, gw, run)
+    assert listed.status_code == 200
+    assert [r.status_code for r in ran] == [200] * calls
+    assert all(not r.json()["result"]["isError"] for r in ran), [r.text for r in ran]
+    assert refused.status_code == 429
+    assert len(gw.agents.runs) == calls

@@ -15,6 +15,7 @@ import pytest
 from aion.api.v1 import common_pb2
 from aion.gateway import http_calls, openapi, results
 
+from . import fakes
 from .fakes import AUDIENCE, ISSUER, KEY, SECRET, VIEWER
 from .fakes import gateway as _gateway
 
@@ -279,3 +280,86 @@ def test_the_aion_object_is_the_sdks_canonical_result() -> None:
     )
     bare = common_pb2.TaskResult(task_id="t")
     assert results.result_to_dict(bare) == sdk_results.result_to_dict(bare)
+
+
+# --- /v1/embeddings ---------------------------------------------------------------------
+
+
+async def test_embeddings_are_the_knowledge_services_vectors_as_floats_or_base64() -> None:
+    async with _gateway() as gw:
+        client = gw.client()
+        floats = await client.embeddings.create(
+            model="all-MiniLM-L6-v2", input=["pods", "nodes"], encoding_format="float"
+        )
+        packed = await client.embeddings.create(model="all-minilm-l6-v2", input="pods")
+        asked = gw.knowledge.embeds
+    assert [d.index for d in floats.data] == [0, 1]
+    assert floats.data[0].embedding == pytest.approx(fakes.fake_vector("pods"), abs=1e-6)
+    assert floats.data[1].embedding == pytest.approx(fakes.fake_vector("nodes"), abs=1e-6)
+    # The openai client asks for base64 by default and decodes it: the same floats.
+    assert packed.data[0].embedding == pytest.approx(floats.data[0].embedding, abs=1e-6)
+    assert floats.model == fakes.EMBEDDING_MODEL
+    assert floats.usage.prompt_tokens == floats.usage.total_tokens == 6
+    assert [(a.tenant, list(a.request.texts)) for a in asked] == [
+        ("acme", ["pods", "nodes"]),
+        ("acme", ["pods"]),
+    ]
+
+
+async def test_embedded_tokens_count_against_the_tenants_tokens_per_minute() -> None:
+    async with _gateway(tokens_per_minute=60) as gw:
+        client = gw.client()
+        await client.embeddings.create(model="all-minilm-l6-v2", input=["word " * 200])
+        with pytest.raises(openai.RateLimitError, match="tokens per minute"):
+            await client.embeddings.create(model="all-minilm-l6-v2", input="again")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "says"),
+    [
+        ({"model": "gpt-4", "input": "x"}, 400, "model", "all-minilm-l6-v2"),
+        ({"input": "x"}, 400, "model", "Field required"),
+        ({"model": "all-minilm-l6-v2", "input": ["a", " "]}, 400, "input[1]", "input[1] is empty"),
+        ({"model": "all-minilm-l6-v2", "input": ""}, 400, "input", "input is empty"),
+        ({"model": "all-minilm-l6-v2", "input": []}, 400, "input", "input must hold"),
+        ({"model": "all-minilm-l6-v2", "input": [1, 2]}, 400, "input", "token arrays"),
+        ({"model": "all-minilm-l6-v2", "input": ["a", 3]}, 400, "input", "valid string"),
+        (
+            {"model": "all-minilm-l6-v2", "input": "x", "encoding_format": "hex"},
+            400,
+            "encoding_format",
+            "'float' or 'base64'",
+        ),
+        (
+            {"model": "all-minilm-l6-v2", "input": "x", "dimensions": 1536},
+            400,
+            "dimensions",
+            "have 8",
+        ),
+    ],
+)
+async def test_bad_embedding_requests_get_a_400_naming_the_field(
+    body: dict[str, object], status: int, param: str, says: str
+) -> None:
+    async with _gateway() as gw, httpx.AsyncClient() as http:
+        response = await http.post(
+            gw.url + "/v1/embeddings", json=body, headers={"Authorization": f"Bearer {KEY}"}
+        )
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert says in error["message"]
+
+
+async def test_embeddings_need_credentials_and_the_user_role() -> None:
+    async with _gateway() as gw, httpx.AsyncClient() as http:
+        body = {"model": "all-minilm-l6-v2", "input": "x"}
+        anonymous = await http.post(gw.url + "/v1/embeddings", json=body)
+        viewer = await http.post(
+            gw.url + "/v1/embeddings", json=body, headers={"x-api-key": VIEWER}
+        )
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["type"] == "authentication_error"
+    assert viewer.status_code == 403
+    assert "'user' role" in viewer.json()["error"]["message"]
+    assert not gw.knowledge.embeds

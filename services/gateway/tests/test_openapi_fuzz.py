@@ -16,12 +16,12 @@ from schemathesis import checks
 
 from aion.gateway import openapi
 
-from .fakes import KEY
+from .fakes import EMBEDDING_MODEL, KEY
 from .fakes import gateway as _gateway
 
 SCHEMA = schemathesis.openapi.from_dict(openapi.document())
-# The same document, with requests aimed at the agent that exists, so bodies reach the
-# servicers and the A2A dispatcher instead of stopping at "not found".
+# The same document, with requests aimed at the agent (and the embedding model) that exists,
+# so bodies reach the servicers and the A2A dispatcher instead of stopping at "not found".
 KNOWN = schemathesis.openapi.from_dict(openapi.document())
 CHECKS = [
     checks.not_a_server_error,
@@ -44,6 +44,8 @@ def map_path_parameters(
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     if isinstance(body, dict) and "messages" in body:
         return {**body, "model": "demo"}
+    if isinstance(body, dict) and "input" in body:
+        return {**body, "model": EMBEDDING_MODEL}
     return body
 
 

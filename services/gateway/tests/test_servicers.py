@@ -23,7 +23,7 @@ from aion.api.v1 import (
     tasks_pb2,
 )
 from aion.core import errors
-from aion.gateway import auth, keys, ratelimit, servicers, settings
+from aion.gateway import auth, http_calls, keys, ratelimit, servicers, settings
 
 TENANT = "acme"
 ROLES: tuple[settings.Role, ...] = ("viewer", "user", "admin")
@@ -127,6 +127,7 @@ class Edge:
             Delete=knowledge_pb2.DeleteDocumentResponse(),
             GetDocument=knowledge_pb2.Document(),
             ListDocuments=knowledge_pb2.ListDocumentsResponse(),
+            Embed=knowledge_pb2.EmbedResponse(prompt_tokens=3),
         )
         fakes: Any = (self.router, self.agent, self.knowledge)
         upstreams = servicers.Upstreams(router=fakes[0], agent=fakes[1], knowledge=fakes[2])
@@ -139,7 +140,7 @@ class Edge:
             jwt_audience="aion",
             jwt_issuer="https://issuer.test",
         )
-        guard = servicers.Guard(
+        self.guard = guard = servicers.Guard(
             authenticator=auth.Authenticator(cfg),
             limiter=ratelimit.RateLimiter(ratelimit.MemoryBuckets(), policy or ratelimit.Policy()),
         )
@@ -238,6 +239,10 @@ RPCS: dict[str, tuple[settings.Role, Call]] = {
             knowledge_pb2.ListDocumentsRequest(knowledge_base="docs"),
             c,  # type: ignore[arg-type]
         ),
+    ),
+    "Knowledge.Embed": (
+        "user",
+        lambda e, c: e.knowledge_api.Embed(knowledge_pb2.EmbedRequest(texts=["q"]), c),  # type: ignore[arg-type]
     ),
     "Keys.Create": (
         "admin",
@@ -416,3 +421,59 @@ async def test_an_unknown_privacy_is_invalid_argument_before_any_internal_call()
     with pytest.raises(errors.InvalidArgument, match=r"task\.options\.privacy"):
         await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=task), Context(KEYS["user"]))  # type: ignore[arg-type]
     assert edge.internal_calls() == []
+
+
+# --- a request an HTTP door admitted (A2A, MCP): counted once ---------------------------
+
+
+def _http(key: str, admitted: http_calls.Admission[auth.Principal] | None = None) -> Any:
+    return http_calls.Call({"x-api-key": key}, timeout_s=30, admitted=admitted).context()
+
+
+async def test_an_admission_pays_for_its_uses_then_calls_count_again() -> None:
+    edge = Edge(
+        agent_privacy=common_pb2.PRIVACY_ALLOW_API,
+        policy=ratelimit.Policy(tenant_rate=0.001, tenant_burst=2),
+    )
+    admission = await edge.guard.admit(_http(KEYS["user"]), "viewer", uses=2)  # one call
+    for _ in range(2):  # paid for by the admission
+        await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), _http(KEYS["user"], admission))
+    await edge.agents.List(agents_pb2.ListAgentsRequest(), _http(KEYS["user"], admission))  # 2nd
+    with pytest.raises(errors.ResourceExhausted, match="rate limit"):
+        await edge.agents.List(agents_pb2.ListAgentsRequest(), _http(KEYS["user"], admission))
+    with pytest.raises(errors.ResourceExhausted, match="rate limit"):
+        await edge.guard.admit(_http(KEYS["user"]), "viewer")
+
+
+async def test_an_admitted_call_still_needs_its_role_and_tokens_out_of_debt() -> None:
+    edge = Edge(
+        agent_privacy=common_pb2.PRIVACY_ALLOW_API,
+        policy=ratelimit.Policy(tokens_per_minute=60),
+    )
+    viewer = await edge.guard.admit(_http(KEYS["viewer"]), "viewer")
+    with pytest.raises(errors.PermissionDenied, match="needs the 'user' role"):
+        await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), _http(KEYS["viewer"], viewer))
+    await edge.guard.limiter.spend_tokens(TENANT, 120)  # a minute's tokens and more: in debt
+    user = await edge.guard.admit(_http(KEYS["user"]), "viewer", uses=2)
+    with pytest.raises(errors.ResourceExhausted, match="tokens per minute"):
+        await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), _http(KEYS["user"], user))
+    await edge.agents.List(agents_pb2.ListAgentsRequest(), _http(KEYS["user"], user))  # no task
+    assert edge.agent.requests("Submit") == []
+
+
+async def test_only_the_gateways_own_call_object_carries_an_admission() -> None:
+    """A gRPC context (or anything else a caller could shape) is authenticated and counted
+    whatever attributes it has."""
+    edge = Edge(
+        agent_privacy=common_pb2.PRIVACY_ALLOW_API,
+        policy=ratelimit.Policy(tenant_rate=0.001, tenant_burst=1),
+    )
+    admission = await edge.guard.admit(_http(KEYS["user"]), "viewer")  # the one call
+    forged = Context(KEYS["user"])
+    forged.admitted = admission  # type: ignore[attr-defined]
+    with pytest.raises(errors.ResourceExhausted):
+        await edge.agents.List(agents_pb2.ListAgentsRequest(), forged)  # type: ignore[arg-type]
+    anonymous = Context(None)
+    anonymous.admitted = admission  # type: ignore[attr-defined]
+    with pytest.raises(errors.Unauthenticated):
+        await edge.agents.List(agents_pb2.ListAgentsRequest(), anonymous)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 """One suite for the protocol tests, its gateway serving HTTP (OpenAI, A2A, OpenAPI) with API
-keys and JWTs on and anonymous access off; started once for the tests of this folder."""
+keys and JWTs on and anonymous access off, its rate limits in Postgres (so tests can read the
+buckets); started once for the tests of this folder."""
 
 from __future__ import annotations
 
@@ -29,21 +30,29 @@ def http_suite(
     )
     http_port = devstack.free_port()
     try:
+        env = backbone.env()
+        dsn = env["AION_AGENT_POSTGRES_DSN"]
         suite = e2e.start_suite(
             tmp_path_factory.mktemp("http-suite"),
             {
-                **backbone.env(),
+                **env,
+                "AION_GATEWAY_POSTGRES_DSN": dsn,
                 "AION_GATEWAY_ALLOW_ANONYMOUS": "false",
                 "AION_GATEWAY_API_KEYS": json.dumps(API_KEYS),
                 "AION_GATEWAY_JWT_SECRET": JWT_SECRET,
                 "AION_GATEWAY_JWT_AUDIENCE": JWT_AUDIENCE,
                 "AION_GATEWAY_JWT_ISSUER": JWT_ISSUER,
                 "AION_GATEWAY_HTTP_PORT": str(http_port),
+                # The credential tests and the OpenAPI fuzz fail to authenticate from this
+                # address on purpose, often: the tests after them must not be refused for it.
+                "AION_GATEWAY_AUTH_FAILURES_PER_MIN": "10000",
             },
         )
+        http = HttpSuite(suite, http_port, dsn)
         try:
-            yield HttpSuite(suite, http_port)
+            yield http
         finally:
+            http.close()
             suite.stop()
     finally:
         backbone.drop_all()

@@ -21,16 +21,27 @@ API_KEYS = [
 class HttpSuite:
     """A running suite whose gateway serves HTTP on ``base_url``."""
 
-    def __init__(self, suite: devstack.LocalSuite, http_port: int) -> None:
+    def __init__(self, suite: devstack.LocalSuite, http_port: int, dsn: str) -> None:
         self.suite = suite
         self.base_url = f"http://127.0.0.1:{http_port}"
+        self.dsn = dsn  # the gateway's database: its API keys and rate-limit buckets
+        self._clients: list[openai.OpenAI] = []
 
     def client(self, key: str = USER_KEY, **kw: object) -> openai.OpenAI:
-        """The openai client, authenticated with ``key``."""
-        return openai.OpenAI(
-            base_url=self.base_url + "/v1",
-            api_key=key,
-            max_retries=0,
-            timeout=120,
-            **kw,  # type: ignore[arg-type]
+        """The openai client, authenticated with ``key``; closed with the suite (a client
+        collected with its connection open is an unclosed-socket warning, an error here)."""
+        self._clients.append(
+            openai.OpenAI(
+                base_url=self.base_url + "/v1",
+                api_key=key,
+                max_retries=0,
+                timeout=120,
+                **kw,  # type: ignore[arg-type]
+            )
         )
+        return self._clients[-1]
+
+    def close(self) -> None:
+        """Close the clients made here."""
+        while self._clients:
+            self._clients.pop().close()

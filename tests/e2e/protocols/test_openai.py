@@ -228,6 +228,65 @@ def test_an_unknown_agent_fails_a_stream_before_it_starts(http_suite: HttpSuite)
         )
 
 
+# -- /v1/embeddings: the knowledge service's embedding model (all-MiniLM-L6-v2) ---------
+EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+def test_embeddings_with_the_openai_client(http_suite: HttpSuite) -> None:
+    client = http_suite.client()
+    texts = ["Kubernetes schedules pods onto nodes.", "Bananas are rich in potassium."]
+    # The client asks for base64 unless told otherwise, and decodes it.
+    packed = client.embeddings.create(model="all-MiniLM-L6-v2", input=[texts[0], *texts])
+    floats = client.embeddings.create(
+        model=EMBEDDING_MODEL, input=texts[0], encoding_format="float"
+    )
+    assert packed.model == floats.model == EMBEDDING_MODEL
+    assert [d.index for d in packed.data] == [0, 1, 2]
+    vectors = [d.embedding for d in packed.data]
+    assert all(len(v) == 384 for v in [*vectors, floats.data[0].embedding])
+    assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-3)
+    assert vectors[1] == pytest.approx(vectors[0], abs=1e-5)  # the same text twice
+    assert floats.data[0].embedding == pytest.approx(vectors[0], abs=1e-5)
+    assert sum(a * b for a, b in zip(vectors[0], vectors[2], strict=True)) < 0.5  # unrelated
+    assert 0 < packed.usage.prompt_tokens == packed.usage.total_tokens
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "says"),
+    [
+        ({"model": "demo", "input": "hi"}, "model", f"the embedding model is '{EMBEDDING_MODEL}'"),
+        ({"model": EMBEDDING_MODEL, "input": ["hi", ""]}, "input[1]", "input[1] is empty"),
+        ({"model": EMBEDDING_MODEL, "input": "word " * 600}, "input", "the model takes at most"),
+        ({"model": EMBEDDING_MODEL, "input": [[1, 2]]}, "input", "token arrays"),
+        ({"model": EMBEDDING_MODEL, "input": "hi", "dimensions": 1536}, "dimensions", "384"),
+    ],
+)
+def test_bad_embedding_requests_get_a_400_naming_the_field(
+    http_suite: HttpSuite, body: dict[str, object], param: str, says: str
+) -> None:
+    response = httpx.post(
+        http_suite.base_url + "/v1/embeddings",
+        json=body,
+        headers={"Authorization": f"Bearer {USER_KEY}"},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert says in error["message"]
+
+
+def test_embeddings_need_credentials_and_the_user_role(http_suite: HttpSuite) -> None:
+    body = {"model": EMBEDDING_MODEL, "input": "hi"}
+    anonymous = httpx.post(http_suite.base_url + "/v1/embeddings", json=body, timeout=60)
+    assert anonymous.status_code == 401
+    assert "no credentials" in anonymous.json()["error"]["message"]
+    with pytest.raises(openai.AuthenticationError, match="unknown API key"):
+        http_suite.client("k-nobody").embeddings.create(model=EMBEDDING_MODEL, input="hi")
+    with pytest.raises(openai.PermissionDeniedError, match="'user' role"):
+        http_suite.client(VIEWER_KEY).embeddings.create(model=EMBEDDING_MODEL, input="hi")
+
+
 # -- the OpenAPI document, fuzzed against the running suite ------------------------------
 SCHEMA = schemathesis.openapi.from_dict(openapi.document())
 
@@ -246,6 +305,8 @@ def map_path_parameters(
 
 @SCHEMA.hook
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
+    if isinstance(body, dict) and "input" in body and "model" in body:
+        return {**body, "model": EMBEDDING_MODEL}  # the embedding model the suite serves
     if not (isinstance(body, dict) and "messages" in body):
         return body
     # The real agent, and few tokens: each valid request runs the model on the CPU.

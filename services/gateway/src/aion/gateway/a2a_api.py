@@ -22,7 +22,9 @@ A task's state maps QUEUED to SUBMITTED, RUNNING to WORKING, OK to COMPLETED,
 ERROR and TIMEOUT to FAILED, CANCELED to CANCELED; the canonical result rides
 in the task's ``metadata.aion``. Credentials, roles and the agent's existence
 are checked before the call is read, so they get HTTP 401, 403 or 404; errors
-inside a call are A2A errors naming what to fix.
+inside a call are A2A errors naming what to fix. That check counts the request
+once against the rate limits; the Tasks call it then makes is not counted
+again (``http_calls.Admission``), so one A2A request is one call.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from starlette import requests, responses, routing
 
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.core import errors
-from aion.gateway import http_app, http_calls, results, servicers
+from aion.gateway import auth, http_app, http_calls, results, servicers
 
 PROTOCOL_VERSION = "1.0"
 _STATE = {
@@ -124,6 +126,7 @@ class _Context(common.DefaultServerCallContextBuilder):
     def build(self, request: requests.Request) -> a2a_context.ServerCallContext:
         built = super().build(request)
         built.state["agent"] = request.path_params.get("agent", "")
+        built.state["admitted"] = http_calls.admission_of(request.scope)
         return built
 
 
@@ -135,7 +138,12 @@ class Handler(request_handler.RequestHandler):
         self._timeout_s = timeout_s
 
     def _call(self, context: a2a_context.ServerCallContext) -> http_calls.Call:
-        return http_calls.Call(context.state.get("headers", {}), timeout_s=self._timeout_s)
+        admitted = context.state.get("admitted")
+        return http_calls.Call(
+            context.state.get("headers", {}),
+            timeout_s=self._timeout_s,
+            admitted=admitted if isinstance(admitted, http_calls.Admission) else None,
+        )
 
     def _spec(
         self, params: a2a.SendMessageRequest, context: a2a_context.ServerCallContext
@@ -346,11 +354,13 @@ class A2AApi:
     def __init__(
         self,
         *,
+        guard: servicers.Guard,
         tasks: servicers.TasksServicer,
         agents: servicers.AgentsServicer,
         timeout_s: float,
         max_body_bytes: int,
     ) -> None:
+        self._guard = guard
         self._agents = agents
         self._timeout_s = timeout_s
         self._max_body = max_body_bytes
@@ -382,8 +392,14 @@ class A2AApi:
             ),
         ]
 
-    async def _agent(self, request: requests.Request) -> agents_pb2.Agent:
-        call = http_calls.Call(request.headers, timeout_s=self._timeout_s, client=request.client)
+    async def _agent(
+        self,
+        request: requests.Request,
+        admitted: http_calls.Admission[auth.Principal] | None = None,
+    ) -> agents_pb2.Agent:
+        call = http_calls.Call(
+            request.headers, timeout_s=self._timeout_s, client=request.client, admitted=admitted
+        )
         return await self._agents.Get(
             agents_pb2.GetAgentRequest(name=request.path_params["agent"]), call.context()
         )
@@ -396,7 +412,14 @@ class A2AApi:
 
     def _checked(self, endpoint: Any) -> http_app.Handler:
         async def checked(request: requests.Request) -> responses.Response:
-            await self._agent(request)  # credentials, role and the agent, as HTTP errors
+            # Credentials, role and the agent, as HTTP errors; the request counted once, for
+            # this check and the one Tasks call its A2A method makes.
+            door = http_calls.Call(
+                request.headers, timeout_s=self._timeout_s, client=request.client
+            )
+            admission = await self._guard.admit(door.context(), "viewer", uses=2)
+            await self._agent(request, admission)
+            http_calls.leave_admission(request.scope, admission)
             await http_app.read_body(request, max_bytes=self._max_body)
             response: responses.Response = await endpoint(request)
             return response

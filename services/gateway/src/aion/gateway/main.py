@@ -68,15 +68,23 @@ def _http_routes(
     cfg: gateway_settings.GatewaySettings,
     mcp: mcp_server.McpApi,
     *,
+    guard: servicers.Guard,
     tasks: servicers.TasksServicer,
     agents: servicers.AgentsServicer,
+    knowledge: servicers.KnowledgeServicer,
 ) -> list[routing.BaseRoute]:
     """The HTTP front door's routes: OpenAI-compatible, A2A, MCP and the OpenAPI document."""
     timeout_s, max_body = cfg.http_timeout_s, cfg.http_max_body_bytes
     api = openai_api.OpenAIApi(
-        tasks=tasks, agents=agents, timeout_s=timeout_s, max_body_bytes=max_body
+        tasks=tasks,
+        agents=agents,
+        knowledge=knowledge,
+        timeout_s=timeout_s,
+        max_body_bytes=max_body,
     )
-    a2a = a2a_api.A2AApi(tasks=tasks, agents=agents, timeout_s=timeout_s, max_body_bytes=max_body)
+    a2a = a2a_api.A2AApi(
+        guard=guard, tasks=tasks, agents=agents, timeout_s=timeout_s, max_body_bytes=max_body
+    )
     return [*api.routes, *a2a.routes, *mcp.routes, openapi.route()]
 
 
@@ -118,7 +126,9 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
         await stack.enter_async_context(mcp.running())
         stack.enter_context(metrics.MetricsServer(host=cfg.host, port=cfg.metrics_port))
         # Bound (listening) before gRPC reports SERVING, so a ready gateway takes HTTP too.
-        app = http_app.build(_http_routes(cfg, mcp, tasks=tasks, agents=agents))
+        app = http_app.build(
+            _http_routes(cfg, mcp, guard=guard, tasks=tasks, agents=agents, knowledge=knowledge)
+        )
         http = await stack.enter_async_context(
             http_server.HttpServer(app, name="gateway http", host=cfg.host, port=cfg.http_port)
         )

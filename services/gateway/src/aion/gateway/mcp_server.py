@@ -4,7 +4,12 @@ Streamable HTTP, stateless, JSON answers (the ``mcp`` package's server; MCP
 2026-07-28 with ``server/discover``, and the initialize handshake for older
 clients). Every HTTP request must carry the caller's credentials, as on the
 rest of the gateway (API key as ``Authorization: Bearer`` or ``x-api-key``, or
-a JWT); without them it gets 401 before MCP reads it. The tools call the
+a JWT); without them it gets 401 before MCP reads it. That check counts each
+HTTP request once against the rate limits, whatever it carries (``initialize``,
+``tools/list`` and notifications reach no servicer and cost that one call); a
+tool call's servicer call is paid by it (``http_calls.Admission``, which the
+tool finds in the request's ASGI scope, since the MCP session manager runs
+tools in a task of its own), so one tool call is one call. The tools call the
 gateway's own servicers, so tenant, roles and rate limits are the gRPC API's:
 
 - ``knowledge_search(knowledge_base, query, top_k)``: passages of one of the
@@ -95,12 +100,17 @@ class McpApi:
         return self.server.session_manager.run()
 
     async def _check(self, request: requests.Request) -> None:
-        await self._guard.caller(
-            http_calls.Call(request.headers, timeout_s=1, client=request.client).context(), "viewer"
-        )
+        door = http_calls.Call(request.headers, timeout_s=1, client=request.client)
+        admission = await self._guard.admit(door.context(), "viewer")
+        http_calls.leave_admission(request.scope, admission)
 
     def _call(self, ctx: Context[Any, Any]) -> http_calls.Call:
-        return http_calls.Call(ctx.headers or {}, timeout_s=self._timeout_s)
+        scope = getattr(ctx.request_context.request, "scope", None)
+        return http_calls.Call(
+            ctx.headers or {},
+            timeout_s=self._timeout_s,
+            admitted=http_calls.admission_of(scope if isinstance(scope, dict) else None),
+        )
 
     async def knowledge_search(
         self, knowledge_base: str, query: str, ctx: Context[Any, Any], top_k: int = 4

@@ -1,6 +1,7 @@
-"""The OpenAI-compatible API: chat completions (streamed as SSE or not) and models.
+"""The OpenAI-compatible API: chat completions (streamed as SSE or not), embeddings and models.
 
-``model`` names one of the caller's agents; a completion is one aion task,
+For chat completions ``model`` names one of the caller's agents (``/v1/models``
+lists them); a completion is one aion task,
 its id the task id, its canonical result in an ``aion`` object (on the
 response, on the last chunk of a stream, and on errors of a task that ran).
 The calls go through the gRPC API's own servicers (see ``http_calls``), so
@@ -9,12 +10,22 @@ on gRPC. A stream's first event is awaited before the response starts, so
 an unknown agent or a bad option gets its own 4xx; a task that then fails
 ends the stream with an ``error`` event. A task that ends ERROR, TIMEOUT or
 CANCELED without streaming is answered with the status of its error code.
+
+For embeddings ``model`` names the platform's embedding model, the one its
+knowledge bases are indexed with (``all-minilm-l6-v2`` unless the install
+chose another; matched without regard to case), never an agent: it is not in
+``/v1/models``, which lists what ``/v1/chat/completions`` takes. The texts go
+through ``Knowledge.Embed`` (role ``user``; their tokens count against the
+tenant's tokens per minute); ``encoding_format: base64`` gives each vector as
+little-endian float32 bytes, which the openai client asks for by default.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import struct
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -75,19 +86,27 @@ def _model_card(agent: agents_pb2.Agent) -> dict[str, Any]:
     }
 
 
+def _vector(values: Any, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+    return list(values)
+
+
 class OpenAIApi:
-    """The routes, over the gateway's Tasks and Agents servicers."""
+    """The routes, over the gateway's Tasks, Agents and Knowledge servicers."""
 
     def __init__(
         self,
         *,
         tasks: servicers.TasksServicer,
         agents: servicers.AgentsServicer,
+        knowledge: servicers.KnowledgeServicer,
         timeout_s: float,
         max_body_bytes: int,
     ) -> None:
         self._tasks = tasks
         self._agents = agents
+        self._knowledge = knowledge
         self._timeout_s = timeout_s
         self._max_body = max_body_bytes
         params = openai_schema.PARAMS
@@ -97,6 +116,7 @@ class OpenAIApi:
                 http_app.guarded(self.chat, params=params, not_found="model"),
                 methods=["POST"],
             ),
+            routing.Route("/v1/embeddings", http_app.guarded(self.embeddings), methods=["POST"]),
             routing.Route("/v1/models", http_app.guarded(self.models), methods=["GET"]),
             routing.Route(
                 "/v1/models/{model:path}",
@@ -213,6 +233,42 @@ class OpenAIApi:
                 # The status line is sent already: the error travels as the last event.
                 yield _sse(_error_event(err, None))
         yield b"data: [DONE]\n\n"
+
+    async def embeddings(self, request: requests.Request) -> responses.Response:
+        """``POST /v1/embeddings``: the texts of ``input`` through the embedding model."""
+        body = await http_app.parse_body(
+            request,
+            openai_schema.EmbeddingRequest,
+            max_bytes=self._max_body,
+            field_of=openai_schema.field_of,
+        )
+        try:
+            embedded = await self._knowledge.Embed(body.request(), self._call(request).context())
+        except errors.AionError as err:
+            body.rename(err)  # the Embed request's texts are this body's input
+            raise
+        if body.dimensions is not None and body.dimensions != embedded.dimensions:
+            raise errors.InvalidArgument(
+                f"dimensions is {body.dimensions}; the vectors of {embedded.model} have "
+                f"{embedded.dimensions}",
+                field="dimensions",
+            )
+        tokens = embedded.prompt_tokens
+        return responses.JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "object": "embedding",
+                        "index": i,
+                        "embedding": _vector(e.values, body.encoding_format),
+                    }
+                    for i, e in enumerate(embedded.embeddings)
+                ],
+                "model": embedded.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def models(self, request: requests.Request) -> responses.Response:
         """``GET /v1/models``: the caller's agents."""

@@ -1,6 +1,6 @@
 """The OpenAI-compatible request bodies the gateway accepts, as pydantic models.
 
-``model`` names one of the caller's agents; the conversation becomes the
+For chat completions ``model`` names one of the caller's agents; the conversation becomes the
 task's input (one message as it is; several as a transcript of
 ``role: text`` turns, since an agent keeps its own instructions). Fields
 OpenAI clients send that an agent has no use for (``top_p``, ``user``,
@@ -8,15 +8,20 @@ OpenAI clients send that an agent has no use for (``top_p``, ``user``,
 those whose meaning it cannot honour (``n`` above 1, caller-defined
 ``tools``) are refused. aion's own task options ride in an ``aion`` object
 (``extra_body={"aion": {...}}`` with the openai client).
+
+For embeddings ``model`` names the platform's embedding model (the one its
+knowledge bases are indexed with); ``input`` is one text or a list of texts
+(token arrays are refused: the gateway embeds text).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import pydantic
 
-from aion.api.v1 import tasks_pb2
+from aion.api.v1 import knowledge_pb2, tasks_pb2
 from aion.core import errors
 from aion.core import privacy as privacy_levels  # the field below is called privacy
 
@@ -138,6 +143,51 @@ class ChatCompletionRequest(_Body):
         if len(turns) == 1:
             return turns[0][1]
         return "\n\n".join(f"{role}: {text}" for role, text in turns)
+
+
+_TEXTS = re.compile(r"^texts\b(\[\d+\])?")  # the Embed request's field, leading a message
+
+
+class EmbeddingRequest(_Body):
+    """``POST /v1/embeddings``."""
+
+    model: str = pydantic.Field(
+        min_length=1,
+        description="the platform's embedding model: all-minilm-l6-v2 (any case), unless "
+        "the install configured another",
+    )
+    input: str | list[str] = pydantic.Field(
+        description="a text, or a list of texts (at most 256, 1 MiB in all); each within "
+        "the model's input length (256 tokens for all-MiniLM-L6-v2)"
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Int32 | None = pydantic.Field(
+        default=None, description="the model's own (384 for all-MiniLM-L6-v2); no other"
+    )
+
+    @pydantic.field_validator("input", mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        first = value[0] if isinstance(value, list) and value else None
+        if isinstance(first, int | list) and not isinstance(first, bool):
+            raise ValueError("token arrays are not accepted here; send the text")
+        return value
+
+    def request(self) -> knowledge_pb2.EmbedRequest:
+        """The Knowledge.Embed request this body asks for."""
+        texts = [self.input] if isinstance(self.input, str) else list(self.input)
+        return knowledge_pb2.EmbedRequest(texts=texts, model=self.model)
+
+    def rename(self, err: errors.AionError) -> None:
+        """Name the texts of the Embed request as this body's ``input``, in ``err``'s field
+        and message (one text given as a string is ``input``, not ``input[0]``)."""
+
+        def named(found: re.Match[str]) -> str:
+            return "input" if isinstance(self.input, str) else "input" + (found.group(1) or "")
+
+        err.message = _TEXTS.sub(named, err.message)
+        if err.field is not None:
+            err.field = _TEXTS.sub(named, err.field)
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list", "none"})

@@ -131,6 +131,40 @@ _COMPLETION = {
     },
 }
 
+_EMBEDDINGS = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["object", "index", "embedding"],
+                "properties": {
+                    "object": {"const": "embedding"},
+                    "index": {"type": "integer"},
+                    "embedding": {
+                        "description": "floats, or with `encoding_format: base64` the "
+                        "little-endian float32 bytes in base64",
+                        "anyOf": [
+                            {"type": "array", "items": {"type": "number"}},
+                            {"type": "string"},
+                        ],
+                    },
+                },
+            },
+        },
+        "model": {"type": "string", "description": "the embedding model"},
+        "usage": {
+            "type": "object",
+            "properties": {
+                "prompt_tokens": {"type": "integer"},
+                "total_tokens": {"type": "integer"},
+            },
+        },
+    },
+}
 
 _AGENT = {"name": "agent", "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -226,7 +260,11 @@ def _pick(*codes: str) -> dict[str, Any]:
 def document() -> dict[str, Any]:
     """The OpenAPI document."""
     _, defs = json_schema.models_json_schema(
-        [(openai_schema.ChatCompletionRequest, "validation")], ref_template=_REF
+        [
+            (openai_schema.ChatCompletionRequest, "validation"),
+            (openai_schema.EmbeddingRequest, "validation"),
+        ],
+        ref_template=_REF,
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     schemas.update(
@@ -235,6 +273,7 @@ def document() -> dict[str, Any]:
         TaskResult=_TASK_RESULT,
         Model=_MODEL,
         ChatCompletion=_COMPLETION,
+        EmbeddingList=_EMBEDDINGS,
     )
     auth = _pick("401", "403", "429", "503")
     return {
@@ -243,7 +282,8 @@ def document() -> dict[str, Any]:
             "title": "aion gateway",
             "version": "v1",
             "description": "OpenAI-compatible and A2A access to aion agents: `model` "
-            "(or the A2A path) names an agent. Authenticate with an API "
+            "(or the A2A path) names an agent; for `/v1/embeddings` it names the "
+            "platform's embedding model. Authenticate with an API "
             "key (`Authorization: Bearer <key>` or `x-api-key`) or a JWT "
             "(`Authorization: Bearer`).",
         },
@@ -282,6 +322,25 @@ def document() -> dict[str, Any]:
                             },
                         },
                         **_pick("400", "404", "413", "504"),
+                        **auth,
+                    },
+                }
+            },
+            "/v1/embeddings": {
+                "post": {
+                    "operationId": "createEmbedding",
+                    "summary": "Embed texts with the platform's embedding model (the one "
+                    "knowledge bases are indexed with)",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json({"$ref": _REF.format(model="EmbeddingRequest")}),
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "one vector per text, in order",
+                            "content": _json({"$ref": _REF.format(model="EmbeddingList")}),
+                        },
+                        **_pick("400", "413", "504"),
                         **auth,
                     },
                 }

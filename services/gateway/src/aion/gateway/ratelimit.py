@@ -234,6 +234,18 @@ class RateLimiter:
                 f"{self._why(draws)}; retry in {wait:.2f}s", retry_after_s=wait
             )
 
+    async def check_tokens(self, tenant: str) -> None:
+        """Raise ResourceExhausted while ``tenant``'s tokens per minute are in debt (for a
+        call counted already, at an HTTP door, that now runs a task)."""
+        draw = self._tokens(tenant, 0.0)
+        wait = await self._buckets.take([draw])
+        if wait > 0:
+            raise errors.ResourceExhausted(
+                f"tenant '{tenant}' is over its {self._policy.tokens_per_minute} tokens per "
+                f"minute; retry in {wait:.2f}s",
+                retry_after_s=wait,
+            )
+
     def _why(self, draws: Sequence[Draw]) -> str:
         if len(draws) == 1:
             return draws[0].what

@@ -4,8 +4,10 @@ and Keys, the tenant's API keys.
 Each call is authenticated (a peer that fails too often is refused first),
 checked for its role, counted against its tenant's and API key's rate limits,
 and forwarded within the caller's own deadline. A stream holds a place among
-its tenant's open streams until it ends; generated tokens are charged to the
-tenant's tokens per minute.
+its tenant's open streams until it ends; generated tokens (and embedded texts'
+tokens) are charged to the tenant's tokens per minute. An HTTP protocol request
+(A2A, MCP) is counted once, at its door (``Guard.admit``), not again by the
+servicer call it makes (see ``http_calls``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from aion.api.v1 import (
     tasks_pb2_grpc,
 )
 from aion.core import errors, privacy
-from aion.gateway import auth, keys, ratelimit, settings
+from aion.gateway import auth, http_calls, keys, ratelimit, settings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,28 @@ class Guard:
     async def caller(
         self, context: _Ctx, role: settings.Role, *, runs_task: bool = False
     ) -> auth.Principal:
-        """The authenticated caller, allowed ``role`` and within its rate limits."""
+        """The authenticated caller, allowed ``role`` and within its rate limits. A call an
+        HTTP door admitted (``http_calls.Admission``, in-process only) was authenticated and
+        counted there: its role and, when it runs a task, the tenant's tokens are checked."""
+        admitted = context.admitted if isinstance(context, http_calls.Call) else None
+        principal = admitted.claim() if admitted is not None else None
+        if isinstance(principal, auth.Principal):
+            principal.require(role)
+            if runs_task:
+                await self.limiter.check_tokens(principal.tenant)
+            return principal
+        return await self._counted(context, role, runs_task=runs_task)
+
+    async def admit(
+        self, context: _Ctx, role: settings.Role, *, uses: int = 1
+    ) -> http_calls.Admission[auth.Principal]:
+        """An HTTP door's check of one protocol request (credentials, ``role``, one call
+        against the rate limits), paying for the first ``uses`` servicer calls it makes."""
+        return http_calls.Admission(await self._counted(context, role), uses=uses)
+
+    async def _counted(
+        self, context: _Ctx, role: settings.Role, *, runs_task: bool = False
+    ) -> auth.Principal:
         peer = _peer(context)
         await self.limiter.check_failures(peer)
         try:
@@ -402,6 +425,20 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):
             internal_knowledge_pb2.ListDocumentsRequest(tenant=who.tenant, request=request),
             context,
         )
+
+    async def Embed(
+        self, request: knowledge_pb2.EmbedRequest, context: _Ctx
+    ) -> knowledge_pb2.EmbedResponse:
+        # Model work, as a task is: refused while the tenant's tokens are in debt, and the
+        # texts' tokens charged to its tokens per minute.
+        who = await self._guard.caller(context, "user", runs_task=True)
+        response = await self._forward(
+            self._upstreams.knowledge.Embed,
+            internal_knowledge_pb2.EmbedRequest(tenant=who.tenant, request=request),
+            context,
+        )
+        await self._guard.limiter.spend_tokens(who.tenant, response.prompt_tokens)
+        return response
 
 
 def _timestamp(when: datetime.datetime) -> timestamp_pb2.Timestamp:

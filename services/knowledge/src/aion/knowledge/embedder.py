@@ -4,13 +4,18 @@ A document's chunks go in calls of ``batch`` texts, ``concurrency`` calls in
 flight, so the executor's dynamic batcher stays fed. A busy executor
 (RESOURCE_EXHAUSTED) or one still loading or restarting (UNAVAILABLE) is
 retried with backoff until ``timeout_s`` runs out; then the call fails
-``errors.Unavailable``, which the indexer treats as retriable.
+``errors.Unavailable``, which the indexer treats as retriable. A caller's
+texts (``embed_texts``, the public Knowledge.Embed) go in the same batches
+but do not queue behind documents being indexed, and come back with the
+tokens they took.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
 from collections.abc import Sequence
 
@@ -26,6 +31,15 @@ _RETRIED = (
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED,
 )
+_NUMBERED = re.compile(r"\btexts\[(\d+)\]")  # a text the executor names, in its batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Embedded:
+    """Vectors in the order of their texts, and the tokens the texts took."""
+
+    vectors: list[list[float]]
+    prompt_tokens: int
 
 
 class Embedder:
@@ -55,17 +69,45 @@ class Embedder:
         batches = [texts[i : i + self._batch] for i in range(0, len(texts), self._batch)]
         limit = timeout_s if timeout_s is not None else self._timeout_s
         done = await asyncio.gather(*(self._bounded(b, limit) for b in batches))
-        return [v for vectors in done for v in vectors]
+        return [v for embedded in done for v in embedded.vectors]
 
     async def embed_query(self, text: str, *, timeout_s: float) -> list[float]:
         """One text's vector, not waiting behind documents being indexed."""
-        return (await self._call([text], timeout_s))[0]
+        return (await self._call([text], timeout_s)).vectors[0]
 
-    async def _bounded(self, texts: Sequence[str], timeout_s: float) -> list[list[float]]:
+    async def embed_texts(self, texts: Sequence[str], *, timeout_s: float) -> Embedded:
+        """A caller's texts: their vectors in order and the tokens they took, not waiting
+        behind documents being indexed (at most ``len(texts) / batch`` calls at once)."""
+        starts = range(0, len(texts), self._batch)
+        done = await asyncio.gather(
+            *(self._numbered(texts[i : i + self._batch], i, timeout_s) for i in starts)
+        )
+        return Embedded(
+            [v for embedded in done for v in embedded.vectors],
+            sum(embedded.prompt_tokens for embedded in done),
+        )
+
+    async def _numbered(self, texts: Sequence[str], start: int, timeout_s: float) -> Embedded:
+        """One batch of a caller's texts; a text the executor refuses is named by its place
+        among all of them, not in its batch."""
+        try:
+            return await self._call(texts, timeout_s)
+        except errors.InvalidArgument as err:
+            if start == 0 or err.field is None:
+                raise
+
+            def shift(found: re.Match[str]) -> str:
+                return f"texts[{int(found.group(1)) + start}]"
+
+            raise errors.InvalidArgument(
+                _NUMBERED.sub(shift, err.message), field=_NUMBERED.sub(shift, err.field)
+            ) from err
+
+    async def _bounded(self, texts: Sequence[str], timeout_s: float) -> Embedded:
         async with self._limit:
             return await self._call(texts, timeout_s)
 
-    async def _call(self, texts: Sequence[str], timeout_s: float) -> list[list[float]]:
+    async def _call(self, texts: Sequence[str], timeout_s: float) -> Embedded:
         deadline = time.monotonic() + timeout_s
         delay = 0.1
         while True:
@@ -98,4 +140,4 @@ class Embedder:
                     f"the knowledge base is set up for {self.dimensions} "
                     "(AION_KNOWLEDGE_EMBEDDING_DIMENSIONS)"
                 )
-            return [list(e.values) for e in resp.embeddings]
+            return Embedded([list(e.values) for e in resp.embeddings], resp.prompt_tokens)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
 # Who may call each RPC (their certificates' identities): the gateway for its
-# public Knowledge API, the agent service for retrieval.
+# public Knowledge API (Embed included: /v1/embeddings), the agent service for retrieval.
 ALLOW = authz.methods(
     SERVICE,
     {
@@ -36,6 +36,7 @@ ALLOW = authz.methods(
         "Delete": {"gateway"},
         "GetDocument": {"gateway"},
         "ListDocuments": {"gateway"},
+        "Embed": {"gateway"},
         "Search": {"gateway", "agent"},
     },
 )

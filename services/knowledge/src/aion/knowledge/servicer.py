@@ -5,7 +5,9 @@ publishes its event; the indexing workers do the rest (``indexer.py``).
 IngestStream does the same once its last piece has arrived, holding the pieces
 in memory until then (at most ``max_document_bytes``).
 Search embeds the query (unless sparse), asks Qdrant, and adds each hit's
-title and metadata from Postgres. Protobuf conversions, the tenant included, are in
+title and metadata from Postgres. Embed (the public API's, through the gateway)
+embeds a caller's texts with the same model, within the configured count and
+size. Protobuf conversions, the tenant included, are in
 ``convert.py``.
 """
 
@@ -400,6 +402,45 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
                 )
                 for h in hits
             ]
+        )
+
+    async def Embed(
+        self, request: knowledge_pb2.EmbedRequest, context: _Ctx
+    ) -> public_pb2.EmbedResponse:
+        req = request.request
+        convert.tenant_from_pb(request)  # required, as on every call; vectors are no one's
+        cfg = self._cfg
+        if req.model and req.model.casefold() != cfg.embedding_model.casefold():
+            raise errors.InvalidArgument(
+                f"model {req.model!r} is not served; the embedding model is "
+                f"{cfg.embedding_model!r}",
+                field="model",
+            )
+        texts = list(req.texts)
+        if not texts:
+            raise errors.InvalidArgument("texts must hold at least one text", field="texts")
+        if len(texts) > cfg.max_embed_texts:
+            raise errors.InvalidArgument(
+                f"texts holds {len(texts)} texts; the limit is {cfg.max_embed_texts}",
+                field="texts",
+            )
+        size = 0
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise errors.InvalidArgument(f"texts[{i}] is empty", field=f"texts[{i}]")
+            size += len(text.encode())
+        if size > cfg.max_embed_bytes:
+            raise errors.InvalidArgument(
+                f"texts hold {size} bytes; the limit is {cfg.max_embed_bytes}", field="texts"
+            )
+        left = context.time_remaining()
+        limit = cfg.embed_timeout_s if left is None else min(cfg.embed_timeout_s, left - 0.2)
+        embedded = await self._embed.embed_texts(texts, timeout_s=max(limit, 0.1))
+        return public_pb2.EmbedResponse(
+            embeddings=[public_pb2.Embedding(values=v) for v in embedded.vectors],
+            model=cfg.embedding_model,
+            dimensions=self._embed.dimensions,
+            prompt_tokens=embedded.prompt_tokens,
         )
 
     async def Delete(

@@ -123,6 +123,12 @@ class KnowledgeSettings(settings.ServiceSettings, kafka.KafkaSettings):
     max_metadata_value_bytes: int = pydantic.Field(default=1024, gt=0)
     max_query_chars: int = pydantic.Field(default=2048, gt=0)
     max_top_k: int = pydantic.Field(default=50, gt=0)
+    max_embed_texts: int = pydantic.Field(
+        default=256, gt=0, description="texts one Embed call (the public API's) may carry"
+    )
+    max_embed_bytes: int = pydantic.Field(
+        default=1_048_576, gt=0, description="UTF-8 bytes of one Embed call's texts together"
+    )
     dense_min_similarity: float = pydantic.Field(
         default=0.2,
         ge=-1.0,

@@ -64,6 +64,11 @@ class KnowledgeStub:
                 request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/aion.v1.Knowledge/Embed',
+                request_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServicer:
@@ -117,6 +122,15 @@ class KnowledgeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """Embeds texts with the platform's embedding model (the one knowledge bases
+        are indexed with), one unit vector per text. Role user; the tokens count
+        against the tenant's tokens per minute.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -149,6 +163,11 @@ def add_KnowledgeServicer_to_server(servicer, server):
                     servicer.ListDocuments,
                     request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +332,33 @@ class Knowledge:
             '/aion.v1.Knowledge/ListDocuments',
             aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
             aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.v1.Knowledge/Embed',
+            aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

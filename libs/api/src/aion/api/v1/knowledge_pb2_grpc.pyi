@@ -53,6 +53,11 @@ class KnowledgeStub:
     GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2.Document]
     """A document's latest version: its state, progress and error."""
     ListDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2.ListDocumentsResponse]
+    Embed: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.EmbedRequest, _knowledge_pb2.EmbedResponse]
+    """Embeds texts with the platform's embedding model (the one knowledge bases
+    are indexed with), one unit vector per text. Role user; the tokens count
+    against the tenant's tokens per minute.
+    """
 
 @_typing.type_check_only
 class KnowledgeAsyncStub(KnowledgeStub):
@@ -77,6 +82,11 @@ class KnowledgeAsyncStub(KnowledgeStub):
     GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2.Document]  # type: ignore[assignment]
     """A document's latest version: its state, progress and error."""
     ListDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2.ListDocumentsResponse]  # type: ignore[assignment]
+    Embed: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.EmbedRequest, _knowledge_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embeds texts with the platform's embedding model (the one knowledge bases
+    are indexed with), one unit vector per text. Role user; the tokens count
+    against the tenant's tokens per minute.
+    """
 
 class KnowledgeServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -134,5 +144,16 @@ class KnowledgeServicer(metaclass=_abc_1.ABCMeta):
         request: _knowledge_pb2.ListDocumentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_knowledge_pb2.ListDocumentsResponse, _abc.Awaitable[_knowledge_pb2.ListDocumentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _knowledge_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2.EmbedResponse, _abc.Awaitable[_knowledge_pb2.EmbedResponse]]:
+        """Embeds texts with the platform's embedding model (the one knowledge bases
+        are indexed with), one unit vector per text. Role user; the tokens count
+        against the tenant's tokens per minute.
+        """
 
 def add_KnowledgeServicer_to_server(servicer: KnowledgeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -65,6 +65,11 @@ class KnowledgeServiceStub:
                 request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
                 response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
                 _registered_method=True)
+        self.Embed = channel.unary_unary(
+                '/aion.knowledge.v1.KnowledgeService/Embed',
+                request_serializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedRequest.SerializeToString,
+                response_deserializer=aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class KnowledgeServiceServicer:
@@ -115,6 +120,13 @@ class KnowledgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Embed(self, request, context):
+        """The public Knowledge.Embed, for the gateway: texts through the embedding executor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KnowledgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +159,11 @@ def add_KnowledgeServiceServicer_to_server(servicer, server):
                     servicer.ListDocuments,
                     request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.FromString,
                     response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.SerializeToString,
+            ),
+            'Embed': grpc.unary_unary_rpc_method_handler(
+                    servicer.Embed,
+                    request_deserializer=aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedRequest.FromString,
+                    response_serializer=aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +328,33 @@ class KnowledgeService:
             '/aion.knowledge.v1.KnowledgeService/ListDocuments',
             aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.ListDocumentsRequest.SerializeToString,
             aion_dot_api_dot_v1_dot_knowledge__pb2.ListDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Embed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aion.knowledge.v1.KnowledgeService/Embed',
+            aion_dot_api_dot_knowledge_dot_v1_dot_knowledge__pb2.EmbedRequest.SerializeToString,
+            aion_dot_api_dot_v1_dot_knowledge__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,8 @@ class KnowledgeServiceStub:
     Delete: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]
     GetDocument: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2_1.Document]
     ListDocuments: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2_1.ListDocumentsResponse]
+    Embed: _grpc.UnaryUnaryMultiCallable[_knowledge_pb2.EmbedRequest, _knowledge_pb2_1.EmbedResponse]
+    """The public Knowledge.Embed, for the gateway: texts through the embedding executor."""
 
 @_typing.type_check_only
 class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
@@ -68,6 +70,8 @@ class KnowledgeServiceAsyncStub(KnowledgeServiceStub):
     Delete: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.DeleteRequest, _knowledge_pb2_1.DeleteDocumentResponse]  # type: ignore[assignment]
     GetDocument: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.GetDocumentRequest, _knowledge_pb2_1.Document]  # type: ignore[assignment]
     ListDocuments: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.ListDocumentsRequest, _knowledge_pb2_1.ListDocumentsResponse]  # type: ignore[assignment]
+    Embed: _aio.UnaryUnaryMultiCallable[_knowledge_pb2.EmbedRequest, _knowledge_pb2_1.EmbedResponse]  # type: ignore[assignment]
+    """The public Knowledge.Embed, for the gateway: texts through the embedding executor."""
 
 class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -121,5 +125,13 @@ class KnowledgeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _knowledge_pb2.ListDocumentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_knowledge_pb2_1.ListDocumentsResponse, _abc.Awaitable[_knowledge_pb2_1.ListDocumentsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Embed(
+        self,
+        request: _knowledge_pb2.EmbedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_knowledge_pb2_1.EmbedResponse, _abc.Awaitable[_knowledge_pb2_1.EmbedResponse]]:
+        """The public Knowledge.Embed, for the gateway: texts through the embedding executor."""
 
 def add_KnowledgeServiceServicer_to_server(servicer: KnowledgeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
