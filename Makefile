@@ -84,7 +84,7 @@ cluster-env: ## export lines (KUBECONFIG, PATH with kubectl and helm) for the lo
 images: setup ## build every service's image with buildah (its Dockerfile, Debian base), push to the local registry, write deploy/local/values-images.yaml
 	@$(UV) run --no-sync python -m aion.infra.images build
 
-bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready vs raw creates; one JSON object
+bench-operator: setup infra-build ## AGENTS=N (default 200) Agents until Ready vs the raw-client floor: ratio_to_floor, peak_rss_mb, cpu_s, api_requests (one JSON object)
 	@AGENTS=$${AGENTS:-200} $(UV) run --no-sync python services/operator/bench/operator_bench.py
 
 bench-agent: setup infra-up ## tasks/s and added latency through gateway->agent->executor, outbox vs raw produce; BENCH_AGENT_* knobs (one JSON object)
