@@ -29,6 +29,7 @@ class Recorder(knowledge_pb2_grpc.KnowledgeServicer):
         self.fail: list[grpc.StatusCode] = []
         self.refuse_at_header = False
         self.stall: asyncio.Event | None = None  # set once a stalled call has ended
+        self.stalled = asyncio.Event()  # set once a stalled call has begun
 
     async def Ingest(
         self, request: knowledge_pb2.IngestRequest, context: Any
@@ -45,6 +46,7 @@ class Recorder(knowledge_pb2_grpc.KnowledgeServicer):
         if self.stall is not None:  # never answers
             stall = self.stall
             context.add_done_callback(lambda _: stall.set())
+            self.stalled.set()
             await asyncio.Event().wait()
         if self.refuse_at_header:  # while the client still writes
             async for _ in request_iterator:
@@ -207,7 +209,7 @@ async def test_cancelling_an_upload_cancels_its_call(
     path.write_bytes(b"notes")
     async with client.AsyncClient(target, retries=FAST) as api:
         upload = asyncio.create_task(api.ingest_file("kb", "notes.txt", path))
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(recorder.stalled.wait(), 10)
         upload.cancel()
         with pytest.raises(asyncio.CancelledError):
             await upload

@@ -533,13 +533,15 @@ async def test_a_stream_broken_off_midway_stores_nothing(
         sent.set()
         await never.wait()
 
+    before = testing.handled("IngestStream")
     call = service.stub.IngestStream(half(), timeout=30)
     await sent.wait()
-    await asyncio.sleep(0.3)  # the pieces reach the service
+    await testing.until(lambda: testing.in_flight() > 0, "the upload reaching the service")
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    await asyncio.sleep(0.5)  # whatever the service would do, it has done
+    # Only once the service has ended the call is "nothing stored" the final word.
+    await testing.until(lambda: testing.handled("IngestStream") > before, "the call's end")
     assert _stored(sql_rows, s3_client, service.cfg.minio_bucket, "streams", "half.txt") == (0, [])
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await service.document("acme", "streams", "half.txt")

@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 import minio
-import prometheus_client
 import pytest
 
 from aion.api.v1 import knowledge_pb2, knowledge_pb2_grpc
@@ -326,27 +325,11 @@ async def test_an_upload_over_the_limit_is_invalid_argument_and_stores_nothing(
     await _nothing_stored(sql_rows, s3_client, service, "huge.txt")
 
 
-def _handled_uploads() -> float:
-    """IngestStream calls the knowledge service (in this process) has finished, any status."""
-    return sum(
-        prometheus_client.REGISTRY.get_sample_value(
-            "grpc_server_handled_total",
-            {
-                "grpc_service": "aion.knowledge.v1.KnowledgeService",
-                "grpc_method": "IngestStream",
-                "grpc_code": code.name,
-            },
-        )
-        or 0.0
-        for code in grpc.StatusCode
-    )
-
-
 async def test_an_upload_broken_off_midway_stores_nothing(
     gateway: str, service: testing.Service, s3_client: minio.Minio, sql_rows: Any
 ) -> None:
     manual = _manual()
-    before = _handled_uploads()
+    before = testing.handled("IngestStream")
     sent, never = asyncio.Event(), asyncio.Event()
 
     async def half() -> AsyncIterator[knowledge_pb2.IngestChunk]:
@@ -365,17 +348,16 @@ async def test_an_upload_broken_off_midway_stores_nothing(
         stub: knowledge_pb2_grpc.KnowledgeAsyncStub = knowledge_pb2_grpc.KnowledgeStub(channel)
         call = stub.IngestStream(half(), metadata=(("x-api-key", "acme-admin"),), timeout=60)
         await sent.wait()
-        await asyncio.sleep(0.5)  # the pieces reach the knowledge service
-        assert _handled_uploads() == before  # still open there
+        await testing.until(lambda: testing.in_flight() > 0, "the upload reaching the service")
+        assert testing.handled("IngestStream") == before  # still open there
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
     # The gateway's call to the knowledge service ends too (cancelled, or refused for want
     # of its last message); only then is "nothing stored" the final word.
-    deadline = time.monotonic() + 30
-    while _handled_uploads() == before:
-        assert time.monotonic() < deadline, "the knowledge service never saw the upload end"
-        await asyncio.sleep(0.1)
+    await testing.until(
+        lambda: testing.handled("IngestStream") > before, "the knowledge service seeing it end"
+    )
     await _nothing_stored(sql_rows, s3_client, service, "half.txt")
     async with _client(gateway, "acme-admin") as acme:
         with pytest.raises(errors.NotFound):

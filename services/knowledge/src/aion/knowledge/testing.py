@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Callable
 
 import grpc
+import prometheus_client
 
 from aion.api.knowledge.v1 import knowledge_pb2, knowledge_pb2_grpc
 from aion.api.v1 import knowledge_pb2 as public
@@ -24,6 +25,39 @@ TERMINAL = (
     public.DOCUMENT_STATE_FAILED,
     public.DOCUMENT_STATE_SUPERSEDED,
 )
+
+
+SERVICE = knowledge_pb2.DESCRIPTOR.services_by_name["KnowledgeService"].full_name
+
+
+def in_flight() -> float:
+    """RPCs the knowledge service in this process is handling now."""
+    return (
+        prometheus_client.REGISTRY.get_sample_value(
+            "grpc_server_in_flight", {"grpc_service": SERVICE}
+        )
+        or 0.0
+    )
+
+
+def handled(method: str) -> float:
+    """Calls of ``method`` the knowledge service in this process has finished, any status."""
+    return sum(
+        prometheus_client.REGISTRY.get_sample_value(
+            "grpc_server_handled_total",
+            {"grpc_service": SERVICE, "grpc_method": method, "grpc_code": code.name},
+        )
+        or 0.0
+        for code in grpc.StatusCode
+    )
+
+
+async def until(check: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Wait until ``check()`` holds; fail naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.05)
 
 
 def make_pdf(*pages: str) -> bytes:
