@@ -65,3 +65,21 @@ def test_the_knowledge_service_follows_the_agent_services_overrides(tmp_path: Pa
     assert env["AION_KNOWLEDGE_TOPIC_PREFIX"] == "e2e_1."
     assert env["AION_KNOWLEDGE_EXECUTOR_TARGET"] == local.services["embedder"].target
     assert env["AION_AGENT_EXECUTOR_TARGET"] == local.services["executor"].target
+
+
+def test_free_port_never_hands_out_the_same_port_twice_while_it_may_be_in_use() -> None:
+    # A suite asks for 17 ports at once and binds them later: each must be distinct,
+    # and distinct from the ones the suites before it were given and may still hold.
+    ports = [devstack.suite.free_port() for _ in range(2000)]
+    assert len(set(ports)) == len(ports)
+
+
+def test_a_suites_ports_are_all_distinct(tmp_path: Path) -> None:
+    for _ in range(50):
+        local = devstack.LocalSuite(log_dir=tmp_path)
+        taken = [local.gateway_http_port]
+        for svc in local.services.values():
+            taken += [svc.port, svc.metrics_port]
+            if svc.health_port is not None:
+                taken.append(svc.health_port)
+        assert len(set(taken)) == len(taken)

@@ -24,6 +24,7 @@ each internal service's plaintext health port (the gateway's own port).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -138,8 +139,18 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+# The ports free_port handed out lately, oldest first. Probing a port and
+# letting it go leaves it free until its service binds it, so without this one
+# suite could be given the same port twice (17 of ~9,800: about 1.4% a suite,
+# and a CI run starts dozens) and its second service dies with "Address
+# already in use".
+_RECENT_PORTS: collections.OrderedDict[int, None] = collections.OrderedDict()
+_RECENT_LIMIT = 4096
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now, below the kernel's ephemeral range.
+    """A TCP port nobody listens on right now, below the kernel's ephemeral range,
+    and not handed out by this process in its last ``_RECENT_LIMIT`` calls.
 
     A port the kernel hands out for bind(0) comes from the range it also uses for
     outgoing connections, so by the time a service binds it, a client may hold it
@@ -149,17 +160,27 @@ def free_port() -> int:
     low, _ = _ephemeral_range()
     # Above the local infrastructure's fixed ports (6443-22379), below the range.
     floor, ceiling = 23_000, max(low - 1, 24_000)
+    limit = min(_RECENT_LIMIT, (ceiling - floor) // 2)
+    port = None
     for _ in range(200):
-        port = random.randint(floor, ceiling)
+        candidate = random.randint(floor, ceiling)
+        if candidate in _RECENT_PORTS:
+            continue
         with socket.socket() as s:
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind(("127.0.0.1", candidate))
             except OSError:
                 continue
-            return port
-    with socket.socket() as s:  # a crowded machine: let the kernel choose
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        port = candidate
+        break
+    if port is None:  # a crowded machine: let the kernel choose
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    _RECENT_PORTS[port] = None
+    while len(_RECENT_PORTS) > limit:
+        _RECENT_PORTS.popitem(last=False)
+    return port
 
 
 def health_status(target: str, *, timeout: float = 1.0) -> str:
