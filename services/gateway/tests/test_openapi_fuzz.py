@@ -92,3 +92,23 @@ def test_no_request_to_a_known_agent_gets_a_server_error(
     case.call_and_validate(
         base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS
     )
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "demo", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+        ),
+    ],
+)
+def test_a_streamed_answer_matches_the_documents_event_schema(
+    path: str, body: dict[str, Any], base_url: str
+) -> None:
+    # The fuzz runs above reach a stream only when hypothesis happens to ask for one.
+    case = KNOWN[path]["POST"].Case(body=body, media_type="application/json")
+    response = case.call_and_validate(
+        base_url=base_url, headers={"Authorization": f"Bearer {KEY}"}, checks=CHECKS
+    )
+    assert response.headers["content-type"][0].startswith("text/event-stream")

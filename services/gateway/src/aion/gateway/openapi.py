@@ -21,6 +21,25 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+def _sse(data: str) -> dict[str, Any]:
+    """A ``text/event-stream`` response. Before OpenAPI 3.2 (``itemSchema``), a sequential
+    media type's ``schema`` describes one event: its fields, ``data`` being ``data``."""
+    return {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "data": {"type": "string", "description": data},
+                    "event": {"type": "string"},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"},
+                },
+                "required": ["data"],
+            }
+        }
+    }
+
+
 def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": _json({"$ref": _REF.format(model="Error")})}
 
@@ -194,7 +213,7 @@ _A2A_ANSWER = {
         "description": "the A2A (1.0) response, or its events as SSE",
         "content": {
             **_json({"type": "object"}),
-            "text/event-stream": {"schema": {"type": "string"}},
+            **_sse("an A2A StreamResponse as JSON"),
         },
     }
 }
@@ -318,7 +337,7 @@ def document() -> dict[str, Any]:
                             "description": "the completion, or its chunks as SSE",
                             "content": {
                                 **_json({"$ref": _REF.format(model="ChatCompletion")}),
-                                "text/event-stream": {"schema": {"type": "string"}},
+                                **_sse("a chat.completion.chunk as JSON, then [DONE]"),
                             },
                         },
                         **_pick("400", "404", "413", "504"),
@@ -418,7 +437,7 @@ def document() -> dict[str, Any]:
                             "description": "the JSON-RPC response, or its events as SSE",
                             "content": {
                                 **_json({"type": "object"}),
-                                "text/event-stream": {"schema": {"type": "string"}},
+                                **_sse("a JSON-RPC response (an A2A StreamResponse) as JSON"),
                             },
                         },
                         **_pick("404", "413"),
