@@ -386,6 +386,7 @@ class AgentLoop:
             endpoints=agent.executor_endpoints,
             task_id=req.task_id,
             attempt=req.attempt,
+            tenant=req.tenant,
         )
         # Spend: each chunk of a priced call is checked against the task's budget.
         spend = req.spend or budget.Spend(tenant=req.tenant)

@@ -291,6 +291,7 @@ class ModelCall:
     endpoints: tuple[str, ...] = ()
     task_id: str = ""
     attempt: int = 0
+    tenant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

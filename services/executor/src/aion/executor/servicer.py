@@ -41,6 +41,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     ) -> AsyncIterator[executor_pb2.GenerateChunk]:
         req = convert.generate_request_from_pb(request, limits=self._service.limits)
         metadata = dict(context.invocation_metadata() or ())
+        # The agent service (only it may call Generate) names the task's tenant.
+        telemetry.bind_tenant(str(metadata.get("x-aion-tenant", "")))
         # The generation's span (GenAI conventions), a child of the RPC's; kept out of the
         # context, since this generator yields inside it.
         with telemetry.model_call(
