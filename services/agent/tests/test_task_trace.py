@@ -1,10 +1,11 @@
 """One asynchronous task is one trace: the Submit call, the outbox's send to the work topic,
-the worker's process span, the run and its model call, over real Postgres and Kafka (the
-spans kept in memory, ``aion.core.span_capture``)."""
+the worker's process span, the run and its model call; each executor load report read is
+a child of its send; over real Postgres and Kafka (the spans kept in memory,
+``aion.core.span_capture``)."""
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
 from opentelemetry.sdk.trace import ReadableSpan
 
+from aion.agent import load_testing
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
@@ -66,16 +68,10 @@ async def test_an_async_task_is_one_trace_through_the_work_topic(
         assert result.status == common_pb2.TASK_STATUS_OK
         work = svc.cfg.topic_prefix + "agent.tasks"
         # The spans end as their work does (the run's after its end is stored).
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 20
-        while loop.time() < deadline:
-            names = {s.name for s in exporter.get_finished_spans()}
-            if {"invoke_agent echo", f"process {work}"} <= names:
-                break
-            await asyncio.sleep(0.05)
+        finished = await span_capture.wait_for("invoke_agent echo", f"process {work}")
     assert len(result.trace_id) == 32, result
     trace_id = int(result.trace_id, 16)
-    spans = {s.context.span_id: s for s in exporter.get_finished_spans()}
+    spans = {s.context.span_id: s for s in finished}
     mine = [s for s in spans.values() if s.context.trace_id == trace_id]
     shown = "\n".join(f"{s.name} <- {getattr(_parent(s, spans), 'name', None)}" for s in mine)
     by_name = {s.name: s for s in mine}
@@ -105,3 +101,25 @@ async def test_an_async_task_is_one_trace_through_the_work_topic(
     # The task's state changes go to the task-events topic in its trace too.
     events_topic = svc.cfg.topic_prefix + "task.events"
     assert any(s.name == f"send {events_topic}" for s in mine), shown
+
+
+async def test_a_load_report_is_read_in_a_child_of_its_send(
+    new_service: Callable[..., Any], kafka: Any
+) -> None:
+    exporter = span_capture.exporter()
+    exporter.clear()
+    topic = f"load-{uuid.uuid4().hex[:8]}"
+    async with (
+        load_testing.pods(1, kafka.bootstrap, topic),
+        new_service(executor_load_topic=topic),
+    ):
+        finished = await span_capture.wait_for(f"process {topic}")
+    spans = {s.context.span_id: s for s in finished}
+    read = span_capture.named(list(spans.values()), f"process {topic}")
+    assert read, f"no process {topic} span in 30s"
+    sent = _parent(read[0], spans)
+    assert sent is not None
+    assert (sent.name, sent.kind) == (f"send {topic}", trace.SpanKind.PRODUCER)
+    assert read[0].kind is trace.SpanKind.CONSUMER
+    key = "messaging.kafka.message.key"  # the executor's id
+    assert (read[0].attributes or {})[key] == (sent.attributes or {})[key]

@@ -3,12 +3,15 @@
 ``exporter()`` installs, once per process, a global tracer provider that hands
 every span to an ``InMemorySpanExporter`` as it ends (modules' tracers are
 proxies, so spans of tracers taken before it count too), and returns that
-exporter; ``clear()`` it between tests. A process that ran
+exporter; ``clear()`` it between tests. ``wait_for`` waits until spans of given
+names have ended (spans end as their work does, some after the answer). A process that ran
 ``telemetry.setup`` keeps its own provider (the global one is set once): tests
 only.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -32,3 +35,15 @@ def exporter() -> InMemorySpanExporter:
 def named(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], name: str) -> list[ReadableSpan]:
     """The spans called ``name``, in the order they ended."""
     return [s for s in spans if s.name == name]
+
+
+async def wait_for(*names: str, timeout_s: float = 30.0) -> tuple[ReadableSpan, ...]:
+    """The finished spans, once spans of every one of ``names`` are among them (or
+    ``timeout_s`` passed: the caller's assertions then show what is missing)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        spans = exporter().get_finished_spans()
+        if set(names) <= {s.name for s in spans} or loop.time() >= deadline:
+            return spans
+        await asyncio.sleep(0.05)
