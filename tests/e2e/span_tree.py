@@ -48,9 +48,11 @@ def spans_of(trace: Mapping[str, Any]) -> list[Span]:
     return sorted(out, key=lambda span: span.start_us)
 
 
-def render(spans: Iterable[Span]) -> str:
+def render(spans: Iterable[Span], *, show: Iterable[str] = ()) -> str:
     """The spans as an indented tree, children under their parent in start order; a span
-    whose parent is not in the trace is shown as a root, marked ``(parent missing)``."""
+    whose parent is not in the trace is shown as a root, marked ``(parent missing)``. The
+    tags named in ``show`` follow a span's name where it has them."""
+    show = tuple(show)
     spans = list(spans)
     ids = {s.span_id for s in spans}
     children: dict[str | None, list[Span]] = {}
@@ -60,7 +62,9 @@ def render(spans: Iterable[Span]) -> str:
 
     def walk(span: Span, depth: int) -> None:
         missing = " (parent missing)" if span.parent_id and span.parent_id not in ids else ""
-        lines.append(f"{'  ' * depth}{span.service}: {span.name} ({span.kind}){missing}")
+        shown = ", ".join(f"{k}={span.tags[k]}" for k in show if k in span.tags)
+        tags = f" [{shown}]" if shown else ""
+        lines.append(f"{'  ' * depth}{span.service}: {span.name} ({span.kind}){missing}{tags}")
         for child in children.get(span.span_id, ()):
             walk(child, depth + 1)
 

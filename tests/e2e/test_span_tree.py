@@ -28,6 +28,14 @@ AIONCTL = str(Path(sys.executable).with_name("aionctl"))
 SERVICES = ("gateway", "router", "agent", "knowledge", "executor")
 MODEL = "smollm2-135m-instruct"
 TENANT = "default"  # the e2e admin key's
+# The tags the tree written to AION_SPAN_TREE_OUT shows.
+NOTED = (
+    "aion.task.id",
+    "messaging.kafka.offset",
+    "gen_ai.usage.input_tokens",
+    "gen_ai.usage.output_tokens",
+    "gen_ai.response.finish_reasons",
+)
 
 
 def _agent(name: str, kb: str) -> str:
@@ -235,7 +243,7 @@ def test_one_tasks_span_tree_in_jaeger(traced_suite: devstack.LocalSuite, jaeger
     spans = fetch(jaeger.url, result.trace_id, until=whole, timeout_s=60)
     tree = render(spans)
     if out := os.environ.get("AION_SPAN_TREE_OUT"):
-        Path(out).write_text(tree + "\n")
+        Path(out).write_text(render(spans, show=NOTED) + "\n")
     problems = _task_problems(spans, agent=agent, task_id=result.task_id)
     assert not problems, "\n".join([*problems, "", "the trace:", tree])
 
