@@ -273,3 +273,11 @@ def test_one_trace_follows_a_task_across_services(suite: devstack.LocalSuite) ->
     decided = [r for r in _log_records(suite, "router") if r.get("message") == "decided"]
     assert trace_id in {r["trace_id"] for r in routed}
     assert trace_id in {r["trace_id"] for r in decided}
+    # Each line of the task names its span and its tenant (the e2e admin key's).
+    for record in (
+        ended[0],
+        *(r for r in routed if r["trace_id"] == trace_id),
+        *(r for r in decided if r["trace_id"] == trace_id),
+    ):
+        assert len(str(record["span_id"])) == 16, record
+        assert record["tenant"] == "default", record

@@ -132,6 +132,22 @@ async def test_get_and_cancel(gateway: testing.FakeGateway) -> None:
     assert json.loads(canceled.stdout)["status"] == "CANCELED"
 
 
+async def test_get_trace_prints_the_traces_address_in_the_ui(
+    gateway: testing.FakeGateway,
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    gateway.result = testing.task_result(trace_id=trace_id)
+    shown = await _run(gateway, "get", "t-1", "--trace")
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout == f"http://127.0.0.1:16686/trace/{trace_id}\n"
+    elsewhere = await _run(gateway, "get", "t-1", "--trace", "--trace-ui", "http://jaeger:80/")
+    assert elsewhere.stdout == f"http://jaeger:80/trace/{trace_id}\n"
+    gateway.result = testing.task_result()
+    none = await _run(gateway, "get", "t-1", "--trace")
+    assert none.exit_code == 1
+    assert "has no trace" in none.stderr
+
+
 async def test_get_shows_the_citations_and_the_summary_counts_them(
     gateway: testing.FakeGateway,
 ) -> None:

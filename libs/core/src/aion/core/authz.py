@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from aion.core import errors, pki
+from aion.core import errors, pki, telemetry
 
 Allow = Mapping[str, Collection[str]]
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -129,7 +129,9 @@ async def _refuse_stream(
 
 
 def require_tenant(tenant: str) -> str:
-    """The tenant of an internal request; INVALID_ARGUMENT when it is empty (never a default)."""
+    """The tenant of an internal request; INVALID_ARGUMENT when it is empty (never a default).
+    The request's log lines and span carry it from here on (``telemetry.bind_tenant``)."""
     if not tenant:
         raise errors.InvalidArgument("tenant is required", field="tenant")
+    telemetry.bind_tenant(tenant)
     return tenant

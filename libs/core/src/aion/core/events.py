@@ -58,10 +58,11 @@ def envelope(
     )
 
 
-def trace_headers() -> dict[str, str]:
-    """The current trace context as W3C headers (empty outside a span)."""
+def trace_headers(ctx: context.Context | None = None) -> dict[str, str]:
+    """The trace context of ``ctx`` (the current one when None) as W3C headers (empty
+    outside a span)."""
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=ctx)
     return carrier
 
 

@@ -4,11 +4,12 @@ way to send an event, with the security settings of ``aion.core.kafka_security``
 
 ``producer`` builds the aiokafka producer every service uses (idempotent,
 ``acks=all``, unless a caller overrides it), ``ensure_topics`` creates the
-topics a service writes, and ``send`` publishes one envelope
-(``aion.core.events``) inside a PRODUCER span, with the W3C trace context and
-the event type in the record's headers. aiokafka is the ``kafka`` extra of
-aion-core (``aion-core[kafka]``): only the services that use Kafka import this
-module, so the gateway's, router's and operator's images stay without it.
+topics a service writes, ``send`` publishes one envelope (``aion.core.events``)
+and ``send_record`` any record, inside a PRODUCER span (``aion.core.kafka_spans``)
+with its W3C trace context (and the event type) in the record's headers.
+aiokafka is the ``kafka`` extra of aion-core (``aion-core[kafka]``): only the
+services that use Kafka import this module, so the gateway's, router's and
+operator's images stay without it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aiokafka import errors as kafka_errors
 from opentelemetry import trace
 
 from aion.api.events.v1 import events_pb2
-from aion.core import events
+from aion.core import kafka_spans
 from aion.core.kafka_security import KafkaSettings, Mechanism, Protocol, client_options
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "ensure_topics",
     "producer",
     "send",
+    "send_record",
 ]
 
 
@@ -91,22 +93,40 @@ async def ensure_topics(
         await client.close()
 
 
-_tracer = trace.get_tracer(__name__)
+async def send_record(
+    client: Any,
+    topic: str,
+    value: bytes,
+    *,
+    key: bytes,
+    message_id: str | None = None,
+    type_: str | None = None,
+    attributes: dict[str, str] | None = None,
+) -> Any:
+    """Publish one record and wait for the broker's ack (its RecordMetadata), inside a
+    PRODUCER span ``send <topic>`` (``aion.core.kafka_spans``: a child of the caller's, or
+    a trace of its own) whose W3C context travels in the record's headers, with
+    ``ce_type`` when ``type_`` is given."""
+    span = kafka_spans.start_send(topic, key=key, message_id=message_id)
+    for name, val in (attributes or {}).items():
+        span.set_attribute(name, val)
+    with trace.use_span(span, end_on_exit=True):
+        metadata = await client.send_and_wait(
+            topic, value, key=key, headers=kafka_spans.headers(span, type_=type_)
+        )
+        kafka_spans.record_metadata(span, metadata)
+        return metadata
 
 
 async def send(client: Any, topic: str, env: events_pb2.Envelope) -> None:
-    """Publish ``env`` to ``topic``, keyed by its subject, and wait for the broker's ack.
-
-    The send is a PRODUCER span (a child of the caller's, or a trace of its
-    own), whose W3C context travels in the record's headers with ``ce_type``.
-    """
-    with _tracer.start_as_current_span(f"send {topic}", kind=trace.SpanKind.PRODUCER) as span:
-        span.set_attribute("messaging.system", "kafka")
-        span.set_attribute("messaging.destination.name", topic)
-        span.set_attribute("messaging.message.id", env.id)
-        await client.send_and_wait(
-            topic,
-            env.SerializeToString(),
-            key=env.subject.encode(),
-            headers=events.record_headers(env),
-        )
+    """Publish ``env`` to ``topic``, keyed by its subject, and wait for the broker's ack
+    (``send_record``: in a PRODUCER span, its context and ``ce_type`` in the headers)."""
+    await send_record(
+        client,
+        topic,
+        env.SerializeToString(),
+        key=env.subject.encode(),
+        message_id=env.id,
+        type_=env.type,
+        attributes={"aion.tenant": env.tenant} if env.tenant else None,
+    )

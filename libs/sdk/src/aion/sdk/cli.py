@@ -222,10 +222,32 @@ def _print_events(events: Iterable[tasks_pb2.TaskEvent], *, as_json: bool) -> No
 @main.command()
 @click.argument("task_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option(
+    "--trace",
+    "show_trace",
+    is_flag=True,
+    help="Print only the address of the task's trace in the trace store's UI.",
+)
+@click.option(
+    "--trace-ui",
+    envvar="AION_TRACE_UI",
+    default=options.DEFAULT_TRACE_UI,
+    show_default=True,
+    help="The trace store's UI (Jaeger) [env AION_TRACE_UI].",
+)
 @click.pass_context
-def get(ctx: click.Context, task_id: str, as_json: bool) -> None:
-    """Show a task's result or current state."""
-    _show(_client(ctx).get(task_id), as_json=as_json)
+def get(ctx: click.Context, task_id: str, as_json: bool, show_trace: bool, trace_ui: str) -> None:
+    """Show a task's result or current state (or, with --trace, where to see its trace)."""
+    result = _client(ctx).get(task_id)
+    if not show_trace:
+        _show(result, as_json=as_json)
+        return
+    if not result.trace_id:
+        click.echo(
+            f"error: task {result.task_id} has no trace (it was created outside one)", err=True
+        )
+        raise click.exceptions.Exit(1)
+    click.echo(options.trace_url(trace_ui, result.trace_id))
 
 
 @main.command()

@@ -16,6 +16,8 @@ from aion.sdk import errors, retry
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_TASK_TIMEOUT_S = 300.0
+# Jaeger's UI as `make dev` runs it (``aionctl get TASK --trace``).
+DEFAULT_TRACE_UI = "http://127.0.0.1:16686"
 
 CHANNEL_OPTIONS: list[tuple[str, str | int]] = [
     ("grpc.primary_user_agent", "aion-sdk-python"),
@@ -266,3 +268,8 @@ def search_request(
         filters=dict(filters or {}),
         mode=SEARCH_MODES[mode],
     )
+
+
+def trace_url(ui: str, trace_id: str) -> str:
+    """The address of trace ``trace_id`` in a Jaeger UI at ``ui``."""
+    return f"{ui.rstrip('/')}/trace/{trace_id}"

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 from aion.agent import a2a_tools, budget, mcp_tools, model, registry, tools
-from aion.core import errors, privacy
+from aion.core import errors, privacy, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +386,7 @@ class AgentLoop:
             endpoints=agent.executor_endpoints,
             task_id=req.task_id,
             attempt=req.attempt,
+            tenant=req.tenant,
         )
         # Spend: each chunk of a priced call is checked against the task's budget.
         spend = req.spend or budget.Spend(tenant=req.tenant)
@@ -394,27 +395,39 @@ class AgentLoop:
         def enough(so_far: _Reply) -> bool:
             return spend.reached(backend.cost_usd(*so_far.estimate(guess)))
 
-        # -- route choice (issue #15; see placement.py) --
-        plan = await self._plan(agent, req, tokens=(guess, call.max_tokens), spend=spend)
-        backends = self._backends(plan.order)
-        for i, (by, backend) in enumerate(backends):
-            try:
-                stopped = await got.take(backend.generate(call), sink, enough=enough)
-                served_by = by
-                break
-            except errors.AionError:
-                # The next backend only when this one failed before answering.
-                if i == len(backends) - 1 or got.text:
-                    raise
-        if self._planner is not None:
-            await self._planner.served(
-                req.task_id, plan, by=served_by, model_name=backend.model_name(call)
+        # The model call's span (GenAI conventions): the executor's or the API's client
+        # span is its child.
+        with telemetry.model_call(
+            agent.model,
+            attributes={
+                telemetry.TASK_ID: req.task_id,
+                "gen_ai.request.max_tokens": call.max_tokens,
+            },
+        ) as span:
+            # -- route choice (issue #15; see placement.py) --
+            plan = await self._plan(agent, req, tokens=(guess, call.max_tokens), spend=spend)
+            backends = self._backends(plan.order)
+            for i, (by, backend) in enumerate(backends):
+                try:
+                    stopped = await got.take(backend.generate(call), sink, enough=enough)
+                    served_by = by
+                    break
+                except errors.AionError:
+                    # The next backend only when this one failed before answering.
+                    if i == len(backends) - 1 or got.text:
+                        raise
+            if self._planner is not None:
+                await self._planner.served(
+                    req.task_id, plan, by=served_by, model_name=backend.model_name(call)
+                )
+            # -- end of route choice --
+            # A call stopped at the budget never got its usage: it is estimated.
+            prompt, completion = (
+                got.estimate(guess) if stopped else (got.prompt_tokens, got.completion_tokens)
             )
-        # -- end of route choice --
-        # A call stopped at the budget never got its usage: it is estimated.
-        prompt, completion = (
-            got.estimate(guess) if stopped else (got.prompt_tokens, got.completion_tokens)
-        )
+            span.set_attribute("gen_ai.response.model", backend.model_name(call))
+            span.set_attribute("aion.route", served_by)
+            telemetry.model_usage(span, input_tokens=prompt, output_tokens=completion)
         cost = backend.cost_usd(prompt, completion)
         spend.charge(cost)
         await sink.step(

@@ -36,7 +36,11 @@ class ExecutorBackend:
 
     async def generate(self, call: model.ModelCall) -> AsyncIterator[model.Chunk]:
         """Stream the reply from one of the agent's pods, labelled with its task."""
-        metadata = (("x-aion-task-id", call.task_id), ("x-aion-attempt", str(call.attempt)))
+        metadata = (
+            ("x-aion-task-id", call.task_id),
+            ("x-aion-attempt", str(call.attempt)),
+            ("x-aion-tenant", call.tenant),  # for the executor's log lines and spans
+        )
         async for chunk in self._peers.generate(
             call.endpoints,
             convert.generate_request(call),

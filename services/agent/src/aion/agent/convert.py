@@ -128,6 +128,7 @@ def result_to_pb(task: model.TaskRecord) -> common_pb2.TaskResult:
         created_at=_ts(task.created_at),
         finished_at=_ts(task.finished_at),
         citations=[citation_to_pb(c) for c in task.citations],
+        trace_id=task.trace_id,
     )
     if task.error is not None:
         result.error.CopyFrom(

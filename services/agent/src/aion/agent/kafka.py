@@ -5,7 +5,9 @@ also records the envelope id in ``processed_events``: a redelivered record
 finds its id there and is skipped. A record that cannot be handled (not an
 envelope, an unknown type, a handler that keeps failing on it) goes to the
 topic's dead-letter topic with the error in its headers, and the consumer
-moves on. Offsets are committed only after the record was handled.
+moves on. Offsets are committed only after the record was handled. Each record
+is handled in a CONSUMER span ``process <topic>``, a child of the span that sent
+it (``aion.core.kafka_spans``).
 
 The producer and topic creation are ``aion.core.kafka``'s (every service
 uses the same ones); ``producer`` here only names the agent as the client.
@@ -24,17 +26,13 @@ import aiokafka  # type: ignore[import-untyped]
 import psycopg
 from aiokafka import errors as kafka_errors
 from google.protobuf import message as pb_message
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 
 from aion.agent import db, metrics
 from aion.api.events.v1 import events_pb2
-from aion.core import errors
-from aion.core import events as core_events
+from aion.core import errors, kafka_spans
 from aion.core import kafka as core_kafka
 
 log = logging.getLogger(__name__)
-tracer = trace.get_tracer(__name__)
 
 KafkaError = kafka_errors.KafkaError
 Then = Callable[[], Awaitable[None]]
@@ -153,16 +151,13 @@ class IdempotentConsumer:
         except (pb_message.DecodeError, Poison) as exc:
             await self._to_dead_letter(record, f"cannot decode the envelope: {exc}")
             return
-        parent = core_events.trace_context(record.headers)
-        token = otel_context.attach(parent)
-        try:
-            with tracer.start_as_current_span(
-                f"{self._topic} process", kind=trace.SpanKind.CONSUMER
-            ) as span:
-                span.set_attribute("messaging.message.id", env.id)
-                await self._with_retries(record, env)
-        finally:
-            otel_context.detach(token)
+        with kafka_spans.process(
+            record,
+            group=self._group,
+            message_id=env.id,
+            attributes={"aion.tenant": env.tenant} if env.tenant else None,
+        ):
+            await self._with_retries(record, env)
 
     async def _with_retries(self, record: Any, env: events_pb2.Envelope) -> None:
         failures = 0

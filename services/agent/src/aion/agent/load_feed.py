@@ -4,7 +4,9 @@ Every agent replica needs every report, so the consumer joins no group and
 starts at the topic's end: the executors publish every ``load_interval_s``,
 so a replica that starts has a full view within one interval. A record that
 is not a load report is skipped (logged once); a broker that goes away is
-retried, and the reports it withholds age out of the board meanwhile.
+retried, and the reports it withholds age out of the board meanwhile. Each report
+is read in a CONSUMER span, a child of the executor's send span
+(``aion.core.kafka_spans``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from google.protobuf import message as pb_message
 from aion.agent import load
 from aion.api.events.v1 import events_pb2
 from aion.core import kafka as core_kafka
+from aion.core import kafka_spans
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +87,14 @@ class LoadFeed:
                 await consumer.start()
                 log.info("reading executor load reports", extra={"topic": self._topic})
                 async for record in consumer:
-                    report = report_from(record.value)
-                    if report is None:
-                        if not skipped:
-                            log.warning("skipping records that are not load reports")
-                        skipped = True
-                        continue
-                    self._board.record(report)
+                    with kafka_spans.process(record):
+                        report = report_from(record.value)
+                        if report is None:
+                            if not skipped:
+                                log.warning("skipping records that are not load reports")
+                            skipped = True
+                            continue
+                        self._board.record(report)
                     self.received += 1
             except (KafkaError, OSError) as exc:
                 log.warning("executor load reports unreachable, retrying: %s", exc)

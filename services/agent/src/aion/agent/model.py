@@ -241,6 +241,14 @@ class TaskRecord:
     seq: int = 0  # the number of its last stored event, when read
     # The passages its run put into the model's context (``cited``), stored at its end.
     citations: tuple[Citation, ...] = ()
+    # Its W3C trace context (``traceparent``, ``tracestate``): the trace it was created in.
+    trace_context: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def trace_id(self) -> str:
+        """The id (32 hex digits) of the task's trace; "" when it was created in none."""
+        parts = self.trace_context.get("traceparent", "").split("-")
+        return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else ""
 
     @property
     def remaining_s(self) -> float:
@@ -283,6 +291,7 @@ class ModelCall:
     endpoints: tuple[str, ...] = ()
     task_id: str = ""
     attempt: int = 0
+    tenant: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,6 +24,10 @@ come before the copies, as within one batch). When ``run`` is cancelled, the
 batches in flight stay with the publisher (its connection, and so its lock,
 is closed) and ``drain`` first awaits their acks and deletes their rows.
 
+Each row is sent in a PRODUCER span (``aion.core.kafka_spans``), a child of the
+trace that wrote it (its context is stored with the row), ending with its ack;
+the record's headers carry that span's context to the consumer.
+
 The publisher exports its backlog (sampled every ``sample_s``), the lag of
 each row from commit to Kafka ack, and its publish counts (``metrics``).
 """
@@ -37,16 +41,19 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from psycopg import rows as pg_rows
 from psycopg.types import json as pg_json
 
 from aion.agent import db, events, kafka, metrics
 from aion.api.events.v1 import events_pb2
 from aion.core import kafka as core_kafka
+from aion.core import kafka_spans
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +65,24 @@ LOCK = (0x61696F6E, 0x6F757462)
 _READ = (
     "SELECT id, topic, key, payload, headers::text,"
     " extract(epoch FROM created_at)::float8,"
-    " (SELECT count(*) FROM outbox WHERE id <= %(after)s)"
+    " (SELECT count(*) FROM outbox WHERE id <= %(after)s), event_id"
     " FROM outbox WHERE id > %(after)s ORDER BY id LIMIT %(n)s"
 )
 
 
-async def add(conn: psycopg.AsyncConnection[Any], *, topic: str, env: events_pb2.Envelope) -> None:
-    """Write ``env`` to the outbox in the connection's current transaction."""
+async def add(
+    conn: psycopg.AsyncConnection[Any],
+    *,
+    topic: str,
+    env: events_pb2.Envelope,
+    trace: Mapping[str, str] | None = None,
+) -> None:
+    """Write ``env`` to the outbox in the connection's current transaction, with the trace
+    context it is sent in: the current span's, else ``trace`` (its task's, when the change
+    is made outside a span: recovery)."""
+    headers = events.trace_headers()
+    if not headers and trace:
+        headers = dict(trace)
     await conn.execute(
         "INSERT INTO outbox (topic, key, event_id, payload, headers) VALUES (%s, %s, %s, %s, %s)",
         (
@@ -72,7 +90,7 @@ async def add(conn: psycopg.AsyncConnection[Any], *, topic: str, env: events_pb2
             env.subject,
             env.id,
             env.SerializeToString(),
-            pg_json.Jsonb({**events.trace_headers(), "ce_type": env.type}),
+            pg_json.Jsonb({**headers, "ce_type": env.type}),
         ),
     )
 
@@ -291,19 +309,34 @@ class Publisher:
     async def _send(self, rows: list[tuple[Any, ...]]) -> None:
         """Hand ``rows`` to the producer in order; the ones handed over are in flight."""
         producer = await self._ensure_producer()
-        # Rows written together share their headers (the trace, the type): each distinct
-        # set is decoded once.
-        headers: dict[str, list[tuple[str, bytes]]] = {}
+        # Rows written together share their headers (the trace that caused them, the type):
+        # each distinct set is decoded once. Each row is sent in a PRODUCER span of its own,
+        # a child of that trace, whose context replaces it in the record's headers; the
+        # span ends with the row's ack.
+        stored: dict[str, tuple[dict[str, str], otel_context.Context]] = {}
         for text in {r[4] for r in rows}:
-            headers[text] = events.to_kafka_headers(json.loads(text))
+            fields = json.loads(text)
+            stored[text] = (fields, propagate.extract(fields))
         acks: list[asyncio.Future[Any]] = []
         try:
-            for _, topic, key, payload, text, _, _ in rows:
-                acks.append(
-                    await producer.send(
-                        topic, value=payload, key=key.encode(), headers=headers[text]
-                    )
+            for _, topic, key, payload, text, _, _, event_id in rows:
+                fields, parent = stored[text]
+                span = kafka_spans.start_send(
+                    topic, key=key, message_id=str(event_id), parent=parent
                 )
+                try:
+                    ack = await producer.send(
+                        topic,
+                        value=payload,
+                        key=key.encode(),
+                        headers=kafka_spans.headers(span, fields, type_=fields.get("ce_type")),
+                    )
+                except BaseException as exc:
+                    span.record_exception(exc)
+                    span.end()
+                    raise
+                kafka_spans.acked(span, ack)
+                acks.append(ack)
         finally:
             if acks:
                 sent = rows[: len(acks)]

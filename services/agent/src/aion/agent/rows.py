@@ -85,6 +85,7 @@ def record(r: dict[str, Any]) -> model.TaskRecord:
         finished_at=r["finished_at"],
         seq=r["last_seq"],
         citations=_citations(r["citations"]),
+        trace_context=dict(r.get("trace_context") or {}),
     )
 
 
@@ -129,6 +130,7 @@ async def state_changed(conn: Conn, topics: events.Topics, task: model.TaskRecor
     """Announce the task's new state on the task-events topic (through the outbox)."""
     await outbox.add(
         conn,
+        trace=task.trace_context,
         topic=topics.task_events,
         env=events.envelope(
             type_=events.TASK_STATE_CHANGED,
@@ -143,6 +145,7 @@ async def queued(conn: Conn, topics: events.Topics, task: model.TaskRecord) -> N
     """Hand the task to the workers (the work topic, through the outbox)."""
     await outbox.add(
         conn,
+        trace=task.trace_context,
         topic=topics.work,
         env=events.envelope(
             type_=events.TASK_QUEUED,

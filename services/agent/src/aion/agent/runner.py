@@ -22,11 +22,13 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import psycopg
+from opentelemetry import propagate, trace
 
 from aion.agent import agent_loop, budget, model, registry, run_log, store
-from aion.core import errors
+from aion.core import errors, telemetry
 
 log = logging.getLogger(__name__)
+tracer = trace.get_tracer(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
@@ -216,7 +218,7 @@ class Runner:
         self._launch(task, agent)
 
     def _launch(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
-        self._running[task.id] = self._spawn(self._run(task, agent))
+        self._running[task.id] = self._spawn(self._traced(task, agent))
 
     # -- stopping -------------------------------------------------------------------
     def _stop(self, task_id: str, why: str) -> bool:
@@ -272,6 +274,24 @@ class Runner:
         return list(self._running)
 
     # -- running --------------------------------------------------------------------
+    async def _traced(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
+        """Run the task in a span of its own trace (a child of the span that made it ready:
+        the work topic's consumer, or the call that started it), for its tenant."""
+        parent = propagate.extract(task.trace_context) if task.trace_context else None
+        with tracer.start_as_current_span(
+            f"invoke_agent {task.spec.agent}",
+            context=parent,
+            attributes={
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": task.spec.agent,
+                telemetry.TENANT: task.spec.tenant,
+                telemetry.TASK_ID: task.id,
+                "aion.task.attempt": task.attempts,
+            },
+        ):
+            telemetry.bind_tenant(task.spec.tenant)
+            await self._run(task, agent)
+
     async def _run(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
         started = time.perf_counter()
         output = ""

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import grpc
+from opentelemetry import trace
 
 from aion.agent import convert, model, registry, runner, store
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
-from aion.core import errors
+from aion.core import errors, telemetry
 
 _Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,7 +52,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             timeout_s=self._timeout(context, asynchronous=asynchronous),
             asynchronous=asynchronous,
         )
-        return await self._runner.start(spec, convert.decision_from_pb(request.decision))
+        task = await self._runner.start(spec, convert.decision_from_pb(request.decision))
+        trace.get_current_span().set_attribute(telemetry.TASK_ID, task.id)
+        return task
 
     async def _events(self, task: model.TaskRecord) -> AsyncIterator[tasks_pb2.TaskEvent]:
         async for event in self._tasks.follow(task, poll_s=self._poll_s):

@@ -133,15 +133,17 @@ class TaskStore:
             "worker_id": worker_id,
             "lease": self._lease,
             "timeout": datetime.timedelta(seconds=spec.timeout_s),
+            "trace": pg_json.Jsonb(events.trace_headers()),
         }
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO tasks (id, tenant, agent, input, idempotency_key, options, decision,"
-                " model, asynchronous, max_attempts, lease_owner, lease_until, deadline) VALUES"
+                " model, asynchronous, max_attempts, lease_owner, lease_until, deadline,"
+                " trace_context) VALUES"
                 " (%(id)s, %(tenant)s, %(agent)s, %(input)s, %(key)s, %(options)s, %(decision)s,"
                 " %(model)s, %(asynchronous)s, %(max_attempts)s, %(worker_id)s::text,"
                 " CASE WHEN %(worker_id)s::text IS NULL THEN NULL ELSE now() + %(lease)s END,"
-                " now() + %(timeout)s)"
+                " now() + %(timeout)s, %(trace)s)"
                 " ON CONFLICT (tenant, agent, idempotency_key)"
                 " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *",
                 params,
@@ -182,11 +184,16 @@ class TaskStore:
 
     async def mark_ready(self, task_id: str, queue: str, *, conn: Conn) -> bool:
         """Put a queued task in ``queue``'s ready pool (within ``conn``'s transaction), where
-        ``claim_next`` takes it; False when it is not waiting there to be run."""
+        ``claim_next`` takes it; False when it is not waiting there to be run. The current
+        span (the work topic's consumer) becomes the parent of the task's run, when it is
+        in the task's trace."""
         cur = await conn.execute(
-            "UPDATE tasks SET ready_on = %s WHERE id = %s AND state = 'QUEUED'"
-            " AND lease_owner IS NULL",
-            (queue, task_id),
+            "UPDATE tasks SET ready_on = %(queue)s, trace_context = CASE"
+            " WHEN split_part(trace_context->>'traceparent', '-', 2)"
+            " = split_part(%(trace)s::jsonb->>'traceparent', '-', 2)"
+            " THEN %(trace)s::jsonb ELSE trace_context END"
+            " WHERE id = %(id)s AND state = 'QUEUED' AND lease_owner IS NULL",
+            {"queue": queue, "id": task_id, "trace": pg_json.Jsonb(events.trace_headers())},
         )
         return cur.rowcount > 0
 

@@ -36,7 +36,7 @@ from aion.api.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import errors, privacy
+from aion.core import errors, privacy, telemetry
 from aion.gateway import auth, http_calls, keys, ratelimit, settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class Guard:
         principal = admitted.claim() if admitted is not None else None
         if isinstance(principal, auth.Principal):
             principal.require(role)
+            telemetry.bind_tenant(principal.tenant)
             if runs_task:
                 await self.limiter.check_tokens(principal.tenant)
             return principal
@@ -118,6 +119,7 @@ class Guard:
         except errors.Unauthenticated:
             await self.limiter.auth_failed(peer)
             raise
+        telemetry.bind_tenant(principal.tenant)  # its log lines and span name the tenant
         principal.require(role)
         await self.limiter.take(principal.tenant, principal.key_id, runs_task=runs_task)
         return principal

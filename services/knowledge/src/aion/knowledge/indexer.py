@@ -28,7 +28,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from aion.core import errors
+from aion.core import errors, telemetry
 from aion.knowledge import (
     chunking,
     db,
@@ -80,6 +80,7 @@ class Indexer:
         v = claim.version
         if v is None:
             return
+        telemetry.bind_tenant(v.tenant)  # the indexing's log lines and span name it
         if claim.reason in ("exhausted", "superseded"):
             log.info("version %d of %s is %s", v.version, v.document_id, claim.reason)
             await self._index.drop_version(v.tenant, v.knowledge_base, v.document_id, v.version)

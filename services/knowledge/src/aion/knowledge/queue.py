@@ -4,7 +4,9 @@ An event carries only the version's id; everything else is read from
 Postgres, which is also what makes handling idempotent (a version is claimed
 once; a redelivered or repeated event finds it claimed or done). Offsets are
 committed after the handler returns, so a worker killed mid-document leaves
-its event to be delivered again to the group. Every client connects with the
+its event to be delivered again to the group. Each event is sent in a PRODUCER
+span and handled in a CONSUMER span of the upload's trace
+(``aion.core.kafka_spans``). Every client connects with the
 service's Kafka security settings (``aion.core.kafka``: TLS, SASL).
 """
 
@@ -22,6 +24,7 @@ from aiokafka import admin as kafka_admin
 from aiokafka import errors as kafka_errors
 
 from aion.core import kafka as core_kafka
+from aion.core import kafka_spans
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +75,7 @@ class Publisher:
         self, bootstrap: str, topic: str, security: core_kafka.KafkaSettings | None = None
     ) -> None:
         self._topic = topic
-        self._producer = aiokafka.AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=2,
-            request_timeout_ms=15000,
-            client_id="aion-knowledge",
-            **core_kafka.client_options(security),
-        )
+        self._producer = core_kafka.producer(bootstrap, security, client_id="aion-knowledge")
 
     async def start(self) -> None:
         """Connect."""
@@ -95,7 +90,9 @@ class Publisher:
         (TimeoutError then: a broker that is away must not hold up an upload, whose
         version the reaper queues again)."""
         await asyncio.wait_for(
-            self._producer.send_and_wait(self._topic, value=encode(version_id), key=key.encode()),
+            core_kafka.send_record(
+                self._producer, self._topic, encode(version_id), key=key.encode()
+            ),
             timeout_s,
         )
 
@@ -156,19 +153,21 @@ class Worker:
     async def _consume(self) -> None:
         while True:
             record = await self._consumer.getone()
-            try:
-                version_id = decode(record.value)
-            except (ValueError, TypeError) as exc:
-                log.error(
-                    "indexer %s: skipping a record that is no document event: %s", self.name, exc
-                )
-            else:
-                try:
-                    await self._handle(version_id)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    # The version's lease lapses and the reaper queues it again.
-                    log.exception("indexer %s: version %d failed", self.name, version_id)
+            with kafka_spans.process(record, group=self._group):
+                await self._process(record)
             tp = aiokafka.TopicPartition(record.topic, record.partition)
             await self._consumer.commit({tp: record.offset + 1})
+
+    async def _process(self, record: Any) -> None:
+        try:
+            version_id = decode(record.value)
+        except (ValueError, TypeError) as exc:
+            log.error("indexer %s: skipping a record that is no document event: %s", self.name, exc)
+        else:
+            try:
+                await self._handle(version_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The version's lease lapses and the reaper queues it again.
+                log.exception("indexer %s: version %d failed", self.name, version_id)

@@ -252,10 +252,16 @@ class TaskResult(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     CITATIONS_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     agent: _builtins.str
     status: Global___TaskStatus.ValueType
     output: _builtins.str
+    trace_id: _builtins.str
+    """The id (32 lowercase hex digits) of the task's OpenTelemetry trace: every span of the
+    task, in every service it touched, is in it (`aionctl get TASK --trace` prints its
+    address in the trace store's UI). Empty for a task created outside a trace.
+    """
     @_builtins.property
     def engine(self) -> Global___Engine: ...
     @_builtins.property
@@ -293,10 +299,11 @@ class TaskResult(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         citations: _abc.Iterable[Global___Citation] | None = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "engine", b"engine", "error", b"error", "finished_at", b"finished_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "citations", b"citations", "created_at", b"created_at", "engine", b"engine", "error", b"error", "finished_at", b"finished_at", "output", b"output", "status", b"status", "task_id", b"task_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "citations", b"citations", "created_at", b"created_at", "engine", b"engine", "error", b"error", "finished_at", b"finished_at", "output", b"output", "status", b"status", "task_id", b"task_id", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -74,9 +74,11 @@ def task_result(
     output: str = "Hello",
     error: common_pb2.TaskError | None = None,
     citations: tuple[common_pb2.Citation, ...] = (),
+    trace_id: str = "",
 ) -> common_pb2.TaskResult:
     """A task result as the gateway would send it (the ``demo`` agent, routed locally);
-    ``citations``: the knowledge its answer drew on (none by default)."""
+    ``citations``: the knowledge its answer drew on (none by default); ``trace_id``: its
+    trace's (none by default)."""
     res = common_pb2.TaskResult(
         task_id=task_id,
         agent="demo",
@@ -93,6 +95,7 @@ def task_result(
         ),
         error=error,
         citations=citations,
+        trace_id=trace_id,
     )
     res.created_at.FromSeconds(1_700_000_000)
     res.finished_at.FromSeconds(1_700_000_001)
