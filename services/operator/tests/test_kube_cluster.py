@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import lightkube
 import pytest
 from lightkube import codecs
-from lightkube.resources import apps_v1, core_v1
+from lightkube.resources import apps_v1, autoscaling_v2, core_v1
 
 from aion.core import agentspec
 from aion.infra.cluster import Cluster
@@ -122,3 +122,41 @@ async def test_executors_are_read_from_memory_as_the_api_holds_them(
         lambda: client.pods(selector=render.selector("one"), namespace=namespace), lambda p: not p
     )
     assert left == []
+
+
+async def test_namespaces_hpas_and_gpu_pools_are_read_from_memory_as_the_api_holds_them(
+    client: kube.Kube, namespace: str
+) -> None:
+    # What every reconcile reads besides the executors: the Namespace's labels (its
+    # tenant), whether an HPA owns the executor's replicas, and the GpuPools.
+    api = client.client
+    await api.patch(core_v1.Namespace, namespace, {"metadata": {"labels": {"probe": "one"}}})
+    labels = await _eventually(
+        lambda: client.namespace_labels(namespace), lambda got: got.get("probe") == "one"
+    )
+    assert labels.get("probe") == "one"
+
+    target = render.executor_name("scaled")
+    assert not await client.autoscaled(target, namespace=namespace)
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "scaled", "namespace": namespace},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+            "minReplicas": 1,
+            "maxReplicas": 2,
+        },
+    }
+    await api.create(codecs.from_dict(hpa))
+    assert await _eventually(lambda: client.autoscaled(target, namespace=namespace), bool)
+    assert not await client.autoscaled(render.executor_name("other"), namespace=namespace)
+    assert not await client.autoscaled(target, namespace=f"{namespace}-elsewhere")
+    await api.delete(autoscaling_v2.HorizontalPodAutoscaler, "scaled", namespace=namespace)
+    assert not await _eventually(
+        lambda: client.autoscaled(target, namespace=namespace), lambda scaled: not scaled
+    )
+
+    listed = sorted([kube._plain(g)["metadata"]["name"] async for g in api.list(kube.GpuPool)])
+    snapshot = await client.snapshot()
+    assert sorted(g["metadata"]["name"] for g in snapshot.gpu_pools) == listed

@@ -116,17 +116,24 @@ class Kube:
         # Executor Deployments by namespace ("*": every namespace), executor pods of all.
         self._deployments: dict[str, Informer] = {}
         self._executor_pods: Informer | None = None
+        # GpuPools and Namespaces (cluster-wide), HPAs where Deployments are followed.
+        self._gpu_pools: Informer | None = None
+        self._namespaces: Informer | None = None
+        self._hpas: dict[str, Informer] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def start_informers(self, namespaces: Sequence[str] = ()) -> None:
-        """Follow nodes, pods and the executor Deployments of ``namespaces`` in memory from now on.
+        """Follow nodes, pods, GpuPools, Namespaces and the executor Deployments and HPAs of
+        ``namespaces`` in memory from now on.
 
-        ``snapshot`` reads the nodes and bound pods; ``pods`` and ``deployment``
-        the executors', which the readiness timer asks for every few seconds per
-        Agent. Pods are read in every namespace (the operator's ClusterRole);
-        Deployments only where it may (empty ``namespaces``: every one; else a
-        Role in each named namespace): with a pattern among ``namespaces``,
-        ``deployment`` asks the API each time.
+        ``snapshot`` reads the nodes, bound pods and GpuPools, ``namespace_labels``
+        the Namespaces and ``autoscaled`` the HPAs on every reconcile; ``pods`` and
+        ``deployment`` the executors', which the readiness timer asks for every few
+        seconds per Agent. Pods, GpuPools and Namespaces are read cluster-wide (the
+        operator's ClusterRole); Deployments and HPAs only where it may (empty
+        ``namespaces``: every one; else a Role in each named namespace): with a
+        pattern among ``namespaces``, ``deployment`` and ``autoscaled`` ask the API
+        each time.
         """
         self._nodes = Informer(self._client, core_v1.Node)
         self._pods = Informer(self._client, core_v1.Pod, namespace="*", fields=BOUND)
@@ -138,7 +145,21 @@ class Kube:
         self._executor_pods = Informer(
             self._client, core_v1.Pod, group=_instance, namespace="*", labels=render.EXECUTORS
         )
-        informers = [self._nodes, self._pods, self._executor_pods, *self._deployments.values()]
+        self._hpas = {
+            n: Informer(self._client, autoscaling_v2.HorizontalPodAutoscaler, namespace=n)
+            for n in followed
+        }
+        self._gpu_pools = Informer(self._client, GpuPool)
+        self._namespaces = Informer(self._client, core_v1.Namespace)
+        informers = [
+            self._nodes,
+            self._pods,
+            self._executor_pods,
+            self._gpu_pools,
+            self._namespaces,
+            *self._deployments.values(),
+            *self._hpas.values(),
+        ]
         self._tasks = [asyncio.create_task(i.run()) for i in informers]
 
     async def stop_informers(self) -> None:
@@ -151,6 +172,8 @@ class Kube:
         self._tasks = []
         self._nodes = self._pods = None
         self._deployments, self._executor_pods = {}, None
+        self._gpu_pools = self._namespaces = None
+        self._hpas = {}
 
     @property
     def client(self) -> lightkube.AsyncClient:
@@ -160,7 +183,7 @@ class Kube:
     async def snapshot(self) -> pools.Snapshot:
         """Nodes, bound pods (all namespaces) and GpuPools, as the API returns them.
 
-        Nodes and pods come from the informers once started, else from a listing.
+        They come from the informers once started, else from a listing.
         """
         if self._nodes is not None and self._pods is not None:
             await self._nodes.synced.wait()
@@ -173,7 +196,11 @@ class Kube:
                 p.to_dict()
                 async for p in self._client.list(core_v1.Pod, namespace="*", fields=BOUND)
             ]
-        gpu_pools = [_plain(g) async for g in self._client.list(GpuPool)]
+        if self._gpu_pools is not None:
+            await self._gpu_pools.synced.wait()
+            gpu_pools = list(self._gpu_pools.objects.values())
+        else:
+            gpu_pools = [_plain(g) async for g in self._client.list(GpuPool)]
         return pools.Snapshot(nodes=tuple(nodes), pods=tuple(pods), gpu_pools=tuple(gpu_pools))
 
     async def apply(self, manifest: Mapping[str, Any]) -> None:
@@ -210,7 +237,16 @@ class Kube:
         return found.to_dict()
 
     async def namespace_labels(self, name: str) -> dict[str, str]:
-        """The labels of the Namespace ``name`` (where the platform maps it to a tenant)."""
+        """The labels of the Namespace ``name`` (where the platform maps it to a tenant).
+
+        From memory once the informers run; a Namespace they have not seen yet (created
+        a moment ago) is read from the API.
+        """
+        if self._namespaces is not None:
+            await self._namespaces.synced.wait()
+            seen = self._namespaces.objects.get(("", name))
+            if seen is not None:
+                return dict((seen.get("metadata") or {}).get("labels") or {})
         found = await self._client.get(core_v1.Namespace, name)
         return dict(found.metadata.labels or {}) if found.metadata else {}
 
@@ -231,12 +267,24 @@ class Kube:
         ]
 
     async def autoscaled(self, deployment: str, *, namespace: str) -> bool:
-        """Whether an HPA in ``namespace`` scales the Deployment named ``deployment``."""
-        async for hpa in self._client.list(
-            autoscaling_v2.HorizontalPodAutoscaler, namespace=namespace
-        ):
-            target = hpa.spec.scaleTargetRef if hpa.spec else None
-            if target is not None and target.kind == "Deployment" and target.name == deployment:
+        """Whether an HPA in ``namespace`` scales the Deployment named ``deployment``.
+
+        From memory where an informer follows the namespace, else from the API.
+        """
+        informer = self._hpas.get(namespace) or self._hpas.get("*")
+        if informer is not None:
+            await informer.synced.wait()
+            hpas = [o for (ns, _), o in informer.objects.items() if ns == namespace]
+        else:
+            hpas = [
+                h.to_dict()
+                async for h in self._client.list(
+                    autoscaling_v2.HorizontalPodAutoscaler, namespace=namespace
+                )
+            ]
+        for hpa in hpas:
+            target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if target.get("kind") == "Deployment" and target.get("name") == deployment:
                 return True
         return False
 
