@@ -21,7 +21,7 @@ help: ## list the targets
 setup: ## install Python deps (uv, the locked workspace; builds llama-cpp-python once, cached by uv)
 	@./deploy/local/setup.sh
 
-dev: setup infra-up ## set up, start Kafka/Postgres/MinIO, run the five services with the demo agent (and the operator, after make cluster-up) until Ctrl-C
+dev: setup infra-up ## set up, start Kafka/Postgres/MinIO/Jaeger/Prometheus, run the five services with the demo agent (and the operator, after make cluster-up) until Ctrl-C
 	@kubeconfig=$$($(INFRA) env cluster | sed -n 's/^export KUBECONFIG=//p'); \
 	if [ -n "$$kubeconfig" ]; then \
 	  echo "local cluster is up: installing the CRDs and GpuPools, and starting the operator"; \
@@ -61,10 +61,10 @@ INFRA := $(UV) run --no-sync python -m aion.infra
 infra-build: ## build the infrastructure binaries once (cached by version in ~/.cache/aion)
 	./deploy/local/build.sh all
 
-infra-up: setup ## start Kafka, Postgres and MinIO on 127.0.0.1 (reuses what runs)
+infra-up: setup ## start Kafka, Postgres, MinIO, Jaeger and Prometheus on 127.0.0.1 (reuses what runs)
 	@$(INFRA) up infra
 
-infra-down: ## stop Kafka, Postgres and MinIO
+infra-down: ## stop Kafka, Postgres, MinIO, Jaeger and Prometheus
 	@$(INFRA) down infra
 
 infra-status: ## what runs, and where each component logs

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds (once) the binaries aion's local infrastructure runs, from the package
-# registries only: Kubernetes, etcd, kwok, Helm, MinIO, containerd, the CNI
+# registries only: Kubernetes, etcd, kwok, Helm, MinIO, Jaeger, Prometheus, containerd, the CNI
 # plugins and CoreDNS from the Go module proxy, Kafka from Maven Central, runc
 # and iptables from Debian's packages. Each lands in $AION_CACHE/<name>-<version>/,
 # written to a temporary folder first and renamed when complete, so an
 # interrupted build is never mistaken for a finished one.
 #
-#   deploy/local/build.sh [kube|etcd|kwok|helm|minio|kafka|node|all]...
+#   deploy/local/build.sh [kube|etcd|kwok|helm|minio|jaeger|prometheus|kafka|node|all]...
 #
 # node: what a real node runs beside the control plane: kubelet and kube-proxy
 # (in the kube build), containerd, the CNI plugins, CoreDNS, runc/iptables/
@@ -158,6 +158,44 @@ build_minio() {
     go_install minio "$MINIO_RELEASE" "github.com/minio/minio@$MINIO_MODULE_VERSION"
 }
 
+# Jaeger v2 (the trace store): cmd/jaeger of the v1.x module, built through a
+# wrapper module because its go.mod has a replace directive, which
+# `go install pkg@version` refuses. Without the jaeger-ui release assets (not in
+# the module) its UI port serves a placeholder page; the query API is complete.
+build_jaeger() {
+  local final="$AION_CACHE/jaeger-$JAEGER_VERSION"
+  ready "$final" && return 0
+  local v=$JAEGER_VERSION mod=github.com/jaegertracing/jaeger work
+  work=$(mktemp -d "$AION_CACHE/.jaeger-build.XXXX")
+  log "jaeger $v: building through a wrapper module (its go.mod has a replace directive)"
+  (
+    cd "$work"
+    go mod init aion.local/jaeger >/dev/null 2>&1
+    upstream=$(go mod download -json "$mod@$v" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    sed -nE 's/^replace ([^ ]+) => ([^ ]+) ([^ ]+)$/\1=\2@\3/p' "$upstream" | while read -r r; do
+      go mod edit -replace "$r"
+    done
+    go mod edit -require "$mod@$v"
+    go get "$mod/cmd/jaeger@$v" >/dev/null 2>&1 || go get "$mod/cmd/jaeger@$v"
+    mkdir -p bin
+    go build -ldflags "-s -w -X $mod/internal/version.latestVersion=$v" -o bin/jaeger "$mod/cmd/jaeger"
+    rm -f go.mod go.sum
+  )
+  publish "$final" "$work"
+  log "jaeger $v: done"
+}
+# Prometheus and promtool. remove_all_sd drops every service discovery but the
+# file and HTTP ones (plugins/minimum.go): the local server reads file_sd targets.
+# The web UI's assets are built by npm, outside the Go module, and are left out
+# (no builtinassets tag): the HTTP API (/api/v1, /-/ready) is complete.
+build_prometheus() {
+  local v=$PROMETHEUS_VERSION p=github.com/prometheus/common/version release
+  release=${v#v0.}; release="${release:0:1}.${release:1}"  # v0.316.0 -> 3.16.0
+  LDFLAGS_EXTRA="-X $p.Version=$release -X $p.Branch=release -X $p.Revision=$v" \
+    go_install prometheus "$v" -tags remove_all_sd \
+      "github.com/prometheus/prometheus/cmd/prometheus@$v" "github.com/prometheus/prometheus/cmd/promtool@$v"
+}
+
 kafka_dir() { echo "$AION_CACHE/kafka-$KAFKA_VERSION"; }
 build_kafka() {
   local final; final=$(kafka_dir)
@@ -246,9 +284,9 @@ targets=("$@")
 [[ ${#targets[@]} -gt 0 ]] || targets=(all)
 for t in "${targets[@]}"; do
   case $t in
-    all) for c in kafka etcd kwok helm minio kube hostpkgs containerd cni coredns pause probe; do locked "$c"; done ;;
+    all) for c in kafka etcd kwok helm minio jaeger prometheus kube hostpkgs containerd cni coredns pause probe; do locked "$c"; done ;;
     node) for c in kube hostpkgs containerd cni coredns pause probe; do locked "$c"; done ;;
-    kube|etcd|kwok|helm|minio|kafka|hostpkgs|containerd|cni|coredns|pause|probe) locked "$t" ;;
-    *) echo "build.sh: unknown component '$t' (kube, etcd, kwok, helm, minio, kafka, node, all)" >&2; exit 2 ;;
+    kube|etcd|kwok|helm|minio|jaeger|prometheus|kafka|hostpkgs|containerd|cni|coredns|pause|probe) locked "$t" ;;
+    *) echo "build.sh: unknown component '$t' (kube, etcd, kwok, helm, minio, jaeger, prometheus, kafka, node, all)" >&2; exit 2 ;;
   esac
 done

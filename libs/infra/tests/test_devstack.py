@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 
 from aion.infra import devstack
+from aion.infra.paths import Layout
+from aion.infra.prometheus import Prometheus
 
 _INFRA_VARIABLES = (
     "AION_POSTGRES_DSN",
@@ -83,3 +87,34 @@ def test_a_suites_ports_are_all_distinct(tmp_path: Path) -> None:
             if svc.health_port is not None:
                 taken.append(svc.health_port)
         assert len(set(taken)) == len(taken)
+
+
+def test_otlp_endpoint_goes_to_every_service_and_is_absent_by_default(tmp_path: Path) -> None:
+    prefixes = ("GATEWAY", "ROUTER", "AGENT", "KNOWLEDGE", "EXECUTOR")
+    env = _env(devstack.LocalSuite(log_dir=tmp_path, otlp_endpoint="127.0.0.1:14317"))
+    assert {p: env[f"AION_{p}_OTLP_ENDPOINT"] for p in prefixes} == dict.fromkeys(
+        prefixes, "127.0.0.1:14317"
+    )
+    plain = _env(devstack.LocalSuite(log_dir=tmp_path))
+    assert [p for p in prefixes if f"AION_{p}_OTLP_ENDPOINT" in plain] == [
+        p for p in prefixes if f"AION_{p}_OTLP_ENDPOINT" in os.environ
+    ]
+
+
+def test_register_targets_writes_one_file_sd_group_per_service_and_stop_removes_them(
+    tmp_path: Path,
+) -> None:
+    prometheus = Prometheus(Layout(home=tmp_path / "infra", cache=tmp_path / "cache"))
+    local = devstack.LocalSuite(log_dir=tmp_path / "logs", scrape_tag="t1")
+    local.register_targets(prometheus)
+    assert prometheus.target_groups() == sorted(f"t1-{n}" for n in local.services)
+    groups = json.loads((prometheus.targets_dir / "t1-gateway.json").read_text())
+    assert groups == [
+        {
+            "targets": [f"127.0.0.1:{local.services['gateway'].metrics_port}"],
+            "labels": {"job": "gateway", "service": "gateway", "suite": "t1"},
+        }
+    ]
+    prometheus.add_targets("other", ["127.0.0.1:1"])
+    local.stop()  # no process started: only the targets to remove
+    assert prometheus.target_groups() == ["other"]

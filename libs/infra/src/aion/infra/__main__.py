@@ -1,7 +1,7 @@
 """python -m aion.infra up|down|status|env|build [component|infra|all]...
 
 Examples:
-  python -m aion.infra up infra     # Kafka, Postgres, MinIO
+  python -m aion.infra up infra     # Kafka, Postgres, MinIO, Jaeger, Prometheus
   python -m aion.infra up cluster   # etcd, kube-apiserver, controller-manager,
                                     # scheduler, kwok and the GPU node pools
   python -m aion.infra env all      # export lines for the running components

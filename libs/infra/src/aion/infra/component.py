@@ -6,6 +6,8 @@ import functools
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,24 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+# No proxy for a server on the loopback, whatever http_proxy says.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, bytes]:
+    """The HTTP status and body of a GET (an error status too), or (None, b"")
+    when nothing answers."""
+    try:
+        with _opener.open(url, timeout=timeout) as resp:
+            status: int = resp.status
+            return status, resp.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read()
+    except (urllib.error.URLError, OSError):
+        return None, b""
 
 
 def poll(

@@ -15,13 +15,11 @@ reads on every start.
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from os import environ
 from pathlib import Path
 
 from aion.infra import podnet
-from aion.infra.component import Component, port_open
+from aion.infra.component import Component, http_get, port_open
 from aion.infra.paths import Layout, versions
 from aion.infra.process import Daemon
 
@@ -30,23 +28,6 @@ DEFAULT_PORT = 9000
 DEFAULT_CONSOLE_PORT = 9001
 DEFAULT_ACCESS_KEY = "aion"
 DEFAULT_SECRET_KEY = "aion-dev-secret"  # a local development server's, not a secret
-
-# No proxy for probing a server on the loopback, whatever http_proxy says.
-_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _get_status(url: str, timeout: float = 2.0) -> int | None:
-    """The HTTP status of a GET, or None when nothing answers."""
-    try:
-        with _opener.open(url, timeout=timeout) as resp:
-            status: int = resp.status
-            return status
-    except urllib.error.HTTPError as exc:
-        code: int = exc.code
-        exc.close()
-        return code
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 class MinIO(Component):
@@ -125,6 +106,6 @@ class MinIO(Component):
         # live: the HTTP server answers. cluster: the object layer is up and has
         # write quorum, so S3 requests are served rather than answered 503.
         return (
-            _get_status(f"{self.url}/minio/health/live") == 200
-            and _get_status(f"{self.url}/minio/health/cluster") == 200
+            http_get(f"{self.url}/minio/health/live")[0] == 200
+            and http_get(f"{self.url}/minio/health/cluster")[0] == 200
         )

@@ -1,6 +1,7 @@
 """Session fixtures that start (or reuse) the local infrastructure.
 
-A test asks for `kafka`, `postgres`, `minio` or `cluster` and gets the running
+A test asks for `kafka`, `postgres`, `minio`, `jaeger`, `prometheus` or
+`cluster` and gets the running
 component. A component this session started is stopped at its end, unless
 AION_INFRA_KEEP=1; one that was already running is left running. A component
 that fails to start fails the tests that need it, with its log tail: nothing is
@@ -21,14 +22,18 @@ from aion.infra.paths import Layout
 
 if TYPE_CHECKING:  # the component modules load when a test first asks for one
     from aion.infra.cluster import Cluster
+    from aion.infra.jaeger import Jaeger
     from aion.infra.kafka import Kafka
     from aion.infra.minio import MinIO
     from aion.infra.postgres import Postgres
+    from aion.infra.prometheus import Prometheus
 
 MARKERS = {
     "kafka": "needs the local Kafka broker (started or reused)",
     "postgres": "needs the local Postgres server (started or reused)",
     "minio": "needs the local MinIO server (started or reused)",
+    "jaeger": "needs the local Jaeger (v2) trace store (started or reused)",
+    "prometheus": "needs the local Prometheus server (started or reused)",
     "cluster": "needs the local Kubernetes control plane with kwok GPU node pools",
     "helm": "needs the Helm CLI built from its Go module",
 }
@@ -70,6 +75,16 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="session")
 def minio() -> Iterator[MinIO]:
     yield from _up("minio")
+
+
+@pytest.fixture(scope="session")
+def jaeger() -> Iterator[Jaeger]:
+    yield from _up("jaeger")
+
+
+@pytest.fixture(scope="session")
+def prometheus() -> Iterator[Prometheus]:
+    yield from _up("prometheus")
 
 
 @pytest.fixture(scope="session")

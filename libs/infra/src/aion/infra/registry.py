@@ -6,23 +6,27 @@ from collections.abc import Callable
 
 from aion.infra.cluster import Cluster
 from aion.infra.component import Component
+from aion.infra.jaeger import Jaeger
 from aion.infra.kafka import Kafka
 from aion.infra.minio import MinIO
 from aion.infra.oci_registry import ImageRegistry
 from aion.infra.paths import Layout
 from aion.infra.postgres import Postgres
+from aion.infra.prometheus import Prometheus
 
 COMPONENTS: dict[str, Callable[[Layout], Component]] = {
     "kafka": Kafka,
     "postgres": Postgres,
     "minio": MinIO,
+    "jaeger": Jaeger,
+    "prometheus": Prometheus,
     "cluster": Cluster,
     "registry": ImageRegistry,
 }
 
 GROUPS: dict[str, list[str]] = {
-    "infra": ["kafka", "postgres", "minio"],
-    "all": ["kafka", "postgres", "minio", "registry", "cluster"],
+    "infra": ["kafka", "postgres", "minio", "jaeger", "prometheus"],
+    "all": ["kafka", "postgres", "minio", "jaeger", "prometheus", "registry", "cluster"],
     # The cluster's container runtime pulls aion's images from the registry.
     "cluster": ["registry", "cluster"],
 }

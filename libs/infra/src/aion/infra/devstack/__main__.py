@@ -14,8 +14,13 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TypeVar
 
+from aion.infra.component import Component
 from aion.infra.devstack import suite
+from aion.infra.jaeger import Jaeger
+from aion.infra.paths import Layout
+from aion.infra.prometheus import Prometheus
 
 
 class Progress:
@@ -61,15 +66,23 @@ class Progress:
 
 
 OPERATOR_LIVENESS_PORT = 8086
-OPERATOR_METRICS_PORT = 9106
+# Next to the services' (suite.DEV_METRICS_PORTS: 9101-9106).
+OPERATOR_METRICS_PORT = 9107
 
 
 def start_operator(
-    kubeconfig: Path, *, agent_target: str, log: Path, tls_env: dict[str, str]
+    kubeconfig: Path,
+    *,
+    agent_target: str,
+    log: Path,
+    tls_env: dict[str, str],
+    otlp_endpoint: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """``python -m aion.operator`` on ``kubeconfig``'s cluster, registering with the suite
-    (over mTLS, as the ``operator`` identity of ``tls_env``)."""
+    (over mTLS, as the ``operator`` identity of ``tls_env``); its spans go to
+    ``otlp_endpoint`` when given."""
     env = {
+        **({"AION_OPERATOR_OTLP_ENDPOINT": otlp_endpoint} if otlp_endpoint else {}),
         **os.environ,
         **tls_env,
         "KUBECONFIG": str(kubeconfig),
@@ -108,6 +121,17 @@ def operator_healthy(timeout_s: float = 30.0) -> bool:
     return False
 
 
+C = TypeVar("C", bound=Component)
+
+
+def serving(component: C, otherwise: str) -> C | None:
+    """The component when it runs and answers; None, with a note saying so, when not."""
+    if component.running() and component.ready():
+        return component
+    print(f"note: {component.name} is not running (make infra-up): {otherwise}")
+    return None
+
+
 def main() -> int:
     """Run until SIGINT or SIGTERM; exit non-zero if the suite cannot start."""
     parser = argparse.ArgumentParser(
@@ -122,12 +146,19 @@ def main() -> int:
         help="also run the operator against this cluster (make cluster-up's)",
     )
     args = parser.parse_args()
+    # `make infra-up` starts both; without them traces stay in-process and nothing scrapes.
+    layout = Layout.from_env()
+    jaeger = serving(Jaeger(layout), "traces stay in each process")
+    prometheus = serving(Prometheus(layout), "nothing scrapes the services")
     local = suite.LocalSuite(
         log_dir=args.log_dir,
         agents_file=args.agents.resolve(),
         ports=suite.DEV_PORTS,
         metrics_ports=suite.DEV_METRICS_PORTS,
         health_ports=suite.DEV_HEALTH_PORTS,
+        otlp_endpoint=jaeger.otlp_endpoint if jaeger is not None else None,
+        prometheus=prometheus,
+        scrape_tag="dev",
     )
     stop = False
 
@@ -156,6 +187,7 @@ def main() -> int:
             agent_target=local.services["agent"].target,
             log=operator_log,
             tls_env=local.tls_env("operator"),
+            otlp_endpoint=jaeger.otlp_endpoint if jaeger is not None else None,
         )
         if not operator_healthy():
             print(
@@ -166,6 +198,12 @@ def main() -> int:
             operator.terminate()
             local.stop()
             return 1
+        if prometheus is not None:
+            prometheus.add_targets(
+                "dev-operator",
+                [f"127.0.0.1:{OPERATOR_METRICS_PORT}"],
+                {"job": "operator", "service": "operator", "suite": "dev"},
+            )
     print(
         ("\r\033[K" if sys.stdout.isatty() else "")
         + f"aion is up in {time.monotonic() - started:.1f}s:"
@@ -180,6 +218,16 @@ def main() -> int:
         "/openapi.json on the gateway"
     )
     print(f"  {'mtls':<10} internal calls use the CA and certificates in {local.tls_dir}/")
+    if jaeger is not None:
+        print(
+            f"  {'jaeger':<10} {jaeger.url} traces: /api/traces/<trace id> (the UI page is "
+            f"a placeholder); spans in over OTLP at {jaeger.otlp_endpoint}"
+        )
+    if prometheus is not None:
+        print(
+            f"  {'prometheus':<10} {prometheus.url} /api/v1/query?query=...; scrapes every "
+            f"service (job = its name) every 5 s"
+        )
     if operator is not None:
         print(
             f"  {'operator':<10} cluster {args.kubeconfig}  liveness "
@@ -219,6 +267,8 @@ def main() -> int:
             operator.wait(timeout=15)
         except subprocess.TimeoutExpired:
             operator.kill()
+    if prometheus is not None:
+        prometheus.remove_targets("dev-operator")
     codes = local.stop()
     print(
         f"stopped in {time.monotonic() - t0:.1f}s " + " ".join(f"{n}={c}" for n, c in codes.items())

@@ -20,6 +20,12 @@ log folder, ``tls/``) and a certificate per identity (``python -m
 aion.core.mkcerts``, run in the interpreter that runs the services), and hands
 each process its own through ``AION_TLS_*``. Readiness is read from
 each internal service's plaintext health port (the gateway's own port).
+
+Observability, on request: ``otlp_endpoint`` sends every service's spans
+there (``AION_<SERVICE>_OTLP_ENDPOINT``; ``make dev`` gives Jaeger's), and
+``prometheus`` registers each service's metrics port as a file_sd target of
+that server while the suite runs (job and ``service`` label: the service's
+name; ``suite``: the suite's tag), removed again by ``stop``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aion.infra import kafka, minio, postgres
+from aion.infra.prometheus import Prometheus
 
 # Start order: what others depend on comes first.
 SERVICES = ("executor", "embedder", "knowledge", "router", "agent", "gateway")
@@ -208,9 +215,17 @@ class LocalSuite:
         python: str = sys.executable,
         allow_anonymous: bool = True,
         health_ports: Mapping[str, int] | None = None,
+        otlp_endpoint: str | None = None,
+        prometheus: Prometheus | None = None,
+        scrape_tag: str | None = None,
     ) -> None:
         self._log_dir = log_dir
         self._python = python
+        self._otlp_endpoint = otlp_endpoint
+        self._prometheus = prometheus
+        # Names this suite's target files and labels its series: suites side by side
+        # (tests) each have their own.
+        self.scrape_tag = scrape_tag or f"suite-{os.getpid()}-{random.randrange(16**6):06x}"
         grpc_ports = dict(ports) if ports is not None else {n: free_port() for n in SERVICES}
         http_ports = (
             dict(metrics_ports) if metrics_ports is not None else {n: free_port() for n in SERVICES}
@@ -251,6 +266,8 @@ class LocalSuite:
             env[prefix + "METRICS_PORT"] = str(svc.metrics_port)
             if svc.health_port is not None:
                 env[prefix + "HEALTH_PORT"] = str(svc.health_port)
+            if self._otlp_endpoint is not None:
+                env[prefix + "OTLP_ENDPOINT"] = self._otlp_endpoint
         s = self.services
         s["embedder"].env.update(
             {
@@ -341,10 +358,35 @@ class LocalSuite:
         if made.returncode != 0:
             raise SuiteError(f"cannot make the suite's certificates: {made.stderr.strip()}")
 
+    def scrape_groups(self) -> dict[str, str]:
+        """The Prometheus target group of each service: name -> file_sd group name."""
+        return {name: f"{self.scrape_tag}-{name}" for name in self.services}
+
+    def register_targets(self, prometheus: Prometheus) -> None:
+        """Have ``prometheus`` scrape every service's metrics port, until ``stop``
+        (``start`` does it for the suite's own ``prometheus``)."""
+        self._prometheus = prometheus
+        for name, group in self.scrape_groups().items():
+            svc = self.services[name]
+            prometheus.add_targets(
+                group,
+                [f"127.0.0.1:{svc.metrics_port}"],
+                {"job": name, "service": name, "suite": self.scrape_tag},
+            )
+
+    def _remove_targets(self) -> None:
+        if self._prometheus is None:
+            return
+        for group in self.scrape_groups().values():
+            self._prometheus.remove_targets(group)
+
     def start(self) -> None:
-        """Make the run's certificates, then spawn every service (not waiting for readiness)."""
+        """Make the run's certificates, then spawn every service (not waiting for
+        readiness) and register its metrics port with ``prometheus``, if given."""
         self._log_dir.mkdir(parents=True, exist_ok=True)
         self.make_certificates()
+        if self._prometheus is not None:
+            self.register_targets(self._prometheus)
         for svc in self.services.values():
             with svc.log_path.open("wb") as log:
                 svc.process = subprocess.Popen(
@@ -382,7 +424,9 @@ class LocalSuite:
                 time.sleep(0.2)
 
     def stop(self, *, grace: float = 9.0) -> dict[str, int | None]:
-        """SIGTERM in reverse start order, SIGKILL whatever outlives ``grace``; exit codes."""
+        """SIGTERM in reverse start order, SIGKILL whatever outlives ``grace``; exit codes.
+        The services' Prometheus targets are removed first."""
+        self._remove_targets()
         deadline = time.monotonic() + grace
         procs = [s for s in reversed(self.services.values()) if s.process is not None]
         for svc in procs:

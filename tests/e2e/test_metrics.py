@@ -1,0 +1,84 @@
+"""The suite's metrics in the real Prometheus: every service's metrics port registered as a
+file_sd target is scraped (`up` 1, job and `service` label = the service), and a small load
+through the gateway (auth on) shows in the gateway's request counter, the agent's outbox
+counter and the executor's gauges as Prometheus scraped them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from aion.api.v1 import common_pb2
+from aion.infra import devstack
+from aion.infra.component import poll
+from aion.infra.prometheus import Prometheus
+from aion.sdk import AsyncClient, errors
+
+pytestmark = [pytest.mark.e2e, pytest.mark.prometheus]
+TASKS = 'grpc_service="aion.v1.Tasks"'
+
+
+@pytest.fixture
+def scraped(suite: devstack.LocalSuite, prometheus: Prometheus) -> Iterator[str]:
+    """The suite's services as Prometheus targets while the test runs; yields its tag."""
+    suite.register_targets(prometheus)
+    try:
+        yield suite.scrape_tag
+    finally:
+        for group in suite.scrape_groups().values():
+            prometheus.remove_targets(group)
+
+
+def _by(prometheus: Prometheus, expr: str, label: str) -> dict[str, float]:
+    return {r["metric"].get(label, ""): float(r["value"][1]) for r in prometheus.query(expr)}
+
+
+def _gateway_tasks(prometheus: Prometheus, tag: str) -> dict[str, float]:
+    """The gateway's completed Tasks RPCs by code, as last scraped."""
+    expr = f'sum by (grpc_code) (grpc_server_handled_total{{job="gateway",suite="{tag}",{TASKS}}})'
+    return _by(prometheus, expr, "grpc_code")
+
+
+async def test_a_small_load_shows_in_the_scraped_metrics(
+    suite: devstack.LocalSuite, prometheus: Prometheus, scraped: str
+) -> None:
+    tag = scraped
+    every = set(suite.services)
+    up = poll(
+        lambda: _by(prometheus, f'up{{suite="{tag}"}}', "service"),
+        lambda v: set(v) == every and all(x == 1.0 for x in v.values()),
+        timeout=45,
+    )
+    assert up == dict.fromkeys(every, 1.0), up
+    # The counters of earlier tests in the session's suite count too: compare with what
+    # Prometheus had before the load (nothing, when no Tasks call ended yet).
+    before = _gateway_tasks(prometheus, tag)
+    published = _by(prometheus, f'aion_agent_outbox_published_total{{suite="{tag}"}}', "job")
+
+    async with AsyncClient(suite.gateway) as client:
+        for i in range(3):
+            answer = await client.submit("demo", f"Say {i}.", max_tokens=4, temperature=0)
+            assert answer.result.status == common_pb2.TASK_STATUS_OK
+        with pytest.raises(errors.NotFound):
+            await client.submit("no-such-agent", "hi", max_tokens=4)
+
+    after = poll(
+        lambda: _gateway_tasks(prometheus, tag),
+        lambda v: (
+            v.get("OK", 0) >= before.get("OK", 0) + 3
+            and v.get("NOT_FOUND", 0) >= before.get("NOT_FOUND", 0) + 1
+        ),
+        timeout=45,
+    )
+    assert after.get("OK", 0) >= before.get("OK", 0) + 3, (before, after)
+    assert after.get("NOT_FOUND", 0) >= before.get("NOT_FOUND", 0) + 1, (before, after)
+    # Each task's state changes went through the outbox to Kafka.
+    outbox = poll(
+        lambda: _by(prometheus, f'aion_agent_outbox_published_total{{suite="{tag}"}}', "job"),
+        lambda v: v.get("agent", 0) >= published.get("agent", 0) + 3,
+        timeout=45,
+    )
+    assert outbox.get("agent", 0) >= published.get("agent", 0) + 3, (published, outbox)
+    ready = _by(prometheus, f'aion_executor_model_ready{{suite="{tag}"}}', "service")
+    assert ready == {"executor": 1.0, "embedder": 1.0}, ready
