@@ -11,10 +11,11 @@ from typing import Any
 
 import prometheus_client
 import pytest
+import yaml
 
 from aion.infra.component import poll
 from aion.infra.devstack import free_port
-from aion.infra.prometheus import Prometheus
+from aion.infra.prometheus import RULES_DIR, Prometheus
 
 pytestmark = pytest.mark.prometheus
 
@@ -99,3 +100,23 @@ def test_a_target_nobody_serves_is_down(prometheus: Prometheus) -> None:
 def test_a_group_name_must_be_a_plain_file_name(prometheus: Prometheus) -> None:
     with pytest.raises(ValueError, match="plain file name"):
         prometheus.add_targets("../escape", ["127.0.0.1:1"])
+
+
+def test_the_charts_rule_files_are_loaded_and_evaluated(prometheus: Prometheus) -> None:
+    files = sorted(RULES_DIR.glob("*.yaml"))
+    assert files, f"no rule files in {RULES_DIR}"
+    wanted = {
+        (group["name"], rule.get("record") or rule["alert"])
+        for f in files
+        for group in yaml.safe_load(f.read_text())["groups"]
+        for rule in group["rules"]
+    }
+
+    def rules() -> dict[tuple[str, str], str]:
+        groups = prometheus.api("rules")["groups"]
+        return {(g["name"], r["name"]): r["health"] for g in groups for r in g["rules"]}
+
+    # Every rule is loaded, and once evaluated (every 5 s) none has an error.
+    seen = poll(rules, lambda r: set(r) >= wanted and "unknown" not in r.values(), 30)
+    assert set(seen) >= wanted, sorted(wanted - set(seen))
+    assert {k: h for k, h in seen.items() if h != "ok"} == {}, prometheus.api("rules")
