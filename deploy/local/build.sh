@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) the binaries aion's local infrastructure runs, from the package
-# registries only: Kubernetes, etcd, kwok, Helm, MinIO, Jaeger, Prometheus, containerd, the CNI
-# plugins and CoreDNS from the Go module proxy, Kafka from Maven Central, runc
-# and iptables from Debian's packages. Each lands in $AION_CACHE/<name>-<version>/,
+# registries only: Kubernetes, etcd, kwok, Helm, MinIO, Jaeger, Prometheus,
+# containerd, the CNI plugins and CoreDNS from the Go module proxy, Kafka from
+# Maven Central, runc and iptables from Debian's packages. Each lands in $AION_CACHE/<name>-<version>/,
 # written to a temporary folder first and renamed when complete, so an
 # interrupted build is never mistaken for a finished one.
 #

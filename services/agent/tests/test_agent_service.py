@@ -278,6 +278,21 @@ async def test_outbox_metrics_show_the_backlog_and_what_was_published(
         await meter.close()
 
 
+async def test_ended_tasks_are_counted_by_status_with_their_end_to_end_time(stub: Stub) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {s: sample("aion_agent_tasks_finished_total", status=s) for s in ("OK", "ERROR")}
+    timed = sample("aion_agent_task_seconds_count")
+    assert (await _events(stub, run("counted")))[-1].WhichOneof("event") == "done"
+    assert (await _events(stub, run("fail")))[-1].WhichOneof("event") == "error"
+    # Counted as the end commits, before the final event reaches a follower.
+    assert sample("aion_agent_tasks_finished_total", status="OK") == before["OK"] + 1
+    assert sample("aion_agent_tasks_finished_total", status="ERROR") == before["ERROR"] + 1
+    assert sample("aion_agent_task_seconds_count") == timed + 2
+    assert sample("aion_agent_task_seconds_sum") > 0
+
+
 async def test_an_agent_called_as_a_tool(stub: Stub, service: Any) -> None:
     events = await _events(stub, run('call:agent_echo {"input": "inner words"}', agent="helper"))
     result = events[-1].done.result

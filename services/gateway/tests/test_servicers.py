@@ -477,3 +477,34 @@ async def test_only_the_gateways_own_call_object_carries_an_admission() -> None:
     anonymous.admitted = admission  # type: ignore[attr-defined]
     with pytest.raises(errors.Unauthenticated):
         await edge.agents.List(agents_pb2.ListAgentsRequest(), anonymous)  # type: ignore[arg-type]
+
+
+def _sample(name: str, **labels: str) -> float:
+    import prometheus_client
+
+    return prometheus_client.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_stream_that_starts_a_task_times_the_gateways_part_and_the_first_token() -> None:
+    edge = _edge()
+    token = tasks_pb2.TaskEvent(task_id="t1", seq=1, token=tasks_pb2.Token(text="hi"))
+    edge.agent = FakeStub(
+        GetAgent=agents_pb2.Agent(name="demo"),
+        Run=[token, token, DONE],
+        Follow=[token, DONE],
+        Submit=tasks_pb2.SubmitResponse(task_id="t1"),
+    )
+    fakes: Any = (edge.router, edge.agent, edge.knowledge)
+    upstreams = servicers.Upstreams(router=fakes[0], agent=fakes[1], knowledge=fakes[2])
+    edge.tasks = servicers.TasksServicer(guard=edge.guard, upstreams=upstreams)
+    added = "aion_gateway_added_latency_seconds_count"
+    ttft = "aion_gateway_time_to_first_token_seconds_count"
+    before = (_sample(added, grpc_method="Stream"), _sample(ttft))
+    await _drain(edge.tasks.Stream(tasks_pb2.StreamRequest(task=TASK), Context(KEYS["user"])))  # type: ignore[arg-type]
+    assert (_sample(added, grpc_method="Stream"), _sample(ttft)) == (before[0] + 1, before[1] + 1)
+    # Following a task adds nothing of the gateway's and has no first token of its own.
+    await _drain(edge.tasks.Stream(tasks_pb2.StreamRequest(task_id="t1"), Context(KEYS["user"])))  # type: ignore[arg-type]
+    assert (_sample(added, grpc_method="Stream"), _sample(ttft)) == (before[0] + 1, before[1] + 1)
+    submitted = _sample(added, grpc_method="Submit")
+    await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), Context(KEYS["user"]))  # type: ignore[arg-type]
+    assert _sample(added, grpc_method="Submit") == submitted + 1

@@ -43,11 +43,11 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int | None, bytes]:
-    """The HTTP status and body of a GET (an error status too), or (None, b"")
-    when nothing answers."""
+def http_get(url: str, timeout: float = 2.0, method: str = "GET") -> tuple[int | None, bytes]:
+    """The HTTP status and body of a GET (or `method`, without a body), an error
+    status too, or (None, b"") when nothing answers."""
     try:
-        with _opener.open(url, timeout=timeout) as resp:
+        with _opener.open(urllib.request.Request(url, method=method), timeout=timeout) as resp:
             status: int = resp.status
             return status, resp.read()
     except urllib.error.HTTPError as exc:

@@ -29,7 +29,7 @@ from os import environ
 from pathlib import Path
 from typing import Any
 
-from aion.infra.component import Component, http_get, port_open
+from aion.infra.component import Component, InfraError, http_get, port_open
 from aion.infra.paths import REPO, Layout, versions
 from aion.infra.process import Daemon
 
@@ -161,8 +161,25 @@ class Prometheus(Component):
     def prepare(self) -> None:
         self.targets_dir.mkdir(parents=True, exist_ok=True)
         self.tsdb.mkdir(parents=True, exist_ok=True)
-        # JSON is YAML: the configuration follows this process's port each start.
+        # JSON is YAML: the configuration follows this checkout and its port.
         self.config_file.write_text(json.dumps(self.config(), indent=2) + "\n")
+
+    def after_start(self) -> None:
+        """Reread the configuration and the rule files, so a reused server evaluates
+        the rules as they are now (and a file that does not parse fails here)."""
+        self.prepare()
+        self.reload()
+
+    def reload(self) -> None:
+        """POST /-/reload; raises InfraError with the log when Prometheus refuses
+        (a rule file that does not parse)."""
+        status, body = http_get(f"{self.url}/-/reload", timeout=30, method="POST")
+        if status != 200:
+            raise InfraError(
+                self.name,
+                f"reload refused (HTTP {status}): {body.decode(errors='replace')}",
+                self.layout.log(self.name),
+            )
 
     def ready(self) -> bool:
         return port_open(HOST, self.port) and http_get(f"{self.url}/-/ready")[0] == 200

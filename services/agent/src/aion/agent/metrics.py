@@ -1,17 +1,30 @@
 """The agent service's Prometheus metrics (served by ``aion.core.metrics.MetricsServer``).
 
-The outbox's health is its backlog (rows not yet on Kafka), their age, and
-the lag of each published row (its write to its Kafka ack); lease reclaims count the
-runs whose worker was lost, by what became of the task; tenants' spend is counted as
-their tasks' priced model calls are recorded; the route choice counts the calls the
-API served in the pool's stead, the calls waiting for room in a saturated pool and
-those refused for one, and the circuit breakers that opened.
+Tasks ended by their run are counted by final status, with their end-to-end time
+(from the task's creation to its end: queueing included). The outbox's health is
+its backlog (rows not yet on Kafka), their age, and the lag of each published row
+(its write to its Kafka ack); lease reclaims count the runs whose worker was lost,
+by what became of the task; tenants' spend is counted as their tasks' priced model
+calls are recorded; the route choice counts the calls the API served in the pool's
+stead, the calls waiting for room in a saturated pool and those refused for one,
+and the circuit breakers that opened.
 """
 
 from __future__ import annotations
 
 import prometheus_client
 
+TASKS_FINISHED = prometheus_client.Counter(
+    "aion_agent_tasks_finished_total",
+    "Tasks whose run ended, by final status: OK, ERROR, TIMEOUT, CANCELED (those ended by "
+    "lease recovery are counted by aion_agent_task_lease_reclaims_total).",
+    ["status"],
+)
+TASK_SECONDS = prometheus_client.Histogram(
+    "aion_agent_task_seconds",
+    "A task's end-to-end time, from its creation (accepted) to its end, queueing included.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 OUTBOX_PUBLISHED = prometheus_client.Counter(
     "aion_agent_outbox_published_total", "Outbox rows published to Kafka (acked)."
 )

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from psycopg.types import json as pg_json
 
-from aion.agent import db, events, follow, model, recovery, rows
+from aion.agent import db, events, follow, metrics, model, recovery, rows
 from aion.core import errors
 
 Conn = rows.Conn
@@ -359,6 +359,9 @@ class TaskStore:
             await rows.state_changed(conn, self._topics, ended)
         self._on_commit()
         self._changed(task.id)
+        metrics.TASKS_FINISHED.labels(status.value).inc()
+        if ended.created_at is not None and ended.finished_at is not None:
+            metrics.TASK_SECONDS.observe((ended.finished_at - ended.created_at).total_seconds())
         return ended
 
     async def release(self, task: model.TaskRecord) -> bool:

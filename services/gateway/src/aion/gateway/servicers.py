@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, TypeVar
 
@@ -37,7 +38,7 @@ from aion.api.v1 import (
     tasks_pb2_grpc,
 )
 from aion.core import errors, privacy, telemetry
-from aion.gateway import auth, http_calls, keys, ratelimit, settings
+from aion.gateway import auth, http_calls, keys, metrics, ratelimit, settings
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +197,12 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     async def Submit(
         self, request: tasks_pb2.SubmitRequest, context: _Ctx
     ) -> tasks_pb2.SubmitResponse:
+        started = time.perf_counter()
         who = await self._guard.caller(context, "user", runs_task=True)
         run = await self._run_request(
             who.tenant, request.task, context, asynchronous=request.asynchronous
         )
+        metrics.ADDED_LATENCY.labels("Submit").observe(time.perf_counter() - started)
         with errors.remote("agent"):
             response = await self._upstreams.agent.Submit(run, timeout=_timeout(context))
         if request.asynchronous:
@@ -226,6 +229,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
     async def Stream(
         self, request: tasks_pb2.StreamRequest, context: _Ctx
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        started = time.perf_counter()
         starts = request.WhichOneof("target") == "task"
         who = await self._guard.caller(context, "user", runs_task=starts)
         deadline = _timeout(context)
@@ -235,7 +239,9 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
                 field="deadline",
             )
         async with self._guard.limiter.stream(who.tenant, who.key_id, deadline):
-            async for event in self._stream(who, request, context, count_tokens=starts):
+            async for event in self._stream(
+                who, request, context, count_tokens=starts, started=started
+            ):
                 yield event
 
     async def _stream(
@@ -245,7 +251,9 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
         context: _Ctx,
         *,
         count_tokens: bool,
+        started: float,
     ) -> AsyncIterator[tasks_pb2.TaskEvent]:
+        """``started``: when the call reached the gateway (``time.perf_counter``)."""
         call: AsyncIterable[tasks_pb2.TaskEvent]
         if request.WhichOneof("target") == "task_id":
             call = self._upstreams.agent.Follow(
@@ -254,6 +262,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
             )
         elif request.WhichOneof("target") == "task":
             run = await self._run_request(who.tenant, request.task, context)
+            metrics.ADDED_LATENCY.labels("Stream").observe(time.perf_counter() - started)
             call = self._upstreams.agent.Run(run, timeout=_timeout(context))
         else:
             raise errors.InvalidArgument(
@@ -265,6 +274,8 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
                 async for event in call:
                     kind = event.WhichOneof("event")
                     if kind == "token":
+                        if streamed == 0 and count_tokens:  # a stream that started the task
+                            metrics.TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - started)
                         streamed += 1
                     elif kind in ("done", "error"):
                         # The task's own count, when it has one, over the streamed pieces.
