@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from aion.infra.component import InfraError
-from aion.infra.paths import REPO, Layout, versions
+from aion.infra.paths import REPO, Layout
+from aion.infra.prometheus import Prometheus
 from aion.infra.tools import ensure_built
 
 FILES = REPO / "charts" / "aion" / "files"
@@ -35,11 +36,10 @@ Doc = dict[str, Any]
 def promtool() -> Path:
     """promtool, built with Prometheus at the pinned version (cached in the aion cache)."""
     try:
-        ensure_built("prometheus")
+        ensure_built(Prometheus.build_target)
     except InfraError as exc:
         pytest.fail(str(exc), pytrace=False)
-    path = Layout.from_env().cache / f"prometheus-{versions()['PROMETHEUS_VERSION']}" / "bin"
-    return path / "promtool"
+    return Prometheus(Layout.from_env()).promtool
 
 
 def _promtool(promtool: Path, *args: str) -> str:

@@ -179,6 +179,11 @@ async def test_streams_decoded_together_each_continue_their_own_prompt(
 ) -> None:
     # Batched decoding is not bit-identical to decoding alone (llama.cpp sums in a
     # different order), so this checks that no stream reads another's tokens.
+    def steps(le: str) -> float:
+        sample = prometheus_client.REGISTRY.get_sample_value
+        return sample("aion_executor_batch_size_bucket", {"le": le}) or 0.0
+
+    before = (steps("+Inf"), steps("1.0"))
     words = ["apple", "banana", "cherry"]
     together = await asyncio.gather(
         *(
@@ -193,6 +198,10 @@ async def test_streams_decoded_together_each_continue_their_own_prompt(
         assert word in text, (word, text)
         assert not any(other in text for other in words if other != word), (word, text)
         assert chunks[-1].usage.completion_tokens <= 12
+    # Each decoding step counts the streams it decoded; some decoded more than one.
+    after = (steps("+Inf"), steps("1.0"))
+    assert after[0] - before[0] >= 12
+    assert after[0] - before[0] > after[1] - before[1], (before, after)
 
 
 async def test_a_cancelled_stream_frees_its_slot(generator: testing.Executor) -> None:

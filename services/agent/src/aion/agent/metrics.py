@@ -20,6 +20,8 @@ TASKS_FINISHED = prometheus_client.Counter(
     "lease recovery are counted by aion_agent_task_lease_reclaims_total).",
     ["status"],
 )
+for _status in ("OK", "ERROR", "TIMEOUT", "CANCELED"):
+    TASKS_FINISHED.labels(_status)  # at 0 from the start, so rate() sees the first task end
 TASK_SECONDS = prometheus_client.Histogram(
     "aion_agent_task_seconds",
     "A task's end-to-end time, from its creation (accepted) to its end, queueing included.",

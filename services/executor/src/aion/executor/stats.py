@@ -45,7 +45,8 @@ TOKENS = prometheus_client.Counter(
 EMBEDDED_TEXTS = prometheus_client.Counter("aion_executor_embedded_texts", "Texts embedded.")
 BATCH_SIZE = prometheus_client.Histogram(
     "aion_executor_batch_size",
-    "Texts per embedding batch, or streams per decoding step.",
+    "Texts per embedding batch, or streams decoded together per decoding step "
+    "(those that sampled a token in it).",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 REJECTED = prometheus_client.Counter(

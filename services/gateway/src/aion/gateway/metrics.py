@@ -16,6 +16,8 @@ ADDED_LATENCY = prometheus_client.Histogram(
     ["grpc_method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+for _method in ("Submit", "Stream"):
+    ADDED_LATENCY.labels(_method)  # at 0 from the start, so rate() sees the first call
 TIME_TO_FIRST_TOKEN = prometheus_client.Histogram(
     "aion_gateway_time_to_first_token_seconds",
     "Time from a Stream call that starts a task reaching the gateway to its first token "

@@ -30,7 +30,7 @@ from typing import Any
 import llama_cpp
 
 from aion.core import errors
-from aion.executor import backend
+from aion.executor import backend, stats
 from aion.executor.generation import gguf_model, stop_sequences
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ class DecodeLoop:
                 job.fed, job.pos = fed, pos
             self._decode_failed(code, joining)
             return
+        if outputs:  # the streams this step decoded a token of (prefill alone is not one)
+            stats.BATCH_SIZE.observe(len(outputs))
         for job, row in outputs:
             if job.cancelled:
                 continue
