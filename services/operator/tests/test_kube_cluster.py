@@ -96,6 +96,7 @@ async def test_executors_are_read_from_memory_as_the_api_holds_them(
     found = await _eventually(lambda: client.deployment(name, namespace=namespace), bool)
     assert found is not None
     assert found["metadata"]["name"] == name
+    assert "managedFields" not in found["metadata"]  # not kept in memory
     pods = await _eventually(
         lambda: client.pods(selector=render.selector("one"), namespace=namespace), bool
     )

@@ -88,7 +88,7 @@ class Informer:
         while True:
             try:
                 listing = self._client.list(self._kind, **self._filters)
-                fresh = [(_key(o), o.to_dict()) async for o in listing]
+                fresh = [(_key(o), _kept(o)) async for o in listing]
                 self.objects, self._grouped = {}, {}
                 for key, obj in fresh:
                     self._set(key, obj)
@@ -96,10 +96,18 @@ class Informer:
                 async for op, obj in self._client.watch(
                     self._kind, resource_version=listing.resourceVersion, **self._filters
                 ):
-                    self._set(_key(obj), None if op == "DELETED" else obj.to_dict())
+                    self._set(_key(obj), None if op == "DELETED" else _kept(obj))
             except (lightkube.ApiError, OSError, lightkube.LoadResourceError) as exc:
                 log.warning("watching %s: %s; listing again", name, exc)
             await asyncio.sleep(RELIST_DELAY_S)
+
+
+def _kept(obj: Any) -> dict[str, Any]:
+    """What an informer keeps of ``obj``: its dict without ``metadata.managedFields`` (which
+    fields each manager set: nothing here reads them, and on a pod they are most of it)."""
+    out: dict[str, Any] = obj.to_dict()
+    (out.get("metadata") or {}).pop("managedFields", None)
+    return out
 
 
 def _key(obj: Any) -> tuple[str, str]:
