@@ -14,7 +14,8 @@ embedding executor as a process, and the knowledge service in this process
   knowledge base of ``BENCH_KNOWLEDGE_CHUNKS`` chunks (real chunk texts and
   their real embeddings, written straight to the index and activated, since
   embedding 100k chunks on a CPU takes longer than a benchmark should), with
-  dense and sparse modes too.
+  dense and sparse modes too; ``search_index_only_by_mode``: the store's own
+  share (the same queries on the index, their embeddings made beforehand).
 
 The speed corpus is the Python documentation's topic texts that every Python
 ships (``pydoc_data.topics``).
@@ -30,8 +31,11 @@ ships (``pydoc_data.topics``).
 
 Knobs: BENCH_KNOWLEDGE_DOCS (30), BENCH_KNOWLEDGE_CHUNKS (10000; the issue's
 target is 100000), BENCH_KNOWLEDGE_QUERIES (30, per mode, for latency),
-BENCH_KNOWLEDGE_QUALITY_QUERIES (600 of fitz-gov's 2,812 judged queries, spread
-evenly over them; 0 skips the quality part), BENCH_KNOWLEDGE_EXECUTOR_THREADS (2).
+BENCH_KNOWLEDGE_QUALITY (1; 0 skips the quality part), BENCH_KNOWLEDGE_QUALITY_QUERIES
+(600 of fitz-gov's 2,812 judged queries, spread evenly over them),
+BENCH_KNOWLEDGE_QUALITY_DOCS (all; N keeps the chosen queries' relevant documents
+and N others, for a quick run whose figures flatter),
+BENCH_KNOWLEDGE_EXECUTOR_THREADS (2).
 AION_KNOWLEDGE_QDRANT_URL (a server) and AION_KNOWLEDGE_QDRANT_ENGINE (edge, the
 default, or local) choose the store, as for the service.
 Prints one JSON object.
@@ -77,7 +81,9 @@ def _knob(name: str, default: int) -> int:
 DOCS = _knob("DOCS", 30)
 CHUNKS = _knob("CHUNKS", 10_000)
 QUERIES = _knob("QUERIES", 30)
+QUALITY = os.environ.get("BENCH_KNOWLEDGE_QUALITY", "1") != "0"
 QUALITY_QUERIES = _knob("QUALITY_QUERIES", 600)
+QUALITY_DOCS = _knob("QUALITY_DOCS", 1_000_000)
 THREADS = _knob("EXECUTOR_THREADS", 2)
 TENANT = "bench"
 ENGINE: Literal["edge", "local"] = (
@@ -206,7 +212,8 @@ def _labelled_set() -> tuple[list[tuple[str, str, str]], list[tuple[str, dict[st
             doc = json.loads(line)
             title = str(doc.get("title", ""))
             text = f"{title}\n\n{doc['content']}" if title else str(doc["content"])
-            corpus.setdefault(str(doc["id"]), (str(doc["id"]), title, text))  # 19 ids repeat
+            if text.strip():  # 14 documents are empty (none judged relevant); 19 ids repeat
+                corpus.setdefault(str(doc["id"]), (str(doc["id"]), title, text))
     mappings = json.loads((root / "queries" / "query_mappings.json").read_text())["mappings"]
     judged = [
         (str(q["query"]), {str(d): 1 for d in q["relevant_docs"]})
@@ -214,8 +221,13 @@ def _labelled_set() -> tuple[list[tuple[str, str, str]], list[tuple[str, dict[st
         for _, q in sorted(queries.items())
         if q.get("relevant_docs")
     ]
-    step = max(1, len(judged) // QUALITY_QUERIES) if QUALITY_QUERIES else len(judged) + 1
-    return list(corpus.values()), judged[::step][:QUALITY_QUERIES]
+    chosen = judged[:: max(1, len(judged) // QUALITY_QUERIES)][:QUALITY_QUERIES]
+    docs = list(corpus.values())
+    if len(docs) > QUALITY_DOCS:
+        wanted = {d for _, relevant in chosen for d in relevant}
+        others = [d for d in docs if d[0] not in wanted][:QUALITY_DOCS]
+        docs = [d for d in docs if d[0] in wanted] + others
+    return docs, chosen
 
 
 async def _quality(service: testing.Service) -> dict[str, Any]:
@@ -302,6 +314,35 @@ async def _search(service: testing.Service, queries: list[str]) -> dict[str, Any
     return out
 
 
+async def _search_index(
+    index: qdrant_index.Index,
+    cfg: knowledge_settings.KnowledgeSettings,
+    queries: list[str],
+    vectors: list[list[float]],
+) -> dict[str, Any]:
+    """The store alone: the same queries, their embeddings computed beforehand (Search's
+    time less the query's Embed call and gRPC)."""
+    out: dict[str, Any] = {}
+    modes: tuple[qdrant_index.Mode, ...] = ("hybrid", "dense", "sparse")
+    for mode in modes:
+        times = []
+        for query, vector in zip(queries, vectors, strict=True):
+            started = time.perf_counter()
+            await index.search(
+                TENANT,
+                "bulk",
+                mode=mode,
+                dense=vector,
+                text=query,
+                top_k=10,
+                filters={},
+                min_similarity=cfg.dense_min_similarity,
+            )
+            times.append((time.perf_counter() - started) * 1000)
+        out[mode] = {"p50_ms": round(_pct(times, 50), 1), "p95_ms": round(_pct(times, 95), 1)}
+    return out
+
+
 async def main() -> dict[str, Any]:
     layout = Layout.from_env()
     servers = {name: make(name, layout) for name in ("postgres", "kafka", "minio")}
@@ -338,21 +379,23 @@ async def main() -> dict[str, Any]:
         async with testing.Service(cfg) as service:
             _log("ingesting through the service")
             ingest = await _ingest(service, "docs", [(n, n, text) for n, text in corpus])
-            quality = await _quality(service) if QUALITY_QUERIES else None
+            quality = await _quality(service) if QUALITY else None
             assert service.index is not None
+            rng = random.Random(11)
+            queries = [" ".join(rng.choice(pieces).split()[:8]) for _ in range(QUERIES)]
             async with channels.connect(
                 target, tls=testing.CA.tls("knowledge"), peer="executor"
             ) as channel:
                 stub = executor_pb2_grpc.ExecutorStub(channel)
-                sample = pieces[:256]
-                resp = await stub.Embed(executor_pb2.EmbedRequest(texts=sample[:64]))
+                resp = await stub.Embed(executor_pb2.EmbedRequest(texts=pieces[:64]))
                 vectors = [list(e.values) for e in resp.embeddings]
+                resp = await stub.Embed(executor_pb2.EmbedRequest(texts=queries))
+                query_vectors = [list(e.values) for e in resp.embeddings]
             _log(f"storing {CHUNKS} chunks for the search benchmark")
             fill_s = await _fill(service.index, pieces, vectors)
-            rng = random.Random(11)
-            queries = [" ".join(rng.choice(pieces).split()[:8]) for _ in range(QUERIES)]
             _log(f"{QUERIES} queries per mode")
             latency = await _search(service, queries)
+            index_only = await _search_index(service.index, cfg, queries, query_vectors)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -378,6 +421,7 @@ async def main() -> dict[str, Any]:
         "search_p50_ms": latency["hybrid"]["p50_ms"],
         "search_p95_ms": latency["hybrid"]["p95_ms"],
         "search_by_mode": latency,
+        "search_index_only_by_mode": index_only,
         "quality": quality,
     }
 
