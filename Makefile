@@ -100,7 +100,7 @@ bench-executor: setup ## embeddings and generation vs the raw models and llama_c
 	@$(UV) run --no-sync python services/executor/bench/bench_executor.py
 
 .PHONY: bench-knowledge
-bench-knowledge: setup infra-build ## ingest chunks/s vs raw embeddings/s, search p50/p95 (BENCH_KNOWLEDGE_CHUNKS, 10k); BENCH_KNOWLEDGE_* knobs (one JSON object)
+bench-knowledge: setup infra-build ## ingest chunks/s vs raw embeddings/s, search p50/p95 (BENCH_KNOWLEDGE_CHUNKS, 10k), recall@5/nDCG@10 of sparse, dense, hybrid on fitz-gov; BENCH_KNOWLEDGE_* knobs (one JSON object)
 	@$(UV) run --no-sync python services/knowledge/bench/bench_knowledge.py
 
 clean: ## remove local state (logs), keep caches

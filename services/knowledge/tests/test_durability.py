@@ -149,7 +149,7 @@ async def test_a_worker_killed_mid_document_leaves_no_orphan_vectors(
     total = mid.chunks
     assert mid.chunks_done < total, "the document was indexed before the kill; make it longer"
     # What the dead worker wrote is there, and none of it is searchable.
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as index:
+    async with qdrant_index.open_index(cfg) as index:
         partial = await index.count(tenant, "kb", "big.txt", version=1)
         assert 10 <= partial < total
         assert await index.count(tenant, "kb", "big.txt", active=True) == 0
@@ -181,7 +181,7 @@ async def test_a_worker_killed_mid_document_leaves_no_orphan_vectors(
     assert sql_rows("SELECT attempts FROM kb_versions WHERE tenant = %s", tenant) == [
         (1 if max_attempts == 1 else 2,)
     ]
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as index:
+    async with qdrant_index.open_index(cfg) as index:
         stored = await index.count(tenant, "kb", "big.txt")
         active = await index.count(tenant, "kb", "big.txt", version=1, active=True)
     if max_attempts == 1:

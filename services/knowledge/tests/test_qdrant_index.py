@@ -1,4 +1,5 @@
-"""QdrantIndex on qdrant-client's real local mode: in memory and on disk.
+"""The chunk stores on real engines: Qdrant Edge and qdrant-client's local mode, each
+in memory (a temporary folder for Edge) and on disk; every behaviour test runs on both.
 
 Dense vectors here are small hand-made ones (4 dimensions), so that which
 chunk is nearest is known; the real model is in ``test_service.py``.
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 
 from aion.core import errors
 from aion.core import settings as core_settings
-from aion.knowledge import qdrant_index, settings, sparse
+from aion.knowledge import edge_index, qdrant_index, settings, sparse
 
 REQUIRED: dict[str, Any] = {
     "postgres_dsn": "postgresql://u:p@127.0.0.1:1/db",
@@ -39,7 +41,7 @@ def _vec(i: int) -> list[float]:
 
 
 async def _put(
-    store: qdrant_index.QdrantIndex,
+    store: qdrant_index.Index,
     tenant: str,
     kb: str,
     doc: str,
@@ -71,7 +73,7 @@ async def _put(
 
 
 async def _search(
-    store: qdrant_index.QdrantIndex,
+    store: qdrant_index.Index,
     query: str,
     *,
     tenant: str = "acme",
@@ -98,9 +100,12 @@ def _bm25(*, tf: int, words: int, df: int, n: int) -> float:
     return idf * tf * (sparse.K1 + 1) / (tf + norm)
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[qdrant_index.QdrantIndex]:
-    async with qdrant_index.QdrantIndex.from_settings(_cfg()) as opened:
+ENGINES = ["edge", "local"]
+
+
+@pytest.fixture(params=ENGINES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[qdrant_index.Index]:
+    async with qdrant_index.open_index(_cfg(qdrant_engine=request.param)) as opened:
         yield opened
 
 
@@ -123,7 +128,7 @@ def test_term_indices_are_stable_and_collisions_merge(monkeypatch: pytest.Monkey
 
 
 async def test_sparse_scores_are_bm25_with_idf_over_the_knowledge_base(
-    store: qdrant_index.QdrantIndex,
+    store: qdrant_index.Index,
 ) -> None:
     await _put(
         store,
@@ -144,7 +149,7 @@ async def test_sparse_scores_are_bm25_with_idf_over_the_knowledge_base(
     assert await _search(store, "?!") == []
 
 
-async def test_dense_hybrid_and_citations(store: qdrant_index.QdrantIndex) -> None:
+async def test_dense_hybrid_and_citations(store: qdrant_index.Index) -> None:
     await _put(store, "acme", "kb", "d1", "alpha words", "beta words", "gamma words")
     # Dense: nearest vector first, cosine as the score; a floor drops the unrelated.
     dense = await _search(store, "x", mode="dense", dense=_vec(1))
@@ -179,7 +184,7 @@ async def test_dense_hybrid_and_citations(store: qdrant_index.QdrantIndex) -> No
 
 
 async def test_inactive_versions_are_invisible_and_activation_replaces(
-    store: qdrant_index.QdrantIndex,
+    store: qdrant_index.Index,
 ) -> None:
     await _put(store, "acme", "kb", "d1", "old words here", version=1)
     await _put(store, "acme", "kb", "d1", "new words", "more new words", version=2, activate=False)
@@ -199,7 +204,7 @@ async def test_inactive_versions_are_invisible_and_activation_replaces(
 
 
 async def test_other_tenants_and_knowledge_bases_neither_show_nor_move_scores(
-    store: qdrant_index.QdrantIndex,
+    store: qdrant_index.Index,
 ) -> None:
     await _put(store, "acme", "kb", "d1", "GPUs are scarce", "Pods run on nodes")
     before = await _search(store, "scarce")
@@ -216,7 +221,7 @@ async def test_other_tenants_and_knowledge_bases_neither_show_nor_move_scores(
     assert await _search(store, "x", tenant="initech", mode="dense", dense=_vec(0)) == []
 
 
-async def test_metadata_filters_match_every_pair_exactly(store: qdrant_index.QdrantIndex) -> None:
+async def test_metadata_filters_match_every_pair_exactly(store: qdrant_index.Index) -> None:
     await store.put(
         [
             qdrant_index.Chunk(
@@ -249,7 +254,7 @@ async def test_metadata_filters_match_every_pair_exactly(store: qdrant_index.Qdr
 
 
 async def test_delete_removes_every_version_and_counts_the_active(
-    store: qdrant_index.QdrantIndex,
+    store: qdrant_index.Index,
 ) -> None:
     await _put(store, "acme", "kb", "d1", "kafka one", "kafka two", "!!!")
     await _put(store, "acme", "kb", "d1", "pending", version=2, activate=False)
@@ -262,17 +267,22 @@ async def test_delete_removes_every_version_and_counts_the_active(
     assert [d for d, _, _ in await _search(store, "kafka", tenant="globex")] == ["d1"]
 
 
-async def test_a_path_keeps_the_chunks_across_reopening(tmp_path: Path) -> None:
-    cfg = _cfg(qdrant_path=str(tmp_path / "qdrant"))
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as store:
+@pytest.mark.parametrize(
+    ("engine", "folder"), [("edge", "aion-knowledge"), ("local", "collection/aion-knowledge")]
+)
+async def test_a_path_keeps_the_chunks_across_reopening(
+    tmp_path: Path, engine: str, folder: str
+) -> None:
+    cfg = _cfg(qdrant_path=str(tmp_path / "qdrant"), qdrant_engine=engine)
+    async with qdrant_index.open_index(cfg) as store:
         await _put(store, "acme", "kb", "d1", "GPUs are scarce", "Pods run on nodes", team="infra")
         await _put(store, "acme", "kb", "d2", "Kafka keeps partitions")
         expected = await _search(store, "scarce pods")
-    assert (tmp_path / "qdrant" / "collection" / "aion-knowledge").is_dir()
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as store:
+    assert (tmp_path / "qdrant" / folder).is_dir()
+    async with qdrant_index.open_index(cfg) as store:
         assert await _search(store, "scarce pods", filters={"team": "infra"}) == expected
         assert await store.delete_document("acme", "kb", "d2") == 1
-    async with qdrant_index.QdrantIndex.from_settings(cfg) as store:
+    async with qdrant_index.open_index(cfg) as store:
         assert await _search(store, "kafka") == []
 
 
@@ -298,11 +308,35 @@ async def test_a_collection_of_another_shape_is_refused_at_start(
         "aion-knowledge", vectors_config=vectors, sparse_vectors_config=sparse_vectors
     )
     client.close()
-    store = qdrant_index.QdrantIndex.from_settings(_cfg(qdrant_path=str(tmp_path)))
+    store = qdrant_index.open_index(_cfg(qdrant_path=str(tmp_path), qdrant_engine="local"))
     with pytest.raises(errors.FailedPrecondition, match=match):
         await store.__aenter__()
     # The client was closed on the way out: the folder's lock is free again.
-    async with qdrant_index.QdrantIndex.from_settings(
+    async with qdrant_index.open_index(
+        _cfg(qdrant_path=str(tmp_path), qdrant_engine="local", qdrant_collection_prefix="fresh")
+    ) as fresh:
+        assert await fresh.count("acme", "kb", "d1") == 0
+
+
+@pytest.mark.parametrize(
+    ("dense_size", "modifier"), [(4, None), (8, qe.Modifier.Idf)], ids=["no-idf", "8-dims"]
+)
+async def test_an_edge_shard_of_another_shape_is_refused_at_start(
+    tmp_path: Path, dense_size: int, modifier: qe.Modifier | None
+) -> None:
+    shard = qe.EdgeShard.create(
+        str(tmp_path / "aion-knowledge"),
+        qe.EdgeConfig(
+            vectors={"dense": qe.EdgeVectorParams(size=dense_size, distance=qe.Distance.Cosine)},
+            sparse_vectors={"text": qe.EdgeSparseVectorParams(modifier=modifier)},
+        ),
+    )
+    shard.close()
+    store = qdrant_index.open_index(_cfg(qdrant_path=str(tmp_path)))
+    assert isinstance(store, edge_index.EdgeIndex)
+    with pytest.raises(errors.FailedPrecondition, match="4-dimension cosine vector 'dense'"):
+        await store.__aenter__()
+    async with qdrant_index.open_index(
         _cfg(qdrant_path=str(tmp_path), qdrant_collection_prefix="fresh")
     ) as fresh:
         assert await fresh.count("acme", "kb", "d1") == 0

@@ -55,7 +55,7 @@ class Indexer:
         *,
         pool: db.Pool,
         store: objects.ObjectStore,
-        index: qdrant_index.QdrantIndex,
+        index: qdrant_index.Index,
         embed: embedder.Embedder,
         chunker: chunking.Chunker,
         cfg: knowledge_settings.KnowledgeSettings,

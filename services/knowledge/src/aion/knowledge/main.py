@@ -48,7 +48,7 @@ async def run(
     *,
     until: Awaitable[object] | None = None,
     on_ready: Callable[[str], None] | None = None,
-    on_index: Callable[[qdrant_index.QdrantIndex], None] | None = None,
+    on_index: Callable[[qdrant_index.Index], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or ``until`` completes), indexing in the background;
     then drain. ``on_ready`` gets the gRPC address once it serves; ``on_index`` (tests)
@@ -63,7 +63,7 @@ async def run(
     )
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(db.pool(dsn, max_size=cfg.pool_max_size))
-        index = await stack.enter_async_context(qdrant_index.QdrantIndex.from_settings(cfg))
+        index = await stack.enter_async_context(qdrant_index.open_index(cfg))
         if on_index is not None:
             on_index(index)
         channel = await stack.enter_async_context(

@@ -39,7 +39,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, Protocol, Self, TypeVar
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http import exceptions as qdrant_errors
@@ -87,6 +87,67 @@ class Hit:
     score: float
 
 
+class Index(Protocol):
+    """What the service needs of a chunk store (``QdrantIndex``, ``edge_index.EdgeIndex``)."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def put(self, chunks: Sequence[Chunk]) -> None: ...
+
+    async def activate(
+        self, tenant: str, knowledge_base: str, document_id: str, version: int
+    ) -> None: ...
+
+    async def drop_version(
+        self, tenant: str, knowledge_base: str, document_id: str, version: int
+    ) -> None: ...
+
+    async def count(
+        self,
+        tenant: str,
+        knowledge_base: str,
+        document_id: str,
+        *,
+        version: int | None = None,
+        active: bool | None = None,
+    ) -> int: ...
+
+    async def delete_document(self, tenant: str, knowledge_base: str, document_id: str) -> int: ...
+
+    async def search(
+        self,
+        tenant: str,
+        knowledge_base: str,
+        *,
+        mode: Mode,
+        dense: Sequence[float] | None,
+        text: str,
+        top_k: int,
+        filters: Mapping[str, str],
+        min_similarity: float | None = None,
+    ) -> list[Hit]: ...
+
+
+def open_index(cfg: knowledge_settings.KnowledgeSettings) -> Index:
+    """The chunk store ``cfg`` names: a Qdrant server through qdrant-client when
+    ``qdrant_url`` is set; else Qdrant Edge in the process (``qdrant_engine`` ``edge``,
+    the default) or qdrant-client's local mode (``local``)."""
+    if cfg.qdrant_url or cfg.qdrant_engine == "local":
+        return QdrantIndex.from_settings(cfg)
+    from aion.knowledge import edge_index  # it imports this module
+
+    return edge_index.EdgeIndex.from_settings(cfg)
+
+
 def point_id(
     tenant: str, knowledge_base: str, document_id: str, version: int, chunk_index: int
 ) -> str:
@@ -127,7 +188,78 @@ def _unavailable_when_down(what: str) -> Iterator[None]:
         raise
 
 
-class QdrantIndex:
+class OnThreads:
+    """An async context manager around a blocking store: its calls run on threads of its
+    own (``workers``), never on the event loop. Entering runs ``_opening`` there (closing
+    again if it fails); closing runs ``_closing``, once."""
+
+    def __init__(self, *, workers: int, name: str) -> None:
+        self._threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=name
+        )
+        self._closed = False
+
+    def _opening(self) -> None:
+        raise NotImplementedError
+
+    def _closing(self) -> None:
+        raise NotImplementedError
+
+    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._run(self._opening)
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the store; closing twice is a no-op."""
+        if not self._closed:
+            self._closed = True
+            await self._run(self._closing)
+            self._threads.shutdown(wait=True)
+
+
+def payload(chunk: Chunk, *, inactive: bool | int) -> dict[str, Any]:
+    """The point's payload: where the chunk sits and its text, not yet ``active``."""
+    return {
+        "tenant": chunk.tenant,
+        "knowledge_base": chunk.knowledge_base,
+        "document_id": chunk.document_id,
+        "version": chunk.version,
+        "chunk_index": chunk.index,
+        "char_start": chunk.start,
+        "char_end": chunk.end,
+        "text": chunk.text,
+        "active": inactive,
+        "metadata_terms": metadata_terms(chunk.metadata),
+    }
+
+
+def route(mode: Mode, dense: Sequence[float] | None, words: Any) -> Mode | None:
+    """Which search ``mode`` comes to: sparse without a query vector, dense without query
+    words, None (no hit) for a sparse search without words."""
+    if mode == "sparse" or (mode == "hybrid" and dense is None):
+        return "sparse" if words.indices else None
+    if mode == "dense" or not words.indices:
+        return "dense"
+    return "hybrid"
+
+
+class QdrantIndex(OnThreads):
     """Chunks of every tenant in one collection; an async context manager owning the client.
 
     Entering creates the collection if it is missing and checks that an
@@ -137,14 +269,11 @@ class QdrantIndex:
     def __init__(
         self, client: QdrantClient, *, collection: str, server: bool, dimensions: int
     ) -> None:
+        super().__init__(workers=4 if server else 1, name="qdrant")
         self._client = client
         self._collection = collection
         self._server = server
         self._dimensions = dimensions
-        self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4 if server else 1, thread_name_prefix="qdrant"
-        )
-        self._closed = False
 
     @classmethod
     def from_settings(cls, cfg: knowledge_settings.KnowledgeSettings) -> QdrantIndex:
@@ -163,33 +292,12 @@ class QdrantIndex:
         )
         return cls(client, collection=collection, server=False, dimensions=cfg.embedding_dimensions)
 
-    async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
+    def _opening(self) -> None:
+        with _unavailable_when_down("opening the collection"):
+            self._ensure_collection()
 
-    async def __aenter__(self) -> Self:
-        try:
-            with _unavailable_when_down("opening the collection"):
-                await self._run(self._ensure_collection)
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the client; closing twice is a no-op."""
-        if not self._closed:
-            self._closed = True
-            await self._run(self._client.close)
-            self._threads.shutdown(wait=True)
+    def _closing(self) -> None:
+        self._client.close()
 
     def _ensure_collection(self) -> None:
         if not self._client.collection_exists(self._collection):
@@ -255,18 +363,7 @@ class QdrantIndex:
                 chunk.tenant, chunk.knowledge_base, chunk.document_id, chunk.version, chunk.index
             ),
             vector=vectors,
-            payload={
-                "tenant": chunk.tenant,
-                "knowledge_base": chunk.knowledge_base,
-                "document_id": chunk.document_id,
-                "version": chunk.version,
-                "chunk_index": chunk.index,
-                "char_start": chunk.start,
-                "char_end": chunk.end,
-                "text": chunk.text,
-                "active": False,
-                "metadata_terms": metadata_terms(chunk.metadata),
-            },
+            payload=payload(chunk, inactive=False),
         )
 
     async def put(self, chunks: Sequence[Chunk]) -> None:
@@ -373,11 +470,12 @@ class QdrantIndex:
         idf = models.SearchParams(idf=models.IdfCorpusParams(corpus=models.Filter(must=scope)))
         words = sparse.query_vector(text)
         kwargs: dict[str, Any]
-        if mode == "sparse" or (mode == "hybrid" and dense is None):
-            if not words.indices:
-                return []
+        way = route(mode, dense, words)
+        if way is None:
+            return []
+        if way == "sparse":
             kwargs = {"query": words, "using": TEXT, "search_params": idf}
-        elif mode == "dense" or not words.indices:
+        elif way == "dense":
             kwargs = {"query": list(dense or ()), "using": DENSE, "score_threshold": min_similarity}
         else:
             depth = max(top_k * 4, 20)
@@ -403,10 +501,10 @@ class QdrantIndex:
                 with_payload=True,
                 **kwargs,
             )
-        return [_hit(p.payload or {}, p.score) for p in found.points]
+        return [hit_from_payload(p.payload or {}, p.score) for p in found.points]
 
 
-def _hit(payload: Mapping[str, Any], score: float) -> Hit:
+def hit_from_payload(payload: Mapping[str, Any], score: float) -> Hit:
     return Hit(
         knowledge_base=str(payload["knowledge_base"]),
         document_id=str(payload["document_id"]),

