@@ -4,11 +4,12 @@ and that tree as indented text (``service: span name (kind)``), for assertions a
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
+
+from aion.infra.component import poll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,17 +85,14 @@ def fetch(
     ``until(spans)`` holds (spans arrive in batches, some after the task's end) or
     ``timeout_s`` passes; the last fetch is returned either way, for the caller to assert
     on."""
-    deadline = time.monotonic() + timeout_s
-    spans: list[Span] = []
     with httpx.Client(base_url=base_url, timeout=10) as http:
-        while True:
+
+        def spans() -> list[Span]:
             got = http.get(f"/api/traces/{trace_id}")
-            if got.status_code == 200:
-                data = got.json().get("data") or []
-                spans = spans_of(data[0]) if data else []
-            if until(spans) or time.monotonic() >= deadline:
-                return spans
-            time.sleep(0.25)
+            data = (got.json().get("data") or []) if got.status_code == 200 else []
+            return spans_of(data[0]) if data else []
+
+        return poll(spans, until, timeout=timeout_s, interval=0.25)
 
 
 def find_trace_ids(
@@ -102,14 +100,17 @@ def find_trace_ids(
 ) -> list[str]:
     """The ids of the traces of ``service`` holding a span named ``operation``, waiting up
     to ``timeout_s`` for the first one to arrive."""
-    deadline = time.monotonic() + timeout_s
+    query: dict[str, str | int] = {
+        "service": service,
+        "operation": operation,
+        "limit": 20,
+        "lookback": "1h",
+    }
     with httpx.Client(base_url=base_url, timeout=10) as http:
-        while True:
-            got = http.get(
-                "/api/traces",
-                params={"service": service, "operation": operation, "limit": 20, "lookback": "1h"},
-            )
+
+        def ids() -> list[str]:
+            got = http.get("/api/traces", params=query)
             data = (got.json().get("data") or []) if got.status_code == 200 else []
-            if data or time.monotonic() >= deadline:
-                return [t["traceID"] for t in data]
-            time.sleep(0.25)
+            return [t["traceID"] for t in data]
+
+        return poll(ids, bool, timeout=timeout_s, interval=0.25)
