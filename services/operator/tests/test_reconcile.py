@@ -49,18 +49,21 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
     assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
 
 
-def test_a_registrar_adds_the_deregistering_delete_handler(
+async def test_a_registrar_adds_the_deregistering_delete_handler(
     cfg: settings.AionOperatorSettings,
 ) -> None:
+    # Async: a Registrar opens a grpc.aio channel, which needs the running loop (outside
+    # one it asks asyncio for a current loop, which any earlier asyncio.run took away).
     registry = kopf.OperatorRegistry()
-    handlers.register(
-        registry,
-        client=kube.Kube(_unused_client()),
-        cfg=cfg,
-        registrar=registration.Registrar("127.0.0.1:1", tls=tls.LocalCa().tls("operator")),
-    )
-    ids = {h.id for h in registry._changing.get_all_handlers()}
-    assert ids == {"place", "place/spec", "deregister"}
+    registrar = registration.Registrar("127.0.0.1:1", tls=tls.LocalCa().tls("operator"))
+    try:
+        handlers.register(
+            registry, client=kube.Kube(_unused_client()), cfg=cfg, registrar=registrar
+        )
+        ids = {h.id for h in registry._changing.get_all_handlers()}
+        assert ids == {"place", "place/spec", "deregister"}
+    finally:
+        await registrar.close()
 
 
 def _unused_client() -> Any:
