@@ -30,6 +30,7 @@ computes searches itself.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import concurrent.futures
 import contextlib
@@ -188,7 +189,7 @@ def _unavailable_when_down(what: str) -> Iterator[None]:
         raise
 
 
-class OnThreads:
+class OnThreads(abc.ABC):
     """An async context manager around a blocking store: its calls run on threads of its
     own (``workers``), never on the event loop. Entering runs ``_opening`` there (closing
     again if it fails); closing runs ``_closing``, once."""
@@ -199,11 +200,13 @@ class OnThreads:
         )
         self._closed = False
 
+    @abc.abstractmethod
     def _opening(self) -> None:
-        raise NotImplementedError
+        """Open the store (on one of its threads)."""
 
+    @abc.abstractmethod
     def _closing(self) -> None:
-        raise NotImplementedError
+        """Close the store (on one of its threads)."""
 
     async def _run(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         loop = asyncio.get_running_loop()
