@@ -128,8 +128,8 @@ async def test_a_stored_context_parents_a_later_send_ended_by_its_ack(
     # Open until the broker answers.
     assert not span_capture.named(spans.get_finished_spans(), "send aion.work")
     ack.set_result(_Metadata(partition=0, offset=7))
-    await asyncio.sleep(0)  # the done callback runs
-    (sent,) = span_capture.named(spans.get_finished_spans(), "send aion.work")
+    finished = await span_capture.wait_for("send aion.work", timeout_s=5)  # ended on the ack
+    (sent,) = span_capture.named(finished, "send aion.work")
     assert sent.context.trace_id == write.get_span_context().trace_id
     assert _parent_id(sent) == write.get_span_context().span_id
     assert (sent.attributes or {})["messaging.kafka.offset"] == 7
@@ -142,8 +142,7 @@ async def test_a_failed_send_ends_its_span_with_the_error(spans: InMemorySpanExp
     ack: asyncio.Future[_Metadata] = asyncio.get_running_loop().create_future()
     kafka_spans.acked(span, ack)
     ack.set_exception(ConnectionError("broker gone"))
-    await asyncio.sleep(0)
-    (sent,) = spans.get_finished_spans()
+    (sent,) = await span_capture.wait_for("send aion.work", timeout_s=5)
     assert sent.status.status_code is trace.StatusCode.ERROR
     assert "broker gone" in (sent.status.description or "")
     with pytest.raises(ConnectionError):

@@ -91,17 +91,18 @@ def test_log_lines_carry_trace_span_and_the_bound_tenant() -> None:
     spans = span_capture.exporter()
     spans.clear()
 
-    async def request(logger: logging.Logger, tenant: str) -> None:
+    async def request(logger: logging.Logger, tenant: str, both_bound: asyncio.Barrier) -> None:
         with trace.get_tracer("test").start_as_current_span("rpc"):
             telemetry.bind_tenant(tenant)
-            await asyncio.sleep(0)  # the other request runs meanwhile
+            await both_bound.wait()  # the other request has bound its tenant too
             logger.warning("work")
 
     async def both(logger: logging.Logger) -> None:
         # Two requests at once, each its own asyncio task (as gRPC runs them).
+        both_bound = asyncio.Barrier(2)
         async with asyncio.TaskGroup() as group:
-            group.create_task(request(logger, "acme"))
-            group.create_task(request(logger, "globex"))
+            group.create_task(request(logger, "acme", both_bound))
+            group.create_task(request(logger, "globex", both_bound))
 
     with _json_log("aion.test.tenant") as (logger, buf):
         asyncio.run(both(logger))
