@@ -107,3 +107,15 @@ def test_a_budget_stops_a_long_generation_on_the_api_route(
         assert cheap.engine.chosen_by == "budget"
         assert "over the task budget" in cheap.engine.reason
         assert cheap.usage.cost_usd == 0
+
+        # The gateway keeps agent records for routing (AGENT_CACHE_S), but an Agent applied
+        # through it routes the very next task: the Agent's budget, now under the estimate.
+        lower = AGENT.replace(
+            f"budgetUsdPerTask: {BUDGET_USD}", f"budgetUsdPerTask: {BUDGET_USD / 10}"
+        )
+        [agent] = client.apply_agents(lower, timeout=30)
+        assert agent.budget_usd_per_task == pytest.approx(BUDGET_USD / 10)
+        after = client.submit("spender", INPUT, max_tokens=4, timeout=180).result
+        assert after.status == common_pb2.TASK_STATUS_OK, after.error
+        assert after.engine.route == common_pb2.ROUTE_LOCAL, after.engine.reason
+        assert after.engine.chosen_by == "budget"

@@ -508,3 +508,24 @@ async def test_a_stream_that_starts_a_task_times_the_gateways_part_and_the_first
     submitted = _sample(added, grpc_method="Submit")
     await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), Context(KEYS["user"]))  # type: ignore[arg-type]
     assert _sample(added, grpc_method="Submit") == submitted + 1
+
+
+async def test_tasks_reuse_a_kept_agent_record_until_the_tenant_applies_agents_here() -> None:
+    edge = _edge()
+    fakes: Any = (edge.router, edge.agent, edge.knowledge)
+    upstreams = servicers.Upstreams(router=fakes[0], agent=fakes[1], knowledge=fakes[2])
+    records = servicers.AgentRecords(fakes[1], ttl_s=60)
+    edge.tasks = servicers.TasksServicer(guard=edge.guard, upstreams=upstreams, records=records)
+    edge.agents = servicers.AgentsServicer(guard=edge.guard, upstreams=upstreams, records=records)
+
+    def asked() -> int:
+        return sum(1 for name, _, _ in edge.agent.calls if name == "GetAgent")
+
+    for _ in range(3):
+        await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), Context(KEYS["user"]))  # type: ignore[arg-type]
+    assert asked() == 1  # the routing of three tasks: one GetAgent
+    await edge.agents.Get(agents_pb2.GetAgentRequest(name="demo"), Context(KEYS["viewer"]))  # type: ignore[arg-type]
+    assert asked() == 2  # a caller reading its agent always gets the agent service's answer
+    await edge.agents.Apply(agents_pb2.ApplyAgentsRequest(), Context(KEYS["admin"]))  # type: ignore[arg-type]
+    await edge.tasks.Submit(tasks_pb2.SubmitRequest(task=TASK), Context(KEYS["user"]))  # type: ignore[arg-type]
+    assert asked() == 3  # applied here: the next task reads its agent afresh

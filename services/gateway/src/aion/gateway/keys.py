@@ -24,10 +24,9 @@ import hmac
 import re
 import secrets
 import sys
-import time
 from collections.abc import Sequence
 
-from aion.core import errors
+from aion.core import errors, ttl_cache
 from aion.gateway import db
 
 ROLES = ("viewer", "user", "admin")
@@ -212,9 +211,9 @@ class VerifiedCache:
     """Keys verified recently (by a digest of the key, never the key), for ``ttl_s``."""
 
     def __init__(self, ttl_s: float, *, max_entries: int = 10_000) -> None:
-        self._ttl = ttl_s
-        self._max = max_entries
-        self._entries: dict[bytes, tuple[float, KeyRecord]] = {}
+        self._entries: ttl_cache.TtlCache[bytes, KeyRecord] = ttl_cache.TtlCache(
+            ttl_s, max_entries=max_entries
+        )
 
     @staticmethod
     def _digest(presented: str) -> bytes:
@@ -222,24 +221,15 @@ class VerifiedCache:
 
     def get(self, presented: str) -> KeyRecord | None:
         """The cached record of ``presented``, if verified within the TTL."""
-        hit = self._entries.get(self._digest(presented))
-        if hit is None or hit[0] < time.monotonic():
-            return None
-        return hit[1]
+        return self._entries.get(self._digest(presented))
 
     def put(self, presented: str, record: KeyRecord) -> None:
         """Remember ``presented`` as ``record`` for the TTL."""
-        if self._ttl <= 0:
-            return
-        if len(self._entries) >= self._max:
-            self._entries.clear()
-        self._entries[self._digest(presented)] = (time.monotonic() + self._ttl, record)
+        self._entries.put(self._digest(presented), record)
 
     def forget(self, key_id: str) -> None:
         """Drop every entry of ``key_id`` (it was revoked here)."""
-        for digest, (_, record) in list(self._entries.items()):
-            if record.id == key_id:
-                del self._entries[digest]
+        self._entries.forget(lambda _, record: record.id == key_id)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -103,8 +103,9 @@ async def run(cfg: gateway_settings.GatewaySettings, material: tls.Tls) -> None:
             knowledge=await connect(cfg.knowledge_target, "knowledge"),
         )
         guard, store = await stack.enter_async_context(edge.guard(cfg))
-        tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams)
-        agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams)
+        records = servicers.AgentRecords(upstreams.agent, ttl_s=cfg.agent_cache_s)
+        tasks = servicers.TasksServicer(guard=guard, upstreams=upstreams, records=records)
+        agents = servicers.AgentsServicer(guard=guard, upstreams=upstreams, records=records)
         knowledge = servicers.KnowledgeServicer(guard=guard, upstreams=upstreams)
         # The public port: plaintext here (TLS ends at the ingress), callers authenticated
         # by API key or JWT in ``guard``.

@@ -37,7 +37,7 @@ from aion.api.v1 import (
     tasks_pb2,
     tasks_pb2_grpc,
 )
-from aion.core import errors, privacy, telemetry
+from aion.core import errors, privacy, telemetry, ttl_cache
 from aion.gateway import auth, http_calls, keys, metrics, ratelimit, settings
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,36 @@ class Upstreams:
             agent=agent_pb2_grpc.AgentServiceStub(agent),
             knowledge=internal_knowledge_pb2_grpc.KnowledgeServiceStub(knowledge),
         )
+
+
+class AgentRecords:
+    """The agent records tasks route on (privacy, budget, max_tokens), each kept ``ttl_s``
+    (``AION_GATEWAY_AGENT_CACHE_S``) so a task costs no ``GetAgent`` round trip. A change
+    applied through this gateway is seen at once (``forget``); one registered elsewhere
+    (the operator) within ``ttl_s``. Serving never depends on a stale record for privacy:
+    the agent service narrows a task's route to its agent's current privacy, and
+    enforces its current budget while the task runs."""
+
+    def __init__(self, stub: agent_pb2_grpc.AgentServiceAsyncStub, *, ttl_s: float) -> None:
+        self._stub = stub
+        self._kept: ttl_cache.TtlCache[tuple[str, str], agents_pb2.Agent] = ttl_cache.TtlCache(
+            ttl_s
+        )
+
+    async def get(self, tenant: str, name: str, *, timeout: float | None) -> agents_pb2.Agent:
+        """``tenant``'s agent ``name``: kept, else asked of the agent service."""
+        agent = self._kept.get((tenant, name))
+        if agent is None:
+            with errors.remote("agent"):
+                agent = await self._stub.GetAgent(
+                    agent_pb2.AgentRef(tenant=tenant, name=name), timeout=timeout
+                )
+            self._kept.put((tenant, name), agent)
+        return agent
+
+    def forget(self, tenant: str) -> None:
+        """Drop ``tenant``'s kept records (its agents were applied here)."""
+        self._kept.forget(lambda key, _: key[0] == tenant)
 
 
 class Guard:
@@ -141,9 +171,12 @@ def _timeout(context: _Ctx) -> float | None:
 class TasksServicer(tasks_pb2_grpc.TasksServicer):
     """Tasks: decide with the router, run in the agent service."""
 
-    def __init__(self, *, guard: Guard, upstreams: Upstreams) -> None:
+    def __init__(
+        self, *, guard: Guard, upstreams: Upstreams, records: AgentRecords | None = None
+    ) -> None:
         self._guard = guard
         self._upstreams = upstreams
+        self._records = records or AgentRecords(upstreams.agent, ttl_s=0)
 
     async def _run_request(
         self, tenant: str, task: tasks_pb2.TaskSpec, context: _Ctx, *, asynchronous: bool = False
@@ -160,10 +193,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
         # Only the value is checked here; the rule (a task may only narrow its agent's
         # privacy, the tenant caps both) is the router's, so it is applied in one place.
         privacy.from_pb(opts.privacy, field="task.options.privacy")
-        with errors.remote("agent"):
-            agent = await self._upstreams.agent.GetAgent(
-                agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
-            )
+        agent = await self._records.get(tenant, task.agent, timeout=_timeout(context))
         decide = router_pb2.DecideRequest(
             tenant=tenant,
             agent=task.agent,
@@ -220,10 +250,7 @@ class TasksServicer(tasks_pb2_grpc.TasksServicer):
         agent's."""
         if task.options.HasField("max_tokens"):
             return task.options.max_tokens
-        with errors.remote("agent"):
-            agent = await self._upstreams.agent.GetAgent(
-                agent_pb2.AgentRef(tenant=tenant, name=task.agent), timeout=_timeout(context)
-            )
+        agent = await self._records.get(tenant, task.agent, timeout=_timeout(context))
         return agent.max_tokens
 
     async def Stream(
@@ -312,11 +339,14 @@ _CHARGE_EVERY = 64  # tokens charged to the tenant at a time while a stream runs
 
 
 class AgentsServicer(agents_pb2_grpc.AgentsServicer):
-    """The tenant's agent catalogue."""
+    """The tenant's agent catalogue (``Get`` always asks the agent service)."""
 
-    def __init__(self, *, guard: Guard, upstreams: Upstreams) -> None:
+    def __init__(
+        self, *, guard: Guard, upstreams: Upstreams, records: AgentRecords | None = None
+    ) -> None:
         self._guard = guard
         self._upstreams = upstreams
+        self._records = records
 
     async def List(
         self, request: agents_pb2.ListAgentsRequest, context: _Ctx
@@ -338,11 +368,15 @@ class AgentsServicer(agents_pb2_grpc.AgentsServicer):
         self, request: agents_pb2.ApplyAgentsRequest, context: _Ctx
     ) -> agents_pb2.ApplyAgentsResponse:
         who = await self._guard.caller(context, "admin")
-        with errors.remote("agent"):
-            return await self._upstreams.agent.ApplyAgents(
-                agent_pb2.ApplyAgentsRequest(tenant=who.tenant, request=request),
-                timeout=_timeout(context),
-            )
+        try:
+            with errors.remote("agent"):
+                return await self._upstreams.agent.ApplyAgents(
+                    agent_pb2.ApplyAgentsRequest(tenant=who.tenant, request=request),
+                    timeout=_timeout(context),
+                )
+        finally:  # applied, or maybe partly: the next task reads its agent afresh
+            if self._records is not None:
+                self._records.forget(who.tenant)
 
 
 class KnowledgeServicer(knowledge_pb2_grpc.KnowledgeServicer):

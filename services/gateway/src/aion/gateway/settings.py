@@ -126,6 +126,14 @@ class GatewaySettings(settings.ServiceSettings):
         description="how long a verified API key is trusted "
         "before it is looked up again (the delay before a revocation reaches every replica)",
     )
+    agent_cache_s: float = pydantic.Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="how long an agent's record (privacy, budget, max_tokens) is reused "
+        "for routing tasks before it is asked again (the delay before an Agent changed "
+        "by the operator reaches this gateway's routing; 0: ask on every task)",
+    )
     max_idempotency_key_chars: int = pydantic.Field(default=256, gt=0, le=1024)
     max_message_bytes: int = pydantic.Field(
         default=16 * 1024 * 1024,
