@@ -485,6 +485,7 @@ class FakeTaskStore:
         latency_ms: int,
         logged: list[model.Event],
         citations: Sequence[model.Citation] = (),
+        steps: Sequence[model.StepRecord] = (),
     ) -> model.TaskRecord:
         return dataclasses.replace(
             task, status=status, output=output, error=error, citations=tuple(citations)

@@ -1,4 +1,4 @@
-"""A run's log batches its writes: by size, by time, at step ends and at the end.
+"""A run's log batches its writes: by size, by time (events and step records) and at the end.
 
 The store is a fake that records each write; the followers are the real ones, so the
 events they hand out are checked against what was stored.
@@ -17,14 +17,17 @@ from aion.agent import follow, model, run_log
 
 class FakeStore:
     def __init__(self) -> None:
-        self.writes: list[tuple[list[int], str | None, int | None]] = []
-        self.finished: list[tuple[list[int], str]] = []
+        self.writes: list[tuple[list[int], str | None, list[int]]] = []
+        self.finished: list[tuple[list[int], str, list[int]]] = []
         self.fail: BaseException | None = None
         self.attempts = 0
+        self.reads: list[int] = []  # each read's ``after``
+        self.stored: list[model.Event] = []  # what a read returns (after ``after``)
         self.followers = follow.Followers(self._read)
 
     async def _read(self, task_id: str, after: int) -> list[model.Event]:
-        return []
+        self.reads.append(after)
+        return [e for e in self.stored if e.seq > after]
 
     async def write(
         self,
@@ -32,12 +35,12 @@ class FakeStore:
         logged: list[model.Event],
         *,
         output: str | None = None,
-        step: model.StepRecord | None = None,
+        steps: Sequence[model.StepRecord] = (),
     ) -> None:
         self.attempts += 1
         if self.fail is not None:
             raise self.fail
-        self.writes.append(([e.seq for e in logged], output, step.step if step else None))
+        self.writes.append(([e.seq for e in logged], output, [s.step for s in steps]))
 
     async def finish(
         self,
@@ -49,8 +52,9 @@ class FakeStore:
         latency_ms: int,
         logged: list[model.Event],
         citations: Sequence[model.Citation] = (),
+        steps: Sequence[model.StepRecord] = (),
     ) -> model.TaskRecord:
-        self.finished.append(([e.seq for e in logged], output))
+        self.finished.append(([e.seq for e in logged], output, [s.step for s in steps]))
         seq = (logged[-1].seq if logged else task.seq) + 1
         return model.TaskRecord(
             id=task.id,
@@ -110,15 +114,23 @@ async def test_a_lone_token_is_stored_after_flush_s() -> None:
     await events.add(model.EventKind.TOKEN, text="b")
     assert store.writes == []
     await _until(lambda: store.writes)  # the timer's write, flush_s later
-    assert store.writes == [([2, 3], "ab", None)]
+    assert store.writes == [([2, 3], "ab", [])]
 
 
-async def test_a_step_end_stores_what_waits_with_the_step_and_the_whole_output() -> None:
+async def test_a_step_record_is_stored_flush_s_later_with_what_waits_and_the_whole_output() -> None:
     store = FakeStore()
-    events = _log(store, flush_s=60)
+    events = _log(store, flush_s=0.05)
     await events.add(model.EventKind.TOKEN, text="x")
     await events.step(model.StepRecord(step=1, kind="model"))
-    assert store.writes == [([2], "x", 1)]
+    assert store.writes == []  # not a transaction of its own at the step's end
+    await _until(lambda: store.writes)
+    assert store.writes == [([2], "x", [1])]
+    await events.add(model.EventKind.TOKEN, text="y")
+    await events.step(model.StepRecord(step=2, kind="model"))
+    await events.finish(model.Status.OK, error=None, latency_ms=1)
+    assert store.finished == [([3], "xy", [2])]  # the last step ends with the task
+    assert len(store.writes) == 1
+    await events.close()
 
 
 async def test_the_output_is_rewritten_only_when_it_has_doubled() -> None:
@@ -145,6 +157,43 @@ async def test_followers_get_each_event_before_it_is_stored() -> None:
     assert store.followers.ended("t1") is not None  # the record, without a read
     await events.close()
     await cast(Any, stream).aclose()
+
+
+async def test_the_caller_that_launched_a_run_follows_it_without_a_single_read() -> None:
+    store = FakeStore()
+    stream = store.followers.follow(
+        "t1", poll_s=60, started=model.Event(seq=1, kind=model.EventKind.STARTED)
+    )
+    first = await asyncio.wait_for(anext(stream), 5)
+    assert (first.seq, first.kind) == (1, model.EventKind.STARTED)
+    waiting = asyncio.ensure_future(anext(stream))  # the run has handed out nothing yet
+    events = _log(store, flush_s=60)
+    await events.add(model.EventKind.TOKEN, text="a")
+    got = await asyncio.wait_for(waiting, 5)
+    assert (got.seq, got.text) == (2, "a")
+    await events.finish(model.Status.OK, error=None, latency_ms=1)
+    final = await asyncio.wait_for(anext(stream), 5)
+    assert final.kind is model.EventKind.DONE
+    assert store.reads == []
+    await events.close()
+
+
+async def test_a_launched_run_that_stops_before_its_first_event_sends_its_follower_to_read() -> (
+    None
+):
+    store = FakeStore()
+    stream = store.followers.follow(
+        "t1", poll_s=60, started=model.Event(seq=1, kind=model.EventKind.STARTED)
+    )
+    await asyncio.wait_for(anext(stream), 5)
+    waiting = asyncio.ensure_future(anext(stream))
+    events = _log(store, flush_s=60)
+    # Ended elsewhere (recovery, after this run lost its lease): only the store knows.
+    store.stored = [model.Event(seq=2, kind=model.EventKind.ERROR)]
+    await events.close()  # the run stops having stored nothing
+    got = await asyncio.wait_for(waiting, 5)
+    assert (got.seq, got.kind) == (2, model.EventKind.ERROR)
+    assert store.reads == [1]
 
 
 async def test_a_failed_timed_write_stops_the_run_at_its_next_event() -> None:

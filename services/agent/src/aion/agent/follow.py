@@ -95,19 +95,30 @@ class Followers:
         return live[sent + 1 - live[0].seq :]
 
     async def follow(
-        self, task_id: str, *, after: int = 0, poll_s: float = 2.0
+        self,
+        task_id: str,
+        *,
+        after: int = 0,
+        poll_s: float = 2.0,
+        started: model.Event | None = None,
     ) -> AsyncIterator[model.Event]:
-        """Replay the stored events, then follow new ones until the final event."""
+        """Replay the stored events, then follow new ones until the final event.
+
+        ``started``: the task's ``started`` event (stored) of a run this caller has just
+        launched here, right after ``after``. It is handed out without a read, and so is
+        the wait for the run's first event: that event comes live, or its run's end wakes
+        this follower. Nothing is read until then, or until ``poll_s`` passes."""
         sent = after
         seen, _ = self._rewinds.get(task_id, (0, 0))
         self._followers[task_id] = self._followers.get(task_id, 0) + 1
+        pending: list[model.Event] = [started] if started is not None else []
         try:
             while True:
                 signal = self._signals.setdefault(task_id, asyncio.Event())
                 times, to = self._rewinds.get(task_id, (0, 0))
                 if times != seen:  # the run here handed out events it never stored
                     seen, sent = times, min(sent, to)
-                batch = self._from_live(task_id, sent)
+                batch = pending or self._from_live(task_id, sent)
                 if batch is None:
                     batch = await self._read(task_id, sent)
                 for event in batch:
@@ -115,9 +126,10 @@ class Followers:
                     yield event
                     if event.kind in model.FINAL_KINDS:
                         return
-                if not batch:
+                if not batch or pending:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(signal.wait(), poll_s)
+                pending = []
         finally:
             left = self._followers.pop(task_id) - 1
             if left:

@@ -4,15 +4,14 @@ A run holds its task's lease, so nobody else numbers the task's events while it
 runs: ``RunLog`` numbers them in memory, hands each to this process's followers the
 moment it is made (``follow.Followers.publish``: no database round trip between the
 executor's token and the caller), and stores them in one transaction per batch
-(``TaskStore.write``): ``flush_s`` after the first unstored event, at once when
-``max_events`` wait, at every step end (with the step's record) and at the end (with
-the final event, ``finish``).
+(``TaskStore.write``): ``flush_s`` after the first unstored event or step record, at once when
+``max_events`` wait, and at the end (with the final event, ``finish``).
 
 The citations of the passages the run put into its model's context (``cite``) are
 kept here, each passage once, and stored with the end (``finish``).
 
 The task's ``output`` column is rewritten only when the output has doubled since it
-was last written, at step ends and at the end, so a long generation costs linear
+was last written, with a step's record and at the end, so a long generation costs linear
 time to store (the events hold every token in between). A run that dies loses at
 most its last unstored batch, which recovery runs again; its followers here are
 rewound to what was stored (``close``).
@@ -52,6 +51,7 @@ class RunLog:
         self._max_events = max_events
         self._seq = self._stored = task.seq
         self._pending: list[model.Event] = []
+        self._steps: list[model.StepRecord] = []  # ended, not stored yet
         self.output = task.output
         self.citations: tuple[model.Citation, ...] = ()
         self._written = len(task.output)  # the output's length when last stored
@@ -76,7 +76,12 @@ class RunLog:
         self._followers.publish(self._task.id, event)
         if len(self._pending) >= self._max_events:
             await self.flush()
-        elif self._timer is None:
+        else:
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Store what waits ``flush_s`` from now, unless a flush is already due."""
+        if self._timer is None:
             self._timer = asyncio.create_task(self._flush_later())
             self._flushing.add(self._timer)
             self._timer.add_done_callback(self._flushing.discard)
@@ -89,18 +94,20 @@ class RunLog:
         except (model.LeaseLost, psycopg.Error) as exc:
             self._failed = exc  # the run's next event raises it
 
-    async def flush(self, rec: model.StepRecord | None = None) -> None:
-        """Store what waits (and ``rec``, a step's record, with the whole output)."""
+    async def flush(self) -> None:
+        """Store what waits (with the whole output when a step ended)."""
         async with self._lock:
             batch, self._pending = self._pending, []
-            rewrite = rec is not None or self._rewrite or len(self.output) >= 2 * self._written
-            if not batch and rec is None:
+            steps, self._steps = self._steps, []
+            rewrite = bool(steps) or self._rewrite or len(self.output) >= 2 * self._written
+            if not batch and not steps:
                 return
             output = self.output if rewrite else None
             try:
-                await self._tasks.write(self._task, batch, output=output, step=rec)
+                await self._tasks.write(self._task, batch, output=output, steps=steps)
             except BaseException:
                 self._pending[:0] = batch
+                self._steps[:0] = steps
                 raise
             if batch:
                 self._stored = batch[-1].seq
@@ -112,8 +119,13 @@ class RunLog:
         self.citations = model.cited(self.citations, citations)
 
     async def step(self, rec: model.StepRecord) -> None:
-        """A step of the loop ended: store it with everything before it."""
-        await self.flush(rec)
+        """A step of the loop ended: its record is stored with the next batch (within
+        ``flush_s``, or with the end when that comes first: a one-step task ends in one
+        transaction)."""
+        if self._failed is not None:
+            raise self._failed
+        self._steps.append(rec)
+        self._flush_soon()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -138,8 +150,9 @@ class RunLog:
                 latency_ms=latency_ms,
                 logged=self._pending,
                 citations=self.citations,
+                steps=self._steps,
             )
-            self._pending = []
+            self._pending, self._steps = [], []
             self._stored = ended.seq
             # Before anything else runs: the followers here take the end from memory.
             self._followers.end(self._task.id, ended=ended)

@@ -195,11 +195,16 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), self._limits.dispatch_poll_s)
 
+    def launched(self, task: model.TaskRecord) -> bool:
+        """Whether ``task`` is the one ``start`` created and launched here (its caller
+        owns the run), and it still runs."""
+        return self._started.get(task.id) is task
+
     def caller_left(self, task: model.TaskRecord) -> None:
         """The caller that started a synchronous task (``task`` is what ``start`` gave it)
         went away: stop it (CANCELED). A task submitted asynchronously survives its caller,
         and a caller given an existing task (its idempotency key) does not own it."""
-        if not task.spec.asynchronous and self._started.get(task.id) is task:
+        if not task.spec.asynchronous and self.launched(task):
             self._stop(task.id, "cancel")
 
     async def run_claimed(self, task: model.TaskRecord) -> None:

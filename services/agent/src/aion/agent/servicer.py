@@ -56,8 +56,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         trace.get_current_span().set_attribute(telemetry.TASK_ID, task.id)
         return task
 
+    def _follow(self, task: model.TaskRecord) -> AsyncIterator[model.Event]:
+        return self._tasks.follow(task, poll_s=self._poll_s, launched=self._runner.launched(task))
+
     async def _events(self, task: model.TaskRecord) -> AsyncIterator[tasks_pb2.TaskEvent]:
-        async for event in self._tasks.follow(task, poll_s=self._poll_s):
+        async for event in self._follow(task):
             if event.kind in model.FINAL_KINDS:
                 task = await self._tasks.ended(task)
             yield convert.event_to_pb(task, event)
@@ -84,7 +87,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         task = await self._start(request, context, asynchronous=request.asynchronous)
         if not request.asynchronous:
             try:
-                async for event in self._tasks.follow(task, poll_s=self._poll_s):
+                async for event in self._follow(task):
                     if event.kind in model.FINAL_KINDS:
                         task = await self._tasks.ended(task)
             finally:  # the caller left before the end (the call was cancelled): stop it

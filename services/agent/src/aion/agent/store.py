@@ -44,6 +44,25 @@ async def _running(conn: Conn, tenant: str) -> int:
     return int(row["n"]) if row else 0
 
 
+def _usage(steps: Sequence[model.StepRecord]) -> dict[str, float]:
+    """The steps' usage, as the parameters that add it to their task's row."""
+    return {
+        "prompt": sum(s.prompt_tokens for s in steps),
+        "completion": sum(s.completion_tokens for s in steps),
+        "cost": sum(s.cost_usd for s in steps),
+    }
+
+
+def _used(task: model.TaskRecord, steps: Sequence[model.StepRecord]) -> None:
+    """Count the stored steps' usage in the run's record too."""
+    for rec in steps:
+        task.usage.add(
+            prompt_tokens=rec.prompt_tokens,
+            completion_tokens=rec.completion_tokens,
+            cost_usd=rec.cost_usd,
+        )
+
+
 async def _add_step(conn: Conn, task: model.TaskRecord, rec: model.StepRecord) -> None:
     await conn.execute(
         "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
@@ -275,11 +294,10 @@ class TaskStore:
         logged: list[model.Event],
         *,
         output: str | None = None,
-        step: model.StepRecord | None = None,
+        steps: Sequence[model.StepRecord] = (),
     ) -> None:
-        """Store events the run numbered (``run_log``), its output when given, and one
-        step of its loop with the step's usage, in one transaction."""
-        usage = step or model.StepRecord(step=0, kind="")
+        """Store events the run numbered (``run_log``), its output when given, and steps of
+        its loop with their usage, in one transaction."""
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "UPDATE tasks SET last_seq = greatest(last_seq, %(seq)s),"
@@ -292,9 +310,7 @@ class TaskStore:
                 {
                     "seq": logged[-1].seq if logged else 0,
                     "output": output,
-                    "prompt": usage.prompt_tokens,
-                    "completion": usage.completion_tokens,
-                    "cost": usage.cost_usd,
+                    **_usage(steps),
                     "id": task.id,
                     "attempt": task.attempts,
                     "worker": task.worker_id,
@@ -303,14 +319,9 @@ class TaskStore:
             if await cur.fetchone() is None:
                 raise model.LeaseLost(task.id)
             await rows.add_events(conn, task, logged)
-            if step is not None:
-                await _add_step(conn, task, step)
-        if step is not None:
-            task.usage.add(
-                prompt_tokens=step.prompt_tokens,
-                completion_tokens=step.completion_tokens,
-                cost_usd=step.cost_usd,
-            )
+            for rec in steps:
+                await _add_step(conn, task, rec)
+        _used(task, steps)
 
     async def finish(
         self,
@@ -322,32 +333,40 @@ class TaskStore:
         latency_ms: int = 0,
         logged: list[model.Event] | None = None,
         citations: Sequence[model.Citation] = (),
+        steps: Sequence[model.StepRecord] = (),
     ) -> model.TaskRecord:
         """End the current run with its final status and emit done or error; once only.
-        ``logged``: the run's events not stored yet, stored first in the same transaction;
-        ``citations``: those of the passages the run used (``run_log.RunLog.cite``)."""
+        ``logged`` and ``steps``: the run's events and steps not stored yet, stored in the
+        same transaction; ``citations``: those of the passages the run used
+        (``run_log.RunLog.cite``)."""
         logged = logged or []
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
-                "UPDATE tasks SET state = %s, output = %s, error_code = %s, error_message = %s,"
-                " error_retriable = %s, latency_ms = %s, finished_at = now(), citations = %s,"
+                "UPDATE tasks SET state = %(state)s, output = %(output)s,"
+                " error_code = %(code)s, error_message = %(message)s,"
+                " error_retriable = %(retriable)s, latency_ms = %(latency)s,"
+                " finished_at = now(), citations = %(citations)s,"
                 " lease_owner = NULL, lease_until = NULL,"
-                " last_seq = greatest(last_seq, %s) + 1"
-                " WHERE id = %s AND attempts = %s AND lease_owner = %s AND state = 'RUNNING'"
-                " RETURNING *",
-                (
-                    status.value,
-                    output,
-                    error.code if error else None,
-                    error.message if error else None,
-                    error.retriable if error else False,
-                    latency_ms,
-                    pg_json.Jsonb(rows.citations_to_json(citations)),
-                    logged[-1].seq if logged else 0,
-                    task.id,
-                    task.attempts,
-                    task.worker_id,
-                ),
+                " prompt_tokens = prompt_tokens + %(prompt)s,"
+                " completion_tokens = completion_tokens + %(completion)s,"
+                " cost_usd = cost_usd + %(cost)s,"
+                " last_seq = greatest(last_seq, %(seq)s) + 1"
+                " WHERE id = %(id)s AND attempts = %(attempt)s AND lease_owner = %(worker)s"
+                " AND state = 'RUNNING' RETURNING *",
+                {
+                    "state": status.value,
+                    "output": output,
+                    "code": error.code if error else None,
+                    "message": error.message if error else None,
+                    "retriable": error.retriable if error else False,
+                    "latency": latency_ms,
+                    "citations": pg_json.Jsonb(rows.citations_to_json(citations)),
+                    **_usage(steps),
+                    "seq": logged[-1].seq if logged else 0,
+                    "id": task.id,
+                    "attempt": task.attempts,
+                    "worker": task.worker_id,
+                },
             )
             row = await cur.fetchone()
             if row is None:
@@ -356,7 +375,10 @@ class TaskStore:
             kind = model.EventKind.DONE if status is model.Status.OK else model.EventKind.ERROR
             final = model.Event(seq=row["last_seq"], kind=kind)
             await rows.add_events(conn, ended, [*logged, final])
+            for rec in steps:
+                await _add_step(conn, task, rec)
             await rows.state_changed(conn, self._topics, ended)
+        _used(task, steps)
         self._on_commit()
         self._changed(task.id)
         metrics.TASKS_FINISHED.labels(status.value).inc()
@@ -448,11 +470,19 @@ class TaskStore:
         ]
 
     def follow(
-        self, task: model.TaskRecord, *, after: int = 0, poll_s: float = 2.0
+        self,
+        task: model.TaskRecord,
+        *,
+        after: int = 0,
+        poll_s: float = 2.0,
+        launched: bool = False,
     ) -> AsyncIterator[model.Event]:
         """Replay the task's stored events, then follow new ones until the final event
-        (``follow``: live from a run here, woken by notifications from any replica)."""
-        return self._followers.follow(task.id, after=after, poll_s=poll_s)
+        (``follow``: live from a run here, woken by notifications from any replica).
+        ``launched``: the caller has just created ``task`` and launched its run here, so
+        its only stored event is the claim's ``started``, and nothing needs reading."""
+        started = model.Event(seq=task.seq, kind=model.EventKind.STARTED) if launched else None
+        return self._followers.follow(task.id, after=after, poll_s=poll_s, started=started)
 
     async def ended(self, task: model.TaskRecord) -> model.TaskRecord:
         """The task as it is now that a follower saw its final event: as the run here
