@@ -123,8 +123,18 @@ async def reconcile(
         tls_version=tls_version,
         platform_namespace=executors.platform_namespace if executors else None,
     )
+    first = outcome.deployment is not None and not await client.deployment(
+        outcome.deployment["metadata"]["name"], namespace=meta["namespace"]
+    )
     await _apply(client, outcome)
     patch.status.update(outcome.status)
+    if first:
+        # A first executor: its status says now what readiness would say at its first look
+        # (no replica ready yet), so that look patches nothing.
+        placed = {**body, "status": {**previous, **outcome.status}}
+        loading = status.readiness(placed, {}, now=now)
+        if loading is not None and loading["phase"] != "Ready":
+            patch.status.update(loading)
     chosen = outcome.placement
     if chosen.pool is not None:
         kopf.info(body, reason=chosen.reason, message=chosen.message)
