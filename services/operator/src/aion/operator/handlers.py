@@ -8,6 +8,7 @@ annotations come from ``conventions``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from typing import Any
@@ -117,10 +118,22 @@ def register(
 
     @kopf.timer(*AGENTS, registry=registry, id="readiness", interval=FOLLOW_AGAIN_S)
     async def watch_executor(
-        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+        body: kopf.Body,
+        patch: kopf.Patch,
+        logger: kopf.Logger,
+        **kwargs: Any,
     ) -> None:
         """Fall back, follow readiness and register; see ``follow``."""
-        await client.executors.wait(_executor(body), timeout=cfg.readiness_interval_s)
+        stopped: kopf.DaemonStopped = kwargs["stopped"]  # not in kopf's typing of timers
+        woken = asyncio.ensure_future(
+            client.executors.wait(_executor(body), timeout=cfg.readiness_interval_s)
+        )
+        stopping = asyncio.ensure_future(stopped.wait())
+        await asyncio.wait((woken, stopping), return_when=asyncio.FIRST_COMPLETED)
+        woken.cancel()
+        stopping.cancel()
+        if stopped:  # the Agent is deleted, or the operator stops
+            return
         uid, version = body["metadata"]["uid"], body["metadata"].get("resourceVersion")
         after = sent.get(uid)
         if after is not None and after[0] == version and time.monotonic() < after[1]:
