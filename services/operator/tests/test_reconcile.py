@@ -255,3 +255,14 @@ async def test_placing_again_leaves_readiness_to_the_deployment(
     monkeypatch.setattr(kopf, "info", lambda *_, **__: None)
     placed = await _placed(cfg, local_nodes, existed=True)
     assert [c["type"] for c in placed["status"]["conditions"]] == ["Placed"]
+
+
+def test_kopf_keeps_a_connection_per_watch_and_a_few_for_requests(
+    cfg: settings.AionOperatorSettings,
+) -> None:
+    # Every namespace: one watch of Agents and one of GpuPools.
+    assert handlers.connections(cfg) == 2 + handlers.REQUESTS
+    named = cfg.model_copy(update={"namespaces": ("a", "b", "c")})
+    assert handlers.connections(named) == 3 + 1 + handlers.REQUESTS
+    # Patterns: kopf watches each namespace they match, a number not known beforehand.
+    assert handlers.connections(cfg.model_copy(update={"namespaces": ("team-*",)})) == 0

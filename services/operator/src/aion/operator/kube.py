@@ -189,14 +189,14 @@ def _holding_gpus(obj: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def _executor_pod(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """What ``stuck`` reads of an executor's pod (its scheduling, its containers' states);
-    None for a pod of no executor."""
+    """What ``stuck`` reads of an executor's pod (its scheduling and pool, its containers'
+    states); None for a pod of no executor."""
     if not _labelled(obj, render.EXECUTORS):
         return None
     status = obj.get("status") or {}
     return {
         "metadata": _meta(obj, "deletionTimestamp"),
-        "spec": _pick(obj.get("spec"), "nodeName"),
+        "spec": _pick(obj.get("spec"), "nodeName", "affinity"),
         "status": {
             **_pick(status, "phase", "conditions"),
             "containerStatuses": [

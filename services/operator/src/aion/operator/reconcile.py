@@ -176,7 +176,9 @@ async def follow(
     if executors is not None:
         tls_version = await executors.secrets.ensure(namespace)
     pods = await client.pods(selector=render.selector(name), namespace=namespace)
-    waiting = stuck.unschedulable(pods, now=now)
+    waiting = stuck.unschedulable(
+        pods, now=now, pool=str((body.get("status") or {}).get("nodePool") or "") or None
+    )
     if waiting is not None and waiting.seconds >= cfg.unschedulable_after_s:
         spec = agentspec.parse(body.get("spec"))
         found = status.discover(body, await client.snapshot())
