@@ -369,7 +369,10 @@ async def _run(cluster: Cluster, agents: int) -> dict[str, Any]:
     nodes = _nodes(agents)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all(nodes))
     config = lightkube.KubeConfig.from_file(str(cluster.kubeconfig))
-    client = lightkube.AsyncClient(config=config, field_manager="bench")
+    # 1,000 creates at once wait for the pool's connections longer than its default 10 s.
+    client = lightkube.AsyncClient(
+        config=config, field_manager="bench", timeout=httpx2.Timeout(10.0, pool=None)
+    )
     try:
         raw_load = os.getloadavg()[0]
         raw_s, raw_requests_s = await _raw(client, agents)

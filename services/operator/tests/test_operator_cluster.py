@@ -964,6 +964,35 @@ def test_an_operator_killed_mid_reconcile_converges_after_restart_without_duplic
     assert len(replica_sets) == len(names)  # no rollout churned by the second run
 
 
+def test_an_agent_is_ready_as_soon_as_its_executor_is_not_at_the_next_timer(
+    cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path
+) -> None:
+    # The readiness timer is only a safety net here (every 10 minutes): the executor
+    # Deployment's own change, seen by the operator's informer, makes the Agent Ready.
+    op = _operator(
+        cluster,
+        tmp_path / "operator.log",
+        namespaces=own_namespace,
+        lease=f"proc-{uuid.uuid4().hex[:6]}",
+    )
+    op.env["AION_OPERATOR_READINESS_INTERVAL_S"] = "600"
+    op.start()
+    try:
+        _apply_agent(cluster, own_namespace, "quick", {"count": 0}, resources=SMALL)
+        agent = _ready_agent(cluster, own_namespace, "quick", op)
+        deployment = _get(cluster, "deployment", "aion-executor-quick", "-n", own_namespace)
+        assert deployment is not None
+        assert deployment["status"]["readyReplicas"] == 1
+        assert agent["status"]["readyReplicas"] == 1
+        loaded = _condition(agent, "ModelReady")
+        assert (loaded["status"], loaded["reason"]) == ("True", "ModelLoaded")
+    finally:
+        try:
+            _delete_agents(cluster, own_namespace)
+        finally:
+            op.stop()
+
+
 def test_of_two_operator_replicas_one_is_active_and_the_other_takes_over(
     cluster: Cluster, own_namespace: str, tmp_path: pathlib.Path
 ) -> None:

@@ -47,6 +47,7 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
     assert ids == {"place", "place/spec"}
     assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness", "capacity"}
     assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"wake"}
 
 
 async def test_a_registrar_adds_the_deregistering_delete_handler(
@@ -88,6 +89,12 @@ class _RecordingKube:
     async def apply(self, manifest: dict[str, Any]) -> None:
         self.calls.append(f"apply {manifest['kind']}")
         self.applied.append(manifest)
+
+    async def deployment(self, name: str, *, namespace: str) -> dict[str, Any] | None:
+        # What the informer holds: nothing for a new Agent, else its executor's Deployment.
+        return {"metadata": {"name": name, "generation": 1}} if self.existed else None
+
+    existed = False
 
 
 class _RecordingKeeper:
@@ -177,3 +184,85 @@ async def test_following_an_agent_renews_the_secrets_and_rolls_an_older_deployme
         ),
     )
     assert calls == ["ensure team-a", "read aion-executor-chat", "roll team-a"]
+
+
+def _logger(body: dict[str, Any]) -> kopf.Logger:
+    return kopf.LocalObjectLogger(
+        body=kopf.Body(body),  # type: ignore[arg-type]
+        settings=kopf.OperatorSettings(),
+    )
+
+
+async def _placed(
+    cfg: settings.AionOperatorSettings, local_nodes: list[dict[str, Any]], *, existed: bool
+) -> dict[str, Any]:
+    """The status a first reconcile patches, with or without an executor Deployment."""
+    client = _RecordingKube(pools.Snapshot(nodes=tuple(local_nodes), pods=(), gpu_pools=()), [])
+    client.existed = existed
+    body = _agent({"model": {"name": "m"}, "gpu": {"count": 0}})
+    patch = kopf.Patch()
+    await reconcile.reconcile(
+        kopf.Body(body),  # type: ignore[arg-type]
+        patch,
+        client=client,  # type: ignore[arg-type]
+        cfg=cfg,
+        logger=_logger(body),
+    )
+    return {**body, "status": dict(patch["status"])}
+
+
+async def test_a_first_placement_already_says_the_executor_is_loading(
+    cfg: settings.AionOperatorSettings,
+    local_nodes: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # So the first look at its new Deployment (no replica ready) patches nothing.
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
+    placed = await _placed(cfg, local_nodes, existed=False)
+    assert placed["status"]["phase"] == "Placed"
+    kinds = {c["type"]: (c["status"], c["reason"]) for c in placed["status"]["conditions"]}
+    assert kinds == {
+        "Placed": ("True", "Placed"),
+        "ModelReady": ("False", "ModelLoading"),
+        "Ready": ("False", "ReplicasNotReady"),
+    }
+
+    class Kube:
+        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
+            return []
+
+        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
+            return {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}}
+
+    looked = kopf.Patch()
+    await reconcile.follow(
+        kopf.Body(placed),  # type: ignore[arg-type]
+        looked,
+        client=Kube(),  # type: ignore[arg-type]
+        cfg=cfg,
+        logger=_logger(placed),
+        registrar=None,
+    )
+    assert not looked
+
+
+async def test_placing_again_leaves_readiness_to_the_deployment(
+    cfg: settings.AionOperatorSettings,
+    local_nodes: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A spec change or a resume finds the executor's Deployment: its rollout says.
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)
+    placed = await _placed(cfg, local_nodes, existed=True)
+    assert [c["type"] for c in placed["status"]["conditions"]] == ["Placed"]
+
+
+def test_kopf_keeps_a_connection_per_watch_and_a_few_for_requests(
+    cfg: settings.AionOperatorSettings,
+) -> None:
+    # Every namespace: one watch of Agents and one of GpuPools.
+    assert handlers.connections(cfg) == 2 + handlers.REQUESTS
+    named = cfg.model_copy(update={"namespaces": ("a", "b", "c")})
+    assert handlers.connections(named) == 3 + 1 + handlers.REQUESTS
+    # Patterns: kopf watches each namespace they match, a number not known beforehand.
+    assert handlers.connections(cfg.model_copy(update={"namespaces": ("team-*",)})) == 0

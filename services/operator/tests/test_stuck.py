@@ -7,6 +7,7 @@ from typing import Any
 
 from aion.operator import stuck
 
+POOL_LABEL = "cloud.google.com/gke-nodepool"
 NOW = datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 
 
@@ -49,6 +50,25 @@ def test_scheduled_deleted_and_otherwise_pending_pods_do_not_count() -> None:
         {"metadata": {"name": "running"}, "status": {"phase": "Running"}},
     ]
     assert stuck.unschedulable(pods, now=NOW) is None
+
+
+def test_only_pods_rendered_for_the_agents_pool_count() -> None:
+    # Moved off l4, its l4 pod still waits until the rollout deletes it: that is not h100's.
+    def on(pool: str, name: str) -> dict[str, Any]:
+        pod = _pod(name, since="2025-01-02T03:02:05Z")
+        term = {"matchExpressions": [{"key": POOL_LABEL, "operator": "In", "values": [pool]}]}
+        required = {"nodeSelectorTerms": [term]}
+        pod["spec"]["affinity"] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}
+        }
+        return pod
+
+    pods = [on("l4", "old")]
+    assert stuck.unschedulable(pods, now=NOW, pool="h100") is None
+    assert stuck.unschedulable(pods, now=NOW) is not None
+    found = stuck.unschedulable([*pods, on("h100", "new")], now=NOW, pool="h100")
+    assert found is not None
+    assert found.pod == "new"
 
 
 def _waiting(

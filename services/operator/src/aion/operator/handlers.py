@@ -8,9 +8,12 @@ annotations come from ``conventions``.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import time
 from typing import Any
 
+import aiohttp
 import kopf
 
 from aion.operator import (
@@ -20,12 +23,38 @@ from aion.operator import (
     kube,
     reconcile,
     registration,
+    render,
     status,
 )
 from aion.operator import settings as operator_settings
 
 AGENTS = (conventions.GROUP, conventions.VERSION, conventions.AGENT_PLURAL)
 GPU_POOLS = (conventions.GROUP, conventions.VERSION, conventions.GPU_POOL_PLURAL)
+# kopf's pause between two looks at an Agent's executor: each look first waits for a change.
+FOLLOW_AGAIN_S = 0.01
+
+
+# Requests kopf may have in flight at once besides its watches (patches, Events).
+REQUESTS = 32
+
+
+def connections(cfg: operator_settings.AionOperatorSettings) -> int:
+    """How many connections kopf may keep to the API server; 0: no limit.
+
+    Its own session opens one per request in flight, each with TLS buffers of a few
+    hundred KB, so a burst of Agents would open hundreds. Its watches hold one each for
+    good: Agents in each named namespace (or all at once), and GpuPools. With namespace
+    patterns their count is not known beforehand, so there is no limit.
+    """
+    if any(kube.GLOB & set(n) for n in cfg.namespaces):
+        return 0
+    return (len(cfg.namespaces) or 1) + 1 + REQUESTS
+
+
+def _executor(body: kopf.Body) -> tuple[str, str]:
+    """The key of an Agent's executor Deployment: its namespace and name."""
+    meta = body["metadata"]
+    return meta["namespace"], render.executor_name(meta["name"])
 
 
 def register(
@@ -45,9 +74,22 @@ def register(
     )
 
     @kopf.on.login(registry=registry, id="login")
-    def login(**kwargs: Any) -> Any:
-        """In-cluster credentials when there are some, else the kubeconfig's."""
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(**kwargs: Any) -> Any:
+        """In-cluster credentials when there are some, else the kubeconfig's, on a session
+        of at most ``connections(cfg)`` connections."""
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        limit = connections(cfg)
+        if info is None or not limit:
+            return info
+        return kopf.AiohttpSession(
+            server=info.server,
+            default_namespace=info.default_namespace,
+            expiration=info.expiration,
+            aiohttp_session=aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
+                headers=info.as_http_headers(),
+            ),
+        )
 
     # One id for every cause: it names kopf's progress annotation on the Agent.
     @kopf.on.resume(*AGENTS, registry=registry, id="place")
@@ -67,11 +109,35 @@ def register(
             executors=executors,
         )
 
-    @kopf.timer(*AGENTS, registry=registry, id="readiness", interval=cfg.readiness_interval_s)
+    # Readiness follows each Agent's executor Deployment: woken as the Deployment changes
+    # (``client.executors``, from its informer) or the Agent does, and at the latest every
+    # ``readiness_interval_s`` (pods that stay unschedulable, Secrets due for a look).
+    # After a patch, the next look waits for the Agent to come back with it (or for
+    # ``readiness_interval_s``): a look at the older body would send the same patch again.
+    sent: dict[str, tuple[str | None, float]] = {}
+
+    @kopf.timer(*AGENTS, registry=registry, id="readiness", interval=FOLLOW_AGAIN_S)
     async def watch_executor(
-        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any
+        body: kopf.Body,
+        patch: kopf.Patch,
+        logger: kopf.Logger,
+        **kwargs: Any,
     ) -> None:
         """Fall back, follow readiness and register; see ``follow``."""
+        stopped: kopf.DaemonStopped = kwargs["stopped"]  # not in kopf's typing of timers
+        woken = asyncio.ensure_future(
+            client.executors.wait(_executor(body), timeout=cfg.readiness_interval_s)
+        )
+        stopping = asyncio.ensure_future(stopped.wait())
+        await asyncio.wait((woken, stopping), return_when=asyncio.FIRST_COMPLETED)
+        woken.cancel()
+        stopping.cancel()
+        if stopped:  # the Agent is deleted, or the operator stops
+            return
+        uid, version = body["metadata"]["uid"], body["metadata"].get("resourceVersion")
+        after = sent.get(uid)
+        if after is not None and after[0] == version and time.monotonic() < after[1]:
+            return
         await reconcile.follow(
             body,
             patch,
@@ -81,6 +147,19 @@ def register(
             registrar=registrar,
             executors=executors,
         )
+        if patch:
+            sent[uid] = (version, time.monotonic() + cfg.readiness_interval_s)
+        else:
+            sent.pop(uid, None)
+
+    @kopf.on.event(*AGENTS, registry=registry, id="wake")
+    async def wake(body: kopf.Body, type: str | None, **_: Any) -> None:
+        """Wake the Agent's follower on its changes; forget it once it is gone."""
+        if type == "DELETED":
+            client.executors.forget(_executor(body))
+            sent.pop(body["metadata"]["uid"], None)
+        else:
+            client.executors.wake(_executor(body))
 
     @kopf.timer(*GPU_POOLS, registry=registry, id="capacity", interval=cfg.pool_status_interval_s)
     async def pool_capacity(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:

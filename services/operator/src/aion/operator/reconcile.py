@@ -123,8 +123,18 @@ async def reconcile(
         tls_version=tls_version,
         platform_namespace=executors.platform_namespace if executors else None,
     )
+    first = outcome.deployment is not None and not await client.deployment(
+        outcome.deployment["metadata"]["name"], namespace=meta["namespace"]
+    )
     await _apply(client, outcome)
     patch.status.update(outcome.status)
+    if first:
+        # A first executor: its status says now what readiness would say at its first look
+        # (no replica ready yet), so that look patches nothing.
+        placed = {**body, "status": {**previous, **outcome.status}}
+        loading = status.readiness(placed, {}, now=now)
+        if loading is not None and loading["phase"] != "Ready":
+            patch.status.update(loading)
     chosen = outcome.placement
     if chosen.pool is not None:
         kopf.info(body, reason=chosen.reason, message=chosen.message)
@@ -166,7 +176,9 @@ async def follow(
     if executors is not None:
         tls_version = await executors.secrets.ensure(namespace)
     pods = await client.pods(selector=render.selector(name), namespace=namespace)
-    waiting = stuck.unschedulable(pods, now=now)
+    waiting = stuck.unschedulable(
+        pods, now=now, pool=str((body.get("status") or {}).get("nodePool") or "") or None
+    )
     if waiting is not None and waiting.seconds >= cfg.unschedulable_after_s:
         spec = agentspec.parse(body.get("spec"))
         found = status.discover(body, await client.snapshot())

@@ -21,6 +21,8 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from aion.operator import conventions
+
 UNSCHEDULABLE = "Unschedulable"
 # Container waiting reasons that do not clear by themselves.
 FAILING = frozenset(
@@ -52,13 +54,34 @@ def _since(text: str | None, now: datetime.datetime) -> float:
     return max(0.0, (now - when).total_seconds())
 
 
-def unschedulable(pods: Iterable[Mapping[str, Any]], *, now: datetime.datetime) -> Stuck | None:
-    """The pod of ``pods`` that has been unschedulable longest, or None when none is."""
+def _pools(pod: Mapping[str, Any]) -> set[str]:
+    """The pools a pod's required node affinity names (``render``'s, by a pool label)."""
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    return {
+        str(value)
+        for term in required.get("nodeSelectorTerms") or []
+        for match in term.get("matchExpressions") or []
+        if match.get("key") in conventions.POOL_LABELS and match.get("operator") == "In"
+        for value in match.get("values") or []
+    }
+
+
+def unschedulable(
+    pods: Iterable[Mapping[str, Any]], *, now: datetime.datetime, pool: str | None = None
+) -> Stuck | None:
+    """The pod of ``pods`` that has been unschedulable longest, or None when none is.
+
+    With ``pool``, a pod rendered for another pool does not count: a move to ``pool``
+    leaves the old pool's pods waiting until the rollout deletes them.
+    """
     found: list[Stuck] = []
     for pod in pods:
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
         if meta.get("deletionTimestamp") or (pod.get("spec") or {}).get("nodeName"):
+            continue
+        if pool is not None and (targets := _pools(pod)) and pool not in targets:
             continue
         for cond in status.get("conditions") or []:
             if (
