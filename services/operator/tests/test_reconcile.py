@@ -257,6 +257,68 @@ async def test_placing_again_leaves_readiness_to_the_deployment(
     assert [c["type"] for c in placed["status"]["conditions"]] == ["Placed"]
 
 
+async def test_a_look_says_when_the_agent_is_settled_and_may_wait_for_a_change(
+    cfg: settings.AionOperatorSettings,
+    local_nodes: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(kopf, "info", lambda *_, **__: None)  # Events need a running kopf
+    placed = await _placed(cfg, local_nodes, existed=False)
+    ready = {
+        "metadata": {"generation": 1},
+        "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1},
+    }
+    pods: list[dict[str, Any]] = []
+
+    class Kube:
+        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
+            return pods
+
+        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
+            return ready
+
+    async def look(body: dict[str, Any]) -> tuple[bool, kopf.Patch]:
+        patch = kopf.Patch()
+        calm = await reconcile.follow(
+            kopf.Body(body),  # type: ignore[arg-type]
+            patch,
+            client=Kube(),  # type: ignore[arg-type]
+            cfg=cfg,
+            logger=_logger(body),
+            registrar=None,
+        )
+        return calm, patch
+
+    calm, patch = await look(placed)
+    assert patch["status"]["phase"] == "Ready"
+    assert not calm  # it just changed: look again soon
+    now_ready = {**placed, "status": {**placed["status"], **patch["status"]}}
+    calm, patch = await look(now_ready)
+    assert not patch
+    assert calm  # Ready as it was: only a change can move it
+    # A new replica (the autoscaler's) waits for a node: not settled, its deadline counts.
+    waiting = datetime.datetime.now(datetime.UTC).isoformat()
+    pods.append(
+        {
+            "metadata": {"name": "p1"},
+            "spec": {},
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "lastTransitionTime": waiting,
+                    }
+                ],
+            },
+        }
+    )
+    calm, _ = await look(now_ready)
+    assert not calm
+
+
 def test_kopf_keeps_a_connection_per_watch_and_a_few_for_requests(
     cfg: settings.AionOperatorSettings,
 ) -> None:

@@ -111,10 +111,13 @@ def register(
 
     # Readiness follows each Agent's executor Deployment: woken as the Deployment changes
     # (``client.executors``, from its informer) or the Agent does, and at the latest every
-    # ``readiness_interval_s`` (pods that stay unschedulable, Secrets due for a look).
+    # ``readiness_interval_s`` (pods that stay unschedulable, Secrets due for a look), or
+    # ``settled_interval_s`` once a look found it settled (Ready, registered, no pod
+    # waiting): then only a change can move it, and the change wakes it.
     # After a patch, the next look waits for the Agent to come back with it (or for
     # ``readiness_interval_s``): a look at the older body would send the same patch again.
     sent: dict[str, tuple[str | None, float]] = {}
+    settled: set[str] = set()
 
     @kopf.timer(*AGENTS, registry=registry, id="readiness", interval=FOLLOW_AGAIN_S)
     async def watch_executor(
@@ -125,20 +128,20 @@ def register(
     ) -> None:
         """Fall back, follow readiness and register; see ``follow``."""
         stopped: kopf.DaemonStopped = kwargs["stopped"]  # not in kopf's typing of timers
-        woken = asyncio.ensure_future(
-            client.executors.wait(_executor(body), timeout=cfg.readiness_interval_s)
-        )
+        uid = body["metadata"]["uid"]
+        interval = cfg.settled_interval_s if uid in settled else cfg.readiness_interval_s
+        woken = asyncio.ensure_future(client.executors.wait(_executor(body), timeout=interval))
         stopping = asyncio.ensure_future(stopped.wait())
         await asyncio.wait((woken, stopping), return_when=asyncio.FIRST_COMPLETED)
         woken.cancel()
         stopping.cancel()
         if stopped:  # the Agent is deleted, or the operator stops
             return
-        uid, version = body["metadata"]["uid"], body["metadata"].get("resourceVersion")
+        version = body["metadata"].get("resourceVersion")
         after = sent.get(uid)
         if after is not None and after[0] == version and time.monotonic() < after[1]:
             return
-        await reconcile.follow(
+        calm = await reconcile.follow(
             body,
             patch,
             client=client,
@@ -151,6 +154,10 @@ def register(
             sent[uid] = (version, time.monotonic() + cfg.readiness_interval_s)
         else:
             sent.pop(uid, None)
+        if calm and not patch:
+            settled.add(uid)
+        else:
+            settled.discard(uid)
 
     @kopf.on.event(*AGENTS, registry=registry, id="wake")
     async def wake(body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -158,6 +165,7 @@ def register(
         if type == "DELETED":
             client.executors.forget(_executor(body))
             sent.pop(body["metadata"]["uid"], None)
+            settled.discard(body["metadata"]["uid"])
         else:
             client.executors.wake(_executor(body))
 

@@ -155,8 +155,11 @@ async def follow(
     logger: kopf.Logger,
     registrar: registration.Registrar | None,
     executors: Executors | None = None,
-) -> None:
-    """One look at a placed Agent's executor: fall back, update readiness, register.
+) -> bool:
+    """One look at a placed Agent's executor: fall back, update readiness, register;
+    whether the Agent is settled (Ready as it was, registered when there is an agent
+    service, no pod waiting to be scheduled, no Secrets of its own to read again), so
+    the next look may wait for a change of its Deployment or of the Agent itself.
 
     Pods unschedulable for ``unschedulable_after_s`` move the Agent (``fall_back``);
     otherwise the Deployment's ready replicas go into the status, and a Ready
@@ -168,7 +171,7 @@ async def follow(
     Deployment on an older certificate is rolled.
     """
     if not status.placed_now(body):
-        return
+        return False
     now = datetime.datetime.now(datetime.UTC)
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -203,7 +206,7 @@ async def follow(
                 message=moved.placement.message,
             )
             logger.warning("%s", moved.placement.message)
-        return
+        return False
     deployment = await client.deployment(render.executor_name(name), namespace=namespace)
     if executors is not None:
         await executors.secrets.roll(deployment, namespace)
@@ -211,8 +214,9 @@ async def follow(
     if update is not None:
         patch.status.update(update)
     merged = {**body, "status": {**(body.get("status") or {}), **(update or {})}}
+    calm = waiting is None and update is None and merged["status"].get("phase") == "Ready"
     if registrar is None:
-        return
+        return calm
     spec = agentspec.parse(body.get("spec"))
     due = status.needs_registration(merged)
     recheck = executors.recheck if executors is not None else None
@@ -221,7 +225,7 @@ async def follow(
         and status.registered_now(merged)
         and (recheck is None or recheck.due(meta["uid"]))
     ):
-        return
+        return calm and not spec.tool_credentials
 
     async def read(secret: str) -> dict[str, Any] | None:
         return await client.secret(secret, namespace=namespace)
@@ -238,9 +242,9 @@ async def follow(
             message=f"not registered: {exc.message}",
             now=now,
         )
-        return
+        return False
     if not due and resolved.version == merged["status"].get("credentialsVersion"):
-        return  # registered, and its Secrets are unchanged
+        return False  # registered, and its Secrets are unchanged (read again later)
 
     pool = str(merged["status"]["nodePool"])
     tenant_name = await tenant(body, client=client, cfg=cfg)
@@ -255,7 +259,7 @@ async def follow(
             message=f"not registered: {refusal}",
             now=now,
         )
-        return
+        return False
     try:
         await registrar.register(
             registration.request(
@@ -272,12 +276,12 @@ async def follow(
             message=f"not registered: {exc.message}",
             now=now,
         )
-        return
+        return False
     except errors.AionError as exc:
         message = f"cannot register with the agent service at {registrar.target}: {exc.message}"
         logger.warning("%s", message)
         patch.status.update(status.registered_status(merged, ok=False, message=message, now=now))
-        return
+        return False
     message = f"registered with the agent service for tenant {tenant_name}, on pool {pool}"
     if resolved.credentials:
         changed = "" if due else "the changed "
@@ -287,6 +291,7 @@ async def follow(
         | {"credentialsVersion": resolved.version}
     )
     kopf.info(body, reason=conventions.REGISTERED, message=message)
+    return False
 
 
 def _refuse(

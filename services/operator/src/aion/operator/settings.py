@@ -144,6 +144,13 @@ class AionOperatorSettings(settings.ServiceSettings):
         gt=0,
         description="seconds between reads of each Agent's Deployment for its ready replicas",
     )
+    settled_interval_s: float = pydantic.Field(
+        default=60.0,
+        gt=0,
+        description="seconds between looks at an Agent found settled (Ready, registered, "
+        "no executor pod waiting to be scheduled, no spec.toolCredentials): a change of "
+        "its executor Deployment or of the Agent wakes it at once",
+    )
     credentials_interval_s: float = pydantic.Field(
         default=30.0,
         gt=0,
