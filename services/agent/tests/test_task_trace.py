@@ -109,11 +109,18 @@ async def test_a_load_report_is_read_in_a_child_of_its_send(
     exporter = span_capture.exporter()
     exporter.clear()
     topic = f"load-{uuid.uuid4().hex[:8]}"
+
+    def read_after_its_send(finished: tuple[ReadableSpan, ...]) -> bool:
+        # A send span ends on the broker's acknowledgement, which may come after the
+        # consumer has read the report: wait for a read whose send has ended too.
+        ended = {s.context.span_id: s for s in finished}
+        return any(_parent(s, ended) for s in span_capture.named(finished, f"process {topic}"))
+
     async with (
         load_testing.pods(1, kafka.bootstrap, topic),
         new_service(executor_load_topic=topic),
     ):
-        finished = await span_capture.wait_for(f"process {topic}")
+        finished = await span_capture.wait_for(f"process {topic}", until=read_after_its_send)
     spans = {s.context.span_id: s for s in finished}
     read = span_capture.named(list(spans.values()), f"process {topic}")
     assert read, f"no process {topic} span in 30s"

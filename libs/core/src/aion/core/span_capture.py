@@ -12,6 +12,7 @@ only.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -37,13 +38,18 @@ def named(spans: tuple[ReadableSpan, ...] | list[ReadableSpan], name: str) -> li
     return [s for s in spans if s.name == name]
 
 
-async def wait_for(*names: str, timeout_s: float = 30.0) -> tuple[ReadableSpan, ...]:
-    """The finished spans, once spans of every one of ``names`` are among them (or
-    ``timeout_s`` passed: the caller's assertions then show what is missing)."""
+async def wait_for(
+    *names: str,
+    until: Callable[[tuple[ReadableSpan, ...]], bool] = lambda _: True,
+    timeout_s: float = 30.0,
+) -> tuple[ReadableSpan, ...]:
+    """The finished spans, once spans of every one of ``names`` are among them and
+    ``until`` holds of them (or ``timeout_s`` passed: the caller's assertions then show
+    what is missing)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         spans = exporter().get_finished_spans()
-        if set(names) <= {s.name for s in spans} or loop.time() >= deadline:
+        if (set(names) <= {s.name for s in spans} and until(spans)) or loop.time() >= deadline:
             return spans
         await asyncio.sleep(0.05)
