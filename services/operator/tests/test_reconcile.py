@@ -211,6 +211,36 @@ async def _placed(
     return {**body, "status": dict(patch["status"])}
 
 
+class _Informed:
+    """The informers' view of one Agent's executor: its pods and its Deployment."""
+
+    def __init__(self, deployment: dict[str, Any], pods: list[dict[str, Any]] | None = None):
+        self.deployment_seen = deployment
+        self.pods_seen = pods if pods is not None else []
+
+    async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
+        return self.pods_seen
+
+    async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
+        return self.deployment_seen
+
+
+async def _look(
+    cfg: settings.AionOperatorSettings, body: dict[str, Any], client: _Informed
+) -> tuple[bool, kopf.Patch]:
+    """One readiness look (no agent service): whether settled, and what it patched."""
+    patch = kopf.Patch()
+    calm = await reconcile.follow(
+        kopf.Body(body),  # type: ignore[arg-type]
+        patch,
+        client=client,  # type: ignore[arg-type]
+        cfg=cfg,
+        logger=_logger(body),
+        registrar=None,
+    )
+    return calm, patch
+
+
 async def test_a_first_placement_already_says_the_executor_is_loading(
     cfg: settings.AionOperatorSettings,
     local_nodes: list[dict[str, Any]],
@@ -227,22 +257,8 @@ async def test_a_first_placement_already_says_the_executor_is_loading(
         "Ready": ("False", "ReplicasNotReady"),
     }
 
-    class Kube:
-        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
-            return []
-
-        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
-            return {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}}
-
-    looked = kopf.Patch()
-    await reconcile.follow(
-        kopf.Body(placed),  # type: ignore[arg-type]
-        looked,
-        client=Kube(),  # type: ignore[arg-type]
-        cfg=cfg,
-        logger=_logger(placed),
-        registrar=None,
-    )
+    loading = {"metadata": {"generation": 1}, "status": {"observedGeneration": 1}}
+    _, looked = await _look(cfg, placed, _Informed(loading))
     assert not looked
 
 
@@ -268,37 +284,18 @@ async def test_a_look_says_when_the_agent_is_settled_and_may_wait_for_a_change(
         "metadata": {"generation": 1},
         "status": {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 1},
     }
-    pods: list[dict[str, Any]] = []
+    informed = _Informed(ready)
 
-    class Kube:
-        async def pods(self, *, selector: dict[str, str], namespace: str) -> list[Any]:
-            return pods
-
-        async def deployment(self, name: str, *, namespace: str) -> dict[str, Any]:
-            return ready
-
-    async def look(body: dict[str, Any]) -> tuple[bool, kopf.Patch]:
-        patch = kopf.Patch()
-        calm = await reconcile.follow(
-            kopf.Body(body),  # type: ignore[arg-type]
-            patch,
-            client=Kube(),  # type: ignore[arg-type]
-            cfg=cfg,
-            logger=_logger(body),
-            registrar=None,
-        )
-        return calm, patch
-
-    calm, patch = await look(placed)
+    calm, patch = await _look(cfg, placed, informed)
     assert patch["status"]["phase"] == "Ready"
     assert not calm  # it just changed: look again soon
     now_ready = {**placed, "status": {**placed["status"], **patch["status"]}}
-    calm, patch = await look(now_ready)
+    calm, patch = await _look(cfg, now_ready, informed)
     assert not patch
     assert calm  # Ready as it was: only a change can move it
     # A new replica (the autoscaler's) waits for a node: not settled, its deadline counts.
     waiting = datetime.datetime.now(datetime.UTC).isoformat()
-    pods.append(
+    informed.pods_seen.append(
         {
             "metadata": {"name": "p1"},
             "spec": {},
@@ -315,7 +312,7 @@ async def test_a_look_says_when_the_agent_is_settled_and_may_wait_for_a_change(
             },
         }
     )
-    calm, _ = await look(now_ready)
+    calm, _ = await _look(cfg, now_ready, informed)
     assert not calm
 
 
