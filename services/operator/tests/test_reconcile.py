@@ -45,9 +45,10 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
     # kopf keeps no public listing of a registry's handlers; its own tests read these.
     ids = {h.id for h in registry._changing.get_all_handlers()}
     assert ids == {"place", "place/spec"}
-    assert {h.id for h in registry._spawning.get_all_handlers()} == {"readiness", "capacity"}
-    assert {h.id for h in registry._activities.get_all_handlers()} == {"login"}
-    assert {h.id for h in registry._watching.get_all_handlers()} == {"wake"}
+    # No timer on Agents: kopf would hold a finalizer on each (``followers``).
+    assert {h.id for h in registry._spawning.get_all_handlers()} == {"capacity"}
+    assert {h.id for h in registry._activities.get_all_handlers()} == {"login", "followers"}
+    assert {h.id for h in registry._watching.get_all_handlers()} == {"follow"}
 
 
 async def test_a_registrar_adds_the_deregistering_delete_handler(

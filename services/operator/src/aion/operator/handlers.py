@@ -8,9 +8,7 @@ annotations come from ``conventions``.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
-import time
 from typing import Any
 
 import aiohttp
@@ -20,18 +18,16 @@ from aion.operator import (
     conventions,
     credentials,
     executor_secrets,
+    followers,
     kube,
     reconcile,
     registration,
-    render,
     status,
 )
 from aion.operator import settings as operator_settings
 
 AGENTS = (conventions.GROUP, conventions.VERSION, conventions.AGENT_PLURAL)
 GPU_POOLS = (conventions.GROUP, conventions.VERSION, conventions.GPU_POOL_PLURAL)
-# kopf's pause between two looks at an Agent's executor: each look first waits for a change.
-FOLLOW_AGAIN_S = 0.01
 
 
 # Requests kopf may have in flight at once besides its watches (patches, Events).
@@ -49,12 +45,6 @@ def connections(cfg: operator_settings.AionOperatorSettings) -> int:
     if any(kube.GLOB & set(n) for n in cfg.namespaces):
         return 0
     return (len(cfg.namespaces) or 1) + 1 + REQUESTS
-
-
-def _executor(body: kopf.Body) -> tuple[str, str]:
-    """The key of an Agent's executor Deployment: its namespace and name."""
-    meta = body["metadata"]
-    return meta["namespace"], render.executor_name(meta["name"])
 
 
 def register(
@@ -109,39 +99,11 @@ def register(
             executors=executors,
         )
 
-    # Readiness follows each Agent's executor Deployment: woken as the Deployment changes
-    # (``client.executors``, from its informer) or the Agent does, and at the latest every
-    # ``readiness_interval_s`` (pods that stay unschedulable, Secrets due for a look), or
-    # ``settled_interval_s`` once a look found it settled (Ready, registered, no pod
-    # waiting): then only a change can move it, and the change wakes it.
-    # After a patch, the next look waits for the Agent to come back with it (or for
-    # ``readiness_interval_s``): a look at the older body would send the same patch again.
-    sent: dict[str, tuple[str | None, float]] = {}
-    settled: set[str] = set()
-
-    @kopf.timer(*AGENTS, registry=registry, id="readiness", interval=FOLLOW_AGAIN_S)
-    async def watch_executor(
-        body: kopf.Body,
-        patch: kopf.Patch,
-        logger: kopf.Logger,
-        **kwargs: Any,
-    ) -> None:
+    # Readiness follows each Agent's executor in a task of its own (``followers``), not in
+    # a kopf timer: a timer would have kopf hold a finalizer on every Agent.
+    async def look(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> bool:
         """Fall back, follow readiness and register; see ``follow``."""
-        stopped: kopf.DaemonStopped = kwargs["stopped"]  # not in kopf's typing of timers
-        uid = body["metadata"]["uid"]
-        interval = cfg.settled_interval_s if uid in settled else cfg.readiness_interval_s
-        woken = asyncio.ensure_future(client.executors.wait(_executor(body), timeout=interval))
-        stopping = asyncio.ensure_future(stopped.wait())
-        await asyncio.wait((woken, stopping), return_when=asyncio.FIRST_COMPLETED)
-        woken.cancel()
-        stopping.cancel()
-        if stopped:  # the Agent is deleted, or the operator stops
-            return
-        version = body["metadata"].get("resourceVersion")
-        after = sent.get(uid)
-        if after is not None and after[0] == version and time.monotonic() < after[1]:
-            return
-        calm = await reconcile.follow(
+        return await reconcile.follow(
             body,
             patch,
             client=client,
@@ -150,24 +112,24 @@ def register(
             registrar=registrar,
             executors=executors,
         )
-        if patch:
-            sent[uid] = (version, time.monotonic() + cfg.readiness_interval_s)
-        else:
-            sent.pop(uid, None)
-        if calm and not patch:
-            settled.add(uid)
-        else:
-            settled.discard(uid)
 
-    @kopf.on.event(*AGENTS, registry=registry, id="wake")
-    async def wake(body: kopf.Body, type: str | None, **_: Any) -> None:
-        """Wake the Agent's follower on its changes; forget it once it is gone."""
-        if type == "DELETED":
-            client.executors.forget(_executor(body))
-            sent.pop(body["metadata"]["uid"], None)
-            settled.discard(body["metadata"]["uid"])
-        else:
-            client.executors.wake(_executor(body))
+    following = followers.Followers(
+        look,
+        client=client,
+        readiness_interval_s=cfg.readiness_interval_s,
+        settled_interval_s=cfg.settled_interval_s,
+    )
+
+    @kopf.on.event(*AGENTS, registry=registry, id="follow")
+    async def follow(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
+        """Follow the Agent from its first event on; wake its follower on its changes; stop
+        following it once it is gone or being deleted."""
+        following.seen(body, logger=logger, gone=type == "DELETED")
+
+    @kopf.on.cleanup(registry=registry, id="followers")
+    async def stop_following(**_: Any) -> None:
+        """Stop every follower as the operator stops."""
+        await following.close()
 
     @kopf.timer(*GPU_POOLS, registry=registry, id="capacity", interval=cfg.pool_status_interval_s)
     async def pool_capacity(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:

@@ -375,6 +375,21 @@ class Kube:
         obj = codecs.from_dict(dict(manifest))
         await self._client.apply(obj, field_manager=conventions.FIELD_MANAGER, force=True)
 
+    async def patch_status(self, agent: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        """Merge ``status`` into the Agent's status; nothing when the Agent is gone."""
+        meta = agent["metadata"]
+        try:
+            await self._client.patch(
+                Agent.Status,
+                meta["name"],
+                {"status": dict(status)},
+                namespace=meta["namespace"],
+                patch_type=lightkube.types.PatchType.MERGE,
+            )
+        except lightkube.ApiError as exc:
+            if exc.status.code != NOT_FOUND:
+                raise
+
     async def deployment(self, name: str, *, namespace: str) -> dict[str, Any] | None:
         """The executor Deployment ``name`` in ``namespace``, or None when there is none.
 

@@ -4,12 +4,14 @@ On create, update of the spec, and resume after a restart, ``reconcile``
 validates an Agent's spec, reads the pools from the cluster (nodes, bound pods,
 GpuPools), lets ``status.place`` pick one, applies the executor Deployment and
 Service (server-side, so a re-run after a crash changes nothing twice), patches
-the status and posts an Event saying the same. A timer then runs ``follow``:
+the status and posts an Event saying the same. The Agent's follower
+(``followers``) then runs ``follow``:
 fall back from a pool where executor pods stay unschedulable, copy the
 Deployment's ready replicas into the status, register a Ready Agent with the
 agent service, with the credentials of its tool servers read from its Secrets
 (``credentials``; read again every ``credentials_interval_s``, and registered again
-when one changed). ``deregister`` runs behind the finalizer of a deleted Agent.
+when one changed). ``deregister`` runs behind the finalizer of a deleted Agent
+(the only finalizer: kopf adds it for the delete handler, with an agent service).
 
 What to decide is ``status``'s (pure); this module reads, applies and patches.
 """
