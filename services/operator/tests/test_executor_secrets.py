@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 from typing import Any
@@ -116,6 +117,31 @@ async def test_both_secrets_are_created_once_and_then_reused(ca: pki.KeyPair) ->
     # Another namespace gets its own pair and its own token.
     await keeper.ensure("team-b")
     assert api.secrets[("team-b", "aion-executor-http")]["data"] != http["data"]
+
+
+class _YieldingApi(FakeApi):
+    """Each read gives the event loop a turn, as a real request does."""
+
+    async def get(self, kind: Any, name: str, *, namespace: str) -> Any:
+        await asyncio.sleep(0)
+        return await super().get(kind, name, namespace=namespace)
+
+
+async def test_a_burst_of_agents_in_a_namespace_checks_its_secrets_once(
+    ca: pki.KeyPair,
+) -> None:
+    api = _YieldingApi()
+    keeper = es.Keeper(api, ca)  # type: ignore[arg-type]
+    versions = await asyncio.gather(*(keeper.ensure("team-a") for _ in range(50)))
+    assert len(set(versions)) == 1
+    assert sorted(api.calls) == sorted(
+        [
+            "get aion-executor-tls",
+            "create aion-executor-tls",
+            "get aion-executor-http",
+            "create aion-executor-http",
+        ]
+    )
 
 
 async def test_within_the_renewal_window_the_certificate_is_issued_again(ca: pki.KeyPair) -> None:

@@ -14,6 +14,7 @@ The Secrets are shared by every Agent of a namespace, so no Agent owns them.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime
@@ -170,6 +171,9 @@ class Keeper:
         self._recheck_s = recheck_s
         self._days = days
         self._seen: dict[str, _Seen] = {}
+        # One check of a namespace at a time: a burst of new Agents there waits for it,
+        # rather than each reading (and racing to create) the same Secrets.
+        self._checking: dict[str, asyncio.Lock] = {}
 
     @property
     def tls(self) -> bool:
@@ -183,22 +187,32 @@ class Keeper:
 
     async def ensure(self, namespace: str) -> str | None:
         """Create or renew the namespace's Secrets as needed; the certificate's ``version``."""
-        now = datetime.datetime.now(datetime.UTC)
+        if self._fresh(namespace):
+            return self.version(namespace)
+        async with self._checking.setdefault(namespace, asyncio.Lock()):
+            if self._fresh(namespace):  # checked while this call waited
+                return self.version(namespace)
+            now = datetime.datetime.now(datetime.UTC)
+            cert = await self._ensure_tls(namespace, now=now) if self.ca is not None else None
+            await self._ensure_http(namespace)
+            self._seen[namespace] = _Seen(
+                at=time.monotonic(),
+                expires=None if cert is None else not_after(cert),
+                serial=None if cert is None else serial(cert),
+            )
+        return self.version(namespace)
+
+    def _fresh(self, namespace: str) -> bool:
+        """Whether the namespace's Secrets were checked lately and are not due for renewal."""
         seen = self._seen.get(namespace)
-        if (
+        return (
             seen is not None
             and time.monotonic() - seen.at < self._recheck_s
-            and (seen.expires is None or seen.expires - now > self._renew_before)
-        ):
-            return self.version(namespace)
-        cert = await self._ensure_tls(namespace, now=now) if self.ca is not None else None
-        await self._ensure_http(namespace)
-        self._seen[namespace] = _Seen(
-            at=time.monotonic(),
-            expires=None if cert is None else not_after(cert),
-            serial=None if cert is None else serial(cert),
+            and (
+                seen.expires is None
+                or seen.expires - datetime.datetime.now(datetime.UTC) > self._renew_before
+            )
         )
-        return self.version(namespace)
 
     async def _get(self, name: str, namespace: str) -> Manifest | None:
         try:
