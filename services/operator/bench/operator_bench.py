@@ -21,8 +21,11 @@ peak RSS (VmHWM, ``peak_rss_mb``) and the CPU seconds it spent on the N Agents
 for the operator's account meanwhile (``apiserver_flowcontrol_dispatched_requests_total``
 of a FlowSchema that matches that account alone: ``apiserver_request_total``
 does not say who asked). ``load_1m_*`` is the machine's load when each phase
-starts. The bench adds ceil(N/100)+1 kwok nodes of its own pool (110 pods each)
-and removes them, and its namespaces, at the end. Prints one JSON object.
+starts; ``operator_errors`` counts the ERROR lines of the operator's log (its
+log level: ``BENCH_OPERATOR_LOG_LEVEL``, default WARNING; the log stays in a
+``bench-operator-*`` temporary directory). The bench adds ceil(N/100)+1 kwok
+nodes of its own pool (110 pods each) and removes them, and its namespaces, at
+the end. Prints one JSON object.
 
     AGENTS=1000 make bench-operator
 """
@@ -283,7 +286,7 @@ async def _operator(
         "KUBECONFIG": str(_identity(cluster, namespace, directory)),
         "AION_OPERATOR_EXECUTOR_IMAGE": "aion-executor:bench",
         "AION_OPERATOR_NAMESPACES": namespace,
-        "AION_OPERATOR_LOG_LEVEL": "WARNING",
+        "AION_OPERATOR_LOG_LEVEL": os.environ.get("BENCH_OPERATOR_LOG_LEVEL", "WARNING"),
         "AION_OPERATOR_LEASE_NAME": namespace,
         "AION_OPERATOR_LEASE_NAMESPACE": "default",
         "AION_OPERATOR_LIVENESS_PORT": str(suite.free_port()),
@@ -354,6 +357,7 @@ async def _operator(
         )
     await _delete_namespace(client, namespace)
     return {
+        "errors": _errors(log),
         "seconds_all_ready": elapsed,
         "seconds_executors_ready": executors_ready or elapsed,
         "peak_rss_mb": peak_mb,
@@ -361,6 +365,13 @@ async def _operator(
         "api_requests": requests,
         "load_1m": load,
     }
+
+
+def _errors(log: pathlib.Path) -> int:
+    """How many ERROR lines the operator logged (a failed handler is retried later, and
+    its Agent's time counts the wait)."""
+    with log.open("rb") as lines:
+        return sum(1 for line in lines if b'"level": "ERROR"' in line)
 
 
 async def _run(cluster: Cluster, agents: int) -> dict[str, Any]:
@@ -398,6 +409,7 @@ async def _run(cluster: Cluster, agents: int) -> dict[str, Any]:
         "api_requests_per_agent": round(op["api_requests"] / agents, 2),
         "load_1m_raw": round(raw_load, 2),
         "load_1m_operator": round(op["load_1m"], 2),
+        "operator_errors": int(op["errors"]),
         "bench_nodes": len(nodes),
     }
 

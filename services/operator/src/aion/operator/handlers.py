@@ -81,10 +81,11 @@ def register(
             ),
         )
 
-    # One id for every cause: it names kopf's progress annotation on the Agent.
-    @kopf.on.resume(*AGENTS, registry=registry, id="place")
-    @kopf.on.create(*AGENTS, registry=registry, id="place")
-    @kopf.on.update(*AGENTS, registry=registry, id="place", field="spec")
+    # One id for every cause: it names kopf's progress annotation on the Agent. A failure
+    # (the API server overloaded, say) is tried again after ``retry_s``, not kopf's 60 s.
+    @kopf.on.resume(*AGENTS, registry=registry, id="place", backoff=cfg.retry_s)
+    @kopf.on.create(*AGENTS, registry=registry, id="place", backoff=cfg.retry_s)
+    @kopf.on.update(*AGENTS, registry=registry, id="place", field="spec", backoff=cfg.retry_s)
     async def place(
         body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, reason: str, **_: Any
     ) -> None:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from typing import Any
 
+import httpx2
 import lightkube
 from lightkube import codecs, generic_resource, operators
 from lightkube.core import resource as lightkube_resource
@@ -25,6 +26,8 @@ from aion.operator import conventions, pools, render
 log = logging.getLogger(__name__)
 
 NOT_FOUND = 404
+# Connect, read and write timeout of each API request (lightkube's default).
+REQUEST_TIMEOUT_S = 10.0
 
 Agent = generic_resource.create_namespaced_resource(
     conventions.GROUP, conventions.VERSION, conventions.AGENT_KIND, conventions.AGENT_PLURAL
@@ -490,7 +493,12 @@ def _plain(obj: Any) -> dict[str, Any]:
 @contextlib.asynccontextmanager
 async def connect() -> AsyncIterator[Kube]:
     """A ``Kube`` on in-cluster credentials or ``KUBECONFIG``, closed on exit."""
-    client = lightkube.AsyncClient(field_manager=conventions.FIELD_MANAGER)
+    # A request waits for a free connection as long as it takes: a burst of new Agents
+    # (a thousand applies at once) would outwait the pool's 10 s and fail them all.
+    client = lightkube.AsyncClient(
+        field_manager=conventions.FIELD_MANAGER,
+        timeout=httpx2.Timeout(REQUEST_TIMEOUT_S, pool=None),
+    )
     try:
         yield Kube(client)
     finally:

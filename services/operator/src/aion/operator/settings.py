@@ -137,7 +137,8 @@ class AionOperatorSettings(settings.ServiceSettings):
     retry_s: float = pydantic.Field(
         default=15.0,
         gt=0,
-        description="seconds between placement attempts while every eligible pool is full",
+        description="seconds between placement attempts while every eligible pool is full, "
+        "or after a placement failed (the API server did not answer, say)",
     )
     readiness_interval_s: float = pydantic.Field(
         default=5.0,
