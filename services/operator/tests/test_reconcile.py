@@ -43,9 +43,9 @@ def test_handlers_go_on_the_given_registry(cfg: settings.AionOperatorSettings) -
     registry = kopf.OperatorRegistry()
     handlers.register(registry, client=kube.Kube(_unused_client()), cfg=cfg)
     # kopf keeps no public listing of a registry's handlers; its own tests read these.
-    ids = {h.id for h in registry._changing.get_all_handlers()}
-    assert ids == {"place", "place/spec"}
-    # No timer on Agents: kopf would hold a finalizer on each (``followers``).
+    # No change handler (kopf would remember each spec in an annotation) and no timer on
+    # Agents (kopf would hold a finalizer on each): their followers place them.
+    assert not registry._changing.get_all_handlers()
     assert {h.id for h in registry._spawning.get_all_handlers()} == {"capacity"}
     assert {h.id for h in registry._activities.get_all_handlers()} == {"login", "followers"}
     assert {h.id for h in registry._watching.get_all_handlers()} == {"follow"}
@@ -63,7 +63,7 @@ async def test_a_registrar_adds_the_deregistering_delete_handler(
             registry, client=kube.Kube(_unused_client()), cfg=cfg, registrar=registrar
         )
         ids = {h.id for h in registry._changing.get_all_handlers()}
-        assert ids == {"place", "place/spec", "deregister"}
+        assert ids == {"deregister"}
     finally:
         await registrar.close()
 

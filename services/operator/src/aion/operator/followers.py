@@ -1,4 +1,13 @@
-"""Each Agent's follower: a task of its own that looks at the Agent's executor.
+"""Each Agent's follower: a task of its own that places the Agent and looks at its executor.
+
+A placement (``reconcile.reconcile``) runs once per spec generation: at the
+Agent's first event (a new Agent), when its ``metadata.generation`` moves past
+the one placed (a new spec), and once for each Agent listed when the operator
+starts (a resume: ``status.observedGeneration`` already says this generation).
+One that fails is tried again after the ``kopf.TemporaryError``'s delay, or
+``retry_s``; an invalid spec (``kopf.PermanentError``) waits for the next
+generation. Not kopf's change handlers: they remember the last spec handled in
+an annotation, one more patch of every Agent, where the generation says as much.
 
 A look (``reconcile.follow``) falls back, copies readiness into the status and
 registers. The follower looks whenever the executor Deployment changes (its
@@ -22,6 +31,7 @@ when the Agent is deleted, or being deleted (its finalizer, if any, is kopf's
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
@@ -32,6 +42,34 @@ from aion.operator import kube, render
 
 # One look at an Agent: it fills the patch; whether the Agent is settled.
 Look = Callable[[kopf.Body, kopf.Patch, kopf.Logger], Awaitable[bool]]
+# One placement of an Agent: it fills the patch; resumed (True) or a new spec.
+Place = Callable[[kopf.Body, kopf.Patch, kopf.Logger, bool], Awaitable[None]]
+
+
+@dataclasses.dataclass
+class _Placing:
+    """Where an Agent's placement stands in this follower."""
+
+    placed: int | None = None  # the generation placed (or found invalid)
+    trying: int | None = None  # the generation of the attempts since
+    resumed: bool = False  # the cause of those attempts
+    again_at: float = 0.0  # when a failed attempt may be tried again (monotonic)
+
+    def due(self, body: kopf.Body) -> bool:
+        """Whether to place the Agent now (not: look at it, or wait)."""
+        generation = body["metadata"].get("generation")
+        if generation == self.placed:
+            return False
+        if generation != self.trying:
+            observed = (body.get("status") or {}).get("observedGeneration")
+            self.trying, self.resumed, self.again_at = generation, observed == generation, 0.0
+        return time.monotonic() >= self.again_at
+
+    def timeout(self, interval: float) -> float:
+        """How long to wait for a wakeup: at most until the next attempt is due."""
+        if self.trying is None or self.trying == self.placed:
+            return interval
+        return max(0.0, min(interval, self.again_at - time.monotonic()))
 
 
 class Followers:
@@ -41,11 +79,15 @@ class Followers:
         self,
         look: Look,
         *,
+        place: Place,
         client: kube.Kube,
         readiness_interval_s: float,
         settled_interval_s: float,
+        retry_s: float,
     ) -> None:
         self._look = look
+        self._place = place
+        self._retry_s = retry_s
         self._client = client
         self._readiness_interval_s = readiness_interval_s
         self._settled_interval_s = settled_interval_s
@@ -92,18 +134,26 @@ class Followers:
     async def _follow(self, uid: str, key: Hashable, logger: kopf.Logger) -> None:
         settled = False
         sent: tuple[str | None, float] | None = None  # the version patched, until when
+        placing = _Placing()
         while True:
             interval = self._settled_interval_s if settled else self._readiness_interval_s
-            await self._client.executors.wait(key, timeout=interval)
+            await self._client.executors.wait(key, timeout=placing.timeout(interval))
             body = self._bodies.get(uid)
             if body is None:
                 return
             version = body["metadata"].get("resourceVersion")
-            if sent is not None and sent[0] == version and time.monotonic() < sent[1]:
+            due = placing.due(body)
+            if not due and sent is not None and sent[0] == version and time.monotonic() < sent[1]:
                 continue
             patch = kopf.Patch()
+            placed = False
             try:
-                calm = await self._look(body, patch, logger)
+                if due:
+                    calm, placed = False, await self._placed(body, patch, logger, placing)
+                elif placing.placed == body["metadata"].get("generation"):
+                    calm = await self._look(body, patch, logger)
+                else:  # a failed placement, not yet due again
+                    continue
                 if patch:
                     await self._client.patch_status(body, _status(patch))
             except asyncio.CancelledError:
@@ -116,8 +166,32 @@ class Followers:
                 )
                 settled, sent = False, None
                 continue
+            if placed:  # only once its status is patched
+                placing.placed = placing.trying
             sent = (version, time.monotonic() + self._readiness_interval_s) if patch else None
             settled = calm and not patch
+
+    async def _placed(
+        self, body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, placing: _Placing
+    ) -> bool:
+        """Place the Agent; whether this generation is done with (else: try again later)."""
+        name = body["metadata"]["name"]
+        delay = self._retry_s
+        try:
+            await self._place(body, patch, logger, placing.resumed)
+            return True
+        except kopf.PermanentError as exc:
+            logger.error("Agent %s cannot be placed until its spec changes: %s", name, exc)
+            return True
+        except kopf.TemporaryError as exc:
+            delay = self._retry_s if exc.delay is None else exc.delay
+            logger.warning("placing Agent %s again in %.0f s: %s", name, delay, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("placing Agent %s failed; again in %.0f s", name, delay)
+        placing.again_at = time.monotonic() + delay
+        return False
 
 
 def executor_key(body: Mapping[str, Any]) -> tuple[str, str]:

@@ -81,14 +81,10 @@ def register(
             ),
         )
 
-    # One id for every cause: it names kopf's progress annotation on the Agent. A failure
-    # (the API server overloaded, say) is tried again after ``retry_s``, not kopf's 60 s.
-    @kopf.on.resume(*AGENTS, registry=registry, id="place", backoff=cfg.retry_s)
-    @kopf.on.create(*AGENTS, registry=registry, id="place", backoff=cfg.retry_s)
-    @kopf.on.update(*AGENTS, registry=registry, id="place", field="spec", backoff=cfg.retry_s)
-    async def place(
-        body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, reason: str, **_: Any
-    ) -> None:
+    # Placement and readiness run in each Agent's follower (``followers``), a task of its
+    # own: kopf's change handlers would remember each spec in an annotation (one more
+    # patch of every Agent), and a kopf timer would have kopf hold a finalizer on each.
+    async def place(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, resumed: bool) -> None:
         """Place the Agent and apply its executor; see ``reconcile``."""
         await reconcile.reconcile(
             body,
@@ -96,12 +92,10 @@ def register(
             client=client,
             cfg=cfg,
             logger=logger,
-            resumed=reason == kopf.Reason.RESUME.value,
+            resumed=resumed,
             executors=executors,
         )
 
-    # Readiness follows each Agent's executor in a task of its own (``followers``), not in
-    # a kopf timer: a timer would have kopf hold a finalizer on every Agent.
     async def look(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger) -> bool:
         """Fall back, follow readiness and register; see ``follow``."""
         return await reconcile.follow(
@@ -116,15 +110,17 @@ def register(
 
     following = followers.Followers(
         look,
+        place=place,
         client=client,
         readiness_interval_s=cfg.readiness_interval_s,
         settled_interval_s=cfg.settled_interval_s,
+        retry_s=cfg.retry_s,
     )
 
     @kopf.on.event(*AGENTS, registry=registry, id="follow")
     async def follow(body: kopf.Body, type: str | None, logger: kopf.Logger, **_: Any) -> None:
-        """Follow the Agent from its first event on; wake its follower on its changes; stop
-        following it once it is gone or being deleted."""
+        """Follow (and place) the Agent from its first event on; wake its follower on its
+        changes; stop following it once it is gone or being deleted."""
         following.seen(body, logger=logger, gone=type == "DELETED")
 
     @kopf.on.cleanup(registry=registry, id="followers")

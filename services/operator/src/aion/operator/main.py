@@ -18,6 +18,21 @@ from aion.operator import settings as operator_settings
 log = logging.getLogger(__name__)
 
 
+class Unremembered(kopf.DiffBaseStorage):
+    """kopf remembers no Agent's last-handled spec (its diff base).
+
+    aion places Agents on a new ``metadata.generation`` (``followers``), not in kopf's
+    change handlers; kopf's only one left is the delete handler, with an agent service.
+    Remembering would cost every new Agent one more patch, for nothing.
+    """
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def kopf_settings() -> kopf.OperatorSettings:
     """kopf's settings: its bookkeeping under aion's own annotation and finalizer names."""
     config = kopf.OperatorSettings()
@@ -25,9 +40,7 @@ def kopf_settings() -> kopf.OperatorSettings:
     config.persistence.progress_storage = kopf.AnnotationsProgressStorage(
         prefix=conventions.ANNOTATIONS_PREFIX
     )
-    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=conventions.ANNOTATIONS_PREFIX
-    )
+    config.persistence.diffbase_storage = Unremembered()
     # Watches end and restart every few minutes, so a silently dropped connection
     # cannot leave the operator blind (kopf's defaults wait forever).
     config.watching.server_timeout = 300

@@ -1,4 +1,4 @@
-"""The API calls of handling an Agent: the bodies of the kopf handlers (kopf's ``processing``).
+"""The API calls of handling an Agent: the bodies of its handlers and of its follower.
 
 On create, update of the spec, and resume after a restart, ``reconcile``
 validates an Agent's spec, reads the pools from the cluster (nodes, bound pods,
