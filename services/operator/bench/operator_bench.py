@@ -21,7 +21,8 @@ peak RSS (VmHWM, ``peak_rss_mb``) and the CPU seconds it spent on the N Agents
 for the operator's account meanwhile (``apiserver_flowcontrol_dispatched_requests_total``
 of a FlowSchema that matches that account alone: ``apiserver_request_total``
 does not say who asked). ``load_1m_*`` is the machine's load when each phase
-starts; ``operator_errors`` counts the ERROR lines of the operator's log (its
+starts; ``operator_errors`` counts the ERROR lines of the operator's log until all
+are Ready (its
 log level: ``BENCH_OPERATOR_LOG_LEVEL``, default WARNING; the log stays in a
 ``bench-operator-*`` temporary directory). The bench adds ceil(N/100)+1 kwok
 nodes of its own pool (110 pods each) and removes them, and its namespaces, at
@@ -338,9 +339,10 @@ async def _operator(
 
         await _until(all_ready, "the Agents")
         elapsed = time.monotonic() - started
+        errors = _errors(log)  # not counting its stop (kopf's watches may log one then)
         cpu_after, peak_mb = _proc_stats(proc.pid)
         requests = _api_requests(cluster, namespace) - requests_before
-        # Agents carry kopf's finalizer: delete them while the operator runs.
+        # Delete them while the operator runs (with an agent service, each carries a finalizer).
         await asyncio.gather(
             *(client.delete(Agent, f"agent-{i}", namespace=namespace) for i in range(agents))
         )
@@ -357,7 +359,7 @@ async def _operator(
         )
     await _delete_namespace(client, namespace)
     return {
-        "errors": _errors(log),
+        "errors": errors,
         "seconds_all_ready": elapsed,
         "seconds_executors_ready": executors_ready or elapsed,
         "peak_rss_mb": peak_mb,
