@@ -23,7 +23,7 @@ GPU_POOL_PLURAL: Final = "gpupools"
 FIELD_MANAGER: Final = "aion-operator"
 
 # -- annotations and labels ---------------------------------------------------------------
-# Prefix of the annotations where kopf keeps its progress and last-handled spec.
+# Prefix of the annotations where kopf keeps its progress (of the delete handler).
 ANNOTATIONS_PREFIX: Final = "operator.aion.dev"
 FINALIZER: Final = f"{ANNOTATIONS_PREFIX}/finalizer"
 # An Agent's description before spec.description existed; still read as a fallback.
