@@ -40,6 +40,7 @@ from aion.infra.component import poll
 from aion.infra.devstack import suite
 from aion.infra.kafka import Kafka
 from aion.infra.postgres import Postgres
+from aion.operator import conventions
 
 # The certificates of the agent service, the operator and the test's own calls.
 CA = tls.LocalCa()
@@ -609,6 +610,12 @@ def test_the_example_agent_is_ready_with_its_pool_in_kubectl_get(
     row = cluster.kubectl("get", "agents", "-n", namespace, name, "--no-headers")
     fields = row.split()
     assert fields[:4] == [name, "Ready", agent["status"]["nodePool"], "1"], row
+    # Of kopf's bookkeeping only its delete handler's finalizer (there is an agent service
+    # to deregister from): no last-handled spec, which was one more patch of every Agent.
+    meta = agent["metadata"]
+    prefix = f"{conventions.ANNOTATIONS_PREFIX}/"
+    assert not [k for k in meta.get("annotations") or {} if k.startswith(prefix)], meta
+    assert meta.get("finalizers") == [conventions.FINALIZER]
 
 
 def test_unknown_gpu_product_is_not_placed_and_says_why(
