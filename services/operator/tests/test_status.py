@@ -290,6 +290,15 @@ def test_readiness_waits_for_the_current_generation_to_be_placed() -> None:
         )
         is None
     )
+    # Replicas the spec's rules refuse (min above max): no readiness to say.
+    current = {**placed, "observedGeneration": 3}
+    inverted = {"model": {"name": "m"}, "replicas": {"min": 3, "max": 2}}
+    assert (
+        status.readiness(_agent(inverted, status=current), _deployment(ready=3, updated=3), now=NOW)
+        is None
+    )
+    fine = {"model": {"name": "m"}, "replicas": {"min": 2, "max": 2}}
+    assert status.readiness(_agent(fine, status=current), _deployment(ready=3, updated=3), now=NOW)
 
 
 def test_configs_problems_are_reported(local_nodes: list[dict[str, Any]]) -> None:
