@@ -225,6 +225,45 @@ async def test_a_tenant_at_its_limit_is_refused_while_another_runs_and_leaving_f
     assert again.result.status == common_pb2.TASK_STATUS_OK
 
 
+async def test_simultaneous_starts_of_a_tenant_never_pass_its_limit_and_keys_still_find_tasks(
+    stub: Stub, service: Any
+) -> None:
+    """The limit is counted under the tenant's lock, in the statement that records the
+    task: starts that race are admitted up to the limit, never past it."""
+    dsn = service.cfg.postgres_dsn.get_secret_value()
+    tenant = _tenant()
+    await register(stub, tenant, service.executor.address)
+    streams = [stub.Run(run(tenant, "hang", key=f"k{i}"), timeout=60) for i in range(6)]
+    try:
+        firsts = await asyncio.gather(*(anext(aiter(s)) for s in streams), return_exceptions=True)
+        started = {i: f for i, f in enumerate(firsts) if isinstance(f, tasks_pb2.TaskEvent)}
+        refused = [f for f in firsts if isinstance(f, grpc.aio.AioRpcError)]
+        assert len(started) == CAP, firsts
+        assert [r.code() for r in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * (6 - CAP)
+        assert sorted(await states(dsn, tenant)) == sorted(e.task_id for e in started.values())
+        assert list((await states(dsn, tenant)).values()) == ["RUNNING"] * CAP
+
+        # The tenant is full, yet a caller repeating a running task's key is given it.
+        i, event = next(iter(started.items()))
+        again = stub.Run(run(tenant, "hang", key=f"k{i}"), timeout=60)
+        first = await anext(aiter(again))
+        assert (first.WhichOneof("event"), first.task_id) == ("started", event.task_id)
+        again.cancel()
+        # A new key is still refused, and nothing of it is recorded.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Submit(run(tenant, "hang", key="new"), timeout=10)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert len(await states(dsn, tenant)) == CAP
+    finally:
+        for s in streams:
+            s.cancel()
+
+    async def canceled() -> bool:
+        return list((await states(dsn, tenant)).values()) == ["CANCELED"] * CAP
+
+    await until(canceled, "the admitted tasks to end CANCELED once their callers left")
+
+
 async def test_a_caller_given_an_existing_task_does_not_cancel_it_by_leaving(
     stub: Stub, service: Any
 ) -> None:

@@ -70,6 +70,21 @@ _READ = (
 )
 
 
+def _row(
+    topic: str, env: events_pb2.Envelope, trace: Mapping[str, str] | None
+) -> tuple[str, str, str, bytes, pg_json.Jsonb]:
+    headers = events.trace_headers()
+    if not headers and trace:
+        headers = dict(trace)
+    return (
+        topic,
+        env.subject,
+        env.id,
+        env.SerializeToString(),
+        pg_json.Jsonb({**headers, "ce_type": env.type}),
+    )
+
+
 async def add(
     conn: psycopg.AsyncConnection[Any],
     *,
@@ -80,19 +95,31 @@ async def add(
     """Write ``env`` to the outbox in the connection's current transaction, with the trace
     context it is sent in: the current span's, else ``trace`` (its task's, when the change
     is made outside a span: recovery)."""
-    headers = events.trace_headers()
-    if not headers and trace:
-        headers = dict(trace)
     await conn.execute(
         "INSERT INTO outbox (topic, key, event_id, payload, headers) VALUES (%s, %s, %s, %s, %s)",
-        (
-            topic,
-            env.subject,
-            env.id,
-            env.SerializeToString(),
-            pg_json.Jsonb({**headers, "ce_type": env.type}),
-        ),
+        _row(topic, env, trace),
     )
+
+
+# Rows for the outbox from the arrays ``columns`` gives, in their order: part of a statement
+# that writes them with the change they describe (``WITH ... AS (INSERT ...)``), which adds
+# its own condition (``WHERE ...``) and then ``ORDER BY o.n``.
+INSERT_COLUMNS = (
+    "INSERT INTO outbox (topic, key, event_id, payload, headers)"
+    " SELECT o.topic, o.key, o.event_id, o.payload, o.headers FROM unnest("
+    "%(outbox_topic)s::text[], %(outbox_key)s::text[], %(outbox_event_id)s::uuid[],"
+    " %(outbox_payload)s::bytea[], %(outbox_headers)s::jsonb[])"
+    " WITH ORDINALITY AS o(topic, key, event_id, payload, headers, n)"
+)
+
+
+def columns(
+    items: Sequence[tuple[str, events_pb2.Envelope]], *, trace: Mapping[str, str] | None = None
+) -> dict[str, list[Any]]:
+    """The parameters of ``INSERT_COLUMNS`` for ``(topic, envelope)`` pairs (as ``add``)."""
+    rows = [_row(topic, env, trace) for topic, env in items]
+    names = ("topic", "key", "event_id", "payload", "headers")
+    return {f"outbox_{name}": [r[i] for r in rows] for i, name in enumerate(names)}
 
 
 @dataclasses.dataclass(slots=True)

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 
 from aion.agent import convert, db, events, model, outbox
+from aion.api.events.v1 import events_pb2
 from aion.core import privacy
 
 Conn = psycopg.AsyncConnection[Any]
@@ -126,19 +127,21 @@ async def add_events(conn: Conn, task: model.TaskRecord, logged: list[model.Even
     )
 
 
+def state_event(topics: events.Topics, task: model.TaskRecord) -> tuple[str, events_pb2.Envelope]:
+    """The task's new state as an event of the task-events topic: (topic, envelope)."""
+    env = events.envelope(
+        type_=events.TASK_STATE_CHANGED,
+        tenant=task.spec.tenant,
+        subject=task.id,
+        data=convert.state_changed(task),
+    )
+    return topics.task_events, env
+
+
 async def state_changed(conn: Conn, topics: events.Topics, task: model.TaskRecord) -> None:
     """Announce the task's new state on the task-events topic (through the outbox)."""
-    await outbox.add(
-        conn,
-        trace=task.trace_context,
-        topic=topics.task_events,
-        env=events.envelope(
-            type_=events.TASK_STATE_CHANGED,
-            tenant=task.spec.tenant,
-            subject=task.id,
-            data=convert.state_changed(task),
-        ),
-    )
+    topic, env = state_event(topics, task)
+    await outbox.add(conn, trace=task.trace_context, topic=topic, env=env)
 
 
 async def queued(conn: Conn, topics: events.Topics, task: model.TaskRecord) -> None:

@@ -14,10 +14,11 @@ import dataclasses
 import datetime
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from psycopg.types import json as pg_json
 
-from aion.agent import db, events, follow, metrics, model, recovery, rows
+from aion.agent import db, events, follow, metrics, model, outbox, recovery, rows
 from aion.core import errors
 
 Conn = rows.Conn
@@ -26,12 +27,46 @@ Followers = follow.Followers
 
 # A task that holds a running slot of its tenant: running, or reserved for a synchronous run.
 _RUNNING = "(state = 'RUNNING' OR (state = 'QUEUED' AND lease_owner IS NOT NULL))"
+_UNCAPPED = 2**31 - 1
+
+# A task created claimed (``TaskStore._create_running``): unless the tenant already runs
+# ``cap`` tasks (counted after its lock), or an earlier task has its idempotency key, the
+# task is inserted RUNNING (attempt 1, the lease taken, ``started`` its first event), and
+# its QUEUED and RUNNING states go to the outbox. Returns the tenant's count before it and
+# the task's row (all NULL when nothing was written).
+_CREATE_RUNNING = (
+    "WITH running AS (SELECT count(*) AS n FROM tasks WHERE tenant = %(tenant)s AND "
+    + _RUNNING
+    + "), added AS (INSERT INTO tasks (id, tenant, agent, input, idempotency_key, options,"
+    " decision, model, asynchronous, max_attempts, lease_owner, lease_until, deadline,"
+    " trace_context, state, attempts, started_at, last_seq)"
+    " SELECT %(id)s::uuid, %(tenant)s::text, %(agent)s::text, %(input)s::text, %(key)s::text,"
+    " %(options)s::jsonb, %(decision)s::jsonb, %(model)s::text, %(asynchronous)s::boolean,"
+    " %(max_attempts)s::integer, %(worker_id)s::text, now() + %(lease)s,"
+    " now() + %(timeout)s, %(trace)s::jsonb, 'RUNNING', 1, now(), 1 FROM running"
+    " WHERE running.n < %(cap)s"
+    " ON CONFLICT (tenant, agent, idempotency_key)"
+    " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *),"
+    " started AS (INSERT INTO task_events (task_id, seq, attempt, kind, text, step)"
+    " SELECT id, 1, 1, 'started', '', 0 FROM added),"
+    " announced AS (" + outbox.INSERT_COLUMNS + " WHERE EXISTS (SELECT FROM added) ORDER BY o.n)"
+    " SELECT added.*, running.n AS running_before FROM running LEFT JOIN added ON true"
+)
 
 
-async def _lock_tenant(conn: Conn, tenant: str, *, wait: bool = True) -> bool:
-    """Serialise, until the transaction ends, the decisions that start a tenant's tasks."""
-    fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
-    cur = await conn.execute(f"SELECT {fn}(hashtext(%s)) AS ok", (f"aion.tenant:{tenant}",))
+_LOCK_TENANT = "SELECT pg_advisory_xact_lock(hashtext(%s))"
+
+
+def _tenant_key(tenant: str) -> str:
+    return f"aion.tenant:{tenant}"
+
+
+async def _try_lock_tenant(conn: Conn, tenant: str) -> bool:
+    """Serialise, until the transaction ends, the decisions that start a tenant's tasks
+    (``_LOCK_TENANT`` waits for the lock; this gives up at once, False)."""
+    cur = await conn.execute(
+        "SELECT pg_try_advisory_xact_lock(hashtext(%s)) AS ok", (_tenant_key(tenant),)
+    )
     row = await cur.fetchone()
     return row is None or row["ok"] is not False
 
@@ -130,6 +165,7 @@ class TaskStore:
         its STARTED event written); else it is QUEUED and published to the work topic.
         With ``tenant_cap``, a claimed task is refused (ResourceExhausted, nothing
         written) when the tenant already runs that many tasks."""
+        trace = events.trace_headers()
         options = {
             "max_tokens": spec.max_tokens,
             "temperature": spec.temperature,
@@ -152,52 +188,94 @@ class TaskStore:
             "worker_id": worker_id,
             "lease": self._lease,
             "timeout": datetime.timedelta(seconds=spec.timeout_s),
-            "trace": pg_json.Jsonb(events.trace_headers()),
+            "trace": pg_json.Jsonb(trace),
         }
+        if worker_id is not None:
+            queued = model.TaskRecord(
+                id=str(params["id"]),
+                spec=spec,
+                decision=decision,
+                model_name=model_name,
+                trace_context=trace,
+            )
+            return await self._create_running(queued, params, tenant_cap=tenant_cap)
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO tasks (id, tenant, agent, input, idempotency_key, options, decision,"
-                " model, asynchronous, max_attempts, lease_owner, lease_until, deadline,"
-                " trace_context) VALUES"
+                " model, asynchronous, max_attempts, deadline, trace_context) VALUES"
                 " (%(id)s, %(tenant)s, %(agent)s, %(input)s, %(key)s, %(options)s, %(decision)s,"
-                " %(model)s, %(asynchronous)s, %(max_attempts)s, %(worker_id)s::text,"
-                " CASE WHEN %(worker_id)s::text IS NULL THEN NULL ELSE now() + %(lease)s END,"
-                " now() + %(timeout)s, %(trace)s)"
+                " %(model)s, %(asynchronous)s, %(max_attempts)s, now() + %(timeout)s, %(trace)s)"
                 " ON CONFLICT (tenant, agent, idempotency_key)"
                 " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *",
                 params,
             )
             row = await cur.fetchone()
             if row is None:
-                cur = await conn.execute(
-                    "SELECT * FROM tasks WHERE tenant = %s AND agent = %s AND idempotency_key = %s",
-                    (spec.tenant, spec.agent, spec.idempotency_key),
-                )
-                existing = await cur.fetchone()
-                assert existing is not None
-                if existing["input"] != spec.input:
-                    raise errors.AlreadyExists(
-                        f"idempotency key '{spec.idempotency_key}' was used for another input; "
-                        "use a new key for a new task"
-                    )
-                return rows.record(existing), False
-            if worker_id is not None and tenant_cap is not None:
-                await _lock_tenant(conn, spec.tenant)
-                running = await _running(conn, spec.tenant)  # this task included
-                if running > tenant_cap:
-                    raise errors.ResourceExhausted(
-                        f"tenant '{spec.tenant}' already runs {running - 1} tasks, its limit; "
-                        "retry when one ends, or submit asynchronously to queue",
-                        retry_after_s=1.0,
-                    )
+                return await self._existing(conn, spec), False
             task = rows.record(row)
             await rows.state_changed(conn, self._topics, task)
-            if worker_id is None:
-                await rows.queued(conn, self._topics, task)
-            else:
-                claimed = await self._claim(conn, task.id, worker_id)
-                assert claimed is not None, "a task reserved in this transaction is claimable"
-                task = claimed
+            await rows.queued(conn, self._topics, task)
+        self.committed(task.id)
+        return task, True
+
+    async def _existing(self, conn: Conn, spec: model.TaskSpec) -> model.TaskRecord:
+        """The task created before with ``spec``'s idempotency key (AlreadyExists when it
+        was for another input)."""
+        cur = await conn.execute(
+            "SELECT * FROM tasks WHERE tenant = %s AND agent = %s AND idempotency_key = %s",
+            (spec.tenant, spec.agent, spec.idempotency_key),
+        )
+        existing = await cur.fetchone()
+        assert existing is not None
+        if existing["input"] != spec.input:
+            raise errors.AlreadyExists(
+                f"idempotency key '{spec.idempotency_key}' was used for another input; "
+                "use a new key for a new task"
+            )
+        return rows.record(existing)
+
+    async def _create_running(
+        self, queued: model.TaskRecord, params: dict[str, Any], *, tenant_cap: int | None
+    ) -> tuple[model.TaskRecord, bool]:
+        """``create`` of a task claimed by ``params["worker_id"]`` (``queued``: the new task
+        as it would be queued), in one round trip: one statement after the tenant's lock
+        (``_CREATE_RUNNING``), so that the lock is held for Postgres's time alone, never
+        while this process is busy elsewhere."""
+        spec = queued.spec
+        running = dataclasses.replace(
+            queued, status=model.Status.RUNNING, attempts=1, worker_id=params["worker_id"]
+        )
+        # Announced as if it had been queued, then claimed.
+        announced = [rows.state_event(self._topics, t) for t in (queued, running)]
+        params = {
+            **params,
+            **outbox.columns(announced, trace=queued.trace_context),
+            "cap": _UNCAPPED if tenant_cap is None else tenant_cap,
+        }
+        async with self._pool.connection() as conn:
+            async with conn.pipeline(), conn.transaction():
+                if tenant_cap is not None:
+                    await conn.execute(_LOCK_TENANT, (_tenant_key(spec.tenant),))
+                cur = await conn.execute(_CREATE_RUNNING, params)
+            row = await cur.fetchone()
+            assert row is not None, "the statement always returns the tenant's count"
+            if row["id"] is None and spec.idempotency_key:
+                # Nothing was written: an earlier task has the key, or the tenant is full.
+                async with conn.transaction():
+                    cur = await conn.execute(
+                        "SELECT 1 FROM tasks WHERE tenant = %s AND agent = %s"
+                        " AND idempotency_key = %s",
+                        (spec.tenant, spec.agent, spec.idempotency_key),
+                    )
+                    if await cur.fetchone() is not None:
+                        return await self._existing(conn, spec), False
+        if row["id"] is None:
+            raise errors.ResourceExhausted(
+                f"tenant '{spec.tenant}' already runs {row['running_before']} tasks, its "
+                "limit; retry when one ends, or submit asynchronously to queue",
+                retry_after_s=1.0,
+            )
+        task = rows.record(row)
         self.committed(task.id)
         return task, True
 
@@ -237,7 +315,7 @@ class TaskStore:
             tenants = [r["tenant"] for r in await cur.fetchall()]
             for tenant in tenants:
                 # Another replica choosing for this tenant now: leave it the tenant.
-                if not await _lock_tenant(conn, tenant, wait=False):
+                if not await _try_lock_tenant(conn, tenant):
                     continue
                 if await _running(conn, tenant) >= tenant_cap:
                     continue
