@@ -339,30 +339,38 @@ class Publisher:
         # Rows written together share their headers (the trace that caused them, the type):
         # each distinct set is decoded once. Each row is sent in a PRODUCER span of its own,
         # a child of that trace, whose context replaces it in the record's headers; the
-        # span ends with the row's ack.
+        # span ends with the row's ack. A span that records nothing (no tracing, or its
+        # trace sampled out) is the same for every row of that set: it is made once, and
+        # its headers serve them all.
         stored: dict[str, tuple[dict[str, str], otel_context.Context]] = {}
         for text in {r[4] for r in rows}:
             fields = json.loads(text)
             stored[text] = (fields, propagate.extract(fields))
+        unrecorded: dict[str, list[tuple[str, bytes]]] = {}
         acks: list[asyncio.Future[Any]] = []
         try:
             for _, topic, key, payload, text, _, _, event_id in rows:
-                fields, parent = stored[text]
-                span = kafka_spans.start_send(
-                    topic, key=key, message_id=str(event_id), parent=parent
-                )
+                headers = unrecorded.get(text)
+                span = None
+                if headers is None:
+                    fields, parent = stored[text]
+                    span = kafka_spans.start_send(
+                        topic, key=key, message_id=str(event_id), parent=parent
+                    )
+                    headers = kafka_spans.headers(span, fields, type_=fields.get("ce_type"))
+                    if not span.is_recording():
+                        unrecorded[text], span = headers, None
                 try:
                     ack = await producer.send(
-                        topic,
-                        value=payload,
-                        key=key.encode(),
-                        headers=kafka_spans.headers(span, fields, type_=fields.get("ce_type")),
+                        topic, value=payload, key=key.encode(), headers=headers
                     )
                 except BaseException as exc:
-                    span.record_exception(exc)
-                    span.end()
+                    if span is not None:
+                        span.record_exception(exc)
+                        span.end()
                     raise
-                kafka_spans.acked(span, ack)
+                if span is not None:
+                    kafka_spans.acked(span, ack)
                 acks.append(ack)
         finally:
             if acks:
