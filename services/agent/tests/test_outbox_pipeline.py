@@ -74,6 +74,11 @@ async def rows_left(pool: db.Pool) -> int:
 
 
 async def read_all(bootstrap: str, topic: str) -> list[events_pb2.Envelope]:
+    """Every record's envelope of ``topic`` up to its end offsets now, in partition order."""
+    return [events_pb2.Envelope.FromString(r.value) for r in await read_records(bootstrap, topic)]
+
+
+async def read_records(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic`` up to its end offsets now, in partition order."""
     consumer = aiokafka.AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
@@ -92,7 +97,7 @@ async def read_all(bootstrap: str, topic: str) -> list[events_pb2.Envelope]:
                 got[tp].extend(records)
     finally:
         await consumer.stop()
-    return [events_pb2.Envelope.FromString(r.value) for tp in parts for r in got[tp]]
+    return [r for tp in parts for r in got[tp]]
 
 
 def sequences(envs: list[events_pb2.Envelope], *, dedupe: bool = False) -> dict[str, list[int]]:
@@ -300,3 +305,33 @@ async def test_after_a_crash_the_rows_not_deleted_are_sent_again(
     # The first 69 rows went out twice (consumers skip the copies by envelope id).
     assert len(got) == 200 + 69
     assert sequences(got, dedupe=True) == expected(200)
+
+
+async def test_rows_sent_untraced_carry_their_stored_trace_and_type(
+    pool: db.Pool, kafka: Kafka, topic: str
+) -> None:
+    """Rows whose send spans record nothing (their trace sampled out, as here, or no
+    tracing at all) share the headers of their stored context: each record still
+    carries its own row's trace and type, whichever trace its neighbours came from."""
+    traces = [f"00-{uuid.uuid4().hex}-{uuid.uuid4().hex[:16]}-00" for _ in range(3)]
+    async with pool.connection() as conn, conn.transaction():
+        for i in range(60):
+            env = envelope(f"k{i % KEYS}", i)
+            env.type = f"aion.test.{i % 2}"
+            await outbox.add(conn, topic=topic, env=env, trace={"traceparent": traces[i % 3]})
+    pub = publisher(pool, Producer(kafka.bootstrap), batch=25)
+    try:
+        assert await pub.publish() == 60
+    finally:
+        await pub.close()
+    records = await read_records(kafka.bootstrap, topic)
+    assert len(records) == 60
+    for record in records:
+        env = events_pb2.Envelope.FromString(record.value)
+        data = events_pb2.TaskStateChanged()
+        env.data.Unpack(data)
+        i = int(data.task_id.split("/")[1])
+        headers = dict(record.headers)
+        assert headers["ce_type"] == f"aion.test.{i % 2}".encode()
+        # The stored trace (and, its span recording nothing, that span's parent context).
+        assert headers["traceparent"].decode().split("-")[1] == traces[i % 3].split("-")[1]
