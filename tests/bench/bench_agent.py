@@ -238,16 +238,25 @@ async def _direct_streams(suite: devstack.LocalSuite) -> tuple[int, float]:
 
 async def streams_bench(suite: devstack.LocalSuite) -> dict[str, Any]:
     """Tokens/s of STREAMS concurrent streams through the gateway against the same streams
-    straight from the executor, alternating rounds in this one run."""
+    straight from the executor, alternating rounds in this one run, each round in the
+    order the one before ended with (direct, gateway; gateway, direct; ...), so that
+    neither side always runs on what the other left (a warm executor, a busy broker)."""
     rounds: list[tuple[tuple[int, float], tuple[int, float]]] = []
-    for _ in range(STREAM_ROUNDS):
-        rounds.append((await _direct_streams(suite), await _gateway_streams(suite.gateway)))
+    for i in range(STREAM_ROUNDS):
+        if i % 2 == 0:
+            direct = await _direct_streams(suite)
+            gateway = await _gateway_streams(suite.gateway)
+        else:
+            gateway = await _gateway_streams(suite.gateway)
+            direct = await _direct_streams(suite)
+        rounds.append((direct, gateway))
     straight = sum(d[0] for d, _ in rounds) / sum(d[1] for d, _ in rounds)
     via_gateway = sum(g[0] for _, g in rounds) / sum(g[1] for _, g in rounds)
     return {
         f"stream_tokens_per_s_{STREAMS}": round(via_gateway, 1),
         f"direct_tokens_per_s_{STREAMS}": round(straight, 1),
         f"stream_ratio_{STREAMS}": round(via_gateway / straight, 3),
+        f"stream_ratios_{STREAMS}": [round((g[0] / g[1]) / (d[0] / d[1]), 3) for d, g in rounds],
         "stream_tokens": STREAM_TOKENS,
         "stream_rounds": STREAM_ROUNDS,
     }

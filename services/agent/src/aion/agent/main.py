@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -253,4 +252,4 @@ def main() -> None:
     material = tls.load()
     telemetry.setup(service="agent", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     lifecycle.freeze_heap()
-    asyncio.run(run(cfg, material))
+    lifecycle.run(run(cfg, material))

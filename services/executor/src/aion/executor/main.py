@@ -11,7 +11,6 @@ the batching loop and the load reporter (``serving``).
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import logging
@@ -112,7 +111,7 @@ def main() -> None:
     telemetry.setup(service="executor", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     lifecycle.freeze_heap()
     try:
-        asyncio.run(run(cfg, material))
+        lifecycle.run(run(cfg, material))
     except* (backend.ModelLoadError, FileNotFoundError) as group:
         log.error("executor cannot start: %s", group.exceptions[0])
         raise SystemExit(1) from None

@@ -147,4 +147,4 @@ def main() -> None:
     material = tls.load()
     telemetry.setup(service="gateway", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     lifecycle.freeze_heap()
-    asyncio.run(run(cfg, material))
+    lifecycle.run(run(cfg, material))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aion.api.router.v1 import router_pb2, router_pb2_grpc
 from aion.core import authz, lifecycle, server, settings, telemetry, tls
 from aion.router import policy, servicer
@@ -32,4 +30,4 @@ def main() -> None:
     material = tls.load()
     telemetry.setup(service="router", log_level=cfg.log_level, otlp_endpoint=cfg.otlp_endpoint)
     lifecycle.freeze_heap()
-    asyncio.run(run(cfg, material))
+    lifecycle.run(run(cfg, material))
