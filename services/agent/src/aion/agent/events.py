@@ -46,6 +46,10 @@ class Topics:
         return f"{self.prefix}{name}"
 
 
+# What every record holds.
+Envelope = events_pb2.Envelope
+
+
 def envelope(
     *, type_: str, tenant: str, subject: str, data: message.Message, event_id: str | None = None
 ) -> events_pb2.Envelope:

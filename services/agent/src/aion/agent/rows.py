@@ -14,7 +14,6 @@ from typing import Any
 import psycopg
 
 from aion.agent import convert, db, events, model, outbox
-from aion.api.events.v1 import events_pb2
 from aion.core import privacy
 
 Conn = psycopg.AsyncConnection[Any]
@@ -127,7 +126,7 @@ async def add_events(conn: Conn, task: model.TaskRecord, logged: list[model.Even
     )
 
 
-def state_event(topics: events.Topics, task: model.TaskRecord) -> tuple[str, events_pb2.Envelope]:
+def state_event(topics: events.Topics, task: model.TaskRecord) -> tuple[str, events.Envelope]:
     """The task's new state as an event of the task-events topic: (topic, envelope)."""
     env = events.envelope(
         type_=events.TASK_STATE_CHANGED,
