@@ -25,8 +25,8 @@ Conn = rows.Conn
 Followers = follow.Followers
 
 
-# A task that holds a running slot of its tenant: running, or reserved for a synchronous run.
-_RUNNING = "(state = 'RUNNING' OR (state = 'QUEUED' AND lease_owner IS NOT NULL))"
+# A task that holds a running slot of its tenant (a synchronous one is recorded RUNNING).
+_RUNNING = "state = 'RUNNING'"
 _UNCAPPED = 2**31 - 1
 
 # A task created claimed (``TaskStore._create_running``): unless the tenant already runs
@@ -211,22 +211,25 @@ class TaskStore:
             )
             row = await cur.fetchone()
             if row is None:
-                return await self._existing(conn, spec), False
+                existing = await self._existing(conn, spec)
+                assert existing is not None, "the insert conflicted on its key"
+                return existing, False
             task = rows.record(row)
             await rows.state_changed(conn, self._topics, task)
             await rows.queued(conn, self._topics, task)
         self.committed(task.id)
         return task, True
 
-    async def _existing(self, conn: Conn, spec: model.TaskSpec) -> model.TaskRecord:
-        """The task created before with ``spec``'s idempotency key (AlreadyExists when it
-        was for another input)."""
+    async def _existing(self, conn: Conn, spec: model.TaskSpec) -> model.TaskRecord | None:
+        """The task created before with ``spec``'s idempotency key, if any (AlreadyExists
+        when it was for another input)."""
         cur = await conn.execute(
             "SELECT * FROM tasks WHERE tenant = %s AND agent = %s AND idempotency_key = %s",
             (spec.tenant, spec.agent, spec.idempotency_key),
         )
         existing = await cur.fetchone()
-        assert existing is not None
+        if existing is None:
+            return None
         if existing["input"] != spec.input:
             raise errors.AlreadyExists(
                 f"idempotency key '{spec.idempotency_key}' was used for another input; "
@@ -262,13 +265,9 @@ class TaskStore:
             if row["id"] is None and spec.idempotency_key:
                 # Nothing was written: an earlier task has the key, or the tenant is full.
                 async with conn.transaction():
-                    cur = await conn.execute(
-                        "SELECT 1 FROM tasks WHERE tenant = %s AND agent = %s"
-                        " AND idempotency_key = %s",
-                        (spec.tenant, spec.agent, spec.idempotency_key),
-                    )
-                    if await cur.fetchone() is not None:
-                        return await self._existing(conn, spec), False
+                    existing = await self._existing(conn, spec)
+                if existing is not None:
+                    return existing, False
         if row["id"] is None:
             raise errors.ResourceExhausted(
                 f"tenant '{spec.tenant}' already runs {row['running_before']} tasks, its "
@@ -352,7 +351,7 @@ class TaskStore:
             " started_at = coalesce(started_at, now()), output = '',"
             " last_seq = last_seq + 1"
             " WHERE id = %(id)s AND state = 'QUEUED'"
-            " AND (lease_owner IS NULL OR lease_owner = %(worker_id)s)"
+            " AND lease_owner IS NULL"
             " AND NOT cancel_requested AND deadline > now() RETURNING *",
             {"id": task_id, "worker_id": worker_id, "lease": self._lease},
         )
