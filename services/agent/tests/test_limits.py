@@ -226,10 +226,19 @@ async def test_a_tenant_at_its_limit_is_refused_while_another_runs_and_leaving_f
 
 
 async def test_simultaneous_starts_of_a_tenant_never_pass_its_limit_and_keys_still_find_tasks(
-    stub: Stub, service: Any
+    new_service: Callable[..., Any],
 ) -> None:
     """The limit is counted under the tenant's lock, in the statement that records the
-    task: starts that race are admitted up to the limit, never past it."""
+    task: starts that race are admitted up to the limit, never past it. (A replica of
+    its own, running nothing else: its own limit refuses nothing here.)"""
+    async with (
+        new_service(max_running_per_tenant=CAP, max_concurrent_tasks=16) as service,
+        testing.channel(service.address) as channel,
+    ):
+        await _race_a_full_tenant(agent_pb2_grpc.AgentServiceStub(channel), service)
+
+
+async def _race_a_full_tenant(stub: Stub, service: Any) -> None:
     dsn = service.cfg.postgres_dsn.get_secret_value()
     tenant = _tenant()
     await register(stub, tenant, service.executor.address)
