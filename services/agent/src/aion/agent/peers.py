@@ -117,13 +117,17 @@ class Peers:
             guard = self.breakers[address]
             guard.attempt()
             started = False
+            call = stub.Generate(request, timeout=deadline - loop.time(), metadata=metadata)
             try:
-                with self.board.calling(address), errors.remote("executor"):
-                    async for chunk in stub.Generate(
-                        request, timeout=deadline - loop.time(), metadata=metadata
-                    ):
-                        started = True
-                        yield chunk
+                try:
+                    with self.board.calling(address), errors.remote("executor"):
+                        async for chunk in call:
+                            started = True
+                            yield chunk
+                finally:
+                    # Closed before its end (the run stopped while it handled a chunk):
+                    # the executor stops generating now, not when this call is collected.
+                    call.cancel()
                 guard.success()
                 return
             except (errors.Unavailable, errors.ResourceExhausted) as exc:
