@@ -44,8 +44,21 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
         self.hanging = asyncio.Event()
         self.release = asyncio.Event()
         self.address = ""
+        self.streaming = 0  # Generate calls under way (a cancelled one ends)
 
     async def Generate(
+        self,
+        request: executor_pb2.GenerateRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[executor_pb2.GenerateChunk]:
+        self.streaming += 1
+        try:
+            async for chunk in self._generate(request, context):
+                yield chunk
+        finally:
+            self.streaming -= 1
+
+    async def _generate(
         self,
         request: executor_pb2.GenerateRequest,
         context: grpc.aio.ServicerContext[Any, Any],

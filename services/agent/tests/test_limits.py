@@ -273,6 +273,84 @@ async def _race_a_full_tenant(stub: Stub, service: Any) -> None:
     await until(canceled, "the admitted tasks to end CANCELED once their callers left")
 
 
+async def test_a_run_calls_its_model_while_its_task_is_recorded_and_a_refused_one_leaves_nothing(
+    new_service: Callable[..., Any],
+) -> None:
+    """A synchronous task's model call starts while its task is recorded (held here by
+    the tenant's lock, which recording takes): the caller gets nothing until the record
+    commits, then the whole stream. A start the record refuses (the tenant full) ends
+    RESOURCE_EXHAUSTED with nothing recorded and its model call cancelled; the tenant's
+    next starts wait for their record before calling the model."""
+    async with (
+        new_service(max_running_per_tenant=CAP, max_concurrent_tasks=16) as service,
+        testing.channel(service.address) as channel,
+    ):
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        executor = service.executor
+        dsn = service.cfg.postgres_dsn.get_secret_value()
+        tenant = _tenant()
+        await register(stub, tenant, executor.address)
+
+        async def recording_held(text: str) -> tuple[Any, Any]:
+            """A Run of ``text`` started while the tenant's lock is held elsewhere: its
+            stream, and its first event's read, once its model call came in."""
+            before = len(executor.requests)
+            async with await psycopg.AsyncConnection.connect(dsn) as lock:
+                await lock.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"aion.tenant:{tenant}",)
+                )
+                stream = stub.Run(run(tenant, text), timeout=60)
+                first = asyncio.ensure_future(anext(aiter(stream)))
+
+                async def called() -> bool:
+                    return len(executor.requests) > before
+
+                await until(called, "the model call, while the task is being recorded")
+                await asyncio.sleep(0.2)
+                assert not first.done(), "the caller got an event before the task was recorded"
+                assert len(await states(dsn, tenant)) == known, "recorded under the lock"
+            return stream, first
+
+        known = 0
+        stream, first = await recording_held("early words")
+        events = [await first, *[e async for e in stream]]
+        kinds = [e.WhichOneof("event") for e in events]
+        assert kinds == ["started", "token", "token", "partial", "done"], kinds
+        assert events[-1].done.result.output == "early words "
+        assert {e.task_id for e in events} == set(await states(dsn, tenant))
+
+        # The tenant full: a start the record refuses.
+        done = set(await states(dsn, tenant))
+        hanging = [stub.Run(run(tenant, "hang"), timeout=60) for _ in range(CAP)]
+        try:
+            for s in hanging:
+                assert (await anext(aiter(s))).WhichOneof("event") == "started"
+            known = len(done) + CAP
+            stream, first = await recording_held("hang")
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await first
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            recorded = await states(dsn, tenant)
+            assert sorted(v for k, v in recorded.items() if k not in done) == ["RUNNING"] * CAP
+
+            async def cancelled() -> bool:
+                return bool(executor.streaming == CAP)
+
+            await until(
+                cancelled,
+                f"the refused start's model call to be cancelled ({executor.streaming} calls)",
+            )
+            # Refused a moment ago: the next start is recorded (refused) before any call.
+            before = len(executor.requests)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Submit(run(tenant, "hang"), timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(executor.requests) == before
+        finally:
+            for s in hanging:
+                s.cancel()
+
+
 async def test_a_caller_given_an_existing_task_does_not_cancel_it_by_leaving(
     stub: Stub, service: Any
 ) -> None:

@@ -96,6 +96,9 @@ class RecordingSink:
     async def cite(self, citations: Sequence[model.Citation]) -> None:
         self.cited.append(list(citations))
 
+    async def recorded(self) -> None:
+        pass
+
     async def partial(self, text: str, step: int) -> None:
         self.partials.append((text, step))
 

@@ -129,6 +129,11 @@ class Sink(Protocol):
         that order; a passage cited again is kept once (``model.cited``)."""
         ...
 
+    async def recorded(self) -> None:
+        """Wait until the run's task is recorded (a run may start while it is): before
+        the loop writes anything of its own (who served a call)."""
+        ...
+
 
 @dataclasses.dataclass
 class _Quiet:
@@ -153,6 +158,9 @@ class _Quiet:
 
     async def cite(self, citations: Sequence[model.Citation]) -> None:
         await self.caller.cite(citations)
+
+    async def recorded(self) -> None:
+        await self.caller.recorded()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -417,6 +425,7 @@ class AgentLoop:
                     if i == len(backends) - 1 or got.text:
                         raise
             if self._planner is not None:
+                await sink.recorded()
                 await self._planner.served(
                     req.task_id, plan, by=served_by, model_name=backend.model_name(call)
                 )

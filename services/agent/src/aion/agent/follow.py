@@ -6,8 +6,8 @@ Three ways an event reaches a follower, fastest first:
   is made (``publish``), before it is stored (the run stores events in batches,
   ``run_log``);
 - **notified**: events stored by any replica wake the followers of their task here:
-  every event insert NOTIFYs ``db.TASK_EVENTS_CHANNEL`` and ``listen`` turns each notification
-  into a ``changed``;
+  every event insert NOTIFYs ``db.TASK_EVENTS_CHANNEL`` and the replica's ``db.Listener``
+  turns each notification into a ``changed`` (``TaskStore.listener``);
 - **polled**: as a safety net (a notification lost while the listener reconnects), a
   follower that heard nothing for ``poll_s`` reads again.
 
@@ -21,14 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import psycopg
-
-from aion.agent import db, model
-
-log = logging.getLogger(__name__)
+from aion.agent import model
 
 Read = Callable[[str, int], Awaitable[list[model.Event]]]
 
@@ -139,24 +134,3 @@ class Followers:
                 self._rewinds.pop(task_id, None)
                 if self._ended.pop(task_id, None) is not None:
                     self._live.pop(task_id, None)
-
-
-async def listen(conninfo: str, followers: Followers, *, retry_s: float = 1.0) -> None:
-    """Wake ``followers`` on every task-events notification, until cancelled; on a
-    dedicated connection, reconnecting (and waking everyone) after a failure."""
-    failing = False
-    while True:
-        try:
-            async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
-                await conn.execute(f"LISTEN {db.TASK_EVENTS_CHANNEL}")
-                if failing:
-                    log.info("listening for task events again")
-                failing = False
-                followers.changed_all()  # anything stored while not listening
-                async for note in conn.notifies():
-                    followers.changed(note.payload)
-        except psycopg.Error as exc:
-            if not failing:
-                log.warning("cannot listen for task events (followers poll): %s", exc)
-            failing = True
-        await asyncio.sleep(retry_s)

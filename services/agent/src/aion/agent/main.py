@@ -76,11 +76,12 @@ async def run(
     topics = await startup.prepare(cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(_pool(cfg))
-        agents = await _registry(cfg, pool)
         publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
         tasks = store.TaskStore(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
         )
+        agents = registry.CachedRegistry(await _registry(cfg, pool))
+        agents.listen(tasks.listener)
         board = load.LoadBoard(stale_s=cfg.load_stale_s)
         if on_board is not None:
             on_board(board)
@@ -142,7 +143,7 @@ async def _agent_loop(
     material: tls.Tls,
     stack: contextlib.AsyncExitStack,
     pool: db.Pool,
-    agents: registry.PostgresRegistry,
+    agents: registry.AgentRegistry,
     board: load.LoadBoard,
     rule: breaker.Rule,
 ) -> agent_loop.AgentLoop:

@@ -1,15 +1,17 @@
 """The agent registry: who may be called, with what model, and where it runs.
 
 ``AgentRegistry`` is the seam; ``PostgresRegistry`` keeps agents in the
-``agents`` table. ``parse_manifest`` reads Agent resources (the CRD's YAML,
-``aion.dev/v1alpha1``, validated by ``aion.core.agentspec`` as the operator
-validates them) so a machine without a cluster registers agents the way the
+``agents`` table, and ``CachedRegistry`` keeps the ones tasks look up in memory,
+dropping each as Postgres announces its change. ``parse_manifest`` reads Agent
+resources (the CRD's YAML, ``aion.dev/v1alpha1``, validated by ``aion.core.agentspec``
+as the operator validates them) so a machine without a cluster registers agents the way the
 operator does (``aionctl apply -f``, or a file read at start).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,6 +259,97 @@ class PostgresRegistry:
             f"agent '{name}' was registered {_owner_words(str(row['owner']))}, not "
             f"{_owner_words(owner).removeprefix('by ')}; nothing was deregistered"
         )
+
+
+class CachedRegistry:
+    """``PostgresRegistry`` with the agents tasks look up (``get``) kept in memory, so
+    that a task costs no registry round trip. Every change of an agent, by any replica
+    or by hand, NOTIFYs ``db.AGENTS_CHANNEL`` when it commits (migration 0009's trigger),
+    and this replica drops the agent when it hears it (``changed``): a change is seen
+    here as soon as its notification arrives, and at once when made here. Nothing is
+    kept while notifications cannot be heard (``live``): then every lookup reads."""
+
+    def __init__(self, stored: PostgresRegistry, *, max_kept: int = 4096) -> None:
+        self._stored = stored
+        self._max = max_kept
+        self._kept: dict[tuple[str, str], model.AgentRecord] = {}
+        # Counts the drops: a read that raced one (it may have read the old row) is
+        # not kept.
+        self._drops = 0
+        self._live = False
+
+    def listen(self, listener: db.Listener) -> None:
+        """Hear agents' changes on ``listener`` (the replica's notification connection)."""
+        listener.on(db.AGENTS_CHANNEL, self.changed, on_connect=self.heard, on_lost=self.lost)
+
+    def changed(self, payload: str) -> None:
+        """The agent ``payload`` names (``[tenant, name]``) changed: drop it."""
+        try:
+            tenant, name = json.loads(payload)
+        except (ValueError, TypeError):
+            log.warning("agent change notification not understood: %r", payload[:200])
+            self._drop()  # whichever it was
+            return
+        self._drop((str(tenant), str(name)))
+
+    def heard(self) -> None:
+        """Notifications come (again): keep records from now on; what was kept before
+        may have changed unheard."""
+        self._drop()
+        self._live = True
+
+    def lost(self) -> None:
+        """Notifications stopped: keep nothing until they come again."""
+        self._live = False
+        self._drop()
+
+    def _drop(self, *keys: tuple[str, str]) -> None:
+        """Drop these agents (all without ``keys``); a read in flight is not kept."""
+        if keys:
+            for key in keys:
+                self._kept.pop(key, None)
+        else:
+            self._kept.clear()
+        self._drops += 1
+
+    async def get(self, tenant: str, name: str) -> model.AgentRecord:
+        """The agent (kept, else read), or NotFound naming it."""
+        key = (tenant, name)
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept
+        drops = self._drops
+        agent = await self._stored.get(tenant, name)
+        if self._live and drops == self._drops:
+            if len(self._kept) >= self._max:
+                del self._kept[next(iter(self._kept))]  # the longest kept
+            self._kept[key] = agent
+        return agent
+
+    async def put(self, agent: model.AgentRecord) -> model.AgentRecord:
+        """``PostgresRegistry.put``, seen here at once."""
+        try:
+            return await self._stored.put(agent)
+        finally:
+            self._drop((agent.tenant, agent.name))
+
+    async def put_all(self, agents: Sequence[model.AgentRecord]) -> list[model.AgentRecord]:
+        """``PostgresRegistry.put_all``, seen here at once."""
+        try:
+            return await self._stored.put_all(agents)
+        finally:
+            self._drop(*[(a.tenant, a.name) for a in agents])
+
+    async def list(self, tenant: str) -> list[model.AgentRecord]:
+        """``PostgresRegistry.list`` (always read)."""
+        return await self._stored.list(tenant)
+
+    async def delete(self, tenant: str, name: str, *, owner: str) -> bool:
+        """``PostgresRegistry.delete``, seen here at once."""
+        try:
+            return await self._stored.delete(tenant, name, owner=owner)
+        finally:
+            self._drop((tenant, name))
 
 
 MAX_MANIFEST_BYTES = 256 * 1024

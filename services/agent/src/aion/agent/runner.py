@@ -32,6 +32,10 @@ tracer = trace.get_tracer(__name__)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]]
 
+# How long a refused start (its tenant at its limit) keeps the tenant's next starts from
+# beginning their model calls before they are recorded (``Runner.start``).
+REFUSALS_KEPT_S = 2.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
@@ -49,18 +53,30 @@ class Limits:
 
 
 class _Sink:
-    """A run's sink: tokens, partials, steps and citations go to its ``RunLog``."""
+    """A run's sink: tokens, partials, steps and citations go to its ``RunLog``, once
+    its task is recorded (``recorded``, of a run started while it was: ``Runner.start``)."""
 
-    def __init__(self, events: run_log.RunLog) -> None:
+    def __init__(
+        self, events: run_log.RunLog, recorded: asyncio.Future[bool] | None = None
+    ) -> None:
         self._log = events
+        self._recorded = recorded
+
+    async def recorded(self) -> None:
+        if self._recorded is not None and not self._recorded.done():
+            # Shielded: the run's cancellation must not cancel what others wait for.
+            await asyncio.shield(self._recorded)
 
     async def token(self, text: str) -> None:
+        await self.recorded()
         await self._log.add(model.EventKind.TOKEN, text=text)
 
     async def partial(self, text: str, step: int) -> None:
+        await self.recorded()
         await self._log.add(model.EventKind.PARTIAL, text=text, step=step)
 
     async def step(self, rec: model.StepRecord) -> None:
+        await self.recorded()
         await self._log.step(rec)
 
     async def cite(self, citations: Sequence[model.Citation]) -> None:
@@ -90,6 +106,8 @@ class Runner:
         self._why: dict[str, str] = {}  # task id -> why its run was stopped
         # sync task id -> what start gave its caller
         self._started: dict[str, model.TaskRecord] = {}
+        self._recording: set[str] = set()  # sync task ids whose runs started unrecorded
+        self._refused: dict[str, float] = {}  # tenant -> when a start was last refused
         self._room = asyncio.Condition()
         self._ready = asyncio.Event()  # set when a queued task may be ready to claim
 
@@ -139,28 +157,82 @@ class Runner:
         """Record the task; run it here (synchronous) or queue it for a worker (async).
         A synchronous task gets the admission a queued one waits for: when this replica
         runs its limit of tasks, or the tenant runs its limit, it is refused with
-        RESOURCE_EXHAUSTED (and RetryInfo) and nothing is recorded."""
+        RESOURCE_EXHAUSTED (and RetryInfo) and nothing is recorded.
+
+        A synchronous task's run starts while the task is recorded, so that its model
+        call is under way by the time the record commits: the run hands nothing out,
+        writes nothing and calls no tool before that (``_Sink``, ``_end``), and is
+        stopped without a trace when the task is not recorded (refused, or an earlier
+        task has its idempotency key)."""
         self.validate(spec)
         agent = await self._agents.get(spec.tenant, spec.agent)
-        worker_id = None if spec.asynchronous else self.worker_id
-        if worker_id is not None and len(self._running) >= self._limits.max_concurrent:
+        if spec.asynchronous:
+            new = self._tasks.new_task(spec, decision=decision, model_name=agent.model)
+            task, _ = await self._tasks.create(new, max_attempts=self._limits.max_attempts)
+            return task
+        if len(self._running) >= self._limits.max_concurrent:
             raise errors.ResourceExhausted(
                 f"this agent service replica runs {len(self._running)} tasks, its limit; retry "
                 "shortly, or submit asynchronously to queue",
                 retry_after_s=1.0,
             )
-        task, created = await self._tasks.create(
-            spec,
-            decision=decision,
-            model_name=agent.model,
-            worker_id=worker_id,
-            max_attempts=self._limits.max_attempts,
-            tenant_cap=self._limits.max_running_per_tenant,
+        new = self._tasks.new_task(
+            spec, decision=decision, model_name=agent.model, worker_id=self.worker_id
         )
-        if created and worker_id is not None:  # claimed as it was created
-            self._launch(task, agent)
+        if not self._may_run_unrecorded(spec):
+            task, created = await self._create_claimed(new)
+            if created:
+                self._launch(task, agent)
+                self._started[task.id] = task
+            return task
+        recorded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._recording.add(new.id)
+        self._launch(new, agent, recorded)
+        creating = asyncio.ensure_future(self._create_claimed(new))
+
+        def settled(done: asyncio.Future[tuple[model.TaskRecord, bool]]) -> None:
+            self._recording.discard(new.id)
+            ok = not done.cancelled() and done.exception() is None and done.result()[1]
+            recorded.set_result(ok)
+            if not ok:
+                self._stop(new.id, "unrecorded")
+
+        creating.add_done_callback(settled)
+        try:
+            # Shielded: the task is recorded, or not, whether its caller waits or not.
+            task, created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            self._stop(new.id, "cancel")  # the caller left: CANCELED, if it was recorded
+            raise
+        if created and task.id in self._running:
             self._started[task.id] = task
         return task
+
+    def _may_run_unrecorded(self, spec: model.TaskSpec) -> bool:
+        """Whether ``spec``'s run may start while it is recorded: not when its recording
+        may well find an earlier task (its idempotency key: a retry) or be refused (its
+        tenant was refused here within the last ``REFUSALS_KEPT_S``), so that neither
+        costs the executor a model call begun for nothing."""
+        if spec.idempotency_key:
+            return False
+        refused = self._refused.get(spec.tenant)
+        return refused is None or time.monotonic() - refused > REFUSALS_KEPT_S
+
+    async def _create_claimed(self, new: model.TaskRecord) -> tuple[model.TaskRecord, bool]:
+        try:
+            return await self._tasks.create(
+                new,
+                max_attempts=self._limits.max_attempts,
+                tenant_cap=self._limits.max_running_per_tenant,
+            )
+        except errors.ResourceExhausted:
+            now = time.monotonic()
+            if len(self._refused) > 4096:  # the tenants refused long ago go
+                self._refused = {
+                    t: at for t, at in self._refused.items() if now - at <= REFUSALS_KEPT_S
+                }
+            self._refused[new.spec.tenant] = now
+            raise
 
     async def wait_for_room(self) -> None:
         """Wait until this replica runs fewer tasks than its limit (the worker's gate)."""
@@ -222,8 +294,13 @@ class Runner:
             return
         self._launch(task, agent)
 
-    def _launch(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
-        self._running[task.id] = self._spawn(self._traced(task, agent))
+    def _launch(
+        self,
+        task: model.TaskRecord,
+        agent: model.AgentRecord,
+        recorded: asyncio.Future[bool] | None = None,
+    ) -> None:
+        self._running[task.id] = self._spawn(self._traced(task, agent, recorded))
 
     # -- stopping -------------------------------------------------------------------
     def _stop(self, task_id: str, why: str) -> bool:
@@ -279,7 +356,12 @@ class Runner:
         return list(self._running)
 
     # -- running --------------------------------------------------------------------
-    async def _traced(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
+    async def _traced(
+        self,
+        task: model.TaskRecord,
+        agent: model.AgentRecord,
+        recorded: asyncio.Future[bool] | None,
+    ) -> None:
         """Run the task in a span of its own trace (a child of the span that made it ready:
         the work topic's consumer, or the call that started it), for its tenant."""
         parent = propagate.extract(task.trace_context) if task.trace_context else None
@@ -295,9 +377,14 @@ class Runner:
             },
         ):
             telemetry.bind_tenant(task.spec.tenant)
-            await self._run(task, agent)
+            await self._run(task, agent, recorded)
 
-    async def _run(self, task: model.TaskRecord, agent: model.AgentRecord) -> None:
+    async def _run(
+        self,
+        task: model.TaskRecord,
+        agent: model.AgentRecord,
+        recorded: asyncio.Future[bool] | None,
+    ) -> None:
         started = time.perf_counter()
         output = ""
         # A task naming no max_tokens gets its agent's, within the service's limit (L9).
@@ -321,7 +408,7 @@ class Runner:
         events = run_log.RunLog(self._tasks, task)
         try:
             async with asyncio.timeout(task.remaining_s):
-                output = await self._agent_loop.run(agent, req, _Sink(events))
+                output = await self._agent_loop.run(agent, req, _Sink(events, recorded))
             status = model.Status.OK
         except TimeoutError:
             status = model.Status.TIMEOUT
@@ -358,7 +445,8 @@ class Runner:
         if status is model.Status.OK:
             events.output = output
         try:
-            await self._end(task, events, status, error, latency_ms=latency, why=why)
+            if recorded is None or await asyncio.shield(recorded):
+                await self._end(task, events, status, error, latency_ms=latency, why=why)
         finally:
             await events.close()
 
@@ -405,7 +493,11 @@ class Runner:
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self._limits.heartbeat_s)
-            ids = [tid for tid, t in self._running.items() if not t.done()]
+            ids = [
+                tid
+                for tid, t in self._running.items()
+                if not t.done() and tid not in self._recording
+            ]
             if not ids:
                 last_ok = time.monotonic()
                 continue

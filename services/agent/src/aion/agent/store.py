@@ -145,27 +145,58 @@ class TaskStore:
         self._lease = datetime.timedelta(seconds=lease_s)
         self._on_commit = on_commit
         self._followers = follow.Followers(self.events_after)
+        # This replica's notification connection: stored events wake followers here;
+        # others (the agent registry's cache) hear their channels on it too.
+        self.listener = db.Listener()
+        self.listener.on(
+            db.TASK_EVENTS_CHANNEL,
+            self._followers.changed,
+            on_connect=self._followers.changed_all,
+        )
 
     def _changed(self, task_id: str) -> None:
         self._followers.changed(task_id)
 
     # -- creating and claiming ----------------------------------------------------
-    async def create(
+    def new_task(
         self,
         spec: model.TaskSpec,
         *,
         decision: model.Decision,
         model_name: str,
-        worker_id: str | None,
-        max_attempts: int,
-        tenant_cap: int | None = None,
+        worker_id: str | None = None,
+    ) -> model.TaskRecord:
+        """A new task as ``create`` will store it: QUEUED, or with ``worker_id`` claimed by
+        that worker as it is created (RUNNING, attempt 1, its ``started`` event first),
+        its deadline counted from now; its trace is the current one."""
+        task = model.TaskRecord(
+            id=str(uuid.uuid4()),
+            spec=spec,
+            decision=decision,
+            model_name=model_name,
+            trace_context=events.trace_headers(),
+        )
+        if worker_id is None:
+            return task
+        return dataclasses.replace(
+            task,
+            status=model.Status.RUNNING,
+            attempts=1,
+            worker_id=worker_id,
+            seq=1,
+            deadline=datetime.datetime.now(datetime.UTC)
+            + datetime.timedelta(seconds=spec.timeout_s),
+        )
+
+    async def create(
+        self, task: model.TaskRecord, *, max_attempts: int, tenant_cap: int | None = None
     ) -> tuple[model.TaskRecord, bool]:
-        """A new task, or the existing one for the same idempotency key (then False).
-        With ``worker_id`` it is claimed by that worker in the same transaction (RUNNING,
-        its STARTED event written); else it is QUEUED and published to the work topic.
-        With ``tenant_cap``, a claimed task is refused (ResourceExhausted, nothing
-        written) when the tenant already runs that many tasks."""
-        trace = events.trace_headers()
+        """Store ``task`` (``new_task``'s), or find the existing one for the same
+        idempotency key (then False). A claimed task is stored RUNNING with its STARTED
+        event; else it is QUEUED and published to the work topic. With ``tenant_cap``, a
+        claimed task is refused (ResourceExhausted, nothing written) when the tenant
+        already runs that many tasks."""
+        spec = task.spec
         options = {
             "max_tokens": spec.max_tokens,
             "temperature": spec.temperature,
@@ -175,30 +206,23 @@ class TaskStore:
             "sla_ms": spec.sla_ms,
         }
         params = {
-            "id": uuid.uuid4(),
+            "id": uuid.UUID(task.id),
             "tenant": spec.tenant,
             "agent": spec.agent,
             "input": spec.input,
             "key": spec.idempotency_key or None,
             "options": pg_json.Jsonb(options),
-            "decision": pg_json.Jsonb(dataclasses.asdict(decision)),
-            "model": model_name,
+            "decision": pg_json.Jsonb(dataclasses.asdict(task.decision)),
+            "model": task.model_name,
             "asynchronous": spec.asynchronous,
             "max_attempts": max_attempts,
-            "worker_id": worker_id,
+            "worker_id": task.worker_id,
             "lease": self._lease,
             "timeout": datetime.timedelta(seconds=spec.timeout_s),
-            "trace": pg_json.Jsonb(trace),
+            "trace": pg_json.Jsonb(task.trace_context),
         }
-        if worker_id is not None:
-            queued = model.TaskRecord(
-                id=str(params["id"]),
-                spec=spec,
-                decision=decision,
-                model_name=model_name,
-                trace_context=trace,
-            )
-            return await self._create_running(queued, params, tenant_cap=tenant_cap)
+        if task.worker_id is not None:
+            return await self._create_running(task, params, tenant_cap=tenant_cap)
         async with self._pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "INSERT INTO tasks (id, tenant, agent, input, idempotency_key, options, decision,"
@@ -238,15 +262,14 @@ class TaskStore:
         return rows.record(existing)
 
     async def _create_running(
-        self, queued: model.TaskRecord, params: dict[str, Any], *, tenant_cap: int | None
+        self, running: model.TaskRecord, params: dict[str, Any], *, tenant_cap: int | None
     ) -> tuple[model.TaskRecord, bool]:
-        """``create`` of a task claimed by ``params["worker_id"]`` (``queued``: the new task
-        as it would be queued), in one round trip: one statement after the tenant's lock
-        (``_CREATE_RUNNING``), so that the lock is held for Postgres's time alone, never
-        while this process is busy elsewhere."""
-        spec = queued.spec
-        running = dataclasses.replace(
-            queued, status=model.Status.RUNNING, attempts=1, worker_id=params["worker_id"]
+        """``create`` of a claimed task, in one round trip: one statement after the
+        tenant's lock (``_CREATE_RUNNING``), so that the lock is held for Postgres's time
+        alone, never while this process is busy elsewhere."""
+        spec = running.spec
+        queued = dataclasses.replace(
+            running, status=model.Status.QUEUED, attempts=0, worker_id=None, seq=0
         )
         # Announced as if it had been queued, then claimed.
         announced = [rows.state_event(self._topics, t) for t in (queued, running)]
@@ -572,7 +595,8 @@ class TaskStore:
         return self._followers
 
     async def listen(self) -> None:
-        """Wake this process's followers when any replica stores events, until cancelled."""
+        """Hear ``listener``'s channels (stored events wake this process's followers),
+        until cancelled."""
         conninfo = self._pool.conninfo
         assert isinstance(conninfo, str), "the pool is opened with a DSN (db.pool)"
-        await follow.listen(conninfo, self._followers)
+        await self.listener.run(conninfo)

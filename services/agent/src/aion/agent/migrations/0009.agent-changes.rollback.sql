@@ -1,0 +1,2 @@
+DROP TRIGGER agents_changed ON agents;
+DROP FUNCTION aion_agent_changed();
