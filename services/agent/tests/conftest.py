@@ -212,8 +212,23 @@ class Service:
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._task is not None:
-            await asyncio.wait_for(self._task, 30)
+        if self._task is None:
+            return
+        done, _ = await asyncio.wait([self._task], timeout=30)
+        if not done:  # say what it still waits for
+            stacks = [
+                f"{task.get_name()}: "
+                + " <- ".join(
+                    f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+                    for f in reversed(task.get_stack(limit=16))
+                )
+                for task in asyncio.all_tasks()
+            ]
+            self._task.cancel()
+            raise AssertionError(
+                "the agent service did not stop within 30 s; its tasks:\n" + "\n".join(stacks)
+            )
+        self._task.result()
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,10 @@ def _retrieved(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+# The longest a stopping publisher waits for its producer's sends in flight to be acked.
+STOP_S = 5.0
+
+
 class Publisher:
     """Moves outbox rows to Kafka until cancelled."""
 
@@ -273,12 +277,30 @@ class Publisher:
         await self._drop_producer()
 
     async def _drop_producer(self) -> None:
+        """Stop the producer, flushing what is in flight for at most ``STOP_S``: a send
+        that a broker keeps retrying (a partition without a leader) must not hold up a
+        shutdown. Rows whose sends were not acked stay in the outbox, for the next
+        publish (here or on another replica) to send again."""
         p, self._producer = self._producer, None
-        if p is not None:
-            try:
-                await p.stop()  # flushes: what is in flight is acked or fails
-            except Exception as exc:
-                log.debug("stopping the producer failed: %s", exc)
+        if p is None:
+            return
+        stopping = asyncio.ensure_future(p.stop())  # flushes: in flight is acked or fails
+        try:
+            done, _ = await asyncio.wait([stopping], timeout=STOP_S)
+        except asyncio.CancelledError:
+            stopping.cancel()
+            raise
+        if not done:
+            log.warning(
+                "outbox publisher: the producer did not flush within %.0fs; rows not acked"
+                " stay in the outbox",
+                STOP_S,
+            )
+            stopping.cancel()
+            with contextlib.suppress(Exception):
+                await p.client.close()
+        elif stopping.exception() is not None:
+            log.debug("stopping the producer failed: %s", stopping.exception())
 
     async def publish(self) -> int:
         """Publish until the outbox is empty, pipelined; returns how many rows were acked
