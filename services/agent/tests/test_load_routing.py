@@ -27,6 +27,7 @@ import pytest
 from aion.agent import load, load_testing
 from aion.agent import testing as agent_testing
 from aion.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from aion.api.events.v1 import events_pb2
 from aion.api.router.v1 import router_pb2
 from aion.api.v1 import agents_pb2, common_pb2, tasks_pb2
 from aion.executor import inference, validation
@@ -117,6 +118,29 @@ class Deployed:
     pods: list[load_testing.Pod]
     board: load.LoadBoard  # the service's own
     clock: agent_testing.Clock  # its circuit breakers' (the test moves it)
+    service: Any  # conftest's Service
+
+    async def announced(self, task_id: str, read_topic: Any) -> common_pb2.TaskResult:
+        """The result the task's final state change carried on the task-events topic
+        (``read_topic``: conftest's reader)."""
+
+        def final(records: list[Any]) -> events_pb2.TaskStateChanged | None:
+            for r in records:
+                env = events_pb2.Envelope.FromString(r.value)
+                data = events_pb2.TaskStateChanged()
+                if env.subject == task_id and env.data.Unpack(data) and data.HasField("result"):
+                    return data
+            return None
+
+        cfg = self.service.cfg
+        records = await read_topic(
+            cfg.kafka_bootstrap,
+            cfg.topic_prefix + "task.events",
+            until=lambda rs: final(rs) is not None,
+        )
+        got = final(records)
+        assert got is not None, f"no final state change of {task_id} on the topic"
+        return got.result
 
     async def reported(
         self, check: Callable[[load.Load], bool], pods: list[load_testing.Pod] | None = None
@@ -169,7 +193,7 @@ async def _deployed(
         agent_testing.channel(svc.address) as chan,
     ):
         assert svc.board is not None
-        yield Deployed(agent_pb2_grpc.AgentServiceStub(chan), running, svc.board, clock)
+        yield Deployed(agent_pb2_grpc.AgentServiceStub(chan), running, svc.board, clock, svc)
 
 
 async def _register(
@@ -242,7 +266,10 @@ async def test_the_busier_executor_gets_fewer_tasks(
 
 
 async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
-    new_service: Callable[..., Any], kafka: Any, real_provider: executor_testing.Executor
+    new_service: Callable[..., Any],
+    kafka: Any,
+    real_provider: executor_testing.Executor,
+    topic_reader: Any,
 ) -> None:
     async with _deployed(new_service, kafka, 2, provider=real_provider) as d:
         stub, pods = d.stub, d.pods
@@ -269,6 +296,8 @@ async def test_a_saturated_pool_spills_hybrid_tasks_while_local_only_ones_wait(
             assert f"queue threshold {THRESHOLD}" in spilled.engine.reason
             assert all(f"{p.address} queue {THRESHOLD}" in spilled.engine.reason for p in pods)
             assert spilled.engine.route == common_pb2.ROUTE_HYBRID
+            # Its end, announced on the task-events topic, names who served it too.
+            assert (await d.announced(spilled.task_id, topic_reader)).engine == spilled.engine
             assert [p.tasks for p in pods] == served  # no pod got it
             assert _sample("aion_agent_spills_total", chosen_by="load") == spills + 1
 

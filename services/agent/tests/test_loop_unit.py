@@ -472,6 +472,12 @@ class FakeTaskStore:
     def __init__(self) -> None:
         self.followers = follow.Followers(self._read)
 
+    def running_here(self, task: model.TaskRecord) -> None:
+        pass
+
+    def ran(self, task: model.TaskRecord) -> None:
+        pass
+
     async def _read(self, task_id: str, after: int) -> list[model.Event]:
         return []
 

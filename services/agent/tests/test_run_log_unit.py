@@ -25,6 +25,12 @@ class FakeStore:
         self.stored: list[model.Event] = []  # what a read returns (after ``after``)
         self.followers = follow.Followers(self._read)
 
+    def running_here(self, task: model.TaskRecord) -> None:
+        pass
+
+    def ran(self, task: model.TaskRecord) -> None:
+        pass
+
     async def _read(self, task_id: str, after: int) -> list[model.Event]:
         self.reads.append(after)
         return [e for e in self.stored if e.seq > after]

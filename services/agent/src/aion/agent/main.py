@@ -13,7 +13,6 @@ from aion.agent import (
     backends,
     breaker,
     db,
-    engine_record,
     events,
     load,
     load_feed,
@@ -88,7 +87,7 @@ async def run(
         rule = breaker.Rule(
             failures=cfg.breaker_failures, open_s=cfg.breaker_open_s, clock=breaker_clock
         )
-        loop = await _agent_loop(cfg, material, stack, pool, agents, board, rule)
+        loop = await _agent_loop(cfg, material, stack, tasks, agents, board, rule)
         task_runner = runner.Runner(
             tasks=tasks, agents=agents, loop=loop, worker_id=cfg.worker_id, limits=_limits(cfg)
         )
@@ -142,7 +141,7 @@ async def _agent_loop(
     cfg: agent_settings.AgentSettings,
     material: tls.Tls,
     stack: contextlib.AsyncExitStack,
-    pool: db.Pool,
+    tasks: store.TaskStore,
     agents: registry.AgentRegistry,
     board: load.LoadBoard,
     rule: breaker.Rule,
@@ -180,7 +179,7 @@ async def _agent_loop(
             clients=clients,
             api=api,
             queue_threshold=cfg.spill_queue_threshold,
-            record=engine_record.EngineRecorder(pool),
+            record=tasks.record_engine,
         ),
     )
 

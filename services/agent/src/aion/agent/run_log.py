@@ -61,6 +61,7 @@ class RunLog:
         self._flushing: set[asyncio.Task[None]] = set()  # timers, held until they end
         self._failed: BaseException | None = None
         self._closed = False  # the followers were told the run ended
+        tasks.running_here(task)
 
     async def add(self, kind: model.EventKind, *, text: str = "", step: int = 0) -> None:
         """A token (appended to the output) or a partial (replacing it)."""
@@ -163,6 +164,7 @@ class RunLog:
         """The run stopped: nothing more is handed out. Followers here that got events
         never stored are rewound to the last stored one."""
         self._stop_timer()
+        self._tasks.ran(self._task)
         async with self._lock:  # a flush in flight lands (or fails) first
             if not self._closed:
                 self._followers.end(self._task.id, stored=self._stored)

@@ -193,6 +193,11 @@ class Runner:
         def settled(done: asyncio.Future[tuple[model.TaskRecord, bool]]) -> None:
             self._recording.discard(new.id)
             ok = not done.cancelled() and done.exception() is None and done.result()[1]
+            if ok:  # what the record got from Postgres, for the run's end to announce
+                new.created_at, new.deadline = (
+                    done.result()[0].created_at,
+                    done.result()[0].deadline,
+                )
             recorded.set_result(ok)
             if not ok:
                 self._stop(new.id, "unrecorded")

@@ -98,28 +98,106 @@ def _used(task: model.TaskRecord, steps: Sequence[model.StepRecord]) -> None:
         )
 
 
-async def _add_step(conn: Conn, task: model.TaskRecord, rec: model.StepRecord) -> None:
-    await conn.execute(
-        "INSERT INTO task_steps (task_id, attempt, step, kind, name, worker, input,"
-        " output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (
-            task.id,
-            task.attempts,
-            rec.step,
-            rec.kind,
-            rec.name,
-            task.worker_id,
-            pg_json.Jsonb(rec.input),
-            rec.output,
-            rec.error,
-            rec.prompt_tokens,
-            rec.completion_tokens,
-            rec.cost_usd,
-            rec.latency_ms,
-            rec.model_ms,
-        ),
+def _run_write(set_columns: str, *, ends: bool) -> str:
+    """A run's write (``TaskStore.write``, ``TaskStore.finish``) as one statement, so that
+    it costs one round trip: the task's row updated (``set_columns``), fenced by the
+    run's attempt and worker; only when it was, the run's events (and the final one,
+    ``%(final)s``, numbered ``last_seq``), its steps and (``ends``) the outbox row of its
+    new state are added, and followers on every replica are notified. Returns the
+    updated row; none when the run no longer holds the task."""
+    return (
+        "WITH t AS (UPDATE tasks SET " + set_columns + " WHERE id = %(id)s AND"
+        " attempts = %(attempt)s AND lease_owner = %(worker)s AND state = 'RUNNING'"
+        " RETURNING *),"
+        " logged AS (INSERT INTO task_events (task_id, seq, attempt, kind, text, step)"
+        " SELECT t.id, e.seq, t.attempts, e.kind, e.text, e.step FROM t, unnest("
+        "%(ev_seq)s::integer[], %(ev_kind)s::text[], %(ev_text)s::text[],"
+        " %(ev_step)s::integer[]) AS e(seq, kind, text, step)"
+        " UNION ALL SELECT t.id, t.last_seq, t.attempts, %(final)s::text, '', 0 FROM t"
+        " WHERE %(final)s::text IS NOT NULL RETURNING 1),"
+        " stepped AS (INSERT INTO task_steps (task_id, attempt, step, kind, name, worker,"
+        " input, output, error, prompt_tokens, completion_tokens, cost_usd, latency_ms,"
+        " model_ms) SELECT t.id, t.attempts, s.step, s.kind, s.name, %(worker)s::text,"
+        " s.input, s.output, s.error, s.prompt_tokens, s.completion_tokens, s.cost_usd,"
+        " s.latency_ms, s.model_ms FROM t, unnest(%(st_step)s::integer[],"
+        " %(st_kind)s::text[], %(st_name)s::text[], %(st_input)s::jsonb[],"
+        " %(st_output)s::text[], %(st_error)s::text[], %(st_prompt)s::integer[],"
+        " %(st_completion)s::integer[], %(st_cost)s::float8[], %(st_latency)s::integer[],"
+        " %(st_model)s::integer[]) AS s(step, kind, name, input, output, error,"
+        " prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)),"
+        + (
+            " announced AS (" + outbox.INSERT_COLUMNS + " WHERE EXISTS (SELECT FROM t)"
+            " ORDER BY o.n),"
+            if ends
+            else ""
+        )
+        + " notified AS (SELECT pg_notify(%(channel)s, %(id)s::text)"
+        " FROM (SELECT 1 FROM logged LIMIT 1) AS one)"
+        " SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t"
     )
+
+
+# The task's usage grows by its stored steps'.
+_ADD_USAGE = (
+    "prompt_tokens = prompt_tokens + %(prompt)s,"
+    " completion_tokens = completion_tokens + %(completion)s, cost_usd = cost_usd + %(cost)s"
+)
+_WRITE = _run_write(
+    "last_seq = greatest(last_seq, %(seq)s), output = coalesce(%(output)s, output), " + _ADD_USAGE,
+    ends=False,
+)
+_FINISH = _run_write(
+    "state = %(state)s, output = %(output)s, error_code = %(code)s,"
+    " error_message = %(message)s, error_retriable = %(retriable)s,"
+    " latency_ms = %(latency)s, finished_at = %(finished_at)s, citations = %(citations)s,"
+    " lease_owner = NULL, lease_until = NULL, last_seq = greatest(last_seq, %(seq)s) + 1, "
+    + _ADD_USAGE,
+    ends=True,
+)
+
+
+def _logged(
+    task: model.TaskRecord,
+    logged: Sequence[model.Event],
+    steps: Sequence[model.StepRecord],
+    *,
+    final: model.EventKind | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``_run_write`` but its SET columns': the run's fence, events,
+    steps and usage."""
+    return {
+        "id": task.id,
+        "attempt": task.attempts,
+        "worker": task.worker_id,
+        "channel": db.TASK_EVENTS_CHANNEL,
+        "seq": logged[-1].seq if logged else 0,
+        "final": final.value if final is not None else None,
+        "ev_seq": [e.seq for e in logged],
+        "ev_kind": [e.kind.value for e in logged],
+        "ev_text": [e.text for e in logged],
+        "ev_step": [e.step for e in logged],
+        "st_step": [r.step for r in steps],
+        "st_kind": [r.kind for r in steps],
+        "st_name": [r.name for r in steps],
+        "st_input": [pg_json.Jsonb(r.input) for r in steps],
+        "st_output": [r.output for r in steps],
+        "st_error": [r.error for r in steps],
+        "st_prompt": [r.prompt_tokens for r in steps],
+        "st_completion": [r.completion_tokens for r in steps],
+        "st_cost": [r.cost_usd for r in steps],
+        "st_latency": [r.latency_ms for r in steps],
+        "st_model": [r.model_ms for r in steps],
+        **_usage(steps),
+    }
+
+
+async def _one_round_trip(pool: db.Pool, statement: str, params: dict[str, Any]) -> Any:
+    """Run ``statement`` in a transaction of its own, sent with its BEGIN and COMMIT in
+    one pipeline (one round trip); its first row, or None."""
+    async with pool.connection() as conn:
+        async with conn.pipeline(), conn.transaction():
+            cur = await conn.execute(statement, params)
+        return await cur.fetchone()
 
 
 def _parse_id(task_id: str) -> uuid.UUID:
@@ -145,6 +223,7 @@ class TaskStore:
         self._lease = datetime.timedelta(seconds=lease_s)
         self._on_commit = on_commit
         self._followers = follow.Followers(self.events_after)
+        self._runs: dict[str, model.TaskRecord] = {}  # task id -> its run's record here
         # This replica's notification connection: stored events wake followers here;
         # others (the agent registry's cache) hear their channels on it too.
         self.listener = db.Listener()
@@ -397,30 +476,10 @@ class TaskStore:
         steps: Sequence[model.StepRecord] = (),
     ) -> None:
         """Store events the run numbered (``run_log``), its output when given, and steps of
-        its loop with their usage, in one transaction."""
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "UPDATE tasks SET last_seq = greatest(last_seq, %(seq)s),"
-                " output = coalesce(%(output)s, output),"
-                " prompt_tokens = prompt_tokens + %(prompt)s,"
-                " completion_tokens = completion_tokens + %(completion)s,"
-                " cost_usd = cost_usd + %(cost)s"
-                " WHERE id = %(id)s AND attempts = %(attempt)s AND lease_owner = %(worker)s"
-                " AND state = 'RUNNING' RETURNING id",
-                {
-                    "seq": logged[-1].seq if logged else 0,
-                    "output": output,
-                    **_usage(steps),
-                    "id": task.id,
-                    "attempt": task.attempts,
-                    "worker": task.worker_id,
-                },
-            )
-            if await cur.fetchone() is None:
-                raise model.LeaseLost(task.id)
-            await rows.add_events(conn, task, logged)
-            for rec in steps:
-                await _add_step(conn, task, rec)
+        its loop with their usage, in one transaction (one statement)."""
+        params = {**_logged(task, logged, steps), "output": output}
+        if await _one_round_trip(self._pool, _WRITE, params) is None:
+            raise model.LeaseLost(task.id)
         _used(task, steps)
 
     async def finish(
@@ -438,46 +497,50 @@ class TaskStore:
         """End the current run with its final status and emit done or error; once only.
         ``logged`` and ``steps``: the run's events and steps not stored yet, stored in the
         same transaction; ``citations``: those of the passages the run used
-        (``run_log.RunLog.cite``)."""
+        (``run_log.RunLog.cite``). One statement (``_FINISH``): the outbox event of the
+        end is made here from ``task`` as the run holds it (its engine as served:
+        ``record_engine``), ended."""
         logged = logged or []
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "UPDATE tasks SET state = %(state)s, output = %(output)s,"
-                " error_code = %(code)s, error_message = %(message)s,"
-                " error_retriable = %(retriable)s, latency_ms = %(latency)s,"
-                " finished_at = now(), citations = %(citations)s,"
-                " lease_owner = NULL, lease_until = NULL,"
-                " prompt_tokens = prompt_tokens + %(prompt)s,"
-                " completion_tokens = completion_tokens + %(completion)s,"
-                " cost_usd = cost_usd + %(cost)s,"
-                " last_seq = greatest(last_seq, %(seq)s) + 1"
-                " WHERE id = %(id)s AND attempts = %(attempt)s AND lease_owner = %(worker)s"
-                " AND state = 'RUNNING' RETURNING *",
-                {
-                    "state": status.value,
-                    "output": output,
-                    "code": error.code if error else None,
-                    "message": error.message if error else None,
-                    "retriable": error.retriable if error else False,
-                    "latency": latency_ms,
-                    "citations": pg_json.Jsonb(rows.citations_to_json(citations)),
-                    **_usage(steps),
-                    "seq": logged[-1].seq if logged else 0,
-                    "id": task.id,
-                    "attempt": task.attempts,
-                    "worker": task.worker_id,
-                },
+        finished_at = datetime.datetime.now(datetime.UTC)
+        usage = model.Usage(
+            latency_ms=latency_ms,
+            prompt_tokens=task.usage.prompt_tokens,
+            completion_tokens=task.usage.completion_tokens,
+            cost_usd=task.usage.cost_usd,
+        )
+        for rec in steps:
+            usage.add(
+                prompt_tokens=rec.prompt_tokens,
+                completion_tokens=rec.completion_tokens,
+                cost_usd=rec.cost_usd,
             )
-            row = await cur.fetchone()
-            if row is None:
-                raise model.LeaseLost(task.id)
-            ended = rows.record(row)
-            kind = model.EventKind.DONE if status is model.Status.OK else model.EventKind.ERROR
-            final = model.Event(seq=row["last_seq"], kind=kind)
-            await rows.add_events(conn, ended, [*logged, final])
-            for rec in steps:
-                await _add_step(conn, task, rec)
-            await rows.state_changed(conn, self._topics, ended)
+        announced = dataclasses.replace(
+            task,
+            status=status,
+            output=output,
+            error=error,
+            worker_id=None,
+            usage=usage,
+            finished_at=finished_at,
+            citations=tuple(citations),
+        )
+        kind = model.EventKind.DONE if status is model.Status.OK else model.EventKind.ERROR
+        params = {
+            **_logged(task, logged, steps, final=kind),
+            **outbox.columns([rows.state_event(self._topics, announced)], trace=task.trace_context),
+            "state": status.value,
+            "output": output,
+            "code": error.code if error else None,
+            "message": error.message if error else None,
+            "retriable": error.retriable if error else False,
+            "latency": latency_ms,
+            "finished_at": finished_at,
+            "citations": pg_json.Jsonb(rows.citations_to_json(citations)),
+        }
+        row = await _one_round_trip(self._pool, _FINISH, params)
+        if row is None:
+            raise model.LeaseLost(task.id)
+        ended = rows.record(row)
         _used(task, steps)
         self._on_commit()
         self._changed(task.id)
@@ -485,6 +548,38 @@ class TaskStore:
         if ended.created_at is not None and ended.finished_at is not None:
             metrics.TASK_SECONDS.observe((ended.finished_at - ended.created_at).total_seconds())
         return ended
+
+    def running_here(self, task: model.TaskRecord) -> None:
+        """``task`` is the record of a run of this process until ``ran`` (``RunLog``):
+        ``record_engine`` keeps its engine as served."""
+        self._runs[task.id] = task
+
+    def ran(self, task: model.TaskRecord) -> None:
+        """The run of ``task`` here ended (``running_here``)."""
+        if self._runs.get(task.id) is task:
+            del self._runs[task.id]
+
+    async def record_engine(
+        self, task_id: str, *, chosen_by: str | None, reason: str | None, model: str
+    ) -> None:
+        """Record that ``model`` served the task, and (when given) that ``chosen_by``
+        chose it for ``reason`` (a ``placement.Recorder``): in its row at once, and in
+        its run's record here, whose end announces its engine. The route stays the
+        router's."""
+        why = {k: v for k, v in (("chosen_by", chosen_by), ("reason", reason)) if v is not None}
+        async with self._pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE tasks SET decision = decision || %s, model = %s WHERE id = %s",
+                (pg_json.Jsonb(why), model, task_id),
+            )
+        run = self._runs.get(task_id)
+        if run is not None:
+            run.decision = dataclasses.replace(
+                run.decision,
+                chosen_by=run.decision.chosen_by if chosen_by is None else chosen_by,
+                reason=run.decision.reason if reason is None else reason,
+            )
+            run.model_name = model
 
     async def release(self, task: model.TaskRecord) -> bool:
         """Give a running task back to the queue (this worker stops); False if not ours."""
