@@ -75,7 +75,12 @@ async def run(
     topics = await startup.prepare(cfg)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(_pool(cfg))
-        publisher = outbox.Publisher(pool=pool, bootstrap=cfg.kafka_bootstrap, security=cfg)
+        publisher = outbox.Publisher(
+            pool=pool,
+            bootstrap=cfg.kafka_bootstrap,
+            security=cfg,
+            linger_s=cfg.outbox_linger_s,
+        )
         tasks = store.TaskStore(
             pool=pool, topics=topics, lease_s=cfg.lease_s, on_commit=publisher.wake
         )

@@ -153,6 +153,7 @@ class Publisher:
         batch: int = 1000,
         depth: int = 4,
         poll_s: float = 0.2,
+        linger_s: float = 0.0,
         sample_s: float = 5.0,
         make_producer: Callable[[str, core_kafka.KafkaSettings | None], Any] = (kafka.producer),
         security: core_kafka.KafkaSettings | None = None,
@@ -162,6 +163,7 @@ class Publisher:
         self._batch = batch
         self._depth = max(1, depth)
         self._poll_s = poll_s
+        self._linger_s = linger_s
         self._sample_s = sample_s
         self._sampled = -sample_s
         self._sampling = False
@@ -174,7 +176,8 @@ class Publisher:
         self.published = 0
 
     def wake(self) -> None:
-        """New rows were committed: publish now instead of at the next poll."""
+        """New rows were committed: publish within ``linger_s`` instead of at the next
+        poll."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -202,6 +205,9 @@ class Publisher:
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                if self._wake.is_set() and self._linger_s:
+                    # Woken by a commit: the commits of the next while share its round.
+                    await asyncio.sleep(self._linger_s)
         finally:
             self._sampling = False
             await self._drop_producer()

@@ -84,6 +84,14 @@ class AgentSettings(settings.ServiceSettings, kafka.KafkaSettings):
         "replica reads its events when no notification woke it (a safety net: "
         "Postgres LISTEN/NOTIFY wakes it as events are stored)",
     )
+    outbox_linger_s: float = pydantic.Field(
+        default=0.05,
+        ge=0,
+        description="how long the outbox publisher waits after a commit woke it before "
+        "it publishes, so that the commits of that while share one round (their events "
+        "reach Kafka that much later; a publish round on top of every commit slows the "
+        "tasks' own writes)",
+    )
     task_retention_s: float = pydantic.Field(
         default=7 * 86400.0,
         gt=0,
