@@ -8,6 +8,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import psycopg
 
@@ -34,6 +35,66 @@ async def migrate(dsn: str) -> list[str]:
 
 # An open, checked pool (``aion.core.db.pool``) named after this service.
 pool = functools.partial(db.pool, name="agent", autocommit=False)
+
+
+async def one_round_trip(
+    pool: Pool, statement: str, params: Mapping[str, Any] | list[Any], *, prepare: bool = True
+) -> Any:
+    """Run ``statement`` as a transaction of its own, in autocommit (one round trip, and
+    the fewest waits: no BEGIN, no COMMIT, no pipeline), prepared on its connection from
+    the first time (parsing and planning a run's write cost more than running it); its
+    first row, or None."""
+    async with pool.connection() as conn:
+        await conn.set_autocommit(True)
+        try:
+            cur = await conn.execute(statement, params, prepare=prepare)
+            return await cur.fetchone()
+        finally:
+            if not conn.closed:  # else the pool drops it
+                await conn.set_autocommit(False)
+
+
+class Notifier:
+    """NOTIFYs of changes already committed, sent in batches from transactions of their
+    own (a round trip each, while the writes go on).
+
+    A transaction that notifies holds Postgres's notification lock, one for the whole
+    server, from its commit until the commit's WAL is flushed: the runs' writes that
+    notified as they committed waited for each other's flushes (on the local suite, a
+    write's round trip was 5 ms at the median under bench-agent's load against 3.8 ms
+    without). A notification sent after the commit still finds its change stored; one
+    lost with this process is a follower's next poll (``follow``)."""
+
+    def __init__(self, pool: Pool, channel: str) -> None:
+        self._pool = pool
+        self._channel = channel
+        self._pending: dict[str, None] = {}  # payloads in order, each once
+        self._sending: asyncio.Task[None] | None = None
+
+    def notify(self, payload: str) -> None:
+        """Send ``payload`` on the channel soon (with what else waits by then)."""
+        self._pending[payload] = None
+        if self._sending is None:
+            self._sending = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = list(self._pending), {}
+                try:
+                    await one_round_trip(
+                        self._pool,
+                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p",
+                        [self._channel, batch],
+                    )
+                except psycopg.Error as exc:
+                    log.warning(
+                        "cannot notify %s (their followers elsewhere read at their next poll): %s",
+                        self._channel,
+                        exc,
+                    )
+        finally:
+            self._sending = None
 
 
 class Listener:

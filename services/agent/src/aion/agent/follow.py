@@ -6,7 +6,8 @@ Three ways an event reaches a follower, fastest first:
   is made (``publish``), before it is stored (the run stores events in batches,
   ``run_log``);
 - **notified**: events stored by any replica wake the followers of their task here:
-  every event insert NOTIFYs ``db.TASK_EVENTS_CHANNEL`` and the replica's ``db.Listener``
+  every event insert NOTIFYs ``db.TASK_EVENTS_CHANNEL`` (a run's batches just after they
+  commit, ``db.Notifier``; other writers as they commit) and the replica's ``db.Listener``
   turns each notification into a ``changed`` (``TaskStore.listener``);
 - **polled**: as a safety net (a notification lost while the listener reconnects), a
   follower that heard nothing for ``poll_s`` reads again.

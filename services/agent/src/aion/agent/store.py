@@ -103,8 +103,8 @@ def _run_write(set_columns: str, *, ends: bool) -> str:
     it costs one round trip: the task's row updated (``set_columns``), fenced by the
     run's attempt and worker; only when it was, the run's events (and the final one,
     ``%(final)s``, numbered ``last_seq``), its steps and (``ends``) the outbox row of its
-    new state are added, and followers on every replica are notified. Returns the
-    updated row; none when the run no longer holds the task."""
+    new state are added. Returns the updated row; none when the run no longer holds the
+    task."""
     return (
         "WITH t AS (UPDATE tasks SET " + set_columns + " WHERE id = %(id)s AND"
         " attempts = %(attempt)s AND lease_owner = %(worker)s AND state = 'RUNNING'"
@@ -124,16 +124,19 @@ def _run_write(set_columns: str, *, ends: bool) -> str:
         " %(st_output)s::text[], %(st_error)s::text[], %(st_prompt)s::integer[],"
         " %(st_completion)s::integer[], %(st_cost)s::float8[], %(st_latency)s::integer[],"
         " %(st_model)s::integer[]) AS s(step, kind, name, input, output, error,"
-        " prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms)),"
+        " prompt_tokens, completion_tokens, cost_usd, latency_ms, model_ms))"
         + (
-            " announced AS (" + outbox.INSERT_COLUMNS + " WHERE EXISTS (SELECT FROM t)"
-            " ORDER BY o.n),"
+            ", announced AS (" + outbox.INSERT_COLUMNS + " WHERE EXISTS (SELECT FROM t)"
+            " ORDER BY o.n)"
             if ends
             else ""
         )
-        + " notified AS (SELECT pg_notify(%(channel)s, %(id)s::text)"
-        " FROM (SELECT 1 FROM logged LIMIT 1) AS one)"
-        " SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t"
+        # Followers are notified after the commit (``db.Notifier``), not by it.
+        + " SELECT t.* FROM t"
+        # A write in the run's course commits without waiting for its WAL flush: the
+        # end's commit (synchronous) flushes it, and a run whose write a crash of
+        # Postgres lost is recovered from what was flushed, as a run that died is.
+        + ("" if ends else " WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL")
     )
 
 
@@ -169,7 +172,6 @@ def _logged(
         "id": task.id,
         "attempt": task.attempts,
         "worker": task.worker_id,
-        "channel": db.TASK_EVENTS_CHANNEL,
         "seq": logged[-1].seq if logged else 0,
         "final": final.value if final is not None else None,
         "ev_seq": [e.seq for e in logged],
@@ -189,19 +191,6 @@ def _logged(
         "st_model": [r.model_ms for r in steps],
         **_usage(steps),
     }
-
-
-async def _one_round_trip(pool: db.Pool, statement: str, params: dict[str, Any]) -> Any:
-    """Run ``statement`` as a transaction of its own, in autocommit (one round trip, and
-    the fewest waits: no BEGIN, no COMMIT, no pipeline); its first row, or None."""
-    async with pool.connection() as conn:
-        await conn.set_autocommit(True)
-        try:
-            cur = await conn.execute(statement, params)
-            return await cur.fetchone()
-        finally:
-            if not conn.closed:  # else the pool drops it
-                await conn.set_autocommit(False)
 
 
 def _parse_id(task_id: str) -> uuid.UUID:
@@ -231,6 +220,8 @@ class TaskStore:
         # This replica's notification connection: stored events wake followers here;
         # others (the agent registry's cache) hear their channels on it too.
         self.listener = db.Listener()
+        # What a run stores wakes the followers on other replicas after it commits.
+        self._notifier = db.Notifier(pool, db.TASK_EVENTS_CHANNEL)
         self.listener.on(
             db.TASK_EVENTS_CHANNEL,
             self._followers.changed,
@@ -364,8 +355,8 @@ class TaskStore:
         async with self._pool.connection() as conn:
             async with conn.pipeline(), conn.transaction():
                 if tenant_cap is not None:
-                    await conn.execute(_LOCK_TENANT, (_tenant_key(spec.tenant),))
-                cur = await conn.execute(_CREATE_RUNNING, params)
+                    await conn.execute(_LOCK_TENANT, (_tenant_key(spec.tenant),), prepare=True)
+                cur = await conn.execute(_CREATE_RUNNING, params, prepare=True)
             row = await cur.fetchone()
             assert row is not None, "the statement always returns the tenant's count"
             if row["id"] is None and spec.idempotency_key:
@@ -482,8 +473,10 @@ class TaskStore:
         """Store events the run numbered (``run_log``), its output when given, and steps of
         its loop with their usage, in one transaction (one statement)."""
         params = {**_logged(task, logged, steps), "output": output}
-        if await _one_round_trip(self._pool, _WRITE, params) is None:
+        if await db.one_round_trip(self._pool, _WRITE, params) is None:
             raise model.LeaseLost(task.id)
+        if logged:
+            self._notifier.notify(task.id)
         _used(task, steps)
 
     async def finish(
@@ -541,9 +534,10 @@ class TaskStore:
             "finished_at": finished_at,
             "citations": pg_json.Jsonb(rows.citations_to_json(citations)),
         }
-        row = await _one_round_trip(self._pool, _FINISH, params)
+        row = await db.one_round_trip(self._pool, _FINISH, params)
         if row is None:
             raise model.LeaseLost(task.id)
+        self._notifier.notify(task.id)
         ended = rows.record(row)
         _used(task, steps)
         self._on_commit()
