@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import pytest
 
+from aion.infra.cluster import Cluster
 from aion.operator import settings
+
+CRDS = pathlib.Path(__file__).resolve().parents[3] / "charts" / "aion" / "crds"
 
 
 @pytest.fixture
@@ -82,4 +86,17 @@ def local_nodes() -> list[dict[str, Any]]:
             for i in range(2)
         ]
         + [_local_node("l4", i, gpus=1, product="NVIDIA-L4", memory_mib=23034) for i in range(4)]
+    )
+
+
+@pytest.fixture(scope="session")
+def chart_crds(cluster: Cluster) -> None:
+    """The chart's CRDs installed on the test cluster and established."""
+    cluster.kubectl("apply", "-f", str(CRDS))
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/agents.aion.dev",
+        "crd/gpupools.aion.dev",
     )

@@ -8,6 +8,7 @@ what the API holds: the Agent's own objects, current, gone once deleted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,7 +16,8 @@ from typing import Any, TypeVar
 
 import lightkube
 import pytest
-from lightkube import codecs
+import yaml
+from lightkube import codecs, generic_resource
 from lightkube.resources import apps_v1, autoscaling_v2, core_v1
 
 from aion.core import agentspec
@@ -54,7 +56,7 @@ def namespace(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture(params=["named", "every"])
 async def client(
-    cluster: Cluster, namespace: str, request: pytest.FixtureRequest
+    cluster: Cluster, chart_crds: None, namespace: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[kube.Kube]:
     """A ``Kube`` whose informers follow ``namespace`` by name, or every namespace."""
     config = lightkube.KubeConfig.from_file(str(cluster.kubeconfig))
@@ -161,3 +163,55 @@ async def test_namespaces_hpas_and_gpu_pools_are_read_from_memory_as_the_api_hol
     listed = sorted([kube._plain(g)["metadata"]["name"] async for g in api.list(kube.GpuPool)])
     snapshot = await client.snapshot()
     assert sorted(g["metadata"]["name"] for g in snapshot.gpu_pools) == listed
+
+
+async def test_an_informer_of_a_kind_not_installed_yet_follows_it_once_its_crd_is(
+    cluster: Cluster,
+) -> None:
+    # The operator may start before its CRDs are applied: the API server answers a group
+    # it does not know with a plain-text 404, which the informer must retry, not die of.
+    group = f"i{uuid.uuid4().hex[:8]}.test.aion.dev"
+    kind = generic_resource.create_global_resource(group, "v1", "Probe", "probes")
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"probes.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Cluster",
+            "names": {"plural": "probes", "singular": "probe", "kind": "Probe"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object"}},
+                }
+            ],
+        },
+    }
+    config = lightkube.KubeConfig.from_file(str(cluster.kubeconfig))
+    api = lightkube.AsyncClient(config=config, field_manager="test")
+    store = kube.Store(dict)
+    informer = asyncio.create_task(kube.Informer(api, kind, store).run())
+    try:
+        await asyncio.sleep(kube.RELIST_DELAY_S * 2)  # at least one listing refused
+        assert not informer.done(), informer.exception()
+        assert not store.synced.is_set()
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(crd))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", f"crd/probes.{group}"
+        )
+        probe = {"apiVersion": f"{group}/v1", "kind": "Probe", "metadata": {"name": "p1"}}
+        cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(probe))
+        kept = await _eventually(
+            lambda: asyncio.sleep(0, store.objects), lambda objs: ("", "p1") in objs
+        )
+        assert ("", "p1") in kept
+        assert store.synced.is_set()
+    finally:
+        informer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await informer
+        await api.close()
+        cluster.kubectl("delete", "crd", f"probes.{group}", "--wait=false", check=False)

@@ -48,7 +48,6 @@ CA = tls.LocalCa()
 pytestmark = [pytest.mark.cluster, pytest.mark.kafka, pytest.mark.postgres]
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-CRDS = ROOT / "charts" / "aion" / "crds"
 EXAMPLE = ROOT / "deploy" / "examples" / "agent.yaml"
 POOL_LABEL = "cloud.google.com/gke-nodepool"
 TIMEOUT_S = 90.0
@@ -165,16 +164,8 @@ def _liveness(op: Process) -> str:
 
 
 @pytest.fixture(scope="module")
-def crds(cluster: Cluster) -> None:
+def crds(cluster: Cluster, chart_crds: None) -> None:
     """The CRDs installed and the pools priced."""
-    cluster.kubectl("apply", "-f", str(CRDS))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/agents.aion.dev",
-        "crd/gpupools.aion.dev",
-    )
     pools = [
         {
             "apiVersion": "aion.dev/v1alpha1",

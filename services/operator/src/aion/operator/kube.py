@@ -129,7 +129,14 @@ class Informer:
                 ):
                     for store in self.stores:
                         store.put(_key(obj), None if op == "DELETED" else obj)
-            except (lightkube.ApiError, OSError, lightkube.LoadResourceError) as exc:
+            except (
+                lightkube.ApiError,
+                httpx2.HTTPError,  # what lightkube leaves untranslated: a 404 in plain text
+                OSError,
+                lightkube.LoadResourceError,
+            ) as exc:
+                # A kind whose CRD is not installed yet (its group unknown: the API
+                # server's 404 is plain text) is listed again until it is.
                 log.warning("watching %s: %s; listing again", name, exc)
             await asyncio.sleep(RELIST_DELAY_S)
 
