@@ -45,6 +45,7 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
         self.release = asyncio.Event()
         self.address = ""
         self.streaming = 0  # Generate calls under way (a cancelled one ends)
+        self.sent = 0  # chunks of text put on the wire, by every call
 
     async def Generate(
         self,
@@ -55,6 +56,7 @@ class ScriptedExecutor(executor_pb2_grpc.ExecutorServicer):
         try:
             async for chunk in self._generate(request, context):
                 yield chunk
+                self.sent += bool(chunk.text)
         finally:
             self.streaming -= 1
 

@@ -294,7 +294,7 @@ async def test_a_run_calls_its_model_while_its_task_is_recorded_and_a_refused_on
         async def recording_held(text: str) -> tuple[Any, Any]:
             """A Run of ``text`` started while the tenant's lock is held elsewhere: its
             stream, and its first event's read, once its model call came in."""
-            before = len(executor.requests)
+            before, sent = len(executor.requests), executor.sent
             async with await psycopg.AsyncConnection.connect(dsn) as lock:
                 await lock.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"aion.tenant:{tenant}",)
@@ -305,8 +305,12 @@ async def test_a_run_calls_its_model_while_its_task_is_recorded_and_a_refused_on
                 async def called() -> bool:
                     return len(executor.requests) > before
 
+                async def answered() -> bool:
+                    return bool(executor.sent - sent >= len(text.split()))
+
                 await until(called, "the model call, while the task is being recorded")
-                await asyncio.sleep(0.2)
+                # Every token is on the wire to the run: none may reach the caller yet.
+                await until(answered, "the model's tokens, while the task is being recorded")
                 assert not first.done(), "the caller got an event before the task was recorded"
                 assert len(await states(dsn, tenant)) == known, "recorded under the lock"
             return stream, first

@@ -114,10 +114,12 @@ class _Stored:
         self.instructions = "old"
         self.go = asyncio.Event()
         self.go.set()
+        self.reading = asyncio.Event()  # a read is under way
 
     async def get(self, tenant: str, name: str) -> model.AgentRecord:
         self.reads += 1
         read = self.instructions
+        self.reading.set()
         await self.go.wait()
         return model.AgentRecord(tenant=tenant, name=name, model="m", instructions=read)
 
@@ -143,8 +145,9 @@ async def test_nothing_is_kept_unheard() -> None:
     # A read that a change overtook is not kept: it may hold the old row.
     cache.changed(f'["{TENANT}", "a"]')
     stored.go.clear()
+    stored.reading.clear()
     reading = asyncio.ensure_future(cache.get(TENANT, "a"))
-    await asyncio.sleep(0)
+    await stored.reading.wait()
     stored.instructions = "new"
     cache.changed(f'["{TENANT}", "a"]')
     stored.go.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -166,7 +167,7 @@ async def test_namespaces_hpas_and_gpu_pools_are_read_from_memory_as_the_api_hol
 
 
 async def test_an_informer_of_a_kind_not_installed_yet_follows_it_once_its_crd_is(
-    cluster: Cluster,
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The operator may start before its CRDs are applied: the API server answers a group
     # it does not know with a plain-text 404, which the informer must retry, not die of.
@@ -195,8 +196,15 @@ async def test_an_informer_of_a_kind_not_installed_yet_follows_it_once_its_crd_i
     store = kube.Store(dict)
     informer = asyncio.create_task(kube.Informer(api, kind, store).run())
     try:
-        await asyncio.sleep(kube.RELIST_DELAY_S * 2)  # at least one listing refused
+        caplog.set_level(logging.WARNING, logger=kube.__name__)
+
+        async def refusals() -> int:
+            return sum(f"watching {kind.__name__}:" in r.getMessage() for r in caplog.records)
+
+        # Refused, then listed again after its delay and refused again: still running.
+        refused = await _eventually(refusals, lambda n: n >= 2 or informer.done())
         assert not informer.done(), informer.exception()
+        assert refused >= 2
         assert not store.synced.is_set()
         cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(crd))
         cluster.kubectl(
